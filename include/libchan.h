@@ -1,0 +1,378 @@
+/*
+ * libchan.h - Go-style channels for C, in one process or across a network.
+ *
+ * This header is the whole public API and its manual. It is grouped by topic:
+ *   1. errors            negative LC_E* codes and lc_strerror()
+ *   2. messages          lc_msg: a value tree (or an opaque body) plus attachments
+ *   3. building/reading  lc_pack()/lc_unpack() format strings, builder, getters
+ *   4. msgpack           encoding a plain-data message to bytes and back
+ *   5. channels          lc_pipe(), lc_send(), lc_recv(), lc_close(), lc_select()
+ *
+ * Conventions used everywhere:
+ *   - A call that can fail returns int: 0 (or a non-negative result) on success,
+ *     a negative LC_E* code on failure. lc_strerror(code) explains a code.
+ *   - Timeouts are in milliseconds: 0 means "try once, do not block",
+ *     -1 means "wait forever". An expired timeout returns LC_ETIMEDOUT.
+ *   - "takes" means ownership passes to the callee; "borrowed" means the pointer
+ *     stays owned by its container and is valid while the container lives.
+ *   - Every handle (lc_sender, lc_receiver) is reference-counted and safe to use
+ *     from any number of threads at once. An lc_msg is NOT thread-safe: one
+ *     thread owns a message at a time (sending it hands it over).
+ */
+#ifndef LIBCHAN_H
+#define LIBCHAN_H
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(LIBCHAN_BUILDING) && defined(__GNUC__)
+#define LC_API __attribute__((visibility("default")))
+#else
+#define LC_API
+#endif
+
+#define LIBCHAN_VERSION_MAJOR 0
+#define LIBCHAN_VERSION_MINOR 1
+#define LIBCHAN_VERSION_PATCH 0
+
+/* ========================================================================== */
+/* 1. Errors                                                                   */
+/* ========================================================================== */
+
+/*
+ * Error codes. Where a POSIX errno means the same thing, the code is its
+ * negation (as in libuv); libchan's own conditions live below -1000.
+ */
+enum lc_error_code {
+    LC_OK        = 0,
+    LC_EINVAL    = -EINVAL,    /* bad argument (NULL handle, bad capacity, ...) */
+    LC_ENOMEM    = -ENOMEM,    /* out of memory */
+    LC_ETIMEDOUT = -ETIMEDOUT, /* the timeout expired (also for timeout 0) */
+    LC_ECLOSED   = -EPIPE,     /* send on a closed channel, or no receiver is left */
+    LC_EBADF     = -EBADF,     /* an attached file descriptor is not valid */
+    LC_EOF       = -1001,      /* end of channel: closed and every message drained */
+    LC_ETRUNCATED = -1002,     /* msgpack: input ends inside a value */
+    LC_ETRAILING = -1003,      /* msgpack: bytes left after the message */
+    LC_EDEPTH    = -1004,      /* msgpack: nesting deeper than the limit */
+    LC_ETOOBIG   = -1005,      /* msgpack: a size (string, container, message) over the limit */
+    LC_EBADMSG   = -1006,      /* msgpack: malformed input (reserved byte, bad ext) */
+    LC_ETYPE     = -1007,      /* unpack: a value has another type than the format asks */
+    LC_ENOKEY    = -1008,      /* unpack: a required map key is missing */
+    LC_EFORMAT   = -1009,      /* pack/unpack: the format string is invalid */
+    LC_ETAKEN    = -1010,      /* an attachment was already taken out of the message */
+    LC_ERANGE    = -1011,      /* a number does not fit the requested C type */
+    LC_ENOTSUP   = -1012       /* the operation is not supported here (e.g. encoding an
+                                  attachment without a session) */
+};
+
+/* A static, human-readable description of an error code. Never NULL. */
+LC_API const char *lc_strerror(int code);
+
+/*
+ * Detailed error for lc_pack_ex() / lc_unpack_ex(): the code, and a text that
+ * names the path that failed, e.g. "Args[2]: expected string, got int".
+ */
+typedef struct lc_error {
+    int code;
+    char text[256];
+} lc_error;
+
+/* ========================================================================== */
+/* 2. Messages                                                                 */
+/* ========================================================================== */
+
+typedef struct lc_msg lc_msg;           /* a message: one value tree or one body */
+typedef struct lc_value lc_value;       /* a node of a message's value tree */
+typedef struct lc_sender lc_sender;     /* the sending end of a channel */
+typedef struct lc_receiver lc_receiver; /* the receiving end of a channel */
+
+typedef enum lc_type {
+    LC_NIL = 0,
+    LC_BOOL,
+    LC_INT,      /* int64_t */
+    LC_UINT,     /* uint64_t above INT64_MAX (smaller non-negative numbers are LC_INT) */
+    LC_DOUBLE,
+    LC_STRING,   /* length-counted bytes, also NUL-terminated for convenience */
+    LC_BINARY,
+    LC_ARRAY,
+    LC_MAP,      /* ordered key/value pairs; keys are usually strings */
+    LC_TIME,     /* seconds + nanoseconds since the Unix epoch */
+    LC_SENDER,   /* attachment: a channel end the receiver of the message sends on */
+    LC_RECEIVER, /* attachment: a channel end the receiver of the message receives on */
+    LC_STREAM    /* attachment: a byte stream, i.e. a file descriptor */
+} lc_type;
+
+/* What the holder of a byte stream may do with it (wire ext types 1, 3, 2). */
+typedef enum lc_stream_mode {
+    LC_STREAM_DUPLEX = 0, /* read and write (ext 1) */
+    LC_STREAM_READ   = 1, /* the holder reads; the other side writes (ext 3) */
+    LC_STREAM_WRITE  = 2  /* the holder writes; the other side reads (ext 2) */
+} lc_stream_mode;
+
+/* The name of a type ("nil", "bool", "int", ..., "stream"). Never NULL. */
+LC_API const char *lc_type_name(lc_type t);
+
+/*
+ * Ownership of messages and what they carry:
+ *   - The creator of a message owns it and frees it with lc_msg_free().
+ *   - A message handed to a successful lc_send() (or a fired send case of
+ *     lc_select()) belongs to the library; on failure it is still the caller's.
+ *   - A message returned by lc_recv() belongs to the caller.
+ *   - An attachment (Sender, Receiver, byte stream fd) put into a message
+ *     belongs to the message. Whoever holds the message may take it out
+ *     (lc_unpack with S/R/F, or lc_value_take_*), after which it belongs to the
+ *     taker. Freeing a message releases every channel end and closes every fd
+ *     still inside it, so an ignored attachment never leaks.
+ */
+
+/* A new empty message (root value nil). NULL when out of memory. */
+LC_API lc_msg *lc_msg_new(void);
+
+/* Frees a message, its values, and every attachment not taken out of it. NULL is a no-op. */
+LC_API void lc_msg_free(lc_msg *m);
+
+/* The root value (borrowed). Never NULL: a new message's root is nil. */
+LC_API lc_value *lc_msg_root(lc_msg *m);
+
+/* Makes v (created in m) the root value. LC_EINVAL if v belongs to another message. */
+LC_API int lc_msg_set_root(lc_msg *m, lc_value *v);
+
+/*
+ * Opaque bodies (pluggable serialization). A message may carry bytes with a
+ * content type ("application/json", "application/protobuf", ...) instead of a
+ * value tree; attachments ride along in an ordered list the body refers to by
+ * index. lc_msg_set_body copies the bytes. lc_msg_body returns NULL when the
+ * message has a value tree instead of a body.
+ */
+LC_API int lc_msg_set_body(lc_msg *m, const void *data, size_t len, const char *content_type);
+LC_API const void *lc_msg_body(const lc_msg *m, size_t *len, const char **content_type);
+/* Appends an attachment value (created in m with lc_new_sender/receiver/stream);
+ * returns its index (>= 0) or a negative error. */
+LC_API int lc_msg_attach(lc_msg *m, lc_value *attachment);
+LC_API size_t lc_msg_attachment_count(const lc_msg *m);
+LC_API lc_value *lc_msg_attachment(lc_msg *m, size_t index); /* borrowed; NULL if out of range */
+
+/* ========================================================================== */
+/* 3. Building and reading values                                              */
+/* ========================================================================== */
+
+/*
+ * Format strings (jansson style), shared by lc_pack and lc_unpack.
+ *
+ *   fmt   value        lc_pack arguments          lc_unpack arguments
+ *   n     nil          -                          -
+ *   B     bool         int                        bool *
+ *   i     int          int                        int *          (LC_ERANGE if it does not fit)
+ *   I     int          int64_t                    int64_t *
+ *   U     uint         uint64_t                   uint64_t *     (negative -> LC_ERANGE)
+ *   f     double       double                     double *       (ints are converted)
+ *   s     string       const char * (NUL-term.)   const char **  (borrowed from the message)
+ *   s#    string       const char *, size_t       const char **, size_t *
+ *   b     binary       const void *, size_t       const void **, size_t *  (borrowed)
+ *   t     time         int64_t sec, int nsec      int64_t *sec, int *nsec
+ *   S     Sender       lc_sender * (taken)        lc_sender **   (taken out of the message)
+ *   R     Receiver     lc_receiver * (taken)      lc_receiver ** (taken out of the message)
+ *   F     byte stream  int fd (taken), duplex     int *fd        (taken out of the message)
+ *   v     any value    -                          lc_value **    (borrowed)
+ *   [...] array        elements                   elements (exactly that many, unless '*')
+ *   {...} map          s: key then value          key (const char *) then value
+ *
+ * In lc_unpack, a map key followed by '?' ("{s?i}") is optional: a missing key
+ * leaves the output untouched. A '*' before the closing '}' or ']' accepts
+ * extra keys or elements; without it extra array elements are an error and
+ * extra map keys are ignored. Whitespace, ',' and ':' are ignored.
+ *
+ * lc_pack takes attachments (S, R, F) even when it fails: they are released
+ * or closed then, so the caller never has to track them.
+ * lc_unpack checks the whole format first and only then stores outputs and
+ * takes attachments: on failure nothing is stored and nothing is taken.
+ */
+
+/* Builds a message from a format. NULL on failure (see lc_pack_ex for why). */
+LC_API lc_msg *lc_pack(const char *fmt, ...);
+LC_API lc_msg *lc_pack_ex(lc_error *err, const char *fmt, ...);
+LC_API lc_msg *lc_vpack_ex(lc_error *err, const char *fmt, va_list ap);
+
+/* Reads a message's root value by format. 0 or a negative error (LC_ETYPE,
+ * LC_ENOKEY, LC_ERANGE, LC_ETAKEN, LC_EFORMAT, LC_EINVAL). Opaque-body messages
+ * cannot be unpacked (LC_ETYPE). */
+LC_API int lc_unpack(lc_msg *m, const char *fmt, ...);
+LC_API int lc_unpack_ex(lc_msg *m, lc_error *err, const char *fmt, ...);
+LC_API int lc_vunpack_ex(lc_msg *m, lc_error *err, const char *fmt, va_list ap);
+
+/*
+ * Explicit builder. Every lc_new_* allocates a value inside message m (freed
+ * with it); it returns NULL when out of memory. A value may be placed once,
+ * as the root or inside an array/map of the same message.
+ */
+LC_API lc_value *lc_new_nil(lc_msg *m);
+LC_API lc_value *lc_new_bool(lc_msg *m, bool b);
+LC_API lc_value *lc_new_int(lc_msg *m, int64_t i);
+LC_API lc_value *lc_new_uint(lc_msg *m, uint64_t u);
+LC_API lc_value *lc_new_double(lc_msg *m, double d);
+LC_API lc_value *lc_new_string(lc_msg *m, const char *s);                 /* copies */
+LC_API lc_value *lc_new_stringn(lc_msg *m, const char *s, size_t len);    /* copies */
+LC_API lc_value *lc_new_binary(lc_msg *m, const void *data, size_t len);  /* copies */
+LC_API lc_value *lc_new_time(lc_msg *m, int64_t sec, uint32_t nsec);
+LC_API lc_value *lc_new_array(lc_msg *m);
+LC_API lc_value *lc_new_map(lc_msg *m);
+/* Attachments: these take the reference / the fd, even when they fail. */
+LC_API lc_value *lc_new_sender(lc_msg *m, lc_sender *s);
+LC_API lc_value *lc_new_receiver(lc_msg *m, lc_receiver *r);
+LC_API lc_value *lc_new_stream(lc_msg *m, int fd, lc_stream_mode mode);
+
+/* Appends v to array arr (both in m). */
+LC_API int lc_array_append(lc_msg *m, lc_value *arr, lc_value *v);
+/* Appends the pair (key, v) to map; the string key is copied. Does not check
+ * for duplicate keys (lookups return the first). */
+LC_API int lc_map_set(lc_msg *m, lc_value *map, const char *key, lc_value *v);
+/* Same with any value as the key (both in m). */
+LC_API int lc_map_set_value(lc_msg *m, lc_value *map, lc_value *key, lc_value *v);
+
+/* Getters for code that walks unknown messages. On a value of another type
+ * they return 0 / NULL / false; check lc_value_type first. */
+LC_API lc_type lc_value_type(const lc_value *v);
+LC_API bool lc_value_bool(const lc_value *v);
+LC_API int64_t lc_value_int(const lc_value *v);     /* LC_INT, or LC_UINT that fits */
+LC_API uint64_t lc_value_uint(const lc_value *v);   /* LC_UINT, or LC_INT >= 0 */
+LC_API double lc_value_double(const lc_value *v);   /* LC_DOUBLE, or an integer converted */
+LC_API const char *lc_value_string(const lc_value *v, size_t *len); /* borrowed */
+LC_API const void *lc_value_binary(const lc_value *v, size_t *len); /* borrowed */
+LC_API bool lc_value_time(const lc_value *v, int64_t *sec, uint32_t *nsec);
+LC_API size_t lc_value_len(const lc_value *v); /* array/map entries, string/binary bytes */
+LC_API lc_value *lc_array_get(const lc_value *arr, size_t i);       /* borrowed; NULL if out of range */
+LC_API lc_value *lc_map_get(const lc_value *map, const char *key);  /* borrowed; first match or NULL */
+LC_API lc_value *lc_map_key(const lc_value *map, size_t i);         /* i-th pair's key */
+LC_API lc_value *lc_map_value(const lc_value *map, size_t i);       /* i-th pair's value */
+/* The stream's mode, without taking it. */
+LC_API lc_stream_mode lc_value_stream_mode(const lc_value *v);
+/* True when the attachment has been taken out already. */
+LC_API bool lc_value_taken(const lc_value *v);
+
+/* Take an attachment out of its message: the caller then owns the reference
+ * (release it) or the fd (close it). NULL / -1 with *err set (if err is not
+ * NULL) to LC_ETYPE or LC_ETAKEN. */
+LC_API lc_sender *lc_value_take_sender(lc_value *v, int *err);
+LC_API lc_receiver *lc_value_take_receiver(lc_value *v, int *err);
+LC_API int lc_value_take_fd(lc_value *v, int *err);
+
+/* ========================================================================== */
+/* 4. msgpack                                                                  */
+/* ========================================================================== */
+
+/*
+ * Encoding of plain-data messages as msgpack (the libchan wire format, see
+ * docs/PROTOCOL.md). Attachments can only be encoded by a session (they become
+ * sub-streams); here they fail with LC_ENOTSUP. Decoding is strict: truncated
+ * input, trailing bytes, nesting deeper than max_depth and sizes over the
+ * limits each fail with their own code.
+ */
+typedef struct lc_limits {
+    uint32_t max_depth;     /* nesting of arrays/maps (default 64) */
+    uint64_t max_message;   /* bytes of one encoded message (default 64 MiB) */
+    uint32_t max_elements;  /* entries of one array or map (default 1M) */
+} lc_limits;
+
+/* Fills *l with the defaults above. */
+LC_API void lc_limits_default(lc_limits *l);
+
+/* Encodes m into a new malloc'ed buffer (*out, free() it) of *len bytes. */
+LC_API int lc_msgpack_encode(const lc_msg *m, uint8_t **out, size_t *len);
+/* Decodes exactly one message from data[0..len). limits may be NULL (defaults). */
+LC_API int lc_msgpack_decode(const void *data, size_t len, const lc_limits *limits, lc_msg **out);
+
+/* ========================================================================== */
+/* 5. Channels                                                                 */
+/* ========================================================================== */
+
+/*
+ * Creates an in-memory channel and returns its two ends, one reference each.
+ * capacity 0 is unbuffered: a send completes only when a receiver takes the
+ * message (a rendezvous, as in Go). capacity > 0 buffers that many messages.
+ * Messages are passed by pointer: no copy, no encoding, exactly-once delivery,
+ * in order.
+ *
+ * Lifetime: when the last reference to the Sender is released, the channel is
+ * closed (receivers drain, then get LC_EOF). When the last reference to the
+ * Receiver is released, queued messages are freed and senders get LC_ECLOSED.
+ */
+LC_API int lc_pipe(lc_receiver **r, lc_sender **s, size_t capacity);
+
+LC_API lc_sender *lc_sender_retain(lc_sender *s);       /* +1 reference; returns s */
+LC_API void lc_sender_release(lc_sender *s);            /* -1 reference; NULL is a no-op */
+LC_API lc_receiver *lc_receiver_retain(lc_receiver *r); /* +1 reference; returns r */
+LC_API void lc_receiver_release(lc_receiver *r);        /* -1 reference; NULL is a no-op */
+
+/*
+ * Sends m. On success (0) the message belongs to the library; on failure it is
+ * still the caller's. Blocks until a receiver takes it (unbuffered), or until
+ * there is room (buffered), at most timeout_ms. Errors: LC_ECLOSED (channel
+ * closed, or every Receiver released), LC_ETIMEDOUT, LC_EINVAL.
+ */
+LC_API int lc_send(lc_sender *s, lc_msg *m, int64_t timeout_ms);
+
+/*
+ * Receives the next message into *m (the caller owns it). Blocks at most
+ * timeout_ms. Returns LC_EOF once the channel is closed and drained, or
+ * LC_ETIMEDOUT.
+ */
+LC_API int lc_recv(lc_receiver *r, lc_msg **m, int64_t timeout_ms);
+
+/*
+ * Closes the channel: later sends fail with LC_ECLOSED; receivers get what is
+ * queued, then LC_EOF. Every blocked sender and receiver wakes at once (blocked
+ * senders fail with LC_ECLOSED: their messages stay theirs). Does not release
+ * the reference. A second close returns LC_ECLOSED.
+ */
+LC_API int lc_close(lc_sender *s);
+
+/* One case of lc_select(). */
+typedef enum lc_case_op { LC_CASE_SEND = 1, LC_CASE_RECV = 2 } lc_case_op;
+typedef struct lc_case {
+    lc_case_op op;
+    lc_sender *sender;     /* LC_CASE_SEND: the channel to send on */
+    lc_receiver *receiver; /* LC_CASE_RECV: the channel to receive from */
+    lc_msg *msg;           /* SEND: the message (taken if the case fires with 0);
+                              RECV: set to the received message when it fires */
+    int result;            /* set for the fired case: 0, LC_EOF (recv, closed),
+                              or LC_ECLOSED (send, closed) */
+} lc_case;
+
+/*
+ * Waits until exactly one case can proceed, performs it, and returns its index.
+ * When several are ready, one is chosen at random (fair: no case starves).
+ * A receive case on a closed, drained channel fires with result LC_EOF; a send
+ * case on a closed channel fires with result LC_ECLOSED (its message is not
+ * taken). Returns LC_ETIMEDOUT if none could proceed in timeout_ms, LC_EINVAL
+ * for a malformed case. Cases with a NULL channel are ignored (as a nil channel
+ * in Go). The same channel may appear in several cases.
+ */
+LC_API int lc_select(lc_case *cases, size_t n, int64_t timeout_ms);
+
+/*
+ * Pollable file descriptors, for epoll/poll/libuv loops. The fd is readable
+ * (level-triggered) while lc_recv (resp. lc_send) would not block: a message is
+ * queued, a sender is waiting (unbuffered), or the channel is closed (resp.
+ * there is room, a receiver is waiting, or the channel is closed). The fd is
+ * an eventfd owned by the channel: do not read, write or close it; it stays
+ * valid while the caller holds the handle. Readiness is a hint: another
+ * thread may win the race, so use timeout 0 and handle LC_ETIMEDOUT.
+ * Returns the fd, or a negative error.
+ */
+LC_API int lc_receiver_pollfd(lc_receiver *r);
+LC_API int lc_sender_pollfd(lc_sender *s);
+
+/* Number of messages queued in a buffered channel now (a snapshot). */
+LC_API size_t lc_receiver_queued(lc_receiver *r);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LIBCHAN_H */
