@@ -188,9 +188,16 @@ LC_API lc_value *lc_msg_attachment(lc_msg *m, size_t index); /* borrowed; NULL i
  * leaves the output untouched. A '*' before the closing '}' or ']' accepts
  * extra keys or elements; without it extra array elements are an error and
  * extra map keys are ignored. Whitespace, ',' and ':' are ignored.
+ * A map key may also be "s#" (const char *, size_t). In lc_unpack a NULL
+ * output pointer checks the value without storing it (S/R/F stay in the
+ * message); an array shorter than the format is LC_ENOKEY, a longer one
+ * (without '*') LC_ETYPE. Formats nest at most 64 levels (LC_EFORMAT).
  *
  * lc_pack takes attachments (S, R, F) even when it fails: they are released
- * or closed then, so the caller never has to track them.
+ * or closed then, so the caller never has to track them. (Exception: when the
+ * format itself is malformed, the arguments after the error cannot be decoded,
+ * so attachments among them are not released.) A NULL string, key, S or R is
+ * LC_EINVAL; an F that is not an open fd is LC_EBADF and is not closed.
  * lc_unpack checks the whole format first and only then stores outputs and
  * takes attachments: on failure nothing is stored and nothing is taken.
  */

@@ -14,6 +14,7 @@
 /* Flag bits of lc_value.flags */
 #define LC_VF_TAKEN  0x01u /* attachment taken out of the message */
 #define LC_VF_PLACED 0x02u /* value is the root or inside a container */
+#define LC_VF_MARK   0x04u /* scratch bit of lc_unpack's check pass; clear outside it */
 
 /* Internal-only type: a reference id read from the wire whose stream has not
  * been resolved (codec used without a session). Never visible to users. */

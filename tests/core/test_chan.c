@@ -1,0 +1,532 @@
+/*
+ * test_chan.c - in-memory channels (src/core) with real threads: delivery
+ * without loss or duplicates, rendezvous, close, release, timeouts, pollable
+ * fds. Threads never call cmocka asserts; they report through atomics, and the
+ * main thread asserts. Synchronisation is on channel state, never on sleeps.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include "libchan.h"
+#include "core/chan_internal.h"
+#include "testutil.h"
+
+/* Spins (yielding) until cond holds; the test's deadline bounds it. */
+#define WAIT_UNTIL(cond)        \
+    do {                        \
+        while (!(cond))         \
+            sched_yield();      \
+    } while (0)
+
+static lc_msg *int_msg(int64_t producer, int64_t seq)
+{
+    lc_msg *m = lc_msg_new();
+    assert_non_null(m);
+    lc_value *map = lc_new_map(m);
+    assert_int_equal(lc_map_set(m, map, "P", lc_new_int(m, producer)), 0);
+    assert_int_equal(lc_map_set(m, map, "N", lc_new_int(m, seq)), 0);
+    assert_int_equal(lc_msg_set_root(m, map), 0);
+    return m;
+}
+
+static void msg_ints(lc_msg *m, int64_t *producer, int64_t *seq)
+{
+    lc_value *root = lc_msg_root(m);
+    *producer = lc_value_int(lc_map_get(root, "P"));
+    *seq = lc_value_int(lc_map_get(root, "N"));
+}
+
+/* ---- N producers x M consumers ------------------------------------------- */
+
+enum { NPROD = 4, NCONS = 4, PER_PROD = 25000 };
+
+typedef struct {
+    lc_sender *s;
+    lc_receiver *r;
+    int id;
+    _Atomic int *seen;        /* NPROD * PER_PROD counters */
+    _Atomic int *errors;
+    _Atomic int *producers_left;
+} pc_arg;
+
+static void *producer(void *p)
+{
+    pc_arg *a = p;
+    for (int i = 0; i < PER_PROD; i++) {
+        lc_msg *m = lc_msg_new();
+        lc_value *map = lc_new_map(m);
+        if (lc_map_set(m, map, "P", lc_new_int(m, a->id)) || lc_map_set(m, map, "N", lc_new_int(m, i)) ||
+            lc_msg_set_root(m, map) || lc_send(a->s, m, 10000) != 0) {
+            atomic_fetch_add(a->errors, 1);
+            lc_msg_free(m);
+            break;
+        }
+    }
+    /* the last producer out closes the channel */
+    if (atomic_fetch_sub(a->producers_left, 1) == 1)
+        lc_close(a->s);
+    return NULL;
+}
+
+static void *consumer(void *p)
+{
+    pc_arg *a = p;
+    int64_t last[NPROD];
+    for (int i = 0; i < NPROD; i++)
+        last[i] = -1;
+    for (;;) {
+        lc_msg *m;
+        int rc = lc_recv(a->r, &m, 10000);
+        if (rc == LC_EOF)
+            break;
+        if (rc != 0) {
+            atomic_fetch_add(a->errors, 1);
+            break;
+        }
+        int64_t pr, seq;
+        msg_ints(m, &pr, &seq);
+        lc_msg_free(m);
+        if (pr < 0 || pr >= NPROD || seq < 0 || seq >= PER_PROD || seq <= last[pr]) {
+            atomic_fetch_add(a->errors, 1); /* out of range, or out of order */
+            continue;
+        }
+        last[pr] = seq;
+        atomic_fetch_add(&a->seen[pr * PER_PROD + seq], 1);
+    }
+    return NULL;
+}
+
+static void run_producers_consumers(size_t capacity)
+{
+    lc_receiver *r;
+    lc_sender *s;
+    assert_int_equal(lc_pipe(&r, &s, capacity), 0);
+    _Atomic int *seen = calloc(NPROD * PER_PROD, sizeof *seen);
+    _Atomic int errors = 0, left = NPROD;
+    pthread_t th[NPROD + NCONS];
+    pc_arg args[NPROD + NCONS];
+    for (int i = 0; i < NPROD + NCONS; i++) {
+        args[i] = (pc_arg){ .s = s, .r = r, .id = i < NPROD ? i : i - NPROD, .seen = seen,
+                            .errors = &errors, .producers_left = &left };
+        assert_int_equal(pthread_create(&th[i], NULL, i < NPROD ? producer : consumer, &args[i]), 0);
+    }
+    for (int i = 0; i < NPROD + NCONS; i++)
+        pthread_join(th[i], NULL);
+    assert_int_equal(atomic_load(&errors), 0);
+    for (int i = 0; i < NPROD * PER_PROD; i++)
+        if (atomic_load(&seen[i]) != 1)
+            fail_msg("message %d/%d delivered %d times", i / PER_PROD, i % PER_PROD, atomic_load(&seen[i]));
+    free(seen);
+    lc_sender_release(s);
+    lc_receiver_release(r);
+}
+
+static void test_producers_consumers_buffered_no_loss_no_duplicate(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    run_producers_consumers(64);
+}
+
+static void test_producers_consumers_unbuffered_no_loss_no_duplicate(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    run_producers_consumers(0);
+}
+
+/* ---- rendezvous ----------------------------------------------------------- */
+
+typedef struct {
+    lc_sender *s;
+    lc_msg *m;
+    _Atomic int done;
+    int rc;
+} send_arg;
+
+static void *sender_thread(void *p)
+{
+    send_arg *a = p;
+    a->rc = lc_send(a->s, a->m, -1);
+    atomic_store(&a->done, 1);
+    return NULL;
+}
+
+static void test_unbuffered_send_completes_only_when_received(void **st)
+{
+    LC_TEST_DEADLINE(10);
+    lc_receiver *r;
+    lc_sender *s;
+    assert_int_equal(lc_pipe(&r, &s, 0), 0);
+    /* nobody receives: a try-once send cannot complete */
+    lc_msg *m = int_msg(1, 1);
+    assert_int_equal(lc_send(s, m, 0), LC_ETIMEDOUT);
+    assert_int_equal(lc_send(s, m, 20), LC_ETIMEDOUT);
+
+    send_arg a = { .s = s, .m = m };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, sender_thread, &a), 0);
+    WAIT_UNTIL(lc__chan_waiting(s, NULL, true) == 1);
+    assert_int_equal(atomic_load(&a.done), 0); /* blocked until a receiver comes */
+    lc_msg *got;
+    assert_int_equal(lc_recv(r, &got, 1000), 0);
+    assert_ptr_equal(got, m); /* passed by pointer: the very same message */
+    pthread_join(t, NULL);
+    assert_int_equal(a.rc, 0);
+    assert_int_equal(atomic_load(&a.done), 1);
+    lc_msg_free(got);
+    lc_sender_release(s);
+    lc_receiver_release(r);
+}
+
+static void test_buffered_fifo_and_full(void **st)
+{
+    LC_TEST_DEADLINE(10);
+    lc_receiver *r;
+    lc_sender *s;
+    assert_int_equal(lc_pipe(&r, &s, 3), 0);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(lc_send(s, int_msg(0, i), 0), 0);
+    assert_int_equal(lc_receiver_queued(r), 3);
+    lc_msg *extra = int_msg(0, 3);
+    assert_int_equal(lc_send(s, extra, 0), LC_ETIMEDOUT); /* full: pushes back */
+    for (int i = 0; i < 3; i++) {
+        lc_msg *m;
+        int64_t p, n;
+        assert_int_equal(lc_recv(r, &m, 0), 0);
+        msg_ints(m, &p, &n);
+        assert_int_equal(n, i);
+        lc_msg_free(m);
+    }
+    lc_msg *m;
+    assert_int_equal(lc_recv(r, &m, 0), LC_ETIMEDOUT);
+    assert_null(m);
+    lc_msg_free(extra);
+    lc_sender_release(s);
+    lc_receiver_release(r);
+}
+
+/* ---- close ---------------------------------------------------------------- */
+
+enum { NBLOCKED = 8 };
+
+typedef struct {
+    lc_receiver *r;
+    lc_sender *s;
+    lc_msg *m;
+    int rc;
+} blocked_arg;
+
+static void *blocked_recv(void *p)
+{
+    blocked_arg *a = p;
+    lc_msg *m = NULL;
+    a->rc = lc_recv(a->r, &m, -1);
+    a->m = m;
+    return NULL;
+}
+
+static void *blocked_send(void *p)
+{
+    blocked_arg *a = p;
+    a->rc = lc_send(a->s, a->m, -1);
+    return NULL;
+}
+
+static void test_close_wakes_every_blocked_receiver(void **st)
+{
+    LC_TEST_DEADLINE(10);
+    lc_receiver *r;
+    lc_sender *s;
+    assert_int_equal(lc_pipe(&r, &s, 0), 0);
+    pthread_t t[NBLOCKED];
+    blocked_arg a[NBLOCKED];
+    for (int i = 0; i < NBLOCKED; i++) {
+        a[i] = (blocked_arg){ .r = r, .rc = 12345 };
+        pthread_create(&t[i], NULL, blocked_recv, &a[i]);
+    }
+    WAIT_UNTIL(lc__chan_waiting(NULL, r, false) == NBLOCKED);
+    assert_int_equal(lc_close(s), 0);
+    for (int i = 0; i < NBLOCKED; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(a[i].rc, LC_EOF);
+        assert_null(a[i].m);
+    }
+    assert_int_equal(lc_close(s), LC_ECLOSED); /* second close */
+    lc_msg *m = int_msg(0, 0);
+    assert_int_equal(lc_send(s, m, 0), LC_ECLOSED); /* send after close */
+    lc_msg_free(m);
+    lc_sender_release(s);
+    lc_receiver_release(r);
+}
+
+static void test_close_wakes_every_blocked_sender(void **st)
+{
+    LC_TEST_DEADLINE(10);
+    lc_receiver *r;
+    lc_sender *s;
+    assert_int_equal(lc_pipe(&r, &s, 1), 0);
+    assert_int_equal(lc_send(s, int_msg(0, 0), 0), 0); /* buffer now full */
+    pthread_t t[NBLOCKED];
+    blocked_arg a[NBLOCKED];
+    for (int i = 0; i < NBLOCKED; i++) {
+        a[i] = (blocked_arg){ .s = s, .m = int_msg(1, i), .rc = 12345 };
+        pthread_create(&t[i], NULL, blocked_send, &a[i]);
+    }
+    WAIT_UNTIL(lc__chan_waiting(s, NULL, true) == NBLOCKED);
+    assert_int_equal(lc_close(s), 0);
+    for (int i = 0; i < NBLOCKED; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(a[i].rc, LC_ECLOSED);
+        lc_msg_free(a[i].m); /* a failed send leaves the message with its owner */
+    }
+    /* what was queued before close is still delivered, then end-of-channel */
+    lc_msg *m;
+    assert_int_equal(lc_recv(r, &m, 0), 0);
+    lc_msg_free(m);
+    assert_int_equal(lc_recv(r, &m, 0), LC_EOF);
+    assert_int_equal(lc_recv(r, &m, -1), LC_EOF);
+    lc_sender_release(s);
+    lc_receiver_release(r);
+}
+
+static void test_release_last_sender_closes_channel(void **st)
+{
+    LC_TEST_DEADLINE(10);
+    lc_receiver *r;
+    lc_sender *s;
+    assert_int_equal(lc_pipe(&r, &s, 4), 0);
+    lc_sender *s2 = lc_sender_retain(s);
+    assert_int_equal(lc_send(s, int_msg(0, 0), 0), 0);
+    lc_sender_release(s);
+    lc_msg *m;
+    assert_int_equal(lc_recv(r, &m, 0), 0); /* one reference still alive */
+    lc_msg_free(m);
+    assert_int_equal(lc_recv(r, &m, 0), LC_ETIMEDOUT);
+    lc_sender_release(s2);
+    assert_int_equal(lc_recv(r, &m, 0), LC_EOF);
+    lc_receiver_release(r);
+}
+
+static void test_release_last_receiver_fails_senders_and_frees_queue(void **st)
+{
+    LC_TEST_DEADLINE(10);
+    int fds_before = lc_test_count_fds();
+    lc_receiver *r;
+    lc_sender *s;
+    assert_int_equal(lc_pipe(&r, &s, 2), 0);
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    lc_msg *m = lc_msg_new();
+    assert_int_equal(lc_msg_set_root(m, lc_new_stream(m, p[0], LC_STREAM_READ)), 0);
+    assert_int_equal(lc_send(s, m, 0), 0);
+    assert_int_equal(lc_send(s, int_msg(0, 1), 0), 0);
+    /* a sender blocked on the full buffer is failed when the receiver goes */
+    blocked_arg a = { .s = s, .m = int_msg(0, 2), .rc = 12345 };
+    pthread_t t;
+    pthread_create(&t, NULL, blocked_send, &a);
+    WAIT_UNTIL(lc__chan_waiting(s, NULL, true) == 1);
+    lc_receiver_release(r);
+    pthread_join(t, NULL);
+    assert_int_equal(a.rc, LC_ECLOSED);
+    lc_msg_free(a.m);
+    /* the queued message's fd was closed with it */
+    assert_int_equal(fcntl(p[0], F_GETFD), -1);
+    close(p[1]);
+    assert_int_equal(lc_test_count_fds(), fds_before);
+    lc_msg *m2 = int_msg(0, 3);
+    assert_int_equal(lc_send(s, m2, -1), LC_ECLOSED);
+    lc_msg_free(m2);
+    lc_sender_release(s);
+}
+
+/* ---- timeouts ------------------------------------------------------------- */
+
+static void test_timeouts_are_accurate(void **st)
+{
+    LC_TEST_DEADLINE(20);
+    lc_receiver *r;
+    lc_sender *s;
+    assert_int_equal(lc_pipe(&r, &s, 0), 0);
+    const int64_t timeouts[] = { 1, 10, 50, 120 };
+    for (size_t k = 0; k < sizeof timeouts / sizeof *timeouts; k++) {
+        int64_t best = INT64_MAX;
+        for (int attempt = 0; attempt < 3; attempt++) {
+            lc_msg *m;
+            int64_t t0 = lc_test_now_us();
+            assert_int_equal(lc_recv(r, &m, timeouts[k]), LC_ETIMEDOUT);
+            int64_t over = lc_test_now_us() - t0 - timeouts[k] * 1000;
+            /* never early */
+            if (over < 0)
+                fail_msg("timeout %lld ms returned %lld us early", (long long)timeouts[k], (long long)-over);
+            /* a loaded CI machine may delay one wake-up, never all of them */
+            if (over > 100000)
+                fail_msg("timeout %lld ms overshot by %lld us", (long long)timeouts[k], (long long)over);
+            if (over < best)
+                best = over;
+        }
+        if (best > 5000)
+            fail_msg("timeout %lld ms: best of 3 overshot by %lld us (> 5 ms)", (long long)timeouts[k],
+                     (long long)best);
+        /* the same for a blocked send and a select */
+        lc_msg *m = int_msg(0, 0);
+        int64_t t0 = lc_test_now_us();
+        assert_int_equal(lc_send(s, m, timeouts[k]), LC_ETIMEDOUT);
+        assert_true(lc_test_now_us() - t0 >= timeouts[k] * 1000);
+        lc_case c[1] = { { .op = LC_CASE_SEND, .sender = s, .msg = m } };
+        t0 = lc_test_now_us();
+        assert_int_equal(lc_select(c, 1, timeouts[k]), LC_ETIMEDOUT);
+        assert_true(lc_test_now_us() - t0 >= timeouts[k] * 1000);
+        assert_ptr_equal(c[0].msg, m); /* not taken */
+        lc_msg_free(m);
+    }
+    lc_sender_release(s);
+    lc_receiver_release(r);
+}
+
+/* ---- pollable fds --------------------------------------------------------- */
+
+static bool readable(int fd)
+{
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    return poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
+
+static void test_pollfd_tracks_readiness(void **st)
+{
+    LC_TEST_DEADLINE(10);
+    lc_receiver *r;
+    lc_sender *s;
+    assert_int_equal(lc_pipe(&r, &s, 1), 0);
+    int rfd = lc_receiver_pollfd(r), sfd = lc_sender_pollfd(s);
+    assert_true(rfd >= 0 && sfd >= 0);
+    assert_int_equal(lc_receiver_pollfd(r), rfd); /* stable */
+    assert_false(readable(rfd));
+    assert_true(readable(sfd)); /* room in the buffer */
+    assert_int_equal(lc_send(s, int_msg(0, 0), 0), 0);
+    assert_true(readable(rfd));
+    assert_true(readable(rfd)); /* level-triggered: stays readable */
+    assert_false(readable(sfd)); /* full */
+    lc_msg *m;
+    assert_int_equal(lc_recv(r, &m, 0), 0);
+    lc_msg_free(m);
+    assert_false(readable(rfd));
+    assert_true(readable(sfd));
+    lc_close(s);
+    assert_true(readable(rfd)); /* a receive would not block: it returns LC_EOF */
+    lc_sender_release(s);
+    lc_receiver_release(r);
+}
+
+static void test_pollfd_unbuffered_sees_waiting_sender(void **st)
+{
+    LC_TEST_DEADLINE(10);
+    lc_receiver *r;
+    lc_sender *s;
+    assert_int_equal(lc_pipe(&r, &s, 0), 0);
+    int rfd = lc_receiver_pollfd(r);
+    assert_false(readable(rfd));
+    send_arg a = { .s = s, .m = int_msg(0, 7) };
+    pthread_t t;
+    pthread_create(&t, NULL, sender_thread, &a);
+    /* an event loop would wait in poll(): do exactly that, with a deadline */
+    struct pollfd p = { .fd = rfd, .events = POLLIN };
+    assert_int_equal(poll(&p, 1, 5000), 1);
+    lc_msg *m;
+    assert_int_equal(lc_recv(r, &m, 0), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(a.rc, 0);
+    lc_msg_free(m);
+    assert_false(readable(rfd));
+    lc_sender_release(s);
+    lc_receiver_release(r);
+}
+
+/* ---- attachments travel by pointer ---------------------------------------- */
+
+static void test_channel_end_travels_inside_a_message(void **st)
+{
+    LC_TEST_DEADLINE(10);
+    lc_receiver *registry_r, *inbox_r;
+    lc_sender *registry_s, *inbox_s;
+    assert_int_equal(lc_pipe(&registry_r, &registry_s, 1), 0);
+    assert_int_equal(lc_pipe(&inbox_r, &inbox_s, 1), 0);
+    /* a worker registers by sending its own Sender */
+    lc_msg *reg = lc_msg_new();
+    lc_value *map = lc_new_map(reg);
+    assert_int_equal(lc_map_set(reg, map, "Inbox", lc_new_sender(reg, inbox_s)), 0);
+    assert_int_equal(lc_msg_set_root(reg, map), 0);
+    assert_int_equal(lc_send(registry_s, reg, 0), 0);
+
+    lc_msg *got;
+    assert_int_equal(lc_recv(registry_r, &got, 0), 0);
+    int err;
+    lc_sender *to_worker = lc_value_take_sender(lc_map_get(lc_msg_root(got), "Inbox"), &err);
+    assert_non_null(to_worker);
+    assert_int_equal(lc_value_take_sender(lc_map_get(lc_msg_root(got), "Inbox"), &err), NULL);
+    assert_int_equal(err, LC_ETAKEN);
+    lc_msg_free(got);
+    assert_int_equal(lc_send(to_worker, int_msg(9, 9), 0), 0);
+    lc_msg *job;
+    assert_int_equal(lc_recv(inbox_r, &job, 0), 0);
+    int64_t p, n;
+    msg_ints(job, &p, &n);
+    assert_int_equal(p, 9);
+    lc_msg_free(job);
+    /* the taken reference was the only Sender: releasing it ends the channel */
+    lc_sender_release(to_worker);
+    assert_int_equal(lc_recv(inbox_r, &job, 0), LC_EOF);
+    lc_receiver_release(inbox_r);
+    lc_sender_release(registry_s);
+    lc_receiver_release(registry_r);
+}
+
+static void test_invalid_arguments(void **st)
+{
+    LC_TEST_DEADLINE(10);
+    lc_receiver *r;
+    lc_sender *s;
+    lc_msg *m = NULL;
+    assert_int_equal(lc_pipe(NULL, &s, 0), LC_EINVAL);
+    assert_int_equal(lc_send(NULL, m, 0), LC_EINVAL);
+    assert_int_equal(lc_recv(NULL, &m, 0), LC_EINVAL);
+    assert_int_equal(lc_close(NULL), LC_EINVAL);
+    assert_int_equal(lc_pipe(&r, &s, 0), 0);
+    assert_int_equal(lc_send(s, NULL, 0), LC_EINVAL);
+    lc_case bad = { .op = 99, .sender = s };
+    assert_int_equal(lc_select(&bad, 1, 0), LC_EINVAL);
+    lc_case nullmsg = { .op = LC_CASE_SEND, .sender = s };
+    assert_int_equal(lc_select(&nullmsg, 1, 0), LC_EINVAL);
+    assert_int_equal(lc_select(NULL, 0, -1), LC_EINVAL); /* would block forever */
+    assert_int_equal(lc_select(NULL, 0, 0), LC_ETIMEDOUT);
+    lc_sender_release(NULL);
+    lc_receiver_release(NULL);
+    lc_sender_release(s);
+    lc_receiver_release(r);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_producers_consumers_buffered_no_loss_no_duplicate, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_producers_consumers_unbuffered_no_loss_no_duplicate, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_unbuffered_send_completes_only_when_received, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_buffered_fifo_and_full, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_close_wakes_every_blocked_receiver, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_close_wakes_every_blocked_sender, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_release_last_sender_closes_channel, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_release_last_receiver_fails_senders_and_frees_queue, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_timeouts_are_accurate, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_pollfd_tracks_readiness, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_pollfd_unbuffered_sees_waiting_sender, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_channel_end_travels_inside_a_message, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_invalid_arguments, lc_test_setup, lc_test_teardown),
+    };
+    return cmocka_run_group_tests_name("core/chan", tests, NULL, NULL);
+}
