@@ -1,0 +1,394 @@
+/*
+ * decode.c - the fast msgpack decoder (src/codec): one complete message from
+ * a contiguous buffer straight into the message's arena, iteratively (an
+ * explicit stack, so a hostile max_depth cannot overflow the C stack). The
+ * streaming decoder (stream.c) finds message boundaries and calls this.
+ * Also the public lc_msgpack_decode() and lc_limits_default().
+ *
+ * Our own decoder rather than msgpack-c's unpacker: bench/bench_msgpack.c
+ * measures both (msgpack-c builds its own object tree in a zone that then has
+ * to be converted), and msgpack-c cannot enforce our limits before allocating
+ * (its nesting limit is a compile-time 32).
+ */
+#include "codec/codec.h"
+#include "codec/wire.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define LC_DEFAULT_MAX_DEPTH    64u
+#define LC_DEFAULT_MAX_MESSAGE  (64ull << 20)
+#define LC_DEFAULT_MAX_ELEMENTS (1u << 20)
+
+LC_API void lc_limits_default(lc_limits *l)
+{
+    if (l == NULL)
+        return;
+    l->max_depth = LC_DEFAULT_MAX_DEPTH;
+    l->max_message = LC_DEFAULT_MAX_MESSAGE;
+    l->max_elements = LC_DEFAULT_MAX_ELEMENTS;
+}
+
+void lc__limits_resolve(lc_limits *d, const lc_limits *s)
+{
+    lc_limits_default(d);
+    if (s == NULL)
+        return;
+    if (s->max_depth)
+        d->max_depth = s->max_depth;
+    if (s->max_message)
+        d->max_message = s->max_message;
+    if (s->max_elements)
+        d->max_elements = s->max_elements;
+}
+
+/* The arena's bump fast path, inlined (same rounding as lc__arena_alloc). */
+static inline void *aalloc(lc_msg *m, size_t n)
+{
+    n = (n + 7u) & ~(size_t)7u;
+    if ((size_t)(m->arena_end - m->arena_ptr) >= n) {
+        void *p = m->arena_ptr;
+        m->arena_ptr += n;
+        return p;
+    }
+    return lc__arena_alloc(m, n);
+}
+
+/* A placed value of type t with `extra` bytes right after it. */
+static inline lc_value *new_val(lc_msg *m, uint8_t t, size_t extra)
+{
+    lc_value *v = aalloc(m, sizeof *v + extra);
+    if (v == NULL)
+        return NULL;
+    v->type = t;
+    v->flags = LC_VF_PLACED;
+    v->mode = 0;
+    v->pad_ = 0;
+    v->len = 0;
+    v->cap = 0;
+    v->owner = m;
+    v->u.u = 0;
+    return v;
+}
+
+static lc_value *new_bytes(lc_msg *m, uint8_t t, const uint8_t *p, uint32_t len)
+{
+    lc_value *v = new_val(m, t, (size_t)len + 1);
+    if (v == NULL)
+        return NULL;
+    char *s = (char *)(v + 1);
+    memcpy(s, p, len);
+    s[len] = '\0';
+    v->u.bytes = s;
+    v->len = len;
+    return v;
+}
+
+/* An ext 1..5 reference: through the hook, or as an LC__REF value. */
+static int ref_value(lc_msg *m, uint8_t type, const uint8_t *payload, uint64_t plen,
+                     const struct lc_codec_hooks *hooks, lc_value **out)
+{
+    uint64_t ref = plen == 4 ? lc__be32(payload) : lc__be64(payload);
+    if (hooks != NULL && hooks->decode_attachment != NULL) {
+        lc_value *v = NULL;
+        int rc = hooks->decode_attachment(hooks->ctx, type, ref, m, &v);
+        if (rc < 0)
+            return rc;
+        if (v == NULL || v->owner != m || (v->flags & LC_VF_PLACED))
+            return LC_EINVAL;
+        v->flags |= LC_VF_PLACED;
+        *out = v;
+        return 0;
+    }
+    lc_value *v = new_val(m, (uint8_t)LC__REF, 0);
+    if (v == NULL)
+        return LC_ENOMEM;
+    v->mode = type;
+    v->u.ref = ref;
+    *out = v;
+    return 0;
+}
+
+/*
+ * Ext 7 (ours): payload [content-type str, body bin, [ext 1..5, ...]]. The
+ * ext length bounds everything, so any inner inconsistency is LC_EBADMSG.
+ */
+static int decode_body(lc_msg *m, const uint8_t *q, size_t len, const lc_limits *lim,
+                       const struct lc_codec_hooks *hooks)
+{
+    struct lc_whdr h;
+    size_t off = 0;
+
+    if (lc__whdr_read(q, len, &h) != 0 || h.kind != LC_WK_ARRAY || h.len != 3)
+        return LC_EBADMSG;
+    off += h.hlen;
+
+    if (lc__whdr_read(q + off, len - off, &h) != 0 || h.kind != LC_WK_STR ||
+        h.len > len - off - h.hlen)
+        return LC_EBADMSG;
+    const uint8_t *ct = q + off + h.hlen;
+    size_t ct_len = (size_t)h.len;
+    if (memchr(ct, 0, ct_len) != NULL)
+        return LC_EBADMSG;
+    off += h.hlen + ct_len;
+
+    if (lc__whdr_read(q + off, len - off, &h) != 0 || h.kind != LC_WK_BIN ||
+        h.len > len - off - h.hlen)
+        return LC_EBADMSG;
+    const uint8_t *body = q + off + h.hlen;
+    size_t body_len = (size_t)h.len;
+    off += h.hlen + body_len;
+
+    if (lc__whdr_read(q + off, len - off, &h) != 0 || h.kind != LC_WK_ARRAY)
+        return LC_EBADMSG;
+    if (h.len > lim->max_elements)
+        return LC_ETOOBIG;
+    uint64_t natt = h.len;
+    off += h.hlen;
+    if (natt * 6 > len - off) /* each ref is at least d6 TT + 4 bytes */
+        return LC_EBADMSG;
+
+    lc_value **att = NULL;
+    if (natt > 0) {
+        att = aalloc(m, (size_t)natt * sizeof *att);
+        if (att == NULL)
+            return LC_ENOMEM;
+    }
+    for (uint64_t i = 0; i < natt; i++) {
+        if (lc__whdr_read(q + off, len - off, &h) != 0 || h.kind != LC_WK_EXT ||
+            h.ext < LC_EXT_DUPLEX || h.ext > LC_EXT_RECEIVER ||
+            (h.len != 4 && h.len != 8) || h.len > len - off - h.hlen)
+            return LC_EBADMSG;
+        int rc = ref_value(m, (uint8_t)h.ext, q + off + h.hlen, h.len, hooks, &att[i]);
+        if (rc != 0)
+            return rc;
+        off += h.hlen + (size_t)h.len;
+    }
+    if (off != len)
+        return LC_EBADMSG;
+
+    char *cts = aalloc(m, ct_len + 1);
+    if (cts == NULL)
+        return LC_ENOMEM;
+    memcpy(cts, ct, ct_len);
+    cts[ct_len] = '\0';
+    int rc = lc_msg_set_body(m, body, body_len, cts);
+    if (rc != 0)
+        return rc;
+    m->body_att = att;
+    m->body_att_len = (uint32_t)natt;
+    m->body_att_cap = (uint32_t)natt;
+    return 0;
+}
+
+struct dframe {
+    lc_value **next; /* the slot the next element goes to */
+    uint64_t left;   /* elements still to come */
+};
+
+#define DSTACK_INLINE 24
+
+int lc__decode(const uint8_t *p, size_t n, const lc_limits *ulim,
+               const struct lc_codec_hooks *hooks, lc_msg **out, size_t *consumed)
+{
+    if (out == NULL)
+        return LC_EINVAL;
+    *out = NULL;
+    if (p == NULL && n > 0)
+        return LC_EINVAL;
+
+    lc_limits lim;
+    lc__limits_resolve(&lim, ulim);
+    lc_msg *m = lc_msg_new();
+    if (m == NULL)
+        return LC_ENOMEM;
+
+    struct dframe inl[DSTACK_INLINE];
+    struct dframe *st = inl;
+    uint32_t st_cap = DSTACK_INLINE, depth = 0;
+    lc_value *root = NULL;
+    size_t pos = 0;
+    int rc;
+
+    for (;;) {
+        struct lc_whdr h;
+        size_t avail = n - pos;
+        rc = lc__whdr_read(p + pos, avail, &h);
+        if (rc != 0) {
+            if (rc == LC__WNEED)
+                rc = LC_ETRUNCATED;
+            goto fail;
+        }
+        rc = lc__whdr_check(&h, pos, depth, &lim);
+        if (rc != 0)
+            goto fail;
+        const uint8_t *pl = p + pos + h.hlen; /* payload, if any */
+        size_t after = avail - h.hlen;         /* bytes after the header */
+        lc_value *v;
+
+        switch (h.kind) {
+        case LC_WK_NIL:
+            v = new_val(m, LC_NIL, 0);
+            break;
+        case LC_WK_BOOL:
+            v = new_val(m, LC_BOOL, 0);
+            if (v)
+                v->u.b = h.v.b;
+            break;
+        case LC_WK_INT:
+            v = new_val(m, LC_INT, 0);
+            if (v)
+                v->u.i = h.v.i;
+            break;
+        case LC_WK_UINT:
+            v = new_val(m, LC_UINT, 0);
+            if (v)
+                v->u.u = h.v.u;
+            break;
+        case LC_WK_F32:
+        case LC_WK_F64:
+            v = new_val(m, LC_DOUBLE, 0);
+            if (v)
+                v->u.d = h.v.d;
+            break;
+        case LC_WK_STR:
+        case LC_WK_BIN:
+            if (h.len > after) {
+                rc = LC_ETRUNCATED;
+                goto fail;
+            }
+            v = new_bytes(m, h.kind == LC_WK_STR ? LC_STRING : LC_BINARY, pl, (uint32_t)h.len);
+            pos += (size_t)h.len;
+            break;
+        case LC_WK_ARRAY:
+        case LC_WK_MAP: {
+            uint64_t slots = h.kind == LC_WK_MAP ? 2 * h.len : h.len;
+            if (slots > after) { /* every element takes at least one byte */
+                rc = LC_ETRUNCATED;
+                goto fail;
+            }
+            v = new_val(m, h.kind == LC_WK_MAP ? LC_MAP : LC_ARRAY, 0);
+            if (v == NULL)
+                break;
+            if (slots > 0) {
+                v->u.items = aalloc(m, (size_t)slots * sizeof(lc_value *));
+                if (v->u.items == NULL) {
+                    v = NULL;
+                    break;
+                }
+                v->len = v->cap = (uint32_t)h.len;
+            }
+            break;
+        }
+        default: /* LC_WK_EXT, kind and length already checked */
+            if (h.len > after) {
+                rc = LC_ETRUNCATED;
+                goto fail;
+            }
+            pos += (size_t)h.len;
+            if (h.ext == LC_EXT_TIME) {
+                uint32_t nsec = lc__be32(pl + 8);
+                if (nsec >= 1000000000u) {
+                    rc = LC_EBADMSG;
+                    goto fail;
+                }
+                v = new_val(m, LC_TIME, 0);
+                if (v) {
+                    v->u.t.sec = (int64_t)lc__be64(pl);
+                    v->u.t.nsec = nsec;
+                }
+            } else if (h.ext == LC_EXT_BODY) { /* only at the top (checked) */
+                rc = decode_body(m, pl, (size_t)h.len, &lim, hooks);
+                if (rc != 0)
+                    goto fail;
+                pos += h.hlen;
+                goto done;
+            } else {
+                rc = ref_value(m, (uint8_t)h.ext, pl, h.len, hooks, &v);
+                if (rc != 0)
+                    goto fail;
+            }
+            break;
+        }
+        if (v == NULL) {
+            rc = LC_ENOMEM;
+            goto fail;
+        }
+        pos += h.hlen;
+
+        /* place v, then open it if it is a non-empty container */
+        if (depth == 0) {
+            root = v;
+        } else {
+            struct dframe *f = &st[depth - 1];
+            *f->next++ = v;
+            f->left--;
+        }
+        if ((h.kind == LC_WK_ARRAY || h.kind == LC_WK_MAP) && h.len > 0) {
+            if (depth == st_cap) {
+                uint32_t ncap = st_cap * 2;
+                struct dframe *ns = malloc((size_t)ncap * sizeof *ns);
+                if (ns == NULL) {
+                    rc = LC_ENOMEM;
+                    goto fail;
+                }
+                memcpy(ns, st, (size_t)depth * sizeof *ns);
+                if (st != inl)
+                    free(st);
+                st = ns;
+                st_cap = ncap;
+            }
+            st[depth].next = v->u.items;
+            st[depth].left = h.kind == LC_WK_MAP ? 2 * h.len : h.len;
+            depth++;
+        }
+        while (depth > 0 && st[depth - 1].left == 0)
+            depth--;
+        if (depth == 0)
+            break;
+    }
+    m->root = root;
+done:
+    if (st != inl)
+        free(st);
+    if (consumed != NULL) {
+        *consumed = pos;
+    } else if (pos != n) {
+        lc_msg_free(m);
+        return LC_ETRAILING;
+    }
+    *out = m;
+    return 0;
+
+fail:
+    if (st != inl)
+        free(st);
+    lc_msg_free(m);
+    return rc;
+}
+
+/* Public decoding has no session to resolve references: refuse them rather
+ * than expose internal LC__REF values. */
+static int refuse_refs(void *ctx, uint8_t ext_type, uint64_t ref, lc_msg *m, lc_value **out)
+{
+    (void)ctx;
+    (void)ext_type;
+    (void)ref;
+    (void)m;
+    (void)out;
+    return LC_ENOTSUP;
+}
+
+static const struct lc_codec_hooks public_decode_hooks = {
+    .ctx = NULL, .encode_attachment = NULL, .decode_attachment = refuse_refs
+};
+
+LC_API int lc_msgpack_decode(const void *data, size_t len, const lc_limits *limits, lc_msg **out)
+{
+    if (out == NULL)
+        return LC_EINVAL;
+    *out = NULL;
+    if (data == NULL)
+        return len == 0 ? LC_ETRUNCATED : LC_EINVAL;
+    return lc__decode(data, len, limits, &public_decode_hooks, out, NULL);
+}

@@ -1,0 +1,196 @@
+/*
+ * stream.c - the streaming msgpack decoder (src/codec): a channel's DATA
+ * payloads arrive in chunks split at any byte; this finds where each message
+ * ends with a resumable scanner (remaining element count per nesting level,
+ * limits checked as each header arrives) and hands every complete message to
+ * the fast decoder. Each input byte is scanned once: linear in the input.
+ */
+#include "codec/codec.h"
+#include "codec/wire.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void lc__sd_init(lc_stream_decoder *d, const lc_limits *lim, const struct lc_codec_hooks *hooks)
+{
+    memset(d, 0, sizeof *d);
+    lc__limits_resolve(&d->lim, lim);
+    if (hooks != NULL) {
+        d->hooks = *hooks;
+        d->has_hooks = 1;
+    }
+    lc__buf_init(&d->in);
+}
+
+void lc__sd_free(lc_stream_decoder *d)
+{
+    lc__buf_free(&d->in);
+    free(d->left);
+    d->left = NULL;
+    d->stack_cap = 0;
+}
+
+/* Drops the bytes of messages already returned, so the buffer holds at most
+ * the current message plus what came after it. */
+static void compact(lc_stream_decoder *d)
+{
+    if (d->start == 0)
+        return;
+    size_t keep = d->in.len - d->start;
+    if (keep > 0)
+        memmove(d->in.data, d->in.data + d->start, keep);
+    d->in.len = keep;
+    d->scan -= d->start;
+    d->start = 0;
+}
+
+int lc__sd_feed(lc_stream_decoder *d, const void *p, size_t n)
+{
+    if (d->err != 0)
+        return d->err;
+    if (n == 0)
+        return 0;
+    if (p == NULL)
+        return LC_EINVAL;
+    /* Move the live tail down only when that is cheaper than growing: the
+     * dead prefix is at least half of the buffer (amortised linear). */
+    if (d->start > 0 && (d->start == d->in.len || d->start >= d->in.cap / 2))
+        compact(d);
+    if (lc__buf_append(&d->in, p, n) != 0)
+        return LC_ENOMEM; /* not sticky: the caller may retry */
+    return 0;
+}
+
+/*
+ * The scanner applies the same header checks as the fast decoder, in the same
+ * order; the one check it cannot make as headers arrive is the content of a
+ * time ext (nanoseconds < 1e9), whose bytes may come later. So when it finds
+ * an error at offset `at`, an earlier bad time would have been the fast
+ * decoder's answer for the same bytes: walk the (fully buffered) elements
+ * before `at` for one. Ext 7 payloads need no such walk: ext 7 is a whole
+ * message, nothing can follow it.
+ */
+static int fail(lc_stream_decoder *d, size_t at, int scan_rc)
+{
+    const uint8_t *p = d->in.data;
+    size_t pos = d->start;
+    while (pos < at) {
+        struct lc_whdr h;
+        if (lc__whdr_read(p + pos, at - pos, &h) != 0)
+            break; /* cannot happen: the scanner read these headers */
+        if (h.kind == LC_WK_EXT && h.ext == LC_EXT_TIME &&
+            lc__be32(p + pos + h.hlen + 8) >= 1000000000u) {
+            scan_rc = LC_EBADMSG;
+            break;
+        }
+        pos += h.hlen;
+        if (h.kind == LC_WK_STR || h.kind == LC_WK_BIN || h.kind == LC_WK_EXT)
+            pos += (size_t)h.len;
+    }
+    d->err = scan_rc;
+    return scan_rc;
+}
+
+/* One element is complete: count it off its container(s). */
+static void element_done(lc_stream_decoder *d)
+{
+    while (d->depth > 0) {
+        if (--d->left[d->depth - 1] > 0)
+            return;
+        d->depth--;
+    }
+    d->done = 1;
+}
+
+/* Advances the scanner over the buffered bytes. 0 when the current message
+ * is complete (ends at d->scan), LC__SD_AGAIN, or an error. */
+static int scan(lc_stream_decoder *d)
+{
+    while (!d->done) {
+        if (d->scan >= d->in.len)
+            return LC__SD_AGAIN;
+        struct lc_whdr h;
+        int rc = lc__whdr_read(d->in.data + d->scan, d->in.len - d->scan, &h);
+        if (rc == LC__WNEED)
+            return LC__SD_AGAIN; /* re-read when more arrives: at most 9 bytes */
+        if (rc != 0)
+            return fail(d, d->scan, rc);
+        rc = lc__whdr_check(&h, d->scan - d->start, d->depth, &d->lim);
+        if (rc != 0)
+            return fail(d, d->scan, rc);
+        d->scan += h.hlen;
+        switch (h.kind) {
+        case LC_WK_STR:
+        case LC_WK_BIN:
+        case LC_WK_EXT:
+            d->scan += (size_t)h.len; /* may run ahead of the buffered bytes */
+            element_done(d);
+            break;
+        case LC_WK_ARRAY:
+        case LC_WK_MAP:
+            if (h.len == 0) {
+                element_done(d);
+                break;
+            }
+            if (d->depth == d->stack_cap) {
+                uint32_t ncap = d->stack_cap ? d->stack_cap * 2 : 16;
+                uint64_t *nl = realloc(d->left, (size_t)ncap * sizeof *nl);
+                if (nl == NULL) {
+                    d->err = LC_ENOMEM;
+                    return LC_ENOMEM;
+                }
+                d->left = nl;
+                d->stack_cap = ncap;
+            }
+            d->left[d->depth++] = h.kind == LC_WK_MAP ? 2 * h.len : h.len;
+            break;
+        default:
+            element_done(d);
+            break;
+        }
+    }
+    return d->scan <= d->in.len ? 0 : LC__SD_AGAIN;
+}
+
+int lc__sd_next(lc_stream_decoder *d, lc_msg **out)
+{
+    if (out == NULL)
+        return LC_EINVAL;
+    *out = NULL;
+    if (d->err != 0)
+        return d->err;
+    int rc = scan(d);
+    if (rc != 0)
+        return rc;
+    size_t len = d->scan - d->start;
+    rc = lc__decode(d->in.data + d->start, len, &d->lim,
+                    d->has_hooks ? &d->hooks : NULL, out, NULL);
+    if (rc != 0) {
+        d->err = rc;
+        return rc;
+    }
+    d->start = d->scan;
+    d->done = 0;
+    d->depth = 0;
+    if (d->start == d->in.len) { /* nothing buffered: restart at the front */
+        d->in.len = 0;
+        d->start = d->scan = 0;
+    }
+    return 0;
+}
+
+int lc__sd_finish(lc_stream_decoder *d)
+{
+    if (d->err != 0)
+        return d->err;
+    int rc = scan(d);
+    if (rc == 0)
+        return LC__SD_AGAIN; /* a complete message is still to be taken */
+    if (rc < 0)
+        return rc;
+    if (d->in.len > d->start) {
+        d->err = LC_ETRUNCATED;
+        return LC_ETRUNCATED;
+    }
+    return 0;
+}
