@@ -511,6 +511,143 @@ static void test_invalid_arguments(void **st)
     lc_receiver_release(r);
 }
 
+
+/* ---- close racing traffic: exactly once ----------------------------------- */
+
+enum { RACE_PROD = 3, RACE_MAX = 200000 };
+
+typedef struct {
+    lc_sender *s;
+    lc_receiver *r;
+    int id;
+    _Atomic int *sent;     /* per message: 1 when lc_send returned 0 */
+    _Atomic int *received; /* per message: receive count */
+    _Atomic long *total_received;
+    _Atomic int *errors;
+} race_arg;
+
+static void *race_producer(void *p)
+{
+    race_arg *a = p;
+    for (int i = a->id; i < RACE_MAX; i += RACE_PROD) {
+        lc_msg *m = lc_msg_new();
+        lc_msg_set_root(m, lc_new_int(m, i));
+        int rc = lc_send(a->s, m, 10000);
+        if (rc == 0) {
+            atomic_store(&a->sent[i], 1);
+            continue;
+        }
+        lc_msg_free(m); /* a failed send leaves the message with us */
+        if (rc != LC_ECLOSED)
+            atomic_fetch_add(a->errors, 1);
+        break;
+    }
+    return NULL;
+}
+
+static void *race_consumer(void *p)
+{
+    race_arg *a = p;
+    for (;;) {
+        lc_msg *m;
+        int rc = lc_recv(a->r, &m, 10000);
+        if (rc == LC_EOF)
+            return NULL;
+        if (rc != 0) {
+            atomic_fetch_add(a->errors, 1);
+            return NULL;
+        }
+        int64_t v = lc_value_int(lc_msg_root(m));
+        lc_msg_free(m);
+        if (v < 0 || v >= RACE_MAX)
+            atomic_fetch_add(a->errors, 1);
+        else
+            atomic_fetch_add(&a->received[v], 1);
+        atomic_fetch_add(a->total_received, 1);
+    }
+}
+
+/* Producers keep sending while the channel is closed under them: every send
+ * that succeeded is received exactly once, every failed one is not. */
+static void run_close_race(size_t capacity)
+{
+    lc_receiver *r;
+    lc_sender *s;
+    assert_int_equal(lc_pipe(&r, &s, capacity), 0);
+    _Atomic int *sent = calloc(RACE_MAX, sizeof *sent);
+    _Atomic int *received = calloc(RACE_MAX, sizeof *received);
+    _Atomic long total = 0;
+    _Atomic int errors = 0;
+    pthread_t th[RACE_PROD + 2];
+    race_arg args[RACE_PROD + 2];
+    for (int i = 0; i < RACE_PROD + 2; i++) {
+        args[i] = (race_arg){ .s = s, .r = r, .id = i, .sent = sent, .received = received,
+                              .total_received = &total, .errors = &errors };
+        pthread_create(&th[i], NULL, i < RACE_PROD ? race_producer : race_consumer, &args[i]);
+    }
+    /* close in the middle of the traffic */
+    WAIT_UNTIL(atomic_load(&total) >= 5000);
+    assert_int_equal(lc_close(s), 0);
+    for (int i = 0; i < RACE_PROD + 2; i++)
+        pthread_join(th[i], NULL);
+    assert_int_equal(atomic_load(&errors), 0);
+    long ok = 0;
+    for (int i = 0; i < RACE_MAX; i++) {
+        int snt = atomic_load(&sent[i]), rcv = atomic_load(&received[i]);
+        if (snt != rcv)
+            fail_msg("message %d: sent %d, received %d", i, snt, rcv);
+        ok += snt;
+    }
+    assert_true(ok >= 5000 && ok < RACE_MAX); /* the close really cut traffic */
+    free(sent);
+    free(received);
+    lc_sender_release(s);
+    lc_receiver_release(r);
+}
+
+static void test_close_racing_producers_buffered_exactly_once(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    run_close_race(16);
+}
+
+static void test_close_racing_producers_unbuffered_exactly_once(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    run_close_race(0);
+}
+
+/* The receiver goes away while producers are sending: every producer ends
+ * with LC_ECLOSED and queued messages are freed (ASan checks the leak side). */
+static void test_receiver_release_racing_senders(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    for (size_t capacity = 0; capacity <= 4; capacity += 4) {
+        lc_receiver *r;
+        lc_sender *s;
+        assert_int_equal(lc_pipe(&r, &s, capacity), 0);
+        _Atomic int *sent = calloc(RACE_MAX, sizeof *sent);
+        _Atomic int errors = 0;
+        pthread_t th[RACE_PROD];
+        race_arg args[RACE_PROD];
+        for (int i = 0; i < RACE_PROD; i++) {
+            args[i] = (race_arg){ .s = s, .id = i, .sent = sent, .errors = &errors };
+            pthread_create(&th[i], NULL, race_producer, &args[i]);
+        }
+        for (int i = 0; i < 1000; i++) {
+            lc_msg *m;
+            assert_int_equal(lc_recv(r, &m, 10000), 0);
+            lc_msg_free(m);
+        }
+        lc_receiver_release(r);
+        for (int i = 0; i < RACE_PROD; i++)
+            pthread_join(th[i], NULL);
+        assert_int_equal(atomic_load(&errors), 0);
+        free(sent);
+        lc_sender_release(s);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -527,6 +664,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pollfd_unbuffered_sees_waiting_sender, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_channel_end_travels_inside_a_message, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_invalid_arguments, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_close_racing_producers_buffered_exactly_once, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_close_racing_producers_unbuffered_exactly_once, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_receiver_release_racing_senders, lc_test_setup, lc_test_teardown),
     };
     return cmocka_run_group_tests_name("core/chan", tests, NULL, NULL);
 }

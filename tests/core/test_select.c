@@ -268,12 +268,12 @@ static void *sel_consumer(void *p)
     return NULL;
 }
 
-static void run_select_stress(size_t capacity)
+static void run_select_stress(size_t cap0, size_t cap1)
 {
     lc_receiver *r[2];
     lc_sender *s[2];
-    for (int i = 0; i < 2; i++)
-        assert_int_equal(lc_pipe(&r[i], &s[i], capacity), 0);
+    assert_int_equal(lc_pipe(&r[0], &s[0], cap0), 0);
+    assert_int_equal(lc_pipe(&r[1], &s[1], cap1), 0);
     _Atomic int *seen = calloc(SEL_PROD * SEL_PER, sizeof *seen);
     _Atomic int errors = 0;
     pthread_t th[SEL_PROD + SEL_CONS];
@@ -302,13 +302,20 @@ static void run_select_stress(size_t capacity)
 static void test_select_stress_unbuffered_exactly_once(void **st)
 {
     LC_TEST_DEADLINE(60);
-    run_select_stress(0);
+    run_select_stress(0, 0);
 }
 
 static void test_select_stress_buffered_exactly_once(void **st)
 {
     LC_TEST_DEADLINE(60);
-    run_select_stress(8);
+    run_select_stress(8, 8);
+}
+
+/* one buffered ring and one unbuffered hand-off channel in the same selects */
+static void test_select_stress_mixed_exactly_once(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    run_select_stress(0, 3);
 }
 
 static void test_select_same_channel_twice_and_many_cases(void **st)
@@ -354,6 +361,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_close_wakes_blocked_select, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_select_stress_unbuffered_exactly_once, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_select_stress_buffered_exactly_once, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_select_stress_mixed_exactly_once, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_select_same_channel_twice_and_many_cases, lc_test_setup, lc_test_teardown),
     };
     return cmocka_run_group_tests_name("core/select", tests, NULL, NULL);
