@@ -290,9 +290,13 @@ typedef struct lc_limits {
 /* Fills *l with the defaults above. */
 LC_API void lc_limits_default(lc_limits *l);
 
-/* Encodes m into a new malloc'ed buffer (*out, free() it) of *len bytes. */
+/* Encodes m into a new malloc'ed buffer (*out, free() it) of *len bytes.
+ * A message with an opaque body is encoded as ext 7 (libchan-C's own, see
+ * docs/codec.md). */
 LC_API int lc_msgpack_encode(const lc_msg *m, uint8_t **out, size_t *len);
-/* Decodes exactly one message from data[0..len). limits may be NULL (defaults). */
+/* Decodes exactly one message from data[0..len). limits may be NULL (defaults);
+ * a zero field of *limits means its default. A reference to a channel or byte
+ * stream (ext 1..5) needs a session and fails here with LC_ENOTSUP. */
 LC_API int lc_msgpack_decode(const void *data, size_t len, const lc_limits *limits, lc_msg **out);
 
 /* ========================================================================== */

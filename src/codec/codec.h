@@ -139,7 +139,10 @@ int lc__decode(const uint8_t *p, size_t n, const lc_limits *lim,
  *   or a negative error. Errors are sticky: every later feed/next/finish
  *   returns the same code (the stream is unusable; the session resets it).
  *   The error code for bad input is the one lc__decode gives for the same
- *   message bytes.
+ *   bytes, reported as soon as the bytes up to the fault have arrived (the
+ *   exception: where lc__decode, given a buffer that ends early, can already
+ *   tell it is truncated - an array header counting more elements than bytes
+ *   remain - the stream scans on and may find a later error).
  *   lc__sd_finish() is called at end of stream (FIN): 0 if nothing is
  *   buffered, LC_ETRUNCATED (sticky) if the bytes of a partial message
  *   remain, LC__SD_AGAIN if a complete message is still to be taken with
@@ -157,6 +160,8 @@ typedef struct lc_stream_decoder {
     size_t scan;        /* offset of the next header to scan (may be > in.len
                            while a string/bin/ext payload is still arriving) */
     int done;           /* the scanner has found the end of the current message */
+    int time_pending;   /* a time ext's nanoseconds at time_at are unchecked */
+    size_t time_at;
     uint32_t depth;     /* open containers of the current message */
     uint32_t stack_cap;
     uint64_t *left;     /* left[i]: elements still to come at nesting level i */

@@ -196,6 +196,8 @@ int lc__decode(const uint8_t *p, size_t n, const lc_limits *ulim,
     *out = NULL;
     if (p == NULL && n > 0)
         return LC_EINVAL;
+    if (n == 0)
+        return LC_ETRUNCATED;
 
     lc_limits lim;
     lc__limits_resolve(&lim, ulim);
@@ -207,6 +209,8 @@ int lc__decode(const uint8_t *p, size_t n, const lc_limits *ulim,
     struct dframe *st = inl;
     uint32_t st_cap = DSTACK_INLINE, depth = 0;
     lc_value *root = NULL;
+    lc_value **next = NULL; /* cursor of the innermost open container */
+    uint64_t left = 0;
     size_t pos = 0;
     int rc;
 
@@ -316,34 +320,46 @@ int lc__decode(const uint8_t *p, size_t n, const lc_limits *ulim,
         }
         pos += h.hlen;
 
-        /* place v, then open it if it is a non-empty container */
+        /* place v, then open it if it is a non-empty container. The open
+         * container's cursor lives in locals (next, left); st[] keeps the
+         * cursors of the containers around it. */
         if (depth == 0) {
             root = v;
         } else {
-            struct dframe *f = &st[depth - 1];
-            *f->next++ = v;
-            f->left--;
+            *next++ = v;
+            left--;
         }
         if ((h.kind == LC_WK_ARRAY || h.kind == LC_WK_MAP) && h.len > 0) {
-            if (depth == st_cap) {
-                uint32_t ncap = st_cap * 2;
-                struct dframe *ns = malloc((size_t)ncap * sizeof *ns);
-                if (ns == NULL) {
-                    rc = LC_ENOMEM;
-                    goto fail;
+            if (depth > 0) {
+                if (depth - 1 == st_cap) {
+                    uint32_t ncap = st_cap * 2;
+                    struct dframe *ns = malloc((size_t)ncap * sizeof *ns);
+                    if (ns == NULL) {
+                        rc = LC_ENOMEM;
+                        goto fail;
+                    }
+                    memcpy(ns, st, (size_t)(depth - 1) * sizeof *ns);
+                    if (st != inl)
+                        free(st);
+                    st = ns;
+                    st_cap = ncap;
                 }
-                memcpy(ns, st, (size_t)depth * sizeof *ns);
-                if (st != inl)
-                    free(st);
-                st = ns;
-                st_cap = ncap;
+                st[depth - 1].next = next;
+                st[depth - 1].left = left;
             }
-            st[depth].next = v->u.items;
-            st[depth].left = h.kind == LC_WK_MAP ? 2 * h.len : h.len;
+            next = v->u.items;
+            left = h.kind == LC_WK_MAP ? 2 * h.len : h.len;
             depth++;
+            continue;
         }
-        while (depth > 0 && st[depth - 1].left == 0)
-            depth--;
+        if (depth == 0) /* a scalar or an empty container at the top */
+            break;
+        while (left == 0) {
+            if (--depth == 0)
+                break;
+            next = st[depth - 1].next;
+            left = st[depth - 1].left;
+        }
         if (depth == 0)
             break;
     }

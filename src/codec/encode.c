@@ -8,7 +8,6 @@
  */
 #include "codec/codec.h"
 
-#include <msgpack.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -56,17 +55,33 @@ int lc__buf_append(lc_buf *b, const void *p, size_t n)
     return 0;
 }
 
-/* msgpack-c packer callback: its pack functions are static inline and the
- * packer stays local to lc__encode, so this usually inlines too. */
-static inline int buf_write(void *data, const char *p, size_t n)
+/*
+ * msgpack-c's packer, instantiated over lc_buf. msgpack-c writes its packer
+ * as a template (msgpack/pack_template.h, parameterised by the user type and
+ * the append operation); <msgpack.h> instantiates it with a write callback
+ * that is called through a function pointer for every header and body
+ * (bench_msgpack measured 29 ns to encode a SimpleStruct that way, 3x a plain
+ * byte writer). Instantiated here with an inline append instead, the same
+ * msgpack-c code writes straight into the buffer. The functions are named
+ * lc__mp_<what> (lc__mp_int64, lc__mp_str, ...) and return 0 or -1 (no memory).
+ */
+static inline int mp_append(lc_buf *b, const void *p, size_t n)
 {
-    lc_buf *b = data;
     if (b->cap - b->len < n && lc__buf_reserve(b, n) != 0)
         return -1;
     memcpy(b->data + b->len, p, n);
     b->len += n;
     return 0;
 }
+
+#include <msgpack/pack_define.h>
+#include <msgpack/timestamp.h>
+#define msgpack_pack_inline_func(name) static inline int lc__mp ## name
+#define msgpack_pack_user lc_buf *
+#define msgpack_pack_append_buffer(user, buf, len) return mp_append(user, buf, len)
+#define msgpack_pack_ext lc__mp_ext /* the template's own call in _timestamp */
+#include <msgpack/pack_template.h>
+#undef msgpack_pack_ext
 
 /* ---- values -------------------------------------------------------------- */
 
@@ -92,25 +107,25 @@ uint8_t lc__codec_ext_for(const lc_value *v)
 }
 
 /* A reference: fixext 4 when the id fits in 32 bits, else fixext 8. */
-static inline int pack_ref(msgpack_packer *pk, uint8_t type, uint64_t ref)
+static inline int pack_ref(lc_buf *pk, uint8_t type, uint64_t ref)
 {
     uint8_t b[8];
     if (ref <= UINT32_MAX) {
         uint32_t x = __builtin_bswap32((uint32_t)ref);
         memcpy(b, &x, 4);
-        if (msgpack_pack_ext(pk, 4, (int8_t)type) != 0 || msgpack_pack_ext_body(pk, b, 4) != 0)
+        if (lc__mp_ext(pk, 4, (int8_t)type) != 0 || lc__mp_ext_body(pk, b, 4) != 0)
             return LC_ENOMEM;
         return 0;
     }
     uint64_t x = __builtin_bswap64(ref);
     memcpy(b, &x, 8);
-    if (msgpack_pack_ext(pk, 8, (int8_t)type) != 0 || msgpack_pack_ext_body(pk, b, 8) != 0)
+    if (lc__mp_ext(pk, 8, (int8_t)type) != 0 || lc__mp_ext_body(pk, b, 8) != 0)
         return LC_ENOMEM;
     return 0;
 }
 
 /* An attachment or an unresolved reference, as ext 1..5. */
-static int pack_attachment(msgpack_packer *pk, lc_value *v, const struct lc_codec_hooks *hooks)
+static int pack_attachment(lc_buf *pk, lc_value *v, const struct lc_codec_hooks *hooks)
 {
     if (v->type == (uint8_t)LC__REF) {
         if (v->mode < LC_EXT_DUPLEX || v->mode > LC_EXT_RECEIVER)
@@ -134,34 +149,34 @@ static int pack_attachment(msgpack_packer *pk, lc_value *v, const struct lc_code
 }
 
 /* Everything but arrays and maps. */
-static inline int pack_scalar(msgpack_packer *pk, lc_value *v, const struct lc_codec_hooks *hooks)
+static inline int pack_scalar(lc_buf *pk, lc_value *v, const struct lc_codec_hooks *hooks)
 {
     int r;
     switch (v->type) {
     case LC_NIL:
-        r = msgpack_pack_nil(pk);
+        r = lc__mp_nil(pk);
         break;
     case LC_BOOL:
-        r = v->u.b ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+        r = v->u.b ? lc__mp_true(pk) : lc__mp_false(pk);
         break;
     case LC_INT:
-        r = msgpack_pack_int64(pk, v->u.i);
+        r = lc__mp_int64(pk, v->u.i);
         break;
     case LC_UINT:
-        r = msgpack_pack_uint64(pk, v->u.u);
+        r = lc__mp_uint64(pk, v->u.u);
         break;
     case LC_DOUBLE:
-        r = msgpack_pack_double(pk, v->u.d);
+        r = lc__mp_double(pk, v->u.d);
         break;
     case LC_STRING:
-        r = msgpack_pack_str(pk, v->len);
+        r = lc__mp_str(pk, v->len);
         if (r == 0)
-            r = msgpack_pack_str_body(pk, v->u.bytes, v->len);
+            r = lc__mp_str_body(pk, v->u.bytes, v->len);
         break;
     case LC_BINARY:
-        r = msgpack_pack_bin(pk, v->len);
+        r = lc__mp_bin(pk, v->len);
         if (r == 0)
-            r = msgpack_pack_bin_body(pk, v->u.bytes, v->len);
+            r = lc__mp_bin_body(pk, v->u.bytes, v->len);
         break;
     case LC_TIME: {
         uint8_t b[12];
@@ -171,9 +186,9 @@ static inline int pack_scalar(msgpack_packer *pk, lc_value *v, const struct lc_c
             return LC_EINVAL;
         memcpy(b, &s, 8);
         memcpy(b + 8, &ns, 4);
-        r = msgpack_pack_ext(pk, 12, LC_EXT_TIME); /* c7 0c 06: 12 is no fixext size */
+        r = lc__mp_ext(pk, 12, LC_EXT_TIME); /* c7 0c 06: 12 is no fixext size */
         if (r == 0)
-            r = msgpack_pack_ext_body(pk, b, 12);
+            r = lc__mp_ext_body(pk, b, 12);
         break;
     }
     default:
@@ -189,7 +204,7 @@ struct eframe {
 
 #define ESTACK_INLINE 24
 
-static int pack_tree(msgpack_packer *pk, lc_value *v, const struct lc_codec_hooks *hooks)
+static int pack_tree(lc_buf *pk, lc_value *v, const struct lc_codec_hooks *hooks)
 {
     struct eframe inl[ESTACK_INLINE];
     struct eframe *st = inl;
@@ -199,7 +214,7 @@ static int pack_tree(msgpack_packer *pk, lc_value *v, const struct lc_codec_hook
     for (;;) {
         if (v->type == LC_ARRAY || v->type == LC_MAP) {
             uint64_t n = v->type == LC_MAP ? 2 * (uint64_t)v->len : v->len;
-            int r = v->type == LC_MAP ? msgpack_pack_map(pk, v->len) : msgpack_pack_array(pk, v->len);
+            int r = v->type == LC_MAP ? lc__mp_map(pk, v->len) : lc__mp_array(pk, v->len);
             if (r != 0) {
                 rc = LC_ENOMEM;
                 break;
@@ -255,18 +270,17 @@ static int pack_body(lc_buf *out, const lc_msg *m, const struct lc_codec_hooks *
         return LC_ENOMEM;
     out->len += 6;
 
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, out, buf_write);
+    lc_buf *pk = out;
     const char *ct = m->content_type ? m->content_type : "";
     size_t ct_len = strlen(ct);
-    if (msgpack_pack_array(&pk, 3) != 0 ||
-        msgpack_pack_str(&pk, ct_len) != 0 || msgpack_pack_str_body(&pk, ct, ct_len) != 0 ||
-        msgpack_pack_bin(&pk, m->body_len) != 0 ||
-        msgpack_pack_bin_body(&pk, m->body, m->body_len) != 0 ||
-        msgpack_pack_array(&pk, m->body_att_len) != 0)
+    if (lc__mp_array(pk, 3) != 0 ||
+        lc__mp_str(pk, ct_len) != 0 || lc__mp_str_body(pk, ct, ct_len) != 0 ||
+        lc__mp_bin(pk, m->body_len) != 0 ||
+        lc__mp_bin_body(pk, m->body, m->body_len) != 0 ||
+        lc__mp_array(pk, m->body_att_len) != 0)
         return LC_ENOMEM;
     for (uint32_t i = 0; i < m->body_att_len; i++) {
-        int rc = pack_attachment(&pk, m->body_att[i], hooks);
+        int rc = pack_attachment(pk, m->body_att[i], hooks);
         if (rc != 0)
             return rc;
     }
@@ -279,9 +293,7 @@ static int pack_body(lc_buf *out, const lc_msg *m, const struct lc_codec_hooks *
     h.data = hb;
     h.len = 0;
     h.cap = sizeof hb;
-    msgpack_packer hp;
-    msgpack_packer_init(&hp, &h, buf_write);
-    if (msgpack_pack_ext(&hp, plen, LC_EXT_BODY) != 0)
+    if (lc__mp_ext(&h, plen, LC_EXT_BODY) != 0) /* <= 6 bytes: never grows h */
         return LC_ENOMEM;
     memmove(out->data + hdr + h.len, out->data + hdr + 6, plen);
     memcpy(out->data + hdr, hb, h.len);
@@ -300,9 +312,7 @@ int lc__encode(const lc_msg *m, lc_buf *out, const struct lc_codec_hooks *hooks)
     } else if (m->root == NULL) {
         rc = lc__buf_append(out, "\xc0", 1);
     } else {
-        msgpack_packer pk;
-        msgpack_packer_init(&pk, out, buf_write);
-        rc = pack_tree(&pk, m->root, hooks);
+        rc = pack_tree(out, m->root, hooks);
     }
     if (rc != 0)
         out->len = start;

@@ -41,6 +41,8 @@ static void compact(lc_stream_decoder *d)
         memmove(d->in.data, d->in.data + d->start, keep);
     d->in.len = keep;
     d->scan -= d->start;
+    if (d->time_pending)
+        d->time_at -= d->start;
     d->start = 0;
 }
 
@@ -61,34 +63,10 @@ int lc__sd_feed(lc_stream_decoder *d, const void *p, size_t n)
     return 0;
 }
 
-/*
- * The scanner applies the same header checks as the fast decoder, in the same
- * order; the one check it cannot make as headers arrive is the content of a
- * time ext (nanoseconds < 1e9), whose bytes may come later. So when it finds
- * an error at offset `at`, an earlier bad time would have been the fast
- * decoder's answer for the same bytes: walk the (fully buffered) elements
- * before `at` for one. Ext 7 payloads need no such walk: ext 7 is a whole
- * message, nothing can follow it.
- */
-static int fail(lc_stream_decoder *d, size_t at, int scan_rc)
+static int fail(lc_stream_decoder *d, int rc)
 {
-    const uint8_t *p = d->in.data;
-    size_t pos = d->start;
-    while (pos < at) {
-        struct lc_whdr h;
-        if (lc__whdr_read(p + pos, at - pos, &h) != 0)
-            break; /* cannot happen: the scanner read these headers */
-        if (h.kind == LC_WK_EXT && h.ext == LC_EXT_TIME &&
-            lc__be32(p + pos + h.hlen + 8) >= 1000000000u) {
-            scan_rc = LC_EBADMSG;
-            break;
-        }
-        pos += h.hlen;
-        if (h.kind == LC_WK_STR || h.kind == LC_WK_BIN || h.kind == LC_WK_EXT)
-            pos += (size_t)h.len;
-    }
-    d->err = scan_rc;
-    return scan_rc;
+    d->err = rc;
+    return rc;
 }
 
 /* One element is complete: count it off its container(s). */
@@ -102,11 +80,29 @@ static void element_done(lc_stream_decoder *d)
     d->done = 1;
 }
 
-/* Advances the scanner over the buffered bytes. 0 when the current message
- * is complete (ends at d->scan), LC__SD_AGAIN, or an error. */
+/*
+ * Advances the scanner over the buffered bytes. 0 when the current message
+ * is complete (ends at d->scan), LC__SD_AGAIN, or an error.
+ *
+ * It applies the fast decoder's header checks in the same order (wire.h) and
+ * also the one content check that can fail before the end of a message: the
+ * nanoseconds of a time ext, checked as soon as its 12 bytes are buffered and
+ * before anything after them. So it reports the first error in document
+ * order, the one lc__decode reports for the same message. (A bad ext 7
+ * payload is found by lc__decode: ext 7 is a whole message.)
+ */
 static int scan(lc_stream_decoder *d)
 {
-    while (!d->done) {
+    for (;;) {
+        if (d->time_pending) {
+            if (d->in.len < d->time_at + 12)
+                return LC__SD_AGAIN;
+            if (lc__be32(d->in.data + d->time_at + 8) >= 1000000000u)
+                return fail(d, LC_EBADMSG);
+            d->time_pending = 0;
+        }
+        if (d->done)
+            break;
         if (d->scan >= d->in.len)
             return LC__SD_AGAIN;
         struct lc_whdr h;
@@ -114,15 +110,20 @@ static int scan(lc_stream_decoder *d)
         if (rc == LC__WNEED)
             return LC__SD_AGAIN; /* re-read when more arrives: at most 9 bytes */
         if (rc != 0)
-            return fail(d, d->scan, rc);
+            return fail(d, rc);
         rc = lc__whdr_check(&h, d->scan - d->start, d->depth, &d->lim);
         if (rc != 0)
-            return fail(d, d->scan, rc);
+            return fail(d, rc);
         d->scan += h.hlen;
         switch (h.kind) {
+        case LC_WK_EXT:
+            if (h.ext == LC_EXT_TIME) {
+                d->time_at = d->scan;
+                d->time_pending = 1;
+            }
+            /* fall through */
         case LC_WK_STR:
         case LC_WK_BIN:
-        case LC_WK_EXT:
             d->scan += (size_t)h.len; /* may run ahead of the buffered bytes */
             element_done(d);
             break;

@@ -46,6 +46,7 @@ enum { SEL_FREE = -1, SEL_CANCELLED = -2 };
 typedef struct waiter {
     _Atomic uint32_t state;  /* W_*: the futex word */
     _Atomic int selected;    /* SEL_FREE until a channel claims one case */
+    struct lc_async *async;  /* non-NULL: a callback operation, nobody sleeps */
 } waiter;
 
 /* One case of a blocked call, queued on one channel. */
@@ -96,6 +97,7 @@ static void waiter_init(waiter *w)
 {
     atomic_init(&w->state, W_WAITING);
     atomic_init(&w->selected, SEL_FREE);
+    w->async = NULL;
 }
 
 /* Claims waiter w for case `index`; false if another case or a timeout got it first. */
@@ -117,8 +119,14 @@ static bool waiter_cancel(waiter *w)
 /* Wakes a claimed waiter. After the exchange the waiter may return and its
  * stack vanish: nothing here touches *w afterwards except the futex syscall,
  * which on a stale address at worst wakes a waiter that re-checks its word. */
+static void async_fire(struct lc_async *op);
+
 static void waiter_wake(waiter *w)
 {
+    if (w->async != NULL) {
+        async_fire(w->async); /* runs the operation's continuation here */
+        return;
+    }
     if (atomic_exchange_explicit(&w->state, W_DONE, memory_order_acq_rel) == W_SLEEPING)
         futex_call(&w->state, FUTEX_WAKE_PRIVATE, 1, NULL);
 }
@@ -162,7 +170,7 @@ typedef struct ring_slot {
 
 enum { RING_OK = 0, RING_WOULD_BLOCK = 1, RING_CLOSED = 2 };
 
-typedef struct lc_chan {
+struct lc_chan {
     /* buffered ring: positions are lap | mark | index; head and tail live on
      * their own cache lines so producers and consumers do not share one */
     _Alignas(64) _Atomic size_t head;
@@ -176,9 +184,11 @@ typedef struct lc_chan {
     bool rx_gone;                    /* last Receiver released */
     _Atomic bool polled;             /* a pollable fd exists: keep it up to date */
     _Atomic int refs;                /* one per end object alive */
+    const lc__net_ops *net;          /* network Sender: the session's hooks */
+    void *net_ctx;
     int recv_efd, send_efd;
     bool recv_sig, send_sig;
-} lc_chan;
+};
 
 struct lc_sender {
     _Atomic long refs;
@@ -287,6 +297,21 @@ static bool ring_ready(lc_chan *c, bool recv)
     return recv ? n > 0 : n < c->cap;
 }
 
+/* Channels whose waiters are notified to retry (a ring, or a network Sender)
+ * rather than handed a message (unbuffered). */
+static bool notify_based(const lc_chan *c)
+{
+    return c->cap > 0 || c->net != NULL;
+}
+
+/* Would the case complete now, for a notify-based channel? */
+static bool case_ready(lc_chan *c, bool recv)
+{
+    if (c->net != NULL)
+        return c->net->writable(c->net_ctx); /* true once closed, too */
+    return ring_ready(c, recv);
+}
+
 /* ---- wait queues --------------------------------------------------------- */
 
 static void q_push(sudog_queue *q, sudog *s)
@@ -360,7 +385,10 @@ static void poll_update(lc_chan *c)
     if (c->recv_efd < 0 && c->send_efd < 0)
         return;
     bool rready, sready;
-    if (c->cap > 0) {
+    if (c->net != NULL) {
+        rready = false;
+        sready = c->closed || c->net->writable(c->net_ctx);
+    } else if (c->cap > 0) {
         rready = ring_ready(c, true);
         sready = ring_ready(c, false);
     } else {
@@ -502,7 +530,14 @@ static int chan_close(lc_chan *c, bool explicit_close)
         return explicit_close ? LC_ECLOSED : 0;
     }
     c->closed = true;
-    if (c->cap > 0) {
+    if (c->net != NULL) {
+        /* the session sends FIN (outside our lock: it writes), then blocked
+         * senders retry and find the stream closed */
+        pthread_mutex_unlock(&c->mu);
+        c->net->close(c->net_ctx);
+        pthread_mutex_lock(&c->mu);
+        wake_all_locked(c, &c->sendq, RES_NOTIFY);
+    } else if (c->cap > 0) {
         /* buffered: mark the tail (no push succeeds after this), then let every
          * waiter retry: receivers drain what is queued before seeing the end */
         atomic_fetch_or_explicit(&c->tail, c->mark_bit, memory_order_seq_cst);
@@ -532,6 +567,8 @@ LC_API void lc_sender_release(lc_sender *s)
     lc_chan *c = s->c;
     free(s);
     chan_close(c, false); /* the last Sender gone: receivers drain, then EOF */
+    if (c->net != NULL)
+        c->net->release(c->net_ctx);
     chan_unref(c);
 }
 
@@ -584,6 +621,17 @@ typedef struct fired {
  * NULL when taken (send); *f says whom to wake after unlocking. */
 static bool try_case(lc_chan *c, lc_case *cs, fired *f)
 {
+    if (c->net != NULL) {
+        if (cs->op != LC_CASE_SEND)
+            return false; /* a network Sender has no local receiving side */
+        int r = c->net->try_send(c->net_ctx, cs->msg);
+        if (r == LC__WOULD_BLOCK)
+            return false;
+        cs->result = r;
+        if (r == 0)
+            cs->msg = NULL;
+        return true;
+    }
     if (c->cap > 0) {
         if (cs->op == LC_CASE_SEND) {
             int r = ring_push(c, cs->msg);
@@ -754,7 +802,7 @@ static int select_wait(lc_case *cases, const size_t *order, size_t active, lc_ch
             sg->is_send = cases[i].op == LC_CASE_SEND;
             sg->msg = sg->is_send ? cases[i].msg : NULL;
             q_push(queue_of(sg), sg);
-            any_buffered |= sg->chan->cap > 0;
+            any_buffered |= notify_based(sg->chan);
         }
         for (size_t i = 0; i < nlocks; i++)
             poll_update(locks[i]);
@@ -766,7 +814,7 @@ static int select_wait(lc_case *cases, const size_t *order, size_t active, lc_ch
             for (size_t k = 0; k < active && !ready; k++) {
                 lc_case *cs = &cases[order[k]];
                 lc_chan *c = case_chan(cs);
-                ready = c->cap > 0 && ring_ready(c, cs->op == LC_CASE_RECV);
+                ready = notify_based(c) && case_ready(c, cs->op == LC_CASE_RECV);
             }
         }
         bool claimed = !ready && waiter_wait(&w, has_dl ? &dl : NULL);
@@ -884,7 +932,7 @@ LC_API int lc_select(lc_case *cases, size_t n, int64_t timeout_ms)
 static int single_case(lc_case *cs, int64_t timeout_ms)
 {
     lc_chan *c = case_chan(cs);
-    if (c->cap > 0) {
+    if (notify_based(c)) {
         fired f = { 0 };
         if (try_case(c, cs, &f)) {
             after_fired(&f);
@@ -899,7 +947,7 @@ static int single_case(lc_case *cs, int64_t timeout_ms)
         bool recv = cs->op == LC_CASE_RECV;
         for (unsigned i = 1;; i++) {
             cpu_relax();
-            if (ring_ready(c, recv) && try_case(c, cs, &f)) {
+            if (case_ready(c, recv) && try_case(c, cs, &f)) {
                 after_fired(&f);
                 return 0;
             }
@@ -930,6 +978,179 @@ LC_API int lc_recv(lc_receiver *r, lc_msg **m, int64_t timeout_ms)
     int rc = single_case(&cs, timeout_ms);
     *m = rc == 0 ? cs.msg : NULL;
     return rc < 0 ? rc : cs.result;
+}
+
+/* ---- callback operations (for the session layer) ------------------------- */
+
+/*
+ * An asynchronous send or receive: the same sudog as a blocked call, but the
+ * waker runs the continuation instead of waking a thread. On a notify-based
+ * channel (ring, network Sender) the continuation retries the operation and
+ * re-registers when it lost the race; the callback runs exactly once, with
+ * the final result.
+ */
+struct lc_async {
+    waiter w;
+    sudog sg;
+    lc_case cs;
+    lc_async_cb cb;
+    void *ctx;
+};
+
+/* Registers op on its channel, or completes it if it became possible in the
+ * meantime. Returns true when it completed now (result in op->cs). Once it
+ * returns false the op belongs to whoever claims it: the caller must not
+ * touch it again. That is why the eventcount re-check of a ring happens here
+ * with the lock still held (a claimer needs the lock), not after unlocking as
+ * a blocked thread may do. */
+static bool async_register(struct lc_async *op, fired *f)
+{
+    lc_chan *c = case_chan(&op->cs);
+    for (;;) {
+        pthread_mutex_lock(&c->mu);
+        if (try_case(c, &op->cs, f)) {
+            pthread_mutex_unlock(&c->mu);
+            return true;
+        }
+        waiter_init(&op->w);
+        op->w.async = op;
+        memset(&op->sg, 0, sizeof op->sg);
+        op->sg.w = &op->w;
+        op->sg.chan = c;
+        op->sg.is_send = op->cs.op == LC_CASE_SEND;
+        op->sg.msg = op->sg.is_send ? op->cs.msg : NULL;
+        q_push(queue_of(&op->sg), &op->sg);
+        if (notify_based(c)) {
+            atomic_thread_fence(memory_order_seq_cst);
+            if (case_ready(c, op->cs.op == LC_CASE_RECV)) {
+                q_remove(queue_of(&op->sg), &op->sg); /* nobody could claim it: we hold the lock */
+                pthread_mutex_unlock(&c->mu);
+                continue;
+            }
+        }
+        poll_update(c);
+        pthread_mutex_unlock(&c->mu);
+        return false;
+    }
+}
+
+static void async_fire(struct lc_async *op)
+{
+    fired f = { 0 };
+    if (op->sg.result == RES_NOTIFY) {
+        /* something changed: retry, or wait again */
+        if (!async_register(op, &f))
+            return;
+    } else {
+        op->cs.result = op->sg.result;
+        if (op->sg.is_send) {
+            if (op->sg.result == 0)
+                op->cs.msg = NULL;
+        } else {
+            op->cs.msg = op->sg.msg;
+        }
+    }
+    after_fired(&f);
+    /* freed after the callback: a cancel serialised with the callback (the
+     * session holds a lock the callback takes) never sees freed memory */
+    op->cb(op->ctx, op->cs.result, op->sg.is_send ? NULL : op->cs.msg);
+    free(op);
+}
+
+static int async_start(lc_case *cs, lc_msg **m, lc_async_cb cb, void *ctx, lc_async **out)
+{
+    *out = NULL;
+    struct lc_async *op = malloc(sizeof *op);
+    if (op == NULL)
+        return LC_ENOMEM;
+    op->cs = *cs;
+    op->cb = cb;
+    op->ctx = ctx;
+    *out = op; /* before it is visible: the callback may run before we return */
+    fired f = { 0 };
+    if (async_register(op, &f)) {
+        *out = NULL;
+        after_fired(&f);
+        int result = op->cs.result;
+        if (m)
+            *m = op->cs.msg;
+        free(op);
+        return result;
+    }
+    return LC__PENDING;
+}
+
+int lc__send_async(lc_sender *s, lc_msg *m, lc_async_cb cb, void *ctx, lc_async **op)
+{
+    if (s == NULL || m == NULL || cb == NULL || op == NULL)
+        return LC_EINVAL;
+    lc_case cs = { .op = LC_CASE_SEND, .sender = s, .msg = m };
+    return async_start(&cs, NULL, cb, ctx, op);
+}
+
+int lc__recv_async(lc_receiver *r, lc_msg **m, lc_async_cb cb, void *ctx, lc_async **op)
+{
+    if (r == NULL || m == NULL || cb == NULL || op == NULL)
+        return LC_EINVAL;
+    *m = NULL;
+    lc_case cs = { .op = LC_CASE_RECV, .receiver = r };
+    return async_start(&cs, m, cb, ctx, op);
+}
+
+bool lc__async_cancel(lc_async *op)
+{
+    lc_chan *c = op->sg.chan;
+    pthread_mutex_lock(&c->mu);
+    bool cancelled = waiter_cancel(&op->w);
+    if (cancelled) {
+        q_remove(queue_of(&op->sg), &op->sg);
+        poll_update(c);
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (cancelled)
+        free(op);
+    return cancelled;
+}
+
+/* ---- network Senders ----------------------------------------------------- */
+
+lc_sender *lc__net_sender_new(const lc__net_ops *ops, void *ctx, lc_chan **chan)
+{
+    lc_chan *c = aligned_alloc(64, (sizeof *c + 63) & ~(size_t)63);
+    lc_sender *s = malloc(sizeof *s);
+    if (c == NULL || s == NULL) {
+        free(c);
+        free(s);
+        return NULL;
+    }
+    memset(c, 0, sizeof *c);
+    pthread_mutex_init(&c->mu, NULL);
+    c->net = ops;
+    c->net_ctx = ctx;
+    c->recv_efd = c->send_efd = -1;
+    c->rx_gone = true; /* there is no local receiving end */
+    atomic_init(&c->refs, 1);
+    atomic_init(&s->refs, 1);
+    s->c = c;
+    if (chan)
+        *chan = c;
+    return s;
+}
+
+void lc__chan_wake_senders(lc_chan *c)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&c->sendq.len, memory_order_relaxed) == 0 &&
+        !atomic_load_explicit(&c->polled, memory_order_relaxed))
+        return;
+    pthread_mutex_lock(&c->mu);
+    wake_all_locked(c, &c->sendq, RES_NOTIFY);
+    pthread_mutex_unlock(&c->mu);
+}
+
+void *lc__net_sender_ctx(lc_sender *s, const lc__net_ops *ops)
+{
+    return (s != NULL && s->c->net == ops) ? s->c->net_ctx : NULL;
 }
 
 /* ---- pollable fds -------------------------------------------------------- */
@@ -989,3 +1210,4 @@ size_t lc__chan_waiting(lc_sender *s, lc_receiver *r, bool senders)
     pthread_mutex_unlock(&c->mu);
     return n;
 }
+

@@ -17,4 +17,56 @@
  * must wait until a thread is really blocked, without sleeping. */
 size_t lc__chan_waiting(lc_sender *s, lc_receiver *r, bool senders);
 
+/* ---- for the session layer ---------------------------------------------- */
+
+typedef struct lc_chan lc_chan;
+
+/* Internal positive codes: "not now, retry later" and "registered". */
+#define LC__WOULD_BLOCK 1
+#define LC__PENDING 2
+
+/*
+ * Callback operations. lc__send_async / lc__recv_async complete at once when
+ * they can (returning 0, LC_ECLOSED or LC_EOF, with *m set for a receive), or
+ * return LC__PENDING with *op set: cb then runs exactly once, later, with the
+ * result (and the received message, which the callback owns), unless
+ * lc__async_cancel(op) returns true first. cb runs on whatever thread
+ * completed the operation (an application thread inside lc_send/lc_recv, or
+ * the engine) after every channel lock is dropped, possibly before
+ * lc__send_async/lc__recv_async has returned; it must not block. *op is set
+ * before the operation becomes visible and stays valid until the callback
+ * returns. lc__async_cancel returns false when the callback has run or is
+ * about to: the caller must then let it run; a caller that cancels must
+ * serialise with its callback (e.g. a lock both take) so it never cancels an
+ * op whose callback already returned. A cancelled send leaves m with the caller.
+ */
+typedef struct lc_async lc_async;
+typedef void (*lc_async_cb)(void *ctx, int result, lc_msg *m);
+int lc__send_async(lc_sender *s, lc_msg *m, lc_async_cb cb, void *ctx, lc_async **op);
+int lc__recv_async(lc_receiver *r, lc_msg **m, lc_async_cb cb, void *ctx, lc_async **op);
+bool lc__async_cancel(lc_async *op);
+
+/*
+ * Network Senders: lc_send on them calls try_send on the calling thread (the
+ * session encodes and writes); blocked senders and select cases wait on the
+ * channel and retry when the session calls lc__chan_wake_senders.
+ *   try_send: 0 (took m), LC__WOULD_BLOCK (keep m, wait), or a negative error
+ *             (LC_ECLOSED once closed; m not taken).
+ *   writable: true when try_send would not return LC__WOULD_BLOCK (also once
+ *             closed). Called without channel locks held, and with.
+ *   close:    lc_close or the last release: send FIN. Called once.
+ *   release:  the last reference is gone (after close): drop ctx.
+ * *chan (borrowed until release runs) is what lc__chan_wake_senders takes.
+ */
+typedef struct lc__net_ops {
+    int (*try_send)(void *ctx, lc_msg *m);
+    bool (*writable)(void *ctx);
+    void (*close)(void *ctx);
+    void (*release)(void *ctx);
+} lc__net_ops;
+lc_sender *lc__net_sender_new(const lc__net_ops *ops, void *ctx, lc_chan **chan);
+void lc__chan_wake_senders(lc_chan *c);
+/* ctx of a network Sender made with these ops, NULL for any other Sender. */
+void *lc__net_sender_ctx(lc_sender *s, const lc__net_ops *ops);
+
 #endif

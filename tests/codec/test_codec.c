@@ -1057,6 +1057,117 @@ static void test_stream_refuses_huge_header_at_once(void **state)
     lc__sd_free(&d);
 }
 
+static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
+static uint32_t rnd(uint32_t n)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state % n);
+}
+
+/* First outcome of the streaming decoder fed p in random chunks. */
+static int stream_first(const uint8_t *p, size_t n, const lc_limits *lim, lc_msg **out, size_t *at)
+{
+    lc_stream_decoder d;
+    lc__sd_init(&d, lim, NULL);
+    int rc = LC__SD_AGAIN;
+    size_t off = 0;
+    *out = NULL;
+    while (off < n) {
+        size_t c = 1 + rnd(16);
+        if (c > n - off)
+            c = n - off;
+        assert_int_equal(lc__sd_feed(&d, p + off, c), 0);
+        off += c;
+        rc = lc__sd_next(&d, out);
+        if (rc != LC__SD_AGAIN)
+            break;
+    }
+    *at = off;
+    if (rc == LC__SD_AGAIN) {
+        int f = lc__sd_finish(&d);
+        assert_true(f == LC_ETRUNCATED || (n == 0 && f == 0));
+    }
+    lc__sd_free(&d);
+    return rc;
+}
+
+/* Mutated messages: the fast decoder never crashes, and the streaming
+ * decoder agrees with it (same message, or the same error). */
+static void test_mutations_fast_and_stream_agree(void **state)
+{
+    LC_TEST_DEADLINE(10);
+    lc_msg *cm = complex_msg();
+    lc_buf cb = enc(cm);
+    lc_msg_free(cm);
+    HX(req, GO_ECHO_REQ);
+    HX(tm, "93 c7 0c 06 00 00 00 00 00 00 00 01 00 00 00 02 92 a1 'x' c4 01 00 "
+           "81 d6 04 00 00 00 05 d7 01 00 00 00 01 00 00 00 00");
+    HX(body, "c7 0e 07 93 a3 'x/y' c4 00 91 d6 01 00 00 00 01");
+    const struct { const uint8_t *p; size_t n; } base[] = {
+        { cb.data, cb.len }, { req, req_n }, { tm, tm_n }, { body, body_n },
+    };
+    static const uint8_t special[] = { 0xc1, 0xdd, 0xdb, 0xdf, 0xc7, 0xd6, 0xd7, 0x91,
+                                       0x9f, 0x8f, 0xc9, 0xff, 0x00, 0x3b, 0x07, 0x06 };
+    const lc_limits small = { .max_depth = 3, .max_message = 48, .max_elements = 6 };
+    uint8_t buf[1024];
+    int counts[4] = { 0 };
+    for (int iter = 0; iter < 6000; iter++) {
+        size_t bi = rnd(4);
+        size_t n = base[bi].n;
+        memcpy(buf, base[bi].p, n);
+        int muts = 1 + (int)rnd(3);
+        for (int k = 0; k < muts; k++) {
+            size_t at = rnd((uint32_t)n);
+            switch (rnd(4)) {
+            case 0: buf[at] = (uint8_t)rnd(256); break;
+            case 1: buf[at] = special[rnd(sizeof special)]; break;
+            case 2: n = at; break;                                  /* truncate */
+            default:                                                /* insert */
+                if (n < sizeof buf - 1) {
+                    memmove(buf + at + 1, buf + at, n - at);
+                    buf[at] = special[rnd(sizeof special)];
+                    n++;
+                }
+            }
+            if (n == 0)
+                break;
+        }
+        const lc_limits *lim = rnd(3) == 0 ? &small : NULL;
+        lc_msg *fm = NULL, *sm = NULL;
+        size_t used = 0, fed = 0;
+        int rf = lc__decode(buf, n, lim, NULL, &fm, &used);
+        int rs = stream_first(buf, n, lim, &sm, &fed);
+        if (rf == 0) {
+            counts[0]++;
+            if (rs != 0) {
+                dump("input", buf, n);
+                fail_msg("iter %d: fast ok, stream %d", iter, rs);
+            }
+            lc_buf e1 = enc(fm), e2 = enc(sm);
+            assert_bytes(e2.data, e2.len, e1.data, e1.len);
+            assert_true(used <= n && dec_rc(e1.data, e1.len, NULL) == 0);
+            lc__buf_free(&e1);
+            lc__buf_free(&e2);
+        } else if (rf != LC_ETRUNCATED) {
+            counts[1]++;
+            if (rs != rf) {
+                dump("input", buf, n);
+                fail_msg("iter %d: fast %d, stream %d", iter, rf, rs);
+            }
+        } else {
+            counts[rs == LC__SD_AGAIN ? 2 : 3]++;
+            assert_true(rs == LC__SD_AGAIN || rs < 0);
+        }
+        lc_msg_free(fm);
+        lc_msg_free(sm);
+    }
+    print_message("ok %d, same error %d, truncated %d, truncated+later error %d\n",
+                  counts[0], counts[1], counts[2], counts[3]);
+    lc__buf_free(&cb);
+}
+
 /* ---- hooks --------------------------------------------------------------- */
 
 struct hook_log {
@@ -1361,6 +1472,7 @@ int main(void)
         T(test_stream_is_linear_in_input),
         T(test_stream_errors_match_fast_decoder),
         T(test_stream_refuses_huge_header_at_once),
+        T(test_mutations_fast_and_stream_agree),
         T(test_hooks_called_with_ext_types_and_refs),
         T(test_body_ext7_roundtrip_with_attachments),
         T(test_body_ext7_malformed),
