@@ -68,8 +68,13 @@ enum lc_error_code {
     LC_EFORMAT   = -1009,      /* pack/unpack: the format string is invalid */
     LC_ETAKEN    = -1010,      /* an attachment was already taken out of the message */
     LC_ERANGE    = -1011,      /* a number does not fit the requested C type */
-    LC_ENOTSUP   = -1012       /* the operation is not supported here (e.g. encoding an
+    LC_ENOTSUP   = -1012,      /* the operation is not supported here (e.g. encoding an
                                   attachment without a session) */
+    LC_EPROTO    = -1013,      /* the peer broke the wire protocol (malformed frame,
+                                  bad header block, unknown reference): that session
+                                  or stream is closed, the process carries on */
+    LC_ESESSION  = -1014       /* the session this channel belongs to has ended
+                                  (carrier lost or closed); lc_session_error says why */
 };
 
 /* A static, human-readable description of an error code. Never NULL. */

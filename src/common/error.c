@@ -26,6 +26,8 @@ LC_API const char *lc_strerror(int code)
     case LC_ETAKEN:     return "attachment already taken";
     case LC_ERANGE:     return "number out of range";
     case LC_ENOTSUP:    return "operation not supported";
+    case LC_EPROTO:     return "protocol error from the peer";
+    case LC_ESESSION:   return "session ended";
     default:
         break;
     }

@@ -1,0 +1,437 @@
+/*
+ * headers.c - SPDY/3 header blocks (src/spdy): the uncompressed name/value
+ * form, and the two zlib contexts of a session (one per direction, stateful
+ * across frames, sync-flushed per block, preset with the SPDY/3 dictionary).
+ * Also the limits and error texts of the layer.
+ */
+#include "spdy/spdy.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- limits and errors --------------------------------------------------- */
+
+void lc__spdy_limits_resolve(lc_spdy_limits *dst, const lc_spdy_limits *src)
+{
+    lc_spdy_limits l = {0};
+    if (src != NULL)
+        l = *src;
+    if (l.max_frame == 0 || l.max_frame > LC_SPDY_MAX_LENGTH)
+        l.max_frame = LC_SPDY_DEFAULT_MAX_FRAME;
+    if (l.max_control_frame == 0)
+        l.max_control_frame = LC_SPDY_DEFAULT_MAX_CONTROL_FRAME;
+    if (l.max_control_frame > l.max_frame)
+        l.max_control_frame = l.max_frame;
+    if (l.max_header_block == 0)
+        l.max_header_block = LC_SPDY_DEFAULT_MAX_HEADER_BLOCK;
+    if (l.max_header_pairs == 0)
+        l.max_header_pairs = LC_SPDY_DEFAULT_MAX_HEADER_PAIRS;
+    *dst = l;
+}
+
+const char *lc__spdy_strerror(int code)
+{
+    switch (code) {
+    case LC__SPDY_EVERSION:           return "spdy: control frame version is not 3";
+    case LC__SPDY_EFRAME_SIZE:        return "spdy: frame length over the limit";
+    case LC__SPDY_ELEN_SYN_STREAM:    return "spdy: SYN_STREAM shorter than 10 bytes";
+    case LC__SPDY_ELEN_SYN_REPLY:     return "spdy: SYN_REPLY shorter than 4 bytes";
+    case LC__SPDY_ELEN_RST_STREAM:    return "spdy: RST_STREAM length is not 8";
+    case LC__SPDY_ELEN_SETTINGS:      return "spdy: SETTINGS length is not 4 + 8 * count";
+    case LC__SPDY_ELEN_PING:          return "spdy: PING length is not 4";
+    case LC__SPDY_ELEN_GOAWAY:        return "spdy: GOAWAY length is not 8";
+    case LC__SPDY_ELEN_HEADERS:       return "spdy: HEADERS shorter than 4 bytes";
+    case LC__SPDY_ELEN_WINDOW_UPDATE: return "spdy: WINDOW_UPDATE length is not 8";
+    case LC__SPDY_ESTREAM_ZERO:       return "spdy: stream id 0 where a stream is required";
+    case LC__SPDY_EZLIB:              return "spdy: header block is not valid zlib data";
+    case LC__SPDY_EHBLOCK_SIZE:       return "spdy: header block inflates beyond the limit";
+    case LC__SPDY_EHBLOCK:            return "spdy: malformed header block";
+    case LC__SPDY_EHPAIRS:            return "spdy: too many header pairs";
+    case LC__SPDY_EHUPPER:            return "spdy: upper-case header name";
+    case LC__SPDY_EHDUP:              return "spdy: duplicate header name";
+    case LC__SPDY_EHNAME:             return "spdy: empty header name";
+    case LC__SPDY_EBROKEN:            return "spdy: header compression context failed";
+    default:                          return lc_strerror(code);
+    }
+}
+
+/* ---- pair rules ------------------------------------------------------------ */
+
+const lc_spdy_header *lc__spdy_header_find(const lc_spdy_header *h, size_t n, const char *name)
+{
+    size_t len = strlen(name);
+    for (size_t i = 0; i < n; i++)
+        if (h[i].name_len == len && memcmp(h[i].name, name, len) == 0)
+            return &h[i];
+    return NULL;
+}
+
+static int name_has_upper(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)(s[i] - 'A') < 26)
+            return 1;
+    return 0;
+}
+
+static uint32_t name_hash(const char *s, size_t n)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (uint8_t)s[i]) * 16777619u;
+    return h;
+}
+
+static int same_name(const lc_spdy_header *a, const lc_spdy_header *b)
+{
+    return a->name_len == b->name_len && memcmp(a->name, b->name, a->name_len) == 0;
+}
+
+/*
+ * 1 if a name occurs twice in h[0..n), 0 if not, LC_ENOMEM. Small blocks (the
+ * libchan case: 1 to 3 pairs) compare pairwise; larger ones use an
+ * open-addressing table kept in *tab, so the check stays linear up to any
+ * max_header_pairs.
+ */
+static int has_duplicate(const lc_spdy_header *h, size_t n, uint32_t **tab, size_t *cap)
+{
+    if (n <= 8) {
+        for (size_t i = 1; i < n; i++)
+            for (size_t j = 0; j < i; j++)
+                if (same_name(&h[i], &h[j]))
+                    return 1;
+        return 0;
+    }
+    size_t size = 16;
+    while (size < 2 * n)
+        size *= 2;
+    if (*cap < size) {
+        uint32_t *t = realloc(*tab, size * sizeof *t);
+        if (t == NULL)
+            return LC_ENOMEM;
+        *tab = t;
+        *cap = size;
+    }
+    uint32_t *t = *tab;
+    memset(t, 0, size * sizeof *t);
+    for (size_t i = 0; i < n; i++) {
+        size_t k = name_hash(h[i].name, h[i].name_len) & (size - 1);
+        while (t[k] != 0) {
+            if (same_name(&h[t[k] - 1], &h[i]))
+                return 1;
+            k = (k + 1) & (size - 1);
+        }
+        t[k] = (uint32_t)i + 1;
+    }
+    return 0;
+}
+
+/* The rules of spdy.h for a block's pairs: 0 or the decoder's error code. */
+static int check_pairs(const lc_spdy_header *h, size_t n, uint32_t **tab, size_t *cap)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (h[i].name_len == 0)
+            return LC__SPDY_EHNAME;
+        if (name_has_upper(h[i].name, h[i].name_len))
+            return LC__SPDY_EHUPPER;
+    }
+    int r = has_duplicate(h, n, tab, cap);
+    if (r < 0)
+        return r;
+    return r ? LC__SPDY_EHDUP : 0;
+}
+
+/* ---- uncompressed form ------------------------------------------------------ */
+
+static uint32_t get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static int build_checked(lc_buf *out, const lc_spdy_header *h, size_t n)
+{
+    size_t need = 4;
+    for (size_t i = 0; i < n; i++) {
+        if (h[i].name_len > UINT32_MAX || h[i].value_len > UINT32_MAX ||
+            (h[i].name == NULL && h[i].name_len) || (h[i].value == NULL && h[i].value_len))
+            return LC_EINVAL;
+        need += 8 + h[i].name_len + h[i].value_len; /* cannot wrap: both are in memory */
+    }
+    if (lc__buf_reserve(out, need) != 0)
+        return LC_ENOMEM;
+    uint8_t *p = out->data + out->len;
+    lc__spdy_put32(p, (uint32_t)n);
+    p += 4;
+    for (size_t i = 0; i < n; i++) {
+        lc__spdy_put32(p, (uint32_t)h[i].name_len);
+        if (h[i].name_len)
+            memcpy(p + 4, h[i].name, h[i].name_len);
+        p += 4 + h[i].name_len;
+        lc__spdy_put32(p, (uint32_t)h[i].value_len);
+        if (h[i].value_len)
+            memcpy(p + 4, h[i].value, h[i].value_len);
+        p += 4 + h[i].value_len;
+    }
+    out->len += need;
+    return 0;
+}
+
+static int encoder_check(const lc_spdy_header *h, size_t n, uint32_t **tab, size_t *cap)
+{
+    if (n > UINT32_MAX || (h == NULL && n))
+        return LC_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (h[i].name == NULL)
+            return LC_EINVAL;
+    int r = check_pairs(h, n, tab, cap);
+    if (r == LC_ENOMEM)
+        return r;
+    return r < 0 ? LC_EINVAL : 0;
+}
+
+int lc__spdy_hblock_build(lc_buf *out, const lc_spdy_header *h, size_t n)
+{
+    uint32_t *tab = NULL;
+    size_t cap = 0;
+    int r = encoder_check(h, n, &tab, &cap);
+    free(tab);
+    if (r == 0)
+        r = build_checked(out, h, n);
+    return r;
+}
+
+/*
+ * Parses the inflated block z->out into z->pairs. Every length is checked
+ * against the bytes that remain before it is used; the count is checked
+ * against max_pairs and against the room left (each pair takes >= 8 bytes)
+ * before the pair array grows.
+ */
+static int parse_block(lc_spdy_inflater *z, uint32_t max_pairs, size_t *npairs)
+{
+    const uint8_t *p = z->out.data;
+    size_t left = z->out.len;
+    if (left < 4)
+        return LC__SPDY_EHBLOCK;
+    uint32_t count = get32(p);
+    p += 4;
+    left -= 4;
+    if (count > max_pairs)
+        return LC__SPDY_EHPAIRS;
+    if (count > left / 8)
+        return LC__SPDY_EHBLOCK;
+    if (z->pairs_cap < count) {
+        size_t ncap = z->pairs_cap ? z->pairs_cap : 4;
+        while (ncap < count)
+            ncap *= 2;
+        lc_spdy_header *np = realloc(z->pairs, ncap * sizeof *np);
+        if (np == NULL)
+            return LC_ENOMEM;
+        z->pairs = np;
+        z->pairs_cap = ncap;
+    }
+    for (uint32_t i = 0; i < count; i++) {
+        lc_spdy_header *h = &z->pairs[i];
+        for (int part = 0; part < 2; part++) {
+            if (left < 4)
+                return LC__SPDY_EHBLOCK;
+            uint32_t len = get32(p);
+            p += 4;
+            left -= 4;
+            if (len > left)
+                return LC__SPDY_EHBLOCK;
+            if (part == 0) {
+                h->name = (const char *)p;
+                h->name_len = len;
+            } else {
+                h->value = (const char *)p;
+                h->value_len = len;
+            }
+            p += len;
+            left -= len;
+        }
+    }
+    if (left != 0)
+        return LC__SPDY_EHBLOCK;
+    int r = check_pairs(z->pairs, count, &z->dup_tab, &z->dup_cap);
+    if (r < 0)
+        return r;
+    *npairs = count;
+    return 0;
+}
+
+/* ---- inflater ------------------------------------------------------------ */
+
+void lc__spdy_inflater_init(lc_spdy_inflater *z)
+{
+    memset(z, 0, sizeof *z);
+    lc__buf_init(&z->out);
+}
+
+void lc__spdy_inflater_free(lc_spdy_inflater *z)
+{
+    if (z->state != 0)
+        inflateEnd(&z->zs);
+    lc__buf_free(&z->out);
+    free(z->pairs);
+    free(z->dup_tab);
+    memset(z, 0, sizeof *z);
+}
+
+static int inflate_fail(lc_spdy_inflater *z, int code)
+{
+    /* state 0 would mean "never set up": keep inflateEnd() owed */
+    z->state = code;
+    return code;
+}
+
+int lc__spdy_inflate_block(lc_spdy_inflater *z, const lc_spdy_limits *lim,
+                           const uint8_t *p, size_t n,
+                           const lc_spdy_header **pairs, size_t *npairs)
+{
+    lc_spdy_limits l;
+    lc__spdy_limits_resolve(&l, lim);
+    if (z->state < 0)
+        return z->state;
+    if (z->state == 0) {
+        z->zs.zalloc = Z_NULL;
+        z->zs.zfree = Z_NULL;
+        z->zs.opaque = Z_NULL;
+        z->zs.next_in = Z_NULL;
+        z->zs.avail_in = 0;
+        if (inflateInit(&z->zs) != Z_OK)
+            return LC_ENOMEM; /* nothing set up: a later block may retry */
+        z->state = 1;
+    }
+    if (n > UINT32_MAX) /* uInt; frames are < 2^24 anyway */
+        return inflate_fail(z, LC__SPDY_EHBLOCK_SIZE);
+
+    /* The cap: output may reach max_header_block + 1 bytes, one byte more
+     * than allowed, which proves the block too large without storing more. */
+    const size_t cap = (size_t)l.max_header_block + 1;
+    z->out.len = 0;
+    z->zs.next_in = (Bytef *)(uintptr_t)p; /* zlib does not write its input */
+    z->zs.avail_in = (uInt)n;
+    for (;;) {
+        if (z->out.len == cap)
+            return inflate_fail(z, LC__SPDY_EHBLOCK_SIZE);
+        if (z->out.cap == z->out.len) {
+            size_t grow = z->out.cap < 256 ? 256 : z->out.cap;
+            if (grow > cap - z->out.len)
+                grow = cap - z->out.len;
+            if (lc__buf_reserve(&z->out, grow) != 0)
+                return inflate_fail(z, LC_ENOMEM);
+        }
+        size_t room = z->out.cap - z->out.len;
+        if (room > cap - z->out.len)
+            room = cap - z->out.len;
+        z->zs.next_out = z->out.data + z->out.len;
+        z->zs.avail_out = (uInt)room;
+        int r = inflate(&z->zs, Z_SYNC_FLUSH);
+        z->out.len += room - z->zs.avail_out;
+        if (r == Z_NEED_DICT) {
+            /* The first block of the stream names the dictionary (FDICT);
+             * another dictionary than SPDY/3's fails here (Z_DATA_ERROR). */
+            if (inflateSetDictionary(&z->zs, lc__spdy_dictionary,
+                                     (uInt)lc__spdy_dictionary_len) != Z_OK)
+                return inflate_fail(z, LC__SPDY_EZLIB);
+            continue;
+        }
+        if (r == Z_OK || r == Z_BUF_ERROR) {
+            /* Z_BUF_ERROR: no progress was possible; with input left that
+             * can only be for want of output room, handled above. */
+            if (z->zs.avail_in == 0 && z->zs.avail_out != 0)
+                break; /* all input taken and all output flushed */
+            if (r == Z_BUF_ERROR && z->zs.avail_out != 0)
+                return inflate_fail(z, LC__SPDY_EZLIB);
+            continue;
+        }
+        if (r == Z_MEM_ERROR)
+            return inflate_fail(z, LC_ENOMEM);
+        /* Z_STREAM_END (the peer ended the stream every later block needs),
+         * Z_DATA_ERROR, Z_STREAM_ERROR */
+        return inflate_fail(z, LC__SPDY_EZLIB);
+    }
+    size_t count = 0;
+    int r = parse_block(z, l.max_header_pairs, &count);
+    if (r < 0)
+        return inflate_fail(z, r);
+    *pairs = z->pairs;
+    *npairs = count;
+    return 0;
+}
+
+/* ---- deflater ------------------------------------------------------------ */
+
+void lc__spdy_deflater_init(lc_spdy_deflater *z, int level)
+{
+    memset(z, 0, sizeof *z);
+    z->level = level;
+    lc__buf_init(&z->raw);
+}
+
+void lc__spdy_deflater_free(lc_spdy_deflater *z)
+{
+    if (z->state != 0)
+        deflateEnd(&z->zs);
+    lc__buf_free(&z->raw);
+    free(z->dup_tab);
+    memset(z, 0, sizeof *z);
+}
+
+int lc__spdy_deflate_block(lc_spdy_deflater *z, lc_buf *out, const lc_spdy_header *h, size_t n)
+{
+    if (z->state < 0)
+        return LC__SPDY_EBROKEN;
+    int r = encoder_check(h, n, &z->dup_tab, &z->dup_cap);
+    if (r < 0)
+        return r;
+    z->raw.len = 0;
+    if ((r = build_checked(&z->raw, h, n)) < 0)
+        return r;
+    if (z->state == 0) {
+        z->zs.zalloc = Z_NULL;
+        z->zs.zfree = Z_NULL;
+        z->zs.opaque = Z_NULL;
+        if (deflateInit2(&z->zs, z->level, Z_DEFLATED, LC_SPDY_DEFLATE_WBITS,
+                         LC_SPDY_DEFLATE_MEMLEVEL, Z_DEFAULT_STRATEGY) != Z_OK)
+            return LC_ENOMEM; /* e.g. a bad level: nothing set up, not sticky */
+        if (deflateSetDictionary(&z->zs, lc__spdy_dictionary,
+                                 (uInt)lc__spdy_dictionary_len) != Z_OK) {
+            deflateEnd(&z->zs);
+            return LC_ENOMEM;
+        }
+        z->state = 1;
+    }
+    if (z->raw.len > UINT32_MAX)
+        return LC_EINVAL;
+
+    /* Room for the whole block first, so that the usual block is one
+     * deflate() call; the bound covers the zlib header and the sync-flush
+     * marker (an empty stored block, 5 bytes) with margin. */
+    size_t start = out->len;
+    size_t bound = deflateBound(&z->zs, (uLong)z->raw.len) + 16;
+    if (lc__buf_reserve(out, bound) != 0)
+        return LC_ENOMEM; /* zlib not touched yet */
+    z->zs.next_in = z->raw.data;
+    z->zs.avail_in = (uInt)z->raw.len;
+    for (;;) {
+        size_t room = out->cap - out->len;
+        if (room > UINT32_MAX)
+            room = UINT32_MAX;
+        z->zs.next_out = out->data + out->len;
+        z->zs.avail_out = (uInt)room;
+        r = deflate(&z->zs, Z_SYNC_FLUSH);
+        out->len += room - z->zs.avail_out;
+        if (r != Z_OK && r != Z_BUF_ERROR)
+            break;
+        if (z->zs.avail_out != 0 && z->zs.avail_in == 0)
+            return 0; /* flushed completely */
+        if (lc__buf_reserve(out, out->cap) != 0)
+            break;
+    }
+    /* Part of the block went into the stream and is lost: the peer's
+     * inflater can never follow again. */
+    out->len = start;
+    z->state = LC__SPDY_EBROKEN;
+    return LC__SPDY_EBROKEN;
+}
