@@ -7,6 +7,7 @@
  *   3. building/reading  lc_pack()/lc_unpack() format strings, builder, getters
  *   4. msgpack           encoding a plain-data message to bytes and back
  *   5. channels          lc_pipe(), lc_send(), lc_recv(), lc_close(), lc_select()
+ *   6. sessions          lc_dial(), lc_listen(), lc_accept(): channels over a network
  *
  * Conventions used everywhere:
  *   - A call that can fail returns int: 0 (or a non-negative result) on success,
@@ -387,6 +388,92 @@ LC_API int lc_sender_pollfd(lc_sender *s);
 
 /* Number of messages queued in a buffered channel now (a snapshot). */
 LC_API size_t lc_receiver_queued(lc_receiver *r);
+
+/* ========================================================================== */
+/* 6. Sessions: channels over a network carrier                                */
+/* ========================================================================== */
+
+/*
+ * A session is one carrier connection (unix socket, TCP) speaking the libchan
+ * protocol of docker/libchan: SPDY/3 streams carrying msgpack messages (see
+ * docs/PROTOCOL.md). Either side opens channels on it: lc_session_sender
+ * opens one and returns its Sender; the other side gets the matching
+ * Receiver from lc_session_receiver. Messages sent on a network Sender may
+ * carry Senders and Receivers (in-memory ones, or ends of any session): the
+ * session opens a sub-stream for each and forwards, so the receiving program
+ * gets working channel ends, nested without limit.
+ *
+ * Network channel ends are ordinary lc_sender / lc_receiver handles: lc_send,
+ * lc_recv, lc_select, lc_close and pollable fds work on them, mixed with
+ * in-memory ones. A network Receiver is a local queue the session fills;
+ * lc_send on a network Sender encodes and writes on the calling thread.
+ *
+ * Delivery: on one channel, in order and without duplicates. When the
+ * carrier is lost, every blocked call on the session's channels returns at
+ * once: receivers get LC_ESESSION after the messages already queued, senders
+ * get LC_ESESSION; messages in flight may be lost.
+ *
+ * URLs: "unix:///absolute/path" and "tcp://host:port" (port 0 to listen on
+ * any free port; lc_listener_url tells which).
+ */
+typedef struct lc_session lc_session;
+typedef struct lc_listener lc_listener;
+
+typedef struct lc_options {
+    int64_t dial_timeout_ms;  /* lc_dial: default 10000 */
+    int64_t ref_timeout_ms;   /* a message naming a sub-stream that has not arrived
+                                 waits this long, then fails with LC_EPROTO (default 5000) */
+    uint32_t recv_queue;      /* messages queued per network Receiver before the
+                                 session stops reading (default 256) */
+    uint32_t accept_queue;    /* channels opened by the peer waiting for
+                                 lc_session_receiver (default 1024) */
+    size_t max_pending_out;   /* bytes queued for the carrier before lc_send blocks
+                                 (default 4 MiB) */
+    lc_limits limits;         /* msgpack limits for received messages (0 = defaults) */
+} lc_options;
+
+/* Fills *o with the defaults above. A NULL lc_options means the defaults. */
+LC_API void lc_options_default(lc_options *o);
+
+/* Dials url and returns a session (the client side). Blocks at most
+ * o->dial_timeout_ms. err (may be NULL) gets a text saying what failed, e.g.
+ * "tcp://localhost: missing port". Errors: LC_EINVAL (bad URL), LC_ENOTSUP
+ * (scheme not built), -ECONNREFUSED, LC_ETIMEDOUT, ... */
+LC_API int lc_dial(const char *url, const lc_options *o, lc_session **out, lc_error *err);
+
+/* Listens on url. Each accepted connection is its own session. */
+LC_API int lc_listen(const char *url, const lc_options *o, lc_listener **out, lc_error *err);
+/* The URL the listener is bound to (with the real port for tcp://...:0). */
+LC_API int lc_listener_url(lc_listener *l, char *buf, size_t len);
+/* Accepts one connection as a session (the server side), waiting at most timeout_ms. */
+LC_API int lc_accept(lc_listener *l, lc_session **out, int64_t timeout_ms);
+/* Stops listening (a unix socket file is removed) and frees the listener.
+ * Sessions already accepted are not affected. */
+LC_API void lc_listener_close(lc_listener *l);
+
+/* Opens a new channel on the session and returns its Sender (one reference).
+ * The peer receives the matching Receiver through lc_session_receiver. */
+LC_API int lc_session_sender(lc_session *s, lc_sender **out);
+/* Waits for the next channel the peer opened and returns its Receiver (one
+ * reference). LC_ETIMEDOUT, or LC_ESESSION once the session has ended. */
+LC_API int lc_session_receiver(lc_session *s, lc_receiver **out, int64_t timeout_ms);
+
+/*
+ * Graceful close: stops accepting new channels (GOAWAY), writes out
+ * everything already sent, then closes the carrier. Returns 0 when every
+ * byte sent before the call reached the carrier within timeout_ms, or an
+ * error saying it did not (LC_ETIMEDOUT, or the session's error). Channel
+ * ends of the session stay valid handles and fail with LC_ESESSION.
+ * Does not free the session.
+ */
+LC_API int lc_session_close(lc_session *s, int64_t timeout_ms);
+/* The session's first fatal error (0 while healthy): LC_ESESSION for a
+ * clean end by the peer, LC_EPROTO for a peer that broke the protocol, an
+ * errno code for a carrier failure. */
+LC_API int lc_session_error(lc_session *s);
+/* Releases the session handle. An open session is closed abruptly (use
+ * lc_session_close first to flush). Its channel ends stay valid handles. */
+LC_API void lc_session_free(lc_session *s);
 
 #ifdef __cplusplus
 }

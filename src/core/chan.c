@@ -182,6 +182,7 @@ struct lc_chan {
     sudog_queue sendq, recvq;
     bool closed;                     /* lc_close called or last Sender released */
     bool rx_gone;                    /* last Receiver released */
+    _Atomic int close_err;           /* what receivers get after draining: 0 = LC_EOF */
     _Atomic bool polled;             /* a pollable fd exists: keep it up to date */
     _Atomic int refs;                /* one per end object alive */
     const lc__net_ops *net;          /* network Sender: the session's hooks */
@@ -422,6 +423,13 @@ static void ring_changed(lc_chan *c, bool pushed)
         waiter_wake(sg->w);
 }
 
+/* What a receive on a closed, drained channel reports. */
+static int end_result(lc_chan *c)
+{
+    int e = atomic_load_explicit(&c->close_err, memory_order_acquire);
+    return e ? e : LC_EOF;
+}
+
 /* ---- lifetime ------------------------------------------------------------ */
 
 static void chan_unref(lc_chan *c)
@@ -544,7 +552,7 @@ static int chan_close(lc_chan *c, bool explicit_close)
         wake_all_locked(c, &c->recvq, RES_NOTIFY);
         wake_all_locked(c, &c->sendq, RES_NOTIFY);
     } else {
-        wake_all_locked(c, &c->recvq, LC_EOF);
+        wake_all_locked(c, &c->recvq, end_result(c));
         wake_all_locked(c, &c->sendq, LC_ECLOSED); /* the message stays the sender's */
     }
     pthread_mutex_unlock(&c->mu);
@@ -555,6 +563,17 @@ LC_API int lc_close(lc_sender *s)
 {
     if (s == NULL)
         return LC_EINVAL;
+    return chan_close(s->c, true);
+}
+
+int lc__close_error(lc_sender *s, int err)
+{
+    if (s == NULL || err >= 0)
+        return LC_EINVAL;
+    /* set before the close is visible: receivers read it once they see it */
+    int expected = 0;
+    atomic_compare_exchange_strong_explicit(&s->c->close_err, &expected, err, memory_order_release,
+                                            memory_order_relaxed);
     return chan_close(s->c, true);
 }
 
@@ -650,7 +669,7 @@ static bool try_case(lc_chan *c, lc_case *cs, fired *f)
         if (r == RING_WOULD_BLOCK)
             return false;
         cs->msg = m;
-        cs->result = r == RING_OK ? 0 : LC_EOF;
+        cs->result = r == RING_OK ? 0 : end_result(c);
         if (r == RING_OK) {
             f->changed = c;
             f->pushed = false;
@@ -684,7 +703,7 @@ static bool try_case(lc_chan *c, lc_case *cs, fired *f)
     }
     if (c->closed) {
         cs->msg = NULL;
-        cs->result = LC_EOF;
+        cs->result = end_result(c);
         return true;
     }
     return false;
@@ -1135,6 +1154,16 @@ lc_sender *lc__net_sender_new(const lc__net_ops *ops, void *ctx, lc_chan **chan)
     if (chan)
         *chan = c;
     return s;
+}
+
+void lc__chan_retain(lc_chan *c)
+{
+    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+}
+
+void lc__chan_release(lc_chan *c)
+{
+    chan_unref(c);
 }
 
 void lc__chan_wake_senders(lc_chan *c)

@@ -19,6 +19,11 @@ size_t lc__chan_waiting(lc_sender *s, lc_receiver *r, bool senders);
 
 /* ---- for the session layer ---------------------------------------------- */
 
+/* Closes the channel of s like lc_close, but receivers get `err` (< 0)
+ * instead of LC_EOF once the queue is drained: a session that lost its
+ * carrier reports why. The first error set wins. */
+int lc__close_error(lc_sender *s, int err);
+
 typedef struct lc_chan lc_chan;
 
 /* Internal positive codes: "not now, retry later" and "registered". */
@@ -66,6 +71,10 @@ typedef struct lc__net_ops {
 } lc__net_ops;
 lc_sender *lc__net_sender_new(const lc__net_ops *ops, void *ctx, lc_chan **chan);
 void lc__chan_wake_senders(lc_chan *c);
+/* Keeps a channel's memory alive (not its Sender): for waking it safely
+ * while its Sender may be released concurrently. */
+void lc__chan_retain(lc_chan *c);
+void lc__chan_release(lc_chan *c);
 /* ctx of a network Sender made with these ops, NULL for any other Sender. */
 void *lc__net_sender_ctx(lc_sender *s, const lc__net_ops *ops);
 

@@ -1,0 +1,714 @@
+/*
+ * engine.c - the event engine (src/engine): epoll with EPOLLONESHOT arming,
+ * a timer min-heap, and an eventfd that interrupts epoll_wait.
+ *
+ * The hard part is removing a watch while another thread may be about to run
+ * its callback: epoll_wait can hand an event to thread A, then thread B calls
+ * lc__engine_del and frees the watch, then A dereferences it. So watches are
+ * never freed while the engine lives: they are slots in chunks that only grow,
+ * and the epoll event carries (generation << 32 | slot index). A slot's
+ * generation changes every time it is freed, so a stale event finds a
+ * mismatch and is dropped; the slot's own mutex orders the claim ("not
+ * running, still armed -> running") against lc__engine_del, which waits on
+ * the slot's condition variable while the callback runs elsewhere.
+ *
+ * Timers live in a growable slot array plus a binary heap of slot indices,
+ * all under the engine mutex; a timer id is likewise generation | index, so a
+ * late cancel of a fired timer is a harmless miss. The earliest deadline is
+ * programmed into a timerfd in the epoll set, not into epoll_wait's timeout:
+ * then it is the kernel that wakes whichever thread waits when a deadline
+ * comes, and a thread that drives the engine for a single round (and does not
+ * loop) cannot swallow the wake-up meant for the engine's own thread.
+ */
+#include "engine.h"
+#include "libchan.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CHUNK_SHIFT 8
+#define CHUNK_SLOTS (1u << CHUNK_SHIFT)
+#define MAX_CHUNKS 4096 /* 1M watches per engine */
+#define NO_SLOT UINT32_MAX
+#define WAKE_TAG UINT64_MAX
+#define TIMER_TAG (UINT64_MAX - 1)
+#define EVENTS_PER_ROUND 64
+#define ARMABLE (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI)
+
+struct lc_watch {
+    pthread_mutex_t mu;
+    pthread_cond_t idle;   /* broadcast when a callback returns and a del waits */
+    lc_engine *e;
+    uint32_t index;
+    uint32_t gen;          /* bumped when the slot is freed; carried by epoll events */
+    uint32_t next_free;    /* free-list link, under e->mu */
+    int fd;
+    lc_watch_cb cb;
+    void *ctx;
+    uint32_t armed;        /* interest not yet reported */
+    bool live;             /* between add and the slot's release */
+    bool dying;            /* lc__engine_del has started: never run again */
+    bool running;
+    bool self_deleted;     /* del called from inside the running callback */
+    pthread_t runner;
+};
+
+enum { T_FREE = 0, T_PENDING = 1, T_RUNNING = 2 };
+
+typedef struct tslot {
+    int64_t deadline;
+    uint64_t seq;
+    lc_timer_cb cb;
+    void *ctx;
+    uint32_t gen;
+    uint32_t heap_pos;
+    uint32_t next_free;
+    int state;
+    pthread_t runner;
+} tslot;
+
+struct lc_engine {
+    int epfd, evfd, tfd;
+    _Atomic bool stopping;
+    bool has_thread;
+    pthread_t thread;
+
+    pthread_mutex_t mu;     /* slot allocation, timers */
+    _Atomic(lc_watch *) chunks[MAX_CHUNKS];
+    uint32_t nchunks;
+    uint32_t free_head;
+    size_t nwatches;
+
+    tslot *tslots;
+    uint32_t tcap;
+    uint32_t tfree_head;
+    uint32_t *heap;
+    uint32_t heap_len;
+    uint64_t tseq;
+    int64_t tfd_deadline;      /* what tfd is set to (0: disarmed); under mu */
+    pthread_cond_t timer_idle; /* broadcast when a timer callback returns (with mu) */
+    int timer_waiters;
+};
+
+int64_t lc__now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+void lc__engine_wake(lc_engine *e)
+{
+    uint64_t one = 1;
+    /* EAGAIN means the counter is saturated: it is readable anyway */
+    ssize_t n = write(e->evfd, &one, sizeof one);
+    (void)n;
+}
+
+/* ---- watch slots --------------------------------------------------------- */
+
+static lc_watch *slot_at(lc_engine *e, uint32_t index)
+{
+    lc_watch *chunk = atomic_load_explicit(&e->chunks[index >> CHUNK_SHIFT], memory_order_acquire);
+    return chunk == NULL ? NULL : &chunk[index & (CHUNK_SLOTS - 1)];
+}
+
+static lc_watch *slot_alloc(lc_engine *e)
+{
+    pthread_mutex_lock(&e->mu);
+    if (e->free_head == NO_SLOT) {
+        if (e->nchunks == MAX_CHUNKS) {
+            pthread_mutex_unlock(&e->mu);
+            return NULL;
+        }
+        lc_watch *chunk = calloc(CHUNK_SLOTS, sizeof *chunk);
+        if (chunk == NULL) {
+            pthread_mutex_unlock(&e->mu);
+            return NULL;
+        }
+        uint32_t base = e->nchunks << CHUNK_SHIFT;
+        for (uint32_t i = 0; i < CHUNK_SLOTS; i++) {
+            lc_watch *w = &chunk[i];
+            pthread_mutex_init(&w->mu, NULL);
+            pthread_cond_init(&w->idle, NULL);
+            w->e = e;
+            w->index = base + i;
+            w->fd = -1;
+            w->next_free = i + 1 < CHUNK_SLOTS ? base + i + 1 : NO_SLOT;
+        }
+        atomic_store_explicit(&e->chunks[e->nchunks], chunk, memory_order_release);
+        e->nchunks++;
+        e->free_head = base;
+    }
+    lc_watch *w = slot_at(e, e->free_head);
+    e->free_head = w->next_free;
+    e->nwatches++;
+    pthread_mutex_unlock(&e->mu);
+    return w;
+}
+
+/* Returns w's slot to the free list. Caller holds w->mu. */
+static void slot_release(lc_watch *w)
+{
+    lc_engine *e = w->e;
+    w->gen++;
+    w->live = false;
+    w->dying = false;
+    w->self_deleted = false;
+    w->armed = 0;
+    w->cb = NULL;
+    w->ctx = NULL;
+    w->fd = -1;
+    pthread_mutex_lock(&e->mu);
+    w->next_free = e->free_head;
+    e->free_head = w->index;
+    e->nwatches--;
+    pthread_mutex_unlock(&e->mu);
+}
+
+static int ctl(lc_watch *w, int op, uint32_t interest)
+{
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.events = interest | EPOLLONESHOT;
+    ev.data.u64 = ((uint64_t)w->gen << 32) | w->index;
+    return epoll_ctl(w->e->epfd, op, w->fd, &ev) == 0 ? 0 : -errno;
+}
+
+int lc__engine_add(lc_engine *e, int fd, uint32_t events, lc_watch_cb cb, void *ctx,
+                   lc_watch **out)
+{
+    if (e == NULL || fd < 0 || cb == NULL || out == NULL)
+        return LC_EINVAL;
+    if (atomic_load_explicit(&e->stopping, memory_order_acquire))
+        return LC_ECLOSED;
+    lc_watch *w = slot_alloc(e);
+    if (w == NULL)
+        return LC_ENOMEM;
+    pthread_mutex_lock(&w->mu);
+    w->fd = fd;
+    w->cb = cb;
+    w->ctx = ctx;
+    w->armed = events & ARMABLE;
+    w->live = true;
+    /* Added with no interest, the kernel would still report ERR/HUP; that
+     * event is dropped (armed == 0) and leaves the kernel side disarmed. */
+    int rc = ctl(w, EPOLL_CTL_ADD, w->armed);
+    if (rc != 0) {
+        slot_release(w);
+        pthread_mutex_unlock(&w->mu);
+        return rc;
+    }
+    pthread_mutex_unlock(&w->mu);
+    *out = w;
+    return 0;
+}
+
+int lc__engine_arm(lc_watch *w, uint32_t events)
+{
+    events &= ARMABLE;
+    int rc = 0;
+    pthread_mutex_lock(&w->mu);
+    if (w->live && !w->dying) {
+        uint32_t before = w->armed;
+        w->armed |= events;
+        /* While the callback runs, the re-arm happens when it returns. When
+         * the interest was already armed nothing changes in the kernel: either
+         * it is armed there, or an event for it is on its way to a thread,
+         * which will run the callback and re-arm what is left. */
+        if (!w->running && (before == 0 || (before | events) != before))
+            rc = ctl(w, EPOLL_CTL_MOD, w->armed);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
+void lc__engine_del(lc_watch *w)
+{
+    pthread_t self = pthread_self();
+    pthread_mutex_lock(&w->mu);
+    w->dying = true;
+    w->armed = 0;
+    /* ENOENT/EBADF are harmless here: the point is that nothing fires */
+    epoll_ctl(w->e->epfd, EPOLL_CTL_DEL, w->fd, NULL);
+    if (w->running && pthread_equal(w->runner, self)) {
+        /* from inside its own callback: the dispatcher frees the slot on return */
+        w->self_deleted = true;
+        pthread_mutex_unlock(&w->mu);
+        return;
+    }
+    while (w->running)
+        pthread_cond_wait(&w->idle, &w->mu);
+    slot_release(w);
+    pthread_mutex_unlock(&w->mu);
+}
+
+int lc__watch_fd(const lc_watch *w)
+{
+    return w->fd;
+}
+
+/* Runs the callback an epoll event names, if it still may run. 1 if it ran. */
+static int dispatch(lc_engine *e, const struct epoll_event *ev)
+{
+    uint32_t index = (uint32_t)ev->data.u64;
+    uint32_t gen = (uint32_t)(ev->data.u64 >> 32);
+    lc_watch *w = slot_at(e, index);
+    if (w == NULL)
+        return 0;
+    pthread_mutex_lock(&w->mu);
+    if (!w->live || w->gen != gen || w->dying || w->running || w->armed == 0) {
+        /* stale (slot freed or reused), being removed, or a duplicate while
+         * the callback runs elsewhere: that run re-arms what is left, and
+         * level-triggered readiness is reported again then */
+        pthread_mutex_unlock(&w->mu);
+        return 0;
+    }
+    uint32_t revents = ev->events;
+    if (revents & (EPOLLERR | EPOLLHUP))
+        w->armed = 0;
+    else
+        w->armed &= ~revents;
+    w->running = true;
+    w->runner = pthread_self();
+    lc_watch_cb cb = w->cb;
+    void *ctx = w->ctx;
+    pthread_mutex_unlock(&w->mu);
+
+    cb(ctx, revents);
+
+    pthread_mutex_lock(&w->mu);
+    w->running = false;
+    if (w->dying) {
+        if (w->self_deleted)
+            slot_release(w);
+        else
+            pthread_cond_broadcast(&w->idle); /* the deleter frees it */
+    } else if (w->armed != 0) {
+        /* a failure here (the fd was closed under us) leaves the watch
+         * disarmed; nothing else can be done from the engine thread */
+        (void)ctl(w, EPOLL_CTL_MOD, w->armed);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return 1;
+}
+
+/* ---- timers -------------------------------------------------------------- */
+
+static bool t_before(const lc_engine *e, uint32_t a, uint32_t b)
+{
+    const tslot *x = &e->tslots[a], *y = &e->tslots[b];
+    return x->deadline < y->deadline || (x->deadline == y->deadline && x->seq < y->seq);
+}
+
+static void heap_set(lc_engine *e, uint32_t pos, uint32_t slot)
+{
+    e->heap[pos] = slot;
+    e->tslots[slot].heap_pos = pos;
+}
+
+static void heap_up(lc_engine *e, uint32_t pos)
+{
+    uint32_t slot = e->heap[pos];
+    while (pos > 0) {
+        uint32_t parent = (pos - 1) / 2;
+        if (!t_before(e, slot, e->heap[parent]))
+            break;
+        heap_set(e, pos, e->heap[parent]);
+        pos = parent;
+    }
+    heap_set(e, pos, slot);
+}
+
+static void heap_down(lc_engine *e, uint32_t pos)
+{
+    uint32_t slot = e->heap[pos];
+    for (;;) {
+        uint32_t child = 2 * pos + 1;
+        if (child >= e->heap_len)
+            break;
+        if (child + 1 < e->heap_len && t_before(e, e->heap[child + 1], e->heap[child]))
+            child++;
+        if (!t_before(e, e->heap[child], slot))
+            break;
+        heap_set(e, pos, e->heap[child]);
+        pos = child;
+    }
+    heap_set(e, pos, slot);
+}
+
+static void heap_remove(lc_engine *e, uint32_t pos)
+{
+    uint32_t last = e->heap[--e->heap_len];
+    if (pos == e->heap_len)
+        return;
+    heap_set(e, pos, last);
+    if (pos > 0 && t_before(e, last, e->heap[(pos - 1) / 2]))
+        heap_up(e, pos);
+    else
+        heap_down(e, pos);
+}
+
+static void tslot_release(lc_engine *e, uint32_t index)
+{
+    tslot *t = &e->tslots[index];
+    t->state = T_FREE;
+    t->cb = NULL;
+    t->ctx = NULL;
+    if (++t->gen == 0)
+        t->gen = 1; /* ids are never 0 */
+    t->next_free = e->tfree_head;
+    e->tfree_head = index;
+}
+
+static lc_timer_id timer_id(const lc_engine *e, uint32_t index)
+{
+    return ((uint64_t)e->tslots[index].gen << 32) | index;
+}
+
+/* Points the timerfd at the earliest deadline. Caller holds e->mu. Only
+ * calls the kernel when that deadline changed. */
+static void timerfd_sync(lc_engine *e)
+{
+    int64_t want = 0;
+    if (e->heap_len > 0) {
+        want = e->tslots[e->heap[0]].deadline;
+        if (want < 1)
+            want = 1; /* an it_value of 0 would disarm: 1 ns is long past */
+    }
+    if (want == e->tfd_deadline)
+        return;
+    struct itimerspec its;
+    memset(&its, 0, sizeof its);
+    its.it_value.tv_sec = (time_t)(want / 1000000000);
+    its.it_value.tv_nsec = (long)(want % 1000000000);
+    if (timerfd_settime(e->tfd, TFD_TIMER_ABSTIME, &its, NULL) == 0)
+        e->tfd_deadline = want;
+}
+
+int lc__engine_timer_add(lc_engine *e, int64_t deadline_ns, lc_timer_cb cb, void *ctx,
+                         lc_timer_id *out)
+{
+    if (e == NULL || cb == NULL || out == NULL)
+        return LC_EINVAL;
+    pthread_mutex_lock(&e->mu);
+    if (atomic_load_explicit(&e->stopping, memory_order_acquire)) {
+        pthread_mutex_unlock(&e->mu);
+        return LC_ECLOSED;
+    }
+    if (e->tfree_head == NO_SLOT) {
+        if (e->tcap >= (UINT32_MAX >> 2)) {
+            pthread_mutex_unlock(&e->mu);
+            return LC_ENOMEM;
+        }
+        uint32_t ncap = e->tcap ? e->tcap * 2 : 16;
+        tslot *ns = realloc(e->tslots, (size_t)ncap * sizeof *ns);
+        if (ns == NULL) {
+            pthread_mutex_unlock(&e->mu);
+            return LC_ENOMEM;
+        }
+        e->tslots = ns;
+        uint32_t *nh = realloc(e->heap, (size_t)ncap * sizeof *nh);
+        if (nh == NULL) {
+            pthread_mutex_unlock(&e->mu);
+            return LC_ENOMEM;
+        }
+        e->heap = nh;
+        for (uint32_t i = e->tcap; i < ncap; i++) {
+            memset(&ns[i], 0, sizeof ns[i]);
+            ns[i].gen = 1;
+            ns[i].next_free = i + 1 < ncap ? i + 1 : NO_SLOT;
+        }
+        e->tfree_head = e->tcap;
+        e->tcap = ncap;
+    }
+    uint32_t index = e->tfree_head;
+    tslot *t = &e->tslots[index];
+    e->tfree_head = t->next_free;
+    t->deadline = deadline_ns;
+    t->seq = e->tseq++;
+    t->cb = cb;
+    t->ctx = ctx;
+    t->state = T_PENDING;
+    e->heap[e->heap_len++] = index;
+    heap_up(e, e->heap_len - 1);
+    timerfd_sync(e);
+    *out = timer_id(e, index);
+    pthread_mutex_unlock(&e->mu);
+    return 0;
+}
+
+bool lc__engine_timer_cancel(lc_engine *e, lc_timer_id id)
+{
+    uint32_t index = (uint32_t)id;
+    uint32_t gen = (uint32_t)(id >> 32);
+    if (e == NULL || id == 0)
+        return false;
+    bool prevented = false;
+    pthread_mutex_lock(&e->mu);
+    if (index < e->tcap && e->tslots[index].gen == gen) {
+        tslot *t = &e->tslots[index];
+        if (t->state == T_PENDING) {
+            heap_remove(e, t->heap_pos);
+            tslot_release(e, index);
+            timerfd_sync(e);
+            prevented = true;
+        } else if (t->state == T_RUNNING && !pthread_equal(t->runner, pthread_self())) {
+            e->timer_waiters++;
+            /* the slot array may move while we wait: index it afresh */
+            while (e->tslots[index].gen == gen && e->tslots[index].state == T_RUNNING)
+                pthread_cond_wait(&e->timer_idle, &e->mu);
+            e->timer_waiters--;
+        }
+    }
+    pthread_mutex_unlock(&e->mu);
+    return prevented;
+}
+
+/* Runs the timers due now that existed when this round started, then points
+ * the timerfd at what is left. fired: the timerfd was drained this round. */
+static int run_timers(lc_engine *e, bool fired)
+{
+    int ran = 0;
+    int64_t now = lc__now_ns();
+    pthread_mutex_lock(&e->mu);
+    if (fired)
+        e->tfd_deadline = 0; /* it expired: setting the same deadline again must re-arm it */
+    uint64_t seq_limit = e->tseq; /* timers added by these callbacks wait a round */
+    while (e->heap_len > 0 && !atomic_load_explicit(&e->stopping, memory_order_relaxed)) {
+        uint32_t index = e->heap[0];
+        tslot *t = &e->tslots[index];
+        if (t->deadline > now || t->seq >= seq_limit)
+            break;
+        heap_remove(e, 0);
+        t->state = T_RUNNING;
+        t->runner = pthread_self();
+        lc_timer_cb cb = t->cb;
+        void *ctx = t->ctx;
+        pthread_mutex_unlock(&e->mu);
+        cb(ctx);
+        ran++;
+        pthread_mutex_lock(&e->mu);
+        tslot_release(e, index);
+        if (e->timer_waiters > 0)
+            pthread_cond_broadcast(&e->timer_idle);
+    }
+    timerfd_sync(e);
+    pthread_mutex_unlock(&e->mu);
+    return ran;
+}
+
+/* ---- running ------------------------------------------------------------- */
+
+int lc__engine_run(lc_engine *e, int timeout_ms)
+{
+    if (e == NULL)
+        return LC_EINVAL;
+    if (atomic_load_explicit(&e->stopping, memory_order_acquire))
+        return LC_ECLOSED;
+
+    struct epoll_event evs[EVENTS_PER_ROUND];
+    int n = epoll_wait(e->epfd, evs, EVENTS_PER_ROUND, timeout_ms < 0 ? -1 : timeout_ms);
+    if (n < 0)
+        return errno == EINTR ? 0 : -errno;
+
+    int ran = 0;
+    bool fired = false;
+    for (int i = 0; i < n; i++) {
+        uint64_t v;
+        if (evs[i].data.u64 == TIMER_TAG) {
+            ssize_t r = read(e->tfd, &v, sizeof v); /* EAGAIN: another thread drained it */
+            fired |= r > 0;
+        } else if (evs[i].data.u64 == WAKE_TAG) {
+            /* While stopping the eventfd stays readable, so every thread in
+             * epoll_wait sees it. */
+            if (!atomic_load_explicit(&e->stopping, memory_order_acquire)) {
+                ssize_t r = read(e->evfd, &v, sizeof v);
+                (void)r;
+                /* that read may have eaten lc__engine_stop's wake-up */
+                if (atomic_load_explicit(&e->stopping, memory_order_acquire))
+                    lc__engine_wake(e);
+            }
+        } else {
+            ran += dispatch(e, &evs[i]);
+        }
+    }
+    ran += run_timers(e, fired);
+    return ran;
+}
+
+static void *engine_thread(void *arg)
+{
+    lc_engine *e = arg;
+    while (!atomic_load_explicit(&e->stopping, memory_order_acquire))
+        lc__engine_run(e, -1);
+    return NULL;
+}
+
+int lc__engine_new(lc_engine **out, bool with_thread)
+{
+    if (out == NULL)
+        return LC_EINVAL;
+    lc_engine *e = calloc(1, sizeof *e);
+    if (e == NULL)
+        return LC_ENOMEM;
+    e->free_head = NO_SLOT;
+    e->tfree_head = NO_SLOT;
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->timer_idle, NULL);
+    int rc = 0;
+    e->evfd = -1;
+    e->tfd = -1;
+    e->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (e->epfd < 0) {
+        rc = -errno;
+        goto fail;
+    }
+    e->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (e->evfd < 0) {
+        rc = -errno;
+        goto fail;
+    }
+    e->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    if (e->tfd < 0) {
+        rc = -errno;
+        goto fail;
+    }
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.events = EPOLLIN; /* level-triggered: see the stopping case in run */
+    ev.data.u64 = WAKE_TAG;
+    if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->evfd, &ev) != 0) {
+        rc = -errno;
+        goto fail;
+    }
+    ev.data.u64 = TIMER_TAG;
+    if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->tfd, &ev) != 0) {
+        rc = -errno;
+        goto fail;
+    }
+    if (with_thread) {
+        /* the engine thread takes no signals: they belong to the application */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        int err = pthread_create(&e->thread, NULL, engine_thread, e);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (err != 0) {
+            rc = -err;
+            goto fail;
+        }
+        e->has_thread = true;
+    }
+    *out = e;
+    return 0;
+fail:
+    if (e->tfd >= 0)
+        close(e->tfd);
+    if (e->evfd >= 0)
+        close(e->evfd);
+    if (e->epfd >= 0)
+        close(e->epfd);
+    pthread_cond_destroy(&e->timer_idle);
+    pthread_mutex_destroy(&e->mu);
+    free(e);
+    return rc;
+}
+
+void lc__engine_stop(lc_engine *e)
+{
+    if (e == NULL)
+        return;
+    pthread_mutex_lock(&e->mu);
+    atomic_store_explicit(&e->stopping, true, memory_order_release);
+    pthread_mutex_unlock(&e->mu);
+    lc__engine_wake(e);
+}
+
+void lc__engine_free(lc_engine *e)
+{
+    if (e == NULL)
+        return;
+    lc__engine_stop(e);
+    if (e->has_thread)
+        pthread_join(e->thread, NULL);
+    for (uint32_t c = 0; c < e->nchunks; c++) {
+        lc_watch *chunk = atomic_load_explicit(&e->chunks[c], memory_order_acquire);
+        for (uint32_t i = 0; i < CHUNK_SLOTS; i++) {
+            pthread_mutex_destroy(&chunk[i].mu);
+            pthread_cond_destroy(&chunk[i].idle);
+        }
+        free(chunk);
+    }
+    free(e->tslots);
+    free(e->heap);
+    close(e->tfd);
+    close(e->evfd);
+    close(e->epfd);
+    pthread_cond_destroy(&e->timer_idle);
+    pthread_mutex_destroy(&e->mu);
+    free(e);
+}
+
+void lc__engine_stats(lc_engine *e, size_t *watches, size_t *timers)
+{
+    pthread_mutex_lock(&e->mu);
+    if (watches)
+        *watches = e->nwatches;
+    if (timers)
+        *timers = e->heap_len;
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* ---- the default engine -------------------------------------------------- */
+
+static pthread_mutex_t default_mu = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic(lc_engine *) default_engine;
+static bool default_hooks;
+
+/* A forked child has no engine thread and shares the parent's epoll set:
+ * forget the parent's engine (its fds are close-on-exec) and start afresh. */
+static void default_after_fork(void)
+{
+    atomic_store_explicit(&default_engine, NULL, memory_order_relaxed);
+}
+
+lc_engine *lc__engine_default(void)
+{
+    lc_engine *e = atomic_load_explicit(&default_engine, memory_order_acquire);
+    if (e != NULL)
+        return e;
+    pthread_mutex_lock(&default_mu);
+    e = atomic_load_explicit(&default_engine, memory_order_acquire);
+    if (e == NULL && lc__engine_new(&e, true) == 0) {
+        atomic_store_explicit(&default_engine, e, memory_order_release);
+        if (!default_hooks) {
+            default_hooks = true;
+            atexit(lc__engine_shutdown);
+            pthread_atfork(NULL, NULL, default_after_fork);
+        }
+    }
+    pthread_mutex_unlock(&default_mu);
+    return e;
+}
+
+void lc__engine_shutdown(void)
+{
+    pthread_mutex_lock(&default_mu);
+    lc_engine *e = atomic_exchange_explicit(&default_engine, NULL, memory_order_acq_rel);
+    pthread_mutex_unlock(&default_mu);
+    if (e == NULL)
+        return;
+    /* exit() called from a callback: the engine thread cannot join itself */
+    if (e->has_thread && pthread_equal(e->thread, pthread_self()))
+        return;
+    lc__engine_free(e);
+}

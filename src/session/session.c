@@ -1,0 +1,1711 @@
+/*
+ * session.c - the libchan protocol on one carrier (src/session): SPDY streams
+ * to channel ends, top-level channels, sub-streams for the channel ends a
+ * message carries, references, forwarding, carrier loss. PROTOCOL.md
+ * sections 3 and 5; docs/PROTOCOL.md for what we add.
+ *
+ * Threads. The engine thread reads the carrier (one-shot EPOLLIN watch),
+ * decodes frames and pushes messages into the local queues of network
+ * Receivers. A thread calling lc_send on a network Sender encodes the message
+ * and appends its frames to the session's output buffer; if nobody is
+ * writing, it writes them itself (no thread hop), and frames appended while a
+ * write is in progress go out in the writer's next writev. On EAGAIN the
+ * engine's EPOLLOUT watch finishes the job.
+ *
+ * Locks, in this order only: wmu (output buffer, zlib sending context,
+ * stream-id allocation) then mu (stream and reference tables, stream state).
+ * No lock is held while calling into channels: their callbacks may come back.
+ */
+#include "session_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sched.h>
+#include <unistd.h>
+
+/* A control frame to send: stream (or ping/last-good) id and status. */
+typedef struct { uint32_t id; uint32_t status; } ctl_arg;
+
+/* ---- options ------------------------------------------------------------- */
+
+LC_API void lc_options_default(lc_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->dial_timeout_ms = 10000;
+    o->ref_timeout_ms = 5000;
+    o->recv_queue = 256;
+    o->accept_queue = 1024;
+    o->max_pending_out = 4u << 20;
+    lc_limits_default(&o->limits);
+}
+
+static void options_resolve(lc_options *dst, const lc_options *src)
+{
+    lc_options d;
+    lc_options_default(&d);
+    if (src == NULL) {
+        *dst = d;
+        return;
+    }
+    *dst = *src;
+    if (dst->dial_timeout_ms == 0)
+        dst->dial_timeout_ms = d.dial_timeout_ms;
+    if (dst->ref_timeout_ms <= 0)
+        dst->ref_timeout_ms = d.ref_timeout_ms;
+    if (dst->recv_queue == 0)
+        dst->recv_queue = d.recv_queue;
+    if (dst->accept_queue == 0)
+        dst->accept_queue = d.accept_queue;
+    if (dst->max_pending_out == 0)
+        dst->max_pending_out = d.max_pending_out;
+}
+
+/* ---- small maps: uint64 key -> pointer, open addressing ------------------ */
+
+static uint64_t mix64(uint64_t k)
+{
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdull;
+    k ^= k >> 33;
+    return k;
+}
+
+void *lc__map_get(const lc_map *m, uint64_t key)
+{
+    if (m->cap == 0)
+        return NULL;
+    for (size_t i = mix64(key) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
+        if (m->slots[i].val == NULL)
+            return NULL;
+        if (m->slots[i].key == key && m->slots[i].val != LC_MAP_TOMB)
+            return m->slots[i].val;
+    }
+}
+
+int lc__map_put(lc_map *m, uint64_t key, void *val)
+{
+    if ((m->used + 1) * 4 >= m->cap * 3) {
+        size_t ncap = m->cap ? m->cap * 2 : 16;
+        while ((m->len + 1) * 2 >= ncap)
+            ncap *= 2;
+        lc_map n = { calloc(ncap, sizeof *n.slots), ncap, 0, 0 };
+        if (n.slots == NULL)
+            return LC_ENOMEM;
+        for (size_t i = 0; i < m->cap; i++)
+            if (m->slots[i].val != NULL && m->slots[i].val != LC_MAP_TOMB)
+                lc__map_put(&n, m->slots[i].key, m->slots[i].val);
+        free(m->slots);
+        *m = n;
+    }
+    for (size_t i = mix64(key) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
+        if (m->slots[i].val == NULL || m->slots[i].val == LC_MAP_TOMB) {
+            if (m->slots[i].val == NULL)
+                m->used++;
+            m->slots[i].key = key;
+            m->slots[i].val = val;
+            m->len++;
+            return 0;
+        }
+        if (m->slots[i].key == key) {
+            m->slots[i].val = val;
+            return 0;
+        }
+    }
+}
+
+void *lc__map_del(lc_map *m, uint64_t key)
+{
+    if (m->cap == 0)
+        return NULL;
+    for (size_t i = mix64(key) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
+        if (m->slots[i].val == NULL)
+            return NULL;
+        if (m->slots[i].key == key && m->slots[i].val != LC_MAP_TOMB) {
+            void *v = m->slots[i].val;
+            m->slots[i].val = LC_MAP_TOMB;
+            m->len--;
+            return v;
+        }
+    }
+}
+
+void lc__map_free(lc_map *m)
+{
+    free(m->slots);
+    memset(m, 0, sizeof *m);
+}
+
+/* ---- lifetime ------------------------------------------------------------ */
+
+static void session_ref(lc_session *s)
+{
+    atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+}
+
+static void session_unref(lc_session *s)
+{
+    if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    /* the last stream and the user handle are gone; the watch was removed
+     * when the session died or was freed */
+    lc__spdy_decoder_free(&s->dec);
+    lc__spdy_deflater_free(&s->defl);
+    lc__buf_free(&s->out);
+    lc__buf_free(&s->inflight);
+    lc__map_free(&s->streams);
+    lc__map_free(&s->peer_refs);
+    lc_receiver_release(s->incoming_r);
+    lc_sender_release(s->incoming_s);
+    if (s->conn)
+        lc__conn_close(s->conn);
+    pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->wmu);
+    free(s);
+}
+
+static lc_stream *stream_new(lc_session *s, st_kind kind)
+{
+    lc_stream *st = calloc(1, sizeof *st);
+    if (st == NULL)
+        return NULL;
+    atomic_init(&st->refs, 1);
+    st->s = s;
+    st->kind = kind;
+    session_ref(s);
+    return st;
+}
+
+static void stream_ref(lc_stream *st)
+{
+    atomic_fetch_add_explicit(&st->refs, 1, memory_order_relaxed);
+}
+
+static void stream_unref(lc_stream *st)
+{
+    if (atomic_fetch_sub_explicit(&st->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    while (st->pending_head) {
+        lc_msg *m = st->pending_head;
+        st->pending_head = m->next;
+        lc_msg_free(m);
+    }
+    if (st->sd_init)
+        lc__sd_free(&st->sd);
+    lc__buf_free(&st->early);
+    lc_sender_release(st->into);
+    lc_receiver_release(st->source);
+    lc_session *s = st->s;
+    free(st);
+    session_unref(s);
+}
+
+/* ---- output -------------------------------------------------------------- */
+
+static size_t pending_out(lc_session *s)
+{
+    return s->out.len + (s->inflight.len - s->inflight_off);
+}
+
+static void session_fail(lc_session *s, int err);
+
+/*
+ * Writes out what is queued, on the calling thread; wmu held on entry and
+ * exit. Only one writer at a time: a thread that finds another writing just
+ * leaves its frames in `out` for that writer's next round. The lock is
+ * dropped during the syscall so senders keep appending.
+ */
+static void flush_locked(lc_session *s)
+{
+    if (s->writing || s->dead || s->conn == NULL)
+        return;
+    s->writing = true;
+    for (;;) {
+        if (s->inflight_off == s->inflight.len) {
+            if (s->out.len == 0)
+                break;
+            lc_buf t = s->inflight; /* swap: inflight <- out */
+            s->inflight = s->out;
+            s->out = t;
+            s->out.len = 0;
+            s->inflight_off = 0;
+        }
+        const uint8_t *p = s->inflight.data + s->inflight_off;
+        size_t n = s->inflight.len - s->inflight_off;
+        s->in_write = true;
+        pthread_mutex_unlock(&s->wmu);
+        struct iovec iov = { (void *)p, n };
+        ssize_t w = lc__conn_writev(s->conn, &iov, 1);
+        pthread_mutex_lock(&s->wmu);
+        s->in_write = false;
+        if (s->flush_waiters)
+            pthread_cond_broadcast(&s->flushed);
+        if (w == -EAGAIN) {
+            /* the engine takes over when the carrier drains */
+            lc__engine_arm(s->watch, EPOLLOUT);
+            return; /* writing stays true: the EPOLLOUT callback owns it */
+        }
+        if (w < 0) {
+            s->writing = false;
+            pthread_mutex_unlock(&s->wmu);
+            session_fail(s, (int)w);
+            pthread_mutex_lock(&s->wmu);
+            return;
+        }
+        s->inflight_off += (size_t)w;
+        if (s->inflight_off == s->inflight.len) {
+            s->inflight.len = 0;
+            s->inflight_off = 0;
+        }
+    }
+    s->writing = false;
+    if (s->flush_waiters)
+        pthread_cond_broadcast(&s->flushed);
+}
+
+/* After output drained below the low-water mark: let blocked senders retry. */
+static void wake_blocked_senders(lc_session *s)
+{
+    if (!atomic_exchange_explicit(&s->senders_blocked, false, memory_order_acq_rel))
+        return;
+    /* collect under mu with references, wake without locks (their retries
+     * come back into try_send) */
+    lc_chan **chans = NULL;
+    lc_stream **sts = NULL;
+    size_t n = 0;
+    pthread_mutex_lock(&s->mu);
+    size_t cap = s->streams.len;
+    chans = malloc((cap + 1) * sizeof *chans);
+    sts = malloc((cap + 1) * sizeof *sts);
+    if (chans && sts) {
+        for (size_t i = 0; i < s->streams.cap; i++) {
+            lc_stream *st = s->streams.slots[i].val;
+            if (st == NULL || st == LC_MAP_TOMB || st->kind != ST_SEND || st->chan == NULL)
+                continue;
+            stream_ref(st);
+            sts[n] = st;
+            chans[n] = st->chan;
+            lc__chan_retain(chans[n]);
+            n++;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    for (size_t i = 0; i < n; i++) {
+        lc__chan_wake_senders(chans[i]);
+        lc__chan_release(chans[i]);
+        stream_unref(sts[i]);
+    }
+    free(chans);
+    free(sts);
+}
+
+/* Appends nothing; flushes and wakes. Used by the EPOLLOUT path. */
+static void output_ready(lc_session *s)
+{
+    pthread_mutex_lock(&s->wmu);
+    s->writing = false;
+    flush_locked(s);
+    bool low = pending_out(s) < s->opt.max_pending_out / 2;
+    pthread_mutex_unlock(&s->wmu);
+    if (low)
+        wake_blocked_senders(s);
+}
+
+/* ---- headers --------------------------------------------------------------- */
+
+static int put_syn_stream(lc_session *s, uint32_t id, uint64_t ref, uint64_t parent)
+{
+    char rbuf[24], pbuf[24];
+    int rn = snprintf(rbuf, sizeof rbuf, "%llu", (unsigned long long)ref);
+    lc_spdy_header h[2] = { { "libchan-ref", 11, rbuf, (size_t)rn } };
+    size_t nh = 1;
+    if (parent) {
+        int pn = snprintf(pbuf, sizeof pbuf, "%llu", (unsigned long long)parent);
+        h[1] = (lc_spdy_header){ "libchan-parent-ref", 18, pbuf, (size_t)pn };
+        nh = 2;
+    }
+    return lc__spdy_put_syn_stream(&s->out, &s->defl, id, 0, 0, 0, 0, h, nh);
+}
+
+static bool parse_u64(const lc_spdy_header *h, uint64_t *out)
+{
+    if (h == NULL || h->value_len == 0 || h->value_len > 20)
+        return false;
+    uint64_t v = 0;
+    for (size_t i = 0; i < h->value_len; i++) {
+        char c = h->value[i];
+        if (c < '0' || c > '9')
+            return false;
+        uint64_t nv = v * 10 + (uint64_t)(c - '0');
+        if (nv < v)
+            return false;
+        v = nv;
+    }
+    *out = v;
+    return true;
+}
+
+/* Queues a small control frame built by fn and flushes. */
+static void send_control(lc_session *s, int (*fn)(lc_session *s, void *arg), void *arg)
+{
+    pthread_mutex_lock(&s->wmu);
+    if (!s->dead && fn(s, arg) == 0)
+        flush_locked(s);
+    pthread_mutex_unlock(&s->wmu);
+}
+
+static int ctl_syn_reply(lc_session *s, void *arg)
+{
+    ctl_arg *a = arg;
+    lc_spdy_header h = { ":status", 7, a->status == 200 ? "200" : "502", 3 };
+    return lc__spdy_put_syn_reply(&s->out, &s->defl, a->id, a->status == 200 ? 0 : LC_SPDY_FLAG_FIN, &h, 1);
+}
+
+static int ctl_rst(lc_session *s, void *arg)
+{
+    ctl_arg *a = arg;
+    return lc__spdy_put_rst_stream(&s->out, a->id, a->status);
+}
+
+static int ctl_ping(lc_session *s, void *arg)
+{
+    ctl_arg *a = arg;
+    return lc__spdy_put_ping(&s->out, a->id);
+}
+
+static int ctl_goaway(lc_session *s, void *arg)
+{
+    ctl_arg *a = arg;
+    return lc__spdy_put_goaway(&s->out, a->id, a->status);
+}
+
+static int ctl_fin(lc_session *s, void *arg)
+{
+    ctl_arg *a = arg;
+    return lc__spdy_put_data(&s->out, a->id, LC_SPDY_FLAG_FIN, NULL, 0);
+}
+
+/* ---- session death ------------------------------------------------------- */
+
+
+
+/* The carrier is gone (or the peer broke the protocol): every channel end of
+ * the session fails now. Idempotent; no lock held by the caller. */
+static void session_fail(lc_session *s, int err)
+{
+    pthread_mutex_lock(&s->wmu);
+    pthread_mutex_lock(&s->mu);
+    if (s->dead) {
+        pthread_mutex_unlock(&s->mu);
+        pthread_mutex_unlock(&s->wmu);
+        return;
+    }
+    s->dead = true;
+    atomic_store(&s->err, err);
+    pthread_cond_broadcast(&s->flushed);
+    /* take every stream out of the tables; fail them outside the locks */
+    size_t n = 0;
+    lc_stream **all = malloc((s->streams.len + 1) * sizeof *all);
+    lc_chan **chans = malloc((s->streams.len + 1) * sizeof *chans);
+    lc_sender **intos = malloc((s->streams.len + 1) * sizeof *intos);
+    for (size_t i = 0; all && chans && intos && i < s->streams.cap; i++) {
+        lc_stream *st = s->streams.slots[i].val;
+        if (st == NULL || st == LC_MAP_TOMB)
+            continue;
+        st->in_table = false;
+        all[n] = st; /* the table's reference moves to us */
+        chans[n] = st->chan;
+        if (chans[n])
+            lc__chan_retain(chans[n]);
+        intos[n] = st->into ? lc_sender_retain(st->into) : NULL;
+        n++;
+    }
+    lc__map_free(&s->streams);
+    lc__map_free(&s->peer_refs);
+    lc_watch *w = s->watch;
+    s->watch = NULL;
+    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->wmu);
+
+    /* no more reading: the session is over. From inside the engine callback
+     * lc__engine_del does not wait (the callback holds a session reference). */
+    if (w)
+        lc__engine_del(w);
+    pthread_mutex_lock(&s->wmu);
+    if (s->conn)
+        lc__conn_shutdown_write(s->conn);
+    pthread_mutex_unlock(&s->wmu);
+    lc__close_error(s->incoming_s, LC_ESESSION);
+    int chan_err = err == LC_ESESSION || err == LC_EOF || err > -1000 ? LC_ESESSION : err;
+    for (size_t i = 0; i < n; i++) {
+        if (intos[i]) {
+            lc__close_error(intos[i], chan_err);
+            lc_sender_release(intos[i]);
+        }
+        if (chans[i]) {
+            lc__chan_wake_senders(chans[i]);
+            lc__chan_release(chans[i]);
+        }
+        stream_unref(all[i]);
+    }
+    free(all);
+    free(chans);
+    free(intos);
+}
+
+static void protocol_error(lc_session *s, uint32_t status)
+{
+    ctl_arg a = { s->last_peer_id, status };
+    send_control(s, ctl_goaway, &a);
+    session_fail(s, LC_EPROTO);
+}
+
+/* ---- network Senders ----------------------------------------------------- */
+
+static int net_try_send(void *ctx, lc_msg *m);
+static bool net_writable(void *ctx);
+static void net_close(void *ctx);
+static void net_release(void *ctx);
+static const lc__net_ops net_ops = { net_try_send, net_writable, net_close, net_release };
+
+/* A Sender writing on stream st (which must be ST_SEND, registered). */
+static lc_sender *make_net_sender(lc_stream *st)
+{
+    stream_ref(st); /* the sender's reference */
+    lc_chan *chan;
+    lc_sender *snd = lc__net_sender_new(&net_ops, st, &chan);
+    if (snd == NULL) {
+        stream_unref(st);
+        return NULL;
+    }
+    st->chan = chan;
+    return snd;
+}
+
+/* ---- encoding a message (attachments become sub-streams) ----------------- */
+
+typedef struct open_rec {
+    lc_value *v;
+    lc_stream *st;
+} open_rec;
+
+typedef struct enc_ctx {
+    lc_session *s;
+    open_rec *opens;
+    size_t n, cap;
+    int err;
+} enc_ctx;
+
+static int enc_attachment(void *ctx, lc_value *v, uint8_t *ext, uint64_t *ref)
+{
+    enc_ctx *e = ctx;
+    if (lc_value_taken(v))
+        return LC_ETAKEN;
+    st_kind kind;
+    switch (lc_value_type(v)) {
+    case LC_SENDER:   kind = ST_FWD_TO_SENDER; break;   /* we receive on it, forward */
+    case LC_RECEIVER: kind = ST_PUMP_RECEIVER; break;   /* we pump the receiver onto it */
+    default:          return LC_ENOTSUP;                /* byte streams: not yet */
+    }
+    if (e->n == e->cap) {
+        size_t nc = e->cap ? e->cap * 2 : 4;
+        open_rec *no = realloc(e->opens, nc * sizeof *no);
+        if (no == NULL)
+            return LC_ENOMEM;
+        e->opens = no;
+        e->cap = nc;
+    }
+    lc_stream *st = stream_new(e->s, kind);
+    if (st == NULL)
+        return LC_ENOMEM;
+    st->ours = true;
+    st->ref = atomic_fetch_add_explicit(&e->s->next_ref, 1, memory_order_relaxed);
+    e->opens[e->n++] = (open_rec){ v, st };
+    *ext = lc__codec_ext_for(v);
+    *ref = st->ref;
+    return 0;
+}
+
+/* Per-thread encode scratch, so a send does not malloc; freed at thread exit. */
+static pthread_key_t enc_key;
+static pthread_once_t enc_once = PTHREAD_ONCE_INIT;
+static _Thread_local lc_buf *tls_enc;
+
+static void enc_buf_free(void *p)
+{
+    lc__buf_free(p);
+    free(p);
+}
+
+static void enc_key_make(void)
+{
+    pthread_key_create(&enc_key, enc_buf_free);
+}
+
+static lc_buf *enc_buf(void)
+{
+    if (tls_enc == NULL) {
+        pthread_once(&enc_once, enc_key_make);
+        lc_buf *b = malloc(sizeof *b);
+        if (b == NULL)
+            return NULL;
+        lc__buf_init(b);
+        pthread_setspecific(enc_key, b);
+        tls_enc = b;
+    }
+    return tls_enc;
+}
+
+static void start_pump(lc_stream *st);
+
+/* Registers a new stream of ours in the table; wmu and mu held. */
+static int register_ours_locked(lc_session *s, lc_stream *st)
+{
+    st->id = s->next_id;
+    s->next_id += 2;
+    if (lc__map_put(&s->streams, st->id, st) != 0)
+        return LC_ENOMEM;
+    stream_ref(st); /* the table's reference */
+    st->in_table = true;
+    return 0;
+}
+
+static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full)
+{
+    lc_session *s = p->s;
+    enc_ctx e = { .s = s };
+    struct lc_codec_hooks hooks = { &e, enc_attachment, NULL };
+    lc_buf *b = enc_buf();
+    if (b == NULL)
+        return LC_ENOMEM;
+    b->len = 0;
+    int rc = lc__encode(m, b, &hooks);
+    if (rc != 0)
+        goto fail;
+    pthread_mutex_lock(&s->wmu);
+    if (s->dead) {
+        rc = atomic_load(&s->err) ? LC_ESESSION : LC_ESESSION;
+        pthread_mutex_unlock(&s->wmu);
+        goto fail;
+    }
+    if (p->local_fin || p->reset) {
+        rc = LC_ECLOSED;
+        pthread_mutex_unlock(&s->wmu);
+        goto fail;
+    }
+    if (!block_on_full && pending_out(s) >= s->opt.max_pending_out) {
+        atomic_store_explicit(&s->senders_blocked, true, memory_order_release);
+        rc = LC__WOULD_BLOCK;
+        pthread_mutex_unlock(&s->wmu);
+        goto fail;
+    }
+    /* sub-streams first (as Go does), then the message's DATA frames */
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < e.n && rc == 0; i++) {
+        lc_stream *st = e.opens[i].st;
+        /* bound before its SYN_STREAM leaves: the peer may answer at once.
+         * Borrowed until the send succeeds, then taken out of the message. */
+        if (st->kind == ST_FWD_TO_SENDER)
+            st->into = e.opens[i].v->u.sender;
+        else
+            st->source = e.opens[i].v->u.receiver;
+        rc = register_ours_locked(s, st);
+        if (rc == 0)
+            rc = put_syn_stream(s, st->id, st->ref, p->ref);
+    }
+    pthread_mutex_unlock(&s->mu);
+    for (size_t off = 0; rc == 0 && (off < b->len || off == 0);) {
+        size_t chunk = b->len - off;
+        if (chunk > LC_SPDY_MAX_LENGTH)
+            chunk = LC_SPDY_MAX_LENGTH;
+        rc = lc__spdy_put_data(&s->out, p->id, 0, b->data + off, chunk);
+        off += chunk;
+        if (b->len == 0)
+            break;
+    }
+    if (rc != 0) {
+        /* out of memory mid-frame: the output is no longer well formed */
+        pthread_mutex_unlock(&s->wmu);
+        session_fail(s, rc);
+        rc = LC_ESESSION;
+        goto fail_registered;
+    }
+    flush_locked(s);
+    pthread_mutex_unlock(&s->wmu);
+    /* the attachments now belong to their streams */
+    for (size_t i = 0; i < e.n; i++) {
+        lc_stream *st = e.opens[i].st;
+        if (st->kind == ST_FWD_TO_SENDER)
+            lc_value_take_sender(e.opens[i].v, NULL);
+        else
+            lc_value_take_receiver(e.opens[i].v, NULL);
+        if (st->kind == ST_PUMP_RECEIVER)
+            start_pump(st);
+        stream_unref(st); /* our creation reference; the table keeps one */
+    }
+    free(e.opens);
+    lc_msg_free(m);
+    return 0;
+fail_registered:
+fail:
+    for (size_t i = 0; i < e.n; i++) {
+        /* the borrowed ends stay in the message, which stays the caller's */
+        pthread_mutex_lock(&s->mu);
+        e.opens[i].st->into = NULL;
+        e.opens[i].st->source = NULL;
+        pthread_mutex_unlock(&s->mu);
+        stream_unref(e.opens[i].st);
+    }
+    free(e.opens);
+    return rc;
+}
+
+static int net_try_send(void *ctx, lc_msg *m)
+{
+    lc_stream *st = ctx;
+    return send_msg_on(st, m, false);
+}
+
+static bool net_writable(void *ctx)
+{
+    lc_stream *st = ctx;
+    lc_session *s = st->s;
+    pthread_mutex_lock(&s->wmu);
+    bool w = s->dead || st->local_fin || st->reset || pending_out(s) < s->opt.max_pending_out;
+    pthread_mutex_unlock(&s->wmu);
+    return w;
+}
+
+static void stream_maybe_done_locked(lc_session *s, lc_stream *st);
+
+static void net_close(void *ctx)
+{
+    lc_stream *st = ctx;
+    lc_session *s = st->s;
+    pthread_mutex_lock(&s->wmu);
+    if (!st->local_fin && !st->reset && !s->dead) {
+        st->local_fin = true;
+        if (lc__spdy_put_data(&s->out, st->id, LC_SPDY_FLAG_FIN, NULL, 0) == 0)
+            flush_locked(s);
+    }
+    st->local_fin = true;
+    pthread_mutex_lock(&s->mu);
+    stream_maybe_done_locked(s, st);
+    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->wmu);
+}
+
+static void net_release(void *ctx)
+{
+    lc_stream *st = ctx;
+    lc_session *s = st->s;
+    pthread_mutex_lock(&s->mu);
+    st->chan = NULL;
+    pthread_mutex_unlock(&s->mu);
+    stream_unref(st);
+}
+
+/* Removes a stream from the table once both directions are finished. */
+static void stream_maybe_done_locked(lc_session *s, lc_stream *st)
+{
+    if (!st->in_table)
+        return;
+    bool done;
+    switch (st->kind) {
+    case ST_SEND:
+        /* we only write; the peer half-closes after reading our FIN */
+        done = st->local_fin && st->remote_fin;
+        break;
+    default:
+        done = st->remote_fin && st->local_fin;
+        break;
+    }
+    if (st->reset)
+        done = true;
+    if (!done)
+        return;
+    lc__map_del(&s->streams, st->id);
+    st->in_table = false;
+    stream_unref(st); /* the table's reference; the caller holds another */
+}
+
+/* ---- pumping a local Receiver onto a sub-stream --------------------------- */
+
+static void pump_got(void *ctx, int result, lc_msg *m);
+
+static void pump_finish(lc_stream *st)
+{
+    net_close(st); /* FIN: the local channel ended */
+    lc_receiver_release(st->source);
+    st->source = NULL;
+    stream_unref(st); /* the pump's reference */
+}
+
+/* Moves messages from st->source to the wire until it would wait. */
+static void pump_run(lc_stream *st)
+{
+    for (;;) {
+        lc_msg *m;
+        lc_async *op;
+        int rc = lc__recv_async(st->source, &m, pump_got, st, &op);
+        if (rc == LC__PENDING)
+            return;
+        if (rc != 0) {
+            pump_finish(st);
+            return;
+        }
+        /* block_on_full: a pump must not drop; memory is bounded by the
+         * source channel's own capacity plus the output buffer */
+        rc = send_msg_on(st, m, true);
+        if (rc != 0) {
+            lc_msg_free(m);
+            pump_finish(st);
+            return;
+        }
+    }
+}
+
+static void pump_got(void *ctx, int result, lc_msg *m)
+{
+    lc_stream *st = ctx;
+    if (result != 0) {
+        pump_finish(st);
+        return;
+    }
+    if (send_msg_on(st, m, true) != 0) {
+        lc_msg_free(m);
+        pump_finish(st);
+        return;
+    }
+    pump_run(st);
+}
+
+static void start_pump(lc_stream *st)
+{
+    stream_ref(st); /* the pump's reference, dropped by pump_finish */
+    pump_run(st);
+}
+
+/* ---- receiving: resolving references ------------------------------------- */
+
+static int feed_stream_locked(lc_session *s, lc_stream *st, const uint8_t *p, size_t n);
+
+/* Streams bound while resolving, to be kicked once the lock is dropped. */
+typedef struct kick_list {
+    lc_stream *st[16];
+    size_t n;
+} kick_list;
+
+/* A sub-stream just named by a message may already hold bytes (and its FIN):
+ * decode them now, and have it delivered. mu held. */
+static void bind_early_locked(lc_session *s, lc_stream *sub, kick_list *k)
+{
+    int rc = 0;
+    if (sub->early.len > 0)
+        rc = feed_stream_locked(s, sub, sub->early.data, sub->early.len);
+    else if (!sub->sd_init)
+        rc = feed_stream_locked(s, sub, NULL, 0);
+    lc__buf_free(&sub->early);
+    if (rc >= 0 && sub->early_fin) {
+        int frc = lc__sd_finish(&sub->sd);
+        if (frc < 0 && frc != LC__SD_AGAIN)
+            rc = frc;
+        else
+            sub->remote_fin_pending = true;
+        if (!sub->local_fin) {
+            sub->local_fin = true;
+            sub->send_fin = true;
+        }
+    }
+    if (rc < 0)
+        sub->bad = rc;
+    if (k->n < 16) {
+        stream_ref(sub);
+        k->st[k->n++] = sub;
+    }
+}
+
+static void deliver_pending(lc_stream *st);
+static void send_control(lc_session *s, int (*fn)(lc_session *s, void *arg), void *arg);
+static int ctl_fin(lc_session *s, void *arg);
+
+/* Runs what binding queued: FINs, errors, deliveries. No lock held. */
+static void kick_streams(lc_session *s, kick_list *k)
+{
+    for (size_t i = 0; i < k->n; i++) {
+        lc_stream *st = k->st[i];
+        pthread_mutex_lock(&s->mu);
+        bool fin = st->send_fin;
+        st->send_fin = false;
+        int bad = st->bad;
+        st->bad = 0;
+        pthread_mutex_unlock(&s->mu);
+        if (fin) {
+            ctl_arg fa = { st->id, 0 };
+            send_control(s, ctl_fin, &fa);
+        }
+        if (bad)
+            lc__close_error(st->into, LC_EPROTO);
+        else
+            deliver_pending(st);
+        stream_unref(st);
+    }
+    k->n = 0;
+}
+
+/* Walks v for unresolved references; returns how many are still missing
+ * (peer streams not arrived yet), or a negative error. Resolves the ones it
+ * can, in place. mu held. */
+static int resolve_refs_locked(lc_session *s, lc_msg *m, lc_value *v, int depth, kick_list *k);
+
+static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *k)
+{
+    lc_stream *sub = lc__map_get(&s->peer_refs, v->u.ref);
+    if (sub == NULL)
+        return 1; /* not arrived yet */
+    if (sub->claimed)
+        return LC_EPROTO; /* a sub-stream names one channel end, once */
+    uint8_t ext = v->mode;
+    if (ext == 4) {
+        /* a Sender for us: we send on the peer's sub-stream */
+        sub->kind = ST_SEND;
+        sub->claimed = true;
+        lc_sender *snd = make_net_sender(sub);
+        if (snd == NULL)
+            return LC_ENOMEM;
+        v->type = LC_SENDER;
+        v->mode = 0;
+        v->u.sender = snd;
+    } else if (ext == 5) {
+        /* a Receiver for us: the peer writes messages on the sub-stream */
+        lc_receiver *r;
+        lc_sender *into;
+        int rc = lc_pipe(&r, &into, s->opt.recv_queue);
+        if (rc != 0)
+            return rc;
+        sub->kind = ST_RECV;
+        sub->claimed = true;
+        sub->into = into;
+        v->type = LC_RECEIVER;
+        v->mode = 0;
+        v->u.receiver = r;
+    } else {
+        return LC_ENOTSUP; /* byte streams (ext 1-3): not yet */
+    }
+    v->flags &= (uint8_t)~LC_VF_TAKEN;
+    lc__map_del(&s->peer_refs, sub->ref);
+    if (lc__msg_track_attachment(m, v) != 0)
+        return LC_ENOMEM;
+    if (sub->kind == ST_RECV)
+        bind_early_locked(s, sub, k); /* bytes that came before it was named */
+    return 0;
+}
+
+static int resolve_refs_locked(lc_session *s, lc_msg *m, lc_value *v, int depth, kick_list *k)
+{
+    if (v == NULL || depth > 4096)
+        return 0;
+    int missing = 0;
+    switch (v->type) {
+    case LC__REF: {
+        int rc = resolve_one_locked(s, m, v, k);
+        if (rc < 0)
+            return rc;
+        return rc;
+    }
+    case LC_ARRAY:
+        for (uint32_t i = 0; i < v->len; i++) {
+            int rc = resolve_refs_locked(s, m, v->u.items[i], depth + 1, k);
+            if (rc < 0)
+                return rc;
+            missing += rc;
+        }
+        return missing;
+    case LC_MAP:
+        for (uint32_t i = 0; i < 2 * v->len; i++) {
+            int rc = resolve_refs_locked(s, m, v->u.items[i], depth + 1, k);
+            if (rc < 0)
+                return rc;
+            missing += rc;
+        }
+        return missing;
+    default:
+        return 0;
+    }
+}
+
+static int resolve_msg_locked(lc_session *s, lc_msg *m, kick_list *k)
+{
+    if (m->body != NULL) {
+        int missing = 0;
+        for (uint32_t i = 0; i < m->body_att_len; i++) {
+            int rc = resolve_refs_locked(s, m, m->body_att[i], 0, k);
+            if (rc < 0)
+                return rc;
+            missing += rc;
+        }
+        return missing;
+    }
+    return resolve_refs_locked(s, m, m->root, 0, k);
+}
+
+/* ---- receiving: delivery ------------------------------------------------- */
+
+static void deliver_pending(lc_stream *st);
+static void resume_reading(lc_session *s);
+static void arm_read(lc_session *s);
+
+static void push_done(void *ctx, int result, lc_msg *m)
+{
+    lc_stream *st = ctx;
+    lc_session *s = st->s;
+    (void)m;
+    pthread_mutex_lock(&s->mu);
+    st->push_op = NULL;
+    lc_msg *sent = st->pushing;
+    st->pushing = NULL;
+    pthread_mutex_unlock(&s->mu);
+    if (result != 0)
+        lc_msg_free(sent); /* the local end went away: drop (fds closed) */
+    deliver_pending(st);
+    stream_unref(st); /* the op's reference */
+}
+
+/*
+ * Pushes queued messages into the stream's local channel while it has room.
+ * Called without locks. Messages whose references are not resolved yet stay
+ * queued (in order) until the sub-stream arrives or the deadline passes.
+ */
+static void deliver_pending(lc_stream *st)
+{
+    lc_session *s = st->s;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        lc_msg *m = st->pending_head;
+        if (m == NULL || st->push_op != NULL) {
+            /* idle: nothing listed and nothing being handed over */
+            bool idle = m == NULL && st->push_op == NULL;
+            bool close_now = idle && st->remote_fin_pending;
+            if (close_now)
+                st->remote_fin_pending = false;
+            pthread_mutex_unlock(&s->mu);
+            if (close_now)
+                lc_close(st->into); /* end of channel after the last message */
+            if (idle)
+                resume_reading(s);
+            return;
+        }
+        kick_list k = { .n = 0 };
+        int missing = resolve_msg_locked(s, m, &k);
+        if (missing > 0) {
+            st->waiting_refs = true;
+            pthread_mutex_unlock(&s->mu);
+            kick_streams(s, &k);
+            return; /* a SYN_STREAM or the ref timer calls us again */
+        }
+        st->waiting_refs = false;
+        if (missing < 0) {
+            st->pending_head = m->next;
+            if (st->pending_head == NULL)
+                st->pending_tail = NULL;
+            st->npending--;
+            pthread_mutex_unlock(&s->mu);
+            kick_streams(s, &k);
+            lc_msg_free(m);
+            lc__close_error(st->into, LC_EPROTO);
+            continue;
+        }
+        /* off the list before it is handed over: once sent, m is the
+         * receiver's and may already be freed */
+        st->pending_head = m->next;
+        if (st->pending_head == NULL)
+            st->pending_tail = NULL;
+        st->npending--;
+        stream_ref(st);
+        lc_async *op;
+        st->push_op = (lc_async *)1; /* placeholder while registering */
+        st->pushing = m;
+        pthread_mutex_unlock(&s->mu);
+        kick_streams(s, &k); /* sub-streams first: their queues exist before m is seen */
+        int rc = lc__send_async(st->into, m, push_done, st, &op);
+        if (rc == LC__PENDING)
+            return; /* push_done continues */
+        pthread_mutex_lock(&s->mu);
+        st->push_op = NULL;
+        st->pushing = NULL;
+        pthread_mutex_unlock(&s->mu);
+        if (rc != 0)
+            lc_msg_free(m);
+        stream_unref(st);
+    }
+}
+
+/* ---- reading the carrier ------------------------------------------------- */
+
+static lc_stream *new_peer_stream_locked(lc_session *s, uint32_t id, uint64_t ref, st_kind kind)
+{
+    lc_stream *st = stream_new(s, kind);
+    if (st == NULL)
+        return NULL;
+    st->id = id;
+    st->ref = ref;
+    if (lc__map_put(&s->streams, id, st) != 0) {
+        stream_unref(st);
+        return NULL;
+    }
+    st->in_table = true; /* the creation reference is the table's */
+    return st;
+}
+
+static void on_syn_stream(lc_session *s, const lc_spdy_frame *f, lc_receiver **announce)
+{
+    uint64_t ref = 0, parent = 0;
+    const lc_spdy_header *hr = lc__spdy_header_find(f->headers, f->n_headers, "libchan-ref");
+    const lc_spdy_header *hp = lc__spdy_header_find(f->headers, f->n_headers, "libchan-parent-ref");
+    bool peer_parity = (f->stream_id & 1) == (s->is_client ? 0u : 1u);
+    if (!peer_parity || f->stream_id <= s->last_peer_id || !parse_u64(hr, &ref) ||
+        (hp != NULL && !parse_u64(hp, &parent))) {
+        /* a reused or wrongly numbered stream id, or a stream without a
+         * reference: the framing can no longer be trusted */
+        protocol_error(s, LC_SPDY_GOAWAY_PROTOCOL_ERROR);
+        return;
+    }
+    s->last_peer_id = f->stream_id;
+    ctl_arg reply = { f->stream_id, 200 };
+    pthread_mutex_lock(&s->mu);
+    if (s->goaway_sent || s->closing) {
+        pthread_mutex_unlock(&s->mu);
+        reply.status = 502;
+        send_control(s, ctl_syn_reply, &reply);
+        return;
+    }
+    if (hp == NULL) {
+        /* a new top-level channel: queue its Receiver for the application */
+        lc_stream *st = new_peer_stream_locked(s, f->stream_id, ref, ST_RECV);
+        lc_receiver *r = NULL;
+        lc_sender *into = NULL;
+        if (st == NULL || lc_pipe(&r, &into, s->opt.recv_queue) != 0) {
+            pthread_mutex_unlock(&s->mu);
+            protocol_error(s, LC_SPDY_GOAWAY_INTERNAL_ERROR);
+            return;
+        }
+        st->into = into;
+        *announce = r;
+    } else {
+        /* a sub-stream: recorded by reference until a message names it */
+        if (lc__map_get(&s->peer_refs, ref) != NULL) {
+            pthread_mutex_unlock(&s->mu);
+            protocol_error(s, LC_SPDY_GOAWAY_PROTOCOL_ERROR);
+            return;
+        }
+        lc_stream *st = new_peer_stream_locked(s, f->stream_id, ref, ST_UNBOUND);
+        if (st == NULL || lc__map_put(&s->peer_refs, ref, st) != 0) {
+            pthread_mutex_unlock(&s->mu);
+            protocol_error(s, LC_SPDY_GOAWAY_INTERNAL_ERROR);
+            return;
+        }
+        st->parent_ref = parent;
+        s->new_refs = true; /* messages waiting for it may go on */
+    }
+    if (f->flags & LC_SPDY_FLAG_FIN) {
+        lc_stream *st = lc__map_get(&s->streams, f->stream_id);
+        if (st)
+            st->early_fin = true;
+    }
+    pthread_mutex_unlock(&s->mu);
+    send_control(s, ctl_syn_reply, &reply);
+}
+
+/* Feeds message bytes of stream st into its decoder and queues what decodes.
+ * mu held. Returns how many messages were queued, or an error. */
+static int feed_stream_locked(lc_session *s, lc_stream *st, const uint8_t *p, size_t n)
+{
+    if (!st->sd_init) {
+        lc__sd_init(&st->sd, &s->opt.limits, NULL);
+        st->sd_init = true;
+    }
+    int rc = n ? lc__sd_feed(&st->sd, p, n) : 0;
+    int queued = 0;
+    while (rc == 0) {
+        lc_msg *m;
+        rc = lc__sd_next(&st->sd, &m);
+        if (rc != 0)
+            break;
+        m->next = NULL;
+        if (st->pending_tail)
+            st->pending_tail->next = m;
+        else
+            st->pending_head = m;
+        st->pending_tail = m;
+        st->npending++;
+        queued++;
+    }
+    if (rc < 0)
+        return rc;
+    return queued;
+}
+
+typedef struct rd_actions {
+    lc_stream *deliver[64]; /* streams with new messages (referenced) */
+    size_t ndeliver;
+    lc_receiver *announce;
+} rd_actions;
+
+static void note_delivery(rd_actions *a, lc_stream *st)
+{
+    for (size_t i = 0; i < a->ndeliver; i++)
+        if (a->deliver[i] == st)
+            return;
+    if (a->ndeliver < 64) {
+        stream_ref(st);
+        a->deliver[a->ndeliver++] = st;
+    }
+}
+
+static void run_actions(lc_session *s, rd_actions *a)
+{
+    if (a->announce) {
+        lc_msg *m = lc_msg_new();
+        lc_value *v = m ? lc_new_receiver(m, a->announce) : NULL;
+        if (v == NULL || lc_msg_set_root(m, v) != 0 || lc_send(s->incoming_s, m, 0) != 0)
+            lc_msg_free(m); /* too many unclaimed channels: the channel is dropped */
+        a->announce = NULL;
+    }
+    for (size_t i = 0; i < a->ndeliver; i++) {
+        deliver_pending(a->deliver[i]);
+        stream_unref(a->deliver[i]);
+    }
+    a->ndeliver = 0;
+}
+
+/* Streams whose messages wait for references get another chance. */
+static void retry_waiting_refs(lc_session *s, rd_actions *a)
+{
+    pthread_mutex_lock(&s->mu);
+    if (!s->new_refs) {
+        pthread_mutex_unlock(&s->mu);
+        return;
+    }
+    s->new_refs = false;
+    for (size_t i = 0; i < s->streams.cap; i++) {
+        lc_stream *st = s->streams.slots[i].val;
+        if (st != NULL && st != LC_MAP_TOMB && st->waiting_refs)
+            note_delivery(a, st);
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void on_data(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
+{
+    bool fin = f->data_last && (f->flags & LC_SPDY_FLAG_FIN);
+    pthread_mutex_lock(&s->mu);
+    lc_stream *st = lc__map_get(&s->streams, f->stream_id);
+    if (st == NULL || st->remote_fin) {
+        pthread_mutex_unlock(&s->mu);
+        if (f->data_last) {
+            ctl_arg rst = { f->stream_id, LC_SPDY_INVALID_STREAM };
+            send_control(s, ctl_rst, &rst);
+        }
+        return;
+    }
+    stream_ref(st); /* stream_maybe_done_locked may drop the table's reference */
+    int rc = 0;
+    switch (st->kind) {
+    case ST_RECV:
+    case ST_FWD_TO_SENDER:
+        rc = feed_stream_locked(s, st, f->data, f->data_len);
+        if (rc > 0)
+            note_delivery(a, st);
+        break;
+    case ST_UNBOUND:
+        /* not named by a message yet: keep the bytes (bounded) */
+        if (st->early.len + f->data_len > s->opt.limits.max_message)
+            rc = LC_ETOOBIG;
+        else
+            rc = lc__buf_append(&st->early, f->data, f->data_len);
+        break;
+    default:
+        break; /* data on a stream we only write: ignored, as Go does */
+    }
+    if (rc < 0) {
+        /* this channel's bytes do not decode: reset it, report on it */
+        st->reset = true;
+        lc_sender *into = st->into ? lc_sender_retain(st->into) : NULL;
+        stream_maybe_done_locked(s, st);
+        pthread_mutex_unlock(&s->mu);
+        ctl_arg rst = { f->stream_id, LC_SPDY_PROTOCOL_ERROR };
+        send_control(s, ctl_rst, &rst);
+        if (into) {
+            lc__close_error(into, LC_EPROTO);
+            lc_sender_release(into);
+        }
+        stream_unref(st);
+        return;
+    }
+    if (fin) {
+        st->remote_fin = true;
+        if (st->kind == ST_UNBOUND)
+            st->early_fin = true;
+        if (st->kind == ST_RECV || st->kind == ST_FWD_TO_SENDER) {
+            int frc = st->sd_init ? lc__sd_finish(&st->sd) : 0;
+            if (frc < 0) {
+                lc_sender *into = lc_sender_retain(st->into);
+                pthread_mutex_unlock(&s->mu);
+                lc__close_error(into, frc == LC_ETRUNCATED ? LC_EPROTO : frc);
+                lc_sender_release(into);
+                pthread_mutex_lock(&s->mu);
+            } else {
+                /* end of channel once everything queued is delivered */
+                st->remote_fin_pending = true;
+                note_delivery(a, st);
+            }
+            if (!st->local_fin) {
+                /* the receiving side half-closes after end-of-channel (as Go) */
+                st->local_fin = true;
+                st->send_fin = true;
+            }
+        }
+        stream_maybe_done_locked(s, st);
+    }
+    bool send_fin = st->send_fin;
+    st->send_fin = false;
+    uint32_t id = st->id;
+    pthread_mutex_unlock(&s->mu);
+    if (send_fin) {
+        ctl_arg fa = { id, 0 };
+        send_control(s, ctl_fin, &fa);
+    }
+    stream_unref(st);
+}
+
+static void on_rst(lc_session *s, const lc_spdy_frame *f)
+{
+    pthread_mutex_lock(&s->mu);
+    lc_stream *st = lc__map_get(&s->streams, f->stream_id);
+    if (st == NULL) {
+        pthread_mutex_unlock(&s->mu);
+        return;
+    }
+    stream_ref(st);
+    st->reset = true;
+    st->remote_fin = st->local_fin = true;
+    lc_sender *into = st->into ? lc_sender_retain(st->into) : NULL;
+    lc_chan *chan = st->chan;
+    if (chan)
+        lc__chan_retain(chan);
+    stream_maybe_done_locked(s, st);
+    pthread_mutex_unlock(&s->mu);
+    if (into) {
+        lc__close_error(into, LC_ECLOSED);
+        lc_sender_release(into);
+    }
+    if (chan) {
+        lc__chan_wake_senders(chan);
+        lc__chan_release(chan);
+    }
+    stream_unref(st);
+}
+
+static void handle_frame(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
+{
+    switch (f->type) {
+    case LC_SPDY_SYN_STREAM:
+        on_syn_stream(s, f, &a->announce);
+        break;
+    case LC_SPDY_DATA:
+        on_data(s, f, a);
+        break;
+    case LC_SPDY_RST_STREAM:
+        on_rst(s, f);
+        break;
+    case LC_SPDY_PING:
+        /* answer the peer's pings (their ids have the peer's parity) */
+        if ((f->value & 1) == (s->is_client ? 0u : 1u)) {
+            ctl_arg p = { f->value, 0 };
+            send_control(s, ctl_ping, &p);
+        }
+        break;
+    case LC_SPDY_GOAWAY:
+        pthread_mutex_lock(&s->mu);
+        s->goaway_recv = true;
+        pthread_mutex_unlock(&s->mu);
+        break;
+    default:
+        break; /* SYN_REPLY, SETTINGS, HEADERS, WINDOW_UPDATE, unknown: nothing to do */
+    }
+}
+
+#define READ_CHUNK 65536
+
+/* Asks the engine for the next EPOLLIN, unless reading is paused or the
+ * session is over (the watch pointer is only valid under wmu). */
+static void arm_read(lc_session *s)
+{
+    pthread_mutex_lock(&s->wmu);
+    pthread_mutex_lock(&s->mu);
+    bool paused = s->paused;
+    pthread_mutex_unlock(&s->mu);
+    if (s->watch != NULL && !paused)
+        lc__engine_arm(s->watch, EPOLLIN);
+    pthread_mutex_unlock(&s->wmu);
+}
+
+/* Reads and dispatches until the carrier would block. Engine thread. */
+static void read_carrier(lc_session *s)
+{
+    uint8_t *buf = s->rbuf;
+    for (;;) {
+        struct iovec iov = { buf, READ_CHUNK };
+        ssize_t n = lc__conn_readv(s->conn, &iov, 1);
+        if (n == -EAGAIN) {
+            arm_read(s);
+            return;
+        }
+        if (n <= 0) {
+            /* EOF between frames is the peer hanging up; inside one, a cut */
+            int err = n == 0 ? (lc__spdy_decoder_idle(&s->dec) ? LC_ESESSION : LC_EPROTO) : (int)n;
+            session_fail(s, err);
+            return;
+        }
+        rd_actions a = { 0 };
+        size_t off = 0;
+        while (off < (size_t)n && !s->dead) {
+            lc_spdy_frame f;
+            size_t used = 0;
+            int rc = lc__spdy_decode(&s->dec, buf + off, (size_t)n - off, &used, &f);
+            off += used;
+            if (rc < 0) {
+                run_actions(s, &a);
+                protocol_error(s, LC_SPDY_GOAWAY_PROTOCOL_ERROR);
+                return;
+            }
+            if (rc == 0)
+                break;
+            handle_frame(s, &f, &a);
+            if (f.type == LC_SPDY_SYN_STREAM && a.announce)
+                run_actions(s, &a);
+        }
+        retry_waiting_refs(s, &a);
+        run_actions(s, &a);
+        if (s->dead)
+            return;
+        /* backpressure: a local queue is full, stop reading until it drains */
+        pthread_mutex_lock(&s->mu);
+        bool full = false;
+        for (size_t i = 0; i < s->streams.cap && !full; i++) {
+            lc_stream *st = s->streams.slots[i].val;
+            full = st != NULL && st != LC_MAP_TOMB && st->push_op != NULL;
+        }
+        if (full)
+            s->paused = true;
+        pthread_mutex_unlock(&s->mu);
+        if (full)
+            return;
+    }
+}
+
+static void resume_reading(lc_session *s)
+{
+    pthread_mutex_lock(&s->mu);
+    bool was = s->paused;
+    bool still = false;
+    for (size_t i = 0; was && i < s->streams.cap && !still; i++) {
+        lc_stream *st = s->streams.slots[i].val;
+        still = st != NULL && st != LC_MAP_TOMB && st->push_op != NULL;
+    }
+    if (was && !still)
+        s->paused = false;
+    pthread_mutex_unlock(&s->mu);
+    if (was && !still)
+        arm_read(s);
+}
+
+static void ref_timer(void *ctx);
+
+static void carrier_cb(void *ctx, uint32_t ev)
+{
+    lc_session *s = ctx;
+    session_ref(s); /* the session may be freed by another thread meanwhile */
+    atomic_fetch_add_explicit(&s->in_cb, 1, memory_order_acq_rel);
+    if (ev & EPOLLOUT)
+        output_ready(s);
+    if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR))
+        read_carrier(s);
+    atomic_fetch_sub_explicit(&s->in_cb, 1, memory_order_acq_rel);
+    session_unref(s);
+}
+
+/* Fails messages whose references never arrived (PROTOCOL.md section 3). */
+static void ref_timer(void *ctx)
+{
+    lc_session *s = ctx;
+    pthread_mutex_lock(&s->mu);
+    s->ref_timer = 0;
+    int64_t now = lc__now_ns();
+    lc_sender *fail[32];
+    size_t nf = 0;
+    bool any_waiting = false;
+    for (size_t i = 0; i < s->streams.cap; i++) {
+        lc_stream *st = s->streams.slots[i].val;
+        if (st == NULL || st == LC_MAP_TOMB || !st->waiting_refs)
+            continue;
+        if (st->waiting_since == 0)
+            st->waiting_since = now;
+        if (now - st->waiting_since >= s->opt.ref_timeout_ms * 1000000 && nf < 32 && st->into) {
+            fail[nf++] = lc_sender_retain(st->into);
+            st->waiting_refs = false;
+            st->reset = true;
+        } else {
+            any_waiting = true;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    for (size_t i = 0; i < nf; i++) {
+        lc__close_error(fail[i], LC_EPROTO);
+        lc_sender_release(fail[i]);
+    }
+    if (any_waiting && !s->dead)
+        lc__engine_timer_add(s->eng, lc__now_ns() + s->opt.ref_timeout_ms * 1000000 / 4, ref_timer, s,
+                             &s->ref_timer);
+}
+
+/* ---- sessions ------------------------------------------------------------ */
+
+static int session_start(lc_conn *conn, bool is_client, const lc_options *o, lc_session **out)
+{
+    lc_session *s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        lc__conn_close(conn);
+        return LC_ENOMEM;
+    }
+    options_resolve(&s->opt, o);
+    atomic_init(&s->refs, 1);
+    atomic_init(&s->next_ref, 2); /* as Go: refs start at 2 */
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->wmu, NULL);
+    pthread_cond_init(&s->flushed, NULL);
+    s->conn = conn;
+    s->is_client = is_client;
+    s->next_id = is_client ? 1 : 2;
+    lc__spdy_decoder_init(&s->dec, NULL);
+    lc__spdy_deflater_init(&s->defl, 6);
+    lc__buf_init(&s->out);
+    lc__buf_init(&s->inflight);
+    int rc = lc_pipe(&s->incoming_r, &s->incoming_s, s->opt.accept_queue);
+    if (rc == 0) {
+        s->eng = lc__engine_default();
+        rc = s->eng ? 0 : LC_ENOMEM;
+    }
+    if (rc == 0)
+        rc = lc__engine_add(s->eng, lc__conn_fd(conn), EPOLLIN, carrier_cb, s, &s->watch);
+    if (rc != 0) {
+        lc_sender_release(s->incoming_s);
+        lc_receiver_release(s->incoming_r);
+        session_unref(s);
+        return rc;
+    }
+    /* a timer that looks after messages waiting for references */
+    lc__engine_timer_add(s->eng, lc__now_ns() + s->opt.ref_timeout_ms * 1000000 / 4, ref_timer, s,
+                         &s->ref_timer);
+    *out = s;
+    return 0;
+}
+
+int lc__session_from_fd(int fd, bool is_client, const lc_options *o, lc_session **out)
+{
+    lc_conn *conn;
+    int rc = lc__conn_wrap(&lc__unix_ops, fd, &conn);
+    if (rc != 0)
+        return rc;
+    return session_start(conn, is_client, o, out);
+}
+
+LC_API int lc_dial(const char *url, const lc_options *o, lc_session **out, lc_error *err)
+{
+    if (url == NULL || out == NULL)
+        return LC_EINVAL;
+    *out = NULL;
+    lc_options opt;
+    options_resolve(&opt, o);
+    lc_conn *conn;
+    int rc = lc__dial(url, opt.dial_timeout_ms, &conn, err);
+    if (rc != 0)
+        return rc;
+    return session_start(conn, true, &opt, out);
+}
+
+struct lc_listener {
+    lc_tlistener *tl;
+    lc_options opt;
+};
+
+LC_API int lc_listen(const char *url, const lc_options *o, lc_listener **out, lc_error *err)
+{
+    if (url == NULL || out == NULL)
+        return LC_EINVAL;
+    *out = NULL;
+    lc_listener *l = calloc(1, sizeof *l);
+    if (l == NULL)
+        return LC_ENOMEM;
+    options_resolve(&l->opt, o);
+    int rc = lc__listen(url, &l->tl, err);
+    if (rc != 0) {
+        free(l);
+        return rc;
+    }
+    *out = l;
+    return 0;
+}
+
+LC_API int lc_listener_url(lc_listener *l, char *buf, size_t len)
+{
+    return l ? lc__listener_url(l->tl, buf, len) : LC_EINVAL;
+}
+
+LC_API int lc_accept(lc_listener *l, lc_session **out, int64_t timeout_ms)
+{
+    if (l == NULL || out == NULL)
+        return LC_EINVAL;
+    *out = NULL;
+    lc_conn *conn;
+    int rc = lc__accept(l->tl, timeout_ms, &conn);
+    if (rc != 0)
+        return rc;
+    return session_start(conn, false, &l->opt, out);
+}
+
+LC_API void lc_listener_close(lc_listener *l)
+{
+    if (l == NULL)
+        return;
+    lc__listener_close(l->tl);
+    free(l);
+}
+
+LC_API int lc_session_sender(lc_session *s, lc_sender **out)
+{
+    if (s == NULL || out == NULL)
+        return LC_EINVAL;
+    *out = NULL;
+    lc_stream *st = stream_new(s, ST_SEND);
+    if (st == NULL)
+        return LC_ENOMEM;
+    st->ours = true;
+    st->ref = atomic_fetch_add_explicit(&s->next_ref, 1, memory_order_relaxed);
+    pthread_mutex_lock(&s->wmu);
+    int rc = s->dead ? LC_ESESSION : 0;
+    if (rc == 0 && s->goaway_recv)
+        rc = LC_ECLOSED; /* the peer is going away: no new channels */
+    if (rc == 0) {
+        pthread_mutex_lock(&s->mu);
+        rc = register_ours_locked(s, st);
+        pthread_mutex_unlock(&s->mu);
+    }
+    if (rc == 0)
+        rc = put_syn_stream(s, st->id, st->ref, 0);
+    if (rc == 0)
+        flush_locked(s);
+    pthread_mutex_unlock(&s->wmu);
+    if (rc == 0) {
+        *out = make_net_sender(st);
+        if (*out == NULL)
+            rc = LC_ENOMEM;
+    }
+    stream_unref(st); /* creation reference: the table and the sender hold theirs */
+    return rc;
+}
+
+LC_API int lc_session_receiver(lc_session *s, lc_receiver **out, int64_t timeout_ms)
+{
+    if (s == NULL || out == NULL)
+        return LC_EINVAL;
+    *out = NULL;
+    lc_msg *m;
+    int rc = lc_recv(s->incoming_r, &m, timeout_ms);
+    if (rc != 0)
+        return rc == LC_EOF ? LC_ESESSION : rc;
+    *out = lc_value_take_receiver(lc_msg_root(m), NULL);
+    lc_msg_free(m);
+    return *out ? 0 : LC_EPROTO;
+}
+
+LC_API int lc_session_error(lc_session *s)
+{
+    return s ? atomic_load(&s->err) : LC_EINVAL;
+}
+
+LC_API int lc_session_close(lc_session *s, int64_t timeout_ms)
+{
+    if (s == NULL)
+        return LC_EINVAL;
+    pthread_mutex_lock(&s->mu);
+    s->closing = true;
+    s->goaway_sent = true;
+    uint32_t last = s->last_peer_id;
+    pthread_mutex_unlock(&s->mu);
+    ctl_arg g = { last, LC_SPDY_GOAWAY_OK };
+    send_control(s, ctl_goaway, &g);
+    /* everything sent before this call reaches the carrier, or we say so */
+    struct timespec dl;
+    clock_gettime(CLOCK_MONOTONIC, &dl);
+    int64_t ns = dl.tv_nsec + (timeout_ms % 1000) * 1000000;
+    dl.tv_sec += timeout_ms / 1000 + ns / 1000000000;
+    dl.tv_nsec = ns % 1000000000;
+    int rc = 0;
+    pthread_mutex_lock(&s->wmu);
+    s->flush_waiters++;
+    while (!s->dead && (pending_out(s) > 0 || s->writing)) {
+        if (timeout_ms >= 0) {
+            pthread_condattr_t ca; /* the cond is CLOCK_REALTIME by default */
+            (void)ca;
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if (now.tv_sec > dl.tv_sec || (now.tv_sec == dl.tv_sec && now.tv_nsec >= dl.tv_nsec)) {
+                rc = LC_ETIMEDOUT;
+                break;
+            }
+            struct timespec rt;
+            clock_gettime(CLOCK_REALTIME, &rt);
+            rt.tv_nsec += 10000000;
+            if (rt.tv_nsec >= 1000000000) {
+                rt.tv_sec++;
+                rt.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&s->flushed, &s->wmu, &rt);
+        } else {
+            pthread_cond_wait(&s->flushed, &s->wmu);
+        }
+    }
+    s->flush_waiters--;
+    if (rc == 0 && s->dead && pending_out(s) > 0)
+        rc = atomic_load(&s->err) ? atomic_load(&s->err) : LC_ESESSION;
+    pthread_mutex_unlock(&s->wmu);
+    session_fail(s, LC_ESESSION);
+    return rc;
+}
+
+LC_API void lc_session_free(lc_session *s)
+{
+    if (s == NULL)
+        return;
+    session_fail(s, LC_ESESSION);
+    if (s->ref_timer)
+        lc__engine_timer_cancel(s->eng, s->ref_timer);
+    /* Close the carrier now, so no fd outlives the handle: wait out an
+     * engine callback that deleted its own watch and is finishing, and a
+     * write syscall in progress; nobody starts new I/O on a dead session. */
+    while (atomic_load_explicit(&s->in_cb, memory_order_acquire) != 0)
+        sched_yield();
+    pthread_mutex_lock(&s->wmu);
+    s->flush_waiters++;
+    while (s->in_write)
+        pthread_cond_wait(&s->flushed, &s->wmu);
+    s->flush_waiters--;
+    lc_conn *conn = s->conn;
+    s->conn = NULL;
+    pthread_mutex_unlock(&s->wmu);
+    lc__conn_close(conn);
+    session_unref(s);
+}

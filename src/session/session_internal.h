@@ -1,0 +1,114 @@
+/*
+ * session_internal.h - the session's data (src/session). Never installed.
+ */
+#ifndef LC_SESSION_INTERNAL_H
+#define LC_SESSION_INTERNAL_H
+
+#include "libchan.h"
+#include "codec/codec.h"
+#include "core/chan_internal.h"
+#include "engine/engine.h"
+#include "msg/msg_internal.h"
+#include "spdy/spdy.h"
+#include "transport/transport.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+/* uint64 -> pointer, open addressing (stream ids, peer references). */
+#define LC_MAP_TOMB ((void *)1)
+typedef struct lc_map {
+    struct { uint64_t key; void *val; } *slots;
+    size_t cap, len, used;
+} lc_map;
+void *lc__map_get(const lc_map *m, uint64_t key);
+int lc__map_put(lc_map *m, uint64_t key, void *val);
+void *lc__map_del(lc_map *m, uint64_t key);
+void lc__map_free(lc_map *m);
+
+typedef enum st_kind {
+    ST_UNBOUND,       /* a peer sub-stream no message has named yet */
+    ST_SEND,          /* we write messages on it (a network Sender) */
+    ST_RECV,          /* we decode messages into a local queue (a network Receiver) */
+    ST_FWD_TO_SENDER, /* we decode messages and forward them into a local Sender */
+    ST_PUMP_RECEIVER  /* we pump a local Receiver's messages onto it */
+} st_kind;
+
+typedef struct lc_stream {
+    _Atomic int refs;
+    struct lc_session *s;
+    uint32_t id;          /* SPDY stream id */
+    uint64_t ref;         /* libchan-ref (the creating side's counter) */
+    uint64_t parent_ref;
+    st_kind kind;
+    bool ours;            /* we opened it */
+    bool in_table;        /* s->streams holds a reference */
+    bool claimed;         /* a peer sub-stream already named by a message */
+    bool local_fin, remote_fin, reset;
+    bool send_fin;        /* a FIN to send once the lock is dropped */
+    bool remote_fin_pending; /* close the local channel after delivering what is queued */
+    bool early_fin;
+    int bad;              /* decoding the early bytes failed with this */
+    bool waiting_refs;    /* the head message names sub-streams not arrived yet */
+    int64_t waiting_since;
+    lc_chan *chan;        /* ST_SEND: the network Sender's channel (until released) */
+    lc_sender *into;      /* ST_RECV / ST_FWD_TO_SENDER: where messages go (owned) */
+    lc_receiver *source;  /* ST_PUMP_RECEIVER: what is pumped (owned) */
+    bool sd_init;
+    lc_stream_decoder sd;
+    lc_msg *pending_head, *pending_tail; /* decoded, not yet delivered */
+    size_t npending;
+    lc_async *push_op;    /* non-NULL while a delivery waits for room */
+    lc_msg *pushing;      /* the message that delivery is handing over */
+    lc_buf early;         /* ST_UNBOUND: bytes that came before a message named it */
+} lc_stream;
+
+struct lc_session {
+    _Atomic long refs;    /* the user handle + one per stream */
+    lc_options opt;
+    lc_conn *conn;
+    bool is_client;
+    lc_engine *eng;
+    lc_watch *watch;
+    lc_timer_id ref_timer;
+    _Atomic int err;      /* first fatal error */
+    _Atomic bool dead;
+    _Atomic bool senders_blocked;
+    _Atomic uint64_t next_ref;
+
+    /* wmu: output */
+    pthread_mutex_t wmu;
+    pthread_cond_t flushed;
+    int flush_waiters;
+    lc_spdy_deflater defl;
+    lc_buf out;           /* frames not yet handed to a writer */
+    lc_buf inflight;      /* frames a writer is writing */
+    size_t inflight_off;
+    bool writing;         /* a writer owns the output (maybe waiting for EPOLLOUT) */
+    bool in_write;        /* a thread is inside the write syscall */
+    _Atomic int in_cb;    /* engine callbacks running on this session */
+    uint32_t next_id;     /* our next SPDY stream id (odd client, even server) */
+
+    /* mu: tables and state */
+    pthread_mutex_t mu;
+    lc_map streams;       /* SPDY id -> stream */
+    lc_map peer_refs;     /* peer's libchan-ref -> unbound sub-stream */
+    bool new_refs;
+    bool goaway_sent, goaway_recv, closing;
+    bool paused;          /* reading stopped: a local queue is full */
+
+    /* engine thread only */
+    lc_spdy_decoder dec;
+    uint32_t last_peer_id;
+    uint8_t rbuf[65536];
+
+    /* top-level channels the peer opened, waiting for lc_session_receiver */
+    lc_receiver *incoming_r;
+    lc_sender *incoming_s;
+};
+
+/* A session on an already connected unix stream socket fd (taken), for tests
+ * that play the peer byte by byte. */
+int lc__session_from_fd(int fd, bool is_client, const lc_options *o, lc_session **out);
+
+#endif

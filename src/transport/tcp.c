@@ -1,0 +1,177 @@
+/*
+ * tcp.c - the tcp:// transport: IPv4, IPv6 and host names (getaddrinfo),
+ * nonblocking connect with a deadline across every resolved address,
+ * TCP_NODELAY on every connection (the session coalesces its own writes).
+ */
+#include "transport.h"
+#include "engine/engine.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static int gai_code(int rc)
+{
+    switch (rc) {
+    case EAI_AGAIN:  return -EAGAIN;
+    case EAI_MEMORY: return LC_ENOMEM;
+    case EAI_SYSTEM: return errno ? -errno : -EIO;
+    case EAI_FAMILY:
+    case EAI_SERVICE:
+    case EAI_BADFLAGS: return LC_EINVAL;
+    default:         return -EHOSTUNREACH; /* no such name, no address for it */
+    }
+}
+
+static int resolve(const lc_url *u, bool passive, struct addrinfo **res)
+{
+    char port[8];
+    snprintf(port, sizeof port, "%u", (unsigned)u->port);
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
+    /* empty host: the wildcard (passive) or the loopback address (dial) */
+    int rc = getaddrinfo(u->host[0] ? u->host : NULL, port, &hints, res);
+    return rc == 0 ? 0 : gai_code(rc);
+}
+
+static void set_nodelay(int fd)
+{
+    int one = 1;
+    /* failure only costs latency */
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+static int tcp_dial(const lc_url *u, int64_t timeout_ms, lc_conn **out)
+{
+    int64_t deadline = timeout_ms < 0 ? -1 : lc__now_ns() + timeout_ms * 1000000;
+    struct addrinfo *res;
+    int rc = resolve(u, false, &res);
+    if (rc != 0)
+        return rc;
+    rc = -EHOSTUNREACH;
+    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+        int64_t left = -1;
+        if (deadline >= 0) {
+            left = (deadline - lc__now_ns()) / 1000000;
+            if (left < 0)
+                left = 0;
+        }
+        int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            rc = -errno;
+            continue;
+        }
+        rc = lc__sock_connect(fd, ai->ai_addr, ai->ai_addrlen, left);
+        if (rc == 0) {
+            freeaddrinfo(res);
+            set_nodelay(fd);
+            return lc__conn_wrap(&lc__tcp_ops, fd, out);
+        }
+        close(fd);
+        if (rc == LC_ETIMEDOUT)
+            break;
+    }
+    freeaddrinfo(res);
+    return rc;
+}
+
+static int tcp_listen(const lc_url *u, lc_tlistener **out)
+{
+    struct addrinfo *res;
+    int rc = resolve(u, true, &res);
+    if (rc != 0)
+        return rc;
+    rc = -EADDRNOTAVAIL;
+    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+        int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            rc = -errno;
+            continue;
+        }
+        int one = 1, zero = 0;
+        (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (ai->ai_family == AF_INET6 && u->host[0] == '\0') /* wildcard: dual stack */
+            (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, SOMAXCONN) != 0) {
+            rc = -errno;
+            close(fd);
+            continue;
+        }
+        freeaddrinfo(res);
+        lc_tlistener *l = malloc(sizeof *l);
+        if (l == NULL) {
+            close(fd);
+            return LC_ENOMEM;
+        }
+        l->ops = &lc__tcp_ops;
+        l->fd = fd;
+        *out = l;
+        return 0;
+    }
+    freeaddrinfo(res);
+    return rc;
+}
+
+static int tcp_accept(lc_tlistener *l, int64_t timeout_ms, lc_conn **out)
+{
+    int fd;
+    int rc = lc__sock_accept(l, timeout_ms, &fd);
+    if (rc != 0)
+        return rc;
+    set_nodelay(fd);
+    return lc__conn_wrap(&lc__tcp_ops, fd, out);
+}
+
+static int tcp_listener_url(lc_tlistener *l, char *buf, size_t len)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getsockname(l->fd, (struct sockaddr *)&ss, &sl) != 0)
+        return -errno;
+    char host[INET6_ADDRSTRLEN];
+    unsigned port;
+    int n;
+    if (ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&ss;
+        inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof host);
+        port = ntohs(s6->sin6_port);
+        n = snprintf(buf, len, "tcp://[%s]:%u", host, port);
+    } else {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &s4->sin_addr, host, sizeof host);
+        port = ntohs(s4->sin_port);
+        n = snprintf(buf, len, "tcp://%s:%u", host, port);
+    }
+    return n < 0 || (size_t)n >= len ? LC_ERANGE : 0;
+}
+
+static void tcp_listener_close(lc_tlistener *l)
+{
+    close(l->fd);
+    free(l);
+}
+
+const lc_transport_ops lc__tcp_ops = {
+    .scheme = "tcp",
+    .dial = tcp_dial,
+    .listen = tcp_listen,
+    .accept = tcp_accept,
+    .readv = lc__sock_readv,
+    .writev = lc__sock_writev,
+    .sendfds = NULL,
+    .recvfds = NULL,
+    .shutdown_write = lc__sock_shutdown_write,
+    .close = lc__sock_close,
+    .listener_url = tcp_listener_url,
+    .listener_close = tcp_listener_close,
+};

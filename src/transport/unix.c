@@ -1,0 +1,294 @@
+/*
+ * unix.c - the unix:// transport: unix stream sockets (paths and the Linux
+ * abstract namespace), with fd passing (SCM_RIGHTS) for the session's
+ * byte streams (PROTOCOL.md section 5, "ours: fd passing").
+ */
+#include "transport.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+typedef struct unix_listener {
+    lc_tlistener base;
+    char path[LC_UNIX_PATH_MAX + 1]; /* as in the URL ("@name" for abstract) */
+    bool has_file;
+    dev_t dev;                       /* the socket file we created, to remove */
+    ino_t ino;                       /* only that one at close */
+} unix_listener;
+
+static socklen_t make_addr(const char *path, struct sockaddr_un *sa)
+{
+    memset(sa, 0, sizeof *sa);
+    sa->sun_family = AF_UNIX;
+    size_t n = strlen(path);
+    if (path[0] == '@') {
+        /* abstract: a leading NUL, then the name; the length delimits it */
+        memcpy(sa->sun_path + 1, path + 1, n - 1);
+        return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+    }
+    memcpy(sa->sun_path, path, n + 1);
+    return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+}
+
+static int set_nonblock(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0)
+        return -errno;
+    return 0;
+}
+
+static int set_sndtimeo(int fd, int64_t ms)
+{
+    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+    return setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) == 0 ? 0 : -errno;
+}
+
+/*
+ * A unix connect never reports EINPROGRESS: it completes at once, or, when the
+ * listener's backlog is full, fails with EAGAIN (nonblocking) or sleeps up to
+ * SO_SNDTIMEO (blocking). So a bounded dial is a blocking connect with
+ * SO_SNDTIMEO set to the timeout; the socket is made nonblocking afterwards.
+ */
+static int unix_dial(const lc_url *u, int64_t timeout_ms, lc_conn **out)
+{
+    struct sockaddr_un sa;
+    socklen_t len = make_addr(u->path, &sa);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | (timeout_ms == 0 ? SOCK_NONBLOCK : 0), 0);
+    if (fd < 0)
+        return -errno;
+    int rc = 0;
+    if (timeout_ms > 0 && (rc = set_sndtimeo(fd, timeout_ms)) != 0)
+        goto fail;
+    while (connect(fd, (struct sockaddr *)&sa, len) != 0) {
+        if (errno == EINTR)
+            continue; /* a retry restarts the timeout: bounded by signals, accepted */
+        rc = (errno == EAGAIN || errno == EINPROGRESS) ? LC_ETIMEDOUT : -errno;
+        goto fail;
+    }
+    if ((timeout_ms > 0 && (rc = set_sndtimeo(fd, 0)) != 0) || (rc = set_nonblock(fd)) != 0)
+        goto fail;
+    return lc__conn_wrap(&lc__unix_ops, fd, out);
+fail:
+    close(fd);
+    return rc;
+}
+
+/* Is something accepting at this path? -EADDRINUSE if so (or if it is not a
+ * socket at all), 0 once a stale socket file has been removed. */
+static int clear_stale(const char *path, const struct sockaddr_un *sa, socklen_t len)
+{
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (probe < 0)
+        return -errno;
+    int rc = connect(probe, (const struct sockaddr *)sa, len);
+    int err = rc == 0 ? 0 : errno;
+    close(probe);
+    if (err == ENOENT)
+        return 0; /* gone meanwhile: bind again */
+    if (err != ECONNREFUSED)
+        return -EADDRINUSE; /* connected, or backlog full (EAGAIN): it is alive */
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return errno == ENOENT ? 0 : -errno;
+    if (!S_ISSOCK(st.st_mode))
+        return -EADDRINUSE; /* never remove a file that is not a socket */
+    if (unlink(path) != 0 && errno != ENOENT)
+        return -errno;
+    return 0;
+}
+
+static int unix_listen(const lc_url *u, lc_tlistener **out)
+{
+    struct sockaddr_un sa;
+    socklen_t len = make_addr(u->path, &sa);
+    bool abstract = u->path[0] == '@';
+    unix_listener *l = calloc(1, sizeof *l);
+    if (l == NULL)
+        return LC_ENOMEM;
+    int rc = 0;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) {
+        rc = -errno;
+        goto fail;
+    }
+    for (int attempt = 0;; attempt++) {
+        if (bind(fd, (struct sockaddr *)&sa, len) == 0)
+            break;
+        rc = -errno;
+        if (rc != -EADDRINUSE || abstract || attempt == 2)
+            goto fail;
+        if ((rc = clear_stale(u->path, &sa, len)) != 0)
+            goto fail;
+    }
+    if (!abstract) {
+        struct stat st;
+        if (stat(u->path, &st) == 0) {
+            l->has_file = true;
+            l->dev = st.st_dev;
+            l->ino = st.st_ino;
+        }
+    }
+    if (listen(fd, SOMAXCONN) != 0) {
+        rc = -errno;
+        goto fail;
+    }
+    l->base.ops = &lc__unix_ops;
+    l->base.fd = fd;
+    memcpy(l->path, u->path, sizeof l->path);
+    *out = &l->base;
+    return 0;
+fail:
+    if (fd >= 0) {
+        close(fd);
+        if (l->has_file)
+            unlink(u->path);
+    }
+    free(l);
+    return rc;
+}
+
+static int unix_accept(lc_tlistener *l, int64_t timeout_ms, lc_conn **out)
+{
+    int fd;
+    int rc = lc__sock_accept(l, timeout_ms, &fd);
+    if (rc != 0)
+        return rc;
+    return lc__conn_wrap(&lc__unix_ops, fd, out);
+}
+
+static int unix_listener_url(lc_tlistener *base, char *buf, size_t len)
+{
+    unix_listener *l = (unix_listener *)base;
+    int n = snprintf(buf, len, "unix://%s", l->path);
+    return n < 0 || (size_t)n >= len ? LC_ERANGE : 0;
+}
+
+static void unix_listener_close(lc_tlistener *base)
+{
+    unix_listener *l = (unix_listener *)base;
+    close(l->base.fd);
+    /* remove the socket file only if it is still the one we bound: another
+     * listener may have replaced it since */
+    struct stat st;
+    if (l->has_file && lstat(l->path, &st) == 0 && st.st_dev == l->dev && st.st_ino == l->ino)
+        unlink(l->path);
+    free(l);
+}
+
+/* ---- fd passing ----------------------------------------------------------- */
+
+typedef union {
+    char buf[CMSG_SPACE(sizeof(int) * LC_TRANSPORT_MAX_FDS)];
+    struct cmsghdr align;
+} fd_control;
+
+static ssize_t unix_sendfds(lc_conn *c, const struct iovec *iov, int iovcnt, const int *fds,
+                            size_t nfds)
+{
+    if (fds == NULL || nfds == 0 || nfds > LC_TRANSPORT_MAX_FDS || iovcnt <= 0)
+        return LC_EINVAL;
+    size_t total = 0;
+    for (int i = 0; i < iovcnt; i++)
+        total += iov[i].iov_len;
+    if (total == 0)
+        return LC_EINVAL; /* a stream socket sends no fds without a byte */
+    fd_control ctl;
+    memset(&ctl, 0, sizeof ctl);
+    struct msghdr mh = {
+        .msg_iov = (struct iovec *)iov,
+        .msg_iovlen = (size_t)iovcnt,
+        .msg_control = ctl.buf,
+        .msg_controllen = CMSG_SPACE(sizeof(int) * nfds),
+    };
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
+    for (;;) {
+        ssize_t n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+        if (n >= 0)
+            return n;
+        if (errno != EINTR)
+            return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    }
+}
+
+static ssize_t unix_recvfds(lc_conn *c, const struct iovec *iov, int iovcnt, int *fds,
+                            size_t *nfds)
+{
+    if (nfds == NULL || (fds == NULL && *nfds > 0))
+        return LC_EINVAL;
+    size_t cap = *nfds < LC_TRANSPORT_MAX_FDS ? *nfds : LC_TRANSPORT_MAX_FDS;
+    *nfds = 0;
+    fd_control ctl;
+    struct msghdr mh = {
+        .msg_iov = (struct iovec *)iov,
+        .msg_iovlen = (size_t)iovcnt,
+        .msg_control = cap > 0 ? ctl.buf : NULL,
+        .msg_controllen = cap > 0 ? CMSG_SPACE(sizeof(int) * cap) : 0,
+    };
+    ssize_t n;
+    for (;;) {
+        n = recvmsg(c->fd, &mh, MSG_CMSG_CLOEXEC);
+        if (n >= 0)
+            break;
+        if (errno != EINTR)
+            return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    }
+    size_t got = 0;
+    bool overflow = (mh.msg_flags & MSG_CTRUNC) != 0;
+    for (struct cmsghdr *cm = cap > 0 ? CMSG_FIRSTHDR(&mh) : NULL; cm != NULL;
+         cm = CMSG_NXTHDR(&mh, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        const unsigned char *data = CMSG_DATA(cm);
+        for (size_t i = 0; i < k; i++) {
+            int fd;
+            memcpy(&fd, data + i * sizeof(int), sizeof fd);
+            if (got < cap) {
+                fds[got++] = fd;
+            } else {
+                close(fd);
+                overflow = true;
+            }
+        }
+    }
+    if (overflow && cap > 0) {
+        for (size_t i = 0; i < got; i++)
+            close(fds[i]);
+        return -EMSGSIZE;
+    }
+    *nfds = got;
+    return n;
+}
+
+static void unix_close(lc_conn *c)
+{
+    lc__sock_close(c);
+}
+
+const lc_transport_ops lc__unix_ops = {
+    .scheme = "unix",
+    .dial = unix_dial,
+    .listen = unix_listen,
+    .accept = unix_accept,
+    .readv = lc__sock_readv,
+    .writev = lc__sock_writev,
+    .sendfds = unix_sendfds,
+    .recvfds = unix_recvfds,
+    .shutdown_write = lc__sock_shutdown_write,
+    .close = unix_close,
+    .listener_url = unix_listener_url,
+    .listener_close = unix_listener_close,
+};

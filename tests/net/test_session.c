@@ -1,0 +1,357 @@
+/*
+ * test_session.c - sessions over real sockets (unix and TCP, port 0): the
+ * request/reply pattern with a reply Sender in the request, a Receiver
+ * carried in a message, carrier loss, a malformed peer, and the Go one-way
+ * vector played into a session byte for byte.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "libchan.h"
+#include "session/session_internal.h"
+#include "testutil.h"
+
+typedef struct pair {
+    lc_listener *l;
+    lc_session *client, *server;
+} pair;
+
+static void open_pair(pair *p, const char *url)
+{
+    lc_error err = { 0 };
+    assert_int_equal(lc_listen(url, NULL, &p->l, &err), 0);
+    char bound[256];
+    assert_int_equal(lc_listener_url(p->l, bound, sizeof bound), 0);
+    assert_int_equal(lc_dial(bound, NULL, &p->client, &err), 0);
+    assert_int_equal(lc_accept(p->l, &p->server, 5000), 0);
+}
+
+static void close_pair(pair *p)
+{
+    lc_session_free(p->client);
+    lc_session_free(p->server);
+    lc_listener_close(p->l);
+}
+
+static char sock_path[128];
+
+static const char *unix_url(void)
+{
+    snprintf(sock_path, sizeof sock_path, "unix:///tmp/lc-test-%d.sock", (int)getpid());
+    return sock_path;
+}
+
+/* The server side of the echo pattern, on its own thread. */
+typedef struct {
+    lc_session *s;
+    int handled;
+    int rc;
+} server_arg;
+
+static void *echo_server(void *x)
+{
+    server_arg *a = x;
+    lc_receiver *r;
+    a->rc = lc_session_receiver(a->s, &r, 5000);
+    if (a->rc != 0)
+        return NULL;
+    lc_msg *m;
+    while ((a->rc = lc_recv(r, &m, 5000)) == 0) {
+        int64_t v;
+        const char *data;
+        lc_sender *ret;
+        a->rc = lc_unpack(m, "{s:I, s:s, s:S}", "Value", &v, "Data", &data, "Ret", &ret);
+        if (a->rc == 0) {
+            lc_msg *rep = lc_pack("{s:I, s:s}", "Echo", v, "Data", data);
+            a->rc = lc_send(ret, rep, 5000);
+            if (a->rc != 0)
+                lc_msg_free(rep);
+            lc_close(ret);
+            lc_sender_release(ret);
+            a->handled++;
+        }
+        lc_msg_free(m);
+        if (a->rc != 0)
+            break;
+    }
+    if (a->rc == LC_EOF)
+        a->rc = 0;
+    lc_receiver_release(r);
+    return NULL;
+}
+
+static void run_echo(const char *url)
+{
+    pair p;
+    open_pair(&p, url);
+    server_arg sa = { .s = p.server };
+    pthread_t t;
+    pthread_create(&t, NULL, echo_server, &sa);
+
+    lc_sender *req;
+    assert_int_equal(lc_session_sender(p.client, &req), 0);
+    for (int i = 0; i < 20; i++) {
+        lc_receiver *rr;
+        lc_sender *rs;
+        assert_int_equal(lc_pipe(&rr, &rs, 1), 0);
+        lc_msg *m = lc_pack("{s:I, s:s, s:S}", "Value", (int64_t)40 + i, "Data", "hello", "Ret", rs);
+        assert_non_null(m);
+        assert_int_equal(lc_send(req, m, 5000), 0);
+        lc_msg *rep;
+        assert_int_equal(lc_recv(rr, &rep, 5000), 0);
+        int64_t echo;
+        const char *data;
+        assert_int_equal(lc_unpack(rep, "{s:I, s:s}", "Echo", &echo, "Data", &data), 0);
+        assert_int_equal(echo, 40 + i);
+        assert_string_equal(data, "hello");
+        lc_msg_free(rep);
+        /* the server closed Ret: the reply channel ends */
+        assert_int_equal(lc_recv(rr, &rep, 5000), LC_EOF);
+        lc_receiver_release(rr);
+    }
+    assert_int_equal(lc_close(req), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(sa.rc, 0);
+    assert_int_equal(sa.handled, 20);
+    lc_sender_release(req);
+    close_pair(&p);
+}
+
+static void test_echo_with_reply_sender_over_unix(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    run_echo(unix_url());
+}
+
+static void test_echo_with_reply_sender_over_tcp(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    run_echo("tcp://127.0.0.1:0");
+}
+
+/* A Receiver travels in a message: the peer drains a local channel of ours. */
+static void test_receiver_carried_in_a_message(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    pair p;
+    open_pair(&p, "tcp://127.0.0.1:0");
+    lc_sender *ch;
+    assert_int_equal(lc_session_sender(p.client, &ch), 0);
+    lc_receiver *lr;
+    lc_sender *ls;
+    assert_int_equal(lc_pipe(&lr, &ls, 8), 0);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(lc_send(ls, lc_pack("{s:i}", "N", i), 0), 0);
+    lc_close(ls);
+    lc_sender_release(ls);
+    assert_int_equal(lc_send(ch, lc_pack("{s:R}", "Feed", lr), 5000), 0);
+
+    lc_receiver *in;
+    assert_int_equal(lc_session_receiver(p.server, &in, 5000), 0);
+    lc_msg *m;
+    assert_int_equal(lc_recv(in, &m, 5000), 0);
+    lc_receiver *feed;
+    assert_int_equal(lc_unpack(m, "{s:R}", "Feed", &feed), 0);
+    lc_msg_free(m);
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(lc_recv(feed, &m, 5000), 0);
+        int n;
+        assert_int_equal(lc_unpack(m, "{s:i}", "N", &n), 0);
+        assert_int_equal(n, i);
+        lc_msg_free(m);
+    }
+    assert_int_equal(lc_recv(feed, &m, 5000), LC_EOF);
+    lc_receiver_release(feed);
+    lc_close(ch);
+    assert_int_equal(lc_recv(in, &m, 5000), LC_EOF);
+    lc_receiver_release(in);
+    lc_sender_release(ch);
+    close_pair(&p);
+}
+
+/* The peer goes away: a blocked receive returns an error at once. */
+typedef struct {
+    lc_receiver *r;
+    int rc;
+} recv_arg;
+
+static void *blocked_recv(void *x)
+{
+    recv_arg *a = x;
+    lc_msg *m = NULL;
+    a->rc = lc_recv(a->r, &m, 20000);
+    lc_msg_free(m);
+    return NULL;
+}
+
+static void test_carrier_loss_fails_blocked_calls(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    pair p;
+    open_pair(&p, unix_url());
+    lc_sender *ch;
+    assert_int_equal(lc_session_sender(p.client, &ch), 0);
+    assert_int_equal(lc_send(ch, lc_pack("{s:i}", "N", 1), 5000), 0);
+    lc_receiver *in;
+    assert_int_equal(lc_session_receiver(p.server, &in, 5000), 0);
+    lc_msg *m;
+    assert_int_equal(lc_recv(in, &m, 5000), 0);
+    lc_msg_free(m);
+
+    recv_arg a = { .r = in };
+    pthread_t t;
+    pthread_create(&t, NULL, blocked_recv, &a);
+    int64_t t0 = lc_test_now_us();
+    lc_session_free(p.client); /* the carrier goes */
+    pthread_join(t, NULL);
+    assert_int_equal(a.rc, LC_ESESSION);
+    assert_true(lc_test_now_us() - t0 < 5000000);
+    /* sending on a channel of the dead session fails too */
+    m = lc_pack("{s:i}", "N", 2);
+    assert_int_equal(lc_send(ch, m, 1000), LC_ESESSION);
+    lc_msg_free(m);
+    assert_int_equal(lc_session_error(p.server), LC_ESESSION);
+    lc_sender_release(ch);
+    lc_receiver_release(in);
+    lc_session_free(p.server);
+    lc_listener_close(p.l);
+}
+
+/* ---- the Go one-way vector, played byte for byte ---------------------------- */
+
+/* go-oneway client-to-server, rebuilt from vectors/README.md: SYN_STREAM 1
+ * {libchan-ref: 2}, three DATA frames of {"Value": 0|1|2}, then FIN. The
+ * header block is compressed by our own deflater, as the Go one would be. */
+static void build_oneway(lc_buf *b)
+{
+    lc_spdy_deflater z;
+    lc__spdy_deflater_init(&z, 6);
+    lc_spdy_header h = { "libchan-ref", 11, "2", 1 };
+    assert_int_equal(lc__spdy_put_syn_stream(b, &z, 1, 0, 0, 0, 0, &h, 1), 0);
+    for (uint8_t i = 0; i < 3; i++) {
+        uint8_t msg[8] = { 0x81, 0xa5, 'V', 'a', 'l', 'u', 'e', i };
+        assert_int_equal(lc__spdy_put_data(b, 1, 0, msg, sizeof msg), 0);
+    }
+    assert_int_equal(lc__spdy_put_data(b, 1, LC_SPDY_FLAG_FIN, NULL, 0), 0);
+    lc__spdy_deflater_free(&z);
+}
+
+static void test_go_oneway_vector_into_a_session(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    assert_int_equal(fcntl(sv[1], F_SETFL, O_NONBLOCK), 0);
+    lc_session *srv;
+    assert_int_equal(lc__session_from_fd(sv[1], false, NULL, &srv), 0);
+    lc_buf b;
+    lc__buf_init(&b);
+    build_oneway(&b);
+    /* one byte at a time: the session must not care how the carrier splits */
+    for (size_t i = 0; i < b.len; i++)
+        assert_int_equal(write(sv[0], b.data + i, 1), 1);
+    lc__buf_free(&b);
+
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(srv, &r, 5000), 0);
+    for (int i = 0; i < 3; i++) {
+        lc_msg *m;
+        assert_int_equal(lc_recv(r, &m, 5000), 0);
+        int v;
+        assert_int_equal(lc_unpack(m, "{s:i}", "Value", &v), 0);
+        assert_int_equal(v, i);
+        lc_msg_free(m);
+    }
+    lc_msg *m;
+    assert_int_equal(lc_recv(r, &m, 5000), LC_EOF);
+
+    /* what the server wrote back: SYN_REPLY stream 1 :status 200, then the
+     * half-close (empty DATA with FIN on stream 1), as Go does */
+    lc_spdy_decoder d;
+    lc__spdy_decoder_init(&d, NULL);
+    uint8_t buf[512];
+    size_t have = 0;
+    int frames = 0;
+    bool saw_reply = false, saw_fin = false;
+    while (!(saw_reply && saw_fin)) {
+        struct pollfd pfd = { sv[0], POLLIN, 0 };
+        assert_int_equal(poll(&pfd, 1, 5000), 1);
+        ssize_t n = read(sv[0], buf + have, sizeof buf - have);
+        assert_true(n > 0);
+        have += (size_t)n;
+        size_t off = 0;
+        for (;;) {
+            lc_spdy_frame f;
+            size_t used;
+            int rc = lc__spdy_decode(&d, buf + off, have - off, &used, &f);
+            assert_true(rc >= 0);
+            off += used;
+            if (rc == 0)
+                break;
+            frames++;
+            if (f.type == LC_SPDY_SYN_REPLY) {
+                assert_int_equal(f.stream_id, 1);
+                const lc_spdy_header *stv = lc__spdy_header_find(f.headers, f.n_headers, ":status");
+                assert_non_null(stv);
+                assert_memory_equal(stv->value, "200", 3);
+                saw_reply = true;
+            } else if (f.type == LC_SPDY_DATA && f.data_last) {
+                assert_int_equal(f.stream_id, 1);
+                assert_int_equal(f.flags & LC_SPDY_FLAG_FIN, LC_SPDY_FLAG_FIN);
+                assert_int_equal(f.length, 0);
+                saw_fin = true;
+            }
+        }
+        have = 0; /* every byte was consumed (the decoder keeps partial state) */
+    }
+    assert_int_equal(frames, 2);
+    lc__spdy_decoder_free(&d);
+    lc_receiver_release(r);
+    lc_session_free(srv);
+    close(sv[0]);
+}
+
+/* Garbage on the carrier: that session ends with LC_EPROTO, the process lives. */
+static void test_malformed_frame_kills_only_that_session(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    assert_int_equal(fcntl(sv[1], F_SETFL, O_NONBLOCK), 0);
+    lc_session *srv;
+    assert_int_equal(lc__session_from_fd(sv[1], false, NULL, &srv), 0);
+    /* a control frame of version 2 */
+    static const uint8_t bad[] = { 0x80, 0x02, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00 };
+    assert_int_equal(write(sv[0], bad, sizeof bad), (ssize_t)sizeof bad);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(srv, &r, 5000), LC_ESESSION);
+    assert_int_equal(lc_session_error(srv), LC_EPROTO);
+    lc_session_free(srv);
+    close(sv[0]);
+}
+
+int main(void)
+{
+    /* the process-wide engine keeps its fds for the life of the process:
+     * start it first so the per-test fd counts do not include them */
+    lc__engine_default();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_echo_with_reply_sender_over_unix, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_echo_with_reply_sender_over_tcp, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_receiver_carried_in_a_message, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_carrier_loss_fails_blocked_calls, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_go_oneway_vector_into_a_session, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_malformed_frame_kills_only_that_session, lc_test_setup, lc_test_teardown),
+    };
+    return cmocka_run_group_tests_name("net/session", tests, NULL, NULL);
+}
