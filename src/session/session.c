@@ -23,11 +23,17 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <unistd.h>
 
 /* A control frame to send: stream (or ping/last-good) id and status. */
 typedef struct { uint32_t id; uint32_t status; } ctl_arg;
+
+/* Forward declarations of the pieces that call each other across sections. */
+static void bytes_close(lc_stream *st);
+static void resume_reading(lc_session *s);
 
 /* ---- options ------------------------------------------------------------- */
 
@@ -174,6 +180,7 @@ static lc_stream *stream_new(lc_session *s, st_kind kind)
     atomic_init(&st->refs, 1);
     st->s = s;
     st->kind = kind;
+    st->fd = -1;
     session_ref(s);
     return st;
 }
@@ -195,6 +202,9 @@ static void stream_unref(lc_stream *st)
     if (st->sd_init)
         lc__sd_free(&st->sd);
     lc__buf_free(&st->early);
+    lc__buf_free(&st->fd_out);
+    if (st->fd >= 0)
+        close(st->fd);
     lc_sender_release(st->into);
     lc_receiver_release(st->source);
     lc_session *s = st->s;
@@ -282,6 +292,8 @@ static void wake_blocked_senders(lc_session *s)
     if (chans && sts) {
         for (size_t i = 0; i < s->streams.cap; i++) {
             lc_stream *st = s->streams.slots[i].val;
+            if (st != NULL && st != LC_MAP_TOMB && st->kind == ST_BYTES && st->out_open && st->fdw)
+                lc__engine_arm(st->fdw, EPOLLIN); /* its reads stopped on a full output */
             if (st == NULL || st == LC_MAP_TOMB || st->kind != ST_SEND || st->chan == NULL)
                 continue;
             stream_ref(st);
@@ -420,6 +432,7 @@ static void session_fail(lc_session *s, int err)
         if (chans[n])
             lc__chan_retain(chans[n]);
         intos[n] = st->into ? lc_sender_retain(st->into) : NULL;
+        st->out_open = st->in_open = false; /* byte streams: closed below */
         n++;
     }
     lc__map_free(&s->streams);
@@ -448,6 +461,8 @@ static void session_fail(lc_session *s, int err)
             lc__chan_wake_senders(chans[i]);
             lc__chan_release(chans[i]);
         }
+        if (all[i]->kind == ST_BYTES)
+            bytes_close(all[i]); /* the holder sees EOF / EPIPE */
         stream_unref(all[i]);
     }
     free(all);
@@ -507,7 +522,8 @@ static int enc_attachment(void *ctx, lc_value *v, uint8_t *ext, uint64_t *ref)
     switch (lc_value_type(v)) {
     case LC_SENDER:   kind = ST_FWD_TO_SENDER; break;   /* we receive on it, forward */
     case LC_RECEIVER: kind = ST_PUMP_RECEIVER; break;   /* we pump the receiver onto it */
-    default:          return LC_ENOTSUP;                /* byte streams: not yet */
+    case LC_STREAM:   kind = ST_BYTES; break;           /* we pump the fd */
+    default:          return LC_ENOTSUP;
     }
     if (e->n == e->cap) {
         size_t nc = e->cap ? e->cap * 2 : 4;
@@ -559,6 +575,7 @@ static lc_buf *enc_buf(void)
 }
 
 static void start_pump(lc_stream *st);
+static int bytes_start(lc_stream *st, int fd, bool we_read, bool we_write);
 
 /* Registers a new stream of ours in the table; wmu and mu held. */
 static int register_ours_locked(lc_session *s, lc_stream *st)
@@ -609,7 +626,7 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full)
          * Borrowed until the send succeeds, then taken out of the message. */
         if (st->kind == ST_FWD_TO_SENDER)
             st->into = e.opens[i].v->u.sender;
-        else
+        else if (st->kind == ST_PUMP_RECEIVER)
             st->source = e.opens[i].v->u.receiver;
         rc = register_ours_locked(s, st);
         if (rc == 0)
@@ -637,12 +654,17 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full)
     /* the attachments now belong to their streams */
     for (size_t i = 0; i < e.n; i++) {
         lc_stream *st = e.opens[i].st;
-        if (st->kind == ST_FWD_TO_SENDER)
+        if (st->kind == ST_FWD_TO_SENDER) {
             lc_value_take_sender(e.opens[i].v, NULL);
-        else
+        } else if (st->kind == ST_PUMP_RECEIVER) {
             lc_value_take_receiver(e.opens[i].v, NULL);
-        if (st->kind == ST_PUMP_RECEIVER)
             start_pump(st);
+        } else {
+            /* the holder's mode is what the peer does: we do the opposite */
+            lc_stream_mode mode = lc_value_stream_mode(e.opens[i].v);
+            int fd = lc_value_take_fd(e.opens[i].v, NULL);
+            bytes_start(st, fd, mode != LC_STREAM_WRITE, mode != LC_STREAM_READ);
+        }
         stream_unref(st); /* our creation reference; the table keeps one */
     }
     free(e.opens);
@@ -788,6 +810,183 @@ static void start_pump(lc_stream *st)
     pump_run(st);
 }
 
+/* ---- byte streams ----------------------------------------------------------- */
+
+/*
+ * A byte stream is a sub-stream whose DATA payloads are raw bytes and whose
+ * FIN is EOF. Locally it is a file descriptor (the application's, when we
+ * sent it; our end of a socketpair, when we received it) watched by the
+ * engine: readable -> DATA frames (outbound), DATA frames -> written to it
+ * (inbound, buffered in fd_out when the fd is full). Memory stays bounded:
+ * outbound stops reading the fd while the session's output is over its
+ * limit, inbound pauses the carrier while fd_out holds more than BYTES_BUF.
+ */
+#define BYTES_BUF (1u << 20)
+
+static void bytes_cb(void *ctx, uint32_t ev);
+
+/* Appends inbound bytes for st's fd (written by bytes_kick). mu held. */
+static int bytes_inbound_locked(lc_session *s, lc_stream *st, const uint8_t *p, size_t n)
+{
+    if (!st->in_open)
+        return 0; /* the holder only writes: ignore (as Go would) */
+    int rc = lc__buf_append(&st->fd_out, p, n);
+    if (rc == 0 && st->fd_out.len > BYTES_BUF)
+        s->paused = true; /* resumed once the fd drains */
+    return rc;
+}
+
+static int bytes_start(lc_stream *st, int fd, bool we_read, bool we_write)
+{
+    lc_session *s = st->s;
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+        int err = -errno;
+        close(fd);
+        return err;
+    }
+    st->fd = fd;
+    st->out_open = we_read;
+    st->in_open = we_write;
+    stream_ref(st); /* the watch's reference, dropped in bytes_close */
+    int rc = lc__engine_add(s->eng, fd, we_read ? EPOLLIN : 0, bytes_cb, st, &st->fdw);
+    if (rc != 0) {
+        /* e.g. a regular file (epoll refuses them): not a stream */
+        st->fdw = NULL;
+        st->out_open = st->in_open = false;
+        close(fd);
+        st->fd = -1;
+        stream_unref(st);
+        return rc;
+    }
+    return 0;
+}
+
+/* Both directions are over: stop watching, close, leave the table. Called
+ * with no lock; from the watch's own callback or any thread. */
+static void bytes_close(lc_stream *st)
+{
+    lc_session *s = st->s;
+    pthread_mutex_lock(&s->mu);
+    lc_watch *w = st->fdw;
+    int fd = st->fd;
+    st->fdw = NULL;
+    st->fd = -1;
+    st->local_fin = true;
+    stream_maybe_done_locked(s, st);
+    pthread_mutex_unlock(&s->mu);
+    if (w == NULL)
+        return;
+    lc__engine_del(w);
+    close(fd);
+    stream_unref(st); /* the watch's reference */
+}
+
+static void bytes_send(lc_stream *st, const uint8_t *p, size_t n, uint8_t flags)
+{
+    lc_session *s = st->s;
+    pthread_mutex_lock(&s->wmu);
+    if (!s->dead && !st->reset && lc__spdy_put_data(&s->out, st->id, flags, p, n) == 0)
+        flush_locked(s);
+    pthread_mutex_unlock(&s->wmu);
+}
+
+/* Moves what it can in both directions; re-arms the watch for the rest. */
+static void bytes_pump(lc_stream *st, uint32_t ev)
+{
+    lc_session *s = st->s;
+    uint8_t buf[16384];
+    uint32_t want = 0;
+    bool resume = false;
+
+    /* outbound: fd -> DATA */
+    pthread_mutex_lock(&s->mu);
+    bool out_open = st->out_open && st->fd >= 0;
+    int fd = st->fd;
+    pthread_mutex_unlock(&s->mu);
+    if (out_open && (ev & (EPOLLIN | EPOLLHUP | EPOLLERR))) {
+        for (;;) {
+            pthread_mutex_lock(&s->wmu);
+            bool full = pending_out(s) >= s->opt.max_pending_out || s->dead;
+            if (full && !s->dead)
+                atomic_store(&s->senders_blocked, true); /* re-armed by wake_blocked_senders */
+            pthread_mutex_unlock(&s->wmu);
+            if (full)
+                break;
+            ssize_t n = read(fd, buf, sizeof buf);
+            if (n > 0) {
+                bytes_send(st, buf, (size_t)n, 0);
+                continue;
+            }
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0 && errno == EAGAIN) {
+                want |= EPOLLIN;
+                break;
+            }
+            /* EOF (or a dead fd): FIN */
+            bytes_send(st, NULL, 0, LC_SPDY_FLAG_FIN);
+            pthread_mutex_lock(&s->mu);
+            st->out_open = false;
+            pthread_mutex_unlock(&s->mu);
+            break;
+        }
+    }
+
+    /* inbound: buffered DATA -> fd */
+    pthread_mutex_lock(&s->mu);
+    while (st->in_open && st->fd >= 0 && st->fd_out.len > 0) {
+        ssize_t n = write(st->fd, st->fd_out.data, st->fd_out.len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN) {
+            want |= EPOLLOUT;
+            break;
+        }
+        if (n < 0) {
+            st->fd_out.len = 0; /* the reader went away: drop */
+            st->in_open = false;
+            break;
+        }
+        memmove(st->fd_out.data, st->fd_out.data + n, st->fd_out.len - (size_t)n);
+        st->fd_out.len -= (size_t)n;
+    }
+    if (st->fd_out.len == 0 && st->in_fin && st->in_open) {
+        /* EOF for the holder: shut our end's write side */
+        st->in_open = false;
+        if (shutdown(st->fd, SHUT_WR) != 0 && !st->out_open) {
+            /* not a socket (a pipe we were given): nothing more to do */
+        }
+    }
+    if (st->fd_out.len <= BYTES_BUF && s->paused)
+        resume = true;
+    bool done = !st->out_open && !st->in_open;
+    lc_watch *w = st->fdw;
+    pthread_mutex_unlock(&s->mu);
+    if (resume)
+        resume_reading(s);
+    if (done)
+        bytes_close(st);
+    else if (want && w)
+        lc__engine_arm(w, want);
+}
+
+static void bytes_cb(void *ctx, uint32_t ev)
+{
+    lc_stream *st = ctx;
+    stream_ref(st);
+    bytes_pump(st, ev);
+    stream_unref(st);
+}
+
+/* Something arrived for the fd (or its end): write it out from here. */
+static void bytes_kick(lc_stream *st)
+{
+    stream_ref(st);
+    bytes_pump(st, 0);
+    stream_unref(st);
+}
+
 /* ---- receiving: resolving references ------------------------------------- */
 
 static int feed_stream_locked(lc_session *s, lc_stream *st, const uint8_t *p, size_t n);
@@ -831,6 +1030,8 @@ static void deliver_pending(lc_stream *st);
 static void send_control(lc_session *s, int (*fn)(lc_session *s, void *arg), void *arg);
 static int ctl_fin(lc_session *s, void *arg);
 
+static void bytes_kick(lc_stream *st);
+
 /* Runs what binding queued: FINs, errors, deliveries. No lock held. */
 static void kick_streams(lc_session *s, kick_list *k)
 {
@@ -846,7 +1047,9 @@ static void kick_streams(lc_session *s, kick_list *k)
             ctl_arg fa = { st->id, 0 };
             send_control(s, ctl_fin, &fa);
         }
-        if (bad)
+        if (st->kind == ST_BYTES)
+            bytes_kick(st);
+        else if (bad)
             lc__close_error(st->into, LC_EPROTO);
         else
             deliver_pending(st);
@@ -891,8 +1094,25 @@ static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *
         v->type = LC_RECEIVER;
         v->mode = 0;
         v->u.receiver = r;
+    } else if (ext >= 1 && ext <= 3) {
+        /* a byte stream: the application gets one end of a socketpair, we
+         * pump the other to and from the sub-stream */
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+            return -errno;
+        sub->kind = ST_BYTES;
+        sub->claimed = true;
+        /* ext 2: the holder writes (we read our end); 3: the holder reads */
+        int rc = bytes_start(sub, sv[1], ext != 3, ext != 2);
+        if (rc != 0) {
+            close(sv[0]);
+            return rc;
+        }
+        v->type = LC_STREAM;
+        v->mode = ext == 1 ? LC_STREAM_DUPLEX : ext == 2 ? LC_STREAM_WRITE : LC_STREAM_READ;
+        v->u.fd = sv[0];
     } else {
-        return LC_ENOTSUP; /* byte streams (ext 1-3): not yet */
+        return LC_EPROTO;
     }
     v->flags &= (uint8_t)~LC_VF_TAKEN;
     lc__map_del(&s->peer_refs, sub->ref);
@@ -900,6 +1120,16 @@ static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *
         return LC_ENOMEM;
     if (sub->kind == ST_RECV)
         bind_early_locked(s, sub, k); /* bytes that came before it was named */
+    if (sub->kind == ST_BYTES && (sub->early.len > 0 || sub->early_fin)) {
+        /* bytes (and maybe the end) that came before it was named */
+        lc__buf_append(&sub->fd_out, sub->early.data, sub->early.len);
+        lc__buf_free(&sub->early);
+        sub->in_fin = sub->early_fin;
+        if (k->n < 16) {
+            stream_ref(sub);
+            k->st[k->n++] = sub;
+        }
+    }
     return 0;
 }
 
@@ -1200,6 +1430,7 @@ static void retry_waiting_refs(lc_session *s, rd_actions *a)
 static void on_data(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
 {
     bool fin = f->data_last && (f->flags & LC_SPDY_FLAG_FIN);
+    bool bytes_kick_locked = false;
     pthread_mutex_lock(&s->mu);
     lc_stream *st = lc__map_get(&s->streams, f->stream_id);
     if (st == NULL || st->remote_fin) {
@@ -1218,6 +1449,9 @@ static void on_data(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
         rc = feed_stream_locked(s, st, f->data, f->data_len);
         if (rc > 0)
             note_delivery(a, st);
+        break;
+    case ST_BYTES:
+        rc = bytes_inbound_locked(s, st, f->data, f->data_len);
         break;
     case ST_UNBOUND:
         /* not named by a message yet: keep the bytes (bounded) */
@@ -1248,6 +1482,10 @@ static void on_data(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
         st->remote_fin = true;
         if (st->kind == ST_UNBOUND)
             st->early_fin = true;
+        if (st->kind == ST_BYTES) {
+            st->in_fin = true;
+            bytes_kick_locked = true;
+        }
         if (st->kind == ST_RECV || st->kind == ST_FWD_TO_SENDER) {
             int frc = st->sd_init ? lc__sd_finish(&st->sd) : 0;
             if (frc < 0) {
@@ -1272,11 +1510,14 @@ static void on_data(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
     bool send_fin = st->send_fin;
     st->send_fin = false;
     uint32_t id = st->id;
+    bool kick = bytes_kick_locked || (st->kind == ST_BYTES && st->fd_out.len > 0);
     pthread_mutex_unlock(&s->mu);
     if (send_fin) {
         ctl_arg fa = { id, 0 };
         send_control(s, ctl_fin, &fa);
     }
+    if (kick)
+        bytes_kick(st);
     stream_unref(st);
 }
 

@@ -31,7 +31,8 @@ typedef enum st_kind {
     ST_SEND,          /* we write messages on it (a network Sender) */
     ST_RECV,          /* we decode messages into a local queue (a network Receiver) */
     ST_FWD_TO_SENDER, /* we decode messages and forward them into a local Sender */
-    ST_PUMP_RECEIVER  /* we pump a local Receiver's messages onto it */
+    ST_PUMP_RECEIVER, /* we pump a local Receiver's messages onto it */
+    ST_BYTES          /* a byte stream: DATA payloads are bytes, FIN is EOF */
 } st_kind;
 
 typedef struct lc_stream {
@@ -61,6 +62,13 @@ typedef struct lc_stream {
     lc_async *push_op;    /* non-NULL while a delivery waits for room */
     lc_msg *pushing;      /* the message that delivery is handing over */
     lc_buf early;         /* ST_UNBOUND: bytes that came before a message named it */
+    /* ST_BYTES */
+    int fd;               /* the local end (ours to close), -1 when none */
+    lc_watch *fdw;
+    bool out_open;        /* we read fd and send DATA */
+    bool in_open;         /* we write DATA payloads to fd */
+    bool in_fin;          /* the peer's FIN came: EOF after fd_out drains */
+    lc_buf fd_out;        /* inbound bytes not yet written to fd */
 } lc_stream;
 
 struct lc_session {
