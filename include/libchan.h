@@ -429,6 +429,9 @@ typedef struct lc_options {
                                  lc_session_receiver (default 1024) */
     size_t max_pending_out;   /* bytes queued for the carrier before lc_send blocks
                                  (default 4 MiB) */
+    uint32_t stream_window;   /* bytes a peer of ours may send on one channel before
+                                 its receiver takes them (SPDY/3 window; default
+                                 1 MiB). Go peers do not use windows. */
     lc_limits limits;         /* msgpack limits for received messages (0 = defaults) */
 } lc_options;
 

@@ -17,6 +17,10 @@ PACKAGES=(
     libcmocka-dev     # the unit-test framework
     zlib1g-dev        # SPDY/3 header-block compression
     util-linux        # setarch, to run ThreadSanitizer builds without ASLR when needed
+    # tests/gopeer: a Go peer built offline from Debian's Go sources (GOPATH mode)
+    golang-go                            # Go 1.19 toolchain
+    golang-github-docker-spdystream-dev  # SPDY/3 library docker/libchan's spdy transport uses
+    golang-github-ugorji-go-codec-dev    # msgpack codec (docker/libchan used a fork of it)
 )
 
 check_only=0

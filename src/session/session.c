@@ -45,6 +45,7 @@ LC_API void lc_options_default(lc_options *o)
     o->recv_queue = 256;
     o->accept_queue = 1024;
     o->max_pending_out = 4u << 20;
+    o->stream_window = 1u << 20;
     lc_limits_default(&o->limits);
 }
 
@@ -67,6 +68,8 @@ static void options_resolve(lc_options *dst, const lc_options *src)
         dst->accept_queue = d.accept_queue;
     if (dst->max_pending_out == 0)
         dst->max_pending_out = d.max_pending_out;
+    if (dst->stream_window == 0 || dst->stream_window > 0x7fffffffu)
+        dst->stream_window = d.stream_window;
 }
 
 /* ---- small maps: uint64 key -> pointer, open addressing ------------------ */
@@ -220,6 +223,16 @@ static size_t pending_out(lc_session *s)
 }
 
 static void session_fail(lc_session *s, int err);
+
+/* Bytes the peer still lets us send on st (wmu held); unlimited toward a
+ * peer without windows. May be negative: one message may overdraw it, so a
+ * message bigger than the window still goes (alone). */
+static int64_t send_window(const lc_session *s, const lc_stream *st)
+{
+    if (!atomic_load_explicit(&s->peer_fc, memory_order_relaxed))
+        return INT64_MAX;
+    return (int64_t)s->peer_window + (int64_t)st->granted - (int64_t)st->sent;
+}
 
 /*
  * Writes out what is queued, on the calling thread; wmu held on entry and
@@ -393,6 +406,12 @@ static int ctl_goaway(lc_session *s, void *arg)
     return lc__spdy_put_goaway(&s->out, a->id, a->status);
 }
 
+static int ctl_window(lc_session *s, void *arg)
+{
+    ctl_arg *a = arg;
+    return lc__spdy_put_window_update(&s->out, a->id, a->status);
+}
+
 static int ctl_fin(lc_session *s, void *arg)
 {
     ctl_arg *a = arg;
@@ -485,8 +504,9 @@ static void net_close(void *ctx);
 static void net_release(void *ctx);
 static const lc__net_ops net_ops = { net_try_send, net_writable, net_close, net_release };
 
-/* A Sender writing on stream st (which must be ST_SEND, registered). */
-static lc_sender *make_net_sender(lc_stream *st)
+/* A Sender writing on stream st (which must be ST_SEND, registered).
+ * mu_held says whether the caller holds s->mu (st->chan is read under it). */
+static lc_sender *make_net_sender(lc_stream *st, bool mu_held)
 {
     stream_ref(st); /* the sender's reference */
     lc_chan *chan;
@@ -495,7 +515,11 @@ static lc_sender *make_net_sender(lc_stream *st)
         stream_unref(st);
         return NULL;
     }
+    if (!mu_held)
+        pthread_mutex_lock(&st->s->mu);
     st->chan = chan;
+    if (!mu_held)
+        pthread_mutex_unlock(&st->s->mu);
     return snd;
 }
 
@@ -612,7 +636,9 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full)
         pthread_mutex_unlock(&s->wmu);
         goto fail;
     }
-    if (!block_on_full && pending_out(s) >= s->opt.max_pending_out) {
+    if (!block_on_full && (pending_out(s) >= s->opt.max_pending_out || send_window(s, p) <= 0)) {
+        /* woken by wake_blocked_senders (output drained) or by the
+         * peer's WINDOW_UPDATE for this stream */
         atomic_store_explicit(&s->senders_blocked, true, memory_order_release);
         rc = LC__WOULD_BLOCK;
         pthread_mutex_unlock(&s->wmu);
@@ -638,6 +664,7 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full)
         if (chunk > LC_SPDY_MAX_LENGTH)
             chunk = LC_SPDY_MAX_LENGTH;
         rc = lc__spdy_put_data(&s->out, p->id, 0, b->data + off, chunk);
+        p->sent += chunk;
         off += chunk;
         if (b->len == 0)
             break;
@@ -695,7 +722,8 @@ static bool net_writable(void *ctx)
     lc_stream *st = ctx;
     lc_session *s = st->s;
     pthread_mutex_lock(&s->wmu);
-    bool w = s->dead || st->local_fin || st->reset || pending_out(s) < s->opt.max_pending_out;
+    bool w = s->dead || st->local_fin || st->reset ||
+             (pending_out(s) < s->opt.max_pending_out && send_window(s, st) > 0);
     pthread_mutex_unlock(&s->wmu);
     return w;
 }
@@ -831,8 +859,8 @@ static int bytes_inbound_locked(lc_session *s, lc_stream *st, const uint8_t *p, 
     if (!st->in_open)
         return 0; /* the holder only writes: ignore (as Go would) */
     int rc = lc__buf_append(&st->fd_out, p, n);
-    if (rc == 0 && st->fd_out.len > BYTES_BUF)
-        s->paused = true; /* resumed once the fd drains */
+    if (rc == 0 && st->fd_out.len > BYTES_BUF && !atomic_load(&s->peer_fc))
+        s->paused = true; /* resumed once the fd drains (a peer with windows stops by itself) */
     return rc;
 }
 
@@ -849,7 +877,14 @@ static int bytes_start(lc_stream *st, int fd, bool we_read, bool we_write)
     st->out_open = we_read;
     st->in_open = we_write;
     stream_ref(st); /* the watch's reference, dropped in bytes_close */
-    int rc = lc__engine_add(s->eng, fd, we_read ? EPOLLIN : 0, bytes_cb, st, &st->fdw);
+    /* disarmed until st->fdw is stored: the callback re-arms through it */
+    int rc = lc__engine_add(s->eng, fd, 0, bytes_cb, st, &st->fdw);
+    if (rc == 0 && we_read)
+        rc = lc__engine_arm(st->fdw, EPOLLIN);
+    if (rc != 0 && st->fdw != NULL) {
+        lc__engine_del(st->fdw);
+        st->fdw = NULL;
+    }
     if (rc != 0) {
         /* e.g. a regular file (epoll refuses them): not a stream */
         st->fdw = NULL;
@@ -886,8 +921,10 @@ static void bytes_send(lc_stream *st, const uint8_t *p, size_t n, uint8_t flags)
 {
     lc_session *s = st->s;
     pthread_mutex_lock(&s->wmu);
-    if (!s->dead && !st->reset && lc__spdy_put_data(&s->out, st->id, flags, p, n) == 0)
+    if (!s->dead && !st->reset && lc__spdy_put_data(&s->out, st->id, flags, p, n) == 0) {
+        st->sent += n;
         flush_locked(s);
+    }
     pthread_mutex_unlock(&s->wmu);
 }
 
@@ -907,13 +944,15 @@ static void bytes_pump(lc_stream *st, uint32_t ev)
     if (out_open && (ev & (EPOLLIN | EPOLLHUP | EPOLLERR))) {
         for (;;) {
             pthread_mutex_lock(&s->wmu);
+            int64_t win = send_window(s, st);
             bool full = pending_out(s) >= s->opt.max_pending_out || s->dead;
             if (full && !s->dead)
                 atomic_store(&s->senders_blocked, true); /* re-armed by wake_blocked_senders */
             pthread_mutex_unlock(&s->wmu);
-            if (full)
-                break;
-            ssize_t n = read(fd, buf, sizeof buf);
+            if (full || win <= 0)
+                break; /* re-armed when the output drains or the window reopens */
+            size_t want_n = win < (int64_t)sizeof buf ? (size_t)win : sizeof buf;
+            ssize_t n = read(fd, buf, want_n);
             if (n > 0) {
                 bytes_send(st, buf, (size_t)n, 0);
                 continue;
@@ -960,9 +999,23 @@ static void bytes_pump(lc_stream *st, uint32_t ev)
     }
     if (st->fd_out.len <= BYTES_BUF && s->paused)
         resume = true;
+    /* what reached the fd may be sent again */
+    uint64_t grant = 0;
+    if (atomic_load(&s->peer_fc) && !st->remote_fin && st->fed - st->fd_out.len > st->acked) {
+        uint64_t out_now = st->fed - st->fd_out.len;
+        if (st->fd_out.len == 0 || out_now - st->acked >= s->opt.stream_window / 4) {
+            grant = out_now - st->acked;
+            st->acked = out_now;
+        }
+    }
+    uint32_t sid = st->id;
     bool done = !st->out_open && !st->in_open;
     lc_watch *w = st->fdw;
     pthread_mutex_unlock(&s->mu);
+    if (grant > 0) {
+        ctl_arg wa = { sid, (uint32_t)(grant > 0x7fffffffu ? 0x7fffffffu : grant) };
+        send_control(s, ctl_window, &wa);
+    }
     if (resume)
         resume_reading(s);
     if (done)
@@ -1075,7 +1128,7 @@ static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *
         /* a Sender for us: we send on the peer's sub-stream */
         sub->kind = ST_SEND;
         sub->claimed = true;
-        lc_sender *snd = make_net_sender(sub);
+        lc_sender *snd = make_net_sender(sub, true);
         if (snd == NULL)
             return LC_ENOMEM;
         v->type = LC_SENDER;
@@ -1220,7 +1273,20 @@ static void deliver_pending(lc_stream *st)
             bool close_now = idle && st->remote_fin_pending;
             if (close_now)
                 st->remote_fin_pending = false;
+            /* everything received is in the local queue: the peer may send
+             * that much again (a full queue grants nothing: that stream stalls,
+             * the others flow) */
+            uint64_t grant = 0;
+            if (idle && !st->remote_fin && atomic_load(&s->peer_fc)) {
+                grant = st->fed - st->acked;
+                st->acked = st->fed;
+            }
+            uint32_t sid = st->id;
             pthread_mutex_unlock(&s->mu);
+            if (grant > 0) {
+                ctl_arg wa = { sid, (uint32_t)(grant > 0x7fffffffu ? 0x7fffffffu : grant) };
+                send_control(s, ctl_window, &wa);
+            }
             if (close_now)
                 lc_close(st->into); /* end of channel after the last message */
             if (idle)
@@ -1442,6 +1508,7 @@ static void on_data(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
         return;
     }
     stream_ref(st); /* stream_maybe_done_locked may drop the table's reference */
+    st->fed += f->data_len;
     int rc = 0;
     switch (st->kind) {
     case ST_RECV:
@@ -1461,7 +1528,9 @@ static void on_data(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
             rc = lc__buf_append(&st->early, f->data, f->data_len);
         break;
     default:
-        break; /* data on a stream we only write: ignored, as Go does */
+        /* data on a stream we only write: ignored, as Go does */
+        st->acked = st->fed;
+        break;
     }
     if (rc < 0) {
         /* this channel's bytes do not decode: reset it, report on it */
@@ -1549,6 +1618,57 @@ static void on_rst(lc_session *s, const lc_spdy_frame *f)
     stream_unref(st);
 }
 
+static void on_settings(lc_session *s, const lc_spdy_frame *f)
+{
+    bool fc = false, window_set = false;
+    uint32_t window = 0;
+    for (uint32_t i = 0; i < f->value; i++) {
+        lc_spdy_setting e;
+        lc__spdy_setting_get(f, i, &e);
+        if (e.id == LC_SETTINGS_LIBCHAN && (e.value & LC_FEATURE_WINDOWS))
+            fc = true;
+        if (e.id == LC_SPDY_SETTINGS_INITIAL_WINDOW_SIZE && e.value > 0 && e.value <= 0x7fffffffu) {
+            window = e.value;
+            window_set = true;
+        }
+    }
+    pthread_mutex_lock(&s->wmu);
+    if (window_set)
+        s->peer_window = window; /* applies to every stream, open ones too */
+    if (fc)
+        atomic_store(&s->peer_fc, true);
+    pthread_mutex_unlock(&s->wmu);
+    if (window_set) {
+        atomic_store(&s->senders_blocked, true);
+        wake_blocked_senders(s);
+    }
+}
+
+static void on_window_update(lc_session *s, const lc_spdy_frame *f)
+{
+    pthread_mutex_lock(&s->wmu);
+    pthread_mutex_lock(&s->mu);
+    lc_stream *st = lc__map_get(&s->streams, f->stream_id);
+    lc_chan *chan = NULL;
+    lc_watch *fdw = NULL;
+    if (st != NULL) {
+        st->granted += f->value;
+        chan = st->chan;
+        if (chan)
+            lc__chan_retain(chan);
+        if (st->kind == ST_BYTES && st->out_open)
+            fdw = st->fdw;
+        if (fdw)
+            lc__engine_arm(fdw, EPOLLIN); /* its reads stopped on a spent window */
+    }
+    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->wmu);
+    if (chan) {
+        lc__chan_wake_senders(chan);
+        lc__chan_release(chan);
+    }
+}
+
 static void handle_frame(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
 {
     switch (f->type) {
@@ -1573,8 +1693,14 @@ static void handle_frame(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
         s->goaway_recv = true;
         pthread_mutex_unlock(&s->mu);
         break;
+    case LC_SPDY_SETTINGS:
+        on_settings(s, f);
+        break;
+    case LC_SPDY_WINDOW_UPDATE:
+        on_window_update(s, f);
+        break;
     default:
-        break; /* SYN_REPLY, SETTINGS, HEADERS, WINDOW_UPDATE, unknown: nothing to do */
+        break; /* SYN_REPLY, HEADERS, unknown: nothing to do */
     }
 }
 
@@ -1632,10 +1758,12 @@ static void read_carrier(lc_session *s)
         run_actions(s, &a);
         if (s->dead)
             return;
-        /* backpressure: a local queue is full, stop reading until it drains */
+        /* backpressure: a local queue is full, stop reading until it drains.
+         * Toward a peer with windows its own window stops it, per stream. */
+        bool fc = atomic_load_explicit(&s->peer_fc, memory_order_relaxed);
         pthread_mutex_lock(&s->mu);
         bool full = false;
-        for (size_t i = 0; i < s->streams.cap && !full; i++) {
+        for (size_t i = 0; !fc && i < s->streams.cap && !full; i++) {
             lc_stream *st = s->streams.slots[i].val;
             full = st != NULL && st != LC_MAP_TOMB && st->push_op != NULL;
         }
@@ -1730,6 +1858,7 @@ static int session_start(lc_conn *conn, bool is_client, const lc_options *o, lc_
     s->conn = conn;
     s->is_client = is_client;
     s->next_id = is_client ? 1 : 2;
+    s->peer_window = LC_SPDY_DEFAULT_WINDOW;
     lc__spdy_decoder_init(&s->dec, NULL);
     lc__spdy_deflater_init(&s->defl, 6);
     lc__buf_init(&s->out);
@@ -1739,14 +1868,30 @@ static int session_start(lc_conn *conn, bool is_client, const lc_options *o, lc_
         s->eng = lc__engine_default();
         rc = s->eng ? 0 : LC_ENOMEM;
     }
-    if (rc == 0)
-        rc = lc__engine_add(s->eng, lc__conn_fd(conn), EPOLLIN, carrier_cb, s, &s->watch);
+    if (rc == 0) {
+        /* added disarmed, armed once s->watch is stored: the callback may
+         * run at once (the peer's first frames are often there already)
+         * and re-arms through s->watch */
+        pthread_mutex_lock(&s->wmu);
+        rc = lc__engine_add(s->eng, lc__conn_fd(conn), 0, carrier_cb, s, &s->watch);
+        if (rc == 0)
+            rc = lc__engine_arm(s->watch, EPOLLIN);
+        pthread_mutex_unlock(&s->wmu);
+    }
     if (rc != 0) {
         lc_sender_release(s->incoming_s);
         lc_receiver_release(s->incoming_r);
         session_unref(s);
         return rc;
     }
+    /* our first frame: the window we grant per stream, and the marker that
+     * tells a peer of ours we speak windows (a Go peer ignores both) */
+    lc_spdy_setting set[2] = { { 0, LC_SPDY_SETTINGS_INITIAL_WINDOW_SIZE, s->opt.stream_window },
+                               { 0, LC_SETTINGS_LIBCHAN, LC_FEATURE_WINDOWS } };
+    pthread_mutex_lock(&s->wmu);
+    if (lc__spdy_put_settings(&s->out, 0, set, 2) == 0)
+        flush_locked(s);
+    pthread_mutex_unlock(&s->wmu);
     /* a timer that looks after messages waiting for references */
     lc__engine_timer_add(s->eng, lc__now_ns() + s->opt.ref_timeout_ms * 1000000 / 4, ref_timer, s,
                          &s->ref_timer);
@@ -1850,7 +1995,7 @@ LC_API int lc_session_sender(lc_session *s, lc_sender **out)
         flush_locked(s);
     pthread_mutex_unlock(&s->wmu);
     if (rc == 0) {
-        *out = make_net_sender(st);
+        *out = make_net_sender(st, false);
         if (*out == NULL)
             rc = LC_ENOMEM;
     }

@@ -69,6 +69,11 @@ typedef struct lc_stream {
     bool in_open;         /* we write DATA payloads to fd */
     bool in_fin;          /* the peer's FIN came: EOF after fd_out drains */
     lc_buf fd_out;        /* inbound bytes not yet written to fd */
+    /* flow control (toward a peer that speaks SPDY windows) */
+    uint64_t sent;        /* wmu: DATA payload bytes we sent on it */
+    uint64_t granted;     /* wmu: WINDOW_UPDATE deltas the peer gave us */
+    uint64_t fed;         /* mu: DATA payload bytes we received on it */
+    uint64_t acked;       /* mu: of which granted back to the peer */
 } lc_stream;
 
 struct lc_session {
@@ -96,6 +101,8 @@ struct lc_session {
     bool in_write;        /* a thread is inside the write syscall */
     _Atomic int in_cb;    /* engine callbacks running on this session */
     uint32_t next_id;     /* our next SPDY stream id (odd client, even server) */
+    _Atomic bool peer_fc; /* the peer announced SPDY windows (our SETTINGS marker) */
+    uint32_t peer_window; /* wmu: its INITIAL_WINDOW_SIZE for the streams we send on */
 
     /* mu: tables and state */
     pthread_mutex_t mu;
@@ -114,6 +121,12 @@ struct lc_session {
     lc_receiver *incoming_r;
     lc_sender *incoming_s;
 };
+
+/* Our SETTINGS entry announcing what we speak beyond docker/libchan (a peer
+ * that does not know the id ignores it; SPDY/3 section 2.6.4). Value bits: */
+#define LC_SETTINGS_LIBCHAN     0x4c43 /* "LC" */
+#define LC_FEATURE_WINDOWS      0x1u   /* we enforce and grant per-stream windows */
+#define LC_SPDY_DEFAULT_WINDOW  65536u /* SPDY/3's initial window until SETTINGS says */
 
 /* A session on an already connected unix stream socket fd (taken), for tests
  * that play the peer byte by byte. */

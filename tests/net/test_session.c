@@ -227,6 +227,83 @@ static void test_carrier_loss_fails_blocked_calls(void **st)
     lc_listener_close(p.l);
 }
 
+
+/* Flow control: a receiver that stops reading stalls only its own channel
+ * (its sender blocks once the window and the local queue are full); another
+ * channel of the same session keeps flowing, and memory stays bounded. */
+static void test_slow_consumer_does_not_block_other_channel(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    lc_options o;
+    lc_options_default(&o);
+    o.stream_window = 64 * 1024;
+    o.recv_queue = 16;
+    lc_error err = { 0 };
+    pair p;
+    assert_int_equal(lc_listen("tcp://127.0.0.1:0", &o, &p.l, &err), 0);
+    char bound[256];
+    assert_int_equal(lc_listener_url(p.l, bound, sizeof bound), 0);
+    assert_int_equal(lc_dial(bound, &o, &p.client, &err), 0);
+    assert_int_equal(lc_accept(p.l, &p.server, 5000), 0);
+
+    lc_sender *slow, *fast;
+    assert_int_equal(lc_session_sender(p.client, &slow), 0);
+    assert_int_equal(lc_session_sender(p.client, &fast), 0);
+    lc_receiver *slow_r, *fast_r;
+    assert_int_equal(lc_session_receiver(p.server, &slow_r, 5000), 0);
+    assert_int_equal(lc_session_receiver(p.server, &fast_r, 5000), 0);
+
+    /* fill the slow channel until its sender is pushed back */
+    static char blob[1024];
+    memset(blob, 'x', sizeof blob);
+    int sent = 0, rc;
+    for (;;) {
+        lc_msg *m = lc_pack("{s:i, s:b}", "N", sent, "Blob", blob, sizeof blob);
+        rc = lc_send(slow, m, 200);
+        if (rc != 0) {
+            lc_msg_free(m);
+            break;
+        }
+        sent++;
+        if (sent > 10000)
+            break;
+    }
+    assert_int_equal(rc, LC_ETIMEDOUT);
+    /* window (64 KiB of ~1 KiB messages) + local queue (16) + output buffer */
+    assert_true(sent >= 16 && sent < 10000);
+
+    /* the other channel is not affected */
+    for (int i = 0; i < 200; i++) {
+        assert_int_equal(lc_send(fast, lc_pack("{s:i}", "N", i), 2000), 0);
+        lc_msg *m;
+        assert_int_equal(lc_recv(fast_r, &m, 2000), 0);
+        int n;
+        assert_int_equal(lc_unpack(m, "{s:i}", "N", &n), 0);
+        assert_int_equal(n, i);
+        lc_msg_free(m);
+    }
+    /* the slow consumer catches up: everything arrives, in order */
+    lc_close(slow);
+    for (int i = 0;; i++) {
+        lc_msg *m;
+        rc = lc_recv(slow_r, &m, 5000);
+        if (rc == LC_EOF) {
+            assert_int_equal(i, sent);
+            break;
+        }
+        assert_int_equal(rc, 0);
+        int n;
+        assert_int_equal(lc_unpack(m, "{s:i}", "N", &n), 0);
+        assert_int_equal(n, i);
+        lc_msg_free(m);
+    }
+    lc_sender_release(slow);
+    lc_sender_release(fast);
+    lc_receiver_release(slow_r);
+    lc_receiver_release(fast_r);
+    close_pair(&p);
+}
+
 /* ---- the Go one-way vector, played byte for byte ---------------------------- */
 
 /* go-oneway client-to-server, rebuilt from vectors/README.md: SYN_STREAM 1
@@ -275,8 +352,9 @@ static void test_go_oneway_vector_into_a_session(void **st)
     lc_msg *m;
     assert_int_equal(lc_recv(r, &m, 5000), LC_EOF);
 
-    /* what the server wrote back: SYN_REPLY stream 1 :status 200, then the
-     * half-close (empty DATA with FIN on stream 1), as Go does */
+    /* what the server wrote back: our SETTINGS, then SYN_REPLY stream 1
+     * :status 200 and the half-close (empty DATA with FIN on stream 1), as
+     * Go does */
     lc_spdy_decoder d;
     lc__spdy_decoder_init(&d, NULL);
     uint8_t buf[512];
@@ -299,6 +377,20 @@ static void test_go_oneway_vector_into_a_session(void **st)
             if (rc == 0)
                 break;
             frames++;
+            if (frames == 1) {
+                /* our first frame announces windows and our marker (ours) */
+                assert_int_equal(f.type, LC_SPDY_SETTINGS);
+                bool marker = false;
+                for (uint32_t k = 0; k < f.value; k++) {
+                    lc_spdy_setting e;
+                    lc__spdy_setting_get(&f, k, &e);
+                    marker |= e.id == LC_SETTINGS_LIBCHAN;
+                }
+                assert_true(marker);
+                continue;
+            }
+            /* a peer that never announced windows gets no WINDOW_UPDATE */
+            assert_int_not_equal(f.type, LC_SPDY_WINDOW_UPDATE);
             if (f.type == LC_SPDY_SYN_REPLY) {
                 assert_int_equal(f.stream_id, 1);
                 const lc_spdy_header *stv = lc__spdy_header_find(f.headers, f.n_headers, ":status");
@@ -314,7 +406,7 @@ static void test_go_oneway_vector_into_a_session(void **st)
         }
         have = 0; /* every byte was consumed (the decoder keeps partial state) */
     }
-    assert_int_equal(frames, 2);
+    assert_int_equal(frames, 3);
     lc__spdy_decoder_free(&d);
     lc_receiver_release(r);
     lc_session_free(srv);
@@ -350,6 +442,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_echo_with_reply_sender_over_tcp, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_receiver_carried_in_a_message, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_carrier_loss_fails_blocked_calls, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_slow_consumer_does_not_block_other_channel, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_go_oneway_vector_into_a_session, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_malformed_frame_kills_only_that_session, lc_test_setup, lc_test_teardown),
     };
