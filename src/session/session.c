@@ -166,6 +166,13 @@ static void session_unref(lc_session *s)
     lc__buf_free(&s->inflight);
     lc__map_free(&s->streams);
     lc__map_free(&s->peer_refs);
+    for (size_t i = 0; i < s->in_fds.cap; i++) /* passed to us, never claimed */
+        if (s->in_fds.slots[i].val != NULL && s->in_fds.slots[i].val != LC_MAP_TOMB)
+            close((int)(intptr_t)s->in_fds.slots[i].val - 1);
+    lc__map_free(&s->in_fds);
+    for (size_t i = 0; i < s->fdq_len; i++)
+        close(s->fdq[i]);
+    free(s->fdq);
     lc_receiver_release(s->incoming_r);
     lc_sender_release(s->incoming_s);
     if (s->conn)
@@ -248,7 +255,7 @@ static void flush_locked(lc_session *s)
     for (;;) {
         if (s->inflight_off == s->inflight.len) {
             if (s->out.len == 0)
-                break;
+                break; /* fds are only queued with bytes: none can be left */
             lc_buf t = s->inflight; /* swap: inflight <- out */
             s->inflight = s->out;
             s->out = t;
@@ -257,11 +264,27 @@ static void flush_locked(lc_session *s)
         }
         const uint8_t *p = s->inflight.data + s->inflight_off;
         size_t n = s->inflight.len - s->inflight_off;
+        /* Passed fds go with the first byte of this write, which comes
+         * before the messages naming them: the peer has them in time. At
+         * most LC_TRANSPORT_MAX_FDS per write (one byte each batch if more). */
+        int fds[LC_TRANSPORT_MAX_FDS];
+        size_t nfds = s->fdq_len < LC_TRANSPORT_MAX_FDS ? s->fdq_len : LC_TRANSPORT_MAX_FDS;
+        if (nfds > 0)
+            memcpy(fds, s->fdq, nfds * sizeof *fds);
+        if (s->fdq_len > LC_TRANSPORT_MAX_FDS)
+            n = 1;
         s->in_write = true;
         pthread_mutex_unlock(&s->wmu);
         struct iovec iov = { (void *)p, n };
-        ssize_t w = lc__conn_writev(s->conn, &iov, 1);
+        ssize_t w = nfds ? lc__conn_sendfds(s->conn, &iov, 1, fds, nfds) : lc__conn_writev(s->conn, &iov, 1);
         pthread_mutex_lock(&s->wmu);
+        if (w > 0 && nfds > 0) {
+            /* the kernel holds them now: ours go */
+            for (size_t i = 0; i < nfds; i++)
+                close(fds[i]);
+            memmove(s->fdq, s->fdq + nfds, (s->fdq_len - nfds) * sizeof *s->fdq);
+            s->fdq_len -= nfds;
+        }
         s->in_write = false;
         if (s->flush_waiters)
             pthread_cond_broadcast(&s->flushed);
@@ -535,6 +558,9 @@ typedef struct enc_ctx {
     open_rec *opens;
     size_t n, cap;
     int err;
+    bool pass_fds;      /* byte streams travel as fds (wmu held while encoding) */
+    lc_value *passed[LC_TRANSPORT_MAX_FDS];
+    size_t npassed;
 } enc_ctx;
 
 static int enc_attachment(void *ctx, lc_value *v, uint8_t *ext, uint64_t *ref)
@@ -542,6 +568,13 @@ static int enc_attachment(void *ctx, lc_value *v, uint8_t *ext, uint64_t *ref)
     enc_ctx *e = ctx;
     if (lc_value_taken(v))
         return LC_ETAKEN;
+    if (e->pass_fds && lc_value_type(v) == LC_STREAM && e->npassed < LC_TRANSPORT_MAX_FDS) {
+        /* ours: the real fd goes with SCM_RIGHTS, numbered in sending order */
+        e->passed[e->npassed++] = v;
+        *ext = lc__codec_ext_for(v);
+        *ref = LC_REF_PASSED_FD | e->s->fd_out_seq++;
+        return 0;
+    }
     st_kind kind;
     switch (lc_value_type(v)) {
     case LC_SENDER:   kind = ST_FWD_TO_SENDER; break;   /* we receive on it, forward */
@@ -572,6 +605,15 @@ static int enc_attachment(void *ctx, lc_value *v, uint8_t *ext, uint64_t *ref)
 static pthread_key_t enc_key;
 static pthread_once_t enc_once = PTHREAD_ONCE_INIT;
 static _Thread_local lc_buf *tls_enc;
+
+/* Does m carry a byte stream not taken out yet? */
+static bool msg_has_streams(const lc_msg *m)
+{
+    for (uint32_t i = 0; i < m->att_len; i++)
+        if (m->att[i]->type == LC_STREAM && !(m->att[i]->flags & LC_VF_TAKEN))
+            return true;
+    return false;
+}
 
 static void enc_buf_free(void *p)
 {
@@ -622,17 +664,36 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full)
     if (b == NULL)
         return LC_ENOMEM;
     b->len = 0;
+    /* Passed fds are numbered in the order they go out, so a message that
+     * passes some is encoded under wmu (rare; others encode unlocked). */
+    e.pass_fds = atomic_load(&s->peer_fdpass) && msg_has_streams(m);
+    if (e.pass_fds)
+        pthread_mutex_lock(&s->wmu);
     int rc = lc__encode(m, b, &hooks);
-    if (rc != 0)
-        goto fail;
-    pthread_mutex_lock(&s->wmu);
-    if (s->dead) {
-        rc = atomic_load(&s->err) ? LC_ESESSION : LC_ESESSION;
-        pthread_mutex_unlock(&s->wmu);
+    if (rc != 0) {
+        if (e.pass_fds) {
+            s->fd_out_seq -= e.npassed;
+            pthread_mutex_unlock(&s->wmu);
+        }
         goto fail;
     }
-    if (p->local_fin || p->reset) {
-        rc = LC_ECLOSED;
+    if (!e.pass_fds)
+        pthread_mutex_lock(&s->wmu);
+    if (e.npassed > 0 && s->fdq_len + e.npassed > s->fdq_cap) {
+        size_t nc = (s->fdq_len + e.npassed) * 2;
+        int *nq = realloc(s->fdq, nc * sizeof *nq);
+        if (nq == NULL) {
+            s->fd_out_seq -= e.npassed;
+            pthread_mutex_unlock(&s->wmu);
+            rc = LC_ENOMEM;
+            goto fail;
+        }
+        s->fdq = nq;
+        s->fdq_cap = nc;
+    }
+    if (s->dead || p->local_fin || p->reset) {
+        rc = s->dead ? LC_ESESSION : LC_ECLOSED;
+        s->fd_out_seq -= e.npassed;
         pthread_mutex_unlock(&s->wmu);
         goto fail;
     }
@@ -641,6 +702,7 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full)
          * peer's WINDOW_UPDATE for this stream */
         atomic_store_explicit(&s->senders_blocked, true, memory_order_release);
         rc = LC__WOULD_BLOCK;
+        s->fd_out_seq -= e.npassed;
         pthread_mutex_unlock(&s->wmu);
         goto fail;
     }
@@ -676,6 +738,9 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full)
         rc = LC_ESESSION;
         goto fail_registered;
     }
+    /* passed fds: owned by the queue from here, closed once sent */
+    for (size_t i = 0; i < e.npassed; i++)
+        s->fdq[s->fdq_len++] = lc_value_take_fd(e.passed[i], NULL);
     flush_locked(s);
     pthread_mutex_unlock(&s->wmu);
     /* the attachments now belong to their streams */
@@ -1118,6 +1183,18 @@ static int resolve_refs_locked(lc_session *s, lc_msg *m, lc_value *v, int depth,
 
 static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *k)
 {
+    if ((v->u.ref & LC_REF_PASSED_FD) && v->mode >= 1 && v->mode <= 3) {
+        /* ours: the fd came with SCM_RIGHTS; sequence numbers count arrivals */
+        void *slot = lc__map_del(&s->in_fds, v->u.ref & ~LC_REF_PASSED_FD);
+        if (slot == NULL)
+            return 1; /* not arrived yet (a bounded wait, as for streams) */
+        uint8_t ext = v->mode;
+        v->type = LC_STREAM;
+        v->mode = ext == 1 ? LC_STREAM_DUPLEX : ext == 2 ? LC_STREAM_WRITE : LC_STREAM_READ;
+        v->u.fd = (int)(intptr_t)slot - 1;
+        v->flags &= (uint8_t)~LC_VF_TAKEN;
+        return lc__msg_track_attachment(m, v) != 0 ? LC_ENOMEM : 0;
+    }
     lc_stream *sub = lc__map_get(&s->peer_refs, v->u.ref);
     if (sub == NULL)
         return 1; /* not arrived yet */
@@ -1627,6 +1704,8 @@ static void on_settings(lc_session *s, const lc_spdy_frame *f)
         lc__spdy_setting_get(f, i, &e);
         if (e.id == LC_SETTINGS_LIBCHAN && (e.value & LC_FEATURE_WINDOWS))
             fc = true;
+        if (e.id == LC_SETTINGS_LIBCHAN && (e.value & LC_FEATURE_FDPASS) && s->fdpass_local)
+            atomic_store(&s->peer_fdpass, true);
         if (e.id == LC_SPDY_SETTINGS_INITIAL_WINDOW_SIZE && e.value > 0 && e.value <= 0x7fffffffu) {
             window = e.value;
             window_set = true;
@@ -1725,7 +1804,26 @@ static void read_carrier(lc_session *s)
     uint8_t *buf = s->rbuf;
     for (;;) {
         struct iovec iov = { buf, READ_CHUNK };
-        ssize_t n = lc__conn_readv(s->conn, &iov, 1);
+        ssize_t n;
+        if (s->fdpass_local) {
+            int fds[LC_TRANSPORT_MAX_FDS];
+            size_t nfds = LC_TRANSPORT_MAX_FDS;
+            n = lc__conn_recvfds(s->conn, &iov, 1, fds, &nfds);
+            if (n == -EMSGSIZE) {
+                protocol_error(s, LC_SPDY_GOAWAY_PROTOCOL_ERROR); /* more fds than allowed */
+                return;
+            }
+            if (nfds > 0) {
+                pthread_mutex_lock(&s->mu);
+                for (size_t i = 0; i < nfds; i++)
+                    if (lc__map_put(&s->in_fds, s->fd_in_seq++, (void *)(intptr_t)(fds[i] + 1)) != 0)
+                        close(fds[i]);
+                s->new_refs = true; /* messages waiting for them may go on */
+                pthread_mutex_unlock(&s->mu);
+            }
+        } else {
+            n = lc__conn_readv(s->conn, &iov, 1);
+        }
         if (n == -EAGAIN) {
             arm_read(s);
             return;
@@ -1857,6 +1955,7 @@ static int session_start(lc_conn *conn, bool is_client, const lc_options *o, lc_
     pthread_cond_init(&s->flushed, NULL);
     s->conn = conn;
     s->is_client = is_client;
+    s->fdpass_local = strcmp(lc__conn_scheme(conn), "unix") == 0; /* before any read */
     s->next_id = is_client ? 1 : 2;
     s->peer_window = LC_SPDY_DEFAULT_WINDOW;
     lc__spdy_decoder_init(&s->dec, NULL);
@@ -1886,8 +1985,9 @@ static int session_start(lc_conn *conn, bool is_client, const lc_options *o, lc_
     }
     /* our first frame: the window we grant per stream, and the marker that
      * tells a peer of ours we speak windows (a Go peer ignores both) */
-    lc_spdy_setting set[2] = { { 0, LC_SPDY_SETTINGS_INITIAL_WINDOW_SIZE, s->opt.stream_window },
-                               { 0, LC_SETTINGS_LIBCHAN, LC_FEATURE_WINDOWS } };
+    lc_spdy_setting set[2] = {
+        { 0, LC_SPDY_SETTINGS_INITIAL_WINDOW_SIZE, s->opt.stream_window },
+        { 0, LC_SETTINGS_LIBCHAN, LC_FEATURE_WINDOWS | (s->fdpass_local ? LC_FEATURE_FDPASS : 0) } };
     pthread_mutex_lock(&s->wmu);
     if (lc__spdy_put_settings(&s->out, 0, set, 2) == 0)
         flush_locked(s);

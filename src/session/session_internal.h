@@ -102,12 +102,19 @@ struct lc_session {
     _Atomic int in_cb;    /* engine callbacks running on this session */
     uint32_t next_id;     /* our next SPDY stream id (odd client, even server) */
     _Atomic bool peer_fc; /* the peer announced SPDY windows (our SETTINGS marker) */
+    bool fdpass_local;    /* a unix carrier: we announced fd passing, read with recvfds */
+    _Atomic bool peer_fdpass; /* ... and so did the peer */
+    uint64_t fd_out_seq;  /* wmu: fds passed so far */
+    int *fdq;             /* wmu: fds to send with the next write (owned) */
+    size_t fdq_len, fdq_cap;
     uint32_t peer_window; /* wmu: its INITIAL_WINDOW_SIZE for the streams we send on */
 
     /* mu: tables and state */
     pthread_mutex_t mu;
     lc_map streams;       /* SPDY id -> stream */
     lc_map peer_refs;     /* peer's libchan-ref -> unbound sub-stream */
+    lc_map in_fds;        /* received fd sequence number -> fd + 1, not yet claimed */
+    uint64_t fd_in_seq;
     bool new_refs;
     bool goaway_sent, goaway_recv, closing;
     bool paused;          /* reading stopped: a local queue is full */
@@ -126,6 +133,10 @@ struct lc_session {
  * that does not know the id ignores it; SPDY/3 section 2.6.4). Value bits: */
 #define LC_SETTINGS_LIBCHAN     0x4c43 /* "LC" */
 #define LC_FEATURE_WINDOWS      0x1u   /* we enforce and grant per-stream windows */
+#define LC_FEATURE_FDPASS       0x2u   /* byte streams may travel as fds (unix only) */
+/* ext 1/2/3 payload of a passed fd: this bit | its sequence number among the
+ * fds the sender passed on this session (docs/PROTOCOL.md) */
+#define LC_REF_PASSED_FD        0x8000000000000000ull
 #define LC_SPDY_DEFAULT_WINDOW  65536u /* SPDY/3's initial window until SETTINGS says */
 
 /* A session on an already connected unix stream socket fd (taken), for tests

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include "libchan.h"
 #include "session/session_internal.h"
@@ -122,6 +123,21 @@ static void *rexec_server(void *x)
     return NULL;
 }
 
+typedef struct {
+    int fd;
+    const char *data;
+    size_t n;
+    int rc;
+} feed_arg;
+
+static void *feed_stdin(void *x)
+{
+    feed_arg *a = x;
+    a->rc = write_all(a->fd, a->data, a->n);
+    close(a->fd); /* EOF for the remote's stdin */
+    return NULL;
+}
+
 static void run_rexec(const char *url)
 {
     lc_error err = { 0 };
@@ -158,9 +174,14 @@ static void run_rexec(const char *url)
     char *data = malloc(n), *got = malloc(n + 1);
     for (size_t i = 0; i < n; i++)
         data[i] = (char)('a' + i % 26);
-    assert_int_equal(write_all(in[1], data, n), 0);
-    close(in[1]); /* EOF for the remote's stdin */
+    /* feed stdin while reading stdout, as a real client does: over unix the
+     * pipes themselves travel (fd passing) and would fill up otherwise */
+    feed_arg fa = { in[1], data, n, 0 };
+    pthread_t feeder;
+    pthread_create(&feeder, NULL, feed_stdin, &fa);
     assert_int_equal(read_all(out[0], got, n + 1), (ssize_t)n);
+    pthread_join(feeder, NULL);
+    assert_int_equal(fa.rc, 0);
     for (size_t i = 0; i < n; i++)
         if (got[i] != data[i] - 'a' + 'A')
             fail_msg("byte %zu: got %d", i, got[i]);
@@ -315,6 +336,78 @@ static void test_go_echo_vector_answered_like_go(void **st)
     close(sv[0]);
 }
 
+
+/* ---- fd passing (ours) ------------------------------------------------------- */
+
+/* Over unix, once both sides announced it, a byte stream is the very same
+ * open file on the other side (SCM_RIGHTS); over TCP it is a socketpair end
+ * pumped through a sub-stream. Either way the bytes flow. */
+static void run_fd_pass(const char *url, bool expect_same_file)
+{
+    lc_error err = { 0 };
+    lc_listener *l;
+    assert_int_equal(lc_listen(url, NULL, &l, &err), 0);
+    char bound[256];
+    assert_int_equal(lc_listener_url(l, bound, sizeof bound), 0);
+    lc_session *c, *sv;
+    assert_int_equal(lc_dial(bound, NULL, &c, &err), 0);
+    assert_int_equal(lc_accept(l, &sv, 5000), 0);
+    lc_sender *ch;
+    assert_int_equal(lc_session_sender(c, &ch), 0);
+    lc_receiver *in;
+    /* one message first: SETTINGS are the first frames, so after it arrived
+     * each side knows what the other speaks */
+    assert_int_equal(lc_send(ch, lc_pack("{s:i}", "Hello", 1), 5000), 0);
+    assert_int_equal(lc_session_receiver(sv, &in, 5000), 0);
+    lc_msg *m;
+    assert_int_equal(lc_recv(in, &m, 5000), 0);
+    lc_msg_free(m);
+
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    struct stat orig;
+    assert_int_equal(fstat(p[0], &orig), 0);
+    assert_int_equal(lc_send(ch, lc_pack("{s:F}", "Feed", p[0]), 5000), 0);
+    assert_int_equal(lc_recv(in, &m, 5000), 0);
+    int fd;
+    assert_int_equal(lc_unpack(m, "{s:F}", "Feed", &fd), 0);
+    lc_msg_free(m);
+    struct stat got;
+    assert_int_equal(fstat(fd, &got), 0);
+    if (expect_same_file) {
+        assert_true(S_ISFIFO(got.st_mode));
+        assert_true(got.st_ino == orig.st_ino && got.st_dev == orig.st_dev);
+    } else {
+        assert_true(S_ISSOCK(got.st_mode));
+    }
+    assert_int_equal(write(p[1], "through", 7), 7);
+    close(p[1]);
+    char buf[16];
+    assert_int_equal(read_all(fd, buf, sizeof buf), 7);
+    assert_memory_equal(buf, "through", 7);
+    close(fd);
+    lc_close(ch);
+    lc_sender_release(ch);
+    lc_receiver_release(in);
+    lc_session_free(c);
+    lc_session_free(sv);
+    lc_listener_close(l);
+}
+
+static void test_fd_passed_as_itself_over_unix(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    char url[128];
+    snprintf(url, sizeof url, "unix:///tmp/lc-fdpass-%d.sock", (int)getpid());
+    run_fd_pass(url, true);
+}
+
+static void test_fd_becomes_substream_over_tcp(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    run_fd_pass("tcp://127.0.0.1:0", false);
+}
+
 int main(void)
 {
     lc__engine_default(); /* its fds live as long as the process */
@@ -322,6 +415,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rexec_streams_over_unix, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_rexec_streams_over_tcp, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_go_echo_vector_answered_like_go, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_fd_passed_as_itself_over_unix, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_fd_becomes_substream_over_tcp, lc_test_setup, lc_test_teardown),
     };
     return cmocka_run_group_tests_name("net/streams", tests, NULL, NULL);
 }
