@@ -103,6 +103,7 @@ static int ref_value(lc_msg *m, uint8_t type, const uint8_t *payload, uint64_t p
     lc_value *v = new_val(m, (uint8_t)LC__REF, 0);
     if (v == NULL)
         return LC_ENOMEM;
+    m->has_refs = 1;
     v->mode = type;
     v->u.ref = ref;
     *out = v;

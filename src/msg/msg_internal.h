@@ -65,6 +65,7 @@ struct lc_msg {
     /* attachments listed for an opaque body (subset of att, in order) */
     lc_value **body_att;
     uint32_t body_att_len, body_att_cap;
+    uint8_t has_refs;          /* the decoder made LC__REF values (a session resolves them) */
     /* arena: bump pointer in the current block */
     char *arena_ptr;
     char *arena_end;

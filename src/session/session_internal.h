@@ -99,6 +99,8 @@ struct lc_session {
     size_t inflight_off;
     bool writing;         /* a writer owns the output (maybe waiting for EPOLLOUT) */
     bool in_write;        /* a thread is inside the write syscall */
+    bool flush_scheduled; /* an engine run will write what is queued */
+    int64_t last_send_ns; /* when the application last sent: bursts are coalesced */
     _Atomic int in_cb;    /* engine callbacks running on this session */
     uint32_t next_id;     /* our next SPDY stream id (odd client, even server) */
     _Atomic bool peer_fc; /* the peer announced SPDY windows (our SETTINGS marker) */
