@@ -187,6 +187,8 @@ struct lc_chan {
     _Atomic int refs;                /* one per end object alive */
     const lc__net_ops *net;          /* network Sender: the session's hooks */
     void *net_ctx;
+    const lc__feeder_ops *feed;      /* network Receiver: who fills the ring (mu) */
+    void *feed_ctx;
     int recv_efd, send_efd;
     bool recv_sig, send_sig;
 };
@@ -947,6 +949,60 @@ LC_API int lc_select(lc_case *cases, size_t n, int64_t timeout_ms)
     return ret;
 }
 
+/*
+ * A receive on a ring that a session fills: rather than sleeping until the
+ * engine thread has read the carrier and then being woken by it (two thread
+ * wake-ups), the receiving thread reads the carrier itself when nobody else
+ * does. Returns 1 when the case fired, 0 to fall back to waiting, or
+ * LC_ETIMEDOUT.
+ */
+static int feed_and_try(lc_chan *c, lc_case *cs, int64_t timeout_ms)
+{
+    int64_t deadline = timeout_ms < 0 ? -1 : mono_ns() + timeout_ms * 1000000;
+    for (;;) {
+        pthread_mutex_lock(&c->mu);
+        const lc__feeder_ops *ops = c->feed;
+        void *ctx = c->feed_ctx;
+        if (ops)
+            ops->retain(ctx);
+        pthread_mutex_unlock(&c->mu);
+        if (ops == NULL)
+            return 0;
+        bool drove = ops->drive(ctx, c, deadline);
+        ops->release(ctx);
+        fired f = { 0 };
+        if (try_case(c, cs, &f)) {
+            after_fired(&f);
+            return 1;
+        }
+        if (!drove)
+            return 0;
+        if (deadline >= 0 && mono_ns() >= deadline)
+            return LC_ETIMEDOUT;
+    }
+}
+
+bool lc__chan_recv_ready(lc_chan *c)
+{
+    return ring_ready(c, true);
+}
+
+void lc__receiver_set_feeder(lc_receiver *r, const lc__feeder_ops *ops, void *ctx)
+{
+    pthread_mutex_lock(&r->c->mu);
+    r->c->feed = ops;
+    r->c->feed_ctx = ctx;
+    pthread_mutex_unlock(&r->c->mu);
+}
+
+void lc__sender_clear_feeder(lc_sender *s)
+{
+    pthread_mutex_lock(&s->c->mu);
+    s->c->feed = NULL;
+    s->c->feed_ctx = NULL;
+    pthread_mutex_unlock(&s->c->mu);
+}
+
 /* One case: the lock-free attempt first, then the general path. */
 static int single_case(lc_case *cs, int64_t timeout_ms)
 {
@@ -959,6 +1015,11 @@ static int single_case(lc_case *cs, int64_t timeout_ms)
         }
         if (timeout_ms == 0)
             return LC_ETIMEDOUT;
+        if (cs->op == LC_CASE_RECV && c->cap > 0) {
+            int fr = feed_and_try(c, cs, timeout_ms);
+            if (fr != 0)
+                return fr < 0 ? fr : 0;
+        }
         /* Poll the ring a little before registering as a waiter: a partner
          * that is busy producing (or consuming) then never needs the lock to
          * wake us. bench_chan's buffered one-way figure depends on this. */

@@ -78,4 +78,24 @@ void lc__chan_release(lc_chan *c);
 /* ctx of a network Sender made with these ops, NULL for any other Sender. */
 void *lc__net_sender_ctx(lc_sender *s, const lc__net_ops *ops);
 
+/*
+ * Feeders: a session marks the network Receivers it fills. A thread about to
+ * block in lc_recv on one calls drive(ctx, chan, deadline_ns) first (deadline
+ * an absolute monotonic time, -1 for none): the session may read the carrier
+ * on that thread until the channel has something, the deadline passes or the
+ * session ends, and returns true; it returns false at once when another
+ * thread is reading (the caller then waits as usual). retain/release bracket
+ * the call (the channel's lock is not held during drive).
+ */
+typedef struct lc__feeder_ops {
+    void (*retain)(void *ctx);
+    void (*release)(void *ctx);
+    bool (*drive)(void *ctx, lc_chan *c, int64_t deadline_ns);
+} lc__feeder_ops;
+void lc__receiver_set_feeder(lc_receiver *r, const lc__feeder_ops *ops, void *ctx);
+/* Called by the filling side (it holds the Sender) before it lets go. */
+void lc__sender_clear_feeder(lc_sender *s);
+/* Would a receive on c complete now? (rings only) */
+bool lc__chan_recv_ready(lc_chan *c);
+
 #endif

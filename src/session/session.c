@@ -25,6 +25,7 @@
 #include <sys/socket.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sched.h>
 #include <unistd.h>
 
@@ -34,6 +35,7 @@ typedef struct { uint32_t id; uint32_t status; } ctl_arg;
 /* Forward declarations of the pieces that call each other across sections. */
 static void bytes_close(lc_stream *st);
 static void resume_reading(lc_session *s);
+static const lc__feeder_ops feeder_ops;
 
 /* ---- options ------------------------------------------------------------- */
 
@@ -215,6 +217,8 @@ static void stream_unref(lc_stream *st)
     lc__buf_free(&st->fd_out);
     if (st->fd >= 0)
         close(st->fd);
+    if (st->into && st->kind == ST_RECV)
+        lc__sender_clear_feeder(st->into);
     lc_sender_release(st->into);
     lc_receiver_release(st->source);
     lc_session *s = st->s;
@@ -1274,6 +1278,7 @@ static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *
         sub->kind = ST_RECV;
         sub->claimed = true;
         sub->into = into;
+        lc__receiver_set_feeder(r, &feeder_ops, s);
         v->type = LC_RECEIVER;
         v->mode = 0;
         v->u.receiver = r;
@@ -1522,6 +1527,7 @@ static void on_syn_stream(lc_session *s, const lc_spdy_frame *f, lc_receiver **a
             return;
         }
         st->into = into;
+        lc__receiver_set_feeder(r, &feeder_ops, s);
         *announce = r;
     } else {
         /* a sub-stream: recorded by reference until a message names it */
@@ -1856,7 +1862,11 @@ static void arm_read(lc_session *s)
 }
 
 /* Reads and dispatches until the carrier would block. Engine thread. */
-static void read_carrier(lc_session *s)
+/* Reads and dispatches until the carrier would block (then, for the engine,
+ * asks for the next EPOLLIN) or reading must pause. Returns true when the
+ * carrier would block, false when the session ended or reading paused. The
+ * caller holds the reader token. */
+static bool read_carrier(lc_session *s, bool engine)
 {
     uint8_t *buf = s->rbuf;
     for (;;) {
@@ -1868,7 +1878,7 @@ static void read_carrier(lc_session *s)
             n = lc__conn_recvfds(s->conn, &iov, 1, fds, &nfds);
             if (n == -EMSGSIZE) {
                 protocol_error(s, LC_SPDY_GOAWAY_PROTOCOL_ERROR); /* more fds than allowed */
-                return;
+                return false;
             }
             if (nfds > 0) {
                 pthread_mutex_lock(&s->mu);
@@ -1882,14 +1892,15 @@ static void read_carrier(lc_session *s)
             n = lc__conn_readv(s->conn, &iov, 1);
         }
         if (n == -EAGAIN) {
-            arm_read(s);
-            return;
+            if (engine)
+                arm_read(s);
+            return true;
         }
         if (n <= 0) {
             /* EOF between frames is the peer hanging up; inside one, a cut */
             int err = n == 0 ? (lc__spdy_decoder_idle(&s->dec) ? LC_ESESSION : LC_EPROTO) : (int)n;
             session_fail(s, err);
-            return;
+            return false;
         }
         rd_actions a = { 0 };
         size_t off = 0;
@@ -1901,7 +1912,7 @@ static void read_carrier(lc_session *s)
             if (rc < 0) {
                 run_actions(s, &a);
                 protocol_error(s, LC_SPDY_GOAWAY_PROTOCOL_ERROR);
-                return;
+                return false;
             }
             if (rc == 0)
                 break;
@@ -1912,7 +1923,7 @@ static void read_carrier(lc_session *s)
         retry_waiting_refs(s, &a);
         run_actions(s, &a);
         if (s->dead)
-            return;
+            return false;
         flush_now(s); /* replies, FINs and window updates of this batch */
         /* backpressure: a local queue is full, stop reading until it drains.
          * Toward a peer with windows its own window stops it, per stream. */
@@ -1927,7 +1938,7 @@ static void read_carrier(lc_session *s)
             s->paused = true;
         pthread_mutex_unlock(&s->mu);
         if (full)
-            return;
+            return false;
     }
 }
 
@@ -1949,6 +1960,82 @@ static void resume_reading(lc_session *s)
 
 static void ref_timer(void *ctx);
 
+/*
+ * The reader token: one thread reads the carrier at a time, either the
+ * engine (EPOLLIN callback) or an application thread blocked in lc_recv on a
+ * network Receiver of this session (drive). An engine callback that finds the
+ * token taken leaves a note, and the token's holder re-arms EPOLLIN when it
+ * lets go, so readiness is never lost.
+ */
+static bool reader_take(lc_session *s)
+{
+    int expected = 0;
+    if (atomic_compare_exchange_strong(&s->reader, &expected, 1))
+        return true;
+    atomic_store(&s->rearm_needed, true);
+    /* the holder may have let go meanwhile without seeing the note */
+    expected = 0;
+    if (atomic_compare_exchange_strong(&s->reader, &expected, 1)) {
+        atomic_store(&s->rearm_needed, false);
+        return true;
+    }
+    return false;
+}
+
+#define DRIVE_SPIN_NS 10000
+
+static bool drive(void *ctx, lc_chan *c, int64_t deadline)
+{
+    lc_session *s = ctx;
+    pthread_mutex_lock(&s->mu);
+    bool paused = s->paused;
+    pthread_mutex_unlock(&s->mu);
+    if (paused || atomic_load(&s->dead))
+        return false; /* the engine resumes reading when the queues drain */
+    int expected = 0;
+    if (!atomic_compare_exchange_strong(&s->reader, &expected, 1))
+        return false;
+    atomic_fetch_add(&s->in_cb, 1); /* lc_session_free waits for us */
+    tls_reading = s;
+    int fd = lc__conn_fd(s->conn);
+    int64_t spin_until = lc__now_ns() + DRIVE_SPIN_NS;
+    for (;;) {
+        if (!read_carrier(s, false))
+            break; /* ended, or paused */
+        flush_now(s);
+        if (lc__chan_recv_ready(c))
+            break;
+        int64_t now = lc__now_ns();
+        if (deadline >= 0 && now >= deadline)
+            break;
+        if (now < spin_until)
+            continue; /* a reply often comes within microseconds */
+        /* sleep in the kernel on the carrier itself: one wake-up, not two */
+        int64_t left_ms = deadline < 0 ? 100 : (deadline - now + 999999) / 1000000;
+        struct pollfd pfd = { fd, POLLIN, 0 };
+        poll(&pfd, 1, (int)(left_ms > 100 ? 100 : left_ms));
+    }
+    tls_reading = NULL;
+    flush_now(s);
+    atomic_store(&s->reader, 0);
+    if (atomic_exchange(&s->rearm_needed, false))
+        arm_read(s);
+    atomic_fetch_sub(&s->in_cb, 1);
+    return true;
+}
+
+static void feeder_retain(void *ctx)
+{
+    session_ref(ctx);
+}
+
+static void feeder_release(void *ctx)
+{
+    session_unref(ctx);
+}
+
+static const lc__feeder_ops feeder_ops = { feeder_retain, feeder_release, drive };
+
 static void carrier_cb(void *ctx, uint32_t ev)
 {
     lc_session *s = ctx;
@@ -1957,10 +2044,13 @@ static void carrier_cb(void *ctx, uint32_t ev)
     if (ev & EPOLLOUT)
         output_ready(s);
     if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-        tls_reading = s;
-        read_carrier(s);
-        tls_reading = NULL;
-        flush_now(s);
+        if (reader_take(s)) {
+            tls_reading = s;
+            read_carrier(s, true);
+            tls_reading = NULL;
+            flush_now(s);
+            atomic_store(&s->reader, 0);
+        }
     }
     atomic_fetch_sub_explicit(&s->in_cb, 1, memory_order_acq_rel);
     session_unref(s);

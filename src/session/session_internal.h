@@ -101,7 +101,9 @@ struct lc_session {
     bool in_write;        /* a thread is inside the write syscall */
     bool flush_scheduled; /* an engine run will write what is queued */
     int64_t last_send_ns; /* when the application last sent: bursts are coalesced */
-    _Atomic int in_cb;    /* engine callbacks running on this session */
+    _Atomic int in_cb;    /* engine callbacks (and driving receivers) running on it */
+    _Atomic int reader;   /* the reader token: 1 while a thread reads the carrier */
+    _Atomic bool rearm_needed; /* the engine found the token taken: re-arm EPOLLIN */
     uint32_t next_id;     /* our next SPDY stream id (odd client, even server) */
     _Atomic bool peer_fc; /* the peer announced SPDY windows (our SETTINGS marker) */
     bool fdpass_local;    /* a unix carrier: we announced fd passing, read with recvfds */
