@@ -35,6 +35,7 @@ typedef struct { uint32_t id; uint32_t status; } ctl_arg;
 /* Forward declarations of the pieces that call each other across sections. */
 static void bytes_close(lc_stream *st);
 static void resume_reading(lc_session *s);
+static void stream_maybe_done_locked(lc_session *s, lc_stream *st);
 static const lc__feeder_ops feeder_ops;
 
 /* ---- options ------------------------------------------------------------- */
@@ -697,6 +698,7 @@ static lc_buf *enc_buf(void)
 
 static void start_pump(lc_stream *st);
 static int bytes_start(lc_stream *st, int fd, bool we_read, bool we_write);
+static void bytes_kick(lc_stream *st);
 
 /* Registers a new stream of ours in the table; wmu and mu held. */
 static int register_ours_locked(lc_session *s, lc_stream *st)
@@ -812,7 +814,17 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full)
             /* the holder's mode is what the peer does: we do the opposite */
             lc_stream_mode mode = lc_value_stream_mode(e.opens[i].v);
             int fd = lc_value_take_fd(e.opens[i].v, NULL);
-            bytes_start(st, fd, mode != LC_STREAM_WRITE, mode != LC_STREAM_READ);
+            if (bytes_start(st, fd, mode != LC_STREAM_WRITE, mode != LC_STREAM_READ) == 0) {
+                bytes_kick(st); /* the peer's bytes or FIN may already be here */
+            } else {
+                /* e.g. a regular file: the peer must not wait for bytes forever */
+                ctl_arg rst = { st->id, LC_SPDY_CANCEL };
+                send_control(s, ctl_rst, &rst);
+                pthread_mutex_lock(&s->mu);
+                st->reset = true;
+                stream_maybe_done_locked(s, st);
+                pthread_mutex_unlock(&s->mu);
+            }
         }
         stream_unref(st); /* our creation reference; the table keeps one */
     }
@@ -1426,7 +1438,9 @@ static void deliver_pending(lc_stream *st)
                 ctl_arg wa = { sid, (uint32_t)(grant > 0x7fffffffu ? 0x7fffffffu : grant) };
                 send_control(s, ctl_window, &wa);
             }
-            if (close_now)
+            if (close_now && st->end_err)
+                lc__close_error(st->into, st->end_err); /* after what decoded before */
+            else if (close_now)
                 lc_close(st->into); /* end of channel after the last message */
             if (idle)
                 resume_reading(s);
@@ -1435,12 +1449,15 @@ static void deliver_pending(lc_stream *st)
         kick_list k = { .n = 0 };
         int missing = resolve_msg_locked(s, m, &k);
         if (missing > 0) {
+            if (!st->waiting_refs)
+                st->waiting_since = lc__now_ns(); /* the bounded wait starts now */
             st->waiting_refs = true;
             pthread_mutex_unlock(&s->mu);
             kick_streams(s, &k);
             return; /* a SYN_STREAM or the ref timer calls us again */
         }
         st->waiting_refs = false;
+        st->waiting_since = 0;
         if (missing < 0) {
             st->pending_head = m->next;
             if (st->pending_head == NULL)
@@ -1500,14 +1517,19 @@ static void on_syn_stream(lc_session *s, const lc_spdy_frame *f, lc_receiver **a
     const lc_spdy_header *hr = lc__spdy_header_find(f->headers, f->n_headers, "libchan-ref");
     const lc_spdy_header *hp = lc__spdy_header_find(f->headers, f->n_headers, "libchan-parent-ref");
     bool peer_parity = (f->stream_id & 1) == (s->is_client ? 0u : 1u);
-    if (!peer_parity || f->stream_id <= s->last_peer_id || !parse_u64(hr, &ref) ||
-        (hp != NULL && !parse_u64(hp, &parent))) {
-        /* a reused or wrongly numbered stream id, or a stream without a
-         * reference: the framing can no longer be trusted */
+    if (!peer_parity || f->stream_id <= s->last_peer_id) {
+        /* a reused or wrongly numbered stream id: the framing can no longer
+         * be trusted */
         protocol_error(s, LC_SPDY_GOAWAY_PROTOCOL_ERROR);
         return;
     }
     s->last_peer_id = f->stream_id;
+    if (!parse_u64(hr, &ref) || (hp != NULL && !parse_u64(hp, &parent))) {
+        /* a stream without a usable reference: refuse that stream only, as Go does */
+        ctl_arg rst = { f->stream_id, LC_SPDY_PROTOCOL_ERROR };
+        send_control(s, ctl_rst, &rst);
+        return;
+    }
     ctl_arg reply = { f->stream_id, 200 };
     pthread_mutex_lock(&s->mu);
     if (s->goaway_sent || s->closing) {
@@ -1545,13 +1567,23 @@ static void on_syn_stream(lc_session *s, const lc_spdy_frame *f, lc_receiver **a
         st->parent_ref = parent;
         s->new_refs = true; /* messages waiting for it may go on */
     }
+    lc_sender *end_now = NULL;
     if (f->flags & LC_SPDY_FLAG_FIN) {
         lc_stream *st = lc__map_get(&s->streams, f->stream_id);
         if (st)
             st->early_fin = true;
+        if (st && hp == NULL) {
+            /* a top-level channel opened and closed at once: it is empty */
+            st->remote_fin = true;
+            end_now = lc_sender_retain(st->into);
+        }
     }
     pthread_mutex_unlock(&s->mu);
     send_control(s, ctl_syn_reply, &reply);
+    if (end_now) {
+        lc_close(end_now); /* after the Receiver is announced (run_actions) */
+        lc_sender_release(end_now);
+    }
 }
 
 /* Feeds message bytes of stream st into its decoder and queues what decodes.
@@ -1673,17 +1705,19 @@ static void on_data(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
         break;
     }
     if (rc < 0) {
-        /* this channel's bytes do not decode: reset it, report on it */
+        /* this channel's bytes do not decode: reset it; its receiver gets the
+         * messages decoded before the bad one, then LC_EPROTO */
         st->reset = true;
-        lc_sender *into = st->into ? lc_sender_retain(st->into) : NULL;
+        bool deliver = st->into != NULL;
+        if (deliver) {
+            st->end_err = LC_EPROTO;
+            st->remote_fin_pending = true;
+            note_delivery(a, st);
+        }
         stream_maybe_done_locked(s, st);
         pthread_mutex_unlock(&s->mu);
         ctl_arg rst = { f->stream_id, LC_SPDY_PROTOCOL_ERROR };
         send_control(s, ctl_rst, &rst);
-        if (into) {
-            lc__close_error(into, LC_EPROTO);
-            lc_sender_release(into);
-        }
         stream_unref(st);
         return;
     }
@@ -2085,9 +2119,16 @@ static void ref_timer(void *ctx)
         lc__close_error(fail[i], LC_EPROTO);
         lc_sender_release(fail[i]);
     }
-    if (any_waiting && !s->dead)
-        lc__engine_timer_add(s->eng, lc__now_ns() + s->opt.ref_timeout_ms * 1000000 / 4, ref_timer, s,
-                             &s->ref_timer);
+    (void)any_waiting;
+    /* periodic while the session lives (cheap: a few per second), so a wait
+     * that starts later is always watched; the timer holds a reference */
+    pthread_mutex_lock(&s->mu);
+    bool again = !atomic_load(&s->dead) &&
+                 lc__engine_timer_add(s->eng, lc__now_ns() + s->opt.ref_timeout_ms * 1000000 / 4, ref_timer,
+                                      s, &s->ref_timer) == 0;
+    pthread_mutex_unlock(&s->mu);
+    if (!again)
+        session_unref(s);
 }
 
 /* ---- sessions ------------------------------------------------------------ */
@@ -2145,8 +2186,15 @@ static int session_start(lc_conn *conn, bool is_client, const lc_options *o, lc_
         flush_locked(s);
     pthread_mutex_unlock(&s->wmu);
     /* a timer that looks after messages waiting for references */
-    lc__engine_timer_add(s->eng, lc__now_ns() + s->opt.ref_timeout_ms * 1000000 / 4, ref_timer, s,
-                         &s->ref_timer);
+    session_ref(s);
+    pthread_mutex_lock(&s->mu);
+    if (lc__engine_timer_add(s->eng, lc__now_ns() + s->opt.ref_timeout_ms * 1000000 / 4, ref_timer, s,
+                             &s->ref_timer) != 0) {
+        pthread_mutex_unlock(&s->mu);
+        session_unref(s);
+    } else {
+        pthread_mutex_unlock(&s->mu);
+    }
     *out = s;
     return 0;
 }
@@ -2329,8 +2377,12 @@ LC_API void lc_session_free(lc_session *s)
     if (s == NULL)
         return;
     session_fail(s, LC_ESESSION);
-    if (s->ref_timer)
-        lc__engine_timer_cancel(s->eng, s->ref_timer);
+    pthread_mutex_lock(&s->mu);
+    lc_timer_id tid = s->ref_timer;
+    s->ref_timer = 0;
+    pthread_mutex_unlock(&s->mu);
+    if (tid && lc__engine_timer_cancel(s->eng, tid))
+        session_unref(s); /* the cancelled timer's reference */
     /* Close the carrier now, so no fd outlives the handle: wait out an
      * engine callback that deleted its own watch and is finishing, and a
      * write syscall in progress; nobody starts new I/O on a dead session. */
