@@ -355,13 +355,23 @@ static void run_fd_pass(const char *url, bool expect_same_file)
     lc_sender *ch;
     assert_int_equal(lc_session_sender(c, &ch), 0);
     lc_receiver *in;
-    /* one message first: SETTINGS are the first frames, so after it arrived
-     * each side knows what the other speaks */
+    /* a message each way first: SETTINGS are each side's first frames, so
+     * once a message from the other side arrived, its SETTINGS were read */
     assert_int_equal(lc_send(ch, lc_pack("{s:i}", "Hello", 1), 5000), 0);
     assert_int_equal(lc_session_receiver(sv, &in, 5000), 0);
     lc_msg *m;
     assert_int_equal(lc_recv(in, &m, 5000), 0);
     lc_msg_free(m);
+    lc_sender *back;
+    assert_int_equal(lc_session_sender(sv, &back), 0);
+    assert_int_equal(lc_send(back, lc_pack("{s:i}", "Hello", 2), 5000), 0);
+    lc_receiver *back_r;
+    assert_int_equal(lc_session_receiver(c, &back_r, 5000), 0);
+    assert_int_equal(lc_recv(back_r, &m, 5000), 0);
+    lc_msg_free(m);
+    lc_close(back);
+    lc_sender_release(back);
+    lc_receiver_release(back_r);
 
     int p[2];
     assert_int_equal(pipe(p), 0);
