@@ -697,7 +697,7 @@ static lc_buf *enc_buf(void)
 }
 
 static void start_pump(lc_stream *st);
-static int bytes_start(lc_stream *st, int fd, bool we_read, bool we_write);
+static int bytes_start(lc_stream *st, int fd, bool we_read, bool we_write, bool mu_held);
 static void bytes_kick(lc_stream *st);
 
 /* Registers a new stream of ours in the table; wmu and mu held. */
@@ -770,10 +770,17 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full)
         lc_stream *st = e.opens[i].st;
         /* bound before its SYN_STREAM leaves: the peer may answer at once.
          * Borrowed until the send succeeds, then taken out of the message. */
-        if (st->kind == ST_FWD_TO_SENDER)
+        if (st->kind == ST_FWD_TO_SENDER) {
             st->into = e.opens[i].v->u.sender;
-        else if (st->kind == ST_PUMP_RECEIVER)
+        } else if (st->kind == ST_PUMP_RECEIVER) {
             st->source = e.opens[i].v->u.receiver;
+        } else {
+            /* byte stream: its directions are known now, so bytes and a FIN
+             * that arrive before its fd is watched are kept, not dropped */
+            lc_stream_mode mode = lc_value_stream_mode(e.opens[i].v);
+            st->out_open = mode != LC_STREAM_WRITE;
+            st->in_open = mode != LC_STREAM_READ;
+        }
         rc = register_ours_locked(s, st);
         if (rc == 0)
             rc = put_syn_stream(s, st->id, st->ref, p->ref);
@@ -814,7 +821,7 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full)
             /* the holder's mode is what the peer does: we do the opposite */
             lc_stream_mode mode = lc_value_stream_mode(e.opens[i].v);
             int fd = lc_value_take_fd(e.opens[i].v, NULL);
-            if (bytes_start(st, fd, mode != LC_STREAM_WRITE, mode != LC_STREAM_READ) == 0) {
+            if (bytes_start(st, fd, mode != LC_STREAM_WRITE, mode != LC_STREAM_READ, false) == 0) {
                 bytes_kick(st); /* the peer's bytes or FIN may already be here */
             } else {
                 /* e.g. a regular file: the peer must not wait for bytes forever */
@@ -998,36 +1005,37 @@ static int bytes_inbound_locked(lc_session *s, lc_stream *st, const uint8_t *p, 
     return rc;
 }
 
-static int bytes_start(lc_stream *st, int fd, bool we_read, bool we_write)
+static int bytes_start(lc_stream *st, int fd, bool we_read, bool we_write, bool mu_held)
 {
     lc_session *s = st->s;
     int fl = fcntl(fd, F_GETFL);
-    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
-        int err = -errno;
-        close(fd);
-        return err;
-    }
-    st->fd = fd;
-    st->out_open = we_read;
-    st->in_open = we_write;
-    stream_ref(st); /* the watch's reference, dropped in bytes_close */
-    /* disarmed until st->fdw is stored: the callback re-arms through it */
-    int rc = lc__engine_add(s->eng, fd, 0, bytes_cb, st, &st->fdw);
-    if (rc == 0 && we_read)
-        rc = lc__engine_arm(st->fdw, EPOLLIN);
-    if (rc != 0 && st->fdw != NULL) {
-        lc__engine_del(st->fdw);
-        st->fdw = NULL;
-    }
-    if (rc != 0) {
+    int rc = 0;
+    lc_watch *w = NULL;
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+        rc = -errno;
+    /* added disarmed: nothing runs before fd and fdw are stored */
+    if (rc == 0)
+        rc = lc__engine_add(s->eng, fd, 0, bytes_cb, st, &w);
+    if (!mu_held)
+        pthread_mutex_lock(&s->mu);
+    if (rc == 0) {
+        st->fd = fd;
+        st->fdw = w;
+        st->out_open = we_read;
+        st->in_open = we_write;
+        stream_ref(st); /* the watch's reference, dropped in bytes_close */
+    } else {
         /* e.g. a regular file (epoll refuses them): not a stream */
-        st->fdw = NULL;
         st->out_open = st->in_open = false;
+    }
+    if (!mu_held)
+        pthread_mutex_unlock(&s->mu);
+    if (rc != 0) {
         close(fd);
-        st->fd = -1;
-        stream_unref(st);
         return rc;
     }
+    if (we_read)
+        lc__engine_arm(w, EPOLLIN);
     return 0;
 }
 
@@ -1124,7 +1132,7 @@ static void bytes_pump(lc_stream *st, uint32_t ev)
         memmove(st->fd_out.data, st->fd_out.data + n, st->fd_out.len - (size_t)n);
         st->fd_out.len -= (size_t)n;
     }
-    if (st->fd_out.len == 0 && st->in_fin && st->in_open) {
+    if (st->fd_out.len == 0 && st->in_fin && st->in_open && st->fd >= 0) {
         /* EOF for the holder: shut our end's write side */
         st->in_open = false;
         if (shutdown(st->fd, SHUT_WR) != 0 && !st->out_open) {
@@ -1143,7 +1151,7 @@ static void bytes_pump(lc_stream *st, uint32_t ev)
         }
     }
     uint32_t sid = st->id;
-    bool done = !st->out_open && !st->in_open;
+    bool done = !st->out_open && !st->in_open && st->fdw != NULL;
     lc_watch *w = st->fdw;
     pthread_mutex_unlock(&s->mu);
     if (grant > 0) {
@@ -1303,7 +1311,7 @@ static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *
         sub->kind = ST_BYTES;
         sub->claimed = true;
         /* ext 2: the holder writes (we read our end); 3: the holder reads */
-        int rc = bytes_start(sub, sv[1], ext != 3, ext != 2);
+        int rc = bytes_start(sub, sv[1], ext != 3, ext != 2, true);
         if (rc != 0) {
             close(sv[0]);
             return rc;
@@ -2331,8 +2339,7 @@ LC_API int lc_session_close(lc_session *s, int64_t timeout_ms)
     s->goaway_sent = true;
     uint32_t last = s->last_peer_id;
     pthread_mutex_unlock(&s->mu);
-    ctl_arg g = { last, LC_SPDY_GOAWAY_OK };
-    send_control(s, ctl_goaway, &g);
+
     /* everything sent before this call reaches the carrier, or we say so */
     struct timespec dl;
     clock_gettime(CLOCK_MONOTONIC, &dl);
@@ -2340,6 +2347,33 @@ LC_API int lc_session_close(lc_session *s, int64_t timeout_ms)
     dl.tv_sec += timeout_ms / 1000 + ns / 1000000000;
     dl.tv_nsec = ns % 1000000000;
     int rc = 0;
+    /* byte streams we send: their fds are read to EOF first (their bytes
+     * were sent before the close, from the application's point of view) */
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        bool busy = false;
+        for (size_t i = 0; i < s->streams.cap && !busy; i++) {
+            lc_stream *st = s->streams.slots[i].val;
+            busy = st != NULL && st != LC_MAP_TOMB && st->kind == ST_BYTES && st->out_open &&
+                   st->fdw != NULL;
+        }
+        pthread_mutex_unlock(&s->mu);
+        if (!busy || atomic_load(&s->dead))
+            break;
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (timeout_ms >= 0 &&
+            (now.tv_sec > dl.tv_sec || (now.tv_sec == dl.tv_sec && now.tv_nsec >= dl.tv_nsec))) {
+            rc = LC_ETIMEDOUT;
+            break;
+        }
+        struct timespec nap = { 0, 2000000 }; /* the engine pumps them; look again soon */
+        nanosleep(&nap, NULL);
+    }
+    /* GOAWAY after the streams' last bytes: spdystream ends its streams
+     * when it reads one */
+    ctl_arg g = { last, LC_SPDY_GOAWAY_OK };
+    send_control(s, ctl_goaway, &g);
     pthread_mutex_lock(&s->wmu);
     s->flush_waiters++;
     while (!s->dead && (pending_out(s) > 0 || s->writing)) {
@@ -2364,9 +2398,31 @@ LC_API int lc_session_close(lc_session *s, int64_t timeout_ms)
             pthread_cond_wait(&s->flushed, &s->wmu);
         }
     }
-    s->flush_waiters--;
     if (rc == 0 && s->dead && pending_out(s) > 0)
         rc = atomic_load(&s->err) ? atomic_load(&s->err) : LC_ESESSION;
+    /* Half-close, then let the peer finish and hang up (the reader sees its
+     * EOF and ends the session): closing outright with unread bytes in our
+     * receive buffer would make the kernel reset the connection, and the
+     * peer would lose what it had not read yet. */
+    if (rc == 0 && !s->dead && s->conn != NULL) {
+        lc__conn_shutdown_write(s->conn);
+        while (!s->dead) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if (timeout_ms >= 0 &&
+                (now.tv_sec > dl.tv_sec || (now.tv_sec == dl.tv_sec && now.tv_nsec >= dl.tv_nsec)))
+                break; /* everything was written: a slow hang-up is not an error */
+            struct timespec rt;
+            clock_gettime(CLOCK_REALTIME, &rt);
+            rt.tv_nsec += 10000000;
+            if (rt.tv_nsec >= 1000000000) {
+                rt.tv_sec++;
+                rt.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&s->flushed, &s->wmu, &rt); /* session_fail signals it */
+        }
+    }
+    s->flush_waiters--;
     pthread_mutex_unlock(&s->wmu);
     session_fail(s, LC_ESESSION);
     return rc;

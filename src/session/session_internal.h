@@ -45,7 +45,9 @@ typedef struct lc_stream {
     bool ours;            /* we opened it */
     bool in_table;        /* s->streams holds a reference */
     bool claimed;         /* a peer sub-stream already named by a message */
-    bool local_fin, remote_fin, reset;
+    _Atomic bool local_fin; /* written under wmu (senders) or mu (reader): atomic */
+    bool remote_fin;
+    _Atomic bool reset;
     bool send_fin;        /* a FIN to send once the lock is dropped */
     bool remote_fin_pending; /* close the local channel after delivering what is queued */
     int end_err;          /* ... with this error instead of end-of-channel (bad input) */

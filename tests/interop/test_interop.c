@@ -1,0 +1,1303 @@
+/*
+ * test_interop.c - C sessions against a Go libchan peer (tests/gopeer: the
+ * libchan protocol on spdystream, as docker/libchan speaks it), both as real
+ * processes over TCP and unix sockets.
+ *
+ *   test_interop CASE GOPEER    runs one case (cmocka test name); GOPEER is
+ *                               the gopeer binary, or NONE (no Go: exit 77)
+ *
+ * Each case starts gopeer with posix_spawn, its stdout on a pipe (the
+ * LISTENING / REPLY / STREAM / COUNT / ERROR lines of tests/gopeer/README.md)
+ * and its stderr collected by a thread (one line per event: printed when a
+ * case fails, grepped for "peer did not ..." complaints, waited for). No
+ * fixed ports (port 0, the LISTENING line says which), no sleeps; a per-case
+ * deadline kills gopeer before failing (SIGQUIT first when it does not exit:
+ * its goroutine stacks are printed), the teardown kills and reaps it after a
+ * failed assertion; fd counts are compared before/after each case.
+ *
+ * A case that exposes a library bug runs only with LC_RUN_KNOWN_BUGS=1; in
+ * TSan builds the known data races are suppressed (tsan-known-bugs.supp)
+ * unless LC_RUN_KNOWN_BUGS=1.
+ * LC_INTEROP_VERBOSE=1 prints gopeer's stdout and stderr after every case;
+ * LC_INTEROP_RECORD=DIR puts `gopeer relay` between the two sides and
+ * records DIR/CASE.c2s and .s2c (client to server and back; read them with
+ * `gopeer dump`).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "codec/codec.h"
+#include "engine/engine.h"
+#include "libchan.h"
+#include "session/session_internal.h"
+#include "spdy/spdy.h"
+#include "testutil.h"
+
+extern char **environ;
+
+#if defined(__SANITIZE_THREAD__)
+#define IP_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define IP_TSAN 1
+#endif
+#endif
+
+static const char *gopeer_bin; /* argv[2] */
+
+#define IO_TIMEOUT_MS 10000 /* one step (a line, a message, a read) */
+
+/* A case that exposes a library bug runs only with LC_RUN_KNOWN_BUGS=1. */
+#define IP_KNOWN_BUG(why)                                                          \
+    do {                                                                           \
+        const char *kb_ = getenv("LC_RUN_KNOWN_BUGS");                             \
+        if (kb_ == NULL || strcmp(kb_, "1") != 0) {                                \
+            printf("SKIP: known bug: %s (run with LC_RUN_KNOWN_BUGS=1)\n", (why)); \
+            fflush(stdout);                                                        \
+            skip();                                                                \
+        }                                                                          \
+    } while (0)
+
+/* ---- the gopeer process --------------------------------------------------------- */
+
+typedef struct gp_proc {
+    pid_t pid;    /* 0 once reaped */
+    int out;      /* read end of its stdout */
+    int err;      /* read end of its stderr (the collector thread reads it) */
+    bool eof;     /* stdout reached EOF */
+    pthread_t err_thread;
+    pthread_mutex_t err_mu;
+    pthread_cond_t err_cond; /* signalled when errlog grows or ends */
+    char *errlog; /* err_mu: every stderr byte so far, NUL-terminated */
+    size_t errlog_len;
+    bool err_eof; /* err_mu */
+    bool collecting; /* err_thread runs */
+    char line[512];
+    char outlog[8192]; /* every stdout line read so far */
+    size_t outlog_len;
+} gp_proc;
+
+/* The running gopeer processes (a server and, when recording, its relay), for
+ * the deadline handler and the teardown. */
+#define GP_MAX 2
+static gp_proc *volatile gp_running[GP_MAX];
+static volatile pid_t gp_running_pid[GP_MAX];
+static gp_proc gp_relay; /* LC_INTEROP_RECORD: the relay in front of the server */
+
+static void ip_deadline_hit(int sig)
+{
+    (void)sig;
+    for (int i = 0; i < GP_MAX; i++)
+        if (gp_running_pid[i] > 0)
+            kill(gp_running_pid[i], SIGKILL);
+    static const char a[] = "\nDEADLINE EXCEEDED in interop case: ";
+    ssize_t w = write(2, a, sizeof a - 1);
+    w = write(2, lc_test_current, strlen(lc_test_current));
+    w = write(2, " (gopeer killed)\n", 17);
+    (void)w;
+    _exit(3);
+}
+
+/* Arms the case's deadline: on expiry gopeer is killed and the process exits 3. */
+static void ip_deadline(const char *name, unsigned seconds)
+{
+    lc_test_current = name;
+    signal(SIGALRM, ip_deadline_hit);
+    alarm(seconds);
+}
+#define IP_DEADLINE(s) ip_deadline(__func__, (s))
+
+/* Starts gopeer with argv[1..] = args (NULL-terminated), our environment plus
+ * extra_env ("NAME=value", may be NULL). */
+static void *gp_err_collect(void *x)
+{
+    gp_proc *p = x;
+    char buf[4096];
+    for (;;) {
+        ssize_t n = read(p->err, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        pthread_mutex_lock(&p->err_mu);
+        if (n <= 0) {
+            p->err_eof = true;
+        } else {
+            char *g = realloc(p->errlog, p->errlog_len + (size_t)n + 1);
+            if (g != NULL) {
+                memcpy(g + p->errlog_len, buf, (size_t)n);
+                p->errlog = g;
+                p->errlog_len += (size_t)n;
+                p->errlog[p->errlog_len] = '\0';
+            }
+        }
+        pthread_cond_broadcast(&p->err_cond);
+        bool end = p->err_eof;
+        pthread_mutex_unlock(&p->err_mu);
+        if (end)
+            return NULL;
+    }
+}
+
+static void gp_start_env(gp_proc *p, const char *const *args, const char *extra_env)
+{
+    memset(p, 0, sizeof *p);
+    int pf[2], ef[2];
+    assert_int_equal(pipe2(pf, O_CLOEXEC), 0);
+    assert_int_equal(pipe2(ef, O_CLOEXEC), 0);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, pf[1], 1); /* dup2 clears CLOEXEC */
+    posix_spawn_file_actions_adddup2(&fa, ef[1], 2);
+    const char *argv[16] = { gopeer_bin };
+    size_t n = 1;
+    while (args[n - 1] != NULL && n < 15) {
+        argv[n] = args[n - 1];
+        n++;
+    }
+    argv[n] = NULL;
+    char **env = environ;
+    size_t ne = 0;
+    while (environ[ne] != NULL)
+        ne++;
+    if (extra_env != NULL) {
+        env = calloc(ne + 2, sizeof *env);
+        memcpy(env, environ, ne * sizeof *env);
+        env[ne] = (char *)extra_env;
+    }
+    int rc = posix_spawn(&p->pid, gopeer_bin, &fa, NULL, (char *const *)argv, env);
+    if (env != environ)
+        free(env);
+    posix_spawn_file_actions_destroy(&fa);
+    close(pf[1]);
+    close(ef[1]);
+    p->out = pf[0];
+    p->err = ef[0];
+    pthread_mutex_init(&p->err_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&p->err_cond, &ca);
+    pthread_condattr_destroy(&ca);
+    p->errlog = strdup("");
+    if (rc != 0) {
+        p->pid = 0;
+        p->err_eof = true;
+        fail_msg("posix_spawn %s: %s", gopeer_bin, strerror(rc));
+    }
+    assert_int_equal(pthread_create(&p->err_thread, NULL, gp_err_collect, p), 0);
+    p->collecting = true;
+    for (int i = 0; i < GP_MAX; i++)
+        if (gp_running[i] == NULL) {
+            gp_running[i] = p;
+            gp_running_pid[i] = p->pid;
+            break;
+        }
+}
+
+static void gp_start(gp_proc *p, const char *const *args)
+{
+    gp_start_env(p, args, NULL);
+}
+
+/* The next stdout line (without the newline), or NULL at EOF / after timeout_ms. */
+static const char *gp_line(gp_proc *p, int timeout_ms)
+{
+    size_t n = 0;
+    int64_t end = lc_test_now_us() + (int64_t)timeout_ms * 1000;
+    for (;;) {
+        int64_t left = (end - lc_test_now_us()) / 1000;
+        struct pollfd pfd = { p->out, POLLIN, 0 };
+        if (left <= 0 || poll(&pfd, 1, (int)left) != 1)
+            return NULL;
+        char c;
+        ssize_t r = read(p->out, &c, 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r != 1) {
+            p->eof = true;
+            return NULL;
+        }
+        if (c == '\n')
+            break;
+        if (n + 1 < sizeof p->line)
+            p->line[n++] = c;
+    }
+    p->line[n] = '\0';
+    if (p->outlog_len + n + 2 < sizeof p->outlog) {
+        memcpy(p->outlog + p->outlog_len, p->line, n);
+        p->outlog_len += n;
+        p->outlog[p->outlog_len++] = '\n';
+        p->outlog[p->outlog_len] = '\0';
+    }
+    return p->line;
+}
+
+/* gopeer's stderr so far, NUL-terminated (malloc'ed). */
+static char *gp_stderr(gp_proc *p)
+{
+    pthread_mutex_lock(&p->err_mu);
+    char *s = strdup(p->errlog);
+    pthread_mutex_unlock(&p->err_mu);
+    return s;
+}
+
+/* Waits until gopeer's stderr contains text (NULL: until it ends); false
+ * after timeout_ms or when stderr ended without it. */
+static bool gp_wait_stderr(gp_proc *p, const char *text, int timeout_ms)
+{
+    struct timespec dl;
+    clock_gettime(CLOCK_MONOTONIC, &dl);
+    dl.tv_sec += timeout_ms / 1000;
+    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+    if (dl.tv_nsec >= 1000000000) {
+        dl.tv_sec++;
+        dl.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&p->err_mu);
+    bool found;
+    while (!(found = text != NULL && strstr(p->errlog, text) != NULL) && !p->err_eof)
+        if (pthread_cond_timedwait(&p->err_cond, &p->err_mu, &dl) == ETIMEDOUT)
+            break;
+    found = text == NULL ? p->err_eof : strstr(p->errlog, text) != NULL;
+    pthread_mutex_unlock(&p->err_mu);
+    return found;
+}
+
+static void gp_dump(gp_proc *p, const char *why)
+{
+    char *e = gp_stderr(p);
+    fprintf(stderr, "---- gopeer (%s): stdout so far ----\n%s---- gopeer stderr ----\n%s----\n", why, p->outlog,
+            e);
+    free(e);
+}
+
+/* Reads the rest of stdout (lines are kept in outlog) until EOF, then reaps
+ * gopeer. Returns its wait status; on timeout kills it and fails. */
+static int gp_wait(gp_proc *p, int timeout_ms)
+{
+    int64_t end = lc_test_now_us() + (int64_t)timeout_ms * 1000;
+    while (!p->eof) {
+        int64_t left = (end - lc_test_now_us()) / 1000;
+        if (gp_line(p, left > 0 ? (int)left : 0) == NULL && !p->eof) {
+            /* SIGQUIT: the Go runtime prints every goroutine's stack and exits */
+            kill(p->pid, SIGQUIT);
+            gp_wait_stderr(p, NULL, 3000); /* until stderr ends */
+            gp_dump(p, "did not exit; goroutines after SIGQUIT");
+            fail_msg("gopeer did not exit within %d ms", timeout_ms);
+        }
+    }
+    int st = 0;
+    pid_t w;
+    do
+        w = waitpid(p->pid, &st, 0);
+    while (w < 0 && errno == EINTR);
+    assert_int_equal(w, p->pid);
+    for (int i = 0; i < GP_MAX; i++)
+        if (gp_running[i] == p)
+            gp_running_pid[i] = 0;
+    p->pid = 0;
+    gp_wait_stderr(p, NULL, IO_TIMEOUT_MS); /* all of its stderr, for the checks after */
+    return st;
+}
+
+/* Kills gopeer if it still runs, reaps it, closes our fds. Safe to call twice. */
+static void gp_finish(gp_proc *p)
+{
+    if (p->pid > 0) {
+        kill(p->pid, SIGKILL);
+        while (waitpid(p->pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        p->pid = 0;
+    }
+    if (p->err >= 0) {
+        /* gopeer is gone: its stderr ends, the collector returns */
+        if (p->collecting)
+            pthread_join(p->err_thread, NULL);
+        p->collecting = false;
+        const char *v = getenv("LC_INTEROP_VERBOSE");
+        if (v != NULL && strcmp(v, "1") == 0)
+            gp_dump(p, "LC_INTEROP_VERBOSE=1");
+        close(p->err);
+        pthread_mutex_destroy(&p->err_mu);
+        pthread_cond_destroy(&p->err_cond);
+        free(p->errlog);
+        p->errlog = NULL;
+    }
+    if (p->out >= 0)
+        close(p->out);
+    p->out = p->err = -1;
+    for (int i = 0; i < GP_MAX; i++)
+        if (gp_running[i] == p) {
+            gp_running[i] = NULL;
+            gp_running_pid[i] = 0;
+        }
+    if (p != &gp_relay && gp_relay.pid > 0) {
+        /* the relay ends once both directions have: the server is gone and
+         * so is our session */
+        int st = gp_wait(&gp_relay, IO_TIMEOUT_MS);
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            gp_dump(&gp_relay, "relay exit");
+        gp_finish(&gp_relay);
+    }
+}
+
+/* Waits for exit status 0; dumps gopeer's output otherwise. */
+static void gp_expect_exit0(gp_proc *p)
+{
+    int st = gp_wait(p, IO_TIMEOUT_MS);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        gp_dump(p, "bad exit");
+        fail_msg("gopeer exit status %d (signal %d)", WIFEXITED(st) ? WEXITSTATUS(st) : -1,
+                 WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+    }
+    if (strstr(p->outlog, "ERROR") != NULL) {
+        gp_dump(p, "ERROR line");
+        fail_msg("gopeer printed an ERROR line");
+    }
+}
+
+/* With LC_INTEROP_RECORD=DIR, starts `gopeer relay` in front of url (a
+ * listener, ours or gopeer's) recording DIR/CASE.c2s and .s2c, and replaces url
+ * with the relay's. */
+static void gp_maybe_relay(char *url, size_t len)
+{
+    const char *dir = getenv("LC_INTEROP_RECORD");
+    if (dir == NULL || *dir == '\0')
+        return;
+    char c2s[512], s2c[512], target[256];
+    snprintf(c2s, sizeof c2s, "%s/%s.c2s", dir, lc_test_current);
+    snprintf(s2c, sizeof s2c, "%s/%s.s2c", dir, lc_test_current);
+    snprintf(target, sizeof target, "%s", url);
+    const char *rargs[] = { "relay", "tcp://127.0.0.1:0", target, c2s, s2c, NULL };
+    gp_start(&gp_relay, rargs);
+    const char *l = gp_line(&gp_relay, IO_TIMEOUT_MS);
+    if (l == NULL || strncmp(l, "LISTENING ", 10) != 0) {
+        gp_dump(&gp_relay, "relay: no LISTENING line");
+        fail_msg("gopeer relay: no LISTENING line");
+    }
+    snprintf(url, len, "%s", l + 10);
+}
+
+/* Starts `gopeer serve URL MODE --once` (extra_env as in gp_start_env) and
+ * returns the URL it listens on. */
+static void gp_serve_env(gp_proc *p, const char *url, const char *mode, char *bound, size_t len,
+                         const char *extra_env)
+{
+    const char *args[] = { "serve", url, mode, "--once", NULL };
+    gp_start_env(p, args, extra_env);
+    const char *l = gp_line(p, IO_TIMEOUT_MS);
+    if (l == NULL || strncmp(l, "LISTENING ", 10) != 0) {
+        gp_dump(p, "no LISTENING line");
+        fail_msg("gopeer serve: no LISTENING line");
+    }
+    snprintf(bound, len, "%s", l + 10);
+    gp_maybe_relay(bound, len);
+}
+
+static void gp_serve(gp_proc *p, const char *url, const char *mode, char *bound, size_t len)
+{
+    gp_serve_env(p, url, mode, bound, len, NULL);
+}
+
+/* Expects the next stdout line to be exactly want. */
+static void gp_expect_line(gp_proc *p, const char *want)
+{
+    const char *l = gp_line(p, IO_TIMEOUT_MS);
+    if (l == NULL || strcmp(l, want) != 0) {
+        gp_dump(p, "unexpected line");
+        fail_msg("gopeer stdout: want \"%s\", got %s%s%s", want, l ? "\"" : "", l ? l : "(EOF/timeout)",
+                 l ? "\"" : "");
+    }
+}
+
+/* Fails when gopeer complained that we skipped a half-close or a close. */
+static void gp_expect_no_complaint(gp_proc *p)
+{
+    char *e = gp_stderr(p);
+    bool bad = strstr(e, "did not half-close") != NULL || strstr(e, "did not close") != NULL;
+    if (bad)
+        fprintf(stderr, "---- gopeer stderr ----\n%s----\n", e);
+    free(e);
+    if (bad)
+        fail_msg("gopeer: the C side did not half-close / close like a Go peer (see stderr)");
+}
+
+static char unix_path_buf[128];
+static const char *unix_url(void)
+{
+    static int seq;
+    snprintf(unix_path_buf, sizeof unix_path_buf, "unix:///tmp/lc-interop-%d-%d.sock", (int)getpid(), ++seq);
+    return unix_path_buf;
+}
+
+/* ---- setup / teardown ----------------------------------------------------------- */
+
+static int ip_fds_before;
+
+static int ip_setup(void **state)
+{
+    (void)state;
+    ip_deadline("(interop case)", 30);
+    ip_fds_before = lc_test_count_fds();
+    return 0;
+}
+
+static int ip_teardown(void **state)
+{
+    (void)state;
+    alarm(0);
+    for (int i = 0; i < GP_MAX; i++) /* a failed assertion left gopeer running */
+        if (gp_running[i] != NULL)
+            gp_finish(gp_running[i]); /* kills it first */
+    int after = lc_test_count_fds();
+    if (after != ip_fds_before) {
+        fprintf(stderr, "fd leak: %d open before the case, %d after\n", ip_fds_before, after);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- byte helpers --------------------------------------------------------------- */
+
+static int write_all(int fd, const void *buf, size_t n)
+{
+    const char *c = buf;
+    while (n > 0) {
+        ssize_t w = write(fd, c, n);
+        if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
+            struct pollfd pf = { fd, POLLOUT, 0 };
+            if (poll(&pf, 1, IO_TIMEOUT_MS) != 1)
+                return -1;
+            continue;
+        }
+        if (w <= 0)
+            return -1;
+        c += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Reads fd to EOF into buf (at most cap bytes); -1 on error or timeout. */
+static ssize_t read_to_eof(int fd, char *buf, size_t cap)
+{
+    size_t have = 0;
+    for (;;) {
+        struct pollfd p = { fd, POLLIN, 0 };
+        if (poll(&p, 1, IO_TIMEOUT_MS) != 1)
+            return -1;
+        ssize_t n = read(fd, buf + have, cap - have);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        if (n < 0)
+            return -1;
+        if (n == 0)
+            return (ssize_t)have;
+        have += (size_t)n;
+        if (have == cap)
+            return (ssize_t)have;
+    }
+}
+
+/* Checks that a map's keys are exactly keys[0..n) in that order. */
+static void expect_keys(lc_msg *m, const char *const *keys, size_t n)
+{
+    lc_value *root = lc_msg_root(m);
+    assert_int_equal(lc_value_type(root), LC_MAP);
+    assert_int_equal(lc_value_len(root), n);
+    for (size_t i = 0; i < n; i++) {
+        lc_value *k = lc_map_key(root, i);
+        assert_int_equal(lc_value_type(k), LC_STRING);
+        assert_string_equal(lc_value_string(k, NULL), keys[i]);
+    }
+}
+
+/* ---- 1. C client -> gopeer serve --echo --once --------------------------------------- */
+
+static void run_c_client_echo(const char *listen_url)
+{
+    gp_proc g;
+    char url[256];
+    gp_serve(&g, listen_url, "--echo", url, sizeof url);
+
+    lc_error err = { 0 };
+    lc_session *c;
+    int rc = lc_dial(url, NULL, &c, &err);
+    if (rc != 0)
+        fail_msg("lc_dial(%s): %s %s", url, lc_strerror(rc), err.text);
+    lc_sender *req;
+    assert_int_equal(lc_session_sender(c, &req), 0);
+    lc_receiver *rr;
+    lc_sender *rs;
+    assert_int_equal(lc_pipe(&rr, &rs, 1), 0);
+    int sp[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
+
+    /* exactly the go-echo request: Value, Data, Ret, Stream */
+    lc_msg *m = lc_msg_new();
+    lc_value *map = lc_new_map(m);
+    assert_int_equal(lc_map_set(m, map, "Value", lc_new_int(m, 42)), 0);
+    assert_int_equal(lc_map_set(m, map, "Data", lc_new_string(m, "hello")), 0);
+    assert_int_equal(lc_map_set(m, map, "Ret", lc_new_sender(m, rs)), 0);
+    assert_int_equal(lc_map_set(m, map, "Stream", lc_new_stream(m, sp[1], LC_STREAM_DUPLEX)), 0);
+    assert_int_equal(lc_msg_set_root(m, map), 0);
+    assert_int_equal(lc_send(req, m, IO_TIMEOUT_MS), 0);
+    assert_int_equal(write_all(sp[0], "stream-bytes", 12), 0);
+    assert_int_equal(shutdown(sp[0], SHUT_WR), 0);
+
+    lc_msg *rep;
+    rc = lc_recv(rr, &rep, IO_TIMEOUT_MS);
+    if (rc != 0) {
+        gp_dump(&g, "no reply");
+        fail_msg("reply: %s", lc_strerror(rc));
+    }
+    static const char *const want_keys[] = { "Echo", "Data" };
+    expect_keys(rep, want_keys, 2);
+    int64_t echo;
+    const char *data;
+    assert_int_equal(lc_unpack(rep, "{s:I, s:s}", "Echo", &echo, "Data", &data), 0);
+    assert_int_equal(echo, 42);
+    assert_string_equal(data, "hello");
+    lc_msg_free(rep);
+    assert_int_equal(lc_recv(rr, &rep, IO_TIMEOUT_MS), LC_EOF); /* Go closed Ret */
+
+    char buf[64];
+    ssize_t n = read_to_eof(sp[0], buf, sizeof buf);
+    if (n != 12) {
+        gp_dump(&g, "stream");
+        fail_msg("echoed stream: %zd bytes", n);
+    }
+    assert_memory_equal(buf, "stream-bytes", 12);
+    close(sp[0]);
+
+    assert_int_equal(lc_close(req), 0);
+    lc_sender_release(req);
+    lc_receiver_release(rr);
+    assert_int_equal(lc_session_close(c, IO_TIMEOUT_MS), 0);
+    lc_session_free(c);
+    gp_expect_exit0(&g);
+    gp_finish(&g);
+}
+
+static void c_client_echo_tcp(void **st)
+{
+    IP_DEADLINE(30);
+    run_c_client_echo("tcp://127.0.0.1:0");
+}
+
+static void c_client_echo_unix(void **st)
+{
+    IP_DEADLINE(30);
+    const char *u = unix_url();
+    run_c_client_echo(u);
+    unlink(u + 7); /* gopeer --once exits without removing its socket file */
+}
+
+/* ---- C server side helpers ------------------------------------------------------- */
+
+/* Listens on tcp://127.0.0.1:0 and starts `gopeer dial URL args...`. */
+static void c_server_start(gp_proc *g, lc_listener **l, const char *const *dial_args)
+{
+    lc_error err = { 0 };
+    assert_int_equal(lc_listen("tcp://127.0.0.1:0", NULL, l, &err), 0);
+    char url[256];
+    assert_int_equal(lc_listener_url(*l, url, sizeof url), 0);
+    gp_maybe_relay(url, sizeof url);
+    const char *args[8] = { "dial", url };
+    size_t n = 2;
+    for (size_t i = 0; dial_args[i] != NULL && n < 7; i++)
+        args[n++] = dial_args[i];
+    args[n] = NULL;
+    gp_start(g, args);
+}
+
+/* After the Go client is done with its channels: it half-closes the carrier and
+ * waits for us to close it. The session ends (LC_ESESSION) on the carrier's EOF;
+ * then we close our side. */
+static void c_server_finish(gp_proc *g, lc_session *sv, lc_listener *l)
+{
+    lc_receiver *r;
+    int rc = lc_session_receiver(sv, &r, IO_TIMEOUT_MS);
+    if (rc != LC_ESESSION) {
+        gp_dump(g, "session did not end");
+        if (rc == 0)
+            lc_receiver_release(r);
+        fail_msg("after the Go client finished, lc_session_receiver returned %s (want LC_ESESSION)",
+                 lc_strerror(rc));
+    }
+    lc_session_close(sv, IO_TIMEOUT_MS); /* the carrier is gone: its result is not the point */
+    lc_session_free(sv);
+    lc_listener_close(l);
+}
+
+/* ---- 2. gopeer dial --request-echo -> C server ------------------------------------- */
+
+static void go_client_echo(void **st)
+{
+    IP_DEADLINE(30);
+    gp_proc g;
+    lc_listener *l;
+    const char *dargs[] = { "--request-echo", NULL };
+    c_server_start(&g, &l, dargs);
+    lc_session *sv;
+    assert_int_equal(lc_accept(l, &sv, IO_TIMEOUT_MS), 0);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(sv, &r, IO_TIMEOUT_MS), 0);
+    lc_msg *m;
+    int rc = lc_recv(r, &m, IO_TIMEOUT_MS);
+    if (rc != 0) {
+        gp_dump(&g, "no request");
+        fail_msg("request: %s", lc_strerror(rc));
+    }
+    static const char *const want_keys[] = { "Value", "Data", "Ret", "Stream" };
+    expect_keys(m, want_keys, 4);
+    assert_int_equal(lc_value_stream_mode(lc_map_get(lc_msg_root(m), "Stream")), LC_STREAM_DUPLEX);
+    int64_t value;
+    const char *data;
+    lc_sender *ret;
+    int stream;
+    assert_int_equal(lc_unpack(m, "{s:I, s:s, s:S, s:F}", "Value", &value, "Data", &data, "Ret", &ret, "Stream",
+                               &stream),
+                     0);
+    assert_int_equal(value, 42);
+    assert_string_equal(data, "hello");
+    /* like the Go echo server: reply on Ret, close Ret */
+    lc_msg *rep = lc_pack("{s:I, s:s}", "Echo", value, "Data", data);
+    assert_int_equal(lc_send(ret, rep, IO_TIMEOUT_MS), 0);
+    assert_int_equal(lc_close(ret), 0);
+    lc_sender_release(ret);
+    lc_msg_free(m);
+    /* echo the stream's bytes as they come; at EOF close our side */
+    char buf[4096];
+    size_t total = 0;
+    for (;;) {
+        struct pollfd p = { stream, POLLIN, 0 };
+        assert_int_equal(poll(&p, 1, IO_TIMEOUT_MS), 1);
+        ssize_t n = read(stream, buf, sizeof buf);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        assert_true(n >= 0);
+        if (n == 0)
+            break;
+        total += (size_t)n;
+        assert_int_equal(write_all(stream, buf, (size_t)n), 0);
+    }
+    assert_int_equal(total, 12);
+    close(stream);
+    /* the Go client closed its channel after the request */
+    assert_int_equal(lc_recv(r, &m, IO_TIMEOUT_MS), LC_EOF);
+    lc_receiver_release(r);
+
+    gp_expect_line(&g, "REPLY {\"Echo\":42,\"Data\":\"hello\"}");
+    gp_expect_line(&g, "STREAM stream-bytes");
+    c_server_finish(&g, sv, l);
+    gp_expect_exit0(&g);
+    gp_expect_no_complaint(&g);
+    gp_finish(&g);
+}
+
+/* ---- 3. one-way, both directions --------------------------------------------------- */
+
+#define ONEWAY_N 10000
+
+static void go_oneway_to_c(void **st)
+{
+    IP_DEADLINE(30);
+    gp_proc g;
+    lc_listener *l;
+    const char *dargs[] = { "--oneway", "10000", NULL };
+    c_server_start(&g, &l, dargs);
+    lc_session *sv;
+    assert_int_equal(lc_accept(l, &sv, IO_TIMEOUT_MS), 0);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(sv, &r, IO_TIMEOUT_MS), 0);
+    for (int i = 0; i < ONEWAY_N; i++) {
+        lc_msg *m;
+        int rc = lc_recv(r, &m, IO_TIMEOUT_MS);
+        if (rc != 0) {
+            gp_dump(&g, "oneway");
+            fail_msg("message %d: %s", i, lc_strerror(rc));
+        }
+        int64_t v = -1;
+        assert_int_equal(lc_unpack(m, "{s:I}", "Value", &v), 0);
+        assert_int_equal(lc_value_len(lc_msg_root(m)), 1);
+        if (v != i)
+            fail_msg("message %d: Value %lld", i, (long long)v);
+        lc_msg_free(m);
+    }
+    lc_msg *m;
+    assert_int_equal(lc_recv(r, &m, IO_TIMEOUT_MS), LC_EOF);
+    lc_receiver_release(r);
+    c_server_finish(&g, sv, l);
+    gp_expect_exit0(&g);
+    gp_expect_no_complaint(&g);
+    gp_finish(&g);
+}
+
+static void c_oneway_to_go(void **st)
+{
+    IP_DEADLINE(30);
+    gp_proc g;
+    char url[256];
+    gp_serve(&g, "tcp://127.0.0.1:0", "--count", url, sizeof url);
+    lc_error err = { 0 };
+    lc_session *c;
+    assert_int_equal(lc_dial(url, NULL, &c, &err), 0);
+    lc_sender *s;
+    assert_int_equal(lc_session_sender(c, &s), 0);
+    for (int i = 0; i < ONEWAY_N; i++) {
+        lc_msg *m = lc_pack("{s:i}", "Value", i);
+        int rc = lc_send(s, m, IO_TIMEOUT_MS);
+        if (rc != 0) {
+            lc_msg_free(m);
+            gp_dump(&g, "oneway");
+            fail_msg("send %d: %s", i, lc_strerror(rc));
+        }
+    }
+    assert_int_equal(lc_close(s), 0);
+    gp_expect_line(&g, "COUNT 10000");
+    lc_sender_release(s);
+    assert_int_equal(lc_session_close(c, IO_TIMEOUT_MS), 0);
+    lc_session_free(c);
+    gp_expect_exit0(&g);
+    gp_finish(&g);
+}
+
+/* ---- 4. a C Receiver travels to Go --------------------------------------------------- */
+
+/* {"Value":7,"Ret":<Sender>,"Events":<Receiver>}: gopeer replies {"Echo":7} on
+ * Ret, then passes every message of Events on to Ret, then closes Ret. */
+static void c_receiver_to_go(void **st)
+{
+    IP_DEADLINE(30);
+    gp_proc g;
+    char url[256];
+    gp_serve(&g, "tcp://127.0.0.1:0", "--echo", url, sizeof url);
+    lc_error err = { 0 };
+    lc_session *c;
+    assert_int_equal(lc_dial(url, NULL, &c, &err), 0);
+    lc_sender *req;
+    assert_int_equal(lc_session_sender(c, &req), 0);
+    lc_receiver *rr, *er;
+    lc_sender *rs, *es;
+    assert_int_equal(lc_pipe(&rr, &rs, 1), 0);
+    assert_int_equal(lc_pipe(&er, &es, 0), 0);
+    lc_msg *m = lc_pack("{s:i, s:S, s:R}", "Value", 7, "Ret", rs, "Events", er);
+    assert_non_null(m);
+    assert_int_equal(lc_send(req, m, IO_TIMEOUT_MS), 0);
+    /* messages sent on our end of Events reach Go, which sends them back on Ret */
+    for (int i = 0; i < 5; i++) {
+        lc_msg *e = lc_pack("{s:i, s:s}", "N", i, "Tag", "event");
+        int rc = lc_send(es, e, IO_TIMEOUT_MS);
+        if (rc != 0) {
+            lc_msg_free(e);
+            gp_dump(&g, "events");
+            fail_msg("event %d: %s", i, lc_strerror(rc));
+        }
+    }
+    assert_int_equal(lc_close(es), 0);
+    lc_sender_release(es);
+
+    lc_msg *rep;
+    int rc = lc_recv(rr, &rep, IO_TIMEOUT_MS);
+    if (rc != 0) {
+        gp_dump(&g, "no reply");
+        fail_msg("reply: %s", lc_strerror(rc));
+    }
+    int64_t echo = 0;
+    assert_int_equal(lc_unpack(rep, "{s:I}", "Echo", &echo), 0);
+    assert_int_equal(lc_value_len(lc_msg_root(rep)), 1);
+    assert_int_equal(echo, 7);
+    lc_msg_free(rep);
+    for (int i = 0; i < 5; i++) {
+        rc = lc_recv(rr, &rep, IO_TIMEOUT_MS);
+        if (rc != 0) {
+            gp_dump(&g, "passed-on event");
+            fail_msg("passed-on event %d: %s", i, lc_strerror(rc));
+        }
+        int64_t nv = -1;
+        const char *tag;
+        assert_int_equal(lc_unpack(rep, "{s:I, s:s}", "N", &nv, "Tag", &tag), 0);
+        assert_int_equal(nv, i);
+        assert_string_equal(tag, "event");
+        lc_msg_free(rep);
+    }
+    assert_int_equal(lc_recv(rr, &rep, IO_TIMEOUT_MS), LC_EOF);
+    lc_receiver_release(rr);
+    assert_int_equal(lc_close(req), 0);
+    lc_sender_release(req);
+    assert_int_equal(lc_session_close(c, IO_TIMEOUT_MS), 0);
+    lc_session_free(c);
+    gp_expect_exit0(&g);
+    gp_finish(&g);
+}
+
+/* ---- ext 2 / ext 3 byte streams to Go ------------------------------------------------ */
+
+/* {"Value":1,"Ret":S,"In":ext 3}: Go drains In (we write 64 KiB and EOF)
+ * and replies. (ext 2 is c_out_stream_early_fin: a known bug.) */
+static void c_stream_modes_to_go(void **st)
+{
+    IP_DEADLINE(30);
+    gp_proc g;
+    char url[256];
+    gp_serve(&g, "tcp://127.0.0.1:0", "--echo", url, sizeof url);
+    lc_error err = { 0 };
+    lc_session *c;
+    assert_int_equal(lc_dial(url, NULL, &c, &err), 0);
+    lc_sender *req;
+    assert_int_equal(lc_session_sender(c, &req), 0);
+    lc_receiver *rr;
+    lc_sender *rs;
+    assert_int_equal(lc_pipe(&rr, &rs, 1), 0);
+    int inp[2];
+    assert_int_equal(pipe2(inp, O_CLOEXEC), 0); /* we write inp[1] -> Go reads */
+    lc_msg *m = lc_msg_new();
+    lc_value *map = lc_new_map(m);
+    assert_int_equal(lc_map_set(m, map, "Value", lc_new_int(m, 1)), 0);
+    assert_int_equal(lc_map_set(m, map, "Ret", lc_new_sender(m, rs)), 0);
+    assert_int_equal(lc_map_set(m, map, "In", lc_new_stream(m, inp[0], LC_STREAM_READ)), 0);
+    assert_int_equal(lc_msg_set_root(m, map), 0);
+    assert_int_equal(lc_send(req, m, IO_TIMEOUT_MS), 0);
+
+    size_t n = 65536;
+    char *data = malloc(n);
+    memset(data, 'x', n);
+    assert_int_equal(write_all(inp[1], data, n), 0);
+    close(inp[1]);
+    free(data);
+
+    lc_msg *rep;
+    assert_int_equal(lc_recv(rr, &rep, IO_TIMEOUT_MS), 0);
+    int64_t echo = 0;
+    assert_int_equal(lc_unpack(rep, "{s:I}", "Echo", &echo), 0);
+    assert_int_equal(echo, 1);
+    lc_msg_free(rep);
+    assert_int_equal(lc_recv(rr, &rep, IO_TIMEOUT_MS), LC_EOF);
+    lc_receiver_release(rr);
+    /* Go logs this once it has read In to its end (FIN). Waited for: closing
+     * the session before our pump has sent the bytes would lose them (see
+     * c_stream_bytes_before_session_close) */
+    bool drained = gp_wait_stderr(&g, "read 65536 bytes (<nil>)", IO_TIMEOUT_MS);
+    if (!drained)
+        gp_dump(&g, "In not drained");
+    assert_true(drained);
+    assert_int_equal(lc_close(req), 0);
+    lc_sender_release(req);
+    assert_int_equal(lc_session_close(c, IO_TIMEOUT_MS), 0);
+    lc_session_free(c);
+    gp_expect_exit0(&g);
+    gp_finish(&g);
+}
+
+/* Known bug: an ext 2 stream (LC_STREAM_WRITE: the peer writes, we read)
+ * whose FIN the peer sends while the sending thread is still in bytes_start
+ * (it runs after send_msg_on flushed the message, writing st->fd, in_open,
+ * out_open and st->fdw without mu) may never get EOF: on_data's bytes_kick
+ * -> bytes_close on the engine thread races with it, and the fd is then
+ * never closed, even by lc_session_free. gopeer closes every Out stream as
+ * soon as it decodes the message. Up to 200 messages {"Value":i,"Out":ext 2}
+ * on one channel, each read to EOF (1 s each; stops at the third loss).
+ * Seen: 6-15 of 200 lost in every run before the working tree's bytes_kick
+ * after bytes_start; with it, 1-2 lost in ~40% of runs under ASan. */
+static void c_out_stream_early_fin(void **st)
+{
+    IP_DEADLINE(60);
+    gp_proc g;
+    char url[256];
+    gp_serve(&g, "tcp://127.0.0.1:0", "--echo", url, sizeof url);
+    lc_error err = { 0 };
+    lc_session *c;
+    assert_int_equal(lc_dial(url, NULL, &c, &err), 0);
+    lc_sender *req;
+    assert_int_equal(lc_session_sender(c, &req), 0);
+    int lost = 0, first_lost = -1;
+    for (int i = 0; i < 200; i++) {
+        int outp[2];
+        assert_int_equal(pipe2(outp, O_CLOEXEC), 0); /* Go writes -> we read outp[0] */
+        lc_msg *m = lc_msg_new();
+        lc_value *map = lc_new_map(m);
+        assert_int_equal(lc_map_set(m, map, "Value", lc_new_int(m, i)), 0);
+        assert_int_equal(lc_map_set(m, map, "Out", lc_new_stream(m, outp[1], LC_STREAM_WRITE)), 0);
+        assert_int_equal(lc_msg_set_root(m, map), 0);
+        assert_int_equal(lc_send(req, m, IO_TIMEOUT_MS), 0);
+        struct pollfd p = { outp[0], POLLIN, 0 };
+        char b;
+        if (poll(&p, 1, 1000) != 1 || read(outp[0], &b, 1) != 0) {
+            if (lost++ == 0)
+                first_lost = i;
+        }
+        close(outp[0]);
+        if (lost == 3)
+            break; /* enough to show it; each costs a second */
+    }
+    assert_int_equal(lc_close(req), 0);
+    lc_sender_release(req);
+    assert_int_equal(lc_session_close(c, IO_TIMEOUT_MS), 0);
+    lc_session_free(c);
+    gp_expect_exit0(&g);
+    gp_finish(&g);
+    if (lost)
+        fail_msg("%d Out streams never got EOF (first: message %d)", lost, first_lost);
+}
+
+/* Known gap: bytes written into a stream fd (and its EOF) just before
+ * lc_session_close are not flushed by it: the pump that copies fd -> DATA is
+ * cut off. {"Value":1,"In":ext 3 over a socketpair}; once gopeer has the
+ * message, 64 KiB and EOF go into our end and lc_session_close follows at
+ * once: gopeer must read all 65536 bytes. (spdystream reports carrier loss as
+ * a clean EOF, so a Go reader cannot even tell the stream was cut short.) */
+static void c_stream_bytes_before_session_close(void **st)
+{
+    IP_DEADLINE(30);
+    gp_proc g;
+    char url[256];
+    gp_serve(&g, "tcp://127.0.0.1:0", "--echo", url, sizeof url);
+    lc_error err = { 0 };
+    lc_session *c;
+    assert_int_equal(lc_dial(url, NULL, &c, &err), 0);
+    lc_sender *req;
+    assert_int_equal(lc_session_sender(c, &req), 0);
+    int sp[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
+    lc_msg *m = lc_msg_new();
+    lc_value *map = lc_new_map(m);
+    assert_int_equal(lc_map_set(m, map, "Value", lc_new_int(m, 1)), 0);
+    assert_int_equal(lc_map_set(m, map, "In", lc_new_stream(m, sp[1], LC_STREAM_READ)), 0);
+    assert_int_equal(lc_msg_set_root(m, map), 0);
+    assert_int_equal(lc_send(req, m, IO_TIMEOUT_MS), 0);
+    assert_int_equal(lc_close(req), 0);
+    lc_sender_release(req);
+    /* Go has the message, so its SYN_REPLYs are out (a SYN_REPLY that
+     * cannot be written makes spdystream block that stream's Close forever) */
+    assert_true(gp_wait_stderr(&g, "channel 2: message", IO_TIMEOUT_MS));
+    size_t n = 65536;
+    char *data = malloc(n);
+    memset(data, 'y', n);
+    assert_int_equal(write_all(sp[0], data, n), 0); /* fits the socket buffers */
+    free(data);
+    assert_int_equal(shutdown(sp[0], SHUT_WR), 0);
+    assert_int_equal(lc_session_close(c, IO_TIMEOUT_MS), 0);
+    lc_session_free(c);
+    close(sp[0]);
+    gp_expect_exit0(&g);
+    char *e = gp_stderr(&g);
+    bool all = strstr(e, "read 65536 bytes") != NULL;
+    if (!all)
+        fprintf(stderr, "---- gopeer stderr ----\n%s----\n", e);
+    free(e);
+    gp_finish(&g);
+    assert_true(all);
+}
+
+/* ---- big message, big stream ----------------------------------------------------------- */
+
+typedef struct pump_arg {
+    int fd;
+    const char *data;
+    size_t len;
+    int rc;
+} pump_arg;
+
+static void *writer(void *x)
+{
+    pump_arg *a = x;
+    a->rc = write_all(a->fd, a->data, a->len);
+    shutdown(a->fd, SHUT_WR);
+    return NULL;
+}
+
+static void c_big_to_go(void **st)
+{
+    IP_DEADLINE(30);
+    gp_proc g;
+    char url[256];
+    gp_serve(&g, "tcp://127.0.0.1:0", "--echo", url, sizeof url);
+    lc_error err = { 0 };
+    lc_session *c;
+    assert_int_equal(lc_dial(url, NULL, &c, &err), 0);
+    lc_sender *req;
+    assert_int_equal(lc_session_sender(c, &req), 0);
+    lc_receiver *rr;
+    lc_sender *rs;
+    assert_int_equal(lc_pipe(&rr, &rs, 1), 0);
+    int sp[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
+
+    size_t slen = 100000, blen = 1 << 20;
+    char *s = malloc(slen + 1), *b = malloc(blen), *got = malloc(blen + 1);
+    for (size_t i = 0; i < slen; i++)
+        s[i] = (char)('a' + i % 26);
+    s[slen] = '\0';
+    for (size_t i = 0; i < blen; i++)
+        b[i] = (char)(i * 7 + i / 4096);
+    lc_msg *m = lc_pack("{s:i, s:s, s:S, s:F}", "Value", 1, "Data", s, "Ret", rs, "Stream", sp[1]);
+    assert_non_null(m);
+    assert_int_equal(lc_send(req, m, IO_TIMEOUT_MS), 0);
+    pump_arg wa = { sp[0], b, blen, 0 };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, writer, &wa), 0);
+
+    lc_msg *rep;
+    int rc = lc_recv(rr, &rep, IO_TIMEOUT_MS);
+    if (rc != 0) {
+        gp_dump(&g, "no reply");
+        fail_msg("reply: %s", lc_strerror(rc));
+    }
+    const char *data;
+    size_t dlen;
+    int64_t echo;
+    assert_int_equal(lc_unpack(rep, "{s:I, s:s#}", "Echo", &echo, "Data", &data, &dlen), 0);
+    assert_int_equal(echo, 1);
+    assert_int_equal(dlen, slen);
+    assert_memory_equal(data, s, slen);
+    lc_msg_free(rep);
+    assert_int_equal(lc_recv(rr, &rep, IO_TIMEOUT_MS), LC_EOF);
+
+    ssize_t n = read_to_eof(sp[0], got, blen + 1);
+    pthread_join(t, NULL);
+    assert_int_equal(wa.rc, 0);
+    if (n != (ssize_t)blen) {
+        gp_dump(&g, "big stream");
+        fail_msg("echoed stream: %zd bytes of %zu", n, blen);
+    }
+    assert_memory_equal(got, b, blen);
+    close(sp[0]);
+    free(s);
+    free(b);
+    free(got);
+    lc_receiver_release(rr);
+    assert_int_equal(lc_close(req), 0);
+    lc_sender_release(req);
+    assert_int_equal(lc_session_close(c, IO_TIMEOUT_MS), 0);
+    lc_session_free(c);
+    gp_expect_exit0(&g);
+    gp_finish(&g);
+}
+
+/* ---- many channels at once ------------------------------------------------------------ */
+
+#define MANY_CHANNELS 4
+#define MANY_REQUESTS 25
+
+typedef struct many_arg {
+    lc_session *c;
+    int id;
+    int rc; /* 0, or the request number that failed + 1 */
+    int err;
+} many_arg;
+
+static void *many_client(void *x)
+{
+    many_arg *a = x;
+    lc_sender *req;
+    if ((a->err = lc_session_sender(a->c, &req)) != 0) {
+        a->rc = -1;
+        return NULL;
+    }
+    for (int i = 0; i < MANY_REQUESTS && a->rc == 0; i++) {
+        lc_receiver *rr;
+        lc_sender *rs;
+        lc_pipe(&rr, &rs, 1);
+        int64_t v = a->id * 1000 + i;
+        lc_msg *m = lc_pack("{s:I, s:s, s:S}", "Value", v, "Data", "many", "Ret", rs);
+        lc_msg *rep = NULL;
+        int64_t echo = -1;
+        if ((a->err = lc_send(req, m, IO_TIMEOUT_MS)) != 0) {
+            lc_msg_free(m);
+        } else if ((a->err = lc_recv(rr, &rep, IO_TIMEOUT_MS)) == 0) {
+            if ((a->err = lc_unpack(rep, "{s:I}", "Echo", &echo)) == 0 && echo != v)
+                a->err = LC_ETYPE;
+            lc_msg_free(rep);
+            rep = NULL;
+            if (a->err == 0) { /* then Go closes Ret */
+                a->err = lc_recv(rr, &rep, IO_TIMEOUT_MS);
+                a->err = a->err == LC_EOF ? 0 : (a->err == 0 ? LC_ETRAILING : a->err);
+                lc_msg_free(rep);
+            }
+        }
+        if (a->err != 0)
+            a->rc = i + 1;
+        lc_receiver_release(rr);
+    }
+    lc_close(req);
+    lc_sender_release(req);
+    return NULL;
+}
+
+static void c_many_channels_to_go(void **st)
+{
+    IP_DEADLINE(30);
+    gp_proc g;
+    char url[256];
+    gp_serve(&g, "tcp://127.0.0.1:0", "--echo", url, sizeof url);
+    lc_error err = { 0 };
+    lc_session *c;
+    assert_int_equal(lc_dial(url, NULL, &c, &err), 0);
+    many_arg a[MANY_CHANNELS];
+    pthread_t t[MANY_CHANNELS];
+    for (int i = 0; i < MANY_CHANNELS; i++) {
+        a[i] = (many_arg){ .c = c, .id = i + 1 };
+        assert_int_equal(pthread_create(&t[i], NULL, many_client, &a[i]), 0);
+    }
+    bool ok = true;
+    for (int i = 0; i < MANY_CHANNELS; i++) {
+        pthread_join(t[i], NULL);
+        if (a[i].rc != 0) {
+            fprintf(stderr, "channel %d: request %d: %s\n", i, a[i].rc - 1, lc_strerror(a[i].err));
+            ok = false;
+        }
+    }
+    if (!ok) {
+        gp_dump(&g, "many");
+        fail_msg("some requests failed");
+    }
+    assert_int_equal(lc_session_close(c, IO_TIMEOUT_MS), 0);
+    lc_session_free(c);
+    gp_expect_exit0(&g);
+    gp_finish(&g);
+}
+
+/* ---- spdystream and our first frames: SETTINGS and WINDOW_UPDATE ---------------------- */
+
+/* Our sessions open with SETTINGS {INITIAL_WINDOW_SIZE, LC_SETTINGS_LIBCHAN
+ * marker} and may send WINDOW_UPDATE; a Go peer must ignore both. Played raw,
+ * independent of what the session sends today: SETTINGS, then the go-oneway
+ * vector's client bytes with a WINDOW_UPDATE for stream 1 after its
+ * SYN_STREAM, into `gopeer serve --count --once` with spdystream's DEBUG log:
+ * COUNT 3, both frames logged as read and ignored, no frame read error. */
+static void go_ignores_settings_and_window_update(void **st)
+{
+    IP_DEADLINE(30);
+    char path[512];
+    snprintf(path, sizeof path, "%s/go-oneway.client-to-server.bin", LC_SPDY_VECTORS_DIR);
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        fail_msg("%s: %s", path, strerror(errno));
+    uint8_t vec[1024];
+    size_t vlen = fread(vec, 1, sizeof vec, f);
+    fclose(f);
+    assert_true(vlen > 8);
+    size_t first = 8 + ((size_t)vec[5] << 16 | (size_t)vec[6] << 8 | vec[7]); /* the SYN_STREAM */
+    assert_int_equal(vec[0], 0x80); /* a control frame */
+    assert_int_equal(vec[3], LC_SPDY_SYN_STREAM);
+    assert_true(first < vlen);
+
+    lc_buf b;
+    lc__buf_init(&b);
+    lc_spdy_setting set[2] = { { 0, LC_SPDY_SETTINGS_INITIAL_WINDOW_SIZE, 1u << 20 },
+                               { 0, LC_SETTINGS_LIBCHAN, LC_FEATURE_WINDOWS } };
+    assert_int_equal(lc__spdy_put_settings(&b, 0, set, 2), 0);
+    assert_int_equal(lc__buf_append(&b, vec, first), 0);
+    assert_int_equal(lc__spdy_put_window_update(&b, 1, 65536), 0);
+    assert_int_equal(lc__buf_append(&b, vec + first, vlen - first), 0);
+
+    gp_proc g;
+    char url[256];
+    gp_serve_env(&g, "tcp://127.0.0.1:0", "--count", url, sizeof url, "DEBUG=1");
+    const char *port = strrchr(url, ':');
+    assert_non_null(port);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(port + 1)) };
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(write_all(fd, b.data, b.len), 0);
+    lc__buf_free(&b);
+    gp_expect_line(&g, "COUNT 3");
+    /* both frames were read before the FIN that ended the count; their
+     * (frame worker) log lines come soon: wait before closing, as spdystream
+     * drops the frames still queued when the connection ends */
+    bool settings = gp_wait_stderr(&g, "unhandled frame type: *spdy.SettingsFrame", IO_TIMEOUT_MS);
+    bool window = gp_wait_stderr(&g, "unhandled frame type: *spdy.WindowUpdateFrame", IO_TIMEOUT_MS);
+    /* end the connection: gopeer --once then exits */
+    assert_int_equal(shutdown(fd, SHUT_WR), 0);
+    char sink[4096];
+    assert_true(read_to_eof(fd, sink, sizeof sink) >= 0);
+    close(fd);
+    gp_expect_exit0(&g);
+    char *e = gp_stderr(&g);
+    bool read_error = strstr(e, "frame read error") != NULL;
+    if (!settings || !window || read_error)
+        fprintf(stderr, "---- gopeer stderr ----\n%s----\n", e);
+    free(e);
+    gp_finish(&g);
+    assert_true(settings);
+    assert_true(window);
+    assert_false(read_error);
+}
+
+/* ---- main ---------------------------------------------------------------------------- */
+
+int main(int argc, char **argv)
+{
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s CASE GOPEER|NONE\n", argv[0]);
+        return 2;
+    }
+    if (strcmp(argv[2], "NONE") == 0) {
+        printf("SKIP: Go toolchain or Go -dev packages missing at configure time (scripts/setup.sh)\n");
+        return 77;
+    }
+    gopeer_bin = argv[2];
+    if (access(gopeer_bin, X_OK) != 0) {
+        fprintf(stderr, "%s: not built (make the 'gopeer' target)\n", gopeer_bin);
+        return 1;
+    }
+#ifdef IP_TSAN
+    /* Known data races (tsan-known-bugs.supp): suppressed unless
+     * LC_RUN_KNOWN_BUGS=1. TSan reads TSAN_OPTIONS at startup, hence the
+     * re-exec. */
+    const char *kb = getenv("LC_RUN_KNOWN_BUGS");
+    if ((kb == NULL || strcmp(kb, "1") != 0) && getenv("LC_INTEROP_TSAN_REEXEC") == NULL) {
+        const char *old = getenv("TSAN_OPTIONS");
+        char opts[2048];
+        snprintf(opts, sizeof opts, "%s%ssuppressions=%s", old ? old : "", old && *old ? ":" : "",
+                 LC_INTEROP_TSAN_SUPP);
+        setenv("TSAN_OPTIONS", opts, 1);
+        setenv("LC_INTEROP_TSAN_REEXEC", "1", 1);
+        printf("NOTE: known bugs: data races in session.c (lc_stream.local_fin in net_close; "
+               "bytes_start's fields) suppressed via %s (run with LC_RUN_KNOWN_BUGS=1)\n",
+               LC_INTEROP_TSAN_SUPP);
+        fflush(stdout);
+        execv("/proc/self/exe", argv);
+        perror("execv /proc/self/exe");
+        return 1;
+    }
+#endif
+    signal(SIGPIPE, SIG_IGN);
+    lc__engine_default(); /* its fds live as long as the process */
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(c_client_echo_tcp, ip_setup, ip_teardown),
+        cmocka_unit_test_setup_teardown(c_client_echo_unix, ip_setup, ip_teardown),
+        cmocka_unit_test_setup_teardown(go_client_echo, ip_setup, ip_teardown),
+        cmocka_unit_test_setup_teardown(go_oneway_to_c, ip_setup, ip_teardown),
+        cmocka_unit_test_setup_teardown(c_oneway_to_go, ip_setup, ip_teardown),
+        cmocka_unit_test_setup_teardown(c_receiver_to_go, ip_setup, ip_teardown),
+        cmocka_unit_test_setup_teardown(c_stream_modes_to_go, ip_setup, ip_teardown),
+        cmocka_unit_test_setup_teardown(c_out_stream_early_fin, ip_setup, ip_teardown),
+        cmocka_unit_test_setup_teardown(c_stream_bytes_before_session_close, ip_setup, ip_teardown),
+        cmocka_unit_test_setup_teardown(c_big_to_go, ip_setup, ip_teardown),
+        cmocka_unit_test_setup_teardown(c_many_channels_to_go, ip_setup, ip_teardown),
+        cmocka_unit_test_setup_teardown(go_ignores_settings_and_window_update, ip_setup, ip_teardown),
+    };
+    if (strcmp(argv[1], "all") != 0)
+        cmocka_set_test_filter(argv[1]);
+    return cmocka_run_group_tests_name("interop", tests, NULL, NULL);
+}
