@@ -169,6 +169,7 @@ static void session_unref(lc_session *s)
     lc__buf_free(&s->inflight);
     lc__map_free(&s->streams);
     lc__map_free(&s->peer_refs);
+    lc__map_free(&s->claimed_refs);
     for (size_t i = 0; i < s->in_fds.cap; i++) /* passed to us, never claimed */
         if (s->in_fds.slots[i].val != NULL && s->in_fds.slots[i].val != LC_MAP_TOMB)
             close((int)(intptr_t)s->in_fds.slots[i].val - 1);
@@ -568,10 +569,13 @@ static void session_fail(lc_session *s, int err)
     free(intos);
 }
 
+static void flush_now(lc_session *s);
+
 static void protocol_error(lc_session *s, uint32_t status)
 {
     ctl_arg a = { s->last_peer_id, status };
     send_control(s, ctl_goaway, &a);
+    flush_now(s); /* on the reading thread send_control only queues it */
     session_fail(s, LC_EPROTO);
 }
 
@@ -1187,10 +1191,46 @@ static void bytes_kick(lc_stream *st)
 static int feed_stream_locked(lc_session *s, lc_stream *st, const uint8_t *p, size_t n);
 
 /* Streams bound while resolving, to be kicked once the lock is dropped. */
+/* A growable list of referenced streams (no fixed cap: a batch may touch
+ * any number of channels). Starts on an inline array. */
 typedef struct kick_list {
-    lc_stream *st[16];
-    size_t n;
+    lc_stream **st;
+    size_t n, cap;
+    lc_stream *inl[16];
 } kick_list;
+
+static void kl_init(kick_list *k)
+{
+    k->st = k->inl;
+    k->n = 0;
+    k->cap = 16;
+}
+
+/* Adds st with a reference; false only when out of memory. */
+static bool kl_add(kick_list *k, lc_stream *st)
+{
+    if (k->n == k->cap) {
+        size_t nc = k->cap * 2;
+        lc_stream **nv = malloc(nc * sizeof *nv);
+        if (nv == NULL)
+            return false;
+        memcpy(nv, k->st, k->n * sizeof *nv);
+        if (k->st != k->inl)
+            free(k->st);
+        k->st = nv;
+        k->cap = nc;
+    }
+    stream_ref(st);
+    k->st[k->n++] = st;
+    return true;
+}
+
+static void kl_free(kick_list *k)
+{
+    if (k->st != k->inl)
+        free(k->st);
+    kl_init(k);
+}
 
 /* A sub-stream just named by a message may already hold bytes (and its FIN):
  * decode them now, and have it delivered. mu held. */
@@ -1215,10 +1255,7 @@ static void bind_early_locked(lc_session *s, lc_stream *sub, kick_list *k)
     }
     if (rc < 0)
         sub->bad = rc;
-    if (k->n < 16) {
-        stream_ref(sub);
-        k->st[k->n++] = sub;
-    }
+    kl_add(k, sub);
 }
 
 static void deliver_pending(lc_stream *st);
@@ -1250,7 +1287,7 @@ static void kick_streams(lc_session *s, kick_list *k)
             deliver_pending(st);
         stream_unref(st);
     }
-    k->n = 0;
+    kl_free(k);
 }
 
 /* Walks v for unresolved references; returns how many are still missing
@@ -1274,7 +1311,8 @@ static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *
     }
     lc_stream *sub = lc__map_get(&s->peer_refs, v->u.ref);
     if (sub == NULL)
-        return 1; /* not arrived yet */
+        return lc__map_get(&s->claimed_refs, v->u.ref) ? LC_EPROTO /* named twice */
+                                                       : 1;        /* not arrived yet */
     if (sub->claimed)
         return LC_EPROTO; /* a sub-stream names one channel end, once */
     uint8_t ext = v->mode;
@@ -1324,6 +1362,7 @@ static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *
     }
     v->flags &= (uint8_t)~LC_VF_TAKEN;
     lc__map_del(&s->peer_refs, sub->ref);
+    lc__map_put(&s->claimed_refs, sub->ref, (void *)2); /* a second naming fails at once */
     if (lc__msg_track_attachment(m, v) != 0)
         return LC_ENOMEM;
     if (sub->kind == ST_RECV)
@@ -1333,10 +1372,7 @@ static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *
         lc__buf_append(&sub->fd_out, sub->early.data, sub->early.len);
         lc__buf_free(&sub->early);
         sub->in_fin = sub->early_fin;
-        if (k->n < 16) {
-            stream_ref(sub);
-            k->st[k->n++] = sub;
-        }
+        kl_add(k, sub);
     }
     return 0;
 }
@@ -1454,7 +1490,8 @@ static void deliver_pending(lc_stream *st)
                 resume_reading(s);
             return;
         }
-        kick_list k = { .n = 0 };
+        kick_list k;
+        kl_init(&k);
         int missing = resolve_msg_locked(s, m, &k);
         if (missing > 0) {
             if (!st->waiting_refs)
@@ -1624,20 +1661,17 @@ static int feed_stream_locked(lc_session *s, lc_stream *st, const uint8_t *p, si
 }
 
 typedef struct rd_actions {
-    lc_stream *deliver[64]; /* streams with new messages (referenced) */
-    size_t ndeliver;
+    kick_list deliver;      /* streams with new messages (referenced) */
     lc_receiver *announce;
 } rd_actions;
 
+/* Notes st for delivery once per batch (the flag avoids duplicates). mu held. */
 static void note_delivery(rd_actions *a, lc_stream *st)
 {
-    for (size_t i = 0; i < a->ndeliver; i++)
-        if (a->deliver[i] == st)
-            return;
-    if (a->ndeliver < 64) {
-        stream_ref(st);
-        a->deliver[a->ndeliver++] = st;
-    }
+    if (st->noted)
+        return;
+    if (kl_add(&a->deliver, st))
+        st->noted = true;
 }
 
 static void run_actions(lc_session *s, rd_actions *a)
@@ -1649,11 +1683,15 @@ static void run_actions(lc_session *s, rd_actions *a)
             lc_msg_free(m); /* too many unclaimed channels: the channel is dropped */
         a->announce = NULL;
     }
-    for (size_t i = 0; i < a->ndeliver; i++) {
-        deliver_pending(a->deliver[i]);
-        stream_unref(a->deliver[i]);
+    for (size_t i = 0; i < a->deliver.n; i++) {
+        lc_stream *st = a->deliver.st[i];
+        pthread_mutex_lock(&s->mu);
+        st->noted = false;
+        pthread_mutex_unlock(&s->mu);
+        deliver_pending(st);
+        stream_unref(st);
     }
-    a->ndeliver = 0;
+    kl_free(&a->deliver);
 }
 
 /* Streams whose messages wait for references get another chance. */
@@ -1944,7 +1982,8 @@ static bool read_carrier(lc_session *s, bool engine)
             session_fail(s, err);
             return false;
         }
-        rd_actions a = { 0 };
+        rd_actions a = { .announce = NULL };
+        kl_init(&a.deliver);
         size_t off = 0;
         while (off < (size_t)n && !s->dead) {
             lc_spdy_frame f;

@@ -45,6 +45,7 @@ typedef struct lc_stream {
     bool ours;            /* we opened it */
     bool in_table;        /* s->streams holds a reference */
     bool claimed;         /* a peer sub-stream already named by a message */
+    bool noted;           /* mu: listed for delivery in the current read batch */
     _Atomic bool local_fin; /* written under wmu (senders) or mu (reader): atomic */
     bool remote_fin;
     _Atomic bool reset;
@@ -121,6 +122,7 @@ struct lc_session {
     lc_map streams;       /* SPDY id -> stream */
     lc_map peer_refs;     /* peer's libchan-ref -> unbound sub-stream */
     lc_map in_fds;        /* received fd sequence number -> fd + 1, not yet claimed */
+    lc_map claimed_refs;  /* peer refs already named by a message */
     uint64_t fd_in_seq;
     bool new_refs;
     bool goaway_sent, goaway_recv, closing;

@@ -1,0 +1,283 @@
+/*
+ * nettest.h - helpers shared by the session tests in tests/net: session
+ * pairs over real sockets, unique unix socket paths, a raw SPDY peer over a
+ * socketpair (frames built with src/spdy encoders, the session's output read
+ * back and decoded), helper processes (tests/net/peer_proc.c) spawned with
+ * their stdout on a pipe, and the known-bug switch. Header-only, like
+ * testutil.h; include it after cmocka.h.
+ */
+#ifndef LC_NETTEST_H
+#define LC_NETTEST_H
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "libchan.h"
+#include "session/session_internal.h"
+#include "spdy/spdy.h"
+#include "testutil.h"
+
+extern char **environ;
+
+/* ---- known bugs -------------------------------------------------------------- */
+
+/* A test that exposes a library bug runs only with LC_RUN_KNOWN_BUGS=1 in the
+ * environment; otherwise it prints why it is skipped and passes. */
+#define LC_KNOWN_BUG(why)                                                         \
+    do {                                                                          \
+        const char *kb_ = getenv("LC_RUN_KNOWN_BUGS");                            \
+        if (kb_ == NULL || strcmp(kb_, "1") != 0) {                               \
+            printf("SKIP: known bug: %s (run with LC_RUN_KNOWN_BUGS=1)\n", (why)); \
+            fflush(stdout);                                                       \
+            skip();                                                               \
+        }                                                                         \
+    } while (0)
+
+/* LC_TEST_FILTER=pattern (cmocka's wildcards) runs only the matching tests. */
+static inline void nt_filter_from_env(void)
+{
+    const char *f = getenv("LC_TEST_FILTER");
+    if (f != NULL && *f != '\0')
+        cmocka_set_test_filter(f);
+}
+
+/* ---- urls and pairs ---------------------------------------------------------- */
+
+/* A unix URL no other test (or test program) uses: pid + counter. */
+static inline const char *nt_unix_url(char *buf, size_t len)
+{
+    static int seq;
+    snprintf(buf, len, "unix:///tmp/lc-net-%d-%d.sock", (int)getpid(), ++seq);
+    return buf;
+}
+
+typedef struct nt_pair {
+    lc_listener *l;
+    lc_session *client, *server;
+} nt_pair;
+
+/* Listens on url (with server options so), dials it (client options co),
+ * accepts. */
+static inline void nt_open_pair(nt_pair *p, const char *url, const lc_options *co, const lc_options *so)
+{
+    lc_error err = { 0 };
+    int rc = lc_listen(url, so, &p->l, &err);
+    if (rc != 0)
+        fprintf(stderr, "lc_listen(%s): %s %s\n", url, lc_strerror(rc), err.text);
+    assert_int_equal(rc, 0);
+    char bound[256];
+    assert_int_equal(lc_listener_url(p->l, bound, sizeof bound), 0);
+    rc = lc_dial(bound, co, &p->client, &err);
+    if (rc != 0)
+        fprintf(stderr, "lc_dial(%s): %s %s\n", bound, lc_strerror(rc), err.text);
+    assert_int_equal(rc, 0);
+    assert_int_equal(lc_accept(p->l, &p->server, 5000), 0);
+}
+
+static inline void nt_close_pair(nt_pair *p)
+{
+    lc_session_free(p->client);
+    lc_session_free(p->server);
+    lc_listener_close(p->l);
+}
+
+/* ---- a raw SPDY peer ----------------------------------------------------------- */
+
+/*
+ * The test plays the client end of a socketpair byte by byte; the library
+ * runs a server session (even stream ids) on the other end. The peer's
+ * header blocks go through one deflater (one zlib stream per direction, as
+ * SPDY/3 wants); what the session writes back goes through one decoder.
+ */
+typedef struct nt_raw {
+    int fd;          /* our end */
+    lc_session *s;   /* the library's session on the other end */
+    lc_spdy_deflater z;
+    lc_spdy_decoder d;
+    uint8_t in[4096];
+    size_t in_len, in_off;
+} nt_raw;
+
+static inline void nt_raw_open(nt_raw *r, const lc_options *o)
+{
+    memset(r, 0, sizeof *r);
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    assert_int_equal(fcntl(sv[1], F_SETFL, O_NONBLOCK), 0);
+    r->fd = sv[0];
+    assert_int_equal(lc__session_from_fd(sv[1], false, o, &r->s), 0);
+    lc__spdy_deflater_init(&r->z, 6);
+    lc__spdy_decoder_init(&r->d, NULL);
+}
+
+static inline void nt_raw_close(nt_raw *r)
+{
+    lc_session_free(r->s);
+    if (r->fd >= 0)
+        close(r->fd);
+    lc__spdy_deflater_free(&r->z);
+    lc__spdy_decoder_free(&r->d);
+}
+
+/* Writes the whole buffer to the carrier and empties it. */
+static inline void nt_raw_send(nt_raw *r, lc_buf *b)
+{
+    size_t off = 0;
+    while (off < b->len) {
+        ssize_t n = write(r->fd, b->data + off, b->len - off);
+        assert_true(n > 0);
+        off += (size_t)n;
+    }
+    b->len = 0;
+}
+
+/* Appends SYN_STREAM id with libchan-ref ref (and libchan-parent-ref parent
+ * when it is not 0). */
+static inline void nt_put_syn(nt_raw *r, lc_buf *b, uint32_t id, uint64_t ref, uint64_t parent, uint8_t flags)
+{
+    char rb[24], pb[24];
+    int rn = snprintf(rb, sizeof rb, "%llu", (unsigned long long)ref);
+    lc_spdy_header h[2] = { { "libchan-ref", 11, rb, (size_t)rn } };
+    size_t nh = 1;
+    if (parent) {
+        int pn = snprintf(pb, sizeof pb, "%llu", (unsigned long long)parent);
+        h[1] = (lc_spdy_header){ "libchan-parent-ref", 18, pb, (size_t)pn };
+        nh = 2;
+    }
+    assert_int_equal(lc__spdy_put_syn_stream(b, &r->z, id, 0, 0, 0, flags, h, nh), 0);
+}
+
+/* Appends a DATA frame carrying the msgpack encoding of a plain message. */
+static inline void nt_put_msg(lc_buf *b, uint32_t id, lc_msg *m)
+{
+    uint8_t *enc;
+    size_t len;
+    assert_int_equal(lc_msgpack_encode(m, &enc, &len), 0);
+    assert_int_equal(lc__spdy_put_data(b, id, 0, enc, len), 0);
+    free(enc);
+    lc_msg_free(m);
+}
+
+/* Reads and decodes what the session writes until a frame of type `type`
+ * (and, when stream_id is not 0, of that stream) shows up; *out (may be NULL)
+ * gets a copy of its fixed fields (pointers are not valid afterwards).
+ * Returns 1 when found, 0 on timeout, -1 when the carrier ends first. */
+static inline int nt_raw_expect(nt_raw *r, int type, uint32_t stream_id, lc_spdy_frame *out, int timeout_ms)
+{
+    int64_t end = lc_test_now_us() + (int64_t)timeout_ms * 1000;
+    for (;;) {
+        while (r->in_off < r->in_len) {
+            lc_spdy_frame f;
+            size_t used;
+            int rc = lc__spdy_decode(&r->d, r->in + r->in_off, r->in_len - r->in_off, &used, &f);
+            assert_true(rc >= 0);
+            r->in_off += used;
+            if (rc == 0)
+                break;
+            if (f.type == type && (stream_id == 0 || f.stream_id == stream_id) &&
+                (f.type != LC_SPDY_DATA || f.data_last)) {
+                if (out) {
+                    *out = f;
+                    out->headers = NULL;
+                    out->data = NULL;
+                }
+                return 1;
+            }
+        }
+        r->in_len = r->in_off = 0;
+        int64_t left = (end - lc_test_now_us()) / 1000;
+        if (left <= 0)
+            return 0;
+        struct pollfd pfd = { r->fd, POLLIN, 0 };
+        int pr = poll(&pfd, 1, (int)left);
+        if (pr == 0)
+            return 0;
+        assert_int_equal(pr, 1);
+        ssize_t n = read(r->fd, r->in, sizeof r->in);
+        if (n <= 0)
+            return -1;
+        r->in_len = (size_t)n;
+    }
+}
+
+/* ---- helper processes ---------------------------------------------------------- */
+
+#ifdef LC_PEER_PROC
+typedef struct nt_proc {
+    pid_t pid;
+    int out;  /* read end of the child's stdout */
+    char line[256];
+} nt_proc;
+
+/* Starts peer_proc with argv[1..] = args (NULL-terminated); its stdout comes
+ * back on p->out. posix_spawn (vfork + exec): nothing of this process's
+ * threads is needed in the child. */
+static inline void nt_proc_start(nt_proc *p, const char *const *args)
+{
+    int pf[2];
+    assert_int_equal(pipe2(pf, O_CLOEXEC), 0);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, pf[1], 1); /* dup2 clears CLOEXEC */
+    const char *argv[16] = { LC_PEER_PROC };
+    size_t n = 1;
+    while (args[n - 1] != NULL && n < 15) {
+        argv[n] = args[n - 1];
+        n++;
+    }
+    argv[n] = NULL;
+    int rc = posix_spawn(&p->pid, LC_PEER_PROC, &fa, NULL, (char *const *)argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    close(pf[1]);
+    assert_int_equal(rc, 0);
+    p->out = pf[0];
+}
+
+/* Reads one line the child printed (without the newline) into p->line.
+ * Returns the line, or NULL on EOF / timeout. */
+static inline const char *nt_proc_line(nt_proc *p, int timeout_ms)
+{
+    size_t n = 0;
+    int64_t end = lc_test_now_us() + (int64_t)timeout_ms * 1000;
+    for (;;) {
+        int64_t left = (end - lc_test_now_us()) / 1000;
+        struct pollfd pfd = { p->out, POLLIN, 0 };
+        if (left <= 0 || poll(&pfd, 1, (int)left) != 1)
+            return NULL;
+        char c;
+        if (read(p->out, &c, 1) != 1)
+            return NULL;
+        if (c == '\n')
+            break;
+        if (n + 1 < sizeof p->line)
+            p->line[n++] = c;
+    }
+    p->line[n] = '\0';
+    return p->line;
+}
+
+/* Waits for the child and returns its wait status. */
+static inline int nt_proc_wait(nt_proc *p)
+{
+    int st = 0;
+    pid_t w;
+    do
+        w = waitpid(p->pid, &st, 0);
+    while (w < 0 && errno == EINTR);
+    assert_int_equal(w, p->pid);
+    close(p->out);
+    p->out = -1;
+    return st;
+}
+#endif
+
+#endif

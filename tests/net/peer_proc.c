@@ -1,0 +1,316 @@
+/*
+ * peer_proc.c - a separate process for the session tests (test_session_proc).
+ * Started with posix_spawn; it prints one line on stdout (its URL, or
+ * "ready") when the test may go on, and exits 0 when its work ends cleanly.
+ * It arms alarm(60) so that it never outlives a failed test for long.
+ *
+ *   peer_proc echo URL           listens on URL, prints the bound URL, accepts one
+ *                                session; every message {Value, Ret: S, Feed?: R}
+ *                                on any channel gets {Echo: Value, Who: "B",
+ *                                Sum: sum of the N's read from Feed} on Ret, which
+ *                                is then closed. Exits when the session ends.
+ *   peer_proc proxy URL UPSTREAM dials UPSTREAM, listens on URL, prints the bound
+ *                                URL, accepts one session; every channel the
+ *                                client opens is mirrored by one opened upstream,
+ *                                and every message is forwarded as is (its channel
+ *                                ends included); the end of a channel is
+ *                                forwarded too. Exits when the client session ends.
+ *   peer_proc partial-frame URL  raw SPDY on a unix socket: opens channel 1, sends
+ *                                {N: 1}, then a DATA frame header announcing 100
+ *                                bytes followed by 10 of them; prints "ready";
+ *                                waits to be killed.
+ *   peer_proc partial-msg URL    same, but the last DATA frame is whole and holds
+ *                                the first half of a message.
+ *   peer_proc flood URL          dials URL, opens a channel and sends {Seq: i,
+ *                                Pad: 4 KiB} for i = 0, 1, ... forever; prints
+ *                                "ready" after the first one; waits to be killed.
+ */
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "libchan.h"
+#include "spdy/spdy.h"
+
+#define DIE(...)                                   \
+    do {                                           \
+        fprintf(stderr, "peer_proc: " __VA_ARGS__); \
+        fprintf(stderr, "\n");                     \
+        exit(2);                                   \
+    } while (0)
+
+static void say(const char *line)
+{
+    printf("%s\n", line);
+    fflush(stdout);
+}
+
+/* ---- echo -------------------------------------------------------------------- */
+
+static void *echo_channel(void *x)
+{
+    lc_receiver *r = x;
+    lc_msg *m;
+    int rc;
+    while ((rc = lc_recv(r, &m, -1)) == 0) {
+        int64_t v;
+        lc_sender *ret;
+        lc_receiver *feed = NULL;
+        if (lc_unpack(m, "{s:I, s:S, s?R}", "Value", &v, "Ret", &ret, "Feed", &feed) != 0)
+            DIE("echo: unexpected message");
+        lc_msg_free(m);
+        int64_t sum = 0;
+        if (feed != NULL) {
+            lc_msg *fm;
+            while ((rc = lc_recv(feed, &fm, 10000)) == 0) {
+                int64_t n;
+                if (lc_unpack(fm, "{s:I}", "N", &n) != 0)
+                    DIE("echo: bad feed message");
+                sum += n;
+                lc_msg_free(fm);
+            }
+            if (rc != LC_EOF)
+                DIE("echo: feed ended with %s", lc_strerror(rc));
+            lc_receiver_release(feed);
+        }
+        lc_msg *rep = lc_pack("{s:I, s:s, s:I}", "Echo", v, "Who", "B", "Sum", sum);
+        if (lc_send(ret, rep, 10000) != 0)
+            DIE("echo: reply failed");
+        lc_close(ret);
+        lc_sender_release(ret);
+    }
+    if (rc != LC_EOF && rc != LC_ESESSION)
+        DIE("echo: channel ended with %s", lc_strerror(rc));
+    lc_receiver_release(r);
+    return NULL;
+}
+
+/* Serves every channel the peer opens, one thread each, until the session ends. */
+typedef void *(*chan_fn)(void *);
+
+static void serve_channels(lc_session *s, chan_fn fn, void *(*mkarg)(lc_receiver *, void *), void *ctx)
+{
+    pthread_t th[256];
+    int n = 0;
+    for (;;) {
+        lc_receiver *r;
+        int rc = lc_session_receiver(s, &r, -1);
+        if (rc == LC_ESESSION)
+            break;
+        if (rc != 0)
+            DIE("lc_session_receiver: %s", lc_strerror(rc));
+        if (n == 256)
+            DIE("too many channels");
+        if (pthread_create(&th[n++], NULL, fn, mkarg ? mkarg(r, ctx) : r) != 0)
+            DIE("pthread_create");
+    }
+    for (int i = 0; i < n; i++)
+        pthread_join(th[i], NULL);
+}
+
+static int run_echo(const char *url)
+{
+    lc_listener *l;
+    lc_error err = { 0 };
+    if (lc_listen(url, NULL, &l, &err) != 0)
+        DIE("listen %s: %s", url, err.text);
+    char bound[256];
+    lc_listener_url(l, bound, sizeof bound);
+    say(bound);
+    lc_session *s;
+    int rc = lc_accept(l, &s, 20000);
+    if (rc != 0)
+        DIE("accept: %s", lc_strerror(rc));
+    lc_listener_close(l);
+    serve_channels(s, echo_channel, NULL, NULL);
+    lc_session_free(s);
+    return 0;
+}
+
+/* ---- proxy ------------------------------------------------------------------- */
+
+typedef struct fwd {
+    lc_receiver *from;
+    lc_session *up;
+} fwd;
+
+static void *fwd_arg(lc_receiver *r, void *ctx)
+{
+    fwd *f = malloc(sizeof *f);
+    if (f == NULL)
+        DIE("malloc");
+    f->from = r;
+    f->up = ctx;
+    return f;
+}
+
+static void *fwd_channel(void *x)
+{
+    fwd *f = x;
+    lc_sender *to;
+    int rc = lc_session_sender(f->up, &to);
+    if (rc != 0)
+        DIE("proxy: upstream channel: %s", lc_strerror(rc));
+    lc_msg *m;
+    while ((rc = lc_recv(f->from, &m, -1)) == 0) {
+        /* the message goes on as is: a Sender or Receiver of the client's
+         * session in it is forwarded through the upstream session */
+        if ((rc = lc_send(to, m, 10000)) != 0)
+            DIE("proxy: forward: %s", lc_strerror(rc));
+    }
+    if (rc != LC_EOF && rc != LC_ESESSION)
+        DIE("proxy: channel ended with %s", lc_strerror(rc));
+    lc_close(to);
+    lc_sender_release(to);
+    lc_receiver_release(f->from);
+    free(f);
+    return NULL;
+}
+
+static int run_proxy(const char *url, const char *upstream)
+{
+    lc_error err = { 0 };
+    lc_session *up;
+    int rc = lc_dial(upstream, NULL, &up, &err);
+    if (rc != 0)
+        DIE("dial %s: %s %s", upstream, lc_strerror(rc), err.text);
+    lc_listener *l;
+    if (lc_listen(url, NULL, &l, &err) != 0)
+        DIE("listen %s: %s", url, err.text);
+    char bound[256];
+    lc_listener_url(l, bound, sizeof bound);
+    say(bound);
+    lc_session *down;
+    rc = lc_accept(l, &down, 20000);
+    if (rc != 0)
+        DIE("accept: %s", lc_strerror(rc));
+    lc_listener_close(l);
+    serve_channels(down, fwd_channel, fwd_arg, up);
+    rc = lc_session_close(up, 10000);
+    if (rc != 0)
+        DIE("close upstream: %s", lc_strerror(rc));
+    lc_session_free(up);
+    lc_session_free(down);
+    return 0;
+}
+
+/* ---- raw peers that die mid-way ---------------------------------------------- */
+
+static int unix_connect(const char *url)
+{
+    if (strncmp(url, "unix://", 7) != 0)
+        DIE("not a unix url: %s", url);
+    struct sockaddr_un a = { .sun_family = AF_UNIX };
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", url + 7);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
+        DIE("connect %s", url);
+    return fd;
+}
+
+static void write_all(int fd, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w <= 0)
+            DIE("write");
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+static int run_partial(const char *url, bool cut_frame)
+{
+    int fd = unix_connect(url);
+    lc_spdy_deflater z;
+    lc__spdy_deflater_init(&z, 6);
+    lc_buf b;
+    lc__buf_init(&b);
+    lc_spdy_header h = { "libchan-ref", 11, "2", 1 };
+    static const uint8_t n1[] = { 0x81, 0xa1, 'N', 0x01 };
+    /* {"Pad": "xxxxxxxxxxxxxxxxxxxx"} cut in the middle */
+    static const uint8_t half[] = { 0x81, 0xa3, 'P', 'a', 'd', 0xb4, 'x', 'x', 'x', 'x' };
+    if (lc__spdy_put_syn_stream(&b, &z, 1, 0, 0, 0, 0, &h, 1) != 0 ||
+        lc__spdy_put_data(&b, 1, 0, n1, sizeof n1) != 0)
+        DIE("encode");
+    if (cut_frame) {
+        uint8_t hd[LC_SPDY_HEADER_LEN];
+        lc__spdy_data_header(hd, 1, 0, 100);
+        if (lc__buf_append(&b, hd, sizeof hd) != 0 || lc__buf_append(&b, half, sizeof half) != 0)
+            DIE("encode");
+    } else if (lc__spdy_put_data(&b, 1, 0, half, sizeof half) != 0) {
+        DIE("encode");
+    }
+    write_all(fd, b.data, b.len);
+    /* read what the session answers (SYN_REPLY for stream 1) so that nothing
+     * is left unread when we die: the carrier then ends with a plain EOF,
+     * not a reset */
+    lc_spdy_decoder d;
+    lc__spdy_decoder_init(&d, NULL);
+    bool replied = false;
+    while (!replied) {
+        uint8_t in[512];
+        ssize_t n = read(fd, in, sizeof in);
+        if (n <= 0)
+            DIE("read");
+        size_t off = 0;
+        while (off < (size_t)n) {
+            lc_spdy_frame f;
+            size_t used;
+            int rc = lc__spdy_decode(&d, in + off, (size_t)n - off, &used, &f);
+            if (rc < 0)
+                DIE("decode");
+            off += used;
+            if (rc == 0)
+                break;
+            if (f.type == LC_SPDY_SYN_REPLY && f.stream_id == 1)
+                replied = true;
+        }
+    }
+    say("ready");
+    for (;;)
+        pause();
+}
+
+static int run_flood(const char *url)
+{
+    lc_error err = { 0 };
+    lc_session *s;
+    int rc = lc_dial(url, NULL, &s, &err);
+    if (rc != 0)
+        DIE("dial %s: %s", url, err.text);
+    lc_sender *ch;
+    if (lc_session_sender(s, &ch) != 0)
+        DIE("channel");
+    static char pad[4097];
+    memset(pad, 'p', sizeof pad - 1);
+    for (int64_t i = 0;; i++) {
+        if ((rc = lc_send(ch, lc_pack("{s:I, s:s}", "Seq", i, "Pad", pad), -1)) != 0)
+            DIE("flood: send: %s", lc_strerror(rc));
+        if (i == 0)
+            say("ready");
+    }
+}
+
+int main(int argc, char **argv)
+{
+    alarm(60);
+    signal(SIGPIPE, SIG_IGN);
+    if (argc == 3 && strcmp(argv[1], "echo") == 0)
+        return run_echo(argv[2]);
+    if (argc == 4 && strcmp(argv[1], "proxy") == 0)
+        return run_proxy(argv[2], argv[3]);
+    if (argc == 3 && strcmp(argv[1], "partial-frame") == 0)
+        return run_partial(argv[2], true);
+    if (argc == 3 && strcmp(argv[1], "partial-msg") == 0)
+        return run_partial(argv[2], false);
+    if (argc == 3 && strcmp(argv[1], "flood") == 0)
+        return run_flood(argv[2]);
+    fprintf(stderr, "usage: peer_proc echo|proxy|partial-frame|partial-msg|flood URL [UPSTREAM]\n");
+    return 2;
+}

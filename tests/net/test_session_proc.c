@@ -1,0 +1,288 @@
+/*
+ * test_session_proc.c - sessions with other processes (tests/net/peer_proc.c,
+ * started with posix_spawn; each prints its URL or "ready" on a pipe):
+ *   - forwarding through a proxy process: A (this test) -> P -> B, requests
+ *     carrying a reply Sender (and some a Receiver) reach B, B's replies come
+ *     back to A through P, closes travel along;
+ *   - a peer killed mid-frame, mid-message, or while flooding: our blocked
+ *     lc_recv returns an error quickly, the messages before it are intact,
+ *     nothing hangs, no fd is left behind.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+
+#include "nettest.h"
+
+/* ---- forwarding through a proxy process --------------------------------------- */
+
+#define NPROXY 20
+
+static void run_proxy(const char *a_url, const char *b_url)
+{
+    nt_proc b, p;
+    const char *bargs[] = { "echo", b_url, NULL };
+    nt_proc_start(&b, bargs);
+    const char *bu = nt_proc_line(&b, 10000);
+    assert_non_null(bu);
+    const char *pargs[] = { "proxy", a_url, bu, NULL };
+    nt_proc_start(&p, pargs);
+    const char *pu = nt_proc_line(&p, 10000);
+    assert_non_null(pu);
+
+    lc_session *s;
+    lc_error err = { 0 };
+    assert_int_equal(lc_dial(pu, NULL, &s, &err), 0);
+    /* two channels, requests pipelined on both */
+    lc_sender *ch[2];
+    assert_int_equal(lc_session_sender(s, &ch[0]), 0);
+    assert_int_equal(lc_session_sender(s, &ch[1]), 0);
+    lc_receiver *rr[NPROXY];
+    for (int i = 0; i < NPROXY; i++) {
+        lc_sender *rs;
+        assert_int_equal(lc_pipe(&rr[i], &rs, 1), 0);
+        lc_msg *m;
+        if (i % 3 == 0) {
+            /* with a Receiver holding 1..i: B sums what it reads through P */
+            lc_receiver *fr;
+            lc_sender *fs;
+            assert_int_equal(lc_pipe(&fr, &fs, (size_t)i + 1), 0);
+            for (int k = 1; k <= i; k++)
+                assert_int_equal(lc_send(fs, lc_pack("{s:i}", "N", k), 0), 0);
+            lc_close(fs);
+            lc_sender_release(fs);
+            m = lc_pack("{s:I, s:S, s:R}", "Value", (int64_t)i, "Ret", rs, "Feed", fr);
+        } else {
+            m = lc_pack("{s:I, s:S}", "Value", (int64_t)i, "Ret", rs);
+        }
+        assert_non_null(m);
+        assert_int_equal(lc_send(ch[i % 2], m, 5000), 0);
+    }
+    for (int i = 0; i < NPROXY; i++) {
+        lc_msg *m;
+        int rc = lc_recv(rr[i], &m, 10000);
+        if (rc != 0)
+            fprintf(stderr, "reply %d: %s\n", i, lc_strerror(rc));
+        assert_int_equal(rc, 0);
+        int64_t echo, sum;
+        const char *who;
+        assert_int_equal(lc_unpack(m, "{s:I, s:s, s:I}", "Echo", &echo, "Who", &who, "Sum", &sum), 0);
+        assert_int_equal(echo, i);
+        assert_string_equal(who, "B");
+        assert_int_equal(sum, i % 3 == 0 ? (int64_t)i * (i + 1) / 2 : 0);
+        lc_msg_free(m);
+        /* B closed its reply Sender: the close came through P */
+        assert_int_equal(lc_recv(rr[i], &m, 10000), LC_EOF);
+        lc_receiver_release(rr[i]);
+    }
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(lc_close(ch[k]), 0);
+        lc_sender_release(ch[k]);
+    }
+    assert_int_equal(lc_session_error(s), 0);
+    assert_int_equal(lc_session_close(s, 5000), 0);
+    lc_session_free(s);
+    /* P sees the end of our session, closes its upstream; B sees that: both
+     * exit 0 */
+    int st = nt_proc_wait(&p);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    st = nt_proc_wait(&b);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+/* A and P on a unix socket, P and B on TCP. */
+static void test_proxy_process_forwards_requests_and_replies(void **st)
+{
+    LC_TEST_DEADLINE(40);
+    char url[128];
+    run_proxy(nt_unix_url(url, sizeof url), "tcp://127.0.0.1:0");
+}
+
+static void test_proxy_process_over_tcp_both_ways(void **st)
+{
+    LC_TEST_DEADLINE(40);
+    run_proxy("tcp://127.0.0.1:0", "tcp://127.0.0.1:0");
+}
+
+/* ---- peers killed mid-way ---------------------------------------------------- */
+
+typedef struct {
+    lc_receiver *r;
+    int rc;
+    atomic_int tid; /* the receiving thread, once it is about to block */
+} recv_arg;
+
+static void *blocked_recv(void *x)
+{
+    recv_arg *a = x;
+    lc_msg *m = NULL;
+    atomic_store(&a->tid, (int)gettid());
+    a->rc = lc_recv(a->r, &m, 20000);
+    lc_msg_free(m);
+    return NULL;
+}
+
+/* The scheduler state of thread tid of this process ('R', 'S', ...). */
+static char thread_state(int tid)
+{
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/self/task/%d/stat", tid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return '?';
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')'); /* "tid (comm) S ..." */
+    return p && p[1] == ' ' ? p[2] : '?';
+}
+
+/* Waits (without sleeping) until the receiving thread is asleep in lc_recv
+ * (in the channel, or polling the carrier itself), at most about a second:
+ * the kill tests the same path either way, this only makes it the usual one. */
+static void wait_blocked(recv_arg *a)
+{
+    int64_t end = lc_test_now_us() + 1000000;
+    while (lc_test_now_us() < end) {
+        int tid = atomic_load(&a->tid);
+        if (tid != 0 && thread_state(tid) == 'S')
+            return;
+        sched_yield();
+    }
+}
+
+static void run_killed(const char *mode, int want1, int want2)
+{
+    char url[128];
+    nt_unix_url(url, sizeof url);
+    lc_listener *l;
+    lc_error err = { 0 };
+    assert_int_equal(lc_listen(url, NULL, &l, &err), 0);
+    nt_proc c;
+    const char *args[] = { mode, url, NULL };
+    nt_proc_start(&c, args);
+    lc_session *s;
+    assert_int_equal(lc_accept(l, &s, 10000), 0);
+    assert_non_null(nt_proc_line(&c, 10000)); /* everything it will send is sent */
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(s, &r, 5000), 0);
+    lc_msg *m;
+    assert_int_equal(lc_recv(r, &m, 5000), 0);
+    int n;
+    assert_int_equal(lc_unpack(m, "{s:i}", "N", &n), 0);
+    assert_int_equal(n, 1);
+    lc_msg_free(m);
+
+    recv_arg a = { .r = r, .rc = 12345 };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, blocked_recv, &a), 0);
+    wait_blocked(&a);
+    assert_int_equal(kill(c.pid, SIGKILL), 0);
+    int64_t t0 = lc_test_now_us();
+    pthread_join(t, NULL);
+    int64_t took = lc_test_now_us() - t0;
+    if (a.rc != want1 && a.rc != want2)
+        fprintf(stderr, "%s: blocked recv got %s\n", mode, lc_strerror(a.rc));
+    assert_true(a.rc == want1 || a.rc == want2);
+    assert_true(took < 2000000);
+    int wst = nt_proc_wait(&c);
+    assert_true(WIFSIGNALED(wst) && WTERMSIG(wst) == SIGKILL);
+    /* the channel stays failed, the session reports why */
+    assert_true(lc_recv(r, &m, 0) == a.rc);
+    int se = lc_session_error(s);
+    if (se != want1 && se != want2)
+        fprintf(stderr, "%s: session error %s\n", mode, lc_strerror(se));
+    assert_true(se == want1 || se == want2);
+    lc_receiver *more;
+    assert_int_equal(lc_session_receiver(s, &more, 0), LC_ESESSION);
+    lc_receiver_release(r);
+    lc_session_free(s);
+    lc_listener_close(l);
+}
+
+/* A DATA frame announced 100 bytes, 10 came, then the process died: the cut
+ * is inside a frame, a protocol error. */
+static void test_peer_killed_mid_frame(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    run_killed("partial-frame", LC_EPROTO, LC_EPROTO);
+}
+
+/* Whole frames, but the last message is cut in half: the carrier ended
+ * between frames (a clean end as far as framing goes). */
+static void test_peer_killed_mid_message(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    run_killed("partial-msg", LC_ESESSION, LC_ESESSION);
+}
+
+/* A libchan process sending 4 KiB messages as fast as it can is killed at
+ * some point: we get an unbroken prefix of its sequence, then an error, and
+ * never a hang. */
+static void test_peer_killed_while_flooding(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    char url[128];
+    nt_unix_url(url, sizeof url);
+    lc_listener *l;
+    lc_error err = { 0 };
+    assert_int_equal(lc_listen(url, NULL, &l, &err), 0);
+    nt_proc c;
+    const char *args[] = { "flood", url, NULL };
+    nt_proc_start(&c, args);
+    lc_session *s;
+    assert_int_equal(lc_accept(l, &s, 10000), 0);
+    assert_non_null(nt_proc_line(&c, 10000));
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(s, &r, 5000), 0);
+    int64_t next = 0;
+    lc_msg *m;
+    for (; next < 200; next++) {
+        assert_int_equal(lc_recv(r, &m, 5000), 0);
+        int64_t seq;
+        assert_int_equal(lc_unpack(m, "{s:I, s:s}", "Seq", &seq, "Pad", NULL), 0);
+        assert_int_equal(seq, next);
+        lc_msg_free(m);
+    }
+    assert_int_equal(kill(c.pid, SIGKILL), 0);
+    int64_t t0 = lc_test_now_us();
+    int rc;
+    while ((rc = lc_recv(r, &m, 5000)) == 0) {
+        int64_t seq;
+        assert_int_equal(lc_unpack(m, "{s:I}", "Seq", &seq), 0);
+        assert_int_equal(seq, next);
+        next++;
+        lc_msg_free(m);
+    }
+    if (rc != LC_ESESSION && rc != LC_EPROTO)
+        fprintf(stderr, "flood: after %lld messages: %s\n", (long long)next, lc_strerror(rc));
+    assert_true(rc == LC_ESESSION || rc == LC_EPROTO);
+    assert_true(lc_test_now_us() - t0 < 3000000);
+    int wst = nt_proc_wait(&c);
+    assert_true(WIFSIGNALED(wst) && WTERMSIG(wst) == SIGKILL);
+    lc_receiver_release(r);
+    lc_session_free(s);
+    lc_listener_close(l);
+}
+
+int main(void)
+{
+    lc__engine_default(); /* its fds live as long as the process */
+    nt_filter_from_env();
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_proxy_process_forwards_requests_and_replies, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_proxy_process_over_tcp_both_ways, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_peer_killed_mid_frame, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_peer_killed_mid_message, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_peer_killed_while_flooding, lc_test_setup, lc_test_teardown),
+    };
+    return cmocka_run_group_tests_name("net/session_proc", tests, NULL, NULL);
+}
