@@ -20,56 +20,10 @@
 #include "codec/codec.h"
 #include "msg/msg_internal.h"
 #include "testutil.h"
+#include "hexbytes.h"
 
 /* ---- helpers ------------------------------------------------------------- */
 
-/* Parses "84 a5 'Value' 2a" style text: hex byte pairs, and 'quoted text'
- * copied verbatim. Returns the byte count. */
-static size_t hx(const char *s, uint8_t *out, size_t cap)
-{
-    size_t n = 0;
-    while (*s) {
-        if (*s == ' ') {
-            s++;
-        } else if (*s == '\'') {
-            s++;
-            while (*s && *s != '\'') {
-                assert_true(n < cap);
-                out[n++] = (uint8_t)*s++;
-            }
-            assert_int_equal(*s, '\'');
-            s++;
-        } else {
-            unsigned v;
-            assert_int_equal(sscanf(s, "%2x", &v), 1);
-            assert_true(n < cap);
-            out[n++] = (uint8_t)v;
-            s += 2;
-        }
-    }
-    return n;
-}
-
-#define HX(name, text)                \
-    uint8_t name[1024];               \
-    size_t name##_n = hx(text, name, sizeof name)
-
-static void dump(const char *what, const uint8_t *p, size_t n)
-{
-    fprintf(stderr, "%s (%zu):", what, n);
-    for (size_t i = 0; i < n && i < 96; i++)
-        fprintf(stderr, " %02x", p[i]);
-    fprintf(stderr, n > 96 ? " ...\n" : "\n");
-}
-
-static void assert_bytes(const uint8_t *got, size_t gn, const uint8_t *exp, size_t en)
-{
-    if (gn != en || memcmp(got, exp, en) != 0) {
-        dump("got     ", got, gn);
-        dump("expected", exp, en);
-        fail_msg("bytes differ");
-    }
-}
 
 /* Encodes without hooks into a fresh buffer (caller frees). */
 static lc_buf enc(const lc_msg *m)
@@ -85,7 +39,7 @@ static lc_msg *dec(const uint8_t *p, size_t n)
     lc_msg *m = NULL;
     int rc = lc__decode(p, n, NULL, NULL, &m, NULL);
     if (rc != 0)
-        dump("decode failed on", p, n);
+        hx_dump("decode failed on", p, n);
     assert_int_equal(rc, 0);
     assert_non_null(m);
     return m;
@@ -1142,7 +1096,7 @@ static void test_mutations_fast_and_stream_agree(void **state)
         if (rf == 0) {
             counts[0]++;
             if (rs != 0) {
-                dump("input", buf, n);
+                hx_dump("input", buf, n);
                 fail_msg("iter %d: fast ok, stream %d", iter, rs);
             }
             lc_buf e1 = enc(fm), e2 = enc(sm);
@@ -1153,7 +1107,7 @@ static void test_mutations_fast_and_stream_agree(void **state)
         } else if (rf != LC_ETRUNCATED) {
             counts[1]++;
             if (rs != rf) {
-                dump("input", buf, n);
+                hx_dump("input", buf, n);
                 fail_msg("iter %d: fast %d, stream %d", iter, rf, rs);
             }
         } else {

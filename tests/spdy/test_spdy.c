@@ -18,56 +18,10 @@
 #include "libchan.h"
 #include "spdy/spdy.h"
 #include "testutil.h"
+#include "hexbytes.h"
 
 /* ---- byte helpers ---------------------------------------------------------- */
 
-/* Parses "80 03 00 01 'text'" style text: hex byte pairs (spaces optional),
- * and 'quoted text' copied verbatim. Returns the byte count. */
-static size_t hx(const char *s, uint8_t *out, size_t cap)
-{
-    size_t n = 0;
-    while (*s) {
-        if (*s == ' ') {
-            s++;
-        } else if (*s == '\'') {
-            s++;
-            while (*s && *s != '\'') {
-                assert_true(n < cap);
-                out[n++] = (uint8_t)*s++;
-            }
-            assert_int_equal(*s, '\'');
-            s++;
-        } else {
-            unsigned v;
-            assert_int_equal(sscanf(s, "%2x", &v), 1);
-            assert_true(n < cap);
-            out[n++] = (uint8_t)v;
-            s += 2;
-        }
-    }
-    return n;
-}
-
-#define HX(name, text)                \
-    uint8_t name[2048];               \
-    size_t name##_n = hx(text, name, sizeof name)
-
-static void dump(const char *what, const uint8_t *p, size_t n)
-{
-    fprintf(stderr, "%s (%zu):", what, n);
-    for (size_t i = 0; i < n && i < 96; i++)
-        fprintf(stderr, " %02x", p[i]);
-    fprintf(stderr, n > 96 ? " ...\n" : "\n");
-}
-
-static void assert_bytes(const uint8_t *got, size_t gn, const uint8_t *exp, size_t en)
-{
-    if (gn != en || memcmp(got, exp, en) != 0) {
-        dump("got     ", got, gn);
-        dump("expected", exp, en);
-        fail_msg("bytes differ");
-    }
-}
 
 static void put32(uint8_t *p, uint32_t v)
 {
