@@ -26,6 +26,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <sched.h>
 #include <unistd.h>
 
@@ -998,6 +999,33 @@ static void start_pump(lc_stream *st)
 
 static void bytes_cb(void *ctx, uint32_t ev);
 
+/*
+ * Writes to a byte stream's fd without ever raising SIGPIPE in the
+ * application when its reader has gone (a command that exits without
+ * reading its stdin): sockets use MSG_NOSIGNAL; for pipes SIGPIPE is blocked
+ * in this thread around the write and a pending one is consumed.
+ */
+static ssize_t write_nosigpipe(int fd, const void *p, size_t n)
+{
+    ssize_t w = send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w >= 0 || errno != ENOTSOCK)
+        return w;
+    sigset_t pipe_set, old;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    w = write(fd, p, n);
+    int err = errno;
+    if (w < 0 && err == EPIPE) {
+        struct timespec zero = { 0, 0 };
+        while (sigtimedwait(&pipe_set, NULL, &zero) > 0)
+            ; /* the SIGPIPE this write raised, not the application's */
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = err;
+    return w;
+}
+
 /* Appends inbound bytes for st's fd (written by bytes_kick). mu held. */
 static int bytes_inbound_locked(lc_session *s, lc_stream *st, const uint8_t *p, size_t n)
 {
@@ -1121,7 +1149,7 @@ static void bytes_pump(lc_stream *st, uint32_t ev)
     /* inbound: buffered DATA -> fd */
     pthread_mutex_lock(&s->mu);
     while (st->in_open && st->fd >= 0 && st->fd_out.len > 0) {
-        ssize_t n = write(st->fd, st->fd_out.data, st->fd_out.len);
+        ssize_t n = write_nosigpipe(st->fd, st->fd_out.data, st->fd_out.len);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && errno == EAGAIN) {

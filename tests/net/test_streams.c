@@ -418,6 +418,54 @@ static void test_fd_becomes_substream_over_tcp(void **st)
     run_fd_pass("tcp://127.0.0.1:0", false);
 }
 
+
+/* The remote writes into a stream whose local reader is gone (a pipe with its
+ * read end closed): the library gets EPIPE, the process is not killed by
+ * SIGPIPE, and the session goes on. */
+static void test_stream_into_closed_pipe_does_not_raise_sigpipe(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    lc_error err = { 0 };
+    lc_listener *l;
+    assert_int_equal(lc_listen("tcp://127.0.0.1:0", NULL, &l, &err), 0);
+    char bound[256];
+    assert_int_equal(lc_listener_url(l, bound, sizeof bound), 0);
+    lc_session *c, *sv;
+    assert_int_equal(lc_dial(bound, NULL, &c, &err), 0);
+    assert_int_equal(lc_accept(l, &sv, 5000), 0);
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    close(p[0]); /* nobody will ever read what the remote writes */
+    lc_sender *ch;
+    assert_int_equal(lc_session_sender(c, &ch), 0);
+    lc_msg *m = lc_msg_new();
+    assert_int_equal(lc_msg_set_root(m, lc_new_stream(m, p[1], LC_STREAM_WRITE)), 0);
+    assert_int_equal(lc_send(ch, m, 5000), 0);
+    lc_receiver *in;
+    assert_int_equal(lc_session_receiver(sv, &in, 5000), 0);
+    assert_int_equal(lc_recv(in, &m, 5000), 0);
+    int fd = lc_value_take_fd(lc_msg_root(m), NULL);
+    lc_msg_free(m);
+    assert_true(fd >= 0);
+    char buf[4096];
+    memset(buf, 'z', sizeof buf);
+    assert_int_equal(write_all(fd, buf, sizeof buf), 0);
+    close(fd);
+    /* still alive, and the session still carries messages */
+    assert_int_equal(lc_send(ch, lc_pack("{s:i}", "After", 1), 5000), 0);
+    assert_int_equal(lc_recv(in, &m, 5000), 0);
+    int after;
+    assert_int_equal(lc_unpack(m, "{s:i}", "After", &after), 0);
+    assert_int_equal(after, 1);
+    lc_msg_free(m);
+    lc_close(ch);
+    lc_sender_release(ch);
+    lc_receiver_release(in);
+    lc_session_free(c);
+    lc_session_free(sv);
+    lc_listener_close(l);
+}
+
 int main(void)
 {
     lc__engine_default(); /* its fds live as long as the process */
@@ -427,6 +475,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_go_echo_vector_answered_like_go, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_passed_as_itself_over_unix, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_becomes_substream_over_tcp, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_stream_into_closed_pipe_does_not_raise_sigpipe, lc_test_setup, lc_test_teardown),
     };
     return cmocka_run_group_tests_name("net/streams", tests, NULL, NULL);
 }
