@@ -16,6 +16,7 @@ PACKAGES=(
     libmsgpack-dev    # msgpack primitives for the codec
     libcmocka-dev     # the unit-test framework
     zlib1g-dev        # SPDY/3 header-block compression
+    libjansson-dev    # JSON for the lchan tool (tools/lchan)
     util-linux        # setarch, to run ThreadSanitizer builds without ASLR when needed
     # tests/gopeer: a Go peer built offline from Debian's Go sources (GOPATH mode)
     golang-go                            # Go 1.19 toolchain

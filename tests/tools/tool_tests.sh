@@ -1,0 +1,507 @@
+#!/usr/bin/env bash
+# tool_tests.sh CASE - one test case of the lchan tool (tools/lchan) or of the
+# network examples, run by ctest (tests/tools/CMakeLists.txt). Real processes
+# throughout: servers listen on unix sockets in a private temporary directory
+# or on tcp://127.0.0.1:0, and the test reads the URL each server prints on its
+# first stdout line before going on: no fixed ports, no sleeps. Every client
+# runs under `timeout`; ctest's TIMEOUT bounds the rest.
+#
+# Environment: LCHAN (the tool), LC_SOURCE_DIR (for docs/lchan.1), and for the
+# example cases ECHO_SERVER, ECHO_CLIENT, REXEC_SERVER, REXEC_CLIENT.
+set -uo pipefail
+
+CASE=${1:?usage: tool_tests.sh CASE}
+T=$(mktemp -d /tmp/lchan-test.XXXXXX)
+FAILED=0
+RUNS=0
+SERVERS=() # names of servers started and not yet stopped
+IN=/dev/null
+
+fail() { echo "FAIL [$CASE]: $*" >&2; FAILED=1; }
+die() { fail "$@"; exit 1; }
+
+# Sanitizer reports fail the test even when the exit status is right.
+check_clean() { # FILE WHAT
+    if grep -qE 'ERROR: AddressSanitizer|ERROR: LeakSanitizer|WARNING: ThreadSanitizer|runtime error:' "$1"; then
+        fail "$2: sanitizer report"
+        sed 's/^/    /' "$1" >&2
+    fi
+}
+
+# run WANT_RC CMD... : runs CMD (stdin from $IN) into $OUT and $ERR, checks
+# the exit status.
+run() {
+    local want=$1
+    shift
+    RUNS=$((RUNS + 1))
+    OUT=$T/out.$RUNS
+    ERR=$T/err.$RUNS
+    timeout 40 "$@" <"$IN" >"$OUT" 2>"$ERR"
+    RC=$?
+    echo "\$ ${*##*/} -> $RC" >&2
+    if [ "$RC" != "$want" ]; then
+        fail "'$*': exit status $RC, expected $want"
+        sed 's/^/    stdout: /' "$OUT" | head -20 >&2
+        sed 's/^/    stderr: /' "$ERR" | head -20 >&2
+    fi
+    check_clean "$ERR" "'$*'"
+}
+
+out_is() { [ "$(cat "$OUT")" = "$1" ] || fail "stdout is '$(cat "$OUT")', expected '$1'"; }
+out_has() { grep -qE -- "$1" "$OUT" || fail "stdout lacks /$1/: '$(head -c 600 "$OUT")'"; }
+err_has() { grep -qE -- "$1" "$ERR" || fail "stderr lacks /$1/: '$(head -c 600 "$ERR")'"; }
+# An error is one line, starting "lchan: ".
+err_one_line() {
+    local n
+    n=$(wc -l <"$ERR")
+    [ "$n" = 1 ] || fail "stderr has $n lines, expected one: '$(cat "$ERR")'"
+    grep -q '^lchan: ' "$ERR" || fail "stderr does not start with 'lchan: ': '$(cat "$ERR")'"
+    [ -n "${1:-}" ] && err_has "$1"
+    return 0
+}
+
+# start NAME CMD... : starts a server and sets URL from its first line.
+start() {
+    local name=$1
+    shift
+    mkfifo "$T/$name.fifo"
+    "$@" >"$T/$name.fifo" 2>"$T/$name.err" &
+    local pid=$!
+    eval "PID_$name=$pid"
+    SERVERS+=("$name")
+    local fd
+    exec {fd}<"$T/$name.fifo"
+    if ! read -r -t 30 -u "$fd" URL; then
+        exec {fd}<&-
+        sed 's/^/    stderr: /' "$T/$name.err" >&2
+        die "$name printed no URL"
+    fi
+    cat <&"$fd" >"$T/$name.out" & # the rest of its stdout, until it exits
+    exec {fd}<&-
+    echo "started $name: $URL" >&2
+}
+
+# stop NAME [SIGNAL] [WANT_RC] : signals a server and checks how it ended.
+stop() {
+    local name=$1 sig=${2:-TERM} want=${3:-0} pid rc
+    pid=$(eval echo "\$PID_$name")
+    [ "$sig" != none ] && kill -s "$sig" "$pid" 2>/dev/null
+    # a deadline, so a server that does not stop is reported as such
+    if ! timeout 30 tail --pid="$pid" -f /dev/null; then
+        fail "$name did not exit within 30 s of SIG$sig; its stderr ends with:"
+        tail -n 30 "$T/$name.err" | sed 's/^/    /' >&2
+        kill -s KILL "$pid" 2>/dev/null
+    fi
+    wait "$pid"
+    rc=$?
+    SERVERS=("${SERVERS[@]/$name/}")
+    [ "$rc" = "$want" ] || { fail "$name exited $rc, expected $want"; sed 's/^/    stderr: /' "$T/$name.err" >&2; }
+    check_clean "$T/$name.err" "$name"
+}
+
+cleanup() {
+    for name in "${SERVERS[@]}"; do
+        [ -n "$name" ] || continue
+        local pid
+        pid=$(eval echo "\$PID_$name")
+        kill -s KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    rm -rf "$T"
+    if [ "$FAILED" = 0 ]; then echo "PASS [$CASE]"; else echo "FAILED [$CASE]"; exit 1; fi
+}
+trap cleanup EXIT
+
+# A tcp URL nobody listens on: a server's port, after it has stopped.
+dead_tcp_url() {
+    start dead "$LCHAN" serve tcp://127.0.0.1:0 --echo
+    local u=$URL
+    stop dead
+    URL=$u
+}
+
+# ---- cases -------------------------------------------------------------------
+
+t_help() {
+    run 0 "$LCHAN" --help
+    for c in serve send exec connect bench; do out_has "^  $c "; done
+    out_has '76  session ended early'
+    for c in serve send exec connect bench; do
+        run 0 "$LCHAN" "$c" --help
+        out_has "^usage: lchan $c "
+        cp "$OUT" "$T/help.$c"
+        run 0 "$LCHAN" help "$c"
+        cmp -s "$OUT" "$T/help.$c" || fail "lchan help $c differs from lchan $c --help"
+        run 0 "$LCHAN" "$c" -h
+    done
+    run 0 "$LCHAN" --version
+    out_has '^lchan \(libchan [0-9]+\.[0-9]+\.[0-9]+\)$'
+    # the man page documents every option and exit code the help shows, and
+    # the help every option the man page documents
+    local man="$LC_SOURCE_DIR/docs/lchan.1"
+    [ -f "$man" ] || die "no $man"
+    sed 's/\\-/-/g; s/\\f[BIRP]//g' "$man" >"$T/man.txt"
+    cat "$T"/help.* >"$T/help.all"
+    "$LCHAN" --help >>"$T/help.all"
+    for o in $(grep -oE -- '--[a-z][a-z-]+' "$T/help.all" | sort -u); do
+        grep -q -- "$o" "$T/man.txt" || fail "option $o is in --help but not in docs/lchan.1"
+    done
+    for o in $(grep -oE -- '--[a-z][a-z-]+' "$T/man.txt" | sort -u); do
+        grep -q -- "$o" "$T/help.all" || fail "option $o is in docs/lchan.1 but not in any --help"
+    done
+    for code in 0 64 65 66 69 70 71 75 76; do
+        grep -q "^\.B $code\$" "$T/man.txt" || fail "exit code $code is not in docs/lchan.1"
+        grep -qE "^  $code |  $code  " "$T/help.all" || fail "exit code $code is not in lchan --help"
+    done
+}
+
+t_usage() {
+    run 64 "$LCHAN"
+    run 64 "$LCHAN" frobnicate
+    err_one_line "no command 'frobnicate'"
+    run 64 "$LCHAN" --bogus
+    err_one_line "unknown option"
+    run 64 "$LCHAN" send
+    err_one_line "missing URL"
+    run 64 "$LCHAN" send unix:///x.sock
+    err_one_line "missing JSON"
+    run 64 "$LCHAN" send unix:///x.sock '{}' extra
+    err_one_line "too many arguments"
+    run 64 "$LCHAN" send unix:///x.sock '{}' --timeout abc
+    err_one_line "--timeout: 'abc' is not a number"
+    run 64 "$LCHAN" send unix:///x.sock '{}' --frob
+    err_one_line "send: unknown option '--frob' \(see lchan send --help\)"
+    run 64 "$LCHAN" serve unix:///x.sock
+    err_one_line "choose one service"
+    run 64 "$LCHAN" serve unix:///x.sock --echo --exec
+    err_one_line "choose one service"
+    run 64 "$LCHAN" serve --echo
+    err_one_line "missing URL"
+    run 64 "$LCHAN" serve tcp://0.0.0.0:0 --exec
+    err_one_line "not a loopback address.*--allow-remote"
+    run 64 "$LCHAN" exec unix:///x.sock
+    err_one_line "missing command"
+    run 64 "$LCHAN" exec
+    err_one_line "missing URL"
+    run 64 "$LCHAN" connect unix:///x.sock 0
+    err_one_line "needs URL LOCAL_PORT HOST:PORT"
+    run 64 "$LCHAN" connect unix:///x.sock 70000 127.0.0.1:80
+    err_one_line "LOCAL_PORT '70000'"
+    run 64 "$LCHAN" connect unix:///x.sock 0 nocolon
+    err_one_line "'nocolon' is not HOST:PORT"
+    run 64 "$LCHAN" bench
+    err_one_line "missing URL"
+    run 64 "$LCHAN" bench unix:///x.sock --messages -1
+    err_one_line "--messages"
+}
+
+t_bad_url() {
+    run 66 "$LCHAN" send tcp://127.0.0.1 '{}'
+    err_one_line "^lchan: bad URL tcp://127.0.0.1: missing port"
+    run 66 "$LCHAN" send nonsense '{}'
+    err_one_line "not a URL"
+    run 66 "$LCHAN" send foo://bar '{}'
+    err_one_line "unknown scheme"
+    run 66 "$LCHAN" send tcp://127.0.0.1:99999 '{}'
+    err_one_line "bad port"
+    run 66 "$LCHAN" serve tcp://127.0.0.1:99999 --echo
+    err_one_line "bad port"
+    run 66 "$LCHAN" exec unix:// -- true
+    err_one_line "missing path"
+    run 66 "$LCHAN" connect tcp://x 0 127.0.0.1:1
+    err_one_line "bad URL"
+    run 66 "$LCHAN" bench http://127.0.0.1:80
+    err_one_line "bad URL"
+}
+
+t_unreachable() {
+    dead_tcp_url
+    local dead=$URL
+    run 69 "$LCHAN" send "$dead" '{"A":1}'
+    err_one_line "^lchan: cannot connect to $dead: connection refused \(is \`lchan serve\` running\?\)$"
+    run 69 "$LCHAN" send "unix://$T/nobody.sock" '{"A":1}'
+    err_one_line "cannot connect to unix://$T/nobody.sock: .*is \`lchan serve\` running"
+    run 69 "$LCHAN" exec "$dead" -- true
+    err_one_line "cannot connect"
+    run 69 "$LCHAN" bench "$dead"
+    err_one_line "cannot connect"
+    run 69 "$LCHAN" connect "$dead" 0 127.0.0.1:1
+    err_one_line "cannot connect"
+}
+
+t_bad_json() {
+    dead_tcp_url # JSON is checked before connecting: no server needed
+    run 65 "$LCHAN" send "$URL" '{"a":'
+    err_one_line "^lchan: bad JSON: line 1, column"
+    run 65 "$LCHAN" send "$URL" "{'a': 1}"
+    err_one_line "bad JSON"
+    run 65 "$LCHAN" send "$URL" '{"a": 1, "a": 2}'
+    err_one_line "duplicate"
+    run 65 "$LCHAN" send "$URL" '{"n": 99999999999999999999}'
+    err_one_line '\$uint'
+    run 65 "$LCHAN" send "$URL" '{"x": {"$stream": "stdfoo"}}'
+    err_one_line 'at x: unknown stream "stdfoo"'
+    run 65 "$LCHAN" send "$URL" '{"a": ["@stdin", "@stdin"]}'
+    err_one_line 'at a\[1\]: stdin is used twice'
+    run 65 "$LCHAN" send "$URL" '{"b": {"$binary": "!!"}}'
+    err_one_line 'not base64'
+    run 65 "$LCHAN" send "$URL" '{"t": {"$time": "yesterday"}}'
+    err_one_line 'RFC 3339'
+    run 65 "$LCHAN" send "$URL" '{"c": {"$chan": "other"}}'
+    err_one_line 'unknown channel'
+}
+
+send_echo() { # URL-of-listener
+    start echo "$LCHAN" serve "$1" --echo
+    run 0 "$LCHAN" send "$URL" '{"Op":"hello","Reply":"@reply"}'
+    out_is '{"Op":"hello"}'
+    # every kind of value, there and back
+    run 0 "$LCHAN" send "$URL" '{"S":"x","I":-5,"F":1.5,"B":true,"N":null,"A":[1,"two",[]],"M":{},
+        "Bin":{"$binary":"AAEC/w=="},"T":{"$time":"2024-01-02T03:04:05.5Z"},"U":{"$uint":"18446744073709551615"},
+        "L":{"$string":"@reply"},"Big":9223372036854775807,"R":{"$chan":"reply"}}'
+    out_is '{"S":"x","I":-5,"F":1.5,"B":true,"N":null,"A":[1,"two",[]],"M":{},"Bin":{"$binary":"AAEC/w=="},"T":{"$time":"2024-01-02T03:04:05.500000000Z"},"U":{"$uint":"18446744073709551615"},"L":"@reply","Big":9223372036854775807}'
+    # two reply channels: both answered; a message without one: nothing to print
+    run 0 "$LCHAN" send "$URL" '["@reply", "@reply"]'
+    out_is '[null,null]
+[null,null]'
+    run 0 "$LCHAN" send "$URL" '{"one-way": true}'
+    out_is ''
+    stop echo
+}
+t_send_echo_unix() { send_echo "unix://$T/echo.sock"; }
+t_send_echo_tcp() { send_echo "tcp://127.0.0.1:0"; }
+
+t_send_streams() {
+    start echo "$LCHAN" serve "unix://$T/echo.sock" --echo
+    printf 'abc\ndef\n' >"$T/in"
+    IN=$T/in run 0 "$LCHAN" send "$URL" '{"In":"@stdin","Out":"@stdout"}'
+    out_is $'abc\ndef'
+    IN=$T/in run 0 "$LCHAN" send "$URL" '{"Both":{"$stream":"stdio"}}'
+    out_is $'abc\ndef'
+    IN=$T/in run 0 "$LCHAN" send "$URL" '{"In":"@stdin","Err":"@stderr"}'
+    out_is ''
+    err_has '^abc$'
+    head -c 2000000 /dev/urandom >"$T/big"
+    IN=$T/big run 0 "$LCHAN" send "$URL" '{"Both":"@stdio"}'
+    cmp -s "$OUT" "$T/big" || fail "2 MB through a duplex stream came back different"
+    IN=$T/big run 0 "$LCHAN" send "$URL" '{"In":"@stdin","Out":"@stdout"}'
+    cmp -s "$OUT" "$T/big" || fail "2 MB through two streams came back different"
+    stop echo
+}
+
+t_send_timeout() {
+    start ex "$LCHAN" serve "unix://$T/ex.sock" --exec
+    # a command that outlives the deadline: its status comes too late
+    run 75 "$LCHAN" send --timeout 300 "$URL" '{"Cmd":"sleep","Args":["20"],"StatusChan":"@reply"}'
+    err_one_line "no complete answer within 300 ms"
+    run 0 "$LCHAN" send --timeout=10000 "$URL" '{"Cmd":"true","StatusChan":"@reply"}'
+    out_is '{"Status":0}'
+    stop ex # ends the sleep with SIGTERM
+}
+
+t_trace() {
+    start echo "$LCHAN" serve "tcp://127.0.0.1:0" --echo --trace
+    run 0 "$LCHAN" --trace send "$URL" '{"Op":"hello","Reply":"@reply"}'
+    out_is '{"Op":"hello"}'
+    err_has '^\[trace \+[0-9.]+s\] dial tcp://'
+    err_has 'chan#1 >> \{"Op":"hello","Reply":<Sender>\}'
+    err_has 'reply#1 << \{"Op":"hello"\}'
+    err_has 'reply#1: closed by the other side'
+    printf 'xyz' >"$T/in"
+    IN=$T/in run 0 "$LCHAN" send "$URL" --trace '{"In":"@stdin","Out":"@stdout"}'
+    err_has '<stream:read>'
+    err_has 'stdin -> stream: 3 bytes'
+    err_has 'stream -> stdout: end of stream after 3 bytes'
+    stop echo
+    grep -q 'session#1 chan#1 << {"Op":"hello","Reply":<Sender>}' "$T/echo.err" || fail "serve --trace shows no request"
+    grep -q 'session#1 chan#1 reply >> {"Op":"hello"}' "$T/echo.err" || fail "serve --trace shows no reply"
+}
+
+exec_basic() { # URL-of-listener
+    start ex "$LCHAN" serve "$1" --exec -v
+    printf 'hello\nworld\n' >"$T/in"
+    IN=$T/in run 0 "$LCHAN" exec "$URL" -- tr a-z A-Z
+    out_is $'HELLO\nWORLD'
+    run 3 "$LCHAN" exec "$URL" -- sh -c 'echo out; echo err >&2; exit 3'
+    out_is 'out'
+    [ "$(cat "$ERR")" = err ] || fail "stderr is '$(cat "$ERR")', expected 'err'"
+    # without --, the command starts at the first word after the URL
+    run 0 "$LCHAN" exec "$URL" echo -n no-dashes
+    out_is 'no-dashes'
+    head -c 3000000 /dev/urandom >"$T/big"
+    IN=$T/big run 0 "$LCHAN" exec "$URL" -- cat
+    cmp -s "$OUT" "$T/big" || fail "3 MB through cat came back different"
+    run 0 "$LCHAN" --trace exec "$URL" -- true
+    err_has '"Cmd":"true","Args":\[\],"Stdin":<stream:read>,"Stdout":<stream:write>,"Stderr":<stream:write>,"StatusChan":<Sender>'
+    err_has 'StatusChan << \{"Status":0\}'
+    stop ex
+    grep -q "status 3" "$T/ex.err" || fail "serve -v did not log the status"
+}
+t_exec_unix() { exec_basic "unix://$T/ex.sock"; }
+t_exec_tcp() { exec_basic "tcp://127.0.0.1:0"; }
+
+t_exec_failures() {
+    start ex "$LCHAN" serve "unix://$T/ex.sock" --exec
+    run 127 "$LCHAN" exec "$URL" -- no-such-command-xyz
+    err_has "cannot run 'no-such-command-xyz': No such file or directory"
+    run 137 "$LCHAN" exec "$URL" -- sh -c 'kill -9 $$'
+    run 1 "$LCHAN" exec "$URL" -- false
+    # a command that does not read its stdin, and a server that stays up
+    head -c 1000000 /dev/zero >"$T/zeros"
+    IN=$T/zeros run 0 "$LCHAN" exec "$URL" -- true
+    IN=$T/zeros run 0 "$LCHAN" exec "$URL" -- head -c 10
+    [ "$(wc -c <"$OUT")" = 10 ] || fail "head -c 10 gave $(wc -c <"$OUT") bytes"
+    # a request that is not a command: status 127, the reason on Stderr
+    run 0 "$LCHAN" send "$URL" '{"Args":[1],"StatusChan":"@reply","Stderr":"@stderr"}'
+    out_is '{"Status":127}'
+    err_has 'no "Cmd" string'
+    # the wrong kind of server: no status in the reply
+    start echo "$LCHAN" serve "unix://$T/echo.sock" --echo
+    run 76 "$LCHAN" exec "$URL" -- true
+    err_one_line 'without a valid \{"Status": N\}'
+    stop echo
+    stop ex
+}
+
+t_exec_session_lost() {
+    start ex "$LCHAN" serve "unix://$T/ex.sock" --exec
+    local u=$URL
+    mkfifo "$T/cin" "$T/cout"
+    # the remote command says it started, then waits on its stdin (our fifo)
+    timeout 60 "$LCHAN" exec "$u" -- sh -c 'echo started; cat' <"$T/cin" >"$T/cout" 2>"$T/cerr" &
+    local client=$!
+    exec {w}>"$T/cin" {r}<"$T/cout"
+    read -r -t 30 -u "$r" line || die "the remote command did not start"
+    [ "$line" = started ] || fail "got '$line'"
+    stop ex KILL 137 # the server dies mid-command
+    wait "$client"
+    local rc=$?
+    exec {w}>&- {r}<&-
+    [ "$rc" = 76 ] || fail "exec exited $rc when its server died, expected 76"
+    grep -q "ended before the command reported its status" "$T/cerr" || fail "stderr: $(cat "$T/cerr")"
+    check_clean "$T/cerr" "exec"
+}
+
+t_serve_stop() {
+    start echo "$LCHAN" serve "unix://$T/s.sock" --echo
+    [ -S "$T/s.sock" ] || fail "no socket file"
+    stop echo TERM 0
+    [ -e "$T/s.sock" ] && fail "the socket file is still there after SIGTERM"
+    start echo2 "$LCHAN" serve "unix://$T/s.sock" --echo -v
+    stop echo2 INT 0
+    grep -q "stopping (signal 2)" "$T/echo2.err" || fail "no stop message: $(cat "$T/echo2.err")"
+    # stopping with a command running: the command is ended, the client told
+    start ex "$LCHAN" serve "unix://$T/ex.sock" --exec
+    mkfifo "$T/cout"
+    timeout 60 "$LCHAN" exec "$URL" -- sh -c 'echo started; exec sleep 30' >"$T/cout" 2>"$T/cerr" </dev/null &
+    local client=$!
+    exec {r}<"$T/cout"
+    read -r -t 30 -u "$r" line || die "the remote command did not start"
+    stop ex TERM 0
+    wait "$client"
+    local rc=$?
+    exec {r}<&-
+    # the command was killed by SIGTERM (143); or the session went first (76)
+    [ "$rc" = 143 ] || [ "$rc" = 76 ] || fail "exec exited $rc after serve stopped, expected 143 or 76"
+}
+
+t_serve_listen_fail() {
+    run 71 "$LCHAN" serve "unix://$T/no/such/dir/s.sock" --echo
+    err_one_line "^lchan: cannot listen on unix://$T/no/such/dir/s.sock: no such file or directory"
+    start one "$LCHAN" serve tcp://127.0.0.1:0 --echo
+    run 71 "$LCHAN" serve "$URL" --echo
+    err_one_line "cannot listen on $URL: address already in use \(another server"
+    start two "$LCHAN" serve "unix://$T/s.sock" --echo
+    run 71 "$LCHAN" serve "$URL" --echo
+    err_one_line "address already in use"
+    stop one
+    stop two
+}
+
+t_gateway_connect() {
+    start echo "$LCHAN" serve tcp://127.0.0.1:0 --echo
+    local target=${URL#tcp://}
+    start gw "$LCHAN" serve "unix://$T/gw.sock" --gateway -v --trace
+    local gw=$URL
+    start conn "$LCHAN" connect "$gw" 0 "$target" --trace
+    local local_url=$URL
+    [[ "$local_url" =~ ^tcp://127\.0\.0\.1:[0-9]+$ ]] || fail "connect printed '$local_url'"
+    # a whole libchan session through the tunnel: lchan -> connect -> gateway -> echo
+    run 0 "$LCHAN" send "$local_url" '{"Via":"tunnel","Reply":"@reply"}'
+    out_is '{"Via":"tunnel"}'
+    run 0 "$LCHAN" bench "$local_url" --messages 2000 --roundtrips 100
+    out_has 'one-way: +2000 msgs'
+    # the gateway cannot reach the target: connect says so
+    dead_tcp_url
+    start conn2 "$LCHAN" connect "$gw" 0 "${URL#tcp://}"
+    # the tunnel is accepted, then closes at once: the session ends unanswered
+    run 76 "$LCHAN" send "$URL" '{"R":"@reply"}'
+    err_one_line "(the session to $URL ended before any reply came|cannot (send|open a channel) to $URL: session ended)"
+    stop conn2 TERM 0
+    grep -q "the gateway says: dial 127.0.0.1:[0-9]*: connection refused" "$T/conn2.err" ||
+        fail "connect did not report the gateway's error: $(cat "$T/conn2.err")"
+    # the gateway used directly, with stdin/stdout as the tunnel
+    run 0 "$LCHAN" send "$gw" "{\"Dial\":\"$target\",\"Conn\":\"@stdio\",\"Reply\":\"@reply\"}"
+    grep -qa "{\"Connected\":\"$target\"}$" "$OUT" || fail "no Connected reply: $(head -c 300 "$OUT" | tr -cd '[:print:]')"
+    # the gateway stops: connect notices and exits 76
+    stop gw TERM 0
+    stop conn none 76
+    grep -q "the session to $gw ended" "$T/conn.err" || fail "connect: $(cat "$T/conn.err")"
+    stop echo
+}
+
+t_bench() {
+    start echo "$LCHAN" serve "unix://$T/echo.sock" --echo
+    run 0 "$LCHAN" bench "$URL" --messages 5000 --roundtrips 200 --size 100
+    out_has '^one-way: +5000 msgs in [0-9.]+ s = [0-9]+ msgs/s, [0-9.]+ MB/s'
+    out_has '^round trip: 200 requests .* p50 [0-9.]+ us, p99 [0-9.]+ us, max [0-9.]+ us$'
+    run 0 "$LCHAN" bench "$URL" --messages=0 --roundtrips=0
+    stop echo
+}
+
+t_example_echo() {
+    start es "$ECHO_SERVER" tcp://127.0.0.1:0 2
+    run 0 "$ECHO_CLIENT" "$URL" hello libchan world
+    out_has '^hello -> hello \(5 bytes\)$'
+    out_has '^echo_client: OK, 3/3 words echoed$'
+    # the same service through lchan send (interoperability, and the JSON mapping)
+    if [ -n "${LCHAN:-}" ]; then
+        run 0 "$LCHAN" send "$URL" '{"Text":"hi","Reply":"@reply"}'
+        out_is '{"Echo":"hi","Length":2}'
+    else
+        run 0 "$ECHO_CLIENT" "$URL" again
+    fi
+    stop es none 0 # it exits by itself after two sessions
+    if [ -n "${LCHAN:-}" ]; then # echo_client against lchan's echo service: no Echo key
+        start le "$LCHAN" serve "unix://$T/le.sock" --echo
+        run 1 "$ECHO_CLIENT" "$URL" x
+        stop le
+    fi
+}
+
+t_example_rexec() {
+    start rs "$REXEC_SERVER" "unix://$T/rexec.sock" 3
+    printf 'hello\nworld\n' >"$T/in"
+    IN=$T/in run 0 "$REXEC_CLIENT" "$URL" tr a-z A-Z
+    out_is $'HELLO\nWORLD'
+    run 3 "$REXEC_CLIENT" "$URL" sh -c 'echo to-stderr >&2; exit 3'
+    [ "$(cat "$ERR")" = to-stderr ] || fail "stderr: '$(cat "$ERR")'"
+    if [ -n "${LCHAN:-}" ]; then
+        IN=$T/in run 0 "$LCHAN" exec "$URL" -- wc -l
+        out_has '^ *2$'
+    else
+        run 0 "$REXEC_CLIENT" "$URL" true
+    fi
+    stop rs none 0
+    grep -q 'rexec_server: sh -> status 3' "$T/rs.out" || fail "rexec_server output: $(cat "$T/rs.out")"
+    if [ -n "${LCHAN:-}" ]; then # rexec_client against lchan serve --exec
+        start lx "$LCHAN" serve "tcp://127.0.0.1:0" --exec
+        IN=$T/in run 0 "$REXEC_CLIENT" "$URL" sort -r
+        out_is $'world\nhello'
+        run 7 "$REXEC_CLIENT" "$URL" sh -c 'exit 7'
+        stop lx
+    fi
+}
+
+declare -F "t_$CASE" >/dev/null || die "no case '$CASE'"
+"t_$CASE"

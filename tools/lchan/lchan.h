@@ -1,0 +1,122 @@
+/*
+ * lchan.h - internals of the lchan command-line tool (tools/lchan), shared by
+ * its subcommand files. Not installed; the tool uses only the public API of
+ * libchan.h plus jansson for JSON.
+ */
+#ifndef LCHAN_TOOL_H
+#define LCHAN_TOOL_H
+
+#include <libchan.h>
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdio.h>
+
+/* Exit codes (documented in docs/lchan.1 and `lchan --help`). `lchan exec`
+ * exits with the remote command's status instead when it got one. */
+enum lx_exit {
+    LX_OK = 0,
+    LX_USAGE = 64,    /* bad command line: unknown command or option, missing argument */
+    LX_JSON = 65,     /* the JSON argument does not parse or cannot be mapped */
+    LX_URL = 66,      /* bad URL, or a scheme this build does not have */
+    LX_CONNECT = 69,  /* cannot connect: refused, no such socket, unreachable, timed out */
+    LX_INTERNAL = 70, /* unexpected failure (out of memory, a library call failed) */
+    LX_LISTEN = 71,   /* cannot listen: address in use, permission, ... */
+    LX_TIMEOUT = 75,  /* no (complete) reply within --timeout */
+    LX_SESSION = 76,  /* the session ended early or the peer broke the protocol */
+};
+
+/* ---- errors and tracing (util.c) ---------------------------------------- */
+
+extern bool lx_trace_on;    /* --trace */
+extern bool lx_verbose;     /* serve -v: one log line per session / request */
+extern const char *lx_cmd;  /* "send", "serve", ... for messages */
+
+/* Prints "lchan: <text>" on stderr (one line) and exits with code. */
+__attribute__((noreturn, format(printf, 2, 3))) void lx_die(int code, const char *fmt, ...);
+/* Prints "lchan: <text>" on stderr (a warning; carries on). */
+__attribute__((format(printf, 1, 2))) void lx_warn(const char *fmt, ...);
+/* "[trace +0.012s] <text>" on stderr when --trace is on. */
+__attribute__((format(printf, 1, 2))) void lx_trace(const char *fmt, ...);
+/* Traces a message: "[trace ...] <where> <dir> <value>", the value as JSON with
+ * channel ends and streams shown as <Sender>, <Receiver>, <stream:read>, ... */
+void lx_trace_msg(const char *where, const char *dir, lc_msg *m);
+/* Same for -v logging (always printed when lx_verbose). */
+__attribute__((format(printf, 1, 2))) void lx_log(const char *fmt, ...);
+
+/* The symbolic rendering used by tracing, as a malloc'ed string. */
+char *lx_render(const lc_value *v);
+
+/* A library error code as lower-case text ("connection refused"). */
+const char *lx_errtext(int code, char *buf, size_t len);
+
+/* Why a session ended, from lc_session_error(), as text. */
+const char *lx_session_why(int code, char *buf, size_t len);
+/* Dials url with a 10 s deadline or exits with a one-line error. */
+lc_session *lx_dial(const char *url);
+/* Exit code for a failed lc_send / lc_recv on a session. */
+int lx_session_exit(int code);
+
+/* ---- byte pumps (util.c) -------------------------------------------------- */
+
+/* Copies from one fd to another in a thread until EOF (or a write error),
+ * then does what flags say. label names it in traces. */
+typedef struct lx_pump lx_pump;
+enum { LX_CLOSE_FROM = 1, LX_CLOSE_TO = 2, LX_SHUT_TO = 4 /* shutdown(SHUT_WR): a socket's EOF */ };
+lx_pump *lx_pump_start(int from, int to, int flags, const char *label);
+/* Waits for the copy to finish (EOF on `from`). */
+void lx_pump_join(lx_pump *p);
+/* Stops a copy that may be blocked reading `from` (e.g. a terminal), then joins. */
+void lx_pump_cancel(lx_pump *p);
+/* Writes all of buf (blocking). 0 or -1. */
+int lx_write_all(int fd, const void *buf, size_t n);
+
+/* ---- signals (util.c) ------------------------------------------------------ */
+
+/* SIGINT/SIGTERM set lx_stop and make lx_stop_fd() readable. SIGPIPE ignored
+ * (children spawned by serve --exec get the default back). */
+void lx_signals_init(void);
+extern volatile int lx_stop;
+int lx_stop_fd(void);
+
+/* ---- JSON mapping (json.c, see docs/json-mapping.md) -------------------- */
+
+/* What a JSON argument asked for besides plain data. */
+typedef struct lx_reqplan {
+    lc_receiver *replies[16]; /* one per "@reply": the tool prints what arrives */
+    int nreplies;
+    int stdin_fd;  /* our end to copy stdin into, or -1 */
+    int stdout_fd; /* our end to copy to stdout from, or -1 */
+    int stderr_fd; /* our end to copy to stderr from, or -1 */
+    bool stdio_duplex; /* stdin_fd == stdout_fd: one duplex socket */
+    int stdin_peek;    /* a duplicate of the session's end of the stdin pipe, to
+                          see when it has read everything; or -1 */
+} lx_reqplan;
+
+/* Parses text and builds a message. On failure: NULL, an explanation in err. */
+lc_msg *lx_json_to_msg(const char *text, lx_reqplan *plan, char *err, size_t errlen);
+/* Releases whatever a plan still holds (after a failed send). */
+void lx_plan_free(lx_reqplan *plan);
+/* Renders a value as compact JSON (malloc'ed; never NULL unless out of memory). */
+char *lx_value_to_json(const lc_value *v);
+
+/* ---- subcommands ------------------------------------------------------------ */
+
+int lx_serve(int argc, char **argv);
+int lx_send(int argc, char **argv);
+int lx_exec(int argc, char **argv);
+int lx_connect(int argc, char **argv);
+int lx_bench(int argc, char **argv);
+
+/* Command-line helpers (main.c). */
+extern const char *const lx_help_serve, *const lx_help_send, *const lx_help_exec,
+    *const lx_help_connect, *const lx_help_bench;
+/* Handles --trace / --help / -h (prints help and exits 0); true if it did. */
+bool lx_common_opt(const char *arg, const char *help);
+/* Usage error: "lchan CMD: <text> (see lchan CMD --help)" and exit LX_USAGE. */
+__attribute__((noreturn, format(printf, 1, 2))) void lx_usage(const char *fmt, ...);
+/* Parses "--name=V" or "--name V" (advancing *i); false if arg is not --name. */
+bool lx_opt_long(int argc, char **argv, int *i, const char *name, long long min, long long max,
+                 long long *out);
+
+#endif

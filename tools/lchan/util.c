@@ -1,0 +1,356 @@
+/*
+ * util.c - what every lchan subcommand shares: one-line errors and exit codes,
+ * tracing (messages rendered with channel ends and streams as symbols), dialing
+ * with a helpful error, byte pumps between fds, and SIGINT/SIGTERM handling.
+ */
+#include "lchan.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+bool lx_trace_on;
+bool lx_verbose;
+const char *lx_cmd = NULL;
+
+/* ---- errors ------------------------------------------------------------------ */
+
+static void vline(const char *prefix, const char *fmt, va_list ap)
+{
+    char buf[1024];
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    /* one write, so lines of concurrent threads do not interleave */
+    char line[1200];
+    int n = snprintf(line, sizeof line, "%s%s\n", prefix, buf);
+    if (n > (int)sizeof line - 1)
+        n = (int)sizeof line - 1;
+    (void)!write(2, line, (size_t)n);
+}
+
+void lx_die(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vline("lchan: ", fmt, ap);
+    va_end(ap);
+    /* _exit, not exit: we may be leaving with sessions still in use by other
+     * threads (a timeout, a lost session), and exit() would run libchan's
+     * atexit teardown of its engine under them. */
+    fflush(stdout);
+    _exit(code);
+}
+
+void lx_warn(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vline("lchan: ", fmt, ap);
+    va_end(ap);
+}
+
+static struct timespec t0; /* set by lx_signals_init, early in main */
+
+static double since_start(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - t0.tv_sec) + (double)(now.tv_nsec - t0.tv_nsec) / 1e9;
+}
+
+void lx_trace(const char *fmt, ...)
+{
+    if (!lx_trace_on)
+        return;
+    char prefix[48];
+    snprintf(prefix, sizeof prefix, "[trace +%.3fs] ", since_start());
+    va_list ap;
+    va_start(ap, fmt);
+    vline(prefix, fmt, ap);
+    va_end(ap);
+}
+
+void lx_log(const char *fmt, ...)
+{
+    if (!lx_verbose && !lx_trace_on)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vline("lchan serve: ", fmt, ap);
+    va_end(ap);
+}
+
+const char *lx_errtext(int code, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s", lc_strerror(code));
+    if (code < 0 && code > -1000 && buf[0] && isupper((unsigned char)buf[0]) && !isupper((unsigned char)buf[1]))
+        buf[0] = (char)tolower((unsigned char)buf[0]); /* strerror's "Connection refused" */
+    return buf;
+}
+
+const char *lx_session_why(int code, char *buf, size_t len)
+{
+    if (code == 0 || code == LC_ESESSION)
+        snprintf(buf, len, "closed by the peer");
+    else if (code == -EPIPE || code == -ECONNRESET)
+        snprintf(buf, len, "the peer went away mid-write");
+    else
+        lx_errtext(code, buf, len);
+    return buf;
+}
+
+/* ---- rendering for traces ------------------------------------------------------ */
+
+static void render(FILE *f, const lc_value *v, int depth)
+{
+    if (depth > 64) {
+        fputs("...", f);
+        return;
+    }
+    switch (lc_value_type(v)) {
+    case LC_SENDER:
+        fputs(lc_value_taken(v) ? "<Sender (taken)>" : "<Sender>", f);
+        return;
+    case LC_RECEIVER:
+        fputs(lc_value_taken(v) ? "<Receiver (taken)>" : "<Receiver>", f);
+        return;
+    case LC_STREAM: {
+        lc_stream_mode md = lc_value_stream_mode(v);
+        fprintf(f, "<stream:%s>", md == LC_STREAM_READ ? "read" : md == LC_STREAM_WRITE ? "write" : "duplex");
+        return;
+    }
+    case LC_ARRAY:
+        fputc('[', f);
+        for (size_t i = 0; i < lc_value_len(v); i++) {
+            if (i)
+                fputc(',', f);
+            render(f, lc_array_get(v, i), depth + 1);
+        }
+        fputc(']', f);
+        return;
+    case LC_MAP:
+        fputc('{', f);
+        for (size_t i = 0; i < lc_value_len(v); i++) {
+            if (i)
+                fputc(',', f);
+            render(f, lc_map_key(v, i), depth + 1);
+            fputc(':', f);
+            render(f, lc_map_value(v, i), depth + 1);
+        }
+        fputc('}', f);
+        return;
+    default: {
+        char *s = lx_value_to_json(v);
+        fputs(s ? s : "?", f);
+        free(s);
+        return;
+    }
+    }
+}
+
+char *lx_render(const lc_value *v)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (f == NULL)
+        return NULL;
+    render(f, v, 0);
+    fclose(f);
+    return buf;
+}
+
+void lx_trace_msg(const char *where, const char *dir, lc_msg *m)
+{
+    if (!lx_trace_on)
+        return;
+    size_t blen;
+    const char *ctype;
+    if (m != NULL && lc_msg_body(m, &blen, &ctype) != NULL) {
+        lx_trace("%s %s <opaque body: %zu bytes of %s>", where, dir, blen, ctype ? ctype : "?");
+        return;
+    }
+    char *s = m ? lx_render(lc_msg_root(m)) : NULL;
+    lx_trace("%s %s %s", where, dir, s ? s : "?");
+    free(s);
+}
+
+/* ---- sessions ---------------------------------------------------------------------- */
+
+lc_session *lx_dial(const char *url)
+{
+    lc_options o;
+    lc_options_default(&o);
+    o.dial_timeout_ms = 10000;
+    lc_error err = { 0 };
+    lc_session *s;
+    lx_trace("dial %s", url);
+    int rc = lc_dial(url, &o, &s, &err);
+    if (rc == 0) {
+        lx_trace("dial %s: connected, SPDY/3 session up", url);
+        return s;
+    }
+    char t[128];
+    if (rc == LC_EINVAL || rc == LC_ENOTSUP)
+        lx_die(LX_URL, "bad URL %s (expected unix:///path or tcp://host:port)",
+               err.text[0] ? err.text : url);
+    const char *hint = "";
+    if (rc == -ECONNREFUSED || rc == -ENOENT)
+        hint = " (is `lchan serve` running?)";
+    else if (rc == LC_ETIMEDOUT)
+        hint = " (no answer within 10 s: is the address right and reachable?)";
+    lx_die(LX_CONNECT, "cannot connect to %s: %s%s", url, lx_errtext(rc, t, sizeof t), hint);
+}
+
+int lx_session_exit(int code)
+{
+    if (code == LC_ETIMEDOUT)
+        return LX_TIMEOUT;
+    if (code == LC_ESESSION || code == LC_EPROTO || code == LC_ECLOSED || code == LC_EOF ||
+        (code < 0 && code > -1000))
+        return LX_SESSION;
+    return LX_INTERNAL;
+}
+
+/* ---- pumps -------------------------------------------------------------------------- */
+
+struct lx_pump {
+    pthread_t t;
+    int from, to;
+    int flags;
+    int stop[2]; /* a pipe: readable when the copy should stop */
+    char label[48];
+    uint64_t bytes;
+};
+
+int lx_write_all(int fd, const void *buf, size_t n)
+{
+    const char *p = buf;
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno == EAGAIN) { /* a descriptor someone made non-blocking */
+            struct pollfd pf = { fd, POLLOUT, 0 };
+            poll(&pf, 1, -1);
+            continue;
+        }
+        if (w <= 0)
+            return -1;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static void *pump_main(void *arg)
+{
+    lx_pump *p = arg;
+    char buf[65536];
+    for (;;) {
+        struct pollfd pf[2] = { { p->from, POLLIN, 0 }, { p->stop[0], POLLIN, 0 } };
+        int pr = poll(pf, 2, -1);
+        if (pr < 0 && errno == EINTR)
+            continue;
+        if (pf[1].revents != 0) {
+            lx_trace("%s: stopped after %" PRIu64 " bytes", p->label, p->bytes);
+            break;
+        }
+        ssize_t n = read(p->from, buf, sizeof buf);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN))
+            continue;
+        if (n <= 0) {
+            lx_trace("%s: end of stream after %" PRIu64 " bytes%s", p->label, p->bytes,
+                     n < 0 ? " (read error)" : "");
+            break;
+        }
+        lx_trace("%s: %zd bytes", p->label, n);
+        if (lx_write_all(p->to, buf, (size_t)n) != 0) {
+            lx_trace("%s: the reader went away (%s)", p->label, strerror(errno));
+            break;
+        }
+        p->bytes += (uint64_t)n;
+    }
+    if (p->flags & LX_SHUT_TO)
+        shutdown(p->to, SHUT_WR); /* EOF for the reader; our read side stays */
+    if (p->flags & LX_CLOSE_FROM)
+        close(p->from);
+    if (p->flags & LX_CLOSE_TO)
+        close(p->to);
+    return NULL;
+}
+
+lx_pump *lx_pump_start(int from, int to, int flags, const char *label)
+{
+    lx_pump *p = calloc(1, sizeof *p);
+    if (p == NULL)
+        lx_die(LX_INTERNAL, "out of memory");
+    p->from = from;
+    p->to = to;
+    p->flags = flags;
+    snprintf(p->label, sizeof p->label, "%s", label);
+    if (pipe2(p->stop, O_CLOEXEC) != 0 || pthread_create(&p->t, NULL, pump_main, p) != 0)
+        lx_die(LX_INTERNAL, "cannot start a copy thread: %s", strerror(errno));
+    return p;
+}
+
+void lx_pump_join(lx_pump *p)
+{
+    if (p == NULL)
+        return;
+    pthread_join(p->t, NULL);
+    close(p->stop[0]);
+    close(p->stop[1]);
+    free(p);
+}
+
+void lx_pump_cancel(lx_pump *p)
+{
+    if (p == NULL)
+        return;
+    (void)!write(p->stop[1], "x", 1);
+    lx_pump_join(p);
+}
+
+/* ---- signals -------------------------------------------------------------------------- */
+
+volatile int lx_stop;
+static int stop_pipe[2] = { -1, -1 };
+
+static void on_signal(int sig)
+{
+    int e = errno;
+    lx_stop = sig;
+    if (stop_pipe[1] >= 0)
+        (void)!write(stop_pipe[1], "x", 1);
+    errno = e;
+}
+
+void lx_signals_init(void)
+{
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    signal(SIGPIPE, SIG_IGN); /* a closed reader is an error from write(), not a death */
+    if (pipe2(stop_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
+        lx_die(LX_INTERNAL, "pipe: %s", strerror(errno));
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+int lx_stop_fd(void)
+{
+    return stop_pipe[0];
+}
