@@ -433,6 +433,13 @@ typedef struct lc_options {
                                  its receiver takes them (SPDY/3 window; default
                                  1 MiB). Go peers do not use windows. */
     lc_limits limits;         /* msgpack limits for received messages (0 = defaults) */
+    /* Debugging: when set, called with one readable line for every SPDY frame
+     * the session sends (">> ...") or receives ("<< ..."), e.g.
+     * "<< SYN_STREAM stream=1 {libchan-ref: 2}". Called on internal threads
+     * with session locks held: it must return quickly and must not call into
+     * libchan. Tracing costs a second parse of the outgoing bytes. */
+    void (*trace)(void *ctx, const char *line);
+    void *trace_ctx;
 } lc_options;
 
 /* Fills *o with the defaults above. A NULL lc_options means the defaults. */

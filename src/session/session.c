@@ -151,6 +151,96 @@ void lc__map_free(lc_map *m)
     memset(m, 0, sizeof *m);
 }
 
+/* ---- tracing (lc_options.trace) -------------------------------------------- */
+
+static const char *frame_name(int type)
+{
+    switch (type) {
+    case LC_SPDY_DATA:          return "DATA";
+    case LC_SPDY_SYN_STREAM:    return "SYN_STREAM";
+    case LC_SPDY_SYN_REPLY:     return "SYN_REPLY";
+    case LC_SPDY_RST_STREAM:    return "RST_STREAM";
+    case LC_SPDY_SETTINGS:      return "SETTINGS";
+    case LC_SPDY_PING:          return "PING";
+    case LC_SPDY_GOAWAY:        return "GOAWAY";
+    case LC_SPDY_HEADERS:       return "HEADERS";
+    case LC_SPDY_WINDOW_UPDATE: return "WINDOW_UPDATE";
+    default:                    return "UNKNOWN";
+    }
+}
+
+/* One readable line per frame (a DATA frame once, at its first fragment). */
+static void trace_frame(lc_session *s, const char *dir, const lc_spdy_frame *f)
+{
+    if (f->type == LC_SPDY_DATA && f->data_offset != 0)
+        return;
+    char line[512];
+    int n = snprintf(line, sizeof line, "%s %s", dir, frame_name(f->type));
+    size_t len = n > 0 ? (size_t)n : 0;
+#define TR(...)                                                                          \
+    do {                                                                                 \
+        if (len < sizeof line) {                                                         \
+            int k = snprintf(line + len, sizeof line - len, __VA_ARGS__);                \
+            len += k > 0 ? (size_t)k : 0;                                                \
+        }                                                                                \
+    } while (0)
+    switch (f->type) {
+    case LC_SPDY_DATA:
+        TR(" stream=%u len=%u%s", f->stream_id, f->length, (f->flags & LC_SPDY_FLAG_FIN) ? " FIN" : "");
+        break;
+    case LC_SPDY_SYN_STREAM:
+    case LC_SPDY_SYN_REPLY:
+    case LC_SPDY_HEADERS:
+        TR(" stream=%u%s {", f->stream_id, (f->flags & LC_SPDY_FLAG_FIN) ? " FIN" : "");
+        for (size_t i = 0; i < f->n_headers; i++)
+            TR("%s%.*s: %.*s", i ? ", " : "", (int)f->headers[i].name_len, f->headers[i].name,
+               (int)f->headers[i].value_len, f->headers[i].value);
+        TR("}");
+        break;
+    case LC_SPDY_RST_STREAM:
+        TR(" stream=%u status=%u", f->stream_id, f->status);
+        break;
+    case LC_SPDY_SETTINGS:
+        TR(" {");
+        for (uint32_t i = 0; i < f->value && i < 16; i++) {
+            lc_spdy_setting e;
+            lc__spdy_setting_get(f, i, &e);
+            TR("%s%#x: %u", i ? ", " : "", e.id, e.value);
+        }
+        TR("}");
+        break;
+    case LC_SPDY_PING:
+        TR(" id=%u", f->value);
+        break;
+    case LC_SPDY_GOAWAY:
+        TR(" last-good=%u status=%u", f->stream_id, f->status);
+        break;
+    case LC_SPDY_WINDOW_UPDATE:
+        TR(" stream=%u delta=%u", f->stream_id, f->value);
+        break;
+    default:
+        TR(" type=%u", f->raw_type);
+        break;
+    }
+#undef TR
+    s->opt.trace(s->opt.trace_ctx, line);
+}
+
+/* Parses bytes we are about to write and traces their frames. wmu held. */
+static void trace_out(lc_session *s, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        lc_spdy_frame f;
+        size_t used = 0;
+        int rc = lc__spdy_decode(&s->trace_dec, p, n, &used, &f);
+        p += used;
+        n -= used;
+        if (rc <= 0)
+            return;
+        trace_frame(s, ">>", &f);
+    }
+}
+
 /* ---- lifetime ------------------------------------------------------------ */
 
 static void session_ref(lc_session *s)
@@ -165,6 +255,7 @@ static void session_unref(lc_session *s)
     /* the last stream and the user handle are gone; the watch was removed
      * when the session died or was freed */
     lc__spdy_decoder_free(&s->dec);
+    lc__spdy_decoder_free(&s->trace_dec);
     lc__spdy_deflater_free(&s->defl);
     lc__buf_free(&s->out);
     lc__buf_free(&s->inflight);
@@ -268,6 +359,8 @@ static void flush_locked(lc_session *s)
             s->out = t;
             s->out.len = 0;
             s->inflight_off = 0;
+            if (s->opt.trace)
+                trace_out(s, s->inflight.data, s->inflight.len);
         }
         const uint8_t *p = s->inflight.data + s->inflight_off;
         size_t n = s->inflight.len - s->inflight_off;
@@ -1921,6 +2014,8 @@ static void on_window_update(lc_session *s, const lc_spdy_frame *f)
 
 static void handle_frame(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
 {
+    if (s->opt.trace)
+        trace_frame(s, "<<", f);
     switch (f->type) {
     case LC_SPDY_SYN_STREAM:
         on_syn_stream(s, f, &a->announce);
@@ -2227,6 +2322,7 @@ static int session_start(lc_conn *conn, bool is_client, const lc_options *o, lc_
     s->next_id = is_client ? 1 : 2;
     s->peer_window = LC_SPDY_DEFAULT_WINDOW;
     lc__spdy_decoder_init(&s->dec, NULL);
+    lc__spdy_decoder_init(&s->trace_dec, NULL);
     lc__spdy_deflater_init(&s->defl, 6);
     lc__buf_init(&s->out);
     lc__buf_init(&s->inflight);

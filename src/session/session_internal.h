@@ -128,6 +128,8 @@ struct lc_session {
     bool goaway_sent, goaway_recv, closing;
     bool paused;          /* reading stopped: a local queue is full */
 
+    lc_spdy_decoder trace_dec; /* wmu: parses our own output when tracing */
+
     /* engine thread only */
     lc_spdy_decoder dec;
     uint32_t last_peer_id;

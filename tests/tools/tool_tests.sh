@@ -307,6 +307,11 @@ t_trace() {
     err_has 'chan#1 >> \{"Op":"hello","Reply":<Sender>\}'
     err_has 'reply#1 << \{"Op":"hello"\}'
     err_has 'reply#1: closed by the other side'
+    # the library's frame trace: what went out and what came back
+    err_has 'frame >> SYN_STREAM stream=1 \{libchan-ref: 2\}'
+    err_has 'frame >> SYN_STREAM stream=3 \{libchan-ref: 3, libchan-parent-ref: 2\}'
+    err_has 'frame << SYN_REPLY stream=1 \{:status: 200\}'
+    err_has 'frame << DATA stream=3 len=[0-9]+'
     printf 'xyz' >"$T/in"
     IN=$T/in run 0 "$LCHAN" send "$URL" --trace '{"In":"@stdin","Out":"@stdout"}'
     err_has '<stream:read>'
@@ -315,6 +320,7 @@ t_trace() {
     stop echo
     grep -q 'session#1 chan#1 << {"Op":"hello","Reply":<Sender>}' "$T/echo.err" || fail "serve --trace shows no request"
     grep -q 'session#1 chan#1 reply >> {"Op":"hello"}' "$T/echo.err" || fail "serve --trace shows no reply"
+    grep -q 'frame << SYN_STREAM stream=1' "$T/echo.err" || fail "serve --trace shows no frames"
 }
 
 exec_basic() { # URL-of-listener

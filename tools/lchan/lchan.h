@@ -41,6 +41,8 @@ __attribute__((format(printf, 1, 2))) void lx_trace(const char *fmt, ...);
 /* Traces a message: "[trace ...] <where> <dir> <value>", the value as JSON with
  * channel ends and streams shown as <Sender>, <Receiver>, <stream:read>, ... */
 void lx_trace_msg(const char *where, const char *dir, lc_msg *m);
+/* Session options: defaults, plus the library's frame trace under --trace. */
+void lx_session_options(lc_options *o);
 /* Same for -v logging (always printed when lx_verbose). */
 __attribute__((format(printf, 1, 2))) void lx_log(const char *fmt, ...);
 

@@ -24,8 +24,8 @@ static const char help_main[] =
     "  bench URL                          throughput and latency against serve --echo\n"
     "\n"
     "URLs: unix:///absolute/path or tcp://host:port (port 0 with serve: any free port).\n"
-    "Every command takes --trace (print each message sent and received, and the\n"
-    "bytes of each stream, on stderr) and --help. `lchan help COMMAND` is the same\n"
+    "Every command takes --trace (print each SPDY frame and each message sent and\n"
+    "received, and the bytes of each stream, on stderr) and --help. `lchan help COMMAND` is the same\n"
     "as `lchan COMMAND --help`; `lchan --version` prints the version. Manual:\n"
     "man lchan (docs/lchan.1).\n"
     "\n"
@@ -59,7 +59,7 @@ const char *const lx_help_serve =
     "  -v, --verbose     one line on stderr per session and request\n"
     "  --allow-remote    --exec and --gateway refuse a tcp:// address that is not\n"
     "                    loopback unless given this: whoever can connect runs commands\n"
-    "  --trace           print every message received and sent on stderr\n";
+    "  --trace           print every frame and message received and sent on stderr\n";
 
 const char *const lx_help_send =
     "usage: lchan send URL JSON [--timeout MS] [--trace]\n"

@@ -667,7 +667,9 @@ int lx_serve(int argc, char **argv)
 
     lc_listener *l;
     lc_error err = { 0 };
-    int rc = lc_listen(url, NULL, &l, &err);
+    lc_options o;
+    lx_session_options(&o);
+    int rc = lc_listen(url, &o, &l, &err);
     if (rc == LC_EINVAL || rc == LC_ENOTSUP)
         lx_die(LX_URL, "bad URL %s (expected unix:///path or tcp://host:port)", err.text[0] ? err.text : url);
     if (rc != 0) {

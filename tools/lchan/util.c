@@ -187,10 +187,26 @@ void lx_trace_msg(const char *where, const char *dir, lc_msg *m)
 
 /* ---- sessions ---------------------------------------------------------------------- */
 
+/* lc_options.trace: the library's line for each SPDY frame, under --trace. */
+static void frame_trace(void *ctx, const char *line)
+{
+    (void)ctx;
+    lx_trace("frame %s", line);
+}
+
+void lx_session_options(lc_options *o)
+{
+    lc_options_default(o);
+    if (lx_trace_on) {
+        o->trace = frame_trace;
+        o->trace_ctx = NULL;
+    }
+}
+
 lc_session *lx_dial(const char *url)
 {
     lc_options o;
-    lc_options_default(&o);
+    lx_session_options(&o);
     o.dial_timeout_ms = 10000;
     lc_error err = { 0 };
     lc_session *s;
