@@ -1659,7 +1659,11 @@ static void deliver_pending(lc_stream *st)
         st->pushing = m;
         pthread_mutex_unlock(&s->mu);
         kick_streams(s, &k); /* sub-streams first: their queues exist before m is seen */
-        int rc = lc__send_async(st->into, m, push_done, st, &op);
+        /* the common case, the local queue has room: a plain try, without
+         * the callback operation's allocation */
+        int rc = lc_send(st->into, m, 0);
+        if (rc == LC_ETIMEDOUT)
+            rc = lc__send_async(st->into, m, push_done, st, &op);
         if (rc == LC__PENDING)
             return; /* push_done continues */
         pthread_mutex_lock(&s->mu);
