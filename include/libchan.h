@@ -469,12 +469,14 @@ LC_API int lc_session_sender(lc_session *s, lc_sender **out);
 LC_API int lc_session_receiver(lc_session *s, lc_receiver **out, int64_t timeout_ms);
 
 /*
- * Graceful close: stops accepting new channels (GOAWAY), writes out
- * everything already sent, then closes the carrier. Returns 0 when every
- * byte sent before the call reached the carrier within timeout_ms, or an
- * error saying it did not (LC_ETIMEDOUT, or the session's error). Channel
- * ends of the session stay valid handles and fail with LC_ESESSION.
- * Does not free the session.
+ * Graceful close: reads the byte streams this side sends to their end and
+ * writes everything already sent (messages, stream bytes, FINs), then tells
+ * the peer (GOAWAY), half-closes the carrier and waits for the peer to hang
+ * up, so nothing either side wrote is cut off by a reset. Returns 0 when
+ * everything sent before the call reached the carrier within timeout_ms, or
+ * an error saying it did not (LC_ETIMEDOUT, or the session's error); a peer
+ * slow to hang up after that is not an error. Channel ends of the session
+ * stay valid handles and fail with LC_ESESSION. Does not free the session.
  */
 LC_API int lc_session_close(lc_session *s, int64_t timeout_ms);
 /* The session's first fatal error (0 while healthy): LC_ESESSION for a
