@@ -1003,6 +1003,28 @@ void lc__sender_clear_feeder(lc_sender *s)
     pthread_mutex_unlock(&s->c->mu);
 }
 
+bool lc__sender_claim_feeder(lc_sender *s, const lc__feeder_ops *ops, void *ctx)
+{
+    pthread_mutex_lock(&s->c->mu);
+    bool ok = s->c->feed == NULL && s->c->cap > 0 && s->c->net == NULL;
+    if (ok) {
+        s->c->feed = ops;
+        s->c->feed_ctx = ctx;
+    }
+    pthread_mutex_unlock(&s->c->mu);
+    return ok;
+}
+
+void lc__sender_release_feeder(lc_sender *s, void *ctx)
+{
+    pthread_mutex_lock(&s->c->mu);
+    if (s->c->feed_ctx == ctx) {
+        s->c->feed = NULL;
+        s->c->feed_ctx = NULL;
+    }
+    pthread_mutex_unlock(&s->c->mu);
+}
+
 /* One case: the lock-free attempt first, then the general path. */
 static int single_case(lc_case *cs, int64_t timeout_ms)
 {

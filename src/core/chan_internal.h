@@ -95,6 +95,10 @@ typedef struct lc__feeder_ops {
 void lc__receiver_set_feeder(lc_receiver *r, const lc__feeder_ops *ops, void *ctx);
 /* Called by the filling side (it holds the Sender) before it lets go. */
 void lc__sender_clear_feeder(lc_sender *s);
+/* For a session forwarding into an application's buffered channel: become
+ * its feeder unless it has one (true if claimed); release only if still ours. */
+bool lc__sender_claim_feeder(lc_sender *s, const lc__feeder_ops *ops, void *ctx);
+void lc__sender_release_feeder(lc_sender *s, void *ctx);
 /* Would a receive on c complete now? (rings only) */
 bool lc__chan_recv_ready(lc_chan *c);
 

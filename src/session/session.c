@@ -313,6 +313,8 @@ static void stream_unref(lc_stream *st)
         close(st->fd);
     if (st->into && st->kind == ST_RECV)
         lc__sender_clear_feeder(st->into);
+    if (st->into && st->feeding)
+        lc__sender_release_feeder(st->into, st->s);
     lc_sender_release(st->into);
     lc_receiver_release(st->source);
     lc_session *s = st->s;
@@ -870,6 +872,8 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full)
          * Borrowed until the send succeeds, then taken out of the message. */
         if (st->kind == ST_FWD_TO_SENDER) {
             st->into = e.opens[i].v->u.sender;
+            /* a reply channel: whoever waits on it may read our carrier */
+            st->feeding = lc__sender_claim_feeder(st->into, &feeder_ops, s);
         } else if (st->kind == ST_PUMP_RECEIVER) {
             st->source = e.opens[i].v->u.receiver;
         } else {
@@ -941,6 +945,9 @@ fail:
     for (size_t i = 0; i < e.n; i++) {
         /* the borrowed ends stay in the message, which stays the caller's */
         pthread_mutex_lock(&s->mu);
+        if (e.opens[i].st->feeding)
+            lc__sender_release_feeder(e.opens[i].st->into, s);
+        e.opens[i].st->feeding = false;
         e.opens[i].st->into = NULL;
         e.opens[i].st->source = NULL;
         pthread_mutex_unlock(&s->mu);
