@@ -1024,6 +1024,12 @@ static void stream_maybe_done_locked(lc_session *s, lc_stream *st)
         return;
     lc__map_del(&s->streams, st->id);
     st->in_table = false;
+    if (st->kind == ST_UNBOUND && lc__map_get(&s->peer_refs, st->ref) == st) {
+        /* reset before any message named it: a later naming fails at once
+         * (found by fuzz_session: it used to leave a dangling entry) */
+        lc__map_del(&s->peer_refs, st->ref);
+        lc__map_put(&s->claimed_refs, st->ref, (void *)2);
+    }
     stream_unref(st); /* the table's reference; the caller holds another */
 }
 
@@ -1639,6 +1645,9 @@ static void deliver_pending(lc_stream *st)
             st->waiting_refs = true;
             pthread_mutex_unlock(&s->mu);
             kick_streams(s, &k);
+            /* the missing SYN_STREAMs can only arrive by reading: a session
+             * paused for backpressure must read again (found by fuzz_session) */
+            resume_reading(s);
             return; /* a SYN_STREAM or the ref timer calls us again */
         }
         st->waiting_refs = false;
@@ -1979,6 +1988,14 @@ static void on_rst(lc_session *s, const lc_spdy_frame *f)
         lc__chan_wake_senders(chan);
         lc__chan_release(chan);
     }
+    if (st->kind == ST_BYTES) {
+        /* a reset byte stream: stop pumping, close our end (the holder sees
+         * EOF/EPIPE); found by fuzz_session (the fd used to stay open) */
+        pthread_mutex_lock(&s->mu);
+        st->out_open = st->in_open = false;
+        pthread_mutex_unlock(&s->mu);
+        bytes_close(st);
+    }
     stream_unref(st);
 }
 
@@ -2293,6 +2310,7 @@ static void ref_timer(void *ctx)
     lc_sender *fail[32];
     size_t nf = 0;
     bool any_waiting = false;
+    lc_msg *dropped = NULL;
     for (size_t i = 0; i < s->streams.cap; i++) {
         lc_stream *st = s->streams.slots[i].val;
         if (st == NULL || st == LC_MAP_TOMB || !st->waiting_refs)
@@ -2303,6 +2321,15 @@ static void ref_timer(void *ctx)
             fail[nf++] = lc_sender_retain(st->into);
             st->waiting_refs = false;
             st->reset = true;
+            /* its undelivered messages go with it (closing their fds) */
+            while (st->pending_head) {
+                lc_msg *m = st->pending_head;
+                st->pending_head = m->next;
+                m->next = dropped;
+                dropped = m;
+            }
+            st->pending_tail = NULL;
+            st->npending = 0;
         } else {
             any_waiting = true;
         }
@@ -2312,6 +2339,13 @@ static void ref_timer(void *ctx)
         lc__close_error(fail[i], LC_EPROTO);
         lc_sender_release(fail[i]);
     }
+    while (dropped) {
+        lc_msg *next = dropped->next;
+        lc_msg_free(dropped);
+        dropped = next;
+    }
+    if (nf > 0)
+        resume_reading(s); /* nothing waits on those streams any more */
     (void)any_waiting;
     /* periodic while the session lives (cheap: a few per second), so a wait
      * that starts later is always watched; the timer holds a reference */
