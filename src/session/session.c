@@ -1973,7 +1973,8 @@ static void on_rst(lc_session *s, const lc_spdy_frame *f)
     }
     stream_ref(st);
     st->reset = true;
-    st->remote_fin = st->local_fin = true;
+    st->remote_fin = true;
+    st->local_fin = true;
     lc_sender *into = st->into ? lc_sender_retain(st->into) : NULL;
     lc_chan *chan = st->chan;
     if (chan)

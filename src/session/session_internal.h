@@ -133,7 +133,7 @@ struct lc_session {
 
     /* engine thread only */
     lc_spdy_decoder dec;
-    uint32_t last_peer_id;
+    _Atomic uint32_t last_peer_id; /* engine writes, lc_session_close reads */
     uint8_t rbuf[65536];
 
     /* top-level channels the peer opened, waiting for lc_session_receiver */
