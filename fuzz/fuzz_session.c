@@ -862,40 +862,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 }
 
 #ifndef LC_FUZZ_LIBFUZZER
+#include "replay.h"
+
 /* Plain driver: runs every file named on the command line once. */
 int main(int argc, char **argv)
 {
     LLVMFuzzerInitialize(&argc, &argv);
-    int n = 0;
-    for (int i = 1; i < argc; i++) {
-        FILE *fp = fopen(argv[i], "rb");
-        if (fp == NULL) {
-            perror(argv[i]);
-            return 1;
-        }
-        uint8_t *buf = NULL;
-        size_t len = 0, cap = 0;
-        for (;;) {
-            if (len == cap) {
-                cap = cap ? cap * 2 : 4096;
-                uint8_t *nb = realloc(buf, cap);
-                if (nb == NULL) {
-                    fclose(fp);
-                    free(buf);
-                    return 1;
-                }
-                buf = nb;
-            }
-            size_t got = fread(buf + len, 1, cap - len, fp);
-            if (got == 0)
-                break;
-            len += got;
-        }
-        fclose(fp);
-        LLVMFuzzerTestOneInput(buf, len);
-        free(buf);
-        n++;
-    }
+    int n = lc_fuzz_replay(argc, argv);
+    if (n < 0)
+        return 1;
     CHECK(count_fds() == base_fds);
     printf("fuzz_session: %d input(s) ran clean\n", n);
     return 0;
