@@ -191,6 +191,10 @@ struct lc_chan {
     void *feed_ctx;
     int recv_efd, send_efd;
     bool recv_sig, send_sig;
+    /* the filling party's room watch (lc__room_watch): fired by the receive
+     * that leaves room_need slots free, without taking the lock */
+    _Atomic(struct lc_async *) room_op;
+    _Atomic size_t room_need;
 };
 
 struct lc_sender {
@@ -408,9 +412,13 @@ static void poll_update(lc_chan *c)
  * registered) and refresh pollable fds (if any exist). The seq_cst fence pairs
  * with the one a waiter issues between registering and re-checking the ring,
  * so one of the two always sees the other. */
+static void room_check(lc_chan *c);
+
 static void ring_changed(lc_chan *c, bool pushed)
 {
     atomic_thread_fence(memory_order_seq_cst);
+    if (!pushed && atomic_load_explicit(&c->room_op, memory_order_relaxed) != NULL)
+        room_check(c);
     sudog_queue *q = pushed ? &c->recvq : &c->sendq;
     bool polled = atomic_load_explicit(&c->polled, memory_order_relaxed);
     if (atomic_load_explicit(&q->len, memory_order_relaxed) == 0 && !polled)
@@ -616,6 +624,7 @@ LC_API void lc_receiver_release(lc_receiver *r)
         lc_msg *m;
         while (ring_pop(c, &m) == RING_OK)
             lc_msg_free(m); /* outside the lock: it may release other channels */
+        room_check(c); /* the ring is marked: a room watch learns it now */
     }
     chan_unref(c);
 }
@@ -1212,6 +1221,85 @@ bool lc__async_cancel(lc_async *op)
     if (cancelled)
         free(op);
     return cancelled;
+}
+
+/* ---- room watches (for the session layer) -------------------------------- */
+
+/* Would a watch for `need` free slots fire now? Also once the ring is marked
+ * (closed, or nobody receives): the filler's next send then fails at once. */
+static bool room_ok(lc_chan *c, size_t need)
+{
+    return ring_marked(c) || c->cap - ring_len(c) >= need;
+}
+
+/* Fires the room watch when its condition holds; whoever takes it out of the
+ * slot runs it, exactly once. */
+static void room_check(lc_chan *c)
+{
+    struct lc_async *op = atomic_load_explicit(&c->room_op, memory_order_acquire);
+    if (op == NULL || !room_ok(c, atomic_load_explicit(&c->room_need, memory_order_relaxed)))
+        return;
+    if (!atomic_compare_exchange_strong_explicit(&c->room_op, &op, NULL, memory_order_acq_rel,
+                                                 memory_order_relaxed))
+        return;
+    op->cb(op->ctx, ring_marked(c) ? LC_ECLOSED : 0, NULL);
+    free(op);
+}
+
+int lc__room_watch(lc_sender *s, size_t room, lc_async_cb cb, void *ctx, lc_async **out)
+{
+    if (s == NULL || cb == NULL || out == NULL)
+        return LC_EINVAL;
+    *out = NULL;
+    lc_chan *c = s->c;
+    if (c->cap == 0 || c->net != NULL)
+        return LC_EINVAL;
+    if (room == 0)
+        room = 1;
+    if (room > c->cap)
+        room = c->cap;
+    if (room_ok(c, room))
+        return 0;
+    if (atomic_load_explicit(&c->room_op, memory_order_acquire) != NULL)
+        return LC_EINVAL; /* one watch per channel (one filler: no race here) */
+    struct lc_async *op = malloc(sizeof *op);
+    if (op == NULL)
+        return LC_ENOMEM;
+    op->cb = cb;
+    op->ctx = ctx;
+    *out = op; /* before it is visible: it may fire before we return */
+    atomic_store_explicit(&c->room_need, room, memory_order_relaxed);
+    struct lc_async *expected = NULL;
+    if (!atomic_compare_exchange_strong_explicit(&c->room_op, &expected, op, memory_order_seq_cst,
+                                                 memory_order_relaxed)) {
+        *out = NULL;
+        free(op);
+        return LC_EINVAL; /* one watch per channel */
+    }
+    /* pairs with the fence of ring_changed: a receive that made room either
+     * sees the watch or is seen by this re-check */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (room_ok(c, room)) {
+        expected = op;
+        if (atomic_compare_exchange_strong_explicit(&c->room_op, &expected, NULL,
+                                                    memory_order_acq_rel, memory_order_relaxed)) {
+            *out = NULL;
+            free(op);
+            return 0;
+        }
+        /* a receiver took it and is firing it */
+    }
+    return LC__PENDING;
+}
+
+bool lc__room_cancel(lc_sender *s, lc_async *op)
+{
+    struct lc_async *expected = op;
+    if (!atomic_compare_exchange_strong_explicit(&s->c->room_op, &expected, NULL,
+                                                 memory_order_acq_rel, memory_order_relaxed))
+        return false;
+    free(op);
+    return true;
 }
 
 /* ---- network Senders ----------------------------------------------------- */

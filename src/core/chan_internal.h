@@ -52,6 +52,19 @@ int lc__recv_async(lc_receiver *r, lc_msg **m, lc_async_cb cb, void *ctx, lc_asy
 bool lc__async_cancel(lc_async *op);
 
 /*
+ * Room watch, for the one party filling a ring (a session delivering into a
+ * network Receiver's queue): rather than one callback send per message once
+ * the ring is full, wait until `room` slots are free and refill in a batch.
+ * Returns 0 when that many are free already (cb not called), LC__PENDING with
+ * *op set when cb(ctx, result, NULL) will run exactly once, on the thread
+ * whose receive made the room (0), or that released the last Receiver
+ * (LC_ECLOSED; also 0 may come for a closed ring: the next send then fails).
+ * LC_EINVAL for channels without a ring, or when a watch is set already. lc__room_cancel is true when it withdrew op before it fired.
+ */
+int lc__room_watch(lc_sender *s, size_t room, lc_async_cb cb, void *ctx, lc_async **op);
+bool lc__room_cancel(lc_sender *s, lc_async *op);
+
+/*
  * Network Senders: lc_send on them calls try_send on the calling thread (the
  * session encodes and writes); blocked senders and select cases wait on the
  * channel and retry when the session calls lc__chan_wake_senders.

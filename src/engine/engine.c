@@ -545,9 +545,12 @@ int lc__engine_run(lc_engine *e, int timeout_ms)
     return ran;
 }
 
+_Thread_local bool lc__signals_blocked;
+
 static void *engine_thread(void *arg)
 {
     lc_engine *e = arg;
+    lc__signals_blocked = true; /* created with every signal blocked, never changed */
     while (!atomic_load_explicit(&e->stopping, memory_order_acquire))
         lc__engine_run(e, -1);
     return NULL;

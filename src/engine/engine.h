@@ -91,6 +91,10 @@ void lc__engine_shutdown(void);
  */
 int lc__engine_run(lc_engine *e, int timeout_ms);
 
+/* True on an engine's own thread, which blocks every signal for good: a
+ * write there cannot raise SIGPIPE in the application. */
+extern _Thread_local bool lc__signals_blocked;
+
 /* Interrupts lc__engine_run calls sleeping in epoll_wait (at least one wakes
  * and returns). Async-signal-safe. */
 void lc__engine_wake(lc_engine *e);

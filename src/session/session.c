@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -1111,16 +1112,17 @@ static void bytes_cb(void *ctx, uint32_t ev);
  * reading its stdin): sockets use MSG_NOSIGNAL; for pipes SIGPIPE is blocked
  * in this thread around the write and a pending one is consumed.
  */
-static ssize_t write_nosigpipe(int fd, const void *p, size_t n)
+static ssize_t write_nosigpipe(int fd, bool is_sock, const void *p, size_t n)
 {
-    ssize_t w = send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (w >= 0 || errno != ENOTSOCK)
-        return w;
+    if (is_sock)
+        return send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (lc__signals_blocked)
+        return write(fd, p, n); /* the engine thread: its SIGPIPE stays blocked */
     sigset_t pipe_set, old;
     sigemptyset(&pipe_set);
     sigaddset(&pipe_set, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
-    w = write(fd, p, n);
+    ssize_t w = write(fd, p, n);
     int err = errno;
     if (w < 0 && err == EPIPE) {
         struct timespec zero = { 0, 0 };
@@ -1137,6 +1139,22 @@ static int bytes_inbound_locked(lc_session *s, lc_stream *st, const uint8_t *p, 
 {
     if (!st->in_open)
         return 0; /* the holder only writes: ignore (as Go would) */
+    if (st->fd_out.len == 0 && st->fd >= 0 && n > 0) {
+        /* nothing queued: straight from the read buffer to the fd (it is
+         * nonblocking), one copy less; what does not fit is queued */
+        ssize_t w;
+        do
+            w = write_nosigpipe(st->fd, st->fd_sock, p, n);
+        while (w < 0 && errno == EINTR);
+        if (w > 0) {
+            p += w;
+            n -= (size_t)w;
+        }
+        /* errors (the reader went away) are the pump's to find, with the
+         * bytes queued as before */
+    }
+    if (n == 0)
+        return 0;
     int rc = lc__buf_append(&st->fd_out, p, n);
     if (rc == 0 && st->fd_out.len > BYTES_BUF && !atomic_load(&s->peer_fc))
         s->paused = true; /* resumed once the fd drains (a peer with windows stops by itself) */
@@ -1157,7 +1175,9 @@ static int bytes_start(lc_stream *st, int fd, bool we_read, bool we_write, bool 
     if (!mu_held)
         pthread_mutex_lock(&s->mu);
     if (rc == 0) {
+        struct stat sb;
         st->fd = fd;
+        st->fd_sock = fstat(fd, &sb) == 0 && S_ISSOCK(sb.st_mode);
         st->fdw = w;
         st->out_open = we_read;
         st->in_open = we_write;
@@ -1267,7 +1287,7 @@ static void bytes_pump(lc_stream *st, uint32_t ev)
     /* inbound: buffered DATA -> fd */
     pthread_mutex_lock(&s->mu);
     while (st->in_open && st->fd >= 0 && st->fd_out.len > 0) {
-        ssize_t n = write_nosigpipe(st->fd, st->fd_out.data, st->fd_out.len);
+        ssize_t n = write_nosigpipe(st->fd, st->fd_sock, st->fd_out.data, st->fd_out.len);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && errno == EAGAIN) {
@@ -1608,6 +1628,21 @@ static bool decode_more_locked(lc_session *s, lc_stream *st)
     return rc >= 0;
 }
 
+/* The local queue has room again (or its receiver is gone: the next send
+ * says so). */
+static void room_done(void *ctx, int result, lc_msg *m)
+{
+    lc_stream *st = ctx;
+    lc_session *s = st->s;
+    (void)result;
+    (void)m;
+    pthread_mutex_lock(&s->mu);
+    st->push_op = NULL;
+    pthread_mutex_unlock(&s->mu);
+    deliver_pending(st);
+    stream_unref(st); /* the watch's reference */
+}
+
 /*
  * Pushes queued messages into the stream's local channel while it has room.
  * Called without locks. Messages whose references are not resolved yet stay
@@ -1711,8 +1746,46 @@ static void deliver_pending(lc_stream *st)
         /* the common case, the local queue has room: a plain try, without
          * the callback operation's allocation */
         int rc = lc_send(st->into, m, 0);
-        if (rc == LC_ETIMEDOUT)
+        if (rc == LC_ETIMEDOUT) {
+            /* full: into a ring, wait for a quarter of it to be free and
+             * refill in one go (one callback per message, as a send op
+             * gives, cost the receiving thread more than the messages) */
+            pthread_mutex_lock(&s->mu);
+            m->next = st->pending_head; /* back at the head, in order */
+            st->pending_head = m;
+            if (st->pending_tail == NULL)
+                st->pending_tail = m;
+            st->npending++;
+            st->pushing = NULL;
+            pthread_mutex_unlock(&s->mu);
+            rc = lc__room_watch(st->into, s->opt.recv_queue / 4, room_done, st, &op);
+            if (rc == LC__PENDING)
+                return; /* room_done continues */
+            pthread_mutex_lock(&s->mu);
+            st->push_op = NULL;
+            pthread_mutex_unlock(&s->mu);
+            if (rc == 0) {
+                stream_unref(st);
+                continue; /* room came meanwhile */
+            }
+            /* not a ring (a forwarded message into the application's own
+             * channel): one callback send */
+            pthread_mutex_lock(&s->mu);
+            m = st->pending_head;
+            if (m == NULL) { /* dropped meanwhile (the ref timer) */
+                pthread_mutex_unlock(&s->mu);
+                stream_unref(st);
+                continue;
+            }
+            st->pending_head = m->next;
+            if (st->pending_head == NULL)
+                st->pending_tail = NULL;
+            st->npending--;
+            st->push_op = (lc_async *)1;
+            st->pushing = m;
+            pthread_mutex_unlock(&s->mu);
             rc = lc__send_async(st->into, m, push_done, st, &op);
+        }
         if (rc == LC__PENDING)
             return; /* push_done continues */
         pthread_mutex_lock(&s->mu);
@@ -1993,7 +2066,12 @@ static void on_data(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
     bool send_fin = st->send_fin;
     st->send_fin = false;
     uint32_t id = st->id;
-    bool kick = bytes_kick_locked || (st->kind == ST_BYTES && st->fd_out.len > 0);
+    /* the pump writes what is queued and grants the window back for what
+     * reached the fd (also when bytes_inbound_locked wrote it directly) */
+    bool kick = bytes_kick_locked ||
+                (st->kind == ST_BYTES &&
+                 (st->fd_out.len > 0 || (atomic_load(&s->peer_fc) &&
+                                         st->fed - st->acked >= s->opt.stream_window / 4)));
     pthread_mutex_unlock(&s->mu);
     if (send_fin) {
         ctl_arg fa = { id, 0 };

@@ -69,6 +69,7 @@ typedef struct lc_stream {
     lc_buf early;         /* ST_UNBOUND: bytes that came before a message named it */
     /* ST_BYTES */
     int fd;               /* the local end (ours to close), -1 when none */
+    bool fd_sock;         /* fd is a socket (MSG_NOSIGNAL works) */
     lc_watch *fdw;
     bool out_open;        /* we read fd and send DATA */
     bool in_open;         /* we write DATA payloads to fd */

@@ -72,7 +72,7 @@ static int goaway_then_eof(nt_raw *p)
 {
     int status = -1;
     for (;;) {
-        lc_spdy_frame f;
+        lc_spdy_frame f = { 0 };
         int rc = nt_raw_expect(p, LC_SPDY_GOAWAY, 0, &f, 5000);
         assert_true(rc != 0); /* not a timeout: the session closes the carrier */
         if (rc < 0)
