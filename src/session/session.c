@@ -318,6 +318,7 @@ static void stream_unref(lc_stream *st)
         lc__sender_release_feeder(st->into, st->s);
     lc_sender_release(st->into);
     lc_receiver_release(st->source);
+    lc_msg_free(st->pump_held); /* NULL: a held message keeps the pump's reference */
     lc_session *s = st->s;
     free(st);
     session_unref(s);
@@ -331,6 +332,8 @@ static size_t pending_out(lc_session *s)
 }
 
 static void session_fail(lc_session *s, int err);
+static lc_msg *pump_take_locked(lc_stream *st);
+static void pump_resume(lc_stream *st, lc_msg *held);
 
 /* Bytes the peer still lets us send on st (wmu held); unlimited toward a
  * peer without windows. May be negative: one message may overdraw it, so a
@@ -461,17 +464,27 @@ static void wake_blocked_senders(lc_session *s)
     /* collect under mu with references, wake without locks (their retries
      * come back into try_send) */
     lc_chan **chans = NULL;
-    lc_stream **sts = NULL;
-    size_t n = 0;
+    lc_stream **sts = NULL, **pumps = NULL;
+    lc_msg **helds = NULL;
+    size_t n = 0, np = 0;
     pthread_mutex_lock(&s->mu);
     size_t cap = s->streams.len;
     chans = malloc((cap + 1) * sizeof *chans);
     sts = malloc((cap + 1) * sizeof *sts);
-    if (chans && sts) {
+    pumps = malloc((cap + 1) * sizeof *pumps);
+    helds = malloc((cap + 1) * sizeof *helds);
+    if (chans && sts && pumps && helds) {
         for (size_t i = 0; i < s->streams.cap; i++) {
             lc_stream *st = s->streams.slots[i].val;
             if (st != NULL && st != LC_MAP_TOMB && st->kind == ST_BYTES && st->out_open && st->fdw)
                 lc__engine_arm(st->fdw, EPOLLIN); /* its reads stopped on a full output */
+            lc_msg *held = st != NULL && st != LC_MAP_TOMB ? pump_take_locked(st) : NULL;
+            if (held) {
+                /* a stopped pump: resumed below (its own reference keeps st) */
+                pumps[np] = st;
+                helds[np++] = held;
+                continue;
+            }
             if (st == NULL || st == LC_MAP_TOMB || st->kind != ST_SEND || st->chan == NULL)
                 continue;
             stream_ref(st);
@@ -489,6 +502,10 @@ static void wake_blocked_senders(lc_session *s)
     }
     free(chans);
     free(sts);
+    for (size_t i = 0; i < np; i++)
+        pump_resume(pumps[i], helds[i]);
+    free(pumps);
+    free(helds);
 }
 
 /* Appends nothing; flushes and wakes. Used by the EPOLLOUT path. */
@@ -618,7 +635,8 @@ static void session_fail(lc_session *s, int err)
     lc_stream **all = malloc((s->streams.len + 1) * sizeof *all);
     lc_chan **chans = malloc((s->streams.len + 1) * sizeof *chans);
     lc_sender **intos = malloc((s->streams.len + 1) * sizeof *intos);
-    for (size_t i = 0; all && chans && intos && i < s->streams.cap; i++) {
+    lc_msg **helds = malloc((s->streams.len + 1) * sizeof *helds);
+    for (size_t i = 0; all && chans && intos && helds && i < s->streams.cap; i++) {
         lc_stream *st = s->streams.slots[i].val;
         if (st == NULL || st == LC_MAP_TOMB)
             continue;
@@ -629,6 +647,7 @@ static void session_fail(lc_session *s, int err)
             lc__chan_retain(chans[n]);
         intos[n] = st->into ? lc_sender_retain(st->into) : NULL;
         st->out_open = st->in_open = false; /* byte streams: closed below */
+        helds[n] = pump_take_locked(st);
         n++;
     }
     lc__map_free(&s->streams);
@@ -659,11 +678,14 @@ static void session_fail(lc_session *s, int err)
         }
         if (all[i]->kind == ST_BYTES)
             bytes_close(all[i]); /* the holder sees EOF / EPIPE */
+        if (helds[i])
+            pump_resume(all[i], helds[i]); /* its send fails now: the pump ends */
         stream_unref(all[i]);
     }
     free(all);
     free(chans);
     free(intos);
+    free(helds);
 }
 
 static void flush_now(lc_session *s);
@@ -1046,6 +1068,44 @@ static void pump_finish(lc_stream *st)
     stream_unref(st); /* the pump's reference */
 }
 
+/*
+ * Sends m on the pump's stream like an application's send: while the output
+ * is over its limit or the peer's window for this channel is spent, the
+ * message is held and the pump stops taking from its source (whose own
+ * capacity then pushes back on the local senders): memory stays bounded.
+ * wake_blocked_senders, WINDOW_UPDATE, RST and session_fail resume it.
+ * Returns false when the pump stopped (held, or finished).
+ */
+static bool pump_send(lc_stream *st, lc_msg *m)
+{
+    lc_session *s = st->s;
+    for (;;) {
+        int rc = send_msg_on(st, m, false);
+        if (rc == 0)
+            return true;
+        if (rc != LC__WOULD_BLOCK) {
+            lc_msg_free(m);
+            pump_finish(st);
+            return false;
+        }
+        pthread_mutex_lock(&s->mu);
+        st->pump_held = m;
+        st->pump_blocked = true;
+        pthread_mutex_unlock(&s->mu);
+        /* a wake between send_msg_on's check and the flag found nothing to
+         * resume: look again now that the flag is visible */
+        if (!net_writable(st))
+            return false;
+        pthread_mutex_lock(&s->mu);
+        bool mine = st->pump_blocked; /* else a waker took it and resumes */
+        st->pump_blocked = false;
+        st->pump_held = NULL;
+        pthread_mutex_unlock(&s->mu);
+        if (!mine)
+            return false;
+    }
+}
+
 /* Moves messages from st->source to the wire until it would wait. */
 static void pump_run(lc_stream *st)
 {
@@ -1059,14 +1119,8 @@ static void pump_run(lc_stream *st)
             pump_finish(st);
             return;
         }
-        /* block_on_full: a pump must not drop; memory is bounded by the
-         * source channel's own capacity plus the output buffer */
-        rc = send_msg_on(st, m, true);
-        if (rc != 0) {
-            lc_msg_free(m);
-            pump_finish(st);
+        if (!pump_send(st, m))
             return;
-        }
     }
 }
 
@@ -1077,12 +1131,26 @@ static void pump_got(void *ctx, int result, lc_msg *m)
         pump_finish(st);
         return;
     }
-    if (send_msg_on(st, m, true) != 0) {
-        lc_msg_free(m);
-        pump_finish(st);
-        return;
-    }
-    pump_run(st);
+    if (pump_send(st, m))
+        pump_run(st);
+}
+
+/* Takes a held pump's message if it is stopped. mu held. */
+static lc_msg *pump_take_locked(lc_stream *st)
+{
+    if (st->kind != ST_PUMP_RECEIVER || !st->pump_blocked)
+        return NULL;
+    st->pump_blocked = false;
+    lc_msg *m = st->pump_held;
+    st->pump_held = NULL;
+    return m;
+}
+
+/* Resumes a stopped pump with its held message (no lock held). */
+static void pump_resume(lc_stream *st, lc_msg *held)
+{
+    if (pump_send(st, held))
+        pump_run(st);
 }
 
 static void start_pump(lc_stream *st)
@@ -2098,8 +2166,11 @@ static void on_rst(lc_session *s, const lc_spdy_frame *f)
     lc_chan *chan = st->chan;
     if (chan)
         lc__chan_retain(chan);
+    lc_msg *held = pump_take_locked(st);
     stream_maybe_done_locked(s, st);
     pthread_mutex_unlock(&s->mu);
+    if (held)
+        pump_resume(st, held); /* its send fails now: the pump ends */
     if (into) {
         lc__close_error(into, LC_ECLOSED);
         lc_sender_release(into);
@@ -2154,6 +2225,7 @@ static void on_window_update(lc_session *s, const lc_spdy_frame *f)
     lc_stream *st = lc__map_get(&s->streams, f->stream_id);
     lc_chan *chan = NULL;
     lc_watch *fdw = NULL;
+    lc_msg *held = NULL;
     if (st != NULL) {
         st->granted += f->value;
         chan = st->chan;
@@ -2163,6 +2235,7 @@ static void on_window_update(lc_session *s, const lc_spdy_frame *f)
             fdw = st->fdw;
         if (fdw)
             lc__engine_arm(fdw, EPOLLIN); /* its reads stopped on a spent window */
+        held = pump_take_locked(st);
     }
     pthread_mutex_unlock(&s->mu);
     pthread_mutex_unlock(&s->wmu);
@@ -2170,6 +2243,8 @@ static void on_window_update(lc_session *s, const lc_spdy_frame *f)
         lc__chan_wake_senders(chan);
         lc__chan_release(chan);
     }
+    if (held)
+        pump_resume(st, held); /* its own reference keeps st */
 }
 
 static void handle_frame(lc_session *s, const lc_spdy_frame *f, rd_actions *a)

@@ -60,6 +60,8 @@ typedef struct lc_stream {
     lc_chan *chan;        /* ST_SEND: the network Sender's channel (until released) */
     lc_sender *into;      /* ST_RECV / ST_FWD_TO_SENDER: where messages go (owned) */
     lc_receiver *source;  /* ST_PUMP_RECEIVER: what is pumped (owned) */
+    lc_msg *pump_held;    /* mu: taken from source, waiting for output room or window */
+    bool pump_blocked;    /* mu: the pump waits for wake_blocked_senders / WINDOW_UPDATE */
     bool sd_init;
     lc_stream_decoder sd;
     lc_msg *pending_head, *pending_tail; /* decoded, not yet delivered */

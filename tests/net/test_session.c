@@ -304,6 +304,80 @@ static void test_slow_consumer_does_not_block_other_channel(void **st)
     close_pair(&p);
 }
 
+/* A Receiver sent in a message is pumped onto the wire by the session; that
+ * pump obeys the peer's window like an application's send: when the remote
+ * holder does not read, the pump stops taking from the local channel, whose
+ * producer is then pushed back (memory bounded on both sides); once the
+ * holder reads, everything arrives in order. */
+static void test_attached_receiver_pump_respects_window(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    lc_options o;
+    lc_options_default(&o);
+    o.stream_window = 64 * 1024;
+    o.recv_queue = 16;
+    lc_error err = { 0 };
+    pair p;
+    assert_int_equal(lc_listen("tcp://127.0.0.1:0", &o, &p.l, &err), 0);
+    char bound[256];
+    assert_int_equal(lc_listener_url(p.l, bound, sizeof bound), 0);
+    assert_int_equal(lc_dial(bound, &o, &p.client, &err), 0);
+    assert_int_equal(lc_accept(p.l, &p.server, 5000), 0);
+
+    lc_sender *ch;
+    assert_int_equal(lc_session_sender(p.client, &ch), 0);
+    lc_receiver *lr;
+    lc_sender *ls;
+    assert_int_equal(lc_pipe(&lr, &ls, 4), 0);
+    assert_int_equal(lc_send(ch, lc_pack("{s:R}", "Feed", lr), 5000), 0);
+    lc_receiver *in;
+    assert_int_equal(lc_session_receiver(p.server, &in, 5000), 0);
+    lc_msg *m;
+    assert_int_equal(lc_recv(in, &m, 5000), 0);
+    lc_receiver *feed;
+    assert_int_equal(lc_unpack(m, "{s:R}", "Feed", &feed), 0);
+    lc_msg_free(m);
+
+    static char blob[1024];
+    memset(blob, 'y', sizeof blob);
+    int sent = 0, rc;
+    for (;;) {
+        m = lc_pack("{s:i, s:b}", "N", sent, "Blob", blob, sizeof blob);
+        rc = lc_send(ls, m, 200);
+        if (rc != 0) {
+            lc_msg_free(m);
+            break;
+        }
+        if (++sent > 20000)
+            break;
+    }
+    assert_int_equal(rc, LC_ETIMEDOUT);
+    /* window (64 KiB of ~1 KiB messages) + remote queue (16) + local (4) +
+     * the held one; without flow control the pump took all 20000 */
+    assert_true(sent >= 20 && sent < 200);
+
+    lc_close(ls);
+    lc_sender_release(ls);
+    for (int i = 0;; i++) {
+        rc = lc_recv(feed, &m, 5000);
+        if (rc == LC_EOF) {
+            assert_int_equal(i, sent);
+            break;
+        }
+        assert_int_equal(rc, 0);
+        int n;
+        assert_int_equal(lc_unpack(m, "{s:i}", "N", &n), 0);
+        assert_int_equal(n, i);
+        lc_msg_free(m);
+    }
+    lc_receiver_release(feed);
+    lc_close(ch);
+    assert_int_equal(lc_recv(in, &m, 5000), LC_EOF);
+    lc_receiver_release(in);
+    lc_sender_release(ch);
+    close_pair(&p);
+}
+
 /* ---- the Go one-way vector, played byte for byte ---------------------------- */
 
 /* go-oneway client-to-server, rebuilt from vectors/README.md: SYN_STREAM 1
@@ -443,6 +517,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_receiver_carried_in_a_message, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_carrier_loss_fails_blocked_calls, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_slow_consumer_does_not_block_other_channel, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_attached_receiver_pump_respects_window, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_go_oneway_vector_into_a_session, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_malformed_frame_kills_only_that_session, lc_test_setup, lc_test_teardown),
     };
