@@ -231,6 +231,25 @@ int lc__engine_arm(lc_watch *w, uint32_t events)
     return rc;
 }
 
+int lc__engine_disarm(lc_watch *w, uint32_t events)
+{
+    events &= ARMABLE;
+    int rc = 0;
+    pthread_mutex_lock(&w->mu);
+    if (w->live && !w->dying && (w->armed & events) != 0) {
+        w->armed &= ~events;
+        rc = 1;
+        /* while the callback runs, what it re-arms on return is w->armed */
+        if (!w->running) {
+            int c = ctl(w, EPOLL_CTL_MOD, w->armed);
+            if (c != 0)
+                rc = c;
+        }
+    }
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
 void lc__engine_del(lc_watch *w)
 {
     pthread_t self = pthread_self();

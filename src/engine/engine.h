@@ -128,6 +128,11 @@ int lc__engine_add(lc_engine *e, int fd, uint32_t events, lc_watch_cb cb, void *
  */
 int lc__engine_arm(lc_watch *w, uint32_t events);
 
+/* Withdraws interest in `events` (others stay armed). Returns 1 when some
+ * was armed, 0 when none was, or a negative errno. An event already on its
+ * way may still run the callback once. */
+int lc__engine_disarm(lc_watch *w, uint32_t events);
+
 /*
  * Removes the watch and frees it. When it returns, the callback is not
  * running and will never run again, and the fd may be closed. If the callback

@@ -109,6 +109,8 @@ struct lc_session {
     bool in_write;        /* a thread is inside the write syscall */
     bool flush_scheduled; /* an engine run will write what is queued */
     int64_t last_send_ns; /* when the application last sent: bursts are coalesced */
+    uint64_t last_send_rx; /* rx_reads at that send */
+    _Atomic uint64_t rx_reads; /* carrier reads that brought bytes */
     _Atomic int in_cb;    /* engine callbacks (and driving receivers) running on it */
     _Atomic int reader;   /* the reader token: 1 while a thread reads the carrier */
     _Atomic bool rearm_needed; /* the engine found the token taken: re-arm EPOLLIN */
