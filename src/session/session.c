@@ -2372,12 +2372,12 @@ static void arm_read(lc_session *s)
     pthread_mutex_unlock(&s->wmu);
 }
 
-/* Reads and dispatches until the carrier would block. Engine thread. */
 /* Reads and dispatches until the carrier would block (then, for the engine,
  * asks for the next EPOLLIN) or reading must pause. Returns true when the
- * carrier would block, false when the session ended or reading paused. The
- * caller holds the reader token. */
-static bool read_carrier(lc_session *s, bool engine)
+ * carrier would block (or `until`, the channel of a thread reading for
+ * itself, has a message), false when the session ended or reading paused.
+ * The caller holds the reader token. */
+static bool read_carrier(lc_session *s, bool engine, lc_chan *until)
 {
     uint8_t *buf = s->rbuf;
     for (;;) {
@@ -2452,6 +2452,11 @@ static bool read_carrier(lc_session *s, bool engine)
         pthread_mutex_unlock(&s->mu);
         if (full)
             return false;
+        /* a thread reading for its own channel returns as soon as that has
+         * something: the read that would only say EAGAIN is a syscall on
+         * the round trip's path (whatever is left, the engine reads) */
+        if (until != NULL && lc__chan_recv_ready(until))
+            return true;
     }
 }
 
@@ -2525,7 +2530,7 @@ static bool drive(void *ctx, lc_chan *c, int64_t deadline)
     int fd = lc__conn_fd(s->conn);
     int64_t spin_until = lc__now_ns() + DRIVE_SPIN_NS;
     for (;;) {
-        if (!read_carrier(s, false))
+        if (!read_carrier(s, false, c))
             break; /* ended, or paused */
         flush_now(s);
         if (lc__chan_recv_ready(c))
@@ -2571,7 +2576,7 @@ static void carrier_cb(void *ctx, uint32_t ev)
     if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
         if (reader_take(s)) {
             tls_reading = s;
-            read_carrier(s, true);
+            read_carrier(s, true, NULL);
             tls_reading = NULL;
             flush_now(s);
             atomic_store(&s->reader, 0);
