@@ -484,7 +484,10 @@ LC_API int lc_session_close(lc_session *s, int64_t timeout_ms);
  * errno code for a carrier failure. */
 LC_API int lc_session_error(lc_session *s);
 /* Releases the session handle. An open session is closed abruptly (use
- * lc_session_close first to flush). Its channel ends stay valid handles. */
+ * lc_session_close first to flush). Its channel ends stay valid handles.
+ * A process may also simply exit() with sessions open and threads using
+ * them: the library then leaves its I/O thread to the process's end (what
+ * was not flushed is lost, as with any socket the kernel closes). */
 LC_API void lc_session_free(lc_session *s);
 
 #ifdef __cplusplus

@@ -694,6 +694,7 @@ void lc__engine_stats(lc_engine *e, size_t *watches, size_t *timers)
 
 static pthread_mutex_t default_mu = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic(lc_engine *) default_engine;
+static void default_at_exit(void);
 static bool default_hooks;
 
 /* A forked child has no engine thread and shares the parent's epoll set:
@@ -714,12 +715,34 @@ lc_engine *lc__engine_default(void)
         atomic_store_explicit(&default_engine, e, memory_order_release);
         if (!default_hooks) {
             default_hooks = true;
-            atexit(lc__engine_shutdown);
+            atexit(default_at_exit);
             pthread_atfork(NULL, NULL, default_after_fork);
         }
     }
     pthread_mutex_unlock(&default_mu);
     return e;
+}
+
+/*
+ * At exit: free the default engine only when nothing uses it. A program may
+ * call exit() while sessions, listeners and the threads using them are still
+ * at work (test_exit_with_live_sessions): freeing the engine under them was a
+ * use-after-free. Then it is left to the process's end, still reachable
+ * through default_engine (so leak checkers do not count it).
+ */
+static void default_at_exit(void)
+{
+    pthread_mutex_lock(&default_mu);
+    lc_engine *e = atomic_load_explicit(&default_engine, memory_order_acquire);
+    bool busy = false;
+    if (e != NULL) {
+        pthread_mutex_lock(&e->mu);
+        busy = e->nwatches > 0 || e->heap_len > 0;
+        pthread_mutex_unlock(&e->mu);
+    }
+    pthread_mutex_unlock(&default_mu);
+    if (!busy)
+        lc__engine_shutdown();
 }
 
 void lc__engine_shutdown(void)

@@ -24,8 +24,15 @@
  *   peer_proc flood URL          dials URL, opens a channel and sends {Seq: i,
  *                                Pad: 4 KiB} for i = 0, 1, ... forever; prints
  *                                "ready" after the first one; waits to be killed.
+ *   peer_proc exit-live URL      dials URL; a thread receives on the first channel
+ *                                the test opens, another sends on one of its own,
+ *                                both without end; after 200 messages each way it
+ *                                prints "ready" and calls exit(0) with all of it
+ *                                still running (as C programs do).
  */
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -297,6 +304,60 @@ static int run_flood(const char *url)
     }
 }
 
+typedef struct {
+    lc_session *s;
+    _Atomic long got, sent;
+} live_arg;
+
+static void *live_receive(void *x)
+{
+    live_arg *a = x;
+    lc_receiver *r;
+    if (lc_session_receiver(a->s, &r, 10000) != 0)
+        DIE("exit-live: no channel");
+    for (;;) {
+        lc_msg *m;
+        int rc = lc_recv(r, &m, 50);
+        if (rc == 0) {
+            lc_msg_free(m);
+            a->got++;
+        } else if (rc != LC_ETIMEDOUT) {
+            DIE("exit-live: recv: %s", lc_strerror(rc));
+        }
+    }
+    return NULL;
+}
+
+static void *live_send(void *x)
+{
+    live_arg *a = x;
+    lc_sender *ch;
+    if (lc_session_sender(a->s, &ch) != 0)
+        DIE("exit-live: channel");
+    for (int64_t i = 0;; i++) {
+        int rc = lc_send(ch, lc_pack("{s:I}", "Seq", i), 1000);
+        if (rc != 0 && rc != LC_ETIMEDOUT)
+            DIE("exit-live: send: %s", lc_strerror(rc));
+        a->sent++;
+    }
+    return NULL;
+}
+
+static int run_exit_live(const char *url)
+{
+    lc_error err = { 0 };
+    static live_arg a;
+    if (lc_dial(url, NULL, &a.s, &err) != 0)
+        DIE("dial %s: %s", url, err.text);
+    pthread_t t1, t2;
+    pthread_create(&t1, NULL, live_receive, &a);
+    pthread_create(&t2, NULL, live_send, &a);
+    while (a.got < 200 || a.sent < 200)
+        sched_yield();
+    say("ready");
+    exit(0); /* sessions, channels and both threads still live */
+}
+
 int main(int argc, char **argv)
 {
     alarm(60);
@@ -311,6 +372,8 @@ int main(int argc, char **argv)
         return run_partial(argv[2], false);
     if (argc == 3 && strcmp(argv[1], "flood") == 0)
         return run_flood(argv[2]);
-    fprintf(stderr, "usage: peer_proc echo|proxy|partial-frame|partial-msg|flood URL [UPSTREAM]\n");
+    if (argc == 3 && strcmp(argv[1], "exit-live") == 0)
+        return run_exit_live(argv[2]);
+    fprintf(stderr, "usage: peer_proc echo|proxy|partial-frame|partial-msg|flood|exit-live URL [UPSTREAM]\n");
     return 2;
 }

@@ -272,6 +272,51 @@ static void test_peer_killed_while_flooding(void **st)
     lc_listener_close(l);
 }
 
+/* A process calls exit() while its sessions, channels and threads are all
+ * still working (what C programs do): it exits with its status, without a
+ * crash, a hang or a sanitizer report, and its peer sees the session end. */
+static void test_exit_with_live_sessions(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    char url[128];
+    nt_unix_url(url, sizeof url);
+    lc_listener *l;
+    lc_error err = { 0 };
+    assert_int_equal(lc_listen(url, NULL, &l, &err), 0);
+    nt_proc c;
+    const char *args[] = { "exit-live", url, NULL };
+    nt_proc_start(&c, args);
+    lc_session *s;
+    assert_int_equal(lc_accept(l, &s, 10000), 0);
+    lc_sender *to;
+    assert_int_equal(lc_session_sender(s, &to), 0);
+    lc_receiver *from;
+    assert_int_equal(lc_session_receiver(s, &from, 10000), 0);
+    /* keep both directions busy until the process has gone */
+    int rc = 0;
+    for (int64_t i = 0; rc == 0; i++) {
+        lc_msg *m = lc_pack("{s:I}", "N", i);
+        rc = lc_send(to, m, 5000);
+        if (rc != 0) {
+            lc_msg_free(m);
+            break;
+        }
+        while ((rc = lc_recv(from, &m, 0)) == 0)
+            lc_msg_free(m);
+        if (rc == LC_ETIMEDOUT)
+            rc = 0;
+    }
+    assert_true(rc == LC_ESESSION || rc == LC_ECLOSED || rc == LC_EOF);
+    int wst = nt_proc_wait(&c);
+    if (!WIFEXITED(wst) || WEXITSTATUS(wst) != 0)
+        fprintf(stderr, "exit-live: wait status %#x\n", wst);
+    assert_true(WIFEXITED(wst) && WEXITSTATUS(wst) == 0);
+    lc_sender_release(to);
+    lc_receiver_release(from);
+    lc_session_free(s);
+    lc_listener_close(l);
+}
+
 int main(void)
 {
     lc__engine_default(); /* its fds live as long as the process */
@@ -283,6 +328,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_peer_killed_mid_frame, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_peer_killed_mid_message, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_peer_killed_while_flooding, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_exit_with_live_sessions, lc_test_setup, lc_test_teardown),
     };
     return cmocka_run_group_tests_name("net/session_proc", tests, NULL, NULL);
 }
