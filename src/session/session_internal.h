@@ -110,6 +110,12 @@ struct lc_session {
     bool flush_scheduled; /* an engine run will write what is queued */
     int64_t last_send_ns; /* when the application last sent: bursts are coalesced */
     uint64_t last_send_rx; /* rx_reads at that send */
+    /* wmu: the last frame appended to `out` by a message send, while nothing
+     * followed it (tail_end == out.len) in the same buffer (tail_gen ==
+     * out_gen): a DATA frame of stream tail_id at tail_hdr, tail_len bytes */
+    uint64_t out_gen, tail_gen;
+    size_t tail_hdr, tail_end, tail_len;
+    uint32_t tail_id;
     _Atomic uint64_t rx_reads; /* carrier reads that brought bytes */
     _Atomic int in_cb;    /* engine callbacks (and driving receivers) running on it */
     _Atomic int reader;   /* the reader token: 1 while a thread reads the carrier */
