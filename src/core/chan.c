@@ -189,6 +189,7 @@ struct lc_chan {
     void *net_ctx;
     const lc__feeder_ops *feed;      /* network Receiver: who fills the ring (mu) */
     void *feed_ctx;
+    _Atomic bool passive;            /* waited on without drive (lc__feeder_ops.passive) */
     int recv_efd, send_efd;
     bool recv_sig, send_sig;
     /* the filling party's room watch (lc__room_watch): fired by the receive
@@ -206,6 +207,8 @@ struct lc_receiver {
     _Atomic long refs;
     lc_chan *c;
 };
+
+static void mark_passive(lc_chan *c);
 
 /* ---- the lock-free ring (buffered channels) ------------------------------ */
 
@@ -952,6 +955,10 @@ LC_API int lc_select(lc_case *cases, size_t n, int64_t timeout_ms)
             ret = LC_ETIMEDOUT;
         }
     } else {
+        if (timeout_ms != 0)
+            for (size_t i = 0; i < n; i++)
+                if (cases[i].op == LC_CASE_RECV && case_chan(&cases[i]) != NULL)
+                    mark_passive(case_chan(&cases[i]));
         ret = select_wait(cases, order, active, locks, nlocks, sgs, timeout_ms);
     }
     free(heap);
@@ -996,12 +1003,15 @@ bool lc__chan_recv_ready(lc_chan *c)
     return ring_ready(c, true);
 }
 
+static void feeder_set(lc_chan *c, const lc__feeder_ops *ops, void *ctx);
+static void feeder_told(lc_chan *c, const lc__feeder_ops *ops, void *ctx);
+
 void lc__receiver_set_feeder(lc_receiver *r, const lc__feeder_ops *ops, void *ctx)
 {
     pthread_mutex_lock(&r->c->mu);
-    r->c->feed = ops;
-    r->c->feed_ctx = ctx;
+    feeder_set(r->c, ops, ctx);
     pthread_mutex_unlock(&r->c->mu);
+    feeder_told(r->c, ops, ctx);
 }
 
 void lc__sender_clear_feeder(lc_sender *s)
@@ -1016,11 +1026,11 @@ bool lc__sender_claim_feeder(lc_sender *s, const lc__feeder_ops *ops, void *ctx)
 {
     pthread_mutex_lock(&s->c->mu);
     bool ok = s->c->feed == NULL && s->c->cap > 0 && s->c->net == NULL;
-    if (ok) {
-        s->c->feed = ops;
-        s->c->feed_ctx = ctx;
-    }
+    if (ok)
+        feeder_set(s->c, ops, ctx);
     pthread_mutex_unlock(&s->c->mu);
+    if (ok)
+        feeder_told(s->c, ops, ctx);
     return ok;
 }
 
@@ -1089,6 +1099,41 @@ LC_API int lc_recv(lc_receiver *r, lc_msg **m, int64_t timeout_ms)
     int rc = single_case(&cs, timeout_ms);
     *m = rc == 0 ? cs.msg : NULL;
     return rc < 0 ? rc : cs.result;
+}
+
+/* ---- passive waits on fed channels --------------------------------------- */
+
+/* Marks c as waited on without drive and tells its feeder, once. Cheap after
+ * the first time (one load): lc_select calls it for every receive case. */
+static void mark_passive(lc_chan *c)
+{
+    if (c->cap == 0 || atomic_load_explicit(&c->passive, memory_order_relaxed))
+        return;
+    pthread_mutex_lock(&c->mu);
+    bool first = !atomic_exchange(&c->passive, true);
+    const lc__feeder_ops *ops = first ? c->feed : NULL;
+    void *ctx = c->feed_ctx;
+    if (ops)
+        ops->retain(ctx);
+    pthread_mutex_unlock(&c->mu);
+    if (ops) {
+        ops->passive(ctx);
+        ops->release(ctx);
+    }
+}
+
+/* A feeder set on a channel already waited on passively learns it now. */
+static void feeder_set(lc_chan *c, const lc__feeder_ops *ops, void *ctx)
+{
+    /* c->mu held by the caller, who calls feeder_told after unlocking */
+    c->feed = ops;
+    c->feed_ctx = ctx;
+}
+
+static void feeder_told(lc_chan *c, const lc__feeder_ops *ops, void *ctx)
+{
+    if (ops != NULL && atomic_load(&c->passive))
+        ops->passive(ctx);
 }
 
 /* ---- callback operations (for the session layer) ------------------------- */
@@ -1204,6 +1249,7 @@ int lc__recv_async(lc_receiver *r, lc_msg **m, lc_async_cb cb, void *ctx, lc_asy
     if (r == NULL || m == NULL || cb == NULL || op == NULL)
         return LC_EINVAL;
     *m = NULL;
+    mark_passive(r->c);
     lc_case cs = { .op = LC_CASE_RECV, .receiver = r };
     return async_start(&cs, m, cb, ctx, op);
 }
@@ -1378,6 +1424,8 @@ static int chan_pollfd(lc_chan *c, bool recv_side)
     }
     int fd = *efd;
     pthread_mutex_unlock(&c->mu);
+    if (recv_side)
+        mark_passive(c); /* whoever polls the fd does not read the carrier */
     return fd;
 }
 

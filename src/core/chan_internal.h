@@ -104,6 +104,11 @@ typedef struct lc__feeder_ops {
     void (*retain)(void *ctx);
     void (*release)(void *ctx);
     bool (*drive)(void *ctx, lc_chan *c, int64_t deadline_ns);
+    /* The channel is (or was) waited on without drive: by lc_select, a
+     * callback receive or a pollable fd. The feeder must then fill it on its
+     * own (a session keeps its engine watching the carrier). Called once per
+     * channel and feeder, without channel locks. */
+    void (*passive)(void *ctx);
 } lc__feeder_ops;
 void lc__receiver_set_feeder(lc_receiver *r, const lc__feeder_ops *ops, void *ctx);
 /* Called by the filling side (it holds the Sender) before it lets go. */

@@ -120,6 +120,12 @@ struct lc_session {
     _Atomic int in_cb;    /* engine callbacks (and driving receivers) running on it */
     _Atomic int reader;   /* the reader token: 1 while a thread reads the carrier */
     _Atomic bool rearm_needed; /* the engine found the token taken: re-arm EPOLLIN */
+    /* wmu: after a thread read the carrier itself, the engine's watch stays
+     * disarmed (lazy) while threads keep doing so; backstop_set: a timer
+     * re-arms it once nobody has for LAZY_REARM_NS */
+    bool lazy, backstop_set;
+    _Atomic bool no_lazy; /* a channel is waited on without reading (select, pollfd, async) */
+    _Atomic int64_t last_drive_ns;
     uint32_t next_id;     /* our next SPDY stream id (odd client, even server) */
     _Atomic bool peer_fc; /* the peer announced SPDY windows (our SETTINGS marker) */
     bool fdpass_local;    /* a unix carrier: we announced fd passing, read with recvfds */
