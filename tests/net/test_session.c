@@ -378,6 +378,109 @@ static void test_attached_receiver_pump_respects_window(void **st)
     close_pair(&p);
 }
 
+/* After a thread has read the carrier itself for its own channel (the
+ * engine's watch then stays disarmed while threads keep doing so), other
+ * ways of waiting still get their messages: another thread's blocking
+ * receive, an lc_select, a pollable fd, a new channel, each with a deadline. */
+typedef struct {
+    lc_receiver *r;
+    int mode; /* 0: lc_recv, 1: lc_select */
+    int rc;
+    int n;
+} waiter_arg;
+
+static void *other_waiter(void *x)
+{
+    waiter_arg *a = x;
+    lc_msg *m = NULL;
+    if (a->mode == 0) {
+        a->rc = lc_recv(a->r, &m, 5000);
+    } else {
+        lc_case c = { .op = LC_CASE_RECV, .receiver = a->r };
+        a->rc = lc_select(&c, 1, 5000);
+        if (a->rc == 0)
+            a->rc = c.result;
+        m = c.msg;
+    }
+    if (a->rc == 0)
+        a->rc = lc_unpack(m, "{s:i}", "N", &a->n);
+    lc_msg_free(m);
+    return NULL;
+}
+
+static void round_trips(lc_sender *ch1, lc_receiver *r1, int from, int count)
+{
+    for (int i = from; i < from + count; i++) {
+        assert_int_equal(lc_send(ch1, lc_pack("{s:i}", "N", i), 5000), 0);
+        lc_msg *m;
+        assert_int_equal(lc_recv(r1, &m, 5000), 0);
+        int n;
+        assert_int_equal(lc_unpack(m, "{s:i}", "N", &n), 0);
+        assert_int_equal(n, i);
+        lc_msg_free(m);
+    }
+}
+
+static void test_other_waiters_after_a_thread_read_the_carrier(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    pair p;
+    open_pair(&p, unix_url());
+    lc_sender *ch1, *ch2;
+    assert_int_equal(lc_session_sender(p.client, &ch1), 0);
+    assert_int_equal(lc_session_sender(p.client, &ch2), 0);
+    assert_int_equal(lc_send(ch1, lc_pack("{s:i}", "N", -1), 5000), 0);
+    assert_int_equal(lc_send(ch2, lc_pack("{s:i}", "N", -2), 5000), 0);
+    lc_receiver *r1, *r2;
+    assert_int_equal(lc_session_receiver(p.server, &r1, 5000), 0);
+    assert_int_equal(lc_session_receiver(p.server, &r2, 5000), 0);
+    lc_msg *m;
+    assert_int_equal(lc_recv(r1, &m, 5000), 0);
+    lc_msg_free(m);
+    assert_int_equal(lc_recv(r2, &m, 5000), 0);
+    lc_msg_free(m);
+
+    for (int mode = 0; mode < 2; mode++) {
+        round_trips(ch1, r1, 0, 50); /* this thread reads the carrier */
+        waiter_arg a = { .r = r2, .mode = mode, .rc = 12345 };
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, other_waiter, &a), 0);
+        round_trips(ch1, r1, 50, 50);
+        assert_int_equal(lc_send(ch2, lc_pack("{s:i}", "N", 100 + mode), 5000), 0);
+        pthread_join(t, NULL);
+        assert_int_equal(a.rc, 0);
+        assert_int_equal(a.n, 100 + mode);
+    }
+
+    /* a pollable fd on the second channel */
+    round_trips(ch1, r1, 0, 50);
+    int fd = lc_receiver_pollfd(r2);
+    assert_true(fd >= 0);
+    assert_int_equal(lc_send(ch2, lc_pack("{s:i}", "N", 7), 5000), 0);
+    struct pollfd pfd = { fd, POLLIN, 0 };
+    assert_int_equal(poll(&pfd, 1, 5000), 1);
+    assert_int_equal(lc_recv(r2, &m, 0), 0);
+    lc_msg_free(m);
+
+    /* a new channel */
+    round_trips(ch1, r1, 0, 50);
+    lc_sender *ch3;
+    assert_int_equal(lc_session_sender(p.client, &ch3), 0);
+    assert_int_equal(lc_send(ch3, lc_pack("{s:i}", "N", 3), 5000), 0);
+    lc_receiver *r3;
+    assert_int_equal(lc_session_receiver(p.server, &r3, 5000), 0);
+    assert_int_equal(lc_recv(r3, &m, 5000), 0);
+    lc_msg_free(m);
+
+    lc_sender_release(ch1);
+    lc_sender_release(ch2);
+    lc_sender_release(ch3);
+    lc_receiver_release(r1);
+    lc_receiver_release(r2);
+    lc_receiver_release(r3);
+    close_pair(&p);
+}
+
 /* ---- the Go one-way vector, played byte for byte ---------------------------- */
 
 /* go-oneway client-to-server, rebuilt from vectors/README.md: SYN_STREAM 1
@@ -518,6 +621,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_carrier_loss_fails_blocked_calls, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_slow_consumer_does_not_block_other_channel, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_attached_receiver_pump_respects_window, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_other_waiters_after_a_thread_read_the_carrier, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_go_oneway_vector_into_a_session, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_malformed_frame_kills_only_that_session, lc_test_setup, lc_test_teardown),
     };
