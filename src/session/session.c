@@ -365,6 +365,7 @@ static void flush_locked(lc_session *s)
             s->out = t;
             s->out.len = 0;
             s->out_gen++; /* a DATA frame now in flight takes no more messages */
+            s->out_urgent = false;
             s->inflight_off = 0;
             if (s->opt.trace)
                 trace_out(s, s->inflight.data, s->inflight.len);
@@ -604,6 +605,7 @@ static int ctl_rst(lc_session *s, void *arg)
 static int ctl_ping(lc_session *s, void *arg)
 {
     ctl_arg *a = arg;
+    s->out_urgent = true; /* the peer measures its round trip */
     return lc__spdy_put_ping(&s->out, a->id);
 }
 
@@ -616,6 +618,7 @@ static int ctl_goaway(lc_session *s, void *arg)
 static int ctl_window(lc_session *s, void *arg)
 {
     ctl_arg *a = arg;
+    s->out_urgent = true; /* a sender may be waiting for it */
     return lc__spdy_put_window_update(&s->out, a->id, a->status);
 }
 
@@ -2430,6 +2433,7 @@ static void lazy_backstop(void *ctx)
     lc_session *s = ctx;
     pthread_mutex_lock(&s->wmu);
     s->backstop_set = false;
+    flush_locked(s); /* frames a drive left for the next write (flush_or_defer) */
     bool arm = false;
     if (s->lazy && !s->dead) {
         int64_t now = lc__now_ns();
@@ -2453,6 +2457,39 @@ static void lazy_backstop(void *ctx)
     session_unref(s); /* the timer's reference */
 }
 
+/* Sets the backstop timer unless it is set. wmu held. */
+static bool backstop_locked(lc_session *s)
+{
+    if (s->backstop_set)
+        return true;
+    if (s->dead || s->eng == NULL)
+        return false;
+    session_ref(s);
+    lc_timer_id id;
+    if (lc__engine_timer_add(s->eng, lc__now_ns() + LAZY_REARM_NS, lazy_backstop, s, &id) != 0) {
+        session_unref(s);
+        return false;
+    }
+    s->backstop_set = true;
+    return true;
+}
+
+/*
+ * The end of a drive that hands a message to the application: what the
+ * reads queued (a SYN_REPLY for a sub-stream the message opened, the FIN
+ * that answers a closed channel) can wait for the application's next
+ * write, typically its reply: one write and one wake-up of the peer instead
+ * of two (fresh-reply round trip). WINDOW_UPDATE and PING answers cannot
+ * wait; nothing waits beyond the backstop (LAZY_REARM_NS).
+ */
+static void flush_or_defer(lc_session *s)
+{
+    pthread_mutex_lock(&s->wmu);
+    if (s->out.len == 0 || s->out_urgent || !backstop_locked(s))
+        flush_locked(s);
+    pthread_mutex_unlock(&s->wmu);
+}
+
 /* After a drive that left the carrier drained: stay disarmed, with a
  * backstop. False when that cannot be (then the caller arms). */
 static bool go_lazy(lc_session *s)
@@ -2461,17 +2498,7 @@ static bool go_lazy(lc_session *s)
         return false;
     atomic_store(&s->last_drive_ns, lc__now_ns());
     pthread_mutex_lock(&s->wmu);
-    bool ok = !s->dead && s->watch != NULL && s->eng != NULL;
-    if (ok && !s->backstop_set) {
-        session_ref(s);
-        lc_timer_id id;
-        if (lc__engine_timer_add(s->eng, lc__now_ns() + LAZY_REARM_NS, lazy_backstop, s, &id) == 0) {
-            s->backstop_set = true;
-        } else {
-            session_unref(s);
-            ok = false;
-        }
-    }
+    bool ok = s->watch != NULL && backstop_locked(s);
     if (ok)
         s->lazy = true;
     pthread_mutex_unlock(&s->wmu);
@@ -2557,7 +2584,9 @@ static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drain
         run_actions(s, &a);
         if (s->dead)
             return false;
-        flush_now(s); /* replies, FINs and window updates of this batch */
+        if (until == NULL || !lc__chan_recv_ready(until))
+            flush_now(s); /* replies, FINs and window updates of this batch */
+        /* (else the drive about to return decides: flush_or_defer) */
         /* backpressure: a local queue is full, stop reading until it drains.
          * Toward a peer with windows its own window stops it, per stream. */
         bool fc = atomic_load_explicit(&s->peer_fc, memory_order_relaxed);
@@ -2663,9 +2692,9 @@ static bool drive(void *ctx, lc_chan *c, int64_t deadline)
     for (;;) {
         if (!read_carrier(s, false, c, &drained))
             break; /* ended, or paused */
-        flush_now(s);
         if (lc__chan_recv_ready(c))
             break;
+        flush_now(s);
         int64_t now = lc__now_ns();
         if (deadline >= 0 && now >= deadline)
             break;
@@ -2677,7 +2706,7 @@ static bool drive(void *ctx, lc_chan *c, int64_t deadline)
         poll(&pfd, 1, (int)(left_ms > 100 ? 100 : left_ms));
     }
     tls_reading = NULL;
-    flush_now(s);
+    flush_or_defer(s);
     atomic_store(&s->reader, 0);
     bool lazy_now;
     pthread_mutex_lock(&s->wmu);

@@ -124,6 +124,7 @@ struct lc_session {
      * disarmed (lazy) while threads keep doing so; backstop_set: a timer
      * re-arms it once nobody has for LAZY_REARM_NS */
     bool lazy, backstop_set;
+    bool out_urgent;      /* wmu: `out` holds a WINDOW_UPDATE or PING reply: no deferring */
     _Atomic bool no_lazy; /* a channel is waited on without reading (select, pollfd, async) */
     _Atomic int64_t last_drive_ns;
     uint32_t next_id;     /* our next SPDY stream id (odd client, even server) */
