@@ -2422,11 +2422,17 @@ static void arm_read(lc_session *s)
  * message on a round trip (reused-channel p50 ~16.7 -> ~11.5 us without
  * them, bench_session unix). So when the carrier was drained, the watch
  * stays disarmed: the next receive reads it anyway. A backstop timer arms
- * it once no thread has read for LAZY_REARM_NS, and whatever waits without
+ * it once no thread has read for LAZY_REARM_NS; whatever waits without
  * reading (a sender out of window, lc_session_receiver, lc_session_close)
- * arms it at once (ensure_watched).
+ * arms it at once (ensure_watched), and a channel waited on without reading
+ * (lc_select, a pollable fd, a callback receive) turns lazy re-arming off
+ * for the session (feeder_passive). What still depends on the backstop:
+ * frames for the engine's own work (bytes for a byte stream's fd, a peer's
+ * PING) that arrive after the last thread stopped reading.
+ * 4 ms: with 1 ms, the backstop's own wake-ups on 2 busy cores made 2-4% of
+ * fresh-reply round trips take 0.2-1 ms (bench_session histogram).
  */
-#define LAZY_REARM_NS 1000000
+#define LAZY_REARM_NS 4000000
 
 static void lazy_backstop(void *ctx)
 {
