@@ -340,7 +340,13 @@ static void pump_resume(lc_stream *st, lc_msg *held);
  * message bigger than the window still goes (alone). */
 static int64_t send_window(const lc_session *s, const lc_stream *st)
 {
-    if (!atomic_load_explicit(&s->peer_fc, memory_order_relaxed))
+    /* Until the peer's first frame we cannot know whether it speaks
+     * windows (ours open with SETTINGS, Go peers never send one): keep to
+     * the SPDY/3 initial window meanwhile. Sending without limit until then
+     * let a fast sender put ~1-2 MB on one channel before it had read our
+     * SETTINGS (test_attached_receiver_pump_respects_window). */
+    if (!atomic_load_explicit(&s->peer_fc, memory_order_relaxed) &&
+        atomic_load_explicit(&s->peer_known, memory_order_acquire))
         return INT64_MAX;
     return (int64_t)s->peer_window + (int64_t)st->granted - (int64_t)st->sent;
 }
@@ -2366,6 +2372,20 @@ static void handle_frame(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
 {
     if (s->opt.trace)
         trace_frame(s, "<<", f);
+    if (!atomic_load_explicit(&s->peer_known, memory_order_relaxed)) {
+        /* the peer's first frame: a SETTINGS of ours says it speaks windows
+         * (on_settings); anything else, that it does not: whatever waited
+         * for the initial window goes on without one */
+        if (f->type == LC_SPDY_SETTINGS)
+            on_settings(s, f);
+        atomic_store_explicit(&s->peer_known, true, memory_order_release);
+        if (!atomic_load(&s->peer_fc)) {
+            atomic_store(&s->senders_blocked, true);
+            wake_blocked_senders(s);
+        }
+        if (f->type == LC_SPDY_SETTINGS)
+            return;
+    }
     switch (f->type) {
     case LC_SPDY_SYN_STREAM:
         on_syn_stream(s, f, &a->announce);
@@ -2448,8 +2468,7 @@ static void lazy_backstop(void *ctx)
             /* threads still read: look again later (the timer keeps its
              * reference) */
             int64_t at = (atomic_load(&s->reader) != 0 ? now : last) + LAZY_REARM_NS;
-            lc_timer_id id;
-            if (lc__engine_timer_add(s->eng, at, lazy_backstop, s, &id) == 0) {
+            if (lc__engine_timer_add(s->eng, at, lazy_backstop, s, &s->backstop_id) == 0) {
                 s->backstop_set = true;
                 pthread_mutex_unlock(&s->wmu);
                 return;
@@ -2471,8 +2490,7 @@ static bool backstop_locked(lc_session *s)
     if (s->dead || s->eng == NULL)
         return false;
     session_ref(s);
-    lc_timer_id id;
-    if (lc__engine_timer_add(s->eng, lc__now_ns() + LAZY_REARM_NS, lazy_backstop, s, &id) != 0) {
+    if (lc__engine_timer_add(s->eng, lc__now_ns() + LAZY_REARM_NS, lazy_backstop, s, &s->backstop_id) != 0) {
         session_unref(s);
         return false;
     }
@@ -3135,6 +3153,15 @@ LC_API void lc_session_free(lc_session *s)
     pthread_mutex_unlock(&s->mu);
     if (tid && lc__engine_timer_cancel(s->eng, tid))
         session_unref(s); /* the cancelled timer's reference */
+    pthread_mutex_lock(&s->wmu);
+    lc_timer_id bid = s->backstop_set ? s->backstop_id : 0;
+    pthread_mutex_unlock(&s->wmu);
+    if (bid && lc__engine_timer_cancel(s->eng, bid)) {
+        pthread_mutex_lock(&s->wmu);
+        s->backstop_set = false;
+        pthread_mutex_unlock(&s->wmu);
+        session_unref(s); /* the cancelled backstop's reference */
+    }
     /* Close the carrier now, so no fd outlives the handle: wait out an
      * engine callback that deleted its own watch and is finishing, and a
      * write syscall in progress; nobody starts new I/O on a dead session. */

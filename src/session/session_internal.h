@@ -123,7 +123,9 @@ struct lc_session {
     /* wmu: after a thread read the carrier itself, the engine's watch stays
      * disarmed (lazy) while threads keep doing so; backstop_set: a timer
      * re-arms it once nobody has for LAZY_REARM_NS */
+    _Atomic bool peer_known; /* its first frame came: peer_fc is settled */
     bool lazy, backstop_set;
+    lc_timer_id backstop_id; /* wmu: valid while backstop_set */
     bool out_urgent;      /* wmu: `out` holds a WINDOW_UPDATE or PING reply: no deferring */
     _Atomic bool no_lazy; /* a channel is waited on without reading (select, pollfd, async) */
     _Atomic int64_t last_drive_ns;

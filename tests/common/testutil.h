@@ -7,6 +7,10 @@
 #define LC_TESTUTIL_H
 
 #include <dirent.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <signal.h>
 #include <stdint.h>
@@ -63,6 +67,36 @@ static inline int64_t lc_test_now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+/* Prints every open fd and what it is, for a leak report. */
+static inline void lc_test_list_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (d == NULL)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[300], target[256];
+        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+        ssize_t n = readlink(path, target, sizeof target - 1);
+        target[n > 0 ? n : 0] = 0;
+        struct sockaddr_storage a, b;
+        socklen_t al = sizeof a, bl = sizeof b;
+        int fd = atoi(e->d_name);
+        if (strncmp(target, "socket:", 7) == 0 && getsockname(fd, (struct sockaddr *)&a, &al) == 0) {
+            int peer = getpeername(fd, (struct sockaddr *)&b, &bl) == 0;
+            int port = a.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&a)->sin_port) : -1;
+            int pport = peer && b.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&b)->sin_port) : -1;
+            fprintf(stderr, "  fd %s -> %s family %d port %d peer port %d\n", e->d_name, target, a.ss_family,
+                    port, pport);
+        } else {
+            fprintf(stderr, "  fd %s -> %s\n", e->d_name, target);
+        }
+    }
+    closedir(d);
+}
+
 /* cmocka setup/teardown pair that arms a 30 s deadline and checks that the test
  * left no fd open. Use with cmocka_unit_test_setup_teardown(). */
 static int lc_test_fds_before;
@@ -80,6 +114,7 @@ static inline int lc_test_teardown(void **state)
     int after = lc_test_count_fds();
     if (after != lc_test_fds_before) {
         fprintf(stderr, "fd leak: %d open before the test, %d after\n", lc_test_fds_before, after);
+        lc_test_list_fds();
         return -1;
     }
     return 0;
