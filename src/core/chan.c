@@ -1022,15 +1022,15 @@ void lc__sender_clear_feeder(lc_sender *s)
     pthread_mutex_unlock(&s->c->mu);
 }
 
-bool lc__sender_claim_feeder(lc_sender *s, const lc__feeder_ops *ops, void *ctx)
+bool lc__sender_claim_feeder(lc_sender *s, const lc__feeder_ops *ops, void *ctx, bool *passive)
 {
     pthread_mutex_lock(&s->c->mu);
     bool ok = s->c->feed == NULL && s->c->cap > 0 && s->c->net == NULL;
     if (ok)
         feeder_set(s->c, ops, ctx);
     pthread_mutex_unlock(&s->c->mu);
-    if (ok)
-        feeder_told(s->c, ops, ctx);
+    /* not feeder_told: the caller holds its own locks; it calls passive */
+    *passive = ok && atomic_load(&s->c->passive);
     return ok;
 }
 
@@ -1122,14 +1122,14 @@ static void mark_passive(lc_chan *c)
     }
 }
 
-/* A feeder set on a channel already waited on passively learns it now. */
+/* c->mu held; the caller then tells the feeder (feeder_told) unlocked. */
 static void feeder_set(lc_chan *c, const lc__feeder_ops *ops, void *ctx)
 {
-    /* c->mu held by the caller, who calls feeder_told after unlocking */
     c->feed = ops;
     c->feed_ctx = ctx;
 }
 
+/* A feeder set on a channel already waited on passively learns it now. */
 static void feeder_told(lc_chan *c, const lc__feeder_ops *ops, void *ctx)
 {
     if (ops != NULL && atomic_load(&c->passive))

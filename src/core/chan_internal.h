@@ -114,8 +114,10 @@ void lc__receiver_set_feeder(lc_receiver *r, const lc__feeder_ops *ops, void *ct
 /* Called by the filling side (it holds the Sender) before it lets go. */
 void lc__sender_clear_feeder(lc_sender *s);
 /* For a session forwarding into an application's buffered channel: become
- * its feeder unless it has one (true if claimed); release only if still ours. */
-bool lc__sender_claim_feeder(lc_sender *s, const lc__feeder_ops *ops, void *ctx);
+ * its feeder unless it has one (true if claimed; *passive: the channel was
+ * already waited on without drive, the caller calls ops->passive itself once
+ * its locks are released); release only if still ours. */
+bool lc__sender_claim_feeder(lc_sender *s, const lc__feeder_ops *ops, void *ctx, bool *passive);
 void lc__sender_release_feeder(lc_sender *s, void *ctx);
 /* Would a receive on c complete now? (rings only) */
 bool lc__chan_recv_ready(lc_chan *c);

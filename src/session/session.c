@@ -857,9 +857,12 @@ static int register_ours_locked(lc_session *s, lc_stream *st)
     return 0;
 }
 
+static void feeder_passive(void *ctx);
+
 static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full)
 {
     lc_session *s = p->s;
+    bool passive_seen = false; /* a reply channel we now feed is waited on without drive */
     enc_ctx e = { .s = s };
     struct lc_codec_hooks hooks = { &e, enc_attachment, NULL };
     lc_buf *b = enc_buf();
@@ -918,7 +921,9 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full)
         if (st->kind == ST_FWD_TO_SENDER) {
             st->into = e.opens[i].v->u.sender;
             /* a reply channel: whoever waits on it may read our carrier */
-            st->feeding = lc__sender_claim_feeder(st->into, &feeder_ops, s);
+            bool passive = false;
+            st->feeding = lc__sender_claim_feeder(st->into, &feeder_ops, s, &passive);
+            passive_seen |= passive;
         } else if (st->kind == ST_PUMP_RECEIVER) {
             st->source = e.opens[i].v->u.receiver;
         } else {
@@ -981,6 +986,8 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full)
         s->fdq[s->fdq_len++] = lc_value_take_fd(e.passed[i], NULL);
     send_flush_locked(s);
     pthread_mutex_unlock(&s->wmu);
+    if (passive_seen)
+        feeder_passive(s); /* with no lock held: it may arm the engine */
     /* the attachments now belong to their streams */
     for (size_t i = 0; i < e.n; i++) {
         lc_stream *st = e.opens[i].st;

@@ -476,6 +476,27 @@ static void test_other_waiters_after_a_thread_read_the_carrier(void **st)
     assert_int_equal(lc_recv(r2, &m, 0), 0);
     lc_msg_free(m);
 
+    /* a reply channel polled through its fd before it was sent (the session
+     * becomes its feeder when sending it: found as a self-deadlock) */
+    round_trips(ch1, r1, 0, 50);
+    lc_receiver *rr;
+    lc_sender *rs;
+    assert_int_equal(lc_pipe(&rr, &rs, 4), 0);
+    int rfd = lc_receiver_pollfd(rr);
+    assert_true(rfd >= 0);
+    assert_int_equal(lc_send(ch1, lc_pack("{s:i, s:S}", "N", 5, "Ret", rs), 5000), 0);
+    assert_int_equal(lc_recv(r1, &m, 5000), 0);
+    lc_sender *ret;
+    assert_int_equal(lc_unpack(m, "{s:S}", "Ret", &ret), 0);
+    lc_msg_free(m);
+    assert_int_equal(lc_send(ret, lc_pack("{s:i}", "N", 6), 5000), 0);
+    lc_sender_release(ret);
+    struct pollfd rp = { rfd, POLLIN, 0 };
+    assert_int_equal(poll(&rp, 1, 5000), 1);
+    assert_int_equal(lc_recv(rr, &m, 0), 0);
+    lc_msg_free(m);
+    lc_receiver_release(rr);
+
     /* a new channel */
     round_trips(ch1, r1, 0, 50);
     lc_sender *ch3;
