@@ -2737,7 +2737,10 @@ static bool drive(void *ctx, lc_chan *c, int64_t deadline)
         poll(&pfd, 1, (int)(left_ms > 100 ? 100 : left_ms));
     }
     tls_reading = NULL;
-    flush_or_defer(s);
+    if (lc__chan_recv_ready(c))
+        flush_or_defer(s); /* the application gets a message, likely replies */
+    else
+        flush_now(s);
     atomic_store(&s->reader, 0);
     bool lazy_now;
     pthread_mutex_lock(&s->wmu);
