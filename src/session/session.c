@@ -429,9 +429,10 @@ static void flush_locked(lc_session *s)
  * The application's send path. A message sent while the carrier is idle is
  * written at once by the sending thread (no hop: request/reply latency). A
  * message sent right after another one (a burst: less than COALESCE_NS since
- * the last send) is only appended: one engine run writes the whole batch, so
- * a flood costs one syscall per batch instead of one per message
- * (bench_session measured one sendmsg per message without this). wmu held.
+ * the last send, and nothing read meanwhile) is only appended: one engine run
+ * COALESCE_NS later writes the whole batch, so a flood costs one syscall per
+ * batch instead of one per message (bench_session measured one sendmsg per
+ * message without this). wmu held.
  */
 #define COALESCE_NS 20000
 
@@ -467,7 +468,10 @@ static void send_flush_locked(lc_session *s)
     if (burst && s->eng != NULL) {
         session_ref(s);
         lc_timer_id id;
-        if (lc__engine_timer_add(s->eng, 0, deferred_flush, s, &id) == 0) {
+        /* COALESCE_NS after this send, not at once: the engine's run then
+         * carries a bigger batch (bench_session one-way unix 3.5 -> 4.5 M
+         * msgs/s); a burst's last message waits at most that long */
+        if (lc__engine_timer_add(s->eng, now + COALESCE_NS, deferred_flush, s, &id) == 0) {
             s->flush_scheduled = true;
             return;
         }
