@@ -1781,6 +1781,43 @@ static void room_done(void *ctx, int result, lc_msg *m)
 /* Plain messages handed to the local queue per lock round. */
 #define DELIVER_BATCH 32
 
+/* Takes the head of st's decoded, undelivered messages. mu held. */
+static lc_msg *pending_pop_locked(lc_stream *st)
+{
+    lc_msg *m = st->pending_head;
+    st->pending_head = m->next;
+    if (st->pending_head == NULL)
+        st->pending_tail = NULL;
+    st->npending--;
+    return m;
+}
+
+/* Puts the n messages chained from first to last back at the head, in
+ * order (the local queue was full). mu held. */
+static void pending_unpop_locked(lc_stream *st, lc_msg *first, lc_msg *last, size_t n)
+{
+    last->next = st->pending_head;
+    st->pending_head = first;
+    if (st->pending_tail == NULL)
+        st->pending_tail = last;
+    st->npending += n;
+}
+
+/* The end of one hand-over of m (rc: its lc_send result): nothing is being
+ * delivered any more, m is dropped if the local end refused it, and the
+ * delivery's stream reference goes. */
+static void push_end(lc_stream *st, lc_msg *m, int rc)
+{
+    lc_session *s = st->s;
+    pthread_mutex_lock(&s->mu);
+    st->push_op = NULL;
+    st->pushing = NULL;
+    pthread_mutex_unlock(&s->mu);
+    if (rc != 0)
+        lc_msg_free(m); /* the local end went away: drop (fds closed) */
+    stream_unref(st);
+}
+
 /*
  * The local queue is full and the head of st's list waits for it. The
  * caller delivers (push_op is its placeholder) and holds a reference for
@@ -1807,22 +1844,13 @@ static bool deliver_wait_room(lc_stream *st)
         stream_unref(st);
         return false;
     }
-    st->pending_head = m->next;
-    if (st->pending_head == NULL)
-        st->pending_tail = NULL;
-    st->npending--;
+    pending_pop_locked(st);
     st->pushing = m;
     pthread_mutex_unlock(&s->mu);
     rc = lc__send_async(st->into, m, push_done, st, &op);
     if (rc == LC__PENDING)
         return true; /* push_done continues */
-    pthread_mutex_lock(&s->mu);
-    st->push_op = NULL;
-    st->pushing = NULL;
-    pthread_mutex_unlock(&s->mu);
-    if (rc != 0)
-        lc_msg_free(m);
-    stream_unref(st);
+    push_end(st, m, rc);
     return false;
 }
 
@@ -1894,14 +1922,8 @@ static void deliver_pending(lc_stream *st)
              * spinning on it). */
             lc_msg *batch[DELIVER_BATCH];
             size_t nb = 0;
-            while (m != NULL && !m->has_refs && nb < DELIVER_BATCH) {
-                batch[nb++] = m;
-                m = m->next;
-            }
-            st->pending_head = m;
-            if (m == NULL)
-                st->pending_tail = NULL;
-            st->npending -= nb;
+            while (st->pending_head != NULL && !st->pending_head->has_refs && nb < DELIVER_BATCH)
+                batch[nb++] = pending_pop_locked(st);
             st->push_op = (lc_async *)1; /* we are delivering: nobody else does */
             stream_ref(st);
             pthread_mutex_unlock(&s->mu);
@@ -1916,14 +1938,9 @@ static void deliver_pending(lc_stream *st)
             }
             pthread_mutex_lock(&s->mu);
             if (i < nb) {
-                /* back at the head, in order */
-                batch[nb - 1]->next = st->pending_head;
                 for (size_t j = i; j + 1 < nb; j++)
                     batch[j]->next = batch[j + 1];
-                st->pending_head = batch[i];
-                if (st->pending_tail == NULL)
-                    st->pending_tail = batch[nb - 1];
-                st->npending += nb - i;
+                pending_unpop_locked(st, batch[i], batch[nb - 1], nb - i);
                 pthread_mutex_unlock(&s->mu);
                 if (deliver_wait_room(st))
                     return; /* a callback continues */
@@ -1951,10 +1968,7 @@ static void deliver_pending(lc_stream *st)
         st->waiting_refs = false;
         st->waiting_since = 0;
         if (missing < 0) {
-            st->pending_head = m->next;
-            if (st->pending_head == NULL)
-                st->pending_tail = NULL;
-            st->npending--;
+            pending_pop_locked(st);
             pthread_mutex_unlock(&s->mu);
             kick_streams(s, &k);
             lc_msg_free(m);
@@ -1963,10 +1977,7 @@ static void deliver_pending(lc_stream *st)
         }
         /* off the list before it is handed over: once sent, m is the
          * receiver's and may already be freed */
-        st->pending_head = m->next;
-        if (st->pending_head == NULL)
-            st->pending_tail = NULL;
-        st->npending--;
+        pending_pop_locked(st);
         stream_ref(st);
         st->push_op = (lc_async *)1; /* placeholder while registering */
         st->pushing = m;
@@ -1977,24 +1988,14 @@ static void deliver_pending(lc_stream *st)
         int rc = lc_send(st->into, m, 0);
         if (rc == LC_ETIMEDOUT) {
             pthread_mutex_lock(&s->mu);
-            m->next = st->pending_head; /* back at the head, in order */
-            st->pending_head = m;
-            if (st->pending_tail == NULL)
-                st->pending_tail = m;
-            st->npending++;
+            pending_unpop_locked(st, m, m, 1);
             st->pushing = NULL;
             pthread_mutex_unlock(&s->mu);
             if (deliver_wait_room(st))
                 return; /* a callback continues */
             continue;
         }
-        pthread_mutex_lock(&s->mu);
-        st->push_op = NULL;
-        st->pushing = NULL;
-        pthread_mutex_unlock(&s->mu);
-        if (rc != 0)
-            lc_msg_free(m);
-        stream_unref(st);
+        push_end(st, m, rc);
     }
 }
 
