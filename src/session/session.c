@@ -2620,7 +2620,10 @@ static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drain
         run_actions(s, &a);
         if (s->dead)
             return false;
-        if (until == NULL || !lc__chan_recv_ready(until))
+        /* a thread reading for its own channel: has it something now? (one
+         * answer for both the flush below and the early return) */
+        bool ready = until != NULL && lc__chan_recv_ready(until);
+        if (!ready)
             flush_now(s); /* replies, FINs and window updates of this batch */
         /* (else the drive about to return decides: flush_or_defer) */
         /* backpressure: a local queue is full, stop reading until it drains.
@@ -2640,7 +2643,7 @@ static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drain
         /* a thread reading for its own channel returns as soon as that has
          * something: the read that would only say EAGAIN is a syscall on
          * the round trip's path (whatever is left, the engine reads) */
-        if (until != NULL && lc__chan_recv_ready(until)) {
+        if (ready) {
             if (drained)
                 *drained = (size_t)n < READ_CHUNK; /* a short read took all there was */
             return true;

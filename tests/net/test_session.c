@@ -26,14 +26,20 @@ typedef struct pair {
     lc_session *client, *server;
 } pair;
 
-static void open_pair(pair *p, const char *url)
+/* Both sides with options o (NULL: defaults). */
+static void open_pair_with(pair *p, const char *url, const lc_options *o)
 {
     lc_error err = { 0 };
-    assert_int_equal(lc_listen(url, NULL, &p->l, &err), 0);
+    assert_int_equal(lc_listen(url, o, &p->l, &err), 0);
     char bound[256];
     assert_int_equal(lc_listener_url(p->l, bound, sizeof bound), 0);
-    assert_int_equal(lc_dial(bound, NULL, &p->client, &err), 0);
+    assert_int_equal(lc_dial(bound, o, &p->client, &err), 0);
     assert_int_equal(lc_accept(p->l, &p->server, 5000), 0);
+}
+
+static void open_pair(pair *p, const char *url)
+{
+    open_pair_with(p, url, NULL);
 }
 
 static void close_pair(pair *p)
@@ -228,23 +234,64 @@ static void test_carrier_loss_fails_blocked_calls(void **st)
 }
 
 
+/* A TCP pair whose channels have a 64 KiB window and a 16-message local
+ * queue: flow control shows after a few dozen 1 KiB messages. */
+static void open_small_window_pair(pair *p)
+{
+    lc_options o;
+    lc_options_default(&o);
+    o.stream_window = 64 * 1024;
+    o.recv_queue = 16;
+    open_pair_with(p, "tcp://127.0.0.1:0", &o);
+}
+
+/* Sends {N: i, Blob: 1 KiB} on s until a send waits 200 ms (the producer is
+ * pushed back), at most limit times; returns how many were taken. */
+static int fill_until_pushed_back(lc_sender *s, int limit)
+{
+    static char blob[1024];
+    memset(blob, 'x', sizeof blob);
+    int sent = 0, rc;
+    for (;;) {
+        lc_msg *m = lc_pack("{s:i, s:b}", "N", sent, "Blob", blob, sizeof blob);
+        rc = lc_send(s, m, 200);
+        if (rc != 0) {
+            lc_msg_free(m);
+            break;
+        }
+        if (++sent > limit)
+            break;
+    }
+    assert_int_equal(rc, LC_ETIMEDOUT);
+    return sent;
+}
+
+/* Receives {N: 0} .. {N: count - 1} on r, in order, then the end of channel. */
+static void expect_sequence_then_eof(lc_receiver *r, int count)
+{
+    for (int i = 0;; i++) {
+        lc_msg *m;
+        int rc = lc_recv(r, &m, 5000);
+        if (rc == LC_EOF) {
+            assert_int_equal(i, count);
+            break;
+        }
+        assert_int_equal(rc, 0);
+        int n;
+        assert_int_equal(lc_unpack(m, "{s:i}", "N", &n), 0);
+        assert_int_equal(n, i);
+        lc_msg_free(m);
+    }
+}
+
 /* Flow control: a receiver that stops reading stalls only its own channel
  * (its sender blocks once the window and the local queue are full); another
  * channel of the same session keeps flowing, and memory stays bounded. */
 static void test_slow_consumer_does_not_block_other_channel(void **st)
 {
     LC_TEST_DEADLINE(30);
-    lc_options o;
-    lc_options_default(&o);
-    o.stream_window = 64 * 1024;
-    o.recv_queue = 16;
-    lc_error err = { 0 };
     pair p;
-    assert_int_equal(lc_listen("tcp://127.0.0.1:0", &o, &p.l, &err), 0);
-    char bound[256];
-    assert_int_equal(lc_listener_url(p.l, bound, sizeof bound), 0);
-    assert_int_equal(lc_dial(bound, &o, &p.client, &err), 0);
-    assert_int_equal(lc_accept(p.l, &p.server, 5000), 0);
+    open_small_window_pair(&p);
 
     lc_sender *slow, *fast;
     assert_int_equal(lc_session_sender(p.client, &slow), 0);
@@ -254,21 +301,7 @@ static void test_slow_consumer_does_not_block_other_channel(void **st)
     assert_int_equal(lc_session_receiver(p.server, &fast_r, 5000), 0);
 
     /* fill the slow channel until its sender is pushed back */
-    static char blob[1024];
-    memset(blob, 'x', sizeof blob);
-    int sent = 0, rc;
-    for (;;) {
-        lc_msg *m = lc_pack("{s:i, s:b}", "N", sent, "Blob", blob, sizeof blob);
-        rc = lc_send(slow, m, 200);
-        if (rc != 0) {
-            lc_msg_free(m);
-            break;
-        }
-        sent++;
-        if (sent > 10000)
-            break;
-    }
-    assert_int_equal(rc, LC_ETIMEDOUT);
+    int sent = fill_until_pushed_back(slow, 10000);
     /* window (64 KiB of ~1 KiB messages) + local queue (16) + output buffer */
     assert_true(sent >= 16 && sent < 10000);
 
@@ -284,19 +317,7 @@ static void test_slow_consumer_does_not_block_other_channel(void **st)
     }
     /* the slow consumer catches up: everything arrives, in order */
     lc_close(slow);
-    for (int i = 0;; i++) {
-        lc_msg *m;
-        rc = lc_recv(slow_r, &m, 5000);
-        if (rc == LC_EOF) {
-            assert_int_equal(i, sent);
-            break;
-        }
-        assert_int_equal(rc, 0);
-        int n;
-        assert_int_equal(lc_unpack(m, "{s:i}", "N", &n), 0);
-        assert_int_equal(n, i);
-        lc_msg_free(m);
-    }
+    expect_sequence_then_eof(slow_r, sent);
     lc_sender_release(slow);
     lc_sender_release(fast);
     lc_receiver_release(slow_r);
@@ -312,17 +333,8 @@ static void test_slow_consumer_does_not_block_other_channel(void **st)
 static void test_attached_receiver_pump_respects_window(void **st)
 {
     LC_TEST_DEADLINE(30);
-    lc_options o;
-    lc_options_default(&o);
-    o.stream_window = 64 * 1024;
-    o.recv_queue = 16;
-    lc_error err = { 0 };
     pair p;
-    assert_int_equal(lc_listen("tcp://127.0.0.1:0", &o, &p.l, &err), 0);
-    char bound[256];
-    assert_int_equal(lc_listener_url(p.l, bound, sizeof bound), 0);
-    assert_int_equal(lc_dial(bound, &o, &p.client, &err), 0);
-    assert_int_equal(lc_accept(p.l, &p.server, 5000), 0);
+    open_small_window_pair(&p);
 
     lc_sender *ch;
     assert_int_equal(lc_session_sender(p.client, &ch), 0);
@@ -338,8 +350,8 @@ static void test_attached_receiver_pump_respects_window(void **st)
     assert_int_equal(lc_unpack(m, "{s:R}", "Feed", &feed), 0);
     lc_msg_free(m);
     /* the client has read the server's SETTINGS (its first frame) once it
-     * has a message from it: the windows apply from here (before, a sender
-     * cannot know the peer speaks them; blocks_reading bounds that case) */
+     * has a message from it: the announced window applies from here (before,
+     * a sender keeps to the SPDY/3 initial window) */
     lc_sender *back;
     assert_int_equal(lc_session_sender(p.server, &back), 0);
     assert_int_equal(lc_send(back, lc_pack("{s:i}", "N", 0), 5000), 0);
@@ -350,20 +362,7 @@ static void test_attached_receiver_pump_respects_window(void **st)
     lc_sender_release(back);
     lc_receiver_release(back_r);
 
-    static char blob[1024];
-    memset(blob, 'y', sizeof blob);
-    int sent = 0, rc;
-    for (;;) {
-        m = lc_pack("{s:i, s:b}", "N", sent, "Blob", blob, sizeof blob);
-        rc = lc_send(ls, m, 200);
-        if (rc != 0) {
-            lc_msg_free(m);
-            break;
-        }
-        if (++sent > 20000)
-            break;
-    }
-    assert_int_equal(rc, LC_ETIMEDOUT);
+    int sent = fill_until_pushed_back(ls, 20000);
     /* window (64 KiB of ~1 KiB messages) + remote queue (16) + local (4) +
      * the held one; without flow control the pump took all 20000 */
     if (sent < 20 || sent >= 200)
@@ -372,18 +371,7 @@ static void test_attached_receiver_pump_respects_window(void **st)
 
     lc_close(ls);
     lc_sender_release(ls);
-    for (int i = 0;; i++) {
-        rc = lc_recv(feed, &m, 5000);
-        if (rc == LC_EOF) {
-            assert_int_equal(i, sent);
-            break;
-        }
-        assert_int_equal(rc, 0);
-        int n;
-        assert_int_equal(lc_unpack(m, "{s:i}", "N", &n), 0);
-        assert_int_equal(n, i);
-        lc_msg_free(m);
-    }
+    expect_sequence_then_eof(feed, sent);
     lc_receiver_release(feed);
     lc_close(ch);
     assert_int_equal(lc_recv(in, &m, 5000), LC_EOF);

@@ -158,18 +158,26 @@ static void wait_blocked(recv_arg *a)
     }
 }
 
-static void run_killed(const char *mode, int want1, int want2)
+/* Listens on a fresh unix socket, starts `peer_proc MODE URL` and accepts
+ * its session. */
+static lc_session *accept_peer(const char *mode, nt_proc *c, lc_listener **l)
 {
     char url[128];
     nt_unix_url(url, sizeof url);
-    lc_listener *l;
     lc_error err = { 0 };
-    assert_int_equal(lc_listen(url, NULL, &l, &err), 0);
-    nt_proc c;
+    assert_int_equal(lc_listen(url, NULL, l, &err), 0);
     const char *args[] = { mode, url, NULL };
-    nt_proc_start(&c, args);
+    nt_proc_start(c, args);
     lc_session *s;
-    assert_int_equal(lc_accept(l, &s, 10000), 0);
+    assert_int_equal(lc_accept(*l, &s, 10000), 0);
+    return s;
+}
+
+static void run_killed(const char *mode, int want1, int want2)
+{
+    lc_listener *l;
+    nt_proc c;
+    lc_session *s = accept_peer(mode, &c, &l);
     assert_non_null(nt_proc_line(&c, 10000)); /* everything it will send is sent */
     lc_receiver *r;
     assert_int_equal(lc_session_receiver(s, &r, 5000), 0);
@@ -229,16 +237,9 @@ static void test_peer_killed_mid_message(void **st)
 static void test_peer_killed_while_flooding(void **st)
 {
     LC_TEST_DEADLINE(30);
-    char url[128];
-    nt_unix_url(url, sizeof url);
     lc_listener *l;
-    lc_error err = { 0 };
-    assert_int_equal(lc_listen(url, NULL, &l, &err), 0);
     nt_proc c;
-    const char *args[] = { "flood", url, NULL };
-    nt_proc_start(&c, args);
-    lc_session *s;
-    assert_int_equal(lc_accept(l, &s, 10000), 0);
+    lc_session *s = accept_peer("flood", &c, &l);
     assert_non_null(nt_proc_line(&c, 10000));
     lc_receiver *r;
     assert_int_equal(lc_session_receiver(s, &r, 5000), 0);
@@ -278,16 +279,9 @@ static void test_peer_killed_while_flooding(void **st)
 static void test_exit_with_live_sessions(void **st)
 {
     LC_TEST_DEADLINE(30);
-    char url[128];
-    nt_unix_url(url, sizeof url);
     lc_listener *l;
-    lc_error err = { 0 };
-    assert_int_equal(lc_listen(url, NULL, &l, &err), 0);
     nt_proc c;
-    const char *args[] = { "exit-live", url, NULL };
-    nt_proc_start(&c, args);
-    lc_session *s;
-    assert_int_equal(lc_accept(l, &s, 10000), 0);
+    lc_session *s = accept_peer("exit-live", &c, &l);
     lc_sender *to;
     assert_int_equal(lc_session_sender(s, &to), 0);
     lc_receiver *from;
