@@ -153,6 +153,17 @@ static int scan(lc_stream_decoder *d)
     return d->scan <= d->in.len ? 0 : LC__SD_AGAIN;
 }
 
+/* The current message, ending at `end`, was handed out: the next one starts
+ * there (at the front again when nothing more is buffered). */
+static void message_taken(lc_stream_decoder *d, size_t end)
+{
+    d->start = d->scan = end;
+    d->done = 0;
+    d->depth = 0;
+    if (d->start == d->in.len) /* nothing buffered: restart at the front */
+        d->in.len = d->start = d->scan = 0;
+}
+
 int lc__sd_next(lc_stream_decoder *d, lc_msg **out)
 {
     if (out == NULL)
@@ -170,10 +181,7 @@ int lc__sd_next(lc_stream_decoder *d, lc_msg **out)
         size_t used = 0;
         int rc = lc__decode(d->in.data + d->start, d->in.len - d->start, &d->lim, NULL, out, &used);
         if (rc == 0) {
-            d->start += used;
-            d->scan = d->start;
-            if (d->start == d->in.len)
-                d->in.len = d->start = d->scan = 0;
+            message_taken(d, d->start + used);
             return 0;
         }
         if (rc != LC_ETRUNCATED) {
@@ -191,13 +199,7 @@ int lc__sd_next(lc_stream_decoder *d, lc_msg **out)
         d->err = rc;
         return rc;
     }
-    d->start = d->scan;
-    d->done = 0;
-    d->depth = 0;
-    if (d->start == d->in.len) { /* nothing buffered: restart at the front */
-        d->in.len = 0;
-        d->start = d->scan = 0;
-    }
+    message_taken(d, d->scan);
     return 0;
 }
 
