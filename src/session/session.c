@@ -370,6 +370,7 @@ static void flush_locked(lc_session *s)
             s->inflight = s->out;
             s->out = t;
             s->out.len = 0;
+            s->deferred_len = 0;
             s->out_gen++; /* a DATA frame now in flight takes no more messages */
             s->out_urgent = false;
             s->inflight_off = 0;
@@ -591,11 +592,35 @@ static void send_control(lc_session *s, int (*fn)(lc_session *s, void *arg), voi
     pthread_mutex_unlock(&s->wmu);
 }
 
+/*
+ * Queues a control frame nobody waits for (the FIN that answers a peer's
+ * FIN: it only lets both ends forget the stream) without writing it: the
+ * next write carries it, the backstop (LAZY_REARM_NS) at the latest. In a
+ * fresh-reply round trip the requester wrote it alone after each reply
+ * (bench_session under strace: ~2.2 -> ~1.5 writes per round trip over both
+ * processes; p50 moved within the noise).
+ */
+static bool backstop_locked(lc_session *s);
+
+static void send_control_deferred(lc_session *s, int (*fn)(lc_session *s, void *arg), void *arg)
+{
+    pthread_mutex_lock(&s->wmu);
+    bool only_deferred = s->out.len == s->deferred_len;
+    if (!s->dead && fn(s, arg) == 0) {
+        if (only_deferred)
+            s->deferred_len = s->out.len; /* flush_now leaves it */
+        if (s->out_urgent || !backstop_locked(s))
+            flush_locked(s);
+    }
+    pthread_mutex_unlock(&s->wmu);
+}
+
 /* End of a read batch: write the control frames it produced. */
 static void flush_now(lc_session *s)
 {
     pthread_mutex_lock(&s->wmu);
-    flush_locked(s);
+    if (s->out.len > s->deferred_len)
+        flush_locked(s); /* (frames that wait for a later write stay) */
     pthread_mutex_unlock(&s->wmu);
 }
 
@@ -2276,7 +2301,7 @@ static void on_data(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
     pthread_mutex_unlock(&s->mu);
     if (send_fin) {
         ctl_arg fa = { id, 0 };
-        send_control(s, ctl_fin, &fa);
+        send_control_deferred(s, ctl_fin, &fa);
     }
     if (kick)
         bytes_kick(st);
@@ -2861,6 +2886,16 @@ static void ref_timer(void *ctx)
 
 /* ---- sessions ------------------------------------------------------------ */
 
+/*
+ * Our header blocks go out as stored deflate blocks (level 0): valid zlib
+ * with the SPDY dictionary for every peer, no compression. A libchan header
+ * block is two short pairs (libchan-ref, libchan-parent-ref), and each one
+ * is flushed alone: level 6 spent ~1.2 us per block here (level 1: ~0.9 us),
+ * level 0 ~0.07 us, for ~60 bytes instead of ~11. Two blocks per fresh
+ * reply channel (SYN_STREAM, SYN_REPLY) lie on the round trip's path.
+ */
+#define HEADER_DEFLATE_LEVEL 0
+
 static int session_start(lc_conn *conn, bool is_client, const lc_options *o, lc_session **out)
 {
     lc_session *s = calloc(1, sizeof *s);
@@ -2888,7 +2923,7 @@ static int session_start(lc_conn *conn, bool is_client, const lc_options *o, lc_
     s->peer_window = LC_SPDY_DEFAULT_WINDOW;
     lc__spdy_decoder_init(&s->dec, NULL);
     lc__spdy_decoder_init(&s->trace_dec, NULL);
-    lc__spdy_deflater_init(&s->defl, 6);
+    lc__spdy_deflater_init(&s->defl, HEADER_DEFLATE_LEVEL);
     lc__buf_init(&s->out);
     lc__buf_init(&s->inflight);
     int rc = lc_pipe(&s->incoming_r, &s->incoming_s, s->opt.accept_queue);

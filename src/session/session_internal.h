@@ -127,6 +127,7 @@ struct lc_session {
     bool lazy, backstop_set;
     lc_timer_id backstop_id; /* wmu: valid while backstop_set */
     bool out_urgent;      /* wmu: `out` holds a WINDOW_UPDATE or PING reply: no deferring */
+    size_t deferred_len;  /* wmu: `out` up to here holds only frames nobody waits for */
     _Atomic bool no_lazy; /* a channel is waited on without reading (select, pollfd, async) */
     _Atomic int64_t last_drive_ns;
     uint32_t next_id;     /* our next SPDY stream id (odd client, even server) */

@@ -11,6 +11,8 @@
  *     receiver gets LC_EPROTO, the session and its other channels go on;
  *   - harmless oddities (DATA for an unknown stream, unknown control frames,
  *     PING): ignored, answered or reset, the session goes on.
+ * And one well-formed case only a raw peer can watch: the FIN answering the
+ * peer's FIN comes even when nothing else is written.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -114,6 +116,38 @@ static void test_bad_version_ends_session_and_its_channels(void **st)
     assert_int_equal(write(p.fd, bad, sizeof bad), (ssize_t)sizeof bad);
     assert_int_equal(recv_rc(r, 5000), LC_EPROTO);
     check_session_broken(&p);
+    lc_receiver_release(r);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
+/* docs/PROTOCOL.md 3.8: the FIN that answers a peer's FIN is not written on
+ * its own at once but with our next write; with nothing else to write, the
+ * backstop timer still sends it (within milliseconds; 2 s allowed here). */
+static void test_fin_answer_comes_without_other_writes(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    nt_raw p;
+    nt_raw_open(&p, NULL);
+    lc_buf b;
+    lc__buf_init(&b);
+    nt_put_syn(&p, &b, 1, 2, 0, 0);
+    put_n(&b, 1, 7);
+    nt_raw_send(&p, &b);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+    expect_n(r, 7);
+    /* the FIN alone, after everything else was answered */
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_SYN_REPLY, 1, NULL, 5000), 1);
+    assert_int_equal(lc__spdy_put_data(&b, 1, LC_SPDY_FLAG_FIN, NULL, 0), 0);
+    nt_raw_send(&p, &b);
+    assert_int_equal(recv_rc(r, 5000), LC_EOF);
+    bool fin = false;
+    while (!fin) {
+        lc_spdy_frame f = { 0 };
+        assert_int_equal(nt_raw_expect(&p, LC_SPDY_DATA, 1, &f, 2000), 1);
+        fin = (f.flags & LC_SPDY_FLAG_FIN) != 0;
+    }
     lc_receiver_release(r);
     lc__buf_free(&b);
     nt_raw_close(&p);
@@ -591,6 +625,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_late_refs_each_get_the_full_timeout, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_ref_named_twice_fails_the_channel, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unknown_stream_unknown_frame_and_ping, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_fin_answer_comes_without_other_writes, lc_test_setup, lc_test_teardown),
     };
     return cmocka_run_group_tests_name("net/session_malformed", tests, NULL, NULL);
 }
