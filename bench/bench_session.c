@@ -25,7 +25,7 @@
  * The targets of the issue are printed next to the figures. Nothing is
  * asserted.
  *
- * Usage: bench_session [seconds [unix|tcp [oneway|lc-oneway|rt|lc-rt-fresh|bulk]]]
+ * Usage: bench_session [seconds [unix|tcp [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-reused|bulk]]]
  *        seconds: per one-way figure, default 3; the round-trip counts scale
  *        with it (20000 at 3 s). The filters run one part, for profiling.
  * Every figure runs against its own server process: fork + exec of this
@@ -1188,7 +1188,7 @@ static void bench_transport(const char *transport)
     printf("[%s]\n", transport);
     if (g_only == NULL || strncmp(g_only, "oneway", 6) == 0 || strcmp(g_only, "lc-oneway") == 0)
         bench_oneway(transport);
-    if (g_only == NULL || strcmp(g_only, "rt") == 0 || strcmp(g_only, "lc-rt-fresh") == 0)
+    if (g_only == NULL || strcmp(g_only, "rt") == 0 || strncmp(g_only, "lc-rt-", 6) == 0)
         bench_rt(transport);
     if (g_only == NULL || strcmp(g_only, "bulk") == 0)
         bench_bulk(transport);
@@ -1223,9 +1223,10 @@ static void bench_oneway(const char *transport)
 
 static void bench_rt(const char *transport)
 {
-    if (g_only != NULL && strcmp(g_only, "lc-rt-fresh") == 0) { /* libchan alone, for profiles */
-        lat fresh = lc_roundtrip(transport, true);
-        printf("  libchan fresh-reply round trip p50 %.1f us, p99 %.1f us\n", fresh.p50, fresh.p99);
+    if (g_only != NULL && strncmp(g_only, "lc-rt-", 6) == 0) { /* libchan alone, for profiles */
+        bool f = strcmp(g_only, "lc-rt-fresh") == 0;
+        lat l = lc_roundtrip(transport, f);
+        printf("  libchan %s round trip p50 %.1f us, p99 %.1f us\n", f ? "fresh-reply" : "reused-reply", l.p50, l.p99);
         return;
     }
     lat raw = raw_pingpong(transport, false);
@@ -1288,7 +1289,7 @@ int main(int argc, char **argv)
            "(load average at start: %s)\n\n",
            g_seconds, g_rounds, TARGET_ONEWAY / 1e6, TARGET_REUSED, TARGET_FRESH, TARGET_BULK_TCP, loadavg());
     fflush(stdout);
-    /* optional filters, for profiling one case: [unix|tcp] [oneway|lc-oneway|rt|lc-rt-fresh|bulk] */
+    /* optional filters, for profiling one case: [unix|tcp] [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-reused|bulk] */
     const char *only_t = argc > 2 ? argv[2] : NULL, *only_s = argc > 3 ? argv[3] : NULL;
     g_only = only_s;
     if (only_t == NULL || strcmp(only_t, "unix") == 0)

@@ -102,7 +102,11 @@ void *lc__map_get(const lc_map *m, uint64_t key)
 int lc__map_put(lc_map *m, uint64_t key, void *val)
 {
     if ((m->used + 1) * 4 >= m->cap * 3) {
-        size_t ncap = m->cap ? m->cap * 2 : 16;
+        /* sized for the live entries only: a table that fills up with
+         * tombstones (streams opened and ended all session long) is rebuilt
+         * at its size, not doubled (it grew with every stream ever opened,
+         * and so did every scan of it) */
+        size_t ncap = 16;
         while ((m->len + 1) * 2 >= ncap)
             ncap *= 2;
         lc_map n = { calloc(ncap, sizeof *n.slots), ncap, 0, 0 };
@@ -1115,6 +1119,24 @@ static void net_release(void *ctx)
 }
 
 /* Removes a stream from the table once both directions are finished. */
+/*
+ * Records a peer ref that a message named (or whose sub-stream ended unnamed),
+ * so that naming it again fails at once. Only the last CLAIMED_KEEP are kept:
+ * recording all of them grew without bound over a session's life (one entry
+ * per fresh reply channel). An older ref named again waits like a ref that
+ * never arrives, and fails after ref_timeout_ms. mu held.
+ */
+static void remember_claimed_locked(lc_session *s, uint64_t ref)
+{
+    size_t at = s->claimed_next % CLAIMED_KEEP;
+    if (s->claimed_next >= CLAIMED_KEEP)
+        lc__map_del(&s->claimed_refs, s->claimed_ring[at]);
+    if (lc__map_put(&s->claimed_refs, ref, (void *)2) == 0) {
+        s->claimed_ring[at] = ref;
+        s->claimed_next++;
+    }
+}
+
 static void stream_maybe_done_locked(lc_session *s, lc_stream *st)
 {
     if (!st->in_table)
@@ -1139,7 +1161,7 @@ static void stream_maybe_done_locked(lc_session *s, lc_stream *st)
         /* reset before any message named it: a later naming fails at once
          * (found by fuzz_session: it used to leave a dangling entry) */
         lc__map_del(&s->peer_refs, st->ref);
-        lc__map_put(&s->claimed_refs, st->ref, (void *)2);
+        remember_claimed_locked(s, st->ref);
     }
     stream_unref(st); /* the table's reference; the caller holds another */
 }
@@ -1688,7 +1710,7 @@ static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *
     }
     v->flags &= (uint8_t)~LC_VF_TAKEN;
     lc__map_del(&s->peer_refs, sub->ref);
-    lc__map_put(&s->claimed_refs, sub->ref, (void *)2); /* a second naming fails at once */
+    remember_claimed_locked(s, sub->ref); /* a second naming fails at once */
     if (lc__msg_track_attachment(m, v) != 0)
         return LC_ENOMEM;
     if (sub->kind == ST_RECV)

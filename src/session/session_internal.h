@@ -26,6 +26,9 @@ int lc__map_put(lc_map *m, uint64_t key, void *val);
 void *lc__map_del(lc_map *m, uint64_t key);
 void lc__map_free(lc_map *m);
 
+/* How many of the peer's refs already named a session remembers. */
+#define CLAIMED_KEEP 1024
+
 typedef enum st_kind {
     ST_UNBOUND,       /* a peer sub-stream no message has named yet */
     ST_SEND,          /* we write messages on it (a network Sender) */
@@ -144,7 +147,9 @@ struct lc_session {
     lc_map streams;       /* SPDY id -> stream */
     lc_map peer_refs;     /* peer's libchan-ref -> unbound sub-stream */
     lc_map in_fds;        /* received fd sequence number -> fd + 1, not yet claimed */
-    lc_map claimed_refs;  /* peer refs already named by a message */
+    lc_map claimed_refs;  /* peer refs already named by a message (the last CLAIMED_KEEP) */
+    uint64_t claimed_ring[CLAIMED_KEEP]; /* those refs, oldest at claimed_next % CLAIMED_KEEP */
+    uint64_t claimed_next;
     uint64_t fd_in_seq;
     bool new_refs;
     bool goaway_sent, goaway_recv, closing;

@@ -156,6 +156,96 @@ static void test_thousand_channels_on_one_session(void **st)
     nt_close_pair(&p);
 }
 
+/* ---- a long session of fresh reply channels ------------------------------------ */
+
+/*
+ * Every request carries a fresh reply Sender: one sub-stream opened and ended
+ * per request, all session long. What the session keeps per stream must go
+ * with it: its tables stay sized for the streams alive (the stream table
+ * used to double on every rebuild while tombstones filled it, and every
+ * named ref was remembered forever).
+ */
+#define NFRESH 3000
+
+typedef struct {
+    lc_session *s;
+    int handled, errors;
+} fresh_server;
+
+static void *fresh_server_fn(void *x)
+{
+    fresh_server *a = x;
+    lc_receiver *r;
+    if (lc_session_receiver(a->s, &r, 10000) != 0) {
+        a->errors++;
+        return NULL;
+    }
+    for (int i = 0; i < NFRESH; i++) {
+        lc_msg *m;
+        int idx;
+        lc_sender *ret;
+        if (lc_recv(r, &m, 10000) != 0 || lc_unpack(m, "{s:i, s:S}", "I", &idx, "Ret", &ret) != 0) {
+            a->errors++;
+            break;
+        }
+        lc_msg_free(m);
+        lc_msg *rep = lc_pack("{s:i}", "Twice", 2 * idx);
+        if (lc_send(ret, rep, 10000) != 0) {
+            lc_msg_free(rep);
+            a->errors++;
+        }
+        lc_sender_release(ret); /* closes it: FIN */
+        a->handled++;
+    }
+    lc_receiver_release(r);
+    return NULL;
+}
+
+static void test_fresh_reply_channels_leave_no_trace(void **st)
+{
+    LC_TEST_DEADLINE(120);
+    char url[128];
+    nt_pair p;
+    nt_open_pair(&p, nt_unix_url(url, sizeof url), NULL, NULL);
+    fresh_server sv = { .s = p.server };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, fresh_server_fn, &sv), 0);
+    lc_sender *snd;
+    assert_int_equal(lc_session_sender(p.client, &snd), 0);
+    for (int i = 0; i < NFRESH; i++) {
+        lc_receiver *rr;
+        lc_sender *rs;
+        assert_int_equal(lc_pipe(&rr, &rs, 1), 0);
+        assert_int_equal(lc_send(snd, lc_pack("{s:i, s:S}", "I", i, "Ret", rs), 10000), 0);
+        lc_msg *m;
+        int twice = -1;
+        assert_int_equal(lc_recv(rr, &m, 10000), 0);
+        assert_int_equal(lc_unpack(m, "{s:i}", "Twice", &twice), 0);
+        assert_int_equal(twice, 2 * i);
+        lc_msg_free(m);
+        assert_int_equal(lc_recv(rr, &m, 10000), LC_EOF);
+        lc_receiver_release(rr);
+    }
+    pthread_join(t, NULL);
+    assert_int_equal(sv.errors, 0);
+    assert_int_equal(sv.handled, NFRESH);
+    lc_session *both[2] = { p.client, p.server };
+    for (int i = 0; i < 2; i++) {
+        lc_session *s = both[i];
+        pthread_mutex_lock(&s->mu);
+        size_t streams_cap = s->streams.cap, claimed = s->claimed_refs.len, claimed_cap = s->claimed_refs.cap;
+        pthread_mutex_unlock(&s->mu);
+        /* a handful of streams alive at a time: a small table, whatever churned */
+        if (streams_cap > 64 || claimed > CLAIMED_KEEP || claimed_cap > 4 * CLAIMED_KEEP)
+            fail_msg("%s: stream table of %zu slots, %zu claimed refs in %zu slots after %d requests",
+                     i == 0 ? "client" : "server", streams_cap, claimed, claimed_cap, NFRESH);
+    }
+    lc_sender_release(snd);
+    assert_int_equal(lc_session_error(p.client), 0);
+    assert_int_equal(lc_session_error(p.server), 0);
+    nt_close_pair(&p);
+}
+
 /*
  * The same, deterministic: a raw peer opens 100 channels, then sends one
  * message and the FIN on each of them in a single write (so the session
@@ -576,6 +666,7 @@ int main(void)
     nt_filter_from_env();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_thousand_channels_on_one_session, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_fresh_reply_channels_leave_no_trace, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_hundred_channels_in_one_read, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_message_naming_forty_early_receivers, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_hundred_sessions_on_one_tcp_listener, lc_test_setup, lc_test_teardown),
