@@ -68,7 +68,8 @@ enum lc_error_code {
     LC_ENOKEY    = -1008,      /* unpack: a required map key is missing */
     LC_EFORMAT   = -1009,      /* pack/unpack: the format string is invalid */
     LC_ETAKEN    = -1010,      /* an attachment was already taken out of the message */
-    LC_ERANGE    = -1011,      /* a number does not fit the requested C type */
+    LC_ERANGE    = -1011,      /* a number does not fit the requested C type; a session
+                                  has used up its stream ids (lc_session_sender) */
     LC_ENOTSUP   = -1012,      /* the operation is not supported here (e.g. encoding an
                                   attachment without a session) */
     LC_EPROTO    = -1013,      /* the peer broke the wire protocol (malformed frame,
@@ -408,6 +409,10 @@ LC_API size_t lc_receiver_queued(lc_receiver *r);
  * in-memory ones. A network Receiver is a local queue the session fills;
  * lc_send on a network Sender encodes and writes on the calling thread.
  *
+ * A message carrying channel ends or byte streams over a session that has
+ * used up its stream ids (see lc_session_sender) is not sent: lc_send
+ * returns LC_ERANGE and the message stays the caller's.
+ *
  * Delivery: on one channel, in order and without duplicates. When the
  * carrier is lost, every blocked call on the session's channels returns at
  * once: receivers get LC_ESESSION after the messages already queued, senders
@@ -462,7 +467,11 @@ LC_API int lc_accept(lc_listener *l, lc_session **out, int64_t timeout_ms);
 LC_API void lc_listener_close(lc_listener *l);
 
 /* Opens a new channel on the session and returns its Sender (one reference).
- * The peer receives the matching Receiver through lc_session_receiver. */
+ * The peer receives the matching Receiver through lc_session_receiver.
+ * LC_ECLOSED once the peer said it is going away (GOAWAY); LC_ERANGE once
+ * this side has opened 2^30 streams on the session (SPDY/3 stream ids are
+ * 31 bits and never reused; every channel end or byte stream a message
+ * carries opens one): dial a new session. */
 LC_API int lc_session_sender(lc_session *s, lc_sender **out);
 /* Waits for the next channel the peer opened and returns its Receiver (one
  * reference). LC_ETIMEDOUT, or LC_ESESSION once the session has ended. */

@@ -24,7 +24,7 @@ LC_API const char *lc_strerror(int code)
     case LC_ENOKEY:     return "required key missing";
     case LC_EFORMAT:    return "invalid format string";
     case LC_ETAKEN:     return "attachment already taken";
-    case LC_ERANGE:     return "number out of range";
+    case LC_ERANGE:     return "number out of range (or a session's stream ids used up)";
     case LC_ENOTSUP:    return "operation not supported";
     case LC_EPROTO:     return "protocol error from the peer";
     case LC_ESESSION:   return "session ended";

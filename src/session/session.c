@@ -878,9 +878,19 @@ static void start_pump(lc_stream *st);
 static int bytes_start(lc_stream *st, int fd, bool we_read, bool we_write, bool mu_held);
 static void bytes_kick(lc_stream *st);
 
-/* Registers a new stream of ours in the table; wmu and mu held. */
+/* Whether n more streams of ours still get an id: SPDY/3 ids are 31 bits
+ * and never reused, so a side opens at most 2^30 streams per session. wmu held. */
+static bool ids_left_locked(const lc_session *s, size_t n)
+{
+    return n == 0 || (uint64_t)s->next_id + 2 * ((uint64_t)n - 1) <= LC_SPDY_MAX_STREAM_ID;
+}
+
+/* Registers a new stream of ours in the table; wmu and mu held. LC_ERANGE
+ * once the session's stream ids are used up. */
 static int register_ours_locked(lc_session *s, lc_stream *st)
 {
+    if (!ids_left_locked(s, 1))
+        return LC_ERANGE;
     st->id = s->next_id;
     s->next_id += 2;
     if (lc__map_put(&s->streams, st->id, st) != 0)
@@ -929,8 +939,10 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full)
         s->fdq = nq;
         s->fdq_cap = nc;
     }
-    if (s->dead || p->local_fin || p->reset) {
-        rc = s->dead ? LC_ESESSION : LC_ECLOSED;
+    if (s->dead || p->local_fin || p->reset || !ids_left_locked(s, e.n)) {
+        /* (checked before any frame is queued: a message whose sub-streams
+         * cannot all open is not sent at all) */
+        rc = s->dead ? LC_ESESSION : p->local_fin || p->reset ? LC_ECLOSED : LC_ERANGE;
         s->fd_out_seq -= e.npassed;
         pthread_mutex_unlock(&s->wmu);
         goto fail;
@@ -1118,7 +1130,6 @@ static void net_release(void *ctx)
     stream_unref(st);
 }
 
-/* Removes a stream from the table once both directions are finished. */
 /*
  * Records a peer ref that a message named (or whose sub-stream ended unnamed),
  * so that naming it again fails at once. Only the last CLAIMED_KEEP are kept:
@@ -1137,6 +1148,7 @@ static void remember_claimed_locked(lc_session *s, uint64_t ref)
     }
 }
 
+/* Removes a stream from the table once both directions are finished. */
 static void stream_maybe_done_locked(lc_session *s, lc_stream *st)
 {
     if (!st->in_table)

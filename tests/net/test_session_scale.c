@@ -247,6 +247,70 @@ static void test_fresh_reply_channels_leave_no_trace(void **st)
 }
 
 /*
+ * SPDY/3 stream ids are 31 bits and never reused: a side opens at most 2^30
+ * streams on a session. At the end of them (the test starts near it), opening
+ * a channel and sending a message that carries a channel end fail with
+ * LC_ERANGE, without queuing any frame; the session and its open channels go
+ * on (the ids used to wrap into ids already used: the peer's protocol error).
+ */
+static void test_stream_ids_used_up(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    char url[128];
+    nt_pair p;
+    nt_open_pair(&p, nt_unix_url(url, sizeof url), NULL, NULL);
+    lc_sender *a;
+    assert_int_equal(lc_session_sender(p.client, &a), 0);
+    lc_receiver *ra;
+    assert_int_equal(lc_session_receiver(p.server, &ra, 5000), 0);
+    pthread_mutex_lock(&p.client->wmu);
+    p.client->next_id = LC_SPDY_MAX_STREAM_ID - 2; /* two ids left: ..fd, ..ff */
+    pthread_mutex_unlock(&p.client->wmu);
+    /* a message carrying two channel ends needs both */
+    lc_receiver *r1, *r2;
+    lc_sender *s1, *s2;
+    assert_int_equal(lc_pipe(&r1, &s1, 1), 0);
+    assert_int_equal(lc_pipe(&r2, &s2, 1), 0);
+    lc_msg *m = lc_pack("{s:S, s:S}", "A", s1, "B", s2);
+    assert_int_equal(lc_send(a, m, 5000), 0);
+    lc_msg *got;
+    assert_int_equal(lc_recv(ra, &got, 5000), 0);
+    lc_sender *g1, *g2;
+    assert_int_equal(lc_unpack(got, "{s:S, s:S}", "A", &g1, "B", &g2), 0);
+    lc_msg_free(got);
+    /* none left */
+    lc_sender *b = NULL;
+    assert_int_equal(lc_session_sender(p.client, &b), LC_ERANGE);
+    assert_null(b);
+    lc_receiver *r3;
+    lc_sender *s3;
+    assert_int_equal(lc_pipe(&r3, &s3, 1), 0);
+    m = lc_pack("{s:S}", "C", s3);
+    assert_int_equal(lc_send(a, m, 5000), LC_ERANGE);
+    lc_msg_free(m); /* still ours (and s3 with it) */
+    lc_receiver_release(r3);
+    /* what is open still works, both ways */
+    assert_int_equal(lc_send(a, lc_pack("{s:i}", "N", 1), 5000), 0);
+    assert_int_equal(lc_recv(ra, &got, 5000), 0);
+    lc_msg_free(got);
+    assert_int_equal(lc_send(g2, lc_pack("{s:i}", "N", 2), 5000), 0);
+    assert_int_equal(lc_recv(r2, &got, 5000), 0);
+    int n = 0;
+    assert_int_equal(lc_unpack(got, "{s:i}", "N", &n), 0);
+    assert_int_equal(n, 2);
+    lc_msg_free(got);
+    assert_int_equal(lc_session_error(p.client), 0);
+    assert_int_equal(lc_session_error(p.server), 0);
+    lc_sender_release(g1);
+    lc_sender_release(g2);
+    lc_receiver_release(r1);
+    lc_receiver_release(r2);
+    lc_receiver_release(ra);
+    lc_sender_release(a);
+    nt_close_pair(&p);
+}
+
+/*
  * The same, deterministic: a raw peer opens 100 channels, then sends one
  * message and the FIN on each of them in a single write (so the session
  * handles them in one read batch). Every receiver gets its message, then EOF.
@@ -667,6 +731,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_thousand_channels_on_one_session, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fresh_reply_channels_leave_no_trace, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_stream_ids_used_up, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_hundred_channels_in_one_read, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_message_naming_forty_early_receivers, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_hundred_sessions_on_one_tcp_listener, lc_test_setup, lc_test_teardown),
