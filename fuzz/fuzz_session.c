@@ -679,6 +679,8 @@ static int drain(consumer *c)
             continue;
         }
         /* the channel ended: LC_EOF, LC_ESESSION, LC_EPROTO, LC_ECLOSED */
+        if (!(rc == LC_EOF || rc == LC_ESESSION || rc == LC_EPROTO || rc == LC_ECLOSED))
+            fprintf(stderr, "fuzz_session: a channel ended with %d (%s)\n", rc, lc_strerror(rc));
         CHECK(rc == LC_EOF || rc == LC_ESESSION || rc == LC_EPROTO || rc == LC_ECLOSED);
         lc_receiver_release(c->r[i]);
         c->r[i] = c->r[--c->n];

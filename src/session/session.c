@@ -2303,18 +2303,16 @@ static void on_data(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
             bytes_kick_locked = true;
         }
         if (st->kind == ST_RECV || st->kind == ST_FWD_TO_SENDER) {
+            /* end of channel once everything decoded is delivered; bytes
+             * that do not decode (or a message the FIN cut) end it with
+             * LC_EPROTO after those messages, not at once: closing the
+             * channel here lost the messages still waiting to be delivered
+             * and passed on the decoder's own code (fuzz_session) */
             int frc = st->sd_init ? lc__sd_finish(&st->sd) : 0;
-            if (frc < 0) {
-                lc_sender *into = lc_sender_retain(st->into);
-                pthread_mutex_unlock(&s->mu);
-                lc__close_error(into, frc == LC_ETRUNCATED ? LC_EPROTO : frc);
-                lc_sender_release(into);
-                pthread_mutex_lock(&s->mu);
-            } else {
-                /* end of channel once everything queued is delivered */
-                st->remote_fin_pending = true;
-                note_delivery(a, st);
-            }
+            if (frc < 0 && st->into != NULL)
+                st->end_err = LC_EPROTO;
+            st->remote_fin_pending = true;
+            note_delivery(a, st);
             if (!st->local_fin) {
                 /* the receiving side half-closes after end-of-channel (as Go) */
                 st->local_fin = true;

@@ -408,6 +408,71 @@ static void test_messages_before_bad_msgpack_are_delivered(void **st)
     nt_raw_close(&p);
 }
 
+/*
+ * The same with the stream's end in that write: the broken bytes come in
+ * the FIN's own frame, behind more messages than the session decodes ahead
+ * of delivery and than the local queue holds. Every message before them
+ * arrives, in order, then LC_EPROTO (found by fuzz_session: the FIN path
+ * closed the channel at once with the decoder's own code, LC_EBADMSG,
+ * dropping messages still waiting to be delivered).
+ */
+static void test_messages_before_bad_msgpack_at_fin_are_delivered(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    lc_options o;
+    lc_options_default(&o);
+    o.recv_queue = 4;
+    nt_raw p;
+    nt_raw_open(&p, &o);
+    lc_buf b;
+    lc__buf_init(&b);
+    nt_put_syn(&p, &b, 1, 2, 0, 0);
+    nt_raw_send(&p, &b);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+    for (int variant = 0; variant < 6; variant++) {
+        /* as many messages as are decoded ahead of delivery (32), more, fewer */
+        int nmsg = variant < 2 ? 32 : variant < 4 ? 40 : 10;
+        /* even: the messages and the bad byte in one DATA frame with FIN;
+         * odd: a frame per message, the bad byte alone with FIN */
+        lc_buf msgs;
+        lc__buf_init(&msgs);
+        for (int i = 0; i < nmsg; i++) {
+            uint8_t *enc;
+            size_t len;
+            lc_msg *m = lc_pack("{s:i}", "N", i);
+            assert_int_equal(lc_msgpack_encode(m, &enc, &len), 0);
+            lc_msg_free(m);
+            if (variant % 2 == 0)
+                assert_int_equal(lc__buf_append(&msgs, enc, len), 0);
+            else
+                assert_int_equal(lc__spdy_put_data(&b, 1 + 2 * variant, 0, enc, len), 0);
+            free(enc);
+        }
+        assert_int_equal(lc__buf_append(&msgs, (const uint8_t[]){ 0xc1 }, 1), 0);
+        assert_int_equal(lc__spdy_put_data(&b, 1 + 2 * variant, LC_SPDY_FLAG_FIN, msgs.data, msgs.len), 0);
+        lc__buf_free(&msgs);
+        if (variant > 0) {
+            /* a channel of its own for each variant */
+            lc_buf syn;
+            lc__buf_init(&syn);
+            nt_put_syn(&p, &syn, 1 + 2 * variant, 2 + variant, 0, 0);
+            nt_raw_send(&p, &syn);
+            lc__buf_free(&syn);
+            lc_receiver_release(r);
+            assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+        }
+        nt_raw_send(&p, &b);
+        for (int i = 0; i < nmsg; i++)
+            expect_n(r, i);
+        assert_int_equal(recv_rc(r, 5000), LC_EPROTO);
+    }
+    assert_int_equal(lc_session_error(p.s), 0);
+    lc_receiver_release(r);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
 /* A message naming ext 4 ref 99 (a Sender) and one naming ext 5 ref 98 (a
  * Receiver) whose sub-streams never come: after ref_timeout_ms the channel
  * fails with LC_EPROTO (the message before them is delivered); the session
@@ -620,6 +685,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_msgpack_fails_only_that_channel, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_truncated_message_at_fin_fails_only_that_channel, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_messages_before_bad_msgpack_are_delivered, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_messages_before_bad_msgpack_at_fin_are_delivered, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_ref_that_never_arrives_fails_the_channel, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_ref_that_never_arrives_after_idle_fails_the_channel, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_late_refs_each_get_the_full_timeout, lc_test_setup, lc_test_teardown),
