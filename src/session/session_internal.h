@@ -26,6 +26,10 @@ int lc__map_put(lc_map *m, uint64_t key, void *val);
 void *lc__map_del(lc_map *m, uint64_t key);
 void lc__map_free(lc_map *m);
 
+/* Waits in a row whose spin ran out after which a session's readers stop
+ * spinning (drive, session.c). */
+#define SPIN_MISSES_MAX 4
+
 /* How many of the peer's refs already named a session remembers. */
 #define CLAIMED_KEEP 1024
 
@@ -133,6 +137,11 @@ struct lc_session {
     size_t deferred_len;  /* wmu: `out` up to here holds only frames nobody waits for */
     _Atomic bool no_lazy; /* a channel is waited on without reading (select, pollfd, async) */
     _Atomic int64_t last_drive_ns;
+    /* adaptive spinning of threads that read the carrier themselves (drive):
+     * waits in a row whose spin ran out before the message came, and drives
+     * so far (for the periodic probe) */
+    _Atomic int spin_misses; /* saturates at SPIN_MISSES_MAX */
+    _Atomic unsigned drives;
     uint32_t next_id;     /* our next SPDY stream id (odd client, even server) */
     _Atomic bool peer_fc; /* the peer announced SPDY windows (our SETTINGS marker) */
     bool fdpass_local;    /* a unix carrier: we announced fd passing, read with recvfds */

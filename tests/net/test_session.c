@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/socket.h>
 
 #include "libchan.h"
@@ -504,6 +505,86 @@ static void test_other_waiters_after_a_thread_read_the_carrier(void **st)
     close_pair(&p);
 }
 
+/* ---- how a waiting thread spins --------------------------------------------- */
+
+/*
+ * A thread waiting for a reply reads the carrier itself and spins a while
+ * before it sleeps. Replies slower than the spin make it stop spinning
+ * (a spinning thread only takes CPU from the peer that has to answer): the
+ * session counts the waits whose spin ran out. Here the server takes 2 ms
+ * per request, far longer than any spin.
+ */
+typedef struct {
+    lc_session *s;
+    int handled, rc;
+} slow_server_arg;
+
+static void *slow_server(void *x)
+{
+    slow_server_arg *a = x;
+    lc_receiver *r;
+    a->rc = lc_session_receiver(a->s, &r, 5000);
+    if (a->rc != 0)
+        return NULL;
+    lc_msg *m;
+    while ((a->rc = lc_recv(r, &m, 5000)) == 0) {
+        int64_t delay_us;
+        lc_sender *ret;
+        a->rc = lc_unpack(m, "{s:I, s:S}", "DelayUs", &delay_us, "Ret", &ret);
+        lc_msg_free(m);
+        if (a->rc != 0)
+            break;
+        /* the service's own work, not a synchronisation */
+        struct timespec work = { 0, (long)delay_us * 1000 };
+        nanosleep(&work, NULL);
+        lc_msg *rep = lc_pack("{s:I}", "Done", delay_us);
+        a->rc = lc_send(ret, rep, 5000);
+        if (a->rc != 0)
+            lc_msg_free(rep);
+        lc_sender_release(ret);
+        a->handled++;
+        if (a->rc != 0)
+            break;
+    }
+    if (a->rc == LC_EOF)
+        a->rc = 0;
+    lc_receiver_release(r);
+    return NULL;
+}
+
+static void test_slow_replies_stop_the_spinning(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    pair p;
+    open_pair(&p, unix_url());
+    slow_server_arg sa = { .s = p.server };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, slow_server, &sa), 0);
+    lc_sender *req;
+    assert_int_equal(lc_session_sender(p.client, &req), 0);
+    unsigned drives0 = atomic_load(&p.client->drives);
+    for (int i = 0; i < 2 * SPIN_MISSES_MAX; i++) {
+        lc_receiver *rr;
+        lc_sender *rs;
+        assert_int_equal(lc_pipe(&rr, &rs, 1), 0);
+        assert_int_equal(lc_send(req, lc_pack("{s:I, s:S}", "DelayUs", (int64_t)2000, "Ret", rs), 5000), 0);
+        lc_msg *rep;
+        assert_int_equal(lc_recv(rr, &rep, 5000), 0);
+        lc_msg_free(rep);
+        lc_receiver_release(rr);
+    }
+    /* the waits were the client's own reads of the carrier, and they all
+     * outlasted their spin: the next ones do not spin */
+    assert_true(atomic_load(&p.client->drives) - drives0 >= 2 * SPIN_MISSES_MAX);
+    assert_int_equal(atomic_load(&p.client->spin_misses), SPIN_MISSES_MAX);
+    assert_int_equal(lc_close(req), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(sa.rc, 0);
+    assert_int_equal(sa.handled, 2 * SPIN_MISSES_MAX);
+    lc_sender_release(req);
+    close_pair(&p);
+}
+
 /* ---- the Go one-way vector, played byte for byte ---------------------------- */
 
 /* go-oneway client-to-server, rebuilt from vectors/README.md: SYN_STREAM 1
@@ -645,6 +726,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_slow_consumer_does_not_block_other_channel, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_attached_receiver_pump_respects_window, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_other_waiters_after_a_thread_read_the_carrier, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_slow_replies_stop_the_spinning, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_go_oneway_vector_into_a_session, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_malformed_frame_kills_only_that_session, lc_test_setup, lc_test_teardown),
     };
