@@ -90,6 +90,20 @@ static inline void nt_close_pair(nt_pair *p)
     lc_listener_close(p->l);
 }
 
+/* Receives the next message on r (5 s at most) and checks it is {N: n}. */
+static inline void nt_expect_n(lc_receiver *r, int n)
+{
+    lc_msg *m;
+    int rc = lc_recv(r, &m, 5000);
+    if (rc != 0)
+        fprintf(stderr, "expected {N:%d}, got %s\n", n, lc_strerror(rc));
+    assert_int_equal(rc, 0);
+    int got;
+    assert_int_equal(lc_unpack(m, "{s:i}", "N", &got), 0);
+    assert_int_equal(got, n);
+    lc_msg_free(m);
+}
+
 /* ---- a raw SPDY peer ----------------------------------------------------------- */
 
 /*

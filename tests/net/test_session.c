@@ -20,6 +20,7 @@
 
 #include "libchan.h"
 #include "session/session_internal.h"
+#include "nettest.h"
 #include "testutil.h"
 
 typedef struct pair {
@@ -170,13 +171,8 @@ static void test_receiver_carried_in_a_message(void **st)
     lc_receiver *feed;
     assert_int_equal(lc_unpack(m, "{s:R}", "Feed", &feed), 0);
     lc_msg_free(m);
-    for (int i = 0; i < 5; i++) {
-        assert_int_equal(lc_recv(feed, &m, 5000), 0);
-        int n;
-        assert_int_equal(lc_unpack(m, "{s:i}", "N", &n), 0);
-        assert_int_equal(n, i);
-        lc_msg_free(m);
-    }
+    for (int i = 0; i < 5; i++)
+        nt_expect_n(feed, i);
     assert_int_equal(lc_recv(feed, &m, 5000), LC_EOF);
     lc_receiver_release(feed);
     lc_close(ch);
@@ -415,12 +411,7 @@ static void round_trips(lc_sender *ch1, lc_receiver *r1, int from, int count)
 {
     for (int i = from; i < from + count; i++) {
         assert_int_equal(lc_send(ch1, lc_pack("{s:i}", "N", i), 5000), 0);
-        lc_msg *m;
-        assert_int_equal(lc_recv(r1, &m, 5000), 0);
-        int n;
-        assert_int_equal(lc_unpack(m, "{s:i}", "N", &n), 0);
-        assert_int_equal(n, i);
-        lc_msg_free(m);
+        nt_expect_n(r1, i);
     }
 }
 

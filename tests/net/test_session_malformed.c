@@ -28,25 +28,30 @@ static void put_n(lc_buf *b, uint32_t id, int n)
     nt_put_msg(b, id, lc_pack("{s:i}", "N", n));
 }
 
-static void expect_n(lc_receiver *r, int n)
-{
-    lc_msg *m;
-    int rc = lc_recv(r, &m, 5000);
-    if (rc != 0)
-        fprintf(stderr, "expected {N:%d}, got %s\n", n, lc_strerror(rc));
-    assert_int_equal(rc, 0);
-    int got;
-    assert_int_equal(lc_unpack(m, "{s:i}", "N", &got), 0);
-    assert_int_equal(got, n);
-    lc_msg_free(m);
-}
-
 static int recv_rc(lc_receiver *r, int64_t timeout_ms)
 {
     lc_msg *m = NULL;
     int rc = lc_recv(r, &m, timeout_ms);
     lc_msg_free(m);
     return rc;
+}
+
+/* Opens the raw peer (options o, may be NULL) and channel 1 (ref 2) on it,
+ * with the message {N: first} in the same write when first >= 0, and
+ * returns its Receiver, that message already received. b is initialised. */
+static lc_receiver *open_channel_1(nt_raw *p, const lc_options *o, lc_buf *b, int first)
+{
+    nt_raw_open(p, o);
+    lc__buf_init(b);
+    nt_put_syn(p, b, 1, 2, 0, 0);
+    if (first >= 0)
+        put_n(b, 1, first);
+    nt_raw_send(p, b);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(p->s, &r, 5000), 0);
+    if (first >= 0)
+        nt_expect_n(r, first);
+    return r;
 }
 
 /* The session is still fine: a new channel (stream id `id`) carries a message
@@ -62,7 +67,7 @@ static void check_alive(nt_raw *p, uint32_t id, uint64_t ref)
     lc__buf_free(&b);
     lc_receiver *r;
     assert_int_equal(lc_session_receiver(p->s, &r, 5000), 0);
-    expect_n(r, 4242);
+    nt_expect_n(r, 4242);
     assert_int_equal(recv_rc(r, 5000), LC_EOF);
     lc_receiver_release(r);
     assert_int_equal(lc_session_error(p->s), 0);
@@ -103,15 +108,8 @@ static void test_bad_version_ends_session_and_its_channels(void **st)
 {
     LC_TEST_DEADLINE(30);
     nt_raw p;
-    nt_raw_open(&p, NULL);
     lc_buf b;
-    lc__buf_init(&b);
-    nt_put_syn(&p, &b, 1, 2, 0, 0);
-    put_n(&b, 1, 1);
-    nt_raw_send(&p, &b);
-    lc_receiver *r;
-    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
-    expect_n(r, 1);
+    lc_receiver *r = open_channel_1(&p, NULL, &b, 1);
     static const uint8_t bad[] = { 0x80, 0x02, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00 };
     assert_int_equal(write(p.fd, bad, sizeof bad), (ssize_t)sizeof bad);
     assert_int_equal(recv_rc(r, 5000), LC_EPROTO);
@@ -128,15 +126,8 @@ static void test_fin_answer_comes_without_other_writes(void **st)
 {
     LC_TEST_DEADLINE(30);
     nt_raw p;
-    nt_raw_open(&p, NULL);
     lc_buf b;
-    lc__buf_init(&b);
-    nt_put_syn(&p, &b, 1, 2, 0, 0);
-    put_n(&b, 1, 7);
-    nt_raw_send(&p, &b);
-    lc_receiver *r;
-    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
-    expect_n(r, 7);
+    lc_receiver *r = open_channel_1(&p, NULL, &b, 7);
     /* the FIN alone, after everything else was answered */
     assert_int_equal(nt_raw_expect(&p, LC_SPDY_SYN_REPLY, 1, NULL, 5000), 1);
     assert_int_equal(lc__spdy_put_data(&b, 1, LC_SPDY_FLAG_FIN, NULL, 0), 0);
@@ -159,13 +150,8 @@ static void test_protocol_error_sends_goaway(void **st)
 {
     LC_TEST_DEADLINE(30);
     nt_raw p;
-    nt_raw_open(&p, NULL);
     lc_buf b;
-    lc__buf_init(&b);
-    nt_put_syn(&p, &b, 1, 2, 0, 0);
-    nt_raw_send(&p, &b);
-    lc_receiver *r;
-    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+    lc_receiver *r = open_channel_1(&p, NULL, &b, -1);
     static const uint8_t bad[] = { 0x80, 0x02, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00 };
     assert_int_equal(write(p.fd, bad, sizeof bad), (ssize_t)sizeof bad);
     assert_int_equal(recv_rc(r, 5000), LC_EPROTO);
@@ -274,7 +260,7 @@ static void test_reused_or_bad_stream_ids_end_session(void **st)
         nt_raw_send(&p, &b);
         lc_receiver *r;
         assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
-        expect_n(r, 1);
+        nt_expect_n(r, 1);
         nt_put_syn(&p, &b, cases[i].second, 3, 0, 0);
         nt_raw_send(&p, &b);
         int rc = recv_rc(r, 5000);
@@ -331,8 +317,8 @@ static void test_bad_msgpack_fails_only_that_channel(void **st)
     put_n(&b, 1, 1);
     put_n(&b, 3, 30);
     nt_raw_send(&p, &b);
-    expect_n(r1, 1);
-    expect_n(r3, 30);
+    nt_expect_n(r1, 1);
+    nt_expect_n(r3, 30);
     static const uint8_t reserved = 0xc1;
     assert_int_equal(lc__spdy_put_data(&b, 1, 0, &reserved, 1), 0);
     nt_raw_send(&p, &b);
@@ -343,7 +329,7 @@ static void test_bad_msgpack_fails_only_that_channel(void **st)
     put_n(&b, 3, 31);
     assert_int_equal(lc__spdy_put_data(&b, 3, LC_SPDY_FLAG_FIN, NULL, 0), 0);
     nt_raw_send(&p, &b);
-    expect_n(r3, 31);
+    nt_expect_n(r3, 31);
     assert_int_equal(recv_rc(r3, 5000), LC_EOF);
     assert_int_equal(lc_session_error(p.s), 0);
     check_alive(&p, 5, 4);
@@ -359,15 +345,8 @@ static void test_truncated_message_at_fin_fails_only_that_channel(void **st)
 {
     LC_TEST_DEADLINE(30);
     nt_raw p;
-    nt_raw_open(&p, NULL);
     lc_buf b;
-    lc__buf_init(&b);
-    nt_put_syn(&p, &b, 1, 2, 0, 0);
-    put_n(&b, 1, 1);
-    nt_raw_send(&p, &b);
-    lc_receiver *r;
-    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
-    expect_n(r, 1);
+    lc_receiver *r = open_channel_1(&p, NULL, &b, 1);
     static const uint8_t cut[] = { 0x82, 0xa1, 'N' }; /* a map of 2, one key */
     assert_int_equal(lc__spdy_put_data(&b, 1, LC_SPDY_FLAG_FIN, cut, sizeof cut), 0);
     nt_raw_send(&p, &b);
@@ -388,20 +367,15 @@ static void test_messages_before_bad_msgpack_are_delivered(void **st)
 {
     LC_TEST_DEADLINE(30);
     nt_raw p;
-    nt_raw_open(&p, NULL);
     lc_buf b;
-    lc__buf_init(&b);
-    nt_put_syn(&p, &b, 1, 2, 0, 0);
-    nt_raw_send(&p, &b);
-    lc_receiver *r;
-    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+    lc_receiver *r = open_channel_1(&p, NULL, &b, -1);
     put_n(&b, 1, 1);
     put_n(&b, 1, 2);
     static const uint8_t reserved = 0xc1;
     assert_int_equal(lc__spdy_put_data(&b, 1, 0, &reserved, 1), 0);
     nt_raw_send(&p, &b);
-    expect_n(r, 1);
-    expect_n(r, 2);
+    nt_expect_n(r, 1);
+    nt_expect_n(r, 2);
     assert_int_equal(recv_rc(r, 5000), LC_EPROTO);
     lc_receiver_release(r);
     lc__buf_free(&b);
@@ -423,13 +397,8 @@ static void test_messages_before_bad_msgpack_at_fin_are_delivered(void **st)
     lc_options_default(&o);
     o.recv_queue = 4;
     nt_raw p;
-    nt_raw_open(&p, &o);
     lc_buf b;
-    lc__buf_init(&b);
-    nt_put_syn(&p, &b, 1, 2, 0, 0);
-    nt_raw_send(&p, &b);
-    lc_receiver *r;
-    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+    lc_receiver *r = open_channel_1(&p, &o, &b, -1);
     for (int variant = 0; variant < 6; variant++) {
         /* as many messages as are decoded ahead of delivery (32), more, fewer */
         int nmsg = variant < 2 ? 32 : variant < 4 ? 40 : 10;
@@ -464,7 +433,7 @@ static void test_messages_before_bad_msgpack_at_fin_are_delivered(void **st)
         }
         nt_raw_send(&p, &b);
         for (int i = 0; i < nmsg; i++)
-            expect_n(r, i);
+            nt_expect_n(r, i);
         assert_int_equal(recv_rc(r, 5000), LC_EPROTO);
     }
     assert_int_equal(lc_session_error(p.s), 0);
@@ -500,18 +469,18 @@ static void test_ref_that_never_arrives_fails_the_channel(void **st)
         lc_receiver *r1, *r3;
         assert_int_equal(lc_session_receiver(p.s, &r1, 5000), 0);
         assert_int_equal(lc_session_receiver(p.s, &r3, 5000), 0);
-        expect_n(r1, 1);
+        nt_expect_n(r1, 1);
         /* channel 3 is not held up by channel 1's wait */
         put_n(&b, 3, 33);
         nt_raw_send(&p, &b);
-        expect_n(r3, 33);
+        nt_expect_n(r3, 33);
         assert_int_equal(recv_rc(r1, 5000), LC_EPROTO);
         int64_t waited = lc_test_now_us() - t0;
         assert_true(waited >= 150000);  /* not at once: the ref may come late */
         assert_true(waited < 3000000);  /* but bounded by ref_timeout_ms */
         put_n(&b, 3, 34);
         nt_raw_send(&p, &b);
-        expect_n(r3, 34);
+        nt_expect_n(r3, 34);
         assert_int_equal(lc_session_error(p.s), 0);
         check_alive(&p, 5, 4);
         lc_receiver_release(r1);
@@ -531,15 +500,8 @@ static void test_ref_that_never_arrives_after_idle_fails_the_channel(void **st)
     lc_options_default(&o);
     o.ref_timeout_ms = 200;
     nt_raw p;
-    nt_raw_open(&p, &o);
     lc_buf b;
-    lc__buf_init(&b);
-    nt_put_syn(&p, &b, 1, 2, 0, 0);
-    put_n(&b, 1, 1);
-    nt_raw_send(&p, &b);
-    lc_receiver *r;
-    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
-    expect_n(r, 1);
+    lc_receiver *r = open_channel_1(&p, &o, &b, 1);
     /* the session idles past its first ref-timer period (ref_timeout_ms / 4) */
     assert_int_equal(recv_rc(r, 120), LC_ETIMEDOUT);
     static const uint8_t ret[] = { 0x81, 0xa3, 'R', 'e', 't', 0xd6, 0x04, 0, 0, 0, 99 };
@@ -566,13 +528,8 @@ static void test_late_refs_each_get_the_full_timeout(void **st)
     lc_options_default(&o);
     o.ref_timeout_ms = 400;
     nt_raw p;
-    nt_raw_open(&p, &o);
     lc_buf b;
-    lc__buf_init(&b);
-    nt_put_syn(&p, &b, 1, 2, 0, 0);
-    nt_raw_send(&p, &b);
-    lc_receiver *r;
-    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+    lc_receiver *r = open_channel_1(&p, &o, &b, -1);
     for (int k = 0; k < 2; k++) {
         uint8_t ret[] = { 0x81, 0xa3, 'R', 'e', 't', 0xd6, 0x04, 0, 0, 0, (uint8_t)(10 + k) };
         assert_int_equal(lc__spdy_put_data(&b, 1, 0, ret, sizeof ret), 0);

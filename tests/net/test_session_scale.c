@@ -291,14 +291,9 @@ static void test_stream_ids_used_up(void **st)
     lc_receiver_release(r3);
     /* what is open still works, both ways */
     assert_int_equal(lc_send(a, lc_pack("{s:i}", "N", 1), 5000), 0);
-    assert_int_equal(lc_recv(ra, &got, 5000), 0);
-    lc_msg_free(got);
+    nt_expect_n(ra, 1);
     assert_int_equal(lc_send(g2, lc_pack("{s:i}", "N", 2), 5000), 0);
-    assert_int_equal(lc_recv(r2, &got, 5000), 0);
-    int n = 0;
-    assert_int_equal(lc_unpack(got, "{s:i}", "N", &n), 0);
-    assert_int_equal(n, 2);
-    lc_msg_free(got);
+    nt_expect_n(r2, 2);
     assert_int_equal(lc_session_error(p.client), 0);
     assert_int_equal(lc_session_error(p.server), 0);
     lc_sender_release(g1);
