@@ -1,0 +1,144 @@
+/*
+ * bench_msg.c - what a message costs before any channel: allocation, lc_pack
+ * and lc_unpack of the SimpleStruct {"Value": i} the session benchmark sends.
+ *
+ * - Allocation in the pattern a session receiver produces: a burst of 32
+ *   messages made (the session decodes up to 32 ahead), then the 32 freed.
+ *   lc_msg_new/lc_msg_free keep freed messages in a per-thread cache; the
+ *   baseline is plain malloc/free of the same size in the same pattern (what
+ *   lc_msg_new did before: glibc's own per-thread cache holds only 7 chunks
+ *   of a size, the rest take the arena's slow path).
+ * - lc_pack "{s:I}" + lc_msg_free, and lc_unpack "{s:I}", against building the
+ *   same tree with the explicit builder and reading it with the getters (the
+ *   floor a format-string walk is compared with).
+ *
+ * Nothing is asserted. Fixed iteration counts, ~1 s in all.
+ */
+#include "msg/msg_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define BURST 32
+#define ROUNDS 200000
+#define OPS 5000000
+
+static double now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+static volatile int64_t sink;
+
+static void die(const char *what)
+{
+    fprintf(stderr, "bench_msg: %s failed\n", what);
+    exit(1);
+}
+
+static double burst_lc(void)
+{
+    lc_msg *ms[BURST];
+    double t0 = now_ns();
+    for (int r = 0; r < ROUNDS; r++) {
+        for (int i = 0; i < BURST; i++)
+            if ((ms[i] = lc_msg_new()) == NULL)
+                die("lc_msg_new");
+        for (int i = 0; i < BURST; i++)
+            lc_msg_free(ms[i]);
+    }
+    return (now_ns() - t0) / ((double)ROUNDS * BURST);
+}
+
+static double burst_malloc(void)
+{
+    void *ms[BURST];
+    double t0 = now_ns();
+    for (int r = 0; r < ROUNDS; r++) {
+        for (int i = 0; i < BURST; i++) {
+            if ((ms[i] = malloc(sizeof(lc_msg))) == NULL)
+                die("malloc");
+            /* what lc_msg_new writes besides the allocation */
+            memset(ms[i], 0, offsetof(lc_msg, inline_arena));
+        }
+        for (int i = 0; i < BURST; i++)
+            free(ms[i]);
+    }
+    return (now_ns() - t0) / ((double)ROUNDS * BURST);
+}
+
+static double pack_fmt(void)
+{
+    double t0 = now_ns();
+    for (int i = 0; i < OPS; i++) {
+        lc_msg *m = lc_pack("{s:I}", "Value", (int64_t)i);
+        if (m == NULL)
+            die("lc_pack");
+        lc_msg_free(m);
+    }
+    return (now_ns() - t0) / OPS;
+}
+
+static double pack_builder(void)
+{
+    double t0 = now_ns();
+    for (int i = 0; i < OPS; i++) {
+        lc_msg *m = lc_msg_new();
+        lc_value *map = m ? lc_new_map(m) : NULL;
+        lc_value *v = m ? lc_new_int(m, i) : NULL;
+        if (map == NULL || v == NULL || lc_map_set(m, map, "Value", v) != 0 || lc_msg_set_root(m, map) != 0)
+            die("builder");
+        lc_msg_free(m);
+    }
+    return (now_ns() - t0) / OPS;
+}
+
+static double unpack_fmt(lc_msg *m)
+{
+    double t0 = now_ns();
+    for (int i = 0; i < OPS; i++) {
+        int64_t v;
+        if (lc_unpack(m, "{s:I}", "Value", &v) != 0)
+            die("lc_unpack");
+        sink = v;
+    }
+    return (now_ns() - t0) / OPS;
+}
+
+static double unpack_getters(lc_msg *m)
+{
+    double t0 = now_ns();
+    for (int i = 0; i < OPS; i++) {
+        int64_t v;
+        lc_value *x = lc_map_get(lc_msg_root(m), "Value");
+        if (x == NULL || lc_value_type(x) != LC_INT)
+            die("getters");
+        v = lc_value_int(x);
+        sink = v;
+    }
+    return (now_ns() - t0) / OPS;
+}
+
+int main(void)
+{
+    printf("messages, SimpleStruct {\"Value\": i}\n");
+    (void)burst_lc(); /* warm both caches */
+    double a = burst_lc(), b = burst_malloc();
+    printf("  make %d, then free %d     lc_msg_new/free %.1f ns/msg   malloc/free %.1f ns/msg   ratio %.2f\n",
+           BURST, BURST, a, b, a / b);
+    double p = pack_fmt(), pb = pack_builder();
+    printf("  pack + free                 lc_pack \"{s:I}\" %.1f ns   builder calls %.1f ns   ratio %.2f\n", p,
+           pb, p / pb);
+    lc_msg *m = lc_pack("{s:I}", "Value", (int64_t)42);
+    if (m == NULL)
+        die("lc_pack");
+    double u = unpack_fmt(m), ug = unpack_getters(m);
+    printf("  unpack                      lc_unpack \"{s:I}\" %.1f ns   getters %.1f ns   ratio %.2f\n", u, ug,
+           u / ug);
+    lc_msg_free(m);
+    return 0;
+}
