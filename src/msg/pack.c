@@ -1,7 +1,8 @@
 /*
  * pack.c - lc_pack()/lc_unpack(): jansson-style format strings over the value
  * tree (src/msg). Packing drives the builder of value.c; unpacking reads the
- * tree in two passes (check everything, then store and take attachments).
+ * tree in one walk that checks the format and the data and records the
+ * outputs, which are stored (and attachments taken) only once all passed.
  */
 #include "msg_internal.h"
 #include "../core/chan_internal.h"
@@ -29,14 +30,27 @@ typedef struct lc_seg {
     size_t idx;
 } lc_seg;
 
+/* Outputs an unpack records while it checks (on the stack). A format with
+ * more outputs is walked a second time to store them. */
+#define LC_UNPACK_OUTS 32
+
+/* An unpack output whose value passed its check, to be stored by store(). */
+typedef struct lc_out {
+    char c;         /* format character */
+    void *o, *o2;   /* output pointers; o2: the length of s#/b, the nsec of t */
+    lc_value *v;
+} lc_out;
+
 typedef struct lc_walk {
     const char *fmt;
     size_t pos;
-    va_list ap;
-    bool store;     /* unpack: second pass (store outputs, take attachments) */
+    va_list *ap;    /* the arguments (see pack_args) */
+    bool store;     /* unpack: the store walk (only when outputs overflow outs) */
     int nseg;       /* current path length */
     int code;       /* first error (pack keeps walking after a data error) */
-    unsigned marks; /* unpack: attachments flagged LC_VF_MARK in the check pass */
+    unsigned marks; /* unpack: attachments flagged LC_VF_MARK in the check walk */
+    lc_out *outs;   /* unpack: outputs recorded by the check walk */
+    size_t nouts;   /* how many it met (only LC_UNPACK_OUTS fit in outs) */
     lc_error *err;
     lc_seg path[LC_FMT_MAX_DEPTH + 1];
 } lc_walk;
@@ -198,41 +212,41 @@ static int pack_value(lc_walk *w, lc_msg *m, int depth, lc_value **out)
             v = lc_new_nil(m);
         break;
     case 'B': {
-        int b = va_arg(w->ap, int);
+        int b = va_arg(*w->ap, int);
         if (w->code == 0)
             v = lc_new_bool(m, b != 0);
         break;
     }
     case 'i': {
-        int i = va_arg(w->ap, int);
+        int i = va_arg(*w->ap, int);
         if (w->code == 0)
             v = lc_new_int(m, i);
         break;
     }
     case 'I': {
-        int64_t i = va_arg(w->ap, int64_t);
+        int64_t i = va_arg(*w->ap, int64_t);
         if (w->code == 0)
             v = lc_new_int(m, i);
         break;
     }
     case 'U': {
-        uint64_t u = va_arg(w->ap, uint64_t);
+        uint64_t u = va_arg(*w->ap, uint64_t);
         if (w->code == 0)
             v = lc_new_uint(m, u);
         break;
     }
     case 'f': {
-        double d = va_arg(w->ap, double);
+        double d = va_arg(*w->ap, double);
         if (w->code == 0)
             v = lc_new_double(m, d);
         break;
     }
     case 's':
     case 'b': {
-        const void *p = va_arg(w->ap, const void *);
+        const void *p = va_arg(*w->ap, const void *);
         size_t len;
         if (c == 'b' || take_char(w, '#')) {
-            len = va_arg(w->ap, size_t);
+            len = va_arg(*w->ap, size_t);
             if (p == NULL && len > 0) {
                 fail(w, LC_EINVAL, "NULL %s with length %zu", c == 's' ? "string" : "binary", len);
                 break;
@@ -252,8 +266,8 @@ static int pack_value(lc_walk *w, lc_msg *m, int depth, lc_value **out)
         break;
     }
     case 't': {
-        int64_t sec = va_arg(w->ap, int64_t);
-        int nsec = va_arg(w->ap, int);
+        int64_t sec = va_arg(*w->ap, int64_t);
+        int nsec = va_arg(*w->ap, int);
         if (nsec < 0 || nsec >= 1000000000)
             fail(w, LC_ERANGE, "nanoseconds %d out of range", nsec);
         else if (w->code == 0)
@@ -261,7 +275,7 @@ static int pack_value(lc_walk *w, lc_msg *m, int depth, lc_value **out)
         break;
     }
     case 'S': {
-        lc_sender *s = va_arg(w->ap, lc_sender *);
+        lc_sender *s = va_arg(*w->ap, lc_sender *);
         if (s == NULL)
             fail(w, LC_EINVAL, "NULL sender");
         else if (w->code != 0)
@@ -271,7 +285,7 @@ static int pack_value(lc_walk *w, lc_msg *m, int depth, lc_value **out)
         break;
     }
     case 'R': {
-        lc_receiver *r = va_arg(w->ap, lc_receiver *);
+        lc_receiver *r = va_arg(*w->ap, lc_receiver *);
         if (r == NULL)
             fail(w, LC_EINVAL, "NULL receiver");
         else if (w->code != 0)
@@ -281,7 +295,7 @@ static int pack_value(lc_walk *w, lc_msg *m, int depth, lc_value **out)
         break;
     }
     case 'F': {
-        int fd = va_arg(w->ap, int);
+        int fd = va_arg(*w->ap, int);
         /* An invalid number is never closed: it may be another thread's fd
          * by the time we would close it. */
         if (fd < 0 || fcntl(fd, F_GETFD) == -1)
@@ -334,10 +348,10 @@ static int pack_value(lc_walk *w, lc_msg *m, int depth, lc_value **out)
                 return fmt_fail(w, w->pos, "expected 's' for a map key, got %s", show(d, b));
             }
             w->pos++;
-            const char *key = va_arg(w->ap, const char *);
+            const char *key = va_arg(*w->ap, const char *);
             size_t klen;
             if (take_char(w, '#'))
-                klen = va_arg(w->ap, size_t);
+                klen = va_arg(*w->ap, size_t);
             else
                 klen = key != NULL ? strlen(key) : 0;
             if (key == NULL)
@@ -367,19 +381,34 @@ static int pack_value(lc_walk *w, lc_msg *m, int depth, lc_value **out)
     return 0;
 }
 
-LC_API lc_msg *lc_vpack_ex(lc_error *err, const char *fmt, va_list ap)
+/* Starts a walk of fmt over the arguments *ap, reporting to err (or local). */
+static void walk_init(lc_walk *w, lc_error *err, lc_error *local, const char *fmt, va_list *ap)
+{
+    w->err = err != NULL ? err : local;
+    w->err->code = 0;
+    w->err->text[0] = '\0';
+    w->fmt = fmt;
+    w->pos = 0;
+    w->ap = ap;
+    w->store = false;
+    w->nseg = 0;
+    w->code = 0;
+    w->marks = 0;
+    w->outs = NULL;
+    w->nouts = 0;
+}
+
+/*
+ * lc_pack over the arguments *ap. lc_pack and lc_pack_ex pass their own
+ * va_list by address rather than calling lc_vpack_ex: its va_copy reads the
+ * list va_start has just written in one wide load, which the CPU cannot
+ * forward from the narrower stores (a stall of several ns on a ~30 ns call).
+ */
+static lc_msg *pack_args(lc_error *err, const char *fmt, va_list *ap)
 {
     lc_error local;
     lc_walk w;
-    w.err = err != NULL ? err : &local;
-    w.err->code = 0;
-    w.err->text[0] = '\0';
-    w.fmt = fmt;
-    w.pos = 0;
-    w.store = true; /* unused by pack */
-    w.nseg = 0;
-    w.code = 0;
-    w.marks = 0;
+    walk_init(&w, err, &local, fmt, ap);
     if (fmt == NULL) {
         fail(&w, LC_EINVAL, "NULL format");
         return NULL;
@@ -388,7 +417,6 @@ LC_API lc_msg *lc_vpack_ex(lc_error *err, const char *fmt, va_list ap)
     if (m == NULL)
         fail(&w, LC_ENOMEM, "out of memory"); /* still walk: release attachments */
 
-    va_copy(w.ap, ap);
     lc_value *root = NULL;
     int rc = pack_value(&w, m, 0, &root);
     /* Whatever follows a complete value is a format error. Trailing values
@@ -400,7 +428,6 @@ LC_API lc_msg *lc_vpack_ex(lc_error *err, const char *fmt, va_list ap)
         lc_value *ignored;
         rc = pack_value(&w, m, 0, &ignored);
     }
-    va_end(w.ap);
 
     if (w.code == 0 && lc_msg_set_root(m, root) != 0)
         fail(&w, LC_ENOMEM, "out of memory"); /* cannot happen: root is fresh */
@@ -414,11 +441,20 @@ LC_API lc_msg *lc_vpack_ex(lc_error *err, const char *fmt, va_list ap)
     return m;
 }
 
+LC_API lc_msg *lc_vpack_ex(lc_error *err, const char *fmt, va_list ap)
+{
+    va_list copy;
+    va_copy(copy, ap);
+    lc_msg *m = pack_args(err, fmt, &copy);
+    va_end(copy);
+    return m;
+}
+
 LC_API lc_msg *lc_pack_ex(lc_error *err, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    lc_msg *m = lc_vpack_ex(err, fmt, ap);
+    lc_msg *m = pack_args(err, fmt, &ap);
     va_end(ap);
     return m;
 }
@@ -427,24 +463,69 @@ LC_API lc_msg *lc_pack(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    lc_msg *m = lc_vpack_ex(NULL, fmt, ap);
+    lc_msg *m = pack_args(NULL, fmt, &ap);
     va_end(ap);
     return m;
 }
 
-/* ---- unpack: syntax ------------------------------------------------------ */
+/* ---- unpack: format syntax ----------------------------------------------- */
 
 /*
- * Checks the syntax of an unpack format without reading any argument, so a
- * malformed format is reported as such whatever the message holds.
+ * In an unpack container closed by `close`, before the next member: consumes
+ * the end (`close`, or '*' then `close`) and returns 1, with *star telling
+ * which; returns 0 when a member follows, LC_EFORMAT when the format ends
+ * there or the '*' is misplaced.
+ */
+static inline int member_end(lc_walk *w, char close, bool *star)
+{
+    char d = peek(w);
+    *star = d == '*';
+    if (d == '*') {
+        w->pos++;
+        if (peek(w) != close)
+            return fmt_fail(w, w->pos, "'*' must come just before '%c'", close);
+    } else if (d == '\0') {
+        return fmt_fail(w, w->pos, "missing '%c'", close);
+    } else if (d != close) {
+        return 0;
+    }
+    w->pos++;
+    return 1;
+}
+
+/* In an unpack map, at a member (after member_end): consumes the key's 's'
+ * and the '#' and '?' that may follow it. */
+static inline int map_key(lc_walk *w, bool *hash, bool *optional)
+{
+    char d = w->fmt[w->pos];
+    if (d != 's') {
+        char b[8];
+        return fmt_fail(w, w->pos, "expected 's' for a map key, got %s", show(d, b));
+    }
+    w->pos++;
+    *hash = take_char(w, '#');
+    *optional = take_char(w, '?');
+    return 0;
+}
+
+/* The format error of a character at `at` that does not start a value. */
+static int not_a_value(lc_walk *w, size_t at)
+{
+    if (w->fmt[at] == '?')
+        return fmt_fail(w, at, "'?' must follow a map key 's'");
+    return unexpected(w, at, false);
+}
+
+/*
+ * Checks the syntax of an unpack format without reading any argument. The
+ * check walk (unpack_value) checks the syntax of all it reads, so this only
+ * runs when that walk stopped early at a data error: a format error in the
+ * rest of the format is then reported instead, whatever the message holds.
  */
 static int syntax_value(lc_walk *w, int depth)
 {
     char c = peek(w);
-    size_t at = w->pos;
-    if (c == '\0')
-        return fmt_fail(w, at, "unexpected end");
-    w->pos++;
+    size_t at = w->pos++;
     switch (c) {
     case 'n': case 'B': case 'i': case 'I': case 'U': case 'f': case 'b': case 't':
     case 'S': case 'R': case 'F': case 'v':
@@ -453,46 +534,34 @@ static int syntax_value(lc_walk *w, int depth)
         take_char(w, '#');
         return 0;
     case '[':
-    case '{': {
-        char close = c == '[' ? ']' : '}';
+    case '{':
         if (depth >= LC_FMT_MAX_DEPTH)
             return fmt_fail(w, at, "nesting deeper than %d", LC_FMT_MAX_DEPTH);
         for (;;) {
-            char d = peek(w);
-            if (d == close) {
-                w->pos++;
-                return 0;
-            }
-            if (d == '\0')
-                return fmt_fail(w, w->pos, "missing '%c'", close);
-            if (d == '*') {
-                w->pos++;
-                if (peek(w) != close)
-                    return fmt_fail(w, w->pos, "'*' must come just before '%c'", close);
-                continue;
-            }
-            if (c == '{') {
-                if (d != 's') {
-                    char b[8];
-                    return fmt_fail(w, w->pos, "expected 's' for a map key, got %s", show(d, b));
-                }
-                w->pos++;
-                take_char(w, '#');
-                take_char(w, '?');
-            }
-            int rc = syntax_value(w, depth + 1);
+            bool star, hash = false, optional = false;
+            int end = member_end(w, c == '[' ? ']' : '}', &star);
+            if (end != 0)
+                return end < 0 ? end : 0;
+            int rc = c == '{' ? map_key(w, &hash, &optional) : 0;
+            if (rc == 0)
+                rc = syntax_value(w, depth + 1);
             if (rc != 0)
                 return rc;
         }
-    }
     default:
-        if (c == '?')
-            return fmt_fail(w, at, "'?' must follow a map key 's'");
-        return unexpected(w, at, false);
+        return not_a_value(w, at);
     }
 }
 
-/* ---- unpack: check and store --------------------------------------------- */
+/* Whatever follows the top-level value is a format error. */
+static int top_level_end(lc_walk *w)
+{
+    if (peek(w) != '\0')
+        return fmt_fail(w, w->pos, "more than one value at the top level");
+    return 0;
+}
+
+/* ---- unpack: check, then store ------------------------------------------- */
 
 /* First pair of map whose key is the string key[0..klen); NULL if none. */
 static lc_value *map_find(const lc_value *map, const char *key, size_t klen)
@@ -505,7 +574,7 @@ static lc_value *map_find(const lc_value *map, const char *key, size_t klen)
     return NULL;
 }
 
-/* Check pass: an attachment may be taken only once per format (a map key
+/* Check walk: an attachment may be taken only once per format (a map key
  * repeated in the format would otherwise pass the check and fail the store). */
 static int check_take(lc_walk *w, lc_value *v, const char *what)
 {
@@ -521,33 +590,108 @@ static int check_take(lc_walk *w, lc_value *v, const char *what)
 }
 
 /*
- * Matches the format at w->pos against v. v is NULL for an absent optional
- * key: the format is then only walked to consume its arguments. In the check
- * pass (!w->store) nothing is written; in the store pass (run only after a
- * successful check on the same message) outputs are stored and attachments
- * taken. A NULL output pointer means "check, do not store (nor take)".
+ * Writes one output from its value, which passed its check (so none of these
+ * conversions can fail), and takes an attachment. The only place where
+ * lc_unpack writes to the caller's outputs.
+ */
+static void store(const lc_out *out)
+{
+    lc_value *v = out->v;
+    switch (out->c) {
+    case 'B':
+        *(bool *)out->o = v->u.b;
+        break;
+    case 'i':
+        *(int *)out->o = (int)v->u.i;
+        break;
+    case 'I':
+        *(int64_t *)out->o = v->type == LC_INT ? v->u.i : (int64_t)v->u.u;
+        break;
+    case 'U':
+        *(uint64_t *)out->o = v->type == LC_UINT ? v->u.u : (uint64_t)v->u.i;
+        break;
+    case 'f':
+        *(double *)out->o = v->type == LC_DOUBLE ? v->u.d
+                            : v->type == LC_INT  ? (double)v->u.i
+                                                 : (double)v->u.u;
+        break;
+    case 's':
+    case 'b':
+        if (out->o != NULL) {
+            if (out->c == 's')
+                *(const char **)out->o = v->u.bytes;
+            else
+                *(const void **)out->o = v->u.bytes;
+        }
+        if (out->o2 != NULL)
+            *(size_t *)out->o2 = v->len;
+        break;
+    case 't':
+        if (out->o != NULL)
+            *(int64_t *)out->o = v->u.t.sec;
+        if (out->o2 != NULL)
+            *(int *)out->o2 = (int)v->u.t.nsec;
+        break;
+    case 'S':
+        *(lc_sender **)out->o = lc_value_take_sender(v, NULL);
+        break;
+    case 'R':
+        *(lc_receiver **)out->o = lc_value_take_receiver(v, NULL);
+        break;
+    case 'F':
+        *(int *)out->o = lc_value_take_fd(v, NULL);
+        break;
+    case 'v':
+        *(lc_value **)out->o = v;
+        break;
+    }
+}
+
+/* An output whose value passed its check: recorded by the check walk, to be
+ * stored once the whole format has passed; stored at once by the store walk.
+ * Counted past LC_UNPACK_OUTS, so an overflow is seen (see unpack_args). */
+static void output(lc_walk *w, char c, void *o, void *o2, lc_value *v)
+{
+    if (o == NULL && o2 == NULL)
+        return; /* checked, not stored */
+    lc_out out = { .c = c, .o = o, .o2 = o2, .v = v };
+    if (w->store) {
+        store(&out);
+        return;
+    }
+    if (w->nouts < LC_UNPACK_OUTS)
+        w->outs[w->nouts] = out;
+    w->nouts++;
+}
+
+/*
+ * Matches the format at w->pos against v, checking the format's syntax on
+ * the way: a malformed format is LC_EFORMAT and no argument past the error is
+ * read. v is NULL for an absent optional key: the format is then only walked
+ * to consume its arguments. The check walk (!w->store) writes nothing and
+ * records the outputs; the store walk (only when they overflowed the record,
+ * and after a successful check walk on the same message) stores them as it
+ * goes. A NULL output pointer means "check, do not store (nor take)".
  */
 static int unpack_value(lc_walk *w, lc_value *v, int depth)
 {
+    void *o = NULL, *o2 = NULL;
     char c = peek(w);
-    w->pos++;
+    size_t at = w->pos++;
     switch (c) {
     case 'n':
         if (v != NULL && v->type != LC_NIL)
             return type_fail(w, "nil", v);
         return 0;
-    case 'B': {
-        bool *o = va_arg(w->ap, bool *);
+    case 'B':
+        o = va_arg(*w->ap, bool *);
         if (v == NULL)
             return 0;
         if (v->type != LC_BOOL)
             return type_fail(w, "bool", v);
-        if (w->store && o != NULL)
-            *o = v->u.b;
-        return 0;
-    }
-    case 'i': {
-        int *o = va_arg(w->ap, int *);
+        break;
+    case 'i':
+        o = va_arg(*w->ap, int *);
         if (v == NULL)
             return 0;
         if (v->type == LC_UINT)
@@ -556,154 +700,94 @@ static int unpack_value(lc_walk *w, lc_value *v, int depth)
             return type_fail(w, "int", v);
         if (v->u.i < INT_MIN || v->u.i > INT_MAX)
             return fail(w, LC_ERANGE, "%" PRId64 " does not fit in int", v->u.i);
-        if (w->store && o != NULL)
-            *o = (int)v->u.i;
-        return 0;
-    }
-    case 'I': {
-        int64_t *o = va_arg(w->ap, int64_t *);
+        break;
+    case 'I':
+        o = va_arg(*w->ap, int64_t *);
         if (v == NULL)
             return 0;
-        int64_t x;
-        if (v->type == LC_INT) {
-            x = v->u.i;
-        } else if (v->type == LC_UINT) {
-            if (v->u.u > (uint64_t)INT64_MAX)
-                return fail(w, LC_ERANGE, "%" PRIu64 " does not fit in int64", v->u.u);
-            x = (int64_t)v->u.u;
-        } else {
+        if (v->type == LC_UINT && v->u.u > (uint64_t)INT64_MAX)
+            return fail(w, LC_ERANGE, "%" PRIu64 " does not fit in int64", v->u.u);
+        if (v->type != LC_INT && v->type != LC_UINT)
             return type_fail(w, "int", v);
-        }
-        if (w->store && o != NULL)
-            *o = x;
-        return 0;
-    }
-    case 'U': {
-        uint64_t *o = va_arg(w->ap, uint64_t *);
+        break;
+    case 'U':
+        o = va_arg(*w->ap, uint64_t *);
         if (v == NULL)
             return 0;
-        uint64_t x;
-        if (v->type == LC_UINT) {
-            x = v->u.u;
-        } else if (v->type == LC_INT) {
-            if (v->u.i < 0)
-                return fail(w, LC_ERANGE, "%" PRId64 " does not fit in uint64", v->u.i);
-            x = (uint64_t)v->u.i;
-        } else {
+        if (v->type == LC_INT && v->u.i < 0)
+            return fail(w, LC_ERANGE, "%" PRId64 " does not fit in uint64", v->u.i);
+        if (v->type != LC_INT && v->type != LC_UINT)
             return type_fail(w, "uint", v);
-        }
-        if (w->store && o != NULL)
-            *o = x;
-        return 0;
-    }
-    case 'f': {
-        double *o = va_arg(w->ap, double *);
+        break;
+    case 'f':
+        o = va_arg(*w->ap, double *);
         if (v == NULL)
             return 0;
-        double x;
-        switch (v->type) {
-        case LC_DOUBLE: x = v->u.d; break;
-        case LC_INT:    x = (double)v->u.i; break;
-        case LC_UINT:   x = (double)v->u.u; break;
-        default:        return type_fail(w, "double", v);
-        }
-        if (w->store && o != NULL)
-            *o = x;
-        return 0;
-    }
+        if (v->type != LC_DOUBLE && v->type != LC_INT && v->type != LC_UINT)
+            return type_fail(w, "double", v);
+        break;
     case 's':
     case 'b': {
-        const void **o = va_arg(w->ap, const void **);
-        size_t *olen = NULL;
+        if (c == 's')
+            o = va_arg(*w->ap, const char **);
+        else
+            o = va_arg(*w->ap, const void **);
         if (c == 'b' || take_char(w, '#'))
-            olen = va_arg(w->ap, size_t *);
+            o2 = va_arg(*w->ap, size_t *);
         if (v == NULL)
             return 0;
         lc_type t = c == 's' ? LC_STRING : LC_BINARY;
         if (v->type != t)
             return type_fail(w, lc_type_name(t), v);
-        if (w->store) {
-            if (o != NULL)
-                *o = v->u.bytes;
-            if (olen != NULL)
-                *olen = v->len;
-        }
-        return 0;
+        break;
     }
-    case 't': {
-        int64_t *osec = va_arg(w->ap, int64_t *);
-        int *onsec = va_arg(w->ap, int *);
+    case 't':
+        o = va_arg(*w->ap, int64_t *);
+        o2 = va_arg(*w->ap, int *);
         if (v == NULL)
             return 0;
         if (v->type != LC_TIME)
             return type_fail(w, "time", v);
-        if (w->store) {
-            if (osec != NULL)
-                *osec = v->u.t.sec;
-            if (onsec != NULL)
-                *onsec = (int)v->u.t.nsec;
-        }
-        return 0;
-    }
-    case 'S': {
-        lc_sender **o = va_arg(w->ap, lc_sender **);
-        if (v == NULL)
-            return 0;
-        if (v->type != LC_SENDER)
-            return type_fail(w, "sender", v);
-        if (o == NULL)
-            return 0;
-        int rc = check_take(w, v, "sender");
-        if (rc == 0 && w->store)
-            *o = lc_value_take_sender(v, NULL);
-        return rc;
-    }
-    case 'R': {
-        lc_receiver **o = va_arg(w->ap, lc_receiver **);
-        if (v == NULL)
-            return 0;
-        if (v->type != LC_RECEIVER)
-            return type_fail(w, "receiver", v);
-        if (o == NULL)
-            return 0;
-        int rc = check_take(w, v, "receiver");
-        if (rc == 0 && w->store)
-            *o = lc_value_take_receiver(v, NULL);
-        return rc;
-    }
+        break;
+    case 'S':
+    case 'R':
     case 'F': {
-        int *o = va_arg(w->ap, int *);
+        if (c == 'S')
+            o = va_arg(*w->ap, lc_sender **);
+        else if (c == 'R')
+            o = va_arg(*w->ap, lc_receiver **);
+        else
+            o = va_arg(*w->ap, int *);
         if (v == NULL)
             return 0;
-        if (v->type != LC_STREAM)
-            return type_fail(w, "stream", v);
+        lc_type t = c == 'S' ? LC_SENDER : c == 'R' ? LC_RECEIVER : LC_STREAM;
+        if (v->type != t)
+            return type_fail(w, lc_type_name(t), v);
         if (o == NULL)
             return 0;
-        int rc = check_take(w, v, "stream");
-        if (rc == 0 && w->store)
-            *o = lc_value_take_fd(v, NULL);
-        return rc;
+        int rc = check_take(w, v, lc_type_name(t));
+        if (rc != 0)
+            return rc;
+        break;
     }
-    case 'v': {
-        lc_value **o = va_arg(w->ap, lc_value **);
-        if (v != NULL && w->store && o != NULL)
-            *o = v;
-        return 0;
-    }
-    case '[': {
+    case 'v':
+        o = va_arg(*w->ap, lc_value **);
+        if (v == NULL)
+            return 0;
+        break;
+    case '[':
+        if (depth >= LC_FMT_MAX_DEPTH)
+            return fmt_fail(w, at, "nesting deeper than %d", LC_FMT_MAX_DEPTH);
         if (v != NULL && v->type != LC_ARRAY)
             return type_fail(w, "array", v);
         for (size_t i = 0;; i++) {
-            char d = peek(w);
-            if (d == '*') { /* extra elements accepted */
-                w->pos++;
-                peek(w);
-                w->pos++;
-                return 0;
-            }
-            if (d == ']') {
-                w->pos++;
-                if (v != NULL && i < v->len)
+            bool star;
+            int end = member_end(w, ']', &star);
+            if (end < 0)
+                return end;
+            if (end > 0) {
+                /* '*' accepts extra elements */
+                if (!star && v != NULL && i < v->len)
                     return fail(w, LC_ETYPE, "array has %" PRIu32 " elements, the format %zu", v->len, i);
                 return 0;
             }
@@ -719,117 +803,133 @@ static int unpack_value(lc_walk *w, lc_value *v, int depth)
                 return rc;
             w->nseg = depth;
         }
-    }
-    case '{': {
+    case '{':
+        if (depth >= LC_FMT_MAX_DEPTH)
+            return fmt_fail(w, at, "nesting deeper than %d", LC_FMT_MAX_DEPTH);
         if (v != NULL && v->type != LC_MAP)
             return type_fail(w, "map", v);
         for (;;) {
-            char d = peek(w);
-            if (d == '*') { /* extra keys are ignored anyway */
-                w->pos++;
-                peek(w);
-                w->pos++;
-                return 0;
-            }
-            if (d == '}') {
-                w->pos++;
-                return 0;
-            }
-            w->pos++; /* 's' */
-            const char *key = va_arg(w->ap, const char *);
+            bool star, hash = false, optional = false;
+            int end = member_end(w, '}', &star);
+            if (end != 0) /* extra keys are ignored, '*' or not */
+                return end < 0 ? end : 0;
+            int rc = map_key(w, &hash, &optional);
+            if (rc != 0)
+                return rc;
+            const char *key = va_arg(*w->ap, const char *);
             size_t klen;
-            if (take_char(w, '#'))
-                klen = va_arg(w->ap, size_t);
+            if (hash)
+                klen = va_arg(*w->ap, size_t);
             else
                 klen = key != NULL ? strlen(key) : 0;
-            bool optional = take_char(w, '?');
             if (key == NULL)
                 return fail(w, LC_EINVAL, "NULL map key");
             enter(w, depth, key, klen, 0);
             lc_value *e = v != NULL ? map_find(v, key, klen) : NULL;
             if (v != NULL && e == NULL && !optional)
                 return fail(w, LC_ENOKEY, "missing required key");
-            int rc = unpack_value(w, e, depth + 1);
+            rc = unpack_value(w, e, depth + 1);
             if (rc != 0)
                 return rc;
             w->nseg = depth;
         }
+    default:
+        return not_a_value(w, at);
     }
-    default: /* unreachable after syntax_value() */
-        return unexpected(w, w->pos - 1, false);
-    }
+    output(w, c, o, o2, v);
+    return 0;
 }
 
-/* Clears the check pass's marks: every attachment value is in m->att. */
+/* Clears the check walk's marks: every attachment value is in m->att. */
 static void clear_marks(lc_msg *m)
 {
     for (uint32_t i = 0; i < m->att_len; i++)
         m->att[i]->flags &= (uint8_t)~LC_VF_MARK;
 }
 
-LC_API int lc_vunpack_ex(lc_msg *m, lc_error *err, const char *fmt, va_list ap)
+/*
+ * lc_unpack over the arguments *ap. *again holds the same arguments and is
+ * read only when the outputs overflow the record (the store walk). The
+ * variadic entry points pass their own va_lists, as in pack_args.
+ */
+static int unpack_args(lc_msg *m, lc_error *err, const char *fmt, va_list *ap, va_list *again)
 {
     lc_error local;
+    lc_out outs[LC_UNPACK_OUTS];
     lc_walk w;
-    w.err = err != NULL ? err : &local;
-    w.err->code = 0;
-    w.err->text[0] = '\0';
-    w.fmt = fmt;
-    w.pos = 0;
-    w.store = false;
-    w.nseg = 0;
-    w.code = 0;
-    w.marks = 0;
+    walk_init(&w, err, &local, fmt, ap);
+    w.outs = outs;
     if (m == NULL)
         return fail(&w, LC_EINVAL, "NULL message");
     if (fmt == NULL)
         return fail(&w, LC_EINVAL, "NULL format");
 
-    int rc = syntax_value(&w, 0);
-    if (rc == 0 && peek(&w) != '\0')
-        rc = fmt_fail(&w, w.pos, "more than one value at the top level");
-    if (rc != 0)
-        return rc;
+    /* The check walk: the format's syntax and the data, storing nothing. */
+    int rc;
+    if (m->body != NULL) {
+        rc = fail(&w, LC_ETYPE, "message has an opaque body (%s)",
+                  m->content_type != NULL ? m->content_type : "?");
+    } else {
+        rc = unpack_value(&w, lc_msg_root(m), 0);
+        if (w.marks != 0)
+            clear_marks(m);
+        if (rc == 0)
+            rc = top_level_end(&w);
+    }
+    if (rc != 0) {
+        /* Stopped at a data error: a format error in the rest of the format
+         * wins (it is the bug to fix first), and replaces it in w.err. */
+        if (rc != LC_EFORMAT) {
+            w.pos = 0;
+            if (syntax_value(&w, 0) == 0)
+                top_level_end(&w);
+        }
+        return w.code;
+    }
 
-    if (m->body != NULL)
-        return fail(&w, LC_ETYPE, "message has an opaque body (%s)",
-                    m->content_type != NULL ? m->content_type : "?");
-    lc_value *root = lc_msg_root(m);
-
-    /* Pass 1: check everything, store nothing. */
-    w.pos = 0;
-    va_copy(w.ap, ap);
-    rc = unpack_value(&w, root, 0);
-    va_end(w.ap);
-    if (w.marks != 0)
-        clear_marks(m);
-    if (rc != 0)
-        return rc;
-
-    /* Pass 2: the same walk over the same arguments, now storing. */
+    if (w.nouts <= LC_UNPACK_OUTS) {
+        for (size_t i = 0; i < w.nouts; i++)
+            store(&outs[i]);
+        return 0;
+    }
+    /* More outputs than the record holds: the same walk over the same
+     * arguments again, now storing as it goes. */
     w.pos = 0;
     w.nseg = 0;
     w.store = true;
-    va_copy(w.ap, ap);
-    rc = unpack_value(&w, root, 0);
-    va_end(w.ap);
+    w.ap = again;
+    return unpack_value(&w, lc_msg_root(m), 0);
+}
+
+LC_API int lc_vunpack_ex(lc_msg *m, lc_error *err, const char *fmt, va_list ap)
+{
+    va_list copy, again;
+    va_copy(copy, ap);
+    va_copy(again, ap);
+    int rc = unpack_args(m, err, fmt, &copy, &again);
+    va_end(again);
+    va_end(copy);
     return rc;
 }
 
 LC_API int lc_unpack_ex(lc_msg *m, lc_error *err, const char *fmt, ...)
 {
-    va_list ap;
+    va_list ap, again;
     va_start(ap, fmt);
-    int rc = lc_vunpack_ex(m, err, fmt, ap);
+    va_start(again, fmt);
+    int rc = unpack_args(m, err, fmt, &ap, &again);
+    va_end(again);
     va_end(ap);
     return rc;
 }
 
 LC_API int lc_unpack(lc_msg *m, const char *fmt, ...)
 {
-    va_list ap;
+    va_list ap, again;
     va_start(ap, fmt);
-    int rc = lc_vunpack_ex(m, NULL, fmt, ap);
+    va_start(again, fmt);
+    int rc = unpack_args(m, NULL, fmt, &ap, &again);
+    va_end(again);
     va_end(ap);
     return rc;
 }

@@ -499,6 +499,105 @@ static void test_unpack_format_errors(void **state)
     lc_msg_free(m);
 }
 
+static void test_unpack_format_error_wins_over_data_error(void **state)
+{
+    LC_TEST_DEADLINE(10);
+    lc_msg *m = lc_pack("{s:i}", "a", 1);
+    lc_error e;
+    int i = -7;
+    /* the data fails at "a", the format only after it: the format error is
+     * reported, with its own text */
+    assert_int_equal(lc_unpack_ex(m, &e, "{s:s, s:i x}", "a", NULL, "b", &i), LC_EFORMAT);
+    assert_error(e, LC_EFORMAT, "format: expected 's' for a map key, got 'x' at offset 10");
+    assert_int_equal(lc_unpack_ex(m, &e, "{s:i, s:[i]} {}", "a", &i, "b", &i), LC_EFORMAT);
+    assert_error(e, LC_EFORMAT, "format: more than one value at the top level at offset 13");
+    /* inside the value of an absent optional key too */
+    assert_int_equal(lc_unpack_ex(m, &e, "{s?[i *i]}", "x", &i), LC_EFORMAT);
+    assert_error(e, LC_EFORMAT, "format: '*' must come just before ']' at offset 7");
+    assert_int_equal(i, -7);
+    /* and over a message that cannot be unpacked at all */
+    assert_int_equal(lc_msg_set_body(m, "x", 1, "text/plain"), 0);
+    assert_int_equal(lc_unpack_ex(m, &e, "[i", &i), LC_EFORMAT);
+    assert_error(e, LC_EFORMAT, "format: missing ']' at offset 2");
+    assert_int_equal(lc_unpack_ex(m, &e, "[i]", &i), LC_ETYPE);
+    assert_error(e, LC_ETYPE, "message has an opaque body (text/plain)");
+    lc_msg_free(m);
+}
+
+static void test_unpack_format_error_after_checked_outputs_stores_nothing(void **state)
+{
+    LC_TEST_DEADLINE(10);
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    close(p[1]);
+    lc_msg *m = lc_pack("[i, F, i]", 1, p[0], 3);
+    lc_error e;
+    int a = -7, fd = -7, c = -7;
+    /* a, fd and c pass their checks before the format turns out malformed */
+    assert_int_equal(lc_unpack_ex(m, &e, "[i, F, i, * ~]", &a, &fd, &c), LC_EFORMAT);
+    assert_error(e, LC_EFORMAT, "format: '*' must come just before ']' at offset 12");
+    assert_int_equal(a, -7);
+    assert_int_equal(fd, -7);
+    assert_int_equal(c, -7);
+    assert_false(lc_value_taken(lc_array_get(lc_msg_root(m), 1)));
+    assert_int_equal(lc_unpack(m, "[i, F, i]", &a, &fd, &c), 0);
+    assert_int_equal(a, 1);
+    assert_int_equal(fd, p[0]);
+    assert_int_equal(c, 3);
+    lc_msg_free(m);
+    assert_true(fd_open(fd));
+    close(fd);
+}
+
+#define ADDR8(a, i) &(a)[i], &(a)[(i) + 1], &(a)[(i) + 2], &(a)[(i) + 3], \
+                    &(a)[(i) + 4], &(a)[(i) + 5], &(a)[(i) + 6], &(a)[(i) + 7]
+#define NUM8(i) (i), (i) + 1, (i) + 2, (i) + 3, (i) + 4, (i) + 5, (i) + 6, (i) + 7
+
+static void test_unpack_more_outputs_than_recorded(void **state)
+{
+    LC_TEST_DEADLINE(10);
+    /* lc_unpack records the outputs of up to 32 values while it checks; past
+     * that it walks the format again to store them: same results, and still
+     * nothing stored nor taken on failure */
+    char fmt_pack[128] = "[", fmt_bad[128], fmt_ok[128];
+    for (int k = 0; k < 40; k++)
+        strcat(fmt_pack, "i,");
+    strcpy(fmt_bad, fmt_pack);
+    strcpy(fmt_ok, fmt_pack);
+    strcat(fmt_pack, "F,s]");
+    strcat(fmt_bad, "F,i]");
+    strcat(fmt_ok, "F,s]");
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    close(p[1]);
+    lc_msg *m = lc_pack(fmt_pack, NUM8(0), NUM8(8), NUM8(16), NUM8(24), NUM8(32), p[0], "end");
+    assert_non_null(m);
+
+    int o[40], fd = -7;
+    const char *end = NULL;
+    for (int k = 0; k < 40; k++)
+        o[k] = -7;
+    lc_error e;
+    assert_int_equal(lc_unpack_ex(m, &e, fmt_bad, ADDR8(o, 0), ADDR8(o, 8), ADDR8(o, 16), ADDR8(o, 24),
+                                  ADDR8(o, 32), &fd, &fd), LC_ETYPE);
+    assert_error(e, LC_ETYPE, "[41]: expected int, got string");
+    for (int k = 0; k < 40; k++)
+        assert_int_equal(o[k], -7);
+    assert_int_equal(fd, -7);
+    assert_false(lc_value_taken(lc_array_get(lc_msg_root(m), 40)));
+
+    assert_int_equal(lc_unpack_ex(m, &e, fmt_ok, ADDR8(o, 0), ADDR8(o, 8), ADDR8(o, 16), ADDR8(o, 24),
+                                  ADDR8(o, 32), &fd, &end), 0);
+    for (int k = 0; k < 40; k++)
+        assert_int_equal(o[k], k);
+    assert_int_equal(fd, p[0]);
+    assert_string_equal(end, "end");
+    assert_true(lc_value_taken(lc_array_get(lc_msg_root(m), 40)));
+    lc_msg_free(m);
+    assert_true(fd_open(fd));
+    close(fd);
+}
+
 /* ---- attachments: ownership ----------------------------------------------- */
 
 static void test_fd_round_trip(void **state)
@@ -770,6 +869,9 @@ int main(void)
         T(test_invalid_arguments),
         T(test_pack_format_errors),
         T(test_unpack_format_errors),
+        T(test_unpack_format_error_wins_over_data_error),
+        T(test_unpack_format_error_after_checked_outputs_stores_nothing),
+        T(test_unpack_more_outputs_than_recorded),
         T(test_fd_round_trip),
         T(test_unpack_takes_twice_gives_etaken),
         T(test_unpack_same_attachment_twice_in_one_format),
