@@ -417,7 +417,7 @@ static void poll_update(lc_chan *c)
  * so one of the two always sees the other. */
 static void room_check(lc_chan *c);
 
-static void ring_changed(lc_chan *c, bool pushed)
+static void ring_changed_n(lc_chan *c, bool pushed, size_t n)
 {
     atomic_thread_fence(memory_order_seq_cst);
     if (!pushed && atomic_load_explicit(&c->room_op, memory_order_relaxed) != NULL)
@@ -426,14 +426,27 @@ static void ring_changed(lc_chan *c, bool pushed)
     bool polled = atomic_load_explicit(&c->polled, memory_order_relaxed);
     if (atomic_load_explicit(&q->len, memory_order_relaxed) == 0 && !polled)
         return;
-    pthread_mutex_lock(&c->mu);
-    sudog *sg = q_claim(q);
-    if (sg != NULL)
-        sg->result = RES_NOTIFY;
-    poll_update(c);
-    pthread_mutex_unlock(&c->mu);
-    if (sg != NULL)
-        waiter_wake(sg->w);
+    /* n messages (or slots) changed: up to n waiters may go on. Woken after
+     * the unlock, a few at a time. */
+    for (;;) {
+        sudog *wake[8];
+        size_t nw = 0;
+        pthread_mutex_lock(&c->mu);
+        while (nw < n && nw < 8 && (wake[nw] = q_claim(q)) != NULL)
+            wake[nw++]->result = RES_NOTIFY;
+        poll_update(c);
+        pthread_mutex_unlock(&c->mu);
+        for (size_t i = 0; i < nw; i++)
+            waiter_wake(wake[i]->w);
+        n -= nw;
+        if (nw < 8 || n == 0)
+            return;
+    }
+}
+
+static void ring_changed(lc_chan *c, bool pushed)
+{
+    ring_changed_n(c, pushed, 1);
 }
 
 /* What a receive on a closed, drained channel reports. */
@@ -1089,6 +1102,27 @@ LC_API int lc_send(lc_sender *s, lc_msg *m, int64_t timeout_ms)
     lc_case cs = { .op = LC_CASE_SEND, .sender = s, .msg = m };
     int rc = single_case(&cs, timeout_ms);
     return rc < 0 ? rc : cs.result;
+}
+
+int lc__send_batch(lc_sender *s, lc_msg **ms, size_t n, size_t *taken)
+{
+    *taken = 0;
+    lc_chan *c = s->c;
+    if (c->cap == 0 || c->net != NULL)
+        return LC_EINVAL;
+    int rc = 0;
+    size_t i = 0;
+    for (; i < n; i++) {
+        int r = ring_push(c, ms[i]);
+        if (r != RING_OK) {
+            rc = r == RING_WOULD_BLOCK ? LC_ETIMEDOUT : LC_ECLOSED;
+            break;
+        }
+    }
+    *taken = i;
+    if (i > 0)
+        ring_changed_n(c, true, i);
+    return rc;
 }
 
 LC_API int lc_recv(lc_receiver *r, lc_msg **m, int64_t timeout_ms)

@@ -30,6 +30,13 @@ typedef struct lc_chan lc_chan;
 #define LC__WOULD_BLOCK 1
 #define LC__PENDING 2
 
+/* Puts ms[0..n) into s's buffered channel in order without blocking, waking
+ * receivers once for the lot (one fence, not one per message). *taken says
+ * how many went in (they belong to the channel). Returns 0 when all did,
+ * LC_ETIMEDOUT when the ring filled, LC_ECLOSED when the receiving side is
+ * gone, LC_EINVAL (nothing taken) for a channel without a ring. */
+int lc__send_batch(lc_sender *s, lc_msg **ms, size_t n, size_t *taken);
+
 /*
  * Callback operations. lc__send_async / lc__recv_async complete at once when
  * they can (returning 0, LC_ECLOSED or LC_EOF, with *m set for a receive), or

@@ -1986,13 +1986,21 @@ static void deliver_pending(lc_stream *st)
             st->push_op = (lc_async *)1; /* we are delivering: nobody else does */
             stream_ref(st);
             pthread_mutex_unlock(&s->mu);
+            /* into a ring: one hand-over (one wake-up fence) for the lot */
             size_t i = 0;
-            int rc = 0;
-            for (; i < nb; i++) {
-                rc = lc_send(st->into, batch[i], 0);
-                if (rc == LC_ETIMEDOUT)
-                    break; /* full */
-                if (rc != 0)
+            int rc = lc__send_batch(st->into, batch, nb, &i);
+            if (rc == LC_EINVAL) {
+                /* not a ring (a forwarded channel into a Sender the
+                 * application passed): one send each */
+                for (; i < nb; i++) {
+                    rc = lc_send(st->into, batch[i], 0);
+                    if (rc == LC_ETIMEDOUT)
+                        break; /* full */
+                    if (rc != 0)
+                        lc_msg_free(batch[i]); /* the local end went away: drop (fds closed) */
+                }
+            } else if (rc == LC_ECLOSED) {
+                for (; i < nb; i++)
                     lc_msg_free(batch[i]); /* the local end went away: drop (fds closed) */
             }
             pthread_mutex_lock(&s->mu);
