@@ -2670,7 +2670,8 @@ static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drain
             return false;
         }
         atomic_fetch_add_explicit(&s->rx_reads, 1, memory_order_relaxed);
-        rd_actions a = { .announce = NULL };
+        rd_actions a; /* not "= {...}": that zeroed the inline list on every read */
+        a.announce = NULL;
         kl_init(&a.deliver);
         size_t off = 0;
         while (off < (size_t)n && !s->dead) {

@@ -260,6 +260,8 @@ static void test_peer_killed_while_flooding(void **st)
     }
     if (rc != LC_ESESSION && rc != LC_EPROTO)
         fprintf(stderr, "flood: after %lld messages: %s\n", (long long)next, lc_strerror(rc));
+    /* killed between frames, or inside one (the sender's last write was
+     * partial: its socket buffer was full), a cut the test above names */
     assert_true(rc == LC_ESESSION || rc == LC_EPROTO);
     assert_true(lc_test_now_us() - t0 < 3000000);
     int wst = nt_proc_wait(&c);
@@ -296,7 +298,16 @@ static void test_exit_with_live_sessions(void **st)
         if (rc == LC_ETIMEDOUT)
             rc = 0;
     }
-    assert_true(rc == LC_ESESSION || rc == LC_ECLOSED || rc == LC_EOF);
+    /* LC_EPROTO too: exit() may come while the peer's output is half
+     * written (the rest waiting for room in the socket), and a frame cut by
+     * a dying peer is reported as such (test_peer_killed_mid_frame) */
+    /* LC_EPROTO too: exit() may come while the peer's output is half
+     * written (the rest waiting for room in its socket buffer, both sides
+     * flooding), and a frame cut by a dying peer is reported as such (as in
+     * test_peer_killed_mid_frame) */
+    if (!(rc == LC_ESESSION || rc == LC_ECLOSED || rc == LC_EOF || rc == LC_EPROTO))
+        fprintf(stderr, "exit-live: ended with %d (%s), session %d\n", rc, lc_strerror(rc), lc_session_error(s));
+    assert_true(rc == LC_ESESSION || rc == LC_ECLOSED || rc == LC_EOF || rc == LC_EPROTO);
     int wst = nt_proc_wait(&c);
     if (!WIFEXITED(wst) || WEXITSTATUS(wst) != 0)
         fprintf(stderr, "exit-live: wait status %#x\n", wst);
