@@ -266,6 +266,69 @@ static void test_close_wakes_every_blocked_receiver(void **st)
     lc_receiver_release(r);
 }
 
+/* A batch handed over at once (what a session does with what it decoded)
+ * wakes as many blocked receivers as it brings messages, and stops at a full
+ * ring, leaving the rest with the caller. */
+static void test_batch_wakes_every_receiver_it_feeds(void **st)
+{
+    LC_TEST_DEADLINE(10);
+    lc_receiver *r;
+    lc_sender *s;
+    assert_int_equal(lc_pipe(&r, &s, 2 * NBLOCKED), 0);
+    pthread_t t[NBLOCKED];
+    blocked_arg a[NBLOCKED];
+    for (int i = 0; i < NBLOCKED; i++) {
+        a[i] = (blocked_arg){ .r = r, .rc = 12345 };
+        pthread_create(&t[i], NULL, blocked_recv, &a[i]);
+    }
+    WAIT_UNTIL(lc__chan_waiting(NULL, r, false) == NBLOCKED);
+    lc_msg *ms[3 * NBLOCKED];
+    for (int i = 0; i < 3 * NBLOCKED; i++)
+        ms[i] = int_msg(0, i);
+    size_t taken = 99;
+    assert_int_equal(lc__send_batch(s, ms, NBLOCKED, &taken), 0);
+    assert_int_equal(taken, NBLOCKED);
+    bool seen[NBLOCKED] = { false };
+    for (int i = 0; i < NBLOCKED; i++) {
+        pthread_join(t[i], NULL); /* each woken: none is left waiting */
+        assert_int_equal(a[i].rc, 0);
+        int64_t p, v;
+        msg_ints(a[i].m, &p, &v);
+        assert_true(v >= 0 && v < NBLOCKED && !seen[v]);
+        seen[v] = true;
+        lc_msg_free(a[i].m);
+    }
+    /* 2*NBLOCKED fit, in order; the ring is then full */
+    assert_int_equal(lc__send_batch(s, ms + NBLOCKED, 2 * NBLOCKED, &taken), 0);
+    assert_int_equal(taken, 2 * NBLOCKED);
+    lc_msg *extra = int_msg(0, -1);
+    assert_int_equal(lc__send_batch(s, &extra, 1, &taken), LC_ETIMEDOUT);
+    assert_int_equal(taken, 0);
+    for (int i = NBLOCKED; i < 3 * NBLOCKED; i++) {
+        lc_msg *m;
+        int64_t p, v;
+        assert_int_equal(lc_recv(r, &m, 0), 0);
+        msg_ints(m, &p, &v);
+        assert_int_equal(v, i);
+        lc_msg_free(m);
+    }
+    lc_receiver_release(r); /* nobody receives any more: the batch is refused */
+    assert_int_equal(lc__send_batch(s, &extra, 1, &taken), LC_ECLOSED);
+    assert_int_equal(taken, 0);
+    lc_msg_free(extra);
+    /* an unbuffered channel has no ring: nothing is taken */
+    lc_receiver *ur;
+    lc_sender *us;
+    assert_int_equal(lc_pipe(&ur, &us, 0), 0);
+    lc_msg *um = int_msg(0, 0);
+    assert_int_equal(lc__send_batch(us, &um, 1, &taken), LC_EINVAL);
+    assert_int_equal(taken, 0);
+    lc_msg_free(um);
+    lc_sender_release(us);
+    lc_receiver_release(ur);
+    lc_sender_release(s);
+}
+
 static void test_close_wakes_every_blocked_sender(void **st)
 {
     LC_TEST_DEADLINE(10);
@@ -657,6 +720,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_buffered_fifo_and_full, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_close_wakes_every_blocked_receiver, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_close_wakes_every_blocked_sender, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_batch_wakes_every_receiver_it_feeds, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_release_last_sender_closes_channel, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_release_last_receiver_fails_senders_and_frees_queue, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_timeouts_are_accurate, lc_test_setup, lc_test_teardown),
