@@ -217,9 +217,23 @@ static void cache_drop(void *p)
     free(c);
 }
 
+/* fork(): the depot's lock is held across it, so a child never inherits
+ * it locked by a thread that does not exist there (a pre-forking server's
+ * workers make messages too). */
+static void depot_lock(void)
+{
+    pthread_mutex_lock(&depot.mu);
+}
+
+static void depot_unlock(void)
+{
+    pthread_mutex_unlock(&depot.mu);
+}
+
 static void cache_key_make(void)
 {
     pthread_key_create(&cache_key, cache_drop);
+    pthread_atfork(depot_lock, depot_unlock, depot_unlock);
 }
 
 /* The calling thread's cache, made on first use; NULL when out of memory. */

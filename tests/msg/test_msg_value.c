@@ -9,6 +9,10 @@
 #include <cmocka.h>
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <sys/wait.h>
 #include <stdint.h>
 #include <string.h>
 #include <unistd.h>
@@ -389,6 +393,61 @@ static void test_new_sender_takes_reference_on_failure(void **state)
     lc_receiver_release(r);
 }
 
+/* Makes and frees bursts of messages (more than a thread's own cache holds,
+ * so freed ones go through the shared depot) until told to stop. */
+static atomic_bool churn_stop;
+
+static void churn_burst(int n)
+{
+    lc_msg *ms[200];
+    for (int i = 0; i < n; i++) {
+        ms[i] = lc_pack("{s:i}", "N", i);
+        if (ms[i] == NULL)
+            _exit(3);
+    }
+    for (int i = 0; i < n; i++)
+        lc_msg_free(ms[i]);
+}
+
+static void *churn(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&churn_stop))
+        churn_burst(200);
+    return NULL;
+}
+
+/* Messages are recycled through a depot shared by the threads; a child
+ * forked while another thread holds its lock must still make and free
+ * messages (a pre-forking server's workers). */
+static void test_forked_child_makes_messages_while_others_churn(void **st)
+{
+    LC_TEST_DEADLINE(20);
+    atomic_store(&churn_stop, false);
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, churn, NULL), 0);
+    for (int i = 0; i < 100; i++) {
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            signal(SIGALRM, SIG_DFL); /* not the test's deadline handler */
+            alarm(5); /* a child stuck on a lock dies of it, and the test says so */
+            churn_burst(200);
+            churn_burst(200);
+            _exit(0);
+        }
+        int wst;
+        assert_int_equal(waitpid(pid, &wst, 0), pid);
+        if (!WIFEXITED(wst) || WEXITSTATUS(wst) != 0)
+            fprintf(stderr, "forked child %d: wait status %#x\n", i, wst);
+        assert_true(WIFEXITED(wst) && WEXITSTATUS(wst) == 0);
+    }
+    atomic_store(&churn_stop, true);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, lc_test_setup, lc_test_teardown)
 
 int main(void)
@@ -407,6 +466,7 @@ int main(void)
         T(test_free_releases_attached_receiver),
         T(test_take_sender_and_receiver_once),
         T(test_new_sender_takes_reference_on_failure),
+        T(test_forked_child_makes_messages_while_others_churn),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
