@@ -215,6 +215,9 @@ static void cache_drop(void *p)
     mag_free(&c->loaded);
     mag_free(&c->prev);
     free(c);
+    /* another thread-exit destructor may still free messages here: it
+     * gets a new cache (dropped in the next destructor round) */
+    tls_cache = NULL;
 }
 
 /* fork(): the depot's lock is held across it, so a child never inherits

@@ -853,6 +853,7 @@ static void enc_buf_free(void *p)
 {
     lc__buf_free(p);
     free(p);
+    tls_enc = NULL; /* a later destructor of this thread may still send */
 }
 
 static void enc_key_make(void)

@@ -448,6 +448,36 @@ static void test_forked_child_makes_messages_while_others_churn(void **st)
         pthread_join(t[i], NULL);
 }
 
+/* A thread-exit destructor of the application that runs after the
+ * library's own (its key was made later) may still make and free messages. */
+static pthread_key_t late_key;
+
+static void late_destructor(void *p)
+{
+    (void)p;
+    churn_burst(100);
+}
+
+static void *thread_with_late_destructor(void *arg)
+{
+    (void)arg;
+    churn_burst(100); /* the library's per-thread cache exists now */
+    if (pthread_key_create(&late_key, late_destructor) != 0 || pthread_setspecific(late_key, &late_key) != 0)
+        return (void *)1;
+    return NULL;
+}
+
+static void test_messages_freed_by_a_later_thread_destructor(void **st)
+{
+    LC_TEST_DEADLINE(10);
+    pthread_t t;
+    void *ret = (void *)2;
+    assert_int_equal(pthread_create(&t, NULL, thread_with_late_destructor, NULL), 0);
+    assert_int_equal(pthread_join(t, &ret), 0);
+    assert_null(ret);
+    pthread_key_delete(late_key);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, lc_test_setup, lc_test_teardown)
 
 int main(void)
@@ -467,6 +497,7 @@ int main(void)
         T(test_take_sender_and_receiver_once),
         T(test_new_sender_takes_reference_on_failure),
         T(test_forked_child_makes_messages_while_others_churn),
+        T(test_messages_freed_by_a_later_thread_destructor),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
