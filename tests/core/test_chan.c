@@ -239,6 +239,16 @@ static void *blocked_send(void *p)
     return NULL;
 }
 
+/* Starts NBLOCKED threads receiving on r and waits until all are blocked. */
+static void block_receivers(lc_receiver *r, pthread_t t[NBLOCKED], blocked_arg a[NBLOCKED])
+{
+    for (int i = 0; i < NBLOCKED; i++) {
+        a[i] = (blocked_arg){ .r = r, .rc = 12345 };
+        pthread_create(&t[i], NULL, blocked_recv, &a[i]);
+    }
+    WAIT_UNTIL(lc__chan_waiting(NULL, r, false) == NBLOCKED);
+}
+
 static void test_close_wakes_every_blocked_receiver(void **st)
 {
     LC_TEST_DEADLINE(10);
@@ -247,11 +257,7 @@ static void test_close_wakes_every_blocked_receiver(void **st)
     assert_int_equal(lc_pipe(&r, &s, 0), 0);
     pthread_t t[NBLOCKED];
     blocked_arg a[NBLOCKED];
-    for (int i = 0; i < NBLOCKED; i++) {
-        a[i] = (blocked_arg){ .r = r, .rc = 12345 };
-        pthread_create(&t[i], NULL, blocked_recv, &a[i]);
-    }
-    WAIT_UNTIL(lc__chan_waiting(NULL, r, false) == NBLOCKED);
+    block_receivers(r, t, a);
     assert_int_equal(lc_close(s), 0);
     for (int i = 0; i < NBLOCKED; i++) {
         pthread_join(t[i], NULL);
@@ -277,11 +283,7 @@ static void test_batch_wakes_every_receiver_it_feeds(void **st)
     assert_int_equal(lc_pipe(&r, &s, 2 * NBLOCKED), 0);
     pthread_t t[NBLOCKED];
     blocked_arg a[NBLOCKED];
-    for (int i = 0; i < NBLOCKED; i++) {
-        a[i] = (blocked_arg){ .r = r, .rc = 12345 };
-        pthread_create(&t[i], NULL, blocked_recv, &a[i]);
-    }
-    WAIT_UNTIL(lc__chan_waiting(NULL, r, false) == NBLOCKED);
+    block_receivers(r, t, a);
     lc_msg *ms[3 * NBLOCKED];
     for (int i = 0; i < 3 * NBLOCKED; i++)
         ms[i] = int_msg(0, i);

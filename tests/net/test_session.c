@@ -505,14 +505,9 @@ static void test_other_waiters_after_a_thread_read_the_carrier(void **st)
  * session counts the waits whose spin ran out. Here the server takes 2 ms
  * per request, far longer than any spin.
  */
-typedef struct {
-    lc_session *s;
-    int handled, rc;
-} slow_server_arg;
-
 static void *slow_server(void *x)
 {
-    slow_server_arg *a = x;
+    server_arg *a = x;
     lc_receiver *r;
     a->rc = lc_session_receiver(a->s, &r, 5000);
     if (a->rc != 0)
@@ -548,7 +543,7 @@ static void test_slow_replies_stop_the_spinning(void **st)
     LC_TEST_DEADLINE(30);
     pair p;
     open_pair(&p, unix_url());
-    slow_server_arg sa = { .s = p.server };
+    server_arg sa = { .s = p.server };
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, slow_server, &sa), 0);
     lc_sender *req;
