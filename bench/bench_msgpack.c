@@ -389,7 +389,8 @@ int main(void)
     t0 = now_ns();
     for (long i = 0; i < N; i++) {
         lc_msg *d;
-        lc__decode(b.data, b.len, NULL, NULL, &d, NULL);
+        if (lc__decode(b.data, b.len, NULL, NULL, &d, NULL) != 0)
+            abort();
         sum += d->root->len;
         lc_msg_free(d);
     }
@@ -397,7 +398,8 @@ int main(void)
     t0 = now_ns();
     for (long i = 0; i < N; i++) {
         lc_msg *d;
-        msgpackc_decode(&u, b.data, b.len, &d);
+        if (msgpackc_decode(&u, b.data, b.len, &d) != 0)
+            abort();
         sum += d->root->len;
         lc_msg_free(d);
     }
@@ -405,7 +407,8 @@ int main(void)
     t0 = now_ns();
     for (long i = 0; i < N; i++) {
         lc_msg *d;
-        msgpackc_decode_zone(&zone, b.data, b.len, &d);
+        if (msgpackc_decode_zone(&zone, b.data, b.len, &d) != 0)
+            abort();
         sum += d->root->len;
         lc_msg_free(d);
     }

@@ -42,22 +42,10 @@ void lc__limits_resolve(lc_limits *d, const lc_limits *s)
         d->max_elements = s->max_elements;
 }
 
-/* The arena's bump fast path, inlined (same rounding as lc__arena_alloc). */
-static inline void *aalloc(lc_msg *m, size_t n)
-{
-    n = (n + 7u) & ~(size_t)7u;
-    if ((size_t)(m->arena_end - m->arena_ptr) >= n) {
-        void *p = m->arena_ptr;
-        m->arena_ptr += n;
-        return p;
-    }
-    return lc__arena_alloc(m, n);
-}
-
 /* A placed value of type t with `extra` bytes right after it. */
 static inline lc_value *new_val(lc_msg *m, uint8_t t, size_t extra)
 {
-    lc_value *v = aalloc(m, sizeof *v + extra);
+    lc_value *v = lc__arena_alloc(m, sizeof *v + extra);
     if (v == NULL)
         return NULL;
     v->type = t;
@@ -151,7 +139,7 @@ static int decode_body(lc_msg *m, const uint8_t *q, size_t len, const lc_limits 
 
     lc_value **att = NULL;
     if (natt > 0) {
-        att = aalloc(m, (size_t)natt * sizeof *att);
+        att = lc__arena_alloc(m, (size_t)natt * sizeof *att);
         if (att == NULL)
             return LC_ENOMEM;
     }
@@ -168,7 +156,7 @@ static int decode_body(lc_msg *m, const uint8_t *q, size_t len, const lc_limits 
     if (off != len)
         return LC_EBADMSG;
 
-    char *cts = aalloc(m, ct_len + 1);
+    char *cts = lc__arena_alloc(m, ct_len + 1);
     if (cts == NULL)
         return LC_ENOMEM;
     memcpy(cts, ct, ct_len);
@@ -276,7 +264,7 @@ int lc__decode(const uint8_t *p, size_t n, const lc_limits *ulim,
             if (v == NULL)
                 break;
             if (slots > 0) {
-                v->u.items = aalloc(m, (size_t)slots * sizeof(lc_value *));
+                v->u.items = lc__arena_alloc(m, (size_t)slots * sizeof(lc_value *));
                 if (v->u.items == NULL) {
                     v = NULL;
                     break;

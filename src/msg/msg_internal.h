@@ -73,8 +73,22 @@ struct lc_msg {
     _Alignas(16) char inline_arena[LC_MSG_INLINE_ARENA];
 };
 
-/* Allocates n bytes (8-aligned) in m's arena; NULL when out of memory. */
-void *lc__arena_alloc(lc_msg *m, size_t n);
+/* The slow path of lc__arena_alloc: n (a multiple of 8) does not fit in the
+ * current block. */
+void *lc__arena_grow(lc_msg *m, size_t n);
+
+/* Allocates n bytes (8-aligned) in m's arena; NULL when out of memory. The
+ * bump is inline: the builder and the decoder call it for every value. */
+static inline void *lc__arena_alloc(lc_msg *m, size_t n)
+{
+    n = (n + 7u) & ~(size_t)7u;
+    if ((size_t)(m->arena_end - m->arena_ptr) >= n) {
+        void *p = m->arena_ptr;
+        m->arena_ptr += n;
+        return p;
+    }
+    return lc__arena_grow(m, n);
+}
 
 /* Allocates an uninitialised value of type t in m (owner set, flags 0). */
 lc_value *lc__value_alloc(lc_msg *m, lc_type t);

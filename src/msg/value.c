@@ -26,9 +26,8 @@ void lc__msg_init(lc_msg *m)
     m->arena_end = m->inline_arena + sizeof m->inline_arena;
 }
 
-/* Allocates n bytes (a multiple of 8) that do not fit in the current block. */
 __attribute__((noinline, cold))
-static void *arena_grow(lc_msg *m, size_t n)
+void *lc__arena_grow(lc_msg *m, size_t n)
 {
     /* A new block: at least 4 KiB, doubling with the number of blocks keeps the
      * count logarithmic for big messages. Large requests get a block of their
@@ -65,28 +64,10 @@ static void *arena_grow(lc_msg *m, size_t n)
     return p;
 }
 
-/* The bump fast path, inlined into the builder below (the codec has its own
- * copy); arena_grow does the rest. */
-static inline void *arena_alloc(lc_msg *m, size_t n)
-{
-    n = (n + 7u) & ~(size_t)7u;
-    if ((size_t)(m->arena_end - m->arena_ptr) >= n) {
-        void *p = m->arena_ptr;
-        m->arena_ptr += n;
-        return p;
-    }
-    return arena_grow(m, n);
-}
-
-void *lc__arena_alloc(lc_msg *m, size_t n)
-{
-    return arena_alloc(m, n);
-}
-
 /* A value of type t with `extra` bytes of the arena right after it. */
 static lc_value *value_alloc(lc_msg *m, lc_type t, size_t extra)
 {
-    lc_value *v = arena_alloc(m, sizeof *v + extra);
+    lc_value *v = lc__arena_alloc(m, sizeof *v + extra);
     if (v == NULL)
         return NULL;
     v->type = (uint8_t)t;
@@ -113,7 +94,7 @@ static int grow_ptrs(lc_msg *m, lc_value ***items, uint32_t used, uint32_t *cap,
     uint32_t ncap = *cap ? *cap * 2 : 4;
     while (ncap < need)
         ncap *= 2;
-    lc_value **n = arena_alloc(m, (size_t)ncap * sizeof *n);
+    lc_value **n = lc__arena_alloc(m, (size_t)ncap * sizeof *n);
     if (n == NULL)
         return LC_ENOMEM;
     if (used)
@@ -653,7 +634,7 @@ LC_API int lc_map_set_value(lc_msg *m, lc_value *map, lc_value *key, lc_value *v
     /* items holds 2*len pointers; cap counts pairs */
     if (map->len + 1 > map->cap) {
         uint32_t ncap = map->cap ? map->cap * 2 : 4;
-        lc_value **n = arena_alloc(m, (size_t)ncap * 2 * sizeof *n);
+        lc_value **n = lc__arena_alloc(m, (size_t)ncap * 2 * sizeof *n);
         if (n == NULL)
             return LC_ENOMEM;
         if (map->len)
