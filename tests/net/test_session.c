@@ -549,7 +549,14 @@ static void test_slow_replies_stop_the_spinning(void **st)
     lc_sender *req;
     assert_int_equal(lc_session_sender(p.client, &req), 0);
     unsigned drives0 = atomic_load(&p.client->drives);
-    for (int i = 0; i < 2 * SPIN_MISSES_MAX; i++) {
+    /* 2 * SPIN_MISSES_MAX requests, more if the machine is so busy that a
+     * reply got in before the client's wait began (the engine read it, or
+     * the first read found it: that wait did not miss): up to 100 */
+    int sent = 0;
+    for (; sent < 100; sent++) {
+        if (sent >= 2 * SPIN_MISSES_MAX && atomic_load(&p.client->drives) - drives0 >= 2 * SPIN_MISSES_MAX &&
+            atomic_load(&p.client->spin_misses) == SPIN_MISSES_MAX)
+            break;
         lc_receiver *rr;
         lc_sender *rs;
         assert_int_equal(lc_pipe(&rr, &rs, 1), 0);
@@ -559,14 +566,16 @@ static void test_slow_replies_stop_the_spinning(void **st)
         lc_msg_free(rep);
         lc_receiver_release(rr);
     }
-    /* the waits were the client's own reads of the carrier, and they all
+    if (sent > 2 * SPIN_MISSES_MAX)
+        printf("busy machine: %d requests for %d missed spins in a row\n", sent, SPIN_MISSES_MAX);
+    /* the waits were the client's own reads of the carrier, and they
      * outlasted their spin: the next ones do not spin */
     assert_true(atomic_load(&p.client->drives) - drives0 >= 2 * SPIN_MISSES_MAX);
     assert_int_equal(atomic_load(&p.client->spin_misses), SPIN_MISSES_MAX);
     assert_int_equal(lc_close(req), 0);
     pthread_join(t, NULL);
     assert_int_equal(sa.rc, 0);
-    assert_int_equal(sa.handled, 2 * SPIN_MISSES_MAX);
+    assert_int_equal(sa.handled, sent);
     lc_sender_release(req);
     close_pair(&p);
 }
