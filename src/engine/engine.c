@@ -58,6 +58,7 @@ struct lc_watch {
     bool dying;            /* lc__engine_del has started: never run again */
     bool running;
     bool self_deleted;     /* del called from inside the running callback */
+    bool in_kernel;        /* registered with epoll (see watch_set) */
     pthread_t runner;
 };
 
@@ -183,6 +184,31 @@ static int ctl(lc_watch *w, int op, uint32_t interest)
     return epoll_ctl(w->e->epfd, op, w->fd, &ev) == 0 ? 0 : -errno;
 }
 
+/*
+ * Gives the kernel w's interest (w->armed), w->mu held and no callback
+ * running. A watch disarmed on purpose leaves epoll altogether (DEL, ADD
+ * again when armed) rather than staying registered with no interest: a
+ * registered fd puts epoll on the file's wait queue, and every write to it
+ * then goes through the wake-up path, whoever waits. For a session's carrier
+ * that a thread reads itself (the engine's watch disarmed meanwhile) that
+ * was every message the peer sent: a raw unix ping-pong with such a
+ * registration on both ends took 3.5 -> 4.0 us per round trip here.
+ */
+static int watch_set(lc_watch *w)
+{
+    if (w->armed == 0) {
+        if (!w->in_kernel)
+            return 0;
+        w->in_kernel = false;
+        /* (ENOENT/EBADF: nothing to remove; the point is that nothing fires) */
+        return epoll_ctl(w->e->epfd, EPOLL_CTL_DEL, w->fd, NULL) == 0 || errno == ENOENT ? 0 : -errno;
+    }
+    int rc = ctl(w, w->in_kernel ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, w->armed);
+    if (rc == 0)
+        w->in_kernel = true;
+    return rc;
+}
+
 int lc__engine_add(lc_engine *e, int fd, uint32_t events, lc_watch_cb cb, void *ctx,
                    lc_watch **out)
 {
@@ -207,6 +233,7 @@ int lc__engine_add(lc_engine *e, int fd, uint32_t events, lc_watch_cb cb, void *
         pthread_mutex_unlock(&w->mu);
         return rc;
     }
+    w->in_kernel = true; /* (added even when disarmed: the kernel says now whether it takes the fd) */
     pthread_mutex_unlock(&w->mu);
     *out = w;
     return 0;
@@ -225,7 +252,7 @@ int lc__engine_arm(lc_watch *w, uint32_t events)
          * it is armed there, or an event for it is on its way to a thread,
          * which will run the callback and re-arm what is left. */
         if (!w->running && (before == 0 || (before | events) != before))
-            rc = ctl(w, EPOLL_CTL_MOD, w->armed);
+            rc = watch_set(w);
     }
     pthread_mutex_unlock(&w->mu);
     return rc;
@@ -241,7 +268,7 @@ int lc__engine_disarm(lc_watch *w, uint32_t events)
         rc = 1;
         /* while the callback runs, what it re-arms on return is w->armed */
         if (!w->running) {
-            int c = ctl(w, EPOLL_CTL_MOD, w->armed);
+            int c = watch_set(w);
             if (c != 0)
                 rc = c;
         }
@@ -314,7 +341,7 @@ static int dispatch(lc_engine *e, const struct epoll_event *ev)
     } else if (w->armed != 0) {
         /* a failure here (the fd was closed under us) leaves the watch
          * disarmed; nothing else can be done from the engine thread */
-        (void)ctl(w, EPOLL_CTL_MOD, w->armed);
+        (void)watch_set(w);
     }
     pthread_mutex_unlock(&w->mu);
     return 1;

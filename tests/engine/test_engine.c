@@ -16,6 +16,9 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <unistd.h>
+#include <string.h>
+#include <stdio.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 
@@ -147,6 +150,90 @@ static void test_unreported_interest_stays_armed(void **state)
     assert_true(atomic_load(&c.last) & EPOLLIN);
     assert_int_equal(atomic_load(&c.calls), 2);
     lc__engine_del(w);
+    lc__engine_free(e);
+    close(sv[0]);
+    close(sv[1]);
+}
+
+/* ---- a disarmed watch leaves epoll ----------------------------------------- */
+
+/* The eventpoll fds of this process, as a bitmap of fd numbers < 1024. */
+static void eventpoll_fds(bool out[1024])
+{
+    memset(out, 0, 1024 * sizeof *out);
+    for (int fd = 0; fd < 1024; fd++) {
+        char path[64], target[64];
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(path, target, sizeof target - 1);
+        if (n > 0) {
+            target[n] = '\0';
+            out[fd] = strcmp(target, "anon_inode:[eventpoll]") == 0;
+        }
+    }
+}
+
+/* Whether epoll instance epfd has fd registered (its fdinfo lists "tfd: fd"). */
+static bool epoll_has(int epfd, int fd)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/self/fdinfo/%d", epfd);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    bool found = false;
+    int tfd;
+    while (fgets(line, sizeof line, f) != NULL)
+        if (sscanf(line, "tfd: %d", &tfd) == 1 && tfd == fd)
+            found = true;
+    fclose(f);
+    return found;
+}
+
+/*
+ * A watch disarmed on purpose is not left registered with no interest: epoll
+ * on the file's wait queue made every write to it take the wake-up path (a
+ * session's carrier, read by a thread itself, paid that for every message).
+ * Arming it again registers it again, and readiness that came meanwhile is
+ * reported.
+ */
+static void test_disarmed_watch_leaves_epoll(void **state)
+{
+    LC_TEST_DEADLINE(20);
+    bool before[1024], after[1024];
+    eventpoll_fds(before);
+    lc_engine *e = new_engine(false);
+    eventpoll_fds(after);
+    int epfd = -1;
+    for (int fd = 0; fd < 1024; fd++)
+        if (after[fd] && !before[fd])
+            epfd = fd;
+    assert_true(epfd >= 0);
+
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
+    counter c = {0};
+    lc_watch *w;
+    assert_int_equal(lc__engine_add(e, sv[0], EPOLLIN, count_cb, &c, &w), 0);
+    assert_true(epoll_has(epfd, sv[0]));
+    assert_int_equal(lc__engine_disarm(w, EPOLLIN), 1);
+    assert_false(epoll_has(epfd, sv[0]));
+    assert_int_equal(lc__engine_disarm(w, EPOLLIN), 0); /* nothing left to disarm */
+
+    assert_int_equal(write(sv[1], "x", 1), 1);
+    assert_int_equal(lc__engine_run(e, 20), 0);
+    assert_int_equal(atomic_load(&c.calls), 0);
+
+    assert_int_equal(lc__engine_arm(w, EPOLLIN), 0);
+    assert_true(epoll_has(epfd, sv[0]));
+    assert_int_equal(lc__engine_run(e, 1000), 1);
+    assert_int_equal(atomic_load(&c.calls), 1);
+    assert_true(atomic_load(&c.last) & EPOLLIN);
+
+    /* fired (one-shot): still registered, with no interest, until the
+     * next arm or disarm decides */
+    assert_int_equal(lc__engine_arm(w, EPOLLIN), 0);
+    assert_int_equal(lc__engine_disarm(w, EPOLLIN), 1);
+    assert_false(epoll_has(epfd, sv[0]));
+    lc__engine_del(w); /* (from the detached state too) */
     lc__engine_free(e);
     close(sv[0]);
     close(sv[1]);
@@ -850,6 +937,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_oneshot_fires_once_until_rearmed, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_added_disarmed_never_fires, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_disarmed_watch_leaves_epoll, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unreported_interest_stays_armed, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_arm_from_another_thread_runs_on_engine_thread, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_any_thread_may_drive, lc_test_setup, lc_test_teardown),
