@@ -11,7 +11,9 @@
  *     the target uses the better raw p50, as each is bimodal with CPU
  *     placement here): (a) one reused reply channel (the server opens it
  *     once with lc_session_sender), (b) a fresh reply Sender from lc_pipe in
- *     every request, which the server answers on and closes;
+ *     every request, which the server answers on and closes (lc_send, then
+ *     lc_close: two frames, two writes), (c) the same answered with
+ *     lc_send_last (the reply and the end in one frame, one write);
  *   - CPU ns per one-way message of each process (getrusage, all threads):
  *     on 2 cores the one-way rate is bounded by it;
  *   - bulk byte-stream MB/s (256 MiB at 3 s, scaled with seconds) from the
@@ -25,7 +27,7 @@
  * The targets of the issue are printed next to the figures. Nothing is
  * asserted.
  *
- * Usage: bench_session [seconds [unix|tcp [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-reused|bulk]]]
+ * Usage: bench_session [seconds [unix|tcp [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-fresh-last|lc-rt-reused|bulk]]]
  *        seconds: per one-way figure, default 3; the round-trip counts scale
  *        with it (20000 at 3 s). The filters run one part, for profiling.
  * Every figure runs against its own server process: fork + exec of this
@@ -411,8 +413,18 @@ static void srv_lc_oneway(const char *url)
     srv_done(s);
 }
 
-static void srv_lc_rt(const char *url, bool fresh)
+/* The reply channel of a round trip: one reused, or a fresh one in each
+ * request that the server closes after its reply, apart or with it. */
+typedef enum { RT_REUSED, RT_FRESH, RT_FRESH_LAST } rt_mode;
+
+static const char *rt_test_name(rt_mode mode)
 {
+    return mode == RT_REUSED ? "lc-rt-reused" : mode == RT_FRESH ? "lc-rt-fresh" : "lc-rt-fresh-last";
+}
+
+static void srv_lc_rt(const char *url, rt_mode mode)
+{
+    bool fresh = mode != RT_REUSED;
     lc_session *s = srv_session(url);
     lc_receiver *req;
     int rc = lc_session_receiver(s, &req, TIMEOUT_MS);
@@ -436,12 +448,14 @@ static void srv_lc_rt(const char *url, bool fresh)
             continue;
         }
         lc_msg *out = lc_pack("{s:I}", "Value", v);
-        if ((rc = lc_send(fresh ? ret : rep, out, TIMEOUT_MS)) != 0) {
+        rc = mode == RT_FRESH_LAST ? lc_send_last(ret, out, TIMEOUT_MS) : lc_send(fresh ? ret : rep, out, TIMEOUT_MS);
+        if (rc != 0) {
             lc_msg_free(out);
             bad++;
         }
         if (fresh) {
-            lc_close(ret);
+            if (mode == RT_FRESH)
+                lc_close(ret);
             lc_sender_release(ret);
         }
         handled++;
@@ -541,9 +555,11 @@ static int server_main(const char *test, const char *url, int fd)
     else if (strcmp(test, "lc-oneway") == 0)
         srv_lc_oneway(url);
     else if (strcmp(test, "lc-rt-reused") == 0)
-        srv_lc_rt(url, false);
+        srv_lc_rt(url, RT_REUSED);
     else if (strcmp(test, "lc-rt-fresh") == 0)
-        srv_lc_rt(url, true);
+        srv_lc_rt(url, RT_FRESH);
+    else if (strcmp(test, "lc-rt-fresh-last") == 0)
+        srv_lc_rt(url, RT_FRESH_LAST);
     else if (strcmp(test, "raw-pipe") == 0)
         srv_raw_pipe(url);
     else if (strcmp(test, "lc-bulk") == 0)
@@ -858,10 +874,11 @@ static lat raw_pingpong(const char *transport, bool spin)
     return l;
 }
 
-static lat lc_roundtrip(const char *transport, bool fresh)
+static lat lc_roundtrip(const char *transport, rt_mode mode)
 {
+    bool fresh = mode != RT_REUSED; /* (the client does the same for both fresh modes) */
     server sv;
-    server_start(&sv, fresh ? "lc-rt-fresh" : "lc-rt-reused", transport);
+    server_start(&sv, rt_test_name(mode), transport);
     lc_session *s = client_session(sv.url);
     lc_sender *req;
     int rc = lc_session_sender(s, &req);
@@ -1224,15 +1241,20 @@ static void bench_oneway(const char *transport)
 static void bench_rt(const char *transport)
 {
     if (g_only != NULL && strncmp(g_only, "lc-rt-", 6) == 0) { /* libchan alone, for profiles */
-        bool f = strcmp(g_only, "lc-rt-fresh") == 0;
-        lat l = lc_roundtrip(transport, f);
-        printf("  libchan %s round trip p50 %.1f us, p99 %.1f us\n", f ? "fresh-reply" : "reused-reply", l.p50, l.p99);
+        rt_mode mode = strcmp(g_only, "lc-rt-fresh") == 0        ? RT_FRESH
+                       : strcmp(g_only, "lc-rt-fresh-last") == 0 ? RT_FRESH_LAST
+                                                                 : RT_REUSED;
+        lat l = lc_roundtrip(transport, mode);
+        printf("  libchan %s round trip p50 %.1f us, p99 %.1f us\n",
+               mode == RT_REUSED ? "reused-reply" : mode == RT_FRESH ? "fresh-reply" : "fresh-reply (lc_send_last)",
+               l.p50, l.p99);
         return;
     }
     lat raw = raw_pingpong(transport, false);
     lat rawspin = raw_pingpong(transport, true);
-    lat reused = lc_roundtrip(transport, false);
-    lat fresh = lc_roundtrip(transport, true);
+    lat reused = lc_roundtrip(transport, RT_REUSED);
+    lat fresh = lc_roundtrip(transport, RT_FRESH);
+    lat last = lc_roundtrip(transport, RT_FRESH_LAST);
     /* The reference is the better raw p50 of the two: on this VM each one is
      * bimodal with the scheduler's placement (blocking is fast when both
      * processes share a CPU, spinning when they do not). */
@@ -1251,6 +1273,10 @@ static void bench_rt(const char *transport)
            "   lc/raw-blocking = %.2fx%s\n",
            fresh.p50, fresh.p99, fresh.mean, fresh.p50 / ref, TARGET_FRESH,
            verdict(fresh.p50 <= TARGET_FRESH * ref), fresh.p50 / raw.p50, fresh.ok ? "" : "  (MISMATCH)");
+    printf("      the same, lc_send_last   %7.1f  %7.1f  %7.1f   lc/best-raw = %.2fx (target <= %.1fx: %s)"
+           "   lc/raw-blocking = %.2fx%s\n",
+           last.p50, last.p99, last.mean, last.p50 / ref, TARGET_FRESH, verdict(last.p50 <= TARGET_FRESH * ref),
+           last.p50 / raw.p50, last.ok ? "" : "  (MISMATCH)");
 }
 
 /* The machine is shared: say how busy it was. */
@@ -1289,7 +1315,7 @@ int main(int argc, char **argv)
            "(load average at start: %s)\n\n",
            g_seconds, g_rounds, TARGET_ONEWAY / 1e6, TARGET_REUSED, TARGET_FRESH, TARGET_BULK_TCP, loadavg());
     fflush(stdout);
-    /* optional filters, for profiling one case: [unix|tcp] [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-reused|bulk] */
+    /* optional filters, for profiling one case: [unix|tcp] [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-fresh-last|lc-rt-reused|bulk] */
     const char *only_t = argc > 2 ? argv[2] : NULL, *only_s = argc > 3 ? argv[3] : NULL;
     g_only = only_s;
     if (only_t == NULL || strcmp(only_t, "unix") == 0)

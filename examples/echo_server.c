@@ -27,9 +27,11 @@ static void serve_channel(lc_receiver *requests)
         /* "S" takes the Sender out of the message: we release it below */
         if (lc_unpack(req, "{s:s, s:S}", "Text", &text, "Reply", &reply) == 0) {
             lc_msg *ans = lc_pack("{s:s, s:I}", "Echo", text, "Length", (int64_t)strlen(text));
-            if (lc_send(reply, ans, 5000) != 0)
+            /* the answer is the reply channel's last message: it and the
+             * channel's end go in one frame (one write) */
+            if (lc_send_last(reply, ans, 5000) != 0)
                 lc_msg_free(ans); /* a failed send leaves the message with us */
-            lc_sender_release(reply); /* the client sees the reply channel end */
+            lc_sender_release(reply); /* (released either way: the channel ends) */
         } else {
             fprintf(stderr, "echo_server: ignoring a request without Text and Reply\n");
         }

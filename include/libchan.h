@@ -337,6 +337,16 @@ LC_API void lc_receiver_release(lc_receiver *r);        /* -1 reference; NULL is
 LC_API int lc_send(lc_sender *s, lc_msg *m, int64_t timeout_ms);
 
 /*
+ * Sends m as the channel's last message: lc_send, then lc_close, in one step.
+ * On a network channel the message and the end of the channel travel in one
+ * frame, so a server answering on a fresh reply channel makes one write per
+ * reply instead of two. On success the channel is closed (release the Sender
+ * as usual); on failure nothing is closed and m is still the caller's. Errors
+ * as lc_send.
+ */
+LC_API int lc_send_last(lc_sender *s, lc_msg *m, int64_t timeout_ms);
+
+/*
  * Receives the next message into *m (the caller owns it). Blocks at most
  * timeout_ms. Returns LC_EOF once the channel is closed and drained, or
  * LC_ETIMEDOUT.

@@ -1104,6 +1104,27 @@ LC_API int lc_send(lc_sender *s, lc_msg *m, int64_t timeout_ms)
     return rc < 0 ? rc : cs.result;
 }
 
+LC_API int lc_send_last(lc_sender *s, lc_msg *m, int64_t timeout_ms)
+{
+    if (s == NULL || m == NULL)
+        return LC_EINVAL;
+    lc_chan *c = s->c;
+    if (c->net != NULL && c->net->try_send_last != NULL) {
+        /* the message and the end in one frame, one write */
+        int r = c->net->try_send_last(c->net_ctx, m);
+        if (r != LC__WOULD_BLOCK) {
+            if (r == 0)
+                chan_close(c, true); /* the session sent the FIN with it */
+            return r;
+        }
+        /* no room yet (window, output): the ordinary send waits for it */
+    }
+    int rc = lc_send(s, m, timeout_ms);
+    if (rc == 0)
+        chan_close(c, true);
+    return rc;
+}
+
 int lc__send_batch(lc_sender *s, lc_msg **ms, size_t n, size_t *taken)
 {
     *taken = 0;

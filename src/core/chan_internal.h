@@ -88,6 +88,9 @@ typedef struct lc__net_ops {
     bool (*writable)(void *ctx);
     void (*close)(void *ctx);
     void (*release)(void *ctx);
+    /* as try_send, and the message ends the channel (lc_send_last); NULL:
+     * lc_send_last sends, then closes */
+    int (*try_send_last)(void *ctx, lc_msg *m);
 } lc__net_ops;
 lc_sender *lc__net_sender_new(const lc__net_ops *ops, void *ctx, lc_chan **chan);
 void lc__chan_wake_senders(lc_chan *c);

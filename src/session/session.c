@@ -756,10 +756,11 @@ static void protocol_error(lc_session *s, uint32_t status)
 /* ---- network Senders ----------------------------------------------------- */
 
 static int net_try_send(void *ctx, lc_msg *m);
+static int net_try_send_last(void *ctx, lc_msg *m);
 static bool net_writable(void *ctx);
 static void net_close(void *ctx);
 static void net_release(void *ctx);
-static const lc__net_ops net_ops = { net_try_send, net_writable, net_close, net_release };
+static const lc__net_ops net_ops = { net_try_send, net_writable, net_close, net_release, net_try_send_last };
 
 /* A Sender writing on stream st (which must be ST_SEND, registered).
  * mu_held says whether the caller holds s->mu (st->chan is read under it). */
@@ -903,7 +904,9 @@ static int register_ours_locked(lc_session *s, lc_stream *st)
 
 static void feeder_passive(void *ctx);
 
-static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full)
+/* fin: the message is the channel's last; its DATA frame carries FIN
+ * (lc_send_last), so the end costs no frame and no write of its own. */
+static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
 {
     lc_session *s = p->s;
     bool passive_seen = false; /* a reply channel we now feed is waited on without drive */
@@ -993,7 +996,7 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full)
     }
     if (e.n)
         pthread_mutex_unlock(&s->mu);
-    if (e.n == 0 && b->len > 0 && s->tail_gen == s->out_gen && s->tail_end == s->out.len &&
+    if (!fin && e.n == 0 && b->len > 0 && s->tail_gen == s->out_gen && s->tail_end == s->out.len &&
         s->tail_id == p->id && s->tail_len + b->len <= DATA_MERGE_MAX) {
         /* The frame just before is this channel's DATA, not written yet:
          * the message joins it (PROTOCOL.md: messages may share a frame;
@@ -1013,10 +1016,13 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full)
             if (chunk > LC_SPDY_MAX_LENGTH)
                 chunk = LC_SPDY_MAX_LENGTH;
             size_t hdr = s->out.len;
-            rc = lc__spdy_put_data(&s->out, p->id, 0, b->data + off, chunk);
+            bool last = off + chunk == b->len;
+            rc = lc__spdy_put_data(&s->out, p->id, fin && last ? LC_SPDY_FLAG_FIN : 0, b->data + off, chunk);
             p->sent += chunk;
             off += chunk;
-            if (rc == 0) {
+            if (rc == 0 && fin && last) {
+                p->local_fin = true; /* nothing may follow (net_close sends no FIN) */
+            } else if (rc == 0) {
                 /* the next message on this channel may join this frame */
                 s->tail_hdr = hdr;
                 s->tail_len = chunk;
@@ -1093,9 +1099,18 @@ static void ensure_watched(lc_session *s);
 static int net_try_send(void *ctx, lc_msg *m)
 {
     lc_stream *st = ctx;
-    int rc = send_msg_on(st, m, false);
+    int rc = send_msg_on(st, m, false, false);
     if (rc == LC__WOULD_BLOCK)
         ensure_watched(st->s); /* the window opens by reading */
+    return rc;
+}
+
+static int net_try_send_last(void *ctx, lc_msg *m)
+{
+    lc_stream *st = ctx;
+    int rc = send_msg_on(st, m, false, true);
+    if (rc == LC__WOULD_BLOCK)
+        ensure_watched(st->s);
     return rc;
 }
 
@@ -1211,7 +1226,7 @@ static bool pump_send(lc_stream *st, lc_msg *m)
 {
     lc_session *s = st->s;
     for (;;) {
-        int rc = send_msg_on(st, m, false);
+        int rc = send_msg_on(st, m, false, false);
         if (rc == 0)
             return true;
         if (rc != LC__WOULD_BLOCK) {

@@ -272,6 +272,48 @@ static void test_close_wakes_every_blocked_receiver(void **st)
     lc_receiver_release(r);
 }
 
+/* lc_send_last on in-memory channels: the message, then the end; a send that
+ * fails closes nothing and leaves the message with the caller. */
+static void test_send_last_sends_then_closes(void **st)
+{
+    LC_TEST_DEADLINE(10);
+    lc_receiver *r;
+    lc_sender *s;
+    assert_int_equal(lc_pipe(&r, &s, 2), 0);
+    assert_int_equal(lc_send(s, int_msg(0, 1), 0), 0);
+    assert_int_equal(lc_send_last(s, int_msg(0, 2), 0), 0);
+    lc_msg *m;
+    int64_t p, n;
+    for (int64_t want = 1; want <= 2; want++) {
+        assert_int_equal(lc_recv(r, &m, 0), 0);
+        msg_ints(m, &p, &n);
+        assert_int_equal(n, want);
+        lc_msg_free(m);
+    }
+    assert_int_equal(lc_recv(r, &m, 0), LC_EOF);
+    m = int_msg(0, 3);
+    assert_int_equal(lc_send(s, m, 0), LC_ECLOSED);
+    assert_int_equal(lc_send_last(s, m, 0), LC_ECLOSED); /* still ours */
+    assert_int_equal(lc_close(s), LC_ECLOSED);           /* closed once */
+    lc_msg_free(m);
+    lc_sender_release(s);
+    lc_receiver_release(r);
+
+    /* unbuffered, nobody receiving: it times out and the channel stays open */
+    assert_int_equal(lc_pipe(&r, &s, 0), 0);
+    m = int_msg(0, 4);
+    assert_int_equal(lc_send_last(s, m, 0), LC_ETIMEDOUT);
+    lc_msg *got;
+    assert_int_equal(lc_recv(r, &got, 0), LC_ETIMEDOUT); /* not LC_EOF */
+    assert_null(got);
+    assert_int_equal(lc_close(s), 0); /* the first close */
+    assert_int_equal(lc_send_last(NULL, m, 0), LC_EINVAL);
+    assert_int_equal(lc_send_last(s, NULL, 0), LC_EINVAL);
+    lc_msg_free(m);
+    lc_sender_release(s);
+    lc_receiver_release(r);
+}
+
 /* A batch handed over at once (what a session does with what it decoded)
  * wakes as many blocked receivers as it brings messages, and stops at a full
  * ring, leaving the rest with the caller. */
@@ -722,6 +764,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_buffered_fifo_and_full, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_close_wakes_every_blocked_receiver, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_close_wakes_every_blocked_sender, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_send_last_sends_then_closes, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_batch_wakes_every_receiver_it_feeds, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_release_last_sender_closes_channel, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_release_last_receiver_fails_senders_and_frees_queue, lc_test_setup, lc_test_teardown),

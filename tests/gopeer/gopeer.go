@@ -6,7 +6,7 @@
 //	gopeer dump FILE
 //
 // URL is unix:///path or tcp://host:port. stdout carries the lines a test parses
-// (LISTENING, COUNT, REPLY, STREAM, ERROR); stderr carries one line per event.
+// (LISTENING, COUNT, REPLY, RET EOF, STREAM, ERROR); stderr carries one line per event.
 package main
 
 import (
@@ -357,6 +357,14 @@ func requestEcho(u string) error {
 		return fmt.Errorf("no reply on Ret: %v", err)
 	}
 	out("REPLY %s", format(reply))
+	// the server closed Ret after its reply (with a FIN of its own, or on
+	// the reply's DATA frame): Ret ends. Peeked, not received: receive
+	// answers the end with our own FIN, which docker/libchan's client does
+	// not send (the crosscheck compares our frames with its vector).
+	if _, err := ret.rd.Peek(1); err != io.EOF {
+		return fmt.Errorf("Ret after the reply: %v (want EOF)", err)
+	}
+	out("RET EOF")
 	got := make([]byte, len(payload))
 	if _, err := io.ReadFull(stream, got); err != nil {
 		return fmt.Errorf("echoed stream: got %q: %v", got, err)

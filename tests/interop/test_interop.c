@@ -649,7 +649,7 @@ static void c_server_finish(gp_proc *g, lc_session *sv, lc_listener *l)
 
 /* ---- 2. gopeer dial --request-echo -> C server ------------------------------------- */
 
-static void go_client_echo(void **st)
+static void go_client_echo_with(bool send_last)
 {
     IP_DEADLINE(30);
     gp_proc g;
@@ -678,10 +678,15 @@ static void go_client_echo(void **st)
                      0);
     assert_int_equal(value, 42);
     assert_string_equal(data, "hello");
-    /* like the Go echo server: reply on Ret, close Ret */
+    /* like the Go echo server: reply on Ret, close Ret (or both in one
+     * frame: DATA with FIN, which spdystream ends the stream on too) */
     lc_msg *rep = lc_pack("{s:I, s:s}", "Echo", value, "Data", data);
-    assert_int_equal(lc_send(ret, rep, IO_TIMEOUT_MS), 0);
-    assert_int_equal(lc_close(ret), 0);
+    if (send_last) {
+        assert_int_equal(lc_send_last(ret, rep, IO_TIMEOUT_MS), 0);
+    } else {
+        assert_int_equal(lc_send(ret, rep, IO_TIMEOUT_MS), 0);
+        assert_int_equal(lc_close(ret), 0);
+    }
     lc_sender_release(ret);
     lc_msg_free(m);
     /* echo the stream's bytes as they come; at EOF close our side */
@@ -706,11 +711,25 @@ static void go_client_echo(void **st)
     lc_receiver_release(r);
 
     gp_expect_line(&g, "REPLY {\"Echo\":42,\"Data\":\"hello\"}");
+    gp_expect_line(&g, "RET EOF");
     gp_expect_line(&g, "STREAM stream-bytes");
     c_server_finish(&g, sv, l);
     gp_expect_exit0(&g);
     gp_expect_no_complaint(&g);
     gp_finish(&g);
+}
+
+static void go_client_echo(void **st)
+{
+    (void)st;
+    go_client_echo_with(false);
+}
+
+/* The reply and the end of Ret in one DATA frame (lc_send_last). */
+static void go_client_echo_send_last(void **st)
+{
+    (void)st;
+    go_client_echo_with(true);
 }
 
 /* ---- 3. one-way, both directions --------------------------------------------------- */
@@ -1306,6 +1325,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(c_client_echo_tcp, ip_setup, ip_teardown),
         cmocka_unit_test_setup_teardown(c_client_echo_unix, ip_setup, ip_teardown),
         cmocka_unit_test_setup_teardown(go_client_echo, ip_setup, ip_teardown),
+        cmocka_unit_test_setup_teardown(go_client_echo_send_last, ip_setup, ip_teardown),
         cmocka_unit_test_setup_teardown(go_oneway_to_c, ip_setup, ip_teardown),
         cmocka_unit_test_setup_teardown(c_oneway_to_go, ip_setup, ip_teardown),
         cmocka_unit_test_setup_teardown(c_receiver_to_go, ip_setup, ip_teardown),

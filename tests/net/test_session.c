@@ -64,6 +64,7 @@ typedef struct {
     lc_session *s;
     int handled;
     int rc;
+    bool send_last; /* reply with lc_send_last instead of lc_send + lc_close */
 } server_arg;
 
 static void *echo_server(void *x)
@@ -81,10 +82,11 @@ static void *echo_server(void *x)
         a->rc = lc_unpack(m, "{s:I, s:s, s:S}", "Value", &v, "Data", &data, "Ret", &ret);
         if (a->rc == 0) {
             lc_msg *rep = lc_pack("{s:I, s:s}", "Echo", v, "Data", data);
-            a->rc = lc_send(ret, rep, 5000);
+            a->rc = a->send_last ? lc_send_last(ret, rep, 5000) : lc_send(ret, rep, 5000);
             if (a->rc != 0)
                 lc_msg_free(rep);
-            lc_close(ret);
+            if (!a->send_last)
+                lc_close(ret);
             lc_sender_release(ret);
             a->handled++;
         }
@@ -98,11 +100,11 @@ static void *echo_server(void *x)
     return NULL;
 }
 
-static void run_echo(const char *url)
+static void run_echo_with(const char *url, bool send_last)
 {
     pair p;
     open_pair(&p, url);
-    server_arg sa = { .s = p.server };
+    server_arg sa = { .s = p.server, .send_last = send_last };
     pthread_t t;
     pthread_create(&t, NULL, echo_server, &sa);
 
@@ -133,6 +135,86 @@ static void run_echo(const char *url)
     assert_int_equal(sa.handled, 20);
     lc_sender_release(req);
     close_pair(&p);
+}
+
+static void run_echo(const char *url)
+{
+    run_echo_with(url, false);
+}
+
+/* The server replies with lc_send_last: the reply, then the end of the
+ * reply channel, as with lc_send + lc_close (run_echo checks both). */
+static void test_echo_replies_with_send_last(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    run_echo_with(unix_url(), true);
+    run_echo_with("tcp://127.0.0.1:0", true);
+}
+
+/* On the wire lc_send_last is one DATA frame with FIN carrying the message:
+ * no frame of its own for the end. Checked frame by frame against a raw
+ * peer; then the Sender is closed. */
+static void test_send_last_is_one_frame(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(20);
+    nt_raw r;
+    nt_raw_open(&r, NULL);
+    lc_sender *snd;
+    assert_int_equal(lc_session_sender(r.s, &snd), 0);
+    lc_spdy_frame f;
+    assert_int_equal(nt_raw_expect(&r, LC_SPDY_SYN_STREAM, 0, &f, 5000), 1);
+    uint32_t id = f.stream_id;
+    lc_msg *m = lc_pack("{s:i}", "N", 7);
+    uint8_t *enc;
+    size_t len;
+    assert_int_equal(lc_msgpack_encode(m, &enc, &len), 0);
+    free(enc);
+    assert_int_equal(lc_send_last(snd, m, 5000), 0);
+    /* a PING after it: everything the session wrote for the stream comes
+     * before the PING's answer */
+    lc_buf b = { 0 };
+    assert_int_equal(lc__spdy_put_ping(&b, 1), 0);
+    nt_raw_send(&r, &b);
+    lc__buf_free(&b);
+    int data_frames = 0, fins = 0;
+    bool ping = false;
+    int64_t end = lc_test_now_us() + 5000000;
+    while (!ping && lc_test_now_us() < end) {
+        struct pollfd pfd = { r.fd, POLLIN, 0 };
+        if (r.in_off == r.in_len && poll(&pfd, 1, 100) == 1) {
+            ssize_t n = read(r.fd, r.in, sizeof r.in);
+            assert_true(n > 0);
+            r.in_len = (size_t)n;
+            r.in_off = 0;
+        }
+        while (r.in_off < r.in_len) {
+            size_t used;
+            int rc = lc__spdy_decode(&r.d, r.in + r.in_off, r.in_len - r.in_off, &used, &f);
+            assert_true(rc >= 0);
+            r.in_off += used;
+            if (rc == 0)
+                break;
+            if (f.type == LC_SPDY_PING)
+                ping = true;
+            if (f.type == LC_SPDY_DATA && f.stream_id == id && f.data_last) {
+                data_frames++;
+                if (f.flags & LC_SPDY_FLAG_FIN) {
+                    fins++;
+                    assert_int_equal(f.length, len); /* the message, in the FIN frame */
+                }
+            }
+        }
+    }
+    assert_true(ping);
+    assert_int_equal(data_frames, 1);
+    assert_int_equal(fins, 1);
+    lc_msg *m2 = lc_pack("{s:i}", "N", 8);
+    assert_int_equal(lc_send(snd, m2, 0), LC_ECLOSED);
+    lc_msg_free(m2);
+    lc_sender_release(snd);
+    nt_raw_close(&r);
 }
 
 static void test_echo_with_reply_sender_over_unix(void **st)
@@ -716,6 +798,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_echo_with_reply_sender_over_unix, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_echo_with_reply_sender_over_tcp, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_echo_replies_with_send_last, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_send_last_is_one_frame, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_receiver_carried_in_a_message, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_carrier_loss_fails_blocked_calls, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_slow_consumer_does_not_block_other_channel, lc_test_setup, lc_test_teardown),

@@ -153,7 +153,7 @@ static void start_copy(int from, int to, int *refs, const char *label)
     copy_job *c = malloc(sizeof *c);
     if (c != NULL) {
         *c = (copy_job){ .from = from, .to = to, .refs = refs };
-        snprintf(c->label, sizeof c->label, "%s", label);
+        snprintf(c->label, sizeof c->label, "%.*s", (int)sizeof c->label - 1, label); /* (cut to fit) */
     }
     if (c == NULL || !spawn_job(copy_main, c)) {
         free(c);
