@@ -148,10 +148,17 @@ static bool waiter_wait(waiter *w, const struct timespec *deadline)
                 break;
         }
     }
+    /* A second wait after a timed-out one (select_wait, when a channel
+     * claimed the waiter just as it gave up) finds the word still
+     * W_SLEEPING: that is no wake-up. Taking the failed exchange below for
+     * one returned before the claimer had woken us; its late W_DONE then
+     * landed in a stack frame that was gone (found by fuzz_session under
+     * TSan: heap-use-after-free in async_fire, a stale sudog left queued). */
     uint32_t expected = W_WAITING;
     if (!atomic_compare_exchange_strong_explicit(&w->state, &expected, W_SLEEPING,
-                                                 memory_order_acq_rel, memory_order_acquire))
-        return true; /* became W_DONE */
+                                                 memory_order_acq_rel, memory_order_acquire) &&
+        expected == W_DONE)
+        return true;
     for (;;) {
         long r = futex_call(&w->state, FUTEX_WAIT_BITSET_PRIVATE, W_SLEEPING, deadline);
         if (atomic_load_explicit(&w->state, memory_order_acquire) == W_DONE)

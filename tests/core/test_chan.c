@@ -13,6 +13,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "libchan.h"
@@ -312,6 +313,101 @@ static void test_send_last_sends_then_closes(void **st)
     lc_msg_free(m);
     lc_sender_release(s);
     lc_receiver_release(r);
+}
+
+/* ---- a wait that times out as it is claimed --------------------------------- */
+
+typedef struct edge_arg {
+    lc_sender *s;
+    _Atomic int64_t wait_started_us; /* when the receiver began its wait (0: not waiting) */
+    _Atomic bool stop;
+    long sent;
+} edge_arg;
+
+/* Sends each message at about the moment the receiver's 1 ms wait expires,
+ * a little earlier or later each time, so that some sends claim the
+ * receiver just as it gives up. */
+static void *edge_sender(void *p)
+{
+    edge_arg *a = p;
+    unsigned k = 0;
+    while (!atomic_load(&a->stop)) {
+        int64_t t0 = atomic_load(&a->wait_started_us);
+        if (t0 == 0)
+            continue;
+        int64_t at = t0 + 1000 - 60 + (int64_t)(k++ % 120); /* 940..1059 us after */
+        while (lc_test_now_us() < at && !atomic_load(&a->stop))
+            ;
+        atomic_store(&a->wait_started_us, 0);
+        lc_msg *m = int_msg(1, a->sent);
+        if (lc_send(a->s, m, 1000) != 0) {
+            lc_msg_free(m);
+            break;
+        }
+        a->sent++;
+    }
+    return NULL;
+}
+
+/*
+ * A receive whose deadline passes just as a sender claims it must still wait
+ * for that sender's wake-up. It did not when the wait had gone to sleep: the
+ * second wait took the word's "sleeping" for "woken" and returned; the
+ * sender's late wake-up then hit a later wait of the same thread (which
+ * returned garbage, leaving its entry queued on the channel: a use after
+ * return; fuzz_session under TSan crashed on it). Every lc_recv here must
+ * give a message or LC_ETIMEDOUT, every message exactly once, in order.
+ */
+static void test_wait_claimed_as_it_times_out(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(60);
+    for (size_t cap = 0; cap <= 1; cap++) {
+        lc_receiver *r;
+        edge_arg a = { 0 };
+        assert_int_equal(lc_pipe(&r, &a.s, cap), 0);
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, edge_sender, &a), 0);
+        long got = 0, timeouts = 0, other = 0;
+        int64_t end = lc_test_now_us() + 1500000;
+        while (lc_test_now_us() < end) {
+            lc_msg *m = NULL;
+            atomic_store(&a.wait_started_us, lc_test_now_us());
+            int rc = lc_recv(r, &m, 1);
+            if (rc == 0) {
+                int64_t p, n;
+                msg_ints(m, &p, &n);
+                if (n != got)
+                    other++; /* lost, repeated or out of order */
+                got++;
+                lc_msg_free(m);
+            } else if (rc == LC_ETIMEDOUT) {
+                timeouts++;
+            } else {
+                other++;
+            }
+        }
+        atomic_store(&a.stop, true);
+        /* what the sender still had in hand */
+        lc_msg *m;
+        while (lc_recv(r, &m, 50) == 0) {
+            int64_t p, n;
+            msg_ints(m, &p, &n);
+            if (n != got)
+                other++;
+            got++;
+            lc_msg_free(m);
+        }
+        pthread_join(t, NULL);
+        printf("capacity %zu: %ld received, %ld timeouts, %ld sent\n", cap, got, timeouts, a.sent);
+        assert_int_equal(other, 0);
+        assert_int_equal(got, a.sent);
+        /* (how many waits timed out depends on the machine's load: the
+         * sends aim at the deadline, some land before it, some after) */
+        assert_true(got > 100);
+        lc_sender_release(a.s);
+        lc_receiver_release(r);
+    }
 }
 
 /* A batch handed over at once (what a session does with what it decoded)
@@ -765,6 +861,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_close_wakes_every_blocked_receiver, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_close_wakes_every_blocked_sender, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_send_last_sends_then_closes, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_wait_claimed_as_it_times_out, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_batch_wakes_every_receiver_it_feeds, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_release_last_sender_closes_channel, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_release_last_receiver_fails_senders_and_frees_queue, lc_test_setup, lc_test_teardown),
