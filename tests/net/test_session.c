@@ -217,6 +217,78 @@ static void test_send_last_is_one_frame(void **st)
     nt_raw_close(&r);
 }
 
+/* lc_send_last racing plain sends on the same network Sender: every send
+ * that succeeded arrives, the last message is the last one received, then
+ * the end; the sends after it fail with LC_ECLOSED (nothing after the FIN). */
+typedef struct racer {
+    lc_sender *s;
+    lc_receiver *r;
+    _Atomic bool go;
+    long ok;       /* sender: sends that succeeded; receiver: messages got */
+    int last_rc;
+    int last_n;    /* receiver: N of the last message */
+} racer;
+
+static void *race_sends(void *x)
+{
+    racer *a = x;
+    while (!atomic_load(&a->go))
+        ;
+    for (;;) {
+        lc_msg *m = lc_pack("{s:i}", "N", 1);
+        int rc = lc_send(a->s, m, 5000);
+        if (rc != 0) {
+            lc_msg_free(m);
+            a->last_rc = rc;
+            return NULL;
+        }
+        a->ok++;
+    }
+}
+
+static void *race_receives(void *x)
+{
+    racer *a = x;
+    lc_msg *m;
+    while ((a->last_rc = lc_recv(a->r, &m, 5000)) == 0) {
+        if (lc_unpack(m, "{s:i}", "N", &a->last_n) != 0)
+            a->last_n = -1;
+        a->ok++;
+        lc_msg_free(m);
+    }
+    return NULL;
+}
+
+static void test_send_last_races_other_sends(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(40);
+    for (int round = 0; round < 20; round++) {
+        pair p;
+        open_pair(&p, round % 2 ? "tcp://127.0.0.1:0" : unix_url());
+        racer a = { 0 }, rx = { 0 };
+        assert_int_equal(lc_session_sender(p.client, &a.s), 0);
+        assert_int_equal(lc_session_receiver(p.server, &rx.r, 5000), 0);
+        pthread_t ts, tr;
+        assert_int_equal(pthread_create(&tr, NULL, race_receives, &rx), 0);
+        assert_int_equal(pthread_create(&ts, NULL, race_sends, &a), 0);
+        atomic_store(&a.go, true);
+        long mine = 50L * round;
+        for (long i = 0; i < mine; i++)
+            assert_int_equal(lc_send(a.s, lc_pack("{s:i}", "N", 1), 5000), 0);
+        assert_int_equal(lc_send_last(a.s, lc_pack("{s:i}", "N", 2), 5000), 0);
+        pthread_join(ts, NULL);
+        pthread_join(tr, NULL);
+        assert_int_equal(a.last_rc, LC_ECLOSED);
+        assert_int_equal(rx.last_rc, LC_EOF);
+        assert_int_equal(rx.ok, a.ok + mine + 1);
+        assert_int_equal(rx.last_n, 2); /* the last message is the last one */
+        lc_sender_release(a.s);
+        lc_receiver_release(rx.r);
+        close_pair(&p);
+    }
+}
+
 static void test_echo_with_reply_sender_over_unix(void **st)
 {
     LC_TEST_DEADLINE(30);
@@ -800,6 +872,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_echo_with_reply_sender_over_tcp, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_echo_replies_with_send_last, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_send_last_is_one_frame, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_send_last_races_other_sends, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_receiver_carried_in_a_message, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_carrier_loss_fails_blocked_calls, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_slow_consumer_does_not_block_other_channel, lc_test_setup, lc_test_teardown),
