@@ -417,9 +417,18 @@ static void srv_lc_oneway(const char *url)
  * request that the server closes after its reply, apart or with it. */
 typedef enum { RT_REUSED, RT_FRESH, RT_FRESH_LAST } rt_mode;
 
+static const struct {
+    const char *test;  /* the server's test name, and the filter argument */
+    const char *label; /* in the profiling line */
+} rt_modes[] = {
+    [RT_REUSED] = { "lc-rt-reused", "reused-reply" },
+    [RT_FRESH] = { "lc-rt-fresh", "fresh-reply" },
+    [RT_FRESH_LAST] = { "lc-rt-fresh-last", "fresh-reply (lc_send_last)" },
+};
+
 static const char *rt_test_name(rt_mode mode)
 {
-    return mode == RT_REUSED ? "lc-rt-reused" : mode == RT_FRESH ? "lc-rt-fresh" : "lc-rt-fresh-last";
+    return rt_modes[mode].test;
 }
 
 static void srv_lc_rt(const char *url, rt_mode mode)
@@ -554,11 +563,11 @@ static int server_main(const char *test, const char *url, int fd)
         srv_raw_pingpong(url, true);
     else if (strcmp(test, "lc-oneway") == 0)
         srv_lc_oneway(url);
-    else if (strcmp(test, "lc-rt-reused") == 0)
+    else if (strcmp(test, rt_test_name(RT_REUSED)) == 0)
         srv_lc_rt(url, RT_REUSED);
-    else if (strcmp(test, "lc-rt-fresh") == 0)
+    else if (strcmp(test, rt_test_name(RT_FRESH)) == 0)
         srv_lc_rt(url, RT_FRESH);
-    else if (strcmp(test, "lc-rt-fresh-last") == 0)
+    else if (strcmp(test, rt_test_name(RT_FRESH_LAST)) == 0)
         srv_lc_rt(url, RT_FRESH_LAST);
     else if (strcmp(test, "raw-pipe") == 0)
         srv_raw_pipe(url);
@@ -1241,13 +1250,12 @@ static void bench_oneway(const char *transport)
 static void bench_rt(const char *transport)
 {
     if (g_only != NULL && strncmp(g_only, "lc-rt-", 6) == 0) { /* libchan alone, for profiles */
-        rt_mode mode = strcmp(g_only, "lc-rt-fresh") == 0        ? RT_FRESH
-                       : strcmp(g_only, "lc-rt-fresh-last") == 0 ? RT_FRESH_LAST
-                                                                 : RT_REUSED;
+        rt_mode mode = RT_REUSED;
+        for (rt_mode m = RT_REUSED; m <= RT_FRESH_LAST; m++)
+            if (strcmp(g_only, rt_test_name(m)) == 0)
+                mode = m;
         lat l = lc_roundtrip(transport, mode);
-        printf("  libchan %s round trip p50 %.1f us, p99 %.1f us\n",
-               mode == RT_REUSED ? "reused-reply" : mode == RT_FRESH ? "fresh-reply" : "fresh-reply (lc_send_last)",
-               l.p50, l.p99);
+        printf("  libchan %s round trip p50 %.1f us, p99 %.1f us\n", rt_modes[mode].label, l.p50, l.p99);
         return;
     }
     lat raw = raw_pingpong(transport, false);

@@ -1096,22 +1096,22 @@ fail:
 
 static void ensure_watched(lc_session *s);
 
-static int net_try_send(void *ctx, lc_msg *m)
+static int net_send(lc_stream *st, lc_msg *m, bool fin)
 {
-    lc_stream *st = ctx;
-    int rc = send_msg_on(st, m, false, false);
+    int rc = send_msg_on(st, m, false, fin);
     if (rc == LC__WOULD_BLOCK)
         ensure_watched(st->s); /* the window opens by reading */
     return rc;
 }
 
+static int net_try_send(void *ctx, lc_msg *m)
+{
+    return net_send(ctx, m, false);
+}
+
 static int net_try_send_last(void *ctx, lc_msg *m)
 {
-    lc_stream *st = ctx;
-    int rc = send_msg_on(st, m, false, true);
-    if (rc == LC__WOULD_BLOCK)
-        ensure_watched(st->s);
-    return rc;
+    return net_send(ctx, m, true);
 }
 
 static bool net_writable(void *ctx)

@@ -349,6 +349,18 @@ static void *edge_sender(void *p)
     return NULL;
 }
 
+/* Counts m (freed) as the next message; a wrong number is counted in *bad
+ * (lost, repeated or out of order). */
+static void take_in_order(lc_msg *m, long *got, long *bad)
+{
+    int64_t p, n;
+    msg_ints(m, &p, &n);
+    if (n != *got)
+        (*bad)++;
+    (*got)++;
+    lc_msg_free(m);
+}
+
 /*
  * A receive whose deadline passes just as a sender claims it must still wait
  * for that sender's wake-up. It did not when the wait had gone to sleep: the
@@ -374,30 +386,18 @@ static void test_wait_claimed_as_it_times_out(void **st)
             lc_msg *m = NULL;
             atomic_store(&a.wait_started_us, lc_test_now_us());
             int rc = lc_recv(r, &m, 1);
-            if (rc == 0) {
-                int64_t p, n;
-                msg_ints(m, &p, &n);
-                if (n != got)
-                    other++; /* lost, repeated or out of order */
-                got++;
-                lc_msg_free(m);
-            } else if (rc == LC_ETIMEDOUT) {
+            if (rc == 0)
+                take_in_order(m, &got, &other);
+            else if (rc == LC_ETIMEDOUT)
                 timeouts++;
-            } else {
+            else
                 other++;
-            }
         }
         atomic_store(&a.stop, true);
         /* what the sender still had in hand */
         lc_msg *m;
-        while (lc_recv(r, &m, 50) == 0) {
-            int64_t p, n;
-            msg_ints(m, &p, &n);
-            if (n != got)
-                other++;
-            got++;
-            lc_msg_free(m);
-        }
+        while (lc_recv(r, &m, 50) == 0)
+            take_in_order(m, &got, &other);
         pthread_join(t, NULL);
         printf("capacity %zu: %ld received, %ld timeouts, %ld sent\n", cap, got, timeouts, a.sent);
         assert_int_equal(other, 0);

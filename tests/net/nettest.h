@@ -181,34 +181,25 @@ static inline void nt_put_msg(lc_buf *b, uint32_t id, lc_msg *m)
     lc_msg_free(m);
 }
 
-/* Reads and decodes what the session writes until a frame of type `type`
- * (and, when stream_id is not 0, of that stream) shows up; *out (may be NULL)
- * gets a copy of its fixed fields (pointers are not valid afterwards).
- * Returns 1 when found, 0 on timeout, -1 when the carrier ends first. */
-static inline int nt_raw_expect(nt_raw *r, int type, uint32_t stream_id, lc_spdy_frame *out, int timeout_ms)
+/* Reads and decodes what the session writes until the decoder has the next
+ * frame event (a DATA frame's payload may come in several, data_last on the
+ * last) before the absolute deadline end_us; *f gets it (its pointers are
+ * valid until the next call). Returns 1, 0 on timeout, -1 when the carrier
+ * ends first. */
+static inline int nt_raw_next(nt_raw *r, lc_spdy_frame *f, int64_t end_us)
 {
-    int64_t end = lc_test_now_us() + (int64_t)timeout_ms * 1000;
     for (;;) {
         while (r->in_off < r->in_len) {
-            lc_spdy_frame f;
             size_t used;
-            int rc = lc__spdy_decode(&r->d, r->in + r->in_off, r->in_len - r->in_off, &used, &f);
+            int rc = lc__spdy_decode(&r->d, r->in + r->in_off, r->in_len - r->in_off, &used, f);
             assert_true(rc >= 0);
             r->in_off += used;
             if (rc == 0)
                 break;
-            if (f.type == type && (stream_id == 0 || f.stream_id == stream_id) &&
-                (f.type != LC_SPDY_DATA || f.data_last)) {
-                if (out) {
-                    *out = f;
-                    out->headers = NULL;
-                    out->data = NULL;
-                }
-                return 1;
-            }
+            return 1;
         }
         r->in_len = r->in_off = 0;
-        int64_t left = (end - lc_test_now_us()) / 1000;
+        int64_t left = (end_us - lc_test_now_us()) / 1000;
         if (left <= 0)
             return 0;
         struct pollfd pfd = { r->fd, POLLIN, 0 };
@@ -221,6 +212,29 @@ static inline int nt_raw_expect(nt_raw *r, int type, uint32_t stream_id, lc_spdy
             return -1;
         r->in_len = (size_t)n;
     }
+}
+
+/* Reads and decodes what the session writes until a frame of type `type`
+ * (and, when stream_id is not 0, of that stream) shows up; *out (may be NULL)
+ * gets a copy of its fixed fields (pointers are not valid afterwards).
+ * Returns 1 when found, 0 on timeout, -1 when the carrier ends first. */
+static inline int nt_raw_expect(nt_raw *r, int type, uint32_t stream_id, lc_spdy_frame *out, int timeout_ms)
+{
+    int64_t end = lc_test_now_us() + (int64_t)timeout_ms * 1000;
+    lc_spdy_frame f;
+    int rc;
+    while ((rc = nt_raw_next(r, &f, end)) == 1) {
+        if (f.type == type && (stream_id == 0 || f.stream_id == stream_id) &&
+            (f.type != LC_SPDY_DATA || f.data_last)) {
+            if (out) {
+                *out = f;
+                out->headers = NULL;
+                out->data = NULL;
+            }
+            return 1;
+        }
+    }
+    return rc;
 }
 
 /* ---- helper processes ---------------------------------------------------------- */
