@@ -430,6 +430,11 @@ LC_API size_t lc_receiver_queued(lc_receiver *r);
  *
  * URLs: "unix:///absolute/path" and "tcp://host:port" (port 0 to listen on
  * any free port; lc_listener_url tells which).
+ *
+ * Sessions share one internal thread that waits for their sockets with
+ * epoll. LIBCHAN_ENGINE=poll in the environment (read when that thread
+ * starts, with the first session) makes it use poll(2); it does so by itself
+ * where epoll is refused (seccomp filters, emulators). =epoll forces epoll.
  */
 typedef struct lc_session lc_session;
 typedef struct lc_listener lc_listener;

@@ -1,6 +1,7 @@
 /*
- * engine.c - the event engine (src/engine): epoll with EPOLLONESHOT arming,
- * a timer min-heap, and an eventfd that interrupts epoll_wait.
+ * engine.c - the event engine (src/engine): epoll with EPOLLONESHOT arming
+ * (or poll(2), below), a timer min-heap, and an eventfd that interrupts
+ * epoll_wait.
  *
  * The hard part is removing a watch while another thread may be about to run
  * its callback: epoll_wait can hand an event to thread A, then thread B calls
@@ -19,17 +20,28 @@
  * then it is the kernel that wakes whichever thread waits when a deadline
  * comes, and a thread that drives the engine for a single round (and does not
  * loop) cannot swallow the wake-up meant for the engine's own thread.
+ *
+ * The poll(2) backend (LIBCHAN_ENGINE=poll, or where epoll cannot be had)
+ * keeps the same contract with the kernel's part done here: the armed watches
+ * are a list under the engine mutex that each round copies into a pollfd
+ * array; a watch leaves the list when one of its events is claimed (that is
+ * the one-shot) and when it is disarmed, and arming a watch while a thread
+ * sleeps in poll() wakes that thread through the eventfd so that its next
+ * round includes it.
  */
 #include "engine.h"
 #include "libchan.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -42,6 +54,13 @@
 #define TIMER_TAG (UINT64_MAX - 1)
 #define EVENTS_PER_ROUND 64
 #define ARMABLE (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI)
+#define POLL_STACK 64 /* pollfds on the stack; more are malloc'd per round */
+
+/* Linux gives poll(2) and epoll the same bits for these; the poll backend
+ * relies on it. */
+_Static_assert(EPOLLIN == POLLIN && EPOLLOUT == POLLOUT && EPOLLPRI == POLLPRI &&
+                   EPOLLERR == POLLERR && EPOLLHUP == POLLHUP && EPOLLRDHUP == POLLRDHUP,
+               "epoll and poll event bits differ");
 
 struct lc_watch {
     pthread_mutex_t mu;
@@ -58,9 +77,17 @@ struct lc_watch {
     bool dying;            /* lc__engine_del has started: never run again */
     bool running;
     bool self_deleted;     /* del called from inside the running callback */
-    bool in_kernel;        /* registered with epoll (see watch_set) */
+    bool in_kernel;        /* registered with epoll, or in the poll list (see watch_set) */
+    uint32_t ppos;         /* poll backend: index in e->pset, NO_SLOT if absent (e->mu) */
     pthread_t runner;
 };
+
+/* An armed watch as the poll backend polls it. */
+typedef struct pentry {
+    int fd;
+    uint32_t events;
+    uint64_t tag; /* generation << 32 | slot index, like an epoll event's data */
+} pentry;
 
 enum { T_FREE = 0, T_PENDING = 1, T_RUNNING = 2 };
 
@@ -77,7 +104,8 @@ typedef struct tslot {
 } tslot;
 
 struct lc_engine {
-    int epfd, evfd, tfd;
+    int epfd, evfd, tfd;       /* epfd -1 with the poll backend */
+    bool use_poll;
     _Atomic bool stopping;
     bool has_thread;
     pthread_t thread;
@@ -97,6 +125,14 @@ struct lc_engine {
     int64_t tfd_deadline;      /* what tfd is set to (0: disarmed); under mu */
     pthread_cond_t timer_idle; /* broadcast when a timer callback returns (with mu) */
     int timer_waiters;
+
+    /* poll backend, under mu: the armed watches, the threads inside poll(),
+     * and which fds have a watch (epoll's EEXIST) */
+    pentry *pset;
+    uint32_t pset_len, pset_cap;
+    int pollers;
+    uint64_t *fdbits;
+    size_t fdwords;
 };
 
 int64_t lc__now_ns(void)
@@ -143,6 +179,7 @@ static lc_watch *slot_alloc(lc_engine *e)
             w->e = e;
             w->index = base + i;
             w->fd = -1;
+            w->ppos = NO_SLOT;
             w->next_free = i + 1 < CHUNK_SLOTS ? base + i + 1 : NO_SLOT;
         }
         atomic_store_explicit(&e->chunks[e->nchunks], chunk, memory_order_release);
@@ -175,6 +212,92 @@ static void slot_release(lc_watch *w)
     pthread_mutex_unlock(&e->mu);
 }
 
+/* ---- the poll backend's list ------------------------------------------------ */
+
+/* Puts w in the poll list with `interest`, or takes it out (0). w->mu held.
+ * A thread asleep in poll() does not see a new interest: it is woken so that
+ * its next round does. 0, or LC_ENOMEM (w left out, as epoll_ctl's ENOMEM
+ * would leave it). */
+static int pset_put(lc_watch *w, uint32_t interest)
+{
+    lc_engine *e = w->e;
+    bool wake = false;
+    pthread_mutex_lock(&e->mu);
+    if (interest == 0) {
+        if (w->ppos != NO_SLOT) {
+            /* swap-remove: the last entry takes the hole */
+            pentry last = e->pset[--e->pset_len];
+            if (w->ppos != e->pset_len) {
+                e->pset[w->ppos] = last;
+                slot_at(e, (uint32_t)last.tag)->ppos = w->ppos;
+            }
+            w->ppos = NO_SLOT;
+        }
+    } else if (w->ppos == NO_SLOT) {
+        if (e->pset_len == e->pset_cap) {
+            uint32_t ncap = e->pset_cap ? e->pset_cap * 2 : 64;
+            pentry *n = realloc(e->pset, (size_t)ncap * sizeof *n);
+            if (n == NULL) {
+                pthread_mutex_unlock(&e->mu);
+                return LC_ENOMEM;
+            }
+            e->pset = n;
+            e->pset_cap = ncap;
+        }
+        w->ppos = e->pset_len++;
+        e->pset[w->ppos] = (pentry){ w->fd, interest, ((uint64_t)w->gen << 32) | w->index };
+        wake = e->pollers > 0;
+    } else {
+        pentry *p = &e->pset[w->ppos];
+        wake = e->pollers > 0 && (p->events | interest) != p->events;
+        p->events = interest;
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (wake)
+        lc__engine_wake(e);
+    return 0;
+}
+
+/* poll backend: what epoll_ctl(ADD) would refuse (EBADF, EPERM for regular
+ * files and directories, EEXIST for an fd already watched); marks fd as
+ * watched otherwise. */
+static int pset_claim_fd(lc_engine *e, int fd)
+{
+    struct stat sb;
+    if (fcntl(fd, F_GETFD) < 0 || fstat(fd, &sb) != 0)
+        return -EBADF;
+    if (S_ISREG(sb.st_mode) || S_ISDIR(sb.st_mode))
+        return -EPERM;
+    size_t word = (size_t)fd / 64;
+    uint64_t bit = (uint64_t)1 << (fd % 64);
+    int rc = 0;
+    pthread_mutex_lock(&e->mu);
+    if (word >= e->fdwords) {
+        size_t n = word + 1 > 2 * e->fdwords ? word + 1 : 2 * e->fdwords;
+        uint64_t *b = realloc(e->fdbits, n * sizeof *b);
+        if (b == NULL) {
+            rc = LC_ENOMEM;
+        } else {
+            memset(b + e->fdwords, 0, (n - e->fdwords) * sizeof *b);
+            e->fdbits = b;
+            e->fdwords = n;
+        }
+    }
+    if (rc == 0 && (e->fdbits[word] & bit))
+        rc = -EEXIST;
+    else if (rc == 0)
+        e->fdbits[word] |= bit;
+    pthread_mutex_unlock(&e->mu);
+    return rc;
+}
+
+static void pset_release_fd(lc_engine *e, int fd)
+{
+    pthread_mutex_lock(&e->mu);
+    e->fdbits[(size_t)fd / 64] &= ~((uint64_t)1 << (fd % 64));
+    pthread_mutex_unlock(&e->mu);
+}
+
 static int ctl(lc_watch *w, int op, uint32_t interest)
 {
     struct epoll_event ev;
@@ -196,6 +319,11 @@ static int ctl(lc_watch *w, int op, uint32_t interest)
  */
 static int watch_set(lc_watch *w)
 {
+    if (w->e->use_poll) {
+        int rc = pset_put(w, w->armed);
+        w->in_kernel = rc == 0 && w->armed != 0;
+        return rc;
+    }
     if (w->armed == 0) {
         if (!w->in_kernel)
             return 0;
@@ -225,6 +353,19 @@ int lc__engine_add(lc_engine *e, int fd, uint32_t events, lc_watch_cb cb, void *
     w->ctx = ctx;
     w->armed = events & ARMABLE;
     w->live = true;
+    if (e->use_poll) {
+        int rc = pset_claim_fd(e, fd);
+        if (rc == 0 && (rc = watch_set(w)) != 0)
+            pset_release_fd(e, fd);
+        if (rc != 0) {
+            slot_release(w);
+            pthread_mutex_unlock(&w->mu);
+            return rc;
+        }
+        pthread_mutex_unlock(&w->mu);
+        *out = w;
+        return 0;
+    }
     /* Added with no interest, the kernel would still report ERR/HUP; that
      * event is dropped (armed == 0) and leaves the kernel side disarmed. */
     int rc = ctl(w, EPOLL_CTL_ADD, w->armed);
@@ -283,8 +424,13 @@ void lc__engine_del(lc_watch *w)
     pthread_mutex_lock(&w->mu);
     w->dying = true;
     w->armed = 0;
-    /* ENOENT/EBADF are harmless here: the point is that nothing fires */
-    epoll_ctl(w->e->epfd, EPOLL_CTL_DEL, w->fd, NULL);
+    if (w->e->use_poll) {
+        (void)pset_put(w, 0);
+        pset_release_fd(w->e, w->fd);
+    } else {
+        /* ENOENT/EBADF are harmless here: the point is that nothing fires */
+        epoll_ctl(w->e->epfd, EPOLL_CTL_DEL, w->fd, NULL);
+    }
     if (w->running && pthread_equal(w->runner, self)) {
         /* from inside its own callback: the dispatcher frees the slot on return */
         w->self_deleted = true;
@@ -323,6 +469,12 @@ static int dispatch(lc_engine *e, const struct epoll_event *ev)
         w->armed = 0;
     else
         w->armed &= ~revents;
+    if (e->use_poll) {
+        /* the one-shot: not polled again until re-armed (a level-triggered
+         * fd would otherwise wake every other poller while this runs) */
+        (void)pset_put(w, 0); /* (taking out cannot fail) */
+        w->in_kernel = false;
+    }
     w->running = true;
     w->runner = pthread_self();
     lc_watch_cb cb = w->cb;
@@ -554,41 +706,121 @@ static int run_timers(lc_engine *e, bool fired)
 
 /* ---- running ------------------------------------------------------------- */
 
+/* The eventfd was readable: drain it. While stopping it stays readable, so
+ * every thread waiting in the kernel sees it. */
+static void wake_drain(lc_engine *e)
+{
+    if (atomic_load_explicit(&e->stopping, memory_order_acquire))
+        return;
+    uint64_t v;
+    ssize_t r = read(e->evfd, &v, sizeof v);
+    (void)r;
+    /* that read may have eaten lc__engine_stop's wake-up */
+    if (atomic_load_explicit(&e->stopping, memory_order_acquire))
+        lc__engine_wake(e);
+}
+
+/* The timerfd was readable: drain it. True when this thread did (another
+ * may have first: EAGAIN). */
+static bool timer_drain(lc_engine *e)
+{
+    uint64_t v;
+    return read(e->tfd, &v, sizeof v) > 0;
+}
+
+static int run_epoll(lc_engine *e, int timeout_ms, bool *fired)
+{
+    struct epoll_event evs[EVENTS_PER_ROUND];
+    int n = epoll_wait(e->epfd, evs, EVENTS_PER_ROUND, timeout_ms < 0 ? -1 : timeout_ms);
+    if (n < 0)
+        return errno == EINTR ? 0 : -errno;
+    int ran = 0;
+    for (int i = 0; i < n; i++) {
+        if (evs[i].data.u64 == TIMER_TAG)
+            *fired |= timer_drain(e);
+        else if (evs[i].data.u64 == WAKE_TAG)
+            wake_drain(e);
+        else
+            ran += dispatch(e, &evs[i]);
+    }
+    return ran;
+}
+
+/* One poll(2) round over a snapshot of the armed watches. A watch that
+ * changed since (disarmed, deleted, its slot reused) is sorted out by
+ * dispatch, as a stale epoll event is. */
+static int run_poll(lc_engine *e, int timeout_ms, bool *fired)
+{
+    struct pollfd stack_pfd[POLL_STACK];
+    uint64_t stack_tag[POLL_STACK];
+    struct pollfd *pfd = stack_pfd;
+    uint64_t *tag = stack_tag;
+    pthread_mutex_lock(&e->mu);
+    size_t n = 2 + (size_t)e->pset_len;
+    if (n > POLL_STACK) {
+        pfd = malloc(n * sizeof *pfd);
+        tag = malloc(n * sizeof *tag);
+        if (pfd == NULL || tag == NULL) {
+            /* out of memory: this round polls the first POLL_STACK only */
+            free(pfd);
+            free(tag);
+            pfd = stack_pfd;
+            tag = stack_tag;
+            n = POLL_STACK;
+        }
+    }
+    pfd[0] = (struct pollfd){ e->evfd, POLLIN, 0 };
+    pfd[1] = (struct pollfd){ e->tfd, POLLIN, 0 };
+    for (size_t i = 2; i < n; i++) {
+        const pentry *p = &e->pset[i - 2];
+        pfd[i] = (struct pollfd){ p->fd, (short)p->events, 0 };
+        tag[i] = p->tag;
+    }
+    e->pollers++;
+    pthread_mutex_unlock(&e->mu);
+
+    int r = poll(pfd, (nfds_t)n, timeout_ms < 0 ? -1 : timeout_ms);
+    int err = errno;
+
+    pthread_mutex_lock(&e->mu);
+    e->pollers--;
+    pthread_mutex_unlock(&e->mu);
+    int ran = 0;
+    if (r < 0) {
+        ran = err == EINTR ? 0 : -err;
+    } else {
+        if (pfd[1].revents)
+            *fired |= timer_drain(e);
+        if (pfd[0].revents)
+            wake_drain(e);
+        for (size_t i = 2; i < n; i++) {
+            if (pfd[i].revents == 0)
+                continue;
+            struct epoll_event ev;
+            /* POLLNVAL (an fd closed before its watch was deleted): as an error */
+            ev.events = pfd[i].revents & POLLNVAL ? EPOLLERR : (uint32_t)(unsigned short)pfd[i].revents;
+            ev.data.u64 = tag[i];
+            ran += dispatch(e, &ev);
+        }
+    }
+    if (pfd != stack_pfd) {
+        free(pfd);
+        free(tag);
+    }
+    return ran;
+}
+
 int lc__engine_run(lc_engine *e, int timeout_ms)
 {
     if (e == NULL)
         return LC_EINVAL;
     if (atomic_load_explicit(&e->stopping, memory_order_acquire))
         return LC_ECLOSED;
-
-    struct epoll_event evs[EVENTS_PER_ROUND];
-    int n = epoll_wait(e->epfd, evs, EVENTS_PER_ROUND, timeout_ms < 0 ? -1 : timeout_ms);
-    if (n < 0)
-        return errno == EINTR ? 0 : -errno;
-
-    int ran = 0;
     bool fired = false;
-    for (int i = 0; i < n; i++) {
-        uint64_t v;
-        if (evs[i].data.u64 == TIMER_TAG) {
-            ssize_t r = read(e->tfd, &v, sizeof v); /* EAGAIN: another thread drained it */
-            fired |= r > 0;
-        } else if (evs[i].data.u64 == WAKE_TAG) {
-            /* While stopping the eventfd stays readable, so every thread in
-             * epoll_wait sees it. */
-            if (!atomic_load_explicit(&e->stopping, memory_order_acquire)) {
-                ssize_t r = read(e->evfd, &v, sizeof v);
-                (void)r;
-                /* that read may have eaten lc__engine_stop's wake-up */
-                if (atomic_load_explicit(&e->stopping, memory_order_acquire))
-                    lc__engine_wake(e);
-            }
-        } else {
-            ran += dispatch(e, &evs[i]);
-        }
-    }
-    ran += run_timers(e, fired);
-    return ran;
+    int ran = e->use_poll ? run_poll(e, timeout_ms, &fired) : run_epoll(e, timeout_ms, &fired);
+    if (ran < 0)
+        return ran;
+    return ran + run_timers(e, fired);
 }
 
 _Thread_local bool lc__signals_blocked;
@@ -602,10 +834,34 @@ static void *engine_thread(void *arg)
     return NULL;
 }
 
+/* LIBCHAN_ENGINE in the environment: "poll" or "epoll"; anything else (or
+ * unset) is auto. */
+static lc__engine_backend backend_from_env(void)
+{
+    const char *v = getenv("LIBCHAN_ENGINE");
+    if (v != NULL && strcmp(v, "poll") == 0)
+        return LC__ENGINE_POLL;
+    if (v != NULL && strcmp(v, "epoll") == 0)
+        return LC__ENGINE_EPOLL;
+    return LC__ENGINE_AUTO;
+}
+
 int lc__engine_new(lc_engine **out, bool with_thread)
 {
-    if (out == NULL)
+    return lc__engine_new_backend(out, with_thread, LC__ENGINE_AUTO);
+}
+
+bool lc__engine_uses_poll(const lc_engine *e)
+{
+    return e->use_poll;
+}
+
+int lc__engine_new_backend(lc_engine **out, bool with_thread, lc__engine_backend backend)
+{
+    if (out == NULL || (backend != LC__ENGINE_AUTO && backend != LC__ENGINE_EPOLL && backend != LC__ENGINE_POLL))
         return LC_EINVAL;
+    if (backend == LC__ENGINE_AUTO)
+        backend = backend_from_env();
     lc_engine *e = calloc(1, sizeof *e);
     if (e == NULL)
         return LC_ENOMEM;
@@ -616,10 +872,18 @@ int lc__engine_new(lc_engine **out, bool with_thread)
     int rc = 0;
     e->evfd = -1;
     e->tfd = -1;
-    e->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (e->epfd < 0) {
-        rc = -errno;
-        goto fail;
+    e->epfd = -1;
+    if (backend != LC__ENGINE_POLL) {
+        e->epfd = epoll_create1(EPOLL_CLOEXEC);
+        /* auto: no epoll here (a seccomp filter, an emulation without it) */
+        if (e->epfd < 0 && backend == LC__ENGINE_AUTO && (errno == ENOSYS || errno == EPERM || errno == EACCES))
+            e->use_poll = true;
+        else if (e->epfd < 0) {
+            rc = -errno;
+            goto fail;
+        }
+    } else {
+        e->use_poll = true;
     }
     e->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (e->evfd < 0) {
@@ -631,18 +895,20 @@ int lc__engine_new(lc_engine **out, bool with_thread)
         rc = -errno;
         goto fail;
     }
-    struct epoll_event ev;
-    memset(&ev, 0, sizeof ev);
-    ev.events = EPOLLIN; /* level-triggered: see the stopping case in run */
-    ev.data.u64 = WAKE_TAG;
-    if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->evfd, &ev) != 0) {
-        rc = -errno;
-        goto fail;
-    }
-    ev.data.u64 = TIMER_TAG;
-    if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->tfd, &ev) != 0) {
-        rc = -errno;
-        goto fail;
+    if (!e->use_poll) { /* (poll: both are in every round's pollfd array) */
+        struct epoll_event ev;
+        memset(&ev, 0, sizeof ev);
+        ev.events = EPOLLIN; /* level-triggered: see wake_drain */
+        ev.data.u64 = WAKE_TAG;
+        if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->evfd, &ev) != 0) {
+            rc = -errno;
+            goto fail;
+        }
+        ev.data.u64 = TIMER_TAG;
+        if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->tfd, &ev) != 0) {
+            rc = -errno;
+            goto fail;
+        }
     }
     if (with_thread) {
         /* the engine thread takes no signals: they belong to the application */
@@ -699,9 +965,12 @@ void lc__engine_free(lc_engine *e)
     }
     free(e->tslots);
     free(e->heap);
+    free(e->pset);
+    free(e->fdbits);
     close(e->tfd);
     close(e->evfd);
-    close(e->epfd);
+    if (e->epfd >= 0)
+        close(e->epfd);
     pthread_cond_destroy(&e->timer_idle);
     pthread_mutex_destroy(&e->mu);
     free(e);
@@ -715,6 +984,14 @@ void lc__engine_stats(lc_engine *e, size_t *watches, size_t *timers)
     if (timers)
         *timers = e->heap_len;
     pthread_mutex_unlock(&e->mu);
+}
+
+size_t lc__engine_polled(lc_engine *e)
+{
+    pthread_mutex_lock(&e->mu);
+    size_t n = e->pset_len;
+    pthread_mutex_unlock(&e->mu);
+    return n;
 }
 
 /* ---- the default engine -------------------------------------------------- */

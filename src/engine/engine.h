@@ -1,7 +1,7 @@
 /*
  * engine.h - the event engine (src/engine), the bottom layer: fd readiness on
- * epoll with one-shot arming, timers on a min-heap, an eventfd to interrupt a
- * sleeping epoll_wait. Never installed.
+ * epoll (or poll(2)) with one-shot arming, timers on a min-heap, an eventfd
+ * to interrupt a sleeping wait. Never installed.
  *
  * Any thread may drive an engine (lc__engine_run); the process-wide default
  * engine also has one dedicated thread doing so. One-shot arming is what makes
@@ -40,13 +40,29 @@ int64_t lc__now_ns(void);
 
 /* ---- engines ------------------------------------------------------------- */
 
+/* How an engine waits: epoll, or poll(2) over a list of the armed watches
+ * kept in user space (slower per change of interest: each one that comes
+ * while a thread sleeps in poll() wakes it). Auto: LIBCHAN_ENGINE=poll or
+ * =epoll in the environment decides; unset, epoll, and poll where
+ * epoll_create1 fails with ENOSYS, EPERM or EACCES (seccomp filters,
+ * emulators without it). */
+typedef enum { LC__ENGINE_AUTO, LC__ENGINE_EPOLL, LC__ENGINE_POLL } lc__engine_backend;
+
 /*
- * A new engine (an epoll set, an eventfd for wake-ups, a timerfd for the
- * earliest deadline). with_thread: also start one thread that drives it
- * until lc__engine_free (it blocks every signal). Without, callers drive it
- * with lc__engine_run. Returns 0 or a negative code (LC_ENOMEM, -EMFILE, ...).
+ * A new engine (an epoll set or the poll list, an eventfd for wake-ups, a
+ * timerfd for the earliest deadline), waiting the automatic way (above).
+ * with_thread: also start one thread that drives it until lc__engine_free
+ * (it blocks every signal). Without, callers drive it with lc__engine_run.
+ * Returns 0 or a negative code (LC_ENOMEM, -EMFILE, ...).
  */
 int lc__engine_new(lc_engine **out, bool with_thread);
+
+/* lc__engine_new with the backend chosen by the caller (LC_EINVAL for an
+ * unknown one). Everything below behaves the same with either. */
+int lc__engine_new_backend(lc_engine **out, bool with_thread, lc__engine_backend backend);
+
+/* True when e waits with poll(2). */
+bool lc__engine_uses_poll(const lc_engine *e);
 
 /*
  * Stops an engine without freeing it: every thread in lc__engine_run wakes and
@@ -175,5 +191,8 @@ bool lc__engine_timer_cancel(lc_engine *e, lc_timer_id id);
 
 /* Number of live watches and of pending timers. */
 void lc__engine_stats(lc_engine *e, size_t *watches, size_t *timers);
+
+/* Number of watches in the poll backend's list (armed, not running); 0 with epoll. */
+size_t lc__engine_polled(lc_engine *e);
 
 #endif

@@ -188,14 +188,21 @@ static bool epoll_has(int epfd, int fd)
     return found;
 }
 
+/* Whether e's one watch, on fd, is registered: in the epoll set epfd (the
+ * kernel's own account), or in the poll backend's list. */
+static bool registered(lc_engine *e, int epfd, int fd)
+{
+    return lc__engine_uses_poll(e) ? lc__engine_polled(e) == 1 : epoll_has(epfd, fd);
+}
+
 /*
  * A watch disarmed on purpose is not left registered with no interest: epoll
  * on the file's wait queue made every write to it take the wake-up path (a
- * session's carrier, read by a thread itself, paid that for every message).
- * Arming it again registers it again, and readiness that came meanwhile is
- * reported.
+ * session's carrier, read by a thread itself, paid that for every message);
+ * the poll backend would poll it for nothing. Arming it again registers it
+ * again, and readiness that came meanwhile is reported.
  */
-static void test_disarmed_watch_leaves_epoll(void **state)
+static void test_disarmed_watch_is_unregistered(void **state)
 {
     LC_TEST_DEADLINE(20);
     bool before[1024], after[1024];
@@ -206,16 +213,16 @@ static void test_disarmed_watch_leaves_epoll(void **state)
     for (int fd = 0; fd < 1024; fd++)
         if (after[fd] && !before[fd])
             epfd = fd;
-    assert_true(epfd >= 0);
+    assert_true(lc__engine_uses_poll(e) ? epfd < 0 : epfd >= 0); /* poll: no epoll at all */
 
     int sv[2];
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
     counter c = {0};
     lc_watch *w;
     assert_int_equal(lc__engine_add(e, sv[0], EPOLLIN, count_cb, &c, &w), 0);
-    assert_true(epoll_has(epfd, sv[0]));
+    assert_true(registered(e, epfd, sv[0]));
     assert_int_equal(lc__engine_disarm(w, EPOLLIN), 1);
-    assert_false(epoll_has(epfd, sv[0]));
+    assert_false(registered(e, epfd, sv[0]));
     assert_int_equal(lc__engine_disarm(w, EPOLLIN), 0); /* nothing left to disarm */
 
     assert_int_equal(write(sv[1], "x", 1), 1);
@@ -223,16 +230,17 @@ static void test_disarmed_watch_leaves_epoll(void **state)
     assert_int_equal(atomic_load(&c.calls), 0);
 
     assert_int_equal(lc__engine_arm(w, EPOLLIN), 0);
-    assert_true(epoll_has(epfd, sv[0]));
+    assert_true(registered(e, epfd, sv[0]));
     assert_int_equal(lc__engine_run(e, 1000), 1);
     assert_int_equal(atomic_load(&c.calls), 1);
     assert_true(atomic_load(&c.last) & EPOLLIN);
 
-    /* fired (one-shot): still registered, with no interest, until the
-     * next arm or disarm decides */
+    /* fired (one-shot): epoll keeps it registered with no interest until
+     * the next arm or disarm decides; the poll list dropped it at once */
+    assert_true(lc__engine_uses_poll(e) ? !registered(e, epfd, sv[0]) : registered(e, epfd, sv[0]));
     assert_int_equal(lc__engine_arm(w, EPOLLIN), 0);
     assert_int_equal(lc__engine_disarm(w, EPOLLIN), 1);
-    assert_false(epoll_has(epfd, sv[0]));
+    assert_false(registered(e, epfd, sv[0]));
     lc__engine_del(w); /* (from the detached state too) */
     lc__engine_free(e);
     close(sv[0]);
@@ -588,6 +596,63 @@ static void test_add_errors(void **state)
     close(efd);
 }
 
+/* ---- backends ------------------------------------------------------------- */
+
+/* One watch fires once on engine e (driven by this thread), then e is freed. */
+static void fires_once(lc_engine *e)
+{
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
+    counter c = {0};
+    lc_watch *w;
+    assert_int_equal(lc__engine_add(e, sv[0], EPOLLIN, count_cb, &c, &w), 0);
+    assert_int_equal(write(sv[1], "x", 1), 1);
+    assert_int_equal(lc__engine_run(e, 5000), 1);
+    assert_int_equal(atomic_load(&c.calls), 1);
+    assert_true(atomic_load(&c.last) & EPOLLIN);
+    assert_int_equal(lc__engine_run(e, 0), 0); /* one-shot: not again */
+    lc__engine_del(w);
+    lc__engine_free(e);
+    close(sv[0]);
+    close(sv[1]);
+}
+
+/* Either backend on request, whatever the environment says; auto follows
+ * LIBCHAN_ENGINE. */
+static void test_backend_choice(void **state)
+{
+    LC_TEST_DEADLINE(20);
+    const char *was = getenv("LIBCHAN_ENGINE");
+    char *saved = was != NULL ? strdup(was) : NULL;
+    lc_engine *e = NULL;
+    assert_int_equal(lc__engine_new_backend(&e, false, LC__ENGINE_POLL), 0);
+    assert_true(lc__engine_uses_poll(e));
+    fires_once(e);
+    assert_int_equal(lc__engine_new_backend(&e, false, LC__ENGINE_EPOLL), 0);
+    assert_false(lc__engine_uses_poll(e));
+    fires_once(e);
+    assert_int_equal(lc__engine_new_backend(&e, false, (lc__engine_backend)42), LC_EINVAL);
+
+    assert_int_equal(setenv("LIBCHAN_ENGINE", "poll", 1), 0);
+    e = new_engine(false);
+    assert_true(lc__engine_uses_poll(e));
+    lc__engine_free(e);
+    assert_int_equal(setenv("LIBCHAN_ENGINE", "epoll", 1), 0);
+    e = new_engine(false);
+    assert_false(lc__engine_uses_poll(e));
+    lc__engine_free(e);
+    assert_int_equal(setenv("LIBCHAN_ENGINE", "bogus", 1), 0); /* auto: epoll here */
+    e = new_engine(false);
+    assert_false(lc__engine_uses_poll(e));
+    lc__engine_free(e);
+
+    if (saved != NULL)
+        assert_int_equal(setenv("LIBCHAN_ENGINE", saved, 1), 0);
+    else
+        assert_int_equal(unsetenv("LIBCHAN_ENGINE"), 0);
+    free(saved);
+}
+
 /* ---- timers --------------------------------------------------------------- */
 
 enum { NTIMERS = 40 };
@@ -937,7 +1002,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_oneshot_fires_once_until_rearmed, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_added_disarmed_never_fires, lc_test_setup, lc_test_teardown),
-        cmocka_unit_test_setup_teardown(test_disarmed_watch_leaves_epoll, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_disarmed_watch_is_unregistered, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unreported_interest_stays_armed, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_arm_from_another_thread_runs_on_engine_thread, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_any_thread_may_drive, lc_test_setup, lc_test_teardown),
@@ -945,6 +1010,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_del_waits_for_running_callback, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_del_from_own_callback, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_add_errors, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_backend_choice, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_timers_fire_in_order_and_on_time, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_timer_added_from_outside_wakes_sleeping_engine, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_single_round_driver_does_not_lose_timers, lc_test_setup, lc_test_teardown),
