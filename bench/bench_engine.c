@@ -6,6 +6,8 @@
  *   2. wake round trip: another thread arms/writes, the engine thread's callback
  *      answers, against a raw thread blocked in epoll_wait doing the same;
  *   3. timer add + cancel, per pair.
+ * 1 and 2 run on both backends (epoll, and the poll(2) one); the baselines
+ * are raw epoll.
  */
 #include "engine/engine.h"
 
@@ -36,10 +38,10 @@ static void rearm_cb(void *ctx, uint32_t revents)
     lc__engine_arm(r->w, EPOLLIN);
 }
 
-static double bench_dispatch_engine(long rounds)
+static double bench_dispatch_engine(long rounds, lc__engine_backend backend)
 {
     lc_engine *e;
-    if (lc__engine_new(&e, false) != 0)
+    if (lc__engine_new_backend(&e, false, backend) != 0)
         exit(1);
     int fd = eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK);
     rearm r = {0};
@@ -103,10 +105,10 @@ static void ping(int in, int out)
         abort();
 }
 
-static double bench_wake_engine(long rounds)
+static double bench_wake_engine(long rounds, lc__engine_backend backend)
 {
     lc_engine *e;
-    if (lc__engine_new(&e, true) != 0)
+    if (lc__engine_new_backend(&e, true, backend) != 0)
         exit(1);
     echo x = {eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), eventfd(0, EFD_CLOEXEC), NULL};
     lc__engine_add(e, x.in, EPOLLIN, echo_cb, &x, &x.w);
@@ -191,11 +193,15 @@ static double bench_timer_add_cancel(long rounds)
 int main(int argc, char **argv)
 {
     long n = argc > 1 ? atol(argv[1]) : 200000;
-    double de = bench_dispatch_engine(n), dr = bench_dispatch_raw(n);
+    double de = bench_dispatch_engine(n, LC__ENGINE_EPOLL), dp = bench_dispatch_engine(n, LC__ENGINE_POLL);
+    double dr = bench_dispatch_raw(n);
     printf("dispatch+rearm   engine %8.0f ns   raw epoll %8.0f ns   ratio %.2f\n", de, dr, de / dr);
+    printf("  on poll(2)     engine %8.0f ns                        ratio %.2f\n", dp, dp / dr);
     long w = n / 10;
-    double we = bench_wake_engine(w), wr = bench_wake_raw(w);
+    double we = bench_wake_engine(w, LC__ENGINE_EPOLL), wp = bench_wake_engine(w, LC__ENGINE_POLL);
+    double wr = bench_wake_raw(w);
     printf("wake round trip  engine %8.0f ns   raw epoll %8.0f ns   ratio %.2f\n", we, wr, we / wr);
+    printf("  on poll(2)     engine %8.0f ns                        ratio %.2f\n", wp, wp / wr);
     printf("timer add+cancel %8.0f ns\n", bench_timer_add_cancel(n));
     return 0;
 }
