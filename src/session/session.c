@@ -2128,6 +2128,13 @@ static void on_syn_stream(lc_session *s, const lc_spdy_frame *f, lc_receiver **a
     }
     ctl_arg reply = { f->stream_id, 200 };
     pthread_mutex_lock(&s->mu);
+    if (s->dead) {
+        /* session_fail ran meanwhile (lc_session_free on another thread) and
+         * emptied the tables: a stream put there now would never leave, and
+         * would keep the session alive */
+        pthread_mutex_unlock(&s->mu);
+        return;
+    }
     if (s->goaway_sent || s->closing) {
         pthread_mutex_unlock(&s->mu);
         reply.status = 502;

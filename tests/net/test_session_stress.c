@@ -1,0 +1,1743 @@
+/*
+ * test_session_stress.c - adversarial tests of the session layer under
+ * concurrency and teardown, each repeated for many rounds to shake races out:
+ *   - threads blocked in lc_recv / lc_send (on a spent window) / lc_select,
+ *     and threads entering lc_recv over and over (the reader token, "drive"),
+ *     while the session is freed, the peer's session is freed, or the
+ *     carrier is shut down under both: every call returns an error promptly;
+ *   - lc_select over a network Receiver, an in-memory channel and a timeout
+ *     while both are fed and the session is closed in the middle;
+ *   - fresh reply channels (a Sender from lc_pipe in each request; replies
+ *     with lc_send_last or lc_send + lc_close) from 4 threads on one
+ *     session: every reply exactly once; some requesters drop their reply
+ *     channel before the reply comes;
+ *   - a channel received on session A forwarded on session B, then A's peer
+ *     goes away: B's peer sees the end, not a hang;
+ *   - byte streams whose receiving application closes its end early while
+ *     the sender still writes: the pump ends, other channels keep working;
+ *   - lc_close / lc_sender_release / lc_receiver_release racing sends on one
+ *     network channel from several threads.
+ * LC_STRESS_SCALE=n multiplies the rounds (default 1).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <stdatomic.h>
+
+#include "nettest.h"
+
+/* ---- helpers ------------------------------------------------------------------ */
+
+/* LeakSanitizer's check, when built with it (LC_STRESS_LEAKCHECK=1: after
+ * every round, to tell which round leaked) */
+int __lsan_do_recoverable_leak_check(void) __attribute__((weak));
+static void round_leak_check(const char *what, int round)
+{
+    static int on = -1;
+    if (on < 0)
+        on = getenv("LC_STRESS_LEAKCHECK") != NULL && __lsan_do_recoverable_leak_check != NULL;
+    if (on && __lsan_do_recoverable_leak_check() != 0) {
+        fprintf(stderr, "leak after %s round %d\n", what, round);
+        fail();
+    }
+}
+
+static int scale(void)
+{
+    const char *s = getenv("LC_STRESS_SCALE");
+    int n = s ? atoi(s) : 1;
+    return n > 0 ? n : 1;
+}
+
+/* Waits (polling, with a bound) until *v >= target. True when it got there. */
+static bool wait_at_least(atomic_int *v, int target, int timeout_ms)
+{
+    int64_t end = lc_test_now_us() + (int64_t)timeout_ms * 1000;
+    while (atomic_load(v) < target) {
+        if (lc_test_now_us() > end)
+            return false;
+        struct timespec ts = { 0, 50000 };
+        nanosleep(&ts, NULL);
+    }
+    return true;
+}
+
+static const char *transport_url(int i, char *buf, size_t len)
+{
+    if (i % 2 == 0)
+        return nt_unix_url(buf, len);
+    snprintf(buf, len, "tcp://127.0.0.1:0");
+    return buf;
+}
+
+static lc_msg *msg_n(int n)
+{
+    return lc_pack("{s:i}", "N", n);
+}
+
+static int msg_get_n(lc_msg *m)
+{
+    int n = -1;
+    if (lc_unpack(m, "{s:i}", "N", &n) != 0)
+        return -1;
+    return n;
+}
+
+/* ---- 1. teardown with calls blocked on the session's channels ------------------- */
+
+typedef struct {
+    lc_receiver *r;
+    int rc;
+    int64_t done_us;
+    atomic_int started;
+} blk_recv;
+
+static void *blk_recv_fn(void *x)
+{
+    blk_recv *a = x;
+    atomic_store(&a->started, 1);
+    lc_msg *m = NULL;
+    for (;;) {
+        a->rc = lc_recv(a->r, &m, 20000);
+        if (a->rc != 0)
+            break;
+        lc_msg_free(m); /* (drain what was queued: the error comes after) */
+        m = NULL;
+    }
+    a->done_us = lc_test_now_us();
+    return NULL;
+}
+
+/* Enters lc_recv again and again with a short timeout: each entry takes the
+ * reader token and reads the carrier itself (drive). */
+typedef struct {
+    lc_receiver *r;
+    int rc;
+    int64_t done_us;
+    atomic_int iters;
+} spin_recv;
+
+static void *spin_recv_fn(void *x)
+{
+    spin_recv *a = x;
+    for (;;) {
+        lc_msg *m = NULL;
+        a->rc = lc_recv(a->r, &m, 1);
+        lc_msg_free(m);
+        atomic_fetch_add(&a->iters, 1);
+        if (a->rc != LC_ETIMEDOUT && a->rc != 0)
+            break;
+    }
+    a->done_us = lc_test_now_us();
+    return NULL;
+}
+
+/* Sends 1 KiB messages until a send fails: the peer never reads, so the
+ * window runs out and a send blocks. */
+typedef struct {
+    lc_sender *s;
+    int rc;
+    int64_t done_us;
+    atomic_int sent;
+} fill_send;
+
+static void *fill_send_fn(void *x)
+{
+    fill_send *a = x;
+    static const char blob[1024];
+    for (;;) {
+        lc_msg *m = lc_pack("{s:i, s:b}", "N", atomic_load(&a->sent), "Blob", blob, sizeof blob);
+        a->rc = lc_send(a->s, m, 20000);
+        if (a->rc != 0) {
+            lc_msg_free(m);
+            break;
+        }
+        atomic_fetch_add(&a->sent, 1);
+    }
+    a->done_us = lc_test_now_us();
+    return NULL;
+}
+
+/* lc_select over a network Receiver and an in-memory one nobody feeds. */
+typedef struct {
+    lc_receiver *net, *mem;
+    int rc, result;
+    int64_t done_us;
+    atomic_int started;
+} blk_select;
+
+static void *blk_select_fn(void *x)
+{
+    blk_select *a = x;
+    atomic_store(&a->started, 1);
+    for (;;) {
+        lc_case cs[2] = { { .op = LC_CASE_RECV, .receiver = a->net }, { .op = LC_CASE_RECV, .receiver = a->mem } };
+        a->rc = lc_select(cs, 2, 20000);
+        if (a->rc >= 0) {
+            a->result = cs[a->rc].result;
+            lc_msg_free(cs[a->rc].msg);
+            if (a->result == 0)
+                continue;
+        }
+        break;
+    }
+    a->done_us = lc_test_now_us();
+    return NULL;
+}
+
+/* lc_select with one send case on a network Sender whose window is spent. */
+typedef struct {
+    lc_sender *s;
+    int rc, result;
+    int64_t done_us;
+    atomic_int *sent; /* shared with the filler */
+} sel_send;
+
+static void *sel_send_fn(void *x)
+{
+    sel_send *a = x;
+    static const char blob[1024];
+    for (;;) {
+        lc_case cs[1] = { { .op = LC_CASE_SEND, .sender = a->s,
+                            .msg = lc_pack("{s:i, s:b}", "N", -1, "Blob", blob, sizeof blob) } };
+        a->rc = lc_select(cs, 1, 20000);
+        a->result = a->rc >= 0 ? cs[0].result : 0;
+        if (a->rc < 0 || a->result != 0) {
+            lc_msg_free(cs[0].msg);
+            break;
+        }
+        atomic_fetch_add(a->sent, 1);
+    }
+    a->done_us = lc_test_now_us();
+    return NULL;
+}
+
+/* Waits on a network Receiver's pollable fd, then receives without waiting. */
+typedef struct {
+    lc_receiver *r;
+    int rc;
+    int64_t done_us;
+} poll_recv;
+
+static void *poll_recv_fn(void *x)
+{
+    poll_recv *a = x;
+    int fd = lc_receiver_pollfd(a->r);
+    for (;;) {
+        struct pollfd pf = { fd, POLLIN, 0 };
+        if (poll(&pf, 1, 20000) != 1) {
+            a->rc = LC_ETIMEDOUT;
+            break;
+        }
+        lc_msg *m = NULL;
+        a->rc = lc_recv(a->r, &m, 0);
+        lc_msg_free(m);
+        if (a->rc != 0 && a->rc != LC_ETIMEDOUT)
+            break;
+    }
+    a->done_us = lc_test_now_us();
+    return NULL;
+}
+
+enum { KILL_FREE_SERVER, KILL_FREE_CLIENT, KILL_SHUTDOWN_CARRIER, KILL_CLOSE_SERVER, KILL_MODES };
+static const char *const kill_names[] = { "free server", "free client", "shutdown carrier", "close server" };
+
+static void run_teardown_round(const char *url, int mode, int round)
+{
+    lc_options o;
+    lc_options_default(&o);
+    o.stream_window = 16 * 1024; /* the filler blocks after ~16 messages + queue */
+    o.recv_queue = 4;
+    nt_pair p;
+    nt_open_pair(&p, url, &o, &o);
+
+    lc_sender *c_a, *c_b, *c_full, *s_back;
+    lc_receiver *in_a, *in_b, *in_full, *back;
+    assert_int_equal(lc_session_sender(p.client, &c_a), 0);
+    assert_int_equal(lc_session_sender(p.client, &c_b), 0);
+    assert_int_equal(lc_session_sender(p.client, &c_full), 0);
+    assert_int_equal(lc_session_receiver(p.server, &in_a, 5000), 0);
+    assert_int_equal(lc_session_receiver(p.server, &in_b, 5000), 0);
+    assert_int_equal(lc_session_receiver(p.server, &in_full, 5000), 0);
+    assert_int_equal(lc_session_sender(p.server, &s_back), 0);
+    assert_int_equal(lc_session_receiver(p.client, &back, 5000), 0);
+    /* a message through each, so every stream is known on both sides */
+    assert_int_equal(lc_send(c_a, msg_n(1), 5000), 0);
+    nt_expect_n(in_a, 1);
+    assert_int_equal(lc_send(s_back, msg_n(2), 5000), 0);
+    nt_expect_n(back, 2);
+
+    lc_receiver *mem_r;
+    lc_sender *mem_s;
+    assert_int_equal(lc_pipe(&mem_r, &mem_s, 1), 0);
+
+    blk_recv ra = { .r = in_a }, rb = { .r = back };
+    spin_recv sa = { .r = in_b }, sb = { .r = back };
+    fill_send fs = { .s = c_full };
+    blk_select sel = { .net = back, .mem = mem_r };
+    sel_send ss = { .s = c_full, .sent = &fs.sent };
+    poll_recv pr = { .r = back };
+    pthread_t t[8];
+    pthread_create(&t[0], NULL, blk_recv_fn, &ra);
+    pthread_create(&t[1], NULL, blk_recv_fn, &rb);
+    pthread_create(&t[2], NULL, spin_recv_fn, &sa);
+    pthread_create(&t[3], NULL, spin_recv_fn, &sb);
+    pthread_create(&t[4], NULL, fill_send_fn, &fs);
+    pthread_create(&t[5], NULL, blk_select_fn, &sel);
+    pthread_create(&t[6], NULL, sel_send_fn, &ss);
+    pthread_create(&t[7], NULL, poll_recv_fn, &pr);
+    /* the teardown comes at different points of the threads' lives */
+    if (round % 4 != 0) {
+        assert_true(wait_at_least(&sa.iters, 1 + round % 5, 5000));
+        assert_true(wait_at_least(&fs.sent, 4, 5000));
+    }
+    int64_t t0 = lc_test_now_us();
+    lc_session *freed = NULL;
+    switch (mode) {
+    case KILL_FREE_SERVER:
+        lc_session_free(p.server);
+        freed = p.server;
+        break;
+    case KILL_FREE_CLIENT:
+        lc_session_free(p.client);
+        freed = p.client;
+        break;
+    case KILL_SHUTDOWN_CARRIER:
+        shutdown(lc__conn_fd(p.client->conn), SHUT_RDWR);
+        break;
+    case KILL_CLOSE_SERVER:
+        lc_session_close(p.server, 200);
+        break;
+    }
+    for (int i = 0; i < 8; i++)
+        pthread_join(t[i], NULL);
+    const struct {
+        const char *what;
+        int rc;
+        int64_t done;
+    } res[] = {
+        { "blocked recv (server side)", ra.rc, ra.done_us },
+        { "blocked recv (client side)", rb.rc, rb.done_us },
+        { "spinning recv (server side)", sa.rc, sa.done_us },
+        { "spinning recv (client side)", sb.rc, sb.done_us },
+        { "blocked send", fs.rc, fs.done_us },
+        { "select", sel.rc >= 0 ? sel.result : sel.rc, sel.done_us },
+        { "select send", ss.rc >= 0 ? ss.result : ss.rc, ss.done_us },
+        { "pollfd recv", pr.rc, pr.done_us },
+    };
+    for (size_t i = 0; i < sizeof res / sizeof res[0]; i++) {
+        int64_t late = res[i].done - t0;
+        if (res[i].rc != LC_ESESSION || late > 3000000) {
+            fprintf(stderr, "%s, round %d (%s): %s returned %s after %lld ms\n", url, round, kill_names[mode],
+                    res[i].what, lc_strerror(res[i].rc), (long long)(late / 1000));
+            fail();
+        }
+    }
+    assert_int_equal(sel.rc, 0);
+
+    lc_sender_release(c_a);
+    lc_sender_release(c_b);
+    lc_sender_release(c_full);
+    lc_sender_release(s_back);
+    lc_receiver_release(in_a);
+    lc_receiver_release(in_b);
+    lc_receiver_release(in_full);
+    lc_receiver_release(back);
+    lc_sender_release(mem_s);
+    lc_receiver_release(mem_r);
+    if (freed != p.client)
+        lc_session_free(p.client);
+    if (freed != p.server)
+        lc_session_free(p.server);
+    lc_listener_close(p.l);
+}
+
+static void run_teardown(int mode)
+{
+    int rounds = 24 * scale();
+    for (int i = 0; i < rounds; i++) {
+        char url[128];
+        run_teardown_round(transport_url(i, url, sizeof url), mode, i);
+    }
+}
+
+static void test_teardown_free_own_session(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(60 * scale());
+    run_teardown(KILL_FREE_SERVER);
+}
+
+static void test_teardown_free_peer_session(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(60 * scale());
+    run_teardown(KILL_FREE_CLIENT);
+}
+
+static void test_teardown_carrier_shut_down(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(60 * scale());
+    run_teardown(KILL_SHUTDOWN_CARRIER);
+}
+
+static void test_teardown_graceful_close(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(60 * scale());
+    run_teardown(KILL_CLOSE_SERVER);
+}
+
+/* ---- 1b. lc_session_free racing threads that enter lc_recv ----------------------- */
+
+/* Focused on the moment a thread takes the reader token (drive) just as the
+ * session is freed: two threads keep entering lc_recv with a 1 ms timeout on
+ * two Receivers of the session being freed (they hand the token to each
+ * other all the time).
+ *
+ * KNOWN BUG this test aims at but does not hit by itself (the window is a
+ * few instructions; 1000+ rounds under ASan and TSan passed): drive()
+ * checks s->dead, then takes the token and only then counts itself in
+ * s->in_cb; lc_session_free waits for in_cb == 0 after session_fail, so a
+ * thread between the check and the increment is not waited for, and after
+ * the free has set s->conn = NULL and closed the carrier it calls
+ * lc__conn_fd(s->conn) and read_carrier on it. Forced with gdb (all-stop,
+ * scheduler-locking on): stop both spinners at "break drive" + 5 x "next"
+ * (session.c:2811, past the dead check), "next" over lc_session_free in
+ * thread 1, then "continue" thread 3: UBSan "member access within null
+ * pointer of type 'const struct lc_conn'" at url.c:189 from drive
+ * (session.c:2830). The script:
+ *   set pagination off / set confirm off / handle SIGALRM nostop noprint pass
+ *   break test_session_stress.c:<the lc_session_free line of run_free_vs_drive>
+ *   run / delete 1 / set scheduler-locking on / break drive
+ *   thread 3 / continue / thread 4 / continue
+ *   thread 3 / next x5 / thread 4 / next x5 / delete 2
+ *   thread 1 / next / thread 3 / continue
+ * (LC_TEST_FILTER=test_free_while_threads_enter_recv, ASan build.) */
+static void run_free_vs_drive(const char *url, int round)
+{
+    nt_pair p;
+    nt_open_pair(&p, url, NULL, NULL);
+    lc_sender *c1, *c2;
+    lc_receiver *r1, *r2;
+    assert_int_equal(lc_session_sender(p.client, &c1), 0);
+    assert_int_equal(lc_session_sender(p.client, &c2), 0);
+    assert_int_equal(lc_session_receiver(p.server, &r1, 5000), 0);
+    assert_int_equal(lc_session_receiver(p.server, &r2, 5000), 0);
+    spin_recv a = { .r = r1 }, b = { .r = r2 };
+    pthread_t ta, tb;
+    pthread_create(&ta, NULL, spin_recv_fn, &a);
+    pthread_create(&tb, NULL, spin_recv_fn, &b);
+    assert_true(wait_at_least(&a.iters, 1 + round % 3, 5000));
+    assert_true(wait_at_least(&b.iters, 1 + round % 3, 5000));
+    int64_t t0 = lc_test_now_us();
+    lc_session_free(p.server);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    assert_int_equal(a.rc, LC_ESESSION);
+    assert_int_equal(b.rc, LC_ESESSION);
+    assert_true(a.done_us - t0 < 3000000 && b.done_us - t0 < 3000000);
+    lc_sender_release(c1);
+    lc_sender_release(c2);
+    lc_receiver_release(r1);
+    lc_receiver_release(r2);
+    lc_session_free(p.client);
+    lc_listener_close(p.l);
+}
+
+static void test_free_while_threads_enter_recv(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(60 * scale());
+    int rounds = 100 * scale();
+    for (int i = 0; i < rounds; i++) {
+        char url[128];
+        run_free_vs_drive(transport_url(i, url, sizeof url), i);
+    }
+}
+
+/* ---- 1c. lc_session_free while the reader is inside a SYN_STREAM ----------------- */
+
+/* Takes a reference of the test's own on a session (white box: the count in
+ * session_internal.h), so that after lc_session_free the test can tell
+ * whether anything else still holds the session: a stream left in a table
+ * that session_fail already emptied keeps it (and itself) alive forever.
+ * lc_session_free on a session already ended only drops a reference. */
+static void hold_session(lc_session *s)
+{
+    atomic_fetch_add(&s->refs, 1);
+}
+
+/* Waits (bounded) until the test's reference is the last one; returns the
+ * count seen, then drops the test's reference. */
+static long release_held_session(lc_session *s)
+{
+    int64_t end = lc_test_now_us() + 1000000;
+    long refs;
+    while ((refs = atomic_load(&s->refs)) > 1 && lc_test_now_us() < end) {
+        struct timespec ts = { 0, 200000 };
+        nanosleep(&ts, NULL);
+    }
+    if (refs == 1)
+        lc_session_free(s); /* the last reference: frees it */
+    return refs;
+}
+
+typedef struct {
+    lc_session *s;
+    bool with_subs; /* requests carrying a reply Sender (sub-streams) */
+    lc_sender *req;
+    atomic_int opened;
+    int rc;
+} opener;
+
+static void *opener_fn(void *x)
+{
+    opener *a = x;
+    for (int i = 0; i < 1000000; i++) {
+        if (a->with_subs) {
+            lc_receiver *rr;
+            lc_sender *rs;
+            lc_pipe(&rr, &rs, 1);
+            lc_msg *m = lc_pack("{s:i, s:S}", "N", i, "Ret", rs);
+            a->rc = lc_send(a->req, m, 2000);
+            if (a->rc != 0)
+                lc_msg_free(m);
+            lc_receiver_release(rr);
+        } else {
+            lc_sender *c;
+            a->rc = lc_session_sender(a->s, &c);
+            if (a->rc == 0)
+                lc_sender_release(c); /* SYN_STREAM, then FIN */
+        }
+        if (a->rc != 0)
+            break;
+        atomic_fetch_add(&a->opened, 1);
+    }
+    return NULL;
+}
+
+static void run_free_during_syn(const char *url, int round, int *leaks)
+{
+    nt_pair p;
+    nt_open_pair(&p, url, NULL, NULL);
+    lc_sender *c0;
+    lc_receiver *r0;
+    assert_int_equal(lc_session_sender(p.client, &c0), 0);
+    assert_int_equal(lc_session_receiver(p.server, &r0, 5000), 0);
+    /* the server's reader: a thread in lc_recv (drive) or the engine */
+    bool drive_thread = round % 3 != 2;
+    opener op = { .s = p.client, .with_subs = round % 2 == 1, .req = c0 };
+    spin_recv d = { .r = r0 };
+    pthread_t to, td;
+    if (drive_thread)
+        pthread_create(&td, NULL, spin_recv_fn, &d);
+    pthread_create(&to, NULL, opener_fn, &op);
+    assert_true(wait_at_least(&op.opened, 20 + round % 50, 5000));
+    hold_session(p.server);
+    lc_session_free(p.server);
+    pthread_join(to, NULL);
+    if (drive_thread)
+        pthread_join(td, NULL);
+    lc_sender_release(c0);
+    lc_receiver_release(r0);
+    lc_session_free(p.client);
+    lc_listener_close(p.l);
+    long refs = release_held_session(p.server);
+    if (refs != 1) {
+        fprintf(stderr, "%s round %d (%s, %s): the freed session still has %ld references besides the test's\n",
+                url, round, drive_thread ? "drive" : "engine", op.with_subs ? "sub-streams" : "channels",
+                refs - 1);
+        (*leaks)++;
+    }
+}
+
+static void test_free_while_peer_opens_streams(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(60 * scale());
+    int rounds = 200 * scale(), leaks = 0;
+    for (int i = 0; i < rounds; i++) {
+        char url[128];
+        run_free_during_syn(transport_url(i / 3, url, sizeof url), i, &leaks);
+    }
+    if (leaks)
+        fprintf(stderr, "%d of %d rounds leaked a session\n", leaks, rounds);
+    assert_int_equal(leaks, 0);
+}
+
+/* ---- 2. select over a network and an in-memory channel, closed mid-way ---------- */
+
+#define SEL_NET 3000
+#define SEL_MEM 3000
+
+typedef struct {
+    lc_sender *s;
+    int n;
+    int rc;
+    atomic_int sent;
+} producer;
+
+static void *producer_fn(void *x)
+{
+    producer *a = x;
+    a->rc = 0;
+    for (int i = 0; i < a->n; i++) {
+        lc_msg *m = msg_n(i);
+        int rc = lc_send(a->s, m, 5000);
+        if (rc != 0) {
+            lc_msg_free(m);
+            a->rc = rc;
+            break;
+        }
+        atomic_fetch_add(&a->sent, 1);
+    }
+    return NULL;
+}
+
+typedef struct {
+    lc_receiver *net, *mem;
+    int net_got, mem_got;
+    int net_end; /* the result that ended the network case */
+    int mem_end;
+    int bad;     /* first out-of-order message (-1: none) */
+    int timeouts;
+} selector;
+
+static void *selector_fn(void *x)
+{
+    selector *a = x;
+    a->bad = -1;
+    lc_receiver *net = a->net, *mem = a->mem;
+    while (net != NULL || mem != NULL) {
+        lc_case cs[2] = { { .op = LC_CASE_RECV, .receiver = net }, { .op = LC_CASE_RECV, .receiver = mem } };
+        int i = lc_select(cs, 2, 5);
+        if (i == LC_ETIMEDOUT) {
+            if (++a->timeouts > 2000) /* 10 s of nothing */
+                break;
+            continue;
+        }
+        if (i < 0) {
+            a->bad = 1000000;
+            break;
+        }
+        if (cs[i].result != 0) {
+            if (i == 0) {
+                a->net_end = cs[i].result;
+                net = NULL;
+            } else {
+                a->mem_end = cs[i].result;
+                mem = NULL;
+            }
+            continue;
+        }
+        int n = msg_get_n(cs[i].msg);
+        lc_msg_free(cs[i].msg);
+        int *got = i == 0 ? &a->net_got : &a->mem_got;
+        if (n != *got && a->bad < 0)
+            a->bad = i * 100000 + n;
+        (*got)++;
+    }
+    return NULL;
+}
+
+typedef enum { MID_CLOSE_RECEIVING, MID_FREE_SENDING, MID_CLOSE_SENDING } mid_mode;
+
+static void run_select_round(const char *url, mid_mode mode, int round)
+{
+    nt_pair p;
+    nt_open_pair(&p, url, NULL, NULL);
+    lc_sender *cs;
+    lc_receiver *net;
+    assert_int_equal(lc_session_sender(p.client, &cs), 0);
+    assert_int_equal(lc_session_receiver(p.server, &net, 5000), 0);
+    lc_receiver *mem;
+    lc_sender *ms;
+    assert_int_equal(lc_pipe(&mem, &ms, (size_t)(round % 3)), 0); /* unbuffered too */
+
+    producer pn = { .s = cs, .n = SEL_NET }, pm = { .s = ms, .n = SEL_MEM };
+    selector sel = { .net = net, .mem = mem };
+    pthread_t tn, tm, tsel;
+    pthread_create(&tsel, NULL, selector_fn, &sel);
+    pthread_create(&tn, NULL, producer_fn, &pn);
+    pthread_create(&tm, NULL, producer_fn, &pm);
+    /* mid-way: after some of the network messages went out */
+    assert_true(wait_at_least(&pn.sent, 50 + 97 * (round % 7), 5000));
+    int crc = 0;
+    int sent_before_close = atomic_load(&pn.sent); /* (each counted after its lc_send returned) */
+    switch (mode) {
+    case MID_CLOSE_RECEIVING:
+        crc = lc_session_close(p.server, 2000);
+        break;
+    case MID_FREE_SENDING:
+        lc_session_free(p.client);
+        p.client = NULL;
+        break;
+    case MID_CLOSE_SENDING:
+        crc = lc_session_close(p.client, 2000);
+        break;
+    }
+    (void)crc;
+    pthread_join(tn, NULL);
+    pthread_join(tm, NULL);
+    lc_close(ms);
+    pthread_join(tsel, NULL);
+
+    if (sel.bad >= 0)
+        fprintf(stderr, "%s round %d: out of order / bad message %d (net got %d)\n", url, round, sel.bad,
+                sel.net_got);
+    assert_int_equal(sel.bad, -1);
+    assert_true(sel.timeouts <= 2000);
+    /* the in-memory channel: all of it, exactly once, then its end */
+    assert_int_equal(pm.rc, 0);
+    assert_int_equal(sel.mem_got, SEL_MEM);
+    assert_int_equal(sel.mem_end, LC_EOF);
+    /* the network channel: a prefix of what was sent, then the session's end */
+    assert_true(sel.net_got <= atomic_load(&pn.sent));
+    if (sel.net_end != LC_ESESSION && sel.net_end != LC_EOF) {
+        fprintf(stderr, "%s round %d: network case ended with %s\n", url, round, lc_strerror(sel.net_end));
+        fail();
+    }
+    /* (checked only with LC_RUN_KNOWN_BUGS=1: the receiving session drops
+     * what its full local queue had not taken yet, see
+     * test_graceful_close_after_unread_flood) */
+    const char *kb = getenv("LC_RUN_KNOWN_BUGS");
+    bool check_flushed = kb != NULL && strcmp(kb, "1") == 0;
+    if (check_flushed && mode == MID_CLOSE_SENDING && crc == 0 && sel.net_got < sent_before_close) {
+        /* a graceful close by the sender writes everything sent before it */
+        fprintf(stderr, "%s round %d: %d sent before lc_session_close returned 0, only %d arrived\n", url, round,
+                sent_before_close, sel.net_got);
+        fail();
+    }
+    lc_sender_release(cs);
+    lc_receiver_release(net);
+    lc_sender_release(ms);
+    lc_receiver_release(mem);
+    lc_session_free(p.client);
+    lc_session_free(p.server);
+    lc_listener_close(p.l);
+}
+
+static void test_select_net_and_memory_session_closed_midway(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(90 * scale());
+    int rounds = 12 * scale();
+    for (int i = 0; i < rounds; i++) {
+        char url[128];
+        run_select_round(transport_url(i, url, sizeof url), (mid_mode)(i / 2 % 3), i);
+    }
+}
+
+/* ---- 2b. a graceful close after a flood the receiver has not read yet ----------- */
+
+/* The sender floods one channel (more than the receiver's local queue holds,
+ * well within its window), then closes its session gracefully: lc_session_close
+ * returns 0 (everything reached the carrier). The receiving application,
+ * which had not read anything yet, then reads: it must get every message, in
+ * order, before the end. */
+static void run_flood_then_close(const char *url, int count)
+{
+    nt_pair p;
+    nt_open_pair(&p, url, NULL, NULL);
+    lc_sender *ch;
+    lc_receiver *in;
+    assert_int_equal(lc_session_sender(p.client, &ch), 0);
+    assert_int_equal(lc_session_receiver(p.server, &in, 5000), 0);
+    for (int i = 0; i < count; i++)
+        assert_int_equal(lc_send(ch, msg_n(i), 5000), 0);
+    assert_int_equal(lc_session_close(p.client, 5000), 0);
+    int got = 0, rc;
+    lc_msg *m;
+    while ((rc = lc_recv(in, &m, 5000)) == 0) {
+        assert_int_equal(msg_get_n(m), got);
+        got++;
+        lc_msg_free(m);
+    }
+    if (got != count)
+        fprintf(stderr, "%s: %d sent and flushed by lc_session_close, %d received, then %s\n", url, count, got,
+                lc_strerror(rc));
+    lc_sender_release(ch);
+    lc_receiver_release(in);
+    nt_close_pair(&p);
+    assert_int_equal(got, count);
+    assert_true(rc == LC_ESESSION || rc == LC_EOF);
+}
+
+static void test_graceful_close_after_unread_flood(void **st)
+{
+    (void)st;
+    LC_KNOWN_BUG("messages that reached the receiving session but not yet its local queue (full) are dropped "
+                 "when the peer's graceful close ends the session (session_fail frees the stream's pending list)");
+    LC_TEST_DEADLINE(30);
+    char url[128];
+    run_flood_then_close("tcp://127.0.0.1:0", 1000);
+    run_flood_then_close(nt_unix_url(url, sizeof url), 1000);
+}
+
+/* ---- 3. fresh reply channels from 4 threads on one session ---------------------- */
+
+#define RQ_THREADS 4
+
+typedef struct {
+    lc_session *s;
+    lc_receiver *r;
+    atomic_int *handled, *errors, *dropped;
+} rq_server;
+
+static void *rq_server_fn(void *x)
+{
+    rq_server *a = x;
+    lc_msg *m;
+    int rc;
+    while ((rc = lc_recv(a->r, &m, 10000)) == 0) {
+        int n, mode;
+        lc_sender *ret;
+        if (lc_unpack(m, "{s:i, s:i, s:S}", "N", &n, "Mode", &mode, "Ret", &ret) != 0) {
+            atomic_fetch_add(a->errors, 1);
+            lc_msg_free(m);
+            continue;
+        }
+        lc_msg_free(m);
+        lc_msg *rep = lc_pack("{s:i}", "Twice", 2 * n);
+        int src;
+        if (mode & 1) {
+            src = lc_send_last(ret, rep, 5000);
+        } else {
+            src = lc_send(ret, rep, 5000);
+            int crc = lc_close(ret);
+            if (src == 0 && crc != 0 && crc != LC_ECLOSED)
+                atomic_fetch_add(a->errors, 1);
+        }
+        if (src != 0) {
+            lc_msg_free(rep);
+            /* a requester that dropped its reply channel: ECLOSED is fine */
+            if (src == LC_ECLOSED && (mode & 2))
+                atomic_fetch_add(a->dropped, 1);
+            else
+                atomic_fetch_add(a->errors, 1);
+        }
+        lc_sender_release(ret);
+        atomic_fetch_add(a->handled, 1);
+    }
+    if (rc != LC_EOF)
+        atomic_fetch_add(a->errors, 1);
+    return NULL;
+}
+
+typedef struct {
+    lc_session *s;
+    int id, rounds;
+    int ok, fail_rc, fail_at;
+    const char *fail_what;
+} rq_client;
+
+static void *rq_client_fn(void *x)
+{
+    rq_client *c = x;
+    lc_sender *req;
+    if ((c->fail_rc = lc_session_sender(c->s, &req)) != 0) {
+        c->fail_what = "lc_session_sender";
+        return NULL;
+    }
+    for (int i = 0; i < c->rounds; i++) {
+        int n = c->id * 1000000 + i;
+        int mode = i % 4;                   /* bit 0: send_last; bit 1: drop the reply channel */
+        if (i % 16 != 7)
+            mode &= 1;                      /* drop only now and then */
+        size_t cap = (size_t)(i % 3);       /* 0: unbuffered (the session does not claim it) */
+        lc_receiver *rr;
+        lc_sender *rs;
+        if (lc_pipe(&rr, &rs, cap) != 0) {
+            c->fail_what = "lc_pipe";
+            c->fail_at = i;
+            break;
+        }
+        lc_msg *m = lc_pack("{s:i, s:i, s:S}", "N", n, "Mode", mode, "Ret", rs);
+        int rc = lc_send(req, m, 5000);
+        if (rc != 0) {
+            lc_msg_free(m);
+            lc_receiver_release(rr);
+            c->fail_what = "send request";
+            c->fail_rc = rc;
+            c->fail_at = i;
+            break;
+        }
+        if (mode & 2) {
+            lc_receiver_release(rr); /* nobody will read the reply */
+            c->ok++;
+            continue;
+        }
+        lc_msg *rep;
+        rc = lc_recv(rr, &rep, 5000);
+        int twice = -1;
+        if (rc == 0) {
+            lc_unpack(rep, "{s:i}", "Twice", &twice);
+            lc_msg_free(rep);
+        }
+        if (rc != 0 || twice != 2 * n) {
+            c->fail_what = "reply";
+            c->fail_rc = rc;
+            c->fail_at = i;
+            lc_receiver_release(rr);
+            break;
+        }
+        rc = lc_recv(rr, &rep, 5000);
+        if (rc == 0)
+            lc_msg_free(rep);
+        lc_receiver_release(rr);
+        if (rc != LC_EOF) {
+            c->fail_what = rc == 0 ? "a second reply" : "end of reply channel";
+            c->fail_rc = rc;
+            c->fail_at = i;
+            break;
+        }
+        c->ok++;
+    }
+    lc_close(req);
+    lc_sender_release(req);
+    return NULL;
+}
+
+static void run_reply_channels(const char *url, int rounds)
+{
+    nt_pair p;
+    nt_open_pair(&p, url, NULL, NULL);
+    atomic_int handled = 0, errors = 0, dropped = 0;
+    rq_client cl[RQ_THREADS];
+    rq_server sv[RQ_THREADS];
+    pthread_t tc[RQ_THREADS], ts[RQ_THREADS];
+    for (int i = 0; i < RQ_THREADS; i++) {
+        cl[i] = (rq_client){ .s = p.client, .id = i, .rounds = rounds };
+        pthread_create(&tc[i], NULL, rq_client_fn, &cl[i]);
+    }
+    for (int i = 0; i < RQ_THREADS; i++) {
+        sv[i] = (rq_server){ .s = p.server, .handled = &handled, .errors = &errors, .dropped = &dropped };
+        assert_int_equal(lc_session_receiver(p.server, &sv[i].r, 5000), 0);
+        pthread_create(&ts[i], NULL, rq_server_fn, &sv[i]);
+    }
+    int ok = 0;
+    for (int i = 0; i < RQ_THREADS; i++) {
+        pthread_join(tc[i], NULL);
+        if (cl[i].fail_what)
+            fprintf(stderr, "%s: client %d failed at round %d: %s: %s\n", url, i, cl[i].fail_at,
+                    cl[i].fail_what, lc_strerror(cl[i].fail_rc));
+        ok += cl[i].ok;
+    }
+    for (int i = 0; i < RQ_THREADS; i++) {
+        pthread_join(ts[i], NULL);
+        lc_receiver_release(sv[i].r);
+    }
+    assert_int_equal(ok, RQ_THREADS * rounds);
+    assert_int_equal(atomic_load(&handled), RQ_THREADS * rounds);
+    assert_int_equal(atomic_load(&errors), 0);
+    /* nothing left in the session's tables */
+    pthread_mutex_lock(&p.client->mu);
+    size_t left_c = p.client->streams.len;
+    pthread_mutex_unlock(&p.client->mu);
+    (void)left_c;
+    assert_int_equal(lc_session_close(p.client, 5000), 0);
+    nt_close_pair(&p);
+}
+
+static void test_reply_channels_from_four_threads_unix(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(60 * scale());
+    char url[128];
+    run_reply_channels(nt_unix_url(url, sizeof url), 1000 * scale());
+}
+
+static void test_reply_channels_from_four_threads_tcp(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(60 * scale());
+    run_reply_channels("tcp://127.0.0.1:0", 1000 * scale());
+}
+
+/* ---- 3b. the same, with a session freed in the middle ---------------------------- */
+
+/* Client threads doing fresh-reply round trips (their reply channels are
+ * read through the client session's carrier: drive) until a call fails;
+ * then one of the two sessions is freed. Every thread ends promptly with
+ * LC_ESESSION (or LC_ECLOSED / LC_EOF on a reply channel whose request was
+ * refused), and nothing leaks. */
+typedef struct {
+    lc_session *s;
+    int id;
+    atomic_int rounds;
+    int rc;
+    const char *what;
+    int64_t done_us;
+} rq_loop;
+
+static void *rq_loop_fn(void *x)
+{
+    rq_loop *c = x;
+    lc_sender *req;
+    if ((c->rc = lc_session_sender(c->s, &req)) != 0) {
+        c->what = "lc_session_sender";
+        c->done_us = lc_test_now_us();
+        return NULL;
+    }
+    for (int i = 0;; i++) {
+        lc_receiver *rr;
+        lc_sender *rs;
+        lc_pipe(&rr, &rs, (size_t)(1 + i % 2));
+        lc_msg *m = lc_pack("{s:i, s:i, s:S}", "N", i, "Mode", i % 2, "Ret", rs);
+        int rc = lc_send(req, m, 5000);
+        if (rc != 0) {
+            lc_msg_free(m);
+            lc_receiver_release(rr);
+            c->rc = rc;
+            c->what = "send request";
+            break;
+        }
+        lc_msg *rep;
+        rc = lc_recv(rr, &rep, 5000);
+        if (rc == 0) {
+            int twice = -1;
+            lc_unpack(rep, "{s:i}", "Twice", &twice);
+            lc_msg_free(rep);
+            if (twice != 2 * i) {
+                c->rc = -99999;
+                c->what = "wrong reply";
+                lc_receiver_release(rr);
+                break;
+            }
+            rc = lc_recv(rr, &rep, 5000);
+            if (rc == 0) {
+                lc_msg_free(rep);
+                c->rc = -99998;
+                c->what = "second reply";
+                lc_receiver_release(rr);
+                break;
+            }
+        }
+        lc_receiver_release(rr);
+        if (rc != LC_EOF) {
+            c->rc = rc;
+            c->what = "reply";
+            break;
+        }
+        atomic_fetch_add(&c->rounds, 1);
+    }
+    c->done_us = lc_test_now_us();
+    lc_sender_release(req);
+    return NULL;
+}
+
+static void run_reply_teardown(const char *url, int round, bool free_client)
+{
+    nt_pair p;
+    nt_open_pair(&p, url, NULL, NULL);
+    atomic_int handled = 0, errors = 0, dropped = 0;
+    rq_loop cl[RQ_THREADS];
+    rq_server sv[RQ_THREADS];
+    pthread_t tc[RQ_THREADS], ts[RQ_THREADS];
+    for (int i = 0; i < RQ_THREADS; i++) {
+        cl[i] = (rq_loop){ .s = p.client, .id = i };
+        pthread_create(&tc[i], NULL, rq_loop_fn, &cl[i]);
+    }
+    for (int i = 0; i < RQ_THREADS; i++) {
+        sv[i] = (rq_server){ .s = p.server, .handled = &handled, .errors = &errors, .dropped = &dropped };
+        assert_int_equal(lc_session_receiver(p.server, &sv[i].r, 5000), 0);
+        pthread_create(&ts[i], NULL, rq_server_fn, &sv[i]);
+    }
+    for (int i = 0; i < RQ_THREADS; i++)
+        assert_true(wait_at_least(&cl[i].rounds, 1 + (round * 7 + i) % 40, 5000));
+    int64_t t0 = lc_test_now_us();
+    if (free_client && round % 3 == 1) {
+        /* a graceful close instead, in the middle of the traffic */
+        int crc = lc_session_close(p.client, 2000);
+        if (crc != 0 && crc != LC_ETIMEDOUT) {
+            fprintf(stderr, "%s round %d: lc_session_close: %s\n", url, round, lc_strerror(crc));
+            fail();
+        }
+    } else if (free_client) {
+        lc_session_free(p.client);
+        p.client = NULL;
+    } else {
+        lc_session_free(p.server);
+        p.server = NULL;
+    }
+    int64_t free_us = lc_test_now_us() - t0;
+    for (int i = 0; i < RQ_THREADS; i++) {
+        pthread_join(tc[i], NULL);
+        int64_t late = cl[i].done_us - t0;
+        if ((cl[i].rc != LC_ESESSION && cl[i].rc != LC_ECLOSED && cl[i].rc != LC_EOF) || late > 3000000) {
+            fprintf(stderr, "%s round %d (free %s): client %d: %s: %s after %lld ms\n", url, round,
+                    free_client ? "client" : "server", i, cl[i].what, lc_strerror(cl[i].rc),
+                    (long long)(late / 1000));
+            fail();
+        }
+    }
+    for (int i = 0; i < RQ_THREADS; i++) {
+        pthread_join(ts[i], NULL);
+        lc_receiver_release(sv[i].r);
+    }
+    if (free_us > 2500000)
+        fprintf(stderr, "%s round %d: lc_session_free/close took %lld ms\n", url, round, (long long)(free_us / 1000));
+    assert_true(free_us < 2500000);
+    lc_session_free(p.client);
+    lc_session_free(p.server);
+    lc_listener_close(p.l);
+}
+
+/* The requesting side's session is freed (it reads only replies: no
+ * SYN_STREAM reaches it meanwhile). */
+static void test_reply_channels_client_freed_midway(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(90 * scale());
+    int rounds = 30 * scale();
+    for (int i = 0; i < rounds; i++) {
+        char url[128];
+        run_reply_teardown(transport_url(i, url, sizeof url), i, true);
+        round_leak_check(url, i);
+    }
+}
+
+/* The serving side's session is freed while requests (each opening a
+ * sub-stream) keep coming. LeakSanitizer found a session leaked now and
+ * then (about 1 round in 100-300) before on_syn_stream checked s->dead, the
+ * bug test_free_while_peer_opens_streams shows without a sanitizer. */
+static void test_reply_channels_server_freed_midway(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(90 * scale());
+    int rounds = 30 * scale();
+    for (int i = 0; i < rounds; i++) {
+        char url[128];
+        run_reply_teardown(transport_url(i, url, sizeof url), i, false);
+        round_leak_check(url, i);
+    }
+}
+
+/* ---- 4. forwarding across sessions, then the first peer goes away --------------- */
+
+/* A's client opens a channel to A's server; A's server sends that Receiver
+ * (and a reply Sender from A's client) on to B's client over B; then A's
+ * client session is freed: B's client must see the forwarded Receiver end
+ * and its sends on the forwarded Sender fail, within a bound. */
+static void run_forward_round(const char *url_a, const char *url_b, int round)
+{
+    nt_pair a, b;
+    nt_open_pair(&a, url_a, NULL, NULL);
+    nt_open_pair(&b, url_b, NULL, NULL);
+
+    /* on A: a data channel and, inside its first message, a reply Sender */
+    lc_sender *a_data;
+    assert_int_equal(lc_session_sender(a.client, &a_data), 0);
+    lc_receiver *back_r;
+    lc_sender *back_s;
+    assert_int_equal(lc_pipe(&back_r, &back_s, 4), 0);
+    assert_int_equal(lc_send(a_data, lc_pack("{s:i, s:S}", "N", 0, "Back", back_s), 5000), 0);
+    lc_receiver *a_in;
+    assert_int_equal(lc_session_receiver(a.server, &a_in, 5000), 0);
+    lc_msg *m;
+    assert_int_equal(lc_recv(a_in, &m, 5000), 0);
+    lc_sender *fwd_back;
+    assert_int_equal(lc_unpack(m, "{s:i, s:S}", "N", NULL, "Back", &fwd_back), 0);
+    lc_msg_free(m);
+
+    /* the middle forwards both ends on B */
+    lc_sender *b_out;
+    assert_int_equal(lc_session_sender(b.server, &b_out), 0);
+    assert_int_equal(lc_send(b_out, lc_pack("{s:R, s:S}", "Data", a_in, "Back", fwd_back), 5000), 0);
+    lc_receiver *b_in;
+    assert_int_equal(lc_session_receiver(b.client, &b_in, 5000), 0);
+    assert_int_equal(lc_recv(b_in, &m, 5000), 0);
+    lc_receiver *far_data;
+    lc_sender *far_back;
+    assert_int_equal(lc_unpack(m, "{s:R, s:S}", "Data", &far_data, "Back", &far_back), 0);
+    lc_msg_free(m);
+
+    /* it works end to end, both ways */
+    for (int i = 1; i <= 5; i++) {
+        assert_int_equal(lc_send(a_data, msg_n(i), 5000), 0);
+        nt_expect_n(far_data, i);
+        assert_int_equal(lc_send(far_back, msg_n(100 + i), 5000), 0);
+        nt_expect_n(back_r, 100 + i);
+    }
+    /* some in flight, then A's client goes away */
+    for (int i = 6; i < 6 + round % 20; i++)
+        assert_int_equal(lc_send(a_data, msg_n(i), 5000), 0);
+    lc_session_free(a.client);
+    int64_t t0 = lc_test_now_us();
+    int rc;
+    int next = 6;
+    while ((rc = lc_recv(far_data, &m, 5000)) == 0) {
+        assert_int_equal(msg_get_n(m), next);
+        next++;
+        lc_msg_free(m);
+    }
+    if (rc != LC_EOF && rc != LC_ESESSION && rc != LC_ECLOSED) {
+        fprintf(stderr, "round %d: forwarded Receiver ended with %s\n", round, lc_strerror(rc));
+        fail();
+    }
+    assert_true(lc_test_now_us() - t0 < 3000000);
+    /* the forwarded reply Sender: A's end of it is gone. PROTOCOL.md 3.9
+     * says a released network Receiver resets nothing and later messages
+     * are discarded on arrival; the same holds for a forwarded Sender whose
+     * target died: the middle drops them. So sends may go on succeeding;
+     * what matters is that none of them hangs and nothing leaks. */
+    int i;
+    for (i = 0; i < 200; i++) {
+        m = msg_n(i);
+        int64_t s0 = lc_test_now_us();
+        rc = lc_send(far_back, m, 3000);
+        assert_true(lc_test_now_us() - s0 < 2000000);
+        if (rc != 0) {
+            lc_msg_free(m);
+            break;
+        }
+    }
+    if (rc != 0 && rc != LC_ECLOSED && rc != LC_ESESSION) {
+        fprintf(stderr, "round %d: send on the forwarded Sender: %s after %d sends\n", round, lc_strerror(rc), i);
+        fail();
+    }
+    /* B itself is unharmed */
+    assert_int_equal(lc_send(b_out, msg_n(77), 5000), 0);
+    nt_expect_n(b_in, 77);
+
+    lc_sender_release(a_data);
+    lc_receiver_release(back_r);
+    lc_sender_release(b_out);
+    lc_receiver_release(b_in);
+    lc_receiver_release(far_data);
+    lc_sender_release(far_back);
+    lc_session_free(a.server);
+    lc_listener_close(a.l);
+    nt_close_pair(&b);
+}
+
+static void test_forwarded_channels_end_when_first_peer_goes(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(90 * scale());
+    int rounds = 16 * scale();
+    for (int i = 0; i < rounds; i++) {
+        char ua[128], ub[128];
+        run_forward_round(transport_url(i, ua, sizeof ua), transport_url(i / 2, ub, sizeof ub), i);
+    }
+}
+
+/* The same chain, but the middle's session B dies while A's client keeps
+ * sending on the channel whose Receiver was forwarded: the far end sees
+ * LC_ESESSION at once, the reply channel A's client made sees its end (the
+ * middle closes the Sender it was forwarding into), A keeps working. */
+static void run_forward_middle_dies(const char *url_a, const char *url_b, int round)
+{
+    nt_pair a, b;
+    nt_open_pair(&a, url_a, NULL, NULL);
+    nt_open_pair(&b, url_b, NULL, NULL);
+    lc_sender *a_data;
+    assert_int_equal(lc_session_sender(a.client, &a_data), 0);
+    lc_receiver *back_r;
+    lc_sender *back_s;
+    assert_int_equal(lc_pipe(&back_r, &back_s, 4), 0);
+    assert_int_equal(lc_send(a_data, lc_pack("{s:i, s:S}", "N", 0, "Back", back_s), 5000), 0);
+    lc_receiver *a_in;
+    assert_int_equal(lc_session_receiver(a.server, &a_in, 5000), 0);
+    lc_msg *m;
+    assert_int_equal(lc_recv(a_in, &m, 5000), 0);
+    lc_sender *fwd_back;
+    assert_int_equal(lc_unpack(m, "{s:i, s:S}", "N", NULL, "Back", &fwd_back), 0);
+    lc_msg_free(m);
+    lc_sender *b_out;
+    assert_int_equal(lc_session_sender(b.server, &b_out), 0);
+    assert_int_equal(lc_send(b_out, lc_pack("{s:R, s:S}", "Data", a_in, "Back", fwd_back), 5000), 0);
+    lc_receiver *b_in;
+    assert_int_equal(lc_session_receiver(b.client, &b_in, 5000), 0);
+    assert_int_equal(lc_recv(b_in, &m, 5000), 0);
+    lc_receiver *far_data;
+    lc_sender *far_back;
+    assert_int_equal(lc_unpack(m, "{s:R, s:S}", "Data", &far_data, "Back", &far_back), 0);
+    lc_msg_free(m);
+    assert_int_equal(lc_send(a_data, msg_n(1), 5000), 0);
+    nt_expect_n(far_data, 1);
+    assert_int_equal(lc_send(far_back, msg_n(101), 5000), 0);
+    nt_expect_n(back_r, 101);
+
+    /* A's client keeps sending while the middle's B goes */
+    producer pa = { .s = a_data, .n = 2000 };
+    pthread_t tp;
+    pthread_create(&tp, NULL, producer_fn, &pa);
+    assert_true(wait_at_least(&pa.sent, 1 + round % 50, 5000));
+    int64_t t0 = lc_test_now_us();
+    lc_session_free(b.server);
+    int rc, got = 0;
+    while ((rc = lc_recv(far_data, &m, 5000)) == 0) {
+        got++;
+        lc_msg_free(m);
+    }
+    assert_int_equal(rc, LC_ESESSION);
+    m = msg_n(1);
+    rc = lc_send(far_back, m, 2000);
+    if (rc != 0)
+        lc_msg_free(m);
+    assert_int_equal(rc, LC_ESESSION);
+    while ((rc = lc_recv(back_r, &m, 5000)) == 0)
+        lc_msg_free(m);
+    if (rc != LC_EOF && rc != LC_ESESSION && rc != LC_ECLOSED) {
+        fprintf(stderr, "round %d: the reply channel ended with %s\n", round, lc_strerror(rc));
+        fail();
+    }
+    assert_true(lc_test_now_us() - t0 < 3000000);
+    pthread_join(tp, NULL);
+    /* (the producer's messages go to a released Receiver: discarded) */
+    assert_int_equal(pa.rc, 0);
+    /* A is unharmed */
+    lc_sender *a2;
+    lc_receiver *a2_in;
+    assert_int_equal(lc_session_sender(a.client, &a2), 0);
+    assert_int_equal(lc_session_receiver(a.server, &a2_in, 5000), 0);
+    assert_int_equal(lc_send(a2, msg_n(3), 5000), 0);
+    nt_expect_n(a2_in, 3);
+    lc_sender_release(a2);
+    lc_receiver_release(a2_in);
+
+    lc_sender_release(a_data);
+    lc_receiver_release(back_r);
+    lc_sender_release(b_out);
+    lc_receiver_release(b_in);
+    lc_receiver_release(far_data);
+    lc_sender_release(far_back);
+    nt_close_pair(&a);
+    lc_session_free(b.client);
+    lc_listener_close(b.l);
+}
+
+static void test_forwarded_channels_end_when_middle_goes(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(90 * scale());
+    int rounds = 16 * scale();
+    for (int i = 0; i < rounds; i++) {
+        char ua[128], ub[128];
+        run_forward_middle_dies(transport_url(i, ua, sizeof ua), transport_url(i / 2, ub, sizeof ub), i);
+    }
+}
+
+/* ---- 5. byte streams closed early by the receiving application ----------------- */
+
+typedef struct {
+    int fd;
+    size_t written;
+    int err; /* errno that ended the writes, 0 on timeout */
+} bs_writer;
+
+static void *bs_writer_fn(void *x)
+{
+    bs_writer *w = x;
+    static char buf[65536];
+    memset(buf, 'z', sizeof buf);
+    int64_t end = lc_test_now_us() + 3000000;
+    for (;;) {
+        struct pollfd pf = { w->fd, POLLOUT, 0 };
+        int left = (int)((end - lc_test_now_us()) / 1000);
+        if (left <= 0) {
+            w->err = 0;
+            break;
+        }
+        poll(&pf, 1, left);
+        ssize_t n = send(w->fd, buf, sizeof buf, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            w->written += (size_t)n;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        w->err = n == 0 ? -1 : errno;
+        break;
+    }
+    return NULL;
+}
+
+static void run_bytes_round(const char *url, int round, lc_options *o)
+{
+    nt_pair p;
+    nt_open_pair(&p, url, o, o);
+    lc_sender *req, *other;
+    lc_receiver *req_in, *other_in;
+    assert_int_equal(lc_session_sender(p.client, &req), 0);
+    assert_int_equal(lc_session_sender(p.client, &other), 0);
+    assert_int_equal(lc_session_receiver(p.server, &req_in, 5000), 0);
+    assert_int_equal(lc_session_receiver(p.server, &other_in, 5000), 0);
+
+    /* the client has read the server's SETTINGS (its first frame) before
+     * it sends the stream: over unix the fd is then passed as it is, not
+     * pumped (a stream sent earlier is pumped, as over TCP) */
+    lc_sender *hello;
+    lc_receiver *hello_in;
+    assert_int_equal(lc_session_sender(p.server, &hello), 0);
+    assert_int_equal(lc_session_receiver(p.client, &hello_in, 5000), 0);
+    lc_sender_release(hello);
+    lc_receiver_release(hello_in);
+
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    lc_msg *m = lc_pack("{s:i, s:F}", "N", round, "In", sv[1]);
+    assert_non_null(m);
+    assert_int_equal(lc_send(req, m, 5000), 0);
+    bs_writer w = { .fd = sv[0] };
+    pthread_t tw;
+    pthread_create(&tw, NULL, bs_writer_fn, &w);
+
+    assert_int_equal(lc_recv(req_in, &m, 5000), 0);
+    int fd = -1;
+    assert_int_equal(lc_unpack(m, "{s:i, s:F}", "N", NULL, "In", &fd), 0);
+    lc_msg_free(m);
+    /* read a little (or nothing), then go away */
+    int want = (round % 3) * 100000;
+    char buf[8192];
+    int got = 0;
+    while (got < want) {
+        struct pollfd pf = { fd, POLLIN, 0 };
+        assert_int_equal(poll(&pf, 1, 5000), 1);
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EAGAIN)
+            continue;
+        assert_true(n > 0);
+        got += (int)n;
+    }
+    close(fd);
+    /* the writer learns it: its writes fail (the stream is torn down) */
+    pthread_join(tw, NULL);
+    if (w.err == 0)
+        fprintf(stderr, "%s round %d: writer still writing after 3 s (%zu bytes)\n", url, round, w.written);
+    assert_true(w.err != 0);
+    close(sv[0]);
+    /* the session carries on */
+    for (int i = 0; i < 20; i++) {
+        assert_int_equal(lc_send(other, msg_n(i), 5000), 0);
+        nt_expect_n(other_in, i);
+    }
+    lc_close(req);
+    lc_close(other);
+    assert_int_equal(lc_recv(req_in, &m, 5000), LC_EOF);
+    assert_int_equal(lc_recv(other_in, &m, 5000), LC_EOF);
+    lc_sender_release(req);
+    lc_sender_release(other);
+    lc_receiver_release(req_in);
+    lc_receiver_release(other_in);
+    assert_int_equal(lc_session_close(p.client, 5000), 0);
+    nt_close_pair(&p);
+}
+
+static void test_byte_stream_reader_closes_early_tcp(void **st)
+{
+    (void)st;
+    LC_KNOWN_BUG("a byte stream whose receiving holder closed its fd is never reset: the peer's pump "
+                 "and its writer go on forever (bytes_pump drops them, no RST_STREAM)");
+    LC_TEST_DEADLINE(90 * scale());
+    int rounds = 12 * scale();
+    for (int i = 0; i < rounds; i++) {
+        lc_options o;
+        lc_options_default(&o);
+        if (i % 2)
+            o.stream_window = 32 * 1024; /* the pump also stops on the window */
+        run_bytes_round("tcp://127.0.0.1:0", i, &o);
+    }
+}
+
+static void test_byte_stream_reader_closes_early_unix(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(60 * scale());
+    int rounds = 6 * scale();
+    for (int i = 0; i < rounds; i++) {
+        char url[128];
+        run_bytes_round(nt_unix_url(url, sizeof url), i, NULL);
+    }
+}
+
+/* ---- 5b. messages carrying byte streams sent while the session is freed -------- */
+
+typedef struct {
+    lc_sender *s;
+    int keep[4096]; /* our ends of the streams sent */
+    int nkeep;
+    atomic_int sent;
+    int rc;
+} fd_sender;
+
+static void *fd_sender_fn(void *x)
+{
+    fd_sender *a = x;
+    while (a->nkeep < 4096) {
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+            a->rc = -errno;
+            break;
+        }
+        lc_msg *m = lc_pack("{s:i, s:F}", "N", a->nkeep, "In", sv[1]);
+        a->rc = lc_send(a->s, m, 2000);
+        if (a->rc != 0) {
+            lc_msg_free(m); /* closes sv[1] */
+            close(sv[0]);
+            break;
+        }
+        a->keep[a->nkeep++] = sv[0];
+        atomic_fetch_add(&a->sent, 1);
+    }
+    return NULL;
+}
+
+static void run_fd_send_vs_free(const char *url, int round, int *bad)
+{
+    int fds0 = lc_test_count_fds();
+    nt_pair p;
+    nt_open_pair(&p, url, NULL, NULL);
+    lc_sender *c0;
+    lc_receiver *r0;
+    assert_int_equal(lc_session_sender(p.client, &c0), 0);
+    assert_int_equal(lc_session_receiver(p.server, &r0, 5000), 0);
+    fd_sender *a = calloc(1, sizeof *a);
+    a->s = c0;
+    pthread_t t;
+    pthread_create(&t, NULL, fd_sender_fn, a);
+    assert_true(wait_at_least(&a->sent, 1 + round % 20, 5000));
+    hold_session(p.client);
+    lc_session_free(p.client);
+    pthread_join(t, NULL);
+    for (int i = 0; i < a->nkeep; i++)
+        close(a->keep[i]); /* EOF on every stream: its pump ends */
+    lc_sender_release(c0);
+    lc_receiver_release(r0); /* (frees the received messages and their fds) */
+    lc_session_free(p.server);
+    lc_listener_close(p.l);
+    long refs = release_held_session(p.client);
+    int fds1 = lc_test_count_fds();
+    if (refs != 1 || fds1 != fds0) {
+        fprintf(stderr, "%s round %d: after %d sends, the freed session has %ld other references, %d fds leaked\n",
+                url, round, a->nkeep, refs - 1, fds1 - fds0);
+        if (fds1 != fds0 && getenv("LC_STRESS_VERBOSE"))
+            lc_test_list_fds();
+        (*bad)++;
+    }
+    free(a);
+}
+
+static void test_stream_sends_while_session_freed(void **st)
+{
+    (void)st;
+    LC_KNOWN_BUG("a message carrying a byte stream sent (over TCP) while lc_session_free runs: bytes_start "
+                 "watches its fd after session_fail, so the fd, the stream and the session leak");
+    LC_TEST_DEADLINE(60 * scale());
+    int rounds = 60 * scale(), bad = 0;
+    for (int i = 0; i < rounds; i++) {
+        char url[128];
+        run_fd_send_vs_free(transport_url(i, url, sizeof url), i, &bad);
+    }
+    if (bad)
+        fprintf(stderr, "%d of %d rounds leaked\n", bad, rounds);
+    assert_int_equal(bad, 0);
+}
+
+/* ---- 6. close / release racing sends on one network channel -------------------- */
+
+#define CR_SENDERS 3
+
+typedef struct {
+    lc_sender *s; /* own reference, released by the thread */
+    int id;
+    int ok;       /* sends that returned 0 */
+    int last_rc;
+    atomic_int *go;
+} cr_sender;
+
+static void *cr_sender_fn(void *x)
+{
+    cr_sender *a = x;
+    while (atomic_load(a->go) == 0)
+        sched_yield();
+    for (int i = 0; i < 100000; i++) {
+        lc_msg *m = lc_pack("{s:i, s:i}", "T", a->id, "N", i);
+        int rc = lc_send(a->s, m, 5000);
+        if (rc != 0) {
+            lc_msg_free(m);
+            a->last_rc = rc;
+            break;
+        }
+        a->ok++;
+    }
+    lc_sender_release(a->s);
+    return NULL;
+}
+
+typedef struct {
+    lc_sender *s;
+    int rc;
+    atomic_int *go;
+    atomic_int *after; /* close once this many messages arrived */
+    int at;
+} cr_closer;
+
+static void *cr_closer_fn(void *x)
+{
+    cr_closer *a = x;
+    while (atomic_load(a->go) == 0)
+        sched_yield();
+    wait_at_least(a->after, a->at, 5000);
+    a->rc = lc_close(a->s);
+    lc_sender_release(a->s);
+    return NULL;
+}
+
+typedef struct {
+    lc_receiver *r;
+    int per[CR_SENDERS];
+    int total, bad, end;
+    atomic_int got;
+    bool release_early; /* release the Receiver after a while instead of draining */
+    int release_at;
+} cr_receiver;
+
+static void *cr_receiver_fn(void *x)
+{
+    cr_receiver *a = x;
+    a->bad = -1;
+    for (;;) {
+        if (a->release_early && a->total >= a->release_at) {
+            lc_receiver_release(a->r);
+            a->r = NULL;
+            a->end = 1;
+            return NULL;
+        }
+        lc_msg *m;
+        int rc = lc_recv(a->r, &m, 5000);
+        if (rc != 0) {
+            a->end = rc;
+            break;
+        }
+        int t = -1, n = -1;
+        lc_unpack(m, "{s:i, s:i}", "T", &t, "N", &n);
+        lc_msg_free(m);
+        if (t < 0 || t >= CR_SENDERS || n != a->per[t]) {
+            if (a->bad < 0)
+                a->bad = t * 1000000 + n;
+        } else {
+            a->per[t]++;
+        }
+        a->total++;
+        atomic_fetch_add(&a->got, 1);
+    }
+    return NULL;
+}
+
+static void run_close_race_round(const char *url, int round)
+{
+    nt_pair p;
+    nt_open_pair(&p, url, NULL, NULL);
+    lc_sender *ch;
+    assert_int_equal(lc_session_sender(p.client, &ch), 0);
+    lc_receiver *in;
+    assert_int_equal(lc_session_receiver(p.server, &in, 5000), 0);
+    bool release_early = round % 3 == 2;
+    cr_receiver rcv = { .r = in, .release_early = release_early, .release_at = 20 + round * 7 % 300 };
+    atomic_int go = 0;
+    cr_sender snd[CR_SENDERS];
+    cr_closer cls[2];
+    pthread_t ts[CR_SENDERS], tc[2], tr;
+    for (int i = 0; i < CR_SENDERS; i++) {
+        snd[i] = (cr_sender){ .s = lc_sender_retain(ch), .id = i, .go = &go };
+        pthread_create(&ts[i], NULL, cr_sender_fn, &snd[i]);
+    }
+    for (int i = 0; i < 2; i++) {
+        int at = 10 + round * 13 % 400;
+        if (release_early && at > rcv.release_at)
+            at = rcv.release_at; /* (no message counts after the release) */
+        cls[i] = (cr_closer){ .s = lc_sender_retain(ch), .go = &go, .after = &rcv.got, .at = at };
+        pthread_create(&tc[i], NULL, cr_closer_fn, &cls[i]);
+    }
+    pthread_create(&tr, NULL, cr_receiver_fn, &rcv);
+    lc_sender_release(ch); /* the threads hold the rest */
+    atomic_store(&go, 1);
+    for (int i = 0; i < 2; i++)
+        pthread_join(tc[i], NULL);
+    for (int i = 0; i < CR_SENDERS; i++)
+        pthread_join(ts[i], NULL);
+    pthread_join(tr, NULL);
+
+    /* one close wins, the other says it was closed */
+    int zero = (cls[0].rc == 0) + (cls[1].rc == 0);
+    if (zero != 1 || (cls[0].rc != 0 && cls[0].rc != LC_ECLOSED) || (cls[1].rc != 0 && cls[1].rc != LC_ECLOSED)) {
+        fprintf(stderr, "%s round %d: closes returned %s and %s\n", url, round, lc_strerror(cls[0].rc),
+                lc_strerror(cls[1].rc));
+        fail();
+    }
+    int ok = 0;
+    for (int i = 0; i < CR_SENDERS; i++) {
+        ok += snd[i].ok;
+        if (snd[i].last_rc != LC_ECLOSED) {
+            fprintf(stderr, "%s round %d: sender %d ended with %s after %d\n", url, round, i,
+                    lc_strerror(snd[i].last_rc), snd[i].ok);
+            fail();
+        }
+    }
+    if (rcv.bad >= 0)
+        fprintf(stderr, "%s round %d: out of order %d\n", url, round, rcv.bad);
+    assert_int_equal(rcv.bad, -1);
+    if (!release_early) {
+        /* every accepted send arrived, exactly once, then the end */
+        if (rcv.total != ok || rcv.end != LC_EOF)
+            fprintf(stderr, "%s round %d: %d accepted, %d received, end %s\n", url, round, ok, rcv.total,
+                    lc_strerror(rcv.end));
+        assert_int_equal(rcv.total, ok);
+        assert_int_equal(rcv.end, LC_EOF);
+    }
+    lc_receiver_release(rcv.r); /* NULL when the thread released it */
+    /* the session still works */
+    lc_sender *ch2;
+    lc_receiver *in2;
+    assert_int_equal(lc_session_sender(p.client, &ch2), 0);
+    assert_int_equal(lc_session_receiver(p.server, &in2, 5000), 0);
+    assert_int_equal(lc_send(ch2, msg_n(5), 5000), 0);
+    nt_expect_n(in2, 5);
+    lc_sender_release(ch2);
+    lc_receiver_release(in2);
+    nt_close_pair(&p);
+}
+
+static void test_close_and_release_race_sends(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(90 * scale());
+    int rounds = 30 * scale();
+    for (int i = 0; i < rounds; i++) {
+        char url[128];
+        run_close_race_round(transport_url(i, url, sizeof url), i);
+    }
+}
+
+int main(void)
+{
+    lc__engine_default(); /* its fds live as long as the process */
+    nt_filter_from_env();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_teardown_free_own_session, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_teardown_free_peer_session, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_teardown_carrier_shut_down, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_teardown_graceful_close, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_free_while_threads_enter_recv, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_free_while_peer_opens_streams, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_select_net_and_memory_session_closed_midway, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_graceful_close_after_unread_flood, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_reply_channels_from_four_threads_unix, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_reply_channels_from_four_threads_tcp, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_reply_channels_client_freed_midway, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_reply_channels_server_freed_midway, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_forwarded_channels_end_when_first_peer_goes, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_forwarded_channels_end_when_middle_goes, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_byte_stream_reader_closes_early_tcp, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_byte_stream_reader_closes_early_unix, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_stream_sends_while_session_freed, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_close_and_release_race_sends, lc_test_setup, lc_test_teardown),
+    };
+    return cmocka_run_group_tests_name("net/session_stress", tests, NULL, NULL);
+}
