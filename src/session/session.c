@@ -1389,6 +1389,15 @@ static int bytes_start(lc_stream *st, int fd, bool we_read, bool we_write, bool 
         rc = lc__engine_add(s->eng, fd, 0, bytes_cb, st, &w);
     if (!mu_held)
         pthread_mutex_lock(&s->mu);
+    lc_watch *unused = NULL;
+    if (rc == 0 && (s->dead || !st->in_table)) {
+        /* the session ended (or the stream did) since the frames were
+         * queued: session_fail will not see this watch, and no FIN or RST can
+         * come for it any more; a watch kept now would hold the stream, the
+         * session and the fd for good */
+        unused = w;
+        rc = s->dead ? LC_ESESSION : LC_ECLOSED;
+    }
     if (rc == 0) {
         struct stat sb;
         st->fd = fd;
@@ -1403,6 +1412,8 @@ static int bytes_start(lc_stream *st, int fd, bool we_read, bool we_write, bool 
     }
     if (!mu_held)
         pthread_mutex_unlock(&s->mu);
+    if (unused != NULL)
+        lc__engine_del(unused); /* added disarmed: it never ran */
     if (rc != 0) {
         close(fd);
         return rc;
