@@ -2821,11 +2821,19 @@ static bool reader_take(lc_session *s)
 static bool drive(void *ctx, lc_chan *c, int64_t deadline)
 {
     lc_session *s = ctx;
+    /* Counted in in_cb before dead is looked at: lc_session_free sets dead,
+     * then waits for in_cb to be 0 before it closes the carrier, so either
+     * it waits for us or we see dead (both seq_cst). Counted after the look,
+     * a thread in between read a carrier already closed (s->conn NULL, or
+     * its fd number reused). */
+    atomic_fetch_add(&s->in_cb, 1);
     pthread_mutex_lock(&s->mu);
     bool paused = s->paused;
     pthread_mutex_unlock(&s->mu);
-    if (paused || atomic_load(&s->dead))
+    if (paused || atomic_load(&s->dead)) {
+        atomic_fetch_sub(&s->in_cb, 1);
         return false; /* the engine resumes reading when the queues drain */
+    }
     int expected = 0;
     if (!atomic_compare_exchange_strong(&s->reader, &expected, 1)) {
         /* another thread reads; we are about to wait without reading, so
@@ -2833,10 +2841,11 @@ static bool drive(void *ctx, lc_chan *c, int64_t deadline)
          * after letting go: if it already has, the token is free now) */
         atomic_store(&s->rearm_needed, true);
         expected = 0;
-        if (!atomic_compare_exchange_strong(&s->reader, &expected, 1))
+        if (!atomic_compare_exchange_strong(&s->reader, &expected, 1)) {
+            atomic_fetch_sub(&s->in_cb, 1);
             return false;
+        }
     }
-    atomic_fetch_add(&s->in_cb, 1); /* lc_session_free waits for us */
     tls_reading = s;
     /* The engine need not watch the carrier while we read it: an armed watch
      * woke the engine thread for every message we then read ourselves
@@ -3327,8 +3336,9 @@ LC_API void lc_session_free(lc_session *s)
     }
     /* Close the carrier now, so no fd outlives the handle: wait out an
      * engine callback that deleted its own watch and is finishing, and a
-     * write syscall in progress; nobody starts new I/O on a dead session. */
-    while (atomic_load_explicit(&s->in_cb, memory_order_acquire) != 0)
+     * write syscall in progress; nobody starts new I/O on a dead session
+     * (drive counts itself in in_cb before it looks at dead). */
+    while (atomic_load(&s->in_cb) != 0)
         sched_yield();
     pthread_mutex_lock(&s->wmu);
     s->flush_waiters++;

@@ -398,25 +398,14 @@ static void test_teardown_graceful_close(void **st)
  * two Receivers of the session being freed (they hand the token to each
  * other all the time).
  *
- * KNOWN BUG this test aims at but does not hit by itself (the window is a
- * few instructions; 1000+ rounds under ASan and TSan passed): drive()
- * checks s->dead, then takes the token and only then counts itself in
- * s->in_cb; lc_session_free waits for in_cb == 0 after session_fail, so a
- * thread between the check and the increment is not waited for, and after
- * the free has set s->conn = NULL and closed the carrier it calls
- * lc__conn_fd(s->conn) and read_carrier on it. Forced with gdb (all-stop,
- * scheduler-locking on): stop both spinners at "break drive" + 5 x "next"
- * (session.c:2811, past the dead check), "next" over lc_session_free in
- * thread 1, then "continue" thread 3: UBSan "member access within null
- * pointer of type 'const struct lc_conn'" at url.c:189 from drive
- * (session.c:2830). The script:
- *   set pagination off / set confirm off / handle SIGALRM nostop noprint pass
- *   break test_session_stress.c:<the lc_session_free line of run_free_vs_drive>
- *   run / delete 1 / set scheduler-locking on / break drive
- *   thread 3 / continue / thread 4 / continue
- *   thread 3 / next x5 / thread 4 / next x5 / delete 2
- *   thread 1 / next / thread 3 / continue
- * (LC_TEST_FILTER=test_free_while_threads_enter_recv, ASan build.) */
+ * The race it aims at, which it does not hit by itself (the window was a
+ * few instructions; 1000+ rounds passed) and which gdb forced every time
+ * (both spinners stopped in drive just past its dead check, lc_session_free
+ * run to the end, then a spinner let go: UBSan "member access within null
+ * pointer of type 'const struct lc_conn'" from drive): drive looked at
+ * s->dead before it counted itself in s->in_cb, so lc_session_free, which
+ * waits for in_cb == 0 after session_fail, did not wait for a thread in
+ * between, and closed the carrier under it. drive now counts itself first. */
 static void run_free_vs_drive(const char *url, int round)
 {
     nt_pair p;
