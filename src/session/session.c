@@ -1526,6 +1526,7 @@ static void bytes_pump(lc_stream *st, uint32_t ev)
         if (n < 0) {
             st->fd_out.len = 0; /* the reader went away: drop */
             st->in_open = false;
+            st->in_broken = true;
             break;
         }
         memmove(st->fd_out.data, st->fd_out.data + n, st->fd_out.len - (size_t)n);
@@ -1540,9 +1541,18 @@ static void bytes_pump(lc_stream *st, uint32_t ev)
     }
     if (st->fd_out.len <= BYTES_BUF && s->paused)
         resume = true;
+    /* Nobody reads what the peer still sends: cancel the stream (RST_STREAM
+     * CANCEL) so that the peer's pump stops and its writer gets EPIPE, rather
+     * than dropping every byte from now on while the peer believes them
+     * delivered. Only once we no longer read fd ourselves (a holder that
+     * closed its fd gave us EOF; one that shut down only its reading side
+     * may still write). */
+    bool cancel = st->in_broken && !st->out_open && !st->remote_fin && !st->reset && st->fdw != NULL;
+    if (cancel)
+        st->reset = true;
     /* what reached the fd may be sent again */
     uint64_t grant = 0;
-    if (atomic_load(&s->peer_fc) && !st->remote_fin && st->fed - st->fd_out.len > st->acked) {
+    if (atomic_load(&s->peer_fc) && !st->in_broken && !st->remote_fin && st->fed - st->fd_out.len > st->acked) {
         uint64_t out_now = st->fed - st->fd_out.len;
         if (st->fd_out.len == 0 || out_now - st->acked >= s->opt.stream_window / 4) {
             grant = out_now - st->acked;
@@ -1553,6 +1563,10 @@ static void bytes_pump(lc_stream *st, uint32_t ev)
     bool done = !st->out_open && !st->in_open && st->fdw != NULL;
     lc_watch *w = st->fdw;
     pthread_mutex_unlock(&s->mu);
+    if (cancel) {
+        ctl_arg rst = { sid, LC_SPDY_CANCEL };
+        send_control(s, ctl_rst, &rst);
+    }
     if (grant > 0) {
         ctl_arg wa = { sid, (uint32_t)(grant > 0x7fffffffu ? 0x7fffffffu : grant) };
         send_control(s, ctl_window, &wa);

@@ -82,6 +82,8 @@ typedef struct lc_stream {
     lc_watch *fdw;
     bool out_open;        /* we read fd and send DATA */
     bool in_open;         /* we write DATA payloads to fd */
+    bool in_broken;       /* a write to fd failed (its reader is gone): the
+                             stream is cancelled once we no longer read fd */
     bool in_fin;          /* the peer's FIN came: EOF after fd_out drains */
     lc_buf fd_out;        /* inbound bytes not yet written to fd */
     /* flow control (toward a peer that speaks SPDY windows) */
