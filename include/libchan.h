@@ -425,8 +425,8 @@ LC_API size_t lc_receiver_queued(lc_receiver *r);
  *
  * Delivery: on one channel, in order and without duplicates. When the
  * carrier is lost, every blocked call on the session's channels returns at
- * once: receivers get LC_ESESSION after the messages already queued, senders
- * get LC_ESESSION; messages in flight may be lost.
+ * once: receivers get LC_ESESSION after the messages that had reached this
+ * side, senders get LC_ESESSION; messages in flight may be lost.
  *
  * URLs: "unix:///absolute/path" and "tcp://host:port" (port 0 to listen on
  * any free port; lc_listener_url tells which).

@@ -336,6 +336,7 @@ static size_t pending_out(lc_session *s)
 }
 
 static void session_fail(lc_session *s, int err);
+static void deliver_pending(lc_stream *st);
 static lc_msg *pump_take_locked(lc_stream *st);
 static void pump_resume(lc_stream *st, lc_msg *held);
 
@@ -685,6 +686,7 @@ static void session_fail(lc_session *s, int err)
     s->dead = true;
     atomic_store(&s->err, err);
     pthread_cond_broadcast(&s->flushed);
+    int chan_err = err == LC_ESESSION || err == LC_EOF || err > -1000 ? LC_ESESSION : err;
     /* take every stream out of the tables; fail them outside the locks */
     size_t n = 0;
     lc_stream **all = malloc((s->streams.len + 1) * sizeof *all);
@@ -701,6 +703,14 @@ static void session_fail(lc_session *s, int err)
         if (chans[n])
             lc__chan_retain(chans[n]);
         intos[n] = st->into ? lc_sender_retain(st->into) : NULL;
+        if (st->into != NULL) {
+            /* what reached us is delivered first (decoded or not: a peer's
+             * graceful close comes right behind its last messages, which a
+             * full local queue had not taken yet), then the error */
+            if (st->end_err == 0)
+                st->end_err = chan_err;
+            st->remote_fin_pending = true;
+        }
         st->out_open = st->in_open = false; /* byte streams: closed below */
         helds[n] = pump_take_locked(st);
         n++;
@@ -721,10 +731,9 @@ static void session_fail(lc_session *s, int err)
         lc__conn_shutdown_write(s->conn);
     pthread_mutex_unlock(&s->wmu);
     lc__close_error(s->incoming_s, LC_ESESSION);
-    int chan_err = err == LC_ESESSION || err == LC_EOF || err > -1000 ? LC_ESESSION : err;
     for (size_t i = 0; i < n; i++) {
         if (intos[i]) {
-            lc__close_error(intos[i], chan_err);
+            deliver_pending(all[i]); /* ends the channel with end_err once idle */
             lc_sender_release(intos[i]);
         }
         if (chans[i]) {
@@ -2070,6 +2079,26 @@ static void deliver_pending(lc_stream *st)
         kick_list k;
         kl_init(&k);
         int missing = resolve_msg_locked(s, m, &k);
+        if (missing != 0 && s->dead) {
+            /* its sub-streams can no longer come (session_fail emptied the
+             * tables): it and what follows it are lost, and the channel
+             * ends now with the session's error */
+            lc_msg *lost = st->pending_head;
+            st->pending_head = st->pending_tail = NULL;
+            st->npending = 0;
+            st->reset = true; /* decode nothing more */
+            st->remote_fin_pending = false;
+            int end = st->end_err ? st->end_err : LC_ESESSION;
+            pthread_mutex_unlock(&s->mu);
+            kick_streams(s, &k);
+            while (lost != NULL) {
+                lc_msg *next = lost->next;
+                lc_msg_free(lost);
+                lost = next;
+            }
+            lc__close_error(st->into, end);
+            continue;
+        }
         if (missing > 0) {
             if (!st->waiting_refs)
                 st->waiting_since = lc__now_ns(); /* the bounded wait starts now */
