@@ -490,6 +490,36 @@ static void test_ref_that_never_arrives_fails_the_channel(void **st)
     }
 }
 
+/* The carrier ends while a message waits for a sub-stream that never came:
+ * the sub-stream cannot come any more, so the channel ends at once with
+ * LC_ESESSION (not after ref_timeout_ms, and not never: the session's ref
+ * timer is gone with it), after the message before it. A plain message
+ * behind the waiting one is not delivered out of order. */
+static void test_carrier_lost_while_a_ref_is_awaited(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    lc_options o;
+    lc_options_default(&o);
+    o.ref_timeout_ms = 20000;
+    static const uint8_t ret_s[] = { 0x81, 0xa3, 'R', 'e', 't', 0xd6, 0x04, 0, 0, 0, 99 };
+    nt_raw p;
+    lc_buf b;
+    lc_receiver *r = open_channel_1(&p, &o, &b, 1);
+    assert_int_equal(lc__spdy_put_data(&b, 1, 0, ret_s, sizeof ret_s), 0);
+    put_n(&b, 1, 3);
+    nt_raw_send(&p, &b);
+    lc_msg *m = NULL;
+    assert_int_equal(lc_recv(r, &m, 200), LC_ETIMEDOUT); /* waiting for ref 99 */
+    int64_t t0 = lc_test_now_us();
+    assert_int_equal(shutdown(p.fd, SHUT_WR), 0);
+    assert_int_equal(recv_rc(r, 10000), LC_ESESSION);
+    assert_true(lc_test_now_us() - t0 < 3000000);
+    assert_int_equal(recv_rc(r, 0), LC_ESESSION);
+    lc_receiver_release(r);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
 /* The same when the session has been up for a while before the message
  * comes: the ref timeout must still fire (the timer is not only armed at
  * session start). */
@@ -645,6 +675,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_messages_before_bad_msgpack_at_fin_are_delivered, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_ref_that_never_arrives_fails_the_channel, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_ref_that_never_arrives_after_idle_fails_the_channel, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_carrier_lost_while_a_ref_is_awaited, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_late_refs_each_get_the_full_timeout, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_ref_named_twice_fails_the_channel, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unknown_stream_unknown_frame_and_ping, lc_test_setup, lc_test_teardown),
