@@ -362,7 +362,11 @@ static void test_carrier_loss_fails_blocked_calls(void **st)
     m = lc_pack("{s:i}", "N", 2);
     assert_int_equal(lc_send(ch, m, 1000), LC_ESESSION);
     lc_msg_free(m);
-    assert_int_equal(lc_session_error(p.server), LC_ESESSION);
+    /* the client freed its session without lc_session_close: a clean EOF,
+     * or ECONNRESET when our last frames (the SYN_REPLY) were still unread
+     * on its side as it closed (seen under TSan on a loaded machine) */
+    int err = lc_session_error(p.server);
+    assert_true(err == LC_ESESSION || err == -ECONNRESET);
     lc_sender_release(ch);
     lc_receiver_release(in);
     lc_session_free(p.server);
