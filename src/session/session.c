@@ -750,6 +750,12 @@ static void session_fail(lc_session *s, int err)
     free(chans);
     free(intos);
     free(helds);
+    /* lc_session_free on another thread waits for this: it must not return
+     * while we still close the byte streams' fds */
+    pthread_mutex_lock(&s->wmu);
+    s->fail_done = true;
+    pthread_cond_broadcast(&s->flushed);
+    pthread_mutex_unlock(&s->wmu);
 }
 
 static void flush_now(lc_session *s);
@@ -3362,6 +3368,12 @@ LC_API void lc_session_free(lc_session *s)
     if (s == NULL)
         return;
     session_fail(s, LC_ESESSION);
+    /* a session_fail already running on another thread (a write that failed
+     * in an engine callback) closes fds of ours: wait until it is done */
+    pthread_mutex_lock(&s->wmu);
+    while (!s->fail_done)
+        pthread_cond_wait(&s->flushed, &s->wmu);
+    pthread_mutex_unlock(&s->wmu);
     pthread_mutex_lock(&s->mu);
     lc_timer_id tid = s->ref_timer;
     s->ref_timer = 0;

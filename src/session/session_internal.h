@@ -110,6 +110,7 @@ struct lc_session {
     pthread_mutex_t wmu;
     pthread_cond_t flushed;
     int flush_waiters;
+    bool fail_done;       /* session_fail has finished (wmu; flushed is broadcast) */
     lc_spdy_deflater defl;
     lc_buf out;           /* frames not yet handed to a writer */
     lc_buf inflight;      /* frames a writer is writing */
