@@ -1857,6 +1857,44 @@ static void deliver_pending(lc_stream *st);
 static void resume_reading(lc_session *s);
 static void arm_read(lc_session *s);
 
+/*
+ * The local Sender a forwarded channel delivers into refused a message for
+ * good (rc: LC_ECLOSED when its channel was closed or its receiver released,
+ * LC_ESESSION when it belongs to a session that died). The peer's sends on
+ * that channel would go on succeeding into nothing (a reply channel whose
+ * requester gave up, a channel forwarded through us from a session that is
+ * gone): reset the stream, so that the peer's Sender gets LC_ECLOSED. What
+ * is queued for it is dropped. Only for ST_FWD_TO_SENDER: a network
+ * Receiver the application released resets nothing (PROTOCOL.md 3.9).
+ */
+static void forward_refused(lc_stream *st, int rc)
+{
+    lc_session *s = st->s;
+    if (st->kind != ST_FWD_TO_SENDER || rc == 0 || rc == LC_ETIMEDOUT)
+        return;
+    pthread_mutex_lock(&s->mu);
+    bool rst = !st->reset && !st->remote_fin && !s->dead;
+    lc_msg *drop = NULL;
+    uint32_t sid = st->id;
+    if (rst) {
+        st->reset = true; /* nothing more is decoded */
+        drop = st->pending_head;
+        st->pending_head = st->pending_tail = NULL;
+        st->npending = 0;
+        stream_maybe_done_locked(s, st);
+    }
+    pthread_mutex_unlock(&s->mu);
+    while (drop != NULL) {
+        lc_msg *next = drop->next;
+        lc_msg_free(drop);
+        drop = next;
+    }
+    if (rst) {
+        ctl_arg ra = { sid, LC_SPDY_CANCEL };
+        send_control(s, ctl_rst, &ra);
+    }
+}
+
 static void push_done(void *ctx, int result, lc_msg *m)
 {
     lc_stream *st = ctx;
@@ -1867,8 +1905,10 @@ static void push_done(void *ctx, int result, lc_msg *m)
     lc_msg *sent = st->pushing;
     st->pushing = NULL;
     pthread_mutex_unlock(&s->mu);
-    if (result != 0)
+    if (result != 0) {
         lc_msg_free(sent); /* the local end went away: drop (fds closed) */
+        forward_refused(st, result);
+    }
     deliver_pending(st);
     stream_unref(st); /* the op's reference */
 }
@@ -1936,8 +1976,10 @@ static void push_end(lc_stream *st, lc_msg *m, int rc)
     st->push_op = NULL;
     st->pushing = NULL;
     pthread_mutex_unlock(&s->mu);
-    if (rc != 0)
+    if (rc != 0) {
         lc_msg_free(m); /* the local end went away: drop (fds closed) */
+        forward_refused(st, rc);
+    }
     stream_unref(st);
 }
 
@@ -2052,6 +2094,7 @@ static void deliver_pending(lc_stream *st)
             pthread_mutex_unlock(&s->mu);
             /* into a ring: one hand-over (one wake-up fence) for the lot */
             size_t i = 0;
+            int refused = 0;
             int rc = lc__send_batch(st->into, batch, nb, &i);
             if (rc == LC_EINVAL) {
                 /* not a ring (a forwarded channel into a Sender the
@@ -2060,13 +2103,18 @@ static void deliver_pending(lc_stream *st)
                     rc = lc_send(st->into, batch[i], 0);
                     if (rc == LC_ETIMEDOUT)
                         break; /* full */
-                    if (rc != 0)
+                    if (rc != 0) {
                         lc_msg_free(batch[i]); /* the local end went away: drop (fds closed) */
+                        refused = rc;
+                    }
                 }
             } else if (rc == LC_ECLOSED) {
                 for (; i < nb; i++)
                     lc_msg_free(batch[i]); /* the local end went away: drop (fds closed) */
+                refused = rc;
             }
+            if (refused != 0)
+                forward_refused(st, refused);
             pthread_mutex_lock(&s->mu);
             if (i < nb) {
                 for (size_t j = i; j + 1 < nb; j++)

@@ -321,6 +321,63 @@ static void test_receiver_carried_in_a_message(void **st)
     close_pair(&p);
 }
 
+/* A requester gives up on its reply channel (releases the Receiver of the
+ * in-memory pipe whose Sender it sent): the server's sends on that reply
+ * Sender start failing with LC_ECLOSED (the requester's session resets the
+ * sub-stream it can no longer deliver), rather than succeeding into nothing
+ * for ever. Over unix (buffered reply pipe) and TCP (unbuffered). */
+static void run_reply_given_up(const char *url, size_t cap)
+{
+    pair p;
+    open_pair(&p, url);
+    lc_sender *req;
+    assert_int_equal(lc_session_sender(p.client, &req), 0);
+    lc_receiver *rr;
+    lc_sender *rs;
+    assert_int_equal(lc_pipe(&rr, &rs, cap), 0);
+    assert_int_equal(lc_send(req, lc_pack("{s:i, s:S}", "N", 1, "Ret", rs), 5000), 0);
+    lc_receiver *in;
+    assert_int_equal(lc_session_receiver(p.server, &in, 5000), 0);
+    lc_msg *m;
+    assert_int_equal(lc_recv(in, &m, 5000), 0);
+    lc_sender *ret;
+    assert_int_equal(lc_unpack(m, "{s:i, s:S}", "N", NULL, "Ret", &ret), 0);
+    lc_msg_free(m);
+    /* the first reply still arrives */
+    assert_int_equal(lc_send(ret, lc_pack("{s:i}", "N", 2), 5000), 0);
+    assert_int_equal(lc_recv(rr, &m, 5000), 0);
+    lc_msg_free(m);
+    lc_receiver_release(rr); /* the requester gives up */
+    int64_t t0 = lc_test_now_us();
+    int rc = 0, sent = 0;
+    while (rc == 0 && lc_test_now_us() - t0 < 5000000) {
+        m = lc_pack("{s:i}", "N", 3);
+        rc = lc_send(ret, m, 5000);
+        if (rc != 0)
+            lc_msg_free(m);
+        else
+            sent++;
+    }
+    if (rc != LC_ECLOSED)
+        fprintf(stderr, "%s: after %d sends: %s\n", url, sent, lc_strerror(rc));
+    assert_int_equal(rc, LC_ECLOSED);
+    /* the session is unharmed */
+    assert_int_equal(lc_send(req, lc_pack("{s:i}", "N", 4), 5000), 0);
+    assert_int_equal(lc_recv(in, &m, 5000), 0);
+    lc_msg_free(m);
+    lc_sender_release(ret);
+    lc_sender_release(req);
+    lc_receiver_release(in);
+    close_pair(&p);
+}
+
+static void test_reply_sender_fails_once_requester_gives_up(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    run_reply_given_up(unix_url(), 4);
+    run_reply_given_up("tcp://127.0.0.1:0", 0);
+}
+
 /* The peer goes away: a blocked receive returns an error at once. */
 typedef struct {
     lc_receiver *r;
@@ -870,6 +927,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_slow_replies_stop_the_spinning, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_go_oneway_vector_into_a_session, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_malformed_frame_kills_only_that_session, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_reply_sender_fails_once_requester_gives_up, lc_test_setup, lc_test_teardown),
     };
     return cmocka_run_group_tests_name("net/session", tests, NULL, NULL);
 }
