@@ -475,10 +475,15 @@ LC_API int lc_dial(const char *url, const lc_options *o, lc_session **out, lc_er
 LC_API int lc_listen(const char *url, const lc_options *o, lc_listener **out, lc_error *err);
 /* The URL the listener is bound to (with the real port for tcp://...:0). */
 LC_API int lc_listener_url(lc_listener *l, char *buf, size_t len);
-/* Accepts one connection as a session (the server side), waiting at most timeout_ms. */
+/* Accepts one connection as a session (the server side), waiting at most
+ * timeout_ms. Connections that hung up before sending anything are skipped.
+ * LC_ECLOSED when lc_listener_close is called meanwhile (from another
+ * thread: that is how an accept loop is told to stop). */
 LC_API int lc_accept(lc_listener *l, lc_session **out, int64_t timeout_ms);
 /* Stops listening (a unix socket file is removed) and frees the listener.
- * Sessions already accepted are not affected. */
+ * Threads blocked in lc_accept on it return LC_ECLOSED; it waits until they
+ * have left. No call on l may start after it returns. Sessions already
+ * accepted are not affected. */
 LC_API void lc_listener_close(lc_listener *l);
 
 /* Opens a new channel on the session and returns its Sender (one reference).

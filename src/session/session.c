@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <errno.h>
@@ -3209,9 +3210,21 @@ LC_API int lc_dial(const char *url, const lc_options *o, lc_session **out, lc_er
     return session_start(conn, true, &opt, out);
 }
 
+/*
+ * lc_listener_close may come while other threads wait in lc_accept (an
+ * accept loop told to stop from elsewhere, as Go's Listener.Close ends a
+ * blocked Accept): the waits poll the listening fd together with an
+ * eventfd that close makes readable for good, and close frees nothing
+ * until the last of them has left.
+ */
 struct lc_listener {
     lc_tlistener *tl;
     lc_options opt;
+    int wake;            /* eventfd: readable once closing */
+    pthread_mutex_t mu;
+    pthread_cond_t idle; /* signalled when the last accepting thread leaves */
+    int accepting;
+    bool closing;
 };
 
 LC_API int lc_listen(const char *url, const lc_options *o, lc_listener **out, lc_error *err)
@@ -3223,11 +3236,20 @@ LC_API int lc_listen(const char *url, const lc_options *o, lc_listener **out, lc
     if (l == NULL)
         return LC_ENOMEM;
     options_resolve(&l->opt, o);
-    int rc = lc__listen(url, &l->tl, err);
-    if (rc != 0) {
+    l->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (l->wake < 0) {
+        int rc = -errno;
         free(l);
         return rc;
     }
+    int rc = lc__listen(url, &l->tl, err);
+    if (rc != 0) {
+        close(l->wake);
+        free(l);
+        return rc;
+    }
+    pthread_mutex_init(&l->mu, NULL);
+    pthread_cond_init(&l->idle, NULL);
     *out = l;
     return 0;
 }
@@ -3237,13 +3259,59 @@ LC_API int lc_listener_url(lc_listener *l, char *buf, size_t len)
     return l ? lc__listener_url(l->tl, buf, len) : LC_EINVAL;
 }
 
+/* One connection from l's queue within deadline (ns, -1: none): 0,
+ * LC_ETIMEDOUT, LC_ECLOSED once lc_listener_close has begun, or -errno. */
+static int accept_conn(lc_listener *l, int64_t deadline, lc_conn **conn)
+{
+    struct pollfd pf[2] = { { lc__listener_fd(l->tl), POLLIN, 0 }, { l->wake, POLLIN, 0 } };
+    for (;;) {
+        int rc = lc__accept(l->tl, 0, conn); /* what is queued, without waiting */
+        if (rc != LC_ETIMEDOUT)
+            return rc;
+        int64_t now = lc__now_ns();
+        if (deadline >= 0 && now >= deadline)
+            return LC_ETIMEDOUT;
+        int64_t left_ms = deadline < 0 ? -1 : (deadline - now + 999999) / 1000000;
+        int n = poll(pf, 2, left_ms > INT32_MAX ? INT32_MAX : (int)left_ms);
+        if (n < 0 && errno != EINTR)
+            return -errno;
+        if (n > 0 && pf[1].revents)
+            return LC_ECLOSED;
+    }
+}
+
+/* A connection that has ended before sending anything (a client that gave
+ * up, or another lc_listen probing whether this path is live: it connects
+ * and hangs up) is nobody to serve. */
+static bool conn_already_over(lc_conn *conn)
+{
+    char c;
+    return recv(lc__conn_fd(conn), &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
 LC_API int lc_accept(lc_listener *l, lc_session **out, int64_t timeout_ms)
 {
     if (l == NULL || out == NULL)
         return LC_EINVAL;
     *out = NULL;
-    lc_conn *conn;
-    int rc = lc__accept(l->tl, timeout_ms, &conn);
+    pthread_mutex_lock(&l->mu);
+    bool closing = l->closing;
+    if (!closing)
+        l->accepting++;
+    pthread_mutex_unlock(&l->mu);
+    if (closing)
+        return LC_ECLOSED;
+    int64_t deadline = timeout_ms < 0 ? -1 : lc__now_ns() + timeout_ms * 1000000;
+    lc_conn *conn = NULL;
+    int rc;
+    while ((rc = accept_conn(l, deadline, &conn)) == 0 && conn_already_over(conn)) {
+        lc__conn_close(conn);
+        conn = NULL;
+    }
+    pthread_mutex_lock(&l->mu);
+    if (--l->accepting == 0 && l->closing)
+        pthread_cond_broadcast(&l->idle);
+    pthread_mutex_unlock(&l->mu);
     if (rc != 0)
         return rc;
     return session_start(conn, false, &l->opt, out);
@@ -3253,7 +3321,20 @@ LC_API void lc_listener_close(lc_listener *l)
 {
     if (l == NULL)
         return;
+    pthread_mutex_lock(&l->mu);
+    l->closing = true;
+    pthread_mutex_unlock(&l->mu);
+    uint64_t one = 1;
+    ssize_t w = write(l->wake, &one, sizeof one); /* never read: stays readable */
+    (void)w;
+    pthread_mutex_lock(&l->mu);
+    while (l->accepting > 0)
+        pthread_cond_wait(&l->idle, &l->mu);
+    pthread_mutex_unlock(&l->mu);
     lc__listener_close(l->tl);
+    close(l->wake);
+    pthread_cond_destroy(&l->idle);
+    pthread_mutex_destroy(&l->mu);
     free(l);
 }
 

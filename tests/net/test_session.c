@@ -378,6 +378,87 @@ static void test_reply_sender_fails_once_requester_gives_up(void **st)
     run_reply_given_up("tcp://127.0.0.1:0", 0);
 }
 
+/* lc_listener_close from another thread ends a blocked lc_accept with
+ * LC_ECLOSED at once (an accept loop told to stop), whatever its timeout,
+ * and frees the listener only once that thread has left it. */
+typedef struct {
+    lc_listener *l;
+    int64_t timeout_ms;
+    int rc;
+    _Atomic int started;
+} accept_arg;
+
+static void *blocked_accept(void *x)
+{
+    accept_arg *a = x;
+    lc_session *s = NULL;
+    atomic_store(&a->started, 1);
+    a->rc = lc_accept(a->l, &s, a->timeout_ms);
+    lc_session_free(s);
+    return NULL;
+}
+
+static void test_listener_close_ends_blocked_accepts(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    const char *urls[2] = { unix_url(), "tcp://127.0.0.1:0" };
+    for (int u = 0; u < 2; u++) {
+        lc_listener *l;
+        assert_int_equal(lc_listen(urls[u], NULL, &l, NULL), 0);
+        accept_arg a[3] = { { l, -1, 1, 0 }, { l, 20000, 1, 0 }, { l, -1, 1, 0 } };
+        pthread_t t[3];
+        for (int i = 0; i < 3; i++)
+            pthread_create(&t[i], NULL, blocked_accept, &a[i]);
+        for (int i = 0; i < 3; i++)
+            while (!atomic_load(&a[i].started))
+                sched_yield();
+        int64_t t0 = lc_test_now_us();
+        lc_listener_close(l); /* returns once all three have left */
+        for (int i = 0; i < 3; i++) {
+            pthread_join(t[i], NULL);
+            /* (a thread that had not yet entered lc_accept finds it closing:
+             * the same answer) */
+            assert_int_equal(a[i].rc, LC_ECLOSED);
+        }
+        assert_true(lc_test_now_us() - t0 < 3000000);
+    }
+}
+
+/* A client that connects and hangs up before lc_accept takes it (also what a
+ * second lc_listen on a live unix path leaves behind: it probes the path by
+ * connecting) is skipped: lc_accept does not return a dead session for it. */
+static void test_accept_skips_connections_already_over(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    lc_listener *l;
+    assert_int_equal(lc_listen(unix_url(), NULL, &l, NULL), 0);
+    char bound[256];
+    assert_int_equal(lc_listener_url(l, bound, sizeof bound), 0);
+    lc_listener *again;
+    lc_error err = { 0 };
+    assert_int_equal(lc_listen(bound, NULL, &again, &err), -EADDRINUSE);
+    lc_session *s = NULL;
+    assert_int_equal(lc_accept(l, &s, 200), LC_ETIMEDOUT);
+    assert_null(s);
+    /* a real client after it is served */
+    lc_session *c;
+    assert_int_equal(lc_dial(bound, NULL, &c, NULL), 0);
+    assert_int_equal(lc_accept(l, &s, 5000), 0);
+    lc_sender *ch;
+    assert_int_equal(lc_session_sender(c, &ch), 0);
+    assert_int_equal(lc_send(ch, lc_pack("{s:i}", "N", 1), 5000), 0);
+    lc_receiver *in;
+    assert_int_equal(lc_session_receiver(s, &in, 5000), 0);
+    lc_msg *m;
+    assert_int_equal(lc_recv(in, &m, 5000), 0);
+    lc_msg_free(m);
+    lc_sender_release(ch);
+    lc_receiver_release(in);
+    lc_session_free(c);
+    lc_session_free(s);
+    lc_listener_close(l);
+}
+
 /* The peer goes away: a blocked receive returns an error at once. */
 typedef struct {
     lc_receiver *r;
@@ -928,6 +1009,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_go_oneway_vector_into_a_session, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_malformed_frame_kills_only_that_session, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_reply_sender_fails_once_requester_gives_up, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_listener_close_ends_blocked_accepts, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_accept_skips_connections_already_over, lc_test_setup, lc_test_teardown),
     };
     return cmocka_run_group_tests_name("net/session", tests, NULL, NULL);
 }
