@@ -504,7 +504,9 @@ LC_API int lc_session_receiver(lc_session *s, lc_receiver **out, int64_t timeout
  * up, so nothing either side wrote is cut off by a reset. Returns 0 when
  * everything sent before the call reached the carrier within timeout_ms, or
  * an error saying it did not (LC_ETIMEDOUT, or the session's error); a peer
- * slow to hang up after that is not an error. Channel ends of the session
+ * slow to hang up after that is not an error. A message sent on another
+ * thread while it runs is either written before the GOAWAY or refused
+ * (LC_ESESSION), never accepted and dropped. Channel ends of the session
  * stay valid handles and fail with LC_ESESSION. Does not free the session.
  */
 LC_API int lc_session_close(lc_session *s, int64_t timeout_ms);

@@ -967,10 +967,11 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
         s->fdq = nq;
         s->fdq_cap = nc;
     }
-    if (s->dead || p->local_fin || p->reset || !ids_left_locked(s, e.n)) {
+    if (s->dead || s->sends_closed || p->local_fin || p->reset || !ids_left_locked(s, e.n)) {
         /* (checked before any frame is queued: a message whose sub-streams
-         * cannot all open is not sent at all) */
-        rc = s->dead ? LC_ESESSION : p->local_fin || p->reset ? LC_ECLOSED : LC_ERANGE;
+         * cannot all open is not sent at all; after lc_session_close's GOAWAY
+         * a message would never be written, nor read by a Go peer) */
+        rc = s->dead || s->sends_closed ? LC_ESESSION : p->local_fin || p->reset ? LC_ECLOSED : LC_ERANGE;
         s->fd_out_seq -= e.npassed;
         pthread_mutex_unlock(&s->wmu);
         goto fail;
@@ -3349,7 +3350,7 @@ LC_API int lc_session_sender(lc_session *s, lc_sender **out)
     st->ours = true;
     st->ref = atomic_fetch_add_explicit(&s->next_ref, 1, memory_order_relaxed);
     pthread_mutex_lock(&s->wmu);
-    int rc = s->dead ? LC_ESESSION : 0;
+    int rc = s->dead || s->sends_closed ? LC_ESESSION : 0;
     if (rc == 0 && s->goaway_recv)
         rc = LC_ECLOSED; /* the peer is going away: no new channels */
     if (rc == 0) {
@@ -3435,7 +3436,12 @@ LC_API int lc_session_close(lc_session *s, int64_t timeout_ms)
         nanosleep(&nap, NULL);
     }
     /* GOAWAY after the streams' last bytes: spdystream ends its streams
-     * when it reads one */
+     * when it reads one. Messages sent from here on fail (LC_ESESSION): one
+     * queued behind the last flush and the half-close below would never be
+     * written, though its lc_send had returned 0. */
+    pthread_mutex_lock(&s->wmu);
+    s->sends_closed = true;
+    pthread_mutex_unlock(&s->wmu);
     ctl_arg g = { last, LC_SPDY_GOAWAY_OK };
     send_control(s, ctl_goaway, &g);
     pthread_mutex_lock(&s->wmu);

@@ -111,6 +111,7 @@ struct lc_session {
     pthread_cond_t flushed;
     int flush_waiters;
     bool fail_done;       /* session_fail has finished (wmu; flushed is broadcast) */
+    bool sends_closed;    /* lc_session_close queued its GOAWAY: no message may follow (wmu) */
     lc_spdy_deflater defl;
     lc_buf out;           /* frames not yet handed to a writer */
     lc_buf inflight;      /* frames a writer is writing */
