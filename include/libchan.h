@@ -391,7 +391,10 @@ LC_API int lc_select(lc_case *cases, size_t n, int64_t timeout_ms);
  * there is room, a receiver is waiting, or the channel is closed). The fd is
  * an eventfd owned by the channel: do not read, write or close it; it stays
  * valid while the caller holds the handle. Readiness is a hint: another
- * thread may win the race, so use timeout 0 and handle LC_ETIMEDOUT.
+ * thread may win the race, so use timeout 0 and handle LC_ETIMEDOUT. (A
+ * network Sender's fd learns that its window or its session's output filled
+ * up from the try that returns LC_ETIMEDOUT: the next poll then waits for
+ * room.)
  * Returns the fd, or a negative error.
  */
 LC_API int lc_receiver_pollfd(lc_receiver *r);

@@ -838,6 +838,12 @@ static int select_wait(lc_case *cases, const size_t *order, size_t active, lc_ch
             }
         }
         if (timeout_ms == 0 || (has_dl && deadline_passed(&dl))) {
+            /* a network Sender's writability is not pushed to its pollable
+             * fd when it goes (a window spent): refresh it now that a try
+             * has found it gone, or a poll loop would spin on it */
+            for (size_t i = 0; i < nlocks; i++)
+                if (locks[i]->net != NULL)
+                    poll_update(locks[i]);
             unlock_all(locks, nlocks);
             return LC_ETIMEDOUT;
         }
@@ -1074,8 +1080,16 @@ static int single_case(lc_case *cs, int64_t timeout_ms)
             after_fired(&f);
             return 0;
         }
-        if (timeout_ms == 0)
+        if (timeout_ms == 0) {
+            if (c->net != NULL && atomic_load_explicit(&c->polled, memory_order_relaxed)) {
+                /* as in select_wait: the pollable fd learns that it is not
+                 * writable any more */
+                pthread_mutex_lock(&c->mu);
+                poll_update(c);
+                pthread_mutex_unlock(&c->mu);
+            }
             return LC_ETIMEDOUT;
+        }
         if (cs->op == LC_CASE_RECV && c->cap > 0) {
             int fr = feed_and_try(c, cs, timeout_ms);
             if (fr != 0)
