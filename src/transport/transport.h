@@ -153,8 +153,10 @@ ssize_t lc__conn_sendfds(lc_conn *c, const struct iovec *iov, int iovcnt, const 
  * along: *nfds is the capacity of fds on entry (at most LC_TRANSPORT_MAX_FDS
  * is used), the number received on return (close-on-exec, owned by the
  * caller). If the peer sent more than fit (MSG_CTRUNC), every fd that arrived
- * is closed and -EMSGSIZE returned: bytes were consumed with them, so the
- * connection's stream is no longer usable.
+ * is closed and -EMSGSIZE returned; if the kernel could not install them all
+ * (our own RLIMIT_NOFILE: truncated with room left), the same with -EMFILE.
+ * Either way bytes were consumed with them, so the connection's stream is no
+ * longer usable.
  */
 ssize_t lc__conn_recvfds(lc_conn *c, const struct iovec *iov, int iovcnt, int *fds,
                          size_t *nfds);

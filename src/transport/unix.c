@@ -267,7 +267,9 @@ static ssize_t unix_recvfds(lc_conn *c, const struct iovec *iov, int iovcnt, int
     if (overflow && cap > 0) {
         for (size_t i = 0; i < got; i++)
             close(fds[i]);
-        return -EMSGSIZE;
+        /* Truncated with room left: the kernel could not install them all
+         * (our own RLIMIT_NOFILE), not a peer sending too many. */
+        return got < cap ? -EMFILE : -EMSGSIZE;
     }
     *nfds = got;
     return n;
