@@ -443,7 +443,8 @@ typedef struct lc_session lc_session;
 typedef struct lc_listener lc_listener;
 
 typedef struct lc_options {
-    int64_t dial_timeout_ms;  /* lc_dial: default 10000 */
+    int64_t dial_timeout_ms;  /* lc_dial: default 10000; negative: no limit. As for
+                                 every field here, 0 means the default. */
     int64_t ref_timeout_ms;   /* a message naming a sub-stream that has not arrived
                                  waits this long, then fails with LC_EPROTO (default 5000) */
     uint32_t recv_queue;      /* messages queued per network Receiver before the
