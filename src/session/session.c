@@ -357,6 +357,31 @@ static int64_t send_window(const lc_session *s, const lc_stream *st)
     return (int64_t)s->peer_window + (int64_t)st->granted - (int64_t)st->sent;
 }
 
+static void wake_timer(void *ctx);
+
+/*
+ * Senders blocked on a full output (max_pending_out) wait for it to drain
+ * below half. A flush that gets there on a thread holding wmu cannot wake
+ * them itself (waking takes channel locks, whose writability checks take
+ * wmu): it has an engine run do it. The EPOLLOUT path wakes them directly.
+ * Without this, a sending thread's own flush that drained the output (no
+ * EAGAIN, as loopback TCP takes 512 KiB at once) left the others asleep
+ * until their timeouts (test_senders_blocked_on_full_output_not_woken).
+ * wmu held.
+ */
+static void wake_after_flush_locked(lc_session *s)
+{
+    if (s->wake_scheduled || s->eng == NULL || !atomic_load(&s->senders_blocked) ||
+        pending_out(s) >= s->opt.max_pending_out / 2)
+        return;
+    session_ref(s);
+    lc_timer_id id;
+    if (lc__engine_timer_add(s->eng, 0, wake_timer, s, &id) == 0)
+        s->wake_scheduled = true;
+    else
+        session_unref(s);
+}
+
 /*
  * Writes out what is queued, on the calling thread; wmu held on entry and
  * exit. Only one writer at a time: a thread that finds another writing just
@@ -417,7 +442,10 @@ static void flush_locked(lc_session *s)
         if (w < 0) {
             s->writing = false;
             pthread_mutex_unlock(&s->wmu);
-            session_fail(s, (int)w);
+            /* EPIPE: the peer's end is gone, as a read would say with
+             * ECONNRESET; said the same way (EPIPE is also LC_ECLOSED,
+             * whose text is "channel closed") */
+            session_fail(s, w == -EPIPE ? -ECONNRESET : (int)w);
             pthread_mutex_lock(&s->wmu);
             return;
         }
@@ -430,6 +458,7 @@ static void flush_locked(lc_session *s)
     s->writing = false;
     if (s->flush_waiters)
         pthread_cond_broadcast(&s->flushed);
+    wake_after_flush_locked(s);
 }
 
 /*
@@ -537,6 +566,18 @@ static void wake_blocked_senders(lc_session *s)
         pump_resume(pumps[i], helds[i]);
     free(pumps);
     free(helds);
+}
+
+static void wake_timer(void *ctx)
+{
+    lc_session *s = ctx;
+    pthread_mutex_lock(&s->wmu);
+    s->wake_scheduled = false;
+    bool low = pending_out(s) < s->opt.max_pending_out / 2;
+    pthread_mutex_unlock(&s->wmu);
+    if (low)
+        wake_blocked_senders(s);
+    session_unref(s); /* the timer's reference */
 }
 
 /* Appends nothing; flushes and wakes. Used by the EPOLLOUT path. */

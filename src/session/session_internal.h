@@ -119,6 +119,7 @@ struct lc_session {
     bool writing;         /* a writer owns the output (maybe waiting for EPOLLOUT) */
     bool in_write;        /* a thread is inside the write syscall */
     bool flush_scheduled; /* an engine run will write what is queued */
+    bool wake_scheduled;  /* an engine run will wake the senders blocked on a full output */
     int64_t last_send_ns; /* when the application last sent: bursts are coalesced */
     uint64_t last_send_rx; /* rx_reads at that send */
     /* wmu: the last frame appended to `out` by a message send, while nothing
