@@ -422,6 +422,15 @@ static void *churn(void *arg)
  * messages (a pre-forking server's workers). */
 static void test_forked_child_makes_messages_while_others_churn(void **st)
 {
+#if defined(__SANITIZE_ADDRESS__)
+    /* GCC 12's ASan allocator has no fork handlers: a child forked while
+     * another thread holds one of its size-class locks hangs in malloc
+     * (seen in 1 of ~20 runs: the child's stack ends in
+     * SizeClassAllocator64::GetFromAllocator). Our own locks are checked by
+     * the plain and TSan builds. */
+    printf("SKIP: ASan's allocator is not fork-safe in this toolchain\n");
+    skip();
+#endif
     LC_TEST_DEADLINE(20);
     atomic_store(&churn_stop, false);
     pthread_t t[2];
