@@ -14,11 +14,14 @@
 #include <poll.h>
 #include <pthread.h>
 #include <spawn.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "libchan.h"
@@ -58,6 +61,52 @@ static inline const char *nt_unix_url(char *buf, size_t len)
     static int seq;
     snprintf(buf, len, "unix:///tmp/lc-net-%d-%d.sock", (int)getpid(), ++seq);
     return buf;
+}
+
+/* ---- stress helpers (test_session_stress.c, test_session_edges.c) ------------ */
+
+/* LC_STRESS_SCALE=n multiplies a stress test's rounds (default 1). */
+static inline int nt_scale(void)
+{
+    const char *s = getenv("LC_STRESS_SCALE");
+    int n = s ? atoi(s) : 1;
+    return n > 0 ? n : 1;
+}
+
+/* Waits (polling, with a bound) until *v >= target. True when it got there. */
+static inline bool nt_wait_at_least(atomic_int *v, int target, int timeout_ms)
+{
+    int64_t end = lc_test_now_us() + (int64_t)timeout_ms * 1000;
+    while (atomic_load(v) < target) {
+        if (lc_test_now_us() > end)
+            return false;
+        struct timespec ts = { 0, 50000 };
+        nanosleep(&ts, NULL);
+    }
+    return true;
+}
+
+/* Round i's URL: unix (a fresh path) on even rounds, tcp port 0 on odd. */
+static inline const char *nt_transport_url(int i, char *buf, size_t len)
+{
+    if (i % 2 == 0)
+        return nt_unix_url(buf, len);
+    snprintf(buf, len, "tcp://127.0.0.1:0");
+    return buf;
+}
+
+/* The message {N: n}, and its n (-1 if it is not such a message). */
+static inline lc_msg *nt_msg_n(int n)
+{
+    return lc_pack("{s:i}", "N", n);
+}
+
+static inline int nt_msg_get_n(lc_msg *m)
+{
+    int n = -1;
+    if (lc_unpack(m, "{s:i}", "N", &n) != 0)
+        return -1;
+    return n;
 }
 
 typedef struct nt_pair {

@@ -39,45 +39,6 @@
 
 /* ---- helpers ------------------------------------------------------------------ */
 
-static int scale(void)
-{
-    const char *s = getenv("LC_STRESS_SCALE");
-    int n = s ? atoi(s) : 1;
-    return n > 0 ? n : 1;
-}
-
-static bool wait_at_least(atomic_int *v, int target, int timeout_ms)
-{
-    int64_t end = lc_test_now_us() + (int64_t)timeout_ms * 1000;
-    while (atomic_load(v) < target) {
-        if (lc_test_now_us() > end)
-            return false;
-        struct timespec ts = { 0, 50000 };
-        nanosleep(&ts, NULL);
-    }
-    return true;
-}
-
-static const char *transport_url(int i, char *buf, size_t len)
-{
-    if (i % 2 == 0)
-        return nt_unix_url(buf, len);
-    snprintf(buf, len, "tcp://127.0.0.1:0");
-    return buf;
-}
-
-static lc_msg *msg_n(int n)
-{
-    return lc_pack("{s:i}", "N", n);
-}
-
-static int msg_get_n(lc_msg *m)
-{
-    int n = -1;
-    if (lc_unpack(m, "{s:i}", "N", &n) != 0)
-        return -1;
-    return n;
-}
 
 /* A message through each direction, so each side has read the other's
  * SETTINGS (its first frame): fds are passed as themselves from here. */
@@ -89,9 +50,9 @@ static void warm_pair(nt_pair *p)
     assert_int_equal(lc_session_receiver(p->server, &ra, 5000), 0);
     assert_int_equal(lc_session_sender(p->server, &b), 0);
     assert_int_equal(lc_session_receiver(p->client, &rb, 5000), 0);
-    assert_int_equal(lc_send(a, msg_n(1), 5000), 0);
+    assert_int_equal(lc_send(a, nt_msg_n(1), 5000), 0);
     nt_expect_n(ra, 1);
-    assert_int_equal(lc_send(b, msg_n(2), 5000), 0);
+    assert_int_equal(lc_send(b, nt_msg_n(2), 5000), 0);
     nt_expect_n(rb, 2);
     lc_sender_release(a);
     lc_sender_release(b);
@@ -236,8 +197,8 @@ static void assert_still(const int *fds, const fd_id *ids, int n)
 static void test_fd_many_in_one_message(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(30 * scale());
-    int rounds = 6 * scale();
+    LC_TEST_DEADLINE(30 * nt_scale());
+    int rounds = 6 * nt_scale();
     enum { N = 150 };
     for (int r = 0; r < rounds; r++) {
         char url[128];
@@ -294,8 +255,8 @@ static void *burst_fn(void *x)
 static void test_fd_burst_two_threads(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(40 * scale());
-    int rounds = 8 * scale();
+    LC_TEST_DEADLINE(40 * nt_scale());
+    int rounds = 8 * nt_scale();
     enum { MSGS = 15, PER = 10 };
     for (int r = 0; r < rounds; r++) {
         char url[128];
@@ -346,13 +307,13 @@ static void test_fd_burst_two_threads(void **st)
 static void test_fd_nested_in_channels(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(30 * scale());
-    int rounds = 10 * scale();
+    LC_TEST_DEADLINE(30 * nt_scale());
+    int rounds = 10 * nt_scale();
     enum { PER = 5 };
     for (int r = 0; r < rounds; r++) {
         char url[128];
         nt_pair p;
-        nt_open_pair(&p, transport_url(r, url, sizeof url), NULL, NULL);
+        nt_open_pair(&p, nt_transport_url(r, url, sizeof url), NULL, NULL);
         if (r % 4 < 2)
             warm_pair(&p);
         lc_sender *s;
@@ -406,8 +367,8 @@ static void test_fd_nested_in_channels(void **st)
 static void test_fd_forwarded_unix_tcp_unix(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(40 * scale());
-    int rounds = 6 * scale();
+    LC_TEST_DEADLINE(40 * nt_scale());
+    int rounds = 6 * nt_scale();
     enum { PER = 8, MSGS = 3 };
     for (int r = 0; r < rounds; r++) {
         char u1[128], u3[128];
@@ -623,7 +584,7 @@ static void run_fd_queued_round(int mode, int r)
 static void run_fd_queued(int mode)
 {
     signal(SIGPIPE, SIG_IGN);
-    int rounds = 8 * scale();
+    int rounds = 8 * nt_scale();
     for (int r = 0; r < rounds; r++)
         run_fd_queued_round(mode, r);
 }
@@ -631,28 +592,28 @@ static void run_fd_queued(int mode)
 static void test_fd_queued_receiver_released(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(40 * scale());
+    LC_TEST_DEADLINE(40 * nt_scale());
     run_fd_queued(Q_RELEASE_RECEIVER);
 }
 
 static void test_fd_queued_server_freed(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(40 * scale());
+    LC_TEST_DEADLINE(40 * nt_scale());
     run_fd_queued(Q_FREE_SERVER);
 }
 
 static void test_fd_queued_client_freed(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(40 * scale());
+    LC_TEST_DEADLINE(40 * nt_scale());
     run_fd_queued(Q_FREE_CLIENT);
 }
 
 static void test_fd_queued_client_graceful_close(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(40 * scale());
+    LC_TEST_DEADLINE(40 * nt_scale());
     run_fd_queued(Q_CLOSE_CLIENT);
 }
 
@@ -686,9 +647,9 @@ static void *fd_flood_fn(void *x)
 static void test_fd_sends_while_session_freed(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(40 * scale());
+    LC_TEST_DEADLINE(40 * nt_scale());
     signal(SIGPIPE, SIG_IGN);
-    int rounds = 12 * scale();
+    int rounds = 12 * nt_scale();
     enum { CAP = 300 };
     for (int r = 0; r < rounds; r++) {
         char url[128];
@@ -706,7 +667,7 @@ static void test_fd_sends_while_session_freed(void **st)
         fd_flood_arg a = { .s = s, .w = w, .cap = CAP };
         pthread_t t;
         pthread_create(&t, NULL, fd_flood_fn, &a);
-        assert_true(wait_at_least(&a.sent, 1 + r % 20, 5000));
+        assert_true(nt_wait_at_least(&a.sent, 1 + r % 20, 5000));
         if (r % 3 == 0)
             lc_session_free(p.server);
         else
@@ -763,7 +724,7 @@ static void run_fd_unclaimed_round(int r, bool too_big)
     lc_receiver *rv;
     assert_int_equal(lc_session_sender(p.client, &s), 0);
     assert_int_equal(lc_session_receiver(p.server, &rv, 5000), 0);
-    assert_int_equal(lc_send(s, msg_n(0), 5000), 0);
+    assert_int_equal(lc_send(s, nt_msg_n(0), 5000), 0);
     nt_expect_n(rv, 0);
     static int w[MSGS * PER];
     int n = 0, sent = 0;
@@ -814,7 +775,7 @@ static void test_fd_unclaimed_after_receiver_released(void **st)
     (void)st;
     LC_TEST_DEADLINE(30);
     signal(SIGPIPE, SIG_IGN);
-    for (int r = 0; r < 4 * scale(); r++)
+    for (int r = 0; r < 4 * nt_scale(); r++)
         run_fd_unclaimed_round(r, false);
 }
 
@@ -825,7 +786,7 @@ static void test_fd_unclaimed_in_undecodable_message(void **st)
                  "until lc_session_free");
     LC_TEST_DEADLINE(30);
     signal(SIGPIPE, SIG_IGN);
-    for (int r = 0; r < 4 * scale(); r++)
+    for (int r = 0; r < 4 * nt_scale(); r++)
         run_fd_unclaimed_round(r, true);
 }
 
@@ -869,7 +830,7 @@ static void test_fd_peer_process_killed(void **st)
     LC_TEST_DEADLINE(60);
     signal(SIGPIPE, SIG_IGN);
     enum { CAP = 400 };
-    for (int r = 0; r < 6 * scale(); r++) {
+    for (int r = 0; r < 6 * nt_scale(); r++) {
         char url[128];
         nt_proc pp;
         const char *args[] = { "echo", nt_unix_url(url, sizeof url), NULL };
@@ -895,7 +856,7 @@ static void test_fd_peer_process_killed(void **st)
         kill_flood a = { .s = s, .w = w, .cap = CAP };
         pthread_t t;
         pthread_create(&t, NULL, kill_flood_fn, &a);
-        assert_true(wait_at_least(&a.sent, 1 + (r * 37) % 150, 10000));
+        assert_true(nt_wait_at_least(&a.sent, 1 + (r * 37) % 150, 10000));
         kill(pp.pid, SIGKILL);
         int stt = nt_proc_wait(&pp);
         assert_true(WIFSIGNALED(stt));
@@ -935,7 +896,7 @@ static void test_fd_queue_on_stalled_carrier(void **st)
     LC_TEST_DEADLINE(60);
     signal(SIGPIPE, SIG_IGN);
     enum { CAP = 400, PER = 4 };
-    for (int r = 0; r < 4 * scale(); r++) {
+    for (int r = 0; r < 4 * nt_scale(); r++) {
         lc_options o;
         lc_options_default(&o);
         o.max_pending_out = 256 * 1024 * (size_t)(1 + r % 2);
@@ -1038,7 +999,7 @@ static void test_accept_woken_by_listener_close(void **st)
     for (int r = 0; r < 4; r++) {
         char url[128];
         lc_listener *l;
-        assert_int_equal(lc_listen(transport_url(r, url, sizeof url), NULL, &l, NULL), 0);
+        assert_int_equal(lc_listen(nt_transport_url(r, url, sizeof url), NULL, &l, NULL), 0);
         acc_arg a = { .l = l, .timeout = 3000 };
         pthread_t t;
         pthread_create(&t, NULL, acc_fn, &a);
@@ -1077,11 +1038,11 @@ static void test_dial_closed_listener_and_relisten(void **st)
 {
     (void)st;
     LC_TEST_DEADLINE(20);
-    for (int r = 0; r < 20 * scale(); r++) {
+    for (int r = 0; r < 20 * nt_scale(); r++) {
         char url[128], bound[256];
         lc_listener *l;
         lc_error err = { 0 };
-        transport_url(r, url, sizeof url);
+        nt_transport_url(r, url, sizeof url);
         assert_int_equal(lc_listen(url, NULL, &l, &err), 0);
         assert_int_equal(lc_listener_url(l, bound, sizeof bound), 0);
         lc_listener_close(l);
@@ -1173,7 +1134,7 @@ static void test_bad_urls(void **st)
         char url[128], bound[256];
         lc_listener *l1, *l2 = NULL;
         lc_error err = { 0 };
-        assert_int_equal(lc_listen(transport_url(round, url, sizeof url), NULL, &l1, &err), 0);
+        assert_int_equal(lc_listen(nt_transport_url(round, url, sizeof url), NULL, &l1, &err), 0);
         assert_int_equal(lc_listener_url(l1, bound, sizeof bound), 0);
         int rc = lc_listen(bound, NULL, &l2, &err);
         if (rc != -EADDRINUSE || l2 != NULL || strstr(err.text, bound) == NULL) {
@@ -1183,7 +1144,7 @@ static void test_bad_urls(void **st)
         /* (the first listener still working is test_failed_listen_leaves_no_phantom) */
         lc_listener_close(l1);
         /* the accept timeout with nothing queued */
-        assert_int_equal(lc_listen(transport_url(round, url, sizeof url), NULL, &l1, &err), 0);
+        assert_int_equal(lc_listen(nt_transport_url(round, url, sizeof url), NULL, &l1, &err), 0);
         int64_t t0 = lc_test_now_us();
         s = (lc_session *)&err;
         assert_int_equal(lc_accept(l1, &s, 0), LC_ETIMEDOUT);
@@ -1224,7 +1185,7 @@ static void *dial_fn(void *x)
         }
         lc_sender *snd;
         if ((rc = lc_session_sender(s, &snd)) == 0) {
-            rc = lc_send(snd, msg_n(a->base + i), 5000);
+            rc = lc_send(snd, nt_msg_n(a->base + i), 5000);
             lc_sender_release(snd);
         }
         if (rc != 0)
@@ -1277,7 +1238,7 @@ static void run_many_dials(const char *url_in)
         lc_msg *m;
         rc = lc_recv(r, &m, 5000);
         assert_int_equal(rc, 0);
-        int n = msg_get_n(m);
+        int n = nt_msg_get_n(m);
         lc_msg_free(m);
         assert_true(n >= 0 && n < N && n % 2 == 1 && !seen[n]);
         seen[n] = true;
@@ -1301,10 +1262,10 @@ static void run_many_dials(const char *url_in)
 static void test_many_concurrent_dials(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(60 * scale());
-    for (int r = 0; r < 2 * scale(); r++) {
+    LC_TEST_DEADLINE(60 * nt_scale());
+    for (int r = 0; r < 2 * nt_scale(); r++) {
         char url[128];
-        run_many_dials(transport_url(r, url, sizeof url));
+        run_many_dials(nt_transport_url(r, url, sizeof url));
     }
 }
 
@@ -1455,10 +1416,10 @@ static void test_dial_while_listener_closes(void **st)
 {
     (void)st;
     LC_TEST_DEADLINE(60);
-    for (int r = 0; r < 6 * scale(); r++) {
+    for (int r = 0; r < 6 * nt_scale(); r++) {
         char url[128], bound[256];
         lc_listener *l;
-        assert_int_equal(lc_listen(transport_url(r, url, sizeof url), NULL, &l, NULL), 0);
+        assert_int_equal(lc_listen(nt_transport_url(r, url, sizeof url), NULL, &l, NULL), 0);
         assert_int_equal(lc_listener_url(l, bound, sizeof bound), 0);
         atomic_int closed = 0;
         enum { T = 3 };
@@ -1486,7 +1447,7 @@ static void test_dial_while_listener_closes(void **st)
         for (int i = 0; i < nacc; i++) {
             lc_sender *snd;
             assert_int_equal(lc_session_sender(acc[i], &snd), 0);
-            assert_int_equal(lc_send(snd, msg_n(1), 1000), 0);
+            assert_int_equal(lc_send(snd, nt_msg_n(1), 1000), 0);
             lc_sender_release(snd);
         }
         for (int k = 0; k < T; k++)
@@ -1550,10 +1511,10 @@ static void test_concurrent_accepts(void **st)
 {
     (void)st;
     LC_TEST_DEADLINE(60);
-    for (int r = 0; r < 4 * scale(); r++) {
+    for (int r = 0; r < 4 * nt_scale(); r++) {
         char url[128], bound[256];
         lc_listener *l;
-        assert_int_equal(lc_listen(transport_url(r, url, sizeof url), NULL, &l, NULL), 0);
+        assert_int_equal(lc_listen(nt_transport_url(r, url, sizeof url), NULL, &l, NULL), 0);
         assert_int_equal(lc_listener_url(l, bound, sizeof bound), 0);
         enum { T = 4, N = 40 };
         multi_acc a[T];
@@ -1567,7 +1528,7 @@ static void test_concurrent_accepts(void **st)
             assert_int_equal(lc_dial(bound, NULL, &c[i], NULL), 0);
             lc_sender *snd;
             assert_int_equal(lc_session_sender(c[i], &snd), 0);
-            assert_int_equal(lc_send(snd, msg_n(i), 5000), 0);
+            assert_int_equal(lc_send(snd, nt_msg_n(i), 5000), 0);
             lc_sender_release(snd);
         }
         for (int k = 0; k < T; k++)
@@ -1582,7 +1543,7 @@ static void test_concurrent_accepts(void **st)
                 assert_int_equal(lc_session_receiver(a[k].got[i], &rv, 5000), 0);
                 lc_msg *m;
                 assert_int_equal(lc_recv(rv, &m, 5000), 0);
-                int n = msg_get_n(m);
+                int n = nt_msg_get_n(m);
                 lc_msg_free(m);
                 lc_receiver_release(rv);
                 assert_true(n >= 0 && n < N && !seen[n]);
@@ -1605,7 +1566,7 @@ static void test_listen_paths_and_names(void **st)
 {
     (void)st;
     LC_TEST_DEADLINE(30);
-    for (int r = 0; r < 4 * scale(); r++) {
+    for (int r = 0; r < 4 * nt_scale(); r++) {
         char path[108], url[160];
         snprintf(path, sizeof path, "/tmp/lc-edge-stale-%d-%d.sock", (int)getpid(), r);
         unlink(path);
@@ -1706,15 +1667,15 @@ static void *stuck_fn(void *x)
 static void test_unread_channel_others_flow(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(60 * scale());
-    for (int r = 0; r < 4 * scale(); r++) {
+    LC_TEST_DEADLINE(60 * nt_scale());
+    for (int r = 0; r < 4 * nt_scale(); r++) {
         char url[128];
         lc_options o;
         lc_options_default(&o);
         o.stream_window = 16 * 1024;
         o.recv_queue = 4;
         nt_pair p;
-        nt_open_pair(&p, transport_url(r, url, sizeof url), &o, &o);
+        nt_open_pair(&p, nt_transport_url(r, url, sizeof url), &o, &o);
         lc_sender *stuck, *flow;
         lc_receiver *r_stuck, *r_flow;
         assert_int_equal(lc_session_sender(p.client, &stuck), 0);
@@ -1731,7 +1692,7 @@ static void test_unread_channel_others_flow(void **st)
         /* the other channel flows, with a round-trip bound per message */
         for (int i = 0; i < 300; i++) {
             int64_t t0 = lc_test_now_us();
-            assert_int_equal(lc_send(flow, msg_n(i), 2000), 0);
+            assert_int_equal(lc_send(flow, nt_msg_n(i), 2000), 0);
             nt_expect_n(r_flow, i);
             int64_t ms = (lc_test_now_us() - t0) / 1000;
             if (ms > 1000) {
@@ -1832,15 +1793,15 @@ static void *big_fn(void *x)
 static void test_message_bigger_than_a_frame(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(60 * scale());
-    for (int r = 0; r < 4 * scale(); r++) {
+    LC_TEST_DEADLINE(60 * nt_scale());
+    for (int r = 0; r < 4 * nt_scale(); r++) {
         char url[128];
         lc_options o;
         lc_options_default(&o);
         if (r >= 2)
             o.stream_window = 1024; /* tiny: the message overdraws it */
         nt_pair p;
-        nt_open_pair(&p, transport_url(r, url, sizeof url), &o, &o);
+        nt_open_pair(&p, nt_transport_url(r, url, sizeof url), &o, &o);
         lc_sender *s;
         lc_receiver *rv;
         assert_int_equal(lc_session_sender(p.client, &s), 0);
@@ -1863,7 +1824,7 @@ static void test_message_bigger_than_a_frame(void **st)
         pthread_join(t, NULL);
         assert_int_equal(a.rc, 0);
         /* and a small one after */
-        assert_int_equal(lc_send(s, msg_n(7), 5000), 0);
+        assert_int_equal(lc_send(s, nt_msg_n(7), 5000), 0);
         nt_expect_n(rv, 7);
         lc_sender_release(s);
         lc_receiver_release(rv);
@@ -1918,7 +1879,7 @@ static void run_small_pending_out(int r)
             so.trace_ctx = &tr_server;
         }
         nt_pair p;
-        nt_open_pair(&p, transport_url(r, url, sizeof url), &co, &so);
+        nt_open_pair(&p, nt_transport_url(r, url, sizeof url), &co, &so);
         enum { T = 3, MSGS = 4 };
         bool shared = r >= 2;
         lc_sender *s[T];
@@ -1996,8 +1957,8 @@ static void run_small_pending_out(int r)
 static void test_small_pending_out_big_messages(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(60 * scale());
-    for (int r = 0; r < 4 * scale(); r++)
+    LC_TEST_DEADLINE(60 * nt_scale());
+    for (int r = 0; r < 4 * nt_scale(); r++)
         if (r % 4 != 1 || getenv("LC_RUN_KNOWN_BUGS")) /* (1: test_senders_blocked_on_full_output_not_woken) */
             run_small_pending_out(r);
 }
@@ -2016,7 +1977,7 @@ static void test_senders_blocked_on_full_output_not_woken(void **st)
 {
     (void)st;
     LC_TEST_DEADLINE(600);
-    for (int r = 0; r < 40 * scale(); r++)
+    for (int r = 0; r < 40 * nt_scale(); r++)
         run_small_pending_out(1);
 }
 
@@ -2026,14 +1987,14 @@ static void test_senders_blocked_on_full_output_not_woken(void **st)
 static void test_message_over_receiver_limit(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(30 * scale());
-    for (int r = 0; r < 4 * scale(); r++) {
+    LC_TEST_DEADLINE(30 * nt_scale());
+    for (int r = 0; r < 4 * nt_scale(); r++) {
         char url[128];
         lc_options so;
         lc_options_default(&so);
         so.limits.max_message = 256 * 1024;
         nt_pair p;
-        nt_open_pair(&p, transport_url(r, url, sizeof url), NULL, &so);
+        nt_open_pair(&p, nt_transport_url(r, url, sizeof url), NULL, &so);
         lc_sender *s, *s2;
         lc_receiver *rv, *rv2;
         assert_int_equal(lc_session_sender(p.client, &s), 0);
@@ -2057,11 +2018,11 @@ static void test_message_over_receiver_limit(void **st)
             fail();
         }
         /* the other channel: still works, or the session ended with a reason */
-        int rc2 = lc_send(s2, msg_n(5), 2000);
+        int rc2 = lc_send(s2, nt_msg_n(5), 2000);
         if (rc2 == 0) {
             int rc3 = lc_recv(rv2, &m, 3000);
             if (rc3 == 0) {
-                assert_int_equal(msg_get_n(m), 5);
+                assert_int_equal(nt_msg_get_n(m), 5);
                 lc_msg_free(m);
             } else {
                 assert_int_equal(rc3, LC_ESESSION);
@@ -2144,14 +2105,14 @@ static void bs_read_check(int fd, size_t len, int seed, const char *what)
 static void test_tiny_windows(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(60 * scale());
-    for (int r = 0; r < 6 * scale(); r++) {
+    LC_TEST_DEADLINE(60 * nt_scale());
+    for (int r = 0; r < 6 * nt_scale(); r++) {
         char url[128];
         lc_options o;
         lc_options_default(&o);
         o.stream_window = 1 + (uint32_t)(r / 2) % 5;
         nt_pair p;
-        nt_open_pair(&p, transport_url(r, url, sizeof url), &o, &o);
+        nt_open_pair(&p, nt_transport_url(r, url, sizeof url), &o, &o);
         lc_sender *s, *back;
         lc_receiver *rv, *rback;
         assert_int_equal(lc_session_sender(p.client, &s), 0);
@@ -2160,8 +2121,8 @@ static void test_tiny_windows(void **st)
         assert_int_equal(lc_session_receiver(p.client, &rback, 5000), 0);
         /* messages: 200 each way, interleaved */
         for (int i = 0; i < 200; i++) {
-            assert_int_equal(lc_send(s, msg_n(i), 5000), 0);
-            assert_int_equal(lc_send(back, msg_n(i), 5000), 0);
+            assert_int_equal(lc_send(s, nt_msg_n(i), 5000), 0);
+            assert_int_equal(lc_send(back, nt_msg_n(i), 5000), 0);
             if (i % 10 == 9)
                 for (int k = i - 9; k <= i; k++) {
                     nt_expect_n(rv, k);
@@ -2276,16 +2237,16 @@ static void *poller_fn(void *x)
 static void test_select_two_sessions_one_dies(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(60 * scale());
-    for (int r = 0; r < 12 * scale(); r++) {
+    LC_TEST_DEADLINE(60 * nt_scale());
+    for (int r = 0; r < 12 * nt_scale(); r++) {
         char u1[128], u2[128];
         lc_options o;
         lc_options_default(&o);
         o.stream_window = 8 * 1024;
         o.recv_queue = 4;
         nt_pair p1, p2;
-        nt_open_pair(&p1, transport_url(r, u1, sizeof u1), &o, &o);
-        nt_open_pair(&p2, transport_url(r + 1, u2, sizeof u2), &o, &o);
+        nt_open_pair(&p1, nt_transport_url(r, u1, sizeof u1), &o, &o);
+        nt_open_pair(&p2, nt_transport_url(r + 1, u2, sizeof u2), &o, &o);
         /* A: send on p1 (peer reads slowly), B: receive on p2 (peer sends) */
         lc_sender *send1, *feed2;
         lc_receiver *recv1, *recv2;
@@ -2304,7 +2265,7 @@ static void test_select_two_sessions_one_dies(void **st)
         /* p2's peer feeds a few then dies at round-dependent points */
         int fed = 5 + r % 7;
         for (int i = 0; i < fed; i++)
-            assert_int_equal(lc_send(feed2, msg_n(i), 5000), 0);
+            assert_int_equal(lc_send(feed2, nt_msg_n(i), 5000), 0);
         static const char blob[1024];
         int sent1 = 0, got2 = 0;
         bool dead_seen = false;
@@ -2342,7 +2303,7 @@ static void test_select_two_sessions_one_dies(void **st)
                 }
             } else if (rc == 1) {
                 if (cs[1].result == 0) {
-                    assert_int_equal(msg_get_n(cs[1].msg), got2);
+                    assert_int_equal(nt_msg_get_n(cs[1].msg), got2);
                     got2++;
                     lc_msg_free(cs[1].msg);
                 } else {
@@ -2373,7 +2334,7 @@ static void test_select_two_sessions_one_dies(void **st)
             lc_msg_free(m);
             drained++;
         }
-        assert_int_equal(lc_send(send1, msg_n(-5), 5000), 0);
+        assert_int_equal(lc_send(send1, nt_msg_n(-5), 5000), 0);
         assert_int_equal(lc_recv(recv1, &m, 5000), 0);
         lc_msg_free(m);
         /* the dead receiver's pollfd is readable (recv would not block) */
@@ -2475,7 +2436,7 @@ static void test_fd_select_sends_rollback(void **st)
     (void)st;
     LC_TEST_DEADLINE(60);
     enum { PER = 3, MSGS = 60 };
-    for (int r = 0; r < 6 * scale(); r++) {
+    for (int r = 0; r < 6 * nt_scale(); r++) {
         char url[128];
         lc_options o;
         lc_options_default(&o);
@@ -2538,14 +2499,14 @@ static void test_sender_pollfd_follows_window(void **st)
 {
     (void)st;
     LC_TEST_DEADLINE(60);
-    for (int r = 0; r < 6 * scale(); r++) {
+    for (int r = 0; r < 6 * nt_scale(); r++) {
         char url[128];
         lc_options o;
         lc_options_default(&o);
         o.stream_window = 4096;
         o.recv_queue = 2;
         nt_pair p;
-        nt_open_pair(&p, transport_url(r, url, sizeof url), &o, &o);
+        nt_open_pair(&p, nt_transport_url(r, url, sizeof url), &o, &o);
         warm_pair(&p);
         lc_sender *s;
         lc_receiver *rv;
@@ -2585,7 +2546,7 @@ static void test_sender_pollfd_follows_window(void **st)
         for (int i = 0; i < sent; i++) {
             lc_msg *m;
             assert_int_equal(lc_recv(rv, &m, 5000), 0);
-            assert_int_equal(msg_get_n(m), i);
+            assert_int_equal(nt_msg_get_n(m), i);
             lc_msg_free(m);
         }
         struct pollfd pf = { pfd, POLLIN, 0 };
@@ -2593,7 +2554,7 @@ static void test_sender_pollfd_follows_window(void **st)
         if (pr != 1)
             fprintf(stderr, "%s round %d: the sender's pollfd not readable after the peer read all\n", url, r);
         assert_int_equal(pr, 1);
-        lc_msg *m = msg_n(-1);
+        lc_msg *m = nt_msg_n(-1);
         assert_int_equal(lc_send(s, m, 0), 0);
         nt_expect_n(rv, -1);
         lc_sender_release(s);
@@ -2635,14 +2596,14 @@ static void test_own_close_with_open_stream_and_blocked_sender(void **st)
 {
     (void)st;
     LC_TEST_DEADLINE(60);
-    for (int r = 0; r < 6 * scale(); r++) {
+    for (int r = 0; r < 6 * nt_scale(); r++) {
         char url[128];
         lc_options o;
         lc_options_default(&o);
         o.stream_window = 8 * 1024;
         o.recv_queue = 2;
         nt_pair p;
-        nt_open_pair(&p, transport_url(r, url, sizeof url), &o, &o);
+        nt_open_pair(&p, nt_transport_url(r, url, sizeof url), &o, &o);
         /* tcp: the pipe becomes a sub-stream the client pumps; over unix
          * it may be passed as itself (then close has nothing to read) */
         lc_sender *s, *full;
@@ -2662,7 +2623,7 @@ static void test_own_close_with_open_stream_and_blocked_sender(void **st)
         blocked_sender bs = { .s = full };
         pthread_t t;
         pthread_create(&t, NULL, blocked_sender_fn, &bs);
-        assert_true(wait_at_least(&bs.sent, 3, 5000));
+        assert_true(nt_wait_at_least(&bs.sent, 3, 5000));
         /* the filler is (soon) blocked on the window: the server does not read rfull */
         int before = atomic_load(&bs.sent); /* (sends during the close: test_sends_racing_own_close) */
         int64_t t0 = lc_test_now_us();
@@ -2702,7 +2663,7 @@ static void test_own_close_with_open_stream_and_blocked_sender(void **st)
             int rc = lc_recv(rfull, &got, 3000);
             if (rc != 0)
                 break;
-            assert_int_equal(msg_get_n(got), got_n);
+            assert_int_equal(nt_msg_get_n(got), got_n);
             got_n++;
             lc_msg_free(got);
         }
@@ -2748,11 +2709,11 @@ static void test_sends_racing_own_close(void **st)
 {
     (void)st;
     LC_TEST_DEADLINE(60);
-    int lost_rounds = 0, rounds = 20 * scale();
+    int lost_rounds = 0, rounds = 20 * nt_scale();
     for (int r = 0; r < rounds; r++) {
         char url[128];
         nt_pair p;
-        nt_open_pair(&p, transport_url(r, url, sizeof url), NULL, NULL);
+        nt_open_pair(&p, nt_transport_url(r, url, sizeof url), NULL, NULL);
         enum { T = 2 };
         lc_sender *s[T];
         lc_receiver *rv[T];
@@ -2766,7 +2727,7 @@ static void test_sends_racing_own_close(void **st)
             a[k] = (close_racer){ .s = s[k], .id = k };
             pthread_create(&t[k], NULL, close_racer_fn, &a[k]);
         }
-        assert_true(wait_at_least(&a[0].accepted, 1 + r % 50, 5000));
+        assert_true(nt_wait_at_least(&a[0].accepted, 1 + r % 50, 5000));
         int before[T];
         for (int k = 0; k < T; k++)
             before[k] = atomic_load(&a[k].accepted); /* accepted before the close began */

@@ -44,47 +44,6 @@ static void round_leak_check(const char *what, int round)
     }
 }
 
-static int scale(void)
-{
-    const char *s = getenv("LC_STRESS_SCALE");
-    int n = s ? atoi(s) : 1;
-    return n > 0 ? n : 1;
-}
-
-/* Waits (polling, with a bound) until *v >= target. True when it got there. */
-static bool wait_at_least(atomic_int *v, int target, int timeout_ms)
-{
-    int64_t end = lc_test_now_us() + (int64_t)timeout_ms * 1000;
-    while (atomic_load(v) < target) {
-        if (lc_test_now_us() > end)
-            return false;
-        struct timespec ts = { 0, 50000 };
-        nanosleep(&ts, NULL);
-    }
-    return true;
-}
-
-static const char *transport_url(int i, char *buf, size_t len)
-{
-    if (i % 2 == 0)
-        return nt_unix_url(buf, len);
-    snprintf(buf, len, "tcp://127.0.0.1:0");
-    return buf;
-}
-
-static lc_msg *msg_n(int n)
-{
-    return lc_pack("{s:i}", "N", n);
-}
-
-static int msg_get_n(lc_msg *m)
-{
-    int n = -1;
-    if (lc_unpack(m, "{s:i}", "N", &n) != 0)
-        return -1;
-    return n;
-}
-
 /* ---- 1. teardown with calls blocked on the session's channels ------------------- */
 
 typedef struct {
@@ -264,9 +223,9 @@ static void run_teardown_round(const char *url, int mode, int round)
     assert_int_equal(lc_session_sender(p.server, &s_back), 0);
     assert_int_equal(lc_session_receiver(p.client, &back, 5000), 0);
     /* a message through each, so every stream is known on both sides */
-    assert_int_equal(lc_send(c_a, msg_n(1), 5000), 0);
+    assert_int_equal(lc_send(c_a, nt_msg_n(1), 5000), 0);
     nt_expect_n(in_a, 1);
-    assert_int_equal(lc_send(s_back, msg_n(2), 5000), 0);
+    assert_int_equal(lc_send(s_back, nt_msg_n(2), 5000), 0);
     nt_expect_n(back, 2);
 
     lc_receiver *mem_r;
@@ -290,8 +249,8 @@ static void run_teardown_round(const char *url, int mode, int round)
     pthread_create(&t[7], NULL, poll_recv_fn, &pr);
     /* the teardown comes at different points of the threads' lives */
     if (round % 4 != 0) {
-        assert_true(wait_at_least(&sa.iters, 1 + round % 5, 5000));
-        assert_true(wait_at_least(&fs.sent, 4, 5000));
+        assert_true(nt_wait_at_least(&sa.iters, 1 + round % 5, 5000));
+        assert_true(nt_wait_at_least(&fs.sent, 4, 5000));
     }
     int64_t t0 = lc_test_now_us();
     lc_session *freed = NULL;
@@ -356,38 +315,38 @@ static void run_teardown_round(const char *url, int mode, int round)
 
 static void run_teardown(int mode)
 {
-    int rounds = 24 * scale();
+    int rounds = 24 * nt_scale();
     for (int i = 0; i < rounds; i++) {
         char url[128];
-        run_teardown_round(transport_url(i, url, sizeof url), mode, i);
+        run_teardown_round(nt_transport_url(i, url, sizeof url), mode, i);
     }
 }
 
 static void test_teardown_free_own_session(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(60 * scale());
+    LC_TEST_DEADLINE(60 * nt_scale());
     run_teardown(KILL_FREE_SERVER);
 }
 
 static void test_teardown_free_peer_session(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(60 * scale());
+    LC_TEST_DEADLINE(60 * nt_scale());
     run_teardown(KILL_FREE_CLIENT);
 }
 
 static void test_teardown_carrier_shut_down(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(60 * scale());
+    LC_TEST_DEADLINE(60 * nt_scale());
     run_teardown(KILL_SHUTDOWN_CARRIER);
 }
 
 static void test_teardown_graceful_close(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(60 * scale());
+    LC_TEST_DEADLINE(60 * nt_scale());
     run_teardown(KILL_CLOSE_SERVER);
 }
 
@@ -420,8 +379,8 @@ static void run_free_vs_drive(const char *url, int round)
     pthread_t ta, tb;
     pthread_create(&ta, NULL, spin_recv_fn, &a);
     pthread_create(&tb, NULL, spin_recv_fn, &b);
-    assert_true(wait_at_least(&a.iters, 1 + round % 3, 5000));
-    assert_true(wait_at_least(&b.iters, 1 + round % 3, 5000));
+    assert_true(nt_wait_at_least(&a.iters, 1 + round % 3, 5000));
+    assert_true(nt_wait_at_least(&b.iters, 1 + round % 3, 5000));
     int64_t t0 = lc_test_now_us();
     lc_session_free(p.server);
     pthread_join(ta, NULL);
@@ -440,11 +399,11 @@ static void run_free_vs_drive(const char *url, int round)
 static void test_free_while_threads_enter_recv(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(60 * scale());
-    int rounds = 100 * scale();
+    LC_TEST_DEADLINE(60 * nt_scale());
+    int rounds = 100 * nt_scale();
     for (int i = 0; i < rounds; i++) {
         char url[128];
-        run_free_vs_drive(transport_url(i, url, sizeof url), i);
+        run_free_vs_drive(nt_transport_url(i, url, sizeof url), i);
     }
 }
 
@@ -525,7 +484,7 @@ static void run_free_during_syn(const char *url, int round, int *leaks)
     if (drive_thread)
         pthread_create(&td, NULL, spin_recv_fn, &d);
     pthread_create(&to, NULL, opener_fn, &op);
-    assert_true(wait_at_least(&op.opened, 20 + round % 50, 5000));
+    assert_true(nt_wait_at_least(&op.opened, 20 + round % 50, 5000));
     hold_session(p.server);
     lc_session_free(p.server);
     pthread_join(to, NULL);
@@ -547,11 +506,11 @@ static void run_free_during_syn(const char *url, int round, int *leaks)
 static void test_free_while_peer_opens_streams(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(60 * scale());
-    int rounds = 200 * scale(), leaks = 0;
+    LC_TEST_DEADLINE(60 * nt_scale());
+    int rounds = 200 * nt_scale(), leaks = 0;
     for (int i = 0; i < rounds; i++) {
         char url[128];
-        run_free_during_syn(transport_url(i / 3, url, sizeof url), i, &leaks);
+        run_free_during_syn(nt_transport_url(i / 3, url, sizeof url), i, &leaks);
     }
     if (leaks)
         fprintf(stderr, "%d of %d rounds leaked a session\n", leaks, rounds);
@@ -575,7 +534,7 @@ static void *producer_fn(void *x)
     producer *a = x;
     a->rc = 0;
     for (int i = 0; i < a->n; i++) {
-        lc_msg *m = msg_n(i);
+        lc_msg *m = nt_msg_n(i);
         int rc = lc_send(a->s, m, 5000);
         if (rc != 0) {
             lc_msg_free(m);
@@ -623,7 +582,7 @@ static void *selector_fn(void *x)
             }
             continue;
         }
-        int n = msg_get_n(cs[i].msg);
+        int n = nt_msg_get_n(cs[i].msg);
         lc_msg_free(cs[i].msg);
         int *got = i == 0 ? &a->net_got : &a->mem_got;
         if (n != *got && a->bad < 0)
@@ -654,7 +613,7 @@ static void run_select_round(const char *url, mid_mode mode, int round)
     pthread_create(&tn, NULL, producer_fn, &pn);
     pthread_create(&tm, NULL, producer_fn, &pm);
     /* mid-way: after some of the network messages went out */
-    assert_true(wait_at_least(&pn.sent, 50 + 97 * (round % 7), 5000));
+    assert_true(nt_wait_at_least(&pn.sent, 50 + 97 * (round % 7), 5000));
     int crc = 0;
     int sent_before_close = atomic_load(&pn.sent); /* (each counted after its lc_send returned) */
     switch (mode) {
@@ -710,11 +669,11 @@ static void run_select_round(const char *url, mid_mode mode, int round)
 static void test_select_net_and_memory_session_closed_midway(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(90 * scale());
-    int rounds = 12 * scale();
+    LC_TEST_DEADLINE(90 * nt_scale());
+    int rounds = 12 * nt_scale();
     for (int i = 0; i < rounds; i++) {
         char url[128];
-        run_select_round(transport_url(i, url, sizeof url), (mid_mode)(i / 2 % 3), i);
+        run_select_round(nt_transport_url(i, url, sizeof url), (mid_mode)(i / 2 % 3), i);
     }
 }
 
@@ -734,12 +693,12 @@ static void run_flood_then_close(const char *url, int count)
     assert_int_equal(lc_session_sender(p.client, &ch), 0);
     assert_int_equal(lc_session_receiver(p.server, &in, 5000), 0);
     for (int i = 0; i < count; i++)
-        assert_int_equal(lc_send(ch, msg_n(i), 5000), 0);
+        assert_int_equal(lc_send(ch, nt_msg_n(i), 5000), 0);
     assert_int_equal(lc_session_close(p.client, 5000), 0);
     int got = 0, rc;
     lc_msg *m;
     while ((rc = lc_recv(in, &m, 5000)) == 0) {
-        assert_int_equal(msg_get_n(m), got);
+        assert_int_equal(nt_msg_get_n(m), got);
         got++;
         lc_msg_free(m);
     }
@@ -930,16 +889,16 @@ static void run_reply_channels(const char *url, int rounds)
 static void test_reply_channels_from_four_threads_unix(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(60 * scale());
+    LC_TEST_DEADLINE(60 * nt_scale());
     char url[128];
-    run_reply_channels(nt_unix_url(url, sizeof url), 1000 * scale());
+    run_reply_channels(nt_unix_url(url, sizeof url), 1000 * nt_scale());
 }
 
 static void test_reply_channels_from_four_threads_tcp(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(60 * scale());
-    run_reply_channels("tcp://127.0.0.1:0", 1000 * scale());
+    LC_TEST_DEADLINE(60 * nt_scale());
+    run_reply_channels("tcp://127.0.0.1:0", 1000 * nt_scale());
 }
 
 /* ---- 3b. the same, with a session freed in the middle ---------------------------- */
@@ -1032,7 +991,7 @@ static void run_reply_teardown(const char *url, int round, bool free_client)
         pthread_create(&ts[i], NULL, rq_server_fn, &sv[i]);
     }
     for (int i = 0; i < RQ_THREADS; i++)
-        assert_true(wait_at_least(&cl[i].rounds, 1 + (round * 7 + i) % 40, 5000));
+        assert_true(nt_wait_at_least(&cl[i].rounds, 1 + (round * 7 + i) % 40, 5000));
     int64_t t0 = lc_test_now_us();
     if (free_client && round % 3 == 1) {
         /* a graceful close instead, in the middle of the traffic */
@@ -1076,11 +1035,11 @@ static void run_reply_teardown(const char *url, int round, bool free_client)
 static void test_reply_channels_client_freed_midway(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(90 * scale());
-    int rounds = 30 * scale();
+    LC_TEST_DEADLINE(90 * nt_scale());
+    int rounds = 30 * nt_scale();
     for (int i = 0; i < rounds; i++) {
         char url[128];
-        run_reply_teardown(transport_url(i, url, sizeof url), i, true);
+        run_reply_teardown(nt_transport_url(i, url, sizeof url), i, true);
         round_leak_check(url, i);
     }
 }
@@ -1092,11 +1051,11 @@ static void test_reply_channels_client_freed_midway(void **st)
 static void test_reply_channels_server_freed_midway(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(90 * scale());
-    int rounds = 30 * scale();
+    LC_TEST_DEADLINE(90 * nt_scale());
+    int rounds = 30 * nt_scale();
     for (int i = 0; i < rounds; i++) {
         char url[128];
-        run_reply_teardown(transport_url(i, url, sizeof url), i, false);
+        run_reply_teardown(nt_transport_url(i, url, sizeof url), i, false);
         round_leak_check(url, i);
     }
 }
@@ -1142,20 +1101,20 @@ static void run_forward_round(const char *url_a, const char *url_b, int round)
 
     /* it works end to end, both ways */
     for (int i = 1; i <= 5; i++) {
-        assert_int_equal(lc_send(a_data, msg_n(i), 5000), 0);
+        assert_int_equal(lc_send(a_data, nt_msg_n(i), 5000), 0);
         nt_expect_n(far_data, i);
-        assert_int_equal(lc_send(far_back, msg_n(100 + i), 5000), 0);
+        assert_int_equal(lc_send(far_back, nt_msg_n(100 + i), 5000), 0);
         nt_expect_n(back_r, 100 + i);
     }
     /* some in flight, then A's client goes away */
     for (int i = 6; i < 6 + round % 20; i++)
-        assert_int_equal(lc_send(a_data, msg_n(i), 5000), 0);
+        assert_int_equal(lc_send(a_data, nt_msg_n(i), 5000), 0);
     lc_session_free(a.client);
     int64_t t0 = lc_test_now_us();
     int rc;
     int next = 6;
     while ((rc = lc_recv(far_data, &m, 5000)) == 0) {
-        assert_int_equal(msg_get_n(m), next);
+        assert_int_equal(nt_msg_get_n(m), next);
         next++;
         lc_msg_free(m);
     }
@@ -1171,7 +1130,7 @@ static void run_forward_round(const char *url_a, const char *url_b, int round)
     int i;
     t0 = lc_test_now_us();
     for (i = 0;; i++) {
-        m = msg_n(i);
+        m = nt_msg_n(i);
         int64_t s0 = lc_test_now_us();
         rc = lc_send(far_back, m, 3000);
         assert_true(lc_test_now_us() - s0 < 2000000);
@@ -1187,7 +1146,7 @@ static void run_forward_round(const char *url_a, const char *url_b, int round)
         fail();
     }
     /* B itself is unharmed */
-    assert_int_equal(lc_send(b_out, msg_n(77), 5000), 0);
+    assert_int_equal(lc_send(b_out, nt_msg_n(77), 5000), 0);
     nt_expect_n(b_in, 77);
 
     lc_sender_release(a_data);
@@ -1204,11 +1163,11 @@ static void run_forward_round(const char *url_a, const char *url_b, int round)
 static void test_forwarded_channels_end_when_first_peer_goes(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(90 * scale());
-    int rounds = 16 * scale();
+    LC_TEST_DEADLINE(90 * nt_scale());
+    int rounds = 16 * nt_scale();
     for (int i = 0; i < rounds; i++) {
         char ua[128], ub[128];
-        run_forward_round(transport_url(i, ua, sizeof ua), transport_url(i / 2, ub, sizeof ub), i);
+        run_forward_round(nt_transport_url(i, ua, sizeof ua), nt_transport_url(i / 2, ub, sizeof ub), i);
     }
 }
 
@@ -1244,16 +1203,16 @@ static void run_forward_middle_dies(const char *url_a, const char *url_b, int ro
     lc_sender *far_back;
     assert_int_equal(lc_unpack(m, "{s:R, s:S}", "Data", &far_data, "Back", &far_back), 0);
     lc_msg_free(m);
-    assert_int_equal(lc_send(a_data, msg_n(1), 5000), 0);
+    assert_int_equal(lc_send(a_data, nt_msg_n(1), 5000), 0);
     nt_expect_n(far_data, 1);
-    assert_int_equal(lc_send(far_back, msg_n(101), 5000), 0);
+    assert_int_equal(lc_send(far_back, nt_msg_n(101), 5000), 0);
     nt_expect_n(back_r, 101);
 
     /* A's client keeps sending while the middle's B goes */
     producer pa = { .s = a_data, .n = 2000 };
     pthread_t tp;
     pthread_create(&tp, NULL, producer_fn, &pa);
-    assert_true(wait_at_least(&pa.sent, 1 + round % 50, 5000));
+    assert_true(nt_wait_at_least(&pa.sent, 1 + round % 50, 5000));
     int64_t t0 = lc_test_now_us();
     lc_session_free(b.server);
     int rc, got = 0;
@@ -1262,7 +1221,7 @@ static void run_forward_middle_dies(const char *url_a, const char *url_b, int ro
         lc_msg_free(m);
     }
     assert_int_equal(rc, LC_ESESSION);
-    m = msg_n(1);
+    m = nt_msg_n(1);
     rc = lc_send(far_back, m, 2000);
     if (rc != 0)
         lc_msg_free(m);
@@ -1282,7 +1241,7 @@ static void run_forward_middle_dies(const char *url_a, const char *url_b, int ro
     lc_receiver *a2_in;
     assert_int_equal(lc_session_sender(a.client, &a2), 0);
     assert_int_equal(lc_session_receiver(a.server, &a2_in, 5000), 0);
-    assert_int_equal(lc_send(a2, msg_n(3), 5000), 0);
+    assert_int_equal(lc_send(a2, nt_msg_n(3), 5000), 0);
     nt_expect_n(a2_in, 3);
     lc_sender_release(a2);
     lc_receiver_release(a2_in);
@@ -1301,11 +1260,11 @@ static void run_forward_middle_dies(const char *url_a, const char *url_b, int ro
 static void test_forwarded_channels_end_when_middle_goes(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(90 * scale());
-    int rounds = 16 * scale();
+    LC_TEST_DEADLINE(90 * nt_scale());
+    int rounds = 16 * nt_scale();
     for (int i = 0; i < rounds; i++) {
         char ua[128], ub[128];
-        run_forward_middle_dies(transport_url(i, ua, sizeof ua), transport_url(i / 2, ub, sizeof ub), i);
+        run_forward_middle_dies(nt_transport_url(i, ua, sizeof ua), nt_transport_url(i / 2, ub, sizeof ub), i);
     }
 }
 
@@ -1400,7 +1359,7 @@ static void run_bytes_round(const char *url, int round, lc_options *o)
     close(sv[0]);
     /* the session carries on */
     for (int i = 0; i < 20; i++) {
-        assert_int_equal(lc_send(other, msg_n(i), 5000), 0);
+        assert_int_equal(lc_send(other, nt_msg_n(i), 5000), 0);
         nt_expect_n(other_in, i);
     }
     lc_close(req);
@@ -1418,8 +1377,8 @@ static void run_bytes_round(const char *url, int round, lc_options *o)
 static void test_byte_stream_reader_closes_early_tcp(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(90 * scale());
-    int rounds = 12 * scale();
+    LC_TEST_DEADLINE(90 * nt_scale());
+    int rounds = 12 * nt_scale();
     for (int i = 0; i < rounds; i++) {
         lc_options o;
         lc_options_default(&o);
@@ -1432,8 +1391,8 @@ static void test_byte_stream_reader_closes_early_tcp(void **st)
 static void test_byte_stream_reader_closes_early_unix(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(60 * scale());
-    int rounds = 6 * scale();
+    LC_TEST_DEADLINE(60 * nt_scale());
+    int rounds = 6 * nt_scale();
     for (int i = 0; i < rounds; i++) {
         char url[128];
         run_bytes_round(nt_unix_url(url, sizeof url), i, NULL);
@@ -1491,7 +1450,7 @@ static void run_fd_send_vs_free(const char *url, int round, int *bad)
     a->s = c0;
     pthread_t t;
     pthread_create(&t, NULL, fd_sender_fn, a);
-    assert_true(wait_at_least(&a->sent, 1 + round % 20, 5000));
+    assert_true(nt_wait_at_least(&a->sent, 1 + round % 20, 5000));
     hold_session(p.client);
     lc_session_free(p.client);
     pthread_join(t, NULL);
@@ -1516,11 +1475,11 @@ static void run_fd_send_vs_free(const char *url, int round, int *bad)
 static void test_stream_sends_while_session_freed(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(60 * scale());
-    int rounds = 60 * scale(), bad = 0;
+    LC_TEST_DEADLINE(60 * nt_scale());
+    int rounds = 60 * nt_scale(), bad = 0;
     for (int i = 0; i < rounds; i++) {
         char url[128];
-        run_fd_send_vs_free(transport_url(i, url, sizeof url), i, &bad);
+        run_fd_send_vs_free(nt_transport_url(i, url, sizeof url), i, &bad);
     }
     if (bad)
         fprintf(stderr, "%d of %d rounds leaked\n", bad, rounds);
@@ -1571,7 +1530,7 @@ static void *cr_closer_fn(void *x)
     cr_closer *a = x;
     while (atomic_load(a->go) == 0)
         sched_yield();
-    wait_at_least(a->after, a->at, 5000);
+    nt_wait_at_least(a->after, a->at, 5000);
     a->rc = lc_close(a->s);
     lc_sender_release(a->s);
     return NULL;
@@ -1685,7 +1644,7 @@ static void run_close_race_round(const char *url, int round)
     lc_receiver *in2;
     assert_int_equal(lc_session_sender(p.client, &ch2), 0);
     assert_int_equal(lc_session_receiver(p.server, &in2, 5000), 0);
-    assert_int_equal(lc_send(ch2, msg_n(5), 5000), 0);
+    assert_int_equal(lc_send(ch2, nt_msg_n(5), 5000), 0);
     nt_expect_n(in2, 5);
     lc_sender_release(ch2);
     lc_receiver_release(in2);
@@ -1695,11 +1654,11 @@ static void run_close_race_round(const char *url, int round)
 static void test_close_and_release_race_sends(void **st)
 {
     (void)st;
-    LC_TEST_DEADLINE(90 * scale());
-    int rounds = 30 * scale();
+    LC_TEST_DEADLINE(90 * nt_scale());
+    int rounds = 30 * nt_scale();
     for (int i = 0; i < rounds; i++) {
         char url[128];
-        run_close_race_round(transport_url(i, url, sizeof url), i);
+        run_close_race_round(nt_transport_url(i, url, sizeof url), i);
     }
 }
 
