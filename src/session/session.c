@@ -1492,12 +1492,15 @@ static void bytes_close(lc_stream *st)
     st->fdw = NULL;
     st->fd = -1;
     st->local_fin = true;
+    if (w != NULL)
+        atomic_fetch_add(&s->fd_closers, 1); /* lc_session_free waits for the close */
     stream_maybe_done_locked(s, st);
     pthread_mutex_unlock(&s->mu);
     if (w == NULL)
         return;
     lc__engine_del(w);
     close(fd);
+    atomic_fetch_sub(&s->fd_closers, 1);
     stream_unref(st); /* the watch's reference */
 }
 
@@ -3550,6 +3553,10 @@ LC_API void lc_session_free(lc_session *s)
     while (!s->fail_done)
         pthread_cond_wait(&s->flushed, &s->wmu);
     pthread_mutex_unlock(&s->wmu);
+    /* and a byte stream's own callback that took its fd to close it just
+     * before session_fail looked (session_fail then found nothing to close) */
+    while (atomic_load(&s->fd_closers) != 0)
+        sched_yield();
     pthread_mutex_lock(&s->mu);
     lc_timer_id tid = s->ref_timer;
     s->ref_timer = 0;

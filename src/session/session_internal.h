@@ -130,6 +130,7 @@ struct lc_session {
     uint32_t tail_id;
     _Atomic uint64_t rx_reads; /* carrier reads that brought bytes */
     _Atomic int in_cb;    /* engine callbacks (and driving receivers) running on it */
+    _Atomic int fd_closers; /* bytes_close calls between taking a watch and closing its fd */
     _Atomic int reader;   /* the reader token: 1 while a thread reads the carrier */
     _Atomic bool rearm_needed; /* the engine found the token taken: re-arm EPOLLIN */
     /* wmu: after a thread read the carrier itself, the engine's watch stays
