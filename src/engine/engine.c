@@ -212,6 +212,13 @@ static void slot_release(lc_watch *w)
     pthread_mutex_unlock(&e->mu);
 }
 
+/* What identifies w in an epoll event or a poll list entry: a stale one
+ * (slot freed or reused since) finds another generation. */
+static uint64_t watch_tag(const lc_watch *w)
+{
+    return ((uint64_t)w->gen << 32) | w->index;
+}
+
 /* ---- the poll backend's list ------------------------------------------------ */
 
 /* Puts w in the poll list with `interest`, or takes it out (0). w->mu held.
@@ -245,7 +252,7 @@ static int pset_put(lc_watch *w, uint32_t interest)
             e->pset_cap = ncap;
         }
         w->ppos = e->pset_len++;
-        e->pset[w->ppos] = (pentry){ w->fd, interest, ((uint64_t)w->gen << 32) | w->index };
+        e->pset[w->ppos] = (pentry){ w->fd, interest, watch_tag(w) };
         wake = e->pollers > 0;
     } else {
         pentry *p = &e->pset[w->ppos];
@@ -303,7 +310,7 @@ static int ctl(lc_watch *w, int op, uint32_t interest)
     struct epoll_event ev;
     memset(&ev, 0, sizeof ev);
     ev.events = interest | EPOLLONESHOT;
-    ev.data.u64 = ((uint64_t)w->gen << 32) | w->index;
+    ev.data.u64 = watch_tag(w);
     return epoll_ctl(w->e->epfd, op, w->fd, &ev) == 0 ? 0 : -errno;
 }
 

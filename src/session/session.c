@@ -302,15 +302,31 @@ static void stream_ref(lc_stream *st)
     atomic_fetch_add_explicit(&st->refs, 1, memory_order_relaxed);
 }
 
+/* Frees a chain of messages linked by next (closing their fds). */
+static void msg_chain_free(lc_msg *m)
+{
+    while (m != NULL) {
+        lc_msg *next = m->next;
+        lc_msg_free(m);
+        m = next;
+    }
+}
+
+/* Takes st's whole list of decoded, undelivered messages (a chain for
+ * msg_chain_free once the lock is dropped). mu held. */
+static lc_msg *pending_take_all_locked(lc_stream *st)
+{
+    lc_msg *all = st->pending_head;
+    st->pending_head = st->pending_tail = NULL;
+    st->npending = 0;
+    return all;
+}
+
 static void stream_unref(lc_stream *st)
 {
     if (atomic_fetch_sub_explicit(&st->refs, 1, memory_order_acq_rel) != 1)
         return;
-    while (st->pending_head) {
-        lc_msg *m = st->pending_head;
-        st->pending_head = m->next;
-        lc_msg_free(m);
-    }
+    msg_chain_free(st->pending_head);
     if (st->sd_init)
         lc__sd_free(&st->sd);
     lc__buf_free(&st->early);
@@ -1924,17 +1940,11 @@ static void forward_refused(lc_stream *st, int rc)
     uint32_t sid = st->id;
     if (rst) {
         st->reset = true; /* nothing more is decoded */
-        drop = st->pending_head;
-        st->pending_head = st->pending_tail = NULL;
-        st->npending = 0;
+        drop = pending_take_all_locked(st);
         stream_maybe_done_locked(s, st);
     }
     pthread_mutex_unlock(&s->mu);
-    while (drop != NULL) {
-        lc_msg *next = drop->next;
-        lc_msg_free(drop);
-        drop = next;
-    }
+    msg_chain_free(drop);
     if (rst) {
         ctl_arg ra = { sid, LC_SPDY_CANCEL };
         send_control(s, ctl_rst, &ra);
@@ -2183,19 +2193,13 @@ static void deliver_pending(lc_stream *st)
             /* its sub-streams can no longer come (session_fail emptied the
              * tables): it and what follows it are lost, and the channel
              * ends now with the session's error */
-            lc_msg *lost = st->pending_head;
-            st->pending_head = st->pending_tail = NULL;
-            st->npending = 0;
+            lc_msg *lost = pending_take_all_locked(st);
             st->reset = true; /* decode nothing more */
             st->remote_fin_pending = false;
             int end = st->end_err ? st->end_err : LC_ESESSION;
             pthread_mutex_unlock(&s->mu);
             kick_streams(s, &k);
-            while (lost != NULL) {
-                lc_msg *next = lost->next;
-                lc_msg_free(lost);
-                lost = next;
-            }
+            msg_chain_free(lost);
             lc__close_error(st->into, end);
             continue;
         }
@@ -3127,11 +3131,7 @@ static void ref_timer(void *ctx)
         lc__close_error(fail[i], LC_EPROTO);
         lc_sender_release(fail[i]);
     }
-    while (dropped) {
-        lc_msg *next = dropped->next;
-        lc_msg_free(dropped);
-        dropped = next;
-    }
+    msg_chain_free(dropped);
     if (nf > 0)
         resume_reading(s); /* nothing waits on those streams any more */
     (void)any_waiting;

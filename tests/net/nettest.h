@@ -109,6 +109,34 @@ static inline int nt_msg_get_n(lc_msg *m)
     return n;
 }
 
+/* A thread that sends {N: k, Blob: 1 KiB} on s until a send fails (after
+ * timeout_ms each): toward a peer that never reads, the window runs out and
+ * the last send blocks. rc is its result, done_us when it returned. */
+typedef struct nt_filler {
+    lc_sender *s;
+    int64_t timeout_ms;
+    int rc;
+    int64_t done_us;
+    atomic_int sent;
+} nt_filler;
+
+static inline void *nt_filler_fn(void *x)
+{
+    nt_filler *a = x;
+    static const char blob[1024];
+    for (;;) {
+        lc_msg *m = lc_pack("{s:i, s:b}", "N", atomic_load(&a->sent), "Blob", blob, sizeof blob);
+        a->rc = lc_send(a->s, m, a->timeout_ms);
+        if (a->rc != 0) {
+            lc_msg_free(m);
+            break;
+        }
+        atomic_fetch_add(&a->sent, 1);
+    }
+    a->done_us = lc_test_now_us();
+    return NULL;
+}
+
 typedef struct nt_pair {
     lc_listener *l;
     lc_session *client, *server;

@@ -2572,30 +2572,6 @@ static void test_sender_pollfd_follows_window(void **st)
  * lc_send on a spent window: close returns within its timeout with
  * LC_ETIMEDOUT (not everything could go), the blocked send returns at once
  * with an error, and messages sent before still arrive. */
-typedef struct {
-    lc_sender *s;
-    int rc;
-    int64_t done_us;
-    atomic_int sent;
-} blocked_sender;
-
-static void *blocked_sender_fn(void *x)
-{
-    blocked_sender *a = x;
-    static const char blob[1024];
-    for (;;) {
-        lc_msg *m = lc_pack("{s:i, s:b}", "N", atomic_load(&a->sent), "B", blob, sizeof blob);
-        a->rc = lc_send(a->s, m, 10000);
-        if (a->rc != 0) {
-            lc_msg_free(m);
-            break;
-        }
-        atomic_fetch_add(&a->sent, 1);
-    }
-    a->done_us = lc_test_now_us();
-    return NULL;
-}
-
 static void test_own_close_with_open_stream_and_blocked_sender(void **st)
 {
     (void)st;
@@ -2624,9 +2600,9 @@ static void test_own_close_with_open_stream_and_blocked_sender(void **st)
         lc_msg_set_root(m, root);
         assert_int_equal(lc_send(s, m, 5000), 0);
         assert_int_equal(write(pf[1], "abc", 3), 3);
-        blocked_sender bs = { .s = full };
+        nt_filler bs = { .s = full, .timeout_ms = 10000 };
         pthread_t t;
-        pthread_create(&t, NULL, blocked_sender_fn, &bs);
+        pthread_create(&t, NULL, nt_filler_fn, &bs);
         assert_true(nt_wait_at_least(&bs.sent, 3, 5000));
         /* the filler is (soon) blocked on the window: the server does not read rfull */
         int before = atomic_load(&bs.sent); /* (sends during the close: test_sends_racing_own_close) */

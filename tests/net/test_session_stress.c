@@ -93,32 +93,6 @@ static void *spin_recv_fn(void *x)
     return NULL;
 }
 
-/* Sends 1 KiB messages until a send fails: the peer never reads, so the
- * window runs out and a send blocks. */
-typedef struct {
-    lc_sender *s;
-    int rc;
-    int64_t done_us;
-    atomic_int sent;
-} fill_send;
-
-static void *fill_send_fn(void *x)
-{
-    fill_send *a = x;
-    static const char blob[1024];
-    for (;;) {
-        lc_msg *m = lc_pack("{s:i, s:b}", "N", atomic_load(&a->sent), "Blob", blob, sizeof blob);
-        a->rc = lc_send(a->s, m, 20000);
-        if (a->rc != 0) {
-            lc_msg_free(m);
-            break;
-        }
-        atomic_fetch_add(&a->sent, 1);
-    }
-    a->done_us = lc_test_now_us();
-    return NULL;
-}
-
 /* lc_select over a network Receiver and an in-memory one nobody feeds. */
 typedef struct {
     lc_receiver *net, *mem;
@@ -234,7 +208,7 @@ static void run_teardown_round(const char *url, int mode, int round)
 
     blk_recv ra = { .r = in_a }, rb = { .r = back };
     spin_recv sa = { .r = in_b }, sb = { .r = back };
-    fill_send fs = { .s = c_full };
+    nt_filler fs = { .s = c_full, .timeout_ms = 20000 };
     blk_select sel = { .net = back, .mem = mem_r };
     sel_send ss = { .s = c_full, .sent = &fs.sent };
     poll_recv pr = { .r = back };
@@ -243,7 +217,7 @@ static void run_teardown_round(const char *url, int mode, int round)
     pthread_create(&t[1], NULL, blk_recv_fn, &rb);
     pthread_create(&t[2], NULL, spin_recv_fn, &sa);
     pthread_create(&t[3], NULL, spin_recv_fn, &sb);
-    pthread_create(&t[4], NULL, fill_send_fn, &fs);
+    pthread_create(&t[4], NULL, nt_filler_fn, &fs);
     pthread_create(&t[5], NULL, blk_select_fn, &sel);
     pthread_create(&t[6], NULL, sel_send_fn, &ss);
     pthread_create(&t[7], NULL, poll_recv_fn, &pr);
@@ -1066,21 +1040,32 @@ static void test_reply_channels_server_freed_midway(void **st)
  * (and a reply Sender from A's client) on to B's client over B; then A's
  * client session is freed: B's client must see the forwarded Receiver end
  * and its sends on the forwarded Sender fail with LC_ECLOSED, within a bound. */
-static void run_forward_round(const char *url_a, const char *url_b, int round)
-{
+/* The forwarding chain both tests below use: A's client opens a data
+ * channel to A's server with a reply Sender in its first message; A's
+ * server (the middle) forwards that Receiver and that Sender over B to B's
+ * client (the far end). */
+typedef struct {
     nt_pair a, b;
-    nt_open_pair(&a, url_a, NULL, NULL);
-    nt_open_pair(&b, url_b, NULL, NULL);
+    lc_sender *a_data;    /* A's client sends on it ... */
+    lc_receiver *far_data; /* ... the far end receives */
+    lc_sender *far_back;  /* the far end sends on it ... */
+    lc_receiver *back_r;  /* ... A's client receives */
+    lc_sender *b_out;     /* the middle's own channel on B ... */
+    lc_receiver *b_in;    /* ... and its far end */
+} fwd_chain;
+
+static void fwd_chain_open(fwd_chain *c, const char *url_a, const char *url_b)
+{
+    nt_open_pair(&c->a, url_a, NULL, NULL);
+    nt_open_pair(&c->b, url_b, NULL, NULL);
 
     /* on A: a data channel and, inside its first message, a reply Sender */
-    lc_sender *a_data;
-    assert_int_equal(lc_session_sender(a.client, &a_data), 0);
-    lc_receiver *back_r;
+    assert_int_equal(lc_session_sender(c->a.client, &c->a_data), 0);
     lc_sender *back_s;
-    assert_int_equal(lc_pipe(&back_r, &back_s, 4), 0);
-    assert_int_equal(lc_send(a_data, lc_pack("{s:i, s:S}", "N", 0, "Back", back_s), 5000), 0);
+    assert_int_equal(lc_pipe(&c->back_r, &back_s, 4), 0);
+    assert_int_equal(lc_send(c->a_data, lc_pack("{s:i, s:S}", "N", 0, "Back", back_s), 5000), 0);
     lc_receiver *a_in;
-    assert_int_equal(lc_session_receiver(a.server, &a_in, 5000), 0);
+    assert_int_equal(lc_session_receiver(c->a.server, &a_in, 5000), 0);
     lc_msg *m;
     assert_int_equal(lc_recv(a_in, &m, 5000), 0);
     lc_sender *fwd_back;
@@ -1088,16 +1073,33 @@ static void run_forward_round(const char *url_a, const char *url_b, int round)
     lc_msg_free(m);
 
     /* the middle forwards both ends on B */
-    lc_sender *b_out;
-    assert_int_equal(lc_session_sender(b.server, &b_out), 0);
-    assert_int_equal(lc_send(b_out, lc_pack("{s:R, s:S}", "Data", a_in, "Back", fwd_back), 5000), 0);
-    lc_receiver *b_in;
-    assert_int_equal(lc_session_receiver(b.client, &b_in, 5000), 0);
-    assert_int_equal(lc_recv(b_in, &m, 5000), 0);
-    lc_receiver *far_data;
-    lc_sender *far_back;
-    assert_int_equal(lc_unpack(m, "{s:R, s:S}", "Data", &far_data, "Back", &far_back), 0);
+    assert_int_equal(lc_session_sender(c->b.server, &c->b_out), 0);
+    assert_int_equal(lc_send(c->b_out, lc_pack("{s:R, s:S}", "Data", a_in, "Back", fwd_back), 5000), 0);
+    assert_int_equal(lc_session_receiver(c->b.client, &c->b_in, 5000), 0);
+    assert_int_equal(lc_recv(c->b_in, &m, 5000), 0);
+    assert_int_equal(lc_unpack(m, "{s:R, s:S}", "Data", &c->far_data, "Back", &c->far_back), 0);
     lc_msg_free(m);
+}
+
+/* Releases the chain's channel ends (the sessions are the caller's). */
+static void fwd_chain_release_ends(fwd_chain *c)
+{
+    lc_sender_release(c->a_data);
+    lc_receiver_release(c->back_r);
+    lc_sender_release(c->b_out);
+    lc_receiver_release(c->b_in);
+    lc_receiver_release(c->far_data);
+    lc_sender_release(c->far_back);
+}
+
+static void run_forward_round(const char *url_a, const char *url_b, int round)
+{
+    fwd_chain c;
+    fwd_chain_open(&c, url_a, url_b);
+    nt_pair a = c.a, b = c.b;
+    lc_sender *a_data = c.a_data, *far_back = c.far_back, *b_out = c.b_out;
+    lc_receiver *far_data = c.far_data, *back_r = c.back_r, *b_in = c.b_in;
+    lc_msg *m;
 
     /* it works end to end, both ways */
     for (int i = 1; i <= 5; i++) {
@@ -1149,12 +1151,7 @@ static void run_forward_round(const char *url_a, const char *url_b, int round)
     assert_int_equal(lc_send(b_out, nt_msg_n(77), 5000), 0);
     nt_expect_n(b_in, 77);
 
-    lc_sender_release(a_data);
-    lc_receiver_release(back_r);
-    lc_sender_release(b_out);
-    lc_receiver_release(b_in);
-    lc_receiver_release(far_data);
-    lc_sender_release(far_back);
+    fwd_chain_release_ends(&c);
     lc_session_free(a.server);
     lc_listener_close(a.l);
     nt_close_pair(&b);
@@ -1177,32 +1174,12 @@ static void test_forwarded_channels_end_when_first_peer_goes(void **st)
  * middle closes the Sender it was forwarding into), A keeps working. */
 static void run_forward_middle_dies(const char *url_a, const char *url_b, int round)
 {
-    nt_pair a, b;
-    nt_open_pair(&a, url_a, NULL, NULL);
-    nt_open_pair(&b, url_b, NULL, NULL);
-    lc_sender *a_data;
-    assert_int_equal(lc_session_sender(a.client, &a_data), 0);
-    lc_receiver *back_r;
-    lc_sender *back_s;
-    assert_int_equal(lc_pipe(&back_r, &back_s, 4), 0);
-    assert_int_equal(lc_send(a_data, lc_pack("{s:i, s:S}", "N", 0, "Back", back_s), 5000), 0);
-    lc_receiver *a_in;
-    assert_int_equal(lc_session_receiver(a.server, &a_in, 5000), 0);
+    fwd_chain c;
+    fwd_chain_open(&c, url_a, url_b);
+    nt_pair a = c.a, b = c.b;
+    lc_sender *a_data = c.a_data, *far_back = c.far_back;
+    lc_receiver *far_data = c.far_data, *back_r = c.back_r;
     lc_msg *m;
-    assert_int_equal(lc_recv(a_in, &m, 5000), 0);
-    lc_sender *fwd_back;
-    assert_int_equal(lc_unpack(m, "{s:i, s:S}", "N", NULL, "Back", &fwd_back), 0);
-    lc_msg_free(m);
-    lc_sender *b_out;
-    assert_int_equal(lc_session_sender(b.server, &b_out), 0);
-    assert_int_equal(lc_send(b_out, lc_pack("{s:R, s:S}", "Data", a_in, "Back", fwd_back), 5000), 0);
-    lc_receiver *b_in;
-    assert_int_equal(lc_session_receiver(b.client, &b_in, 5000), 0);
-    assert_int_equal(lc_recv(b_in, &m, 5000), 0);
-    lc_receiver *far_data;
-    lc_sender *far_back;
-    assert_int_equal(lc_unpack(m, "{s:R, s:S}", "Data", &far_data, "Back", &far_back), 0);
-    lc_msg_free(m);
     assert_int_equal(lc_send(a_data, nt_msg_n(1), 5000), 0);
     nt_expect_n(far_data, 1);
     assert_int_equal(lc_send(far_back, nt_msg_n(101), 5000), 0);
@@ -1246,12 +1223,7 @@ static void run_forward_middle_dies(const char *url_a, const char *url_b, int ro
     lc_sender_release(a2);
     lc_receiver_release(a2_in);
 
-    lc_sender_release(a_data);
-    lc_receiver_release(back_r);
-    lc_sender_release(b_out);
-    lc_receiver_release(b_in);
-    lc_receiver_release(far_data);
-    lc_sender_release(far_back);
+    fwd_chain_release_ends(&c);
     nt_close_pair(&a);
     lc_session_free(b.client);
     lc_listener_close(b.l);
