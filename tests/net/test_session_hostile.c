@@ -1,0 +1,1130 @@
+/*
+ * test_session_hostile.c - a raw SPDY peer (the test, over a socketpair)
+ * that is hostile or buggy at the protocol level, beyond the malformed
+ * frames of test_session_malformed.c: floods while never reading, windows
+ * it ignores, fds it passes and never names, stream-state abuse, frame
+ * lengths at the edges. Each case checks the documented outcome (session
+ * error with GOAWAY status, stream reset, LC_E* on the channel) and that
+ * memory and fds stay bounded, nothing hangs, every fd is closed.
+ *
+ * The session is the server (even ids); the raw peer opens odd ids.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <sys/stat.h>
+#include <zlib.h>
+
+#include "nettest.h"
+
+/* ---- helpers ------------------------------------------------------------------ */
+
+static void put_n(lc_buf *b, uint32_t id, int n)
+{
+    nt_put_msg(b, id, lc_pack("{s:i}", "N", n));
+}
+
+static int recv_rc(lc_receiver *r, int64_t timeout_ms)
+{
+    lc_msg *m = NULL;
+    int rc = lc_recv(r, &m, timeout_ms);
+    lc_msg_free(m);
+    return rc;
+}
+
+/* Our SETTINGS as a peer of ours sends it: window (0: no id 7 entry) and
+ * the libchan feature bits. */
+static void put_settings(lc_buf *b, uint32_t window, uint32_t features)
+{
+    lc_spdy_setting set[2];
+    size_t n = 0;
+    if (window)
+        set[n++] = (lc_spdy_setting){ 0, LC_SPDY_SETTINGS_INITIAL_WINDOW_SIZE, window };
+    set[n++] = (lc_spdy_setting){ 0, LC_SETTINGS_LIBCHAN, features };
+    assert_int_equal(lc__spdy_put_settings(b, 0, set, n), 0);
+}
+
+/* Bytes queued in the session's output, not written to the carrier yet. */
+static size_t out_pending(lc_session *s)
+{
+    pthread_mutex_lock(&s->wmu);
+    size_t n = s->out.len + (s->inflight.len - s->inflight_off);
+    pthread_mutex_unlock(&s->wmu);
+    return n;
+}
+
+static size_t streams_in_table(lc_session *s)
+{
+    pthread_mutex_lock(&s->mu);
+    size_t n = s->streams.len;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+static size_t fds_unclaimed(lc_session *s)
+{
+    pthread_mutex_lock(&s->mu);
+    size_t n = s->in_fds.len;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+/*
+ * Writes `unit` (a run of whole frames) again and again on the carrier,
+ * never reading, until `limit` bytes are written or the session stops
+ * taking them for stall_ms (it pushed back). Returns the bytes written.
+ */
+static size_t flood(nt_raw *p, const lc_buf *unit, size_t limit, int stall_ms)
+{
+    int fl = fcntl(p->fd, F_GETFL);
+    assert_int_equal(fcntl(p->fd, F_SETFL, fl | O_NONBLOCK), 0);
+    size_t total = 0, off = 0;
+    while (total < limit) {
+        ssize_t w = write(p->fd, unit->data + off, unit->len - off);
+        if (w > 0) {
+            total += (size_t)w;
+            off = (off + (size_t)w) % unit->len;
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno == EPIPE)
+            break; /* the session closed the carrier */
+        assert_true(w < 0 && errno == EAGAIN);
+        struct pollfd pfd = { p->fd, POLLOUT, 0 };
+        int pr = poll(&pfd, 1, stall_ms);
+        if (pr == 0)
+            break; /* pushed back */
+        if (pfd.revents & (POLLERR | POLLHUP))
+            break;
+    }
+    /* finish the frame cut in the middle (blocking), so the framing is
+     * intact for whoever reads on */
+    assert_int_equal(fcntl(p->fd, F_SETFL, fl), 0);
+    if (off != 0 && !lc_session_error(p->s)) {
+        struct pollfd pfd = { p->fd, POLLOUT, 0 };
+        while (off < unit->len && poll(&pfd, 1, 2000) == 1 && !(pfd.revents & (POLLERR | POLLHUP))) {
+            ssize_t w = send(p->fd, unit->data + off, unit->len - off, MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (w > 0)
+                off += (size_t)w;
+            else if (errno != EAGAIN && errno != EINTR)
+                break;
+        }
+    }
+    return total;
+}
+
+/* Reads what the session writes until the carrier ends; the status of the
+ * last GOAWAY on the way, or -1 if there was none. */
+static int goaway_then_eof(nt_raw *p)
+{
+    int status = -1;
+    for (;;) {
+        lc_spdy_frame f = { 0 };
+        int rc = nt_raw_expect(p, LC_SPDY_GOAWAY, 0, &f, 5000);
+        assert_true(rc != 0);
+        if (rc < 0)
+            return status;
+        status = (int)f.status;
+    }
+}
+
+static void check_session_broken(nt_raw *p)
+{
+    int status = goaway_then_eof(p);
+    if (status != LC_SPDY_GOAWAY_PROTOCOL_ERROR)
+        fprintf(stderr, "GOAWAY status seen: %d (-1: none)\n", status);
+    assert_int_equal(status, LC_SPDY_GOAWAY_PROTOCOL_ERROR);
+    assert_int_equal(lc_session_error(p->s), LC_EPROTO);
+}
+
+/* The session is still fine: a new channel (stream id `id`, ref `ref`)
+ * carries a message and its end. */
+static void check_alive(nt_raw *p, uint32_t id, uint64_t ref)
+{
+    lc_buf b;
+    lc__buf_init(&b);
+    nt_put_syn(p, &b, id, ref, 0, 0);
+    put_n(&b, id, 4242);
+    assert_int_equal(lc__spdy_put_data(&b, id, LC_SPDY_FLAG_FIN, NULL, 0), 0);
+    nt_raw_send(p, &b);
+    lc__buf_free(&b);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(p->s, &r, 5000), 0);
+    nt_expect_n(r, 4242);
+    assert_int_equal(recv_rc(r, 5000), LC_EOF);
+    lc_receiver_release(r);
+    assert_int_equal(lc_session_error(p->s), 0);
+}
+
+/* sendmsg of bytes with n copies of fd as SCM_RIGHTS. */
+static void send_with_fds(int sock, const void *p, size_t len, int fd, size_t n)
+{
+    size_t space = CMSG_SPACE(sizeof(int) * n);
+    char *ctl = calloc(1, space);
+    assert_non_null(ctl);
+    struct iovec iov = { (void *)p, len };
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = space };
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int) * n);
+    for (size_t i = 0; i < n; i++)
+        memcpy(CMSG_DATA(cm) + i * sizeof(int), &fd, sizeof fd);
+    ssize_t w = sendmsg(sock, &mh, MSG_NOSIGNAL);
+    if (w != (ssize_t)len)
+        fprintf(stderr, "sendmsg with %zu fds: %zd (%s)\n", n, w, strerror(errno));
+    assert_int_equal(w, (ssize_t)len);
+    free(ctl);
+}
+
+/* Waits until pred(s) <= want (or timeout). Returns the last value. */
+static size_t wait_down(lc_session *s, size_t (*pred)(lc_session *), size_t want, int timeout_ms)
+{
+    int64_t end = lc_test_now_us() + (int64_t)timeout_ms * 1000;
+    size_t v;
+    while ((v = pred(s)) > want && lc_test_now_us() < end) {
+        struct timespec ts = { 0, 2000000 };
+        nanosleep(&ts, NULL);
+    }
+    return v;
+}
+
+/* ---- floods toward a peer that never reads -------------------------------------- */
+
+/*
+ * The peer sends PINGs (each answered with a PING) or DATA on streams it
+ * never opened (each answered with RST_STREAM: 16 bytes for 8) and never
+ * reads. The answers cannot leave; a careful session stops reading the
+ * carrier (or ends the session) once its output holds about
+ * max_pending_out, rather than queueing answers without bound. Here the
+ * peer writes up to 24 MiB; the output may hold at most max_pending_out
+ * plus the answers of one read.
+ */
+static void test_answer_flood_from_peer_that_never_reads(void **st)
+{
+    LC_TEST_DEADLINE(120);
+    LC_KNOWN_BUG("answers to PING / stray DATA are queued without bound when the peer never reads: "
+                 "the carrier is read on while the output exceeds max_pending_out");
+    for (int variant = 0; variant < 2; variant++) {
+        lc_options o;
+        lc_options_default(&o);
+        o.max_pending_out = 64 * 1024;
+        nt_raw p;
+        nt_raw_open(&p, &o);
+        lc_buf unit;
+        lc__buf_init(&unit);
+        for (int i = 0; i < 1024; i++) {
+            if (variant == 0)
+                assert_int_equal(lc__spdy_put_ping(&unit, 2 * (uint32_t)i + 1), 0);
+            else
+                assert_int_equal(lc__spdy_put_data(&unit, 1001 + 2 * (uint32_t)i, 0, NULL, 0), 0);
+        }
+        size_t wrote = flood(&p, &unit, 24u << 20, 1000);
+        size_t held = out_pending(p.s);
+        int err = lc_session_error(p.s);
+        fprintf(stderr, "%s flood: peer wrote %zu KiB, session output holds %zu KiB, session error %d\n",
+                variant == 0 ? "PING" : "stray DATA", wrote >> 10, held >> 10, err);
+        lc__buf_free(&unit);
+        nt_raw_close(&p);
+        if (err == 0)
+            assert_true(held <= o.max_pending_out + 2 * 65536);
+    }
+}
+
+/* The same with SYN_STREAMs: every one is answered with a SYN_REPLY (and
+ * recorded). Checked separately: the stream table grows too. */
+static void test_syn_flood_from_peer_that_never_reads(void **st)
+{
+    LC_TEST_DEADLINE(120);
+    LC_KNOWN_BUG("SYN_REPLYs to a SYN_STREAM flood are queued without bound when the peer never reads");
+    lc_options o;
+    lc_options_default(&o);
+    o.max_pending_out = 64 * 1024;
+    o.accept_queue = 16;
+    nt_raw p;
+    nt_raw_open(&p, &o);
+    lc_buf b;
+    lc__buf_init(&b);
+    int fl = fcntl(p.fd, F_GETFL);
+    assert_int_equal(fcntl(p.fd, F_SETFL, fl | O_NONBLOCK), 0);
+    size_t wrote = 0;
+    uint32_t id = 1;
+    bool stalled = false;
+    while (wrote < (8u << 20) && !stalled && id < 0x7fff0000u) {
+        for (int i = 0; i < 256; i++, id += 2)
+            nt_put_syn(&p, &b, id, id + 1, 0, 0);
+        size_t off = 0;
+        while (off < b.len) {
+            ssize_t w = write(p.fd, b.data + off, b.len - off);
+            if (w > 0) {
+                off += (size_t)w;
+                continue;
+            }
+            assert_true(w < 0 && (errno == EAGAIN || errno == EINTR));
+            struct pollfd pfd = { p.fd, POLLOUT, 0 };
+            if (poll(&pfd, 1, 1000) == 0) {
+                stalled = true;
+                break;
+            }
+        }
+        wrote += off;
+        b.len = 0;
+        if (stalled)
+            break;
+    }
+    size_t held = out_pending(p.s);
+    fprintf(stderr, "SYN flood: %u streams, peer wrote %zu KiB, output holds %zu KiB, %zu streams in table\n",
+            (id - 1) / 2, wrote >> 10, held >> 10, streams_in_table(p.s));
+    int err = lc_session_error(p.s);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+    if (err == 0)
+        assert_true(held <= o.max_pending_out + 2 * 65536);
+}
+
+/*
+ * A peer that announced windows (bit 0x1) ignores ours: it keeps sending on
+ * a channel whose application does not read. Toward such a peer the carrier
+ * is never paused (PROTOCOL.md 6.3) and overrun bytes are "queued" (6.2).
+ * A careful session still bounds them: reset the stream (FLOW_CONTROL_ERROR),
+ * end the session, or stop reading. Here the window is 64 KiB and the peer
+ * sends up to 48 MiB of small messages.
+ */
+static void test_window_overrun_is_bounded(void **st)
+{
+    LC_TEST_DEADLINE(120);
+    LC_KNOWN_BUG("a peer with windows that overruns its window is buffered without bound "
+                 "(no FLOW_CONTROL_ERROR, carrier never paused)");
+    lc_options o;
+    lc_options_default(&o);
+    o.stream_window = 65536;
+    nt_raw p;
+    nt_raw_open(&p, &o);
+    lc_buf b;
+    lc__buf_init(&b);
+    put_settings(&b, 1 << 20, LC_FEATURE_WINDOWS);
+    nt_put_syn(&p, &b, 1, 2, 0, 0);
+    nt_raw_send(&p, &b);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+    /* 256 messages of ~1 KiB in one DATA frame, again and again */
+    static char blob[1000];
+    lc_buf msgs;
+    lc__buf_init(&msgs);
+    for (int i = 0; i < 256; i++) {
+        uint8_t *enc;
+        size_t len;
+        lc_msg *m = lc_pack("{s:i, s:b}", "N", i, "Blob", blob, sizeof blob);
+        assert_int_equal(lc_msgpack_encode(m, &enc, &len), 0);
+        lc_msg_free(m);
+        assert_int_equal(lc__buf_append(&msgs, enc, len), 0);
+        free(enc);
+    }
+    assert_int_equal(lc__spdy_put_data(&b, 1, 0, msgs.data, msgs.len), 0);
+    lc__buf_free(&msgs);
+    size_t wrote = flood(&p, &b, 48u << 20, 1000);
+    int err = lc_session_error(p.s);
+    /* was stream 1 reset? */
+    lc_spdy_frame f = { 0 };
+    int rst = nt_raw_expect(&p, LC_SPDY_RST_STREAM, 1, &f, 200);
+    fprintf(stderr, "window overrun: peer wrote %zu KiB on a 64 KiB window, session error %d, RST %d status %u\n",
+            wrote >> 10, err, rst, rst == 1 ? f.status : 0);
+    lc_receiver_release(r);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+    if (err == 0 && rst != 1)
+        assert_true(wrote <= (8u << 20)); /* socket buffers + a bounded slack */
+}
+
+/* ---- fd passing abuse ------------------------------------------------------------ */
+
+/*
+ * A peer passes fds (64 per write, each on a harmless PING) that no message
+ * ever names. They take slots in this process's fd table, which every
+ * session and listener shares; a careful session bounds how many unclaimed
+ * fds it holds (or ends the session) instead of letting one peer run the
+ * process out of fds. Here 4096 arrive.
+ */
+static void test_unclaimed_fd_flood_is_bounded(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    LC_KNOWN_BUG("unclaimed passed fds are kept without bound: a peer can exhaust the process's fd table");
+    nt_raw p;
+    nt_raw_open(&p, NULL);
+    int pf[2];
+    assert_int_equal(pipe2(pf, O_CLOEXEC), 0);
+    int before = lc_test_count_fds();
+    lc_buf b;
+    lc__buf_init(&b);
+    for (int i = 0; i < 64 && lc_session_error(p.s) == 0; i++) {
+        assert_int_equal(lc__spdy_put_ping(&b, 2 * (uint32_t)i + 1), 0);
+        send_with_fds(p.fd, b.data, b.len, pf[0], 64);
+        b.len = 0;
+        /* read the echo: the session has taken this batch */
+        if (nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 5000) != 1)
+            break;
+    }
+    size_t held = fds_unclaimed(p.s);
+    int grown = lc_test_count_fds() - before;
+    fprintf(stderr, "fd flood: 4096 passed, session holds %zu unclaimed, process fds +%d, session error %d\n",
+            held, grown, lc_session_error(p.s));
+    int err = lc_session_error(p.s);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+    close(pf[0]);
+    close(pf[1]);
+    if (err == 0)
+        assert_true(held <= 1024);
+}
+
+/* More than 64 fds in one read: session error, GOAWAY PROTOCOL_ERROR; the
+ * fds are closed (lc_test_teardown counts them). */
+static void test_too_many_fds_in_one_read(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    nt_raw p;
+    nt_raw_open(&p, NULL);
+    int pf[2];
+    assert_int_equal(pipe2(pf, O_CLOEXEC), 0);
+    lc_buf b;
+    lc__buf_init(&b);
+    nt_put_syn(&p, &b, 1, 2, 0, 0);
+    nt_raw_send(&p, &b);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+    assert_int_equal(lc__spdy_put_ping(&b, 1), 0);
+    send_with_fds(p.fd, b.data, b.len, pf[0], 65);
+    assert_int_equal(recv_rc(r, 5000), LC_EPROTO);
+    check_session_broken(&p);
+    lc_receiver_release(r);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+    close(pf[0]);
+    close(pf[1]);
+}
+
+/* A passed fd named by a message: the application gets it; named again by
+ * a second message: that one fails its channel (after ref_timeout_ms, like
+ * a missing ref), the session goes on. A number far in the future waits
+ * and fails the same way. fds never named are closed with the session. */
+static void test_passed_fd_named_twice_or_never_sent(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    lc_options o;
+    lc_options_default(&o);
+    o.ref_timeout_ms = 200;
+    nt_raw p;
+    nt_raw_open(&p, &o);
+    int pf[2];
+    assert_int_equal(pipe2(pf, O_CLOEXEC), 0);
+    lc_buf b;
+    lc__buf_init(&b);
+    put_settings(&b, 0, LC_FEATURE_WINDOWS | LC_FEATURE_FDPASS);
+    nt_put_syn(&p, &b, 1, 2, 0, 0);
+    nt_put_syn(&p, &b, 3, 3, 0, 0);
+    nt_raw_send(&p, &b);
+    lc_receiver *r1, *r3;
+    assert_int_equal(lc_session_receiver(p.s, &r1, 5000), 0);
+    assert_int_equal(lc_session_receiver(p.s, &r3, 5000), 0);
+    /* fds 0 and 1 arrive with this message, which names fd 0 (ext 3) */
+    static const uint8_t fd0[] = { 0x81, 0xa1, 'F', 0xd7, 0x03, 0x80, 0, 0, 0, 0, 0, 0, 0 };
+    assert_int_equal(lc__spdy_put_data(&b, 1, 0, fd0, sizeof fd0), 0);
+    send_with_fds(p.fd, b.data, b.len, pf[0], 2);
+    b.len = 0;
+    lc_msg *m;
+    assert_int_equal(lc_recv(r1, &m, 5000), 0);
+    int got = -1;
+    assert_int_equal(lc_unpack(m, "{s:F}", "F", &got), 0);
+    lc_msg_free(m);
+    struct stat a, c;
+    assert_int_equal(fstat(got, &a), 0);
+    assert_int_equal(fstat(pf[0], &c), 0);
+    assert_true(a.st_ino == c.st_ino && a.st_dev == c.st_dev);
+    close(got);
+    /* named again on channel 3 */
+    assert_int_equal(lc__spdy_put_data(&b, 3, 0, fd0, sizeof fd0), 0);
+    nt_raw_send(&p, &b);
+    assert_int_equal(recv_rc(r3, 5000), LC_EPROTO);
+    /* number 1000000 never comes on channel 1 */
+    static const uint8_t far[] = { 0x81, 0xa1, 'F', 0xd7, 0x01, 0x80, 0, 0, 0, 0, 0x0f, 0x42, 0x40 };
+    assert_int_equal(lc__spdy_put_data(&b, 1, 0, far, sizeof far), 0);
+    nt_raw_send(&p, &b);
+    assert_int_equal(recv_rc(r1, 5000), LC_EPROTO);
+    assert_int_equal(lc_session_error(p.s), 0);
+    assert_int_equal(fds_unclaimed(p.s), 1); /* fd 1, closed by the free */
+    check_alive(&p, 5, 4);
+    lc_receiver_release(r1);
+    lc_receiver_release(r3);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+    close(pf[0]);
+    close(pf[1]);
+}
+
+/* ---- stream-state abuse ---------------------------------------------------------- */
+
+/* DATA after the peer's own FIN, and after its own RST_STREAM: answered
+ * RST_STREAM INVALID_STREAM, the channel ends as it did, the session goes on.
+ * SYN_REPLY and HEADERS for streams nobody opened: inflated and ignored. */
+static void test_data_after_fin_or_rst_and_stray_replies(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    nt_raw p;
+    nt_raw_open(&p, NULL);
+    lc_buf b;
+    lc__buf_init(&b);
+    nt_put_syn(&p, &b, 1, 2, 0, 0);
+    nt_put_syn(&p, &b, 3, 3, 0, 0);
+    put_n(&b, 1, 1);
+    assert_int_equal(lc__spdy_put_data(&b, 1, LC_SPDY_FLAG_FIN, NULL, 0), 0);
+    put_n(&b, 3, 3);
+    nt_raw_send(&p, &b);
+    lc_receiver *r1, *r3;
+    assert_int_equal(lc_session_receiver(p.s, &r1, 5000), 0);
+    assert_int_equal(lc_session_receiver(p.s, &r3, 5000), 0);
+    /* the RST in a later read (same read: test_rst_behind_message_in_one_read) */
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_SYN_REPLY, 3, NULL, 5000), 1);
+    struct timespec ts = { 0, 100000000 };
+    nanosleep(&ts, NULL);
+    assert_int_equal(lc__spdy_put_rst_stream(&b, 3, LC_SPDY_CANCEL), 0);
+    nt_raw_send(&p, &b);
+    nt_expect_n(r1, 1);
+    assert_int_equal(recv_rc(r1, 5000), LC_EOF);
+    nt_expect_n(r3, 3);
+    assert_int_equal(recv_rc(r3, 5000), LC_ECLOSED);
+    put_n(&b, 1, 11);
+    nt_raw_send(&p, &b);
+    lc_spdy_frame f;
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_RST_STREAM, 1, &f, 5000), 1);
+    assert_int_equal(f.status, LC_SPDY_INVALID_STREAM);
+    put_n(&b, 3, 33);
+    nt_raw_send(&p, &b);
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_RST_STREAM, 3, &f, 5000), 1);
+    assert_int_equal(f.status, LC_SPDY_INVALID_STREAM);
+    assert_int_equal(recv_rc(r1, 0), LC_EOF);
+    assert_int_equal(recv_rc(r3, 0), LC_ECLOSED);
+    /* stray SYN_REPLY / HEADERS: their blocks keep the zlib stream in step */
+    lc_spdy_header h = { ":status", 7, "200", 3 };
+    assert_int_equal(lc__spdy_put_syn_reply(&b, &p.z, 77, 0, &h, 1), 0);
+    assert_int_equal(lc__spdy_put_syn_reply(&b, &p.z, 1, 0, &h, 1), 0);
+    assert_int_equal(lc__spdy_put_headers(&b, &p.z, 2, 0, &h, 1), 0);
+    assert_int_equal(lc__spdy_put_headers(&b, &p.z, 1001, LC_SPDY_FLAG_FIN, &h, 1), 0);
+    nt_raw_send(&p, &b);
+    check_alive(&p, 5, 4);
+    lc_receiver_release(r1);
+    lc_receiver_release(r3);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
+/*
+ * PROTOCOL.md 3.9: a RST_STREAM we receive ends the stream; "its local
+ * Receiver reports LC_ECLOSED after the messages already queued". A
+ * message that arrived before the RST is delivered when the RST comes in a
+ * later read (test above), but when both come in one read the message is
+ * lost: on_rst closes the channel's pipe (lc__close_error) before the read
+ * batch's deliveries (run_actions) push the decoded message into it. The
+ * outcome depends on how the carrier split the bytes.
+ */
+static void test_rst_behind_message_in_one_read(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    LC_KNOWN_BUG("a message followed by RST_STREAM in the same read is dropped (LC_ECLOSED without it); "
+                 "in separate reads it is delivered");
+    nt_raw p;
+    nt_raw_open(&p, NULL);
+    lc_buf b;
+    lc__buf_init(&b);
+    nt_put_syn(&p, &b, 1, 2, 0, 0);
+    put_n(&b, 1, 1);
+    put_n(&b, 1, 2);
+    assert_int_equal(lc__spdy_put_rst_stream(&b, 1, LC_SPDY_CANCEL), 0);
+    nt_raw_send(&p, &b);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+    int rc1 = recv_rc(r, 5000);
+    int rc2 = rc1 == 0 ? recv_rc(r, 5000) : rc1;
+    int rc3 = rc2 == 0 ? recv_rc(r, 5000) : rc2;
+    if (rc1 != 0 || rc2 != 0)
+        fprintf(stderr, "messages before the RST: %s, %s\n", lc_strerror(rc1), lc_strerror(rc2));
+    lc_receiver_release(r);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+    assert_int_equal(rc1, 0);
+    assert_int_equal(rc2, 0);
+    assert_int_equal(rc3, LC_ECLOSED);
+}
+
+/* Streams the peer opens and ends leave the session's table: channels
+ * ended by DATA FIN, by a FIN on the SYN_STREAM itself (an empty channel),
+ * by the peer's RST_STREAM; sub-streams reset before any message named
+ * them. A peer that opens and ends many must not grow the table. */
+static void ended_streams_leave_the_table(int variant)
+{
+    static const char *what[] = { "DATA FIN", "SYN_STREAM FIN", "RST_STREAM", "unbound sub-stream RST" };
+    {
+        nt_raw p;
+        nt_raw_open(&p, NULL);
+        lc_buf b;
+        lc__buf_init(&b);
+        nt_put_syn(&p, &b, 1, 2, 0, 0); /* a channel that stays open */
+        nt_raw_send(&p, &b);
+        lc_receiver *keep;
+        assert_int_equal(lc_session_receiver(p.s, &keep, 5000), 0);
+        uint32_t id = 3;
+        for (int i = 0; i < 200; i++, id += 2) {
+            switch (variant) {
+            case 0:
+                nt_put_syn(&p, &b, id, id, 0, 0);
+                assert_int_equal(lc__spdy_put_data(&b, id, LC_SPDY_FLAG_FIN, NULL, 0), 0);
+                break;
+            case 1:
+                nt_put_syn(&p, &b, id, id, 0, LC_SPDY_FLAG_FIN);
+                break;
+            case 2:
+                nt_put_syn(&p, &b, id, id, 0, 0);
+                assert_int_equal(lc__spdy_put_rst_stream(&b, id, LC_SPDY_CANCEL), 0);
+                break;
+            case 3:
+                nt_put_syn(&p, &b, id, id, 2, 0);
+                assert_int_equal(lc__spdy_put_rst_stream(&b, id, LC_SPDY_CANCEL), 0);
+                break;
+            }
+            nt_raw_send(&p, &b);
+            if (variant <= 2) {
+                lc_receiver *r;
+                assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+                int rc = recv_rc(r, 5000);
+                assert_int_equal(rc, variant == 2 ? LC_ECLOSED : LC_EOF);
+                lc_receiver_release(r);
+            }
+        }
+        /* the answers (SYN_REPLY, our FIN) leave within the backstop */
+        size_t left = wait_down(p.s, streams_in_table, 1, 3000);
+        if (left != 1)
+            fprintf(stderr, "%s: %zu streams still in the table (1 expected: the open channel)\n", what[variant],
+                    left);
+        int err = lc_session_error(p.s);
+        lc_receiver_release(keep);
+        lc__buf_free(&b);
+        nt_raw_close(&p);
+        assert_int_equal(left, 1);
+        assert_int_equal(err, 0);
+    }
+}
+
+static void test_ended_peer_streams_leave_the_table(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    ended_streams_leave_the_table(0);
+    ended_streams_leave_the_table(2);
+    ended_streams_leave_the_table(3);
+}
+
+/* A top-level channel opened with FIN on its SYN_STREAM (an empty channel,
+ * PROTOCOL.md 9): its Receiver ends (LC_EOF), but the stream never leaves
+ * the table: on_syn_stream sets remote_fin and closes the channel, and
+ * nothing sets local_fin or sends our answering FIN (3.8). Each such
+ * stream stays until the session ends (200 here). */
+static void test_syn_fin_channels_leave_the_table(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    LC_KNOWN_BUG("a channel opened with SYN_STREAM FIN stays in the stream table for good (no answering FIN)");
+    ended_streams_leave_the_table(1);
+}
+
+/* A message naming a sub-stream the peer reset before naming it fails its
+ * channel at once (LC_EPROTO, not after ref_timeout_ms); sub-streams whose
+ * parent ref names themselves, a channel that does not exist, or each
+ * other in a loop are recorded like any other (the parent is not checked)
+ * and bind normally. */
+static void test_substream_parent_abuse_and_reset_refs(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    lc_options o;
+    lc_options_default(&o);
+    o.ref_timeout_ms = 20000; /* a wait would show up as a timeout below */
+    nt_raw p;
+    nt_raw_open(&p, &o);
+    lc_buf b;
+    lc__buf_init(&b);
+    nt_put_syn(&p, &b, 1, 2, 0, 0);
+    nt_put_syn(&p, &b, 3, 10, 10, 0);    /* parent: itself */
+    nt_put_syn(&p, &b, 5, 11, 999, 0);   /* parent: nobody */
+    nt_put_syn(&p, &b, 7, 12, 13, 0);    /* 12 -> 13 -> 12 */
+    nt_put_syn(&p, &b, 9, 13, 12, 0);
+    nt_put_syn(&p, &b, 11, 14, 2, 0);    /* reset before it is named */
+    assert_int_equal(lc__spdy_put_rst_stream(&b, 11, LC_SPDY_CANCEL), 0);
+    nt_raw_send(&p, &b);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+    static const uint8_t four[] = { 0x84, 0xa1, 'A', 0xd6, 0x04, 0, 0, 0, 10, 0xa1, 'B', 0xd6, 0x04, 0, 0, 0, 11,
+                                    0xa1, 'C', 0xd6, 0x04, 0, 0, 0, 12, 0xa1, 'D', 0xd6, 0x05, 0, 0, 0, 13 };
+    assert_int_equal(lc__spdy_put_data(&b, 1, 0, four, sizeof four), 0);
+    nt_raw_send(&p, &b);
+    lc_msg *m;
+    assert_int_equal(lc_recv(r, &m, 5000), 0);
+    lc_sender *sa, *sb, *sc;
+    lc_receiver *rd;
+    assert_int_equal(lc_unpack(m, "{s:S, s:S, s:S, s:R}", "A", &sa, "B", &sb, "C", &sc, "D", &rd), 0);
+    lc_msg_free(m);
+    assert_int_equal(lc_send(sa, lc_pack("{s:i}", "N", 1), 5000), 0);
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_DATA, 3, NULL, 5000), 1);
+    put_n(&b, 9, 9);
+    nt_raw_send(&p, &b);
+    nt_expect_n(rd, 9);
+    /* ref 14 was reset: naming it fails at once */
+    static const uint8_t dead[] = { 0x81, 0xa1, 'E', 0xd6, 0x04, 0, 0, 0, 14 };
+    assert_int_equal(lc__spdy_put_data(&b, 1, 0, dead, sizeof dead), 0);
+    nt_raw_send(&p, &b);
+    int64_t t0 = lc_test_now_us();
+    assert_int_equal(recv_rc(r, 10000), LC_EPROTO);
+    assert_true(lc_test_now_us() - t0 < 3000000);
+    assert_int_equal(lc_session_error(p.s), 0);
+    check_alive(&p, 13, 20);
+    lc_sender_release(sa);
+    lc_sender_release(sb);
+    lc_sender_release(sc);
+    lc_receiver_release(rd);
+    lc_receiver_release(r);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
+/* Stream ids at the top of the range: 2^31 - 1 is accepted, any SYN_STREAM
+ * after it is a reused id (session error). SYN_STREAM with id 0 and DATA on
+ * stream 0 are session errors. */
+static void test_stream_id_edges(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    for (int variant = 0; variant < 3; variant++) {
+        nt_raw p;
+        nt_raw_open(&p, NULL);
+        lc_buf b;
+        lc__buf_init(&b);
+        lc_receiver *r = NULL;
+        if (variant == 0) {
+            nt_put_syn(&p, &b, 0x7fffffffu, 2, 0, 0);
+            put_n(&b, 0x7fffffffu, 5);
+            nt_raw_send(&p, &b);
+            assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+            nt_expect_n(r, 5);
+            nt_put_syn(&p, &b, 1, 3, 0, 0);
+            nt_raw_send(&p, &b);
+        } else {
+            nt_put_syn(&p, &b, 1, 2, 0, 0);
+            nt_raw_send(&p, &b);
+            assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+            if (variant == 1) {
+                /* SYN_STREAM for stream 0: the encoder masks nothing, so
+                 * build it and patch the id */
+                size_t at = b.len;
+                nt_put_syn(&p, &b, 3, 3, 0, 0);
+                lc__spdy_put32(b.data + at + 8, 0);
+            } else {
+                /* DATA on stream 0 (the encoder refuses it) */
+                uint8_t d[9];
+                lc__spdy_data_header(d, 0, 0, 1);
+                d[8] = 0xc0;
+                assert_int_equal(lc__buf_append(&b, d, sizeof d), 0);
+            }
+            nt_raw_send(&p, &b);
+        }
+        assert_int_equal(recv_rc(r, 5000), LC_EPROTO);
+        check_session_broken(&p);
+        lc_receiver_release(r);
+        lc__buf_free(&b);
+        nt_raw_close(&p);
+    }
+}
+
+/* Control frames with lengths that do not fit their fixed fields: PING of
+ * 8 bytes, RST_STREAM of 4, WINDOW_UPDATE of 12, GOAWAY of 4, SETTINGS whose
+ * count says more entries than it holds, SYN_STREAM of 6: session errors
+ * with GOAWAY PROTOCOL_ERROR. */
+static void test_control_frame_length_edges(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    static const struct { uint16_t type; uint32_t len; uint32_t first; const char *what; } cases[] = {
+        { LC_SPDY_PING, 8, 1, "PING 8" },
+        { LC_SPDY_PING, 0, 1, "PING 0" },
+        { LC_SPDY_RST_STREAM, 4, 1, "RST_STREAM 4" },
+        { LC_SPDY_WINDOW_UPDATE, 12, 1, "WINDOW_UPDATE 12" },
+        { LC_SPDY_GOAWAY, 4, 1, "GOAWAY 4" },
+        { LC_SPDY_SETTINGS, 12, 5, "SETTINGS count 5 in 12" },
+        { LC_SPDY_SYN_STREAM, 6, 3, "SYN_STREAM 6" },
+        { LC_SPDY_SYN_REPLY, 2, 1, "SYN_REPLY 2" },
+        { LC_SPDY_HEADERS, 0, 1, "HEADERS 0" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        nt_raw p;
+        nt_raw_open(&p, NULL);
+        lc_buf b;
+        lc__buf_init(&b);
+        nt_put_syn(&p, &b, 1, 2, 0, 0);
+        nt_raw_send(&p, &b);
+        lc_receiver *r;
+        assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+        uint8_t fr[8 + 16] = { 0 };
+        lc__spdy_control_header(fr, cases[i].type, 0, cases[i].len);
+        lc__spdy_put32(fr + 8, cases[i].first);
+        assert_int_equal(write(p.fd, fr, 8 + cases[i].len), (ssize_t)(8 + cases[i].len));
+        int rc = recv_rc(r, 5000);
+        if (rc != LC_EPROTO)
+            fprintf(stderr, "%s: channel got %s\n", cases[i].what, lc_strerror(rc));
+        assert_int_equal(rc, LC_EPROTO);
+        check_session_broken(&p);
+        lc_receiver_release(r);
+        lc__buf_free(&b);
+        nt_raw_close(&p);
+    }
+}
+
+/* A DATA frame whose length field is the format's maximum (2^24 - 1) on a
+ * channel: accepted as long as the message limit allows; with max_message
+ * smaller, the stream is reset (PROTOCOL_ERROR) and the session goes on. */
+static void test_data_frame_at_max_length(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    lc_options o;
+    lc_options_default(&o);
+    o.limits.max_message = 1 << 20;
+    nt_raw p;
+    nt_raw_open(&p, &o);
+    lc_buf b;
+    lc__buf_init(&b);
+    nt_put_syn(&p, &b, 1, 2, 0, 0);
+    nt_raw_send(&p, &b);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+    /* one bin32 of 2^24 - 1 - 6 bytes: a message over max_message */
+    size_t len = LC_SPDY_MAX_LENGTH;
+    uint8_t *big = calloc(1, len);
+    assert_non_null(big);
+    big[0] = 0xc6;
+    lc__spdy_put32(big + 1, (uint32_t)(len - 5));
+    assert_int_equal(lc__spdy_put_data(&b, 1, 0, big, len), 0);
+    free(big);
+    /* the session resets the stream early and keeps reading the rest of
+     * the frame; write it from another angle: blocking, it is read */
+    nt_raw_send(&p, &b);
+    assert_int_equal(recv_rc(r, 10000), LC_EPROTO);
+    lc_spdy_frame f;
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_RST_STREAM, 1, &f, 5000), 1);
+    assert_int_equal(f.status, LC_SPDY_PROTOCOL_ERROR);
+    assert_int_equal(lc_session_error(p.s), 0);
+    check_alive(&p, 3, 3);
+    lc_receiver_release(r);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
+/* ---- flow control abuse (documented outcomes) ------------------------------------- */
+
+/*
+ * Toward a peer with windows: a message overdraws a tiny window, the next
+ * send waits. SETTINGS with window 0 or 2^31 is ignored (still waiting);
+ * WINDOW_UPDATE with delta 0, for stream 0, for an unknown stream: still
+ * waiting. A later SETTINGS with a big window applies to the open stream:
+ * the send goes. Deltas of 2^31 - 1 repeated do not wrap the window.
+ */
+static void test_window_settings_and_updates_abuse(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    nt_raw p;
+    nt_raw_open(&p, NULL);
+    lc_buf b;
+    lc__buf_init(&b);
+    put_settings(&b, 100, LC_FEATURE_WINDOWS);
+    nt_raw_send(&p, &b);
+    lc_sender *s;
+    /* wait until the session has read our SETTINGS: it answers the PING after */
+    assert_int_equal(lc__spdy_put_ping(&b, 1), 0);
+    nt_raw_send(&p, &b);
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 5000), 1);
+    assert_int_equal(lc_session_sender(p.s, &s), 0);
+    static char blob[300];
+    assert_int_equal(lc_send(s, lc_pack("{s:b}", "B", blob, sizeof blob), 5000), 0);
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_DATA, 2, NULL, 5000), 1);
+    lc_msg *m = lc_pack("{s:i}", "N", 2);
+    assert_int_equal(lc_send(s, m, 200), LC_ETIMEDOUT);
+    /* each of these leaves the window spent */
+    for (int k = 0; k < 5; k++) {
+        switch (k) {
+        case 0: put_settings(&b, 0, LC_FEATURE_WINDOWS); /* no id 7 */
+                { lc_spdy_setting z = { 0, LC_SPDY_SETTINGS_INITIAL_WINDOW_SIZE, 0 };
+                  assert_int_equal(lc__spdy_put_settings(&b, 0, &z, 1), 0); }
+                break;
+        case 1: { lc_spdy_setting z = { 0, LC_SPDY_SETTINGS_INITIAL_WINDOW_SIZE, 0x80000000u };
+                  assert_int_equal(lc__spdy_put_settings(&b, 0, &z, 1), 0); }
+                break;
+        case 2: { /* delta 0 (the encoder refuses it) */
+                  uint8_t wu[16];
+                  lc__spdy_control_header(wu, LC_SPDY_WINDOW_UPDATE, 0, 8);
+                  lc__spdy_put32(wu + 8, 2);
+                  lc__spdy_put32(wu + 12, 0);
+                  assert_int_equal(lc__buf_append(&b, wu, sizeof wu), 0); }
+                break;
+        case 3: assert_int_equal(lc__spdy_put_window_update(&b, 0, 0x7fffffff), 0); break;
+        case 4: assert_int_equal(lc__spdy_put_window_update(&b, 4444, 0x7fffffff), 0); break;
+        }
+        assert_int_equal(lc__spdy_put_ping(&b, 3 + 2 * (uint32_t)k), 0);
+        nt_raw_send(&p, &b);
+        assert_int_equal(nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 5000), 1);
+        int rc = lc_send(s, m, 100);
+        if (rc != LC_ETIMEDOUT)
+            fprintf(stderr, "case %d: send %s\n", k, lc_strerror(rc));
+        assert_int_equal(rc, LC_ETIMEDOUT);
+    }
+    /* the window, replaced for the open stream */
+    lc_spdy_setting big = { 0, LC_SPDY_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20 };
+    assert_int_equal(lc__spdy_put_settings(&b, 0, &big, 1), 0);
+    nt_raw_send(&p, &b);
+    assert_int_equal(lc_send(s, m, 5000), 0);
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_DATA, 2, NULL, 5000), 1);
+    /* many maximal deltas: the window only grows */
+    for (int k = 0; k < 64; k++)
+        assert_int_equal(lc__spdy_put_window_update(&b, 2, 0x7fffffff), 0);
+    nt_raw_send(&p, &b);
+    for (int k = 0; k < 50; k++) {
+        assert_int_equal(lc_send(s, lc_pack("{s:b}", "B", blob, sizeof blob), 5000), 0);
+    }
+    assert_int_equal(lc_session_error(p.s), 0);
+    lc_sender_release(s);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
+/* ---- GOAWAY abuse -------------------------------------------------------------- */
+
+/* The peer says GOAWAY with a last-good id below the streams we opened, and
+ * then opens new streams anyway. Documented: we open no new channels
+ * (LC_ECLOSED); existing ones go on; the peer's later SYN_STREAMs are not
+ * forbidden by our docs and are still answered. */
+static void test_goaway_then_more(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    nt_raw p;
+    nt_raw_open(&p, NULL);
+    lc_buf b;
+    lc__buf_init(&b);
+    lc_sender *s;
+    assert_int_equal(lc_session_sender(p.s, &s), 0);
+    assert_int_equal(lc_send(s, lc_pack("{s:i}", "N", 1), 5000), 0);
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_DATA, 2, NULL, 5000), 1);
+    assert_int_equal(lc__spdy_put_goaway(&b, 0, LC_SPDY_GOAWAY_OK), 0);
+    assert_int_equal(lc__spdy_put_ping(&b, 1), 0);
+    nt_raw_send(&p, &b);
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 5000), 1);
+    lc_sender *s2 = NULL;
+    assert_int_equal(lc_session_sender(p.s, &s2), LC_ECLOSED);
+    assert_int_equal(lc_send(s, lc_pack("{s:i}", "N", 2), 5000), 0);
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_DATA, 2, NULL, 5000), 1);
+    /* a second GOAWAY with another status, then a channel of the peer's */
+    assert_int_equal(lc__spdy_put_goaway(&b, 0x7fffffff, LC_SPDY_GOAWAY_INTERNAL_ERROR), 0);
+    nt_raw_send(&p, &b);
+    check_alive(&p, 1, 2);
+    lc_sender_release(s);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
+/* ---- header blocks built by hand -------------------------------------------------- */
+
+/* A zlib stream of our own for the peer's header blocks (the encoder of
+ * src/spdy refuses the blocks these tests need). */
+typedef struct raw_z {
+    z_stream zs;
+} raw_z;
+
+static void raw_z_init(raw_z *z)
+{
+    memset(z, 0, sizeof *z);
+    assert_int_equal(deflateInit(&z->zs, 6), Z_OK);
+    assert_int_equal(deflateSetDictionary(&z->zs, lc__spdy_dictionary, (uInt)lc__spdy_dictionary_len), Z_OK);
+}
+
+/* Appends a SYN_STREAM (id) whose header block is `raw` compressed. */
+static void raw_syn(raw_z *z, lc_buf *b, uint32_t id, const uint8_t *raw, size_t n)
+{
+    uint8_t out[4096];
+    z->zs.next_in = (Bytef *)raw;
+    z->zs.avail_in = (uInt)n;
+    z->zs.next_out = out;
+    z->zs.avail_out = sizeof out;
+    assert_int_equal(deflate(&z->zs, Z_SYNC_FLUSH), Z_OK);
+    assert_int_equal(z->zs.avail_in, 0);
+    size_t clen = sizeof out - z->zs.avail_out;
+    uint8_t h[18];
+    lc__spdy_control_header(h, LC_SPDY_SYN_STREAM, 0, (uint32_t)(10 + clen));
+    lc__spdy_put32(h + 8, id);
+    lc__spdy_put32(h + 12, 0);
+    h[16] = h[17] = 0;
+    assert_int_equal(lc__buf_append(b, h, sizeof h), 0);
+    assert_int_equal(lc__buf_append(b, out, clen), 0);
+}
+
+/* Uncompressed block builder: pairs of (name, nlen, value, vlen). */
+static size_t hb(uint8_t *out, uint32_t count, int npairs, ...)
+{
+    va_list ap;
+    va_start(ap, npairs);
+    size_t o = 0;
+    lc__spdy_put32(out, count);
+    o += 4;
+    for (int i = 0; i < npairs; i++) {
+        const char *nm = va_arg(ap, const char *);
+        size_t nl = va_arg(ap, size_t);
+        const char *vl = va_arg(ap, const char *);
+        size_t vll = va_arg(ap, size_t);
+        lc__spdy_put32(out + o, (uint32_t)nl);
+        memcpy(out + o + 4, nm, nl);
+        o += 4 + nl;
+        lc__spdy_put32(out + o, (uint32_t)vll);
+        memcpy(out + o + 4, vl, vll);
+        o += 4 + vll;
+    }
+    va_end(ap);
+    return o;
+}
+
+/*
+ * Header blocks that are valid zlib but break the block rules (PROTOCOL.md
+ * 2.4: session errors): two libchan-ref headers, an empty name, a count of
+ * 2^31 with one pair, a name with an upper-case letter. A name with a NUL
+ * inside is not forbidden by the docs: the SYN_STREAM is recorded (it has
+ * a libchan-ref). A block that starts a fresh zlib stream mid-session:
+ * session error.
+ */
+static void test_hand_built_header_blocks(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    for (int variant = 0; variant < 6; variant++) {
+        nt_raw p;
+        nt_raw_open(&p, NULL);
+        raw_z z;
+        raw_z_init(&z);
+        lc_buf b;
+        lc__buf_init(&b);
+        uint8_t blk[256];
+        size_t n = hb(blk, 1, 1, "libchan-ref", (size_t)11, "2", (size_t)1);
+        raw_syn(&z, &b, 1, blk, n);
+        nt_raw_send(&p, &b);
+        lc_receiver *r;
+        assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+        bool fatal = true;
+        switch (variant) {
+        case 0:
+            n = hb(blk, 2, 2, "libchan-ref", (size_t)11, "3", (size_t)1, "libchan-ref", (size_t)11, "4", (size_t)1);
+            break;
+        case 1:
+            n = hb(blk, 2, 2, "libchan-ref", (size_t)11, "3", (size_t)1, "", (size_t)0, "x", (size_t)1);
+            break;
+        case 2:
+            n = hb(blk, 0x80000000u, 1, "libchan-ref", (size_t)11, "3", (size_t)1);
+            break;
+        case 3:
+            n = hb(blk, 2, 2, "libchan-ref", (size_t)11, "3", (size_t)1, "X-Up", (size_t)4, "x", (size_t)1);
+            break;
+        case 4:
+            n = hb(blk, 2, 2, "libchan-ref", (size_t)11, "3", (size_t)1, "a\0b", (size_t)3, "x", (size_t)1);
+            fatal = false;
+            break;
+        case 5:
+            /* a fresh zlib stream: its header in the middle of ours */
+            deflateEnd(&z.zs);
+            raw_z_init(&z);
+            n = hb(blk, 1, 1, "libchan-ref", (size_t)11, "3", (size_t)1);
+            break;
+        }
+        raw_syn(&z, &b, 3, blk, n);
+        nt_raw_send(&p, &b);
+        if (fatal) {
+            assert_int_equal(recv_rc(r, 5000), LC_EPROTO);
+            check_session_broken(&p);
+        } else {
+            lc_receiver *r3;
+            assert_int_equal(lc_session_receiver(p.s, &r3, 5000), 0);
+            lc_receiver_release(r3);
+            assert_int_equal(lc_session_error(p.s), 0);
+        }
+        lc_receiver_release(r);
+        deflateEnd(&z.zs);
+        lc__buf_free(&b);
+        nt_raw_close(&p);
+    }
+}
+
+/* ---- a peer that never reads while we send ------------------------------------------ */
+
+/* The peer grants huge windows and never reads; the application sends.
+ * lc_send must push back (time out) with the output bounded near
+ * max_pending_out, and lc_session_free must not hang. */
+static void test_peer_never_reads_our_sends(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    lc_options o;
+    lc_options_default(&o);
+    o.max_pending_out = 128 * 1024;
+    nt_raw p;
+    nt_raw_open(&p, &o);
+    lc_buf b;
+    lc__buf_init(&b);
+    put_settings(&b, 0x7fffffff, LC_FEATURE_WINDOWS);
+    assert_int_equal(lc__spdy_put_ping(&b, 1), 0);
+    nt_raw_send(&p, &b);
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 5000), 1);
+    lc_sender *s;
+    assert_int_equal(lc_session_sender(p.s, &s), 0);
+    static char blob[4096];
+    int rc = 0, sent = 0;
+    while (sent < 10000) {
+        lc_msg *m = lc_pack("{s:b}", "B", blob, sizeof blob);
+        rc = lc_send(s, m, 300);
+        if (rc != 0) {
+            lc_msg_free(m);
+            break;
+        }
+        sent++;
+    }
+    size_t held = out_pending(p.s);
+    fprintf(stderr, "never-reading peer: %d sends of 4 KiB went, then %s; output holds %zu KiB\n", sent,
+            lc_strerror(rc), held >> 10);
+    assert_int_equal(rc, LC_ETIMEDOUT);
+    assert_true(held <= o.max_pending_out + sizeof blob + 64);
+    int64_t t0 = lc_test_now_us();
+    lc_sender_release(s);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+    assert_true(lc_test_now_us() - t0 < 2000000);
+}
+
+int main(void)
+{
+    lc__engine_default(); /* its fds live as long as the process */
+    nt_filter_from_env();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_answer_flood_from_peer_that_never_reads, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_syn_flood_from_peer_that_never_reads, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_window_overrun_is_bounded, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_unclaimed_fd_flood_is_bounded, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_too_many_fds_in_one_read, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_passed_fd_named_twice_or_never_sent, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_data_after_fin_or_rst_and_stray_replies, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_rst_behind_message_in_one_read, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_ended_peer_streams_leave_the_table, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_syn_fin_channels_leave_the_table, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_substream_parent_abuse_and_reset_refs, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_stream_id_edges, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_control_frame_length_edges, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_data_frame_at_max_length, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_window_settings_and_updates_abuse, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_goaway_then_more, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_hand_built_header_blocks, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_peer_never_reads_our_sends, lc_test_setup, lc_test_teardown),
+    };
+    return cmocka_run_group_tests_name("net/session_hostile", tests, NULL, NULL);
+}
