@@ -339,6 +339,127 @@ static void test_window_overrun_is_bounded(void **st)
         assert_true(wrote <= (8u << 20)); /* socket buffers + a bounded slack */
 }
 
+/*
+ * Sub-streams no message names yet keep their DATA, at most max_message
+ * bytes each (PROTOCOL.md 2.5), but nothing bounds their sum nor their
+ * number: toward a peer without windows the carrier is never paused for
+ * them either. Here max_message is 1 MiB and the peer opens 48 unbound
+ * sub-streams with 1 MiB - 16 bytes each: 48 MiB held for messages that
+ * never come. A careful session caps the total (e.g. at max_message) or
+ * stops reading.
+ */
+static void test_unbound_substream_bytes_are_bounded_in_total(void **st)
+{
+    LC_TEST_DEADLINE(120);
+    LC_KNOWN_BUG("bytes held for unbound sub-streams are bounded per stream only: "
+                 "many sub-streams hold max_message each");
+    lc_options o;
+    lc_options_default(&o);
+    o.limits.max_message = 1 << 20;
+    nt_raw p;
+    nt_raw_open(&p, &o);
+    lc_buf b;
+    lc__buf_init(&b);
+    nt_put_syn(&p, &b, 1, 2, 0, 0);
+    nt_raw_send(&p, &b);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+    size_t chunk = (1u << 20) - 16;
+    uint8_t *junk = calloc(1, chunk);
+    assert_non_null(junk);
+    size_t wrote = 0;
+    uint32_t id = 3;
+    bool stalled = false;
+    for (int i = 0; i < 48 && !stalled; i++, id += 2) {
+        nt_put_syn(&p, &b, id, 100 + (uint64_t)i, 2, 0);
+        assert_int_equal(lc__spdy_put_data(&b, id, 0, junk, chunk), 0);
+        size_t w = flood(&p, &b, b.len, 1000);
+        stalled = w < b.len;
+        wrote += w;
+        b.len = 0;
+    }
+    free(junk);
+    /* is it all held? */
+    size_t held = 0;
+    pthread_mutex_lock(&p.s->mu);
+    for (size_t i = 0; i < p.s->streams.cap; i++) {
+        lc_stream *x = p.s->streams.slots[i].val;
+        if (x != NULL && x != LC_MAP_TOMB && x->kind == ST_UNBOUND)
+            held += x->early.len;
+    }
+    pthread_mutex_unlock(&p.s->mu);
+    int err = lc_session_error(p.s);
+    fprintf(stderr, "unbound sub-streams: peer wrote %zu KiB, session holds %zu KiB early bytes, error %d\n",
+            wrote >> 10, held >> 10, err);
+    lc_receiver_release(r);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+    if (err == 0)
+        assert_true(held <= 4u * o.limits.max_message);
+}
+
+/* A sender blocked on a spent window toward a peer with windows wakes with
+ * LC_ECLOSED when the peer resets its stream, and a second one with
+ * LC_ESESSION when the carrier ends; neither waits for its timeout. */
+typedef struct blocked_send {
+    lc_sender *s;
+    int rc;
+    int64_t took_us;
+} blocked_send;
+
+static void *blocked_send_fn(void *x)
+{
+    blocked_send *a = x;
+    int64_t t0 = lc_test_now_us();
+    lc_msg *m = lc_pack("{s:i}", "N", 1);
+    a->rc = lc_send(a->s, m, 20000);
+    if (a->rc != 0)
+        lc_msg_free(m);
+    a->took_us = lc_test_now_us() - t0;
+    return NULL;
+}
+
+static void test_window_blocked_senders_wake_on_rst_and_carrier_loss(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    nt_raw p;
+    nt_raw_open(&p, NULL);
+    lc_buf b;
+    lc__buf_init(&b);
+    put_settings(&b, 10, LC_FEATURE_WINDOWS);
+    assert_int_equal(lc__spdy_put_ping(&b, 1), 0);
+    nt_raw_send(&p, &b);
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 5000), 1);
+    lc_sender *s1, *s2;
+    assert_int_equal(lc_session_sender(p.s, &s1), 0);
+    assert_int_equal(lc_session_sender(p.s, &s2), 0);
+    static char blob[64];
+    assert_int_equal(lc_send(s1, lc_pack("{s:b}", "B", blob, sizeof blob), 5000), 0);
+    assert_int_equal(lc_send(s2, lc_pack("{s:b}", "B", blob, sizeof blob), 5000), 0);
+    blocked_send a1 = { s1, 0, 0 }, a2 = { s2, 0, 0 };
+    pthread_t t1, t2;
+    assert_int_equal(pthread_create(&t1, NULL, blocked_send_fn, &a1), 0);
+    assert_int_equal(pthread_create(&t2, NULL, blocked_send_fn, &a2), 0);
+    struct timespec ts = { 0, 200000000 };
+    nanosleep(&ts, NULL);
+    assert_int_equal(lc__spdy_put_rst_stream(&b, 2, LC_SPDY_CANCEL), 0);
+    nt_raw_send(&p, &b);
+    assert_int_equal(pthread_join(t1, NULL), 0);
+    nanosleep(&ts, NULL);
+    assert_int_equal(shutdown(p.fd, SHUT_WR), 0);
+    assert_int_equal(pthread_join(t2, NULL), 0);
+    fprintf(stderr, "blocked senders: RST -> %s after %lld ms, carrier end -> %s after %lld ms\n",
+            lc_strerror(a1.rc), (long long)a1.took_us / 1000, lc_strerror(a2.rc), (long long)a2.took_us / 1000);
+    lc_sender_release(s1);
+    lc_sender_release(s2);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+    assert_int_equal(a1.rc, LC_ECLOSED);
+    assert_int_equal(a2.rc, LC_ESESSION);
+    assert_true(a1.took_us < 5000000);
+    assert_true(a2.took_us < 5000000);
+}
+
 /* ---- fd passing abuse ------------------------------------------------------------ */
 
 /*
@@ -1110,6 +1231,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_answer_flood_from_peer_that_never_reads, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_syn_flood_from_peer_that_never_reads, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_window_overrun_is_bounded, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_unbound_substream_bytes_are_bounded_in_total, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_window_blocked_senders_wake_on_rst_and_carrier_loss, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unclaimed_fd_flood_is_bounded, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_too_many_fds_in_one_read, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_passed_fd_named_twice_or_never_sent, lc_test_setup, lc_test_teardown),
