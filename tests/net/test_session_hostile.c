@@ -1031,8 +1031,8 @@ static void test_data_frame_at_max_length(void **st)
     lc__spdy_put32(big + 1, (uint32_t)(len - 5));
     assert_int_equal(lc__spdy_put_data(&b, 1, 0, big, len), 0);
     free(big);
-    /* the session resets the stream early and keeps reading the rest of
-     * the frame; write it from another angle: blocking, it is read */
+    /* the session resets the stream once the bin32 header is over the
+     * limit and reads on through the rest of the frame (blocking write) */
     nt_raw_send(&p, &b);
     assert_int_equal(recv_rc(r, 10000), LC_EPROTO);
     lc_spdy_frame f;
