@@ -1974,7 +1974,7 @@ static void push_done(void *ctx, int result, lc_msg *m)
 static bool decode_more_locked(lc_session *s, lc_stream *st)
 {
     int rc = feed_stream_locked(s, st, NULL, 0);
-    if (rc == 0 && st->remote_fin) {
+    if (rc == 0 && st->remote_fin && !st->peer_reset) {
         int frc = lc__sd_finish(&st->sd);
         if (frc < 0)
             rc = frc; /* the last message was cut by the FIN */
@@ -2334,14 +2334,20 @@ static void on_syn_stream(lc_session *s, const lc_spdy_frame *f, lc_receiver **a
         if (st)
             st->early_fin = true;
         if (st && hp == NULL) {
-            /* a top-level channel opened and closed at once: it is empty */
+            /* a top-level channel opened and closed at once: it is empty;
+             * answered with our FIN as after a DATA FIN (3.8), and gone from
+             * the table (it used to stay there for the session's life) */
             st->remote_fin = true;
+            st->local_fin = true;
             end_now = lc_sender_retain(st->into);
+            stream_maybe_done_locked(s, st);
         }
     }
     pthread_mutex_unlock(&s->mu);
     send_control(s, ctl_syn_reply, &reply);
     if (end_now) {
+        ctl_arg fa = { f->stream_id, 0 };
+        send_control_deferred(s, ctl_fin, &fa);
         lc_close(end_now); /* after the Receiver is announced (run_actions) */
         lc_sender_release(end_now);
     }
@@ -2537,7 +2543,7 @@ static void on_data(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
     stream_unref(st);
 }
 
-static void on_rst(lc_session *s, const lc_spdy_frame *f)
+static void on_rst(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
 {
     pthread_mutex_lock(&s->mu);
     lc_stream *st = lc__map_get(&s->streams, f->stream_id);
@@ -2546,10 +2552,24 @@ static void on_rst(lc_session *s, const lc_spdy_frame *f)
         return;
     }
     stream_ref(st);
-    st->reset = true;
     st->remote_fin = true;
     st->local_fin = true;
-    lc_sender *into = st->into ? lc_sender_retain(st->into) : NULL;
+    lc_sender *into = NULL;
+    if ((st->kind == ST_RECV || st->kind == ST_FWD_TO_SENDER) && st->into != NULL) {
+        /* A channel we receive on ends after what reached us, then
+         * LC_ECLOSED: its messages may be in this very read, decoded or
+         * not yet (closing at once lost them when the RST came in the same
+         * read, test_rst_behind_message_in_one_read). Not `reset`: that
+         * stops decoding. */
+        st->peer_reset = true;
+        if (st->end_err == 0)
+            st->end_err = LC_ECLOSED;
+        st->remote_fin_pending = true;
+        note_delivery(a, st);
+    } else {
+        st->reset = true;
+        into = st->into ? lc_sender_retain(st->into) : NULL;
+    }
     lc_chan *chan = st->chan;
     if (chan)
         lc__chan_retain(chan);
@@ -2660,7 +2680,7 @@ static void handle_frame(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
         on_data(s, f, a);
         break;
     case LC_SPDY_RST_STREAM:
-        on_rst(s, f);
+        on_rst(s, f, a);
         break;
     case LC_SPDY_PING:
         /* answer the peer's pings (their ids have the peer's parity) */

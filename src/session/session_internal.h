@@ -60,6 +60,7 @@ typedef struct lc_stream {
     bool send_fin;        /* a FIN to send once the lock is dropped */
     bool remote_fin_pending; /* close the local channel after delivering what is queued */
     int end_err;          /* ... with this error instead of end-of-channel (bad input) */
+    bool peer_reset;      /* mu: ended by the peer's RST_STREAM: a message it cut is dropped, not an error */
     bool early_fin;
     int bad;              /* decoding the early bytes failed with this */
     bool waiting_refs;    /* the head message names sub-streams not arrived yet */

@@ -688,18 +688,15 @@ static void test_data_after_fin_or_rst_and_stray_replies(void **st)
 
 /*
  * PROTOCOL.md 3.9: a RST_STREAM we receive ends the stream; "its local
- * Receiver reports LC_ECLOSED after the messages already queued". A
- * message that arrived before the RST is delivered when the RST comes in a
- * later read (test above), but when both come in one read the message is
- * lost: on_rst closes the channel's pipe (lc__close_error) before the read
- * batch's deliveries (run_actions) push the decoded message into it. The
- * outcome depends on how the carrier split the bytes.
+ * Receiver reports LC_ECLOSED after the messages already queued", also
+ * when the messages and the RST come in one read (the test above has them
+ * in separate reads). Once, on_rst closed the channel's pipe before the
+ * read batch's deliveries pushed the decoded messages into it: both were
+ * lost.
  */
 static void test_rst_behind_message_in_one_read(void **st)
 {
     LC_TEST_DEADLINE(30);
-    LC_KNOWN_BUG("a message followed by RST_STREAM in the same read is dropped (LC_ECLOSED without it); "
-                 "in separate reads it is delivered");
     nt_raw p;
     nt_raw_open(&p, NULL);
     lc_buf b;
@@ -791,14 +788,12 @@ static void test_ended_peer_streams_leave_the_table(void **st)
 }
 
 /* A top-level channel opened with FIN on its SYN_STREAM (an empty channel,
- * PROTOCOL.md 9): its Receiver ends (LC_EOF), but the stream never leaves
- * the table: on_syn_stream sets remote_fin and closes the channel, and
- * nothing sets local_fin or sends our answering FIN (3.8). Each such
- * stream stays until the session ends (200 here). */
+ * PROTOCOL.md 9): its Receiver ends (LC_EOF), we answer with our FIN (3.8)
+ * and the stream leaves the table. Once, nothing set local_fin: each such
+ * stream stayed until the session ended (200 here). */
 static void test_syn_fin_channels_leave_the_table(void **st)
 {
     LC_TEST_DEADLINE(60);
-    LC_KNOWN_BUG("a channel opened with SYN_STREAM FIN stays in the stream table for good (no answering FIN)");
     ended_streams_leave_the_table(1);
 }
 
