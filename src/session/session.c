@@ -76,6 +76,11 @@ static void options_resolve(lc_options *dst, const lc_options *src)
         dst->max_pending_out = d.max_pending_out;
     if (dst->stream_window == 0 || dst->stream_window > 0x7fffffffu)
         dst->stream_window = d.stream_window;
+    /* zero limits are the defaults here too (the session compares with
+     * max_message itself: an unresolved 0 refused every early byte) */
+    lc_limits l;
+    lc__limits_resolve(&l, &dst->limits);
+    dst->limits = l;
 }
 
 /* ---- small maps: uint64 key -> pointer, open addressing ------------------ */
@@ -2441,6 +2446,34 @@ static void retry_waiting_refs(lc_session *s, rd_actions *a)
     pthread_mutex_unlock(&s->mu);
 }
 
+/*
+ * A peer that announced windows (6.2) and sends past ours: its unacknowledged
+ * bytes on st exceed what a well-behaved peer can have out. That is our
+ * window, or SPDY/3's 64 KiB while it had not read our SETTINGS, plus, on a
+ * channel, one message (a message that starts inside the window goes whole;
+ * a bigger one than max_message is refused anyway). Byte streams never
+ * overdraw. Without this check such a peer was buffered without bound
+ * (test_window_overrun_is_bounded: 48 MiB on a 64 KiB window). mu held.
+ */
+static bool window_overrun_locked(const lc_session *s, const lc_stream *st)
+{
+    if (!atomic_load_explicit(&s->peer_fc, memory_order_relaxed))
+        return false;
+    uint64_t limit = s->opt.stream_window > LC_SPDY_DEFAULT_WINDOW ? s->opt.stream_window : LC_SPDY_DEFAULT_WINDOW;
+    switch (st->kind) {
+    case ST_BYTES:
+        break;
+    case ST_RECV:
+    case ST_FWD_TO_SENDER:
+    case ST_UNBOUND:
+        limit += s->opt.limits.max_message;
+        break;
+    default:
+        return false; /* streams we only write: their DATA is ignored */
+    }
+    return st->fed - st->acked > limit;
+}
+
 static void on_data(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
 {
     bool fin = f->data_last && (f->flags & LC_SPDY_FLAG_FIN);
@@ -2458,7 +2491,11 @@ static void on_data(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
     stream_ref(st); /* stream_maybe_done_locked may drop the table's reference */
     st->fed += f->data_len;
     int rc = 0;
-    switch (st->kind) {
+    uint32_t rst_status = LC_SPDY_PROTOCOL_ERROR;
+    if (window_overrun_locked(s, st)) {
+        rc = LC_EPROTO;
+        rst_status = LC_SPDY_FLOW_CONTROL_ERROR;
+    } else switch (st->kind) {
     case ST_RECV:
     case ST_FWD_TO_SENDER:
         rc = feed_stream_locked(s, st, f->data, f->data_len);
@@ -2481,8 +2518,9 @@ static void on_data(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
         break;
     }
     if (rc < 0) {
-        /* this channel's bytes do not decode: reset it; its receiver gets the
-         * messages decoded before the bad one, then LC_EPROTO */
+        /* this channel's bytes do not decode (or overran its window): reset
+         * it; its receiver gets the messages decoded before, then LC_EPROTO;
+         * a byte stream's fd is closed (its holder sees EOF/EPIPE) */
         st->reset = true;
         bool deliver = st->into != NULL;
         if (deliver) {
@@ -2490,10 +2528,15 @@ static void on_data(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
             st->remote_fin_pending = true;
             note_delivery(a, st);
         }
+        bool bytes = st->kind == ST_BYTES;
+        if (bytes)
+            st->out_open = st->in_open = false;
         stream_maybe_done_locked(s, st);
         pthread_mutex_unlock(&s->mu);
-        ctl_arg rst = { f->stream_id, LC_SPDY_PROTOCOL_ERROR };
+        ctl_arg rst = { f->stream_id, rst_status };
         send_control(s, ctl_rst, &rst);
+        if (bytes)
+            bytes_close(st);
         stream_unref(st);
         return;
     }
