@@ -392,7 +392,8 @@ static void wake_timer(void *ctx);
  */
 static void wake_after_flush_locked(lc_session *s)
 {
-    if (s->wake_scheduled || s->eng == NULL || !atomic_load(&s->senders_blocked) ||
+    if (s->wake_scheduled || s->eng == NULL ||
+        !(atomic_load(&s->senders_blocked) || atomic_load(&s->out_paused)) ||
         pending_out(s) >= s->opt.max_pending_out / 2)
         return;
     session_ref(s);
@@ -426,6 +427,8 @@ static void flush_locked(lc_session *s)
             s->out_gen++; /* a DATA frame now in flight takes no more messages */
             s->out_urgent = false;
             s->inflight_off = 0;
+            s->ctl_inflight = s->ctl_out;
+            s->ctl_out = 0;
             if (s->opt.trace)
                 trace_out(s, s->inflight.data, s->inflight.len);
         }
@@ -474,6 +477,7 @@ static void flush_locked(lc_session *s)
         if (s->inflight_off == s->inflight.len) {
             s->inflight.len = 0;
             s->inflight_off = 0;
+            s->ctl_inflight = 0;
         }
     }
     s->writing = false;
@@ -595,9 +599,14 @@ static void wake_timer(void *ctx)
     pthread_mutex_lock(&s->wmu);
     s->wake_scheduled = false;
     bool low = pending_out(s) < s->opt.max_pending_out / 2;
+    bool resume = low && atomic_load(&s->out_paused);
+    if (resume)
+        atomic_store(&s->out_paused, false);
     pthread_mutex_unlock(&s->wmu);
     if (low)
         wake_blocked_senders(s);
+    if (resume)
+        resume_reading(s); /* the answers left: the peer reads again */
     session_unref(s); /* the timer's reference */
 }
 
@@ -655,8 +664,12 @@ static _Thread_local lc_session *tls_reading;
 static void send_control(lc_session *s, int (*fn)(lc_session *s, void *arg), void *arg)
 {
     pthread_mutex_lock(&s->wmu);
-    if (!s->dead && fn(s, arg) == 0 && tls_reading != s)
-        flush_locked(s);
+    size_t before = s->out.len;
+    if (!s->dead && fn(s, arg) == 0) {
+        s->ctl_out += s->out.len - before;
+        if (tls_reading != s)
+            flush_locked(s);
+    }
     pthread_mutex_unlock(&s->wmu);
 }
 
@@ -674,7 +687,9 @@ static void send_control_deferred(lc_session *s, int (*fn)(lc_session *s, void *
 {
     pthread_mutex_lock(&s->wmu);
     bool only_deferred = s->out.len == s->deferred_len;
+    size_t before = s->out.len;
     if (!s->dead && fn(s, arg) == 0) {
+        s->ctl_out += s->out.len - before;
         if (only_deferred)
             s->deferred_len = s->out.len; /* flush_now leaves it */
         if (s->out_urgent || !backstop_locked(s))
@@ -683,13 +698,28 @@ static void send_control_deferred(lc_session *s, int (*fn)(lc_session *s, void *
     pthread_mutex_unlock(&s->wmu);
 }
 
-/* End of a read batch: write the control frames it produced. */
-static void flush_now(lc_session *s)
+/*
+ * End of a read batch: write the control frames it produced. True when the
+ * answers to the peer (SYN_REPLY, RST_STREAM, PING, FIN, WINDOW_UPDATE)
+ * that are still queued exceed max_pending_out: a peer that sends and never
+ * reads would have them pile up without bound (test_answer_flood_from_peer_
+ * that_never_reads: 24 MiB of PINGs or stray DATA, each answered). The
+ * caller then stops reading (out_paused) until the output drains below half
+ * (wake_timer). Only answers count: a session's own messages may hold the
+ * output above max_pending_out (one message past it per sending thread),
+ * and pausing for those could deadlock two sessions sending big messages
+ * to each other. wmu held by neither.
+ */
+static bool flush_now(lc_session *s)
 {
     pthread_mutex_lock(&s->wmu);
     if (s->out.len > s->deferred_len)
         flush_locked(s); /* (frames that wait for a later write stay) */
+    bool flooded = s->ctl_out + s->ctl_inflight > s->opt.max_pending_out;
+    if (flooded)
+        atomic_store(&s->out_paused, true);
     pthread_mutex_unlock(&s->wmu);
+    return flooded;
 }
 
 static int ctl_syn_reply(lc_session *s, void *arg)
@@ -821,7 +851,7 @@ static void session_fail(lc_session *s, int err)
     pthread_mutex_unlock(&s->wmu);
 }
 
-static void flush_now(lc_session *s);
+static bool flush_now(lc_session *s);
 
 static void protocol_error(lc_session *s, uint32_t status)
 {
@@ -2942,13 +2972,15 @@ static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drain
          * answer for both the flush below and the early return) */
         bool ready = until != NULL && lc__chan_recv_ready(until);
         if (!ready)
-            flush_now(s); /* replies, FINs and window updates of this batch */
+            flush_now(s); /* replies, FINs and window updates of this batch (and the flood check) */
         /* (else the drive about to return decides: flush_or_defer) */
         /* backpressure: a local queue is full, stop reading until it drains.
          * Toward a peer with windows its own window stops it, per stream. */
         bool fc = atomic_load_explicit(&s->peer_fc, memory_order_relaxed);
         pthread_mutex_lock(&s->mu);
-        bool full = false;
+        /* (out_paused is looked at under mu: wake_timer clears it, then
+         * resume_reading takes mu, so a pause set here is always lifted) */
+        bool full = atomic_load(&s->out_paused);
         for (size_t i = 0; !fc && i < s->streams.cap && !full; i++) {
             lc_stream *st = s->streams.slots[i].val;
             full = st != NULL && st != LC_MAP_TOMB && st->push_op != NULL;
@@ -2973,8 +3005,10 @@ static void resume_reading(lc_session *s)
 {
     pthread_mutex_lock(&s->mu);
     bool was = s->paused;
-    bool still = false;
-    for (size_t i = 0; was && i < s->streams.cap && !still; i++) {
+    bool still = was && atomic_load(&s->out_paused);
+    /* as read_carrier: full queues pause only toward a peer without windows */
+    bool fc = atomic_load_explicit(&s->peer_fc, memory_order_relaxed);
+    for (size_t i = 0; was && !fc && i < s->streams.cap && !still; i++) {
         lc_stream *st = s->streams.slots[i].val;
         still = st != NULL && st != LC_MAP_TOMB && st->push_op != NULL;
     }

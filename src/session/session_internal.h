@@ -121,6 +121,9 @@ struct lc_session {
     bool in_write;        /* a thread is inside the write syscall */
     bool flush_scheduled; /* an engine run will write what is queued */
     bool wake_scheduled;  /* an engine run will wake the senders blocked on a full output */
+    size_t ctl_out;       /* wmu: bytes of control frames (answers to the peer) in `out` */
+    size_t ctl_inflight;  /* wmu: ... in `inflight` (counted whole until it is written) */
+    _Atomic bool out_paused; /* reading stopped: answers the peer does not read piled up (set/cleared under wmu) */
     int64_t last_send_ns; /* when the application last sent: bursts are coalesced */
     uint64_t last_send_rx; /* rx_reads at that send */
     /* wmu: the last frame appended to `out` by a message send, while nothing
