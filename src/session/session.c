@@ -2898,6 +2898,18 @@ static void ensure_watched(lc_session *s)
         arm_read(s);
 }
 
+/*
+ * Passed fds received and not yet claimed by a message (PROTOCOL.md 7) are
+ * open fds of this process: past MAX_UNCLAIMED_FDS we stop reading until
+ * messages have claimed half of them. Without it a peer could fill the
+ * process's fd table (test_unclaimed_fd_flood_is_bounded: 4096 fds riding on
+ * PINGs, all kept). A message names at most 64 passed fds and one read
+ * brings at most 64, so the fds of messages not read yet never reach half
+ * of the limit: reading always resumes once the application takes its
+ * messages.
+ */
+#define MAX_UNCLAIMED_FDS 256
+
 /* Reads and dispatches until the carrier would block (then, for the engine,
  * asks for the next EPOLLIN) or reading must pause. Returns true when the
  * carrier would block (or `until`, the channel of a thread reading for
@@ -2980,7 +2992,7 @@ static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drain
         pthread_mutex_lock(&s->mu);
         /* (out_paused is looked at under mu: wake_timer clears it, then
          * resume_reading takes mu, so a pause set here is always lifted) */
-        bool full = atomic_load(&s->out_paused);
+        bool full = atomic_load(&s->out_paused) || s->in_fds.len > MAX_UNCLAIMED_FDS;
         for (size_t i = 0; !fc && i < s->streams.cap && !full; i++) {
             lc_stream *st = s->streams.slots[i].val;
             full = st != NULL && st != LC_MAP_TOMB && st->push_op != NULL;
@@ -3005,7 +3017,7 @@ static void resume_reading(lc_session *s)
 {
     pthread_mutex_lock(&s->mu);
     bool was = s->paused;
-    bool still = was && atomic_load(&s->out_paused);
+    bool still = was && (atomic_load(&s->out_paused) || s->in_fds.len > MAX_UNCLAIMED_FDS / 2);
     /* as read_carrier: full queues pause only toward a peer without windows */
     bool fc = atomic_load_explicit(&s->peer_fc, memory_order_relaxed);
     for (size_t i = 0; was && !fc && i < s->streams.cap && !still; i++) {
