@@ -1282,6 +1282,16 @@ static void remember_claimed_locked(lc_session *s, uint64_t ref)
 }
 
 /* Removes a stream from the table once both directions are finished. */
+/* Bytes all unbound sub-streams of a session may hold together. */
+#define EARLY_TOTAL_MAX(s) (4 * (size_t)(s)->opt.limits.max_message)
+
+/* Frees the bytes kept for a sub-stream before it was named. mu held. */
+static void early_drop_locked(lc_session *s, lc_stream *st)
+{
+    s->early_total -= st->early.len;
+    lc__buf_free(&st->early);
+}
+
 static void stream_maybe_done_locked(lc_session *s, lc_stream *st)
 {
     if (!st->in_table)
@@ -1302,6 +1312,7 @@ static void stream_maybe_done_locked(lc_session *s, lc_stream *st)
         return;
     lc__map_del(&s->streams, st->id);
     st->in_table = false;
+    early_drop_locked(s, st); /* nothing will name it now */
     if (st->kind == ST_UNBOUND && lc__map_get(&s->peer_refs, st->ref) == st) {
         /* reset before any message named it: a later naming fails at once
          * (found by fuzz_session: it used to leave a dangling entry) */
@@ -1762,7 +1773,7 @@ static void bind_early_locked(lc_session *s, lc_stream *sub, kick_list *k)
         rc = feed_stream_locked(s, sub, sub->early.data, sub->early.len);
     else if (!sub->sd_init)
         rc = feed_stream_locked(s, sub, NULL, 0);
-    lc__buf_free(&sub->early);
+    early_drop_locked(s, sub);
     if (rc >= 0 && sub->early_fin) {
         int frc = lc__sd_finish(&sub->sd);
         if (frc < 0 && frc != LC__SD_AGAIN)
@@ -1891,10 +1902,12 @@ static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *
     if (sub->kind == ST_BYTES && (sub->early.len > 0 || sub->early_fin)) {
         /* bytes (and maybe the end) that came before it was named */
         lc__buf_append(&sub->fd_out, sub->early.data, sub->early.len);
-        lc__buf_free(&sub->early);
+        early_drop_locked(s, sub);
         sub->in_fin = sub->early_fin;
         kl_add(k, sub);
     }
+    if (sub->kind == ST_SEND)
+        early_drop_locked(s, sub); /* DATA against its direction: ignored, as Go does */
     return 0;
 }
 
@@ -2536,11 +2549,16 @@ static void on_data(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
         rc = bytes_inbound_locked(s, st, f->data, f->data_len);
         break;
     case ST_UNBOUND:
-        /* not named by a message yet: keep the bytes (bounded) */
-        if (st->early.len + f->data_len > s->opt.limits.max_message)
+        /* not named by a message yet: keep the bytes, bounded per stream and
+         * in all (EARLY_TOTAL_MAX: 48 such streams held 48 x max_message) */
+        if (st->early.len + f->data_len > s->opt.limits.max_message ||
+            s->early_total + f->data_len > EARLY_TOTAL_MAX(s)) {
             rc = LC_ETOOBIG;
-        else
+        } else {
             rc = lc__buf_append(&st->early, f->data, f->data_len);
+            if (rc == 0)
+                s->early_total += f->data_len;
+        }
         break;
     default:
         /* data on a stream we only write: ignored, as Go does */

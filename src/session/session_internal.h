@@ -170,6 +170,7 @@ struct lc_session {
     uint64_t claimed_ring[CLAIMED_KEEP]; /* those refs, oldest at claimed_next % CLAIMED_KEEP */
     uint64_t claimed_next;
     uint64_t fd_in_seq;
+    size_t early_total;   /* mu: bytes held for sub-streams no message has named yet (all of them) */
     bool new_refs;
     bool goaway_sent, goaway_recv, closing;
     bool paused;          /* reading stopped: a local queue is full */
