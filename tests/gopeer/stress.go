@@ -15,6 +15,12 @@
 //	gopeer dial URL --big N1,N2,..   {Seq, Blob (bin of Ni bytes)} on one channel (prints
 //	                                 BIGSIZE seq encoded-bytes first), then {Seq: 99} on a
 //	                                 second channel; BIG DONE
+//	gopeer dial URL --flood-req C N  C channels at once, N requests {Value, Ch, Ret} each;
+//	                                 each waits for its reply {Echo: Value, Ch} and
+//	                                 for Ret's end; FLOODREQ DONE
+//	gopeer dial URL --nest           {Ret: Sender}; expects on Ret {Inner: Receiver}, on
+//	                                 Inner {Deep: Sender, Bytes: InStream}; reads Bytes to
+//	                                 EOF, sends {Got: n} on Deep, closes it; NEST n
 //	gopeer serve URL --cat [--once]  for each request {Ret, InStream, OutStream}: copies
 //	                                 the InStream into the OutStream, closes it, replies
 //	                                 {Bytes: n} on Ret; prints CAT n
@@ -38,7 +44,7 @@ const stressTimeout = 120 * time.Second
 
 func isStressDial(mode string) bool {
 	switch mode {
-	case "--partial", "--flood", "--rexec", "--big":
+	case "--partial", "--flood", "--rexec", "--big", "--flood-req", "--nest":
 		return true
 	}
 	return false
@@ -59,6 +65,15 @@ func stressDial(args []string) {
 			usage()
 		}
 		go func() { err = flood(args[0], c, n); close(done) }()
+	case len(args) == 4 && args[1] == "--flood-req":
+		c, e1 := strconv.Atoi(args[2])
+		n, e2 := strconv.Atoi(args[3])
+		if e1 != nil || e2 != nil || c < 1 || n < 0 {
+			usage()
+		}
+		go func() { err = floodReq(args[0], c, n); close(done) }()
+	case len(args) == 2 && args[1] == "--nest":
+		go func() { err = nest(args[0]); close(done) }()
 	case len(args) == 3 && args[1] == "--rexec":
 		n, e := strconv.Atoi(args[2])
 		if e != nil || n < 0 {
@@ -198,6 +213,126 @@ func finishQuiet(s *session) {
 		}
 	}
 	s.nc.Close()
+}
+
+// ---- --flood-req ----
+
+type floodRequest struct {
+	Value, Ch int
+	Ret       Sender
+}
+
+func floodReq(u string, c, n int) error {
+	s, err := newSession(dial(u), false, logf)
+	if err != nil {
+		return err
+	}
+	chans := make([]Sender, c)
+	for i := range chans {
+		if chans[i], err = s.open(); err != nil {
+			return err
+		}
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, c)
+	for i := range chans {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			for k := 0; k < n; k++ {
+				ret := s.newEndpoint()
+				if err := chans[i].Send(&floodRequest{k, i, Sender{endpoint: ret}}); err != nil {
+					errs <- fmt.Errorf("channel %d request %d: %v", i, k, err)
+					return
+				}
+				rep, err := ret.ReceiveAny()
+				if err != nil {
+					errs <- fmt.Errorf("channel %d request %d: no reply: %v", i, k, err)
+					return
+				}
+				want := fmt.Sprintf("{\"Echo\":%d,\"Ch\":%d}", k, i)
+				if got := format(rep); got != want {
+					errs <- fmt.Errorf("channel %d request %d: reply %s, want %s", i, k, got, want)
+					return
+				}
+				if _, err := ret.ReceiveAny(); err != io.EOF {
+					errs <- fmt.Errorf("channel %d request %d: after the reply: %v (want EOF)", i, k, err)
+					return
+				}
+			}
+			chans[i].Close()
+		}(i)
+	}
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+	}
+	for i := range chans {
+		if !chans[i].waitPeerClose(60 * time.Second) {
+			return fmt.Errorf("peer did not half-close channel %d", chans[i].ref)
+		}
+	}
+	out("FLOODREQ DONE")
+	finishQuiet(s)
+	return nil
+}
+
+// ---- --nest ----
+
+type nestInner struct {
+	Deep  Sender
+	Bytes InStream
+}
+
+func nest(u string) error {
+	s, err := newSession(dial(u), false, logf)
+	if err != nil {
+		return err
+	}
+	ch, err := s.open()
+	if err != nil {
+		return err
+	}
+	ret := s.newEndpoint()
+	if err := ch.Send(&struct{ Ret Sender }{Sender{endpoint: ret}}); err != nil {
+		return err
+	}
+	var lvl1 struct{ Inner Receiver }
+	if err := ret.Receive(&lvl1); err != nil {
+		return fmt.Errorf("level 1: %v", err)
+	}
+	var lvl2 nestInner
+	if err := lvl1.Inner.Receive(&lvl2); err != nil {
+		return fmt.Errorf("level 2: %v", err)
+	}
+	h := sha256.New()
+	n, err := io.Copy(h, lvl2.Bytes)
+	if err != nil {
+		return fmt.Errorf("level 3 bytes: %v after %d", err, n)
+	}
+	want := sha256.New()
+	buf := make([]byte, n)
+	pattern(buf, 0)
+	want.Write(buf)
+	if !bytes.Equal(h.Sum(nil), want.Sum(nil)) {
+		return fmt.Errorf("level 3 bytes: %d bytes, not the pattern", n)
+	}
+	if err := lvl2.Deep.Send(&struct{ Got int64 }{n}); err != nil {
+		return fmt.Errorf("level 3 send: %v", err)
+	}
+	lvl2.Deep.Close()
+	if _, err := lvl1.Inner.ReceiveAny(); err != io.EOF {
+		return fmt.Errorf("level 2 after its message: %v (want EOF)", err)
+	}
+	if _, err := ret.ReceiveAny(); err != io.EOF {
+		return fmt.Errorf("level 1 after its message: %v (want EOF)", err)
+	}
+	out("NEST %d", n)
+	ch.Close()
+	finish(s, ch)
+	return nil
 }
 
 // ---- --rexec ----
