@@ -39,6 +39,7 @@
 #include "session/session_internal.h"
 #include "spdy/spdy.h"
 #include "testutil.h"
+#include "../net/nettest.h" /* LC_KNOWN_BUG */
 
 extern char **environ;
 
@@ -1475,7 +1476,9 @@ static void c_close_races_senders(void **st)
         gp_proc g;
         char url[256];
         const char *u = round % 2 ? "tcp://127.0.0.1:0" : unix_url();
-        gp_serve(&g, u, "--count", url, sizeof url);
+        /* LC_INTEROP_GODEBUG=1: spdystream's frame log on gopeer's stderr */
+        const char *gd = getenv("LC_INTEROP_GODEBUG");
+        gp_serve_env(&g, u, "--count", url, sizeof url, gd && strcmp(gd, "1") == 0 ? "DEBUG=1" : NULL);
         lc_session *c;
         lc_error err = { 0 };
         assert_int_equal(lc_dial(url, NULL, &c, &err), 0);
@@ -1486,6 +1489,17 @@ static void c_close_races_senders(void **st)
             assert_int_equal(lc_session_sender(c, &rc[i].s), 0);
             /* one message first, so Go has the channel whatever happens next */
             assert_int_equal(lc_send(rc[i].s, lc_pack("{s:i}", "Value", -1), IO_TIMEOUT_MS), 0);
+        }
+        /* Go has taken every channel, so its SYN_REPLYs are out: a stream
+         * spdystream had not replied when it read our GOAWAY loses its
+         * messages (c_close_before_go_replied, a known bug) */
+        for (int i = 0; i < RACE_CH; i++) {
+            char want[64];
+            snprintf(want, sizeof want, "channel %d: message", 2 + i);
+            if (!gp_wait_stderr(&g, want, IO_TIMEOUT_MS)) {
+                gp_dump(&g, "first messages");
+                fail_msg("round %zu: gopeer did not log \"%s\"", round, want);
+            }
         }
         for (int i = 0; i < RACE_CH; i++)
             assert_int_equal(pthread_create(&th[i], NULL, race_send, &rc[i]), 0);
@@ -1504,6 +1518,8 @@ static void c_close_races_senders(void **st)
         for (int i = 0; i < RACE_CH; i++) {
             const char *line = gp_line(&g, IO_TIMEOUT_MS);
             if (line == NULL || sscanf(line, "COUNT %d", &got[i]) != 1) {
+                kill(g.pid, SIGQUIT); /* the Go runtime prints every goroutine's stack */
+                gp_wait_stderr(&g, NULL, 3000);
                 gp_dump(&g, "count");
                 fail_msg("round %zu: want a COUNT line, got %s", round, line ? line : "(EOF/timeout)");
             }
@@ -1523,6 +1539,338 @@ static void c_close_races_senders(void **st)
         if (round % 2 == 0)
             unlink(u + 7);
     }
+}
+
+
+/*
+ * Known bug: lc_session_close right after the first message on fresh channels
+ * loses them toward a Go peer. Our GOAWAY (or half-close) ends spdystream's
+ * read loop; from then on its framer refuses every write (io.EOF), so the
+ * SYN_REPLY of a stream whose SYN_STREAM a frame worker had not handled yet
+ * fails, spdystream drops that stream's DATA ("not replied") and the Go
+ * application's Receive gets EOF at once, with no message, and its Close
+ * (the FIN answering ours) never returns: it waits for the reply. Our
+ * lc_send and lc_session_close both returned 0. Seen: gopeer stuck with 1-3
+ * of 4 channels in spdystream.(*Stream).waitWriteReply, stderr "stream N:
+ * SYN_REPLY failed: EOF"; in c_close_races_senders' first rounds (before it
+ * waited for Go's first messages) in 4 of 30 runs, and below (1 to 4 fresh
+ * channels, one message each, then lc_session_close) in every run of 16
+ * rounds, most often in its first or second round (plain build). A fix on our side: before the GOAWAY, wait (within the
+ * timeout) for the SYN_REPLY of every stream we opened.
+ */
+static void c_close_before_go_replied(void **st)
+{
+    (void)st;
+    LC_KNOWN_BUG("lc_session_close right after lc_send: a Go peer that had not replied to the channel yet "
+                 "drops its messages and hangs in Close");
+    IP_DEADLINE(120);
+    for (int round = 0; round < 16; round++) {
+        gp_proc g;
+        char url[256];
+        const char *u = round % 2 ? "tcp://127.0.0.1:0" : unix_url();
+        gp_serve(&g, u, "--count", url, sizeof url);
+        lc_session *c;
+        lc_error err = { 0 };
+        assert_int_equal(lc_dial(url, NULL, &c, &err), 0);
+        const int nch = 1 + round % RACE_CH; /* 1, 2, 3, 4 channels */
+        lc_sender *s[RACE_CH];
+        for (int i = 0; i < nch; i++) {
+            assert_int_equal(lc_session_sender(c, &s[i]), 0);
+            assert_int_equal(lc_send(s[i], lc_pack("{s:i}", "Value", i), IO_TIMEOUT_MS), 0);
+        }
+        assert_int_equal(lc_session_close(c, IO_TIMEOUT_MS), 0);
+        for (int i = 0; i < nch; i++) {
+            const char *line = gp_line(&g, IO_TIMEOUT_MS);
+            if (line == NULL || strcmp(line, "COUNT 1") != 0) {
+                kill(g.pid, SIGQUIT); /* the Go runtime prints every goroutine's stack */
+                gp_wait_stderr(&g, NULL, 3000);
+                gp_dump(&g, "count");
+                fail_msg("round %d: channel %d of %d: want \"COUNT 1\", got %s", round, i + 1, nch,
+                         line ? line : "(EOF/timeout)");
+            }
+        }
+        for (int i = 0; i < nch; i++)
+            lc_sender_release(s[i]);
+        lc_session_free(c);
+        gp_expect_exit0(&g);
+        gp_finish(&g);
+        if (round % 2 == 0)
+            unlink(u + 7);
+    }
+}
+
+/* ---- 8. SIGKILL while lc_session_close waits for a stopped Go peer ------------------ */
+
+typedef struct closer {
+    lc_session *s;
+    int rc;
+    atomic_llong done_us;
+} closer;
+
+static void *close_fn(void *x)
+{
+    closer *c = x;
+    c->rc = lc_session_close(c->s, 30000);
+    atomic_store(&c->done_us, lc_test_now_us());
+    return NULL;
+}
+
+/* A writer into a byte stream we send to Go (LC_STREAM_READ: Go reads). */
+static void *blk_write(void *x)
+{
+    blocked *b = x;
+    static char buf[16384];
+    for (;;) {
+        struct pollfd p = { b->fd, POLLOUT, 0 };
+        atomic_store(&b->in_call, 1);
+        if (poll(&p, 1, 20000) != 1) {
+            b->rc = -ETIMEDOUT;
+            break;
+        }
+        ssize_t n = write(b->fd, buf, sizeof buf);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        if (n < 0) {
+            b->rc = -errno;
+            break;
+        }
+        atomic_fetch_add(&b->sent, (int)n);
+    }
+    atomic_store(&b->done_us, lc_test_now_us());
+    return NULL;
+}
+
+/*
+ * C client against `gopeer serve --count`: a channel, a byte stream to Go with a
+ * thread writing into it, gopeer SIGSTOPped, a sender blocked on the full output,
+ * then lc_session_close on another thread (it waits for the output to drain), then
+ * SIGKILL: lc_session_close returns an error promptly, the sender gets LC_ESESSION,
+ * the stream's writer EPIPE / ECONNRESET.
+ */
+static void go_killed_during_session_close(void **st)
+{
+    (void)st;
+    IP_DEADLINE(60);
+    gp_proc g;
+    char url[256];
+    gp_serve(&g, "tcp://127.0.0.1:0", "--count", url, sizeof url);
+    lc_options o;
+    lc_options_default(&o);
+    o.max_pending_out = 256 * 1024;
+    lc_session *c;
+    lc_error err = { 0 };
+    assert_int_equal(lc_dial(url, &o, &c, &err), 0);
+    lc_sender *s;
+    assert_int_equal(lc_session_sender(c, &s), 0);
+    int sp[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
+    lc_msg *m = lc_msg_new();
+    lc_value *map = lc_new_map(m);
+    assert_int_equal(lc_map_set(m, map, "Bytes", lc_new_stream(m, sp[1], LC_STREAM_READ)), 0);
+    assert_int_equal(lc_msg_set_root(m, map), 0);
+    assert_int_equal(lc_send(s, m, IO_TIMEOUT_MS), 0);
+    assert_true(gp_wait_stderr(&g, "message", IO_TIMEOUT_MS)); /* Go has the channel */
+    assert_int_equal(kill(g.pid, SIGSTOP), 0);
+    blocked bw = { .what = "write into the byte stream", .fd = sp[0] };
+    blocked bs = { .what = "lc_send", .s = s };
+    assert_int_equal(pthread_create(&bw.th, NULL, blk_write, &bw), 0);
+    assert_int_equal(pthread_create(&bs.th, NULL, blk_send, &bs), 0);
+    int last = -1;
+    int64_t stable_since = lc_test_now_us();
+    for (;;) {
+        int n = atomic_load(&bs.sent) + atomic_load(&bw.sent);
+        if (n != last) {
+            last = n;
+            stable_since = lc_test_now_us();
+        } else if (lc_test_now_us() - stable_since > 500000) {
+            break;
+        }
+        usleep(20000);
+    }
+    assert_int_equal(atomic_load(&bs.done_us), 0);
+    assert_int_equal(atomic_load(&bw.done_us), 0);
+    closer cl = { .s = c };
+    pthread_t cth;
+    assert_int_equal(pthread_create(&cth, NULL, close_fn, &cl), 0);
+    usleep(300000);
+    assert_int_equal(atomic_load(&cl.done_us), 0); /* the output cannot drain */
+    int64_t t0 = lc_test_now_us();
+    assert_int_equal(kill(g.pid, SIGKILL), 0);
+    struct {
+        const char *what;
+        atomic_llong *done;
+    } w[] = { { "lc_session_close", &cl.done_us }, { bs.what, &bs.done_us }, { bw.what, &bw.done_us } };
+    for (size_t i = 0; i < 3; i++) {
+        while (atomic_load(w[i].done) == 0 && lc_test_now_us() - t0 < 10 * 1000000)
+            usleep(5000);
+        int64_t d = atomic_load(w[i].done);
+        if (d == 0 || d - t0 > KILL_RETURN_MS * 1000)
+            fail_msg("%s: still blocked %lld ms after gopeer was killed", w[i].what,
+                     (long long)((d ? d : lc_test_now_us()) - t0) / 1000);
+    }
+    pthread_join(cth, NULL);
+    pthread_join(bs.th, NULL);
+    pthread_join(bw.th, NULL);
+    printf("# close: %s; send: %s after %d; stream writer: %s after %d bytes\n", lc_strerror(cl.rc),
+           lc_strerror(bs.rc), atomic_load(&bs.sent), strerror(-bw.rc), atomic_load(&bw.sent));
+    assert_true(cl.rc != 0);
+    assert_int_equal(bs.rc, LC_ESESSION);
+    assert_true(bw.rc == -EPIPE || bw.rc == -ECONNRESET);
+    close(sp[0]);
+    lc_sender_release(s);
+    lc_session_free(c);
+    gp_finish(&g);
+}
+
+/* ---- 9. lc_session_close while Go floods a slow C consumer -------------------------- */
+
+typedef struct drain_ctx {
+    lc_receiver **r;
+    int n;
+    int got;
+    int end_rc;
+    atomic_llong done_us;
+} drain_ctx;
+
+/* Receives on every receiver (lc_select, slowly) until each has ended; end_rc is
+ * the first non-EOF end. */
+static void *drain_fn(void *x)
+{
+    drain_ctx *d = x;
+    lc_case *cs = calloc((size_t)d->n, sizeof *cs);
+    int open = d->n;
+    for (int k = 0; k < d->n; k++)
+        cs[k] = (lc_case){ .op = LC_CASE_RECV, .receiver = d->r[k] };
+    while (open > 0) {
+        int k = lc_select(cs, (size_t)d->n, 20000);
+        if (k < 0) {
+            d->end_rc = k;
+            break;
+        }
+        if (cs[k].result != 0) {
+            if (cs[k].result != LC_EOF && d->end_rc == 0)
+                d->end_rc = cs[k].result;
+            cs[k].receiver = NULL;
+            open--;
+            continue;
+        }
+        lc_msg_free(cs[k].msg);
+        cs[k].msg = NULL;
+        d->got++;
+        usleep(200);
+    }
+    free(cs);
+    atomic_store(&d->done_us, lc_test_now_us());
+    return NULL;
+}
+
+static void c_session_close_while_go_floods(void **st)
+{
+    (void)st;
+    IP_DEADLINE(90);
+    enum { NCH = 20 };
+    gp_proc g;
+    lc_listener *l;
+    lc_options o;
+    lc_options_default(&o);
+    o.recv_queue = 4;
+    const char *dargs[] = { "--flood", "20", "5000", NULL };
+    c_server_start_opt(&g, &l, &o, dargs);
+    lc_session *sv;
+    assert_int_equal(lc_accept(l, &sv, IO_TIMEOUT_MS), 0);
+    lc_receiver *r[NCH];
+    for (int i = 0; i < NCH; i++)
+        assert_int_equal(lc_session_receiver(sv, &r[i], IO_TIMEOUT_MS), 0);
+    drain_ctx d = { .r = r, .n = NCH };
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, drain_fn, &d), 0);
+    usleep(100000);
+    int64_t t0 = lc_test_now_us();
+    int rc = lc_session_close(sv, 5000);
+    int64_t t1 = lc_test_now_us();
+    printf("# lc_session_close: %s after %lld ms, %d messages taken so far\n", lc_strerror(rc),
+           (long long)(t1 - t0) / 1000, d.got);
+    while (atomic_load(&d.done_us) == 0 && lc_test_now_us() - t1 < 10 * 1000000)
+        usleep(5000);
+    if (atomic_load(&d.done_us) == 0)
+        fail_msg("receivers still blocked %lld ms after lc_session_close returned",
+                 (long long)(lc_test_now_us() - t1) / 1000);
+    pthread_join(th, NULL);
+    printf("# receivers ended (%s) %lld ms after close returned, %d messages\n", lc_strerror(d.end_rc),
+           (long long)(atomic_load(&d.done_us) - t1) / 1000, d.got);
+    assert_true(t1 - t0 < 6000 * 1000);
+    assert_true(d.got < NCH * 5000); /* the close cut the flood short */
+    assert_int_equal(d.end_rc, LC_ESESSION);
+    for (int i = 0; i < NCH; i++)
+        lc_receiver_release(r[i]);
+    lc_session_free(sv);
+    lc_listener_close(l);
+    /* gopeer: its sends fail once we are gone; it must exit */
+    int st2 = gp_wait(&g, IO_TIMEOUT_MS);
+    printf("# gopeer exit status %d\n", WIFEXITED(st2) ? WEXITSTATUS(st2) : -1);
+    gp_finish(&g);
+}
+
+/* ---- 10. channels dropped (accept queue full) and a Receiver released mid-flood ----- */
+
+static void go_flood_dropped_and_released(void **st)
+{
+    (void)st;
+    IP_DEADLINE(90);
+    enum { NCH = 20, NMSG = 300, QUEUE = 8 };
+    gp_proc g;
+    lc_listener *l;
+    lc_options o;
+    lc_options_default(&o);
+    o.recv_queue = 4;
+    o.accept_queue = QUEUE;
+    const char *dargs[] = { "--flood", "20", "300", NULL };
+    c_server_start_opt(&g, &l, &o, dargs);
+    lc_session *sv;
+    assert_int_equal(lc_accept(l, &sv, IO_TIMEOUT_MS), 0);
+    /* let Go open all 20 before we take any: 12 find the queue full */
+    usleep(500000);
+    lc_receiver *r[NCH];
+    int n = 0;
+    while (n < NCH && lc_session_receiver(sv, &r[n], n < QUEUE ? IO_TIMEOUT_MS : 300) == 0)
+        n++;
+    printf("# accepted %d of %d channels\n", n, NCH);
+    assert_true(n >= QUEUE);
+    /* the last accepted: three messages, then released */
+    for (int k = 0; k < 3; k++) {
+        lc_msg *m;
+        assert_int_equal(lc_recv(r[n - 1], &m, IO_TIMEOUT_MS), 0);
+        lc_msg_free(m);
+    }
+    lc_receiver_release(r[n - 1]);
+    flood_ctx *c = calloc(1, sizeof *c);
+    atomic_int total = 0;
+    c->total = &total;
+    c->lo = 0;
+    c->hi = n - 1;
+    for (int i = 0; i < n - 1; i++) {
+        c->r[i] = r[i];
+        c->ch_of[i] = -1;
+    }
+    flood_select(c);
+    if (c->err[0]) {
+        gp_dump(&g, "flood");
+        fail_msg("%s", c->err);
+    }
+    for (int i = 0; i < n - 1; i++) {
+        assert_int_equal(c->next[i], NMSG);
+        lc_receiver_release(r[i]);
+    }
+    free(c);
+    /* Go waits for our half-close of every channel, dropped and released ones too */
+    const char *line = gp_line(&g, 70000);
+    if (line == NULL || strcmp(line, "FLOOD DONE") != 0) {
+        gp_dump(&g, "flood");
+        fail_msg("gopeer: %s (want FLOOD DONE)", line ? line : "(EOF/timeout)");
+    }
+    c_server_finish(&g, sv, l);
+    gp_expect_exit0(&g);
+    gp_finish(&g);
 }
 
 /* ---- main ---------------------------------------------------------------------------- */
@@ -1571,6 +1919,10 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(go_big_at_limit, ip_setup, ip_teardown),
         cmocka_unit_test_setup_teardown(c_huge_echo_go, ip_setup, ip_teardown),
         cmocka_unit_test_setup_teardown(c_close_races_senders, ip_setup, ip_teardown),
+        cmocka_unit_test_setup_teardown(c_close_before_go_replied, ip_setup, ip_teardown),
+        cmocka_unit_test_setup_teardown(go_killed_during_session_close, ip_setup, ip_teardown),
+        cmocka_unit_test_setup_teardown(c_session_close_while_go_floods, ip_setup, ip_teardown),
+        cmocka_unit_test_setup_teardown(go_flood_dropped_and_released, ip_setup, ip_teardown),
     };
     if (strcmp(argv[1], "all") != 0)
         cmocka_set_test_filter(argv[1]);
