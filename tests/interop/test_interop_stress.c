@@ -1507,7 +1507,6 @@ static void c_close_races_senders(void **st)
         int crc = lc_session_close(c, IO_TIMEOUT_MS);
         for (int i = 0; i < RACE_CH; i++)
             pthread_join(th[i], NULL);
-        assert_int_equal(crc, 0);
         int want[RACE_CH], got[RACE_CH];
         for (int i = 0; i < RACE_CH; i++) {
             if (rc[i].rc != LC_ESESSION)
@@ -1533,6 +1532,8 @@ static void c_close_races_senders(void **st)
                          got[1], got[2], got[3], want[0], want[1], want[2], want[3]);
             }
         printf("# round %zu: %d %d %d %d messages\n", round, want[0], want[1], want[2], want[3]);
+        if (crc != 0)
+            fail_msg("round %zu: lc_session_close returned %s, though Go got every message", round, lc_strerror(crc));
         lc_session_free(c);
         gp_expect_exit0(&g);
         gp_finish(&g);
@@ -1727,7 +1728,7 @@ static void go_killed_during_session_close(void **st)
 typedef struct drain_ctx {
     lc_receiver **r;
     int n;
-    int got;
+    atomic_int got;
     int end_rc;
     atomic_llong done_us;
 } drain_ctx;
@@ -1756,7 +1757,7 @@ static void *drain_fn(void *x)
         }
         lc_msg_free(cs[k].msg);
         cs[k].msg = NULL;
-        d->got++;
+        atomic_fetch_add(&d->got, 1);
         usleep(200);
     }
     free(cs);
@@ -1789,7 +1790,7 @@ static void c_session_close_while_go_floods(void **st)
     int rc = lc_session_close(sv, 5000);
     int64_t t1 = lc_test_now_us();
     printf("# lc_session_close: %s after %lld ms, %d messages taken so far\n", lc_strerror(rc),
-           (long long)(t1 - t0) / 1000, d.got);
+           (long long)(t1 - t0) / 1000, atomic_load(&d.got));
     while (atomic_load(&d.done_us) == 0 && lc_test_now_us() - t1 < 10 * 1000000)
         usleep(5000);
     if (atomic_load(&d.done_us) == 0)
@@ -1797,10 +1798,13 @@ static void c_session_close_while_go_floods(void **st)
                  (long long)(lc_test_now_us() - t1) / 1000);
     pthread_join(th, NULL);
     printf("# receivers ended (%s) %lld ms after close returned, %d messages\n", lc_strerror(d.end_rc),
-           (long long)(atomic_load(&d.done_us) - t1) / 1000, d.got);
+           (long long)(atomic_load(&d.done_us) - t1) / 1000, atomic_load(&d.got));
     assert_true(t1 - t0 < 6000 * 1000);
-    assert_true(d.got < NCH * 5000); /* the close cut the flood short */
-    assert_int_equal(d.end_rc, LC_ESESSION);
+    assert_true(atomic_load(&d.got) < NCH * 5000); /* the close cut the flood short */
+    /* LC_EPROTO when gopeer, whose sends fail once we are gone, exits in the
+     * middle of writing a frame (PROTOCOL.md 2.6: a carrier that ends inside a
+     * frame) */
+    assert_true(d.end_rc == LC_ESESSION || d.end_rc == LC_EPROTO);
     for (int i = 0; i < NCH; i++)
         lc_receiver_release(r[i]);
     lc_session_free(sv);
@@ -1836,13 +1840,8 @@ static void go_flood_dropped_and_released(void **st)
         n++;
     printf("# accepted %d of %d channels\n", n, NCH);
     assert_true(n >= QUEUE);
-    /* the last accepted: three messages, then released */
-    for (int k = 0; k < 3; k++) {
-        lc_msg *m;
-        assert_int_equal(lc_recv(r[n - 1], &m, IO_TIMEOUT_MS), 0);
-        lc_msg_free(m);
-    }
-    lc_receiver_release(r[n - 1]);
+    /* the others are drained at once on another thread (a full queue pauses
+     * the whole carrier: the released one's messages could not come) */
     flood_ctx *c = calloc(1, sizeof *c);
     atomic_int total = 0;
     c->total = &total;
@@ -1852,7 +1851,16 @@ static void go_flood_dropped_and_released(void **st)
         c->r[i] = r[i];
         c->ch_of[i] = -1;
     }
-    flood_select(c);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, flood_select, c), 0);
+    /* the last accepted: three messages, then released */
+    for (int k = 0; k < 3; k++) {
+        lc_msg *m;
+        assert_int_equal(lc_recv(r[n - 1], &m, IO_TIMEOUT_MS), 0);
+        lc_msg_free(m);
+    }
+    lc_receiver_release(r[n - 1]);
+    pthread_join(th, NULL);
     if (c->err[0]) {
         gp_dump(&g, "flood");
         fail_msg("%s", c->err);
@@ -1871,6 +1879,81 @@ static void go_flood_dropped_and_released(void **st)
     c_server_finish(&g, sv, l);
     gp_expect_exit0(&g);
     gp_finish(&g);
+}
+
+/* ---- 11. lc_session_close while the session pumps an attached Receiver to Go -------- */
+
+/*
+ * C client -> gopeer serve --echo: {Value, Ret: Sender, Rx: Receiver}; 200 messages are
+ * queued in Rx (its Sender then closed) before the request is sent, or after the
+ * reply has come back on Ret (so Go has taken every stream); then lc_session_close. The messages
+ * were sent before the close, from the application's point of view: Go must log
+ * all 200 on Rx ("receiver ref N: message"), then its end.
+ */
+static void fill_rx(lc_sender *xs, int n)
+{
+    for (int i = 0; i < n; i++)
+        assert_int_equal(lc_send(xs, lc_pack("{s:i, s:s}", "K", i, "Pad", "0123456789abcdef0123456789abcdef"), 0), 0);
+    assert_int_equal(lc_close(xs), 0);
+    lc_sender_release(xs);
+}
+
+static void c_close_while_pumping_receiver(void **st)
+{
+    (void)st;
+    IP_DEADLINE(60);
+    enum { N = 200 };
+    for (int round = 0; round < 4; round++) {
+        gp_proc g;
+        char url[256];
+        const char *u = round % 2 ? "tcp://127.0.0.1:0" : unix_url();
+                gp_serve(&g, u, "--echo", url, sizeof url);
+        lc_session *c;
+        lc_error err = { 0 };
+        assert_int_equal(lc_dial(url, NULL, &c, &err), 0);
+        lc_sender *req;
+        assert_int_equal(lc_session_sender(c, &req), 0);
+        lc_receiver *rr, *xr;
+        lc_sender *rs, *xs;
+        assert_int_equal(lc_pipe(&rr, &rs, 1), 0);
+        assert_int_equal(lc_pipe(&xr, &xs, N), 0);
+        /* rounds 0-1: Rx filled before the request; 2-3: after the reply, right
+         * before lc_session_close (the pump is still at work) */
+        bool late = round >= 2;
+        if (!late)
+            fill_rx(xs, N);
+        assert_int_equal(lc_send(req, lc_pack("{s:i, s:S, s:R}", "Value", 1, "Ret", rs, "Rx", xr), IO_TIMEOUT_MS), 0);
+        lc_msg *rep;
+        int rc = lc_recv(rr, &rep, IO_TIMEOUT_MS);
+        if (rc != 0) {
+            gp_dump(&g, "no reply");
+            fail_msg("round %d: reply: %s", round, lc_strerror(rc));
+        }
+        lc_msg_free(rep);
+        if (late)
+            fill_rx(xs, N);
+        int crc = lc_session_close(c, IO_TIMEOUT_MS);
+        lc_sender_release(req);
+        lc_receiver_release(rr);
+        lc_session_free(c);
+        int stt = gp_wait(&g, IO_TIMEOUT_MS);
+        char *e = gp_stderr(&g);
+        int n = 0;
+        for (const char *p = e; (p = strstr(p, ": message {\"K\":")) != NULL; p++)
+            n++;
+        if (n != N + 0) {
+            /* the echo also logs the request's message line; count only Rx's */
+            fprintf(stderr, "---- gopeer stderr ----\n%s----\n", e);
+        }
+        free(e);
+        printf("# round %d: lc_session_close %s; Go logged %d of %d pumped messages; exit %d\n", round,
+               lc_strerror(crc), n, N, WIFEXITED(stt) ? WEXITSTATUS(stt) : -1);
+        assert_int_equal(crc, 0);
+        assert_int_equal(n, N);
+        gp_finish(&g);
+        if (round % 2 == 0)
+            unlink(u + 7);
+    }
 }
 
 /* ---- main ---------------------------------------------------------------------------- */
@@ -1923,6 +2006,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(go_killed_during_session_close, ip_setup, ip_teardown),
         cmocka_unit_test_setup_teardown(c_session_close_while_go_floods, ip_setup, ip_teardown),
         cmocka_unit_test_setup_teardown(go_flood_dropped_and_released, ip_setup, ip_teardown),
+        cmocka_unit_test_setup_teardown(c_close_while_pumping_receiver, ip_setup, ip_teardown),
     };
     if (strcmp(argv[1], "all") != 0)
         cmocka_set_test_filter(argv[1]);
