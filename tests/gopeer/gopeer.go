@@ -97,12 +97,20 @@ func main() {
 	args := os.Args[2:]
 	switch os.Args[1] {
 	case "serve":
+		if len(args) >= 2 && isStressServe(args[1]) {
+			stressServe(args)
+			return
+		}
 		if len(args) < 2 || (args[1] != "--echo" && args[1] != "--count") ||
 			(len(args) == 3 && args[2] != "--once") || len(args) > 3 {
 			usage()
 		}
 		serve(args[0], args[1] == "--echo", len(args) == 3)
 	case "dial":
+		if len(args) >= 2 && isStressDial(args[1]) {
+			stressDial(args)
+			return
+		}
 		var err error
 		done := make(chan struct{})
 		switch {

@@ -140,7 +140,11 @@ func (s *session) handleStream(st *spdystream.Stream) {
 	}
 	s.cond.Broadcast()
 	s.mu.Unlock()
-	st.SendReply(http.Header{":status": {"200"}}, false)
+	if err := st.SendReply(http.Header{":status": {"200"}}, false); err != nil {
+		// spdystream then drops the stream's DATA ("not replied") and its Close
+		// never returns (it waits for the reply): say so on stderr
+		s.logf("stream %d: SYN_REPLY failed: %v", st.Identifier(), err)
+	}
 }
 
 func (s *session) nextRef() uint64 { return atomic.AddUint64(&s.refSeq, 1) }
