@@ -474,6 +474,7 @@ static void flush_locked(lc_session *s)
             return;
         }
         s->inflight_off += (size_t)w;
+        s->written_total += (uint64_t)w;
         if (s->inflight_off == s->inflight.len) {
             s->inflight.len = 0;
             s->inflight_off = 0;
@@ -1007,7 +1008,28 @@ static int register_ours_locked(lc_session *s, lc_stream *st)
         return LC_ENOMEM;
     stream_ref(st); /* the table's reference */
     st->in_table = true;
+    st->awaiting_reply = true;
+    s->unreplied++;
     return 0;
+}
+
+/* The peer answered (or reset, or the stream ended): one fewer reply for
+ * lc_session_close to wait for. mu held. */
+static void reply_came_locked(lc_session *s, lc_stream *st)
+{
+    if (!st->awaiting_reply)
+        return;
+    st->awaiting_reply = false;
+    s->unreplied--;
+}
+
+static void on_syn_reply(lc_session *s, const lc_spdy_frame *f)
+{
+    pthread_mutex_lock(&s->mu);
+    lc_stream *st = lc__map_get(&s->streams, f->stream_id);
+    if (st != NULL)
+        reply_came_locked(s, st);
+    pthread_mutex_unlock(&s->mu);
 }
 
 static void feeder_passive(void *ctx);
@@ -1313,6 +1335,7 @@ static void stream_maybe_done_locked(lc_session *s, lc_stream *st)
     lc__map_del(&s->streams, st->id);
     st->in_table = false;
     early_drop_locked(s, st); /* nothing will name it now */
+    reply_came_locked(s, st); /* none will be waited for now */
     if (st->kind == ST_UNBOUND && lc__map_get(&s->peer_refs, st->ref) == st) {
         /* reset before any message named it: a later naming fails at once
          * (found by fuzz_session: it used to leave a dangling entry) */
@@ -2645,6 +2668,7 @@ static void on_rst(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
     stream_ref(st);
     st->remote_fin = true;
     st->local_fin = true;
+    reply_came_locked(s, st);
     lc_sender *into = NULL;
     if ((st->kind == ST_RECV || st->kind == ST_FWD_TO_SENDER) && st->into != NULL) {
         /* A channel we receive on ends after what reached us, then
@@ -2791,8 +2815,11 @@ static void handle_frame(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
     case LC_SPDY_WINDOW_UPDATE:
         on_window_update(s, f);
         break;
+    case LC_SPDY_SYN_REPLY:
+        on_syn_reply(s, f);
+        break;
     default:
-        break; /* SYN_REPLY, HEADERS, unknown: nothing to do */
+        break; /* HEADERS, unknown: nothing to do */
     }
 }
 
@@ -3606,25 +3633,53 @@ LC_API int lc_session_close(lc_session *s, int64_t timeout_ms)
         struct timespec nap = { 0, 2000000 }; /* the engine pumps them; look again soon */
         nanosleep(&nap, NULL);
     }
-    /* GOAWAY after the streams' last bytes: spdystream ends its streams
-     * when it reads one. Messages sent from here on fail (LC_ESESSION): one
-     * queued behind the last flush and the half-close below would never be
-     * written, though its lc_send had returned 0. */
+    /* Messages sent from here on fail (LC_ESESSION): one queued behind the
+     * last flush and the half-close below would never be written, though
+     * its lc_send had returned 0. */
     pthread_mutex_lock(&s->wmu);
     s->sends_closed = true;
     pthread_mutex_unlock(&s->wmu);
-    ctl_arg g = { last, LC_SPDY_GOAWAY_OK };
-    send_control(s, ctl_goaway, &g);
+    /* The peer's SYN_REPLY for every stream we opened, before the GOAWAY:
+     * spdystream stops writing once it has read a GOAWAY, so a SYN_REPLY it
+     * had not written yet fails, and it then drops the stream's DATA ("not
+     * replied"): a message sent right before lc_session_close was lost by a
+     * Go peer, whose Close then hung (c_close_before_go_replied, 8 of 8
+     * runs). Ours reply at once (within 4 ms), Go in its frame handler. */
+    while (rc == 0 && !atomic_load(&s->dead)) {
+        pthread_mutex_lock(&s->mu);
+        size_t waiting = s->unreplied;
+        bool paused = s->paused; /* (a full queue toward Go: nothing is read) */
+        pthread_mutex_unlock(&s->mu);
+        if (waiting == 0 || paused)
+            break;
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (timeout_ms >= 0 &&
+            (now.tv_sec > dl.tv_sec || (now.tv_sec == dl.tv_sec && now.tv_nsec >= dl.tv_nsec))) {
+            rc = LC_ETIMEDOUT;
+            break;
+        }
+        struct timespec nap = { 0, 1000000 }; /* the engine reads them; look again soon */
+        nanosleep(&nap, NULL);
+    }
+    /* GOAWAY after the streams' last bytes: spdystream ends its streams
+     * when it reads one. Success is everything up to it written: a Go peer
+     * hangs up once it has read it, and frames we queue after it (a FIN, a
+     * RST) may then meet a reset, which is no loss. */
     pthread_mutex_lock(&s->wmu);
+    size_t before = s->out.len;
+    if (!s->dead && ctl_goaway(s, &(ctl_arg){ last, LC_SPDY_GOAWAY_OK }) == 0)
+        s->ctl_out += s->out.len - before;
+    s->goaway_end = s->written_total + pending_out(s);
+    flush_locked(s);
     s->flush_waiters++;
     while (!s->dead && (pending_out(s) > 0 || s->writing)) {
         if (timeout_ms >= 0) {
-            pthread_condattr_t ca; /* the cond is CLOCK_REALTIME by default */
-            (void)ca;
             struct timespec now;
             clock_gettime(CLOCK_MONOTONIC, &now);
             if (now.tv_sec > dl.tv_sec || (now.tv_sec == dl.tv_sec && now.tv_nsec >= dl.tv_nsec)) {
-                rc = LC_ETIMEDOUT;
+                if (s->written_total < s->goaway_end)
+                    rc = LC_ETIMEDOUT; /* (only later frames left: not an error) */
                 break;
             }
             struct timespec rt;
@@ -3639,7 +3694,7 @@ LC_API int lc_session_close(lc_session *s, int64_t timeout_ms)
             pthread_cond_wait(&s->flushed, &s->wmu);
         }
     }
-    if (rc == 0 && s->dead && pending_out(s) > 0)
+    if (rc == 0 && s->dead && s->written_total < s->goaway_end)
         rc = atomic_load(&s->err) ? atomic_load(&s->err) : LC_ESESSION;
     /* Half-close, then let the peer finish and hang up (the reader sees its
      * EOF and ends the session): closing outright with unread bytes in our

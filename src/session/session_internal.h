@@ -61,6 +61,7 @@ typedef struct lc_stream {
     bool remote_fin_pending; /* close the local channel after delivering what is queued */
     int end_err;          /* ... with this error instead of end-of-channel (bad input) */
     bool peer_reset;      /* mu: ended by the peer's RST_STREAM: a message it cut is dropped, not an error */
+    bool awaiting_reply;  /* mu: ours, and the peer's SYN_REPLY (or RST) has not come yet */
     bool early_fin;
     int bad;              /* decoding the early bytes failed with this */
     bool waiting_refs;    /* the head message names sub-streams not arrived yet */
@@ -170,6 +171,9 @@ struct lc_session {
     uint64_t claimed_ring[CLAIMED_KEEP]; /* those refs, oldest at claimed_next % CLAIMED_KEEP */
     uint64_t claimed_next;
     uint64_t fd_in_seq;
+    size_t unreplied;     /* mu: streams of ours still awaiting_reply (lc_session_close waits for 0) */
+    uint64_t written_total; /* wmu: bytes written to the carrier */
+    uint64_t goaway_end;  /* wmu: written_total once lc_session_close's GOAWAY is written */
     size_t early_total;   /* mu: bytes held for sub-streams no message has named yet (all of them) */
     bool new_refs;
     bool goaway_sent, goaway_recv, closing;

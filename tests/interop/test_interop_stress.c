@@ -39,7 +39,7 @@
 #include "session/session_internal.h"
 #include "spdy/spdy.h"
 #include "testutil.h"
-#include "../net/nettest.h" /* LC_KNOWN_BUG */
+#include "../net/nettest.h"
 
 extern char **environ;
 
@@ -54,17 +54,6 @@ extern char **environ;
 static const char *gopeer_bin; /* argv[2] */
 
 #define IO_TIMEOUT_MS 10000 /* one step (a line, a message, a read) */
-
-/* A case that exposes a library bug runs only with LC_RUN_KNOWN_BUGS=1. */
-#define IP_KNOWN_BUG(why)                                                          \
-    do {                                                                           \
-        const char *kb_ = getenv("LC_RUN_KNOWN_BUGS");                             \
-        if (kb_ == NULL || strcmp(kb_, "1") != 0) {                                \
-            printf("SKIP: known bug: %s (run with LC_RUN_KNOWN_BUGS=1)\n", (why)); \
-            fflush(stdout);                                                        \
-            skip();                                                                \
-        }                                                                          \
-    } while (0)
 
 /* ---- the gopeer process --------------------------------------------------------- */
 
@@ -1437,25 +1426,19 @@ static void c_huge_echo_go(void **st)
 }
 
 /*
- * Known bug: lc_session_close can return the session's error (LC_ESESSION, or
- * -ECONNRESET) although everything sent before it, the GOAWAY included, was
- * written and delivered: its flush loop waits for the whole output to drain,
- * frames queued after the GOAWAY too (RST_STREAM CANCEL for a reply channel
- * whose receiver was released, FINs), and a Go peer hangs up (closing with
- * those unread: a reset) as soon as it has read the GOAWAY. Seen: 1 in 10 TSan
- * runs of c_close_while_pumping_receiver (-ECONNRESET after 1 ms, Go had all
- * 200 messages), 1 in 10 ASan and 1 in 10 TSan runs of c_close_races_senders
- * before it waited for Go's first messages (LC_ESESSION). Checked strictly
- * only with LC_RUN_KNOWN_BUGS=1.
+ * lc_session_close returns 0 once everything up to its GOAWAY is written:
+ * a Go peer hangs up as soon as it has read the GOAWAY, and frames queued
+ * after it (a RST_STREAM CANCEL for a reply channel whose receiver was
+ * released, FINs) may then meet a reset, which loses nothing. Once, the
+ * close waited for those too and returned the session's error (LC_ESESSION
+ * or -ECONNRESET): 1 in 10 TSan runs of c_close_while_pumping_receiver,
+ * 1 in 10 ASan and TSan runs of c_close_races_senders.
  */
 static bool close_rc_ok(int rc)
 {
-    const char *kb = getenv("LC_RUN_KNOWN_BUGS");
-    if (kb != NULL && strcmp(kb, "1") == 0)
-        return rc == 0;
-    if (rc == LC_ESESSION || rc == -ECONNRESET)
-        printf("# known bug: lc_session_close returned %s though everything was delivered\n", lc_strerror(rc));
-    return rc == 0 || rc == LC_ESESSION || rc == -ECONNRESET;
+    if (rc != 0)
+        printf("# lc_session_close returned %s\n", lc_strerror(rc));
+    return rc == 0;
 }
 
 /* ---- 7. lc_session_close racing senders on other threads ----------------------------- */
@@ -1512,9 +1495,8 @@ static void c_close_races_senders(void **st)
             /* one message first, so Go has the channel whatever happens next */
             assert_int_equal(lc_send(rc[i].s, lc_pack("{s:i}", "Value", -1), IO_TIMEOUT_MS), 0);
         }
-        /* Go has taken every channel, so its SYN_REPLYs are out: a stream
-         * spdystream had not replied when it read our GOAWAY loses its
-         * messages (c_close_before_go_replied, a known bug) */
+        /* Go has taken every channel (lc_session_close would also wait for
+         * their SYN_REPLYs: c_close_before_go_replied) */
         for (int i = 0; i < RACE_CH; i++) {
             char want[64];
             snprintf(want, sizeof want, "channel %d: message", 2 + i);
@@ -1566,26 +1548,19 @@ static void c_close_races_senders(void **st)
 
 
 /*
- * Known bug: lc_session_close right after the first message on fresh channels
- * loses them toward a Go peer. Our GOAWAY (or half-close) ends spdystream's
- * read loop; from then on its framer refuses every write (io.EOF), so the
- * SYN_REPLY of a stream whose SYN_STREAM a frame worker had not handled yet
- * fails, spdystream drops that stream's DATA ("not replied") and the Go
- * application's Receive gets EOF at once, with no message, and its Close
- * (the FIN answering ours) never returns: it waits for the reply. Our
- * lc_send and lc_session_close both returned 0. Seen: gopeer stuck with 1-3
- * of 4 channels in spdystream.(*Stream).waitWriteReply, stderr "stream N:
- * SYN_REPLY failed: EOF"; in c_close_races_senders' first rounds (before it
- * waited for Go's first messages) in 4 of 30 runs, and below (1 to 4 fresh
- * channels, one message each, then lc_session_close) in every run of 16
- * rounds, most often in its first or second round (plain build). A fix on our side: before the GOAWAY, wait (within the
- * timeout) for the SYN_REPLY of every stream we opened.
+ * lc_session_close right after the first message on fresh channels, toward
+ * a Go peer: every message arrives. Our GOAWAY ends spdystream's read loop;
+ * from then on its framer refuses every write (io.EOF), so the SYN_REPLY of
+ * a stream whose SYN_STREAM a frame worker had not handled yet fails, and
+ * spdystream drops that stream's DATA ("not replied"). So the close waits
+ * for the SYN_REPLY of every stream we opened before its GOAWAY. Once, the
+ * messages were lost and the Go application's Close hung in
+ * spdystream.(*Stream).waitWriteReply (every run of 16 rounds; 4 of 30 runs
+ * of c_close_races_senders' first rounds).
  */
 static void c_close_before_go_replied(void **st)
 {
     (void)st;
-    LC_KNOWN_BUG("lc_session_close right after lc_send: a Go peer that had not replied to the channel yet "
-                 "drops its messages and hangs in Close");
     IP_DEADLINE(120);
     for (int round = 0; round < 16; round++) {
         gp_proc g;
