@@ -1303,7 +1303,6 @@ static void remember_claimed_locked(lc_session *s, uint64_t ref)
     }
 }
 
-/* Removes a stream from the table once both directions are finished. */
 /* Bytes all unbound sub-streams of a session may hold together. */
 #define EARLY_TOTAL_MAX(s) (4 * (size_t)(s)->opt.limits.max_message)
 
@@ -1314,6 +1313,7 @@ static void early_drop_locked(lc_session *s, lc_stream *st)
     lc__buf_free(&st->early);
 }
 
+/* Removes a stream from the table once both directions are finished. */
 static void stream_maybe_done_locked(lc_session *s, lc_stream *st)
 {
     if (!st->in_table)
@@ -1330,6 +1330,11 @@ static void stream_maybe_done_locked(lc_session *s, lc_stream *st)
     }
     if (st->reset)
         done = true;
+    else if (st->remote_fin_pending || st->waiting_refs)
+        done = false; /* ended, but not everything is delivered yet: a message
+                       * waiting for a sub-stream is only failed by the ref
+                       * timer, which walks the table (deliver_pending calls
+                       * us again) */
     if (!done)
         return;
     lc__map_del(&s->streams, st->id);
@@ -2181,8 +2186,10 @@ static void deliver_pending(lc_stream *st)
             /* idle: nothing listed and nothing being handed over */
             bool idle = m == NULL && st->push_op == NULL;
             bool close_now = idle && st->remote_fin_pending;
-            if (close_now)
+            if (close_now) {
                 st->remote_fin_pending = false;
+                stream_maybe_done_locked(s, st); /* (our caller holds a reference) */
+            }
             /* everything received is in the local queue: the peer may send
              * that much again (a full queue grants nothing: that stream stalls,
              * the others flow) */
@@ -2285,8 +2292,11 @@ static void deliver_pending(lc_stream *st)
             resume_reading(s);
             return; /* a SYN_STREAM or the ref timer calls us again */
         }
-        st->waiting_refs = false;
-        st->waiting_since = 0;
+        if (st->waiting_refs) {
+            st->waiting_refs = false;
+            st->waiting_since = 0;
+            stream_maybe_done_locked(s, st); /* it may have ended meanwhile */
+        }
         if (missing < 0) {
             pending_pop_locked(st);
             pthread_mutex_unlock(&s->mu);
@@ -3276,6 +3286,7 @@ static void ref_timer(void *ctx)
             }
             st->pending_tail = NULL;
             st->npending = 0;
+            stream_maybe_done_locked(s, st); /* an ended channel stayed for this (may free st) */
         } else {
             any_waiting = true;
         }

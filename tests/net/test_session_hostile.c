@@ -853,6 +853,46 @@ static void test_rst_behind_message_in_one_read(void **st)
     assert_int_equal(rc3, LC_ECLOSED);
 }
 
+/* A message waiting for a sub-stream that never comes, on a channel the
+ * peer then ends (FIN) or resets (RST_STREAM): the stream leaves the table,
+ * but the wait is still bounded: the receiver gets the message before, then
+ * LC_EPROTO after about ref_timeout_ms (the ref timer must still see it). */
+static void test_ref_never_arrives_on_ended_channel(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    lc_options o;
+    lc_options_default(&o);
+    o.ref_timeout_ms = 200;
+    static const uint8_t ret_s[] = { 0x81, 0xa3, 'R', 'e', 't', 0xd6, 0x04, 0, 0, 0, 99 };
+    for (int variant = 0; variant < 2; variant++) {
+        nt_raw p;
+        nt_raw_open(&p, &o);
+        lc_buf b;
+        lc__buf_init(&b);
+        nt_put_syn(&p, &b, 1, 2, 0, 0);
+        put_n(&b, 1, 1);
+        assert_int_equal(lc__spdy_put_data(&b, 1, 0, ret_s, sizeof ret_s), 0);
+        if (variant == 0)
+            assert_int_equal(lc__spdy_put_data(&b, 1, LC_SPDY_FLAG_FIN, NULL, 0), 0);
+        else
+            assert_int_equal(lc__spdy_put_rst_stream(&b, 1, LC_SPDY_CANCEL), 0);
+        nt_raw_send(&p, &b);
+        lc_receiver *r;
+        assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+        nt_expect_n(r, 1);
+        int rc = recv_rc(r, 5000);
+        if (rc != LC_EPROTO)
+            fprintf(stderr, "%s: %s instead of LC_EPROTO\n", variant == 0 ? "FIN" : "RST", lc_strerror(rc));
+        assert_int_equal(rc, LC_EPROTO);
+        if (lc_session_error(p.s) != 0)
+            fprintf(stderr, "%s: session error %s\n", variant == 0 ? "FIN" : "RST", lc_strerror(lc_session_error(p.s)));
+        assert_int_equal(lc_session_error(p.s), 0);
+        lc_receiver_release(r);
+        lc__buf_free(&b);
+        nt_raw_close(&p);
+    }
+}
+
 /* Streams the peer opens and ends leave the session's table: channels
  * ended by DATA FIN, by a FIN on the SYN_STREAM itself (an empty channel),
  * by the peer's RST_STREAM; sub-streams reset before any message named
@@ -1465,6 +1505,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_window_blocked_senders_wake_on_rst_and_carrier_loss, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unclaimed_fd_flood_is_bounded, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_passed_fds_pause_reading_until_claimed, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_ref_never_arrives_on_ended_channel, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_too_many_fds_in_one_read, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_passed_fd_named_twice_or_never_sent, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_data_after_fin_or_rst_and_stray_replies, lc_test_setup, lc_test_teardown),
