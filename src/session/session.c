@@ -280,6 +280,7 @@ static void session_unref(lc_session *s)
     for (size_t i = 0; i < s->fdq_len; i++)
         close(s->fdq[i]);
     free(s->fdq);
+    free(s->fdq_at);
     lc_receiver_release(s->incoming_r);
     lc_sender_release(s->incoming_s);
     if (s->conn)
@@ -392,8 +393,7 @@ static void wake_timer(void *ctx);
  */
 static void wake_after_flush_locked(lc_session *s)
 {
-    if (s->wake_scheduled || s->eng == NULL ||
-        !(atomic_load(&s->senders_blocked) || atomic_load(&s->out_paused)) ||
+    if (s->wake_scheduled || s->eng == NULL || !atomic_load(&s->senders_blocked) ||
         pending_out(s) >= s->opt.max_pending_out / 2)
         return;
     session_ref(s);
@@ -436,13 +436,24 @@ static void flush_locked(lc_session *s)
         size_t n = s->inflight.len - s->inflight_off;
         /* Passed fds go with the first byte of this write, which comes
          * before the messages naming them: the peer has them in time. At
-         * most LC_TRANSPORT_MAX_FDS per write (one byte each batch if more). */
+         * most LC_TRANSPORT_MAX_FDS per write. With more queued, this write
+         * ends where the message owning the next batch's first fd starts
+         * (one byte at least): fds never run more than a batch ahead of
+         * their messages. The receiver reads no further once it holds
+         * MAX_UNCLAIMED_FDS unclaimed; one-byte writes of 64 fds each sent
+         * hundreds ahead and stalled it for good (test_session_limits). */
         int fds[LC_TRANSPORT_MAX_FDS];
         size_t nfds = s->fdq_len < LC_TRANSPORT_MAX_FDS ? s->fdq_len : LC_TRANSPORT_MAX_FDS;
         if (nfds > 0)
             memcpy(fds, s->fdq, nfds * sizeof *fds);
-        if (s->fdq_len > LC_TRANSPORT_MAX_FDS)
-            n = 1;
+        if (s->fdq_len > LC_TRANSPORT_MAX_FDS) {
+            struct lc_fdq_at at = s->fdq_at[LC_TRANSPORT_MAX_FDS];
+            if (at.gen + 1 == s->out_gen) /* in this buffer */
+                n = at.off > s->inflight_off ? at.off - s->inflight_off : 1;
+            else if (at.gen + 1 < s->out_gen)
+                n = 1; /* (already begun: keep the batches going) */
+            /* else it is in `out`, behind all of this buffer */
+        }
         s->in_write = true;
         pthread_mutex_unlock(&s->wmu);
         struct iovec iov = { (void *)p, n };
@@ -453,6 +464,7 @@ static void flush_locked(lc_session *s)
             for (size_t i = 0; i < nfds; i++)
                 close(fds[i]);
             memmove(s->fdq, s->fdq + nfds, (s->fdq_len - nfds) * sizeof *s->fdq);
+            memmove(s->fdq_at, s->fdq_at + nfds, (s->fdq_len - nfds) * sizeof *s->fdq_at);
             s->fdq_len -= nfds;
         }
         s->in_write = false;
@@ -600,14 +612,9 @@ static void wake_timer(void *ctx)
     pthread_mutex_lock(&s->wmu);
     s->wake_scheduled = false;
     bool low = pending_out(s) < s->opt.max_pending_out / 2;
-    bool resume = low && atomic_load(&s->out_paused);
-    if (resume)
-        atomic_store(&s->out_paused, false);
     pthread_mutex_unlock(&s->wmu);
     if (low)
         wake_blocked_senders(s);
-    if (resume)
-        resume_reading(s); /* the answers left: the peer reads again */
     session_unref(s); /* the timer's reference */
 }
 
@@ -702,23 +709,23 @@ static void send_control_deferred(lc_session *s, int (*fn)(lc_session *s, void *
 /*
  * End of a read batch: write the control frames it produced. True when the
  * answers to the peer (SYN_REPLY, RST_STREAM, PING, FIN, WINDOW_UPDATE)
- * that are still queued exceed max_pending_out: a peer that sends and never
- * reads would have them pile up without bound (test_answer_flood_from_peer_
- * that_never_reads: 24 MiB of PINGs or stray DATA, each answered). The
- * caller then stops reading (out_paused) until the output drains below half
- * (wake_timer). Only answers count: a session's own messages may hold the
- * output above max_pending_out (one message past it per sending thread),
- * and pausing for those could deadlock two sessions sending big messages
- * to each other. wmu held by neither.
+ * still queued exceed ANSWERS_MAX: a peer that sends and never reads would
+ * have them pile up without bound (test_answer_flood_from_peer_that_never_
+ * reads: 24 MiB of PINGs or stray DATA, each answered, 24 MiB queued). The
+ * caller ends the session (LC_EPROTO). Not a pause of reading: two sessions
+ * that flood each other could then both stop reading for good (a first
+ * version did, test_session_limits: 14 of 20 runs). Only answers count: a
+ * session's own messages may hold the output above max_pending_out (one
+ * message past it per sending thread). wmu held by neither.
  */
+#define ANSWERS_MAX(s) ((s)->opt.max_pending_out * 4 > (1u << 20) ? (s)->opt.max_pending_out * 4 : (1u << 20))
+
 static bool flush_now(lc_session *s)
 {
     pthread_mutex_lock(&s->wmu);
     if (s->out.len > s->deferred_len)
         flush_locked(s); /* (frames that wait for a later write stay) */
-    bool flooded = s->ctl_out + s->ctl_inflight > s->opt.max_pending_out;
-    if (flooded)
-        atomic_store(&s->out_paused, true);
+    bool flooded = s->ctl_out + s->ctl_inflight > ANSWERS_MAX(s);
     pthread_mutex_unlock(&s->wmu);
     return flooded;
 }
@@ -1072,13 +1079,17 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
     if (e.npassed > 0 && s->fdq_len + e.npassed > s->fdq_cap) {
         size_t nc = (s->fdq_len + e.npassed) * 2;
         int *nq = realloc(s->fdq, nc * sizeof *nq);
-        if (nq == NULL) {
+        struct lc_fdq_at *na = nq ? realloc(s->fdq_at, nc * sizeof *na) : NULL;
+        if (nq != NULL)
+            s->fdq = nq; /* (kept even if the second fails: fdq_cap says what both hold) */
+        if (na != NULL)
+            s->fdq_at = na;
+        if (nq == NULL || na == NULL) {
             s->fd_out_seq -= e.npassed;
             pthread_mutex_unlock(&s->wmu);
             rc = LC_ENOMEM;
             goto fail;
         }
-        s->fdq = nq;
         s->fdq_cap = nc;
     }
     if (s->dead || s->sends_closed || p->local_fin || p->reset || !ids_left_locked(s, e.n)) {
@@ -1099,6 +1110,8 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
         pthread_mutex_unlock(&s->wmu);
         goto fail;
     }
+    /* where the message starts in the output (its passed fds are sent by then) */
+    struct lc_fdq_at msg_at = { s->out_gen, s->out.len };
     /* sub-streams first (as Go does), then the message's DATA frames */
     if (e.n)
         pthread_mutex_lock(&s->mu);
@@ -1173,8 +1186,10 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
         goto fail_registered;
     }
     /* passed fds: owned by the queue from here, closed once sent */
-    for (size_t i = 0; i < e.npassed; i++)
+    for (size_t i = 0; i < e.npassed; i++) {
+        s->fdq_at[s->fdq_len] = msg_at;
         s->fdq[s->fdq_len++] = lc_value_take_fd(e.passed[i], NULL);
+    }
     send_flush_locked(s);
     pthread_mutex_unlock(&s->wmu);
     if (passive_seen)
@@ -3038,16 +3053,18 @@ static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drain
         /* a thread reading for its own channel: has it something now? (one
          * answer for both the flush below and the early return) */
         bool ready = until != NULL && lc__chan_recv_ready(until);
-        if (!ready)
-            flush_now(s); /* replies, FINs and window updates of this batch (and the flood check) */
+        if (!ready && flush_now(s)) {
+            /* replies, FINs and window updates of this batch went out; a peer
+             * that reads none of them is ended */
+            protocol_error(s, LC_SPDY_GOAWAY_PROTOCOL_ERROR);
+            return false;
+        }
         /* (else the drive about to return decides: flush_or_defer) */
         /* backpressure: a local queue is full, stop reading until it drains.
          * Toward a peer with windows its own window stops it, per stream. */
         bool fc = atomic_load_explicit(&s->peer_fc, memory_order_relaxed);
         pthread_mutex_lock(&s->mu);
-        /* (out_paused is looked at under mu: wake_timer clears it, then
-         * resume_reading takes mu, so a pause set here is always lifted) */
-        bool full = atomic_load(&s->out_paused) || s->in_fds.len > MAX_UNCLAIMED_FDS;
+        bool full = s->in_fds.len > MAX_UNCLAIMED_FDS;
         for (size_t i = 0; !fc && i < s->streams.cap && !full; i++) {
             lc_stream *st = s->streams.slots[i].val;
             full = st != NULL && st != LC_MAP_TOMB && st->push_op != NULL;
@@ -3072,7 +3089,7 @@ static void resume_reading(lc_session *s)
 {
     pthread_mutex_lock(&s->mu);
     bool was = s->paused;
-    bool still = was && (atomic_load(&s->out_paused) || s->in_fds.len > MAX_UNCLAIMED_FDS / 2);
+    bool still = was && s->in_fds.len > MAX_UNCLAIMED_FDS / 2;
     /* as read_carrier: full queues pause only toward a peer without windows */
     bool fc = atomic_load_explicit(&s->peer_fc, memory_order_relaxed);
     for (size_t i = 0; was && !fc && i < s->streams.cap && !still; i++) {

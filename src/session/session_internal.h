@@ -124,7 +124,6 @@ struct lc_session {
     bool wake_scheduled;  /* an engine run will wake the senders blocked on a full output */
     size_t ctl_out;       /* wmu: bytes of control frames (answers to the peer) in `out` */
     size_t ctl_inflight;  /* wmu: ... in `inflight` (counted whole until it is written) */
-    _Atomic bool out_paused; /* reading stopped: answers the peer does not read piled up (set/cleared under wmu) */
     int64_t last_send_ns; /* when the application last sent: bursts are coalesced */
     uint64_t last_send_rx; /* rx_reads at that send */
     /* wmu: the last frame appended to `out` by a message send, while nothing
@@ -159,6 +158,8 @@ struct lc_session {
     _Atomic bool peer_fdpass; /* ... and so did the peer */
     uint64_t fd_out_seq;  /* wmu: fds passed so far */
     int *fdq;             /* wmu: fds to send with the next write (owned) */
+    struct lc_fdq_at { uint64_t gen; size_t off; } *fdq_at; /* wmu: where fdq[i]'s message starts
+                             (out_gen of its buffer, offset in it) */
     size_t fdq_len, fdq_cap;
     uint32_t peer_window; /* wmu: its INITIAL_WINDOW_SIZE for the streams we send on */
 
