@@ -32,22 +32,6 @@ static bool session_paused(lc_session *s)
     return p;
 }
 
-static size_t unreplied(lc_session *s)
-{
-    pthread_mutex_lock(&s->mu);
-    size_t n = s->unreplied;
-    pthread_mutex_unlock(&s->mu);
-    return n;
-}
-
-static size_t early_total(lc_session *s)
-{
-    pthread_mutex_lock(&s->mu);
-    size_t n = s->early_total;
-    pthread_mutex_unlock(&s->mu);
-    return n;
-}
-
 /* Keeps the engine thread (shared by every session of the process) busy for
  * a while: no session reads or writes from the engine meanwhile. */
 typedef struct engine_stall {
@@ -495,6 +479,329 @@ static void test_rst_behind_message_waiting_for_ref(void **st)
     assert_true(rc == LC_EPROTO || rc == LC_ECLOSED);
 }
 
+/* ---- lc_session_close and the SYN_REPLYs it waits for -------------------------- */
+
+typedef struct take_chans {
+    lc_session *s;
+    int n;
+    int got, rc, reply_rc;
+} take_chans;
+
+/* Takes n channels in order, each {N: i, Ret: Sender}, answers {N: i} on Ret. */
+static void *take_chans_fn(void *x)
+{
+    take_chans *t = x;
+    for (int i = 0; i < t->n; i++) {
+        lc_receiver *r;
+        int rc = lc_session_receiver(t->s, &r, 5000);
+        if (rc != 0) {
+            t->rc = rc;
+            return NULL;
+        }
+        lc_msg *m = NULL;
+        rc = lc_recv(r, &m, 5000);
+        lc_sender *ret = NULL;
+        int n = -1;
+        if (rc == 0)
+            rc = lc_unpack(m, "{s:i, s:S}", "N", &n, "Ret", &ret);
+        lc_msg_free(m);
+        lc_receiver_release(r);
+        if (rc == 0 && n != i)
+            rc = LC_EPROTO;
+        if (rc != 0) {
+            lc_sender_release(ret);
+            t->rc = rc;
+            return NULL;
+        }
+        int src = lc_send(ret, nt_msg_n(i), 5000);
+        if (src != 0 && t->reply_rc == 0)
+            t->reply_rc = src; /* (the requester may be gone: recorded, not fatal) */
+        lc_sender_release(ret);
+        t->got++;
+    }
+    return NULL;
+}
+
+/*
+ * The client opens N channels, each with one message carrying a fresh reply
+ * Sender (a sub-stream of ours too), and closes the session right away:
+ * lc_session_close waits for the server's SYN_REPLY to each of the 2 N
+ * streams, then its GOAWAY. It returns 0 well within its timeout, and the
+ * server gets every message, in order.
+ */
+static void close_right_after_many_channels(const char *url, int n)
+{
+    lc_options so;
+    lc_options_default(&so);
+    so.accept_queue = (uint32_t)n + 16;
+    nt_pair p;
+    nt_open_pair(&p, url, NULL, &so);
+    take_chans t = { .s = p.server, .n = n };
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, take_chans_fn, &t), 0);
+    lc_receiver **rr = calloc((size_t)n, sizeof *rr);
+    assert_non_null(rr);
+    for (int i = 0; i < n; i++) {
+        lc_sender *c, *rs;
+        assert_int_equal(lc_session_sender(p.client, &c), 0);
+        assert_int_equal(lc_pipe(&rr[i], &rs, 1), 0);
+        assert_int_equal(lc_send(c, lc_pack("{s:i, s:S}", "N", i, "Ret", rs), 5000), 0);
+        lc_sender_release(c);
+    }
+    int64_t t0 = lc_test_now_us();
+    int rc = lc_session_close(p.client, 5000);
+    int64_t took = lc_test_now_us() - t0;
+    pthread_join(th, NULL);
+    fprintf(stderr, "%s: lc_session_close after %d channels: %s in %lld ms; server took %d (%s), replies: %s\n", url,
+            n, lc_strerror(rc), (long long)(took / 1000), t.got, t.rc ? lc_strerror(t.rc) : "ok",
+            t.reply_rc ? lc_strerror(t.reply_rc) : "all sent");
+    for (int i = 0; i < n; i++)
+        lc_receiver_release(rr[i]);
+    free(rr);
+    nt_close_pair(&p);
+    assert_int_equal(rc, 0);
+    assert_true(took < 3000000);
+    assert_int_equal(t.rc, 0);
+    assert_int_equal(t.got, n);
+}
+
+static void test_close_right_after_many_channels_unix(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    char url[128];
+    close_right_after_many_channels(nt_unix_url(url, sizeof url), 2000);
+}
+
+static void test_close_right_after_many_channels_tcp(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    close_right_after_many_channels("tcp://127.0.0.1:0", 2000);
+}
+
+/* ---- counters come back to zero ------------------------------------------------- */
+
+typedef struct rr_side {
+    lc_session *s;   /* requests go out on this session */
+    lc_session *peer;
+    int n;
+    int rc, srv_rc;
+} rr_side;
+
+/* Serves n requests {N, Ret: Sender, In: Receiver, B: byte stream}: reads
+ * the one message of In, the byte stream's 3 bytes, answers {N} on Ret. */
+static void *rr_serve(void *x)
+{
+    rr_side *a = x;
+    for (int i = 0; i < a->n; i++) {
+        lc_receiver *r;
+        int rc = lc_session_receiver(a->peer, &r, 5000);
+        if (rc != 0) {
+            a->srv_rc = rc;
+            return NULL;
+        }
+        lc_msg *m = NULL;
+        lc_sender *ret = NULL;
+        lc_receiver *in = NULL;
+        int n = -1, fd = -1;
+        rc = lc_recv(r, &m, 5000);
+        if (rc == 0)
+            rc = lc_unpack(m, "{s:i, s:S, s:R, s:F}", "N", &n, "Ret", &ret, "In", &in, "B", &fd);
+        lc_msg_free(m);
+        m = NULL;
+        lc_receiver_release(r);
+        if (rc == 0 && n != i)
+            rc = LC_EPROTO;
+        if (rc == 0) {
+            rc = lc_recv(in, &m, 5000);
+            if (rc == 0 && nt_msg_get_n(m) != i)
+                rc = LC_EPROTO;
+            lc_msg_free(m);
+        }
+        if (rc == 0) {
+            char b[3];
+            size_t got = 0;
+            while (got < 3) {
+                ssize_t k = read(fd, b + got, 3 - got);
+                if (k <= 0)
+                    break;
+                got += (size_t)k;
+            }
+            if (got != 3)
+                rc = LC_EPROTO;
+        }
+        if (rc == 0)
+            rc = lc_send(ret, nt_msg_n(i), 5000);
+        lc_sender_release(ret);
+        lc_receiver_release(in);
+        if (fd >= 0)
+            close(fd);
+        if (rc != 0) {
+            a->srv_rc = rc;
+            return NULL;
+        }
+    }
+    return NULL;
+}
+
+/* Sends n requests on fresh channels, each with a fresh reply channel, a
+ * Receiver fed one message and a byte stream, and waits for each answer. */
+static void *rr_request(void *x)
+{
+    rr_side *a = x;
+    for (int i = 0; i < a->n; i++) {
+        lc_sender *c, *rs, *ins;
+        lc_receiver *rr, *inr;
+        int sv[2];
+        int rc = lc_session_sender(a->s, &c);
+        if (rc == 0) {
+            assert_int_equal(lc_pipe(&rr, &rs, 1), 0);
+            assert_int_equal(lc_pipe(&inr, &ins, 1), 0);
+            assert_int_equal(lc_send(ins, nt_msg_n(i), 0), 0);
+            lc_sender_release(ins); /* the pump ends after that message */
+            assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+            assert_int_equal(write(sv[0], "abc", 3), 3);
+            rc = lc_send(c, lc_pack("{s:i, s:S, s:R, s:F}", "N", i, "Ret", rs, "In", inr, "B", sv[1]), 5000);
+            lc_sender_release(c);
+            if (rc == 0) {
+                lc_msg *m = NULL;
+                rc = lc_recv(rr, &m, 5000);
+                if (rc == 0 && nt_msg_get_n(m) != i)
+                    rc = LC_EPROTO;
+                lc_msg_free(m);
+            }
+            lc_receiver_release(rr);
+            close(sv[0]);
+        }
+        if (rc != 0) {
+            a->rc = rc;
+            return NULL;
+        }
+    }
+    return NULL;
+}
+
+typedef struct counters {
+    size_t unreplied, early, ctl, streams;
+    bool paused, out_paused;
+} counters;
+
+static counters counters_of(lc_session *s)
+{
+    counters c;
+    pthread_mutex_lock(&s->mu);
+    c.unreplied = s->unreplied;
+    c.early = s->early_total;
+    c.paused = s->paused;
+    c.streams = s->streams.len;
+    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_lock(&s->wmu);
+    c.ctl = s->ctl_out + s->ctl_inflight;
+    pthread_mutex_unlock(&s->wmu);
+    c.out_paused = atomic_load(&s->out_paused);
+    return c;
+}
+
+/*
+ * Requests both ways at once, each opening four streams (the channel, a
+ * reply channel, a pumped Receiver and, over tcp, a byte stream's
+ * sub-stream). Once all is answered, every counter the bounds rest on is
+ * back at zero: no stream awaits a SYN_REPLY (lc_session_close would wait
+ * for it), no early bytes are held, no answers are queued, reading is not
+ * paused, and the table is empty again.
+ */
+static void counters_settle(const char *url, int n, bool check_table)
+{
+    nt_pair p;
+    nt_open_pair(&p, url, NULL, NULL);
+    rr_side a[2] = { { .s = p.client, .peer = p.server, .n = n }, { .s = p.server, .peer = p.client, .n = n } };
+    pthread_t t[4];
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(pthread_create(&t[2 * k], NULL, rr_request, &a[k]), 0);
+        assert_int_equal(pthread_create(&t[2 * k + 1], NULL, rr_serve, &a[k]), 0);
+    }
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    counters c[2];
+    int64_t end = lc_test_now_us() + 3000000;
+    for (;;) {
+        c[0] = counters_of(p.client);
+        c[1] = counters_of(p.server);
+        bool zero = true;
+        for (int k = 0; k < 2; k++)
+            zero = zero && c[k].unreplied == 0 && c[k].early == 0 && c[k].ctl == 0 &&
+                   (!check_table || c[k].streams == 0) && !c[k].paused && !c[k].out_paused;
+        if (zero || lc_test_now_us() > end)
+            break;
+        struct timespec ts = { 0, 2000000 };
+        nanosleep(&ts, NULL);
+    }
+    for (int k = 0; k < 2; k++)
+        fprintf(stderr,
+                "%s %s: requests %s, served %s; unreplied %zu, early %zu, answers queued %zu, streams %zu, "
+                "paused %d/%d\n",
+                url, k ? "server" : "client", a[k].rc ? lc_strerror(a[k].rc) : "ok",
+                a[k].srv_rc ? lc_strerror(a[k].srv_rc) : "ok", c[k].unreplied, c[k].early, c[k].ctl,
+                c[k].streams, c[k].paused, c[k].out_paused);
+    for (int k = 0; k < 2; k++) {
+        lc_session *ss = k ? p.server : p.client;
+        int shown = 0;
+        pthread_mutex_lock(&ss->mu);
+        for (size_t i = 0; check_table && i < ss->streams.cap && shown < 4; i++) {
+            lc_stream *x = ss->streams.slots[i].val;
+            if (x == NULL || x == LC_MAP_TOMB)
+                continue;
+            fprintf(stderr, "  left: id %u parent ref %llu kind %d ours %d local_fin %d remote_fin %d reset %d\n", x->id, (unsigned long long)x->parent_ref,
+                    (int)x->kind, x->ours, x->local_fin, x->remote_fin, x->reset);
+            shown++;
+        }
+        pthread_mutex_unlock(&ss->mu);
+    }
+    nt_close_pair(&p);
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(a[k].rc, 0);
+        assert_int_equal(a[k].srv_rc, 0);
+        assert_int_equal(c[k].unreplied, 0);
+        assert_int_equal(c[k].early, 0);
+        assert_int_equal(c[k].ctl, 0);
+        if (check_table)
+            assert_int_equal(c[k].streams, 0);
+        assert_false(c[k].paused);
+        assert_false(c[k].out_paused);
+    }
+}
+
+static void test_counters_settle_unix(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    char url[128];
+    counters_settle(nt_unix_url(url, sizeof url), 300, false);
+}
+
+static void test_counters_settle_tcp(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    counters_settle("tcp://127.0.0.1:0", 300, false);
+}
+
+/*
+ * The same, and the stream table is empty again. Seen instead: sub-streams
+ * of pumped Receivers whose SYN_STREAM, message and FIN all came before the
+ * message naming them was resolved stay in the table with both FINs done
+ * (bind_early_locked sets local_fin and queues our FIN, but nothing calls
+ * stream_maybe_done_locked after): dozens to hundreds per 300 requests.
+ */
+static void test_early_fin_substreams_leave_the_table(void **st)
+{
+    (void)st;
+    LC_KNOWN_BUG("sub-streams ended (FIN) before the message naming them was resolved stay in the stream table for the session's life");
+    LC_TEST_DEADLINE(30);
+    counters_settle("tcp://127.0.0.1:0", 300, true);
+}
+
 int main(void)
 {
     lc__engine_default(); /* its fds live as long as the process */
@@ -505,6 +812,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_mutual_flood_small_output_tcp, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fin_behind_message_waiting_for_ref, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_rst_behind_message_waiting_for_ref, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_close_right_after_many_channels_unix, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_close_right_after_many_channels_tcp, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_counters_settle_unix, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_counters_settle_tcp, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_early_fin_substreams_leave_the_table, lc_test_setup, lc_test_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
