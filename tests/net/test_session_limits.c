@@ -194,6 +194,96 @@ static void test_fds_queued_ahead_of_their_messages(void **st)
     assert_int_equal(got, MSGS);
 }
 
+typedef struct fd_sender {
+    lc_sender *s;
+    int fd, n, per;
+    int rc;
+} fd_sender;
+
+static void *fd_sender_fn(void *x)
+{
+    fd_sender *a = x;
+    for (int i = 0; i < a->n; i++) {
+        lc_msg *m = msg_with_fds(i, a->fd, a->per);
+        a->rc = lc_send(a->s, m, 3000);
+        if (a->rc != 0) {
+            lc_msg_free(m);
+            return NULL;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * A sender of many small messages, each passing `per` fds, to a consumer
+ * that starts late (its queue and the carrier fill up). No engine stall:
+ * the fds queue behind the full carrier on their own. Every message must
+ * arrive, in order, with its fds.
+ */
+static void fds_to_slow_consumer(int n, int per, int delay_ms)
+{
+    char url[128];
+    lc_options o;
+    lc_options_default(&o);
+    o.recv_queue = 16;
+    nt_pair p;
+    nt_open_pair(&p, nt_unix_url(url, sizeof url), &o, &o);
+    lc_sender *s;
+    lc_receiver *r;
+    assert_int_equal(lc_session_sender(p.client, &s), 0);
+    assert_int_equal(lc_send(s, nt_msg_n(-1), 5000), 0);
+    assert_int_equal(lc_session_receiver(p.server, &r, 5000), 0);
+    nt_expect_n(r, -1);
+    int64_t end = lc_test_now_us() + 5000000;
+    while (!atomic_load(&p.client->peer_fdpass) && lc_test_now_us() < end) {
+        struct timespec ts = { 0, 1000000 };
+        nanosleep(&ts, NULL);
+    }
+    assert_true(atomic_load(&p.client->peer_fdpass));
+    int pf[2];
+    assert_int_equal(pipe2(pf, O_CLOEXEC), 0);
+    fd_sender fs = { .s = s, .fd = pf[0], .n = n, .per = per };
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, fd_sender_fn, &fs), 0);
+    struct timespec ts = { delay_ms / 1000, (long)(delay_ms % 1000) * 1000000 };
+    nanosleep(&ts, NULL); /* the consumer is late */
+    int got = 0, rc = 0;
+    for (; got < n; got++) {
+        rc = expect_fds_msg(r, got, per, 2000);
+        if (rc != 0)
+            break;
+    }
+    size_t held = fds_unclaimed(p.server);
+    bool paused = session_paused(p.server);
+    pthread_join(th, NULL);
+    if (rc != 0)
+        fprintf(stderr, "%d fds per message: got %d of %d (%s); sender %s; server: %zu fds unclaimed, paused %d\n",
+                per, got, n, lc_strerror(rc), lc_strerror(fs.rc), held, paused);
+    lc_sender_release(s);
+    lc_receiver_release(r);
+    nt_close_pair(&p);
+    close(pf[0]);
+    close(pf[1]);
+    assert_int_equal(rc, 0);
+    assert_int_equal(got, n);
+    assert_int_equal(fs.rc, 0);
+}
+
+static void test_fds_one_per_message_to_slow_consumer(void **st)
+{
+    (void)st;
+    LC_KNOWN_BUG("fds of a backlog of one-fd messages go ahead of their bytes (64 per one-byte write): past 256 unclaimed the receiver pauses for good");
+    LC_TEST_DEADLINE(30);
+    fds_to_slow_consumer(3000, 1, 200);
+}
+
+static void test_fds_64_per_message_to_slow_consumer(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    fds_to_slow_consumer(100, 64, 200);
+}
+
 /* ---- answers piling up: two of our sessions flooding each other ---------------- */
 
 /*
@@ -808,6 +898,8 @@ int main(void)
     nt_filter_from_env();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_fds_queued_ahead_of_their_messages, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_fds_one_per_message_to_slow_consumer, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_fds_64_per_message_to_slow_consumer, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_mutual_flood_small_output_unix, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_mutual_flood_small_output_tcp, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fin_behind_message_waiting_for_ref, lc_test_setup, lc_test_teardown),
