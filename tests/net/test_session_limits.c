@@ -63,6 +63,15 @@ static void engine_stall_wait(engine_stall *e)
     assert_true(nt_wait_at_least(&e->done, 1, 10000));
 }
 
+/* lc_send that frees the message when it is not taken (on failure). */
+static int send_or_free(lc_sender *s, lc_msg *m, int64_t timeout_ms)
+{
+    int rc = lc_send(s, m, timeout_ms);
+    if (rc != 0)
+        lc_msg_free(m);
+    return rc;
+}
+
 /* {N: n, F: [nfds passed fds, each a dup of fd]} */
 static lc_msg *msg_with_fds(int n, int fd, int nfds)
 {
@@ -319,7 +328,10 @@ static void *flood_ch_send(void *x)
         lc_sender *c;
         int rc = lc_session_sender(f->s, &c);
         if (rc == 0) {
-            rc = lc_send(c, nt_msg_n(i), f->timeout_ms);
+            lc_msg *m = nt_msg_n(i);
+            rc = lc_send(c, m, f->timeout_ms);
+            if (rc != 0)
+                lc_msg_free(m); /* (not taken on failure) */
             if (rc == 0)
                 rc = lc_close(c);
             lc_sender_release(c);
@@ -603,7 +615,7 @@ static void *take_chans_fn(void *x)
             t->rc = rc;
             return NULL;
         }
-        int src = lc_send(ret, nt_msg_n(i), 5000);
+        int src = send_or_free(ret, nt_msg_n(i), 5000);
         if (src != 0 && t->reply_rc == 0)
             t->reply_rc = src; /* (the requester may be gone: recorded, not fatal) */
         lc_sender_release(ret);
@@ -722,7 +734,7 @@ static void *rr_serve(void *x)
                 rc = LC_EPROTO;
         }
         if (rc == 0)
-            rc = lc_send(ret, nt_msg_n(i), 5000);
+            rc = send_or_free(ret, nt_msg_n(i), 5000);
         lc_sender_release(ret);
         lc_receiver_release(in);
         if (fd >= 0)
@@ -752,7 +764,7 @@ static void *rr_request(void *x)
             lc_sender_release(ins); /* the pump ends after that message */
             assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
             assert_int_equal(write(sv[0], "abc", 3), 3);
-            rc = lc_send(c, lc_pack("{s:i, s:S, s:R, s:F}", "N", i, "Ret", rs, "In", inr, "B", sv[1]), 5000);
+            rc = send_or_free(c, lc_pack("{s:i, s:S, s:R, s:F}", "N", i, "Ret", rs, "In", inr, "B", sv[1]), 5000);
             lc_sender_release(c);
             if (rc == 0) {
                 lc_msg *m = NULL;
