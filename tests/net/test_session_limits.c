@@ -523,7 +523,8 @@ static void test_mutual_flood_small_output_tcp(void **st)
  * the table with both directions finished, its last reference goes, and
  * with it the waiting message and the stream's Sender into the local
  * channel: the receiver gets LC_EOF at once, as if the channel had ended
- * cleanly (before on_rst's change, a RST gave LC_ECLOSED at once).
+ * cleanly. At 28ab4c8 the RST case gave LC_ECLOSED at once (a regression
+ * of on_rst's deferred end); the DATA FIN case gave LC_EOF already then.
  */
 static int waiting_message_then_end(int end)
 {
@@ -899,7 +900,7 @@ static void test_counters_settle_tcp(void **st)
 static void test_early_fin_substreams_leave_the_table(void **st)
 {
     (void)st;
-    LC_KNOWN_BUG("sub-streams ended (FIN) before the message naming them was resolved stay in the stream table for the session's life");
+    LC_KNOWN_BUG("sub-streams ended (FIN) before the message naming them was resolved stay in the stream table for the session's life (also at 28ab4c8)");
     LC_TEST_DEADLINE(30);
     counters_settle("tcp://127.0.0.1:0", 300, true);
 }
