@@ -434,25 +434,35 @@ static void flush_locked(lc_session *s)
         }
         const uint8_t *p = s->inflight.data + s->inflight_off;
         size_t n = s->inflight.len - s->inflight_off;
-        /* Passed fds go with the first byte of this write, which comes
-         * before the messages naming them: the peer has them in time. At
-         * most LC_TRANSPORT_MAX_FDS per write. With more queued, this write
-         * ends where the message owning the next batch's first fd starts
-         * (one byte at least): fds never run more than a batch ahead of
-         * their messages. The receiver reads no further once it holds
-         * MAX_UNCLAIMED_FDS unclaimed; one-byte writes of 64 fds each sent
-         * hundreds ahead and stalled it for good (test_session_limits). */
+        /* Passed fds go with the write that begins with the first byte of
+         * the message naming them: the bytes before it go first, without
+         * them. At most LC_TRANSPORT_MAX_FDS per write; with more queued,
+         * this write ends where the message owning the next batch starts
+         * (one byte at least). So fds never run ahead of their messages by
+         * more than a batch: the receiver reads no further once it holds
+         * MAX_UNCLAIMED_FDS unclaimed, and fds sent with whatever write came
+         * next (one-byte writes of 64 fds each when more were queued) ran
+         * hundreds ahead of unread messages and stalled it for good
+         * (test_session_limits). */
         int fds[LC_TRANSPORT_MAX_FDS];
-        size_t nfds = s->fdq_len < LC_TRANSPORT_MAX_FDS ? s->fdq_len : LC_TRANSPORT_MAX_FDS;
-        if (nfds > 0)
-            memcpy(fds, s->fdq, nfds * sizeof *fds);
-        if (s->fdq_len > LC_TRANSPORT_MAX_FDS) {
-            struct lc_fdq_at at = s->fdq_at[LC_TRANSPORT_MAX_FDS];
-            if (at.gen + 1 == s->out_gen) /* in this buffer */
-                n = at.off > s->inflight_off ? at.off - s->inflight_off : 1;
-            else if (at.gen + 1 < s->out_gen)
-                n = 1; /* (already begun: keep the batches going) */
-            /* else it is in `out`, behind all of this buffer */
+        size_t nfds = 0;
+        if (s->fdq_len > 0) {
+            struct lc_fdq_at at = s->fdq_at[0];
+            bool here = at.gen + 1 == s->out_gen; /* in this buffer */
+            if (at.gen == s->out_gen || (here && at.off > s->inflight_off)) {
+                if (here)
+                    n = at.off - s->inflight_off; /* up to its message */
+            } else {
+                nfds = s->fdq_len < LC_TRANSPORT_MAX_FDS ? s->fdq_len : LC_TRANSPORT_MAX_FDS;
+                memcpy(fds, s->fdq, nfds * sizeof *fds);
+                if (s->fdq_len > LC_TRANSPORT_MAX_FDS) {
+                    struct lc_fdq_at nx = s->fdq_at[LC_TRANSPORT_MAX_FDS];
+                    if (nx.gen + 1 == s->out_gen)
+                        n = nx.off > s->inflight_off ? nx.off - s->inflight_off : 1;
+                    else if (nx.gen + 1 < s->out_gen)
+                        n = 1; /* (already begun: keep the batches going) */
+                }
+            }
         }
         s->in_write = true;
         pthread_mutex_unlock(&s->wmu);
@@ -2973,10 +2983,11 @@ static void ensure_watched(lc_session *s)
  * open fds of this process: past MAX_UNCLAIMED_FDS we stop reading until
  * messages have claimed half of them. Without it a peer could fill the
  * process's fd table (test_unclaimed_fd_flood_is_bounded: 4096 fds riding on
- * PINGs, all kept). A message names at most 64 passed fds and one read
- * brings at most 64, so the fds of messages not read yet never reach half
- * of the limit: reading always resumes once the application takes its
- * messages.
+ * PINGs, all kept). A message names at most 64 passed fds, and our senders
+ * send them with the write that begins with their message (flush_locked),
+ * at most one batch ahead of its bytes: the fds of messages not read yet
+ * never reach half of the limit, so reading resumes once the application
+ * takes its messages.
  */
 #define MAX_UNCLAIMED_FDS 256
 
