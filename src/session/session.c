@@ -2371,6 +2371,10 @@ static lc_stream *new_peer_stream_locked(lc_session *s, uint32_t id, uint64_t re
     return st;
 }
 
+/* Streams (channels, sub-streams; the peer's and ours) a session holds open
+ * at once; the peer's new ones past it are refused (PROTOCOL.md 2.5). */
+#define MAX_OPEN_STREAMS 65536
+
 static void on_syn_stream(lc_session *s, const lc_spdy_frame *f, lc_receiver **announce)
 {
     uint64_t ref = 0, parent = 0;
@@ -2403,6 +2407,18 @@ static void on_syn_stream(lc_session *s, const lc_spdy_frame *f, lc_receiver **a
         pthread_mutex_unlock(&s->mu);
         reply.status = 502;
         send_control(s, ctl_syn_reply, &reply);
+        return;
+    }
+    if (s->streams.len >= MAX_OPEN_STREAMS) {
+        /* too many open at once: this one is refused (its Sender gets
+         * LC_ECLOSED; a message naming it fails at once). A peer that opened
+         * channels and never closed them grew the table without bound (the
+         * accept queue only bounds channels nobody took yet). */
+        if (hp != NULL)
+            remember_claimed_locked(s, ref);
+        pthread_mutex_unlock(&s->mu);
+        ctl_arg rst = { f->stream_id, LC_SPDY_REFUSED_STREAM };
+        send_control(s, ctl_rst, &rst);
         return;
     }
     if (hp == NULL) {

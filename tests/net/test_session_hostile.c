@@ -827,6 +827,60 @@ static void test_rst_behind_message_in_one_read(void **st)
     assert_int_equal(rc3, LC_ECLOSED);
 }
 
+/* A peer that opens streams and never ends them (sub-streams no message
+ * names, here) is refused past 65536 open streams (PROTOCOL.md 2.5):
+ * RST_STREAM REFUSED_STREAM for each new one, the session goes on, and a
+ * message naming a refused sub-stream fails at once (LC_EPROTO, no wait).
+ * Once, the table grew without bound. */
+static void test_open_streams_are_bounded(void **st)
+{
+    LC_TEST_DEADLINE(120);
+    enum { MAX = 65536, EXTRA = 16 };
+    lc_options o;
+    lc_options_default(&o);
+    o.ref_timeout_ms = 20000; /* a wait would show up as a timeout below */
+    nt_raw p;
+    nt_raw_open(&p, &o);
+    lc_buf b;
+    lc__buf_init(&b);
+    nt_put_syn(&p, &b, 1, 2, 0, 0);
+    nt_raw_send(&p, &b);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+    uint32_t id = 3;
+    for (int i = 0; i < MAX - 1 + EXTRA; i++, id += 2) {
+        nt_put_syn(&p, &b, id, 100 + (uint64_t)i, 2, 0);
+        if (b.len > 60000 || i == MAX - 2 + EXTRA) {
+            nt_raw_send(&p, &b);
+            b.len = 0;
+        }
+    }
+    uint32_t first_refused = 3 + 2 * (MAX - 1);
+    lc_spdy_frame f = { 0 };
+    int rst = nt_raw_expect(&p, LC_SPDY_RST_STREAM, first_refused, &f, 20000);
+    size_t open = streams_in_table(p.s);
+    fprintf(stderr, "open streams: %zu in the table, RST %d status %u for stream %u\n", open, rst,
+            rst == 1 ? f.status : 0, first_refused);
+    assert_int_equal(rst, 1);
+    assert_int_equal(f.status, LC_SPDY_REFUSED_STREAM);
+    assert_int_equal(open, MAX);
+    /* a message naming a refused sub-stream (ref 100 + MAX) fails at once */
+    uint64_t ref = 100 + MAX;
+    uint8_t m[] = { 0x81, 0xa1, 'S', 0xd6, 0x04, (uint8_t)(ref >> 24), (uint8_t)(ref >> 16), (uint8_t)(ref >> 8),
+                    (uint8_t)ref };
+    assert_int_equal(lc__spdy_put_data(&b, 1, 0, m, sizeof m), 0);
+    nt_raw_send(&p, &b);
+    int64_t t0 = lc_test_now_us();
+    int rc = recv_rc(r, 10000);
+    int64_t waited = lc_test_now_us() - t0;
+    assert_int_equal(rc, LC_EPROTO);
+    assert_true(waited < 5000000);
+    assert_int_equal(lc_session_error(p.s), 0);
+    lc_receiver_release(r);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
 /* A message waiting for a sub-stream that never comes, on a channel the
  * peer then ends (FIN) or resets (RST_STREAM): the stream leaves the table,
  * but the wait is still bounded: the receiver gets the message before, then
@@ -1480,6 +1534,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unclaimed_fd_flood_is_bounded, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_passed_fds_pause_reading_until_claimed, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_ref_never_arrives_on_ended_channel, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_open_streams_are_bounded, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_too_many_fds_in_one_read, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_passed_fd_named_twice_or_never_sent, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_data_after_fin_or_rst_and_stray_replies, lc_test_setup, lc_test_teardown),
