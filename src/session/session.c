@@ -3718,14 +3718,17 @@ LC_API int lc_session_close(lc_session *s, int64_t timeout_ms)
         nanosleep(&nap, NULL);
     }
     /* GOAWAY after the streams' last bytes: spdystream ends its streams
-     * when it reads one. Success is everything up to it written: a Go peer
-     * hangs up once it has read it, and frames we queue after it (a FIN, a
-     * RST) may then meet a reset, which is no loss. */
+     * when it reads one. Success is everything before it written: a peer
+     * may hang up once it has what it waited for (a Go peer also once it
+     * has read the GOAWAY), and the GOAWAY or frames we queue after it (a
+     * FIN, a RST) may then meet a reset, which loses nothing that was sent
+     * (c_close_races_senders: LC_ESESSION though Go had every message, 1
+     * in 3 ASan runs while the GOAWAY still counted). */
     pthread_mutex_lock(&s->wmu);
+    s->goaway_end = s->written_total + pending_out(s);
     size_t before = s->out.len;
     if (!s->dead && ctl_goaway(s, &(ctl_arg){ last, LC_SPDY_GOAWAY_OK }) == 0)
         s->ctl_out += s->out.len - before;
-    s->goaway_end = s->written_total + pending_out(s);
     flush_locked(s);
     s->flush_waiters++;
     while (!s->dead && (pending_out(s) > 0 || s->writing)) {

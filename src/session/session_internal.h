@@ -174,7 +174,7 @@ struct lc_session {
     uint64_t fd_in_seq;
     size_t unreplied;     /* mu: streams of ours still awaiting_reply (lc_session_close waits for 0) */
     uint64_t written_total; /* wmu: bytes written to the carrier */
-    uint64_t goaway_end;  /* wmu: written_total once lc_session_close's GOAWAY is written */
+    uint64_t goaway_end;  /* wmu: written_total once all before lc_session_close's GOAWAY is written */
     size_t early_total;   /* mu: bytes held for sub-streams no message has named yet (all of them) */
     bool new_refs;
     bool goaway_sent, goaway_recv, closing;

@@ -1426,10 +1426,11 @@ static void c_huge_echo_go(void **st)
 }
 
 /*
- * lc_session_close returns 0 once everything up to its GOAWAY is written:
- * a Go peer hangs up as soon as it has read the GOAWAY, and frames queued
- * after it (a RST_STREAM CANCEL for a reply channel whose receiver was
- * released, FINs) may then meet a reset, which loses nothing. Once, the
+ * lc_session_close returns 0 once everything queued before its GOAWAY is
+ * written: a Go peer hangs up as soon as it has what it waited for or has
+ * read the GOAWAY, and the GOAWAY or frames queued after it (a RST_STREAM
+ * CANCEL for a reply channel whose receiver was released, FINs) may then
+ * meet a reset, which loses nothing. Once, the
  * close waited for those too and returned the session's error (LC_ESESSION
  * or -ECONNRESET): 1 in 10 TSan runs of c_close_while_pumping_receiver,
  * 1 in 10 ASan and TSan runs of c_close_races_senders.
