@@ -431,6 +431,11 @@ LC_API size_t lc_receiver_queued(lc_receiver *r);
  * once: receivers get LC_ESESSION after the messages that had reached this
  * side, senders get LC_ESESSION; messages in flight may be lost.
  *
+ * A misbehaving peer is bounded: bad frames end its session (LC_EPROTO) or
+ * the stream concerned; answers it never reads, windows it overruns, fds
+ * and sub-streams no message names and streams it never ends are each
+ * capped (docs/PROTOCOL.md 2.5 lists the limits and what happens past them).
+ *
  * URLs: "unix:///absolute/path" and "tcp://host:port" (port 0 to listen on
  * any free port; lc_listener_url tells which).
  *
