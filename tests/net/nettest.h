@@ -314,6 +314,66 @@ static inline int nt_raw_expect(nt_raw *r, int type, uint32_t stream_id, lc_spdy
     return rc;
 }
 
+/* ---- raw peer checks (test_session_malformed.c, test_session_hostile.c) -------- */
+
+/* A DATA frame on stream id carrying {N: n}. */
+static inline void nt_put_n(lc_buf *b, uint32_t id, int n)
+{
+    nt_put_msg(b, id, lc_pack("{s:i}", "N", n));
+}
+
+/* lc_recv's result (the message, if any, is freed). */
+static inline int nt_recv_rc(lc_receiver *r, int64_t timeout_ms)
+{
+    lc_msg *m = NULL;
+    int rc = lc_recv(r, &m, timeout_ms);
+    lc_msg_free(m);
+    return rc;
+}
+
+/* The session is still fine: a new channel (stream id `id`, ref `ref`)
+ * carries a message and its end. */
+static inline void nt_check_alive(nt_raw *p, uint32_t id, uint64_t ref)
+{
+    lc_buf b;
+    lc__buf_init(&b);
+    nt_put_syn(p, &b, id, ref, 0, 0);
+    nt_put_n(&b, id, 4242);
+    assert_int_equal(lc__spdy_put_data(&b, id, LC_SPDY_FLAG_FIN, NULL, 0), 0);
+    nt_raw_send(p, &b);
+    lc__buf_free(&b);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(p->s, &r, 5000), 0);
+    nt_expect_n(r, 4242);
+    assert_int_equal(nt_recv_rc(r, 5000), LC_EOF);
+    lc_receiver_release(r);
+    assert_int_equal(lc_session_error(p->s), 0);
+}
+
+/* Reads what the session writes until the carrier ends; the status of the
+ * last GOAWAY on the way, or -1 if there was none. */
+static inline int nt_goaway_then_eof(nt_raw *p)
+{
+    int status = -1;
+    for (;;) {
+        lc_spdy_frame f = { 0 };
+        int rc = nt_raw_expect(p, LC_SPDY_GOAWAY, 0, &f, 5000);
+        assert_true(rc != 0); /* not a timeout: the session closes the carrier */
+        if (rc < 0)
+            return status;
+        status = (int)f.status;
+    }
+}
+
+/* Passed fds the session holds, not claimed by a message yet. */
+static inline size_t nt_fds_unclaimed(lc_session *s)
+{
+    pthread_mutex_lock(&s->mu);
+    size_t n = s->in_fds.len;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
 /* ---- helper processes ---------------------------------------------------------- */
 
 #ifdef LC_PEER_PROC

@@ -21,19 +21,6 @@
 
 /* ---- helpers ------------------------------------------------------------------ */
 
-static void put_n(lc_buf *b, uint32_t id, int n)
-{
-    nt_put_msg(b, id, lc_pack("{s:i}", "N", n));
-}
-
-static int recv_rc(lc_receiver *r, int64_t timeout_ms)
-{
-    lc_msg *m = NULL;
-    int rc = lc_recv(r, &m, timeout_ms);
-    lc_msg_free(m);
-    return rc;
-}
-
 /* Our SETTINGS as a peer of ours sends it: window (0: no id 7 entry) and
  * the libchan feature bits. */
 static void put_settings(lc_buf *b, uint32_t window, uint32_t features)
@@ -59,14 +46,6 @@ static size_t streams_in_table(lc_session *s)
 {
     pthread_mutex_lock(&s->mu);
     size_t n = s->streams.len;
-    pthread_mutex_unlock(&s->mu);
-    return n;
-}
-
-static size_t fds_unclaimed(lc_session *s)
-{
-    pthread_mutex_lock(&s->mu);
-    size_t n = s->in_fds.len;
     pthread_mutex_unlock(&s->mu);
     return n;
 }
@@ -116,47 +95,13 @@ static size_t flood(nt_raw *p, const lc_buf *unit, size_t limit, int stall_ms)
     return total;
 }
 
-/* Reads what the session writes until the carrier ends; the status of the
- * last GOAWAY on the way, or -1 if there was none. */
-static int goaway_then_eof(nt_raw *p)
-{
-    int status = -1;
-    for (;;) {
-        lc_spdy_frame f = { 0 };
-        int rc = nt_raw_expect(p, LC_SPDY_GOAWAY, 0, &f, 5000);
-        assert_true(rc != 0);
-        if (rc < 0)
-            return status;
-        status = (int)f.status;
-    }
-}
-
 static void check_session_broken(nt_raw *p)
 {
-    int status = goaway_then_eof(p);
+    int status = nt_goaway_then_eof(p);
     if (status != LC_SPDY_GOAWAY_PROTOCOL_ERROR)
         fprintf(stderr, "GOAWAY status seen: %d (-1: none)\n", status);
     assert_int_equal(status, LC_SPDY_GOAWAY_PROTOCOL_ERROR);
     assert_int_equal(lc_session_error(p->s), LC_EPROTO);
-}
-
-/* The session is still fine: a new channel (stream id `id`, ref `ref`)
- * carries a message and its end. */
-static void check_alive(nt_raw *p, uint32_t id, uint64_t ref)
-{
-    lc_buf b;
-    lc__buf_init(&b);
-    nt_put_syn(p, &b, id, ref, 0, 0);
-    put_n(&b, id, 4242);
-    assert_int_equal(lc__spdy_put_data(&b, id, LC_SPDY_FLAG_FIN, NULL, 0), 0);
-    nt_raw_send(p, &b);
-    lc__buf_free(&b);
-    lc_receiver *r;
-    assert_int_equal(lc_session_receiver(p->s, &r, 5000), 0);
-    nt_expect_n(r, 4242);
-    assert_int_equal(recv_rc(r, 5000), LC_EOF);
-    lc_receiver_release(r);
-    assert_int_equal(lc_session_error(p->s), 0);
 }
 
 /* sendmsg of bytes with n copies of fd as SCM_RIGHTS. */
@@ -462,7 +407,7 @@ static void test_unbound_substream_bytes_are_bounded_in_total(void **st)
     /* the sub-stream that would pass the total was reset; the session goes on */
     lc_spdy_frame f = { 0 };
     int rst = nt_raw_expect(&p, LC_SPDY_RST_STREAM, 0, &f, 2000);
-    check_alive(&p, id, 1000);
+    nt_check_alive(&p, id, 1000);
     lc_receiver_release(r);
     lc__buf_free(&b);
     nt_raw_close(&p);
@@ -561,10 +506,10 @@ static void test_unclaimed_fd_flood_is_bounded(void **st)
         /* read the echo: the session has taken this batch */
         if (nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 5000) != 1)
             break;
-        if (fds_unclaimed(p.s) > 256)
+        if (nt_fds_unclaimed(p.s) > 256)
             break; /* paused now: the next batch would not be read */
     }
-    size_t held = fds_unclaimed(p.s);
+    size_t held = nt_fds_unclaimed(p.s);
     int grown = lc_test_count_fds() - before;
     fprintf(stderr, "fd flood: %d passed, session holds %zu unclaimed, process fds +%d, session error %d\n",
             64 * (batches + 1), held, grown, lc_session_error(p.s));
@@ -619,11 +564,11 @@ static void test_passed_fds_pause_reading_until_claimed(void **st)
     }
     /* the session stops past 256 unclaimed (16 messages went into the queue) */
     int64_t end = lc_test_now_us() + 5000000;
-    while (fds_unclaimed(p.s) <= 256 && lc_test_now_us() < end) {
+    while (nt_fds_unclaimed(p.s) <= 256 && lc_test_now_us() < end) {
         struct timespec ts = { 0, 2000000 };
         nanosleep(&ts, NULL);
     }
-    size_t held = fds_unclaimed(p.s);
+    size_t held = nt_fds_unclaimed(p.s);
     fprintf(stderr, "fds named by queued messages: %zu unclaimed at the pause\n", held);
     assert_true(held > 256 && held <= 256 + PER);
     int got = 0;
@@ -640,7 +585,7 @@ static void test_passed_fds_pause_reading_until_claimed(void **st)
         assert_true(fd >= 0);
         close(fd);
     }
-    size_t left = fds_unclaimed(p.s);
+    size_t left = nt_fds_unclaimed(p.s);
     int err = lc_session_error(p.s);
     lc_receiver_release(r);
     lc__buf_free(&b);
@@ -669,7 +614,7 @@ static void test_too_many_fds_in_one_read(void **st)
     assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
     assert_int_equal(lc__spdy_put_ping(&b, 1), 0);
     send_with_fds(p.fd, b.data, b.len, pf[0], 65);
-    assert_int_equal(recv_rc(r, 5000), LC_EPROTO);
+    assert_int_equal(nt_recv_rc(r, 5000), LC_EPROTO);
     check_session_broken(&p);
     lc_receiver_release(r);
     lc__buf_free(&b);
@@ -719,15 +664,15 @@ static void test_passed_fd_named_twice_or_never_sent(void **st)
     /* named again on channel 3 */
     assert_int_equal(lc__spdy_put_data(&b, 3, 0, fd0, sizeof fd0), 0);
     nt_raw_send(&p, &b);
-    assert_int_equal(recv_rc(r3, 5000), LC_EPROTO);
+    assert_int_equal(nt_recv_rc(r3, 5000), LC_EPROTO);
     /* number 1000000 never comes on channel 1 */
     static const uint8_t far[] = { 0x81, 0xa1, 'F', 0xd7, 0x01, 0x80, 0, 0, 0, 0, 0x0f, 0x42, 0x40 };
     assert_int_equal(lc__spdy_put_data(&b, 1, 0, far, sizeof far), 0);
     nt_raw_send(&p, &b);
-    assert_int_equal(recv_rc(r1, 5000), LC_EPROTO);
+    assert_int_equal(nt_recv_rc(r1, 5000), LC_EPROTO);
     assert_int_equal(lc_session_error(p.s), 0);
-    assert_int_equal(fds_unclaimed(p.s), 1); /* fd 1, closed by the free */
-    check_alive(&p, 5, 4);
+    assert_int_equal(nt_fds_unclaimed(p.s), 1); /* fd 1, closed by the free */
+    nt_check_alive(&p, 5, 4);
     lc_receiver_release(r1);
     lc_receiver_release(r3);
     lc__buf_free(&b);
@@ -750,9 +695,9 @@ static void test_data_after_fin_or_rst_and_stray_replies(void **st)
     lc__buf_init(&b);
     nt_put_syn(&p, &b, 1, 2, 0, 0);
     nt_put_syn(&p, &b, 3, 3, 0, 0);
-    put_n(&b, 1, 1);
+    nt_put_n(&b, 1, 1);
     assert_int_equal(lc__spdy_put_data(&b, 1, LC_SPDY_FLAG_FIN, NULL, 0), 0);
-    put_n(&b, 3, 3);
+    nt_put_n(&b, 3, 3);
     nt_raw_send(&p, &b);
     lc_receiver *r1, *r3;
     assert_int_equal(lc_session_receiver(p.s, &r1, 5000), 0);
@@ -764,20 +709,20 @@ static void test_data_after_fin_or_rst_and_stray_replies(void **st)
     assert_int_equal(lc__spdy_put_rst_stream(&b, 3, LC_SPDY_CANCEL), 0);
     nt_raw_send(&p, &b);
     nt_expect_n(r1, 1);
-    assert_int_equal(recv_rc(r1, 5000), LC_EOF);
+    assert_int_equal(nt_recv_rc(r1, 5000), LC_EOF);
     nt_expect_n(r3, 3);
-    assert_int_equal(recv_rc(r3, 5000), LC_ECLOSED);
-    put_n(&b, 1, 11);
+    assert_int_equal(nt_recv_rc(r3, 5000), LC_ECLOSED);
+    nt_put_n(&b, 1, 11);
     nt_raw_send(&p, &b);
     lc_spdy_frame f;
     assert_int_equal(nt_raw_expect(&p, LC_SPDY_RST_STREAM, 1, &f, 5000), 1);
     assert_int_equal(f.status, LC_SPDY_INVALID_STREAM);
-    put_n(&b, 3, 33);
+    nt_put_n(&b, 3, 33);
     nt_raw_send(&p, &b);
     assert_int_equal(nt_raw_expect(&p, LC_SPDY_RST_STREAM, 3, &f, 5000), 1);
     assert_int_equal(f.status, LC_SPDY_INVALID_STREAM);
-    assert_int_equal(recv_rc(r1, 0), LC_EOF);
-    assert_int_equal(recv_rc(r3, 0), LC_ECLOSED);
+    assert_int_equal(nt_recv_rc(r1, 0), LC_EOF);
+    assert_int_equal(nt_recv_rc(r3, 0), LC_ECLOSED);
     /* stray SYN_REPLY / HEADERS: their blocks keep the zlib stream in step */
     lc_spdy_header h = { ":status", 7, "200", 3 };
     assert_int_equal(lc__spdy_put_syn_reply(&b, &p.z, 77, 0, &h, 1), 0);
@@ -785,7 +730,7 @@ static void test_data_after_fin_or_rst_and_stray_replies(void **st)
     assert_int_equal(lc__spdy_put_headers(&b, &p.z, 2, 0, &h, 1), 0);
     assert_int_equal(lc__spdy_put_headers(&b, &p.z, 1001, LC_SPDY_FLAG_FIN, &h, 1), 0);
     nt_raw_send(&p, &b);
-    check_alive(&p, 5, 4);
+    nt_check_alive(&p, 5, 4);
     lc_receiver_release(r1);
     lc_receiver_release(r3);
     lc__buf_free(&b);
@@ -808,15 +753,15 @@ static void test_rst_behind_message_in_one_read(void **st)
     lc_buf b;
     lc__buf_init(&b);
     nt_put_syn(&p, &b, 1, 2, 0, 0);
-    put_n(&b, 1, 1);
-    put_n(&b, 1, 2);
+    nt_put_n(&b, 1, 1);
+    nt_put_n(&b, 1, 2);
     assert_int_equal(lc__spdy_put_rst_stream(&b, 1, LC_SPDY_CANCEL), 0);
     nt_raw_send(&p, &b);
     lc_receiver *r;
     assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
-    int rc1 = recv_rc(r, 5000);
-    int rc2 = rc1 == 0 ? recv_rc(r, 5000) : rc1;
-    int rc3 = rc2 == 0 ? recv_rc(r, 5000) : rc2;
+    int rc1 = nt_recv_rc(r, 5000);
+    int rc2 = rc1 == 0 ? nt_recv_rc(r, 5000) : rc1;
+    int rc3 = rc2 == 0 ? nt_recv_rc(r, 5000) : rc2;
     if (rc1 != 0 || rc2 != 0)
         fprintf(stderr, "messages before the RST: %s, %s\n", lc_strerror(rc1), lc_strerror(rc2));
     lc_receiver_release(r);
@@ -871,7 +816,7 @@ static void test_open_streams_are_bounded(void **st)
     assert_int_equal(lc__spdy_put_data(&b, 1, 0, m, sizeof m), 0);
     nt_raw_send(&p, &b);
     int64_t t0 = lc_test_now_us();
-    int rc = recv_rc(r, 10000);
+    int rc = nt_recv_rc(r, 10000);
     int64_t waited = lc_test_now_us() - t0;
     assert_int_equal(rc, LC_EPROTO);
     assert_true(waited < 5000000);
@@ -898,7 +843,7 @@ static void test_ref_never_arrives_on_ended_channel(void **st)
         lc_buf b;
         lc__buf_init(&b);
         nt_put_syn(&p, &b, 1, 2, 0, 0);
-        put_n(&b, 1, 1);
+        nt_put_n(&b, 1, 1);
         assert_int_equal(lc__spdy_put_data(&b, 1, 0, ret_s, sizeof ret_s), 0);
         if (variant == 0)
             assert_int_equal(lc__spdy_put_data(&b, 1, LC_SPDY_FLAG_FIN, NULL, 0), 0);
@@ -908,7 +853,7 @@ static void test_ref_never_arrives_on_ended_channel(void **st)
         lc_receiver *r;
         assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
         nt_expect_n(r, 1);
-        int rc = recv_rc(r, 5000);
+        int rc = nt_recv_rc(r, 5000);
         if (rc != LC_EPROTO)
             fprintf(stderr, "%s: %s instead of LC_EPROTO\n", variant == 0 ? "FIN" : "RST", lc_strerror(rc));
         assert_int_equal(rc, LC_EPROTO);
@@ -960,7 +905,7 @@ static void ended_streams_leave_the_table(int variant)
             if (variant <= 2) {
                 lc_receiver *r;
                 assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
-                int rc = recv_rc(r, 5000);
+                int rc = nt_recv_rc(r, 5000);
                 assert_int_equal(rc, variant == 2 ? LC_ECLOSED : LC_EOF);
                 lc_receiver_release(r);
             }
@@ -1034,7 +979,7 @@ static void test_substream_parent_abuse_and_reset_refs(void **st)
     lc_msg_free(m);
     assert_int_equal(lc_send(sa, lc_pack("{s:i}", "N", 1), 5000), 0);
     assert_int_equal(nt_raw_expect(&p, LC_SPDY_DATA, 3, NULL, 5000), 1);
-    put_n(&b, 9, 9);
+    nt_put_n(&b, 9, 9);
     nt_raw_send(&p, &b);
     nt_expect_n(rd, 9);
     /* ref 14 was reset: naming it fails at once */
@@ -1042,10 +987,10 @@ static void test_substream_parent_abuse_and_reset_refs(void **st)
     assert_int_equal(lc__spdy_put_data(&b, 1, 0, dead, sizeof dead), 0);
     nt_raw_send(&p, &b);
     int64_t t0 = lc_test_now_us();
-    assert_int_equal(recv_rc(r, 10000), LC_EPROTO);
+    assert_int_equal(nt_recv_rc(r, 10000), LC_EPROTO);
     assert_true(lc_test_now_us() - t0 < 3000000);
     assert_int_equal(lc_session_error(p.s), 0);
-    check_alive(&p, 13, 20);
+    nt_check_alive(&p, 13, 20);
     lc_sender_release(sa);
     lc_sender_release(sb);
     lc_sender_release(sc);
@@ -1079,7 +1024,7 @@ static void test_one_message_names_a_ref_twice(void **st)
         put_settings(&b, 0, LC_FEATURE_WINDOWS | LC_FEATURE_FDPASS);
         nt_put_syn(&p, &b, 1, 2, 0, 0);
         nt_put_syn(&p, &b, 3, 10, 2, 0);
-        put_n(&b, 3, 77); /* early bytes on the sub-stream */
+        nt_put_n(&b, 3, 77); /* early bytes on the sub-stream */
         nt_raw_send(&p, &b);
         lc_receiver *r;
         assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
@@ -1096,13 +1041,13 @@ static void test_one_message_names_a_ref_twice(void **st)
             send_with_fds(p.fd, b.data, b.len, pf[0], 1);
             b.len = 0;
         }
-        int rc = recv_rc(r, 5000);
+        int rc = nt_recv_rc(r, 5000);
         if (rc != LC_EPROTO)
             fprintf(stderr, "case %zu: %s\n", k, lc_strerror(rc));
         int err = lc_session_error(p.s);
         lc_receiver_release(r);
         if (err == 0)
-            check_alive(&p, 5, 4);
+            nt_check_alive(&p, 5, 4);
         lc__buf_free(&b);
         nt_raw_close(&p);
         close(pf[0]);
@@ -1126,7 +1071,7 @@ static void test_stream_id_edges(void **st)
         lc_receiver *r = NULL;
         if (variant == 0) {
             nt_put_syn(&p, &b, 0x7fffffffu, 2, 0, 0);
-            put_n(&b, 0x7fffffffu, 5);
+            nt_put_n(&b, 0x7fffffffu, 5);
             nt_raw_send(&p, &b);
             assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
             nt_expect_n(r, 5);
@@ -1151,7 +1096,7 @@ static void test_stream_id_edges(void **st)
             }
             nt_raw_send(&p, &b);
         }
-        assert_int_equal(recv_rc(r, 5000), LC_EPROTO);
+        assert_int_equal(nt_recv_rc(r, 5000), LC_EPROTO);
         check_session_broken(&p);
         lc_receiver_release(r);
         lc__buf_free(&b);
@@ -1190,7 +1135,7 @@ static void test_control_frame_length_edges(void **st)
         lc__spdy_control_header(fr, cases[i].type, 0, cases[i].len);
         lc__spdy_put32(fr + 8, cases[i].first);
         assert_int_equal(write(p.fd, fr, 8 + cases[i].len), (ssize_t)(8 + cases[i].len));
-        int rc = recv_rc(r, 5000);
+        int rc = nt_recv_rc(r, 5000);
         if (rc != LC_EPROTO)
             fprintf(stderr, "%s: channel got %s\n", cases[i].what, lc_strerror(rc));
         assert_int_equal(rc, LC_EPROTO);
@@ -1229,12 +1174,12 @@ static void test_data_frame_at_max_length(void **st)
     /* the session resets the stream once the bin32 header is over the
      * limit and reads on through the rest of the frame (blocking write) */
     nt_raw_send(&p, &b);
-    assert_int_equal(recv_rc(r, 10000), LC_EPROTO);
+    assert_int_equal(nt_recv_rc(r, 10000), LC_EPROTO);
     lc_spdy_frame f;
     assert_int_equal(nt_raw_expect(&p, LC_SPDY_RST_STREAM, 1, &f, 5000), 1);
     assert_int_equal(f.status, LC_SPDY_PROTOCOL_ERROR);
     assert_int_equal(lc_session_error(p.s), 0);
-    check_alive(&p, 3, 3);
+    nt_check_alive(&p, 3, 3);
     lc_receiver_release(r);
     lc__buf_free(&b);
     nt_raw_close(&p);
@@ -1344,7 +1289,7 @@ static void test_goaway_then_more(void **st)
     /* a second GOAWAY with another status, then a channel of the peer's */
     assert_int_equal(lc__spdy_put_goaway(&b, 0x7fffffff, LC_SPDY_GOAWAY_INTERNAL_ERROR), 0);
     nt_raw_send(&p, &b);
-    check_alive(&p, 1, 2);
+    nt_check_alive(&p, 1, 2);
     lc_sender_release(s);
     lc__buf_free(&b);
     nt_raw_close(&p);
@@ -1461,7 +1406,7 @@ static void test_hand_built_header_blocks(void **st)
         raw_syn(&z, &b, 3, blk, n);
         nt_raw_send(&p, &b);
         if (fatal) {
-            assert_int_equal(recv_rc(r, 5000), LC_EPROTO);
+            assert_int_equal(nt_recv_rc(r, 5000), LC_EPROTO);
             check_session_broken(&p);
         } else {
             lc_receiver *r3;

@@ -16,14 +16,6 @@
 
 /* ---- helpers ------------------------------------------------------------------ */
 
-static size_t fds_unclaimed(lc_session *s)
-{
-    pthread_mutex_lock(&s->mu);
-    size_t n = s->in_fds.len;
-    pthread_mutex_unlock(&s->mu);
-    return n;
-}
-
 static bool session_paused(lc_session *s)
 {
     pthread_mutex_lock(&s->mu);
@@ -177,7 +169,7 @@ static void test_fds_queued_ahead_of_their_messages(void **st)
     engine_stall_wait(&es);
     lc_msg *m = NULL;
     int rc = lc_recv(r, &m, 2000);
-    size_t held = fds_unclaimed(p.server);
+    size_t held = nt_fds_unclaimed(p.server);
     bool paused = session_paused(p.server);
     fprintf(stderr, "big message: %s; server: %zu fds unclaimed, paused %d\n", lc_strerror(rc), held, paused);
     lc_msg_free(m);
@@ -262,7 +254,7 @@ static void fds_to_slow_consumer(int n, int per, int delay_ms)
         if (rc != 0)
             break;
     }
-    size_t held = fds_unclaimed(p.server);
+    size_t held = nt_fds_unclaimed(p.server);
     bool paused = session_paused(p.server);
     pthread_join(th, NULL);
     if (rc != 0)

@@ -23,19 +23,6 @@
 
 /* The session is the server: the raw peer opens odd stream ids. */
 
-static void put_n(lc_buf *b, uint32_t id, int n)
-{
-    nt_put_msg(b, id, lc_pack("{s:i}", "N", n));
-}
-
-static int recv_rc(lc_receiver *r, int64_t timeout_ms)
-{
-    lc_msg *m = NULL;
-    int rc = lc_recv(r, &m, timeout_ms);
-    lc_msg_free(m);
-    return rc;
-}
-
 /* Opens the raw peer (options o, may be NULL) and channel 1 (ref 2) on it,
  * with the message {N: first} in the same write when first >= 0, and
  * returns its Receiver, that message already received. b is initialised. */
@@ -45,7 +32,7 @@ static lc_receiver *open_channel_1(nt_raw *p, const lc_options *o, lc_buf *b, in
     lc__buf_init(b);
     nt_put_syn(p, b, 1, 2, 0, 0);
     if (first >= 0)
-        put_n(b, 1, first);
+        nt_put_n(b, 1, first);
     nt_raw_send(p, b);
     lc_receiver *r;
     assert_int_equal(lc_session_receiver(p->s, &r, 5000), 0);
@@ -54,46 +41,12 @@ static lc_receiver *open_channel_1(nt_raw *p, const lc_options *o, lc_buf *b, in
     return r;
 }
 
-/* The session is still fine: a new channel (stream id `id`) carries a message
- * and its end. */
-static void check_alive(nt_raw *p, uint32_t id, uint64_t ref)
-{
-    lc_buf b;
-    lc__buf_init(&b);
-    nt_put_syn(p, &b, id, ref, 0, 0);
-    put_n(&b, id, 4242);
-    assert_int_equal(lc__spdy_put_data(&b, id, LC_SPDY_FLAG_FIN, NULL, 0), 0);
-    nt_raw_send(p, &b);
-    lc__buf_free(&b);
-    lc_receiver *r;
-    assert_int_equal(lc_session_receiver(p->s, &r, 5000), 0);
-    nt_expect_n(r, 4242);
-    assert_int_equal(recv_rc(r, 5000), LC_EOF);
-    lc_receiver_release(r);
-    assert_int_equal(lc_session_error(p->s), 0);
-}
-
-/* Reads what the session writes until the carrier ends; returns the status
- * of the GOAWAY seen on the way, or -1 if there was none. */
-static int goaway_then_eof(nt_raw *p)
-{
-    int status = -1;
-    for (;;) {
-        lc_spdy_frame f = { 0 };
-        int rc = nt_raw_expect(p, LC_SPDY_GOAWAY, 0, &f, 5000);
-        assert_true(rc != 0); /* not a timeout: the session closes the carrier */
-        if (rc < 0)
-            return status;
-        status = (int)f.status;
-    }
-}
-
 /* The session ended for a protocol error: the carrier is closed (with GOAWAY
  * PROTOCOL_ERROR when there is one: see test_protocol_error_sends_goaway), no
  * new channel is announced, lc_session_error says LC_EPROTO. */
 static void check_session_broken(nt_raw *p)
 {
-    int status = goaway_then_eof(p);
+    int status = nt_goaway_then_eof(p);
     assert_true(status == -1 || status == LC_SPDY_GOAWAY_PROTOCOL_ERROR);
     lc_receiver *r;
     assert_int_equal(lc_session_receiver(p->s, &r, 5000), LC_ESESSION);
@@ -112,7 +65,7 @@ static void test_bad_version_ends_session_and_its_channels(void **st)
     lc_receiver *r = open_channel_1(&p, NULL, &b, 1);
     static const uint8_t bad[] = { 0x80, 0x02, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00 };
     assert_int_equal(write(p.fd, bad, sizeof bad), (ssize_t)sizeof bad);
-    assert_int_equal(recv_rc(r, 5000), LC_EPROTO);
+    assert_int_equal(nt_recv_rc(r, 5000), LC_EPROTO);
     check_session_broken(&p);
     lc_receiver_release(r);
     lc__buf_free(&b);
@@ -132,7 +85,7 @@ static void test_fin_answer_comes_without_other_writes(void **st)
     assert_int_equal(nt_raw_expect(&p, LC_SPDY_SYN_REPLY, 1, NULL, 5000), 1);
     assert_int_equal(lc__spdy_put_data(&b, 1, LC_SPDY_FLAG_FIN, NULL, 0), 0);
     nt_raw_send(&p, &b);
-    assert_int_equal(recv_rc(r, 5000), LC_EOF);
+    assert_int_equal(nt_recv_rc(r, 5000), LC_EOF);
     bool fin = false;
     while (!fin) {
         lc_spdy_frame f = { 0 };
@@ -154,8 +107,8 @@ static void test_protocol_error_sends_goaway(void **st)
     lc_receiver *r = open_channel_1(&p, NULL, &b, -1);
     static const uint8_t bad[] = { 0x80, 0x02, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00 };
     assert_int_equal(write(p.fd, bad, sizeof bad), (ssize_t)sizeof bad);
-    assert_int_equal(recv_rc(r, 5000), LC_EPROTO);
-    int status = goaway_then_eof(&p);
+    assert_int_equal(nt_recv_rc(r, 5000), LC_EPROTO);
+    int status = nt_goaway_then_eof(&p);
     if (status != LC_SPDY_GOAWAY_PROTOCOL_ERROR)
         fprintf(stderr, "GOAWAY status seen: %d (-1: no GOAWAY before the carrier closed)\n", status);
     assert_int_equal(status, LC_SPDY_GOAWAY_PROTOCOL_ERROR);
@@ -192,7 +145,7 @@ static void test_garbage_second_header_block_fails_open_channel(void **st)
     lc_buf b;
     lc__buf_init(&b);
     nt_put_syn(&p, &b, 1, 2, 0, 0);
-    put_n(&b, 1, 7);
+    nt_put_n(&b, 1, 7);
     /* a HEADERS frame whose block is cut garbage in the shared zlib stream */
     uint8_t fr[8 + 4 + 12];
     lc__spdy_control_header(fr, LC_SPDY_HEADERS, 0, sizeof fr - 8);
@@ -208,7 +161,7 @@ static void test_garbage_second_header_block_fails_open_channel(void **st)
     int rc = lc_recv(r, &m, 5000);
     if (rc == 0) {
         lc_msg_free(m);
-        rc = recv_rc(r, 5000);
+        rc = nt_recv_rc(r, 5000);
     }
     assert_int_equal(rc, LC_EPROTO);
     check_session_broken(&p);
@@ -256,14 +209,14 @@ static void test_reused_or_bad_stream_ids_end_session(void **st)
         lc_buf b;
         lc__buf_init(&b);
         nt_put_syn(&p, &b, cases[i].first, 2, 0, 0);
-        put_n(&b, cases[i].first, 1);
+        nt_put_n(&b, cases[i].first, 1);
         nt_raw_send(&p, &b);
         lc_receiver *r;
         assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
         nt_expect_n(r, 1);
         nt_put_syn(&p, &b, cases[i].second, 3, 0, 0);
         nt_raw_send(&p, &b);
-        int rc = recv_rc(r, 5000);
+        int rc = nt_recv_rc(r, 5000);
         if (rc != LC_EPROTO)
             fprintf(stderr, "%s: channel got %s\n", cases[i].what, lc_strerror(rc));
         assert_int_equal(rc, LC_EPROTO);
@@ -289,7 +242,7 @@ static void test_duplicate_substream_ref_ends_session(void **st)
     assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
     nt_put_syn(&p, &b, 5, 10, 2, 0);
     nt_raw_send(&p, &b);
-    assert_int_equal(recv_rc(r, 5000), LC_EPROTO);
+    assert_int_equal(nt_recv_rc(r, 5000), LC_EPROTO);
     check_session_broken(&p);
     lc_receiver_release(r);
     lc__buf_free(&b);
@@ -314,25 +267,25 @@ static void test_bad_msgpack_fails_only_that_channel(void **st)
     lc_receiver *r1, *r3;
     assert_int_equal(lc_session_receiver(p.s, &r1, 5000), 0);
     assert_int_equal(lc_session_receiver(p.s, &r3, 5000), 0);
-    put_n(&b, 1, 1);
-    put_n(&b, 3, 30);
+    nt_put_n(&b, 1, 1);
+    nt_put_n(&b, 3, 30);
     nt_raw_send(&p, &b);
     nt_expect_n(r1, 1);
     nt_expect_n(r3, 30);
     static const uint8_t reserved = 0xc1;
     assert_int_equal(lc__spdy_put_data(&b, 1, 0, &reserved, 1), 0);
     nt_raw_send(&p, &b);
-    assert_int_equal(recv_rc(r1, 5000), LC_EPROTO);
+    assert_int_equal(nt_recv_rc(r1, 5000), LC_EPROTO);
     lc_spdy_frame f;
     assert_int_equal(nt_raw_expect(&p, LC_SPDY_RST_STREAM, 1, &f, 5000), 1);
     assert_int_equal(f.status, LC_SPDY_PROTOCOL_ERROR);
-    put_n(&b, 3, 31);
+    nt_put_n(&b, 3, 31);
     assert_int_equal(lc__spdy_put_data(&b, 3, LC_SPDY_FLAG_FIN, NULL, 0), 0);
     nt_raw_send(&p, &b);
     nt_expect_n(r3, 31);
-    assert_int_equal(recv_rc(r3, 5000), LC_EOF);
+    assert_int_equal(nt_recv_rc(r3, 5000), LC_EOF);
     assert_int_equal(lc_session_error(p.s), 0);
-    check_alive(&p, 5, 4);
+    nt_check_alive(&p, 5, 4);
     lc_receiver_release(r1);
     lc_receiver_release(r3);
     lc__buf_free(&b);
@@ -350,9 +303,9 @@ static void test_truncated_message_at_fin_fails_only_that_channel(void **st)
     static const uint8_t cut[] = { 0x82, 0xa1, 'N' }; /* a map of 2, one key */
     assert_int_equal(lc__spdy_put_data(&b, 1, LC_SPDY_FLAG_FIN, cut, sizeof cut), 0);
     nt_raw_send(&p, &b);
-    assert_int_equal(recv_rc(r, 5000), LC_EPROTO);
+    assert_int_equal(nt_recv_rc(r, 5000), LC_EPROTO);
     assert_int_equal(lc_session_error(p.s), 0);
-    check_alive(&p, 3, 3);
+    nt_check_alive(&p, 3, 3);
     lc_receiver_release(r);
     lc__buf_free(&b);
     nt_raw_close(&p);
@@ -369,14 +322,14 @@ static void test_messages_before_bad_msgpack_are_delivered(void **st)
     nt_raw p;
     lc_buf b;
     lc_receiver *r = open_channel_1(&p, NULL, &b, -1);
-    put_n(&b, 1, 1);
-    put_n(&b, 1, 2);
+    nt_put_n(&b, 1, 1);
+    nt_put_n(&b, 1, 2);
     static const uint8_t reserved = 0xc1;
     assert_int_equal(lc__spdy_put_data(&b, 1, 0, &reserved, 1), 0);
     nt_raw_send(&p, &b);
     nt_expect_n(r, 1);
     nt_expect_n(r, 2);
-    assert_int_equal(recv_rc(r, 5000), LC_EPROTO);
+    assert_int_equal(nt_recv_rc(r, 5000), LC_EPROTO);
     lc_receiver_release(r);
     lc__buf_free(&b);
     nt_raw_close(&p);
@@ -434,7 +387,7 @@ static void test_messages_before_bad_msgpack_at_fin_are_delivered(void **st)
         nt_raw_send(&p, &b);
         for (int i = 0; i < nmsg; i++)
             nt_expect_n(r, i);
-        assert_int_equal(recv_rc(r, 5000), LC_EPROTO);
+        assert_int_equal(nt_recv_rc(r, 5000), LC_EPROTO);
     }
     assert_int_equal(lc_session_error(p.s), 0);
     lc_receiver_release(r);
@@ -462,7 +415,7 @@ static void test_ref_that_never_arrives_fails_the_channel(void **st)
         lc__buf_init(&b);
         nt_put_syn(&p, &b, 1, 2, 0, 0);
         nt_put_syn(&p, &b, 3, 3, 0, 0);
-        put_n(&b, 1, 1);
+        nt_put_n(&b, 1, 1);
         assert_int_equal(lc__spdy_put_data(&b, 1, 0, msgs[k], sizeof ret_s), 0);
         nt_raw_send(&p, &b);
         int64_t t0 = lc_test_now_us();
@@ -471,18 +424,18 @@ static void test_ref_that_never_arrives_fails_the_channel(void **st)
         assert_int_equal(lc_session_receiver(p.s, &r3, 5000), 0);
         nt_expect_n(r1, 1);
         /* channel 3 is not held up by channel 1's wait */
-        put_n(&b, 3, 33);
+        nt_put_n(&b, 3, 33);
         nt_raw_send(&p, &b);
         nt_expect_n(r3, 33);
-        assert_int_equal(recv_rc(r1, 5000), LC_EPROTO);
+        assert_int_equal(nt_recv_rc(r1, 5000), LC_EPROTO);
         int64_t waited = lc_test_now_us() - t0;
         assert_true(waited >= 150000);  /* not at once: the ref may come late */
         assert_true(waited < 3000000);  /* but bounded by ref_timeout_ms */
-        put_n(&b, 3, 34);
+        nt_put_n(&b, 3, 34);
         nt_raw_send(&p, &b);
         nt_expect_n(r3, 34);
         assert_int_equal(lc_session_error(p.s), 0);
-        check_alive(&p, 5, 4);
+        nt_check_alive(&p, 5, 4);
         lc_receiver_release(r1);
         lc_receiver_release(r3);
         lc__buf_free(&b);
@@ -506,15 +459,15 @@ static void test_carrier_lost_while_a_ref_is_awaited(void **st)
     lc_buf b;
     lc_receiver *r = open_channel_1(&p, &o, &b, 1);
     assert_int_equal(lc__spdy_put_data(&b, 1, 0, ret_s, sizeof ret_s), 0);
-    put_n(&b, 1, 3);
+    nt_put_n(&b, 1, 3);
     nt_raw_send(&p, &b);
     lc_msg *m = NULL;
     assert_int_equal(lc_recv(r, &m, 200), LC_ETIMEDOUT); /* waiting for ref 99 */
     int64_t t0 = lc_test_now_us();
     assert_int_equal(shutdown(p.fd, SHUT_WR), 0);
-    assert_int_equal(recv_rc(r, 10000), LC_ESESSION);
+    assert_int_equal(nt_recv_rc(r, 10000), LC_ESESSION);
     assert_true(lc_test_now_us() - t0 < 3000000);
-    assert_int_equal(recv_rc(r, 0), LC_ESESSION);
+    assert_int_equal(nt_recv_rc(r, 0), LC_ESESSION);
     lc_receiver_release(r);
     lc__buf_free(&b);
     nt_raw_close(&p);
@@ -533,12 +486,12 @@ static void test_ref_that_never_arrives_after_idle_fails_the_channel(void **st)
     lc_buf b;
     lc_receiver *r = open_channel_1(&p, &o, &b, 1);
     /* the session idles past its first ref-timer period (ref_timeout_ms / 4) */
-    assert_int_equal(recv_rc(r, 120), LC_ETIMEDOUT);
+    assert_int_equal(nt_recv_rc(r, 120), LC_ETIMEDOUT);
     static const uint8_t ret[] = { 0x81, 0xa3, 'R', 'e', 't', 0xd6, 0x04, 0, 0, 0, 99 };
     assert_int_equal(lc__spdy_put_data(&b, 1, 0, ret, sizeof ret), 0);
     nt_raw_send(&p, &b);
     int64_t t0 = lc_test_now_us();
-    int rc = recv_rc(r, 3000);
+    int rc = nt_recv_rc(r, 3000);
     if (rc != LC_EPROTO)
         fprintf(stderr, "after %lld ms: %s\n", (long long)(lc_test_now_us() - t0) / 1000, lc_strerror(rc));
     assert_int_equal(rc, LC_EPROTO);
@@ -565,7 +518,7 @@ static void test_late_refs_each_get_the_full_timeout(void **st)
         assert_int_equal(lc__spdy_put_data(&b, 1, 0, ret, sizeof ret), 0);
         nt_raw_send(&p, &b);
         /* well within ref_timeout_ms the message is still waiting */
-        assert_int_equal(recv_rc(r, 150), LC_ETIMEDOUT);
+        assert_int_equal(nt_recv_rc(r, 150), LC_ETIMEDOUT);
         nt_put_syn(&p, &b, 3 + 2 * (uint32_t)k, 10 + (uint64_t)k, 2, 0);
         nt_raw_send(&p, &b);
         lc_msg *m;
@@ -580,7 +533,7 @@ static void test_late_refs_each_get_the_full_timeout(void **st)
         assert_int_equal(nt_raw_expect(&p, LC_SPDY_DATA, 3 + 2 * (uint32_t)k, NULL, 5000), 1);
         lc_sender_release(ret_s);
         if (k == 0) /* let the first wait grow older than ref_timeout_ms */
-            assert_int_equal(recv_rc(r, 500), LC_ETIMEDOUT);
+            assert_int_equal(nt_recv_rc(r, 500), LC_ETIMEDOUT);
     }
     assert_int_equal(lc_session_error(p.s), 0);
     lc_receiver_release(r);
@@ -615,13 +568,13 @@ static void test_ref_named_twice_fails_the_channel(void **st)
     lc_msg_free(m);
     assert_int_equal(lc__spdy_put_data(&b, 1, 0, ret, sizeof ret), 0);
     nt_raw_send(&p, &b);
-    assert_int_equal(recv_rc(r, 5000), LC_EPROTO);
+    assert_int_equal(nt_recv_rc(r, 5000), LC_EPROTO);
     /* the first Sender still works */
     assert_int_equal(lc_send(rs, lc_pack("{s:i}", "N", 5), 5000), 0);
     assert_int_equal(nt_raw_expect(&p, LC_SPDY_DATA, 3, NULL, 5000), 1);
     lc_sender_release(rs);
     assert_int_equal(lc_session_error(p.s), 0);
-    check_alive(&p, 5, 4);
+    nt_check_alive(&p, 5, 4);
     lc_receiver_release(r);
     lc__buf_free(&b);
     nt_raw_close(&p);
@@ -638,7 +591,7 @@ static void test_unknown_stream_unknown_frame_and_ping(void **st)
     nt_raw_open(&p, NULL);
     lc_buf b;
     lc__buf_init(&b);
-    put_n(&b, 9, 1);
+    nt_put_n(&b, 9, 1);
     nt_raw_send(&p, &b);
     lc_spdy_frame f;
     assert_int_equal(nt_raw_expect(&p, LC_SPDY_RST_STREAM, 9, &f, 5000), 1);
@@ -652,7 +605,7 @@ static void test_unknown_stream_unknown_frame_and_ping(void **st)
     assert_int_equal(nt_raw_expect(&p, LC_SPDY_PING, 0, &f, 5000), 1);
     assert_int_equal(f.value, 77);
     assert_int_equal(lc_session_error(p.s), 0);
-    check_alive(&p, 11, 2);
+    nt_check_alive(&p, 11, 2);
     lc__buf_free(&b);
     nt_raw_close(&p);
 }
