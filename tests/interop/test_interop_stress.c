@@ -317,18 +317,23 @@ static void go_killed_while_c_blocked(void **st)
     printf("# sent %d x 64 KiB on Ret before blocking; the pipe got %d messages\n", atomic_load(&b[B_SEND].sent),
            atomic_load(&b[B_PIPE].sent));
     assert_true(atomic_load(&b[B_SEND].sent) >= 1);
-    assert_int_equal(b[B_RECV].rc, LC_ESESSION);
+    /* receivers end with the session's error (PROTOCOL.md 2.6, 3.11):
+     * LC_ESESSION for a carrier lost between frames, LC_EPROTO when gopeer
+     * was stopped in the middle of writing a frame (1 in ~20 CI runs) */
+    int serr = lc_session_error(sv);
+    int want = serr == LC_EPROTO ? LC_EPROTO : LC_ESESSION;
+    assert_int_equal(b[B_RECV].rc, want);
     assert_int_equal(atomic_load(&b[B_RECV].sent), 0); /* the partial message is lost */
-    assert_int_equal(b[B_RX].rc, LC_ESESSION);
+    assert_int_equal(b[B_RX].rc, want);
     assert_int_equal(b[B_SEND].rc, LC_ESESSION);
     assert_int_equal(b[B_SEL].rc, 0);
-    assert_true(b[B_SEL].rc2 == LC_ESESSION || b[B_SEL].rc2 == LC_EOF);
+    assert_true(b[B_SEL].rc2 == want || b[B_SEL].rc2 == LC_EOF);
     assert_true(b[B_FD].rc == 0 || b[B_FD].rc == -ECONNRESET);
     assert_int_equal(atomic_load(&b[B_FD].sent), 0);
     /* the in-memory pipe the session forwarded into: the session held its
      * only Sender; it ends (with the session's error, as a reset would) */
-    assert_true(b[B_PIPE].rc == LC_EOF || b[B_PIPE].rc == LC_ESESSION);
-    assert_true(lc_session_error(sv) != 0);
+    assert_true(b[B_PIPE].rc == LC_EOF || b[B_PIPE].rc == want);
+    assert_true(serr != 0);
 
     close(in_fd);
     lc_receiver_release(rx);
