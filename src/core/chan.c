@@ -1000,7 +1000,8 @@ LC_API int lc_select(lc_case *cases, size_t n, int64_t timeout_ms)
  */
 static int feed_and_try(lc_chan *c, lc_case *cs, int64_t timeout_ms)
 {
-    int64_t deadline = timeout_ms < 0 ? -1 : mono_ns() + timeout_ms * 1000000;
+    int64_t now = mono_ns();
+    int64_t deadline = timeout_ms < 0 ? -1 : now + timeout_ms * 1000000;
     for (;;) {
         pthread_mutex_lock(&c->mu);
         const lc__feeder_ops *ops = c->feed;
@@ -1010,7 +1011,7 @@ static int feed_and_try(lc_chan *c, lc_case *cs, int64_t timeout_ms)
         pthread_mutex_unlock(&c->mu);
         if (ops == NULL)
             return 0;
-        bool drove = ops->drive(ctx, c, deadline);
+        bool drove = ops->drive(ctx, c, now, deadline);
         ops->release(ctx);
         fired f = { 0 };
         if (try_case(c, cs, &f)) {
@@ -1019,7 +1020,8 @@ static int feed_and_try(lc_chan *c, lc_case *cs, int64_t timeout_ms)
         }
         if (!drove)
             return 0;
-        if (deadline >= 0 && mono_ns() >= deadline)
+        now = mono_ns();
+        if (deadline >= 0 && now >= deadline)
             return LC_ETIMEDOUT;
     }
 }

@@ -103,8 +103,10 @@ void *lc__net_sender_ctx(lc_sender *s, const lc__net_ops *ops);
 
 /*
  * Feeders: a session marks the network Receivers it fills. A thread about to
- * block in lc_recv on one calls drive(ctx, chan, deadline_ns) first (deadline
- * an absolute monotonic time, -1 for none): the session may read the carrier
+ * block in lc_recv on one calls drive(ctx, chan, now_ns, deadline_ns) first
+ * (now_ns the monotonic time the caller just read, so the feeder need not
+ * read the clock again; deadline an absolute monotonic time, -1 for none):
+ * the session may read the carrier
  * on that thread until the channel has something, the deadline passes or the
  * session ends, and returns true; it returns false at once when another
  * thread is reading (the caller then waits as usual). retain/release bracket
@@ -113,7 +115,7 @@ void *lc__net_sender_ctx(lc_sender *s, const lc__net_ops *ops);
 typedef struct lc__feeder_ops {
     void (*retain)(void *ctx);
     void (*release)(void *ctx);
-    bool (*drive)(void *ctx, lc_chan *c, int64_t deadline_ns);
+    bool (*drive)(void *ctx, lc_chan *c, int64_t now_ns, int64_t deadline_ns);
     /* The channel is (or was) waited on without drive: by lc_select, a
      * callback receive or a pollable fd. The feeder must then fill it on its
      * own (a session keeps its engine watching the carrier). Called once per

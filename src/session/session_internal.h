@@ -178,7 +178,10 @@ struct lc_session {
     size_t early_total;   /* mu: bytes held for sub-streams no message has named yet (all of them) */
     bool new_refs;
     bool goaway_sent, goaway_recv, closing;
-    bool paused;          /* reading stopped: a local queue is full */
+    /* reading stopped: a local queue is full. Written under mu; read without
+     * it where a stale value only costs a round (drive, resume_reading's
+     * fast path) */
+    _Atomic bool paused;
 
     lc_spdy_decoder trace_dec; /* wmu: parses our own output when tracing */
 
