@@ -2188,12 +2188,28 @@ static bool deliver_wait_room(lc_stream *st)
  * Pushes queued messages into the stream's local channel while it has room.
  * Called without locks. Messages whose references are not resolved yet stay
  * queued (in order) until the sub-stream arrives or the deadline passes.
+ * noted: the reader's batch listed st (note_delivery): cleared in the first
+ * lock round.
  */
+static void deliver_pending_noted(lc_stream *st, bool noted);
+
 static void deliver_pending(lc_stream *st)
 {
+    deliver_pending_noted(st, false);
+}
+
+static void deliver_pending_noted(lc_stream *st, bool noted)
+{
     lc_session *s = st->s;
+    bool locked = false; /* a round that ends holding mu passes it on */
     for (;;) {
-        pthread_mutex_lock(&s->mu);
+        if (!locked)
+            pthread_mutex_lock(&s->mu);
+        locked = false;
+        if (noted) {
+            st->noted = false; /* messages read from now on note it again */
+            noted = false;
+        }
         if (st->pending_head == NULL && st->push_op == NULL && st->sd_init && !st->reset &&
             !decode_more_locked(s, st)) {
             /* this channel's bytes do not decode (found now, as its messages
@@ -2293,6 +2309,17 @@ static void deliver_pending(lc_stream *st)
                 continue;
             }
             st->push_op = NULL;
+            /* Not the last reference (callers hold one): dropped under mu,
+             * which the next round keeps (one lock round less per delivered
+             * batch). The last one frees, which needs mu released. */
+            int r = atomic_load_explicit(&st->refs, memory_order_relaxed);
+            while (r > 1 && !atomic_compare_exchange_weak_explicit(&st->refs, &r, r - 1, memory_order_acq_rel,
+                                                                    memory_order_relaxed))
+                ;
+            if (r > 1) {
+                locked = true;
+                continue;
+            }
             pthread_mutex_unlock(&s->mu);
             stream_unref(st);
             continue;
@@ -2456,7 +2483,7 @@ static void on_syn_stream(lc_session *s, const lc_spdy_frame *f, lc_receiver **a
             return;
         }
         st->parent_ref = parent;
-        s->new_refs = true; /* messages waiting for it may go on */
+        atomic_store_explicit(&s->new_refs, true, memory_order_relaxed); /* messages waiting for it may go on */
     }
     lc_sender *end_now = NULL;
     if (f->flags & LC_SPDY_FLAG_FIN) {
@@ -2545,10 +2572,7 @@ static void run_actions(lc_session *s, rd_actions *a)
     }
     for (size_t i = 0; i < a->deliver.n; i++) {
         lc_stream *st = a->deliver.st[i];
-        pthread_mutex_lock(&s->mu);
-        st->noted = false;
-        pthread_mutex_unlock(&s->mu);
-        deliver_pending(st);
+        deliver_pending_noted(st, true);
         stream_unref(st);
     }
     kl_free(&a->deliver);
@@ -2557,12 +2581,12 @@ static void run_actions(lc_session *s, rd_actions *a)
 /* Streams whose messages wait for references get another chance. */
 static void retry_waiting_refs(lc_session *s, rd_actions *a)
 {
-    pthread_mutex_lock(&s->mu);
-    if (!s->new_refs) {
-        pthread_mutex_unlock(&s->mu);
+    /* only the reader's thread sets it (SYN_STREAMs, passed fds): no lock
+     * to find it unset, the common case */
+    if (!atomic_load_explicit(&s->new_refs, memory_order_relaxed))
         return;
-    }
-    s->new_refs = false;
+    pthread_mutex_lock(&s->mu);
+    atomic_store_explicit(&s->new_refs, false, memory_order_relaxed);
     for (size_t i = 0; i < s->streams.cap; i++) {
         lc_stream *st = s->streams.slots[i].val;
         if (st != NULL && st != LC_MAP_TOMB && st->waiting_refs)
@@ -3039,7 +3063,8 @@ static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drain
                 for (size_t i = 0; i < nfds; i++)
                     if (lc__map_put(&s->in_fds, s->fd_in_seq++, (void *)(intptr_t)(fds[i] + 1)) != 0)
                         close(fds[i]);
-                s->new_refs = true; /* messages waiting for them may go on */
+                s->in_fds_high = s->in_fds.len > MAX_UNCLAIMED_FDS;
+                atomic_store_explicit(&s->new_refs, true, memory_order_relaxed); /* messages waiting for them may go on */
                 pthread_mutex_unlock(&s->mu);
             }
         } else {
@@ -3096,17 +3121,22 @@ static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drain
         /* backpressure: a local queue is full, stop reading until it drains.
          * Toward a peer with windows its own window stops it, per stream. */
         bool fc = atomic_load_explicit(&s->peer_fc, memory_order_relaxed);
-        pthread_mutex_lock(&s->mu);
-        bool full = s->in_fds.len > MAX_UNCLAIMED_FDS;
-        for (size_t i = 0; !fc && i < s->streams.cap && !full; i++) {
-            lc_stream *st = s->streams.slots[i].val;
-            full = st != NULL && st != LC_MAP_TOMB && st->push_op != NULL;
+        /* (unclaimed fds only grow here: below the limit when last looked
+         * at, they still are) */
+        if (!fc || s->in_fds_high) {
+            pthread_mutex_lock(&s->mu);
+            bool full = s->in_fds.len > MAX_UNCLAIMED_FDS;
+            s->in_fds_high = full;
+            for (size_t i = 0; !fc && i < s->streams.cap && !full; i++) {
+                lc_stream *st = s->streams.slots[i].val;
+                full = st != NULL && st != LC_MAP_TOMB && st->push_op != NULL;
+            }
+            if (full)
+                s->paused = true;
+            pthread_mutex_unlock(&s->mu);
+            if (full)
+                return false;
         }
-        if (full)
-            s->paused = true;
-        pthread_mutex_unlock(&s->mu);
-        if (full)
-            return false;
         /* a thread reading for its own channel returns as soon as that has
          * something: the read that would only say EAGAIN is a syscall on
          * the round trip's path (whatever is left, the engine reads) */

@@ -176,7 +176,10 @@ struct lc_session {
     uint64_t written_total; /* wmu: bytes written to the carrier */
     uint64_t goaway_end;  /* wmu: written_total once all before lc_session_close's GOAWAY is written */
     size_t early_total;   /* mu: bytes held for sub-streams no message has named yet (all of them) */
-    bool new_refs;
+    _Atomic bool new_refs; /* set by the reader (SYN_STREAM, fds): retry waiting messages */
+    /* the reader's own note (read_carrier, reader token held): unclaimed
+     * fds were past MAX_UNCLAIMED_FDS when it last looked under mu */
+    bool in_fds_high;
     bool goaway_sent, goaway_recv, closing;
     /* reading stopped: a local queue is full. Written under mu; read without
      * it where a stale value only costs a round (drive, resume_reading's
