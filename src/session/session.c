@@ -3137,6 +3137,13 @@ static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drain
             if (full)
                 return false;
         }
+        /* A byte stream's fd buffer passed BYTES_BUF toward a peer without
+         * windows (bytes_inbound_locked paused us during this batch): stop
+         * here. This loop went on to EAGAIN, which a peer writing as fast
+         * as we read never gives: 64 MiB buffered for an fd nobody read
+         * (test_byte_stream_without_windows_pauses_reading). */
+        if (atomic_load_explicit(&s->paused, memory_order_relaxed))
+            return false;
         /* a thread reading for its own channel returns as soon as that has
          * something: the read that would only say EAGAIN is a syscall on
          * the round trip's path (whatever is left, the engine reads) */

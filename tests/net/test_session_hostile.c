@@ -355,6 +355,136 @@ static void test_byte_stream_window_overrun_is_bounded(void **st)
 }
 
 /*
+ * A peer without windows (as Go) floods a byte stream whose fd the
+ * application does not read: the session buffers at most BYTES_BUF (1 MiB)
+ * for the fd and stops reading the carrier (PROTOCOL.md 6.3), so the peer's
+ * writes stall; once the application reads the fd, every byte arrives, in
+ * order, then EOF. A thread blocked in lc_recv on the session's channel
+ * meanwhile reads the carrier itself (drive): it must stop there too.
+ */
+typedef struct {
+    lc_receiver *r;
+    int rc;
+} blocked_recv;
+
+static void *recv_until_end(void *arg)
+{
+    blocked_recv *a = arg;
+    lc_msg *m = NULL;
+    while ((a->rc = lc_recv(a->r, &m, 60000)) == 0)
+        lc_msg_free(m);
+    return NULL;
+}
+
+typedef struct {
+    nt_raw *p;
+    lc_buf *b;
+} raw_send_arg;
+
+static void *raw_send_fn(void *arg)
+{
+    raw_send_arg *a = arg;
+    nt_raw_send(a->p, a->b);
+    return NULL;
+}
+
+static void test_byte_stream_without_windows_pauses_reading(void **st)
+{
+    LC_TEST_DEADLINE(120);
+    nt_raw p;
+    nt_raw_open(&p, NULL);
+    lc_buf b;
+    lc__buf_init(&b);
+    put_settings(&b, 0, 0); /* no windows, no fd passing: as Go */
+    nt_put_syn(&p, &b, 1, 2, 0, 0);
+    nt_put_syn(&p, &b, 3, 10, 2, 0);
+    static const uint8_t msg[] = { 0x81, 0xa1, 'F', 0xd6, 0x03, 0, 0, 0, 10 };
+    assert_int_equal(lc__spdy_put_data(&b, 1, 0, msg, sizeof msg), 0);
+    nt_raw_send(&p, &b);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+    lc_msg *m;
+    assert_int_equal(lc_recv(r, &m, 5000), 0);
+    int fd = -1;
+    assert_int_equal(lc_unpack(m, "{s:F}", "F", &fd), 0);
+    lc_msg_free(m);
+    /* a thread waits on the channel (and reads the carrier) meanwhile */
+    blocked_recv br = { r, 0 };
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, recv_until_end, &br), 0);
+    enum { CHUNK = 60000 };
+    static uint8_t junk[CHUNK];
+    for (size_t i = 0; i < sizeof junk; i++)
+        junk[i] = (uint8_t)(i * 7 + 1);
+    b.len = 0;
+    assert_int_equal(lc__spdy_put_data(&b, 3, 0, junk, sizeof junk), 0);
+    /* (flood() would finish a frame it cut: not while we push back) */
+    int fl = fcntl(p.fd, F_GETFL);
+    assert_int_equal(fcntl(p.fd, F_SETFL, fl | O_NONBLOCK), 0);
+    size_t wrote = 0, off = 0;
+    while (wrote < (64u << 20)) {
+        ssize_t w = write(p.fd, b.data + off, b.len - off);
+        if (w > 0) {
+            wrote += (size_t)w;
+            off = (off + (size_t)w) % b.len;
+            continue;
+        }
+        assert_true(w < 0 && (errno == EAGAIN || errno == EINTR));
+        struct pollfd pfd = { p.fd, POLLOUT, 0 };
+        if (poll(&pfd, 1, 1000) == 0)
+            break; /* pushed back */
+    }
+    assert_int_equal(fcntl(p.fd, F_SETFL, fl), 0);
+    size_t frames = wrote / b.len + (off != 0);
+    fprintf(stderr, "byte stream, no windows, fd not read: the peer wrote %zu KiB before it stalled\n",
+            wrote >> 10);
+    /* the fd's buffer (1 MiB), the socket buffers of the carrier and of the
+     * fd (~200-400 KiB each here) and one read of the carrier */
+    assert_true(wrote < (4u << 20));
+    assert_int_equal(lc_session_error(p.s), 0);
+    /* the rest of the frame the flood cut, FIN on the byte stream, then on
+     * the channel: written by another thread, as the carrier takes them
+     * only once we read the fd */
+    lc_buf tail;
+    lc__buf_init(&tail);
+    assert_int_equal(lc__buf_append(&tail, b.data + off, off != 0 ? b.len - off : 0), 0);
+    b.len = 0;
+    assert_int_equal(lc__buf_append(&b, tail.data, tail.len), 0);
+    lc__buf_free(&tail);
+    assert_int_equal(lc__spdy_put_data(&b, 3, LC_SPDY_FLAG_FIN, NULL, 0), 0);
+    assert_int_equal(lc__spdy_put_data(&b, 1, LC_SPDY_FLAG_FIN, NULL, 0), 0);
+    raw_send_arg fa = { &p, &b };
+    pthread_t fin_th;
+    assert_int_equal(pthread_create(&fin_th, NULL, raw_send_fn, &fa), 0);
+    /* every byte reaches the fd, in order */
+    size_t got = 0;
+    bool same = true;
+    static uint8_t rbuf[65536];
+    for (;;) {
+        struct pollfd pfd = { fd, POLLIN, 0 };
+        assert_int_equal(poll(&pfd, 1, 10000), 1);
+        ssize_t k = read(fd, rbuf, sizeof rbuf);
+        if (k < 0 && errno == EAGAIN)
+            continue;
+        assert_true(k >= 0);
+        if (k == 0)
+            break;
+        for (ssize_t i = 0; i < k && same; i++)
+            same = rbuf[i] == junk[(got + (size_t)i) % CHUNK];
+        got += (size_t)k;
+    }
+    close(fd);
+    pthread_join(fin_th, NULL);
+    pthread_join(th, NULL);
+    assert_int_equal(br.rc, LC_EOF);
+    assert_true(same);
+    assert_int_equal(got, frames * CHUNK);
+    lc_receiver_release(r);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
+/*
  * Sub-streams no message names yet keep their DATA, at most max_message
  * bytes each (PROTOCOL.md 2.5), but nothing bounds their sum nor their
  * number: toward a peer without windows the carrier is never paused for
@@ -1474,6 +1604,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_syn_flood_from_peer_that_never_reads, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_window_overrun_is_bounded, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_byte_stream_window_overrun_is_bounded, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_byte_stream_without_windows_pauses_reading, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unbound_substream_bytes_are_bounded_in_total, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_window_blocked_senders_wake_on_rst_and_carrier_loss, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unclaimed_fd_flood_is_bounded, lc_test_setup, lc_test_teardown),
