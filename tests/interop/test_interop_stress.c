@@ -32,6 +32,7 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <sys/ioctl.h>
 
 #include "codec/codec.h"
 #include "engine/engine.h"
@@ -117,12 +118,14 @@ typedef struct blocked {
     int rc2;     /* select: the fired case's result */
     atomic_int sent;
     atomic_int in_call;
+    atomic_int tid;       /* published before the first call (lc_test_wait_asleep) */
     atomic_llong done_us; /* 0 while running */
 } blocked;
 
 static void *blk_recv(void *x)
 {
     blocked *b = x;
+    atomic_store(&b->tid, lc_test_gettid());
     lc_msg *m = NULL;
     for (;;) {
         atomic_store(&b->in_call, 1);
@@ -139,6 +142,7 @@ static void *blk_recv(void *x)
 static void *blk_send(void *x)
 {
     blocked *b = x;
+    atomic_store(&b->tid, lc_test_gettid());
     static uint8_t blob[64 * 1024];
     for (;;) {
         lc_msg *m = lc_pack("{s:i, s:b}", "N", atomic_load(&b->sent), "Blob", blob, sizeof blob);
@@ -157,6 +161,7 @@ static void *blk_send(void *x)
 static void *blk_select(void *x)
 {
     blocked *b = x;
+    atomic_store(&b->tid, lc_test_gettid());
     atomic_store(&b->in_call, 1);
     b->rc = lc_select(b->cases, 2, 20000);
     if (b->rc >= 0) {
@@ -171,6 +176,7 @@ static void *blk_select(void *x)
 static void *blk_read(void *x)
 {
     blocked *b = x;
+    atomic_store(&b->tid, lc_test_gettid());
     char buf[4096];
     for (;;) {
         struct pollfd p = { b->fd, POLLIN, 0 };
@@ -285,19 +291,12 @@ static void go_killed_while_c_blocked(void **st)
     void *(*fn[B_N])(void *) = { blk_recv, blk_recv, blk_select, blk_read, blk_recv, blk_send };
     for (int i = 0; i < B_N; i++)
         assert_int_equal(pthread_create(&b[i].th, NULL, fn[i], &b[i]), 0);
-    /* wait until the sender is stuck: no progress for 500 ms */
-    int last = -1;
-    int64_t stable_since = lc_test_now_us();
-    for (;;) {
-        int s = atomic_load(&b[B_SEND].sent);
-        if (s != last) {
-            last = s;
-            stable_since = lc_test_now_us();
-        } else if (lc_test_now_us() - stable_since > 500000) {
-            break;
-        }
-        usleep(20000);
-    }
+    /* wait until every one is blocked: asleep in its call (the sender once
+     * the output is full) */
+    for (int i = 0; i < B_N; i++)
+        if (atomic_load(&b[i].done_us) == 0 && !lc_test_wait_asleep(&b[i].tid, IO_TIMEOUT_MS))
+            fail_msg("%s did not block within %d ms (sent %d)", b[i].what, IO_TIMEOUT_MS,
+                     atomic_load(&b[i].sent));
     for (int i = 0; i < B_N; i++)
         if (atomic_load(&b[i].done_us) != 0)
             fail_msg("%s returned before the kill: %s", b[i].what, lc_strerror(b[i].rc));
@@ -1176,12 +1175,14 @@ static void c_close_before_go_replied(void **st)
 typedef struct closer {
     lc_session *s;
     int rc;
+    atomic_int tid; /* published before lc_session_close (lc_test_wait_asleep) */
     atomic_llong done_us;
 } closer;
 
 static void *close_fn(void *x)
 {
     closer *c = x;
+    atomic_store(&c->tid, lc_test_gettid());
     c->rc = lc_session_close(c->s, 30000);
     atomic_store(&c->done_us, lc_test_now_us());
     return NULL;
@@ -1191,6 +1192,7 @@ static void *close_fn(void *x)
 static void *blk_write(void *x)
 {
     blocked *b = x;
+    atomic_store(&b->tid, lc_test_gettid());
     static char buf[16384];
     for (;;) {
         struct pollfd p = { b->fd, POLLOUT, 0 };
@@ -1247,24 +1249,32 @@ static void go_killed_during_session_close(void **st)
     blocked bs = { .what = "lc_send", .s = s };
     assert_int_equal(pthread_create(&bw.th, NULL, blk_write, &bw), 0);
     assert_int_equal(pthread_create(&bs.th, NULL, blk_send, &bs), 0);
-    int last = -1;
-    int64_t stable_since = lc_test_now_us();
-    for (;;) {
-        int n = atomic_load(&bs.sent) + atomic_load(&bw.sent);
-        if (n != last) {
-            last = n;
-            stable_since = lc_test_now_us();
-        } else if (lc_test_now_us() - stable_since > 500000) {
-            break;
-        }
-        usleep(20000);
-    }
+    /* wait until both are blocked: asleep in lc_send (the output is full)
+     * and in poll for POLLOUT (the session no longer reads the stream) */
+    blocked *bb[] = { &bs, &bw };
+    for (int i = 0; i < 2; i++)
+        if (atomic_load(&bb[i]->done_us) == 0 && !lc_test_wait_asleep(&bb[i]->tid, IO_TIMEOUT_MS))
+            fail_msg("%s did not block within %d ms (sent %d)", bb[i]->what, IO_TIMEOUT_MS,
+                     atomic_load(&bb[i]->sent));
     assert_int_equal(atomic_load(&bs.done_us), 0);
     assert_int_equal(atomic_load(&bw.done_us), 0);
     closer cl = { .s = c };
     pthread_t cth;
     assert_int_equal(pthread_create(&cth, NULL, close_fn, &cl), 0);
-    usleep(300000);
+    /* wait until lc_session_close has begun (closing) and is blocked: asleep,
+     * three looks in a row, in the same wait (the byte stream cannot reach
+     * its end, nor the output drain) */
+    int64_t end = lc_test_now_us() + IO_TIMEOUT_MS * 1000;
+    for (;;) {
+        pthread_mutex_lock(&c->mu);
+        bool closing = c->closing;
+        pthread_mutex_unlock(&c->mu);
+        if (atomic_load(&cl.done_us) != 0 || (closing && lc_test_wait_asleep(&cl.tid, 20)))
+            break;
+        if (lc_test_now_us() > end)
+            fail_msg("lc_session_close is not blocked after %d ms (closing %d)", IO_TIMEOUT_MS, closing);
+        usleep(1000);
+    }
     assert_int_equal(atomic_load(&cl.done_us), 0); /* the output cannot drain */
     int64_t t0 = lc_test_now_us();
     assert_int_equal(kill(g.pid, SIGKILL), 0);
@@ -1356,7 +1366,23 @@ static void c_session_close_while_go_floods(void **st)
     drain_ctx d = { .r = r, .n = NCH };
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, drain_fn, &d), 0);
-    usleep(100000);
+    /* the close comes once the flood has backed up behind the consumer: it
+     * has taken messages, a full queue has stopped the reading and Go's
+     * frames fill (at least half of) our receive buffer */
+    int cfd = lc__conn_fd(sv->conn), inq = 0, rcvbuf = 0;
+    int64_t end = lc_test_now_us() + IO_TIMEOUT_MS * 1000;
+    for (;;) {
+        socklen_t len = sizeof rcvbuf;
+        assert_int_equal(ioctl(cfd, FIONREAD, &inq), 0);
+        assert_int_equal(getsockopt(cfd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, &len), 0);
+        if (atomic_load(&d.got) > 0 && atomic_load(&sv->paused) && inq >= rcvbuf / 2)
+            break;
+        if (lc_test_now_us() > end)
+            fail_msg("no backlog after %d ms: %d messages taken, reading %s, %d of %d bytes waiting in the carrier",
+                     IO_TIMEOUT_MS, atomic_load(&d.got), atomic_load(&sv->paused) ? "paused" : "not paused", inq,
+                     rcvbuf);
+        usleep(1000);
+    }
     int64_t t0 = lc_test_now_us();
     int rc = lc_session_close(sv, 5000);
     int64_t t1 = lc_test_now_us();
@@ -1403,8 +1429,17 @@ static void go_flood_dropped_and_released(void **st)
     c_server_start_opt(&g, &l, &o, dargs);
     lc_session *sv;
     assert_int_equal(lc_accept(l, &sv, IO_TIMEOUT_MS), 0);
-    /* let Go open all 20 before we take any: 12 find the queue full */
-    usleep(500000);
+    /* Go opens all 20 before we take any: 12 find the queue full. Wait
+     * until the session has read its 20 SYN_STREAMs (Go's ids are 1, 3, ..
+     * 2 * NCH - 1: each announced, or dropped, as it is read) and its flood
+     * has filled the queues (reading paused) */
+    int64_t end = lc_test_now_us() + IO_TIMEOUT_MS * 1000;
+    while (!(atomic_load(&sv->last_peer_id) >= 2 * NCH - 1 && atomic_load(&sv->paused))) {
+        if (lc_test_now_us() > end)
+            fail_msg("after %d ms the last channel Go opened is stream %u, reading %s", IO_TIMEOUT_MS,
+                     (unsigned)atomic_load(&sv->last_peer_id), atomic_load(&sv->paused) ? "paused" : "not paused");
+        usleep(1000);
+    }
     lc_receiver *r[NCH];
     int n = 0;
     while (n < NCH && lc_session_receiver(sv, &r[n], n < QUEUE ? IO_TIMEOUT_MS : 300) == 0)

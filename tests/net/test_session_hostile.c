@@ -554,11 +554,13 @@ typedef struct blocked_send {
     lc_sender *s;
     int rc;
     int64_t took_us;
+    atomic_int tid; /* published before lc_send (lc_test_wait_asleep) */
 } blocked_send;
 
 static void *blocked_send_fn(void *x)
 {
     blocked_send *a = x;
+    atomic_store(&a->tid, lc_test_gettid());
     int64_t t0 = lc_test_now_us();
     lc_msg *m = lc_pack("{s:i}", "N", 1);
     a->rc = lc_send(a->s, m, 20000);
@@ -585,16 +587,19 @@ static void test_window_blocked_senders_wake_on_rst_and_carrier_loss(void **st)
     static char blob[64];
     assert_int_equal(lc_send(s1, lc_pack("{s:b}", "B", blob, sizeof blob), 5000), 0);
     assert_int_equal(lc_send(s2, lc_pack("{s:b}", "B", blob, sizeof blob), 5000), 0);
-    blocked_send a1 = { s1, 0, 0 }, a2 = { s2, 0, 0 };
+    blocked_send a1 = { s1, 0, 0, 0 }, a2 = { s2, 0, 0, 0 };
     pthread_t t1, t2;
     assert_int_equal(pthread_create(&t1, NULL, blocked_send_fn, &a1), 0);
     assert_int_equal(pthread_create(&t2, NULL, blocked_send_fn, &a2), 0);
-    struct timespec ts = { 0, 200000000 };
-    nanosleep(&ts, NULL);
+    /* both are asleep in lc_send (their windows are spent) before the RST */
+    if (!lc_test_wait_asleep(&a1.tid, 10000) || !lc_test_wait_asleep(&a2.tid, 10000))
+        fail_msg("a sender did not block in lc_send within 10 s");
     assert_int_equal(lc__spdy_put_rst_stream(&b, 2, LC_SPDY_CANCEL), 0);
     nt_raw_send(&p, &b);
     assert_int_equal(pthread_join(t1, NULL), 0);
-    nanosleep(&ts, NULL);
+    /* the second is (again) asleep in lc_send before the carrier ends */
+    if (!lc_test_wait_asleep(&a2.tid, 10000))
+        fail_msg("the second sender is not blocked in lc_send after the RST");
     assert_int_equal(shutdown(p.fd, SHUT_WR), 0);
     assert_int_equal(pthread_join(t2, NULL), 0);
     fprintf(stderr, "blocked senders: RST -> %s after %lld ms, carrier end -> %s after %lld ms\n",

@@ -199,19 +199,23 @@ typedef struct fd_sender {
     lc_sender *s;
     int fd, n, per;
     int rc;
+    atomic_int tid;  /* published before the first lc_send (lc_test_wait_asleep) */
+    atomic_int done; /* 1 once it stopped sending */
 } fd_sender;
 
 static void *fd_sender_fn(void *x)
 {
     fd_sender *a = x;
+    atomic_store(&a->tid, lc_test_gettid());
     for (int i = 0; i < a->n; i++) {
         lc_msg *m = msg_with_fds(i, a->fd, a->per);
         a->rc = lc_send(a->s, m, 3000);
         if (a->rc != 0) {
             lc_msg_free(m);
-            return NULL;
+            break;
         }
     }
+    atomic_store(&a->done, 1);
     return NULL;
 }
 
@@ -221,7 +225,7 @@ static void *fd_sender_fn(void *x)
  * the fds queue behind the full carrier on their own. Every message must
  * arrive, in order, with its fds.
  */
-static void fds_to_slow_consumer(int n, int per, int delay_ms)
+static void fds_to_slow_consumer(int n, int per)
 {
     char url[128];
     lc_options o;
@@ -246,8 +250,21 @@ static void fds_to_slow_consumer(int n, int per, int delay_ms)
     fd_sender fs = { .s = s, .fd = pf[0], .n = n, .per = per };
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, fd_sender_fn, &fs), 0);
-    struct timespec ts = { delay_ms / 1000, (long)(delay_ms % 1000) * 1000000 };
-    nanosleep(&ts, NULL); /* the consumer is late */
+    /* the consumer is late: it starts once the sender can go no further
+     * (every lc_send returned, or one is blocked) and the server has stopped
+     * reading (its queue full; paused past 256 unclaimed fds) */
+    end = lc_test_now_us() + 10000000;
+    for (;;) {
+        bool stuck = atomic_load(&fs.done) || lc_test_wait_asleep(&fs.tid, 20);
+        if (stuck && session_paused(p.server) && lc_receiver_queued(r) == (size_t)o.recv_queue)
+            break;
+        if (lc_test_now_us() > end)
+            fail_msg("%d fds per message: after 10 s the sender is %s, the server %s with %zu of %zu queued", per,
+                     stuck ? "done or blocked" : "still sending", session_paused(p.server) ? "paused" : "reading",
+                     lc_receiver_queued(r), (size_t)o.recv_queue);
+        struct timespec ts = { 0, 1000000 };
+        nanosleep(&ts, NULL);
+    }
     int got = 0, rc = 0;
     for (; got < n; got++) {
         rc = expect_fds_msg(r, got, per, 2000);
@@ -274,14 +291,14 @@ static void test_fds_one_per_message_to_slow_consumer(void **st)
 {
     (void)st;
     LC_TEST_DEADLINE(30);
-    fds_to_slow_consumer(3000, 1, 200);
+    fds_to_slow_consumer(3000, 1);
 }
 
 static void test_fds_64_per_message_to_slow_consumer(void **st)
 {
     (void)st;
     LC_TEST_DEADLINE(30);
-    fds_to_slow_consumer(100, 64, 200);
+    fds_to_slow_consumer(100, 64);
 }
 
 /* ---- answers piling up: two of our sessions flooding each other ---------------- */
