@@ -3810,6 +3810,12 @@ LC_API int lc_session_close(lc_session *s, int64_t timeout_ms)
             pthread_cond_wait(&s->flushed, &s->wmu);
         }
     }
+    /* A write another thread has in flight may be the one that carried the
+     * last bytes before the GOAWAY: the peer can have read them and hung up
+     * (the session is dead now) before that thread has counted them in
+     * written_total. Its send returns at once (nonblocking): wait for it. */
+    while (s->in_write)
+        pthread_cond_wait(&s->flushed, &s->wmu);
     if (rc == 0 && s->dead && s->written_total < s->goaway_end)
         rc = atomic_load(&s->err) ? atomic_load(&s->err) : LC_ESESSION;
     /* Half-close, then let the peer finish and hang up (the reader sees its
