@@ -958,27 +958,10 @@ static void test_fd_queue_on_stalled_carrier(void **st)
 
 /* ---- 2. listeners and dialing ---------------------------------------------------- */
 
-/* The syscall number a thread is blocked in (/proc/self/task/TID/syscall), or -1. */
-static long thread_syscall(pid_t tid)
-{
-    char path[64], buf[128];
-    snprintf(path, sizeof path, "/proc/self/task/%d/syscall", (int)tid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return -1;
-    long nr = -1;
-    if (fgets(buf, sizeof buf, f) != NULL)
-        nr = strtol(buf, NULL, 10);
-    fclose(f);
-    return nr;
-}
-
-#include <sys/syscall.h>
-
 typedef struct {
     lc_listener *l;
     int64_t timeout;
-    atomic_int tid;
+    atomic_int tid; /* published before lc_accept (lc_test_wait_asleep) */
     int rc;
     int64_t done_us;
     lc_session *s;
@@ -987,7 +970,7 @@ typedef struct {
 static void *acc_fn(void *x)
 {
     acc_arg *a = x;
-    atomic_store(&a->tid, (int)syscall(SYS_gettid));
+    atomic_store(&a->tid, lc_test_gettid());
     a->rc = lc_accept(a->l, &a->s, a->timeout);
     a->done_us = lc_test_now_us();
     return NULL;
@@ -1007,20 +990,9 @@ static void test_accept_woken_by_listener_close(void **st)
         acc_arg a = { .l = l, .timeout = 3000 };
         pthread_t t;
         pthread_create(&t, NULL, acc_fn, &a);
-        /* wait (bounded) until the thread sleeps in ppoll/poll */
-        int64_t end = lc_test_now_us() + 2000000;
-        while (lc_test_now_us() < end) {
-            int tid = atomic_load(&a.tid);
-            long nr = tid ? thread_syscall(tid) : -1;
-            if (nr == SYS_ppoll
-#ifdef SYS_poll
-                || nr == SYS_poll
-#endif
-            )
-                break;
-            struct timespec ts = { 0, 100000 };
-            nanosleep(&ts, NULL);
-        }
+        /* the thread is asleep in lc_accept (polling the listener) before the close */
+        if (!lc_test_wait_asleep(&a.tid, 10000))
+            fail_msg("%s: the thread did not block in lc_accept within 10 s", url);
         int64_t t0 = lc_test_now_us();
         lc_listener_close(l);
         pthread_join(t, NULL);

@@ -13,7 +13,6 @@
 #include <stddef.h>
 #include <cmocka.h>
 
-#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 
@@ -116,46 +115,17 @@ static void test_proxy_process_over_tcp_both_ways(void **st)
 typedef struct {
     lc_receiver *r;
     int rc;
-    atomic_int tid; /* the receiving thread, once it is about to block */
+    atomic_int tid; /* published before lc_recv (lc_test_wait_asleep) */
 } recv_arg;
 
 static void *blocked_recv(void *x)
 {
     recv_arg *a = x;
     lc_msg *m = NULL;
-    atomic_store(&a->tid, (int)gettid());
+    atomic_store(&a->tid, lc_test_gettid());
     a->rc = lc_recv(a->r, &m, 20000);
     lc_msg_free(m);
     return NULL;
-}
-
-/* The scheduler state of thread tid of this process ('R', 'S', ...). */
-static char thread_state(int tid)
-{
-    char path[64], buf[256];
-    snprintf(path, sizeof path, "/proc/self/task/%d/stat", tid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return '?';
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *p = strrchr(buf, ')'); /* "tid (comm) S ..." */
-    return p && p[1] == ' ' ? p[2] : '?';
-}
-
-/* Waits (without sleeping) until the receiving thread is asleep in lc_recv
- * (in the channel, or polling the carrier itself), at most about a second:
- * the kill tests the same path either way, this only makes it the usual one. */
-static void wait_blocked(recv_arg *a)
-{
-    int64_t end = lc_test_now_us() + 1000000;
-    while (lc_test_now_us() < end) {
-        int tid = atomic_load(&a->tid);
-        if (tid != 0 && thread_state(tid) == 'S')
-            return;
-        sched_yield();
-    }
 }
 
 /* Listens on a fresh unix socket, starts `peer_proc MODE URL` and accepts
@@ -186,7 +156,12 @@ static void run_killed(const char *mode, int want1, int want2)
     recv_arg a = { .r = r, .rc = 12345 };
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, blocked_recv, &a), 0);
-    wait_blocked(&a);
+    /* the thread is asleep in lc_recv (in the channel, or polling the carrier
+     * itself) before the kill */
+    if (!lc_test_wait_asleep(&a.tid, 10000)) {
+        kill(c.pid, SIGKILL); /* the peer waits to be killed: do not leave it behind */
+        fail_msg("%s: the receiving thread did not block in lc_recv within 10 s", mode);
+    }
     assert_int_equal(kill(c.pid, SIGKILL), 0);
     int64_t t0 = lc_test_now_us();
     pthread_join(t, NULL);
