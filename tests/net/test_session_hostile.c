@@ -72,12 +72,14 @@ static size_t flood(nt_raw *p, const lc_buf *unit, size_t limit, int stall_ms)
         if (w < 0 && errno == EPIPE)
             break; /* the session closed the carrier */
         assert_true(w < 0 && errno == EAGAIN);
-        if (lc_session_error(p->s) != 0)
-            break; /* it ended: it reads no more */
+        /* room, the session's end (it reads no more), or stall_ms without
+         * either (it pushed back); looked at every 20 ms */
         struct pollfd pfd = { p->fd, POLLOUT, 0 };
-        int pr = poll(&pfd, 1, stall_ms);
+        int pr = 0;
+        for (int waited = 0; waited < stall_ms && pr == 0 && lc_session_error(p->s) == 0; waited += 20)
+            pr = poll(&pfd, 1, 20);
         if (pr == 0)
-            break; /* pushed back */
+            break; /* pushed back, or ended */
         if (pfd.revents & (POLLERR | POLLHUP))
             break;
     }
@@ -218,7 +220,10 @@ static void test_syn_flood_from_peer_that_never_reads(void **st)
              * progress: one second once passed for "it stopped reading"
              * while a TSan run was only slow (938 KiB held, error 0) */
             struct pollfd pfd = { p.fd, POLLOUT, 0 };
-            if (lc_session_error(p.s) != 0 || poll(&pfd, 1, 20000) == 0) {
+            int pr = 0;
+            for (int waited = 0; waited < 20000 && pr == 0 && lc_session_error(p.s) == 0; waited += 20)
+                pr = poll(&pfd, 1, 20);
+            if (pr == 0) {
                 stalled = true;
                 break;
             }
