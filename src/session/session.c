@@ -3134,13 +3134,12 @@ static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drain
             if (full)
                 s->paused = true;
             pthread_mutex_unlock(&s->mu);
-            if (full)
-                return false;
         }
-        /* A byte stream's fd buffer passed BYTES_BUF toward a peer without
-         * windows (bytes_inbound_locked paused us during this batch): stop
-         * here. This loop went on to EAGAIN, which a peer writing as fast
-         * as we read never gives: 64 MiB buffered for an fd nobody read
+        /* Paused, here or by a byte stream whose fd buffer passed BYTES_BUF
+         * toward a peer without windows (bytes_inbound_locked, during this
+         * batch): stop here. This loop went on to EAGAIN in the latter case,
+         * which a peer writing as fast as we read never gives: 64 MiB
+         * buffered for an fd nobody read
          * (test_byte_stream_without_windows_pauses_reading). */
         if (atomic_load_explicit(&s->paused, memory_order_relaxed))
             return false;
@@ -3704,6 +3703,26 @@ LC_API int lc_session_error(lc_session *s)
     return s ? atomic_load(&s->err) : LC_EINVAL;
 }
 
+/* lc_session_close's deadline (-1: none) has passed. */
+static bool deadline_passed(int64_t deadline)
+{
+    return deadline >= 0 && lc__now_ns() >= deadline;
+}
+
+/* Waits on s->flushed for at most 10 ms (the cond is CLOCK_REALTIME, so the
+ * caller's monotonic deadline is looked at between waits). wmu held. */
+static void wait_flushed_10ms(lc_session *s)
+{
+    struct timespec rt;
+    clock_gettime(CLOCK_REALTIME, &rt);
+    rt.tv_nsec += 10000000;
+    if (rt.tv_nsec >= 1000000000) {
+        rt.tv_sec++;
+        rt.tv_nsec -= 1000000000;
+    }
+    pthread_cond_timedwait(&s->flushed, &s->wmu, &rt);
+}
+
 LC_API int lc_session_close(lc_session *s, int64_t timeout_ms)
 {
     if (s == NULL)
@@ -3717,11 +3736,7 @@ LC_API int lc_session_close(lc_session *s, int64_t timeout_ms)
     ensure_watched(s);
 
     /* everything sent before this call reaches the carrier, or we say so */
-    struct timespec dl;
-    clock_gettime(CLOCK_MONOTONIC, &dl);
-    int64_t ns = dl.tv_nsec + (timeout_ms % 1000) * 1000000;
-    dl.tv_sec += timeout_ms / 1000 + ns / 1000000000;
-    dl.tv_nsec = ns % 1000000000;
+    int64_t deadline = timeout_ms < 0 ? -1 : lc__now_ns() + timeout_ms * 1000000;
     int rc = 0;
     /* byte streams we send: their fds are read to EOF first (their bytes
      * were sent before the close, from the application's point of view) */
@@ -3736,10 +3751,7 @@ LC_API int lc_session_close(lc_session *s, int64_t timeout_ms)
         pthread_mutex_unlock(&s->mu);
         if (!busy || atomic_load(&s->dead))
             break;
-        struct timespec now;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        if (timeout_ms >= 0 &&
-            (now.tv_sec > dl.tv_sec || (now.tv_sec == dl.tv_sec && now.tv_nsec >= dl.tv_nsec))) {
+        if (deadline_passed(deadline)) {
             rc = LC_ETIMEDOUT;
             break;
         }
@@ -3765,10 +3777,7 @@ LC_API int lc_session_close(lc_session *s, int64_t timeout_ms)
         pthread_mutex_unlock(&s->mu);
         if (waiting == 0 || paused)
             break;
-        struct timespec now;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        if (timeout_ms >= 0 &&
-            (now.tv_sec > dl.tv_sec || (now.tv_sec == dl.tv_sec && now.tv_nsec >= dl.tv_nsec))) {
+        if (deadline_passed(deadline)) {
             rc = LC_ETIMEDOUT;
             break;
         }
@@ -3790,25 +3799,15 @@ LC_API int lc_session_close(lc_session *s, int64_t timeout_ms)
     flush_locked(s);
     s->flush_waiters++;
     while (!s->dead && (pending_out(s) > 0 || s->writing)) {
-        if (timeout_ms >= 0) {
-            struct timespec now;
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            if (now.tv_sec > dl.tv_sec || (now.tv_sec == dl.tv_sec && now.tv_nsec >= dl.tv_nsec)) {
-                if (s->written_total < s->goaway_end)
-                    rc = LC_ETIMEDOUT; /* (only later frames left: not an error) */
-                break;
-            }
-            struct timespec rt;
-            clock_gettime(CLOCK_REALTIME, &rt);
-            rt.tv_nsec += 10000000;
-            if (rt.tv_nsec >= 1000000000) {
-                rt.tv_sec++;
-                rt.tv_nsec -= 1000000000;
-            }
-            pthread_cond_timedwait(&s->flushed, &s->wmu, &rt);
-        } else {
-            pthread_cond_wait(&s->flushed, &s->wmu);
+        if (deadline_passed(deadline)) {
+            if (s->written_total < s->goaway_end)
+                rc = LC_ETIMEDOUT; /* (only later frames left: not an error) */
+            break;
         }
+        if (deadline < 0)
+            pthread_cond_wait(&s->flushed, &s->wmu);
+        else
+            wait_flushed_10ms(s);
     }
     /* A write another thread has in flight may be the one that carried the
      * last bytes before the GOAWAY: the peer can have read them and hung up
@@ -3825,19 +3824,9 @@ LC_API int lc_session_close(lc_session *s, int64_t timeout_ms)
     if (rc == 0 && !s->dead && s->conn != NULL) {
         lc__conn_shutdown_write(s->conn);
         while (!s->dead) {
-            struct timespec now;
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            if (timeout_ms >= 0 &&
-                (now.tv_sec > dl.tv_sec || (now.tv_sec == dl.tv_sec && now.tv_nsec >= dl.tv_nsec)))
+            if (deadline_passed(deadline))
                 break; /* everything was written: a slow hang-up is not an error */
-            struct timespec rt;
-            clock_gettime(CLOCK_REALTIME, &rt);
-            rt.tv_nsec += 10000000;
-            if (rt.tv_nsec >= 1000000000) {
-                rt.tv_sec++;
-                rt.tv_nsec -= 1000000000;
-            }
-            pthread_cond_timedwait(&s->flushed, &s->wmu, &rt); /* session_fail signals it */
+            wait_flushed_10ms(s); /* session_fail signals it */
         }
     }
     s->flush_waiters--;
