@@ -54,8 +54,11 @@ static size_t streams_in_table(lc_session *s)
  * Writes `unit` (a run of whole frames) again and again on the carrier,
  * never reading, until `limit` bytes are written, the session ended, or it
  * stops taking them for stall_ms (it pushed back). Returns the bytes written.
+ * A frame cut by the last write is finished (framing intact for whoever
+ * reads on), unless cut is not NULL: then *cut gets the offset in unit where
+ * writing stopped (0: on a frame boundary) and the caller finishes it.
  */
-static size_t flood(nt_raw *p, const lc_buf *unit, size_t limit, int stall_ms)
+static size_t flood_cut(nt_raw *p, const lc_buf *unit, size_t limit, int stall_ms, size_t *cut)
 {
     int fl = fcntl(p->fd, F_GETFL);
     assert_int_equal(fcntl(p->fd, F_SETFL, fl | O_NONBLOCK), 0);
@@ -83,9 +86,12 @@ static size_t flood(nt_raw *p, const lc_buf *unit, size_t limit, int stall_ms)
         if (pfd.revents & (POLLERR | POLLHUP))
             break;
     }
-    /* finish the frame cut in the middle (blocking), so the framing is
-     * intact for whoever reads on */
     assert_int_equal(fcntl(p->fd, F_SETFL, fl), 0);
+    if (cut != NULL) {
+        *cut = off;
+        return total;
+    }
+    /* finish the frame cut in the middle (blocking) */
     if (off != 0 && !lc_session_error(p->s)) {
         struct pollfd pfd = { p->fd, POLLOUT, 0 };
         while (off < unit->len && poll(&pfd, 1, 2000) == 1 && !(pfd.revents & (POLLERR | POLLHUP))) {
@@ -97,6 +103,35 @@ static size_t flood(nt_raw *p, const lc_buf *unit, size_t limit, int stall_ms)
         }
     }
     return total;
+}
+
+static size_t flood(nt_raw *p, const lc_buf *unit, size_t limit, int stall_ms)
+{
+    return flood_cut(p, unit, limit, stall_ms, NULL);
+}
+
+/* Reads fd to EOF (each read waited for at most poll_ms) and returns the
+ * bytes. want (not NULL): the bytes must repeat want[0..want_len); *same
+ * says whether they did. */
+static size_t read_to_eof(int fd, int poll_ms, const uint8_t *want, size_t want_len, bool *same)
+{
+    static uint8_t rbuf[65536];
+    size_t got = 0;
+    if (same != NULL)
+        *same = true;
+    for (;;) {
+        struct pollfd pfd = { fd, POLLIN, 0 };
+        assert_int_equal(poll(&pfd, 1, poll_ms), 1);
+        ssize_t k = read(fd, rbuf, sizeof rbuf);
+        if (k < 0 && errno == EAGAIN)
+            continue;
+        assert_true(k >= 0);
+        if (k == 0)
+            return got;
+        for (ssize_t i = 0; want != NULL && i < k && *same; i++)
+            *same = rbuf[i] == want[(got + (size_t)i) % want_len];
+        got += (size_t)k;
+    }
 }
 
 static void check_session_broken(nt_raw *p)
@@ -344,19 +379,7 @@ static void test_byte_stream_window_overrun_is_bounded(void **st)
     fprintf(stderr, "byte stream overrun: peer wrote %zu KiB on a 64 KiB window, session error %d, RST %d\n",
             wrote >> 10, err, rst);
     /* the fd gives what reached it, then EOF */
-    size_t got = 0;
-    static uint8_t rbuf[65536];
-    for (;;) {
-        struct pollfd pfd = { fd, POLLIN, 0 };
-        assert_int_equal(poll(&pfd, 1, 5000), 1);
-        ssize_t k = read(fd, rbuf, sizeof rbuf);
-        if (k < 0 && errno == EAGAIN)
-            continue;
-        assert_true(k >= 0);
-        if (k == 0)
-            break;
-        got += (size_t)k;
-    }
+    size_t got = read_to_eof(fd, 5000, NULL, 0, NULL);
     close(fd);
     lc_receiver_release(r);
     lc__buf_free(&b);
@@ -434,23 +457,9 @@ static void test_byte_stream_without_windows_pauses_reading(void **st)
         junk[i] = (uint8_t)(i * 7 + 1);
     b.len = 0;
     assert_int_equal(lc__spdy_put_data(&b, 3, 0, junk, sizeof junk), 0);
-    /* (flood() would finish a frame it cut: not while we push back) */
-    int fl = fcntl(p.fd, F_GETFL);
-    assert_int_equal(fcntl(p.fd, F_SETFL, fl | O_NONBLOCK), 0);
-    size_t wrote = 0, off = 0;
-    while (wrote < (64u << 20)) {
-        ssize_t w = send(p.fd, b.data + off, b.len - off, MSG_NOSIGNAL);
-        if (w > 0) {
-            wrote += (size_t)w;
-            off = (off + (size_t)w) % b.len;
-            continue;
-        }
-        assert_true(w < 0 && (errno == EAGAIN || errno == EINTR));
-        struct pollfd pfd = { p.fd, POLLOUT, 0 };
-        if (poll(&pfd, 1, 1000) == 0)
-            break; /* pushed back */
-    }
-    assert_int_equal(fcntl(p.fd, F_SETFL, fl), 0);
+    /* (the cut frame cannot be finished while we push back: left to us) */
+    size_t off = 0;
+    size_t wrote = flood_cut(&p, &b, 64u << 20, 1000, &off);
     size_t frames = wrote / b.len + (off != 0);
     fprintf(stderr, "byte stream, no windows, fd not read: the peer wrote %zu KiB before it stalled\n",
             wrote >> 10);
@@ -461,34 +470,17 @@ static void test_byte_stream_without_windows_pauses_reading(void **st)
     /* the rest of the frame the flood cut, FIN on the byte stream, then on
      * the channel: written by another thread, as the carrier takes them
      * only once we read the fd */
-    lc_buf tail;
-    lc__buf_init(&tail);
-    assert_int_equal(lc__buf_append(&tail, b.data + off, off != 0 ? b.len - off : 0), 0);
-    b.len = 0;
-    assert_int_equal(lc__buf_append(&b, tail.data, tail.len), 0);
-    lc__buf_free(&tail);
-    assert_int_equal(lc__spdy_put_data(&b, 3, LC_SPDY_FLAG_FIN, NULL, 0), 0);
-    assert_int_equal(lc__spdy_put_data(&b, 1, LC_SPDY_FLAG_FIN, NULL, 0), 0);
-    raw_send_arg fa = { &p, &b };
+    lc_buf rest;
+    lc__buf_init(&rest);
+    assert_int_equal(lc__buf_append(&rest, b.data + off, off != 0 ? b.len - off : 0), 0);
+    assert_int_equal(lc__spdy_put_data(&rest, 3, LC_SPDY_FLAG_FIN, NULL, 0), 0);
+    assert_int_equal(lc__spdy_put_data(&rest, 1, LC_SPDY_FLAG_FIN, NULL, 0), 0);
+    raw_send_arg fa = { &p, &rest };
     pthread_t fin_th;
     assert_int_equal(pthread_create(&fin_th, NULL, raw_send_fn, &fa), 0);
     /* every byte reaches the fd, in order */
-    size_t got = 0;
-    bool same = true;
-    static uint8_t rbuf[65536];
-    for (;;) {
-        struct pollfd pfd = { fd, POLLIN, 0 };
-        assert_int_equal(poll(&pfd, 1, 10000), 1);
-        ssize_t k = read(fd, rbuf, sizeof rbuf);
-        if (k < 0 && errno == EAGAIN)
-            continue;
-        assert_true(k >= 0);
-        if (k == 0)
-            break;
-        for (ssize_t i = 0; i < k && same; i++)
-            same = rbuf[i] == junk[(got + (size_t)i) % CHUNK];
-        got += (size_t)k;
-    }
+    bool same;
+    size_t got = read_to_eof(fd, 10000, junk, CHUNK, &same);
     close(fd);
     pthread_join(fin_th, NULL);
     pthread_join(th, NULL);
@@ -496,6 +488,7 @@ static void test_byte_stream_without_windows_pauses_reading(void **st)
     assert_true(same);
     assert_int_equal(got, frames * CHUNK);
     lc_receiver_release(r);
+    lc__buf_free(&rest);
     lc__buf_free(&b);
     nt_raw_close(&p);
 }
