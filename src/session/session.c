@@ -410,15 +410,18 @@ static void wake_after_flush_locked(lc_session *s)
  * leaves its frames in `out` for that writer's next round. The lock is
  * dropped during the syscall so senders keep appending.
  */
-static void flush_locked(lc_session *s)
+static void flush_rounds(lc_session *s, bool once)
 {
     if (s->writing || s->dead || s->conn == NULL)
         return;
     s->writing = true;
+    bool wrote = false;
     for (;;) {
         if (s->inflight_off == s->inflight.len) {
             if (s->out.len == 0)
                 break; /* fds are only queued with bytes: none can be left */
+            if (once && wrote)
+                break;
             lc_buf t = s->inflight; /* swap: inflight <- out */
             s->inflight = s->out;
             s->out = t;
@@ -497,6 +500,7 @@ static void flush_locked(lc_session *s)
         }
         s->inflight_off += (size_t)w;
         s->written_total += (uint64_t)w;
+        wrote = true;
         if (s->inflight_off == s->inflight.len) {
             s->inflight.len = 0;
             s->inflight_off = 0;
@@ -509,6 +513,11 @@ static void flush_locked(lc_session *s)
     wake_after_flush_locked(s);
 }
 
+static void flush_locked(lc_session *s)
+{
+    flush_rounds(s, false);
+}
+
 /*
  * The application's send path. A message sent while the carrier is idle is
  * written at once by the sending thread (no hop: request/reply latency). A
@@ -517,12 +526,33 @@ static void flush_locked(lc_session *s)
  * COALESCE_NS later writes the whole batch, so a flood costs one syscall per
  * batch instead of one per message (bench_session measured one sendmsg per
  * message without this). wmu held.
+ *
+ * A run writes what it found and no more: what the senders append during
+ * its write waits for the next run. Once a run finds FLOOD_BATCH_BYTES or
+ * more (a flood: ~80 small messages in 20 us), the runs come every
+ * FLOOD_COALESCE_NS instead, until one finds less; the sending thread writes
+ * for itself once BURST_WRITE_BYTES wait. A run that went on writing what
+ * came in meanwhile wrote ~58 messages per write, and woke the engine thread
+ * every 20 us: bench_session one-way, same machine, interleaved runs, unix
+ * 7.7-8.2 -> 8.4-9.3 M msgs/s, tcp 6.7-7.2 -> 8.2-8.5 M msgs/s, client CPU
+ * per message 124-153 -> 101-118 ns. The price: a flood's last messages
+ * wait up to FLOOD_COALESCE_NS (a short burst's still COALESCE_NS).
  */
 #define COALESCE_NS 20000
+#define FLOOD_COALESCE_NS 100000
+#define FLOOD_BATCH_BYTES 1024
+#define BURST_WRITE_BYTES 32768
 
 /* The largest DATA frame consecutive messages of one channel are merged
  * into (each message still starts its own frame beyond it). */
 #define DATA_MERGE_MAX 16384
+
+/* The period of the engine run that writes a burst: COALESCE_NS, or
+ * FLOOD_COALESCE_NS once a run has found FLOOD_BATCH_BYTES queued. */
+static int64_t coalesce_period(const lc_session *s)
+{
+    return s->flood ? FLOOD_COALESCE_NS : COALESCE_NS;
+}
 
 static void deferred_flush(void *ctx)
 {
@@ -532,15 +562,34 @@ static void deferred_flush(void *ctx)
     /* the sends this flush carries did not read the clock (below): a send
      * right after it still belongs to the burst */
     s->last_send_ns = lc__now_ns();
-    flush_locked(s);
+    s->flood = s->out.len >= FLOOD_BATCH_BYTES;
+    flush_rounds(s, true);
+    /* (a dead session writes nothing: its output stays, and must not keep
+     * a timer, and the session, alive) */
+    if (s->out.len > 0 && !s->writing && !s->flush_scheduled && !s->dead && s->conn != NULL &&
+        s->eng != NULL) {
+        session_ref(s);
+        lc_timer_id id;
+        if (lc__engine_timer_add(s->eng, s->last_send_ns + coalesce_period(s), deferred_flush, s, &id) == 0) {
+            s->flush_scheduled = true;
+        } else {
+            session_unref(s);
+            flush_locked(s);
+        }
+    }
     pthread_mutex_unlock(&s->wmu);
     session_unref(s); /* the timer's reference */
 }
 
 static void send_flush_locked(lc_session *s)
 {
-    if (s->writing || s->flush_scheduled)
-        return; /* the current writer (or the scheduled run) takes it */
+    if (s->writing)
+        return; /* the current writer takes it */
+    if (s->flush_scheduled) {
+        if (s->out.len >= BURST_WRITE_BYTES)
+            flush_locked(s);
+        return; /* the scheduled run takes it */
+    }
     /* A reply to what was just read is not part of a burst, however soon
      * it follows the previous send: coalescing it through the engine cost a
      * thread hop on every round trip faster than COALESCE_NS. Such a send
@@ -563,7 +612,7 @@ static void send_flush_locked(lc_session *s)
         /* COALESCE_NS after this send, not at once: the engine's run then
          * carries a bigger batch (bench_session one-way unix 3.5 -> 4.5 M
          * msgs/s); a burst's last message waits at most that long */
-        if (lc__engine_timer_add(s->eng, now + COALESCE_NS, deferred_flush, s, &id) == 0) {
+        if (lc__engine_timer_add(s->eng, now + coalesce_period(s), deferred_flush, s, &id) == 0) {
             s->flush_scheduled = true;
             return;
         }

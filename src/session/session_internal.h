@@ -121,6 +121,7 @@ struct lc_session {
     bool writing;         /* a writer owns the output (maybe waiting for EPOLLOUT) */
     bool in_write;        /* a thread is inside the write syscall */
     bool flush_scheduled; /* an engine run will write what is queued */
+    bool flood;           /* the last such run found a flood's batch */
     bool wake_scheduled;  /* an engine run will wake the senders blocked on a full output */
     size_t ctl_out;       /* wmu: bytes of control frames (answers to the peer) in `out` */
     size_t ctl_inflight;  /* wmu: ... in `inflight` (counted whole until it is written) */
