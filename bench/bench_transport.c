@@ -7,11 +7,20 @@
  *   - send(2) + recvmsg(2) with room for 64 fds: a unix session's read, which
  *     must be able to take passed fds (PROTOCOL.md 7);
  *   - recvmsg(2) with that room, and recv(2), on an empty socket (EAGAIN): one
- *     spin of a receiving thread that reads the carrier itself.
+ *     spin of a receiving thread that reads the carrier itself;
+ *   - readiness checks that leave passed fds in place (ioctl SIOCINQ, poll
+ *     with timeout 0, recv of 1 byte with MSG_PEEK), on an empty socket: a
+ *     spin on one of them, then recvmsg once data is there, was the idea;
+ *     each costs a syscall (~270-340 ns here against recvmsg's ~440-470),
+ *     and the extra call once data has come costs more than the finer spin
+ *     saves, so a unix session spins with recvmsg itself.
  * Usage: bench_transport [iterations]   (default 1000000)
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <linux/sockios.h>
+#include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -50,11 +59,23 @@ static void do_send(int fd, int use_sendmsg)
     }
 }
 
-/* 0 recv, 1 readv, 2 recvmsg with room for fds */
+/* 0 recv, 1 readv, 2 recvmsg with room for fds; on an empty socket only:
+ * 3 ioctl(SIOCINQ), 4 poll with timeout 0, 5 recv of 1 byte with MSG_PEEK
+ * (readiness checks that leave passed fds where they are) */
 static ssize_t do_recv(int fd, int how)
 {
     if (how == 0)
         return recv(fd, g_buf, sizeof g_buf, 0);
+    if (how == 3) {
+        int n = 0;
+        return ioctl(fd, SIOCINQ, &n) == 0 && n > 0 ? n : -1;
+    }
+    if (how == 4) {
+        struct pollfd pf = { fd, POLLIN, 0 };
+        return poll(&pf, 1, 0) > 0 ? 1 : -1;
+    }
+    if (how == 5)
+        return recv(fd, g_buf, 1, MSG_PEEK);
     struct iovec iov = { g_buf, sizeof g_buf };
     if (how == 1)
         return readv(fd, &iov, 1);
@@ -108,6 +129,13 @@ int main(int argc, char **argv)
     double e_msg = empty_ns(sv[1], 2, iters);
     printf("  recv                                  %7.0f\n", e_recv);
     printf("  recvmsg with room for 64 fds          %7.0f   %.2fx\n", e_msg, e_msg / e_recv);
+    printf("readiness checks that leave passed fds in place, on an empty socket, ns\n");
+    double e_inq = empty_ns(sv[1], 3, iters);
+    printf("  ioctl(SIOCINQ)                        %7.0f   %.2fx\n", e_inq, e_inq / e_recv);
+    double e_poll = empty_ns(sv[1], 4, iters);
+    printf("  poll, timeout 0                       %7.0f   %.2fx\n", e_poll, e_poll / e_recv);
+    double e_peek = empty_ns(sv[1], 5, iters);
+    printf("  recv 1 byte, MSG_PEEK                 %7.0f   %.2fx\n", e_peek, e_peek / e_recv);
     close(sv[0]);
     close(sv[1]);
     return 0;

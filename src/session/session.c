@@ -600,12 +600,15 @@ static void send_flush_locked(lc_session *s)
     if (rx != s->last_send_rx) {
         s->last_send_rx = rx;
         s->last_send_ns = INT64_MIN / 2;
+        s->flood = false;
         flush_locked(s);
         return;
     }
     int64_t now = lc__now_ns();
     bool burst = now - s->last_send_ns < COALESCE_NS;
     s->last_send_ns = now;
+    if (!burst)
+        s->flood = false; /* a burst after a pause starts with the short period */
     if (burst && s->eng != NULL) {
         session_ref(s);
         lc_timer_id id;
