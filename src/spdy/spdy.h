@@ -219,7 +219,7 @@ int lc__spdy_inflate_block(lc_spdy_inflater *z, const lc_spdy_limits *lim,
 
 typedef struct lc_spdy_deflater {
     z_stream zs;
-    int state;               /* 0: zlib not set up yet, 1: ready, < 0: failed (sticky) */
+    int state;               /* 0: nothing written yet, 1: ready, < 0: failed (sticky) */
     int level;
     lc_buf raw;              /* the uncompressed block being compressed */
     uint32_t *dup_tab;

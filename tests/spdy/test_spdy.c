@@ -413,6 +413,67 @@ static void check_block_frame(const uint8_t *p, size_t n, const uint8_t *head, s
     assert_bytes(out, on, raw, rawn);
 }
 
+/* Level 0 is written by hand (headers.c stored_blocks): its bytes must be
+ * zlib's own at level 0 with the same window and memLevel, block after
+ * block, including blocks past one stored block's 65535 bytes, and they
+ * must inflate back to every pair. */
+static void test_level0_matches_zlib(void **state)
+{
+    LC_TEST_DEADLINE(20);
+    lc_spdy_deflater ours;
+    lc__spdy_deflater_init(&ours, 0);
+    z_stream zs;
+    memset(&zs, 0, sizeof zs);
+    assert_int_equal(deflateInit2(&zs, 0, Z_DEFLATED, LC_SPDY_DEFLATE_WBITS, LC_SPDY_DEFLATE_MEMLEVEL,
+                                  Z_DEFAULT_STRATEGY), Z_OK);
+    assert_int_equal(deflateSetDictionary(&zs, lc__spdy_dictionary, (uInt)lc__spdy_dictionary_len), Z_OK);
+    lc_spdy_inflater in;
+    lc__spdy_inflater_init(&in);
+    lc_spdy_limits lim = { .max_header_block = 1u << 20 };
+    static char big[200000];
+    memset(big, 'v', sizeof big);
+    /* value sizes: a libchan block, empty, around one stored block's limit
+     * (65535 with the pair's own 8 + 11 + 4 bytes around it), two and three
+     * stored blocks, then small again (the stream goes on) */
+    const size_t sizes[] = { 5, 0, 65535 - 23, 65535 - 22, 65535, 140000, 200000, 1, 7 };
+    lc_buf a, b;
+    lc__buf_init(&a);
+    lc__buf_init(&b);
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        lc_spdy_header h[2] = { { "libchan-ref", 11, "12345", 5 }, { "v", 1, big, sizes[k] } };
+        size_t np = k == 0 ? 1 : 2;
+        a.len = 0;
+        assert_int_equal(lc__spdy_deflate_block(&ours, &a, h, np), 0);
+        /* zlib's bytes for the same raw block */
+        lc_buf raw;
+        lc__buf_init(&raw);
+        assert_int_equal(lc__spdy_hblock_build(&raw, h, np), 0);
+        b.len = 0;
+        assert_int_equal(lc__buf_reserve(&b, deflateBound(&zs, raw.len) + 64), 0);
+        zs.next_in = raw.data;
+        zs.avail_in = (uInt)raw.len;
+        zs.next_out = b.data;
+        zs.avail_out = (uInt)b.cap;
+        assert_int_equal(deflate(&zs, Z_SYNC_FLUSH), Z_OK);
+        assert_int_equal(zs.avail_in, 0);
+        b.len = b.cap - zs.avail_out;
+        if (a.len != b.len || memcmp(a.data, b.data, a.len) != 0)
+            fail_msg("block %zu (value of %zu bytes): %zu bytes by hand, zlib %zu", k, sizes[k], a.len, b.len);
+        const lc_spdy_header *got;
+        size_t ngot;
+        assert_int_equal(lc__spdy_inflate_block(&in, &lim, a.data, a.len, &got, &ngot), 0);
+        assert_int_equal(ngot, np);
+        assert_int_equal(got[np - 1].value_len, h[np - 1].value_len);
+        assert_memory_equal(got[np - 1].value, h[np - 1].value, h[np - 1].value_len);
+        lc__buf_free(&raw);
+    }
+    lc__buf_free(&a);
+    lc__buf_free(&b);
+    deflateEnd(&zs);
+    lc__spdy_inflater_free(&in);
+    lc__spdy_deflater_free(&ours);
+}
+
 static void test_encode_header_frames(void **state)
 {
     LC_TEST_DEADLINE(10);
@@ -1489,6 +1550,7 @@ int main(void)
         T(test_encode_data_end_over_max_length),
         T(test_encode_fixed_control_frames),
         T(test_encode_header_frames),
+        T(test_level0_matches_zlib),
         T(test_encode_header_frame_errors),
         T(test_decode_data_frames),
         T(test_decode_fixed_control_frames),
