@@ -974,9 +974,12 @@ typedef struct open_rec {
     lc_stream *st;
 } open_rec;
 
+#define ENC_OPENS_INLINE 4 /* a request with a reply channel opens 1 */
+
 typedef struct enc_ctx {
     lc_session *s;
-    open_rec *opens;
+    open_rec *opens;    /* inl, or malloc'ed past ENC_OPENS_INLINE */
+    open_rec inl[ENC_OPENS_INLINE];
     size_t n, cap;
     int err;
     bool pass_fds;      /* byte streams travel as fds (wmu held while encoding) */
@@ -1004,10 +1007,12 @@ static int enc_attachment(void *ctx, lc_value *v, uint8_t *ext, uint64_t *ref)
     default:          return LC_ENOTSUP;
     }
     if (e->n == e->cap) {
-        size_t nc = e->cap ? e->cap * 2 : 4;
-        open_rec *no = realloc(e->opens, nc * sizeof *no);
+        size_t nc = e->cap * 2;
+        open_rec *no = e->opens == e->inl ? malloc(nc * sizeof *no) : realloc(e->opens, nc * sizeof *no);
         if (no == NULL)
             return LC_ENOMEM;
+        if (e->opens == e->inl)
+            memcpy(no, e->inl, sizeof e->inl);
         e->opens = no;
         e->cap = nc;
     }
@@ -1121,8 +1126,9 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
      * all was ~4% of a one-way sender's CPU) */
     enc_ctx e;
     e.s = s;
-    e.opens = NULL;
-    e.n = e.cap = 0;
+    e.opens = e.inl;
+    e.n = 0;
+    e.cap = ENC_OPENS_INLINE;
     e.err = 0;
     e.pass_fds = false;
     e.npassed = 0;
@@ -1290,7 +1296,8 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
         }
         stream_unref(st); /* our creation reference; the table keeps one */
     }
-    free(e.opens);
+    if (e.opens != e.inl)
+        free(e.opens);
     lc_msg_free(m);
     return 0;
 fail_registered:
@@ -1306,7 +1313,8 @@ fail:
         pthread_mutex_unlock(&s->mu);
         stream_unref(e.opens[i].st);
     }
-    free(e.opens);
+    if (e.opens != e.inl)
+        free(e.opens);
     return rc;
 }
 
