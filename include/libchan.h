@@ -422,9 +422,10 @@ LC_API size_t lc_receiver_queued(lc_receiver *r);
  * in-memory ones. A network Receiver is a local queue the session fills;
  * lc_send on a network Sender encodes and writes on the calling thread.
  * Messages sent back to back are batched instead (one write per batch, by
- * the session's thread): the last of a short burst is written within 20 us,
- * the last of a sustained flood within 100 us; a reply to a message just
- * received is written at once.
+ * the session's thread): the last of a short burst is held back at most
+ * 20 us, the last of a sustained flood at most 100 us, then written as soon
+ * as the carrier takes it; a reply to a message just received is written at
+ * once.
  *
  * A message carrying channel ends or byte streams over a session that has
  * used up its stream ids (see lc_session_sender) is not sent: lc_send
