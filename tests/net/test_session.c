@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include <fcntl.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -974,6 +975,118 @@ static void test_go_oneway_vector_into_a_session(void **st)
 }
 
 /* Garbage on the carrier: that session ends with LC_EPROTO, the process lives. */
+/* ---- burst batching (session.c send_flush_locked / deferred_flush) ------ */
+
+typedef struct {
+    lc_sender *s;
+    lc_session *sess;
+    int n;           /* messages sent before the end marker */
+    int rc;
+    bool flood_seen; /* the session was seen in flood mode */
+} flood_arg;
+
+static bool session_in_flood(lc_session *s)
+{
+    pthread_mutex_lock(&s->wmu);
+    bool f = s->flood;
+    pthread_mutex_unlock(&s->wmu);
+    return f;
+}
+
+/* Floods {"Value": i} until the session has been seen in flood mode and
+ * 1000 more have gone (at most 500000), then sends {"Value": -1}. */
+static void *flood_sender(void *x)
+{
+    flood_arg *a = x;
+    int stop = 500000;
+    int i = 0;
+    for (; i < stop && a->rc == 0; i++) {
+        lc_msg *m = lc_pack("{s:I}", "Value", (int64_t)i);
+        a->rc = lc_send(a->s, m, 10000);
+        if (a->rc != 0)
+            lc_msg_free(m);
+        if (!a->flood_seen && (i & 63) == 63 && session_in_flood(a->sess)) {
+            a->flood_seen = true;
+            stop = i + 1000 < stop ? i + 1000 : stop;
+        }
+    }
+    a->n = i;
+    if (a->rc == 0) {
+        lc_msg *m = lc_pack("{s:I}", "Value", (int64_t)-1);
+        a->rc = lc_send(a->s, m, 10000);
+        if (a->rc != 0)
+            lc_msg_free(m);
+    }
+    return NULL;
+}
+
+/*
+ * A flood's last messages are not left behind: a sender floods one channel
+ * until the session batches it in flood mode (a batch of 1 KiB or more), then
+ * neither sends nor closes; every message must still arrive, in order,
+ * within the deadline. After a pause, a short burst starts outside flood mode
+ * and arrives too.
+ */
+static void run_flood_tail(const char *url)
+{
+    pair p;
+    open_pair(&p, url);
+    lc_sender *snd;
+    assert_int_equal(lc_session_sender(p.client, &snd), 0);
+    flood_arg a = { .s = snd, .sess = p.client };
+    pthread_t t;
+    pthread_create(&t, NULL, flood_sender, &a);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(p.server, &r, 5000), 0);
+    int64_t want = 0;
+    for (;;) {
+        lc_msg *m;
+        int rc = lc_recv(r, &m, 10000);
+        if (rc != 0)
+            fail_msg("%s: message %" PRId64 " not received: %s", url, want, lc_strerror(rc));
+        int64_t v;
+        assert_int_equal(lc_unpack(m, "{s:I}", "Value", &v), 0);
+        lc_msg_free(m);
+        if (v == -1)
+            break;
+        assert_int_equal(v, want);
+        want++;
+    }
+    pthread_join(t, NULL);
+    assert_int_equal(a.rc, 0);
+    assert_int_equal(want, a.n);
+    assert_true(a.flood_seen); /* the case this test is for did happen */
+
+    /* a pause (longer than a burst's 20 us), then a burst of 3 */
+    struct timespec pause = { 0, 5000000 };
+    nanosleep(&pause, NULL);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(lc_send(snd, lc_pack("{s:I}", "Value", (int64_t)1000 + i), 5000), 0);
+        if (i == 0)
+            assert_false(session_in_flood(p.client));
+    }
+    for (int i = 0; i < 3; i++) {
+        lc_msg *m;
+        assert_int_equal(lc_recv(r, &m, 5000), 0);
+        int64_t v;
+        assert_int_equal(lc_unpack(m, "{s:I}", "Value", &v), 0);
+        assert_int_equal(v, 1000 + i);
+        lc_msg_free(m);
+    }
+    lc_sender_release(snd);
+    lc_receiver_release(r);
+    close_pair(&p);
+}
+
+static void test_flood_tail_arrives_without_close(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(60 * nt_scale());
+    char url[128];
+    run_flood_tail(nt_unix_url(url, sizeof url));
+    run_flood_tail("tcp://127.0.0.1:0");
+}
+
 static void test_malformed_frame_kills_only_that_session(void **st)
 {
     LC_TEST_DEADLINE(30);
@@ -1011,6 +1124,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_slow_replies_stop_the_spinning, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_go_oneway_vector_into_a_session, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_malformed_frame_kills_only_that_session, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_flood_tail_arrives_without_close, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_reply_sender_fails_once_requester_gives_up, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_listener_close_ends_blocked_accepts, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_accept_skips_connections_already_over, lc_test_setup, lc_test_teardown),
