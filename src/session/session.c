@@ -702,15 +702,29 @@ static void output_ready(lc_session *s)
 
 /* ---- headers --------------------------------------------------------------- */
 
+/* v in decimal at the end of buf[20] (u64 has at most 20 digits); returns
+ * where it starts. snprintf's "%llu" cost ~100 ns per ref here, two per
+ * sub-stream's SYN_STREAM on the sending path of a message that carries a
+ * reply channel. */
+static char *u64_decimal(char buf[20], uint64_t v)
+{
+    char *p = buf + 20;
+    do {
+        *--p = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    return p;
+}
+
 static int put_syn_stream(lc_session *s, uint32_t id, uint64_t ref, uint64_t parent)
 {
-    char rbuf[24], pbuf[24];
-    int rn = snprintf(rbuf, sizeof rbuf, "%llu", (unsigned long long)ref);
-    lc_spdy_header h[2] = { { "libchan-ref", 11, rbuf, (size_t)rn } };
+    char rbuf[20], pbuf[20];
+    char *r = u64_decimal(rbuf, ref);
+    lc_spdy_header h[2] = { { "libchan-ref", 11, r, (size_t)(rbuf + 20 - r) } };
     size_t nh = 1;
     if (parent) {
-        int pn = snprintf(pbuf, sizeof pbuf, "%llu", (unsigned long long)parent);
-        h[1] = (lc_spdy_header){ "libchan-parent-ref", 18, pbuf, (size_t)pn };
+        char *q = u64_decimal(pbuf, parent);
+        h[1] = (lc_spdy_header){ "libchan-parent-ref", 18, q, (size_t)(pbuf + 20 - q) };
         nh = 2;
     }
     return lc__spdy_put_syn_stream(&s->out, &s->defl, id, 0, 0, 0, 0, h, nh);
