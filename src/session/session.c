@@ -408,7 +408,9 @@ static void wake_after_flush_locked(lc_session *s)
  * Writes out what is queued, on the calling thread; wmu held on entry and
  * exit. Only one writer at a time: a thread that finds another writing just
  * leaves its frames in `out` for that writer's next round. The lock is
- * dropped during the syscall so senders keep appending.
+ * dropped during the syscall so senders keep appending. once: only what was
+ * queued when it began (a burst's engine run, deferred_flush); otherwise
+ * also what is appended meanwhile, until nothing is left.
  */
 static void flush_rounds(lc_session *s, bool once)
 {
@@ -585,17 +587,14 @@ static void send_flush_locked(lc_session *s)
 {
     if (s->writing)
         return; /* the current writer takes it */
-    if (s->flush_scheduled) {
-        if (s->out.len >= BURST_WRITE_BYTES)
-            flush_locked(s);
-        return; /* the scheduled run takes it */
-    }
     /* A reply to what was just read is not part of a burst, however soon
      * it follows the previous send: coalescing it through the engine cost a
-     * thread hop on every round trip faster than COALESCE_NS. Such a send
-     * does not read the clock either (~50 ns here, kvm-clock; 4 reads per
-     * hop of a round trip were 12% of its user time): the send after it
-     * then counts as the start of a burst, not as part of one. */
+     * thread hop on every round trip faster than COALESCE_NS. It is written
+     * at once even while a run is scheduled for a burst on another channel
+     * (the burst goes with it): that run came up to FLOOD_COALESCE_NS later.
+     * Such a send does not read the clock either (~50 ns here, kvm-clock; 4
+     * reads per hop of a round trip were 12% of its user time): the send
+     * after it then counts as the start of a burst, not as part of one. */
     uint64_t rx = atomic_load_explicit(&s->rx_reads, memory_order_relaxed);
     if (rx != s->last_send_rx) {
         s->last_send_rx = rx;
@@ -603,6 +602,11 @@ static void send_flush_locked(lc_session *s)
         s->flood = false;
         flush_locked(s);
         return;
+    }
+    if (s->flush_scheduled) {
+        if (s->out.len >= BURST_WRITE_BYTES)
+            flush_locked(s);
+        return; /* the scheduled run takes it */
     }
     int64_t now = lc__now_ns();
     bool burst = now - s->last_send_ns < COALESCE_NS;

@@ -397,8 +397,9 @@ void lc__spdy_deflater_free(lc_spdy_deflater *z)
  * Level 0, written here rather than by deflate(): each block goes out as
  * stored deflate blocks (at most 65535 bytes each) followed by the empty
  * stored block of a sync flush, the first one behind the zlib header and the
- * dictionary's id. The bytes are exactly zlib's at level 0 with our window
- * and memLevel (tests/spdy: test_level0_matches_zlib), and a libchan block
+ * dictionary's id. The bytes are exactly zlib's (1.2.9 and later) at level 0
+ * with our window and memLevel (tests/spdy: test_level0_matches_zlib;
+ * older zlib cut shorter stored blocks), and a libchan block
  * is serialized straight into them: bench/bench_spdy measures both in one
  * run, 35 ns per block here against 90 ns for the raw block and deflate()
  * (two blocks lie on a fresh reply channel's round trip). Stored blocks

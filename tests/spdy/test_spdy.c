@@ -432,10 +432,12 @@ static void test_level0_matches_zlib(void **state)
     lc_spdy_limits lim = { .max_header_block = 1u << 20 };
     static char big[200000];
     memset(big, 'v', sizeof big);
-    /* value sizes: a libchan block, empty, around one stored block's limit
-     * (65535 with the pair's own 8 + 11 + 4 bytes around it), two and three
-     * stored blocks, then small again (the stream goes on) */
-    const size_t sizes[] = { 5, 0, 65535 - 23, 65535 - 22, 65535, 140000, 200000, 1, 7 };
+    /* The raw block is 37 bytes plus the second value (4 for the count, 24
+     * for libchan-ref: 12345, 9 around the value's one-byte name). Value
+     * sizes: a libchan block, empty, raw blocks of 65534, 65535 and 65536
+     * bytes (one stored block holds 65535), of 131070-131072 (two and
+     * three), one of 200037, then small again (the stream goes on). */
+    const size_t sizes[] = { 5, 0, 65497, 65498, 65499, 131033, 131034, 131035, 200000, 1, 7 };
     lc_buf a, b;
     lc__buf_init(&a);
     lc__buf_init(&b);
@@ -457,8 +459,12 @@ static void test_level0_matches_zlib(void **state)
         assert_int_equal(deflate(&zs, Z_SYNC_FLUSH), Z_OK);
         assert_int_equal(zs.avail_in, 0);
         b.len = b.cap - zs.avail_out;
+#if ZLIB_VERNUM >= 0x1290
+        /* (zlib before 1.2.9 cut level-0 output into shorter stored blocks:
+         * other bytes, the same content) */
         if (a.len != b.len || memcmp(a.data, b.data, a.len) != 0)
             fail_msg("block %zu (value of %zu bytes): %zu bytes by hand, zlib %zu", k, sizes[k], a.len, b.len);
+#endif
         const lc_spdy_header *got;
         size_t ngot;
         assert_int_equal(lc__spdy_inflate_block(&in, &lim, a.data, a.len, &got, &ngot), 0);
