@@ -486,9 +486,18 @@ static void flush_rounds(lc_session *s, bool once)
         if (s->flush_waiters)
             pthread_cond_broadcast(&s->flushed);
         if (w == -EAGAIN) {
-            /* the engine takes over when the carrier drains */
-            lc__engine_arm(s->watch, EPOLLOUT);
-            return; /* writing stays true: the EPOLLOUT callback owns it */
+            if (s->watch != NULL) {
+                /* the engine takes over when the carrier drains */
+                lc__engine_arm(s->watch, EPOLLOUT);
+                return; /* writing stays true: the EPOLLOUT callback owns it */
+            }
+            /* The session ended while wmu was dropped for the syscall:
+             * session_fail took the watch (and the engine deletes it), so
+             * nothing more is written. It was armed through the NULL
+             * pointer before: a SIGSEGV in lc__engine_arm, seen once under
+             * TSan in test_free_while_peer_opens_streams on the poll engine
+             * (lc_session_sender's flush racing lc_session_free). */
+            break;
         }
         if (w < 0) {
             s->writing = false;
