@@ -1047,8 +1047,7 @@ static int send_value(lc_sender *s, int64_t v)
  * A flood's last messages are not left behind: a sender floods one channel
  * until the session batches it in flood mode (a batch of 1 KiB or more), then
  * neither sends nor closes; every message must still arrive, in order,
- * within the deadline. Then, with flood mode on (topped up by quick bursts
- * until a run has found a flood's batch last), a send after a pause must
+ * within the deadline. Then, with flood mode on, a send after a pause must
  * leave flood mode, and its burst arrives too.
  */
 static void run_flood_tail(const char *url)
@@ -1090,19 +1089,13 @@ static void run_flood_tail(const char *url)
     assert_int_equal(want, a.n);
     assert_true(a.flood_seen); /* the case this test is for did happen */
 
-    /* flood mode on: the flood's last run may have found less than 1 KiB.
-     * Topped up with bursts of 2 KiB messages, so that any run finds a
-     * flood's batch however slowly they are sent (sanitizers) */
-    static char pad[2048];
-    memset(pad, 'p', sizeof pad - 1);
-    for (int k = 0; k < 50 && !session_in_flood(p.client); k++) {
-        for (int i = 0; i < 5; i++) {
-            lc_msg *m = lc_pack("{s:I, s:s}", "Value", (int64_t)-2, "Pad", pad);
-            assert_int_equal(lc_send(snd, m, 5000), 0);
-        }
-        assert_true(burst_run_done(p.client));
-    }
-    assert_true(session_in_flood(p.client));
+    /* flood mode on, as a flood's last run leaves it when it finds 1 KiB
+     * (set here: whether that run found 1 KiB depends on the machine's
+     * speed, and under TSan sends often come more than 20 us apart) */
+    assert_true(burst_run_done(p.client));
+    pthread_mutex_lock(&p.client->wmu);
+    p.client->flood = true;
+    pthread_mutex_unlock(&p.client->wmu);
     /* a pause (longer than a burst's 20 us), then a burst of 3 */
     struct timespec pause = { 0, 5000000 };
     nanosleep(&pause, NULL);
@@ -1117,8 +1110,6 @@ static void run_flood_tail(const char *url)
         int64_t v;
         assert_int_equal(lc_unpack(m, "{s:I}", "Value", &v), 0);
         lc_msg_free(m);
-        if (v == -2)
-            continue; /* a top-up */
         assert_int_equal(v, next);
         next++;
     }
