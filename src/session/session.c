@@ -565,6 +565,22 @@ static int64_t coalesce_period(const lc_session *s)
     return s->flood ? FLOOD_COALESCE_NS : COALESCE_NS;
 }
 
+static void deferred_flush(void *ctx);
+
+/* Has an engine run write the burst a period after `from`, holding a
+ * session reference for it; false when the engine took no timer. wmu held. */
+static bool schedule_burst_run_locked(lc_session *s, int64_t from)
+{
+    session_ref(s);
+    lc_timer_id id;
+    if (lc__engine_timer_add(s->eng, from + coalesce_period(s), deferred_flush, s, &id) != 0) {
+        session_unref(s);
+        return false;
+    }
+    s->flush_scheduled = true;
+    return true;
+}
+
 static void deferred_flush(void *ctx)
 {
     lc_session *s = ctx;
@@ -577,17 +593,9 @@ static void deferred_flush(void *ctx)
     flush_rounds(s, true);
     /* (a dead session writes nothing: its output stays, and must not keep
      * a timer, and the session, alive) */
-    if (s->out.len > 0 && !s->writing && !s->flush_scheduled && !s->dead && s->conn != NULL &&
-        s->eng != NULL) {
-        session_ref(s);
-        lc_timer_id id;
-        if (lc__engine_timer_add(s->eng, s->last_send_ns + coalesce_period(s), deferred_flush, s, &id) == 0) {
-            s->flush_scheduled = true;
-        } else {
-            session_unref(s);
-            flush_locked(s);
-        }
-    }
+    if (s->out.len > 0 && !s->writing && !s->dead && s->conn != NULL && s->eng != NULL &&
+        !schedule_burst_run_locked(s, s->last_send_ns))
+        flush_locked(s);
     pthread_mutex_unlock(&s->wmu);
     session_unref(s); /* the timer's reference */
 }
@@ -622,18 +630,11 @@ static void send_flush_locked(lc_session *s)
     s->last_send_ns = now;
     if (!burst)
         s->flood = false; /* a burst after a pause starts with the short period */
-    if (burst && s->eng != NULL) {
-        session_ref(s);
-        lc_timer_id id;
-        /* COALESCE_NS after this send, not at once: the engine's run then
-         * carries a bigger batch (bench_session one-way unix 3.5 -> 4.5 M
-         * msgs/s); a burst's last message waits at most that long */
-        if (lc__engine_timer_add(s->eng, now + coalesce_period(s), deferred_flush, s, &id) == 0) {
-            s->flush_scheduled = true;
-            return;
-        }
-        session_unref(s);
-    }
+    /* COALESCE_NS after this send, not at once: the engine's run then
+     * carries a bigger batch (bench_session one-way unix 3.5 -> 4.5 M
+     * msgs/s); a burst's last message waits at most that long */
+    if (burst && s->eng != NULL && schedule_burst_run_locked(s, now))
+        return;
     flush_locked(s);
 }
 
