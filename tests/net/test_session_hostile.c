@@ -341,6 +341,29 @@ static void test_window_overrun_is_bounded(void **st)
     assert_true(n > 0 && n <= 256 * 6); /* at most window + max_message of ~1 KiB messages */
 }
 
+/*
+ * After its SETTINGS (window, features), the raw peer opens channel 1 and
+ * sends on it {"F": a byte stream} whose bytes come on sub-stream 3 (ref 10,
+ * ext 3: the holder reads). Returns the application's fd; *r is channel 1's
+ * Receiver. b is left for the caller's frames.
+ */
+static int peer_sends_byte_stream(nt_raw *p, lc_buf *b, uint32_t window, uint32_t features, lc_receiver **r)
+{
+    put_settings(b, window, features);
+    nt_put_syn(p, b, 1, 2, 0, 0);
+    nt_put_syn(p, b, 3, 10, 2, 0);
+    static const uint8_t msg[] = { 0x81, 0xa1, 'F', 0xd6, 0x03, 0, 0, 0, 10 };
+    assert_int_equal(lc__spdy_put_data(b, 1, 0, msg, sizeof msg), 0);
+    nt_raw_send(p, b);
+    assert_int_equal(lc_session_receiver(p->s, r, 5000), 0);
+    lc_msg *m;
+    assert_int_equal(lc_recv(*r, &m, 5000), 0);
+    int fd = -1;
+    assert_int_equal(lc_unpack(m, "{s:F}", "F", &fd), 0);
+    lc_msg_free(m);
+    return fd;
+}
+
 /* The same on a byte stream (ext 3: the application reads the fd, and does
  * not): toward a peer without windows the carrier stops once 1 MiB waits
  * for the fd (PROTOCOL.md 6.3); a peer with windows that overruns the window
@@ -357,19 +380,9 @@ static void test_byte_stream_window_overrun_is_bounded(void **st)
     nt_raw_open(&p, &o);
     lc_buf b;
     lc__buf_init(&b);
-    put_settings(&b, 1 << 20, LC_FEATURE_WINDOWS); /* no fd passing: a sub-stream */
-    nt_put_syn(&p, &b, 1, 2, 0, 0);
-    nt_put_syn(&p, &b, 3, 10, 2, 0);
-    static const uint8_t msg[] = { 0x81, 0xa1, 'F', 0xd6, 0x03, 0, 0, 0, 10 };
-    assert_int_equal(lc__spdy_put_data(&b, 1, 0, msg, sizeof msg), 0);
-    nt_raw_send(&p, &b);
     lc_receiver *r;
-    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
-    lc_msg *m;
-    assert_int_equal(lc_recv(r, &m, 5000), 0);
-    int fd = -1;
-    assert_int_equal(lc_unpack(m, "{s:F}", "F", &fd), 0);
-    lc_msg_free(m);
+    /* no fd passing: a sub-stream */
+    int fd = peer_sends_byte_stream(&p, &b, 1 << 20, LC_FEATURE_WINDOWS, &r);
     static uint8_t junk[60000];
     assert_int_equal(lc__spdy_put_data(&b, 3, 0, junk, sizeof junk), 0);
     size_t wrote = flood(&p, &b, 48u << 20, 1000);
@@ -434,19 +447,9 @@ static void test_byte_stream_without_windows_pauses_reading(void **st)
     nt_raw_open(&p, NULL);
     lc_buf b;
     lc__buf_init(&b);
-    put_settings(&b, 0, 0); /* no windows, no fd passing: as Go */
-    nt_put_syn(&p, &b, 1, 2, 0, 0);
-    nt_put_syn(&p, &b, 3, 10, 2, 0);
-    static const uint8_t msg[] = { 0x81, 0xa1, 'F', 0xd6, 0x03, 0, 0, 0, 10 };
-    assert_int_equal(lc__spdy_put_data(&b, 1, 0, msg, sizeof msg), 0);
-    nt_raw_send(&p, &b);
     lc_receiver *r;
-    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
-    lc_msg *m;
-    assert_int_equal(lc_recv(r, &m, 5000), 0);
-    int fd = -1;
-    assert_int_equal(lc_unpack(m, "{s:F}", "F", &fd), 0);
-    lc_msg_free(m);
+    /* no windows, no fd passing: as Go */
+    int fd = peer_sends_byte_stream(&p, &b, 0, 0, &r);
     /* a thread waits on the channel (and reads the carrier) meanwhile */
     blocked_recv br = { r, 0 };
     pthread_t th;
