@@ -434,7 +434,8 @@ LC_API size_t lc_receiver_queued(lc_receiver *r);
  * Delivery: on one channel, in order and without duplicates. When the
  * carrier is lost, every blocked call on the session's channels returns at
  * once: receivers get LC_ESESSION after the messages that had reached this
- * side, senders get LC_ESESSION; messages in flight may be lost.
+ * side (LC_EOF for a channel the peer had closed before), senders get
+ * LC_ESESSION; messages in flight may be lost.
  *
  * A misbehaving peer is bounded: bad frames end its session (LC_EPROTO) or
  * the stream concerned; answers it never reads, windows it overruns, fds

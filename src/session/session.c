@@ -905,8 +905,10 @@ static void session_fail(lc_session *s, int err)
         if (st->into != NULL) {
             /* what reached us is delivered first (decoded or not: a peer's
              * graceful close comes right behind its last messages, which a
-             * full local queue had not taken yet), then the error */
-            if (st->end_err == 0)
+             * full local queue had not taken yet), then the error; a
+             * channel whose FIN came ends as it was closed, LC_EOF (this
+             * overwrote it: test_graceful_close_after_unread_flood) */
+            if (st->end_err == 0 && !st->remote_fin)
                 st->end_err = chan_err;
             st->remote_fin_pending = true;
         }
