@@ -521,6 +521,48 @@ static void sequence(const uint8_t *p, size_t n, const lc_limits *lim, hook_log 
 /* ---- entry points ---------------------------------------------------------- */
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
+/* ---- the skimmer (skim.c) ---------------------------------------------------- */
+
+typedef struct skim_log {
+    uint64_t ref[64];
+    size_t n;
+} skim_log;
+
+static void skim_note(void *ctx, uint64_t fd_number)
+{
+    skim_log *lg = ctx;
+    if (lg->n < 64)
+        lg->ref[lg->n] = fd_number;
+    lg->n++;
+}
+
+/* The skimmer finds the same passed fds, and ends in the same state,
+ * whether the input comes whole or in chunks (sizes from seed). */
+static void skim_split(const uint8_t *data, size_t size, unsigned seed)
+{
+    lc_skim whole, parts;
+    skim_log a = { 0 }, b = { 0 };
+    lc__skim_init(&whole);
+    lc__skim_init(&parts);
+    int rc_a = lc__skim_feed(&whole, data, size, skim_note, &a);
+    int rc_b = 0;
+    for (size_t off = 0; off < size;) {
+        seed = seed * 1103515245u + 12345u;
+        size_t n = 1 + (seed >> 16) % 19;
+        if (n > size - off)
+            n = size - off;
+        rc_b = lc__skim_feed(&parts, data + off, n, skim_note, &b);
+        off += n;
+    }
+    CHECK(rc_a == rc_b);
+    CHECK(a.n == b.n);
+    CHECK(memcmp(a.ref, b.ref, (a.n < 64 ? a.n : 64) * sizeof a.ref[0]) == 0);
+    if (rc_a == 0)
+        CHECK(whole.depth == parts.depth && whole.skip == parts.skip);
+    lc__skim_free(&whole);
+    lc__skim_free(&parts);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -552,6 +594,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     hook_log lg;
     sequence(data, size, &small_limits, &lg, seed);
     CHECK(count_fds() == fds);
+
+    skim_split(data, size, seed);
     return 0;
 }
 

@@ -173,4 +173,34 @@ int lc__sd_feed(lc_stream_decoder *d, const void *p, size_t n);
 int lc__sd_next(lc_stream_decoder *d, lc_msg **out);
 int lc__sd_finish(lc_stream_decoder *d);
 
+/* The bytes of the current (refused or unfinished) message and all that is
+ * buffered after it: where a skimmer takes over once next() failed. */
+static inline const uint8_t *lc__sd_rest(const lc_stream_decoder *d, size_t *n)
+{
+    *n = d->in.len > d->start ? d->in.len - d->start : 0;
+    return d->in.data + d->start;
+}
+
+/*
+ * Skimmer (skim.c): walks msgpack bytes that will not be decoded, chunk by
+ * chunk split anywhere, and reports every passed-fd reference in them (ext
+ * 1/2/3 with an 8-byte payload whose top bit is set: found() gets the fd's
+ * number without that bit). Structure only: no limits, nothing buffered but
+ * a cut header and the nesting stack. feed() returns 0, or LC_EBADMSG once
+ * bytes that are not msgpack (or nesting deeper than 4096) ended the walk.
+ */
+typedef void (*lc_skim_found_fn)(void *ctx, uint64_t fd_number);
+typedef struct lc_skim {
+    uint64_t skip;   /* payload bytes still to pass over */
+    uint8_t hdr[17]; /* a header (with a stream ext's payload) cut by a chunk's end */
+    uint8_t have;
+    int dead;
+    uint32_t depth, cap;
+    uint64_t *left;  /* left[i]: elements still to come at nesting level i */
+} lc_skim;
+
+void lc__skim_init(lc_skim *k);
+void lc__skim_free(lc_skim *k);
+int lc__skim_feed(lc_skim *k, const uint8_t *p, size_t n, lc_skim_found_fn found, void *ctx);
+
 #endif

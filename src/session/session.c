@@ -259,6 +259,8 @@ static void session_ref(lc_session *s)
     atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
 }
 
+static void skim_drop(struct lc_skim_slot *sl);
+
 static void session_unref(lc_session *s)
 {
     if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
@@ -277,6 +279,8 @@ static void session_unref(lc_session *s)
         if (s->in_fds.slots[i].val != NULL && s->in_fds.slots[i].val != LC_MAP_TOMB)
             close((int)(intptr_t)s->in_fds.slots[i].val - 1);
     lc__map_free(&s->in_fds);
+    for (size_t i = 0; i < SKIMS_KEEP; i++)
+        skim_drop(&s->skims[i]);
     for (size_t i = 0; i < s->fdq_len; i++)
         close(s->fdq[i]);
     free(s->fdq);
@@ -2685,6 +2689,74 @@ static void retry_waiting_refs(lc_session *s, rd_actions *a)
     pthread_mutex_unlock(&s->mu);
 }
 
+/* ---- passed fds of messages that will not be decoded ---------------------- */
+
+static void skim_drop(struct lc_skim_slot *sl)
+{
+    if (sl->k != NULL) {
+        lc__skim_free(sl->k);
+        free(sl->k);
+    }
+    sl->k = NULL;
+    sl->id = 0;
+}
+
+/* A passed fd that a skimmed message names: it will never be claimed. */
+static void skim_found(void *ctx, uint64_t n)
+{
+    lc_session *s = ctx;
+    void *slot = lc__map_del(&s->in_fds, n);
+    if (slot != NULL)
+        close((int)(intptr_t)slot - 1);
+    /* (not arrived: a peer naming fds it never passed; nothing to close) */
+}
+
+/*
+ * st is reset because its bytes did not decode (over max_message, say). On
+ * a carrier that passes fds, the message it refused and those behind it
+ * still brought their fds, which would wait in in_fds until the session is
+ * freed and count toward MAX_UNCLAIMED_FDS. What is buffered from the
+ * refused message on is skimmed now; DATA that still comes for the stream
+ * (sent before the peer read our RST_STREAM) is skimmed as it arrives
+ * (skim_more_locked), until its FIN or until SKIMS_KEEP newer resets take
+ * the slot. Messages decoded before the refused one claim their own fds.
+ * mu held.
+ */
+static void skim_start_locked(lc_session *s, lc_stream *st, bool fin)
+{
+    if (!s->fdpass_local)
+        return; /* nobody passes fds to us: nothing to find */
+    lc_skim *k = malloc(sizeof *k);
+    if (k == NULL)
+        return; /* the fds stay until the session is freed, as before */
+    lc__skim_init(k);
+    size_t n;
+    const uint8_t *rest = lc__sd_rest(&st->sd, &n);
+    if (lc__skim_feed(k, rest, n, skim_found, s) != 0 || fin) {
+        lc__skim_free(k);
+        free(k);
+        return;
+    }
+    struct lc_skim_slot *sl = &s->skims[s->skim_next++ % SKIMS_KEEP];
+    skim_drop(sl);
+    sl->id = st->id;
+    sl->k = k;
+}
+
+/* DATA for a stream no longer in the table: skimmed if it is one that
+ * skim_start_locked took. mu held. */
+static void skim_more_locked(lc_session *s, uint32_t id, const uint8_t *p, size_t n, bool fin)
+{
+    for (size_t i = 0; i < SKIMS_KEEP; i++) {
+        struct lc_skim_slot *sl = &s->skims[i];
+        if (sl->k == NULL || sl->id != id)
+            continue;
+        if (lc__skim_feed(sl->k, p, n, skim_found, s) != 0 || fin)
+            skim_drop(sl);
+        return;
+    }
+}
+
 /*
  * A peer that announced windows (6.2) and sends past ours: its unacknowledged
  * bytes on st exceed what a well-behaved peer can have out. That is our
@@ -2720,6 +2792,8 @@ static void on_data(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
     pthread_mutex_lock(&s->mu);
     lc_stream *st = lc__map_get(&s->streams, f->stream_id);
     if (st == NULL || st->remote_fin) {
+        if (st == NULL)
+            skim_more_locked(s, f->stream_id, f->data, f->data_len, fin);
         pthread_mutex_unlock(&s->mu);
         if (f->data_last) {
             ctl_arg rst = { f->stream_id, LC_SPDY_INVALID_STREAM };
@@ -2766,6 +2840,9 @@ static void on_data(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
          * it; its receiver gets the messages decoded before, then LC_EPROTO;
          * a byte stream's fd is closed (its holder sees EOF/EPIPE) */
         st->reset = true;
+        if (rst_status == LC_SPDY_PROTOCOL_ERROR && st->sd_init &&
+            (st->kind == ST_RECV || st->kind == ST_FWD_TO_SENDER))
+            skim_start_locked(s, st, fin);
         bool deliver = st->into != NULL;
         if (deliver) {
             st->end_err = LC_EPROTO;

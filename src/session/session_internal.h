@@ -33,6 +33,9 @@ void lc__map_free(lc_map *m);
 /* How many of the peer's refs already named a session remembers. */
 #define CLAIMED_KEEP 1024
 
+/* How many reset channels a session skims for passed fds at once. */
+#define SKIMS_KEEP 8
+
 typedef enum st_kind {
     ST_UNBOUND,       /* a peer sub-stream no message has named yet */
     ST_SEND,          /* we write messages on it (a network Sender) */
@@ -173,6 +176,14 @@ struct lc_session {
     uint64_t claimed_ring[CLAIMED_KEEP]; /* those refs, oldest at claimed_next % CLAIMED_KEEP */
     uint64_t claimed_next;
     uint64_t fd_in_seq;
+    /* mu: channels reset because a message did not decode, on a carrier
+     * that passes fds: what is left of their bytes, and what still comes
+     * for them, is skimmed for passed fds to close (the newest SKIMS_KEEP) */
+    struct lc_skim_slot {
+        uint32_t id;
+        lc_skim *k;
+    } skims[SKIMS_KEEP];
+    unsigned skim_next;
     size_t unreplied;     /* mu: streams of ours still awaiting_reply (lc_session_close waits for 0) */
     uint64_t written_total; /* wmu: bytes written to the carrier */
     uint64_t goaway_end;  /* wmu: written_total once all before lc_session_close's GOAWAY is written */

@@ -1399,6 +1399,83 @@ static void test_public_api_arguments(void **state)
     lc_msg_free(m);
 }
 
+/* ---- skimmer (skim.c): passed-fd refs in bytes that will not be decoded ---- */
+
+typedef struct {
+    uint64_t got[16];
+    int n;
+} skim_seen;
+
+static void skim_note(void *ctx, uint64_t fd_number)
+{
+    skim_seen *s = ctx;
+    if (s->n < 16)
+        s->got[s->n] = fd_number;
+    s->n++;
+}
+
+/* Four messages: passed fds 7 (fixext 8, ext 3), 9 (ext 16 form, ext 1) and
+ * 11; a sub-stream ref (no top bit), a 4-byte ref and a bin whose payload
+ * looks like a passed fd are not reported. */
+#define SKIM_BYTES                                                     \
+    "82 a1 'A' d7 03 80 00 00 00 00 00 00 07"                          \
+    "   a1 'B' 93 c4 0b d7 01 80 00 00 00 00 00 00 63 ff"              \
+    "             c8 00 08 01 80 00 00 00 00 00 00 09 c0"              \
+    "92 d7 02 00 00 00 00 00 00 00 05 d6 01 00 00 00 05"               \
+    "a3 'abc'"                                                         \
+    "d7 01 80 00 00 00 00 00 00 0b"
+
+static void test_skim_finds_passed_fds_split_anywhere(void **st)
+{
+    (void)st;
+    HX(in, SKIM_BYTES);
+    for (size_t cut = 0; cut <= in_n; cut++) {
+        lc_skim k;
+        skim_seen seen = { 0 };
+        lc__skim_init(&k);
+        assert_int_equal(lc__skim_feed(&k, in, cut, skim_note, &seen), 0);
+        assert_int_equal(lc__skim_feed(&k, in + cut, in_n - cut, skim_note, &seen), 0);
+        assert_int_equal(seen.n, 3);
+        assert_int_equal(seen.got[0], 7);
+        assert_int_equal(seen.got[1], 9);
+        assert_int_equal(seen.got[2], 11);
+        assert_int_equal(k.depth, 0); /* every message ended where it should */
+        lc__skim_free(&k);
+    }
+    lc_skim k;
+    skim_seen seen = { 0 };
+    lc__skim_init(&k);
+    for (size_t i = 0; i < in_n; i++)
+        assert_int_equal(lc__skim_feed(&k, in + i, 1, skim_note, &seen), 0);
+    assert_int_equal(seen.n, 3);
+    assert_int_equal(seen.got[2], 11);
+    lc__skim_free(&k);
+}
+
+static void test_skim_stops_at_bytes_that_are_not_msgpack(void **st)
+{
+    (void)st;
+    /* 0xc1 is reserved: the ref before it is found, the one after is not */
+    HX(in, "92 d7 01 80 00 00 00 00 00 00 01 c1 d7 01 80 00 00 00 00 00 00 02");
+    lc_skim k;
+    skim_seen seen = { 0 };
+    lc__skim_init(&k);
+    assert_int_equal(lc__skim_feed(&k, in, in_n, skim_note, &seen), LC_EBADMSG);
+    assert_int_equal(seen.n, 1);
+    assert_int_equal(seen.got[0], 1);
+    assert_int_equal(lc__skim_feed(&k, in, in_n, skim_note, &seen), LC_EBADMSG); /* sticky */
+    assert_int_equal(seen.n, 1);
+    lc__skim_free(&k);
+
+    /* nesting deeper than the skimmer keeps: it gives up, bounded */
+    static uint8_t deep[5000];
+    memset(deep, 0x91, sizeof deep);
+    lc__skim_init(&k);
+    assert_int_equal(lc__skim_feed(&k, deep, sizeof deep, skim_note, &seen), LC_EBADMSG);
+    assert_true(k.cap <= 4096);
+    lc__skim_free(&k);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1431,6 +1508,8 @@ int main(void)
         T(test_body_ext7_roundtrip_with_attachments),
         T(test_body_ext7_malformed),
         T(test_public_api_arguments),
+        T(test_skim_finds_passed_fds_split_anywhere),
+        T(test_skim_stops_at_bytes_that_are_not_msgpack),
 #undef T
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -786,8 +786,6 @@ static void test_fd_unclaimed_after_receiver_released(void **st)
 static void test_fd_unclaimed_in_undecodable_message(void **st)
 {
     (void)st;
-    LC_KNOWN_BUG("passed fds named by a message that does not decode (over max_message) stay in in_fds "
-                 "until lc_session_free");
     LC_TEST_DEADLINE(30);
     signal(SIGPIPE, SIG_IGN);
     for (int r = 0; r < 4 * nt_scale(); r++)
