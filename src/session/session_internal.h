@@ -185,6 +185,9 @@ struct lc_session {
     } skims[SKIMS_KEEP];
     unsigned skim_next;
     size_t unreplied;     /* mu: streams of ours still awaiting_reply (lc_session_close waits for 0) */
+    /* mu, CLOCK_MONOTONIC: lc_session_close waits on it for SYN_REPLYs and
+     * for outgoing byte streams' EOF (broadcast by close_progress_locked) */
+    pthread_cond_t close_cv;
     uint64_t written_total; /* wmu: bytes written to the carrier */
     uint64_t goaway_end;  /* wmu: written_total once all before lc_session_close's GOAWAY is written */
     size_t early_total;   /* mu: bytes held for sub-streams no message has named yet (all of them) */
