@@ -10,7 +10,8 @@
  *
  * No limits apply (the bytes are dropped as they are walked; only the
  * nesting stack is kept, and bounded); bytes that are not msgpack at all
- * (0xc1) end the walk: nothing after them can be found.
+ * (0xc1), nesting deeper than SKIM_MAX_DEPTH or no memory for the stack end
+ * the walk: nothing after them can be found.
  */
 #include "codec/codec.h"
 #include "codec/wire.h"
@@ -60,6 +61,11 @@ static long take_header(lc_skim *k, const uint8_t *buf, size_t avail, lc_skim_fo
         return 0;
     switch (h.kind) {
     case LC_WK_EXT:
+        if (h.ext == LC_EXT_BODY && k->depth == 0) {
+            /* an opaque-body message: its payload is [type, body, [refs]]
+             * (PROTOCOL.md 4.5), walked as the message itself */
+            break;
+        }
         if (stream_ext) {
             uint64_t ref = lc__be64(buf + h.hlen);
             if (ref & PASSED_FD_BIT)

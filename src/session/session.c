@@ -1937,6 +1937,86 @@ static void kl_free(kick_list *k)
     kl_init(k);
 }
 
+/* ---- passed fds of messages that will not be decoded ---------------------- */
+
+static void skim_drop(struct lc_skim_slot *sl)
+{
+    if (sl->k != NULL) {
+        lc__skim_free(sl->k);
+        free(sl->k);
+    }
+    sl->k = NULL;
+    sl->id = 0;
+}
+
+/* A passed fd that a skimmed message names: it will never be claimed. */
+static void skim_found(void *ctx, uint64_t n)
+{
+    lc_session *s = ctx;
+    void *slot = lc__map_del(&s->in_fds, n);
+    if (slot != NULL)
+        close((int)(intptr_t)slot - 1);
+    /* (not arrived: a peer naming fds it never passed; nothing to close) */
+}
+
+/* DATA for a stream no longer in the table: skimmed if it is one that
+ * skim_start_locked took. mu held. */
+static void skim_more_locked(lc_session *s, uint32_t id, const uint8_t *p, size_t n, bool fin)
+{
+    for (size_t i = 0; i < SKIMS_KEEP; i++) {
+        struct lc_skim_slot *sl = &s->skims[i];
+        if (sl->k == NULL || sl->id != id)
+            continue;
+        if (lc__skim_feed(sl->k, p, n, skim_found, s) != 0 || fin)
+            skim_drop(sl);
+        return;
+    }
+}
+
+/*
+ * st is reset because its bytes did not decode (over max_message, say),
+ * found as they arrive, as its messages are reached (deliver_pending) or as
+ * a sub-channel is named (bind_early_locked), or because the peer overran
+ * its window. On a carrier that passes fds, the message it refused and
+ * those behind it still brought their fds, which would wait in in_fds until
+ * the session is freed and count toward MAX_UNCLAIMED_FDS. What the decoder
+ * buffered from the refused message on is skimmed now, then extra (bytes
+ * of the current frame the decoder did not take); DATA that still comes for
+ * the stream (sent before the peer read our RST_STREAM) is skimmed as it
+ * arrives (skim_more_locked), until its FIN or until SKIMS_KEEP newer
+ * resets take the slot. Messages decoded before the refused one claim their
+ * own fds. mu held.
+ */
+static void skim_start_locked(lc_session *s, lc_stream *st, const uint8_t *extra, size_t extra_n, bool fin)
+{
+    if (!s->fdpass_local)
+        return; /* nobody passes fds to us: nothing to find */
+    if (st->kind != ST_RECV && st->kind != ST_FWD_TO_SENDER)
+        return; /* not messages (an unbound sub-stream may be a byte stream) */
+    if (st->skimmed) {
+        /* skimmed since binding found its early bytes bad: go on */
+        skim_more_locked(s, st->id, extra, extra_n, fin);
+        return;
+    }
+    st->skimmed = true;
+    lc_skim *k = malloc(sizeof *k);
+    if (k == NULL)
+        return; /* the fds stay until the session is freed, as before */
+    lc__skim_init(k);
+    size_t n = 0;
+    const uint8_t *rest = st->sd_init ? lc__sd_rest(&st->sd, &n) : NULL;
+    if ((n > 0 && lc__skim_feed(k, rest, n, skim_found, s) != 0) ||
+        (extra_n > 0 && lc__skim_feed(k, extra, extra_n, skim_found, s) != 0) || fin) {
+        lc__skim_free(k);
+        free(k);
+        return;
+    }
+    struct lc_skim_slot *sl = &s->skims[s->skim_next++ % SKIMS_KEEP];
+    skim_drop(sl);
+    sl->id = st->id;
+    sl->k = k;
+}
+
 /* A sub-stream just named by a message may already hold bytes (and its FIN):
  * decode them now, and have it delivered. mu held. */
 static void bind_early_locked(lc_session *s, lc_stream *sub, kick_list *k)
@@ -1958,8 +2038,10 @@ static void bind_early_locked(lc_session *s, lc_stream *sub, kick_list *k)
             sub->send_fin = true;
         }
     }
-    if (rc < 0)
+    if (rc < 0) {
         sub->bad = rc;
+        skim_start_locked(s, sub, NULL, 0, sub->early_fin);
+    }
     kl_add(k, sub);
 }
 
@@ -2330,6 +2412,7 @@ static void deliver_pending_noted(lc_stream *st, bool noted)
             bool rst = !st->remote_fin;
             uint32_t sid = st->id;
             st->reset = true;
+            skim_start_locked(s, st, NULL, 0, st->remote_fin);
             if (st->into != NULL) {
                 st->end_err = LC_EPROTO;
                 st->remote_fin_pending = true;
@@ -2707,74 +2790,6 @@ static void retry_waiting_refs(lc_session *s, rd_actions *a)
     pthread_mutex_unlock(&s->mu);
 }
 
-/* ---- passed fds of messages that will not be decoded ---------------------- */
-
-static void skim_drop(struct lc_skim_slot *sl)
-{
-    if (sl->k != NULL) {
-        lc__skim_free(sl->k);
-        free(sl->k);
-    }
-    sl->k = NULL;
-    sl->id = 0;
-}
-
-/* A passed fd that a skimmed message names: it will never be claimed. */
-static void skim_found(void *ctx, uint64_t n)
-{
-    lc_session *s = ctx;
-    void *slot = lc__map_del(&s->in_fds, n);
-    if (slot != NULL)
-        close((int)(intptr_t)slot - 1);
-    /* (not arrived: a peer naming fds it never passed; nothing to close) */
-}
-
-/*
- * st is reset because its bytes did not decode (over max_message, say). On
- * a carrier that passes fds, the message it refused and those behind it
- * still brought their fds, which would wait in in_fds until the session is
- * freed and count toward MAX_UNCLAIMED_FDS. What is buffered from the
- * refused message on is skimmed now; DATA that still comes for the stream
- * (sent before the peer read our RST_STREAM) is skimmed as it arrives
- * (skim_more_locked), until its FIN or until SKIMS_KEEP newer resets take
- * the slot. Messages decoded before the refused one claim their own fds.
- * mu held.
- */
-static void skim_start_locked(lc_session *s, lc_stream *st, bool fin)
-{
-    if (!s->fdpass_local)
-        return; /* nobody passes fds to us: nothing to find */
-    lc_skim *k = malloc(sizeof *k);
-    if (k == NULL)
-        return; /* the fds stay until the session is freed, as before */
-    lc__skim_init(k);
-    size_t n;
-    const uint8_t *rest = lc__sd_rest(&st->sd, &n);
-    if (lc__skim_feed(k, rest, n, skim_found, s) != 0 || fin) {
-        lc__skim_free(k);
-        free(k);
-        return;
-    }
-    struct lc_skim_slot *sl = &s->skims[s->skim_next++ % SKIMS_KEEP];
-    skim_drop(sl);
-    sl->id = st->id;
-    sl->k = k;
-}
-
-/* DATA for a stream no longer in the table: skimmed if it is one that
- * skim_start_locked took. mu held. */
-static void skim_more_locked(lc_session *s, uint32_t id, const uint8_t *p, size_t n, bool fin)
-{
-    for (size_t i = 0; i < SKIMS_KEEP; i++) {
-        struct lc_skim_slot *sl = &s->skims[i];
-        if (sl->k == NULL || sl->id != id)
-            continue;
-        if (lc__skim_feed(sl->k, p, n, skim_found, s) != 0 || fin)
-            skim_drop(sl);
-        return;
-    }
-}
-
 /*
  * A peer that announced windows (6.2) and sends past ours: its unacknowledged
  * bytes on st exceed what a well-behaved peer can have out. That is our
@@ -2823,12 +2838,16 @@ static void on_data(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
     st->fed += f->data_len;
     int rc = 0;
     uint32_t rst_status = LC_SPDY_PROTOCOL_ERROR;
+    bool not_taken = false; /* the frame's bytes did not reach st's decoder */
     if (window_overrun_locked(s, st)) {
         rc = LC_EPROTO;
         rst_status = LC_SPDY_FLOW_CONTROL_ERROR;
+        not_taken = true;
     } else switch (st->kind) {
     case ST_RECV:
     case ST_FWD_TO_SENDER:
+        /* (a decoder that failed before takes no more bytes) */
+        not_taken = st->sd_init && st->sd.err != 0;
         rc = feed_stream_locked(s, st, f->data, f->data_len);
         if (rc > 0)
             note_delivery(a, st);
@@ -2858,9 +2877,7 @@ static void on_data(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
          * it; its receiver gets the messages decoded before, then LC_EPROTO;
          * a byte stream's fd is closed (its holder sees EOF/EPIPE) */
         st->reset = true;
-        if (rst_status == LC_SPDY_PROTOCOL_ERROR && st->sd_init &&
-            (st->kind == ST_RECV || st->kind == ST_FWD_TO_SENDER))
-            skim_start_locked(s, st, fin);
+        skim_start_locked(s, st, not_taken ? f->data : NULL, not_taken ? f->data_len : 0, fin);
         bool deliver = st->into != NULL;
         if (deliver) {
             st->end_err = LC_EPROTO;

@@ -56,6 +56,7 @@ typedef struct lc_stream {
     bool in_table;        /* s->streams holds a reference */
     bool claimed;         /* a peer sub-stream already named by a message */
     bool noted;           /* mu: listed for delivery in the current read batch */
+    bool skimmed;         /* mu: its bytes went to a skimmer (skim_start_locked) */
     bool feeding;         /* we are the feeder of into's channel (a reply channel) */
     _Atomic bool local_fin; /* written under wmu (senders) or mu (reader): atomic */
     bool remote_fin;

@@ -1452,6 +1452,34 @@ static void test_skim_finds_passed_fds_split_anywhere(void **st)
     lc__skim_free(&k);
 }
 
+static void test_skim_finds_passed_fds_in_a_body_message(void **st)
+{
+    (void)st;
+    /* ext 7 (PROTOCOL.md 4.5): [content type, body, [refs]], passed fds 12
+     * and 13 among its refs; then a plain message naming fd 14 */
+    HX(in, "c7 1f 07 93 a4 'text' c4 02 'hi' 92"
+           "    d7 01 80 00 00 00 00 00 00 0c d7 03 80 00 00 00 00 00 00 0d"
+           "d7 02 80 00 00 00 00 00 00 0e");
+    lc_msg *m = NULL;
+    size_t used = 0;
+    assert_int_equal(lc__decode(in, in_n, NULL, NULL, &m, &used), 0); /* the bytes are a body message */
+    assert_int_equal(used, in_n - 10);
+    lc_msg_free(m);
+    for (size_t cut = 0; cut <= in_n; cut++) {
+        lc_skim k;
+        skim_seen seen = { 0 };
+        lc__skim_init(&k);
+        assert_int_equal(lc__skim_feed(&k, in, cut, skim_note, &seen), 0);
+        assert_int_equal(lc__skim_feed(&k, in + cut, in_n - cut, skim_note, &seen), 0);
+        assert_int_equal(seen.n, 3);
+        assert_int_equal(seen.got[0], 12);
+        assert_int_equal(seen.got[1], 13);
+        assert_int_equal(seen.got[2], 14);
+        assert_int_equal(k.depth, 0);
+        lc__skim_free(&k);
+    }
+}
+
 static void test_skim_stops_at_bytes_that_are_not_msgpack(void **st)
 {
     (void)st;
@@ -1509,6 +1537,7 @@ int main(void)
         T(test_body_ext7_malformed),
         T(test_public_api_arguments),
         T(test_skim_finds_passed_fds_split_anywhere),
+        T(test_skim_finds_passed_fds_in_a_body_message),
         T(test_skim_stops_at_bytes_that_are_not_msgpack),
 #undef T
     };

@@ -792,6 +792,129 @@ static void test_fd_unclaimed_in_undecodable_message(void **st)
         run_fd_unclaimed_round(r, true);
 }
 
+/* A body message (ext 7) with n passed pipes and a body of blob bytes. */
+static lc_msg *body_with_pipes(int n, int *w, size_t blob)
+{
+    static char zero[8192];
+    assert_true(blob <= sizeof zero);
+    lc_msg *m = lc_msg_new();
+    assert_int_equal(lc_msg_set_body(m, zero, blob, "application/octet-stream"), 0);
+    for (int i = 0; i < n; i++) {
+        int pf[2];
+        assert_int_equal(pipe2(pf, O_CLOEXEC), 0);
+        w[i] = pf[1];
+        assert_true(lc_msg_attach(m, lc_new_stream(m, pf[0], LC_STREAM_READ)) >= 0);
+    }
+    return m;
+}
+
+/* [[[...[1]...]]], depth levels of arrays. */
+static lc_msg *deep_msg(int depth)
+{
+    lc_msg *m = lc_msg_new();
+    lc_value *root = lc_new_array(m), *cur = root;
+    for (int i = 0; i < depth; i++) {
+        lc_value *a = lc_new_array(m);
+        assert_int_equal(lc_array_append(m, cur, a), 0);
+        cur = a;
+    }
+    assert_int_equal(lc_array_append(m, cur, lc_new_int(m, 1)), 0);
+    assert_int_equal(lc_msg_set_root(m, root), 0);
+    return m;
+}
+
+typedef enum { REFUSED_BODY, REFUSED_BEHIND_QUEUE, REFUSED_EARLY_SUBCHANNEL } refused_case;
+
+/* The other ways a refused message's passed fds are found: the message is
+ * an opaque body (its refs are inside ext 7), the refusal is found only as
+ * its channel's messages are delivered (40 ahead of it behind a queue of
+ * 1, more than the session decodes ahead), or a sub-channel's bytes that
+ * came before the message naming it do not decode and the passed fds come
+ * in a later message on it. Each time the fds are closed while the session
+ * lives (found in review: they stayed until lc_session_free). */
+static void run_refused_case(refused_case c)
+{
+    char url[128];
+    lc_options so;
+    lc_options_default(&so);
+    so.limits.max_message = 4096;
+    so.limits.max_depth = 8;
+    so.recv_queue = 1;
+    nt_pair p;
+    nt_open_pair(&p, nt_unix_url(url, sizeof url), NULL, &so);
+    warm_pair(&p); /* both have read the other's SETTINGS: fds are passed */
+    lc_sender *s;
+    lc_receiver *rv;
+    assert_int_equal(lc_session_sender(p.client, &s), 0);
+    assert_int_equal(lc_send(s, nt_msg_n(0), 5000), 0);
+    assert_int_equal(lc_session_receiver(p.server, &rv, 5000), 0);
+    nt_expect_n(rv, 0);
+    int w[2] = { -1, -1 };
+    lc_msg *m;
+    switch (c) {
+    case REFUSED_BODY:
+        assert_int_equal(lc_send(s, body_with_pipes(2, w, 8192), 5000), 0);
+        assert_int_equal(lc_recv(rv, &m, 5000), LC_EPROTO);
+        break;
+    case REFUSED_BEHIND_QUEUE: {
+        for (int i = 1; i <= 40; i++)
+            assert_int_equal(lc_send(s, nt_msg_n(i), 5000), 0);
+        static char blob[8192];
+        lc_msg *big = msg_with_pipes(99, 2, w, NULL);
+        assert_int_equal(lc_map_set(big, lc_msg_root(big), "B", lc_new_binary(big, blob, sizeof blob)), 0);
+        assert_int_equal(lc_send(s, big, 5000), 0);
+        warm_pair(&p); /* the server has read all of it */
+        for (int i = 1; i <= 40; i++)
+            nt_expect_n(rv, i);
+        assert_int_equal(lc_recv(rv, &m, 5000), LC_EPROTO);
+        break;
+    }
+    case REFUSED_EARLY_SUBCHANNEL: {
+        assert_int_equal(lc_send(s, nt_msg_n(1), 5000), 0); /* fills the queue of 1 */
+        lc_receiver *r2;
+        lc_sender *s2;
+        assert_int_equal(lc_pipe(&r2, &s2, 16), 0);
+        assert_int_equal(lc_send(s, lc_pack("{s:R}", "R", r2), 5000), 0);
+        /* bytes on the sub-channel before the message naming it is delivered */
+        assert_int_equal(lc_send(s2, deep_msg(20), 5000), 0);
+        warm_pair(&p);
+        nt_expect_n(rv, 1);
+        assert_int_equal(lc_recv(rv, &m, 5000), 0); /* {R}: binds the sub-channel */
+        lc_receiver *got = NULL;
+        assert_int_equal(lc_unpack(m, "{s:R}", "R", &got), 0);
+        lc_msg_free(m);
+        lc_msg *m2;
+        assert_int_equal(lc_recv(got, &m2, 5000), LC_EPROTO);
+        lc_msg *late = msg_with_pipes(5, 2, w, NULL);
+        if (lc_send(s2, late, 5000) != 0)
+            lc_msg_free(late); /* (already reset: ours again, closed) */
+        warm_pair(&p);
+        lc_receiver_release(got);
+        lc_sender_release(s2);
+        break;
+    }
+    }
+    int left = readers_left(w, 2, 2000);
+    lc_sender_release(s);
+    lc_receiver_release(rv);
+    nt_close_pair(&p);
+    int after = readers_left(w, 2, 2000);
+    close_all(w, 2);
+    if (left)
+        fail_msg("case %d: %d of 2 passed fds still open in the live session (%d after free)", (int)c, left, after);
+    assert_int_equal(after, 0);
+}
+
+static void test_fd_unclaimed_refused_body_late_or_early(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    signal(SIGPIPE, SIG_IGN);
+    run_refused_case(REFUSED_BODY);
+    run_refused_case(REFUSED_BEHIND_QUEUE);
+    run_refused_case(REFUSED_EARLY_SUBCHANNEL);
+}
+
 /* A real peer process (peer_proc echo over unix) is killed (SIGKILL) while
  * a thread sends it messages with passed fds. Every fd we passed is closed
  * once the session is freed: the kernel drops the dead peer's copies, ours
@@ -2741,6 +2864,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fd_peer_process_killed, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_unclaimed_after_receiver_released, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_unclaimed_in_undecodable_message, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_fd_unclaimed_refused_body_late_or_early, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_accept_woken_by_listener_close, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_dial_closed_listener_and_relisten, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_bad_urls, lc_test_setup, lc_test_teardown),
