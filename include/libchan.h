@@ -513,8 +513,10 @@ LC_API int lc_session_sender(lc_session *s, lc_sender **out);
 LC_API int lc_session_receiver(lc_session *s, lc_receiver **out, int64_t timeout_ms);
 
 /*
- * Graceful close: reads the byte streams this side sends to their end and
- * writes everything already sent (messages, stream bytes, FINs), waits for
+ * Graceful close: reads the byte streams this side sends to their end,
+ * pumps what the Receivers this side sent still hold (messages put into
+ * them before the call), writes everything already sent (messages, stream
+ * bytes, FINs), waits for
  * the peer to have answered every channel this side opened (a Go peer drops
  * the messages of a channel it had not answered when it reads the GOAWAY),
  * then tells the peer (GOAWAY), half-closes the carrier and waits for the

@@ -599,6 +599,11 @@ LC_API int lc_close(lc_sender *s)
     return chan_close(s->c, true);
 }
 
+int lc__chan_close_err(lc_chan *c)
+{
+    return atomic_load_explicit(&c->close_err, memory_order_acquire);
+}
+
 int lc__close_error(lc_sender *s, int err)
 {
     if (s == NULL || err >= 0)

@@ -26,6 +26,11 @@ int lc__close_error(lc_sender *s, int err);
 
 typedef struct lc_chan lc_chan;
 
+/* The error a closed channel ends with (what lc__close_error set), 0 for a
+ * plain close (LC_EOF). For a network Sender's close op: a channel closed
+ * with an error is reset on the wire, not ended with FIN. */
+int lc__chan_close_err(lc_chan *c);
+
 /* Internal positive codes: "not now, retry later" and "registered". */
 #define LC__WOULD_BLOCK 1
 #define LC__PENDING 2

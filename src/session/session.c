@@ -1399,21 +1399,45 @@ static bool net_writable(void *ctx)
 
 static void stream_maybe_done_locked(lc_session *s, lc_stream *st);
 
-static void net_close(void *ctx)
+/* How a stream we send on ends: FIN (a clean end: the peer's receiver gets
+ * LC_EOF after the messages), RST_STREAM CANCEL (it ended with an error,
+ * LC_ECLOSED there), or nothing written (what was meant for it can no
+ * longer go: the session is closing or over, or the peer reset it). */
+typedef enum { END_FIN, END_RESET, END_SILENT } net_end_how;
+
+static void net_end(lc_stream *st, net_end_how how)
 {
-    lc_stream *st = ctx;
     lc_session *s = st->s;
     pthread_mutex_lock(&s->wmu);
-    if (!st->local_fin && !st->reset && !s->dead) {
+    if (!st->local_fin && !st->reset && !s->dead && how != END_SILENT) {
         st->local_fin = true;
-        if (lc__spdy_put_data(&s->out, st->id, LC_SPDY_FLAG_FIN, NULL, 0) == 0)
+        size_t before = s->out.len;
+        int rc = how == END_FIN ? lc__spdy_put_data(&s->out, st->id, LC_SPDY_FLAG_FIN, NULL, 0)
+                                : lc__spdy_put_rst_stream(&s->out, st->id, LC_SPDY_CANCEL);
+        if (rc == 0) {
+            if (how == END_RESET) {
+                s->ctl_out += s->out.len - before;
+                st->reset = true;
+            }
             flush_locked(s);
+        }
     }
     st->local_fin = true;
     pthread_mutex_lock(&s->mu);
     stream_maybe_done_locked(s, st);
     pthread_mutex_unlock(&s->mu);
     pthread_mutex_unlock(&s->wmu);
+}
+
+/* lc_close or the last release of a network Sender. A channel closed with
+ * an error (lc__close_error: the channel this one forwards lost its session,
+ * or its bytes did not decode) is reset, not ended: a FIN here told the far
+ * receiver LC_EOF, as if every message had come. */
+static void net_close(void *ctx)
+{
+    lc_stream *st = ctx;
+    int err = st->chan != NULL ? lc__chan_close_err(st->chan) : 0;
+    net_end(st, err != 0 ? END_RESET : END_FIN);
 }
 
 static void net_release(void *ctx)
@@ -1495,11 +1519,21 @@ static void stream_maybe_done_locked(lc_session *s, lc_stream *st)
 
 static void pump_got(void *ctx, int result, lc_msg *m);
 
-static void pump_finish(lc_stream *st)
+/* The pump ends: its source ended (result LC_EOF: FIN; an error such as a
+ * lost upstream session: reset) or a send failed (END_SILENT: the session
+ * is closing or over, or the peer reset the stream; a FIN would tell the
+ * peer it had everything, though the message that failed, and those still
+ * in the source, never went). */
+static void pump_finish(lc_stream *st, net_end_how how)
 {
-    net_close(st); /* FIN: the local channel ended */
-    lc_receiver_release(st->source);
+    lc_session *s = st->s;
+    net_end(st, how);
+    pthread_mutex_lock(&s->mu);
+    lc_receiver *src = st->source;
     st->source = NULL;
+    close_progress_locked(s);
+    pthread_mutex_unlock(&s->mu);
+    lc_receiver_release(src);
     stream_unref(st); /* the pump's reference */
 }
 
@@ -1520,7 +1554,7 @@ static bool pump_send(lc_stream *st, lc_msg *m)
             return true;
         if (rc != LC__WOULD_BLOCK) {
             lc_msg_free(m);
-            pump_finish(st);
+            pump_finish(st, END_SILENT);
             return false;
         }
         pthread_mutex_lock(&s->mu);
@@ -1542,33 +1576,61 @@ static bool pump_send(lc_stream *st, lc_msg *m)
     }
 }
 
-/* Moves messages from st->source to the wire until it would wait. */
+/* The pump moves messages (lc_session_close waits while one does). A
+ * reference of its own: pump_finish, inside, drops the pump's. */
+static void pump_enter(lc_stream *st)
+{
+    stream_ref(st);
+    atomic_fetch_add(&st->pump_active, 1);
+}
+
+static void pump_leave(lc_stream *st)
+{
+    atomic_fetch_sub(&st->pump_active, 1);
+    stream_unref(st);
+}
+
+/* Moves messages from st->source to the wire until it would wait. Counted
+ * in pump_active meanwhile: lc_session_close waits while a pump moves, or
+ * while its source holds messages (sent before the close). */
 static void pump_run(lc_stream *st)
 {
+    lc_session *s = st->s;
+    pump_enter(st);
     for (;;) {
         lc_msg *m;
         lc_async *op;
+        /* (source is only cleared by pump_finish, on this pump's thread) */
         int rc = lc__recv_async(st->source, &m, pump_got, st, &op);
-        if (rc == LC__PENDING)
-            return;
+        if (rc == LC__PENDING) {
+            if (atomic_load(&s->close_waiting)) {
+                pthread_mutex_lock(&s->mu);
+                close_progress_locked(s);
+                pthread_mutex_unlock(&s->mu);
+            }
+            break;
+        }
         if (rc != 0) {
-            pump_finish(st);
-            return;
+            pump_finish(st, rc == LC_EOF ? END_FIN : END_RESET);
+            break;
         }
         if (!pump_send(st, m))
-            return;
+            break;
     }
+    pump_leave(st);
 }
 
 static void pump_got(void *ctx, int result, lc_msg *m)
 {
     lc_stream *st = ctx;
     if (result != 0) {
-        pump_finish(st);
+        pump_finish(st, result == LC_EOF ? END_FIN : END_RESET);
         return;
     }
+    pump_enter(st);
     if (pump_send(st, m))
         pump_run(st);
+    pump_leave(st);
 }
 
 /* Takes a held pump's message if it is stopped. mu held. */
@@ -1585,8 +1647,10 @@ static lc_msg *pump_take_locked(lc_stream *st)
 /* Resumes a stopped pump with its held message (no lock held). */
 static void pump_resume(lc_stream *st, lc_msg *held)
 {
+    pump_enter(st);
     if (pump_send(st, held))
         pump_run(st);
+    pump_leave(st);
 }
 
 static void start_pump(lc_stream *st)
@@ -3932,6 +3996,60 @@ static void wait_flushed_10ms(lc_session *s)
     pthread_cond_timedwait(&s->flushed, &s->wmu, &rt);
 }
 
+/*
+ * Is something sent before lc_session_close still on its way to the output?
+ * A byte stream whose fd is not at EOF yet, or a pumped Receiver (one the
+ * application sent over the session) that holds a message, is moving one,
+ * or whose channel still queues some: the application had sent them (into
+ * the pump's channel) before the close. The close used to wait for byte
+ * streams only: a pump's queued messages were cut off at the GOAWAY, and its
+ * FIN then told the peer it had them all.
+ */
+static bool sends_in_progress(lc_session *s)
+{
+    lc_receiver *inl[16], **srcs = inl;
+    size_t n = 0, cap = 16;
+    bool busy = false;
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < s->streams.cap && !busy; i++) {
+        lc_stream *st = s->streams.slots[i].val;
+        if (st == NULL || st == LC_MAP_TOMB)
+            continue;
+        if (st->kind == ST_BYTES) {
+            busy = st->out_open && st->fdw != NULL;
+        } else if (st->kind == ST_PUMP_RECEIVER && st->source != NULL) {
+            if (st->pump_blocked || atomic_load(&st->pump_active) > 0) {
+                busy = true;
+            } else {
+                if (n == cap) {
+                    lc_receiver **more = malloc(2 * cap * sizeof *more);
+                    if (more == NULL) {
+                        busy = true; /* look again after the nap */
+                        break;
+                    }
+                    memcpy(more, srcs, n * sizeof *more);
+                    if (srcs != inl)
+                        free(srcs);
+                    srcs = more;
+                    cap *= 2;
+                }
+                srcs[n++] = lc_receiver_retain(st->source);
+            }
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    /* (queue lengths outside mu: the channel's lock is taken before ours
+     * when a send completes into the pump) */
+    for (size_t i = 0; i < n; i++) {
+        if (!busy && lc_receiver_queued(srcs[i]) > 0)
+            busy = true;
+        lc_receiver_release(srcs[i]);
+    }
+    if (srcs != inl)
+        free(srcs);
+    return busy;
+}
+
 /* Waits on close_cv until close_progress_locked, the deadline, or 2 ms: a
  * backstop for a change that does not signal (the naps this replaced
  * looked every 1-2 ms). mu held. */
@@ -3961,23 +4079,20 @@ LC_API int lc_session_close(lc_session *s, int64_t timeout_ms)
     int rc = 0;
     /* byte streams we send: their fds are read to EOF first (their bytes
      * were sent before the close, from the application's point of view) */
-    pthread_mutex_lock(&s->mu);
+    atomic_store(&s->close_waiting, true);
     for (;;) {
-        bool busy = false;
-        for (size_t i = 0; i < s->streams.cap && !busy; i++) {
-            lc_stream *st = s->streams.slots[i].val;
-            busy = st != NULL && st != LC_MAP_TOMB && st->kind == ST_BYTES && st->out_open &&
-                   st->fdw != NULL;
-        }
-        if (!busy || s->dead)
+        bool busy = sends_in_progress(s);
+        if (!busy || atomic_load(&s->dead))
             break;
         if (deadline_passed(deadline)) {
             rc = LC_ETIMEDOUT;
             break;
         }
+        pthread_mutex_lock(&s->mu);
         close_wait_locked(s, deadline); /* the engine pumps them */
+        pthread_mutex_unlock(&s->mu);
     }
-    pthread_mutex_unlock(&s->mu);
+    atomic_store(&s->close_waiting, false);
     /* Messages sent from here on fail (LC_ESESSION): one queued behind the
      * last flush and the half-close below would never be written, though
      * its lc_send had returned 0. */

@@ -72,7 +72,8 @@ typedef struct lc_stream {
     int64_t waiting_since;
     lc_chan *chan;        /* ST_SEND: the network Sender's channel (until released) */
     lc_sender *into;      /* ST_RECV / ST_FWD_TO_SENDER: where messages go (owned) */
-    lc_receiver *source;  /* ST_PUMP_RECEIVER: what is pumped (owned) */
+    lc_receiver *source;  /* ST_PUMP_RECEIVER: what is pumped (owned; cleared under mu) */
+    _Atomic int pump_active; /* the pump is moving messages (not parked on source) */
     lc_msg *pump_held;    /* mu: taken from source, waiting for output room or window */
     bool pump_blocked;    /* mu: the pump waits for wake_blocked_senders / WINDOW_UPDATE */
     bool sd_init;
@@ -151,6 +152,7 @@ struct lc_session {
     bool out_urgent;      /* wmu: `out` holds a WINDOW_UPDATE or PING reply: no deferring */
     size_t deferred_len;  /* wmu: `out` up to here holds only frames nobody waits for */
     _Atomic bool no_lazy; /* a channel is waited on without reading (select, pollfd, async) */
+    _Atomic bool close_waiting; /* lc_session_close waits for pumps: a parking pump signals */
     _Atomic int64_t last_drive_ns;
     /* adaptive spinning of threads that read the carrier themselves (drive):
      * waits in a row whose spin ran out before the message came, and drives
