@@ -21,6 +21,7 @@
  * few microseconds is caught spinning instead.
  */
 #include "chan_internal.h"
+#include "../common/deadline.h"
 #include "../msg/msg_internal.h"
 
 #include <limits.h>
@@ -1006,7 +1007,7 @@ LC_API int lc_select(lc_case *cases, size_t n, int64_t timeout_ms)
 static int feed_and_try(lc_chan *c, lc_case *cs, int64_t timeout_ms)
 {
     int64_t now = mono_ns();
-    int64_t deadline = timeout_ms < 0 ? -1 : now + timeout_ms * 1000000;
+    int64_t deadline = lc__deadline_ns(now, timeout_ms);
     for (;;) {
         pthread_mutex_lock(&c->mu);
         const lc__feeder_ops *ops = c->feed;

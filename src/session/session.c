@@ -17,6 +17,7 @@
  * No lock is held while calling into channels: their callbacks may come back.
  */
 #include "session_internal.h"
+#include "common/deadline.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -3642,7 +3643,7 @@ static void ref_timer(void *ctx)
             continue;
         if (st->waiting_since == 0)
             st->waiting_since = now;
-        if (now - st->waiting_since >= s->opt.ref_timeout_ms * 1000000 && nf < 32 && st->into) {
+        if (now - st->waiting_since >= lc__ms_to_ns(s->opt.ref_timeout_ms) && nf < 32 && st->into) {
             fail[nf++] = lc_sender_retain(st->into);
             st->waiting_refs = false;
             st->reset = true;
@@ -3673,7 +3674,7 @@ static void ref_timer(void *ctx)
      * that starts later is always watched; the timer holds a reference */
     pthread_mutex_lock(&s->mu);
     bool again = !atomic_load(&s->dead) &&
-                 lc__engine_timer_add(s->eng, lc__now_ns() + s->opt.ref_timeout_ms * 1000000 / 4, ref_timer,
+                 lc__engine_timer_add(s->eng, lc__now_ns() + lc__ms_to_ns(s->opt.ref_timeout_ms) / 4, ref_timer,
                                       s, &s->ref_timer) == 0;
     pthread_mutex_unlock(&s->mu);
     if (!again)
@@ -3760,7 +3761,7 @@ static int session_start(lc_conn *conn, bool is_client, const lc_options *o, lc_
     /* a timer that looks after messages waiting for references */
     session_ref(s);
     pthread_mutex_lock(&s->mu);
-    if (lc__engine_timer_add(s->eng, lc__now_ns() + s->opt.ref_timeout_ms * 1000000 / 4, ref_timer, s,
+    if (lc__engine_timer_add(s->eng, lc__now_ns() + lc__ms_to_ns(s->opt.ref_timeout_ms) / 4, ref_timer, s,
                              &s->ref_timer) != 0) {
         pthread_mutex_unlock(&s->mu);
         session_unref(s);
@@ -3885,20 +3886,23 @@ LC_API int lc_accept(lc_listener *l, lc_session **out, int64_t timeout_ms)
     pthread_mutex_unlock(&l->mu);
     if (closing)
         return LC_ECLOSED;
-    int64_t deadline = timeout_ms < 0 ? -1 : lc__now_ns() + timeout_ms * 1000000;
+    int64_t deadline = lc__deadline_ns(lc__now_ns(), timeout_ms);
     lc_conn *conn = NULL;
     int rc;
     while ((rc = accept_conn(l, deadline, &conn)) == 0 && conn_already_over(conn)) {
         lc__conn_close(conn);
         conn = NULL;
     }
+    /* the session starts from l->opt before this accept stops counting:
+     * lc_listener_close frees l as soon as no accept is counted (it used to
+     * read l->opt after that, a use after free found by a review helper) */
+    if (rc == 0)
+        rc = session_start(conn, false, &l->opt, out);
     pthread_mutex_lock(&l->mu);
     if (--l->accepting == 0 && l->closing)
         pthread_cond_broadcast(&l->idle);
     pthread_mutex_unlock(&l->mu);
-    if (rc != 0)
-        return rc;
-    return session_start(conn, false, &l->opt, out);
+    return rc;
 }
 
 LC_API void lc_listener_close(lc_listener *l)
@@ -4075,7 +4079,7 @@ LC_API int lc_session_close(lc_session *s, int64_t timeout_ms)
     ensure_watched(s);
 
     /* everything sent before this call reaches the carrier, or we say so */
-    int64_t deadline = timeout_ms < 0 ? -1 : lc__now_ns() + timeout_ms * 1000000;
+    int64_t deadline = lc__deadline_ns(lc__now_ns(), timeout_ms);
     int rc = 0;
     /* byte streams we send: their fds are read to EOF first (their bytes
      * were sent before the close, from the application's point of view) */

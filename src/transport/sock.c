@@ -3,6 +3,7 @@
  * with a deadline, nonblocking readv/writev without SIGPIPE, close.
  */
 #include "transport.h"
+#include "common/deadline.h"
 #include "engine/engine.h"
 
 #include <errno.h>
@@ -14,7 +15,7 @@
 
 static int64_t deadline_of(int64_t timeout_ms)
 {
-    return timeout_ms < 0 ? -1 : lc__now_ns() + timeout_ms * 1000000;
+    return lc__deadline_ns(lc__now_ns(), timeout_ms);
 }
 
 /* Waits for events on fd until deadline_ns (-1 forever). 1 ready, 0 timed

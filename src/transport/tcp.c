@@ -4,6 +4,7 @@
  * TCP_NODELAY on every connection (the session coalesces its own writes).
  */
 #include "transport.h"
+#include "common/deadline.h"
 #include "engine/engine.h"
 
 #include <arpa/inet.h>
@@ -53,7 +54,7 @@ static void set_nodelay(int fd)
 
 static int tcp_dial(const lc_url *u, int64_t timeout_ms, lc_conn **out)
 {
-    int64_t deadline = timeout_ms < 0 ? -1 : lc__now_ns() + timeout_ms * 1000000;
+    int64_t deadline = lc__deadline_ns(lc__now_ns(), timeout_ms);
     struct addrinfo *res;
     int rc = resolve(u, false, &res);
     if (rc != 0)

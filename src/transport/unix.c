@@ -4,6 +4,8 @@
  * byte streams (PROTOCOL.md section 5, "ours: fd passing").
  */
 #include "transport.h"
+#include "common/deadline.h"
+#include "engine/engine.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -66,11 +68,24 @@ static int unix_dial(const lc_url *u, int64_t timeout_ms, lc_conn **out)
     if (fd < 0)
         return -errno;
     int rc = 0;
+    int64_t deadline = lc__deadline_ns(lc__now_ns(), timeout_ms);
     if (timeout_ms > 0 && (rc = set_sndtimeo(fd, timeout_ms)) != 0)
         goto fail;
     while (connect(fd, (struct sockaddr *)&sa, len) != 0) {
+        if (errno == EINTR && timeout_ms > 0) {
+            /* a signal: go on with what is left of the timeout (restarting
+             * it in full never ended under a periodic signal) */
+            int64_t left_ms = (deadline - lc__now_ns()) / 1000000;
+            if (left_ms <= 0) {
+                rc = LC_ETIMEDOUT;
+                goto fail;
+            }
+            if ((rc = set_sndtimeo(fd, left_ms)) != 0)
+                goto fail;
+            continue;
+        }
         if (errno == EINTR)
-            continue; /* a retry restarts the timeout: bounded by signals, accepted */
+            continue;
         rc = (errno == EAGAIN || errno == EINPROGRESS) ? LC_ETIMEDOUT : -errno;
         goto fail;
     }

@@ -29,7 +29,9 @@
 
 #include <signal.h>
 #include <stdatomic.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <sys/un.h>
@@ -1366,6 +1368,11 @@ static void test_many_concurrent_dials(void **st)
     }
 }
 
+static void on_alarm(int sig)
+{
+    (void)sig;
+}
+
 /* A listener that never accepts, with a full backlog: a bounded dial
  * returns LC_ETIMEDOUT on time, no leak. (lc_options.dial_timeout_ms 0
  * means the default, 10 s, as libchan.h says.) */
@@ -1424,6 +1431,24 @@ static void run_dial_timeout_full_backlog(void)
                 fail();
             }
         }
+        /* the same under a signal every 50 ms (SA_RESTART): the dial still
+         * ends on time (the unix dial restarted its full timeout after each
+         * EINTR and never ended; found by a review helper) */
+        struct sigaction sa = { .sa_handler = on_alarm, .sa_flags = SA_RESTART }, old_sa;
+        sigemptyset(&sa.sa_mask);
+        assert_int_equal(sigaction(SIGALRM, &sa, &old_sa), 0);
+        struct itimerval it = { { 0, 50000 }, { 0, 50000 } }, off = { { 0, 0 }, { 0, 0 } };
+        assert_int_equal(setitimer(ITIMER_REAL, &it, NULL), 0);
+        o.dial_timeout_ms = 300;
+        lc_session *s = NULL;
+        int64_t t0 = lc_test_now_us();
+        int rc = lc_dial(url, &o, &s, NULL);
+        int64_t ms = (lc_test_now_us() - t0) / 1000;
+        setitimer(ITIMER_REAL, &off, NULL);
+        sigaction(SIGALRM, &old_sa, NULL);
+        if (rc != LC_ETIMEDOUT || ms > 300 + 500)
+            fail_msg("%s: dial with timeout 300 under SIGALRM every 50 ms: %s after %lld ms", url, lc_strerror(rc),
+                     (long long)ms);
         for (int i = 0; i < nfill; i++)
             lc_session_free(sess[i]);
         close(lfd);
@@ -1437,6 +1462,98 @@ static void test_dial_timeout_full_backlog(void **st)
     (void)st;
     LC_TEST_DEADLINE(30);
     run_dial_timeout_full_backlog();
+}
+
+/* Timeouts too large to add to the clock are "no deadline in practice", as
+ * -1 is, not a deadline in the past: lc_accept and a network lc_recv with
+ * INT64_MAX block until something happens, and a session whose
+ * ref_timeout_ms is INT64_MAX sleeps while idle (each overflowed: lc_accept
+ * and lc_recv returned LC_ETIMEDOUT at once, the ref timer spun a core;
+ * found by a review helper, UBSan: signed overflow). */
+typedef struct {
+    lc_listener *l;
+    lc_receiver *r;
+    _Atomic int tid;
+    int rc;
+    int n;
+} huge_wait;
+
+static void *huge_accept_fn(void *x)
+{
+    huge_wait *a = x;
+    atomic_store(&a->tid, lc_test_gettid());
+    lc_session *s = NULL;
+    a->rc = lc_accept(a->l, &s, INT64_MAX);
+    lc_session_free(s);
+    return NULL;
+}
+
+static void *huge_recv_fn(void *x)
+{
+    huge_wait *a = x;
+    atomic_store(&a->tid, lc_test_gettid());
+    lc_msg *m = NULL;
+    a->rc = lc_recv(a->r, &m, INT64_MAX);
+    a->n = a->rc == 0 ? nt_msg_get_n(m) : -1;
+    lc_msg_free(m);
+    return NULL;
+}
+
+static double process_cpu_s(void)
+{
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return (double)(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + (double)(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+}
+
+static void test_huge_timeouts_wait(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    char url[128];
+    lc_options so;
+    lc_options_default(&so);
+    so.ref_timeout_ms = INT64_MAX;
+    nt_pair p;
+    nt_open_pair(&p, nt_unix_url(url, sizeof url), NULL, &so);
+
+    huge_wait a = { .l = p.l };
+    pthread_t t;
+    pthread_create(&t, NULL, huge_accept_fn, &a);
+    if (!lc_test_wait_asleep(&a.tid, 5000)) {
+        lc_listener_close(p.l); /* (ends the accept, if it is in one) */
+        p.l = NULL;
+        pthread_join(t, NULL);
+        fail_msg("lc_accept(INT64_MAX) did not block: %s", lc_strerror(a.rc));
+    }
+    lc_listener_close(p.l);
+    p.l = NULL;
+    pthread_join(t, NULL);
+    assert_int_equal(a.rc, LC_ECLOSED);
+
+    lc_sender *s;
+    huge_wait b = { 0 };
+    assert_int_equal(lc_session_sender(p.client, &s), 0);
+    assert_int_equal(lc_send(s, nt_msg_n(1), 5000), 0);
+    assert_int_equal(lc_session_receiver(p.server, &b.r, 5000), 0);
+    nt_expect_n(b.r, 1);
+    pthread_create(&t, NULL, huge_recv_fn, &b);
+    bool asleep = lc_test_wait_asleep(&b.tid, 5000);
+    /* idle, with a waiting receiver: no timer spins */
+    double c0 = process_cpu_s();
+    struct timespec idle = { 0, 300000000 };
+    nanosleep(&idle, NULL);
+    double used = process_cpu_s() - c0;
+    assert_int_equal(lc_send(s, nt_msg_n(2), 5000), 0);
+    pthread_join(t, NULL);
+    if (!asleep || b.rc != 0 || b.n != 2)
+        fail_msg("lc_recv(INT64_MAX): %s, blocked %s, got {N: %d}", lc_strerror(b.rc), asleep ? "yes" : "no", b.n);
+    if (used > 0.15)
+        fail_msg("an idle session with ref_timeout_ms INT64_MAX used %.2f s of CPU in 0.3 s", used);
+    lc_sender_release(s);
+    lc_receiver_release(b.r);
+    lc_session_free(p.client);
+    lc_session_free(p.server);
 }
 
 /* A second lc_listen on a unix path that a live listener holds fails with
@@ -2870,6 +2987,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_urls, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_many_concurrent_dials, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_dial_timeout_full_backlog, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_huge_timeouts_wait, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_failed_listen_leaves_no_phantom, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_dial_while_listener_closes, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_accepts, lc_test_setup, lc_test_teardown),
