@@ -486,7 +486,12 @@ LC_API void lc_options_default(lc_options *o);
  * (scheme not built), -ECONNREFUSED, LC_ETIMEDOUT, ... */
 LC_API int lc_dial(const char *url, const lc_options *o, lc_session **out, lc_error *err);
 
-/* Listens on url. Each accepted connection is its own session. */
+/* Listens on url. Each accepted connection is its own session. On a unix
+ * path where something is listening, -EADDRINUSE; a stale socket file left
+ * by a dead listener is replaced. Listens on one path that race (threads,
+ * or processes using libchan) take turns under an flock on the socket's
+ * directory: one wins, the others get -EADDRINUSE. The dial timeout does
+ * not cover name resolution (getaddrinfo) for tcp:// hosts. */
 LC_API int lc_listen(const char *url, const lc_options *o, lc_listener **out, lc_error *err);
 /* The URL the listener is bound to (with the real port for tcp://...:0). */
 LC_API int lc_listener_url(lc_listener *l, char *buf, size_t len);

@@ -13,9 +13,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef struct unix_listener {
@@ -121,6 +123,44 @@ static int clear_stale(const char *path, const struct sockaddr_un *sa, socklen_t
     return 0;
 }
 
+/*
+ * Concurrent lc_listen calls on one path (threads, or processes using this
+ * library) take turns from bind to listen, under an flock on the socket's
+ * directory. Without it, B's stale-socket probe could find A bound but not
+ * yet listening (ECONNREFUSED, as for a stale file), unlink A's file and
+ * bind its own: both returned 0, A listened where no dial could reach, and
+ * closing A removed B's live file (a review helper: 12-19 rounds in 4000
+ * with 4 threads). Returns the locked directory's fd, or -1 when it cannot
+ * be opened or locked within ~2 s (then it goes on unlocked, as before).
+ */
+static int lock_dir_of(const char *path)
+{
+    char dir[sizeof(((struct sockaddr_un *)0)->sun_path) + 1];
+    const char *slash = strrchr(path, '/');
+    if (slash == NULL) {
+        strcpy(dir, ".");
+    } else {
+        size_t n = slash == path ? 1 : (size_t)(slash - path);
+        if (n >= sizeof dir)
+            return -1;
+        memcpy(dir, path, n);
+        dir[n] = '\0';
+    }
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    for (int i = 0; i < 2000; i++) {
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+            return fd;
+        if (errno != EWOULDBLOCK && errno != EINTR)
+            break;
+        struct timespec ms = { 0, 1000000 };
+        nanosleep(&ms, NULL);
+    }
+    close(fd);
+    return -1;
+}
+
 static int unix_listen(const lc_url *u, lc_tlistener **out)
 {
     struct sockaddr_un sa;
@@ -130,6 +170,7 @@ static int unix_listen(const lc_url *u, lc_tlistener **out)
     if (l == NULL)
         return LC_ENOMEM;
     int rc = 0;
+    int dirlock = abstract ? -1 : lock_dir_of(u->path);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) {
         rc = -errno;
@@ -156,6 +197,8 @@ static int unix_listen(const lc_url *u, lc_tlistener **out)
         rc = -errno;
         goto fail;
     }
+    if (dirlock >= 0)
+        close(dirlock); /* (unlocks) */
     l->base.ops = &lc__unix_ops;
     l->base.fd = fd;
     memcpy(l->path, u->path, sizeof l->path);
@@ -167,6 +210,8 @@ fail:
         if (l->has_file)
             unlink(u->path);
     }
+    if (dirlock >= 0)
+        close(dirlock);
     free(l);
     return rc;
 }

@@ -1588,6 +1588,73 @@ static void test_failed_listen_leaves_no_phantom(void **st)
     }
 }
 
+/* lc_listen on one unix path from 4 threads at once: exactly one wins, the
+ * others get -EADDRINUSE, and the winner is the one a dial reaches. Two
+ * used to win now and then (12-19 rounds in 4000, a review helper): the
+ * loser's stale-socket probe found the winner bound but not yet listening,
+ * removed its file and bound its own. */
+#define LISTEN_RACERS 4
+typedef struct {
+    pthread_barrier_t *bar;
+    const char *url;
+    lc_listener *l;
+    int rc;
+} listen_racer;
+
+static void *listen_racer_fn(void *x)
+{
+    listen_racer *a = x;
+    pthread_barrier_wait(a->bar);
+    a->rc = lc_listen(a->url, NULL, &a->l, NULL);
+    return NULL;
+}
+
+static void test_concurrent_listens_one_path(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(60 * nt_scale());
+    char url[128];
+    nt_unix_url(url, sizeof url);
+    pthread_barrier_t bar;
+    pthread_barrier_init(&bar, NULL, LISTEN_RACERS);
+    for (int r = 0; r < 1000; r++) {
+        listen_racer a[LISTEN_RACERS];
+        pthread_t t[LISTEN_RACERS];
+        for (int i = 0; i < LISTEN_RACERS; i++) {
+            a[i] = (listen_racer){ .bar = &bar, .url = url };
+            pthread_create(&t[i], NULL, listen_racer_fn, &a[i]);
+        }
+        int won = 0, winner = -1;
+        for (int i = 0; i < LISTEN_RACERS; i++) {
+            pthread_join(t[i], NULL);
+            if (a[i].rc == 0) {
+                won++;
+                winner = i;
+            } else if (a[i].rc != -EADDRINUSE) {
+                fail_msg("round %d: lc_listen: %s", r, lc_strerror(a[i].rc));
+            }
+        }
+        for (int i = 0; i < LISTEN_RACERS; i++)
+            if (a[i].rc == 0 && i != winner)
+                lc_listener_close(a[i].l);
+        if (won != 1) {
+            if (winner >= 0)
+                lc_listener_close(a[winner].l);
+            fail_msg("round %d: %d of %d lc_listen calls on one path succeeded", r, won, LISTEN_RACERS);
+        }
+        if (r % 100 == 0) {
+            /* the winner is the one listening there */
+            lc_session *c, *s;
+            assert_int_equal(lc_dial(url, NULL, &c, NULL), 0);
+            assert_int_equal(lc_accept(a[winner].l, &s, 5000), 0);
+            lc_session_free(c);
+            lc_session_free(s);
+        }
+        lc_listener_close(a[winner].l);
+    }
+    pthread_barrier_destroy(&bar);
+}
+
 /* Dialers hammer a listener that accepts a few and is then closed: every
  * dial ends (a session, or -ENOENT / -ECONNREFUSED / -ECONNRESET / a
  * timeout), and a session whose connection was never accepted ends too. */
@@ -2989,6 +3056,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dial_timeout_full_backlog, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_huge_timeouts_wait, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_failed_listen_leaves_no_phantom, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_listens_one_path, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_dial_while_listener_closes, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_accepts, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_listen_paths_and_names, lc_test_setup, lc_test_teardown),
