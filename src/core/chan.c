@@ -600,6 +600,33 @@ LC_API int lc_close(lc_sender *s)
     return chan_close(s->c, true);
 }
 
+void lc__receiver_abandon(lc_receiver *r, int err)
+{
+    lc_chan *c = r->c;
+    /* set before the end is visible: the receive that sees it reads it */
+    int expected = 0;
+    atomic_compare_exchange_strong_explicit(&c->close_err, &expected, err, memory_order_release,
+                                            memory_order_relaxed);
+    pthread_mutex_lock(&c->mu);
+    c->rx_gone = true;
+    if (c->cap > 0) {
+        atomic_fetch_or_explicit(&c->tail, c->mark_bit, memory_order_seq_cst);
+        pthread_mutex_unlock(&c->mu);
+        lc_msg *m;
+        while (ring_pop(c, &m) == RING_OK)
+            lc_msg_free(m); /* outside the lock: it may release other channels */
+        pthread_mutex_lock(&c->mu);
+        wake_all_locked(c, &c->sendq, RES_NOTIFY);
+        wake_all_locked(c, &c->recvq, RES_NOTIFY); /* they find the ring marked and empty */
+    } else {
+        wake_all_locked(c, &c->sendq, LC_ECLOSED);
+        wake_all_locked(c, &c->recvq, err);
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (c->cap > 0)
+        room_check(c);
+}
+
 int lc__chan_close_err(lc_chan *c)
 {
     return atomic_load_explicit(&c->close_err, memory_order_acquire);

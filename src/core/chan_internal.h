@@ -31,6 +31,12 @@ typedef struct lc_chan lc_chan;
  * with an error is reset on the wire, not ended with FIN. */
 int lc__chan_close_err(lc_chan *c);
 
+/* The party that receives on r (a session pumping it) is gone: from now on
+ * sends fail (LC_ECLOSED), what is queued is dropped (fds closed), and
+ * receives on r end with err (< 0) at once, a pending one included. r stays
+ * valid until released. */
+void lc__receiver_abandon(lc_receiver *r, int err);
+
 /* Internal positive codes: "not now, retry later" and "registered". */
 #define LC__WOULD_BLOCK 1
 #define LC__PENDING 2

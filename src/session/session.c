@@ -900,7 +900,8 @@ static void session_fail(lc_session *s, int err)
     lc_chan **chans = malloc((s->streams.len + 1) * sizeof *chans);
     lc_sender **intos = malloc((s->streams.len + 1) * sizeof *intos);
     lc_msg **helds = malloc((s->streams.len + 1) * sizeof *helds);
-    for (size_t i = 0; all && chans && intos && helds && i < s->streams.cap; i++) {
+    lc_receiver **idle_pumps = malloc((s->streams.len + 1) * sizeof *idle_pumps);
+    for (size_t i = 0; all && chans && intos && helds && idle_pumps && i < s->streams.cap; i++) {
         lc_stream *st = s->streams.slots[i].val;
         if (st == NULL || st == LC_MAP_TOMB)
             continue;
@@ -922,6 +923,11 @@ static void session_fail(lc_session *s, int err)
         }
         st->out_open = st->in_open = false; /* byte streams: closed below */
         helds[n] = pump_take_locked(st);
+        /* a pump waiting on its source: its next message could no longer
+         * go, though the local lc_send would have said 0 (review helper) */
+        idle_pumps[n] = st->kind == ST_PUMP_RECEIVER && st->source != NULL && helds[n] == NULL
+                            ? lc_receiver_retain(st->source)
+                            : NULL;
         n++;
     }
     lc__map_free(&s->streams);
@@ -953,12 +959,18 @@ static void session_fail(lc_session *s, int err)
             bytes_close(all[i]); /* the holder sees EOF / EPIPE */
         if (helds[i])
             pump_resume(all[i], helds[i]); /* its send fails now: the pump ends */
+        if (idle_pumps[i]) {
+            /* its local senders fail from now on, and the pump ends */
+            lc__receiver_abandon(idle_pumps[i], LC_ESESSION);
+            lc_receiver_release(idle_pumps[i]);
+        }
         stream_unref(all[i]);
     }
     free(all);
     free(chans);
     free(intos);
     free(helds);
+    free(idle_pumps);
     /* lc_session_free on another thread waits for this: it must not return
      * while we still close the byte streams' fds */
     pthread_mutex_lock(&s->wmu);

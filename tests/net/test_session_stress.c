@@ -793,6 +793,74 @@ static void test_close_delivers_what_a_sent_receiver_holds(void **st)
     run_pumped_then_close("tcp://127.0.0.1:0", false);
 }
 
+/* A Receiver the client sent (the session pumps it) whose pump is idle when
+ * the session ends: the next lc_send into it fails at once, LC_ECLOSED,
+ * instead of returning 0 for a message the dead pump then dropped (found
+ * by a review helper: one message was taken and lost that way). */
+static void run_idle_pump_session_ends(const char *url, size_t cap, bool free_own)
+{
+    nt_pair p;
+    nt_open_pair(&p, url, NULL, NULL);
+    lc_sender *top, *ls;
+    lc_receiver *lr, *top_in, *far;
+    assert_int_equal(lc_session_sender(p.client, &top), 0);
+    assert_int_equal(lc_pipe(&lr, &ls, cap), 0);
+    assert_int_equal(lc_send(top, lc_pack("{s:R}", "R", lr), 5000), 0);
+    assert_int_equal(lc_session_receiver(p.server, &top_in, 5000), 0);
+    lc_msg *m;
+    assert_int_equal(lc_recv(top_in, &m, 5000), 0);
+    assert_int_equal(lc_unpack(m, "{s:R}", "R", &far), 0);
+    lc_msg_free(m);
+    assert_int_equal(lc_send(ls, nt_msg_n(1), 5000), 0);
+    nt_expect_n(far, 1); /* the pump works, and is idle now */
+    if (free_own) {
+        lc_session_free(p.client);
+    } else {
+        lc_session_free(p.server);
+        /* until the client's session has ended everything (session_fail
+         * done): a send racing the end itself may still be lost, as any
+         * message in flight when a carrier is lost */
+        int64_t end = lc_test_now_us() + 5000000;
+        for (;;) {
+            pthread_mutex_lock(&p.client->wmu);
+            bool done = p.client->fail_done;
+            pthread_mutex_unlock(&p.client->wmu);
+            if (done)
+                break;
+            if (lc_test_now_us() > end)
+                fail_msg("%s: the client's session not ended 5 s after its peer was freed", url);
+            usleep(1000);
+        }
+    }
+    m = nt_msg_n(2);
+    int rc = lc_send(ls, m, 1000);
+    if (rc != 0)
+        lc_msg_free(m);
+    if (rc != LC_ECLOSED)
+        fail_msg("%s (capacity %zu, %s session freed): lc_send into the sent Receiver after the end: %s", url, cap,
+                 free_own ? "own" : "peer's", lc_strerror(rc));
+    lc_sender_release(ls);
+    lc_sender_release(top);
+    lc_receiver_release(top_in);
+    lc_receiver_release(far);
+    if (!free_own)
+        lc_session_free(p.client);
+    else
+        lc_session_free(p.server);
+    lc_listener_close(p.l);
+}
+
+static void test_sent_receiver_refuses_sends_once_session_ends(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    char url[128];
+    for (int i = 0; i < 8; i++) {
+        const char *u = i % 2 ? "tcp://127.0.0.1:0" : nt_unix_url(url, sizeof url);
+        run_idle_pump_session_ends(u, i / 2 % 2 ? 4 : 0, i / 4 == 1);
+    }
+}
+
 /* ---- 3. fresh reply channels from 4 threads on one session ---------------------- */
 
 #define RQ_THREADS 4
@@ -1749,6 +1817,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_select_net_and_memory_session_closed_midway, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_graceful_close_after_unread_flood, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_close_delivers_what_a_sent_receiver_holds, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_sent_receiver_refuses_sends_once_session_ends, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_reply_channels_from_four_threads_unix, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_reply_channels_from_four_threads_tcp, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_reply_channels_client_freed_midway, lc_test_setup, lc_test_teardown),
