@@ -462,14 +462,24 @@ typedef struct lc_options {
     int64_t ref_timeout_ms;   /* a message naming a sub-stream that has not arrived
                                  waits this long, then fails with LC_EPROTO (default 5000) */
     uint32_t recv_queue;      /* messages queued per network Receiver before the
-                                 session stops reading (default 256) */
+                                 session stops reading (default 256). With the
+                                 window below, this bounds what an unread channel
+                                 holds: recv_queue messages of up to
+                                 limits.max_message bytes, plus one window; lower
+                                 it for channels of large messages */
     uint32_t accept_queue;    /* channels opened by the peer waiting for
-                                 lc_session_receiver (default 1024) */
+                                 lc_session_receiver (default 1024). A channel
+                                 that finds it full is dropped: its messages are
+                                 discarded, and the peer is not told (as Go,
+                                 docs/PROTOCOL.md 3.1); the same holds for a
+                                 network Receiver the application releases (3.9) */
     size_t max_pending_out;   /* bytes queued for the carrier before lc_send blocks
                                  (default 4 MiB) */
-    uint32_t stream_window;   /* bytes a peer of ours may send on one channel before
-                                 its receiver takes them (SPDY/3 window; default
-                                 1 MiB). Go peers do not use windows. */
+    uint32_t stream_window;   /* bytes a peer of ours may send on one channel beyond
+                                 what the Receiver's local queue holds (SPDY/3
+                                 window, granted back as messages enter that
+                                 queue; default 1 MiB). Go peers do not use
+                                 windows. */
     lc_limits limits;         /* msgpack limits for received messages (0 = defaults) */
     /* Debugging: when set, called with one readable line for every SPDY frame
      * the session sends (">> ...") or receives ("<< ..."), e.g.
