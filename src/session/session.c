@@ -901,7 +901,11 @@ static void session_fail(lc_session *s, int err)
     lc_sender **intos = malloc((s->streams.len + 1) * sizeof *intos);
     lc_msg **helds = malloc((s->streams.len + 1) * sizeof *helds);
     lc_receiver **idle_pumps = malloc((s->streams.len + 1) * sizeof *idle_pumps);
-    for (size_t i = 0; all && chans && intos && helds && idle_pumps && i < s->streams.cap; i++) {
+    bool *drains = malloc((s->streams.len + 1) * sizeof *drains);
+    lc_stream **draining = malloc((s->streams.len + 1) * sizeof *draining);
+    size_t ndraining = 0;
+    for (size_t i = 0; all && chans && intos && helds && idle_pumps && drains && draining && i < s->streams.cap;
+         i++) {
         lc_stream *st = s->streams.slots[i].val;
         if (st == NULL || st == LC_MAP_TOMB)
             continue;
@@ -921,7 +925,21 @@ static void session_fail(lc_session *s, int err)
                 st->end_err = chan_err;
             st->remote_fin_pending = true;
         }
-        st->out_open = st->in_open = false; /* byte streams: closed below */
+        /* A byte stream that still holds bytes for its fd when the session
+         * ends cleanly (the peer closed gracefully) writes them first, then
+         * gives its holder EOF: closing it at once lost up to a window of
+         * the last bytes the peer sent (lchan send of stdin over TCP, found
+         * by a review helper). lc_session_free closes it whatever is left. */
+        drains[n] = st->kind == ST_BYTES && err == LC_ESESSION && st->in_open && st->fd_out.len > 0 &&
+                    st->fdw != NULL;
+        if (drains[n]) {
+            st->out_open = false;
+            st->in_fin = true; /* EOF after what is held */
+            stream_ref(st);
+            draining[ndraining++] = st;
+        } else {
+            st->out_open = st->in_open = false; /* byte streams: closed below */
+        }
         helds[n] = pump_take_locked(st);
         /* a pump waiting on its source: its next message could no longer
          * go, though the local lc_send would have said 0 (review helper) */
@@ -929,6 +947,11 @@ static void session_fail(lc_session *s, int err)
                             ? lc_receiver_retain(st->source)
                             : NULL;
         n++;
+    }
+    if (ndraining > 0) {
+        s->draining = draining;
+        s->ndraining = ndraining;
+        draining = NULL;
     }
     lc__map_free(&s->streams);
     lc__map_free(&s->peer_refs);
@@ -955,8 +978,15 @@ static void session_fail(lc_session *s, int err)
             lc__chan_wake_senders(chans[i]);
             lc__chan_release(chans[i]);
         }
-        if (all[i]->kind == ST_BYTES)
+        if (all[i]->kind == ST_BYTES && drains[i]) {
+            pthread_mutex_lock(&s->mu);
+            lc_watch *bw = all[i]->fdw;
+            pthread_mutex_unlock(&s->mu);
+            if (bw != NULL)
+                lc__engine_arm(bw, EPOLLOUT); /* bytes_pump writes the rest, then EOF */
+        } else if (all[i]->kind == ST_BYTES) {
             bytes_close(all[i]); /* the holder sees EOF / EPIPE */
+        }
         if (helds[i])
             pump_resume(all[i], helds[i]); /* its send fails now: the pump ends */
         if (idle_pumps[i]) {
@@ -971,6 +1001,8 @@ static void session_fail(lc_session *s, int err)
     free(intos);
     free(helds);
     free(idle_pumps);
+    free(drains);
+    free(draining);
     /* lc_session_free on another thread waits for this: it must not return
      * while we still close the byte streams' fds */
     pthread_mutex_lock(&s->wmu);
@@ -4195,6 +4227,21 @@ LC_API void lc_session_free(lc_session *s)
     while (!s->fail_done)
         pthread_cond_wait(&s->flushed, &s->wmu);
     pthread_mutex_unlock(&s->wmu);
+    /* byte streams still writing what they held to their fds: the handle
+     * goes, so do they (no fd outlives it) */
+    pthread_mutex_lock(&s->mu);
+    lc_stream **dr = s->draining;
+    size_t ndr = s->ndraining;
+    s->draining = NULL;
+    s->ndraining = 0;
+    for (size_t i = 0; i < ndr; i++)
+        dr[i]->in_open = false;
+    pthread_mutex_unlock(&s->mu);
+    for (size_t i = 0; i < ndr; i++) {
+        bytes_close(dr[i]);
+        stream_unref(dr[i]);
+    }
+    free(dr);
     /* and a byte stream's own callback that took its fd to close it just
      * before session_fail looked (session_fail then found nothing to close) */
     while (atomic_load(&s->fd_closers) != 0)

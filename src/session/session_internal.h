@@ -187,6 +187,10 @@ struct lc_session {
         lc_skim *k;
     } skims[SKIMS_KEEP];
     unsigned skim_next;
+    /* mu: inbound byte streams of a cleanly ended session still writing
+     * what they hold to their fds (session_fail); closed by lc_session_free */
+    struct lc_stream **draining;
+    size_t ndraining;
     size_t unreplied;     /* mu: streams of ours still awaiting_reply (lc_session_close waits for 0) */
     /* mu, CLOCK_MONOTONIC: lc_session_close waits on it for SYN_REPLYs and
      * for outgoing byte streams' EOF (broadcast by close_progress_locked) */

@@ -861,6 +861,97 @@ static void test_sent_receiver_refuses_sends_once_session_ends(void **st)
     }
 }
 
+/* ---- 2d. a byte stream's last bytes outlive its sender's graceful close ---------- */
+
+typedef struct {
+    int fd;
+    size_t n;
+} slow_fd_reader;
+
+/* Reads fd to EOF slowly (a command that takes its stdin in small bites). */
+static void *slow_fd_reader_fn(void *x)
+{
+    slow_fd_reader *a = x;
+    char buf[4096];
+    ssize_t k;
+    while ((k = read(a->fd, buf, sizeof buf)) > 0) {
+        a->n += (size_t)k;
+        struct timespec bite = { 0, 100000 }; /* deliberately slow: ~40 MB/s */
+        nanosleep(&bite, NULL);
+    }
+    return NULL;
+}
+
+typedef struct {
+    int fd;
+    size_t n;
+} pipe_writer;
+
+static void *pipe_writer_fn(void *x)
+{
+    pipe_writer *a = x;
+    static char chunk[65536];
+    size_t left = a->n;
+    while (left > 0) {
+        ssize_t k = write(a->fd, chunk, left < sizeof chunk ? left : sizeof chunk);
+        if (k <= 0)
+            break;
+        left -= (size_t)k;
+    }
+    close(a->fd);
+    return NULL;
+}
+
+/* The client sends 4 MB through a byte stream over TCP (a sub-stream: the
+ * server's session holds what its reader has not taken yet, up to a
+ * window) and closes its session gracefully as soon as its pipe is read to
+ * the end. The server's application reads its end slowly and frees its
+ * session only after EOF: every byte must arrive. The session closed the
+ * stream the moment the carrier ended, losing up to a window of the last
+ * bytes (lchan send of stdin, found by a review helper). */
+static void test_byte_stream_tail_survives_peer_close(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(60);
+    enum { BYTES = 4 << 20 };
+    for (int round = 0; round < 3; round++) {
+        nt_pair p;
+        nt_open_pair(&p, "tcp://127.0.0.1:0", NULL, NULL);
+        int pf[2];
+        assert_int_equal(pipe2(pf, O_CLOEXEC), 0);
+        lc_sender *ch;
+        assert_int_equal(lc_session_sender(p.client, &ch), 0);
+        lc_msg *m = lc_msg_new();
+        lc_value *root = lc_new_map(m);
+        assert_int_equal(lc_map_set(m, root, "In", lc_new_stream(m, pf[0], LC_STREAM_READ)), 0);
+        assert_int_equal(lc_msg_set_root(m, root), 0);
+        assert_int_equal(lc_send(ch, m, 5000), 0);
+        lc_receiver *in;
+        assert_int_equal(lc_session_receiver(p.server, &in, 5000), 0);
+        assert_int_equal(lc_recv(in, &m, 5000), 0);
+        slow_fd_reader rd = { .fd = -1 };
+        lc_value *v = lc_map_get(lc_msg_root(m), "In");
+        assert_non_null(v);
+        rd.fd = lc_value_take_fd(v, NULL);
+        assert_true(rd.fd >= 0);
+        lc_msg_free(m);
+        pthread_t tr, tw;
+        pthread_create(&tr, NULL, slow_fd_reader_fn, &rd);
+        pipe_writer pw = { pf[1], BYTES };
+        pthread_create(&tw, NULL, pipe_writer_fn, &pw);
+        pthread_join(tw, NULL);
+        assert_int_equal(lc_close(ch), 0);
+        assert_int_equal(lc_session_close(p.client, 20000), 0);
+        pthread_join(tr, NULL); /* EOF: the stream ended */
+        close(rd.fd);
+        lc_sender_release(ch);
+        lc_receiver_release(in);
+        nt_close_pair(&p);
+        if (rd.n != BYTES)
+            fail_msg("round %d: the server's reader got %zu of %d bytes, then EOF", round, rd.n, (int)BYTES);
+    }
+}
+
 /* ---- 3. fresh reply channels from 4 threads on one session ---------------------- */
 
 #define RQ_THREADS 4
@@ -1818,6 +1909,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_graceful_close_after_unread_flood, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_close_delivers_what_a_sent_receiver_holds, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_sent_receiver_refuses_sends_once_session_ends, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_byte_stream_tail_survives_peer_close, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_reply_channels_from_four_threads_unix, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_reply_channels_from_four_threads_tcp, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_reply_channels_client_freed_midway, lc_test_setup, lc_test_teardown),

@@ -36,11 +36,13 @@ static svc_kind svc;
 typedef struct sess_rec {
     lc_session *s;
     int id;
+    int jobs;               /* mu: its channel and command threads still running */
     struct sess_rec *next;
 } sess_rec;
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t idle_cv = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t jobs_cv = PTHREAD_COND_INITIALIZER; /* a session's job ended */
 static int active;          /* counted threads running */
 static sess_rec *sessions;  /* sessions whose thread is still running */
 static pid_t children[256]; /* running commands (0: free slot) */
@@ -49,6 +51,7 @@ static atomic_int next_session_id = 1;
 typedef struct job {
     void *(*fn)(void *);
     void *arg;
+    sess_rec *rec; /* the session the job works for (counted in its jobs), or NULL */
 } job;
 
 static void *job_main(void *x)
@@ -57,22 +60,28 @@ static void *job_main(void *x)
     free(x);
     j.fn(j.arg);
     pthread_mutex_lock(&mu);
+    if (j.rec != NULL && --j.rec->jobs == 0)
+        pthread_cond_broadcast(&jobs_cv);
     if (--active == 0)
         pthread_cond_broadcast(&idle_cv);
     pthread_mutex_unlock(&mu);
     return NULL;
 }
 
-/* Runs fn(arg) on a detached, counted thread. false if it could not start. */
-static bool spawn_job(void *(*fn)(void *), void *arg)
+/* Runs fn(arg) on a detached, counted thread (counted for rec too, when
+ * not NULL). false if it could not start. */
+static bool spawn_job_for(sess_rec *rec, void *(*fn)(void *), void *arg)
 {
     job *j = malloc(sizeof *j);
     if (j == NULL)
         return false;
     j->fn = fn;
     j->arg = arg;
+    j->rec = rec;
     pthread_mutex_lock(&mu);
     active++;
+    if (rec != NULL)
+        rec->jobs++;
     pthread_mutex_unlock(&mu);
     pthread_attr_t at;
     pthread_attr_init(&at);
@@ -82,6 +91,8 @@ static bool spawn_job(void *(*fn)(void *), void *arg)
     if (rc != 0) {
         free(j);
         pthread_mutex_lock(&mu);
+        if (rec != NULL && --rec->jobs == 0)
+            pthread_cond_broadcast(&jobs_cv);
         if (--active == 0)
             pthread_cond_broadcast(&idle_cv);
         pthread_mutex_unlock(&mu);
@@ -89,6 +100,11 @@ static bool spawn_job(void *(*fn)(void *), void *arg)
         return false;
     }
     return true;
+}
+
+static bool spawn_job(void *(*fn)(void *), void *arg)
+{
+    return spawn_job_for(NULL, fn, arg);
 }
 
 /* ---- copying bytes --------------------------------------------------------------- */
@@ -548,6 +564,7 @@ static void *gateway_main(void *x)
 typedef struct chan_job {
     lc_receiver *r;
     int sid, cid;
+    sess_rec *rec;
 } chan_job;
 
 static void *chan_main(void *x)
@@ -572,7 +589,7 @@ static void *chan_main(void *x)
         }
         j->m = m;
         snprintf(j->where, sizeof j->where, "%s", where);
-        if (!spawn_job(svc == SV_EXEC ? exec_main : gateway_main, j)) {
+        if (!spawn_job_for(c->rec, svc == SV_EXEC ? exec_main : gateway_main, j)) {
             lc_msg_free(m);
             free(j);
         }
@@ -595,9 +612,9 @@ static void *session_main(void *x)
             lc_receiver_release(r);
             continue;
         }
-        *c = (chan_job){ r, rec->id, ++cid };
+        *c = (chan_job){ r, rec->id, ++cid, rec };
         lx_trace("session#%d chan#%d: opened by the client", rec->id, cid);
-        if (!spawn_job(chan_main, c)) {
+        if (!spawn_job_for(rec, chan_main, c)) {
             lc_receiver_release(r);
             free(c);
         }
@@ -605,6 +622,11 @@ static void *session_main(void *x)
     char t[96];
     lx_log("session#%d: ended (%s)", rec->id, lx_session_why(lc_session_error(rec->s), t, sizeof t));
     pthread_mutex_lock(&mu);
+    /* its commands and tunnels first: the session still writes what the
+     * client sent before it closed into their stdin (byte streams drain after
+     * a graceful end, until lc_session_free) */
+    while (rec->jobs > 0)
+        pthread_cond_wait(&jobs_cv, &mu);
     for (sess_rec **p = &sessions; *p != NULL; p = &(*p)->next)
         if (*p == rec) {
             *p = rec->next;
@@ -703,6 +725,7 @@ int lx_serve(int argc, char **argv)
             continue;
         }
         rec->s = s;
+        rec->jobs = 0;
         rec->id = atomic_fetch_add(&next_session_id, 1);
         lx_log("session#%d: accepted", rec->id);
         pthread_mutex_lock(&mu);
