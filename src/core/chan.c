@@ -600,31 +600,46 @@ LC_API int lc_close(lc_sender *s)
     return chan_close(s->c, true);
 }
 
-void lc__receiver_abandon(lc_receiver *r, int err)
+/*
+ * Nobody receives on c any more: fail every blocked and later sender and drop
+ * what is queued (closing its fds, releasing its channel ends). recv_err
+ * (< 0): receives still waiting (a session's pump, lc__receiver_abandon)
+ * end with it, once the queue is empty; 0: there are none (the last
+ * Receiver was released).
+ */
+static void receivers_gone(lc_chan *c, int recv_err)
 {
-    lc_chan *c = r->c;
-    /* set before the end is visible: the receive that sees it reads it */
-    int expected = 0;
-    atomic_compare_exchange_strong_explicit(&c->close_err, &expected, err, memory_order_release,
-                                            memory_order_relaxed);
     pthread_mutex_lock(&c->mu);
     c->rx_gone = true;
     if (c->cap > 0) {
         atomic_fetch_or_explicit(&c->tail, c->mark_bit, memory_order_seq_cst);
-        pthread_mutex_unlock(&c->mu);
+        wake_all_locked(c, &c->sendq, RES_NOTIFY);
+    } else {
+        wake_all_locked(c, &c->sendq, LC_ECLOSED);
+        if (recv_err != 0)
+            wake_all_locked(c, &c->recvq, recv_err);
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (c->cap > 0) {
         lc_msg *m;
         while (ring_pop(c, &m) == RING_OK)
             lc_msg_free(m); /* outside the lock: it may release other channels */
-        pthread_mutex_lock(&c->mu);
-        wake_all_locked(c, &c->sendq, RES_NOTIFY);
-        wake_all_locked(c, &c->recvq, RES_NOTIFY); /* they find the ring marked and empty */
-    } else {
-        wake_all_locked(c, &c->sendq, LC_ECLOSED);
-        wake_all_locked(c, &c->recvq, err);
+        if (recv_err != 0) {
+            pthread_mutex_lock(&c->mu);
+            wake_all_locked(c, &c->recvq, RES_NOTIFY); /* they find the ring marked and empty */
+            pthread_mutex_unlock(&c->mu);
+        }
+        room_check(c); /* the ring is marked: a room watch learns it now */
     }
-    pthread_mutex_unlock(&c->mu);
-    if (c->cap > 0)
-        room_check(c);
+}
+
+void lc__receiver_abandon(lc_receiver *r, int err)
+{
+    /* set before the end is visible: the receive that sees it reads it */
+    int expected = 0;
+    atomic_compare_exchange_strong_explicit(&r->c->close_err, &expected, err, memory_order_release,
+                                            memory_order_relaxed);
+    receivers_gone(r->c, err);
 }
 
 int lc__chan_close_err(lc_chan *c)
@@ -665,23 +680,7 @@ LC_API void lc_receiver_release(lc_receiver *r)
         return;
     lc_chan *c = r->c;
     free(r);
-    /* Nobody can receive any more: fail every blocked and later sender and
-     * drop what is queued (closing its fds, releasing its channel ends). */
-    pthread_mutex_lock(&c->mu);
-    c->rx_gone = true;
-    if (c->cap > 0) {
-        atomic_fetch_or_explicit(&c->tail, c->mark_bit, memory_order_seq_cst);
-        wake_all_locked(c, &c->sendq, RES_NOTIFY);
-    } else {
-        wake_all_locked(c, &c->sendq, LC_ECLOSED);
-    }
-    pthread_mutex_unlock(&c->mu);
-    if (c->cap > 0) {
-        lc_msg *m;
-        while (ring_pop(c, &m) == RING_OK)
-            lc_msg_free(m); /* outside the lock: it may release other channels */
-        room_check(c); /* the ring is marked: a room watch learns it now */
-    }
+    receivers_gone(c, 0);
     chan_unref(c);
 }
 

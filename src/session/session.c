@@ -1177,8 +1177,6 @@ static int register_ours_locked(lc_session *s, lc_stream *st)
     return 0;
 }
 
-/* The peer answered (or reset, or the stream ended): one fewer reply for
- * lc_session_close to wait for. mu held. */
 /* Something lc_session_close may be waiting for happened (a SYN_REPLY, an
  * outgoing byte stream's end, reading paused, the session's end). It used
  * to look every 1-2 ms instead: a dial, send and close cycle took 1.1 ms,
@@ -1189,6 +1187,8 @@ static void close_progress_locked(lc_session *s)
         pthread_cond_broadcast(&s->close_cv);
 }
 
+/* The peer answered (or reset, or the stream ended): one fewer reply for
+ * lc_session_close to wait for. mu held. */
 static void reply_came_locked(lc_session *s, lc_stream *st)
 {
     if (!st->awaiting_reply)
@@ -4055,35 +4055,22 @@ static void wait_flushed_10ms(lc_session *s)
  */
 static bool sends_in_progress(lc_session *s)
 {
-    lc_receiver *inl[16], **srcs = inl;
-    size_t n = 0, cap = 16;
+    size_t n = 0;
     bool busy = false;
     pthread_mutex_lock(&s->mu);
+    lc_receiver **srcs = malloc((s->streams.len + 1) * sizeof *srcs);
+    if (srcs == NULL)
+        busy = true; /* look again after the wait */
     for (size_t i = 0; i < s->streams.cap && !busy; i++) {
         lc_stream *st = s->streams.slots[i].val;
         if (st == NULL || st == LC_MAP_TOMB)
             continue;
-        if (st->kind == ST_BYTES) {
+        if (st->kind == ST_BYTES)
             busy = st->out_open && st->fdw != NULL;
-        } else if (st->kind == ST_PUMP_RECEIVER && st->source != NULL) {
-            if (st->pump_blocked || atomic_load(&st->pump_active) > 0) {
-                busy = true;
-            } else {
-                if (n == cap) {
-                    lc_receiver **more = malloc(2 * cap * sizeof *more);
-                    if (more == NULL) {
-                        busy = true; /* look again after the nap */
-                        break;
-                    }
-                    memcpy(more, srcs, n * sizeof *more);
-                    if (srcs != inl)
-                        free(srcs);
-                    srcs = more;
-                    cap *= 2;
-                }
-                srcs[n++] = lc_receiver_retain(st->source);
-            }
-        }
+        else if (st->kind == ST_PUMP_RECEIVER && st->source != NULL)
+            busy = st->pump_blocked || atomic_load(&st->pump_active) > 0;
+        if (!busy && st->kind == ST_PUMP_RECEIVER && st->source != NULL)
+            srcs[n++] = lc_receiver_retain(st->source);
     }
     pthread_mutex_unlock(&s->mu);
     /* (queue lengths outside mu: the channel's lock is taken before ours
@@ -4093,8 +4080,7 @@ static bool sends_in_progress(lc_session *s)
             busy = true;
         lc_receiver_release(srcs[i]);
     }
-    if (srcs != inl)
-        free(srcs);
+    free(srcs);
     return busy;
 }
 

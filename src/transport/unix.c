@@ -74,7 +74,9 @@ static int unix_dial(const lc_url *u, int64_t timeout_ms, lc_conn **out)
     if (timeout_ms > 0 && (rc = set_sndtimeo(fd, timeout_ms)) != 0)
         goto fail;
     while (connect(fd, (struct sockaddr *)&sa, len) != 0) {
-        if (errno == EINTR && timeout_ms > 0) {
+        if (errno == EINTR) {
+            if (timeout_ms <= 0)
+                continue;
             /* a signal: go on with what is left of the timeout (restarting
              * it in full never ended under a periodic signal) */
             int64_t left_ms = (deadline - lc__now_ns()) / 1000000;
@@ -86,8 +88,6 @@ static int unix_dial(const lc_url *u, int64_t timeout_ms, lc_conn **out)
                 goto fail;
             continue;
         }
-        if (errno == EINTR)
-            continue;
         rc = (errno == EAGAIN || errno == EINPROGRESS) ? LC_ETIMEDOUT : -errno;
         goto fail;
     }

@@ -1414,6 +1414,25 @@ static void skim_note(void *ctx, uint64_t fd_number)
     s->n++;
 }
 
+/* Skims in[0..n) cut in two at every position: each time exactly the
+ * passed fds want[0..3), in order, and every message ended. */
+static void expect_skim_at_every_cut(const uint8_t *in, size_t n, const uint64_t want[3])
+{
+    for (size_t cut = 0; cut <= n; cut++) {
+        lc_skim k;
+        skim_seen seen = { 0 };
+        lc__skim_init(&k);
+        assert_int_equal(lc__skim_feed(&k, in, cut, skim_note, &seen), 0);
+        assert_int_equal(lc__skim_feed(&k, in + cut, n - cut, skim_note, &seen), 0);
+        assert_int_equal(seen.n, 3);
+        assert_int_equal(seen.got[0], want[0]);
+        assert_int_equal(seen.got[1], want[1]);
+        assert_int_equal(seen.got[2], want[2]);
+        assert_int_equal(k.depth, 0); /* every message ended where it should */
+        lc__skim_free(&k);
+    }
+}
+
 /* Four messages: passed fds 7 (fixext 8, ext 3), 9 (ext 16 form, ext 1) and
  * 11; a sub-stream ref (no top bit), a 4-byte ref and a bin whose payload
  * looks like a passed fd are not reported. */
@@ -1429,19 +1448,7 @@ static void test_skim_finds_passed_fds_split_anywhere(void **st)
 {
     (void)st;
     HX(in, SKIM_BYTES);
-    for (size_t cut = 0; cut <= in_n; cut++) {
-        lc_skim k;
-        skim_seen seen = { 0 };
-        lc__skim_init(&k);
-        assert_int_equal(lc__skim_feed(&k, in, cut, skim_note, &seen), 0);
-        assert_int_equal(lc__skim_feed(&k, in + cut, in_n - cut, skim_note, &seen), 0);
-        assert_int_equal(seen.n, 3);
-        assert_int_equal(seen.got[0], 7);
-        assert_int_equal(seen.got[1], 9);
-        assert_int_equal(seen.got[2], 11);
-        assert_int_equal(k.depth, 0); /* every message ended where it should */
-        lc__skim_free(&k);
-    }
+    expect_skim_at_every_cut(in, in_n, (const uint64_t[3]){ 7, 9, 11 });
     lc_skim k;
     skim_seen seen = { 0 };
     lc__skim_init(&k);
@@ -1465,19 +1472,7 @@ static void test_skim_finds_passed_fds_in_a_body_message(void **st)
     assert_int_equal(lc__decode(in, in_n, NULL, NULL, &m, &used), 0); /* the bytes are a body message */
     assert_int_equal(used, in_n - 10);
     lc_msg_free(m);
-    for (size_t cut = 0; cut <= in_n; cut++) {
-        lc_skim k;
-        skim_seen seen = { 0 };
-        lc__skim_init(&k);
-        assert_int_equal(lc__skim_feed(&k, in, cut, skim_note, &seen), 0);
-        assert_int_equal(lc__skim_feed(&k, in + cut, in_n - cut, skim_note, &seen), 0);
-        assert_int_equal(seen.n, 3);
-        assert_int_equal(seen.got[0], 12);
-        assert_int_equal(seen.got[1], 13);
-        assert_int_equal(seen.got[2], 14);
-        assert_int_equal(k.depth, 0);
-        lc__skim_free(&k);
-    }
+    expect_skim_at_every_cut(in, in_n, (const uint64_t[3]){ 12, 13, 14 });
 }
 
 static void test_skim_stops_at_bytes_that_are_not_msgpack(void **st)
