@@ -1211,9 +1211,44 @@ static void feeder_passive(void *ctx);
 
 /* fin: the message is the channel's last; its DATA frame carries FIN
  * (lc_send_last), so the end costs no frame and no write of its own. */
+/*
+ * The first message that would pass fds asks the peer to read them
+ * (FD_ASK, PROTOCOL.md 7) and waits, like a sender out of window, until
+ * the peer's FD_READY says it reads the carrier with recvmsg: fds sent
+ * before that could meet a plain recv(2), which closes them. One round trip
+ * per session, the first time only. Returns 0 when the peer is ready (now),
+ * LC__WOULD_BLOCK otherwise (wake_blocked_senders resumes the sender).
+ */
+static int ask_for_fds(lc_session *s)
+{
+    pthread_mutex_lock(&s->wmu);
+    if (s->dead || s->sends_closed) {
+        pthread_mutex_unlock(&s->wmu);
+        return LC_ESESSION; /* (as send_msg_on would say: no retry loop) */
+    }
+    if (!s->fds_asked) {
+        lc_spdy_setting e = { 0, LC_SETTINGS_LIBCHAN, LC_FEATURE_FDPASS | LC_FEATURE_FD_ASK };
+        int rc = lc__spdy_put_settings(&s->out, 0, &e, 1);
+        if (rc != 0) {
+            pthread_mutex_unlock(&s->wmu);
+            return rc;
+        }
+        s->fds_asked = true;
+        flush_locked(s);
+    }
+    pthread_mutex_unlock(&s->wmu);
+    atomic_store(&s->senders_blocked, true);
+    /* FD_READY may have come between the caller's look and the flag above:
+     * then its wake found no flag (both seq_cst: one of us sees the other) */
+    if (atomic_load(&s->peer_reads_fds))
+        return 0;
+    return LC__WOULD_BLOCK; /* (the caller makes sure the carrier is read) */
+}
+
 static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
 {
     lc_session *s = p->s;
+    int rc0;
     bool passive_seen = false; /* a reply channel we now feed is waited on without drive */
     /* passed[] is left as is: only its first npassed are read (zeroing it
      * all was ~4% of a one-way sender's CPU) */
@@ -1233,6 +1268,8 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
     /* Passed fds are numbered in the order they go out, so a message that
      * passes some is encoded under wmu (rare; others encode unlocked). */
     e.pass_fds = atomic_load(&s->peer_fdpass) && msg_has_streams(m);
+    if (e.pass_fds && !atomic_load(&s->peer_reads_fds) && (rc0 = ask_for_fds(s)) != 0)
+        return rc0; /* (nothing encoded yet: the message stays the caller's) */
     if (e.pass_fds)
         pthread_mutex_lock(&s->wmu);
     int rc = lc__encode(m, b, &hooks);
@@ -1436,8 +1473,11 @@ static bool net_writable(void *ctx)
     lc_stream *st = ctx;
     lc_session *s = st->s;
     pthread_mutex_lock(&s->wmu);
+    /* (while FD_ASK waits for its answer no sender of the session is
+     * writable: a message with fds would only be refused again) */
     bool w = s->dead || st->local_fin || st->reset ||
-             (pending_out(s) < s->opt.max_pending_out && send_window(s, st) > 0);
+             (pending_out(s) < s->opt.max_pending_out && send_window(s, st) > 0 &&
+              !(s->fds_asked && !atomic_load(&s->peer_reads_fds)));
     pthread_mutex_unlock(&s->wmu);
     return w;
 }
@@ -2098,8 +2138,8 @@ static void skim_more_locked(lc_session *s, uint32_t id, const uint8_t *p, size_
  */
 static void skim_start_locked(lc_session *s, lc_stream *st, const uint8_t *extra, size_t extra_n, bool fin)
 {
-    if (!s->fdpass_local)
-        return; /* nobody passes fds to us: nothing to find */
+    if (!atomic_load_explicit(&s->read_fds, memory_order_relaxed))
+        return; /* no fd can have come */ /* nobody passes fds to us: nothing to find */
     if (st->kind != ST_RECV && st->kind != ST_FWD_TO_SENDER)
         return; /* not messages (an unbound sub-stream may be a byte stream) */
     if (st->skimmed) {
@@ -3106,9 +3146,16 @@ static void on_rst(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
     stream_unref(st);
 }
 
+static int ctl_fd_ready(lc_session *s, void *arg)
+{
+    (void)arg;
+    lc_spdy_setting e = { 0, LC_SETTINGS_LIBCHAN, LC_FEATURE_FDPASS | LC_FEATURE_FD_READY };
+    return lc__spdy_put_settings(&s->out, 0, &e, 1);
+}
+
 static void on_settings(lc_session *s, const lc_spdy_frame *f)
 {
-    bool fc = false, window_set = false;
+    bool fc = false, window_set = false, asked = false, ready = false;
     uint32_t window = 0;
     for (uint32_t i = 0; i < f->value; i++) {
         lc_spdy_setting e;
@@ -3117,6 +3164,10 @@ static void on_settings(lc_session *s, const lc_spdy_frame *f)
             fc = true;
         if (e.id == LC_SETTINGS_LIBCHAN && (e.value & LC_FEATURE_FDPASS) && s->fdpass_local)
             atomic_store(&s->peer_fdpass, true);
+        if (e.id == LC_SETTINGS_LIBCHAN && s->fdpass_local) {
+            asked |= (e.value & LC_FEATURE_FD_ASK) != 0;
+            ready |= (e.value & LC_FEATURE_FD_READY) != 0;
+        }
         if (e.id == LC_SPDY_SETTINGS_INITIAL_WINDOW_SIZE && e.value > 0 && e.value <= 0x7fffffffu) {
             window = e.value;
             window_set = true;
@@ -3128,7 +3179,16 @@ static void on_settings(lc_session *s, const lc_spdy_frame *f)
     if (fc)
         atomic_store(&s->peer_fc, true);
     pthread_mutex_unlock(&s->wmu);
-    if (window_set) {
+    if (asked) {
+        /* From the next read on, fds that come with the bytes are taken;
+         * the peer passes none before it reads our FD_READY, which leaves
+         * after this (we are the reader: no read is in progress). */
+        atomic_store(&s->read_fds, true);
+        send_control(s, ctl_fd_ready, NULL);
+    }
+    if (ready && atomic_load(&s->peer_fdpass))
+        atomic_store(&s->peer_reads_fds, true);
+    if (window_set || (ready && atomic_load(&s->peer_reads_fds))) {
         atomic_store(&s->senders_blocked, true);
         wake_blocked_senders(s);
     }
@@ -3361,7 +3421,7 @@ static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drain
     for (;;) {
         struct iovec iov = { buf, READ_CHUNK };
         ssize_t n;
-        if (s->fdpass_local) {
+        if (atomic_load_explicit(&s->read_fds, memory_order_relaxed)) {
             int fds[LC_TRANSPORT_MAX_FDS];
             size_t nfds = LC_TRANSPORT_MAX_FDS;
             n = lc__conn_recvfds(s->conn, &iov, 1, fds, &nfds);

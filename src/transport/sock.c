@@ -116,7 +116,8 @@ int lc__conn_wrap(const lc_transport_ops *ops, int fd, lc_conn **out)
  * recv(2)/send(2): readv and sendmsg copy an iovec array (and sendmsg a
  * msghdr) in from user space first. bench_transport, 22-byte frames on a
  * loopback unix socket: 1.73 us per send + recv, 1.99 us per sendmsg +
- * readv (1.15x). (A unix session's reads stay recvmsg: fds may come.) */
+ * readv (1.15x). (A unix session reads with recvmsg only once its peer
+ * asked to pass fds: docs/PROTOCOL.md 7.) */
 ssize_t lc__sock_readv(lc_conn *c, const struct iovec *iov, int iovcnt)
 {
     for (;;) {

@@ -1032,18 +1032,21 @@ static void test_fd_queue_on_stalled_carrier(void **st)
         lc_buf b;
         lc__buf_init(&b);
         lc_spdy_setting set[2] = { { 0, LC_SPDY_SETTINGS_INITIAL_WINDOW_SIZE, 0x7fffffff },
-                                   { 0, LC_SETTINGS_LIBCHAN, LC_FEATURE_WINDOWS | LC_FEATURE_FDPASS } };
+                                   { 0, LC_SETTINGS_LIBCHAN,
+                                     LC_FEATURE_WINDOWS | LC_FEATURE_FDPASS | LC_FEATURE_FD_READY } };
         assert_int_equal(lc__spdy_put_settings(&b, 0, set, 2), 0);
         nt_raw_send(&raw, &b);
         lc__buf_free(&b);
         int64_t end = lc_test_now_us() + 5000000;
-        while (!atomic_load(&raw.s->peer_fdpass) && lc_test_now_us() < end) {
+        /* (FD_READY unasked: this peer reads fds from the start, so the
+         * session passes them without asking first) */
+        while (!atomic_load(&raw.s->peer_reads_fds) && lc_test_now_us() < end) {
             /* the library reads our SETTINGS when something drives it */
             lc_receiver *x;
             if (lc_session_receiver(raw.s, &x, 1) == 0)
                 lc_receiver_release(x);
         }
-        assert_true(atomic_load(&raw.s->peer_fdpass));
+        assert_true(atomic_load(&raw.s->peer_reads_fds));
         lc_sender *snd;
         assert_int_equal(lc_session_sender(raw.s, &snd), 0);
         static int w[CAP * PER];

@@ -33,6 +33,31 @@ static void put_settings(lc_buf *b, uint32_t window, uint32_t features)
     assert_int_equal(lc__spdy_put_settings(b, 0, set, n), 0);
 }
 
+/* What a sender of ours does before its first passed fd (PROTOCOL.md 7):
+ * SETTINGS with FD_ASK (and the given feature bits), then wait for the
+ * session's FD_READY. Until then the session reads with recv(2), and the
+ * kernel closes fds that come with the bytes. Frames before FD_READY are
+ * consumed (the session's first SETTINGS): call it before expecting others. */
+static void ask_fds(nt_raw *p, uint32_t features)
+{
+    lc_buf b;
+    lc__buf_init(&b);
+    put_settings(&b, 0, features | LC_FEATURE_FDPASS | LC_FEATURE_FD_ASK);
+    nt_raw_send(p, &b);
+    lc__buf_free(&b);
+    int64_t end = lc_test_now_us() + 5000000;
+    lc_spdy_frame f;
+    bool ready = false;
+    while (!ready && nt_raw_next(p, &f, end) == 1) {
+        for (uint32_t i = 0; f.type == LC_SPDY_SETTINGS && i < f.value; i++) {
+            lc_spdy_setting e;
+            lc__spdy_setting_get(&f, i, &e);
+            ready |= e.id == LC_SETTINGS_LIBCHAN && (e.value & LC_FEATURE_FD_READY) != 0;
+        }
+    }
+    assert_true(ready);
+}
+
 /* Bytes queued in the session's output, not written to the carrier yet. */
 static size_t out_pending(lc_session *s)
 {
@@ -640,6 +665,7 @@ static void test_unclaimed_fd_flood_is_bounded(void **st)
     LC_TEST_DEADLINE(60);
     nt_raw p;
     nt_raw_open(&p, NULL);
+    ask_fds(&p, 0);
     int pf[2];
     assert_int_equal(pipe2(pf, O_CLOEXEC), 0);
     int before = lc_test_count_fds();
@@ -686,6 +712,7 @@ static void test_passed_fds_pause_reading_until_claimed(void **st)
     o.recv_queue = 16;
     nt_raw p;
     nt_raw_open(&p, &o);
+    ask_fds(&p, LC_FEATURE_WINDOWS);
     int pf[2];
     assert_int_equal(pipe2(pf, O_CLOEXEC), 0);
     lc_buf b;
@@ -751,6 +778,7 @@ static void test_too_many_fds_in_one_read(void **st)
     LC_TEST_DEADLINE(30);
     nt_raw p;
     nt_raw_open(&p, NULL);
+    ask_fds(&p, 0);
     int pf[2];
     assert_int_equal(pipe2(pf, O_CLOEXEC), 0);
     lc_buf b;
@@ -770,6 +798,53 @@ static void test_too_many_fds_in_one_read(void **st)
     close(pf[1]);
 }
 
+/* fds that come before the session was asked for fds (FD_ASK) meet a plain
+ * recv(2): the kernel closes them, nothing is kept or leaked, and the session
+ * goes on. Once asked (and FD_READY read), the next passed fd is number 0. */
+static void test_fds_before_ask_are_dropped(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    nt_raw p;
+    nt_raw_open(&p, NULL);
+    int pf[2];
+    assert_int_equal(pipe2(pf, O_CLOEXEC), 0);
+    lc_buf b;
+    lc__buf_init(&b);
+    nt_put_syn(&p, &b, 1, 2, 0, 0);
+    nt_raw_send(&p, &b);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+    int before = lc_test_count_fds();
+    assert_int_equal(lc__spdy_put_ping(&b, 1), 0);
+    send_with_fds(p.fd, b.data, b.len, pf[0], 64);
+    b.len = 0;
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 5000), 1); /* read and answered */
+    assert_int_equal(nt_fds_unclaimed(p.s), 0);
+    assert_int_equal(lc_test_count_fds(), before);
+    assert_false(atomic_load(&p.s->read_fds));
+    assert_int_equal(lc_session_error(p.s), 0);
+    ask_fds(&p, 0);
+    static const uint8_t fd0[] = { 0x81, 0xa1, 'F', 0xd7, 0x03, 0x80, 0, 0, 0, 0, 0, 0, 0 };
+    assert_int_equal(lc__spdy_put_data(&b, 1, 0, fd0, sizeof fd0), 0);
+    send_with_fds(p.fd, b.data, b.len, pf[0], 1);
+    b.len = 0;
+    lc_msg *m;
+    assert_int_equal(lc_recv(r, &m, 5000), 0);
+    int fd = lc_value_take_fd(lc_map_get(lc_msg_root(m), "F"), NULL);
+    assert_true(fd >= 0);
+    struct stat a, want;
+    assert_int_equal(fstat(fd, &a), 0);
+    assert_int_equal(fstat(pf[0], &want), 0);
+    assert_true(a.st_ino == want.st_ino && a.st_dev == want.st_dev);
+    close(fd);
+    lc_msg_free(m);
+    lc_receiver_release(r);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+    close(pf[0]);
+    close(pf[1]);
+}
+
 /* A passed fd named by a message: the application gets it; named again by
  * a second message: that one fails its channel (after ref_timeout_ms, like
  * a missing ref), the session goes on. A number far in the future waits
@@ -782,6 +857,7 @@ static void test_passed_fd_named_twice_or_never_sent(void **st)
     o.ref_timeout_ms = 200;
     nt_raw p;
     nt_raw_open(&p, &o);
+    ask_fds(&p, LC_FEATURE_WINDOWS);
     int pf[2];
     assert_int_equal(pipe2(pf, O_CLOEXEC), 0);
     lc_buf b;
@@ -1164,6 +1240,7 @@ static void test_one_message_names_a_ref_twice(void **st)
     for (size_t k = 0; k < 5; k++) {
         nt_raw p;
         nt_raw_open(&p, &o);
+        ask_fds(&p, LC_FEATURE_WINDOWS);
         int pf[2];
         assert_int_equal(pipe2(pf, O_CLOEXEC), 0);
         lc_buf b;
@@ -1629,6 +1706,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ref_never_arrives_on_ended_channel, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_open_streams_are_bounded, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_too_many_fds_in_one_read, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_fds_before_ask_are_dropped, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_passed_fd_named_twice_or_never_sent, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_data_after_fin_or_rst_and_stray_replies, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_rst_behind_message_in_one_read, lc_test_setup, lc_test_teardown),
