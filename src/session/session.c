@@ -1219,12 +1219,15 @@ static void feeder_passive(void *ctx);
  * per session, the first time only. Returns 0 when the peer is ready (now),
  * LC__WOULD_BLOCK otherwise (wake_blocked_senders resumes the sender).
  */
-static int ask_for_fds(lc_session *s)
+static int ask_for_fds(lc_session *s, lc_stream *p)
 {
     pthread_mutex_lock(&s->wmu);
-    if (s->dead || s->sends_closed) {
+    /* what send_msg_on would say, before any wait: a reset stream is
+     * writable (net_writable), so a wait here would come straight back */
+    int end = s->dead || s->sends_closed ? LC_ESESSION : p->local_fin || p->reset ? LC_ECLOSED : 0;
+    if (end != 0) {
         pthread_mutex_unlock(&s->wmu);
-        return LC_ESESSION; /* (as send_msg_on would say: no retry loop) */
+        return end;
     }
     if (!s->fds_asked) {
         lc_spdy_setting e = { 0, LC_SETTINGS_LIBCHAN, LC_FEATURE_FDPASS | LC_FEATURE_FD_ASK };
@@ -1268,7 +1271,7 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
     /* Passed fds are numbered in the order they go out, so a message that
      * passes some is encoded under wmu (rare; others encode unlocked). */
     e.pass_fds = atomic_load(&s->peer_fdpass) && msg_has_streams(m);
-    if (e.pass_fds && !atomic_load(&s->peer_reads_fds) && (rc0 = ask_for_fds(s)) != 0)
+    if (e.pass_fds && !atomic_load(&s->peer_reads_fds) && (rc0 = ask_for_fds(s, p)) != 0)
         return rc0; /* (nothing encoded yet: the message stays the caller's) */
     if (e.pass_fds)
         pthread_mutex_lock(&s->wmu);
@@ -3146,11 +3149,19 @@ static void on_rst(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
     stream_unref(st);
 }
 
+/* FD_READY, and FD_ASK with it unless we asked already: a session that
+ * passes fds one way soon passes them back (a reply's streams), and the
+ * peer's FD_READY then comes ahead of its fds, so that our asking never
+ * waits on a read paused by unclaimed fds. wmu held (send_control). */
 static int ctl_fd_ready(lc_session *s, void *arg)
 {
     (void)arg;
-    lc_spdy_setting e = { 0, LC_SETTINGS_LIBCHAN, LC_FEATURE_FDPASS | LC_FEATURE_FD_READY };
-    return lc__spdy_put_settings(&s->out, 0, &e, 1);
+    uint32_t bits = LC_FEATURE_FDPASS | LC_FEATURE_FD_READY | (s->fds_asked ? 0 : LC_FEATURE_FD_ASK);
+    lc_spdy_setting e = { 0, LC_SETTINGS_LIBCHAN, bits };
+    int rc = lc__spdy_put_settings(&s->out, 0, &e, 1);
+    if (rc == 0)
+        s->fds_asked = true;
+    return rc;
 }
 
 static void on_settings(lc_session *s, const lc_spdy_frame *f)
@@ -3167,6 +3178,7 @@ static void on_settings(lc_session *s, const lc_spdy_frame *f)
         if (e.id == LC_SETTINGS_LIBCHAN && s->fdpass_local) {
             asked |= (e.value & LC_FEATURE_FD_ASK) != 0;
             ready |= (e.value & LC_FEATURE_FD_READY) != 0;
+            s->peer_asks |= (e.value & LC_FEATURE_FD_ASKS) != 0;
         }
         if (e.id == LC_SPDY_SETTINGS_INITIAL_WINDOW_SIZE && e.value > 0 && e.value <= 0x7fffffffu) {
             window = e.value;
@@ -3179,10 +3191,11 @@ static void on_settings(lc_session *s, const lc_spdy_frame *f)
     if (fc)
         atomic_store(&s->peer_fc, true);
     pthread_mutex_unlock(&s->wmu);
-    if (asked) {
+    if (asked && !s->peer_asked) {
         /* From the next read on, fds that come with the bytes are taken;
          * the peer passes none before it reads our FD_READY, which leaves
          * after this (we are the reader: no read is in progress). */
+        s->peer_asked = true;
         atomic_store(&s->read_fds, true);
         send_control(s, ctl_fd_ready, NULL);
     }
@@ -3233,6 +3246,17 @@ static void handle_frame(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
          * for the initial window goes on without one */
         if (f->type == LC_SPDY_SETTINGS)
             on_settings(s, f);
+        if (s->fdpass_local) {
+            /* we read with recvmsg up to here: a peer that passes fds
+             * unasked (FDPASS without FD_ASKS) gets that for good, and is
+             * passed fds unasked; toward others plain recv from now on,
+             * unless this frame asked for fds already */
+            bool unasked = atomic_load(&s->peer_fdpass) && !s->peer_asks;
+            if (unasked)
+                atomic_store(&s->peer_reads_fds, true);
+            else if (!s->peer_asked)
+                atomic_store(&s->read_fds, false);
+        }
         atomic_store_explicit(&s->peer_known, true, memory_order_release);
         if (!atomic_load(&s->peer_fc)) {
             atomic_store(&s->senders_blocked, true);
@@ -3825,6 +3849,8 @@ static int session_start(lc_conn *conn, bool is_client, const lc_options *o, lc_
     s->conn = conn;
     s->is_client = is_client;
     s->fdpass_local = strcmp(lc__conn_scheme(conn), "unix") == 0; /* before any read */
+    /* recvmsg until the peer's first frame tells how it passes fds */
+    atomic_store(&s->read_fds, s->fdpass_local);
     s->next_id = is_client ? 1 : 2;
     s->peer_window = LC_SPDY_DEFAULT_WINDOW;
     lc__spdy_decoder_init(&s->dec, NULL);
@@ -3857,7 +3883,8 @@ static int session_start(lc_conn *conn, bool is_client, const lc_options *o, lc_
      * tells a peer of ours we speak windows (a Go peer ignores both) */
     lc_spdy_setting set[2] = {
         { 0, LC_SPDY_SETTINGS_INITIAL_WINDOW_SIZE, s->opt.stream_window },
-        { 0, LC_SETTINGS_LIBCHAN, LC_FEATURE_WINDOWS | (s->fdpass_local ? LC_FEATURE_FDPASS : 0) } };
+        { 0, LC_SETTINGS_LIBCHAN,
+          LC_FEATURE_WINDOWS | (s->fdpass_local ? LC_FEATURE_FDPASS | LC_FEATURE_FD_ASKS : 0) } };
     pthread_mutex_lock(&s->wmu);
     if (lc__spdy_put_settings(&s->out, 0, set, 2) == 0)
         flush_locked(s);

@@ -165,9 +165,14 @@ struct lc_session {
     _Atomic bool peer_fdpass; /* ... and so did the peer */
     /* fds are read only once asked for (PROTOCOL.md 7): recv(2) is ~0.2 us
      * cheaper than recvmsg(2) with room for fds, twice per round trip */
-    _Atomic bool read_fds;        /* we read the carrier with recvmsg (announced FD_READY) */
+    _Atomic bool read_fds;        /* we read the carrier with recvmsg: until the peer's first
+                                     frame, then once asked (we announced FD_READY), or for
+                                     good toward a peer that passes fds unasked */
     bool fds_asked;               /* wmu: we sent FD_ASK */
-    _Atomic bool peer_reads_fds;  /* the peer announced FD_READY: we may pass fds */
+    bool peer_asked;              /* reader: the peer sent FD_ASK */
+    _Atomic bool peer_reads_fds;  /* the peer announced FD_READY (or reads fds always): we
+                                     may pass fds */
+    bool peer_asks;               /* reader: the peer announced FD_ASKS */
     uint64_t fd_out_seq;  /* wmu: fds passed so far */
     int *fdq;             /* wmu: fds to send with the next write (owned) */
     struct lc_fdq_at { uint64_t gen; size_t off; } *fdq_at; /* wmu: where fdq[i]'s message starts
@@ -232,6 +237,9 @@ struct lc_session {
 #define LC_FEATURE_FDPASS       0x2u   /* byte streams may travel as fds (unix only) */
 #define LC_FEATURE_FD_ASK       0x4u   /* we want to pass fds: read them and say FD_READY */
 #define LC_FEATURE_FD_READY     0x8u   /* we read fds from now on: pass them */
+#define LC_FEATURE_FD_ASKS      0x10u  /* (with FDPASS) we ask before we pass fds, and read
+                                          them only once asked; a peer that announces FDPASS
+                                          without it passes fds unasked */
 /* ext 1/2/3 payload of a passed fd: this bit | its sequence number among the
  * fds the sender passed on this session (docs/PROTOCOL.md) */
 #define LC_REF_PASSED_FD        0x8000000000000000ull

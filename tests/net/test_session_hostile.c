@@ -42,7 +42,7 @@ static void ask_fds(nt_raw *p, uint32_t features)
 {
     lc_buf b;
     lc__buf_init(&b);
-    put_settings(&b, 0, features | LC_FEATURE_FDPASS | LC_FEATURE_FD_ASK);
+    put_settings(&b, 0, features | LC_FEATURE_FDPASS | LC_FEATURE_FD_ASKS | LC_FEATURE_FD_ASK);
     nt_raw_send(p, &b);
     lc__buf_free(&b);
     int64_t end = lc_test_now_us() + 5000000;
@@ -843,6 +843,118 @@ static void test_fds_before_ask_are_dropped(void **st)
     nt_raw_close(&p);
     close(pf[0]);
     close(pf[1]);
+}
+
+/* A peer that announces fd passing without FD_ASKS passes fds unasked (as
+ * our sessions did before FD_ASK): the session, which reads with recvmsg up
+ * to the peer's first frame, goes on doing so, and passes its own fds to it
+ * without asking. (Before FD_ASKS, it read such fds with recv: the kernel
+ * closed them and the message waited for them until it failed.) */
+static void test_fds_from_peer_that_passes_unasked(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    nt_raw p;
+    nt_raw_open(&p, NULL);
+    int pf[2];
+    assert_int_equal(pipe2(pf, O_CLOEXEC), 0);
+    lc_buf b;
+    lc__buf_init(&b);
+    put_settings(&b, 0, LC_FEATURE_WINDOWS | LC_FEATURE_FDPASS);
+    nt_put_syn(&p, &b, 1, 2, 0, 0);
+    nt_raw_send(&p, &b);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+    assert_true(atomic_load(&p.s->read_fds));
+    assert_true(atomic_load(&p.s->peer_reads_fds));
+    static const uint8_t fd0[] = { 0x81, 0xa1, 'F', 0xd7, 0x03, 0x80, 0, 0, 0, 0, 0, 0, 0 };
+    assert_int_equal(lc__spdy_put_data(&b, 1, 0, fd0, sizeof fd0), 0);
+    send_with_fds(p.fd, b.data, b.len, pf[0], 1);
+    b.len = 0;
+    lc_msg *m;
+    assert_int_equal(lc_recv(r, &m, 5000), 0);
+    int fd = lc_value_take_fd(lc_map_get(lc_msg_root(m), "F"), NULL);
+    assert_true(fd >= 0);
+    struct stat a, want;
+    assert_int_equal(fstat(fd, &a), 0);
+    assert_int_equal(fstat(pf[0], &want), 0);
+    assert_true(a.st_ino == want.st_ino && a.st_dev == want.st_dev);
+    close(fd);
+    lc_msg_free(m);
+    lc_receiver_release(r);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+    close(pf[0]);
+    close(pf[1]);
+}
+
+/*
+ * A message with an fd waits for the peer's FD_READY; its channel is reset
+ * meanwhile (RST_STREAM). The send ends at once with LC_ECLOSED. (Once it
+ * spun: a reset stream counts as writable, and each retry asked again and
+ * was held again, a core busy until the send's timeout, LC_ETIMEDOUT.)
+ */
+typedef struct {
+    lc_sender *s;
+    int fd;
+    int rc;
+    atomic_bool done;
+} fd_send_arg;
+
+static void *fd_send_fn(void *x)
+{
+    fd_send_arg *a = x;
+    lc_msg *m = lc_msg_new();
+    assert_non_null(m);
+    assert_int_equal(lc_msg_set_root(m, lc_new_stream(m, a->fd, LC_STREAM_READ)), 0);
+    a->rc = lc_send(a->s, m, 10000);
+    if (a->rc != 0)
+        lc_msg_free(m); /* (closes the fd: the message owned it) */
+    atomic_store(&a->done, true);
+    return NULL;
+}
+
+static void test_fd_send_waiting_for_ready_ends_on_reset(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    nt_raw p;
+    nt_raw_open(&p, NULL);
+    lc_buf b;
+    lc__buf_init(&b);
+    put_settings(&b, 0, LC_FEATURE_WINDOWS | LC_FEATURE_FDPASS | LC_FEATURE_FD_ASKS);
+    nt_raw_send(&p, &b);
+    lc_sender *snd;
+    assert_int_equal(lc_session_sender(p.s, &snd), 0); /* stream 2: the session is the server */
+    int pf[2];
+    assert_int_equal(pipe2(pf, O_CLOEXEC), 0);
+    fd_send_arg a = { .s = snd, .fd = pf[0] };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, fd_send_fn, &a), 0);
+    /* the send asks (FD_ASK), and we never answer */
+    int64_t end = lc_test_now_us() + 5000000;
+    lc_spdy_frame f;
+    bool asked = false;
+    while (!asked && nt_raw_next(&p, &f, end) == 1) {
+        for (uint32_t i = 0; f.type == LC_SPDY_SETTINGS && i < f.value; i++) {
+            lc_spdy_setting e;
+            lc__spdy_setting_get(&f, i, &e);
+            asked |= e.id == LC_SETTINGS_LIBCHAN && (e.value & LC_FEATURE_FD_ASK) != 0;
+        }
+    }
+    assert_true(asked);
+    assert_false(atomic_load(&a.done));
+    int64_t t0 = lc_test_now_us();
+    assert_int_equal(lc__spdy_put_rst_stream(&b, 2, LC_SPDY_CANCEL), 0);
+    nt_raw_send(&p, &b);
+    assert_int_equal(pthread_join(t, NULL), 0); /* (the send's own timeout is 10 s) */
+    int64_t ms = (lc_test_now_us() - t0) / 1000;
+    if (a.rc != LC_ECLOSED || ms > 2000)
+        fprintf(stderr, "send after RST: %s after %lld ms\n", lc_strerror(a.rc), (long long)ms);
+    assert_int_equal(a.rc, LC_ECLOSED);
+    assert_true(ms <= 2000);
+    close(pf[1]);
+    lc_sender_release(snd);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
 }
 
 /* A passed fd named by a message: the application gets it; named again by
@@ -1707,6 +1819,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_open_streams_are_bounded, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_too_many_fds_in_one_read, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fds_before_ask_are_dropped, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_fds_from_peer_that_passes_unasked, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_fd_send_waiting_for_ready_ends_on_reset, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_passed_fd_named_twice_or_never_sent, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_data_after_fin_or_rst_and_stray_replies, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_rst_behind_message_in_one_read, lc_test_setup, lc_test_teardown),

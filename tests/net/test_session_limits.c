@@ -128,8 +128,8 @@ static void expect_same_pipe(lc_receiver *r, int n, const struct stat *want)
  * (FD_ASK): recvmsg with room for fds costs ~0.2 us more per read, twice per
  * round trip. Plain messages leave both sides reading with recv. The first
  * message that passes an fd asks, waits for FD_READY, then passes the fd
- * itself (the receiver gets the sender's pipe); only the receiving side
- * switches. Then the same the other way.
+ * itself (the receiver gets the sender's pipe). The receiver asks back with
+ * its FD_READY, so fds then pass both ways without another wait.
  */
 static void test_fd_reading_starts_when_asked(void **st)
 {
@@ -159,15 +159,70 @@ static void test_fd_reading_starts_when_asked(void **st)
     assert_int_equal(fstat(pf[0], &want), 0);
     assert_int_equal(send_or_free(cs, msg_with_fds(3, pf[0], 1), 5000), 0);
     expect_same_pipe(sr, 3, &want);
+    /* the server answered FD_READY with FD_ASK, and the client its FD_READY
+     * ahead of the message: both ways are open now */
     assert_true(atomic_load(&p.server->read_fds));
     assert_true(atomic_load(&p.client->peer_reads_fds));
-    assert_false(atomic_load(&p.client->read_fds));
+    assert_true(atomic_load(&p.client->read_fds));
+    assert_true(atomic_load(&p.server->peer_reads_fds));
     assert_int_equal(send_or_free(ss, msg_with_fds(4, pf[0], 1), 5000), 0);
     expect_same_pipe(cr, 4, &want);
-    assert_true(atomic_load(&p.client->read_fds));
     /* and again, without asking */
     assert_int_equal(send_or_free(cs, msg_with_fds(5, pf[0], 1), 5000), 0);
     expect_same_pipe(sr, 5, &want);
+    close(pf[0]);
+    close(pf[1]);
+    lc_close(cs);
+    lc_close(ss);
+    lc_sender_release(cs);
+    lc_sender_release(ss);
+    lc_receiver_release(sr);
+    lc_receiver_release(cr);
+    nt_close_pair(&p);
+}
+
+/*
+ * The server's reading is paused: the client passed it more than 256 fds its
+ * application has not received yet (PROTOCOL.md 7). The server then passes
+ * one fd back. It goes at once: the FD_READY it needs came with the
+ * client's first answer, ahead of the client's fds. (When FD_READY only
+ * answered an FD_ASK sent now, the paused session never read it: the send
+ * timed out, and one that received only after sending waited for good.)
+ */
+static void test_fd_send_while_reading_paused(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    enum { MSGS = 12, PER = 64 };
+    char url[128];
+    lc_options so;
+    lc_options_default(&so);
+    so.recv_queue = 2;
+    nt_pair p;
+    nt_open_pair(&p, nt_unix_url(url, sizeof url), NULL, &so);
+    int pf[2];
+    assert_int_equal(pipe2(pf, O_CLOEXEC), 0);
+    lc_sender *cs, *ss;
+    lc_receiver *sr, *cr;
+    assert_int_equal(lc_session_sender(p.client, &cs), 0);
+    assert_int_equal(lc_session_sender(p.server, &ss), 0);
+    for (int i = 0; i < MSGS; i++)
+        assert_int_equal(send_or_free(cs, msg_with_fds(i, pf[0], PER), 5000), 0);
+    assert_int_equal(lc_session_receiver(p.server, &sr, 5000), 0);
+    int64_t end = lc_test_now_us() + 5000000;
+    while (!session_paused(p.server) && lc_test_now_us() < end) {
+        struct timespec ts = { 0, 1000000 };
+        nanosleep(&ts, NULL); /* (the engine reads and pauses: nothing to wait on) */
+    }
+    assert_true(session_paused(p.server));
+    assert_true(nt_fds_unclaimed(p.server) > 256);
+    int64_t t0 = lc_test_now_us();
+    assert_int_equal(send_or_free(ss, msg_with_fds(100, pf[0], 1), 3000), 0);
+    assert_true(lc_test_now_us() - t0 < 2000000);
+    assert_int_equal(lc_session_receiver(p.client, &cr, 5000), 0);
+    assert_int_equal(expect_fds_msg(cr, 100, 1, 5000), 0);
+    for (int i = 0; i < MSGS; i++)
+        assert_int_equal(expect_fds_msg(sr, i, PER, 5000), 0);
     close(pf[0]);
     close(pf[1]);
     lc_close(cs);
@@ -992,6 +1047,7 @@ int main(void)
     nt_filter_from_env();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_fd_reading_starts_when_asked, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_fd_send_while_reading_paused, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fds_queued_ahead_of_their_messages, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fds_one_per_message_to_slow_consumer, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fds_64_per_message_to_slow_consumer, lc_test_setup, lc_test_teardown),
