@@ -446,7 +446,10 @@ LC_API size_t lc_receiver_queued(lc_receiver *r);
  * capped (docs/PROTOCOL.md 2.5 lists the limits and what happens past them).
  *
  * URLs: "unix:///absolute/path" and "tcp://host:port" (port 0 to listen on
- * any free port; lc_listener_url tells which).
+ * any free port; lc_listener_url tells which). An IPv6 host goes in
+ * brackets ("tcp://[::1]:9000"); an empty host ("tcp://:9000") listens on
+ * every address, IPv6 and IPv4 (where the machine has IPv6; IPv4 only
+ * otherwise), and dials the loopback address.
  *
  * Sessions share one internal thread that waits for their sockets with
  * epoll. LIBCHAN_ENGINE=poll in the environment (read when that thread

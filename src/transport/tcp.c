@@ -86,6 +86,14 @@ static int tcp_dial(const lc_url *u, int64_t timeout_ms, lc_conn **out)
     return rc;
 }
 
+/*
+ * The wildcard (tcp://:port) listens on both families: getaddrinfo gives
+ * 0.0.0.0 before :: here, and the first address that binds was taken, so
+ * IPv6 clients were refused. An IPv6 socket with IPV6_V6ONLY off takes
+ * IPv4 too; where IPv6 is off (no such family, or no address), the IPv4
+ * entry that follows is taken as before. Named hosts keep the resolver's
+ * order.
+ */
 static int tcp_listen(const lc_url *u, lc_tlistener **out)
 {
     struct addrinfo *res;
@@ -93,7 +101,12 @@ static int tcp_listen(const lc_url *u, lc_tlistener **out)
     if (rc != 0)
         return rc;
     rc = -EADDRNOTAVAIL;
+    bool wildcard = u->host[0] == '\0';
+    /* pass 0: the IPv6 wildcard; pass 1: the other entries (all of a name) */
+    for (int pass = wildcard ? 0 : 1; pass < 2; pass++) {
     for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+        if (wildcard && (pass == 0) != (ai->ai_family == AF_INET6))
+            continue;
         int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0) {
             rc = -errno;
@@ -101,8 +114,12 @@ static int tcp_listen(const lc_url *u, lc_tlistener **out)
         }
         int one = 1, zero = 0;
         (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        if (ai->ai_family == AF_INET6 && u->host[0] == '\0') /* wildcard: dual stack */
-            (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+        if (ai->ai_family == AF_INET6 && wildcard && /* dual stack, or the next entry */
+            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero) != 0) {
+            rc = -errno;
+            close(fd);
+            continue;
+        }
         if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, SOMAXCONN) != 0) {
             rc = -errno;
             close(fd);
@@ -118,6 +135,7 @@ static int tcp_listen(const lc_url *u, lc_tlistener **out)
         l->fd = fd;
         *out = l;
         return 0;
+    }
     }
     freeaddrinfo(res);
     return rc;
