@@ -504,7 +504,8 @@ LC_API int lc_dial(const char *url, const lc_options *o, lc_session **out, lc_er
 
 /* Listens on url. Each accepted connection is its own session. On a unix
  * path where something is listening, -EADDRINUSE; a stale socket file left
- * by a dead listener is replaced. Listens on one path that race (threads,
+ * by a dead listener is replaced; a path that is some other file (never
+ * removed) gives -ENOTSOCK. Listens on one path that race (threads,
  * or processes using libchan) take turns under an flock on the socket's
  * directory: one wins, the others get -EADDRINUSE. The dial timeout does
  * not cover name resolution (getaddrinfo) for tcp:// hosts. */

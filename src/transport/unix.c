@@ -99,8 +99,9 @@ fail:
     return rc;
 }
 
-/* Is something accepting at this path? -EADDRINUSE if so (or if it is not a
- * socket at all), 0 once a stale socket file has been removed. */
+/* Is something accepting at this path? -EADDRINUSE if so, -ENOTSOCK if the
+ * path is some other file (a regular file, a directory: never removed), 0
+ * once a stale socket file has been removed. */
 static int clear_stale(const char *path, const struct sockaddr_un *sa, socklen_t len)
 {
     int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -117,7 +118,8 @@ static int clear_stale(const char *path, const struct sockaddr_un *sa, socklen_t
     if (lstat(path, &st) != 0)
         return errno == ENOENT ? 0 : -errno;
     if (!S_ISSOCK(st.st_mode))
-        return -EADDRINUSE; /* never remove a file that is not a socket */
+        return -ENOTSOCK; /* never remove a file that is not a socket; and it is
+                             not "in use": say what is in the way */
     if (unlink(path) != 0 && errno != ENOENT)
         return -errno;
     return 0;

@@ -6,6 +6,7 @@
 #include "transport.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -154,7 +155,9 @@ int lc__listen(const char *url, lc_tlistener **out, lc_error *err)
     if (rc != 0)
         return rc;
     rc = u.ops->listen(&u, out);
-    if (rc != 0)
+    if (rc == -ENOTSOCK && u.ops == &lc__unix_ops)
+        lc__url_error(err, rc, "%s: listen: %s exists and is not a socket", url, u.path);
+    else if (rc != 0)
         lc__url_error(err, rc, "%s: listen: %s", url, lc_strerror(rc));
     return rc;
 }

@@ -99,6 +99,18 @@ stop() {
     check_clean "$T/$name.err" "$name"
 }
 
+# wait_exit PID SECS WHAT : waits for a background client with a deadline
+# (killing it when it overstays) and sets RC to its exit status.
+wait_exit() {
+    local pid=$1 secs=$2 what=$3
+    if ! timeout "$secs" tail --pid="$pid" -f /dev/null; then
+        fail "$what did not exit within $secs s"
+        kill -s KILL "$pid" 2>/dev/null
+    fi
+    wait "$pid"
+    RC=$?
+}
+
 cleanup() {
     for name in "${SERVERS[@]}"; do
         [ -n "$name" ] || continue
@@ -247,6 +259,23 @@ t_bad_json() {
     err_one_line 'not base64'
     run 65 "$LCHAN" send "$URL" '{"t": {"$time": "yesterday"}}'
     err_one_line 'RFC 3339'
+    # out-of-range fields are refused (timegm would carry them over), each named
+    run 65 "$LCHAN" send "$URL" '{"t": {"$time": "2006-13-45T99:99:99Z"}}'
+    err_one_line 'at t: \$time: "2006-13-45T99:99:99Z": month 13 is out of range'
+    run 65 "$LCHAN" send "$URL" '{"t": {"$time": "2023-02-29T00:00:00Z"}}'
+    err_one_line 'day 29 is out of range for 2023-02 \(01-28\)'
+    run 65 "$LCHAN" send "$URL" '{"t": {"$time": "2024-04-31T00:00:00Z"}}'
+    err_one_line 'day 31 is out of range for 2024-04'
+    run 65 "$LCHAN" send "$URL" '{"t": {"$time": "2024-01-01T24:00:00Z"}}'
+    err_one_line 'hour 24 is out of range'
+    run 65 "$LCHAN" send "$URL" '{"t": {"$time": "2024-01-01T23:60:00Z"}}'
+    err_one_line 'minute 60 is out of range'
+    run 65 "$LCHAN" send "$URL" '{"t": {"$time": "2016-12-31T23:59:60Z"}}'
+    err_one_line 'second 60 is out of range'
+    run 65 "$LCHAN" send "$URL" '{"t": {"$time": "2024-01-01T00:00:00+24:00"}}'
+    err_one_line 'offset \+24:00 is out of range'
+    run 65 "$LCHAN" send "$URL" '{"t": {"$time": "2024-1-01T00:00:00Z"}}'
+    err_one_line 'not RFC 3339'
     run 65 "$LCHAN" send "$URL" '{"c": {"$chan": "other"}}'
     err_one_line 'unknown channel'
 }
@@ -420,6 +449,11 @@ t_serve_listen_fail() {
     start two "$LCHAN" serve "unix://$T/s.sock" --echo
     run 71 "$LCHAN" serve "$URL" --echo
     err_one_line "address already in use"
+    # a file that is not a socket is in the way, not "in use"; and it is kept
+    echo data >"$T/plain"
+    run 71 "$LCHAN" serve "unix://$T/plain" --echo
+    err_one_line "^lchan: cannot listen on unix://$T/plain: $T/plain exists and is not a socket \(remove it"
+    [ "$(cat "$T/plain")" = data ] || fail "the file in the way was changed"
     stop one
     stop two
 }
@@ -507,6 +541,124 @@ t_example_rexec() {
         run 7 "$REXEC_CLIENT" "$URL" sh -c 'exit 7'
         stop lx
     fi
+}
+
+# SIGINT and SIGTERM stop the clients (exec, send, bench) while they wait,
+# with 128+signal.
+t_client_signals() {
+    start ex "$LCHAN" serve "unix://$T/ex.sock" --exec
+    local exurl=$URL line
+    mkfifo "$T/o1" "$T/o2" "$T/o3"
+    # exec waiting for the status of a long command
+    "$LCHAN" exec "$exurl" -- sh -c 'echo started; exec sleep 30' >"$T/o1" 2>"$T/e1" </dev/null &
+    local c1=$!
+    exec {r}<"$T/o1"
+    read -r -t 30 -u "$r" line || fail "exec: the remote command did not start"
+    kill -s INT "$c1"
+    wait_exit "$c1" 5 "exec after SIGINT"
+    exec {r}<&-
+    [ "$RC" = 130 ] || fail "exec exited $RC after SIGINT, expected 130"
+    check_clean "$T/e1" "exec"
+    # send waiting for replies and a stream
+    "$LCHAN" send "$exurl" --timeout 0 \
+        '{"Cmd":"sh","Args":["-c","echo started; exec sleep 30"],"Stdout":"@stdout","StatusChan":"@reply"}' \
+        >"$T/o2" 2>"$T/e2" </dev/null &
+    local c2=$!
+    exec {r}<"$T/o2"
+    read -r -t 30 -u "$r" line || fail "send: the remote command did not start"
+    kill -s TERM "$c2"
+    wait_exit "$c2" 5 "send after SIGTERM"
+    exec {r}<&-
+    [ "$RC" = 143 ] || fail "send exited $RC after SIGTERM, expected 143"
+    check_clean "$T/e2" "send"
+    stop ex
+    # bench waiting for a reply that does not come (the server is stopped)
+    start echo "$LCHAN" serve "unix://$T/echo.sock" --echo
+    kill -s STOP "$PID_echo"
+    "$LCHAN" bench "$URL" --messages 0 --roundtrips 5 >"$T/o3" 2>"$T/e3" </dev/null &
+    local c3=$!
+    exec {r}<"$T/o3"
+    read -r -t 30 -u "$r" line || fail "bench printed nothing"
+    kill -s INT "$c3"
+    wait_exit "$c3" 5 "bench after SIGINT"
+    exec {r}<&-
+    [ "$RC" = 130 ] || fail "bench exited $RC after SIGINT, expected 130"
+    check_clean "$T/e3" "bench"
+    kill -s CONT "$PID_echo"
+    stop echo
+}
+
+# exec's waits are bounded: --timeout for the whole command, and a peer that
+# accepts the session but never answers is given up on after 10 s.
+t_exec_timeout() {
+    start ex "$LCHAN" serve "unix://$T/ex.sock" --exec
+    run 0 "$LCHAN" exec --timeout 20000 "$URL" -- echo quick
+    out_is quick
+    run 75 "$LCHAN" exec "$URL" --timeout=300 -- sleep 20
+    err_one_line "exec: no status from $URL within 300 ms \(--timeout\)"
+    kill -s STOP "$PID_ex" # a silent peer: the kernel still accepts
+    run 75 "$LCHAN" exec --timeout 500 "$URL" -- true
+    err_one_line "no status from $URL within 500 ms"
+    local t0=$SECONDS
+    run 75 "$LCHAN" exec "$URL" -- true
+    err_one_line "exec: $URL accepted the session but has not answered the request in 10 s"
+    [ $((SECONDS - t0)) -le 15 ] || fail "exec gave up after $((SECONDS - t0)) s, expected about 10"
+    kill -s CONT "$PID_ex"
+    stop ex
+}
+
+# send with a byte stream: a server that dies mid-stream is a lost session (76)
+t_send_session_lost() {
+    start ex "$LCHAN" serve tcp://127.0.0.1:0 --exec
+    mkfifo "$T/cin" "$T/sink"
+    exec {s}<>"$T/sink" # (read-write: opening does not wait for the writer)
+    "$LCHAN" send "$URL" --timeout 0 "{\"Cmd\":\"sh\",\"Args\":[\"-c\",\"cat > $T/sink\"],\"Stdin\":\"@stdin\"}" \
+        <"$T/cin" >"$T/cout" 2>"$T/cerr" &
+    local client=$! line
+    exec {w}>"$T/cin"
+    echo first >&"$w"
+    read -r -t 30 -u "$s" line || fail "the first line did not arrive"
+    [ "$line" = first ] || fail "got '$line'"
+    stop ex KILL 137 # the server dies mid-stream
+    echo second >&"$w"
+    exec {w}>&-
+    wait_exit "$client" 20 "send after its server died"
+    exec {s}<&-
+    [ "$RC" = 76 ] || fail "send exited $RC when its server died mid-stream, expected 76"
+    grep -q "^lchan: the session to tcp://.* ended before all of stdin was sent" "$T/cerr" ||
+        fail "stderr: $(cat "$T/cerr")"
+    check_clean "$T/cerr" "send"
+}
+
+# stopping serve closes its sessions at once, not one after another: four
+# sessions whose streams are still open take one close limit (2 s), not four
+t_serve_stop_many() {
+    # (tcp: over unix the streams are passed as fds, and the echo copies
+    # then wait for the clients' own EOF, whatever the sessions do)
+    start echo "$LCHAN" serve tcp://127.0.0.1:0 --echo
+    local i pids=() wfd=() rfd=() line fd
+    for i in 1 2 3 4; do
+        mkfifo "$T/in$i" "$T/out$i"
+        "$LCHAN" send "$URL" --timeout 0 '{"In":"@stdin","Out":"@stdout"}' <"$T/in$i" >"$T/out$i" 2>"$T/err$i" &
+        pids+=($!)
+        exec {fd}>"$T/in$i"
+        wfd+=("$fd")
+        exec {fd}<"$T/out$i"
+        rfd+=("$fd")
+        echo "hello $i" >&"${wfd[-1]}"
+        read -r -t 30 -u "${rfd[-1]}" line || fail "session $i: no echo"
+        [ "$line" = "hello $i" ] || fail "session $i: got '$line'"
+    done
+    local t0
+    t0=$(date +%s%N)
+    stop echo TERM 0
+    local ms=$((($(date +%s%N) - t0) / 1000000))
+    echo "serve stopped with 4 sessions open in $ms ms" >&2
+    [ "$ms" -lt 5000 ] || { fail "stopping serve with 4 open sessions took $ms ms (closed one by one?)"; sed "s/^/    stderr: /" "$T/echo.err" >&2; }
+    for i in 0 1 2 3; do
+        exec {wfd[i]}>&- {rfd[i]}<&-
+        wait_exit "${pids[i]}" 10 "client $((i + 1))"
+    done
 }
 
 declare -F "t_$CASE" >/dev/null || die "no case '$CASE'"

@@ -355,7 +355,9 @@ static void test_unix_live_socket_and_other_files_are_kept(void **state)
     int fd = open(fpath, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
     assert_true(fd >= 0);
     close(fd);
-    assert_int_equal(lc__listen(furl, &l, NULL), -EADDRINUSE);
+    lc_error ferr = {0};
+    assert_int_equal(lc__listen(furl, &l, &ferr), -ENOTSOCK); /* not "in use": in the way */
+    assert_non_null(strstr(ferr.text, "exists and is not a socket"));
     assert_true(exists(fpath));
     unlink(fpath);
 

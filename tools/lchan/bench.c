@@ -23,8 +23,9 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* One request with a fresh reply Sender; the reply must come in 30 s. */
-static int round_trip(lc_sender *chan, int64_t seq, const char *url)
+/* One request with a fresh reply Sender; the reply must come in 30 s.
+ * SIGINT/SIGTERM end the wait (and the command). */
+static int round_trip(lc_session *sess, lc_sender *chan, int64_t seq, const char *url)
 {
     lc_receiver *r;
     lc_sender *s;
@@ -35,10 +36,14 @@ static int round_trip(lc_sender *chan, int64_t seq, const char *url)
     if (m == NULL)
         lx_die(LX_INTERNAL, "out of memory");
     lx_trace_msg("chan#1", ">>", m);
-    if ((rc = lc_send(chan, m, 10000)) != 0)
+    if ((rc = lx_stoppable_send(chan, m, 10000)) == LX_ESTOPPED)
+        lx_exit_stopped(sess);
+    if (rc != 0)
         lx_die(lx_session_exit(rc), "send to %s: %s", url, lc_strerror(rc));
     lc_msg *rep;
-    rc = lc_recv(r, &rep, 30000);
+    rc = lx_stoppable_recv(r, &rep, 30000);
+    if (rc == LX_ESTOPPED)
+        lx_exit_stopped(sess);
     if (rc == LC_ETIMEDOUT)
         lx_die(LX_TIMEOUT, "no reply from %s within 30 s (is it `lchan serve --echo`?)", url);
     if (rc != 0)
@@ -70,6 +75,8 @@ int lx_bench(int argc, char **argv)
         lx_usage("missing URL (of an `lchan serve --echo`)");
 
     lc_session *s = lx_dial(url);
+    if (lx_stop)
+        lx_exit_stopped(s);
     lc_sender *chan;
     int rc = lc_session_sender(s, &chan);
     if (rc != 0)
@@ -78,6 +85,7 @@ int lx_bench(int argc, char **argv)
     if (payload == NULL)
         lx_die(LX_INTERNAL, "out of memory");
     printf("lchan bench %s: %lld one-way messages of %lld bytes, %lld round trips\n", url, n, size, rt);
+    fflush(stdout); /* (each line as it is done: a pipe would hold them to the end) */
 
     if (n > 0) {
         double t0 = now_s();
@@ -86,13 +94,16 @@ int lx_bench(int argc, char **argv)
             if (m == NULL)
                 lx_die(LX_INTERNAL, "out of memory");
             lx_trace_msg("chan#1", ">>", m);
-            if ((rc = lc_send(chan, m, 10000)) != 0)
+            if ((rc = lx_stoppable_send(chan, m, 10000)) == LX_ESTOPPED)
+                lx_exit_stopped(s);
+            if (rc != 0)
                 lx_die(lx_session_exit(rc), "send to %s: %s", url, lc_strerror(rc));
         }
-        round_trip(chan, -1, url); /* the channel is in order: all arrived */
+        round_trip(s, chan, -1, url); /* the channel is in order: all arrived */
         double dt = now_s() - t0;
         printf("one-way:    %lld msgs in %.3f s = %.0f msgs/s, %.1f MB/s of payload\n", n, dt, (double)n / dt,
                (double)n * (double)size / dt / 1e6);
+        fflush(stdout);
     }
     if (rt > 0) {
         double *lat = malloc((size_t)rt * sizeof *lat);
@@ -101,7 +112,7 @@ int lx_bench(int argc, char **argv)
         double t0 = now_s();
         for (long long i = 0; i < rt; i++) {
             double t = now_s();
-            round_trip(chan, i, url);
+            round_trip(s, chan, i, url);
             lat[i] = now_s() - t;
         }
         double dt = now_s() - t0;

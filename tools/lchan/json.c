@@ -75,34 +75,83 @@ static int b64_decode(const char *s, uint8_t **out, size_t *outlen)
 
 /* ---- RFC 3339 time ------------------------------------------------------------ */
 
-static int parse_time(const char *s, int64_t *sec, uint32_t *nsec)
+static bool is_leap(int y)
 {
-    struct tm tm = { 0 };
-    int n = 0;
-    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
-               &tm.tm_min, &tm.tm_sec, &n) != 6 || n != 19)
+    return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+}
+
+/* n digits at s, as a number; -1 if they are not all digits */
+static int digits(const char *s, int n)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
+/* RFC 3339 date-time: YYYY-MM-DDTHH:MM:SS[.frac](Z|+hh:mm|-hh:mm). Each field
+ * must be in range (timegm would carry month 13 into the next year); second
+ * 60 is refused: a leap second has no Unix time (Go refuses it too). -1 with
+ * the reason in why when s is not such a time. */
+static int parse_time(const char *s, int64_t *sec, uint32_t *nsec, char *why, size_t whylen)
+{
+    snprintf(why, whylen, "not RFC 3339 (2006-01-02T15:04:05.999Z)");
+    if (strlen(s) < 20 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':')
         return -1;
-    tm.tm_year -= 1900;
-    tm.tm_mon -= 1;
-    const char *p = s + n;
+    int year = digits(s, 4), mon = digits(s + 5, 2), day = digits(s + 8, 2), hour = digits(s + 11, 2),
+        min = digits(s + 14, 2), secs = digits(s + 17, 2);
+    if (year < 0 || mon < 0 || day < 0 || hour < 0 || min < 0 || secs < 0)
+        return -1;
+    static const int mdays[12] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+    if (mon < 1 || mon > 12) {
+        snprintf(why, whylen, "month %02d is out of range (01-12)", mon);
+        return -1;
+    }
+    int dmax = mdays[mon - 1] + (mon == 2 && is_leap(year));
+    if (day < 1 || day > dmax) {
+        snprintf(why, whylen, "day %02d is out of range for %04d-%02d (01-%02d)", day, year, mon, dmax);
+        return -1;
+    }
+    if (hour > 23) {
+        snprintf(why, whylen, "hour %02d is out of range (00-23)", hour);
+        return -1;
+    }
+    if (min > 59) {
+        snprintf(why, whylen, "minute %02d is out of range (00-59)", min);
+        return -1;
+    }
+    if (secs > 59) {
+        snprintf(why, whylen, "second %02d is out of range (00-59; a leap second has no Unix time)", secs);
+        return -1;
+    }
+    struct tm tm = { .tm_year = year - 1900, .tm_mon = mon - 1, .tm_mday = day, .tm_hour = hour,
+                     .tm_min = min, .tm_sec = secs };
+    const char *p = s + 19;
     uint32_t ns = 0;
     if (*p == '.') {
-        int digits = 0;
-        for (p++; *p >= '0' && *p <= '9'; p++, digits++)
-            if (digits < 9)
+        int nd = 0;
+        for (p++; *p >= '0' && *p <= '9'; p++, nd++)
+            if (nd < 9)
                 ns = ns * 10 + (uint32_t)(*p - '0');
-        if (digits == 0)
+        if (nd == 0)
             return -1;
-        for (; digits < 9; digits++)
+        for (; nd < 9; nd++)
             ns *= 10;
     }
     long off = 0;
     if (*p == 'Z' && p[1] == '\0') {
         off = 0;
     } else if ((*p == '+' || *p == '-') && strlen(p) == 6 && p[3] == ':') {
-        int hh, mm;
-        if (sscanf(p + 1, "%2d:%2d", &hh, &mm) != 2)
+        int hh = digits(p + 1, 2), mm = digits(p + 4, 2);
+        if (hh < 0 || mm < 0)
             return -1;
+        if (hh > 23 || mm > 59) {
+            snprintf(why, whylen, "offset %.6s is out of range (-23:59 to +23:59)", p);
+            return -1;
+        }
         off = (hh * 60L + mm) * 60L * (*p == '-' ? -1 : 1);
     } else {
         return -1;
@@ -234,8 +283,9 @@ static lc_value *special(build_ctx *c, lc_msg *m, json_t *o, bool *handled)
     case 3: {
         int64_t sec;
         uint32_t ns;
-        if (parse_time(s, &sec, &ns) != 0)
-            return fail_at(c, "$time: \"%s\" is not RFC 3339 (2006-01-02T15:04:05.999Z)", s);
+        char why[128];
+        if (parse_time(s, &sec, &ns, why, sizeof why) != 0)
+            return fail_at(c, "$time: \"%s\": %s", s, why);
         return lc_new_time(m, sec, ns);
     }
     case 4: {

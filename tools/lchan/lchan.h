@@ -54,6 +54,9 @@ const char *lx_errtext(int code, char *buf, size_t len);
 
 /* Why a session ended, from lc_session_error(), as text. */
 const char *lx_session_why(int code, char *buf, size_t len);
+/* Set before dialing to count the frames the peer sends (lx_frames_in). */
+extern bool lx_watch_peer;
+unsigned long lx_frames_in(void);
 /* Dials url with a 10 s deadline or exits with a one-line error. */
 lc_session *lx_dial(const char *url);
 /* Exit code for a failed lc_send / lc_recv on a session. */
@@ -65,11 +68,19 @@ int lx_session_exit(int code);
  * then does what flags say. label names it in traces. */
 typedef struct lx_pump lx_pump;
 enum { LX_CLOSE_FROM = 1, LX_CLOSE_TO = 2, LX_SHUT_TO = 4 /* shutdown(SHUT_WR): a socket's EOF */ };
+/* How a copy ended: EOF on `from`; `to` refused a write (its reader went
+ * away: bytes were lost); stopped by lx_pump_cancel. */
+enum { LX_PUMP_EOF = 0, LX_PUMP_BROKEN = 1, LX_PUMP_STOPPED = 2 };
 lx_pump *lx_pump_start(int from, int to, int flags, const char *label);
-/* Waits for the copy to finish (EOF on `from`). */
-void lx_pump_join(lx_pump *p);
-/* Stops a copy that may be blocked reading `from` (e.g. a terminal), then joins. */
-void lx_pump_cancel(lx_pump *p);
+/* Waits for the copy to finish (EOF on `from`), frees it; returns LX_PUMP_*. */
+int lx_pump_join(lx_pump *p);
+/* Same, unless SIGINT/SIGTERM or timeout_ms (-1: none) comes first:
+ * LX_ESTOPPED or LC_ETIMEDOUT, and p still runs (wait again or cancel it).
+ * 0 and *result = LX_PUMP_* once it has finished (p freed). */
+int lx_pump_wait(lx_pump *p, int64_t timeout_ms, int *result);
+/* Stops a copy that may be blocked reading `from` (e.g. a terminal), then
+ * joins; returns LX_PUMP_* (EOF or BROKEN if it had ended by itself). */
+int lx_pump_cancel(lx_pump *p);
 /* Writes all of buf (blocking). 0 or -1. */
 int lx_write_all(int fd, const void *buf, size_t n);
 
@@ -80,6 +91,24 @@ int lx_write_all(int fd, const void *buf, size_t n);
 void lx_signals_init(void);
 extern volatile int lx_stop;
 int lx_stop_fd(void);
+
+/* Client commands (send, exec, bench) wait through these, so SIGINT/SIGTERM
+ * ends any wait within 0.1 s: LX_ESTOPPED (a code of the tool, not of
+ * libchan). Otherwise as lc_recv, lc_send, lc_select (timeouts in ms, -1:
+ * none). */
+#define LX_ESTOPPED (-20000)
+int lx_stoppable_recv(lc_receiver *r, lc_msg **m, int64_t timeout_ms);
+int lx_stoppable_send(lc_sender *s, lc_msg *m, int64_t timeout_ms);
+int lx_stoppable_select(lc_case *cases, size_t n, int64_t timeout_ms);
+/* Waits until one of fds (at most 7) is readable: 0, LC_ETIMEDOUT or
+ * LX_ESTOPPED. */
+int lx_wait_fds(const int *fds, int n, int64_t timeout_ms);
+/* Monotonic milliseconds. */
+int64_t lx_now_ms(void);
+/* After a stop signal: closes s (when not NULL; at most 0.5 s) and exits with
+ * 128 + the signal (130 for SIGINT, 143 for SIGTERM). Stop the byte pumps
+ * first: a graceful close reads the streams this side sends to their end. */
+__attribute__((noreturn)) void lx_exit_stopped(lc_session *s);
 
 /* ---- JSON mapping (json.c, see docs/json-mapping.md) -------------------- */
 

@@ -33,7 +33,9 @@ static const char help_main[] =
     "  0   success (exec: the remote command's status instead)\n"
     "  64  usage error          65  bad JSON            66  bad URL\n"
     "  69  cannot connect       70  internal error      71  cannot listen\n"
-    "  75  timed out            76  session ended early or protocol error\n";
+    "  75  timed out            76  session ended early or protocol error\n"
+    "  130, 143  send, exec, bench stopped by SIGINT, SIGTERM (128+signal; the session\n"
+    "            is closed first). serve and connect stop cleanly with 0 instead.\n";
 
 const char *const lx_help_serve =
     "usage: lchan serve URL (--echo | --exec | --gateway) [-v] [--allow-remote] [--trace]\n"
@@ -80,10 +82,13 @@ const char *const lx_help_send =
     "\n"
     "  --timeout MS   give up with status 75 when the replies and streams are not\n"
     "                 finished after MS milliseconds (default 30000; 0: wait forever)\n"
-    "  --trace        print the message sent, each reply and the streams on stderr\n";
+    "  --trace        print the message sent, each reply and the streams on stderr\n"
+    "\n"
+    "Status 76 when the session ends before the replies and streams are done (e.g.\n"
+    "the server died while stdin was being sent); 130/143 on SIGINT/SIGTERM.\n";
 
 const char *const lx_help_exec =
-    "usage: lchan exec URL [--trace] [--] CMD [ARGS...]\n"
+    "usage: lchan exec URL [--timeout MS] [--trace] [--] CMD [ARGS...]\n"
     "\n"
     "Runs CMD with ARGS on the host of `lchan serve --exec URL`, like docker/libchan's\n"
     "rexec example: the request carries Cmd, Args, Stdin, Stdout, Stderr (byte\n"
@@ -91,8 +96,14 @@ const char *const lx_help_exec =
     "the command, the command's stdout and stderr come back here as they are\n"
     "written, and lchan exits with the command's status (127 if the host could not\n"
     "run it, 128+N if signal N killed it). Use -- before a CMD that takes options.\n"
+    "A server that accepts the session but sends nothing within 10 s of the request\n"
+    "is given up on (status 75). SIGINT/SIGTERM stop lchan exec (130/143); the\n"
+    "remote command is not signalled.\n"
     "\n"
-    "  --trace   print the request, the status reply and the streams on stderr\n";
+    "  --timeout MS   give up with status 75 when the command has not finished (its\n"
+    "                 status has not come) after MS milliseconds (default 0: no\n"
+    "                 limit, a remote command may run as long as it likes)\n"
+    "  --trace        print the request, the status reply and the streams on stderr\n";
 
 const char *const lx_help_connect =
     "usage: lchan connect URL LOCAL_PORT HOST:PORT [--trace]\n"
@@ -120,7 +131,9 @@ const char *const lx_help_bench =
     "  --messages N     one-way messages (default 100000)\n"
     "  --roundtrips N   round trips (default 2000)\n"
     "  --size BYTES     binary payload of each one-way message (default 64)\n"
-    "  --trace          print every message (slow: for debugging only)\n";
+    "  --trace          print every message (slow: for debugging only)\n"
+    "\n"
+    "SIGINT/SIGTERM stop it (130/143).\n";
 
 
 void lx_usage(const char *fmt, ...)

@@ -48,6 +48,8 @@ static sess_rec *sessions;  /* sessions whose thread is still running */
 static pid_t children[256]; /* running commands (0: free slot) */
 static atomic_int next_session_id = 1;
 
+#define CLOSE_MS 2000 /* a session's graceful close when stopping (all at once) */
+
 typedef struct job {
     void *(*fn)(void *);
     void *arg;
@@ -638,6 +640,49 @@ static void *session_main(void *x)
     return NULL;
 }
 
+static void *close_main(void *x)
+{
+    sess_rec *rec = x;
+    int rc = lc_session_close(rec->s, CLOSE_MS);
+    if (rc != 0 && rc != LC_ESESSION)
+        lx_log("session#%d: close: %s", rec->id, lc_strerror(rc));
+    return NULL;
+}
+
+/* Closes every session gracefully, all at once: a thread each, so N
+ * sessions whose peers are slow to finish take one CLOSE_MS, not N. A hold
+ * on each session's job count keeps session_main from freeing it meanwhile;
+ * the close threads are jobs too, covered by the caller's wait for `active`. */
+static void close_all_sessions(void)
+{
+    pthread_mutex_lock(&mu);
+    size_t n = 0;
+    for (sess_rec *r = sessions; r != NULL; r = r->next)
+        n++;
+    sess_rec **list = calloc(n ? n : 1, sizeof *list);
+    if (list == NULL) { /* out of memory: one by one, as a last resort */
+        for (sess_rec *r = sessions; r != NULL; r = r->next)
+            lc_session_close(r->s, CLOSE_MS);
+        pthread_mutex_unlock(&mu);
+        return;
+    }
+    n = 0;
+    for (sess_rec *r = sessions; r != NULL; r = r->next) {
+        list[n++] = r;
+        r->jobs++; /* the hold */
+    }
+    pthread_mutex_unlock(&mu);
+    for (size_t i = 0; i < n; i++)
+        if (!spawn_job_for(list[i], close_main, list[i]))
+            close_main(list[i]); /* (no thread: here, then) */
+    pthread_mutex_lock(&mu);
+    for (size_t i = 0; i < n; i++)
+        if (--list[i]->jobs == 0)
+            pthread_cond_broadcast(&jobs_cv);
+    pthread_mutex_unlock(&mu);
+    free(list);
+}
+
 /* ---- the command ------------------------------------------------------------------------ */
 
 /* tcp:// on a loopback host? (unix sockets are guarded by file permissions) */
@@ -696,6 +741,9 @@ int lx_serve(int argc, char **argv)
         lx_die(LX_URL, "bad URL %s (expected unix:///path or tcp://host:port)", err.text[0] ? err.text : url);
     if (rc != 0) {
         char t[128];
+        if (rc == -ENOTSOCK && strncmp(url, "unix://", 7) == 0)
+            lx_die(LX_LISTEN, "cannot listen on %s: %s exists and is not a socket (remove it, or pick another path)",
+                   url, url + 7);
         lx_die(LX_LISTEN, "cannot listen on %s: %s%s", url, lx_errtext(rc, t, sizeof t),
                rc == -EADDRINUSE ? " (another server is there: pick another address, or port 0)" : "");
     }
@@ -745,9 +793,8 @@ int lx_serve(int argc, char **argv)
      * sent is flushed), running commands ended, every thread finished. */
     lx_log("stopping (signal %d)", (int)lx_stop);
     lc_listener_close(l);
+    close_all_sessions();
     pthread_mutex_lock(&mu);
-    for (sess_rec *r = sessions; r != NULL; r = r->next)
-        lc_session_close(r->s, 2000);
     for (size_t i = 0; i < sizeof children / sizeof children[0]; i++)
         if (children[i] > 0)
             kill(children[i], SIGTERM);

@@ -9,10 +9,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -187,20 +189,32 @@ void lx_trace_msg(const char *where, const char *dir, lc_msg *m)
 
 /* ---- sessions ---------------------------------------------------------------------- */
 
-/* lc_options.trace: the library's line for each SPDY frame, under --trace. */
+bool lx_watch_peer;
+static atomic_ulong frames_in;
+
+/* lc_options.trace: the library's line for each SPDY frame, under --trace;
+ * with lx_watch_peer, also counts the frames received ("<< ..."). */
 static void frame_trace(void *ctx, const char *line)
 {
     (void)ctx;
+    if (line[0] == '<' && line[1] == '<')
+        atomic_fetch_add(&frames_in, 1);
     lx_trace("frame %s", line);
 }
 
 void lx_session_options(lc_options *o)
 {
     lc_options_default(o);
-    if (lx_trace_on) {
+    /* (not by default: the hook costs a second parse of every frame sent) */
+    if (lx_trace_on || lx_watch_peer) {
         o->trace = frame_trace;
         o->trace_ctx = NULL;
     }
+}
+
+unsigned long lx_frames_in(void)
+{
+    return atomic_load(&frames_in);
 }
 
 lc_session *lx_dial(const char *url)
@@ -245,6 +259,8 @@ struct lx_pump {
     int from, to;
     int flags;
     int stop[2]; /* a pipe: readable when the copy should stop */
+    int done[2]; /* a pipe: readable once the copy has ended */
+    int result;  /* LX_PUMP_* (set before done is written) */
     char label[48];
     uint64_t bytes;
 };
@@ -280,6 +296,7 @@ static void *pump_main(void *arg)
             continue;
         if (pf[1].revents != 0) {
             lx_trace("%s: stopped after %" PRIu64 " bytes", p->label, p->bytes);
+            p->result = LX_PUMP_STOPPED;
             break;
         }
         ssize_t n = read(p->from, buf, sizeof buf);
@@ -293,6 +310,7 @@ static void *pump_main(void *arg)
         lx_trace("%s: %zd bytes", p->label, n);
         if (lx_write_all(p->to, buf, (size_t)n) != 0) {
             lx_trace("%s: the reader went away (%s)", p->label, strerror(errno));
+            p->result = LX_PUMP_BROKEN;
             break;
         }
         p->bytes += (uint64_t)n;
@@ -303,6 +321,7 @@ static void *pump_main(void *arg)
         close(p->from);
     if (p->flags & LX_CLOSE_TO)
         close(p->to);
+    (void)!write(p->done[1], "x", 1);
     return NULL;
 }
 
@@ -315,27 +334,44 @@ lx_pump *lx_pump_start(int from, int to, int flags, const char *label)
     p->to = to;
     p->flags = flags;
     snprintf(p->label, sizeof p->label, "%s", label);
-    if (pipe2(p->stop, O_CLOEXEC) != 0 || pthread_create(&p->t, NULL, pump_main, p) != 0)
+    if (pipe2(p->stop, O_CLOEXEC) != 0 || pipe2(p->done, O_CLOEXEC) != 0 ||
+        pthread_create(&p->t, NULL, pump_main, p) != 0)
         lx_die(LX_INTERNAL, "cannot start a copy thread: %s", strerror(errno));
     return p;
 }
 
-void lx_pump_join(lx_pump *p)
+int lx_pump_join(lx_pump *p)
 {
     if (p == NULL)
-        return;
+        return LX_PUMP_EOF;
     pthread_join(p->t, NULL);
+    int result = p->result;
     close(p->stop[0]);
     close(p->stop[1]);
+    close(p->done[0]);
+    close(p->done[1]);
     free(p);
+    return result;
 }
 
-void lx_pump_cancel(lx_pump *p)
+int lx_pump_wait(lx_pump *p, int64_t timeout_ms, int *result)
+{
+    if (p == NULL) {
+        *result = LX_PUMP_EOF;
+        return 0;
+    }
+    int rc = lx_wait_fds(&p->done[0], 1, timeout_ms);
+    if (rc == 0)
+        *result = lx_pump_join(p);
+    return rc;
+}
+
+int lx_pump_cancel(lx_pump *p)
 {
     if (p == NULL)
-        return;
+        return LX_PUMP_EOF;
     (void)!write(p->stop[1], "x", 1);
-    lx_pump_join(p);
+    return lx_pump_join(p);
 }
 
 /* ---- signals -------------------------------------------------------------------------- */
@@ -369,4 +405,122 @@ void lx_signals_init(void)
 int lx_stop_fd(void)
 {
     return stop_pipe[0];
+}
+
+/* ---- waits that a stop signal ends ------------------------------------------------ */
+
+int64_t lx_now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+static int64_t deadline_of(int64_t timeout_ms)
+{
+    return timeout_ms < 0 ? -1 : lx_now_ms() + timeout_ms;
+}
+
+/* ms left until deadline for poll(): -1 for none, 0 once passed */
+static int left_of(int64_t deadline)
+{
+    if (deadline < 0)
+        return -1;
+    int64_t left = deadline - lx_now_ms();
+    return left <= 0 ? 0 : left > INT_MAX ? INT_MAX : (int)left;
+}
+
+/* The stop pipe is written by the handler and never read: once a signal has
+ * come it stays readable, so every wait below sees it. */
+static int wait_until(const int *fds, int n, int64_t deadline)
+{
+    struct pollfd p[8];
+    if (n > 7)
+        n = 7;
+    for (;;) {
+        if (lx_stop)
+            return LX_ESTOPPED;
+        for (int i = 0; i < n; i++)
+            p[i] = (struct pollfd){ fds[i], POLLIN, 0 };
+        p[n] = (struct pollfd){ stop_pipe[0], POLLIN, 0 };
+        int to = left_of(deadline);
+        int r = poll(p, (nfds_t)n + 1, to);
+        if (r < 0 && errno != EINTR)
+            return -errno;
+        if (lx_stop)
+            return LX_ESTOPPED;
+        for (int i = 0; r > 0 && i < n; i++)
+            if (p[i].revents != 0)
+                return 0;
+        if (r == 0 && to >= 0)
+            return LC_ETIMEDOUT;
+    }
+}
+
+int lx_wait_fds(const int *fds, int n, int64_t timeout_ms)
+{
+    return wait_until(fds, n, deadline_of(timeout_ms));
+}
+
+/* Each of these waits in slices of at most STOP_SLICE_MS, checking lx_stop
+ * between them: a stop is seen within a slice, and the fast path is the
+ * plain call (no extra syscall per message, which bench would measure). */
+#define STOP_SLICE_MS 100
+
+static int64_t slice_of(int64_t deadline)
+{
+    if (deadline < 0)
+        return STOP_SLICE_MS;
+    int left = left_of(deadline);
+    return left < STOP_SLICE_MS ? left : STOP_SLICE_MS;
+}
+
+int lx_stoppable_recv(lc_receiver *r, lc_msg **m, int64_t timeout_ms)
+{
+    int64_t dl = deadline_of(timeout_ms);
+    for (;;) {
+        if (lx_stop)
+            return LX_ESTOPPED;
+        int64_t slice = slice_of(dl);
+        int rc = lc_recv(r, m, slice);
+        if (rc != LC_ETIMEDOUT || (dl >= 0 && left_of(dl) == 0))
+            return rc;
+    }
+}
+
+int lx_stoppable_send(lc_sender *s, lc_msg *m, int64_t timeout_ms)
+{
+    int64_t dl = deadline_of(timeout_ms);
+    for (;;) {
+        if (lx_stop)
+            return LX_ESTOPPED;
+        int rc = lc_send(s, m, slice_of(dl)); /* (on failure m is still ours) */
+        if (rc != LC_ETIMEDOUT || (dl >= 0 && left_of(dl) == 0))
+            return rc;
+    }
+}
+
+int lx_stoppable_select(lc_case *cases, size_t n, int64_t timeout_ms)
+{
+    int64_t dl = deadline_of(timeout_ms);
+    for (;;) {
+        if (lx_stop)
+            return LX_ESTOPPED;
+        int rc = lc_select(cases, n, slice_of(dl));
+        if (rc != LC_ETIMEDOUT || (dl >= 0 && left_of(dl) == 0))
+            return rc;
+    }
+}
+
+void lx_exit_stopped(lc_session *s)
+{
+    int sig = lx_stop;
+    lx_trace("stopped by %s: closing the session", sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal");
+    if (s != NULL) {
+        /* short: the user asked us to go (a silent peer would hold a full close) */
+        lc_session_close(s, 500);
+        lc_session_free(s);
+    }
+    fflush(stdout);
+    _exit(128 + sig);
 }
