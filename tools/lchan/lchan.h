@@ -9,6 +9,7 @@
 #include <libchan.h>
 
 #include <jansson.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 
@@ -86,10 +87,12 @@ int lx_write_all(int fd, const void *buf, size_t n);
 
 /* ---- signals (util.c) ------------------------------------------------------ */
 
-/* SIGINT/SIGTERM set lx_stop and make lx_stop_fd() readable. SIGPIPE ignored
- * (children spawned by serve --exec get the default back). */
+/* SIGINT/SIGTERM set lx_stop and make lx_stop_fd() readable: they are
+ * blocked in every thread and taken by a thread of their own (call this
+ * before starting any other). SIGPIPE ignored (children spawned by serve
+ * --exec get the defaults and an empty mask back). */
 void lx_signals_init(void);
-extern volatile int lx_stop;
+extern atomic_int lx_stop; /* the signal's number once one came */
 int lx_stop_fd(void);
 
 /* Client commands (send, exec, bench) wait through these, so SIGINT/SIGTERM
