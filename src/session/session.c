@@ -3156,26 +3156,28 @@ static void on_rst(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
 static int ctl_fd_ready(lc_session *s, void *arg)
 {
     (void)arg;
-    uint32_t bits = LC_FEATURE_FDPASS | LC_FEATURE_FD_READY | (s->fds_asked ? 0 : LC_FEATURE_FD_ASK);
+    /* (a peer that asks without offering fds itself is not asked back:
+     * asked, its missing answer would keep our Senders unwritable) */
+    bool ask = !s->fds_asked && atomic_load(&s->peer_fdpass);
+    uint32_t bits = LC_FEATURE_FDPASS | LC_FEATURE_FD_READY | (ask ? LC_FEATURE_FD_ASK : 0);
     lc_spdy_setting e = { 0, LC_SETTINGS_LIBCHAN, bits };
     int rc = lc__spdy_put_settings(&s->out, 0, &e, 1);
-    if (rc == 0)
+    if (rc == 0 && ask)
         s->fds_asked = true;
     return rc;
 }
 
 static void on_settings(lc_session *s, const lc_spdy_frame *f)
 {
-    bool fc = false, window_set = false, asked = false, ready = false;
+    bool fc = false, window_set = false, asked = false, ready = false, fdpass = false;
     uint32_t window = 0;
     for (uint32_t i = 0; i < f->value; i++) {
         lc_spdy_setting e;
         lc__spdy_setting_get(f, i, &e);
         if (e.id == LC_SETTINGS_LIBCHAN && (e.value & LC_FEATURE_WINDOWS))
             fc = true;
-        if (e.id == LC_SETTINGS_LIBCHAN && (e.value & LC_FEATURE_FDPASS) && s->fdpass_local)
-            atomic_store(&s->peer_fdpass, true);
         if (e.id == LC_SETTINGS_LIBCHAN && s->fdpass_local) {
+            fdpass |= (e.value & LC_FEATURE_FDPASS) != 0;
             asked |= (e.value & LC_FEATURE_FD_ASK) != 0;
             ready |= (e.value & LC_FEATURE_FD_READY) != 0;
             s->peer_asks |= (e.value & LC_FEATURE_FD_ASKS) != 0;
@@ -3184,6 +3186,16 @@ static void on_settings(lc_session *s, const lc_spdy_frame *f)
             window = e.value;
             window_set = true;
         }
+    }
+    if (fdpass) {
+        /* A first frame that offers fds without FD_ASKS is an older peer's:
+         * it reads fds always and passes them unasked (handle_frame keeps
+         * our recvmsg). Said before peer_fdpass: a sender that sees that
+         * (send_msg_on loads it first) sees this too, and never asks such
+         * a peer (it did, and slept: the wake below had already gone). */
+        if (!atomic_load(&s->peer_known) && !s->peer_asks)
+            atomic_store(&s->peer_reads_fds, true);
+        atomic_store(&s->peer_fdpass, true);
     }
     pthread_mutex_lock(&s->wmu);
     if (window_set)
@@ -3248,13 +3260,11 @@ static void handle_frame(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
             on_settings(s, f);
         if (s->fdpass_local) {
             /* we read with recvmsg up to here: a peer that passes fds
-             * unasked (FDPASS without FD_ASKS) gets that for good, and is
-             * passed fds unasked; toward others plain recv from now on,
-             * unless this frame asked for fds already */
+             * unasked (FDPASS without FD_ASKS: on_settings) gets that for
+             * good; toward others plain recv from now on, unless this
+             * frame asked for fds already */
             bool unasked = atomic_load(&s->peer_fdpass) && !s->peer_asks;
-            if (unasked)
-                atomic_store(&s->peer_reads_fds, true);
-            else if (!s->peer_asked)
+            if (!unasked && !s->peer_asked)
                 atomic_store(&s->read_fds, false);
         }
         atomic_store_explicit(&s->peer_known, true, memory_order_release);

@@ -888,6 +888,100 @@ static void test_fds_from_peer_that_passes_unasked(void **st)
 }
 
 /*
+ * An application sends its first fd just as the first SETTINGS of a peer
+ * that passes fds unasked (FDPASS without FD_ASKS) is read. The send goes at
+ * once, without FD_ASK. (peer_fdpass was set before peer_reads_fds, with the
+ * wake of blocked senders in between: a send in that gap asked a peer that
+ * never answers, and slept until its timeout, as the wake had gone. A second
+ * review helper held 18 of 20 such sends for 4 s with 3000 Senders open,
+ * which lengthen the wake.)
+ */
+typedef struct {
+    nt_raw *p;
+    lc_sender *snd;
+    atomic_bool spinning;
+    int rc;
+    int64_t us;
+} first_fd_arg;
+
+static void *first_fd_fn(void *x)
+{
+    first_fd_arg *a = x;
+    atomic_store(&a->spinning, true);
+    int64_t end = lc_test_now_us() + 10000000;
+    while (!atomic_load(&a->p->s->peer_fdpass) && lc_test_now_us() < end)
+        ; /* (the race needs the send right at the store, not a sleep away) */
+    int pf[2];
+    if (pipe2(pf, O_CLOEXEC) != 0)
+        abort();
+    close(pf[1]);
+    lc_msg *m = lc_msg_new();
+    lc_msg_set_root(m, lc_new_stream(m, pf[0], LC_STREAM_READ));
+    int64_t t0 = lc_test_now_us();
+    a->rc = lc_send(a->snd, m, 4000);
+    a->us = lc_test_now_us() - t0;
+    if (a->rc != 0)
+        lc_msg_free(m);
+    return NULL;
+}
+
+static void *drain_raw_fn(void *x)
+{
+    nt_raw *p = x; /* reads until the session's end of the carrier closes */
+    char buf[65536];
+    while (read(p->fd, buf, sizeof buf) > 0)
+        ;
+    return NULL;
+}
+
+static void test_first_fd_to_peer_that_passes_unasked(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    enum { TRIALS = 10, SENDERS = 1000 };
+    for (int t = 0; t < TRIALS; t++) {
+        nt_raw p;
+        nt_raw_open(&p, NULL);
+        static lc_sender *extra[SENDERS];
+        for (int i = 0; i < SENDERS; i++)
+            assert_int_equal(lc_session_sender(p.s, &extra[i]), 0);
+        first_fd_arg a = { .p = &p };
+        assert_int_equal(lc_session_sender(p.s, &a.snd), 0);
+        pthread_t ts;
+        assert_int_equal(pthread_create(&ts, NULL, first_fd_fn, &a), 0);
+        while (!atomic_load(&a.spinning))
+            sched_yield();
+        lc_buf b;
+        lc__buf_init(&b);
+        lc_spdy_setting set[2] = { { 0, LC_SPDY_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20 },
+                                   { 0, LC_SETTINGS_LIBCHAN, LC_FEATURE_WINDOWS | LC_FEATURE_FDPASS } };
+        assert_int_equal(lc__spdy_put_settings(&b, 0, set, 2), 0);
+        nt_raw_send(&p, &b);
+        lc__buf_free(&b);
+        pthread_t td;
+        assert_int_equal(pthread_create(&td, NULL, drain_raw_fn, &p), 0);
+        assert_int_equal(pthread_join(ts, NULL), 0);
+        pthread_mutex_lock(&p.s->wmu);
+        bool asked = p.s->fds_asked;
+        pthread_mutex_unlock(&p.s->wmu);
+        if (a.rc != 0 || a.us > 1000000 || asked)
+            fprintf(stderr, "trial %d: first fd send %s after %lld us, FD_ASK sent: %d\n", t, lc_strerror(a.rc),
+                    (long long)a.us, asked);
+        assert_int_equal(a.rc, 0);
+        assert_true(a.us <= 1000000);
+        assert_false(asked);
+        lc_sender_release(a.snd);
+        for (int i = 0; i < SENDERS; i++)
+            lc_sender_release(extra[i]);
+        lc_session_free(p.s); /* closes the session's end: the drain ends */
+        p.s = NULL;
+        assert_int_equal(pthread_join(td, NULL), 0);
+        close(p.fd);
+        lc__spdy_deflater_free(&p.z);
+        lc__spdy_decoder_free(&p.d);
+    }
+}
+
+/*
  * A message with an fd waits for the peer's FD_READY; its channel is reset
  * meanwhile (RST_STREAM). The send ends at once with LC_ECLOSED. (Once it
  * spun: a reset stream counts as writable, and each retry asked again and
@@ -1821,6 +1915,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fds_before_ask_are_dropped, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fds_from_peer_that_passes_unasked, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_send_waiting_for_ready_ends_on_reset, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_first_fd_to_peer_that_passes_unasked, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_passed_fd_named_twice_or_never_sent, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_data_after_fin_or_rst_and_stray_replies, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_rst_behind_message_in_one_read, lc_test_setup, lc_test_teardown),
