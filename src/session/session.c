@@ -1209,8 +1209,14 @@ static void on_syn_reply(lc_session *s, const lc_spdy_frame *f)
 
 static void feeder_passive(void *ctx);
 
-/* fin: the message is the channel's last; its DATA frame carries FIN
- * (lc_send_last), so the end costs no frame and no write of its own. */
+/* Why no message can go on p now, window aside: LC_ESESSION (the session
+ * ended, or lc_session_close closed sending), LC_ECLOSED (the stream ended
+ * or was reset), or 0. wmu held. */
+static int send_refused_locked(const lc_session *s, const lc_stream *p)
+{
+    return s->dead || s->sends_closed ? LC_ESESSION : p->local_fin || p->reset ? LC_ECLOSED : 0;
+}
+
 /*
  * The first message that would pass fds asks the peer to read them
  * (FD_ASK, PROTOCOL.md 7) and waits, like a sender out of window, until
@@ -1224,7 +1230,7 @@ static int ask_for_fds(lc_session *s, lc_stream *p)
     pthread_mutex_lock(&s->wmu);
     /* what send_msg_on would say, before any wait: a reset stream is
      * writable (net_writable), so a wait here would come straight back */
-    int end = s->dead || s->sends_closed ? LC_ESESSION : p->local_fin || p->reset ? LC_ECLOSED : 0;
+    int end = send_refused_locked(s, p);
     if (end != 0) {
         pthread_mutex_unlock(&s->wmu);
         return end;
@@ -1248,10 +1254,11 @@ static int ask_for_fds(lc_session *s, lc_stream *p)
     return LC__WOULD_BLOCK; /* (the caller makes sure the carrier is read) */
 }
 
+/* fin: the message is the channel's last; its DATA frame carries FIN
+ * (lc_send_last), so the end costs no frame and no write of its own. */
 static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
 {
     lc_session *s = p->s;
-    int rc0;
     bool passive_seen = false; /* a reply channel we now feed is waited on without drive */
     /* passed[] is left as is: only its first npassed are read (zeroing it
      * all was ~4% of a one-way sender's CPU) */
@@ -1271,8 +1278,11 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
     /* Passed fds are numbered in the order they go out, so a message that
      * passes some is encoded under wmu (rare; others encode unlocked). */
     e.pass_fds = atomic_load(&s->peer_fdpass) && msg_has_streams(m);
-    if (e.pass_fds && !atomic_load(&s->peer_reads_fds) && (rc0 = ask_for_fds(s, p)) != 0)
-        return rc0; /* (nothing encoded yet: the message stays the caller's) */
+    if (e.pass_fds && !atomic_load(&s->peer_reads_fds)) {
+        int asked = ask_for_fds(s, p);
+        if (asked != 0)
+            return asked; /* (nothing encoded yet: the message stays the caller's) */
+    }
     if (e.pass_fds)
         pthread_mutex_lock(&s->wmu);
     int rc = lc__encode(m, b, &hooks);
@@ -1301,11 +1311,13 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
         }
         s->fdq_cap = nc;
     }
-    if (s->dead || s->sends_closed || p->local_fin || p->reset || !ids_left_locked(s, e.n)) {
+    rc = send_refused_locked(s, p);
+    if (rc == 0 && !ids_left_locked(s, e.n))
+        rc = LC_ERANGE;
+    if (rc != 0) {
         /* (checked before any frame is queued: a message whose sub-streams
          * cannot all open is not sent at all; after lc_session_close's GOAWAY
          * a message would never be written, nor read by a Go peer) */
-        rc = s->dead || s->sends_closed ? LC_ESESSION : p->local_fin || p->reset ? LC_ECLOSED : LC_ERANGE;
         s->fd_out_seq -= e.npassed;
         pthread_mutex_unlock(&s->wmu);
         goto fail;
@@ -2142,7 +2154,7 @@ static void skim_more_locked(lc_session *s, uint32_t id, const uint8_t *p, size_
 static void skim_start_locked(lc_session *s, lc_stream *st, const uint8_t *extra, size_t extra_n, bool fin)
 {
     if (!atomic_load_explicit(&s->read_fds, memory_order_relaxed))
-        return; /* no fd can have come */ /* nobody passes fds to us: nothing to find */
+        return; /* no fd can have come to us: nothing to find */
     if (st->kind != ST_RECV && st->kind != ST_FWD_TO_SENDER)
         return; /* not messages (an unbound sub-stream may be a byte stream) */
     if (st->skimmed) {

@@ -798,6 +798,26 @@ static void test_too_many_fds_in_one_read(void **st)
     close(pf[1]);
 }
 
+/* Sends {"F": passed fd 0} on stream 1 with fd attached, and checks that r
+ * gets that very file (same device and inode), not a stand-in. */
+static void pass_fd0_expect_same(nt_raw *p, lc_buf *b, lc_receiver *r, int fd)
+{
+    static const uint8_t fd0[] = { 0x81, 0xa1, 'F', 0xd7, 0x03, 0x80, 0, 0, 0, 0, 0, 0, 0 };
+    assert_int_equal(lc__spdy_put_data(b, 1, 0, fd0, sizeof fd0), 0);
+    send_with_fds(p->fd, b->data, b->len, fd, 1);
+    b->len = 0;
+    lc_msg *m;
+    assert_int_equal(lc_recv(r, &m, 5000), 0);
+    int got = lc_value_take_fd(lc_map_get(lc_msg_root(m), "F"), NULL);
+    assert_true(got >= 0);
+    struct stat a, want;
+    assert_int_equal(fstat(got, &a), 0);
+    assert_int_equal(fstat(fd, &want), 0);
+    assert_true(a.st_ino == want.st_ino && a.st_dev == want.st_dev);
+    close(got);
+    lc_msg_free(m);
+}
+
 /* fds that come before the session was asked for fds (FD_ASK) meet a plain
  * recv(2): the kernel closes them, nothing is kept or leaked, and the session
  * goes on. Once asked (and FD_READY read), the next passed fd is number 0. */
@@ -824,20 +844,7 @@ static void test_fds_before_ask_are_dropped(void **st)
     assert_false(atomic_load(&p.s->read_fds));
     assert_int_equal(lc_session_error(p.s), 0);
     ask_fds(&p, 0);
-    static const uint8_t fd0[] = { 0x81, 0xa1, 'F', 0xd7, 0x03, 0x80, 0, 0, 0, 0, 0, 0, 0 };
-    assert_int_equal(lc__spdy_put_data(&b, 1, 0, fd0, sizeof fd0), 0);
-    send_with_fds(p.fd, b.data, b.len, pf[0], 1);
-    b.len = 0;
-    lc_msg *m;
-    assert_int_equal(lc_recv(r, &m, 5000), 0);
-    int fd = lc_value_take_fd(lc_map_get(lc_msg_root(m), "F"), NULL);
-    assert_true(fd >= 0);
-    struct stat a, want;
-    assert_int_equal(fstat(fd, &a), 0);
-    assert_int_equal(fstat(pf[0], &want), 0);
-    assert_true(a.st_ino == want.st_ino && a.st_dev == want.st_dev);
-    close(fd);
-    lc_msg_free(m);
+    pass_fd0_expect_same(&p, &b, r, pf[0]);
     lc_receiver_release(r);
     lc__buf_free(&b);
     nt_raw_close(&p);
@@ -866,20 +873,7 @@ static void test_fds_from_peer_that_passes_unasked(void **st)
     assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
     assert_true(atomic_load(&p.s->read_fds));
     assert_true(atomic_load(&p.s->peer_reads_fds));
-    static const uint8_t fd0[] = { 0x81, 0xa1, 'F', 0xd7, 0x03, 0x80, 0, 0, 0, 0, 0, 0, 0 };
-    assert_int_equal(lc__spdy_put_data(&b, 1, 0, fd0, sizeof fd0), 0);
-    send_with_fds(p.fd, b.data, b.len, pf[0], 1);
-    b.len = 0;
-    lc_msg *m;
-    assert_int_equal(lc_recv(r, &m, 5000), 0);
-    int fd = lc_value_take_fd(lc_map_get(lc_msg_root(m), "F"), NULL);
-    assert_true(fd >= 0);
-    struct stat a, want;
-    assert_int_equal(fstat(fd, &a), 0);
-    assert_int_equal(fstat(pf[0], &want), 0);
-    assert_true(a.st_ino == want.st_ino && a.st_dev == want.st_dev);
-    close(fd);
-    lc_msg_free(m);
+    pass_fd0_expect_same(&p, &b, r, pf[0]);
     lc_receiver_release(r);
     lc__buf_free(&b);
     nt_raw_close(&p);

@@ -428,6 +428,17 @@ static void close_pair(lc_tlistener *l, lc_conn *c, lc_conn *s)
     lc__listener_close(l);
 }
 
+/* Dials url, which l listens on, exchanges bytes both ways, closes both ends. */
+static void dial_accept_exchange(lc_tlistener *l, const char *url)
+{
+    lc_conn *c, *s;
+    assert_int_equal(lc__dial(url, 2000, &c, NULL), 0);
+    assert_int_equal(lc__accept(l, 2000, &s), 0);
+    exchange(c, s);
+    lc__conn_close(c);
+    lc__conn_close(s);
+}
+
 static void test_sendfds_passes_a_pipe(void **state)
 {
     LC_TEST_DEADLINE(10);
@@ -676,11 +687,7 @@ static void test_tcp_ipv6_and_names(void **state)
      * listened on 0.0.0.0 only once (the resolver's first entry) */
     const char *port = strrchr(url, ':') + 1;
     snprintf(named, sizeof named, "tcp://127.0.0.1:%s", port);
-    assert_int_equal(lc__dial(named, 2000, &c, NULL), 0);
-    assert_int_equal(lc__accept(l, 2000, &s), 0);
-    exchange(c, s);
-    lc__conn_close(c);
-    lc__conn_close(s);
+    dial_accept_exchange(l, named);
     int v6 = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_in6 lo6 = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
     bool have_v6 = v6 >= 0 && bind(v6, (struct sockaddr *)&lo6, sizeof lo6) == 0;
@@ -689,11 +696,7 @@ static void test_tcp_ipv6_and_names(void **state)
     if (have_v6) {
         assert_true(strncmp(url, "tcp://[::]:", 11) == 0);
         snprintf(named, sizeof named, "tcp://[::1]:%s", port);
-        assert_int_equal(lc__dial(named, 2000, &c, NULL), 0);
-        assert_int_equal(lc__accept(l, 2000, &s), 0);
-        exchange(c, s);
-        lc__conn_close(c);
-        lc__conn_close(s);
+        dial_accept_exchange(l, named);
     } else {
         fprintf(stderr, "no IPv6 loopback here: the wildcard's IPv6 half is not tested\n");
     }
