@@ -299,9 +299,14 @@ static void session_unref(lc_session *s)
 
 static lc_stream *stream_new(lc_session *s, st_kind kind)
 {
-    lc_stream *st = calloc(1, sizeof *st);
+    /* Not calloc, nor malloc and memset, which gcc turns into calloc:
+     * glibc's calloc (before 2.41) bypasses the thread cache, and a fresh
+     * reply channel makes a stream on each side in every round trip. */
+    static const lc_stream zero;
+    lc_stream *st = malloc(sizeof *st);
     if (st == NULL)
         return NULL;
+    *st = zero;
     atomic_init(&st->refs, 1);
     st->s = s;
     st->kind = kind;

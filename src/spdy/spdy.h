@@ -181,11 +181,17 @@ int lc__spdy_hblock_build(lc_buf *out, const lc_spdy_header *h, size_t n);
 /*
  * The receiving zlib context of one session direction. The pairs of the last
  * decoded block point into its scratch buffer: they are valid until the next
- * block is inflated (or the context is freed).
+ * block is inflated (or the context is freed). Stored deflate blocks (what
+ * our sessions send) are read here without zlib; zlib takes over, with the
+ * output so far as its dictionary, at the first block of another kind.
  */
 typedef struct lc_spdy_inflater {
     z_stream zs;
-    int state;               /* 0: zlib not set up yet, 1: ready, < 0: failed (sticky) */
+    int state;               /* 0: nothing read yet, 1: ready, < 0: failed (sticky) */
+    bool zlib;               /* zs is set up (inflateEnd owed) */
+    uint8_t *hist;           /* until then: the last 32 KiB of the stream's
+                                output, dictionary first (a ring) */
+    uint64_t hist_total;     /* bytes ever put into hist */
     lc_buf out;              /* the last inflated block */
     lc_spdy_header *pairs;
     size_t pairs_cap;

@@ -1238,6 +1238,177 @@ static void test_header_errors_are_sticky(void **state)
 
 /* ---- stateful compression ------------------------------------------------------ */
 
+/* One header block of a zlib stream of the test's own: the raw form, then
+ * deflate(Z_SYNC_FLUSH) at `level` (switched first when it changes). */
+static void zblock(z_stream *zs, int level, lc_buf *out, const lc_spdy_header *h, size_t n)
+{
+    lc_buf raw;
+    lc__buf_init(&raw);
+    assert_int_equal(lc__spdy_hblock_build(&raw, h, n), 0);
+    uint8_t spare[64];
+    zs->next_out = spare;
+    zs->avail_out = sizeof spare;
+    assert_int_equal(deflateParams(zs, level, Z_DEFAULT_STRATEGY), Z_OK);
+    assert_int_equal(zs->avail_out, sizeof spare); /* nothing pending was written */
+    out->len = 0;
+    assert_int_equal(lc__buf_reserve(out, deflateBound(zs, (uLong)raw.len) + 64), 0);
+    zs->next_in = raw.data;
+    zs->avail_in = (uInt)raw.len;
+    zs->next_out = out->data;
+    zs->avail_out = (uInt)out->cap;
+    assert_int_equal(deflate(zs, Z_SYNC_FLUSH), Z_OK);
+    assert_int_equal(zs->avail_in, 0);
+    out->len = out->cap - zs->avail_out;
+    lc__buf_free(&raw);
+}
+
+static void assert_pairs(lc_spdy_inflater *in, const lc_spdy_limits *lim, const uint8_t *p, size_t n,
+                         const lc_spdy_header *want, size_t nwant)
+{
+    const lc_spdy_header *got;
+    size_t ngot;
+    assert_int_equal(lc__spdy_inflate_block(in, lim, p, n, &got, &ngot), 0);
+    assert_int_equal(ngot, nwant);
+    for (size_t i = 0; i < nwant; i++) {
+        assert_int_equal(got[i].name_len, want[i].name_len);
+        assert_memory_equal(got[i].name, want[i].name, want[i].name_len);
+        assert_int_equal(got[i].value_len, want[i].value_len);
+        assert_memory_equal(got[i].value, want[i].value, want[i].value_len);
+    }
+}
+
+/*
+ * Stored blocks are read without zlib until a block of another kind comes;
+ * zlib then goes on with everything before as its dictionary. The
+ * compressed block refers back into the stored output (its value repeats
+ * the last stored one) and into the SPDY dictionary. Variants: a few small
+ * stored blocks; 48 KiB of them (the history ring wraps: zlib must get it
+ * oldest byte first); a stored block cut between two header blocks (zlib
+ * takes over inside it).
+ */
+static void test_inflate_stored_then_compressed(void **state)
+{
+    LC_TEST_DEADLINE(10);
+    lc_spdy_limits lim = {.max_header_block = 1 << 20};
+    enum { BIG = 12000 };
+    char *vals[4];
+    for (int i = 0; i < 4; i++) {
+        vals[i] = malloc(BIG + 1);
+        assert_non_null(vals[i]);
+        uint32_t x = 2463534242u + (uint32_t)i;
+        for (int j = 0; j < BIG; j++) {
+            x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+            vals[i][j] = (char)('a' + x % 26);
+        }
+        vals[i][BIG] = 0;
+    }
+    for (int variant = 0; variant < 3; variant++) {
+        z_stream zs;
+        memset(&zs, 0, sizeof zs);
+        assert_int_equal(deflateInit2(&zs, 0, Z_DEFLATED, 15, 8, Z_DEFAULT_STRATEGY), Z_OK);
+        assert_int_equal(deflateSetDictionary(&zs, lc__spdy_dictionary, (uInt)lc__spdy_dictionary_len), Z_OK);
+        lc_spdy_inflater in;
+        lc__spdy_inflater_init(&in);
+        lc_buf b, c;
+        lc__buf_init(&b);
+        lc__buf_init(&c);
+        int nstored = variant == 1 ? 4 : 2;
+        const char *last = NULL;
+        size_t last_len = 0;
+        for (int i = 0; i < nstored; i++) {
+            last = variant == 1 ? vals[i] : i == 0 ? "small-zero" : "small-one, a little longer";
+            last_len = strlen(last);
+            lc_spdy_header h[] = {{"x-value", 7, last, last_len}};
+            zblock(&zs, 0, &b, h, 1);
+            assert_int_equal(b.data[i == 0 ? 6 : 0] & 7, 0); /* stored, behind the zlib header */
+            if (variant == 2 && i == nstored - 1) {
+                /* hold back the last 3 bytes of the sync flush's empty
+                 * stored block: they open the next header block */
+                b.len -= 3;
+                assert_int_equal(lc__buf_append(&c, b.data + b.len, 3), 0);
+            }
+            assert_pairs(&in, &lim, b.data, b.len, h, 1);
+        }
+        lc_spdy_header again[] = {{"x-again", 7, last, last_len}, {"content-type", 12, "text/html", 9}};
+        zblock(&zs, 9, &b, again, 2);
+        assert_true(b.len < (variant == 1 ? 400u : 60u)); /* back references, not the value again */
+        assert_int_equal(lc__buf_append(&c, b.data, b.len), 0);
+        assert_pairs(&in, &lim, c.data, c.len, again, 2);
+        /* zlib reads the stream from now on, stored blocks included */
+        lc_spdy_header more[] = {{"x-more", 6, "stored again", 12}};
+        zblock(&zs, 0, &b, more, 1);
+        assert_pairs(&in, &lim, b.data, b.len, more, 1);
+        lc__buf_free(&b);
+        lc__buf_free(&c);
+        lc__spdy_inflater_free(&in);
+        deflateEnd(&zs);
+    }
+    for (int i = 0; i < 4; i++)
+        free(vals[i]);
+}
+
+/* The zlib header and the stored blocks read without zlib get zlib's
+ * checks: another dictionary, a bad check value or method, a stored length
+ * whose complement does not match, a block past the size limit. A stream
+ * without a dictionary is fine. */
+static void test_inflate_checks_what_zlib_checks(void **state)
+{
+    LC_TEST_DEADLINE(10);
+    const lc_spdy_header *h;
+    size_t n;
+    /* a raw block for the stored form: 1 pair "a" = "b" */
+    HX(raw, "00 00 00 01 00 00 00 01 'a' 00 00 00 01 'b'");
+    struct {
+        const char *what;
+        uint8_t head[6];
+        size_t head_n;
+        int want;
+    } cases[] = {
+        {"SPDY dictionary", {0x78, 0xbb, 0xe3, 0xc6, 0xa7, 0xc2}, 6, 0},
+        {"no dictionary", {0x78, 0x01}, 2, 0},
+        {"another dictionary", {0x78, 0xbb, 0x00, 0x00, 0x00, 0x01}, 6, LC__SPDY_EZLIB},
+        {"bad check bits", {0x78, 0xbc, 0xe3, 0xc6, 0xa7, 0xc2}, 6, LC__SPDY_EZLIB},
+        {"not deflate", {0x79, 0x18}, 2, LC__SPDY_EZLIB},
+        {"window over 32 KiB", {0x88, 0x1c}, 2, LC__SPDY_EZLIB},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        uint8_t blk[64];
+        memcpy(blk, cases[k].head, cases[k].head_n);
+        uint8_t *p = blk + cases[k].head_n;
+        *p++ = 0;
+        *p++ = (uint8_t)raw_n, *p++ = 0, *p++ = (uint8_t)~raw_n, *p++ = 0xff;
+        memcpy(p, raw, raw_n);
+        p += raw_n;
+        memcpy(p, "\x00\x00\x00\xff\xff", 5);
+        p += 5;
+        lc_spdy_inflater z;
+        lc__spdy_inflater_init(&z);
+        int r = lc__spdy_inflate_block(&z, NULL, blk, (size_t)(p - blk), &h, &n);
+        if (r != cases[k].want)
+            fail_msg("%s: %d, want %d", cases[k].what, r, cases[k].want);
+        lc__spdy_inflater_free(&z);
+    }
+    /* a stored block whose NLEN is not ~LEN; then one too large */
+    for (int k = 0; k < 2; k++) {
+        uint8_t blk[64] = {0x78, 0xbb, 0xe3, 0xc6, 0xa7, 0xc2, 0, (uint8_t)raw_n, 0, (uint8_t)~raw_n, 0xff};
+        if (k == 0)
+            blk[9] ^= 1;
+        memcpy(blk + 11, raw, raw_n);
+        lc_spdy_limits lim = {.max_header_block = k == 1 ? (uint32_t)raw_n - 1 : 0};
+        lc_spdy_inflater z;
+        lc__spdy_inflater_init(&z);
+        assert_int_equal(lc__spdy_inflate_block(&z, &lim, blk, 11 + raw_n, &h, &n),
+                         k == 0 ? LC__SPDY_EZLIB : LC__SPDY_EHBLOCK_SIZE);
+        lc__spdy_inflater_free(&z);
+    }
+    /* a first block too short to hold the zlib header */
+    lc_spdy_inflater z;
+    lc__spdy_inflater_init(&z);
+    assert_int_equal(lc__spdy_inflate_block(&z, NULL, (const uint8_t *)"\x78", 1, &h, &n), LC__SPDY_EHBLOCK);
+    lc__spdy_inflater_free(&z);
+}
+
+
 static void test_roundtrip_stateful_across_frames(void **state)
 {
     LC_TEST_DEADLINE(10);
@@ -1571,6 +1742,8 @@ int main(void)
         T(test_decode_bad_header_block_structure),
         T(test_decode_too_many_pairs),
         T(test_header_errors_are_sticky),
+        T(test_inflate_stored_then_compressed),
+        T(test_inflate_checks_what_zlib_checks),
         T(test_roundtrip_stateful_across_frames),
         T(test_roundtrip_many_pairs_and_levels),
         T(test_strerror_names_every_code),
