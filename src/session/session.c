@@ -152,6 +152,16 @@ void *lc__map_del(lc_map *m, uint64_t key)
             void *v = m->slots[i].val;
             m->slots[i].val = LC_MAP_TOMB;
             m->len--;
+            /* A tombstone followed by an empty slot ends no probe that
+             * matters: it and the tombstones before it become empty. Streams
+             * come and go every round trip with a fresh reply channel; the
+             * table was rebuilt every few of them. */
+            size_t mask = m->cap - 1;
+            for (size_t j = i; m->slots[(j + 1) & mask].val == NULL && m->slots[j].val == LC_MAP_TOMB;
+                 j = (j - 1) & mask) {
+                m->slots[j].val = NULL;
+                m->used--;
+            }
             return v;
         }
     }
