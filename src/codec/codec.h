@@ -164,7 +164,10 @@ typedef struct lc_stream_decoder {
     size_t time_at;
     uint32_t depth;     /* open containers of the current message */
     uint32_t stack_cap;
-    uint64_t *left;     /* left[i]: elements still to come at nesting level i */
+    uint64_t *left;     /* left[i]: elements still to come at nesting level i:
+                           `shallow` until a message nests deeper (a decoder
+                           is never copied or moved once fed) */
+    uint64_t shallow[4];
 } lc_stream_decoder;
 
 void lc__sd_init(lc_stream_decoder *d, const lc_limits *lim, const struct lc_codec_hooks *hooks);

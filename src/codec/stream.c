@@ -25,7 +25,8 @@ void lc__sd_init(lc_stream_decoder *d, const lc_limits *lim, const struct lc_cod
 void lc__sd_free(lc_stream_decoder *d)
 {
     lc__buf_free(&d->in);
-    free(d->left);
+    if (d->left != d->shallow)
+        free(d->left);
     d->left = NULL;
     d->stack_cap = 0;
 }
@@ -134,14 +135,24 @@ static int scan(lc_stream_decoder *d)
                 break;
             }
             if (d->depth == d->stack_cap) {
-                uint32_t ncap = d->stack_cap ? d->stack_cap * 2 : 16;
-                uint64_t *nl = realloc(d->left, (size_t)ncap * sizeof *nl);
-                if (nl == NULL) {
-                    d->err = LC_ENOMEM;
-                    return LC_ENOMEM;
+                /* the first levels in the decoder itself: a stream per
+                 * fresh reply channel, each fed one shallow message */
+                if (d->stack_cap == 0) {
+                    d->left = d->shallow;
+                    d->stack_cap = sizeof d->shallow / sizeof d->shallow[0];
+                } else {
+                    uint32_t ncap = d->stack_cap * 4;
+                    uint64_t *nl = malloc((size_t)ncap * sizeof *nl);
+                    if (nl == NULL) {
+                        d->err = LC_ENOMEM;
+                        return LC_ENOMEM;
+                    }
+                    memcpy(nl, d->left, d->depth * sizeof *nl);
+                    if (d->left != d->shallow)
+                        free(d->left);
+                    d->left = nl;
+                    d->stack_cap = ncap;
                 }
-                d->left = nl;
-                d->stack_cap = ncap;
             }
             d->left[d->depth++] = h.kind == LC_WK_MAP ? 2 * h.len : h.len;
             break;

@@ -49,7 +49,7 @@ typedef struct lc_arena_block {
     /* data follows, 16-aligned */
 } lc_arena_block;
 
-#define LC_MSG_INLINE_ARENA 256
+#define LC_MSG_INLINE_ARENA 384
 
 struct lc_msg {
     lc_msg *next;              /* intrusive link, free for the channel core to use */

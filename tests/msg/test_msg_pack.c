@@ -182,7 +182,7 @@ static void test_nil_root_of_new_message(void **state)
 static void test_simple_struct_uses_only_the_inline_arena(void **state)
 {
     LC_TEST_DEADLINE(10);
-    /* the hot case: one malloc (lc_msg_new), nothing else */
+    /* the hot cases: one malloc (lc_msg_new), nothing else */
     for (int64_t i = 0; i < 1000; i++) {
         lc_msg *m = lc_pack("{s:I}", "Value", i);
         assert_non_null(m);
@@ -191,6 +191,17 @@ static void test_simple_struct_uses_only_the_inline_arena(void **state)
         assert_int_equal(lc_unpack(m, "{s:I}", "Value", &got), 0);
         assert_true(got == i);
         lc_msg_free(m);
+    }
+    /* and a request with its reply Sender (a fresh reply channel's) */
+    for (int64_t i = 0; i < 100; i++) {
+        lc_receiver *r;
+        lc_sender *s;
+        assert_int_equal(lc_pipe(&r, &s, 1), 0);
+        lc_msg *m = lc_pack("{s:I, s:S}", "Value", i, "Ret", s);
+        assert_non_null(m);
+        assert_null(m->blocks);
+        lc_msg_free(m);
+        lc_receiver_release(r);
     }
 }
 
