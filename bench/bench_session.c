@@ -13,7 +13,10 @@
  *     once with lc_session_sender), (b) a fresh reply Sender from lc_pipe in
  *     every request, which the server answers on and closes (lc_send, then
  *     lc_close: two frames, two writes), (c) the same answered with
- *     lc_send_last (the reply and the end in one frame, one write);
+ *     lc_send_last (the reply and the end in one frame, one write); all
+ *     five are open at once and measured in 4 turns of 5000 round trips
+ *     (each turn after 1000 more to settle), interleaved, so that a slow
+ *     phase of the machine falls on the baselines and on libchan alike;
  *   - CPU ns per one-way message of each process (getrusage, all threads):
  *     on 2 cores the one-way rate is bounded by it;
  *   - bulk byte-stream MB/s (256 MiB at 3 s, scaled with seconds) from the
@@ -853,105 +856,119 @@ static lat summarize(int64_t *ns, long n)
     return l;
 }
 
-/* spin = false: blocking write/read; true: spin 10 us, then poll (both sides). */
-static lat raw_pingpong(const char *transport, bool spin)
-{
+/*
+ * One round-trip figure: a raw ping-pong (blocking, or spin 10 us then
+ * poll on both sides) or libchan in one rt_mode, against its own server.
+ * All of them are open at once and measured in turns (rt_chunk), so that
+ * the raw baselines and libchan see the same phases of this shared machine:
+ * measured one after the other, a slow phase during one figure moved the
+ * ratios by 0.2-0.4x between runs.
+ */
+typedef struct rt_fig {
+    bool lc, spin;
+    rt_mode mode;
     server sv;
-    server_start(&sv, spin ? "raw-pingpong-spin" : "raw-pingpong", transport);
-    int fd = raw_dial(sv.url);
-    if (spin)
-        fcntl(fd, F_SETFL, O_NONBLOCK); /* 8-byte writes never hit a full buffer here */
-    int64_t *ns = malloc((size_t)g_rounds * sizeof *ns);
-    uint8_t b[16], back[8];
-    bool ok = true;
-    for (long i = -WARMUP; i < g_rounds && ok; i++) {
-        enc_simple(b, (uint64_t)(i & 127)); /* 8 bytes */
-        int64_t t0 = now_ns();
-        write_all(fd, b, 8);
-        ok = (spin ? read_all_spin(fd, back, 8) : read_all(fd, back, 8)) && memcmp(b, back, 8) == 0;
-        if (i >= 0)
-            ns[i] = now_ns() - t0;
-    }
-    shutdown(fd, SHUT_WR);
-    char line[320];
-    expect_result(&sv, line, sizeof line);
-    lat l = summarize(ns, g_rounds);
-    l.ok = ok && atol(line + 4) == g_rounds + WARMUP;
-    free(ns);
-    close(fd);
-    server_end(&sv);
-    return l;
-}
-
-static lat lc_roundtrip(const char *transport, rt_mode mode)
-{
-    bool fresh = mode != RT_REUSED; /* (the client does the same for both fresh modes) */
-    server sv;
-    server_start(&sv, rt_test_name(mode), transport);
-    lc_session *s = client_session(sv.url);
+    int fd;              /* raw */
+    lc_session *s;       /* libchan */
     lc_sender *req;
-    int rc = lc_session_sender(s, &req);
+    lc_receiver *rep;    /* the reused reply channel */
+    int64_t *ns;
+    long measured, sent; /* rounds kept; rounds done (warm-ups too) */
+    bool ok;
+} rt_fig;
+
+static void rt_open(rt_fig *f, const char *transport)
+{
+    f->ns = malloc((size_t)g_rounds * sizeof *f->ns);
+    f->ok = f->ns != NULL;
+    if (!f->lc) {
+        server_start(&f->sv, f->spin ? "raw-pingpong-spin" : "raw-pingpong", transport);
+        f->fd = raw_dial(f->sv.url);
+        if (f->spin)
+            fcntl(f->fd, F_SETFL, O_NONBLOCK); /* 8-byte writes never hit a full buffer here */
+        return;
+    }
+    server_start(&f->sv, rt_test_name(f->mode), transport);
+    f->s = client_session(f->sv.url);
+    int rc = lc_session_sender(f->s, &f->req);
     if (rc != 0)
         die("lc_session_sender", rc);
-    lc_receiver *rep = NULL;
-    if (!fresh && (rc = lc_session_receiver(s, &rep, TIMEOUT_MS)) != 0) /* the server's reply channel */
-        die("lc_session_receiver", rc);
-    int64_t *ns = malloc((size_t)g_rounds * sizeof *ns);
-    bool ok = true;
-    for (long i = -WARMUP; i < g_rounds && ok; i++) {
-        int64_t t0 = now_ns();
-        lc_receiver *rr = rep;
-        lc_msg *m;
-        if (fresh) {
-            lc_sender *rs;
-            if ((rc = lc_pipe(&rr, &rs, 1)) != 0)
-                die("lc_pipe", rc);
-            m = lc_pack("{s:I, s:S}", "Value", (int64_t)i, "Ret", rs);
+    if (f->mode == RT_REUSED && (rc = lc_session_receiver(f->s, &f->rep, TIMEOUT_MS)) != 0)
+        die("lc_session_receiver", rc); /* the server's reply channel */
+}
+
+/* `warm` rounds not kept, then `count` kept. */
+static void rt_rounds(rt_fig *f, long warm, long count)
+{
+    bool fresh = f->mode != RT_REUSED; /* (the client does the same for both fresh modes) */
+    for (long k = -warm; k < count && f->ok; k++, f->sent++) {
+        int64_t t0, t1;
+        if (!f->lc) {
+            uint8_t b[16], back[8];
+            enc_simple(b, (uint64_t)(f->sent & 127)); /* 8 bytes */
+            t0 = now_ns();
+            write_all(f->fd, b, 8);
+            f->ok = (f->spin ? read_all_spin(f->fd, back, 8) : read_all(f->fd, back, 8)) &&
+                    memcmp(b, back, 8) == 0;
+            t1 = now_ns();
         } else {
-            m = lc_pack("{s:I}", "Value", (int64_t)i);
+            int64_t i = f->sent;
+            int rc;
+            t0 = now_ns();
+            lc_receiver *rr = f->rep;
+            lc_msg *m;
+            if (fresh) {
+                lc_sender *rs;
+                if ((rc = lc_pipe(&rr, &rs, 1)) != 0)
+                    die("lc_pipe", rc);
+                m = lc_pack("{s:I, s:S}", "Value", i, "Ret", rs);
+            } else {
+                m = lc_pack("{s:I}", "Value", i);
+            }
+            if (m == NULL || (rc = lc_send(f->req, m, TIMEOUT_MS)) != 0)
+                die("lc_send", rc);
+            lc_msg *r;
+            if ((rc = lc_recv(rr, &r, TIMEOUT_MS)) != 0)
+                die("lc_recv reply", rc);
+            t1 = now_ns();
+            int64_t v;
+            f->ok = lc_unpack(r, "{s:I}", "Value", &v) == 0 && v == i;
+            lc_msg_free(r);
+            if (fresh)
+                lc_receiver_release(rr); /* not waiting for the server's close of Ret */
         }
-        if (m == NULL || (rc = lc_send(req, m, TIMEOUT_MS)) != 0)
-            die("lc_send", rc);
-        lc_msg *r;
-        if ((rc = lc_recv(rr, &r, TIMEOUT_MS)) != 0)
-            die("lc_recv reply", rc);
-        int64_t t1 = now_ns();
-        int64_t v;
-        ok = lc_unpack(r, "{s:I}", "Value", &v) == 0 && v == i;
-        lc_msg_free(r);
-        if (fresh)
-            lc_receiver_release(rr); /* not waiting for the server's close of Ret */
-        if (i >= 0)
-            ns[i] = t1 - t0;
+        if (k >= 0 && f->measured < g_rounds)
+            f->ns[f->measured++] = t1 - t0;
     }
-    lc_close(req);
+}
+
+static lat rt_close(rt_fig *f)
+{
     char line[320];
-    expect_result(&sv, line, sizeof line);
     long handled = 0, bad = 0;
     int err = 0;
-    sscanf(line + 4, "%ld %ld %d", &handled, &bad, &err);
-    lat l = summarize(ns, g_rounds);
-    l.ok = ok && handled == g_rounds + WARMUP && bad == 0 && err == 0;
-    free(ns);
-    lc_sender_release(req);
-    lc_receiver_release(rep);
-    client_done(s);
-    server_end(&sv);
+    if (!f->lc) {
+        shutdown(f->fd, SHUT_WR);
+        expect_result(&f->sv, line, sizeof line);
+        handled = atol(line + 4);
+        close(f->fd);
+    } else {
+        lc_close(f->req);
+        expect_result(&f->sv, line, sizeof line);
+        sscanf(line + 4, "%ld %ld %d", &handled, &bad, &err);
+        lc_sender_release(f->req);
+        lc_receiver_release(f->rep);
+        client_done(f->s);
+    }
+    server_end(&f->sv);
+    lat l = { 0 };
+    if (f->measured > 0)
+        l = summarize(f->ns, f->measured);
+    l.ok = f->ok && f->measured == g_rounds && handled == f->sent && bad == 0 && err == 0;
+    free(f->ns);
     return l;
 }
 
-/* ---- bulk byte streams ------------------------------------------------------------
- * g_bulk_bytes (256 MiB at 3 s, scaled with the seconds argument) go from this
- * process to the server in 64 KiB write()s; the server read()s 64 KiB at a
- * time to EOF. MB/s = bytes / (server's last read - our first write, or our
- * lc_send of the stream for libchan). The byte stream is a pipe whose read
- * end travels in {"Data": F} as LC_STREAM_READ: over unix the session passes
- * the fd itself (SCM_RIGHTS, once it has read the server's SETTINGS: the
- * server's {"Ready": 1} comes first), so its baseline is a raw pipe between
- * the two processes (inherited across exec); over TCP the client's session
- * reads the pipe into DATA frames and the server's session writes them into a
- * socketpair, against one raw TCP connection; a socketpair instead of the pipe
- * is measured there too. The raw unix socket is printed too. */
 static uint64_t g_bulk_bytes = 256ull << 20;
 
 typedef struct bulk {
@@ -1247,28 +1264,51 @@ static void bench_oneway(const char *transport)
     printf("      (libchan over the server's own receive window: %.2f M msgs/s)\n", lc.srv_rate / 1e6);
 }
 
+enum { RT_CHUNKS = 4, RT_CHUNK_WARM = 1000 };
+
 static void bench_rt(const char *transport)
 {
     if (g_only != NULL && strncmp(g_only, "lc-rt-", 6) == 0) { /* libchan alone, for profiles */
-        rt_mode mode = RT_REUSED;
+        rt_fig f = { .lc = true, .mode = RT_REUSED };
         for (rt_mode m = RT_REUSED; m <= RT_FRESH_LAST; m++)
             if (strcmp(g_only, rt_test_name(m)) == 0)
-                mode = m;
-        lat l = lc_roundtrip(transport, mode);
-        printf("  libchan %s round trip p50 %.1f us, p99 %.1f us\n", rt_modes[mode].label, l.p50, l.p99);
+                f.mode = m;
+        rt_open(&f, transport);
+        rt_rounds(&f, WARMUP, g_rounds);
+        lat l = rt_close(&f);
+        printf("  libchan %s round trip p50 %.1f us, p99 %.1f us%s\n", rt_modes[f.mode].label, l.p50, l.p99,
+               l.ok ? "" : "  (MISMATCH)");
         return;
     }
-    lat raw = raw_pingpong(transport, false);
-    lat rawspin = raw_pingpong(transport, true);
-    lat reused = lc_roundtrip(transport, RT_REUSED);
-    lat fresh = lc_roundtrip(transport, RT_FRESH);
-    lat last = lc_roundtrip(transport, RT_FRESH_LAST);
+    enum { RAW, RAWSPIN, REUSED, FRESH, LAST, NFIG };
+    rt_fig f[NFIG] = {
+        [RAW] = { .lc = false },
+        [RAWSPIN] = { .lc = false, .spin = true },
+        [REUSED] = { .lc = true, .mode = RT_REUSED },
+        [FRESH] = { .lc = true, .mode = RT_FRESH },
+        [LAST] = { .lc = true, .mode = RT_FRESH_LAST },
+    };
+    for (int i = 0; i < NFIG; i++) {
+        rt_open(&f[i], transport);
+        rt_rounds(&f[i], WARMUP, 0);
+    }
+    /* in turns, each chunk starting with another figure; a few rounds
+     * first to wake each pair up again */
+    long per = (g_rounds + RT_CHUNKS - 1) / RT_CHUNKS;
+    for (int c = 0; c < RT_CHUNKS; c++)
+        for (int j = 0; j < NFIG; j++)
+            rt_rounds(&f[(c + j) % NFIG], RT_CHUNK_WARM, per);
+    lat l[NFIG];
+    for (int i = 0; i < NFIG; i++)
+        l[i] = rt_close(&f[i]);
+    lat raw = l[RAW], rawspin = l[RAWSPIN], reused = l[REUSED], fresh = l[FRESH], last = l[LAST];
     /* The reference is the better raw p50 of the two: on this VM each one is
      * bimodal with the scheduler's placement (blocking is fast when both
      * processes share a CPU, spinning when they do not). */
     double ref = raw.p50 < rawspin.p50 ? raw.p50 : rawspin.p50;
     printf("  round trip, %ld each (us)          p50      p99     mean   (targets vs the best raw p50, %.1f us)\n",
            g_rounds, ref);
+    printf("    (all five measured in %d turns, interleaved)\n", RT_CHUNKS);
     printf("    raw ping-pong 8 B, blocking  %7.1f  %7.1f  %7.1f%s\n", raw.p50, raw.p99, raw.mean,
            raw.ok ? "" : "  (MISMATCH)");
     printf("    raw, spin 10 us then poll    %7.1f  %7.1f  %7.1f   (libchan's own wait policy)%s\n", rawspin.p50,
