@@ -285,7 +285,6 @@ static void session_unref(lc_session *s)
     lc__buf_free(&s->inflight);
     lc__map_free(&s->streams);
     lc__map_free(&s->peer_refs);
-    lc__map_free(&s->claimed_refs);
     for (size_t i = 0; i < s->in_fds.cap; i++) /* passed to us, never claimed */
         if (s->in_fds.slots[i].val != NULL && s->in_fds.slots[i].val != LC_MAP_TOMB)
             close((int)(intptr_t)s->in_fds.slots[i].val - 1);
@@ -1570,17 +1569,25 @@ static void net_release(void *ctx)
  * so that naming it again fails at once. Only the last CLAIMED_KEEP are kept:
  * recording all of them grew without bound over a session's life (one entry
  * per fresh reply channel). An older ref named again waits like a ref that
- * never arrives, and fails after ref_timeout_ms. mu held.
+ * never arrives, and fails after ref_timeout_ms. A ring written in order:
+ * a map of them cost a fresh reply channel's round trip a delete and an
+ * insert in a 64 KiB table, two cache misses; the ring is only searched for
+ * a ref not found among the sub-streams, which our peers and Go's never
+ * send. mu held.
  */
 static void remember_claimed_locked(lc_session *s, uint64_t ref)
 {
-    size_t at = s->claimed_next % CLAIMED_KEEP;
-    if (s->claimed_next >= CLAIMED_KEEP)
-        lc__map_del(&s->claimed_refs, s->claimed_ring[at]);
-    if (lc__map_put(&s->claimed_refs, ref, (void *)2) == 0) {
-        s->claimed_ring[at] = ref;
-        s->claimed_next++;
-    }
+    s->claimed_ring[s->claimed_next % CLAIMED_KEEP] = ref;
+    s->claimed_next++;
+}
+
+static bool was_claimed_locked(const lc_session *s, uint64_t ref)
+{
+    size_t n = s->claimed_next < CLAIMED_KEEP ? (size_t)s->claimed_next : CLAIMED_KEEP;
+    bool found = false;
+    for (size_t i = 0; i < n; i++) /* (no early exit: the compiler vectorizes it) */
+        found |= s->claimed_ring[i] == ref;
+    return found;
 }
 
 /* Bytes all unbound sub-streams of a session may hold together. */
@@ -2277,8 +2284,8 @@ static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *
     }
     lc_stream *sub = lc__map_get(&s->peer_refs, v->u.ref);
     if (sub == NULL)
-        return lc__map_get(&s->claimed_refs, v->u.ref) ? LC_EPROTO /* named twice */
-                                                       : 1;        /* not arrived yet */
+        return was_claimed_locked(s, v->u.ref) ? LC_EPROTO /* named twice */
+                                               : 1;        /* not arrived yet */
     if (sub->claimed)
         return LC_EPROTO; /* a sub-stream names one channel end, once */
     uint8_t ext = v->mode;
@@ -2737,6 +2744,15 @@ static void deliver_pending_noted(lc_stream *st, bool noted)
             kick_streams(s, &k);
             lc_msg_free(m);
             lc__close_error(st->into, LC_EPROTO);
+            continue;
+        }
+        if (k.n == 0) {
+            /* resolved, and no sub-stream to start before it is seen (a
+             * reply Sender): handed over as a plain message, in the next
+             * round that keeps mu (one lock round and a callback-capable
+             * send less per fresh reply channel) */
+            m->has_refs = 0;
+            locked = true;
             continue;
         }
         /* off the list before it is handed over: once sent, m is the

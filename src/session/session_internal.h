@@ -185,8 +185,8 @@ struct lc_session {
     lc_map streams;       /* SPDY id -> stream */
     lc_map peer_refs;     /* peer's libchan-ref -> unbound sub-stream */
     lc_map in_fds;        /* received fd sequence number -> fd + 1, not yet claimed */
-    lc_map claimed_refs;  /* peer refs already named by a message (the last CLAIMED_KEEP) */
-    uint64_t claimed_ring[CLAIMED_KEEP]; /* those refs, oldest at claimed_next % CLAIMED_KEEP */
+    uint64_t claimed_ring[CLAIMED_KEEP]; /* peer refs already named by a message (the last
+                                            CLAIMED_KEEP), oldest at claimed_next % CLAIMED_KEEP */
     uint64_t claimed_next;
     uint64_t fd_in_seq;
     /* mu: channels reset because a message did not decode, on a carrier
