@@ -224,8 +224,10 @@ static void mark_passive(lc_chan *c);
  * aligned_alloc (before 2.38) never takes a chunk from the thread cache and
  * splits one off the arena each time, freeing the slack; freed channels
  * then overflow the cache into the arena's bins. A fresh reply channel
- * allocates two channels per round trip: with aligned_alloc, malloc and
- * free were ~0.9 us of its CPU time (perf, bench_session unix lc-rt-fresh).
+ * allocates two channels per round trip: with aligned_alloc here (and
+ * calloc for its streams), glibc's slow paths took ~0.9 us of CPU per
+ * round trip, both processes together (perf, bench_session unix
+ * lc-rt-fresh).
  */
 static lc_chan *chan_alloc(void)
 {
