@@ -30,7 +30,7 @@
  * The targets of the issue are printed next to the figures. Nothing is
  * asserted.
  *
- * Usage: bench_session [seconds [unix|tcp [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-fresh-last|lc-rt-reused|bulk]]]
+ * Usage: bench_session [seconds [unix|tcp [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-fresh-last|lc-rt-fresh-crowd|lc-rt-reused|bulk]]]
  *        seconds: per one-way figure, default 3; the round-trip counts scale
  *        with it (20000 at 3 s). The filters run one part, for profiling.
  * Every figure runs against its own server process: fork + exec of this
@@ -418,7 +418,7 @@ static void srv_lc_oneway(const char *url)
 
 /* The reply channel of a round trip: one reused, or a fresh one in each
  * request that the server closes after its reply, apart or with it. */
-typedef enum { RT_REUSED, RT_FRESH, RT_FRESH_LAST } rt_mode;
+typedef enum { RT_REUSED, RT_FRESH, RT_FRESH_LAST, RT_FRESH_CROWD } rt_mode;
 
 static const struct {
     const char *test;  /* the server's test name, and the filter argument */
@@ -427,6 +427,7 @@ static const struct {
     [RT_REUSED] = { "lc-rt-reused", "reused-reply" },
     [RT_FRESH] = { "lc-rt-fresh", "fresh-reply" },
     [RT_FRESH_LAST] = { "lc-rt-fresh-last", "fresh-reply (lc_send_last)" },
+    [RT_FRESH_CROWD] = { "lc-rt-fresh-crowd", "fresh-reply beside many open channels" },
 };
 
 static const char *rt_test_name(rt_mode mode)
@@ -572,6 +573,8 @@ static int server_main(const char *test, const char *url, int fd)
         srv_lc_rt(url, RT_FRESH);
     else if (strcmp(test, rt_test_name(RT_FRESH_LAST)) == 0)
         srv_lc_rt(url, RT_FRESH_LAST);
+    else if (strcmp(test, rt_test_name(RT_FRESH_CROWD)) == 0)
+        srv_lc_rt(url, RT_FRESH_CROWD); /* (it never accepts the crowd's channels) */
     else if (strcmp(test, "raw-pipe") == 0)
         srv_raw_pipe(url);
     else if (strcmp(test, "lc-bulk") == 0)
@@ -872,10 +875,16 @@ typedef struct rt_fig {
     lc_session *s;       /* libchan */
     lc_sender *req;
     lc_receiver *rep;    /* the reused reply channel */
+    lc_sender **crowd;   /* RT_FRESH_CROWD: channels open beside the requests */
     int64_t *ns;
     long measured, sent; /* rounds kept; rounds done (warm-ups too) */
     bool ok;
 } rt_fig;
+
+static void rt_rounds(rt_fig *f, long warm, long count);
+
+/* open channels beside the requests in RT_FRESH_CROWD */
+enum { CROWD = 10000 };
 
 static void rt_open(rt_fig *f, const char *transport)
 {
@@ -895,6 +904,14 @@ static void rt_open(rt_fig *f, const char *transport)
         die("lc_session_sender", rc);
     if (f->mode == RT_REUSED && (rc = lc_session_receiver(f->s, &f->rep, TIMEOUT_MS)) != 0)
         die("lc_session_receiver", rc); /* the server's reply channel */
+    if (f->mode == RT_FRESH_CROWD) {
+        rt_rounds(f, 1, 0); /* the request channel is the server's first */
+        f->crowd = calloc(CROWD, sizeof *f->crowd);
+        for (int i = 0; i < CROWD; i++)
+            if (f->crowd == NULL || (rc = lc_session_sender(f->s, &f->crowd[i])) != 0 ||
+                (rc = lc_send(f->crowd[i], lc_pack("{s:i}", "Idle", i), TIMEOUT_MS)) != 0)
+                die("a crowd channel", rc);
+    }
 }
 
 /* `warm` rounds not kept, then `count` kept. */
@@ -953,6 +970,9 @@ static lat rt_close(rt_fig *f)
         handled = atol(line + 4);
         close(f->fd);
     } else {
+        for (int i = 0; f->crowd != NULL && i < CROWD; i++)
+            lc_sender_release(f->crowd[i]); /* (ends it) */
+        free(f->crowd);
         lc_close(f->req);
         expect_result(&f->sv, line, sizeof line);
         sscanf(line + 4, "%ld %ld %d", &handled, &bad, &err);
@@ -1270,7 +1290,7 @@ static void bench_rt(const char *transport)
 {
     if (g_only != NULL && strncmp(g_only, "lc-rt-", 6) == 0) { /* libchan alone, for profiles */
         rt_fig f = { .lc = true, .mode = RT_REUSED };
-        for (rt_mode m = RT_REUSED; m <= RT_FRESH_LAST; m++)
+        for (rt_mode m = RT_REUSED; m <= RT_FRESH_CROWD; m++)
             if (strcmp(g_only, rt_test_name(m)) == 0)
                 f.mode = m;
         rt_open(&f, transport);
@@ -1280,13 +1300,14 @@ static void bench_rt(const char *transport)
                l.ok ? "" : "  (MISMATCH)");
         return;
     }
-    enum { RAW, RAWSPIN, REUSED, FRESH, LAST, NFIG };
+    enum { RAW, RAWSPIN, REUSED, FRESH, LAST, CROWDED, NFIG };
     rt_fig f[NFIG] = {
         [RAW] = { .lc = false },
         [RAWSPIN] = { .lc = false, .spin = true },
         [REUSED] = { .lc = true, .mode = RT_REUSED },
         [FRESH] = { .lc = true, .mode = RT_FRESH },
         [LAST] = { .lc = true, .mode = RT_FRESH_LAST },
+        [CROWDED] = { .lc = true, .mode = RT_FRESH_CROWD },
     };
     for (int i = 0; i < NFIG; i++) {
         rt_open(&f[i], transport);
@@ -1301,14 +1322,14 @@ static void bench_rt(const char *transport)
     lat l[NFIG];
     for (int i = 0; i < NFIG; i++)
         l[i] = rt_close(&f[i]);
-    lat raw = l[RAW], rawspin = l[RAWSPIN], reused = l[REUSED], fresh = l[FRESH], last = l[LAST];
+    lat raw = l[RAW], rawspin = l[RAWSPIN], reused = l[REUSED], fresh = l[FRESH], last = l[LAST], crowd = l[CROWDED];
     /* The reference is the better raw p50 of the two: on this VM each one is
      * bimodal with the scheduler's placement (blocking is fast when both
      * processes share a CPU, spinning when they do not). */
     double ref = raw.p50 < rawspin.p50 ? raw.p50 : rawspin.p50;
     printf("  round trip, %ld each (us)          p50      p99     mean   (targets vs the best raw p50, %.1f us)\n",
            g_rounds, ref);
-    printf("    (all five measured in %d turns, interleaved)\n", RT_CHUNKS);
+    printf("    (all six measured in %d turns, interleaved)\n", RT_CHUNKS);
     printf("    raw ping-pong 8 B, blocking  %7.1f  %7.1f  %7.1f%s\n", raw.p50, raw.p99, raw.mean,
            raw.ok ? "" : "  (MISMATCH)");
     printf("    raw, spin 10 us then poll    %7.1f  %7.1f  %7.1f   (libchan's own wait policy)%s\n", rawspin.p50,
@@ -1325,6 +1346,10 @@ static void bench_rt(const char *transport)
            "   lc/raw-blocking = %.2fx%s\n",
            last.p50, last.p99, last.mean, last.p50 / ref, TARGET_FRESH, verdict(last.p50 <= TARGET_FRESH * ref),
            last.p50 / raw.p50, last.ok ? "" : "  (MISMATCH)");
+    char crowd_label[64];
+    snprintf(crowd_label, sizeof crowd_label, "      fresh, %d others open", CROWD);
+    printf("%-31s%7.1f  %7.1f  %7.1f   lc/fresh = %.2fx (no target: other channels must not slow it)%s\n",
+           crowd_label, crowd.p50, crowd.p99, crowd.mean, crowd.p50 / fresh.p50, crowd.ok ? "" : "  (MISMATCH)");
 }
 
 /* The machine is shared: say how busy it was. */
@@ -1363,7 +1388,7 @@ int main(int argc, char **argv)
            "(load average at start: %s)\n\n",
            g_seconds, g_rounds, TARGET_ONEWAY / 1e6, TARGET_REUSED, TARGET_FRESH, TARGET_BULK_TCP, loadavg());
     fflush(stdout);
-    /* optional filters, for profiling one case: [unix|tcp] [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-fresh-last|lc-rt-reused|bulk] */
+    /* optional filters, for profiling one case: [unix|tcp] [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-fresh-last|lc-rt-fresh-crowd|lc-rt-reused|bulk] */
     const char *only_t = argc > 2 ? argv[2] : NULL, *only_s = argc > 3 ? argv[3] : NULL;
     g_only = only_s;
     if (only_t == NULL || strcmp(only_t, "unix") == 0)

@@ -2723,9 +2723,11 @@ static void deliver_pending_noted(lc_stream *st, bool noted)
             continue;
         }
         if (missing > 0) {
-            if (!st->waiting_refs)
+            if (!st->waiting_refs) {
                 st->waiting_since = lc__now_ns(); /* the bounded wait starts now */
-            st->waiting_refs = true;
+                st->waiting_refs = true;
+                s->refs_waiters++;
+            }
             pthread_mutex_unlock(&s->mu);
             kick_streams(s, &k);
             /* the missing SYN_STREAMs can only arrive by reading: a session
@@ -2735,6 +2737,7 @@ static void deliver_pending_noted(lc_stream *st, bool noted)
         }
         if (st->waiting_refs) {
             st->waiting_refs = false;
+            s->refs_waiters--;
             st->waiting_since = 0;
             stream_maybe_done_locked(s, st); /* it may have ended meanwhile */
         }
@@ -2977,7 +2980,11 @@ static void retry_waiting_refs(lc_session *s, rd_actions *a)
         return;
     pthread_mutex_lock(&s->mu);
     atomic_store_explicit(&s->new_refs, false, memory_order_relaxed);
-    for (size_t i = 0; i < s->streams.cap; i++) {
+    /* Nobody waits, the common case: no walk of the table. Every fresh
+     * reply channel sets new_refs; with 10000 other channels open, the walk
+     * made a fresh reply round trip 103 us instead of 6 (bench_session,
+     * "fresh, 10000 others open"). */
+    for (size_t i = 0; s->refs_waiters > 0 && i < s->streams.cap; i++) {
         lc_stream *st = s->streams.slots[i].val;
         if (st != NULL && st != LC_MAP_TOMB && st->waiting_refs)
             note_delivery(a, st);
@@ -3827,6 +3834,7 @@ static void ref_timer(void *ctx)
         if (now - st->waiting_since >= lc__ms_to_ns(s->opt.ref_timeout_ms) && nf < 32 && st->into) {
             fail[nf++] = lc_sender_retain(st->into);
             st->waiting_refs = false;
+            s->refs_waiters--;
             st->reset = true;
             /* its undelivered messages go with it (closing their fds) */
             while (st->pending_head) {

@@ -188,6 +188,7 @@ struct lc_session {
     uint64_t claimed_ring[CLAIMED_KEEP]; /* peer refs already named by a message (the last
                                             CLAIMED_KEEP), oldest at claimed_next % CLAIMED_KEEP */
     uint64_t claimed_next;
+    size_t refs_waiters;  /* mu: streams whose head message waits for sub-streams */
     uint64_t fd_in_seq;
     /* mu: channels reset because a message did not decode, on a carrier
      * that passes fds: what is left of their bytes, and what still comes
