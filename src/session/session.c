@@ -2440,13 +2440,28 @@ static void forward_refused(lc_stream *st, int rc)
     }
 }
 
+/*
+ * Sets st->push_op, counting the streams whose is set: the check for a full
+ * local queue (read_carrier, resume_reading, toward a peer without windows)
+ * walks the stream table only when some is, not after every read batch
+ * (O(channels) per read with many channels open). The count is never too
+ * low; a stream freed with its push_op set would leave it too high, which
+ * only costs walks. mu held.
+ */
+static void push_op_set_locked(lc_session *s, lc_stream *st, lc_async *op)
+{
+    if ((st->push_op == NULL) != (op == NULL))
+        s->pushes_set += op != NULL ? 1 : (size_t)-1;
+    st->push_op = op;
+}
+
 static void push_done(void *ctx, int result, lc_msg *m)
 {
     lc_stream *st = ctx;
     lc_session *s = st->s;
     (void)m;
     pthread_mutex_lock(&s->mu);
-    st->push_op = NULL;
+    push_op_set_locked(s, st, NULL);
     lc_msg *sent = st->pushing;
     st->pushing = NULL;
     pthread_mutex_unlock(&s->mu);
@@ -2480,7 +2495,7 @@ static void room_done(void *ctx, int result, lc_msg *m)
     (void)result;
     (void)m;
     pthread_mutex_lock(&s->mu);
-    st->push_op = NULL;
+    push_op_set_locked(s, st, NULL);
     pthread_mutex_unlock(&s->mu);
     deliver_pending(st);
     stream_unref(st); /* the watch's reference */
@@ -2518,7 +2533,7 @@ static void push_end(lc_stream *st, lc_msg *m, int rc)
 {
     lc_session *s = st->s;
     pthread_mutex_lock(&s->mu);
-    st->push_op = NULL;
+    push_op_set_locked(s, st, NULL);
     st->pushing = NULL;
     pthread_mutex_unlock(&s->mu);
     if (rc != 0) {
@@ -2549,7 +2564,7 @@ static bool deliver_wait_room(lc_stream *st)
     lc_msg *m = rc == 0 ? NULL : st->pending_head;
     if (m == NULL) {
         /* room came meanwhile (or the ref timer dropped the list) */
-        st->push_op = NULL;
+        push_op_set_locked(s, st, NULL);
         pthread_mutex_unlock(&s->mu);
         stream_unref(st);
         return false;
@@ -2653,7 +2668,7 @@ static void deliver_pending_noted(lc_stream *st, bool noted)
             size_t nb = 0;
             while (st->pending_head != NULL && !st->pending_head->has_refs && nb < DELIVER_BATCH)
                 batch[nb++] = pending_pop_locked(st);
-            st->push_op = (lc_async *)1; /* we are delivering: nobody else does */
+            push_op_set_locked(s, st, (lc_async *)1); /* we are delivering: nobody else does */
             stream_ref(st);
             pthread_mutex_unlock(&s->mu);
             /* into a ring: one hand-over (one wake-up fence) for the lot */
@@ -2689,7 +2704,7 @@ static void deliver_pending_noted(lc_stream *st, bool noted)
                     return; /* a callback continues */
                 continue;
             }
-            st->push_op = NULL;
+            push_op_set_locked(s, st, NULL);
             /* Not the last reference (callers hold one): dropped under mu,
              * which the next round keeps (one lock round less per delivered
              * batch). The last one frees, which needs mu released. */
@@ -2762,7 +2777,7 @@ static void deliver_pending_noted(lc_stream *st, bool noted)
          * receiver's and may already be freed */
         pending_pop_locked(st);
         stream_ref(st);
-        st->push_op = (lc_async *)1; /* placeholder while registering */
+        push_op_set_locked(s, st, (lc_async *)1); /* placeholder while registering */
         st->pushing = m;
         pthread_mutex_unlock(&s->mu);
         kick_streams(s, &k); /* sub-streams first: their queues exist before m is seen */
@@ -3582,7 +3597,7 @@ static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drain
             pthread_mutex_lock(&s->mu);
             bool full = s->in_fds.len > MAX_UNCLAIMED_FDS;
             s->in_fds_high = full;
-            for (size_t i = 0; !fc && i < s->streams.cap && !full; i++) {
+            for (size_t i = 0; !fc && s->pushes_set > 0 && i < s->streams.cap && !full; i++) {
                 lc_stream *st = s->streams.slots[i].val;
                 full = st != NULL && st != LC_MAP_TOMB && st->push_op != NULL;
             }
@@ -3623,7 +3638,7 @@ static void resume_reading(lc_session *s)
     bool still = was && s->in_fds.len > MAX_UNCLAIMED_FDS / 2;
     /* as read_carrier: full queues pause only toward a peer without windows */
     bool fc = atomic_load_explicit(&s->peer_fc, memory_order_relaxed);
-    for (size_t i = 0; was && !fc && i < s->streams.cap && !still; i++) {
+    for (size_t i = 0; was && !fc && s->pushes_set > 0 && i < s->streams.cap && !still; i++) {
         lc_stream *st = s->streams.slots[i].val;
         still = st != NULL && st != LC_MAP_TOMB && st->push_op != NULL;
     }

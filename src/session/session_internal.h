@@ -189,6 +189,7 @@ struct lc_session {
                                             CLAIMED_KEEP), oldest at claimed_next % CLAIMED_KEEP */
     uint64_t claimed_next;
     size_t refs_waiters;  /* mu: streams whose head message waits for sub-streams */
+    size_t pushes_set;    /* mu: streams whose push_op is set (push_op_set_locked) */
     uint64_t fd_in_seq;
     /* mu: channels reset because a message did not decode, on a carrier
      * that passes fds: what is left of their bytes, and what still comes
