@@ -2440,6 +2440,15 @@ static void forward_refused(lc_stream *st, int rc)
     }
 }
 
+/* Sets st->waiting_refs, counting the streams that wait (retry_waiting_refs
+ * walks the table only when some does). mu held. */
+static void waiting_refs_set_locked(lc_session *s, lc_stream *st, bool waiting)
+{
+    if (st->waiting_refs != waiting)
+        s->refs_waiters += waiting ? 1 : (size_t)-1;
+    st->waiting_refs = waiting;
+}
+
 /*
  * Sets st->push_op, counting the streams whose is set: the check for a full
  * local queue (read_carrier, resume_reading, toward a peer without windows)
@@ -2738,11 +2747,9 @@ static void deliver_pending_noted(lc_stream *st, bool noted)
             continue;
         }
         if (missing > 0) {
-            if (!st->waiting_refs) {
+            if (!st->waiting_refs)
                 st->waiting_since = lc__now_ns(); /* the bounded wait starts now */
-                st->waiting_refs = true;
-                s->refs_waiters++;
-            }
+            waiting_refs_set_locked(s, st, true);
             pthread_mutex_unlock(&s->mu);
             kick_streams(s, &k);
             /* the missing SYN_STREAMs can only arrive by reading: a session
@@ -2751,8 +2758,7 @@ static void deliver_pending_noted(lc_stream *st, bool noted)
             return; /* a SYN_STREAM or the ref timer calls us again */
         }
         if (st->waiting_refs) {
-            st->waiting_refs = false;
-            s->refs_waiters--;
+            waiting_refs_set_locked(s, st, false);
             st->waiting_since = 0;
             stream_maybe_done_locked(s, st); /* it may have ended meanwhile */
         }
@@ -3848,8 +3854,7 @@ static void ref_timer(void *ctx)
             st->waiting_since = now;
         if (now - st->waiting_since >= lc__ms_to_ns(s->opt.ref_timeout_ms) && nf < 32 && st->into) {
             fail[nf++] = lc_sender_retain(st->into);
-            st->waiting_refs = false;
-            s->refs_waiters--;
+            waiting_refs_set_locked(s, st, false);
             st->reset = true;
             /* its undelivered messages go with it (closing their fds) */
             while (st->pending_head) {
