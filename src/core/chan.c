@@ -869,6 +869,37 @@ static void unlock_all(lc_chan **locks, size_t n)
 }
 
 /*
+ * A network Sender's operations (its try_send, and its writability, which
+ * poll_update asks for) take its session's locks, and the session takes
+ * channel locks under those: it claims a reply channel's feeder while it
+ * writes the message that carries it. So they are never called with other
+ * channels' locks held. A select that held a reply channel's lock (a receive
+ * case on it) while sending a message carrying that channel's Sender on a
+ * network Sender locked it twice and hung for good; with two threads the
+ * same orders crossed.
+ */
+static void poll_update_unless_net(lc_chan **locks, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (locks[i]->net == NULL)
+            poll_update(locks[i]);
+}
+
+/* The network Senders' pollable fds, each under its own lock alone; after
+ * unlock_all. */
+static void poll_update_nets(lc_chan **locks, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        lc_chan *c = locks[i];
+        if (c->net == NULL || !atomic_load_explicit(&c->polled, memory_order_relaxed))
+            continue;
+        pthread_mutex_lock(&c->mu);
+        poll_update(c);
+        pthread_mutex_unlock(&c->mu);
+    }
+}
+
+/*
  * The blocking core. `order` lists the active cases (non-NULL channel) in the
  * order to try them; `locks` the distinct channels sorted by address (the
  * global lock order that keeps concurrent selects deadlock-free); `sgs` one
@@ -887,23 +918,43 @@ static int select_wait(lc_case *cases, const size_t *order, size_t active, lc_ch
     bool has_dl = deadline_from(timeout_ms, &dl);
     for (;;) {
         lock_all(locks, nlocks);
-        for (size_t k = 0; k < active; k++) {
-            size_t i = order[k];
-            fired f = { 0 };
-            if (try_case(case_chan(&cases[i]), &cases[i], &f)) {
-                unlock_all(locks, nlocks);
-                after_fired(&f);
-                return (int)i;
+        /* in order; a network Sender's case with the locks dropped (see
+         * poll_update_unless_net), after which the cases tried before it
+         * are tried again under the locks: a partner that came to an
+         * unbuffered channel meanwhile found no sudog of ours to take */
+        bool dropped = false;
+        for (int pass = 0; pass < 2; pass++) {
+            for (size_t k = 0; k < active; k++) {
+                size_t i = order[k];
+                lc_chan *c = case_chan(&cases[i]);
+                fired f = { 0 };
+                if (c->net != NULL) {
+                    if (pass > 0 || cases[i].op != LC_CASE_SEND)
+                        continue; /* (a network Sender has no receiving side) */
+                    unlock_all(locks, nlocks);
+                    if (try_case(c, &cases[i], &f)) {
+                        after_fired(&f);
+                        return (int)i;
+                    }
+                    lock_all(locks, nlocks);
+                    dropped = true;
+                    continue;
+                }
+                if (try_case(c, &cases[i], &f)) {
+                    unlock_all(locks, nlocks);
+                    after_fired(&f);
+                    return (int)i;
+                }
             }
+            if (!dropped)
+                break;
         }
         if (timeout_ms == 0 || (has_dl && deadline_passed(&dl))) {
             /* a network Sender's writability is not pushed to its pollable
              * fd when it goes (a window spent): refresh it now that a try
              * has found it gone, or a poll loop would spin on it */
-            for (size_t i = 0; i < nlocks; i++)
-                if (locks[i]->net != NULL)
-                    poll_update(locks[i]);
             unlock_all(locks, nlocks);
+            poll_update_nets(locks, nlocks);
             return LC_ETIMEDOUT;
         }
 
@@ -922,9 +973,9 @@ static int select_wait(lc_case *cases, const size_t *order, size_t active, lc_ch
             q_push(queue_of(sg), sg);
             any_buffered |= notify_based(sg->chan);
         }
-        for (size_t i = 0; i < nlocks; i++)
-            poll_update(locks[i]);
+        poll_update_unless_net(locks, nlocks);
         unlock_all(locks, nlocks);
+        poll_update_nets(locks, nlocks);
 
         bool ready = false;
         if (any_buffered) {
@@ -947,9 +998,9 @@ static int select_wait(lc_case *cases, const size_t *order, size_t active, lc_ch
             claimed = true; /* a channel got to us first: honour it */
         for (size_t k = 0; k < active; k++)
             q_remove(queue_of(&sgs[order[k]]), &sgs[order[k]]);
-        for (size_t i = 0; i < nlocks; i++)
-            poll_update(locks[i]);
+        poll_update_unless_net(locks, nlocks);
         unlock_all(locks, nlocks);
+        poll_update_nets(locks, nlocks);
         if (!claimed)
             continue; /* re-checked readiness or the deadline: next round decides */
 
@@ -1111,8 +1162,13 @@ void lc__sender_clear_feeder(lc_sender *s)
 
 bool lc__sender_claim_feeder(lc_sender *s, const lc__feeder_ops *ops, void *ctx, bool *passive)
 {
+    /* (cap and net never change: a network Sender's lock is not taken here,
+     * under the caller's session locks, see poll_update_unless_net) */
+    *passive = false;
+    if (s->c->cap == 0 || s->c->net != NULL)
+        return false;
     pthread_mutex_lock(&s->c->mu);
-    bool ok = s->c->feed == NULL && s->c->cap > 0 && s->c->net == NULL;
+    bool ok = s->c->feed == NULL;
     if (ok)
         feeder_set(s->c, ops, ctx);
     pthread_mutex_unlock(&s->c->mu);
@@ -1300,8 +1356,13 @@ static bool async_register(struct lc_async *op, fired *f)
 {
     lc_chan *c = case_chan(&op->cs);
     for (;;) {
+        /* a network Sender is tried with no channel lock held (see
+         * poll_update_unless_net): a send that ends its session wakes the
+         * channel's senders, under this very lock */
+        if (c->net != NULL && try_case(c, &op->cs, f))
+            return true;
         pthread_mutex_lock(&c->mu);
-        if (try_case(c, &op->cs, f)) {
+        if (c->net == NULL && try_case(c, &op->cs, f)) {
             pthread_mutex_unlock(&c->mu);
             return true;
         }

@@ -287,6 +287,105 @@ static void test_echo_with_reply_sender_over_tcp(void **st)
 }
 
 /* A Receiver travels in a message: the peer drains a local channel of ours. */
+/* The server of test_select_sends_its_own_reply_channel: one reply per
+ * request on the request's Ret, every Ret kept until the requests end (a
+ * subscriber's channel stays open: the client's reply channel is shared). */
+typedef struct {
+    lc_session *s;
+    int handled, rc;
+} keep_arg;
+
+static void *reply_and_keep(void *x)
+{
+    keep_arg *a = x;
+    lc_receiver *r;
+    lc_sender *kept[64];
+    int nkept = 0;
+    a->rc = lc_session_receiver(a->s, &r, 5000);
+    if (a->rc != 0)
+        return NULL;
+    lc_msg *m;
+    while ((a->rc = lc_recv(r, &m, 5000)) == 0) {
+        int64_t v;
+        lc_sender *ret;
+        a->rc = lc_unpack(m, "{s:I, s:S}", "Value", &v, "Ret", &ret);
+        lc_msg_free(m);
+        if (a->rc != 0 || nkept == 64)
+            break;
+        kept[nkept++] = ret;
+        lc_msg *rep = lc_pack("{s:I}", "Echo", v);
+        if ((a->rc = lc_send(ret, rep, 5000)) != 0) {
+            lc_msg_free(rep);
+            break;
+        }
+        a->handled++;
+    }
+    if (a->rc == LC_EOF)
+        a->rc = 0;
+    for (int i = 0; i < nkept; i++)
+        lc_sender_release(kept[i]);
+    lc_receiver_release(r);
+    return NULL;
+}
+
+/*
+ * One lc_select receives on a reply channel and sends, on a network Sender,
+ * a message that carries that same channel's Sender (a subscriber that keeps
+ * subscribing while it reads what its subscriptions bring). The select held
+ * the reply channel's lock while the session's send claimed that channel for
+ * the sub-stream, under the same lock: it hung at its first call.
+ */
+static void test_select_sends_its_own_reply_channel(void **st)
+{
+    (void)st;
+    for (int t = 0; t < 2; t++) {
+        char url[128];
+        pair p;
+        open_pair(&p, nt_transport_url(t, url, sizeof url));
+        keep_arg ka = { .s = p.server };
+        pthread_t th;
+        pthread_create(&th, NULL, reply_and_keep, &ka);
+        lc_sender *req;
+        assert_int_equal(lc_session_sender(p.client, &req), 0);
+        lc_receiver *rr;
+        lc_sender *rs;
+        assert_int_equal(lc_pipe(&rr, &rs, 64), 0);
+        enum { N = 20 };
+        int sent = 0, got = 0;
+        bool seen[N] = { false };
+        lc_msg *next = NULL;
+        while (got < N) {
+            if (next == NULL && sent < N)
+                next = lc_pack("{s:I, s:S}", "Value", (int64_t)sent, "Ret", lc_sender_retain(rs));
+            lc_case cs[2] = { { .op = LC_CASE_RECV, .receiver = rr },
+                              { .op = LC_CASE_SEND, .sender = sent < N ? req : NULL, .msg = next } };
+            int i = lc_select(cs, 2, 5000);
+            assert_true(i == 0 || i == 1);
+            assert_int_equal(cs[i].result, 0);
+            if (i == 1) {
+                next = NULL; /* taken, with its Sender */
+                sent++;
+                continue;
+            }
+            int64_t v;
+            assert_int_equal(lc_unpack(cs[0].msg, "{s:I}", "Echo", &v), 0);
+            lc_msg_free(cs[0].msg);
+            assert_true(v >= 0 && v < sent && !seen[v]);
+            seen[v] = true;
+            got++;
+        }
+        assert_null(next);
+        assert_int_equal(lc_close(req), 0);
+        pthread_join(th, NULL);
+        assert_int_equal(ka.rc, 0);
+        assert_int_equal(ka.handled, N);
+        lc_sender_release(req);
+        lc_sender_release(rs);
+        lc_receiver_release(rr);
+        close_pair(&p);
+    }
+}
+
 static void test_receiver_carried_in_a_message(void **st)
 {
     LC_TEST_DEADLINE(30);
@@ -1161,6 +1260,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_send_last_is_one_frame, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_send_last_races_other_sends, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_receiver_carried_in_a_message, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_select_sends_its_own_reply_channel, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_carrier_loss_fails_blocked_calls, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_slow_consumer_does_not_block_other_channel, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_attached_receiver_pump_respects_window, lc_test_setup, lc_test_teardown),
