@@ -75,8 +75,10 @@ enum lc_error_code {
     LC_EPROTO    = -1013,      /* the peer broke the wire protocol (malformed frame,
                                   bad header block, unknown reference): that session
                                   or stream is closed, the process carries on */
-    LC_ESESSION  = -1014       /* the session this channel belongs to has ended
+    LC_ESESSION  = -1014,      /* the session this channel belongs to has ended
                                   (carrier lost or closed); lc_session_error says why */
+    LC_ENOHOST   = -1015       /* dial/listen: the URL's host name does not resolve
+                                  (no such name, or no address for it) */
 };
 
 /* A static, human-readable description of an error code. Never NULL. */
@@ -499,7 +501,9 @@ LC_API void lc_options_default(lc_options *o);
 /* Dials url and returns a session (the client side). Blocks at most
  * o->dial_timeout_ms. err (may be NULL) gets a text saying what failed, e.g.
  * "tcp://localhost: missing port". Errors: LC_EINVAL (bad URL), LC_ENOTSUP
- * (scheme not built), -ECONNREFUSED, LC_ETIMEDOUT, ... */
+ * (scheme not built), LC_ENOHOST (the host name does not resolve), -EAGAIN
+ * (name resolution failed for now), -ECONNREFUSED, -EHOSTUNREACH,
+ * LC_ETIMEDOUT, ... */
 LC_API int lc_dial(const char *url, const lc_options *o, lc_session **out, lc_error *err);
 
 /* Listens on url. Each accepted connection is its own session. On a unix

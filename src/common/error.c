@@ -28,6 +28,7 @@ LC_API const char *lc_strerror(int code)
     case LC_ENOTSUP:    return "operation not supported";
     case LC_EPROTO:     return "protocol error from the peer";
     case LC_ESESSION:   return "session ended";
+    case LC_ENOHOST:    return "host name not found";
     default:
         break;
     }

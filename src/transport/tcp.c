@@ -27,7 +27,7 @@ static int gai_code(int rc)
     case EAI_FAMILY:
     case EAI_SERVICE:
     case EAI_BADFLAGS: return LC_EINVAL;
-    default:         return -EHOSTUNREACH; /* no such name, no address for it */
+    default:         return LC_ENOHOST; /* no such name, no address for it */
     }
 }
 

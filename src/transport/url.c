@@ -132,6 +132,18 @@ int lc__url_parse(const char *url, lc_url *out, lc_error *err)
 
 /* ---- entry points --------------------------------------------------------- */
 
+/* err's text for a failed dial or listen: a host name that did not resolve
+ * is named (it said "No route to host" before, as if a route had failed) */
+static void resolve_error(lc_error *err, int rc, const char *url, const char *what, const lc_url *u)
+{
+    if (rc == LC_ENOHOST)
+        lc__url_error(err, rc, "%s: %s: host name %s not found", url, what, u->host);
+    else if (rc == -EAGAIN && u->ops == &lc__tcp_ops)
+        lc__url_error(err, rc, "%s: %s: resolving host name %s failed for now (try again)", url, what, u->host);
+    else
+        lc__url_error(err, rc, "%s: %s: %s", url, what, lc_strerror(rc));
+}
+
 int lc__dial(const char *url, int64_t timeout_ms, lc_conn **out, lc_error *err)
 {
     lc_url u;
@@ -142,7 +154,7 @@ int lc__dial(const char *url, int64_t timeout_ms, lc_conn **out, lc_error *err)
         return rc;
     rc = u.ops->dial(&u, timeout_ms, out);
     if (rc != 0)
-        lc__url_error(err, rc, "%s: dial: %s", url, lc_strerror(rc));
+        resolve_error(err, rc, url, "dial", &u);
     return rc;
 }
 
@@ -158,7 +170,7 @@ int lc__listen(const char *url, lc_tlistener **out, lc_error *err)
     if (rc == -ENOTSOCK && u.ops == &lc__unix_ops)
         lc__url_error(err, rc, "%s: listen: %s exists and is not a socket", url, u.path);
     else if (rc != 0)
-        lc__url_error(err, rc, "%s: listen: %s", url, lc_strerror(rc));
+        resolve_error(err, rc, url, "listen", &u);
     return rc;
 }
 

@@ -239,6 +239,10 @@ t_unreachable() {
     err_one_line "cannot connect"
     run 69 "$LCHAN" connect "$dead" 0 127.0.0.1:1
     err_one_line "cannot connect"
+    # a name that does not resolve says so (it said "no route to host");
+    # a machine whose resolver is unreachable may only say "try again"
+    run 69 "$LCHAN" send tcp://no-such-host.invalid:1 '{"A":1}'
+    err_one_line "^lchan: cannot connect to tcp://no-such-host.invalid:1: (host name not found|resolving the host name failed for now \(try again\))$"
 }
 
 t_bad_json() {

@@ -227,6 +227,31 @@ static void test_url_parse_errors_say_why(void **state)
     assert_int_equal(lc__listen("tls://h:1", &l, &err), LC_ENOTSUP);
 }
 
+/*
+ * A host name that does not resolve is said to be one (LC_ENOHOST, the
+ * name in the text); it was -EHOSTUNREACH, "No route to host". .invalid
+ * never resolves (RFC 6761); a machine whose resolver cannot be reached
+ * at all may only say "try again" (-EAGAIN), also naming the host.
+ */
+static void test_unresolvable_host_is_named(void **state)
+{
+    (void)state;
+    const char *urls[] = { "tcp://no-such-host.invalid:1", "tcp://no-such-host.invalid:0" };
+    for (int i = 0; i < 2; i++) {
+        lc_conn *c = NULL;
+        lc_tlistener *l = NULL;
+        lc_error err = { 0 };
+        int rc = i == 0 ? lc__dial(urls[i], 1000, &c, &err) : lc__listen(urls[i], &l, &err);
+        if (rc != LC_ENOHOST && rc != -EAGAIN)
+            fail_msg("%s: got %d \"%s\", want LC_ENOHOST", urls[i], rc, err.text);
+        assert_int_equal(err.code, rc);
+        assert_non_null(strstr(err.text, "host name no-such-host.invalid"));
+        assert_null(c);
+        assert_null(l);
+    }
+    assert_string_equal(lc_strerror(LC_ENOHOST), "host name not found");
+}
+
 /* ---- unix ----------------------------------------------------------------- */
 
 static void test_unix_dial_accept_and_cleanup(void **state)
@@ -888,6 +913,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_url_parse_accepts_every_form, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_url_parse_errors_say_why, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_unresolvable_host_is_named, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_dial_accept_and_cleanup, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_relative_and_abstract, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_stale_socket_file_is_replaced, lc_test_setup, lc_test_teardown),

@@ -239,7 +239,9 @@ lc_session *lx_dial(const char *url)
         hint = " (is `lchan serve` running?)";
     else if (rc == LC_ETIMEDOUT)
         hint = " (no answer within 10 s: is the address right and reachable?)";
-    lx_die(LX_CONNECT, "cannot connect to %s: %s%s", url, lx_errtext(rc, t, sizeof t), hint);
+    else if (rc == -EAGAIN)
+        snprintf(t, sizeof t, "resolving the host name failed for now (try again)");
+    lx_die(LX_CONNECT, "cannot connect to %s: %s%s", url, rc == -EAGAIN ? t : lx_errtext(rc, t, sizeof t), hint);
 }
 
 int lx_session_exit(int code)
