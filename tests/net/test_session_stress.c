@@ -7,6 +7,9 @@
  *     carrier is shut down under both: every call returns an error promptly;
  *   - lc_select over a network Receiver, an in-memory channel and a timeout
  *     while both are fed and the session is closed in the middle;
+ *   - lc_selects from 4 threads that send requests carrying their own reply
+ *     channels while receiving on them (and on a shared ring), then the
+ *     same with the server's session freed midway;
  *   - fresh reply channels (a Sender from lc_pipe in each request; replies
  *     with lc_send_last or lc_send + lc_close) from 4 threads on one
  *     session: every reply exactly once; some requesters drop their reply
@@ -648,6 +651,240 @@ static void test_select_net_and_memory_session_closed_midway(void **st)
     for (int i = 0; i < rounds; i++) {
         char url[128];
         run_select_round(nt_transport_url(i, url, sizeof url), (mid_mode)(i / 2 % 3), i);
+    }
+}
+
+/* ---- 2a'. selects that send their own reply channels, from four threads ------- */
+
+/* The server: one reply per request on its Ret, every Ret kept until the
+ * requests end (the requesters' reply channels are long-lived: the end of
+ * any one Ret would close its whole channel). */
+typedef struct keeper {
+    lc_session *s;
+    int handled, rc;
+} keeper;
+
+static void *keeper_fn(void *x)
+{
+    keeper *a = x;
+    lc_receiver *r;
+    size_t n = 0, cap = 0;
+    lc_sender **kept = NULL;
+    a->rc = lc_session_receiver(a->s, &r, 5000);
+    if (a->rc != 0)
+        return NULL;
+    lc_msg *m;
+    while ((a->rc = lc_recv(r, &m, 5000)) == 0) {
+        int64_t v;
+        lc_sender *ret;
+        a->rc = lc_unpack(m, "{s:I, s:S}", "Value", &v, "Ret", &ret);
+        lc_msg_free(m);
+        if (a->rc != 0)
+            break;
+        if (n == cap) {
+            lc_sender **nk = realloc(kept, (cap ? 2 * cap : 64) * sizeof *kept);
+            if (nk == NULL) {
+                lc_sender_release(ret);
+                a->rc = LC_ENOMEM;
+                break;
+            }
+            kept = nk;
+            cap = cap ? 2 * cap : 64;
+        }
+        kept[n++] = ret;
+        lc_msg *rep = lc_pack("{s:I}", "Echo", v);
+        if ((a->rc = lc_send(ret, rep, 5000)) != 0) {
+            lc_msg_free(rep);
+            break;
+        }
+        a->handled++;
+    }
+    if (a->rc == LC_EOF || a->rc == LC_ESESSION)
+        a->rc = 0;
+    for (size_t i = 0; i < n; i++)
+        lc_sender_release(kept[i]);
+    free(kept);
+    lc_receiver_release(r);
+    return NULL;
+}
+
+enum { SELF_THREADS = 4 };
+
+typedef struct selfer {
+    int id, count;           /* requests to send (less once the session ends) */
+    int ring_count;          /* messages to send on the ring */
+    lc_sender *req;          /* the session's request channel, shared */
+    lc_sender *ring_s;       /* an in-memory ring, shared by all threads */
+    lc_receiver *ring_r;
+    atomic_int *ring_left;   /* ring messages still to be received, all threads */
+    bool server_goes;        /* the server's session is freed midway */
+    int got, sent, rc;
+    char fail[160];          /* the first thing that went wrong (checked by the main thread) */
+} selfer;
+
+#define SELF_FAIL(a, ...) (snprintf((a)->fail, sizeof (a)->fail, __VA_ARGS__))
+
+/* One select over: a request on the network carrying this thread's reply
+ * channel, that reply channel, a send and a receive on the shared ring.
+ * Every reply must come exactly once; with server_goes every select returns
+ * (the session's end ends the sends and the reply channel), none hangs. */
+static void *selfer_fn(void *x)
+{
+    selfer *a = x;
+    lc_receiver *rr;
+    lc_sender *rs;
+    if (lc_pipe(&rr, &rs, 16) != 0) {
+        SELF_FAIL(a, "lc_pipe");
+        return NULL;
+    }
+    bool *seen = calloc((size_t)a->count, 1);
+    lc_msg *next = NULL, *ring_next = NULL;
+    int ring_sent = 0;
+    while (seen != NULL && !a->fail[0] &&
+           (a->got < a->sent || a->sent < a->count || atomic_load(a->ring_left) > 0)) {
+        if (next == NULL && a->sent < a->count)
+            next = lc_pack("{s:I, s:S}", "Value", (int64_t)(a->id * 100000 + a->sent), "Ret", lc_sender_retain(rs));
+        if (ring_next == NULL && ring_sent < a->ring_count)
+            ring_next = nt_msg_n(a->id * 100000 + ring_sent);
+        lc_case cs[4] = {
+            { .op = LC_CASE_SEND, .sender = next ? a->req : NULL, .msg = next },
+            { .op = LC_CASE_RECV, .receiver = a->got < a->sent ? rr : NULL },
+            { .op = LC_CASE_SEND, .sender = ring_next ? a->ring_s : NULL, .msg = ring_next },
+            { .op = LC_CASE_RECV, .receiver = atomic_load(a->ring_left) > 0 ? a->ring_r : NULL },
+        };
+        int i = lc_select(cs, 4, 200);
+        if (i == LC_ETIMEDOUT)
+            continue; /* the ring emptied by the others, or a reply on its way (the test's deadline bounds it) */
+        if (i < 0 || i > 3) {
+            SELF_FAIL(a, "lc_select: %d", i);
+            break;
+        }
+        if (i == 0 && cs[0].result != 0) {
+            /* the session ended: the message stays ours, no more requests */
+            if (!a->server_goes)
+                SELF_FAIL(a, "request send: %s", lc_strerror(cs[0].result));
+            a->rc = cs[0].result;
+            lc_msg_free(next);
+            next = NULL;
+            a->count = a->sent;
+        } else if (i == 0) {
+            next = NULL; /* taken, with its Sender */
+            a->sent++;
+        } else if (i == 1 && cs[1].result != 0) {
+            /* the reply channel ended: only with the session; the replies
+             * still missing never come */
+            if (!a->server_goes)
+                SELF_FAIL(a, "reply channel: %s", lc_strerror(cs[1].result));
+            a->rc = cs[1].result;
+            a->sent = a->count = a->got;
+            lc_msg_free(next); /* (would only fail now) */
+            next = NULL;
+        } else if (i == 1) {
+            int64_t v = -1;
+            int urc = lc_unpack(cs[1].msg, "{s:I}", "Echo", &v);
+            lc_msg_free(cs[1].msg);
+            int64_t k = v - a->id * 100000;
+            if (urc != 0 || k < 0 || k >= a->sent || seen[k])
+                SELF_FAIL(a, "reply %lld: unexpected (%s)", (long long)v, lc_strerror(urc));
+            else
+                seen[k] = true;
+            a->got++;
+        } else if (i == 2) {
+            if (cs[2].result != 0)
+                SELF_FAIL(a, "ring send: %s", lc_strerror(cs[2].result));
+            ring_next = NULL;
+            ring_sent++;
+        } else {
+            if (cs[3].result != 0 || nt_msg_get_n(cs[3].msg) < 0)
+                SELF_FAIL(a, "ring receive: %s", lc_strerror(cs[3].result));
+            lc_msg_free(cs[3].msg);
+            atomic_fetch_sub(a->ring_left, 1);
+        }
+    }
+    if (seen == NULL)
+        SELF_FAIL(a, "out of memory");
+    lc_msg_free(ring_next);
+    lc_msg_free(next);
+    free(seen);
+    lc_sender_release(rs);
+    lc_receiver_release(rr);
+    return NULL;
+}
+
+static void run_selfers(const char *url, bool server_goes)
+{
+    nt_pair p;
+    nt_open_pair(&p, url, NULL, NULL);
+    keeper k = { .s = p.server };
+    pthread_t kt;
+    pthread_create(&kt, NULL, keeper_fn, &k);
+    lc_sender *req;
+    assert_int_equal(lc_session_sender(p.client, &req), 0);
+    lc_receiver *ring_r;
+    lc_sender *ring_s;
+    assert_int_equal(lc_pipe(&ring_r, &ring_s, 4), 0);
+    int count = 60;
+    atomic_int ring_left = SELF_THREADS * count;
+    selfer a[SELF_THREADS];
+    pthread_t t[SELF_THREADS];
+    for (int i = 0; i < SELF_THREADS; i++) {
+        a[i] = (selfer){ .id = i, .count = count, .ring_count = count, .req = req, .ring_s = ring_s, .ring_r = ring_r,
+                         .ring_left = &ring_left, .server_goes = server_goes };
+        pthread_create(&t[i], NULL, selfer_fn, &a[i]);
+    }
+    if (server_goes) {
+        /* once some replies came: the server's session goes under them */
+        int64_t end = lc_test_now_us() + 10 * 1000000;
+        while (atomic_load_explicit(&ring_left, memory_order_relaxed) > SELF_THREADS * count / 2 &&
+               lc_test_now_us() < end)
+            usleep(200);
+        lc_session_free(p.server);
+        p.server = NULL;
+    }
+    for (int i = 0; i < SELF_THREADS; i++)
+        pthread_join(t[i], NULL);
+    assert_int_equal(lc_close(req), 0);
+    pthread_join(kt, NULL);
+    int replies = 0;
+    for (int i = 0; i < SELF_THREADS; i++) {
+        if (a[i].fail[0])
+            fail_msg("%s, thread %d: %s", url, i, a[i].fail);
+        assert_int_equal(a[i].got, a[i].sent);
+        if (!server_goes) {
+            assert_int_equal(a[i].rc, 0);
+            assert_int_equal(a[i].got, count);
+        }
+        replies += a[i].got;
+    }
+    assert_int_equal(k.rc, 0);
+    if (!server_goes)
+        assert_int_equal(k.handled, replies);
+    assert_int_equal(atomic_load(&ring_left), 0);
+    lc_sender_release(req);
+    lc_sender_release(ring_s);
+    lc_receiver_release(ring_r);
+    nt_close_pair(&p);
+}
+
+/*
+ * Four threads, each in one lc_select over: a network send of a request
+ * that carries the thread's own reply channel, a receive on that channel, and
+ * a send and a receive on an in-memory ring the threads share. Every reply
+ * arrives exactly once. The select once held the reply channel's lock while
+ * the send claimed that channel for the request's sub-stream (a hang at the
+ * first call: test_select_sends_its_own_reply_channel); here the orders of
+ * channel and session locks also meet across threads, which ThreadSanitizer
+ * checks. Then the same with the server's session freed midway: every select
+ * returns.
+ */
+static void test_selects_send_their_reply_channels(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(60 * nt_scale());
+    int rounds = 4 * nt_scale();
+    for (int i = 0; i < rounds; i++) {
+        char url[128];
+        run_selfers(nt_transport_url(i, url, sizeof url), i >= rounds / 2);
     }
 }
 
@@ -1906,6 +2143,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_free_while_threads_enter_recv, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_free_while_peer_opens_streams, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_select_net_and_memory_session_closed_midway, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_selects_send_their_reply_channels, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_graceful_close_after_unread_flood, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_close_delivers_what_a_sent_receiver_holds, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_sent_receiver_refuses_sends_once_session_ends, lc_test_setup, lc_test_teardown),
