@@ -499,7 +499,10 @@ typedef struct lc_options {
 LC_API void lc_options_default(lc_options *o);
 
 /* Dials url and returns a session (the client side). Blocks at most
- * o->dial_timeout_ms. err (may be NULL) gets a text saying what failed, e.g.
+ * o->dial_timeout_ms, name lookup included (a tcp:// host name is looked up
+ * on a helper thread; one given up on ends there by itself, within the
+ * resolver's own timeouts). err (may be NULL) gets a text saying what
+ * failed, e.g.
  * "tcp://localhost: missing port". Errors: LC_EINVAL (bad URL), LC_ENOTSUP
  * (scheme not built), LC_ENOHOST (the host name does not resolve), -EAGAIN
  * (name resolution failed for now), -ECONNREFUSED, -EHOSTUNREACH,
@@ -511,8 +514,8 @@ LC_API int lc_dial(const char *url, const lc_options *o, lc_session **out, lc_er
  * by a dead listener is replaced; a path that is some other file (never
  * removed) gives -ENOTSOCK. Listens on one path that race (threads,
  * or processes using libchan) take turns under an flock on the socket's
- * directory: one wins, the others get -EADDRINUSE. The dial timeout does
- * not cover name resolution (getaddrinfo) for tcp:// hosts. */
+ * directory: one wins, the others get -EADDRINUSE. A tcp:// host name is
+ * resolved without a time limit here (there is no timeout to keep). */
 LC_API int lc_listen(const char *url, const lc_options *o, lc_listener **out, lc_error *err);
 /* The URL the listener is bound to (with the real port for tcp://...:0). */
 LC_API int lc_listener_url(lc_listener *l, char *buf, size_t len);

@@ -1,6 +1,7 @@
 /*
- * tcp.c - the tcp:// transport: IPv4, IPv6 and host names (getaddrinfo),
- * nonblocking connect with a deadline across every resolved address,
+ * tcp.c - the tcp:// transport: IPv4, IPv6 and host names (getaddrinfo,
+ * within the dial's deadline), nonblocking connect with a deadline across
+ * every resolved address,
  * TCP_NODELAY on every connection (the session coalesces its own writes).
  */
 #include "transport.h"
@@ -12,6 +13,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,7 +33,97 @@ static int gai_code(int rc)
     }
 }
 
-static int resolve(const lc_url *u, bool passive, struct addrinfo **res)
+/*
+ * A name lookup that may outlast the dial's deadline runs on a helper thread
+ * of its own: getaddrinfo has no timeout, and a resolver that does not
+ * answer held lc_dial for as long as resolv.conf says (5 s per try and
+ * server by default), whatever timeout the caller gave. The caller waits
+ * until its deadline; a lookup it gave up on finishes (and frees itself) on
+ * its thread.
+ */
+typedef struct lookup {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done, abandoned;
+    int rc;
+    struct addrinfo *res;
+    struct addrinfo hints;
+    char host[sizeof ((lc_url *)0)->host];
+    char port[8];
+} lookup;
+
+static void lookup_free(lookup *lk)
+{
+    if (lk->res != NULL)
+        freeaddrinfo(lk->res);
+    pthread_cond_destroy(&lk->cv);
+    pthread_mutex_destroy(&lk->mu);
+    free(lk);
+}
+
+static void *lookup_main(void *arg)
+{
+    lookup *lk = arg;
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(lk->host, lk->port, &lk->hints, &res);
+    pthread_mutex_lock(&lk->mu);
+    lk->rc = rc;
+    lk->res = res;
+    lk->done = true;
+    bool abandoned = lk->abandoned;
+    pthread_cond_signal(&lk->cv);
+    pthread_mutex_unlock(&lk->mu);
+    if (abandoned)
+        lookup_free(lk); /* the caller is gone: ours to free */
+    return NULL;
+}
+
+/* getaddrinfo(host, ...) finished by deadline_ns (monotonic); LC_ETIMEDOUT
+ * if not. */
+static int lookup_until(const char *host, const char *port, const struct addrinfo *hints, int64_t deadline_ns,
+                        struct addrinfo **res)
+{
+    lookup *lk = calloc(1, sizeof *lk);
+    if (lk == NULL)
+        return LC_ENOMEM;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&lk->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&lk->mu, NULL);
+    lk->hints = *hints;
+    snprintf(lk->host, sizeof lk->host, "%s", host);
+    snprintf(lk->port, sizeof lk->port, "%s", port);
+    pthread_attr_t ta;
+    pthread_attr_init(&ta);
+    pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
+    pthread_t t;
+    int err = pthread_create(&t, &ta, lookup_main, lk);
+    pthread_attr_destroy(&ta);
+    if (err != 0) {
+        lookup_free(lk);
+        return -err;
+    }
+    struct timespec dl = { (time_t)(deadline_ns / 1000000000), (long)(deadline_ns % 1000000000) };
+    pthread_mutex_lock(&lk->mu);
+    while (!lk->done && pthread_cond_timedwait(&lk->cv, &lk->mu, &dl) != ETIMEDOUT)
+        ;
+    bool done = lk->done;
+    if (!done)
+        lk->abandoned = true;
+    pthread_mutex_unlock(&lk->mu);
+    if (!done)
+        return LC_ETIMEDOUT;
+    int rc = lk->rc;
+    *res = lk->res;
+    lk->res = NULL;
+    lookup_free(lk);
+    return rc == 0 ? 0 : gai_code(rc);
+}
+
+/* deadline_ns: when a dial must give up (monotonic), -1 for never (listen). */
+static int resolve(const lc_url *u, bool passive, int64_t deadline_ns, struct addrinfo **res)
 {
     char port[8];
     snprintf(port, sizeof port, "%u", (unsigned)u->port);
@@ -39,10 +131,19 @@ static int resolve(const lc_url *u, bool passive, struct addrinfo **res)
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
-    /* empty host: the wildcard (passive) or the loopback address (dial) */
-    int rc = getaddrinfo(u->host[0] ? u->host : NULL, port, &hints, res);
-    return rc == 0 ? 0 : gai_code(rc);
+    hints.ai_flags = AI_NUMERICSERV | AI_NUMERICHOST | (passive ? AI_PASSIVE : 0);
+    /* empty host: the wildcard (passive) or the loopback address (dial);
+     * an address in numbers needs no resolver: no thread for it */
+    const char *host = u->host[0] ? u->host : NULL;
+    int rc = getaddrinfo(host, port, &hints, res);
+    if (rc != EAI_NONAME || host == NULL)
+        return rc == 0 ? 0 : gai_code(rc);
+    hints.ai_flags &= ~AI_NUMERICHOST;
+    if (deadline_ns < 0) {
+        rc = getaddrinfo(host, port, &hints, res);
+        return rc == 0 ? 0 : gai_code(rc);
+    }
+    return lookup_until(host, port, &hints, deadline_ns, res);
 }
 
 static void set_nodelay(int fd)
@@ -56,7 +157,7 @@ static int tcp_dial(const lc_url *u, int64_t timeout_ms, lc_conn **out)
 {
     int64_t deadline = lc__deadline_ns(lc__now_ns(), timeout_ms);
     struct addrinfo *res;
-    int rc = resolve(u, false, &res);
+    int rc = resolve(u, false, deadline, &res);
     if (rc != 0)
         return rc;
     rc = -EHOSTUNREACH;
@@ -97,7 +198,7 @@ static int tcp_dial(const lc_url *u, int64_t timeout_ms, lc_conn **out)
 static int tcp_listen(const lc_url *u, lc_tlistener **out)
 {
     struct addrinfo *res;
-    int rc = resolve(u, true, &res);
+    int rc = resolve(u, true, -1, &res);
     if (rc != 0)
         return rc;
     rc = -EADDRNOTAVAIL;

@@ -11,8 +11,10 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -250,6 +252,77 @@ static void test_unresolvable_host_is_named(void **state)
         assert_null(l);
     }
     assert_string_equal(lc_strerror(LC_ENOHOST), "host name not found");
+}
+
+/*
+ * The resolver as this program sees it: the name slow-resolver.test is
+ * looked up until the test lets it go (a resolver that does not answer);
+ * everything else goes to the system's getaddrinfo. (The library is linked
+ * into this program: its calls come here.)
+ */
+static pthread_mutex_t slow_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t slow_cv = PTHREAD_COND_INITIALIZER;
+static bool slow_released;
+static atomic_int slow_entered, slow_left;
+
+typedef int (*getaddrinfo_fn)(const char *, const char *, const struct addrinfo *, struct addrinfo **);
+
+int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints, struct addrinfo **res)
+{
+    if (node != NULL && strcmp(node, "slow-resolver.test") == 0 &&
+        (hints == NULL || !(hints->ai_flags & AI_NUMERICHOST))) {
+        atomic_fetch_add(&slow_entered, 1);
+        pthread_mutex_lock(&slow_mu);
+        while (!slow_released)
+            pthread_cond_wait(&slow_cv, &slow_mu);
+        pthread_mutex_unlock(&slow_mu);
+        atomic_fetch_add(&slow_left, 1);
+        return EAI_NONAME;
+    }
+    static _Atomic(getaddrinfo_fn) real;
+    getaddrinfo_fn f = atomic_load(&real);
+    if (f == NULL) {
+        f = (getaddrinfo_fn)dlsym(RTLD_NEXT, "getaddrinfo");
+        atomic_store(&real, f);
+    }
+    return f(node, service, hints, res);
+}
+
+/*
+ * A dial's timeout covers the name lookup: getaddrinfo has none, and a
+ * resolver that does not answer held lc_dial as long as resolv.conf said,
+ * whatever timeout it was given. The dial gives up at its deadline while the
+ * lookup is still stuck; the lookup ends on its own thread later.
+ */
+static void test_dial_timeout_covers_the_name_lookup(void **state)
+{
+    (void)state;
+    lc_conn *c = NULL;
+    lc_error err = { 0 };
+    int rc = lc__dial("tcp://slow-resolver.test:80", 300, &c, &err);
+    assert_int_equal(rc, LC_ETIMEDOUT);
+    assert_null(c);
+    assert_non_null(strstr(err.text, "tcp://slow-resolver.test:80: dial: "));
+    /* it returned while the resolver still had the name */
+    assert_int_equal(atomic_load(&slow_entered), 1);
+    assert_int_equal(atomic_load(&slow_left), 0);
+    pthread_mutex_lock(&slow_mu);
+    slow_released = true;
+    pthread_cond_broadcast(&slow_cv);
+    pthread_mutex_unlock(&slow_mu);
+    int64_t end = lc_test_now_us() + 5000000;
+    while (atomic_load(&slow_left) == 0 && lc_test_now_us() < end)
+        usleep(1000);
+    assert_int_equal(atomic_load(&slow_left), 1);
+    /* numbers need no resolver, and a name still resolves within a deadline */
+    lc_tlistener *l;
+    assert_int_equal(lc__listen("tcp://127.0.0.1:0", &l, NULL), 0);
+    char url[128], named[160];
+    assert_int_equal(lc__listener_url(l, url, sizeof url), 0);
+    snprintf(named, sizeof named, "tcp://localhost:%s", strrchr(url, ':') + 1);
+    assert_int_equal(lc__dial(named, 2000, &c, &err), 0);
+    lc__conn_close(c);
+    lc__listener_close(l);
 }
 
 /* ---- unix ----------------------------------------------------------------- */
@@ -914,6 +987,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_url_parse_accepts_every_form, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_url_parse_errors_say_why, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unresolvable_host_is_named, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_dial_timeout_covers_the_name_lookup, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_dial_accept_and_cleanup, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_relative_and_abstract, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_stale_socket_file_is_replaced, lc_test_setup, lc_test_teardown),
