@@ -553,16 +553,20 @@ t_client_signals() {
     start ex "$LCHAN" serve "unix://$T/ex.sock" --exec
     local exurl=$URL line
     mkfifo "$T/o1" "$T/o2" "$T/o3"
-    # exec waiting for the status of a long command
-    "$LCHAN" exec "$exurl" -- sh -c 'echo started; exec sleep 30' >"$T/o1" 2>"$T/e1" </dev/null &
+    # exec waiting for the status of a long command; once it is interrupted,
+    # nobody can have that status: the server ends the command (it ran on)
+    "$LCHAN" exec "$exurl" -- sh -c 'echo $$; exec sleep 30' >"$T/o1" 2>"$T/e1" </dev/null &
     local c1=$!
     exec {r}<"$T/o1"
     read -r -t 30 -u "$r" line || fail "exec: the remote command did not start"
+    local cmdpid=$line
     kill -s INT "$c1"
     wait_exit "$c1" 5 "exec after SIGINT"
     exec {r}<&-
     [ "$RC" = 130 ] || fail "exec exited $RC after SIGINT, expected 130"
     check_clean "$T/e1" "exec"
+    timeout 10 tail --pid="$cmdpid" -f /dev/null ||
+        fail "the remote command (pid $cmdpid) still runs 10 s after its exec was interrupted"
     # send waiting for replies and a stream
     "$LCHAN" send "$exurl" --timeout 0 \
         '{"Cmd":"sh","Args":["-c","echo started; exec sleep 30"],"Stdout":"@stdout","StatusChan":"@reply"}' \

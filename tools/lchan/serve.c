@@ -45,7 +45,13 @@ static pthread_cond_t idle_cv = PTHREAD_COND_INITIALIZER;
 static pthread_cond_t jobs_cv = PTHREAD_COND_INITIALIZER; /* a session's job ended */
 static int active;          /* counted threads running */
 static sess_rec *sessions;  /* sessions whose thread is still running */
-static pid_t children[256]; /* running commands (0: free slot) */
+/* running commands (pid 0: a free slot), with the session that asked for
+ * each one and whether that session waits for its status */
+static struct child {
+    pid_t pid;
+    sess_rec *rec;
+    bool awaited;
+} children[256];
 static atomic_int next_session_id = 1;
 
 #define CLOSE_MS 2000 /* a session's graceful close when stopping (all at once) */
@@ -323,13 +329,13 @@ static void echo_handle(lc_msg *m, const char *where)
 
 /* ---- exec --------------------------------------------------------------------------- */
 
-static int child_add(pid_t pid)
+static int child_add(pid_t pid, sess_rec *rec, bool awaited)
 {
     pthread_mutex_lock(&mu);
     int slot = -1;
     for (int i = 0; i < (int)(sizeof children / sizeof children[0]) && slot < 0; i++)
-        if (children[i] == 0) {
-            children[i] = pid;
+        if (children[i].pid == 0) {
+            children[i] = (struct child){ pid, rec, awaited };
             slot = i;
         }
     pthread_mutex_unlock(&mu);
@@ -341,12 +347,27 @@ static void child_del(int slot)
     if (slot < 0)
         return;
     pthread_mutex_lock(&mu);
-    children[slot] = 0;
+    children[slot].pid = 0;
     pthread_mutex_unlock(&mu);
+}
+
+/* The session rec ended: the commands whose status it waited for are
+ * nobody's now (an interrupted `lchan exec` left them running): sig to
+ * them. Returns how many. mu held. */
+static int signal_orphans_locked(sess_rec *rec, int sig)
+{
+    int n = 0;
+    for (size_t i = 0; i < sizeof children / sizeof children[0]; i++)
+        if (children[i].pid > 0 && children[i].rec == rec && children[i].awaited) {
+            kill(children[i].pid, sig);
+            n++;
+        }
+    return n;
 }
 
 typedef struct exec_job {
     lc_msg *m;
+    sess_rec *rec; /* the session it came on (its jobs count keeps it) */
     char where[64];
 } exec_job;
 
@@ -409,7 +430,7 @@ static void *exec_main(void *x)
         if (rc != 0) {
             snprintf(why, sizeof why, "cannot run '%s': %s", argv[0], strerror(rc));
         } else {
-            int slot = child_add(pid);
+            int slot = child_add(pid, j->rec, status_to != NULL);
             lx_log("%s: running '%s' (%zu args) as pid %d", j->where, argv[0], nargs, (int)pid);
             /* the child has its copies: ours must go, or the client never sees EOF */
             close(in);
@@ -590,6 +611,7 @@ static void *chan_main(void *x)
             continue;
         }
         j->m = m;
+        j->rec = c->rec;
         snprintf(j->where, sizeof j->where, "%s", where);
         if (!spawn_job_for(c->rec, svc == SV_EXEC ? exec_main : gateway_main, j)) {
             lc_msg_free(m);
@@ -624,11 +646,30 @@ static void *session_main(void *x)
     char t[96];
     lx_log("session#%d: ended (%s)", rec->id, lx_session_why(lc_session_error(rec->s), t, sizeof t));
     pthread_mutex_lock(&mu);
+    /* Commands whose status nobody can get any more end: SIGTERM, SIGKILL
+     * 5 s later. (A client that goes while waiting for a status, e.g. an
+     * interrupted `lchan exec`, left the command running for good.) Those
+     * asked for without a StatusChan run on. */
+    int orphans = signal_orphans_locked(rec, SIGTERM);
+    if (orphans > 0)
+        lx_log("session#%d: %d command%s nobody waits for any more: SIGTERM", rec->id, orphans,
+               orphans == 1 ? "" : "s");
+    struct timespec kill_at;
+    clock_gettime(CLOCK_REALTIME, &kill_at);
+    kill_at.tv_sec += 5;
     /* its commands and tunnels first: the session still writes what the
      * client sent before it closed into their stdin (byte streams drain after
      * a graceful end, until lc_session_free) */
-    while (rec->jobs > 0)
-        pthread_cond_wait(&jobs_cv, &mu);
+    while (rec->jobs > 0) {
+        if (orphans > 0 && pthread_cond_timedwait(&jobs_cv, &mu, &kill_at) == ETIMEDOUT) {
+            orphans = signal_orphans_locked(rec, SIGKILL);
+            if (orphans > 0)
+                lx_log("session#%d: SIGKILL to %d command%s still running", rec->id, orphans, orphans == 1 ? "" : "s");
+            orphans = 0;
+        } else if (orphans == 0) {
+            pthread_cond_wait(&jobs_cv, &mu);
+        }
+    }
     for (sess_rec **p = &sessions; *p != NULL; p = &(*p)->next)
         if (*p == rec) {
             *p = rec->next;
@@ -796,8 +837,8 @@ int lx_serve(int argc, char **argv)
     close_all_sessions();
     pthread_mutex_lock(&mu);
     for (size_t i = 0; i < sizeof children / sizeof children[0]; i++)
-        if (children[i] > 0)
-            kill(children[i], SIGTERM);
+        if (children[i].pid > 0)
+            kill(children[i].pid, SIGTERM);
     struct timespec dl;
     clock_gettime(CLOCK_REALTIME, &dl);
     dl.tv_sec += 5;
