@@ -340,13 +340,12 @@ LC_API int lc_send(lc_sender *s, lc_msg *m, int64_t timeout_ms);
 
 /*
  * Sends m as the channel's last message: lc_send, then lc_close, in one step.
- * On a network channel the message and the end of the channel travel in one
- * frame, so a server answering on a fresh reply channel makes one write per
- * reply instead of two. On an in-memory channel it is lc_send followed by
- * lc_close: a message that another Sender of the same channel sends at the
- * same moment may still be taken between the two and arrive after m (a
- * channel with one Sender, the usual reply channel, is not affected). On success the channel is closed (release the Sender
- * as usual); on failure nothing is closed and m is still the caller's. Errors
+ * Nothing another Sender of the channel sends can come after m: the channel
+ * closes as m is taken (those sends fail with LC_ECLOSED). On a network
+ * channel the message and the end of the channel travel in one frame, so a
+ * server answering on a fresh reply channel makes one write per reply
+ * instead of two. On success the channel is closed (release the Sender as
+ * usual); on failure nothing is closed and m is still the caller's. Errors
  * as lc_send.
  */
 LC_API int lc_send_last(lc_sender *s, lc_msg *m, int64_t timeout_ms);

@@ -60,6 +60,7 @@ typedef struct sudog {
     int result;       /* 0, LC_EOF, LC_ECLOSED or RES_NOTIFY: set by the waker */
     bool queued;
     bool is_send;
+    bool last;        /* an lc_send_last: the channel closes as its message is taken */
 } sudog;
 
 typedef struct sudog_queue {
@@ -275,6 +276,39 @@ static int ring_push(lc_chan *c, lc_msg *m)
             tail = atomic_load_explicit(&c->tail, memory_order_relaxed);
         } else {
             /* another producer is mid-way: retry */
+            cpu_relax();
+            tail = atomic_load_explicit(&c->tail, memory_order_relaxed);
+        }
+    }
+}
+
+/* ring_push, and the tail marked (closed) in the same step: nothing can be
+ * pushed after m (lc_send_last) */
+static int ring_push_last(lc_chan *c, lc_msg *m)
+{
+    size_t tail = atomic_load_explicit(&c->tail, memory_order_relaxed);
+    for (;;) {
+        if (tail & c->mark_bit)
+            return RING_CLOSED;
+        size_t index = tail & (c->mark_bit - 1);
+        size_t lap = tail & ~(c->one_lap - 1);
+        size_t next = index + 1 < c->cap ? tail + 1 : lap + c->one_lap;
+        ring_slot *s = &c->ring[index];
+        size_t stamp = atomic_load_explicit(&s->stamp, memory_order_acquire);
+        if (stamp == tail) {
+            if (atomic_compare_exchange_weak_explicit(&c->tail, &tail, next | c->mark_bit, memory_order_seq_cst,
+                                                      memory_order_relaxed)) {
+                s->msg = m;
+                atomic_store_explicit(&s->stamp, tail + 1, memory_order_release);
+                return RING_OK;
+            }
+        } else if (stamp + c->one_lap == tail + 1) {
+            atomic_thread_fence(memory_order_seq_cst);
+            size_t head = atomic_load_explicit(&c->head, memory_order_relaxed);
+            if (head + c->one_lap == tail)
+                return RING_WOULD_BLOCK;
+            tail = atomic_load_explicit(&c->tail, memory_order_relaxed);
+        } else {
             cpu_relax();
             tail = atomic_load_explicit(&c->tail, memory_order_relaxed);
         }
@@ -620,6 +654,22 @@ static int chan_close(lc_chan *c, bool explicit_close)
     return 0;
 }
 
+/* After a last message went (lc_send_last): the rest of the channel's end,
+ * outside any lock. The end itself is already in place: a ring's marked
+ * tail, an unbuffered channel's closed flag (set with the hand-over), a
+ * network stream's FIN (with the message). */
+static void close_finish(lc_chan *c)
+{
+    if (c->cap > 0 || c->net != NULL) {
+        chan_close(c, false); /* (a ring's tail is marked already; the stream sent its FIN) */
+        return;
+    }
+    pthread_mutex_lock(&c->mu);
+    wake_all_locked(c, &c->recvq, end_result(c));
+    wake_all_locked(c, &c->sendq, LC_ECLOSED); /* the message stays the sender's */
+    pthread_mutex_unlock(&c->mu);
+}
+
 LC_API int lc_close(lc_sender *s)
 {
     if (s == NULL)
@@ -713,9 +763,14 @@ LC_API void lc_receiver_release(lc_receiver *r)
 
 /* ---- one case, without blocking ----------------------------------------- */
 
+/* lc_send_last's case: a send whose message is the channel's last, the end
+ * taken atomically with it (internal: lc_select accepts only the public
+ * two). */
+#define LC__CASE_SEND_LAST ((lc_case_op)3)
+
 static lc_chan *case_chan(const lc_case *k)
 {
-    if (k->op == LC_CASE_SEND)
+    if (k->op != LC_CASE_RECV)
         return k->sender ? k->sender->c : NULL;
     return k->receiver ? k->receiver->c : NULL;
 }
@@ -725,6 +780,7 @@ typedef struct fired {
     waiter *wake;       /* unbuffered: the partner to wake */
     lc_chan *changed;   /* buffered: the ring that changed */
     bool pushed;
+    lc_chan *closed;    /* a last message went: this channel's end to finish */
 } fired;
 
 /* Tries case cs on channel c without blocking. For an unbuffered channel the
@@ -733,20 +789,27 @@ typedef struct fired {
  * NULL when taken (send); *f says whom to wake after unlocking. */
 static bool try_case(lc_chan *c, lc_case *cs, fired *f)
 {
+    bool last = cs->op == LC__CASE_SEND_LAST;
     if (c->net != NULL) {
-        if (cs->op != LC_CASE_SEND)
+        if (cs->op == LC_CASE_RECV)
             return false; /* a network Sender has no local receiving side */
-        int r = c->net->try_send(c->net_ctx, cs->msg);
+        /* the last message: it and the end in one frame (the stream takes
+         * nothing after it) */
+        int r = last && c->net->try_send_last != NULL ? c->net->try_send_last(c->net_ctx, cs->msg)
+                                                      : c->net->try_send(c->net_ctx, cs->msg);
         if (r == LC__WOULD_BLOCK)
             return false;
         cs->result = r;
-        if (r == 0)
+        if (r == 0) {
             cs->msg = NULL;
+            if (last)
+                f->closed = c;
+        }
         return true;
     }
     if (c->cap > 0) {
-        if (cs->op == LC_CASE_SEND) {
-            int r = ring_push(c, cs->msg);
+        if (cs->op != LC_CASE_RECV) {
+            int r = last ? ring_push_last(c, cs->msg) : ring_push(c, cs->msg);
             if (r == RING_WOULD_BLOCK)
                 return false;
             cs->result = r == RING_OK ? 0 : LC_ECLOSED;
@@ -754,6 +817,8 @@ static bool try_case(lc_chan *c, lc_case *cs, fired *f)
                 cs->msg = NULL;
                 f->changed = c;
                 f->pushed = true;
+                if (last)
+                    f->closed = c;
             }
             return true;
         }
@@ -769,7 +834,7 @@ static bool try_case(lc_chan *c, lc_case *cs, fired *f)
         }
         return true;
     }
-    if (cs->op == LC_CASE_SEND) {
+    if (cs->op != LC_CASE_RECV) {
         if (c->closed || c->rx_gone) {
             cs->result = LC_ECLOSED;
             return true;
@@ -782,15 +847,25 @@ static bool try_case(lc_chan *c, lc_case *cs, fired *f)
         f->wake = sg->w;
         cs->msg = NULL;
         cs->result = 0;
+        if (last) {
+            c->closed = true; /* with the hand-over: no other send completes */
+            f->closed = c;
+        }
         poll_update(c);
         return true;
     }
-    sudog *sg = q_claim(&c->sendq);
+    /* (a closed channel's senders are woken with LC_ECLOSED, or about to be:
+     * close_finish) */
+    sudog *sg = c->closed ? NULL : q_claim(&c->sendq);
     if (sg != NULL) {
         cs->msg = sg->msg;
         cs->result = 0;
         sg->result = 0;
         f->wake = sg->w;
+        if (sg->last) {
+            c->closed = true;
+            f->closed = c;
+        }
         poll_update(c);
         return true;
     }
@@ -802,12 +877,16 @@ static bool try_case(lc_chan *c, lc_case *cs, fired *f)
     return false;
 }
 
+static void close_finish(lc_chan *c);
+
 static void after_fired(const fired *f)
 {
     if (f->wake)
         waiter_wake(f->wake);
     if (f->changed)
         ring_changed(f->changed, f->pushed);
+    if (f->closed)
+        close_finish(f->closed);
 }
 
 /* ---- deadlines ----------------------------------------------------------- */
@@ -929,7 +1008,7 @@ static int select_wait(lc_case *cases, const size_t *order, size_t active, lc_ch
                 lc_chan *c = case_chan(&cases[i]);
                 fired f = { 0 };
                 if (c->net != NULL) {
-                    if (pass > 0 || cases[i].op != LC_CASE_SEND)
+                    if (pass > 0 || cases[i].op == LC_CASE_RECV)
                         continue; /* (a network Sender has no receiving side) */
                     unlock_all(locks, nlocks);
                     if (try_case(c, &cases[i], &f)) {
@@ -968,7 +1047,8 @@ static int select_wait(lc_case *cases, const size_t *order, size_t active, lc_ch
             sg->w = &w;
             sg->chan = case_chan(&cases[i]);
             sg->case_index = (int)i;
-            sg->is_send = cases[i].op == LC_CASE_SEND;
+            sg->is_send = cases[i].op != LC_CASE_RECV;
+            sg->last = cases[i].op == LC__CASE_SEND_LAST;
             sg->msg = sg->is_send ? cases[i].msg : NULL;
             q_push(queue_of(sg), sg);
             any_buffered |= notify_based(sg->chan);
@@ -1246,21 +1326,9 @@ LC_API int lc_send_last(lc_sender *s, lc_msg *m, int64_t timeout_ms)
 {
     if (s == NULL || m == NULL)
         return LC_EINVAL;
-    lc_chan *c = s->c;
-    if (c->net != NULL && c->net->try_send_last != NULL) {
-        /* the message and the end in one frame, one write */
-        int r = c->net->try_send_last(c->net_ctx, m);
-        if (r != LC__WOULD_BLOCK) {
-            if (r == 0)
-                chan_close(c, true); /* the session sent the FIN with it */
-            return r;
-        }
-        /* no room yet (window, output): the ordinary send waits for it */
-    }
-    int rc = lc_send(s, m, timeout_ms);
-    if (rc == 0)
-        chan_close(c, true);
-    return rc;
+    lc_case cs = { .op = LC__CASE_SEND_LAST, .sender = s, .msg = m };
+    int rc = single_case(&cs, timeout_ms);
+    return rc < 0 ? rc : cs.result;
 }
 
 int lc__send_batch(lc_sender *s, lc_msg **ms, size_t n, size_t *taken)
@@ -1371,7 +1439,7 @@ static bool async_register(struct lc_async *op, fired *f)
         memset(&op->sg, 0, sizeof op->sg);
         op->sg.w = &op->w;
         op->sg.chan = c;
-        op->sg.is_send = op->cs.op == LC_CASE_SEND;
+        op->sg.is_send = op->cs.op != LC_CASE_RECV;
         op->sg.msg = op->sg.is_send ? op->cs.msg : NULL;
         q_push(queue_of(&op->sg), &op->sg);
         if (notify_based(c)) {

@@ -820,6 +820,86 @@ static void test_close_racing_producers_unbuffered_exactly_once(void **st)
     run_close_race(0);
 }
 
+/* The consumer of run_send_last_race: reads to the end, remembers the last
+ * value before it. */
+typedef struct last_arg {
+    lc_receiver *r;
+    _Atomic int *received;
+    _Atomic long *total;
+    int64_t last;
+    int rc, errors;
+} last_arg;
+
+static void *last_consumer(void *p)
+{
+    last_arg *a = p;
+    lc_msg *m;
+    while ((a->rc = lc_recv(a->r, &m, 10000)) == 0) {
+        int64_t v = lc_value_int(lc_msg_root(m));
+        lc_msg_free(m);
+        a->last = v;
+        if (v >= 0 && v < RACE_MAX)
+            atomic_fetch_add(&a->received[v], 1);
+        else if (v != -1)
+            a->errors++;
+        atomic_fetch_add(a->total, 1);
+    }
+    return NULL;
+}
+
+/* Producers keep sending on Senders of the channel while one lc_send_last
+ * goes: its message is the last one received, then the end (LC_EOF), and
+ * every other send that succeeded is received exactly once. A send of
+ * another Sender could slip in between the last message and the end when
+ * lc_send_last was lc_send followed by lc_close. */
+static void run_send_last_race(size_t capacity)
+{
+    for (int round = 0; round < 20; round++) {
+        lc_receiver *r;
+        lc_sender *s;
+        assert_int_equal(lc_pipe(&r, &s, capacity), 0);
+        _Atomic int *sent = calloc(RACE_MAX, sizeof *sent);
+        _Atomic int *received = calloc(RACE_MAX, sizeof *received);
+        _Atomic long total = 0;
+        _Atomic int errors = 0;
+        pthread_t th[RACE_PROD + 1];
+        race_arg args[RACE_PROD];
+        last_arg la = { .r = r, .received = received, .total = &total, .last = -2 };
+        for (int i = 0; i < RACE_PROD; i++) {
+            args[i] = (race_arg){ .s = s, .r = r, .id = i, .sent = sent, .received = received,
+                                  .total_received = &total, .errors = &errors };
+            pthread_create(&th[i], NULL, race_producer, &args[i]);
+        }
+        pthread_create(&th[RACE_PROD], NULL, last_consumer, &la);
+        WAIT_UNTIL(atomic_load(&total) >= 2000);
+        lc_msg *m = lc_msg_new();
+        lc_msg_set_root(m, lc_new_int(m, -1));
+        assert_int_equal(lc_send_last(s, m, 10000), 0);
+        for (int i = 0; i < RACE_PROD + 1; i++)
+            pthread_join(th[i], NULL);
+        assert_int_equal(atomic_load(&errors), 0);
+        assert_int_equal(la.errors, 0);
+        assert_int_equal(la.rc, LC_EOF);
+        if (la.last != -1)
+            fail_msg("capacity %zu, round %d: %lld came after the last message", capacity, round,
+                     (long long)la.last);
+        for (int i = 0; i < RACE_MAX; i++)
+            if (atomic_load(&sent[i]) != atomic_load(&received[i]))
+                fail_msg("message %d: sent %d, received %d", i, atomic_load(&sent[i]), atomic_load(&received[i]));
+        free(sent);
+        free(received);
+        lc_sender_release(s);
+        lc_receiver_release(r);
+    }
+}
+
+static void test_send_last_racing_other_senders_is_last(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    run_send_last_race(16);
+    run_send_last_race(0);
+}
+
 /* The receiver goes away while producers are sending: every producer ends
  * with LC_ECLOSED and queued messages are freed (ASan checks the leak side). */
 static void test_receiver_release_racing_senders(void **st)
@@ -872,6 +952,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_invalid_arguments, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_close_racing_producers_buffered_exactly_once, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_close_racing_producers_unbuffered_exactly_once, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_send_last_racing_other_senders_is_last, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_receiver_release_racing_senders, lc_test_setup, lc_test_teardown),
     };
     return cmocka_run_group_tests_name("core/chan", tests, NULL, NULL);
