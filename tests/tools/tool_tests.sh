@@ -596,6 +596,34 @@ t_client_signals() {
     stop echo
 }
 
+# SIGINT or SIGTERM while the client is still dialing (a listener that never
+# answers the connect; the dial's own timeout is 10 s): it exits at once,
+# 128 + the signal. It waited out the dial before.
+t_dial_signal() {
+    start stuck "$STUCK_LISTENER" "$T/stuck.sock"
+    local url=$URL c n
+    for cmd in send exec; do
+        if [ "$cmd" = send ]; then
+            "$LCHAN" --trace send "$url" '{"A":1}' >"$T/o" 2>"$T/e" </dev/null &
+        else
+            "$LCHAN" --trace exec "$url" -- true >"$T/o" 2>"$T/e" </dev/null &
+        fi
+        c=$!
+        # its trace says when it is dialing (a deadline, not a sleep)
+        n=0
+        until grep -q '\] dial unix://' "$T/e" 2>/dev/null; do
+            n=$((n + 1))
+            [ "$n" -lt 3000 ] || { fail "$cmd: no dial trace within 30 s"; break; }
+            sleep 0.01
+        done
+        kill -s INT "$c"
+        wait_exit "$c" 5 "$cmd after SIGINT while dialing"
+        [ "$RC" = 130 ] || fail "$cmd exited $RC after SIGINT while dialing, expected 130"
+        check_clean "$T/e" "$cmd"
+    done
+    stop stuck
+}
+
 # exec's waits are bounded: --timeout for the whole command, and a peer that
 # accepts the session but never answers is given up on after 10 s.
 t_exec_timeout() {

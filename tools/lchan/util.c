@@ -217,6 +217,10 @@ unsigned long lx_frames_in(void)
     return atomic_load(&frames_in);
 }
 
+/* lx_dial is in lc_dial: nothing to close or flush yet, and the dial may
+ * block for its whole timeout (10 s): a stop signal then exits at once */
+static atomic_bool dialing;
+
 lc_session *lx_dial(const char *url)
 {
     lc_options o;
@@ -225,7 +229,9 @@ lc_session *lx_dial(const char *url)
     lc_error err = { 0 };
     lc_session *s;
     lx_trace("dial %s", url);
+    atomic_store(&dialing, true);
     int rc = lc_dial(url, &o, &s, &err);
+    atomic_store(&dialing, false);
     if (rc == 0) {
         lx_trace("dial %s: connected, SPDY/3 session up", url);
         return s;
@@ -395,6 +401,8 @@ static void *signal_main(void *arg)
         if (sig < 0)
             continue; /* EINTR */
         atomic_store(&lx_stop, sig);
+        if (atomic_load(&dialing))
+            _exit(128 + sig); /* (see dialing) */
         (void)!write(stop_pipe[1], "x", 1);
     }
     return NULL;
