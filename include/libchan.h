@@ -563,6 +563,8 @@ LC_API int lc_session_close(lc_session *s, int64_t timeout_ms);
 LC_API int lc_session_error(lc_session *s);
 /* Releases the session handle. An open session is closed abruptly (use
  * lc_session_close first to flush). Its channel ends stay valid handles.
+ * Threads blocked in lc_session_receiver or lc_session_close on it return
+ * LC_ESESSION; no call on the handle may start once this one has begun.
  * A process may also simply exit() with sessions open and threads using
  * them: the library then leaves its I/O thread to the process's end (what
  * was not flushed is lost, as with any socket the kernel closes). */

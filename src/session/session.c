@@ -4176,15 +4176,23 @@ LC_API int lc_session_receiver(lc_session *s, lc_receiver **out, int64_t timeout
     if (s == NULL || out == NULL)
         return LC_EINVAL;
     *out = NULL;
+    /* held for the call: lc_session_free on another thread meanwhile ends
+     * the wait (LC_ESESSION) rather than freeing what it waits on (an accept
+     * loop's thread, stopped by freeing its session) */
+    session_ref(s);
     lc_msg *m;
     if (timeout_ms != 0)
         ensure_watched(s); /* new channels come by reading */
     int rc = lc_recv(s->incoming_r, &m, timeout_ms);
-    if (rc != 0)
-        return rc == LC_EOF ? LC_ESESSION : rc;
-    *out = lc_value_take_receiver(lc_msg_root(m), NULL);
-    lc_msg_free(m);
-    return *out ? 0 : LC_EPROTO;
+    if (rc == 0) {
+        *out = lc_value_take_receiver(lc_msg_root(m), NULL);
+        lc_msg_free(m);
+        rc = *out ? 0 : LC_EPROTO;
+    } else if (rc == LC_EOF) {
+        rc = LC_ESESSION;
+    }
+    session_unref(s);
+    return rc;
 }
 
 LC_API int lc_session_error(lc_session *s)
@@ -4264,10 +4272,20 @@ static void close_wait_locked(lc_session *s, int64_t deadline)
     pthread_cond_timedwait(&s->close_cv, &s->mu, &ts);
 }
 
+static int session_close(lc_session *s, int64_t timeout_ms);
+
 LC_API int lc_session_close(lc_session *s, int64_t timeout_ms)
 {
     if (s == NULL)
         return LC_EINVAL;
+    session_ref(s); /* as in lc_session_receiver: a concurrent lc_session_free ends the wait */
+    int rc = session_close(s, timeout_ms);
+    session_unref(s);
+    return rc;
+}
+
+static int session_close(lc_session *s, int64_t timeout_ms)
+{
     pthread_mutex_lock(&s->mu);
     s->closing = true;
     s->goaway_sent = true;

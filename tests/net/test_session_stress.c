@@ -7,6 +7,7 @@
  *     carrier is shut down under both: every call returns an error promptly;
  *   - lc_select over a network Receiver, an in-memory channel and a timeout
  *     while both are fed and the session is closed in the middle;
+ *   - lc_session_free while a thread waits in lc_session_receiver;
  *   - lc_selects from 4 threads that send requests carrying their own reply
  *     channels while receiving on them (and on a shared ring), then the
  *     same with the server's session freed midway;
@@ -384,6 +385,50 @@ static void test_free_while_threads_enter_recv(void **st)
     }
 }
 
+/* ---- 1b'. lc_session_free while a thread waits in lc_session_receiver ------------- */
+
+typedef struct accept_waiter {
+    lc_session *s;
+    _Atomic int tid;
+    int rc;
+} accept_waiter;
+
+static void *accept_waiter_fn(void *x)
+{
+    accept_waiter *a = x;
+    atomic_store(&a->tid, lc_test_gettid());
+    lc_receiver *r = NULL;
+    a->rc = lc_session_receiver(a->s, &r, -1);
+    lc_receiver_release(r);
+    return NULL;
+}
+
+/*
+ * A thread waits for the peer's next channel (an accept loop) and another
+ * frees the session to stop it: the wait ends with LC_ESESSION. The call
+ * held nothing of the session: lc_session_free freed the channel it waited
+ * on under it (ASan: heap-use-after-free in the waiting thread).
+ */
+static void test_free_while_a_thread_waits_for_channels(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    for (int i = 0; i < 4; i++) {
+        char url[128];
+        nt_pair p;
+        nt_open_pair(&p, nt_transport_url(i, url, sizeof url), NULL, NULL);
+        accept_waiter a = { .s = i < 2 ? p.server : p.client };
+        pthread_t t;
+        pthread_create(&t, NULL, accept_waiter_fn, &a);
+        assert_true(lc_test_wait_asleep(&a.tid, 5000));
+        lc_session_free(a.s);
+        pthread_join(t, NULL);
+        assert_int_equal(a.rc, LC_ESESSION);
+        lc_session_free(i < 2 ? p.client : p.server);
+        lc_listener_close(p.l);
+    }
+}
+
 /* ---- 1c. lc_session_free while the reader is inside a SYN_STREAM ----------------- */
 
 /* Takes a reference of the test's own on a session (white box: the count in
@@ -661,7 +706,8 @@ static void test_select_net_and_memory_session_closed_midway(void **st)
  * any one Ret would close its whole channel). */
 typedef struct keeper {
     lc_session *s;
-    int handled, rc;
+    atomic_int handled;
+    int rc;
 } keeper;
 
 static void *keeper_fn(void *x)
@@ -697,7 +743,7 @@ static void *keeper_fn(void *x)
             lc_msg_free(rep);
             break;
         }
-        a->handled++;
+        atomic_fetch_add(&a->handled, 1);
     }
     if (a->rc == LC_EOF || a->rc == LC_ESESSION)
         a->rc = 0;
@@ -833,10 +879,10 @@ static void run_selfers(const char *url, bool server_goes)
         pthread_create(&t[i], NULL, selfer_fn, &a[i]);
     }
     if (server_goes) {
-        /* once some replies came: the server's session goes under them */
+        /* once the server answers (its thread is past lc_session_receiver):
+         * its session goes under the selects */
         int64_t end = lc_test_now_us() + 10 * 1000000;
-        while (atomic_load_explicit(&ring_left, memory_order_relaxed) > SELF_THREADS * count / 2 &&
-               lc_test_now_us() < end)
+        while (atomic_load(&k.handled) < SELF_THREADS * count / 4 && lc_test_now_us() < end)
             usleep(200);
         lc_session_free(p.server);
         p.server = NULL;
@@ -858,7 +904,7 @@ static void run_selfers(const char *url, bool server_goes)
     }
     assert_int_equal(k.rc, 0);
     if (!server_goes)
-        assert_int_equal(k.handled, replies);
+        assert_int_equal(atomic_load(&k.handled), replies);
     assert_int_equal(atomic_load(&ring_left), 0);
     lc_sender_release(req);
     lc_sender_release(ring_s);
@@ -2141,6 +2187,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_teardown_carrier_shut_down, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_teardown_graceful_close, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_free_while_threads_enter_recv, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_free_while_a_thread_waits_for_channels, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_free_while_peer_opens_streams, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_select_net_and_memory_session_closed_midway, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_selects_send_their_reply_channels, lc_test_setup, lc_test_teardown),
