@@ -4399,6 +4399,16 @@ LC_API void lc_session_free(lc_session *s)
     while (!s->fail_done)
         pthread_cond_wait(&s->flushed, &s->wmu);
     pthread_mutex_unlock(&s->wmu);
+    /* Channels the peer opened that nobody accepted, and nobody can now:
+     * their Receivers go. The session's last reference released them, but a
+     * stream waiting for room in such a channel's full queue held a
+     * reference itself: a cycle that kept the session, its streams and
+     * their messages for good (test_free_with_a_full_unaccepted_channel).
+     * Without a Receiver the queue is marked: the waiting stream learns it
+     * and ends. */
+    lc_msg *unaccepted;
+    while (lc_recv(s->incoming_r, &unaccepted, 0) == 0)
+        lc_msg_free(unaccepted);
     /* byte streams still writing what they held to their fds: the handle
      * goes, so do they (no fd outlives it) */
     pthread_mutex_lock(&s->mu);
