@@ -1,6 +1,7 @@
 /*
  * test_session_chaos.c - random channel operations from six threads at once:
  * lc_send, lc_recv, lc_select (2-4 cases), lc_send_last on reply channels,
+ * byte streams (pipes: passed as fds on unix, pumped on TCP),
  * over in-memory channels (rings and unbuffered) and network Senders of
  * two session pairs (unix and TCP), while in-memory channels are closed and
  * replaced under the threads; in the second run one session pair goes
@@ -21,6 +22,9 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdatomic.h>
 
 #include "nettest.h"
@@ -89,9 +93,35 @@ static lc_msg *make_msg(chaos *c, unsigned *st, bool net)
     return lc_pack("{s:i}", "V", k);
 }
 
-/* A received message: answered on its Ret (lc_send_last or lc_send), freed. */
+/* A byte stream received: read to its end (1 s at most without bytes),
+ * closed. */
+static void drain_stream(int fd)
+{
+    char buf[64];
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n > 0)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+            struct pollfd p = { fd, POLLIN, 0 };
+            if (poll(&p, 1, 1000) == 1)
+                continue;
+        }
+        break;
+    }
+    close(fd);
+}
+
+/* A received message: its byte stream read, answered on its Ret
+ * (lc_send_last or lc_send), freed. */
 static void handle(lc_msg *m, unsigned *st)
 {
+    lc_value *bytes = lc_map_get(lc_msg_root(m), "Bytes");
+    if (bytes != NULL && lc_value_type(bytes) == LC_STREAM) {
+        int fd = lc_value_take_fd(bytes, NULL);
+        if (fd >= 0)
+            drain_stream(fd);
+    }
     int v;
     lc_sender *ret = NULL;
     if (lc_unpack(m, "{s:i, s:S}", "V", &v, "Ret", &ret) == 0 && ret != NULL) {
@@ -182,7 +212,31 @@ static void *worker_fn(void *x)
                 lc_sender_release(hs[j]);
                 lc_receiver_release(hr[j]);
             }
-        } else if (rnd(&st) % 20 == 0) {
+        } else if (rnd(&st) % 2 == 0) {
+            /* a byte stream: a pipe's read end on a network Sender (passed
+             * as an fd on unix, pumped as a sub-stream on TCP), a few bytes
+             * written, then its end */
+            int pfd[2];
+            if (pipe2(pfd, O_CLOEXEC) != 0) {
+                atomic_fetch_add(&c->errors, 1);
+                pfd[0] = pfd[1] = -1;
+            }
+            lc_msg *m = lc_msg_new();
+            lc_value *map = lc_new_map(m);
+            if (pfd[0] >= 0)
+                lc_map_set(m, map, "Bytes", lc_new_stream(m, pfd[0], LC_STREAM_READ));
+            lc_msg_set_root(m, map);
+            lc_sender *s = lc_sender_retain(c->net_s[rnd(&st) % (unsigned)c->nnet]);
+            int rc = lc_send(s, m, rnd(&st) % 10);
+            check_rc(c, rc);
+            if (rc != 0)
+                lc_msg_free(m); /* closes the read end */
+            lc_sender_release(s);
+            if (pfd[1] >= 0) {
+                (void)!write(pfd[1], "chaos", 5); /* EPIPE once nobody reads: SIGPIPE is ignored */
+                close(pfd[1]);
+            }
+        } else if (rnd(&st) % 10 == 0) {
             pool_renew(c, (int)(rnd(&st) % NPOOL), &st);
         }
         atomic_fetch_add(&c->progress, 1);
@@ -320,6 +374,7 @@ static void test_chaos_session_goes_midway(void **st)
 int main(void)
 {
     lc__engine_default(); /* its fds live as long as the process */
+    signal(SIGPIPE, SIG_IGN); /* writes into pipes whose reader went */
     nt_filter_from_env();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_chaos, lc_test_setup, lc_test_teardown),
