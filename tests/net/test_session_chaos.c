@@ -1,7 +1,8 @@
 /*
  * test_session_chaos.c - random channel operations from six threads at once:
  * lc_send, lc_recv, lc_select (2-4 cases), lc_send_last on reply channels,
- * byte streams (pipes: passed as fds on unix, pumped on TCP),
+ * byte streams (pipes: passed as fds on unix, pumped on TCP), Receivers sent
+ * to be read remotely (pumped by the session),
  * over in-memory channels (rings and unbuffered) and network Senders of
  * two session pairs (unix and TCP), while in-memory channels are closed and
  * replaced under the threads; in the second run one session pair goes
@@ -122,6 +123,15 @@ static void handle(lc_msg *m, unsigned *st)
         if (fd >= 0)
             drain_stream(fd);
     }
+    lc_value *inbox = lc_map_get(lc_msg_root(m), "Inbox");
+    if (inbox != NULL && lc_value_type(inbox) == LC_RECEIVER) {
+        /* a channel someone sent us to read: a few of its messages */
+        lc_receiver *r = lc_value_take_receiver(inbox, NULL);
+        lc_msg *got;
+        for (int i = 0; i < 3 && r != NULL && lc_recv(r, &got, 5) == 0; i++)
+            lc_msg_free(got);
+        lc_receiver_release(r);
+    }
     int v;
     lc_sender *ret = NULL;
     if (lc_unpack(m, "{s:i, s:S}", "V", &v, "Ret", &ret) == 0 && ret != NULL) {
@@ -212,6 +222,18 @@ static void *worker_fn(void *x)
                 lc_sender_release(hs[j]);
                 lc_receiver_release(hr[j]);
             }
+        } else if (rnd(&st) % 4 == 0) {
+            /* a Receiver of a pool channel on a network Sender: the session
+             * pumps that channel to whoever gets it */
+            lc_receiver *r;
+            pool_get(c, (int)(rnd(&st) % NPOOL), NULL, &r);
+            lc_msg *m = lc_pack("{s:R}", "Inbox", r);
+            lc_sender *s = lc_sender_retain(c->net_s[rnd(&st) % (unsigned)c->nnet]);
+            int rc = lc_send(s, m, rnd(&st) % 10);
+            check_rc(c, rc);
+            if (rc != 0)
+                lc_msg_free(m); /* releases r */
+            lc_sender_release(s);
         } else if (rnd(&st) % 2 == 0) {
             /* a byte stream: a pipe's read end on a network Sender (passed
              * as an fd on unix, pumped as a sub-stream on TCP), a few bytes
@@ -261,7 +283,8 @@ static void *acceptor_fn(void *x)
     while (!atomic_load(&a->c->stop) && lc_session_receiver(a->s, &r, -1) == 0) {
         lc_msg *m;
         while (!atomic_load(&a->c->stop) && lc_recv(r, &m, 1000) == 0) {
-            if (rnd(&st) % 2 || lc_map_get(lc_msg_root(m), "Ret") != NULL) {
+            if (rnd(&st) % 2 || lc_map_get(lc_msg_root(m), "Ret") != NULL ||
+                lc_map_get(lc_msg_root(m), "Inbox") != NULL) {
                 handle(m, &st);
                 continue;
             }
