@@ -1,15 +1,18 @@
 /*
  * test_session_chaos.c - random channel operations from six threads at once:
  * lc_send, lc_recv, lc_select (2-4 cases), lc_send_last on reply channels,
- * byte streams (pipes: passed as fds on unix, pumped on TCP), Receivers sent
- * to be read remotely (pumped by the session),
- * over in-memory channels (rings and unbuffered) and network Senders of
- * two session pairs (unix and TCP), while in-memory channels are closed and
- * replaced under the threads; in the second run one session pair goes
- * midway. What it checks: no call hangs (a watchdog fails the test when no
- * operation completes for 10 s), every thread finishes, and, under the
- * sanitizers, no race, no use after free and nothing left allocated once
- * everything is released (LeakSanitizer at exit; the suite's fd count).
+ * byte streams (pipes: passed as fds on unix, pumped on TCP) and Receivers
+ * sent to be read remotely (pumped by the session), over in-memory channels
+ * (rings and unbuffered) and network Senders of two session pairs (unix and
+ * TCP), while in-memory channels are closed and replaced under the threads.
+ * In the second run one session pair is freed midway; in the third it is
+ * first closed gracefully under the traffic.
+ *
+ * What it checks: no call hangs (a watchdog fails the test when no
+ * operation completes for 10 s), every thread finishes, results are only
+ * the expected codes, and, under the sanitizers, no race, no use after free
+ * and nothing left allocated once everything is released (LeakSanitizer at
+ * exit; the suite's fd count).
  *
  * It found that lc_session_free left the session allocated when a channel
  * nobody had accepted was full (test_free_with_a_full_unaccepted_channel).
@@ -326,7 +329,9 @@ static void pair_end(nt_pair *p, pthread_t acceptor)
     lc_session_free(p->server);
 }
 
-static void run_chaos(bool free_midway)
+typedef enum { ALL_ALONG, FREED_MIDWAY, CLOSED_MIDWAY } chaos_mode;
+
+static void run_chaos(chaos_mode mode)
 {
     chaos c = { .ops_per_worker = 20000L * nt_scale() };
     pthread_mutex_init(&c.mu, NULL);
@@ -351,12 +356,19 @@ static void run_chaos(bool free_midway)
         pthread_create(&w[i], NULL, worker_fn, &wa[i]);
     }
     int gone = 0;
-    if (free_midway) {
-        /* a third of the way: pair 0 goes under the workers (its client at
-         * once; its server closed, its acceptor joined, then freed) */
+    if (mode != ALL_ALONG) {
+        /* a third of the way: pair 0 goes under the workers: freed (its
+         * client at once; its server closed, its acceptor joined, then
+         * freed), or its client closed gracefully first, which refuses the
+         * sends after it (LC_ESESSION) */
         int64_t end = lc_test_now_us() + 30 * 1000000;
         while (atomic_load(&c.progress) < c.ops_per_worker * NWORK / 3 && lc_test_now_us() < end)
             usleep(1000);
+        if (mode == CLOSED_MIDWAY) {
+            int rc = lc_session_close(p[0].client, 2000);
+            if (rc != 0 && rc != LC_ESESSION && rc != LC_ETIMEDOUT)
+                fail_msg("lc_session_close under traffic: %s", lc_strerror(rc));
+        }
         pair_end(&p[0], at[0]);
         gone = 1;
     }
@@ -384,14 +396,21 @@ static void test_chaos(void **st)
 {
     (void)st;
     LC_TEST_DEADLINE(120 * nt_scale());
-    run_chaos(false);
+    run_chaos(ALL_ALONG);
 }
 
-static void test_chaos_session_goes_midway(void **st)
+static void test_chaos_session_freed_midway(void **st)
 {
     (void)st;
     LC_TEST_DEADLINE(120 * nt_scale());
-    run_chaos(true);
+    run_chaos(FREED_MIDWAY);
+}
+
+static void test_chaos_session_closed_midway(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(120 * nt_scale());
+    run_chaos(CLOSED_MIDWAY);
 }
 
 int main(void)
@@ -401,7 +420,8 @@ int main(void)
     nt_filter_from_env();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_chaos, lc_test_setup, lc_test_teardown),
-        cmocka_unit_test_setup_teardown(test_chaos_session_goes_midway, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_chaos_session_freed_midway, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_chaos_session_closed_midway, lc_test_setup, lc_test_teardown),
     };
     return cmocka_run_group_tests_name("net/session_chaos", tests, NULL, NULL);
 }
