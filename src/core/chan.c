@@ -249,8 +249,12 @@ static void chan_free(lc_chan *c)
 
 /* ---- the lock-free ring (buffered channels) ------------------------------ */
 
-static int ring_push(lc_chan *c, lc_msg *m)
+/* Pushes m; with last, the tail is marked (closed) in the same CAS, so
+ * nothing can be pushed after m (lc_send_last). Inlined into each caller,
+ * so the plain push keeps no call and no flag on the send path. */
+static inline __attribute__((always_inline)) int ring_push_ex(lc_chan *c, lc_msg *m, bool last)
 {
+    size_t mark = last ? c->mark_bit : 0;
     size_t tail = atomic_load_explicit(&c->tail, memory_order_relaxed);
     for (;;) {
         if (tail & c->mark_bit)
@@ -261,7 +265,7 @@ static int ring_push(lc_chan *c, lc_msg *m)
         ring_slot *s = &c->ring[index];
         size_t stamp = atomic_load_explicit(&s->stamp, memory_order_acquire);
         if (stamp == tail) {
-            if (atomic_compare_exchange_weak_explicit(&c->tail, &tail, next, memory_order_seq_cst,
+            if (atomic_compare_exchange_weak_explicit(&c->tail, &tail, next | mark, memory_order_seq_cst,
                                                       memory_order_relaxed)) {
                 s->msg = m;
                 atomic_store_explicit(&s->stamp, tail + 1, memory_order_release);
@@ -282,37 +286,9 @@ static int ring_push(lc_chan *c, lc_msg *m)
     }
 }
 
-/* ring_push, and the tail marked (closed) in the same step: nothing can be
- * pushed after m (lc_send_last) */
-static int ring_push_last(lc_chan *c, lc_msg *m)
+static int ring_push(lc_chan *c, lc_msg *m)
 {
-    size_t tail = atomic_load_explicit(&c->tail, memory_order_relaxed);
-    for (;;) {
-        if (tail & c->mark_bit)
-            return RING_CLOSED;
-        size_t index = tail & (c->mark_bit - 1);
-        size_t lap = tail & ~(c->one_lap - 1);
-        size_t next = index + 1 < c->cap ? tail + 1 : lap + c->one_lap;
-        ring_slot *s = &c->ring[index];
-        size_t stamp = atomic_load_explicit(&s->stamp, memory_order_acquire);
-        if (stamp == tail) {
-            if (atomic_compare_exchange_weak_explicit(&c->tail, &tail, next | c->mark_bit, memory_order_seq_cst,
-                                                      memory_order_relaxed)) {
-                s->msg = m;
-                atomic_store_explicit(&s->stamp, tail + 1, memory_order_release);
-                return RING_OK;
-            }
-        } else if (stamp + c->one_lap == tail + 1) {
-            atomic_thread_fence(memory_order_seq_cst);
-            size_t head = atomic_load_explicit(&c->head, memory_order_relaxed);
-            if (head + c->one_lap == tail)
-                return RING_WOULD_BLOCK;
-            tail = atomic_load_explicit(&c->tail, memory_order_relaxed);
-        } else {
-            cpu_relax();
-            tail = atomic_load_explicit(&c->tail, memory_order_relaxed);
-        }
-    }
+    return ring_push_ex(c, m, false);
 }
 
 static int ring_pop(lc_chan *c, lc_msg **out)
@@ -809,7 +785,7 @@ static bool try_case(lc_chan *c, lc_case *cs, fired *f)
     }
     if (c->cap > 0) {
         if (cs->op != LC_CASE_RECV) {
-            int r = last ? ring_push_last(c, cs->msg) : ring_push(c, cs->msg);
+            int r = ring_push_ex(c, cs->msg, last);
             if (r == RING_WOULD_BLOCK)
                 return false;
             cs->result = r == RING_OK ? 0 : LC_ECLOSED;
