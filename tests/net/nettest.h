@@ -181,6 +181,63 @@ static inline void nt_expect_n(lc_receiver *r, int n)
     lc_msg_free(m);
 }
 
+/*
+ * A server thread for requests {Value: v, Ret: Sender} on the peer's first
+ * channel: one reply {Echo: v} on each Ret, every Ret kept until the requests
+ * end (a subscriber's reply channel is long-lived: releasing any one Ret
+ * would close its whole channel). rc: how the requests' channel ended, 0 for
+ * LC_EOF, or what failed first.
+ */
+typedef struct nt_keeper {
+    lc_session *s;
+    atomic_int handled;
+    int rc;
+} nt_keeper;
+
+static inline void *nt_keeper_fn(void *x)
+{
+    nt_keeper *a = x;
+    lc_receiver *r;
+    size_t n = 0, cap = 0;
+    lc_sender **kept = NULL;
+    a->rc = lc_session_receiver(a->s, &r, 5000);
+    if (a->rc != 0)
+        return NULL;
+    lc_msg *m;
+    while ((a->rc = lc_recv(r, &m, 5000)) == 0) {
+        int64_t v;
+        lc_sender *ret;
+        a->rc = lc_unpack(m, "{s:I, s:S}", "Value", &v, "Ret", &ret);
+        lc_msg_free(m);
+        if (a->rc != 0)
+            break;
+        if (n == cap) {
+            lc_sender **nk = realloc(kept, (cap ? 2 * cap : 64) * sizeof *kept);
+            if (nk == NULL) {
+                lc_sender_release(ret);
+                a->rc = LC_ENOMEM;
+                break;
+            }
+            kept = nk;
+            cap = cap ? 2 * cap : 64;
+        }
+        kept[n++] = ret;
+        lc_msg *rep = lc_pack("{s:I}", "Echo", v);
+        if ((a->rc = lc_send(ret, rep, 5000)) != 0) {
+            lc_msg_free(rep);
+            break;
+        }
+        atomic_fetch_add(&a->handled, 1);
+    }
+    if (a->rc == LC_EOF)
+        a->rc = 0;
+    for (size_t i = 0; i < n; i++)
+        lc_sender_release(kept[i]);
+    free(kept);
+    lc_receiver_release(r);
+    return NULL;
+}
+
 /* ---- a raw SPDY peer ----------------------------------------------------------- */
 
 /*

@@ -286,48 +286,6 @@ static void test_echo_with_reply_sender_over_tcp(void **st)
     run_echo("tcp://127.0.0.1:0");
 }
 
-/* A Receiver travels in a message: the peer drains a local channel of ours. */
-/* The server of test_select_sends_its_own_reply_channel: one reply per
- * request on the request's Ret, every Ret kept until the requests end (a
- * subscriber's channel stays open: the client's reply channel is shared). */
-typedef struct {
-    lc_session *s;
-    int handled, rc;
-} keep_arg;
-
-static void *reply_and_keep(void *x)
-{
-    keep_arg *a = x;
-    lc_receiver *r;
-    lc_sender *kept[64];
-    int nkept = 0;
-    a->rc = lc_session_receiver(a->s, &r, 5000);
-    if (a->rc != 0)
-        return NULL;
-    lc_msg *m;
-    while ((a->rc = lc_recv(r, &m, 5000)) == 0) {
-        int64_t v;
-        lc_sender *ret;
-        a->rc = lc_unpack(m, "{s:I, s:S}", "Value", &v, "Ret", &ret);
-        lc_msg_free(m);
-        if (a->rc != 0 || nkept == 64)
-            break;
-        kept[nkept++] = ret;
-        lc_msg *rep = lc_pack("{s:I}", "Echo", v);
-        if ((a->rc = lc_send(ret, rep, 5000)) != 0) {
-            lc_msg_free(rep);
-            break;
-        }
-        a->handled++;
-    }
-    if (a->rc == LC_EOF)
-        a->rc = 0;
-    for (int i = 0; i < nkept; i++)
-        lc_sender_release(kept[i]);
-    lc_receiver_release(r);
-    return NULL;
-}
-
 /*
  * One lc_select receives on a reply channel and sends, on a network Sender,
  * a message that carries that same channel's Sender (a subscriber that keeps
@@ -342,9 +300,9 @@ static void test_select_sends_its_own_reply_channel(void **st)
         char url[128];
         pair p;
         open_pair(&p, nt_transport_url(t, url, sizeof url));
-        keep_arg ka = { .s = p.server };
+        nt_keeper ka = { .s = p.server };
         pthread_t th;
-        pthread_create(&th, NULL, reply_and_keep, &ka);
+        pthread_create(&th, NULL, nt_keeper_fn, &ka);
         lc_sender *req;
         assert_int_equal(lc_session_sender(p.client, &req), 0);
         lc_receiver *rr;
@@ -378,7 +336,7 @@ static void test_select_sends_its_own_reply_channel(void **st)
         assert_int_equal(lc_close(req), 0);
         pthread_join(th, NULL);
         assert_int_equal(ka.rc, 0);
-        assert_int_equal(ka.handled, N);
+        assert_int_equal(atomic_load(&ka.handled), N);
         lc_sender_release(req);
         lc_sender_release(rs);
         lc_receiver_release(rr);
@@ -386,6 +344,7 @@ static void test_select_sends_its_own_reply_channel(void **st)
     }
 }
 
+/* A Receiver travels in a message: the peer drains a local channel of ours. */
 static void test_receiver_carried_in_a_message(void **st)
 {
     LC_TEST_DEADLINE(30);
