@@ -132,9 +132,9 @@ int lc__url_parse(const char *url, lc_url *out, lc_error *err)
 
 /* ---- entry points --------------------------------------------------------- */
 
-/* err's text for a failed dial or listen: a host name that did not resolve
+/* err's text for a failed dial or listen; a host name that did not resolve
  * is named (it said "No route to host" before, as if a route had failed) */
-static void resolve_error(lc_error *err, int rc, const char *url, const char *what, const lc_url *u)
+static void dial_listen_error(lc_error *err, int rc, const char *url, const char *what, const lc_url *u)
 {
     if (rc == LC_ENOHOST)
         lc__url_error(err, rc, "%s: %s: host name %s not found", url, what, u->host);
@@ -154,7 +154,7 @@ int lc__dial(const char *url, int64_t timeout_ms, lc_conn **out, lc_error *err)
         return rc;
     rc = u.ops->dial(&u, timeout_ms, out);
     if (rc != 0)
-        resolve_error(err, rc, url, "dial", &u);
+        dial_listen_error(err, rc, url, "dial", &u);
     return rc;
 }
 
@@ -170,7 +170,7 @@ int lc__listen(const char *url, lc_tlistener **out, lc_error *err)
     if (rc == -ENOTSOCK && u.ops == &lc__unix_ops)
         lc__url_error(err, rc, "%s: listen: %s exists and is not a socket", url, u.path);
     else if (rc != 0)
-        resolve_error(err, rc, url, "listen", &u);
+        dial_listen_error(err, rc, url, "listen", &u);
     return rc;
 }
 
