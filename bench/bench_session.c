@@ -30,7 +30,7 @@
  * The targets of the issue are printed next to the figures. Nothing is
  * asserted.
  *
- * Usage: bench_session [seconds [unix|tcp [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-fresh-last|lc-rt-fresh-crowd|lc-rt-reused|bulk]]]
+ * Usage: bench_session [seconds [unix|tcp [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-fresh-last|lc-rt-fresh-crowd|lc-rt-reused|bulk|lc-bulk|lc-bulk-sp]]]
  *        seconds: per one-way figure, default 3; the round-trip counts scale
  *        with it (20000 at 3 s). The filters run one part, for profiling.
  * Every figure runs against its own server process: fork + exec of this
@@ -1131,6 +1131,8 @@ static const char *bulk_method(const bulk *b, bool sockpair, bool *passed)
     return "UNEXPECTED (the server's fd is neither ours nor a socketpair end)";
 }
 
+static const char *g_only; /* one part only (the filter argument), for profiles */
+
 /* Each bulk figure is measured BULK_REPS times, interleaved (raw, lc, raw,
  * lc, ...): a 256 MiB transfer lasts 0.1 to 0.5 s here, short enough for one
  * descheduling to show; the median is the figure, min-max printed. */
@@ -1190,6 +1192,15 @@ static const char *bulk_set_method(const bulk_set *b, bool sockpair, bool *all_p
 static void bench_bulk(const char *transport)
 {
     bool ux = strcmp(transport, "unix") == 0;
+    if (g_only != NULL && strncmp(g_only, "lc-bulk", 7) == 0) { /* libchan alone, for profiles */
+        bool sp = strcmp(g_only, "lc-bulk-sp") == 0;
+        bulk_set lc = { 0 };
+        for (int i = 0; i < BULK_REPS; i++)
+            lc.run[i] = lc_bulk(transport, sp);
+        bulk_summarize(&lc);
+        bulk_line(sp ? "libchan byte stream, socketpair" : "libchan byte stream, a pipe", &lc, "");
+        return;
+    }
     bulk_set raw = { 0 }, pipe_raw = { 0 }, lc = { 0 }, lcsp = { 0 };
     for (int i = 0; i < BULK_REPS; i++) {
         raw.run[i] = raw_bulk(transport);
@@ -1242,7 +1253,6 @@ static const char *verdict(bool met)
     return met ? "met" : "MISSED";
 }
 
-static const char *g_only; /* "oneway" or "rt": run only that part */
 static void bench_oneway(const char *transport);
 static void bench_rt(const char *transport);
 
@@ -1253,7 +1263,7 @@ static void bench_transport(const char *transport)
         bench_oneway(transport);
     if (g_only == NULL || strcmp(g_only, "rt") == 0 || strncmp(g_only, "lc-rt-", 6) == 0)
         bench_rt(transport);
-    if (g_only == NULL || strcmp(g_only, "bulk") == 0)
+    if (g_only == NULL || strcmp(g_only, "bulk") == 0 || strncmp(g_only, "lc-bulk", 7) == 0)
         bench_bulk(transport);
     printf("\n");
     fflush(stdout);
@@ -1388,7 +1398,7 @@ int main(int argc, char **argv)
            "(load average at start: %s)\n\n",
            g_seconds, g_rounds, TARGET_ONEWAY / 1e6, TARGET_REUSED, TARGET_FRESH, TARGET_BULK_TCP, loadavg());
     fflush(stdout);
-    /* optional filters, for profiling one case: [unix|tcp] [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-fresh-last|lc-rt-fresh-crowd|lc-rt-reused|bulk] */
+    /* optional filters, for profiling one case: [unix|tcp] [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-fresh-last|lc-rt-fresh-crowd|lc-rt-reused|bulk|lc-bulk|lc-bulk-sp] */
     const char *only_t = argc > 2 ? argv[2] : NULL, *only_s = argc > 3 ? argv[3] : NULL;
     g_only = only_s;
     if (only_t == NULL || strcmp(only_t, "unix") == 0)

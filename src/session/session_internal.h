@@ -92,7 +92,9 @@ typedef struct lc_stream {
     bool in_broken;       /* a write to fd failed (its reader is gone): the
                              stream is cancelled once we no longer read fd */
     bool in_fin;          /* the peer's FIN came: EOF after fd_out drains */
-    lc_buf fd_out;        /* inbound bytes not yet written to fd */
+    lc_buf fd_out;        /* inbound bytes for fd: those from fd_out_off on are
+                             not written yet (fd_queued) */
+    size_t fd_out_off;
     /* flow control (toward a peer that speaks SPDY windows) */
     uint64_t sent;        /* wmu: DATA payload bytes we sent on it */
     uint64_t granted;     /* wmu: WINDOW_UPDATE deltas the peer gave us */

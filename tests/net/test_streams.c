@@ -10,10 +10,12 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -466,6 +468,161 @@ static void test_stream_into_closed_pipe_does_not_raise_sigpipe(void **st)
     lc_listener_close(l);
 }
 
+/* ---- a big stream beside a message flood ------------------------------------- */
+
+/* Byte i of the bulk stream: not periodic in 64 KiB, so a frame's payload
+ * written twice, dropped or swapped with its neighbour shows. */
+static uint8_t bulk_byte(size_t i)
+{
+    return (uint8_t)(i * 131u + (i >> 16) * 7u);
+}
+
+enum { BULK_BYTES = 24 << 20, BULK_MSGS = 3000 };
+
+static void *bulk_write_fn(void *x)
+{
+    int fd = *(int *)x;
+    static _Thread_local uint8_t chunk[65536];
+    intptr_t rc = 0;
+    for (size_t at = 0; at < BULK_BYTES && rc == 0; at += sizeof chunk) {
+        for (size_t i = 0; i < sizeof chunk; i++)
+            chunk[i] = bulk_byte(at + i);
+        rc = write_all(fd, chunk, sizeof chunk);
+    }
+    close(fd);
+    return (void *)rc;
+}
+
+typedef struct bulk_check {
+    int fd;
+    size_t got;
+    size_t first_bad; /* SIZE_MAX: none */
+} bulk_check;
+
+static void *bulk_read_fn(void *x)
+{
+    bulk_check *b = x;
+    uint8_t buf[65536];
+    for (;;) {
+        struct pollfd p = { b->fd, POLLIN, 0 };
+        if (poll(&p, 1, 10000) != 1)
+            return NULL; /* stalled: got stays short */
+        ssize_t n = read(b->fd, buf, sizeof buf);
+        if (n < 0 && errno == EAGAIN)
+            continue;
+        if (n <= 0)
+            return NULL;
+        for (ssize_t i = 0; i < n && b->first_bad == SIZE_MAX; i++)
+            if (buf[i] != bulk_byte(b->got + (size_t)i))
+                b->first_bad = b->got + (size_t)i;
+        b->got += (size_t)n;
+    }
+}
+
+typedef struct seq_sender {
+    lc_sender *ch;
+    int failed_at; /* -1: all sent */
+} seq_sender;
+
+static void *seq_send_fn(void *x)
+{
+    seq_sender *q = x;
+    for (int i = 1; i < BULK_MSGS; i++)
+        if (lc_send(q->ch, lc_pack("{s:i}", "Seq", i), 10000) != 0) {
+            q->failed_at = i;
+            return NULL;
+        }
+    return NULL;
+}
+
+/* 24 MiB through a byte stream (DATA frames of a sub-stream, written
+ * straight from the pump's buffer while the carrier is idle, queued behind
+ * other frames when it is not) while another thread sends 3000 messages on
+ * a second channel of the same TCP session: every byte arrives once and in
+ * order, and so does every message. small_sndbuf: the client's carrier
+ * takes at most a few KiB per write, so nearly every 64 KiB frame is cut
+ * and its rest queued ahead of the messages that came meanwhile. */
+static void run_bulk_beside_messages(bool small_sndbuf)
+{
+    lc_error err = { 0 };
+    lc_listener *l;
+    assert_int_equal(lc_listen("tcp://127.0.0.1:0", NULL, &l, &err), 0);
+    char bound[256];
+    assert_int_equal(lc_listener_url(l, bound, sizeof bound), 0);
+    lc_session *c, *sv;
+    assert_int_equal(lc_dial(bound, NULL, &c, &err), 0);
+    assert_int_equal(lc_accept(l, &sv, 5000), 0);
+    if (small_sndbuf) {
+        int sz = 65536; /* doubled by the kernel: ~2 frames */
+        assert_int_equal(setsockopt(lc__conn_fd(c->conn), SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz), 0);
+    }
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    lc_sender *data_ch, *seq_ch;
+    assert_int_equal(lc_session_sender(c, &data_ch), 0);
+    assert_int_equal(lc_session_sender(c, &seq_ch), 0);
+    lc_msg *m = lc_msg_new();
+    assert_int_equal(lc_msg_set_root(m, lc_new_stream(m, p[0], LC_STREAM_READ)), 0);
+    assert_int_equal(lc_send(data_ch, m, 5000), 0);
+    assert_int_equal(lc_send(seq_ch, lc_pack("{s:i}", "Seq", 0), 5000), 0);
+    lc_receiver *data_in, *seq_in;
+    assert_int_equal(lc_session_receiver(sv, &data_in, 5000), 0);
+    assert_int_equal(lc_session_receiver(sv, &seq_in, 5000), 0);
+    assert_int_equal(lc_recv(data_in, &m, 5000), 0);
+    bulk_check chk = { .fd = lc_value_take_fd(lc_msg_root(m), NULL), .first_bad = SIZE_MAX };
+    lc_msg_free(m);
+    assert_true(chk.fd >= 0);
+
+    pthread_t wt, rt, qt;
+    seq_sender q = { seq_ch, -1 };
+    assert_int_equal(pthread_create(&wt, NULL, bulk_write_fn, &p[1]), 0);
+    assert_int_equal(pthread_create(&rt, NULL, bulk_read_fn, &chk), 0);
+    assert_int_equal(pthread_create(&qt, NULL, seq_send_fn, &q), 0);
+    int next = 0, bad_seq = -1;
+    while (next < BULK_MSGS) {
+        if (lc_recv(seq_in, &m, 10000) != 0)
+            break;
+        int v = -1;
+        if (lc_unpack(m, "{s:i}", "Seq", &v) != 0 || v != next)
+            bad_seq = bad_seq < 0 ? next : bad_seq;
+        lc_msg_free(m);
+        next++;
+    }
+    void *wrc;
+    pthread_join(qt, NULL);
+    pthread_join(wt, &wrc);
+    pthread_join(rt, NULL);
+    close(chk.fd);
+    assert_int_equal(q.failed_at, -1);
+    assert_null(wrc);
+    assert_int_equal(next, BULK_MSGS);
+    assert_int_equal(bad_seq, -1);
+    assert_true(chk.first_bad == SIZE_MAX);
+    assert_int_equal(chk.got, BULK_BYTES);
+
+    lc_close(data_ch);
+    lc_close(seq_ch);
+    lc_sender_release(data_ch);
+    lc_sender_release(seq_ch);
+    lc_receiver_release(data_in);
+    lc_receiver_release(seq_in);
+    lc_session_free(c);
+    lc_session_free(sv);
+    lc_listener_close(l);
+}
+
+static void test_bulk_stream_beside_messages_over_tcp(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    run_bulk_beside_messages(false);
+}
+
+static void test_bulk_stream_beside_messages_cut_writes(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    run_bulk_beside_messages(true);
+}
+
 int main(void)
 {
     lc__engine_default(); /* its fds live as long as the process */
@@ -476,6 +633,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fd_passed_as_itself_over_unix, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_becomes_substream_over_tcp, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_stream_into_closed_pipe_does_not_raise_sigpipe, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_bulk_stream_beside_messages_over_tcp, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_bulk_stream_beside_messages_cut_writes, lc_test_setup, lc_test_teardown),
     };
     return cmocka_run_group_tests_name("net/streams", tests, NULL, NULL);
 }
