@@ -1899,8 +1899,6 @@ static int bytes_start(lc_stream *st, int fd, bool we_read, bool we_write, bool 
         struct stat sb;
         st->fd = fd;
         st->fd_sock = fstat(fd, &sb) == 0 && S_ISSOCK(sb.st_mode);
-        if (we_read && S_ISFIFO(sb.st_mode))
-            fcntl(fd, F_SETPIPE_SZ, 1 << 20); /* EXPERIMENT */
         st->fdw = w;
         st->out_open = we_read;
         st->in_open = we_write;
