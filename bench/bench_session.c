@@ -25,8 +25,11 @@
  *     server: a FIFO with the inode sent), against a raw pipe between the two
  *     processes; over TCP a sub-stream of DATA frames, against one raw TCP
  *     connection (and the same with a socketpair instead of the pipe, which
- *     the session reads faster); the raw unix socket is printed too. Median
- *     of 3 interleaved runs each.
+ *     the session reads faster); the raw unix socket is printed too; over
+ *     TCP also a raw relay: the same path (socketpair, relay thread, TCP,
+ *     relay thread, socketpair) with plain read/write and no framing, what
+ *     a byte stream copied through user space can reach at best. Median of
+ *     BULK_REPS interleaved runs each.
  * The targets of the issue are printed next to the figures. Nothing is
  * asserted.
  *
@@ -49,6 +52,7 @@
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -340,6 +344,56 @@ static void srv_raw_oneway(const char *url)
     close(fd);
 }
 
+/* The raw relay: what a byte stream's path is without framing or a
+ * library. Each process has an application thread and a relay thread
+ * between a socketpair and the connection, copying 64 KiB read()s with
+ * blocking write()s. */
+typedef struct relay {
+    int from, to; /* to: a socket, shut down for writing at EOF */
+} relay;
+
+static void *relay_fn(void *x)
+{
+    relay *r = x;
+    static _Thread_local uint8_t buf[BATCH];
+    for (;;) {
+        ssize_t n = read(r->from, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        write_all(r->to, buf, (size_t)n);
+    }
+    shutdown(r->to, SHUT_WR);
+    return NULL;
+}
+
+static void srv_raw_relay(const char *url)
+{
+    char bound[256], line[320];
+    int lfd = raw_listen(url, bound, sizeof bound);
+    snprintf(line, sizeof line, "URL %s\n", bound);
+    report(line);
+    int fd = raw_accept(lfd, url);
+    int sp[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0)
+        die("socketpair", 0);
+    int64_t cpu0 = cpu_ns();
+    relay r = { fd, sp[1] };
+    pthread_t t;
+    if (pthread_create(&t, NULL, relay_fn, &r) != 0)
+        die("pthread_create", 0);
+    int64_t first = 0, last = 0;
+    uint64_t bytes = drain_fd(sp[0], &first, &last);
+    pthread_join(t, NULL);
+    snprintf(line, sizeof line, "RES %" PRIu64 " %" PRId64 " %" PRId64 " %" PRId64 "\n", bytes, first, last,
+             cpu_ns() - cpu0);
+    report(line);
+    close(sp[0]);
+    close(sp[1]);
+    close(fd);
+}
+
 static void srv_raw_pingpong(const char *url, bool spin)
 {
     char bound[256], line[320];
@@ -577,6 +631,8 @@ static int server_main(const char *test, const char *url, int fd)
         srv_lc_rt(url, RT_FRESH_CROWD); /* (it never accepts the crowd's channels) */
     else if (strcmp(test, "raw-pipe") == 0)
         srv_raw_pipe(url);
+    else if (strcmp(test, "raw-relay") == 0)
+        srv_raw_relay(url);
     else if (strcmp(test, "lc-bulk") == 0)
         srv_lc_bulk(url);
     else
@@ -1068,6 +1124,34 @@ static bulk raw_pipe_bulk(void)
     return b;
 }
 
+/* The raw relay (srv_raw_relay): the application writes into a socketpair,
+ * a relay thread copies it onto the connection. */
+static bulk raw_relay_bulk(const char *transport)
+{
+    server sv;
+    server_start(&sv, "raw-relay", transport);
+    int fd = raw_dial(sv.url);
+    int sp[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0)
+        die("socketpair", 0);
+    int64_t cpu0 = cpu_ns(), t0 = now_ns();
+    relay r = { sp[0], fd };
+    pthread_t t;
+    if (pthread_create(&t, NULL, relay_fn, &r) != 0)
+        die("pthread_create", 0);
+    write_bulk(sp[1]);
+    shutdown(sp[1], SHUT_WR);
+    pthread_join(t, NULL);
+    bulk b = { 0 };
+    char line[320];
+    bulk_result(&sv, &b, t0, cpu0, line, sizeof line);
+    close(sp[0]);
+    close(sp[1]);
+    close(fd);
+    server_end(&sv);
+    return b;
+}
+
 /* sockpair = false: the stream is a pipe; true: a socketpair (AF_UNIX). */
 static bulk lc_bulk(const char *transport, bool sockpair)
 {
@@ -1201,27 +1285,37 @@ static void bench_bulk(const char *transport)
         bulk_line(sp ? "libchan byte stream, socketpair" : "libchan byte stream, a pipe", &lc, "");
         return;
     }
-    bulk_set raw = { 0 }, pipe_raw = { 0 }, lc = { 0 }, lcsp = { 0 };
+    bulk_set raw = { 0 }, pipe_raw = { 0 }, lc = { 0 }, lcsp = { 0 }, rel = { 0 };
     for (int i = 0; i < BULK_REPS; i++) {
         raw.run[i] = raw_bulk(transport);
         if (ux)
             pipe_raw.run[i] = raw_pipe_bulk();
+        else
+            rel.run[i] = raw_relay_bulk(transport);
         lc.run[i] = lc_bulk(transport, false);
         if (!ux)
             lcsp.run[i] = lc_bulk(transport, true);
     }
     bulk_summarize(&raw);
     bulk_summarize(&lc);
-    if (ux)
+    if (ux) {
         bulk_summarize(&pipe_raw);
-    else
+    } else {
         bulk_summarize(&lcsp);
+        bulk_summarize(&rel);
+    }
     printf("  bulk %.0f MiB client -> server, 64 KiB writes/reads, median of %d\n", (double)g_bulk_bytes / (1 << 20),
            BULK_REPS);
     printf("                                      MB/s  (min-max)     CPU us/MiB (client + server, all threads)\n");
     bulk_line(ux ? "raw unix socket" : "raw TCP connection", &raw, "");
-    if (ux)
+    if (ux) {
         bulk_line("raw pipe between the processes", &pipe_raw, "");
+    } else {
+        bulk_line("raw relay, no framing", &rel, "");
+        printf("      (socketpair -> relay thread -> TCP -> relay thread -> socketpair, plain 64 KiB\n"
+               "       read/write: the byte stream's path without the library; raw relay/raw TCP = %.2fx)\n",
+               rel.med / raw.med);
+    }
     bool passed, mode_ok;
     const char *method = bulk_set_method(&lc, false, &passed, &mode_ok);
     bulk_line("libchan byte stream, a pipe", &lc, mode_ok ? "" : "  (MODE NOT LC_STREAM_READ ON ARRIVAL)");
@@ -1235,14 +1329,15 @@ static void bench_bulk(const char *transport)
                lc.med / raw.med);
     } else {
         bool met = lc.ok && lc.med >= TARGET_BULK_TCP * raw.med;
-        printf("      lc/raw-tcp = %.2fx (target >= %.1fx: %s)\n", lc.med / raw.med, TARGET_BULK_TCP, verdict(met));
+        printf("      lc/raw-tcp = %.2fx (target >= %.1fx: %s)   lc/raw-relay = %.2fx\n", lc.med / raw.med,
+               TARGET_BULK_TCP, verdict(met), lc.med / rel.med);
         bool sp_passed, sp_mode_ok;
         const char *sp_method = bulk_set_method(&lcsp, true, &sp_passed, &sp_mode_ok);
         bulk_line("libchan byte stream, socketpair", &lcsp,
                   sp_mode_ok ? "" : "  (MODE NOT LC_STREAM_READ ON ARRIVAL)");
         printf("      travelled as: %s\n", sp_method);
-        printf("      lc/raw-tcp = %.2fx (the same target: %s)\n", lcsp.med / raw.med,
-               verdict(lcsp.ok && lcsp.med >= TARGET_BULK_TCP * raw.med));
+        printf("      lc/raw-tcp = %.2fx (the same target: %s)   lc/raw-relay = %.2fx\n", lcsp.med / raw.med,
+               verdict(lcsp.ok && lcsp.med >= TARGET_BULK_TCP * raw.med), lcsp.med / rel.med);
     }
 }
 
