@@ -33,7 +33,7 @@
  * The targets of the issue are printed next to the figures. Nothing is
  * asserted.
  *
- * Usage: bench_session [seconds [unix|tcp [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-fresh-last|lc-rt-fresh-crowd|lc-rt-reused|bulk|lc-bulk|lc-bulk-sp]]]
+ * Usage: bench_session [seconds [unix|tcp [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-fresh-last|lc-rt-fresh-crowd|lc-rt-reused|bulk|lc-bulk|lc-bulk-sp|raw-relay]]]
  *        seconds: per one-way figure, default 3; the round-trip counts scale
  *        with it (20000 at 3 s). The filters run one part, for profiling.
  * Every figure runs against its own server process: fork + exec of this
@@ -1276,13 +1276,15 @@ static const char *bulk_set_method(const bulk_set *b, bool sockpair, bool *all_p
 static void bench_bulk(const char *transport)
 {
     bool ux = strcmp(transport, "unix") == 0;
-    if (g_only != NULL && strncmp(g_only, "lc-bulk", 7) == 0) { /* libchan alone, for profiles */
-        bool sp = strcmp(g_only, "lc-bulk-sp") == 0;
-        bulk_set lc = { 0 };
+    if (g_only != NULL && (strncmp(g_only, "lc-bulk", 7) == 0 || strcmp(g_only, "raw-relay") == 0)) {
+        /* one of them alone, for profiles */
+        bool sp = strcmp(g_only, "lc-bulk-sp") == 0, rl = strcmp(g_only, "raw-relay") == 0;
+        bulk_set one = { 0 };
         for (int i = 0; i < BULK_REPS; i++)
-            lc.run[i] = lc_bulk(transport, sp);
-        bulk_summarize(&lc);
-        bulk_line(sp ? "libchan byte stream, socketpair" : "libchan byte stream, a pipe", &lc, "");
+            one.run[i] = rl ? raw_relay_bulk(transport) : lc_bulk(transport, sp);
+        bulk_summarize(&one);
+        bulk_line(rl ? "raw relay, no framing" : sp ? "libchan byte stream, socketpair" : "libchan byte stream, a pipe",
+                  &one, "");
         return;
     }
     bulk_set raw = { 0 }, pipe_raw = { 0 }, lc = { 0 }, lcsp = { 0 }, rel = { 0 };
@@ -1358,7 +1360,8 @@ static void bench_transport(const char *transport)
         bench_oneway(transport);
     if (g_only == NULL || strcmp(g_only, "rt") == 0 || strncmp(g_only, "lc-rt-", 6) == 0)
         bench_rt(transport);
-    if (g_only == NULL || strcmp(g_only, "bulk") == 0 || strncmp(g_only, "lc-bulk", 7) == 0)
+    if (g_only == NULL || strcmp(g_only, "bulk") == 0 || strncmp(g_only, "lc-bulk", 7) == 0 ||
+        strcmp(g_only, "raw-relay") == 0)
         bench_bulk(transport);
     printf("\n");
     fflush(stdout);
@@ -1493,7 +1496,7 @@ int main(int argc, char **argv)
            "(load average at start: %s)\n\n",
            g_seconds, g_rounds, TARGET_ONEWAY / 1e6, TARGET_REUSED, TARGET_FRESH, TARGET_BULK_TCP, loadavg());
     fflush(stdout);
-    /* optional filters, for profiling one case: [unix|tcp] [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-fresh-last|lc-rt-fresh-crowd|lc-rt-reused|bulk|lc-bulk|lc-bulk-sp] */
+    /* optional filters, for profiling one case: [unix|tcp] [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-fresh-last|lc-rt-fresh-crowd|lc-rt-reused|bulk|lc-bulk|lc-bulk-sp|raw-relay] */
     const char *only_t = argc > 2 ? argv[2] : NULL, *only_s = argc > 3 ? argv[3] : NULL;
     g_only = only_s;
     if (only_t == NULL || strcmp(only_t, "unix") == 0)

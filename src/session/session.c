@@ -382,7 +382,7 @@ static void stream_unref(lc_stream *st)
 
 static size_t pending_out(lc_session *s)
 {
-    return s->out.len + (s->inflight.len - s->inflight_off);
+    return s->out.len + (s->inflight.len - s->inflight_off) + s->direct_out;
 }
 
 static void session_fail(lc_session *s, int err);
@@ -1984,11 +1984,13 @@ static int bytes_write_direct(lc_stream *st, const uint8_t *p, size_t n)
     st->sent += n;
     s->writing = true; /* as flush_rounds: others append meanwhile */
     s->in_write = true;
+    s->direct_out = sizeof hdr + n; /* pending (lc_session_close counts it) */
     pthread_mutex_unlock(&s->wmu);
     struct iovec iov[2] = { { hdr, sizeof hdr }, { (void *)p, n } };
     ssize_t w = lc__conn_writev(s->conn, iov, 2);
     pthread_mutex_lock(&s->wmu);
     s->in_write = false;
+    s->direct_out = 0;
     if (s->flush_waiters)
         pthread_cond_broadcast(&s->flushed);
     if (w < 0 && w != -EAGAIN) {
@@ -2001,14 +2003,16 @@ static int bytes_write_direct(lc_stream *st, const uint8_t *p, size_t n)
     s->written_total += done;
     int rc = 0;
     if (done < sizeof hdr + n) {
-        /* the rest goes first: inflight was empty (nothing was pending) */
+        /* the rest goes first: inflight was empty (nothing was pending),
+         * and only the writer, us, touches it */
+        s->inflight.len = 0;
+        s->inflight_off = 0;
         int arc = 0;
         if (done < sizeof hdr)
             arc = lc__buf_append(&s->inflight, hdr + done, sizeof hdr - done);
         size_t from = done > sizeof hdr ? done - sizeof hdr : 0;
         if (arc == 0)
             arc = lc__buf_append(&s->inflight, p + from, n - from);
-        s->inflight_off = 0;
         if (arc != 0) {
             s->writing = false;
             pthread_mutex_unlock(&s->wmu);

@@ -125,6 +125,8 @@ struct lc_session {
     lc_buf out;           /* frames not yet handed to a writer */
     lc_buf inflight;      /* frames a writer is writing */
     size_t inflight_off;
+    size_t direct_out;    /* wmu: bytes of a byte stream's frame being written
+                             straight from its pump's buffer (bytes_write_direct) */
     bool writing;         /* a writer owns the output (maybe waiting for EPOLLOUT) */
     bool in_write;        /* a thread is inside the write syscall */
     bool flush_scheduled; /* an engine run will write what is queued */
