@@ -1010,6 +1010,13 @@ static void test_fd_send_waiting_for_ready_ends_on_reset(void **st)
     lc__buf_init(&b);
     put_settings(&b, 0, LC_FEATURE_WINDOWS | LC_FEATURE_FDPASS | LC_FEATURE_FD_ASKS);
     nt_raw_send(&p, &b);
+    /* the session must have read those SETTINGS before the send encodes,
+     * else the fd goes as a sub-stream and nothing is asked (it failed so
+     * once under TSan, beside the stress tests: no FD_ASK within 5 s) */
+    int64_t read_by = lc_test_now_us() + 5000000;
+    while (!atomic_load(&p.s->peer_fdpass) && lc_test_now_us() < read_by)
+        sched_yield();
+    assert_true(atomic_load(&p.s->peer_fdpass));
     lc_sender *snd;
     assert_int_equal(lc_session_sender(p.s, &snd), 0); /* stream 2: the session is the server */
     int pf[2];
