@@ -1802,12 +1802,6 @@ static void start_pump(lc_stream *st)
 
 static void bytes_cb(void *ctx, uint32_t ev);
 
-/*
- * Writes to a byte stream's fd without ever raising SIGPIPE in the
- * application when its reader has gone (a command that exits without
- * reading its stdin): sockets use MSG_NOSIGNAL; for pipes SIGPIPE is blocked
- * in this thread around the write and a pending one is consumed.
- */
 /* Before appending: moves what is left to the front once the written part
  * is at least half the buffer (the pump only advances fd_out_off: moving
  * the rest after each partial write copied up to a window per write). */
@@ -1821,6 +1815,12 @@ static void fd_out_compact(lc_stream *st)
     st->fd_out_off = 0;
 }
 
+/*
+ * Writes to a byte stream's fd without ever raising SIGPIPE in the
+ * application when its reader has gone (a command that exits without
+ * reading its stdin): sockets use MSG_NOSIGNAL; for pipes SIGPIPE is blocked
+ * in this thread around the write and a pending one is consumed.
+ */
 static ssize_t write_nosigpipe(int fd, bool is_sock, const void *p, size_t n)
 {
     if (is_sock)
@@ -1967,8 +1967,8 @@ static void bytes_send(lc_stream *st, const uint8_t *p, size_t n, uint8_t flags,
  * when all of it was written, 1 when some of it waits (stop reading the fd:
  * it is re-armed once the output drains). bench_session tcp lc-bulk-sp:
  * copying each 64 KiB read into the output buffer, and reading on while up
- * to max_pending_out (4 MiB) queued there, cost the sending process ~30% more
- * CPU per MiB than these direct writes.
+ * to max_pending_out (4 MiB) queued there, cost the sending process ~550 us
+ * of CPU per MiB; 250-360 us with these direct writes.
  */
 static int bytes_write_direct(lc_stream *st, const uint8_t *p, size_t n)
 {
