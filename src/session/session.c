@@ -2032,6 +2032,16 @@ static int bytes_write_direct(lc_stream *st, const uint8_t *p, size_t n)
     return rc;
 }
 
+/*
+ * A byte stream stops reading its fd once the session's output holds this
+ * much (or max_pending_out, if lower). Each frame queued there delays every
+ * other channel's messages: reading on up to max_pending_out (4 MiB) put up
+ * to 4 MiB ahead of them, seconds on a slow link (toward a peer without
+ * windows, which nothing else stops; test_byte_stream_leaves_the_output_to_
+ * messages). The fd is read again once the output drains.
+ */
+#define BYTES_PENDING_MAX (256u << 10)
+
 /* Moves what it can in both directions; re-arms the watch for the rest. */
 static void bytes_pump(lc_stream *st, uint32_t ev)
 {
@@ -2050,7 +2060,8 @@ static void bytes_pump(lc_stream *st, uint32_t ev)
         for (;;) {
             pthread_mutex_lock(&s->wmu);
             int64_t win = send_window(s, st);
-            bool full = pending_out(s) >= s->opt.max_pending_out || s->dead;
+            size_t limit = s->opt.max_pending_out < BYTES_PENDING_MAX ? s->opt.max_pending_out : BYTES_PENDING_MAX;
+            bool full = pending_out(s) >= limit || s->dead;
             if (full && !s->dead)
                 atomic_store(&s->senders_blocked, true); /* re-armed by wake_blocked_senders */
             pthread_mutex_unlock(&s->wmu);

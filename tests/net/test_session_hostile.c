@@ -1896,6 +1896,131 @@ static void test_peer_never_reads_our_sends(void **st)
     assert_true(lc_test_now_us() - t0 < 2000000);
 }
 
+/*
+ * A byte stream toward a peer without windows (as Go), which reads slowly: the
+ * pump stops reading its fd once the session's output holds 256 KiB (plus
+ * the frame of one read), so that the messages of other channels never queue
+ * behind more than that. It read on up to max_pending_out (4 MiB) before.
+ * Every byte still arrives, then the FIN.
+ */
+typedef struct {
+    int fd;
+    size_t n;
+} hose_arg;
+
+typedef struct {
+    lc_sender *snd;
+    atomic_bool stop;
+    atomic_int seen; /* of its messages, those the peer has read */
+    int sent, rc;
+} chatter_arg;
+
+/* Small messages on another channel, at most 4 unread by the peer at a time,
+ * so that the carrier is now and then busy with them when the pump reads:
+ * its frames then queue in the output. */
+static void *chatter_fn(void *x)
+{
+    chatter_arg *a = x;
+    while (!atomic_load(&a->stop)) {
+        if (atomic_load(&a->seen) + 4 <= a->sent) {
+            sched_yield();
+            continue;
+        }
+        lc_msg *m = lc_pack("{s:i}", "N", a->sent);
+        if ((a->rc = lc_send(a->snd, m, 10000)) != 0) {
+            lc_msg_free(m);
+            return NULL;
+        }
+        a->sent++;
+    }
+    return NULL;
+}
+
+static void *hose_fn(void *x)
+{
+    hose_arg *a = x;
+    static uint8_t chunk[65536];
+    for (size_t i = 0; i < sizeof chunk; i++)
+        chunk[i] = (uint8_t)(i * 7u);
+    for (size_t at = 0; at < a->n; at += sizeof chunk)
+        if (write(a->fd, chunk, sizeof chunk) != (ssize_t)sizeof chunk)
+            break;
+    close(a->fd);
+    return NULL;
+}
+
+static void test_byte_stream_leaves_the_output_to_messages(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    enum { ROUNDS = 3 }; /* without the limit, a round fails about every other time */
+    nt_raw p;
+    nt_raw_open(&p, NULL); /* max_pending_out: the default 4 MiB */
+    lc_buf b;
+    lc__buf_init(&b);
+    assert_int_equal(lc__spdy_put_ping(&b, 1), 0); /* a first frame, no SETTINGS: no windows */
+    nt_raw_send(&p, &b);
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 5000), 1);
+    lc_sender *snd;
+    assert_int_equal(lc_session_sender(p.s, &snd), 0);
+    chatter_arg c = { .sent = 0 };
+    atomic_init(&c.stop, false);
+    atomic_init(&c.seen, 0);
+    assert_int_equal(lc_session_sender(p.s, &c.snd), 0);
+    pthread_t tc;
+    assert_int_equal(pthread_create(&tc, NULL, chatter_fn, &c), 0);
+    uint32_t chatter_id = 0;
+    size_t held_max = 0;
+    for (int round = 0; round < ROUNDS; round++) {
+        int pf[2];
+        assert_int_equal(pipe2(pf, O_CLOEXEC), 0);
+        lc_msg *m = lc_msg_new();
+        assert_int_equal(lc_msg_set_root(m, lc_new_stream(m, pf[0], LC_STREAM_READ)), 0);
+        assert_int_equal(lc_send(snd, m, 5000), 0);
+        hose_arg h = { pf[1], 8u << 20 };
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, hose_fn, &h), 0);
+        /* read slowly (4 KiB at a time, decoding each frame), looking at
+         * what the session's output holds after each frame */
+        size_t got = 0;
+        bool fin = false;
+        lc_spdy_frame f;
+        int64_t end = lc_test_now_us() + 15000000;
+        uint32_t stream_id = 0; /* the byte stream's: its SYN_STREAM names a parent */
+        while (!fin && nt_raw_next(&p, &f, end) == 1) {
+            if (f.type == LC_SPDY_SYN_STREAM && f.stream_id > 2) {
+                if (lc__spdy_header_find(f.headers, f.n_headers, "libchan-parent-ref") != NULL)
+                    stream_id = f.stream_id;
+                else
+                    chatter_id = f.stream_id;
+            }
+            if (f.type == LC_SPDY_DATA && f.stream_id == stream_id) {
+                got += f.data_len;
+                fin = f.data_last && (f.flags & LC_SPDY_FLAG_FIN);
+            }
+            if (f.type == LC_SPDY_DATA && f.stream_id == chatter_id && f.data_last)
+                atomic_fetch_add(&c.seen, 1);
+            size_t held = out_pending(p.s);
+            held_max = held > held_max ? held : held_max;
+        }
+        assert_int_equal(pthread_join(t, NULL), 0);
+        fprintf(stderr, "slow peer of a byte stream, round %d: %zu KiB arrived, %d messages beside so far, "
+                "the output held at most %zu KiB\n", round, got >> 10, c.sent, held_max >> 10);
+        assert_true(fin);
+        assert_int_equal(got, h.n);
+    }
+    atomic_store(&c.stop, true);
+    assert_int_equal(pthread_join(tc, NULL), 0);
+    assert_int_equal(c.rc, 0);
+    /* the stream's frames (256 KiB, one read's more) and 4 messages */
+    assert_true(held_max <= (256u << 10) + 65536 + 64 + 4 * 32);
+    lc_close(snd);
+    lc_sender_release(snd);
+    lc_close(c.snd);
+    lc_sender_release(c.snd);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
 int main(void)
 {
     lc__engine_default(); /* its fds live as long as the process */
@@ -1931,6 +2056,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_goaway_then_more, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_hand_built_header_blocks, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_peer_never_reads_our_sends, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_byte_stream_leaves_the_output_to_messages, lc_test_setup, lc_test_teardown),
     };
     return cmocka_run_group_tests_name("net/session_hostile", tests, NULL, NULL);
 }
