@@ -328,13 +328,20 @@ static uint64_t drain_fd(int fd, int64_t *first, int64_t *last)
     return bytes;
 }
 
-static void srv_raw_oneway(const char *url)
+/* A raw server's start: listens on url, reports where, accepts one. */
+static int raw_serve_one(const char *url)
 {
     char bound[256], line[320];
     int lfd = raw_listen(url, bound, sizeof bound);
     snprintf(line, sizeof line, "URL %s\n", bound);
     report(line);
-    int fd = raw_accept(lfd, url);
+    return raw_accept(lfd, url);
+}
+
+static void srv_raw_oneway(const char *url)
+{
+    char line[320];
+    int fd = raw_serve_one(url);
     int64_t cpu0 = cpu_ns();
     int64_t first = 0, last = 0;
     uint64_t bytes = drain_fd(fd, &first, &last);
@@ -370,11 +377,8 @@ static void *relay_fn(void *x)
 
 static void srv_raw_relay(const char *url)
 {
-    char bound[256], line[320];
-    int lfd = raw_listen(url, bound, sizeof bound);
-    snprintf(line, sizeof line, "URL %s\n", bound);
-    report(line);
-    int fd = raw_accept(lfd, url);
+    char line[320];
+    int fd = raw_serve_one(url);
     int sp[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0)
         die("socketpair", 0);
@@ -396,11 +400,8 @@ static void srv_raw_relay(const char *url)
 
 static void srv_raw_pingpong(const char *url, bool spin)
 {
-    char bound[256], line[320];
-    int lfd = raw_listen(url, bound, sizeof bound);
-    snprintf(line, sizeof line, "URL %s\n", bound);
-    report(line);
-    int fd = raw_accept(lfd, url);
+    char line[320];
+    int fd = raw_serve_one(url);
     if (spin)
         fcntl(fd, F_SETFL, O_NONBLOCK);
     uint8_t b[8];

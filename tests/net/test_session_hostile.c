@@ -1912,7 +1912,8 @@ typedef struct {
     lc_sender *snd;
     atomic_bool stop;
     atomic_int seen; /* of its messages, those the peer has read */
-    int sent, rc;
+    atomic_int sent;
+    int rc;
 } chatter_arg;
 
 /* Small messages on another channel, at most 4 unread by the peer at a time,
@@ -1922,16 +1923,17 @@ static void *chatter_fn(void *x)
 {
     chatter_arg *a = x;
     while (!atomic_load(&a->stop)) {
-        if (atomic_load(&a->seen) + 4 <= a->sent) {
+        int sent = atomic_load(&a->sent);
+        if (atomic_load(&a->seen) + 4 <= sent) {
             sched_yield();
             continue;
         }
-        lc_msg *m = lc_pack("{s:i}", "N", a->sent);
+        lc_msg *m = lc_pack("{s:i}", "N", sent);
         if ((a->rc = lc_send(a->snd, m, 10000)) != 0) {
             lc_msg_free(m);
             return NULL;
         }
-        a->sent++;
+        atomic_store(&a->sent, sent + 1);
     }
     return NULL;
 }
@@ -1962,9 +1964,10 @@ static void test_byte_stream_leaves_the_output_to_messages(void **st)
     assert_int_equal(nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 5000), 1);
     lc_sender *snd;
     assert_int_equal(lc_session_sender(p.s, &snd), 0);
-    chatter_arg c = { .sent = 0 };
+    chatter_arg c = { .rc = 0 };
     atomic_init(&c.stop, false);
     atomic_init(&c.seen, 0);
+    atomic_init(&c.sent, 0);
     assert_int_equal(lc_session_sender(p.s, &c.snd), 0);
     pthread_t tc;
     assert_int_equal(pthread_create(&tc, NULL, chatter_fn, &c), 0);
@@ -2004,7 +2007,7 @@ static void test_byte_stream_leaves_the_output_to_messages(void **st)
         }
         assert_int_equal(pthread_join(t, NULL), 0);
         fprintf(stderr, "slow peer of a byte stream, round %d: %zu KiB arrived, %d messages beside so far, "
-                "the output held at most %zu KiB\n", round, got >> 10, c.sent, held_max >> 10);
+                "the output held at most %zu KiB\n", round, got >> 10, atomic_load(&c.sent), held_max >> 10);
         assert_true(fin);
         assert_int_equal(got, h.n);
     }

@@ -25,6 +25,17 @@
 #include "session/session_internal.h"
 #include "testutil.h"
 
+/* Listens on url, dials it and accepts: a client and a server session. */
+static void session_pair(const char *url, lc_listener **l, lc_session **c, lc_session **sv)
+{
+    lc_error err = { 0 };
+    assert_int_equal(lc_listen(url, NULL, l, &err), 0);
+    char bound[256];
+    assert_int_equal(lc_listener_url(*l, bound, sizeof bound), 0);
+    assert_int_equal(lc_dial(bound, NULL, c, &err), 0);
+    assert_int_equal(lc_accept(*l, sv, 5000), 0);
+}
+
 /* Reads fd to EOF into buf (at most cap bytes), with a deadline per read. */
 static ssize_t read_all(int fd, char *buf, size_t cap)
 {
@@ -142,14 +153,9 @@ static void *feed_stdin(void *x)
 
 static void run_rexec(const char *url)
 {
-    lc_error err = { 0 };
     lc_listener *l;
-    assert_int_equal(lc_listen(url, NULL, &l, &err), 0);
-    char bound[256];
-    assert_int_equal(lc_listener_url(l, bound, sizeof bound), 0);
     lc_session *c, *sv;
-    assert_int_equal(lc_dial(bound, NULL, &c, &err), 0);
-    assert_int_equal(lc_accept(l, &sv, 5000), 0);
+    session_pair(url, &l, &c, &sv);
     rexec_arg ra = { .s = sv };
     pthread_t t;
     pthread_create(&t, NULL, rexec_server, &ra);
@@ -346,14 +352,9 @@ static void test_go_echo_vector_answered_like_go(void **st)
  * pumped through a sub-stream. Either way the bytes flow. */
 static void run_fd_pass(const char *url, bool expect_same_file)
 {
-    lc_error err = { 0 };
     lc_listener *l;
-    assert_int_equal(lc_listen(url, NULL, &l, &err), 0);
-    char bound[256];
-    assert_int_equal(lc_listener_url(l, bound, sizeof bound), 0);
     lc_session *c, *sv;
-    assert_int_equal(lc_dial(bound, NULL, &c, &err), 0);
-    assert_int_equal(lc_accept(l, &sv, 5000), 0);
+    session_pair(url, &l, &c, &sv);
     lc_sender *ch;
     assert_int_equal(lc_session_sender(c, &ch), 0);
     lc_receiver *in;
@@ -427,14 +428,9 @@ static void test_fd_becomes_substream_over_tcp(void **st)
 static void test_stream_into_closed_pipe_does_not_raise_sigpipe(void **st)
 {
     LC_TEST_DEADLINE(30);
-    lc_error err = { 0 };
     lc_listener *l;
-    assert_int_equal(lc_listen("tcp://127.0.0.1:0", NULL, &l, &err), 0);
-    char bound[256];
-    assert_int_equal(lc_listener_url(l, bound, sizeof bound), 0);
     lc_session *c, *sv;
-    assert_int_equal(lc_dial(bound, NULL, &c, &err), 0);
-    assert_int_equal(lc_accept(l, &sv, 5000), 0);
+    session_pair("tcp://127.0.0.1:0", &l, &c, &sv);
     int p[2];
     assert_int_equal(pipe(p), 0);
     close(p[0]); /* nobody will ever read what the remote writes */
@@ -544,14 +540,9 @@ static void *seq_send_fn(void *x)
  * and its rest queued ahead of the messages that came meanwhile. */
 static void run_bulk_beside_messages(bool small_sndbuf)
 {
-    lc_error err = { 0 };
     lc_listener *l;
-    assert_int_equal(lc_listen("tcp://127.0.0.1:0", NULL, &l, &err), 0);
-    char bound[256];
-    assert_int_equal(lc_listener_url(l, bound, sizeof bound), 0);
     lc_session *c, *sv;
-    assert_int_equal(lc_dial(bound, NULL, &c, &err), 0);
-    assert_int_equal(lc_accept(l, &sv, 5000), 0);
+    session_pair("tcp://127.0.0.1:0", &l, &c, &sv);
     if (small_sndbuf) {
         int sz = 65536; /* doubled by the kernel: ~2 frames */
         assert_int_equal(setsockopt(lc__conn_fd(c->conn), SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz), 0);
