@@ -500,8 +500,10 @@ LC_API void lc_options_default(lc_options *o);
 /* Dials url and returns a session (the client side). Blocks at most
  * o->dial_timeout_ms, name lookup included (a tcp:// host name is looked up
  * on a helper thread; one given up on ends there by itself, within the
- * resolver's own timeouts). err (may be NULL) gets a text saying what
- * failed, e.g.
+ * resolver's own timeouts). Dials of a name already being looked up wait
+ * for that lookup; at most 64 names are looked up at once, past that a
+ * dial fails at once with -EAGAIN. err (may be NULL) gets a text saying
+ * what failed, e.g.
  * "tcp://localhost: missing port". Errors: LC_EINVAL (bad URL), LC_ENOTSUP
  * (scheme not built), LC_ENOHOST (the host name does not resolve), -EAGAIN
  * (name resolution failed for now), -ECONNREFUSED, -EHOSTUNREACH,

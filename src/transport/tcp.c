@@ -39,27 +39,53 @@ static int gai_code(int rc)
  * of its own: getaddrinfo has no timeout, and a resolver that does not
  * answer held lc_dial for as long as resolv.conf says (5 s per try and
  * server by default), whatever timeout the caller gave. The caller waits
- * until its deadline; a lookup it gave up on finishes (and frees itself) on
- * its thread.
+ * until its deadline; a lookup it gave up on finishes on its thread.
+ *
+ * Lookups in flight are shared: a dial of a name (and port) that is being
+ * looked up waits for that lookup rather than starting another, so a
+ * program that retries a name whose resolver does not answer keeps one
+ * thread, not one per try. At most LOOKUPS_MAX names are looked up at once;
+ * past that a dial fails at once with -EAGAIN. Everything here is under
+ * lookups_mu; a lookup is freed by whoever drops its last reference (its
+ * thread, or the last dial that used its addresses).
  */
+#define LOOKUPS_MAX 64
+
 typedef struct lookup {
-    pthread_mutex_t mu;
     pthread_cond_t cv;
-    bool done, abandoned;
-    int rc;
-    struct addrinfo *res;
+    int refs;            /* the thread's, and one per dial holding it */
+    bool done;
+    int rc, err;          /* getaddrinfo's answer, and errno for EAI_SYSTEM */
+    struct addrinfo *res; /* shared, read-only, by the dials holding it */
     struct addrinfo hints;
     char host[sizeof ((lc_url *)0)->host];
     char port[8];
+    struct lookup *next; /* in lookups while not done */
 } lookup;
 
-static void lookup_free(lookup *lk)
+static pthread_mutex_t lookups_mu = PTHREAD_MUTEX_INITIALIZER;
+static lookup *lookups;
+static int lookups_n;
+
+/* Drops a reference; frees at the last. lookups_mu held. */
+static void lookup_unref_locked(lookup *lk)
 {
+    if (--lk->refs > 0)
+        return;
     if (lk->res != NULL)
         freeaddrinfo(lk->res);
     pthread_cond_destroy(&lk->cv);
-    pthread_mutex_destroy(&lk->mu);
     free(lk);
+}
+
+static void lookup_unlink_locked(lookup *lk)
+{
+    for (lookup **pp = &lookups; *pp != NULL; pp = &(*pp)->next)
+        if (*pp == lk) {
+            *pp = lk->next;
+            lookups_n--;
+            return;
+        }
 }
 
 static void *lookup_main(void *arg)
@@ -67,35 +93,47 @@ static void *lookup_main(void *arg)
     lookup *lk = arg;
     struct addrinfo *res = NULL;
     int rc = getaddrinfo(lk->host, lk->port, &lk->hints, &res);
-    pthread_mutex_lock(&lk->mu);
+    int err = errno;
+    pthread_mutex_lock(&lookups_mu);
     lk->rc = rc;
-    lk->res = res;
+    lk->err = err;
+    lk->res = rc == 0 ? res : NULL;
     lk->done = true;
-    bool abandoned = lk->abandoned;
-    pthread_cond_signal(&lk->cv);
-    pthread_mutex_unlock(&lk->mu);
-    if (abandoned)
-        lookup_free(lk); /* the caller is gone: ours to free */
+    lookup_unlink_locked(lk);
+    pthread_cond_broadcast(&lk->cv);
+    lookup_unref_locked(lk);
+    pthread_mutex_unlock(&lookups_mu);
     return NULL;
 }
 
-/* getaddrinfo(host, ...) finished by deadline_ns (monotonic); LC_ETIMEDOUT
- * if not. */
-static int lookup_until(const char *host, const char *port, const struct addrinfo *hints, int64_t deadline_ns,
-                        struct addrinfo **res)
+static bool same_lookup(const lookup *lk, const char *host, const char *port, const struct addrinfo *hints)
 {
+    return strcmp(lk->host, host) == 0 && strcmp(lk->port, port) == 0 && lk->hints.ai_family == hints->ai_family &&
+           lk->hints.ai_socktype == hints->ai_socktype && lk->hints.ai_flags == hints->ai_flags;
+}
+
+/* A new lookup of host:port on its thread, listed, with the caller's
+ * reference; NULL with *rc set on failure. lookups_mu held. */
+static lookup *lookup_start_locked(const char *host, const char *port, const struct addrinfo *hints, int *rc)
+{
+    if (lookups_n >= LOOKUPS_MAX) {
+        *rc = -EAGAIN;
+        return NULL;
+    }
     lookup *lk = calloc(1, sizeof *lk);
-    if (lk == NULL)
-        return LC_ENOMEM;
+    if (lk == NULL) {
+        *rc = LC_ENOMEM;
+        return NULL;
+    }
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&lk->cv, &ca);
     pthread_condattr_destroy(&ca);
-    pthread_mutex_init(&lk->mu, NULL);
     lk->hints = *hints;
     snprintf(lk->host, sizeof lk->host, "%s", host);
     snprintf(lk->port, sizeof lk->port, "%s", port);
+    lk->refs = 2; /* the thread's and ours */
     pthread_attr_t ta;
     pthread_attr_init(&ta);
     pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
@@ -109,29 +147,69 @@ static int lookup_until(const char *host, const char *port, const struct addrinf
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_attr_destroy(&ta);
     if (err != 0) {
-        lookup_free(lk);
-        return -err;
+        pthread_cond_destroy(&lk->cv);
+        free(lk);
+        *rc = -err;
+        return NULL;
     }
-    struct timespec dl = { (time_t)(deadline_ns / 1000000000), (long)(deadline_ns % 1000000000) };
-    pthread_mutex_lock(&lk->mu);
-    while (!lk->done && pthread_cond_timedwait(&lk->cv, &lk->mu, &dl) != ETIMEDOUT)
-        ;
-    bool done = lk->done;
-    if (!done)
-        lk->abandoned = true;
-    pthread_mutex_unlock(&lk->mu);
-    if (!done)
-        return LC_ETIMEDOUT;
-    int rc = lk->rc;
-    *res = lk->res;
-    lk->res = NULL;
-    lookup_free(lk);
-    return rc == 0 ? 0 : gai_code(rc);
+    lk->next = lookups;
+    lookups = lk;
+    lookups_n++;
+    return lk;
 }
 
-/* deadline_ns: when a dial must give up (monotonic), -1 for never (listen). */
-static int resolve(const lc_url *u, bool passive, int64_t deadline_ns, struct addrinfo **res)
+/* getaddrinfo(host, ...) finished by deadline_ns (monotonic), LC_ETIMEDOUT
+ * if not. On success *res belongs to *owner: release it with
+ * resolved_free. */
+static int lookup_until(const char *host, const char *port, const struct addrinfo *hints, int64_t deadline_ns,
+                        struct addrinfo **res, lookup **owner)
 {
+    pthread_mutex_lock(&lookups_mu);
+    lookup *lk = lookups;
+    while (lk != NULL && !same_lookup(lk, host, port, hints))
+        lk = lk->next;
+    int rc = 0;
+    if (lk != NULL)
+        lk->refs++;
+    else
+        lk = lookup_start_locked(host, port, hints, &rc);
+    if (lk == NULL) {
+        pthread_mutex_unlock(&lookups_mu);
+        return rc;
+    }
+    struct timespec dl = { (time_t)(deadline_ns / 1000000000), (long)(deadline_ns % 1000000000) };
+    while (!lk->done && pthread_cond_timedwait(&lk->cv, &lookups_mu, &dl) != ETIMEDOUT)
+        ;
+    if (!lk->done || lk->rc != 0) {
+        errno = lk->err; /* (the lookup thread's, for EAI_SYSTEM) */
+        rc = lk->done ? gai_code(lk->rc) : LC_ETIMEDOUT;
+        lookup_unref_locked(lk);
+        pthread_mutex_unlock(&lookups_mu);
+        return rc;
+    }
+    pthread_mutex_unlock(&lookups_mu);
+    *res = lk->res;
+    *owner = lk; /* our reference keeps res */
+    return 0;
+}
+
+/* Frees what resolve gave. */
+static void resolved_free(struct addrinfo *res, lookup *owner)
+{
+    if (owner == NULL) {
+        freeaddrinfo(res);
+        return;
+    }
+    pthread_mutex_lock(&lookups_mu);
+    lookup_unref_locked(owner);
+    pthread_mutex_unlock(&lookups_mu);
+}
+
+/* deadline_ns: when a dial must give up (monotonic), -1 for never (listen).
+ * *owner: NULL, or the shared lookup *res belongs to (resolved_free). */
+static int resolve(const lc_url *u, bool passive, int64_t deadline_ns, struct addrinfo **res, lookup **owner)
+{
+    *owner = NULL;
     char port[8];
     snprintf(port, sizeof port, "%u", (unsigned)u->port);
     struct addrinfo hints;
@@ -150,7 +228,7 @@ static int resolve(const lc_url *u, bool passive, int64_t deadline_ns, struct ad
         rc = getaddrinfo(host, port, &hints, res);
         return rc == 0 ? 0 : gai_code(rc);
     }
-    return lookup_until(host, port, &hints, deadline_ns, res);
+    return lookup_until(host, port, &hints, deadline_ns, res, owner);
 }
 
 static void set_nodelay(int fd)
@@ -164,7 +242,8 @@ static int tcp_dial(const lc_url *u, int64_t timeout_ms, lc_conn **out)
 {
     int64_t deadline = lc__deadline_ns(lc__now_ns(), timeout_ms);
     struct addrinfo *res;
-    int rc = resolve(u, false, deadline, &res);
+    lookup *owner;
+    int rc = resolve(u, false, deadline, &res, &owner);
     if (rc != 0)
         return rc;
     rc = -EHOSTUNREACH;
@@ -182,7 +261,7 @@ static int tcp_dial(const lc_url *u, int64_t timeout_ms, lc_conn **out)
         }
         rc = lc__sock_connect(fd, ai->ai_addr, ai->ai_addrlen, left);
         if (rc == 0) {
-            freeaddrinfo(res);
+            resolved_free(res, owner);
             set_nodelay(fd);
             return lc__conn_wrap(&lc__tcp_ops, fd, out);
         }
@@ -190,7 +269,7 @@ static int tcp_dial(const lc_url *u, int64_t timeout_ms, lc_conn **out)
         if (rc == LC_ETIMEDOUT)
             break;
     }
-    freeaddrinfo(res);
+    resolved_free(res, owner);
     return rc;
 }
 
@@ -205,7 +284,8 @@ static int tcp_dial(const lc_url *u, int64_t timeout_ms, lc_conn **out)
 static int tcp_listen(const lc_url *u, lc_tlistener **out)
 {
     struct addrinfo *res;
-    int rc = resolve(u, true, -1, &res);
+    lookup *owner; /* (always NULL: no deadline, no helper thread) */
+    int rc = resolve(u, true, -1, &res, &owner);
     if (rc != 0)
         return rc;
     rc = -EADDRNOTAVAIL;

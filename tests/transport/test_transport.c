@@ -325,6 +325,68 @@ static void test_dial_timeout_covers_the_name_lookup(void **state)
     lc__listener_close(l);
 }
 
+/* Lets the lookups stuck in slow-resolver.test go, and waits until they
+ * have all left the resolver. */
+static void slow_release_all(void)
+{
+    pthread_mutex_lock(&slow_mu);
+    slow_released = true;
+    pthread_cond_broadcast(&slow_cv);
+    pthread_mutex_unlock(&slow_mu);
+    int64_t end = lc_test_now_us() + 5000000;
+    while (atomic_load(&slow_left) < atomic_load(&slow_entered) && lc_test_now_us() < end)
+        usleep(1000);
+    assert_int_equal(atomic_load(&slow_left), atomic_load(&slow_entered));
+}
+
+/*
+ * Dials of a name whose resolver does not answer share the lookup in
+ * flight: retrying keeps one helper thread, not one per try. Distinct names
+ * (here: ports) are looked up at most 64 at once; the next fails at once
+ * with -EAGAIN instead of starting yet another thread. Once the resolver
+ * answers, everything goes on as before.
+ */
+static void test_stuck_lookups_are_shared_and_bounded(void **state)
+{
+    (void)state;
+    LC_TEST_DEADLINE(30);
+    pthread_mutex_lock(&slow_mu);
+    slow_released = false; /* (the test before let its lookup go, and it left) */
+    pthread_mutex_unlock(&slow_mu);
+    int entered0 = atomic_load(&slow_entered);
+    lc_conn *c = NULL;
+    lc_error err = { 0 };
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(lc__dial("tcp://slow-resolver.test:80", 50, &c, &err), LC_ETIMEDOUT);
+    assert_int_equal(atomic_load(&slow_entered), entered0 + 1);
+    /* 63 more names: 64 lookups stuck, each with its helper thread */
+    char url[64];
+    for (int port = 1; port < 64; port++) {
+        snprintf(url, sizeof url, "tcp://slow-resolver.test:%d", 1000 + port);
+        assert_int_equal(lc__dial(url, 0, &c, &err), LC_ETIMEDOUT);
+    }
+    int64_t end = lc_test_now_us() + 5000000;
+    while (atomic_load(&slow_entered) < entered0 + 64 && lc_test_now_us() < end)
+        usleep(1000);
+    assert_int_equal(atomic_load(&slow_entered), entered0 + 64);
+    /* the 65th name is refused without waiting for its 10 s */
+    int64_t t0 = lc_test_now_us();
+    int rc = lc__dial("tcp://slow-resolver.test:2000", 10000, &c, &err);
+    assert_int_equal(rc, -EAGAIN);
+    assert_true(lc_test_now_us() - t0 < 5000000);
+    assert_null(c);
+    assert_non_null(strstr(err.text, "tcp://slow-resolver.test:2000: dial: resolving host name slow-resolver.test "
+                                     "failed for now (try again)"));
+    /* a name already in flight is still waited for (it shares) */
+    assert_int_equal(lc__dial("tcp://slow-resolver.test:80", 50, &c, &err), LC_ETIMEDOUT);
+    assert_int_equal(atomic_load(&slow_entered), entered0 + 64);
+    slow_release_all();
+    /* answered now (our resolver says no such name), and new lookups start */
+    assert_int_equal(lc__dial("tcp://slow-resolver.test:2000", 2000, &c, &err), LC_ENOHOST);
+    assert_int_equal(atomic_load(&slow_entered), entered0 + 65);
+    slow_release_all();
+}
+
 /* ---- unix ----------------------------------------------------------------- */
 
 static void test_unix_dial_accept_and_cleanup(void **state)
@@ -988,6 +1050,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_url_parse_errors_say_why, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unresolvable_host_is_named, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_dial_timeout_covers_the_name_lookup, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_stuck_lookups_are_shared_and_bounded, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_dial_accept_and_cleanup, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_relative_and_abstract, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_stale_socket_file_is_replaced, lc_test_setup, lc_test_teardown),
