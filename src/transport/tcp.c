@@ -284,7 +284,7 @@ static int tcp_dial(const lc_url *u, int64_t timeout_ms, lc_conn **out)
 static int tcp_listen(const lc_url *u, lc_tlistener **out)
 {
     struct addrinfo *res;
-    lookup *owner; /* (always NULL: no deadline, no helper thread) */
+    lookup *owner;
     int rc = resolve(u, true, -1, &res, &owner);
     if (rc != 0)
         return rc;
@@ -313,7 +313,7 @@ static int tcp_listen(const lc_url *u, lc_tlistener **out)
             close(fd);
             continue;
         }
-        freeaddrinfo(res);
+        resolved_free(res, owner);
         lc_tlistener *l = malloc(sizeof *l);
         if (l == NULL) {
             close(fd);
@@ -325,7 +325,7 @@ static int tcp_listen(const lc_url *u, lc_tlistener **out)
         return 0;
     }
     }
-    freeaddrinfo(res);
+    resolved_free(res, owner);
     return rc;
 }
 

@@ -288,6 +288,20 @@ int getaddrinfo(const char *node, const char *service, const struct addrinfo *hi
     return f(node, service, hints, res);
 }
 
+/* Lets the lookups stuck in slow-resolver.test go, and waits until they
+ * have all left the resolver. */
+static void slow_release_all(void)
+{
+    pthread_mutex_lock(&slow_mu);
+    slow_released = true;
+    pthread_cond_broadcast(&slow_cv);
+    pthread_mutex_unlock(&slow_mu);
+    int64_t end = lc_test_now_us() + 5000000;
+    while (atomic_load(&slow_left) < atomic_load(&slow_entered) && lc_test_now_us() < end)
+        usleep(1000);
+    assert_int_equal(atomic_load(&slow_left), atomic_load(&slow_entered));
+}
+
 /*
  * A dial's timeout covers the name lookup: getaddrinfo has none, and a
  * resolver that does not answer held lc_dial as long as resolv.conf said,
@@ -306,13 +320,7 @@ static void test_dial_timeout_covers_the_name_lookup(void **state)
     /* it returned while the resolver still had the name */
     assert_int_equal(atomic_load(&slow_entered), 1);
     assert_int_equal(atomic_load(&slow_left), 0);
-    pthread_mutex_lock(&slow_mu);
-    slow_released = true;
-    pthread_cond_broadcast(&slow_cv);
-    pthread_mutex_unlock(&slow_mu);
-    int64_t end = lc_test_now_us() + 5000000;
-    while (atomic_load(&slow_left) == 0 && lc_test_now_us() < end)
-        usleep(1000);
+    slow_release_all();
     assert_int_equal(atomic_load(&slow_left), 1);
     /* numbers need no resolver, and a name still resolves within a deadline */
     lc_tlistener *l;
@@ -323,20 +331,6 @@ static void test_dial_timeout_covers_the_name_lookup(void **state)
     assert_int_equal(lc__dial(named, 2000, &c, &err), 0);
     lc__conn_close(c);
     lc__listener_close(l);
-}
-
-/* Lets the lookups stuck in slow-resolver.test go, and waits until they
- * have all left the resolver. */
-static void slow_release_all(void)
-{
-    pthread_mutex_lock(&slow_mu);
-    slow_released = true;
-    pthread_cond_broadcast(&slow_cv);
-    pthread_mutex_unlock(&slow_mu);
-    int64_t end = lc_test_now_us() + 5000000;
-    while (atomic_load(&slow_left) < atomic_load(&slow_entered) && lc_test_now_us() < end)
-        usleep(1000);
-    assert_int_equal(atomic_load(&slow_left), atomic_load(&slow_entered));
 }
 
 /*
