@@ -229,7 +229,10 @@ struct lc_session {
     /* engine thread only */
     lc_spdy_decoder dec;
     _Atomic uint32_t last_peer_id; /* engine writes, lc_session_close reads */
-    uint8_t rbuf[65536];
+    /* the carrier's read buffer: READ_CHUNK bytes, READ_CHUNK_BULK once a
+     * read filled it (read_carrier). Only the reader token's holder. */
+    uint8_t *rbuf;
+    size_t rbuf_cap;
 
     /* top-level channels the peer opened, waiting for lc_session_receiver */
     lc_receiver *incoming_r;
