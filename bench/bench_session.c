@@ -29,13 +29,18 @@
  *     TCP also a raw relay: the same path (socketpair, relay thread, TCP,
  *     relay thread, socketpair) with plain read/write and no framing, what
  *     a byte stream copied through user space can reach at best. Median of
- *     BULK_REPS interleaved runs each.
+ *     BULK_REPS interleaved runs each. The TCP bulk figures are measured
+ *     twice: as the kernel places the threads, and with each process pinned
+ *     to its own CPU (client on the first allowed, server on the second, as
+ *     iperf3 -A; see bench_bulk for why).
  * The targets of the issue are printed next to the figures. Nothing is
  * asserted.
  *
  * Usage: bench_session [seconds [unix|tcp [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-fresh-last|lc-rt-fresh-crowd|lc-rt-reused|bulk|lc-bulk|lc-bulk-sp|raw-relay]]]
  *        seconds: per one-way figure, default 3; the round-trip counts scale
  *        with it (20000 at 3 s). The filters run one part, for profiling.
+ *        LC_BENCH_PIN=1 in the environment: the bulk figures pinned only
+ *        (with a filter too).
  * Every figure runs against its own server process: fork + exec of this
  * program with the hidden arguments `--server TEST URL FD` (exec: the library's
  * engine thread does not survive a fork). The server writes the URL it
@@ -51,7 +56,9 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <poll.h>
+#include <sched.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -76,6 +83,56 @@ enum { WARMUP = 1000, BATCH = 65536, TIMEOUT_MS = 20000 };
 #define TARGET_FRESH 1.6
 #define TARGET_BULK_TCP 0.6 /* byte stream MB/s / raw TCP MB/s */
 #define TARGET_BULK_FD 0.9  /* fd-passed stream / raw pipe: "equal", within noise */
+
+/* Pinned bulk figures (bench_bulk): the client's threads on one CPU, the
+ * server's (it pins itself before its engine thread starts) on another. */
+#define PIN_ENV_SERVER_CPU "LC_BENCH_SERVER_CPU"
+
+typedef struct pinning {
+    cpu_set_t orig; /* the process's mask before */
+    int client_cpu, server_cpu;
+} pinning;
+
+/* Every thread of this process (the library's engine thread too) on `set`. */
+static void set_all_threads(const cpu_set_t *set)
+{
+    DIR *d = opendir("/proc/self/task");
+    if (d == NULL)
+        return;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        if (e->d_name[0] != '.')
+            sched_setaffinity(atoi(e->d_name), sizeof *set, set);
+    closedir(d);
+}
+
+/* False (nothing changed) when fewer than 2 CPUs are allowed. */
+static bool pin_begin(pinning *p)
+{
+    if (sched_getaffinity(0, sizeof p->orig, &p->orig) != 0 || CPU_COUNT(&p->orig) < 2)
+        return false;
+    p->client_cpu = p->server_cpu = -1;
+    for (int c = 0; c < CPU_SETSIZE && p->server_cpu < 0; c++)
+        if (CPU_ISSET(c, &p->orig)) {
+            if (p->client_cpu < 0)
+                p->client_cpu = c;
+            else
+                p->server_cpu = c;
+        }
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(p->client_cpu, &one);
+    set_all_threads(&one);
+    char v[16];
+    snprintf(v, sizeof v, "%d", p->server_cpu);
+    setenv(PIN_ENV_SERVER_CPU, v, 1);
+    return true;
+}
+
+static void pin_end(pinning *p)
+{
+    unsetenv(PIN_ENV_SERVER_CPU);
+    set_all_threads(&p->orig);
+}
 
 static int64_t now_ns(void)
 {
@@ -613,6 +670,15 @@ static void srv_lc_bulk(const char *url)
 static int server_main(const char *test, const char *url, int fd)
 {
     g_report = fd;
+    const char *cpu = getenv(PIN_ENV_SERVER_CPU);
+    if (cpu != NULL) {
+        /* before anything starts a thread: the engine's inherits it */
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(atoi(cpu), &one);
+        if (sched_setaffinity(0, sizeof one, &one) != 0)
+            die("sched_setaffinity (server)", 0);
+    }
     signal(SIGPIPE, SIG_IGN);
     if (strcmp(test, "raw-oneway") == 0)
         srv_raw_oneway(url);
@@ -1274,9 +1340,18 @@ static const char *bulk_set_method(const bulk_set *b, bool sockpair, bool *all_p
     return m0;
 }
 
-static void bench_bulk(const char *transport)
+/* pinned: each process on its own CPU (pin_begin), as iperf3 -A or netperf
+ * -T: on 2 cores the kernel otherwise places the four busy threads (each
+ * side's application and relay or engine thread) differently from run to run,
+ * and a byte stream's copies cost about twice as much when its two threads
+ * run on different cores (bench_session tcp lc-bulk-sp: 2100-4500 MB/s
+ * unpinned, 4065-4533 pinned). The baselines are pinned the same way. */
+static void bench_bulk(const char *transport, bool pinned)
 {
     bool ux = strcmp(transport, "unix") == 0;
+    pinning pin;
+    if (pinned && !pin_begin(&pin))
+        return; /* one CPU: the unpinned figures are all there is */
     if (g_only != NULL && (strncmp(g_only, "lc-bulk", 7) == 0 || strcmp(g_only, "raw-relay") == 0)) {
         /* one of them alone, for profiles */
         bool sp = strcmp(g_only, "lc-bulk-sp") == 0, rl = strcmp(g_only, "raw-relay") == 0;
@@ -1285,7 +1360,9 @@ static void bench_bulk(const char *transport)
             one.run[i] = rl ? raw_relay_bulk(transport) : lc_bulk(transport, sp);
         bulk_summarize(&one);
         bulk_line(rl ? "raw relay, no framing" : sp ? "libchan byte stream, socketpair" : "libchan byte stream, a pipe",
-                  &one, "");
+                  &one, pinned ? "  (pinned)" : "");
+        if (pinned)
+            pin_end(&pin);
         return;
     }
     bulk_set raw = { 0 }, pipe_raw = { 0 }, lc = { 0 }, lcsp = { 0 }, rel = { 0 };
@@ -1299,6 +1376,8 @@ static void bench_bulk(const char *transport)
         if (!ux)
             lcsp.run[i] = lc_bulk(transport, true);
     }
+    if (pinned)
+        pin_end(&pin);
     bulk_summarize(&raw);
     bulk_summarize(&lc);
     if (ux) {
@@ -1309,6 +1388,9 @@ static void bench_bulk(const char *transport)
     }
     printf("  bulk %.0f MiB client -> server, 64 KiB writes/reads, median of %d\n", (double)g_bulk_bytes / (1 << 20),
            BULK_REPS);
+    if (pinned)
+        printf("  (each process pinned to its own CPU, as iperf3 -A: client on CPU %d, server on CPU %d)\n",
+               pin.client_cpu, pin.server_cpu);
     printf("                                      MB/s  (min-max)     CPU us/MiB (client + server, all threads)\n");
     bulk_line(ux ? "raw unix socket" : "raw TCP connection", &raw, "");
     if (ux) {
@@ -1362,8 +1444,16 @@ static void bench_transport(const char *transport)
     if (g_only == NULL || strcmp(g_only, "rt") == 0 || strncmp(g_only, "lc-rt-", 6) == 0)
         bench_rt(transport);
     if (g_only == NULL || strcmp(g_only, "bulk") == 0 || strncmp(g_only, "lc-bulk", 7) == 0 ||
-        strcmp(g_only, "raw-relay") == 0)
-        bench_bulk(transport);
+        strcmp(g_only, "raw-relay") == 0) {
+        const char *pe = getenv("LC_BENCH_PIN");
+        bool pin_only = pe != NULL && strcmp(pe, "1") == 0;
+        /* over TCP the bulk figures come twice, unpinned and pinned */
+        bool tcp_all = strcmp(transport, "tcp") == 0 && (g_only == NULL || strcmp(g_only, "bulk") == 0);
+        if (!pin_only)
+            bench_bulk(transport, false);
+        if (pin_only || tcp_all)
+            bench_bulk(transport, true);
+    }
     printf("\n");
     fflush(stdout);
 }
