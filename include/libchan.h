@@ -421,6 +421,13 @@ LC_API size_t lc_receiver_queued(lc_receiver *r);
  * session opens a sub-stream for each and forwards, so the receiving program
  * gets working channel ends, nested without limit.
  *
+ * Byte streams (lc_new_stream) travel as the fd itself between two libchan
+ * sessions on a unix socket (SCM_RIGHTS); otherwise as a sub-stream the
+ * sessions pump: the sending side reads and writes the fd it was given
+ * (made O_NONBLOCK), the receiving program gets one end of a socketpair. A
+ * pipe a session reads this way gets 256 KiB of capacity (F_SETPIPE_SZ, for
+ * fewer wake-ups; at most 16 pipes of the process at a time).
+ *
  * Network channel ends are ordinary lc_sender / lc_receiver handles: lc_send,
  * lc_recv, lc_select, lc_close and pollable fds work on them, mixed with
  * in-memory ones. A network Receiver is a local queue the session fills;

@@ -38,6 +38,7 @@ typedef struct { uint32_t id; uint32_t status; } ctl_arg;
 
 /* Forward declarations of the pieces that call each other across sections. */
 static void bytes_close(lc_stream *st);
+static void pipe_grown_release(lc_stream *st);
 static void resume_reading(lc_session *s);
 static void stream_maybe_done_locked(lc_session *s, lc_stream *st);
 static const lc__feeder_ops feeder_ops;
@@ -365,8 +366,10 @@ static void stream_unref(lc_stream *st)
         lc__sd_free(&st->sd);
     lc__buf_free(&st->early);
     lc__buf_free(&st->fd_out);
-    if (st->fd >= 0)
+    if (st->fd >= 0) {
+        pipe_grown_release(st);
         close(st->fd);
+    }
     if (st->into && st->kind == ST_RECV)
         lc__sender_clear_feeder(st->into);
     if (st->into && st->feeding)
@@ -1903,6 +1906,44 @@ static int bytes_inbound_locked(lc_session *s, lc_stream *st, const uint8_t *p, 
     return rc;
 }
 
+/*
+ * A pipe we read for a byte stream gets PIPE_GROW_SIZE of capacity instead
+ * of the default 64 KiB: the application's writer then blocks, and our pump
+ * wakes, once per 256 KiB instead of once per 64 KiB (bench_session tcp
+ * lc-bulk, 6 interleaved pairs: pinned 2831-3130 -> 3259-3797 MB/s, unpinned
+ * 1742-1825 -> 1936-2038; 1 MiB gained nothing more). The capacity counts
+ * toward the user's pipe pages (pipe-user-pages-soft, 64 MiB by default,
+ * past which new pipes are made small), so at most PIPE_GROW_MAX pipes of
+ * the process are grown at a time: 4 MiB in all. A pipe the application
+ * made bigger already is left alone; a refusal (the user is past a limit)
+ * changes nothing.
+ */
+#define PIPE_GROW_SIZE (256 << 10)
+#define PIPE_GROW_MAX 16
+
+static atomic_int pipes_grown;
+
+static bool pipe_grow(int fd)
+{
+    int cap = fcntl(fd, F_GETPIPE_SZ);
+    if (cap < 0 || cap >= PIPE_GROW_SIZE)
+        return false;
+    if (atomic_fetch_add(&pipes_grown, 1) >= PIPE_GROW_MAX || fcntl(fd, F_SETPIPE_SZ, PIPE_GROW_SIZE) < 0) {
+        atomic_fetch_sub(&pipes_grown, 1);
+        return false;
+    }
+    return true;
+}
+
+/* st's fd is being closed. */
+static void pipe_grown_release(lc_stream *st)
+{
+    if (st->fd_pipe_grown) {
+        st->fd_pipe_grown = false;
+        atomic_fetch_sub(&pipes_grown, 1);
+    }
+}
+
 static int bytes_start(lc_stream *st, int fd, bool we_read, bool we_write, bool mu_held)
 {
     lc_session *s = st->s;
@@ -1928,7 +1969,9 @@ static int bytes_start(lc_stream *st, int fd, bool we_read, bool we_write, bool 
     if (rc == 0) {
         struct stat sb;
         st->fd = fd;
-        st->fd_sock = fstat(fd, &sb) == 0 && S_ISSOCK(sb.st_mode);
+        bool stat_ok = fstat(fd, &sb) == 0;
+        st->fd_sock = stat_ok && S_ISSOCK(sb.st_mode);
+        st->fd_pipe_grown = stat_ok && S_ISFIFO(sb.st_mode) && we_read && pipe_grow(fd);
         st->fdw = w;
         st->out_open = we_read;
         st->in_open = we_write;
@@ -1958,6 +2001,8 @@ static void bytes_close(lc_stream *st)
     pthread_mutex_lock(&s->mu);
     lc_watch *w = st->fdw;
     int fd = st->fd;
+    if (w != NULL)
+        pipe_grown_release(st);
     st->fdw = NULL;
     st->fd = -1;
     st->local_fin = true;

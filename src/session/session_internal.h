@@ -86,6 +86,7 @@ typedef struct lc_stream {
     /* ST_BYTES */
     int fd;               /* the local end (ours to close), -1 when none */
     bool fd_sock;         /* fd is a socket (MSG_NOSIGNAL works) */
+    bool fd_pipe_grown;   /* fd is a pipe whose capacity we raised (pipe_grow) */
     lc_watch *fdw;
     bool out_open;        /* we read fd and send DATA */
     bool in_open;         /* we write DATA payloads to fd */

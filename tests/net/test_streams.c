@@ -464,6 +464,70 @@ static void test_stream_into_closed_pipe_does_not_raise_sigpipe(void **st)
     lc_listener_close(l);
 }
 
+/* ---- pipes we read ------------------------------------------------------------ */
+
+/*
+ * A pipe sent as a byte stream over TCP, which our side reads, gets 256 KiB of
+ * capacity (the writer wakes our pump 4x less often), at most 16 pipes of the
+ * process at a time; a pipe that is already that big is left alone. Once the
+ * streams are over the allowance is back: a second round grows 16 again.
+ * Every stream still carries its bytes.
+ */
+static void test_pipes_we_read_grow_within_a_bound(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    enum { N = 20, GROWN = 16, BIG = 256 << 10 };
+    for (int round = 0; round < 2; round++) {
+        lc_listener *l;
+        lc_session *c, *sv;
+        session_pair("tcp://127.0.0.1:0", &l, &c, &sv);
+        lc_sender *ch;
+        assert_int_equal(lc_session_sender(c, &ch), 0);
+        int wr[N];
+        for (int i = 0; i < N; i++) {
+            int p[2];
+            assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+            int before = fcntl(p[1], F_GETPIPE_SZ);
+            assert_true(before > 0 && before < BIG);
+            if (i == 0) /* made big by the application: not ours to count */
+                assert_int_equal(fcntl(p[1], F_SETPIPE_SZ, BIG), BIG);
+            lc_msg *m = lc_msg_new();
+            assert_int_equal(lc_msg_set_root(m, lc_new_stream(m, p[0], LC_STREAM_READ)), 0);
+            assert_int_equal(lc_send(ch, m, 5000), 0);
+            wr[i] = p[1];
+            /* (lc_send has started the pump by the time it returns) */
+            int after = fcntl(p[1], F_GETPIPE_SZ);
+            if (i == 0 || i <= GROWN)
+                assert_int_equal(after, BIG);
+            else
+                assert_int_equal(after, before);
+        }
+        lc_receiver *in;
+        assert_int_equal(lc_session_receiver(sv, &in, 5000), 0);
+        for (int i = 0; i < N; i++) {
+            char msg[16];
+            int len = snprintf(msg, sizeof msg, "pipe %d", i);
+            assert_int_equal(write_all(wr[i], msg, (size_t)len), 0);
+            close(wr[i]);
+            lc_msg *m;
+            assert_int_equal(lc_recv(in, &m, 5000), 0);
+            int fd = lc_value_take_fd(lc_msg_root(m), NULL);
+            lc_msg_free(m);
+            assert_true(fd >= 0);
+            char got[16];
+            assert_int_equal(read_all(fd, got, sizeof got), len);
+            assert_memory_equal(got, msg, (size_t)len);
+            close(fd);
+        }
+        lc_close(ch);
+        lc_sender_release(ch);
+        lc_receiver_release(in);
+        lc_session_free(c); /* (waits for the streams' fds to close) */
+        lc_session_free(sv);
+        lc_listener_close(l);
+    }
+}
+
 /* ---- a big stream beside a message flood ------------------------------------- */
 
 /* Byte i of the bulk stream: not periodic in 64 KiB, so a frame's payload
@@ -625,6 +689,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fd_passed_as_itself_over_unix, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_becomes_substream_over_tcp, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_stream_into_closed_pipe_does_not_raise_sigpipe, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_pipes_we_read_grow_within_a_bound, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_bulk_stream_beside_messages_over_tcp, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_bulk_stream_beside_messages_cut_writes, lc_test_setup, lc_test_teardown),
     };
