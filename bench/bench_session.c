@@ -93,6 +93,14 @@ typedef struct pinning {
     int client_cpu, server_cpu;
 } pinning;
 
+static cpu_set_t one_cpu(int cpu)
+{
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    return one;
+}
+
 /* Every thread of this process (the library's engine thread too) on `set`. */
 static void set_all_threads(const cpu_set_t *set)
 {
@@ -118,9 +126,7 @@ static bool pin_begin(pinning *p)
             else
                 p->server_cpu = c;
         }
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(p->client_cpu, &one);
+    cpu_set_t one = one_cpu(p->client_cpu);
     set_all_threads(&one);
     char v[16];
     snprintf(v, sizeof v, "%d", p->server_cpu);
@@ -673,9 +679,7 @@ static int server_main(const char *test, const char *url, int fd)
     const char *cpu = getenv(PIN_ENV_SERVER_CPU);
     if (cpu != NULL) {
         /* before anything starts a thread: the engine's inherits it */
-        cpu_set_t one;
-        CPU_ZERO(&one);
-        CPU_SET(atoi(cpu), &one);
+        cpu_set_t one = one_cpu(atoi(cpu));
         if (sched_setaffinity(0, sizeof one, &one) != 0)
             die("sched_setaffinity (server)", 0);
     }
