@@ -13,10 +13,15 @@
  *     once with lc_session_sender), (b) a fresh reply Sender from lc_pipe in
  *     every request, which the server answers on and closes (lc_send, then
  *     lc_close: two frames, two writes), (c) the same answered with
- *     lc_send_last (the reply and the end in one frame, one write); all
- *     five are open at once and measured in 4 turns of 5000 round trips
- *     (each turn after 1000 more to settle), interleaved, so that a slow
- *     phase of the machine falls on the baselines and on libchan alike;
+ *     lc_send_last (the reply and the end in one frame, one write); and a
+ *     third raw baseline, spinning, whose server makes a second 8-byte
+ *     write after each answer, as lc_close adds its FIN: on this VM a write
+ *     that lands while the peer's read is in the kernel delays that read,
+ *     raw or not (the fresh-reply figure closed by lc_close is printed
+ *     against it too); all seven are open at once and measured in 4 turns
+ *     of 5000 round trips (each turn after 1000 more to settle),
+ *     interleaved, so that a slow phase of the machine falls on the
+ *     baselines and on libchan alike;
  *   - CPU ns per one-way message of each process (getrusage, all threads):
  *     on 2 cores the one-way rate is bounded by it;
  *   - bulk byte-stream MB/s (256 MiB at 3 s, scaled with seconds) from the
@@ -461,7 +466,9 @@ static void srv_raw_relay(const char *url)
     close(fd);
 }
 
-static void srv_raw_pingpong(const char *url, bool spin)
+/* end: after each answer, a second write of 8 bytes (what lc_close adds to
+ * a reply: its FIN, a frame of its own) */
+static void srv_raw_pingpong(const char *url, bool spin, bool end)
 {
     char line[320];
     int fd = raw_serve_one(url);
@@ -471,6 +478,8 @@ static void srv_raw_pingpong(const char *url, bool spin)
     long n = 0;
     while (spin ? read_all_spin(fd, b, sizeof b) : read_all(fd, b, sizeof b)) {
         write_all(fd, b, sizeof b);
+        if (end)
+            write_all(fd, (const uint8_t[8]){ 0, 0, 0, 1, 1, 0, 0, 0 }, 8); /* a FIN on stream 1 */
         n++;
     }
     snprintf(line, sizeof line, "RES %ld\n", n);
@@ -687,9 +696,11 @@ static int server_main(const char *test, const char *url, int fd)
     if (strcmp(test, "raw-oneway") == 0)
         srv_raw_oneway(url);
     else if (strcmp(test, "raw-pingpong") == 0)
-        srv_raw_pingpong(url, false);
+        srv_raw_pingpong(url, false, false);
     else if (strcmp(test, "raw-pingpong-spin") == 0)
-        srv_raw_pingpong(url, true);
+        srv_raw_pingpong(url, true, false);
+    else if (strcmp(test, "raw-pingpong-spin-end") == 0)
+        srv_raw_pingpong(url, true, true);
     else if (strcmp(test, "lc-oneway") == 0)
         srv_lc_oneway(url);
     else if (strcmp(test, rt_test_name(RT_REUSED)) == 0)
@@ -996,6 +1007,7 @@ static lat summarize(int64_t *ns, long n)
  */
 typedef struct rt_fig {
     bool lc, spin;
+    bool end; /* raw, spin: the server writes 8 more bytes after each answer */
     rt_mode mode;
     server sv;
     int fd;              /* raw */
@@ -1018,7 +1030,8 @@ static void rt_open(rt_fig *f, const char *transport)
     f->ns = malloc((size_t)g_rounds * sizeof *f->ns);
     f->ok = f->ns != NULL;
     if (!f->lc) {
-        server_start(&f->sv, f->spin ? "raw-pingpong-spin" : "raw-pingpong", transport);
+        server_start(&f->sv, f->end ? "raw-pingpong-spin-end" : f->spin ? "raw-pingpong-spin" : "raw-pingpong",
+                     transport);
         f->fd = raw_dial(f->sv.url);
         if (f->spin)
             fcntl(f->fd, F_SETFL, O_NONBLOCK); /* 8-byte writes never hit a full buffer here */
@@ -1048,12 +1061,16 @@ static void rt_rounds(rt_fig *f, long warm, long count)
     for (long k = -warm; k < count && f->ok; k++, f->sent++) {
         int64_t t0, t1;
         if (!f->lc) {
-            uint8_t b[16], back[8];
+            uint8_t b[16], back[16];
             enc_simple(b, (uint64_t)(f->sent & 127)); /* 8 bytes */
+            /* end: the 8 bytes written after the last answer come first (as
+             * libchan's client reads a FIN that came after the reply it took
+             * while it waits for the next one) */
+            size_t skip = f->end && f->sent > 0 ? 8 : 0;
             t0 = now_ns();
             write_all(f->fd, b, 8);
-            f->ok = (f->spin ? read_all_spin(f->fd, back, 8) : read_all(f->fd, back, 8)) &&
-                    memcmp(b, back, 8) == 0;
+            f->ok = (f->spin ? read_all_spin(f->fd, back, skip + 8) : read_all(f->fd, back, 8)) &&
+                    memcmp(b, back + skip, 8) == 0;
             t1 = now_ns();
         } else {
             int64_t i = f->sent;
@@ -1503,10 +1520,11 @@ static void bench_rt(const char *transport)
                l.ok ? "" : "  (MISMATCH)");
         return;
     }
-    enum { RAW, RAWSPIN, REUSED, FRESH, LAST, CROWDED, NFIG };
+    enum { RAW, RAWSPIN, RAWEND, REUSED, FRESH, LAST, CROWDED, NFIG };
     rt_fig f[NFIG] = {
         [RAW] = { .lc = false },
         [RAWSPIN] = { .lc = false, .spin = true },
+        [RAWEND] = { .lc = false, .spin = true, .end = true },
         [REUSED] = { .lc = true, .mode = RT_REUSED },
         [FRESH] = { .lc = true, .mode = RT_FRESH },
         [LAST] = { .lc = true, .mode = RT_FRESH_LAST },
@@ -1525,18 +1543,22 @@ static void bench_rt(const char *transport)
     lat l[NFIG];
     for (int i = 0; i < NFIG; i++)
         l[i] = rt_close(&f[i]);
-    lat raw = l[RAW], rawspin = l[RAWSPIN], reused = l[REUSED], fresh = l[FRESH], last = l[LAST], crowd = l[CROWDED];
+    lat raw = l[RAW], rawspin = l[RAWSPIN], rawend = l[RAWEND];
+    lat reused = l[REUSED], fresh = l[FRESH], last = l[LAST], crowd = l[CROWDED];
     /* The reference is the better raw p50 of the two: on this VM each one is
      * bimodal with the scheduler's placement (blocking is fast when both
      * processes share a CPU, spinning when they do not). */
     double ref = raw.p50 < rawspin.p50 ? raw.p50 : rawspin.p50;
     printf("  round trip, %ld each (us)          p50      p99     mean   (targets vs the best raw p50, %.1f us)\n",
            g_rounds, ref);
-    printf("    (all six measured in %d turns, interleaved)\n", RT_CHUNKS);
+    printf("    (all seven measured in %d turns, interleaved)\n", RT_CHUNKS);
     printf("    raw ping-pong 8 B, blocking  %7.1f  %7.1f  %7.1f%s\n", raw.p50, raw.p99, raw.mean,
            raw.ok ? "" : "  (MISMATCH)");
     printf("    raw, spin 10 us then poll    %7.1f  %7.1f  %7.1f   (libchan's own wait policy)%s\n", rawspin.p50,
            rawspin.p99, rawspin.mean, rawspin.ok ? "" : "  (MISMATCH)");
+    printf("      the same, 8 B more after   %7.1f  %7.1f  %7.1f   (a second write after each answer, as lc_close"
+           " adds: %.2fx the raw spin)%s\n",
+           rawend.p50, rawend.p99, rawend.mean, rawend.p50 / rawspin.p50, rawend.ok ? "" : "  (MISMATCH)");
     printf("    libchan, reused reply chan   %7.1f  %7.1f  %7.1f   lc/best-raw = %.2fx (target <= %.1fx: %s)"
            "   lc/raw-blocking = %.2fx%s\n",
            reused.p50, reused.p99, reused.mean, reused.p50 / ref, TARGET_REUSED,
@@ -1545,6 +1567,7 @@ static void bench_rt(const char *transport)
            "   lc/raw-blocking = %.2fx%s\n",
            fresh.p50, fresh.p99, fresh.mean, fresh.p50 / ref, TARGET_FRESH,
            verdict(fresh.p50 <= TARGET_FRESH * ref), fresh.p50 / raw.p50, fresh.ok ? "" : "  (MISMATCH)");
+    printf("      (fresh with lc_close against the raw spin with a second write: %.2fx)\n", fresh.p50 / rawend.p50);
     printf("      the same, lc_send_last   %7.1f  %7.1f  %7.1f   lc/best-raw = %.2fx (target <= %.1fx: %s)"
            "   lc/raw-blocking = %.2fx%s\n",
            last.p50, last.p99, last.mean, last.p50 / ref, TARGET_FRESH, verdict(last.p50 <= TARGET_FRESH * ref),
