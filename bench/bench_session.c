@@ -205,6 +205,29 @@ static void check_raw_encoding(void)
     }
 }
 
+/*
+ * How fast this machine runs user-space code right now: ns to build and free
+ * one {"Value": i} in-process (no I/O, no thread). The host behind this VM
+ * changes speed from session to session (bench_spdy's inflate: 48 ns one day,
+ * 111 the next), which moves the one-way rates and the ratios whose libchan
+ * side is mostly user space: compare figures of two runs only at a similar
+ * value here.
+ */
+static double user_space_reference_ns(void)
+{
+    double best = 0;
+    for (int round = 0; round < 5; round++) {
+        enum { N = 200000 };
+        int64_t t0 = now_ns();
+        for (int i = 0; i < N; i++)
+            lc_msg_free(lc_pack("{s:I}", "Value", (int64_t)i));
+        double ns = (double)(now_ns() - t0) / N;
+        if (round == 0 || ns < best)
+            best = ns;
+    }
+    return best;
+}
+
 /* ---- raw sockets ------------------------------------------------------------- */
 
 static int parse_tcp(const char *url, struct sockaddr_in *sa)
@@ -1611,8 +1634,10 @@ int main(int argc, char **argv)
            "targets (issue): one-way >= %.0f M msgs/s on unix and tcp (ZeroMQ ~5.9 M here); round-trip p50 vs\n"
            "raw ping-pong p50 <= %.1fx with a reused reply channel, <= %.1fx with a fresh reply Sender;\n"
            "bulk byte stream >= %.1fx raw TCP over tcp, equal to raw once the fd is passed over unix\n"
-           "(load average at start: %s)\n\n",
-           g_seconds, g_rounds, TARGET_ONEWAY / 1e6, TARGET_REUSED, TARGET_FRESH, TARGET_BULK_TCP, loadavg());
+           "(load average at start: %s)\n"
+           "speed of this machine now: lc_pack + lc_msg_free of {\"Value\": i} in-process = %.0f ns (best of 5)\n\n",
+           g_seconds, g_rounds, TARGET_ONEWAY / 1e6, TARGET_REUSED, TARGET_FRESH, TARGET_BULK_TCP, loadavg(),
+           user_space_reference_ns());
     fflush(stdout);
     /* optional filters, for profiling one case: [unix|tcp] [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-fresh-last|lc-rt-fresh-crowd|lc-rt-reused|bulk|lc-bulk|lc-bulk-sp|raw-relay] */
     const char *only_t = argc > 2 ? argv[2] : NULL, *only_s = argc > 3 ? argv[3] : NULL;
