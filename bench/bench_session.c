@@ -161,7 +161,7 @@ static int64_t cpu_ns(void)
            ((int64_t)ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000;
 }
 
-static void die(const char *what, int code)
+__attribute__((noreturn)) static void die(const char *what, int code)
 {
     fprintf(stderr, "bench_session[%d]: %s: %s\n", (int)getpid(), what,
             code < 0 ? lc_strerror(code) : strerror(errno));
