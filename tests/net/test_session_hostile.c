@@ -2038,6 +2038,87 @@ static void test_byte_stream_leaves_the_output_to_messages(void **st)
     nt_raw_close(&p);
 }
 
+/* ---- NO_REPLIES (PROTOCOL.md 3.2, 6.1) -------------------------------------------- */
+
+typedef struct {
+    lc_session *s;
+    int rc;
+    int64_t ms;
+} close_arg;
+
+static void *close_fn(void *x)
+{
+    close_arg *a = x;
+    int64_t t0 = lc_test_now_us();
+    a->rc = lc_session_close(a->s, 3000);
+    a->ms = (lc_test_now_us() - t0) / 1000;
+    return NULL;
+}
+
+/*
+ * A peer that announced NO_REPLIES (0x20) gets no SYN_REPLY for the streams
+ * it opens, and lc_session_close waits for none from it, also for a stream
+ * the session opened before that peer's SETTINGS came. A peer without the
+ * bit is answered as before.
+ */
+static void test_no_replies_toward_a_peer_that_said_so(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    for (int quiet = 0; quiet <= 1; quiet++) {
+        nt_raw p;
+        nt_raw_open(&p, NULL);
+        /* a channel of the session's, opened before the peer said anything */
+        lc_sender *early;
+        assert_int_equal(lc_session_sender(p.s, &early), 0);
+        assert_int_equal(lc_send(early, lc_pack("{s:i}", "N", 1), 5000), 0);
+        lc_buf b;
+        lc__buf_init(&b);
+        put_settings(&b, 1 << 20, LC_FEATURE_WINDOWS | (quiet ? LC_FEATURE_NO_REPLIES : 0));
+        nt_put_syn(&p, &b, 1, 2, 0, 0); /* a channel of the peer's */
+        nt_put_n(&b, 1, 7);
+        nt_raw_send(&p, &b);
+        lc_receiver *r;
+        assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+        nt_expect_n(r, 7);
+        /* an answer to stream 1 is queued by now: it comes before the
+         * SYN_STREAM of a channel opened after this */
+        lc_sender *late;
+        assert_int_equal(lc_session_sender(p.s, &late), 0);
+        assert_int_equal(lc_send(late, lc_pack("{s:i}", "N", 2), 5000), 0);
+        int replies = 0, found;
+        int64_t end = lc_test_now_us() + 5000000;
+        lc_spdy_frame f;
+        for (;;) {
+            found = nt_raw_next(&p, &f, end);
+            if (found != 1 || (f.type == LC_SPDY_SYN_STREAM && f.stream_id == 4))
+                break;
+            replies += f.type == LC_SPDY_SYN_REPLY && f.stream_id == 1;
+        }
+        assert_int_equal(found, 1);
+        assert_int_equal(replies, quiet ? 0 : 1);
+        if (quiet) {
+            /* neither of the session's streams has a SYN_REPLY: the close
+             * goes on at once (it used to wait its whole timeout for the
+             * one opened before the SETTINGS) */
+            close_arg ca = { p.s, -1, 0 };
+            pthread_t th;
+            assert_int_equal(pthread_create(&th, NULL, close_fn, &ca), 0);
+            assert_true(nt_goaway_then_eof(&p) >= 0);
+            close(p.fd); /* the hang-up the close waits for */
+            p.fd = -1;
+            assert_int_equal(pthread_join(th, NULL), 0);
+            assert_int_equal(ca.rc, 0);
+            assert_true(ca.ms < 2000);
+        }
+        lc_sender_release(early);
+        lc_sender_release(late);
+        lc_receiver_release(r);
+        lc__buf_free(&b);
+        nt_raw_close(&p);
+    }
+}
+
 int main(void)
 {
     lc__engine_default(); /* its fds live as long as the process */
@@ -2074,6 +2155,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hand_built_header_blocks, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_peer_never_reads_our_sends, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_byte_stream_leaves_the_output_to_messages, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_no_replies_toward_a_peer_that_said_so, lc_test_setup, lc_test_teardown),
     };
     return cmocka_run_group_tests_name("net/session_hostile", tests, NULL, NULL);
 }
