@@ -9,7 +9,9 @@
  *     been stored blocks only, against the same blocks through zlib's
  *     inflate() once a compressed first block has handed it the stream.
  * Two such blocks (SYN_STREAM, SYN_REPLY) lie on a fresh reply channel's
- * round trip, and each is inflated on the other side.
+ * round trip toward a Go peer, and each is inflated on the other side;
+ * between two peers of ours only the SYN_STREAM's (NO_REPLIES,
+ * docs/PROTOCOL.md 3.2).
  * Usage: bench_spdy [iterations]   (default 2000000)
  */
 #include "spdy/spdy.h"
