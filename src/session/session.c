@@ -1208,6 +1208,13 @@ static void bytes_kick(lc_stream *st);
 
 /* Whether n more streams of ours still get an id: SPDY/3 ids are 31 bits
  * and never reused, so a side opens at most 2^30 streams per session. wmu held. */
+/* The peer announced NO_REPLIES (PROTOCOL.md 3.2, 3.8): no SYN_REPLY, and
+ * no FIN that answers a FIN of a channel, either way. */
+static bool quiet_peer(const lc_session *s)
+{
+    return atomic_load_explicit(&s->peer_no_replies, memory_order_relaxed);
+}
+
 static bool ids_left_locked(const lc_session *s, size_t n)
 {
     return n == 0 || (uint64_t)s->next_id + 2 * ((uint64_t)n - 1) <= LC_SPDY_MAX_STREAM_ID;
@@ -1225,7 +1232,7 @@ static int register_ours_locked(lc_session *s, lc_stream *st)
         return LC_ENOMEM;
     stream_ref(st); /* the table's reference */
     st->in_table = true;
-    if (!atomic_load_explicit(&s->peer_no_replies, memory_order_relaxed)) {
+    if (!quiet_peer(s)) {
         st->awaiting_reply = true;
         s->unreplied++;
     }
@@ -1649,8 +1656,10 @@ static void stream_maybe_done_locked(lc_session *s, lc_stream *st)
     bool done;
     switch (st->kind) {
     case ST_SEND:
-        /* we only write; the peer half-closes after reading our FIN */
-        done = st->local_fin && st->remote_fin;
+    case ST_PUMP_RECEIVER:
+        /* we only write; the peer half-closes after reading our FIN, or,
+         * when it announced NO_REPLIES, says nothing more */
+        done = st->local_fin && (st->remote_fin || quiet_peer(s));
         break;
     default:
         done = st->remote_fin && st->local_fin;
@@ -2429,7 +2438,7 @@ static void bind_early_locked(lc_session *s, lc_stream *sub, kick_list *k)
             sub->remote_fin_pending = true;
         if (!sub->local_fin) {
             sub->local_fin = true;
-            sub->send_fin = true;
+            sub->send_fin = !quiet_peer(s) || sub->kind == ST_BYTES;
         }
     }
     if (rc < 0) {
@@ -3138,11 +3147,12 @@ static void on_syn_stream(lc_session *s, const lc_spdy_frame *f, lc_receiver **a
      * lc-rt-fresh, 8 interleaved pairs: p50 5.75 -> 5.4 us (the reply
      * channel's SYN_REPLY was deflated, written and inflated in every round
      * trip, on the path of the reply). */
-    if (!atomic_load_explicit(&s->peer_no_replies, memory_order_relaxed))
+    if (!quiet_peer(s))
         send_control(s, ctl_syn_reply, &reply);
     if (end_now) {
         ctl_arg fa = { f->stream_id, 0 };
-        send_control_deferred(s, ctl_fin, &fa);
+        if (!quiet_peer(s))
+            send_control_deferred(s, ctl_fin, &fa);
         lc_close(end_now); /* after the Receiver is announced (run_actions) */
         lc_sender_release(end_now);
     }
@@ -3363,9 +3373,10 @@ static void on_data(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
             st->remote_fin_pending = true;
             note_delivery(a, st);
             if (!st->local_fin) {
-                /* the receiving side half-closes after end-of-channel (as Go) */
+                /* the receiving side half-closes after end-of-channel (as Go;
+                 * silently toward a peer that said NO_REPLIES) */
                 st->local_fin = true;
-                st->send_fin = true;
+                st->send_fin = !quiet_peer(s);
             }
         }
         stream_maybe_done_locked(s, st);
@@ -3501,15 +3512,25 @@ static void on_settings(lc_session *s, const lc_spdy_frame *f)
         atomic_store(&s->peer_fc, true);
     pthread_mutex_unlock(&s->wmu);
     if (quiet && !atomic_exchange(&s->peer_no_replies, true)) {
-        /* streams we opened before reading this wait for no SYN_REPLY any
-         * more: lc_session_close may be waiting for them */
+        /* Streams we opened before reading this wait for no SYN_REPLY any
+         * more (lc_session_close may be waiting for them), and channels we
+         * ended before it for no FIN: they leave the table now (held by
+         * the list meanwhile: the table's reference may be the last). */
+        kick_list ended;
+        kl_init(&ended);
         pthread_mutex_lock(&s->mu);
-        for (size_t i = 0; i < s->streams.cap && s->unreplied > 0; i++) {
+        for (size_t i = 0; i < s->streams.cap; i++) {
             lc_stream *st = s->streams.slots[i].val;
-            if (st != NULL && st != LC_MAP_TOMB)
-                reply_came_locked(s, st);
+            if (st == NULL || st == LC_MAP_TOMB)
+                continue;
+            reply_came_locked(s, st);
+            if ((st->kind == ST_SEND || st->kind == ST_PUMP_RECEIVER) && st->local_fin && kl_add(&ended, st))
+                stream_maybe_done_locked(s, st);
         }
         pthread_mutex_unlock(&s->mu);
+        for (size_t i = 0; i < ended.n; i++)
+            stream_unref(ended.st[i]);
+        kl_free(&ended);
     }
     if (asked && !s->peer_asked) {
         /* From the next read on, fds that come with the bytes are taken;

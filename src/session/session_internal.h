@@ -166,7 +166,7 @@ struct lc_session {
     _Atomic unsigned drives;
     uint32_t next_id;     /* our next SPDY stream id (odd client, even server) */
     _Atomic bool peer_fc; /* the peer announced SPDY windows (our SETTINGS marker) */
-    _Atomic bool peer_no_replies; /* ... and NO_REPLIES: no SYN_REPLY either way */
+    _Atomic bool peer_no_replies; /* ... and NO_REPLIES: no SYN_REPLY, no answering FIN */
     bool fdpass_local;    /* a unix carrier: we announced fd passing */
     _Atomic bool peer_fdpass; /* ... and so did the peer */
     /* fds are read only once asked for (PROTOCOL.md 7): recv(2) is ~0.2 us
@@ -251,8 +251,9 @@ struct lc_session {
 #define LC_FEATURE_FD_ASKS      0x10u  /* (with FDPASS) we ask before we pass fds, and read
                                           them only once asked; a peer that announces FDPASS
                                           without it passes fds unasked */
-#define LC_FEATURE_NO_REPLIES   0x20u  /* send us no SYN_REPLY (bar a refusal): we wait for
-                                          none, and send you none once you say the same */
+#define LC_FEATURE_NO_REPLIES   0x20u  /* send us no SYN_REPLY (bar a refusal) and no FIN
+                                          answering a channel's FIN: we wait for neither, and
+                                          send you neither once you say the same */
 /* ext 1/2/3 payload of a passed fd: this bit | its sequence number among the
  * fds the sender passed on this session (docs/PROTOCOL.md) */
 #define LC_REF_PASSED_FD        0x8000000000000000ull

@@ -2055,11 +2055,26 @@ static void *close_fn(void *x)
     return NULL;
 }
 
+/* Streams of the session's own (even ids: it is the server here) in its table. */
+static size_t own_streams_in_table(lc_session *s)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < s->streams.cap; i++) {
+        lc_stream *x = s->streams.slots[i].val;
+        n += x != NULL && x != LC_MAP_TOMB && x->id % 2 == 0;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
 /*
  * A peer that announced NO_REPLIES (0x20) gets no SYN_REPLY for the streams
- * it opens, and lc_session_close waits for none from it, also for a stream
- * the session opened before that peer's SETTINGS came. A peer without the
- * bit is answered as before.
+ * it opens and no FIN answering the end of its channel; the session waits
+ * for neither from it: its channels leave the table with their own FIN, and
+ * lc_session_close goes on at once, also for a channel opened and ended
+ * before that peer's SETTINGS came. A peer without the bit is answered and
+ * waited for as before.
  */
 static void test_no_replies_toward_a_peer_that_said_so(void **st)
 {
@@ -2068,25 +2083,30 @@ static void test_no_replies_toward_a_peer_that_said_so(void **st)
     for (int quiet = 0; quiet <= 1; quiet++) {
         nt_raw p;
         nt_raw_open(&p, NULL);
-        /* a channel of the session's, opened before the peer said anything */
+        /* a channel of the session's, opened and ended before the peer said
+         * anything: it waits for the peer's FIN */
         lc_sender *early;
         assert_int_equal(lc_session_sender(p.s, &early), 0);
         assert_int_equal(lc_send(early, lc_pack("{s:i}", "N", 1), 5000), 0);
+        assert_int_equal(lc_close(early), 0);
+        assert_int_equal(own_streams_in_table(p.s), 1);
         lc_buf b;
         lc__buf_init(&b);
         put_settings(&b, 1 << 20, LC_FEATURE_WINDOWS | (quiet ? LC_FEATURE_NO_REPLIES : 0));
-        nt_put_syn(&p, &b, 1, 2, 0, 0); /* a channel of the peer's */
+        nt_put_syn(&p, &b, 1, 2, 0, 0); /* a channel of the peer's, one message, ended */
         nt_put_n(&b, 1, 7);
+        assert_int_equal(lc__spdy_put_data(&b, 1, LC_SPDY_FLAG_FIN, NULL, 0), 0);
         nt_raw_send(&p, &b);
         lc_receiver *r;
         assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
         nt_expect_n(r, 7);
-        /* an answer to stream 1 is queued by now: it comes before the
+        assert_int_equal(nt_recv_rc(r, 5000), LC_EOF);
+        /* what answers stream 1 is queued by now: it comes before the
          * SYN_STREAM of a channel opened after this */
         lc_sender *late;
         assert_int_equal(lc_session_sender(p.s, &late), 0);
         assert_int_equal(lc_send(late, lc_pack("{s:i}", "N", 2), 5000), 0);
-        int replies = 0, found;
+        int replies = 0, fins = 0, found;
         int64_t end = lc_test_now_us() + 5000000;
         lc_spdy_frame f;
         for (;;) {
@@ -2094,13 +2114,20 @@ static void test_no_replies_toward_a_peer_that_said_so(void **st)
             if (found != 1 || (f.type == LC_SPDY_SYN_STREAM && f.stream_id == 4))
                 break;
             replies += f.type == LC_SPDY_SYN_REPLY && f.stream_id == 1;
+            fins += f.type == LC_SPDY_DATA && f.stream_id == 1 && (f.flags & LC_SPDY_FLAG_FIN) && f.data_last;
         }
         assert_int_equal(found, 1);
         assert_int_equal(replies, quiet ? 0 : 1);
+        assert_int_equal(fins, quiet ? 0 : 1);
+        /* the early channel left the table when the SETTINGS was read; the
+         * late one leaves with its FIN */
+        assert_int_equal(own_streams_in_table(p.s), quiet ? 1 : 2);
+        assert_int_equal(lc_close(late), 0);
+        assert_int_equal(own_streams_in_table(p.s), quiet ? 0 : 2);
         if (quiet) {
-            /* neither of the session's streams has a SYN_REPLY: the close
-             * goes on at once (it used to wait its whole timeout for the
-             * one opened before the SETTINGS) */
+            /* no SYN_REPLY to wait for: the close goes on at once (it used
+             * to wait its whole timeout for the streams opened before the
+             * SETTINGS) */
             close_arg ca = { p.s, -1, 0 };
             pthread_t th;
             assert_int_equal(pthread_create(&th, NULL, close_fn, &ca), 0);
