@@ -1206,8 +1206,6 @@ static void start_pump(lc_stream *st);
 static int bytes_start(lc_stream *st, int fd, bool we_read, bool we_write, bool mu_held);
 static void bytes_kick(lc_stream *st);
 
-/* Whether n more streams of ours still get an id: SPDY/3 ids are 31 bits
- * and never reused, so a side opens at most 2^30 streams per session. wmu held. */
 /* The peer announced NO_REPLIES (PROTOCOL.md 3.2, 3.8): no SYN_REPLY, and
  * no FIN that answers a FIN of a channel, either way. */
 static bool quiet_peer(const lc_session *s)
@@ -1215,6 +1213,8 @@ static bool quiet_peer(const lc_session *s)
     return atomic_load_explicit(&s->peer_no_replies, memory_order_relaxed);
 }
 
+/* Whether n more streams of ours still get an id: SPDY/3 ids are 31 bits
+ * and never reused, so a side opens at most 2^30 streams per session. wmu held. */
 static bool ids_left_locked(const lc_session *s, size_t n)
 {
     return n == 0 || (uint64_t)s->next_id + 2 * ((uint64_t)n - 1) <= LC_SPDY_MAX_STREAM_ID;
