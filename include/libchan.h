@@ -346,9 +346,9 @@ LC_API int lc_send(lc_sender *s, lc_msg *m, int64_t timeout_ms);
  * server answering on a fresh reply channel makes one write per reply
  * instead of two (the second write also holds back the requester's read of
  * the reply when it lands during it: 0.5-1.2 us per round trip on a unix
- * socket in bench_session, raw sockets alike). On success the channel is closed (release the Sender as
- * usual); on failure nothing is closed and m is still the caller's. Errors
- * as lc_send.
+ * socket in bench_session, raw sockets alike). On success the channel is
+ * closed (release the Sender as usual); on failure nothing is closed and m
+ * is still the caller's. Errors as lc_send.
  */
 LC_API int lc_send_last(lc_sender *s, lc_msg *m, int64_t timeout_ms);
 

@@ -2012,8 +2012,7 @@ static void bytes_close(lc_stream *st)
     pthread_mutex_lock(&s->mu);
     lc_watch *w = st->fdw;
     int fd = st->fd;
-    if (w != NULL)
-        pipe_grown_release(st);
+    pipe_grown_release(st); /* (once: a second bytes_close finds the flag clear) */
     st->fdw = NULL;
     st->fd = -1;
     st->local_fin = true;
