@@ -1691,7 +1691,10 @@ static void c_chaos_requests_to_go(void **st)
     pthread_mutex_init(&c.mu, NULL);
     gp_proc g[2];
     char url[2][256];
-    gp_serve(&g[0], unix_url(), "--echo", url[0], sizeof url[0]);
+    const char *u = unix_url();
+    char sock_path[128];
+    snprintf(sock_path, sizeof sock_path, "%s", u + 7);
+    gp_serve(&g[0], u, "--echo", url[0], sizeof url[0]);
     gp_serve(&g[1], "tcp://127.0.0.1:0", "--echo", url[1], sizeof url[1]);
     lc_session *s[2];
     lc_error err = { 0 };
@@ -1735,6 +1738,7 @@ static void c_chaos_requests_to_go(void **st)
      * waiting for the SYN_REPLY of a stream it opened (Stream.waitWriteReply,
      * seen in 1 of 18 runs under TSan), and gopeer then never exits */
     gp_finish(&g[0]);
+    unlink(sock_path); /* gopeer was killed: its socket file stays */
     pthread_mutex_destroy(&c.mu);
     if (c.why[0] != '\0')
         fail_msg("%s", c.why);
