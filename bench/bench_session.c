@@ -33,7 +33,11 @@
  *     the session reads faster); the raw unix socket is printed too; over
  *     TCP also a raw relay: the same path (socketpair, relay thread, TCP,
  *     relay thread, socketpair) with plain read/write and no framing, what
- *     a byte stream copied through user space can reach at best. Median of
+ *     a byte stream copied through user space can reach at best; and a raw
+ *     pipe between the processes, grown to 256 KiB as the pump grows the
+ *     pipe it reads: a pipe's own speed, the first hop of a stream read from
+ *     a pipe (its ends in two processes, so on two CPUs when pinned, where
+ *     the pump's pipe has both ends on one). Median of
  *     BULK_REPS interleaved runs each. The TCP bulk figures are measured
  *     twice: as the kernel places the threads, and with each process pinned
  *     to its own CPU (client on the first allowed, server on the second, as
@@ -1216,12 +1220,16 @@ static bulk raw_bulk(const char *transport)
     return b;
 }
 
-/* A pipe between the two processes: what a passed pipe end is. */
-static bulk raw_pipe_bulk(void)
+/* A pipe between the two processes: what a passed pipe end is. grown: with
+ * the capacity a byte stream's pump gives the pipe it reads (256 KiB,
+ * session.c PIPE_GROW_SIZE): the pipe hop of a stream read from a pipe. */
+static bulk raw_pipe_bulk(bool grown)
 {
     int p[2];
     if (pipe2(p, O_CLOEXEC) != 0)
         die("pipe", 0);
+    if (grown)
+        fcntl(p[1], F_SETPIPE_SZ, 256 << 10); /* (refused past the user's limit: the default, said below) */
     server sv;
     server_start_fd(&sv, "raw-pipe", "pipe", p[0]);
     close(p[0]);
@@ -1412,9 +1420,8 @@ static void bench_bulk(const char *transport, bool pinned)
     bulk_set raw = { 0 }, pipe_raw = { 0 }, lc = { 0 }, lcsp = { 0 }, rel = { 0 };
     for (int i = 0; i < BULK_REPS; i++) {
         raw.run[i] = raw_bulk(transport);
-        if (ux)
-            pipe_raw.run[i] = raw_pipe_bulk();
-        else
+        pipe_raw.run[i] = raw_pipe_bulk(!ux);
+        if (!ux)
             rel.run[i] = raw_relay_bulk(transport);
         lc.run[i] = lc_bulk(transport, false);
         if (!ux)
@@ -1424,9 +1431,8 @@ static void bench_bulk(const char *transport, bool pinned)
         pin_end(&pin);
     bulk_summarize(&raw);
     bulk_summarize(&lc);
-    if (ux) {
-        bulk_summarize(&pipe_raw);
-    } else {
+    bulk_summarize(&pipe_raw);
+    if (!ux) {
         bulk_summarize(&lcsp);
         bulk_summarize(&rel);
     }
@@ -1444,6 +1450,10 @@ static void bench_bulk(const char *transport, bool pinned)
         printf("      (socketpair -> relay thread -> TCP -> relay thread -> socketpair, plain 64 KiB\n"
                "       read/write: the byte stream's path without the library; raw relay/raw TCP = %.2fx)\n",
                rel.med / raw.med);
+        bulk_line("raw pipe alone, 256 KiB", &pipe_raw, "");
+        printf("      (no TCP: a pipe's own speed with its two ends in two processes, as the pump grows\n"
+               "       the pipe it reads; raw pipe/raw TCP = %.2fx)\n",
+               pipe_raw.med / raw.med);
     }
     bool passed, mode_ok;
     const char *method = bulk_set_method(&lc, false, &passed, &mode_ok);
@@ -1458,8 +1468,8 @@ static void bench_bulk(const char *transport, bool pinned)
                lc.med / raw.med);
     } else {
         bool met = lc.ok && lc.med >= TARGET_BULK_TCP * raw.med;
-        printf("      lc/raw-tcp = %.2fx (target >= %.1fx: %s)   lc/raw-relay = %.2fx\n", lc.med / raw.med,
-               TARGET_BULK_TCP, verdict(met), lc.med / rel.med);
+        printf("      lc/raw-tcp = %.2fx (target >= %.1fx: %s)   lc/raw-relay = %.2fx   lc/raw-pipe = %.2fx\n",
+               lc.med / raw.med, TARGET_BULK_TCP, verdict(met), lc.med / rel.med, lc.med / pipe_raw.med);
         bool sp_passed, sp_mode_ok;
         const char *sp_method = bulk_set_method(&lcsp, true, &sp_passed, &sp_mode_ok);
         bulk_line("libchan byte stream, socketpair", &lcsp,
