@@ -2146,6 +2146,159 @@ static void test_no_replies_toward_a_peer_that_said_so(void **st)
     }
 }
 
+static bool session_closing(lc_session *s)
+{
+    pthread_mutex_lock(&s->mu);
+    bool c = s->closing;
+    pthread_mutex_unlock(&s->mu);
+    return c;
+}
+
+/*
+ * A channel the peer opens once lc_session_close has begun is refused
+ * (docs/PROTOCOL.md 3.2, step 1 of 3.10): SYN_REPLY ":status: 502" with FIN,
+ * nothing recorded, its message never delivered, and DATA on it answered
+ * with RST_STREAM INVALID_STREAM. The close (held at step 4 by the SYN_REPLY
+ * the peer owes for a channel of ours) then ends as it should.
+ */
+static void test_streams_opened_after_our_close_are_refused(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    nt_raw p;
+    nt_raw_open(&p, NULL);
+    lc_sender *ours;
+    assert_int_equal(lc_session_sender(p.s, &ours), 0);
+    assert_int_equal(lc_send(ours, lc_pack("{s:i}", "N", 1), 5000), 0);
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_DATA, 2, NULL, 5000), 1);
+    close_arg ca = { p.s, -1, 0 };
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, close_fn, &ca), 0);
+    int64_t end = lc_test_now_us() + 5000000;
+    while (!session_closing(p.s)) {
+        assert_true(lc_test_now_us() < end);
+        sched_yield();
+    }
+    lc_buf b;
+    lc__buf_init(&b);
+    nt_put_syn(&p, &b, 1, 2, 0, 0); /* a channel with one message on it */
+    nt_put_n(&b, 1, 7);
+    nt_raw_send(&p, &b);
+    lc_spdy_frame f;
+    bool refused = false;
+    while (!refused) {
+        assert_int_equal(nt_raw_next(&p, &f, end), 1);
+        assert_int_not_equal(f.type, LC_SPDY_GOAWAY); /* not before our SYN_REPLY */
+        if (f.type != LC_SPDY_SYN_REPLY)
+            continue;
+        assert_int_equal(f.stream_id, 1);
+        assert_true(f.flags & LC_SPDY_FLAG_FIN);
+        assert_int_equal(f.n_headers, 1);
+        assert_memory_equal(f.headers[0].name, ":status", 7);
+        assert_int_equal(f.headers[0].value_len, 3);
+        assert_memory_equal(f.headers[0].value, "502", 3);
+        refused = true;
+    }
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_RST_STREAM, 1, &f, 5000), 1);
+    assert_int_equal(f.status, LC_SPDY_INVALID_STREAM);
+    /* nothing for the application: the channel was never recorded */
+    lc_receiver *r = NULL;
+    assert_int_not_equal(lc_session_receiver(p.s, &r, 0), 0);
+    assert_null(r);
+    /* the SYN_REPLY the close waits for: then GOAWAY naming no stream of the
+     * peer's (the refused one does not count), and the write side ends */
+    lc_spdy_header ok = { ":status", 7, "200", 3 };
+    assert_int_equal(lc__spdy_put_syn_reply(&b, &p.z, 2, 0, &ok, 1), 0);
+    nt_raw_send(&p, &b);
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_GOAWAY, 0, &f, 5000), 1);
+    assert_int_equal(f.stream_id, 0);
+    assert_int_equal(f.status, LC_SPDY_GOAWAY_OK);
+    nt_goaway_then_eof(&p); /* (it fails unless the carrier ends) */
+    close(p.fd); /* the hang-up the close waits for */
+    p.fd = -1;
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_int_equal(ca.rc, 0);
+    lc_sender_release(ours);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
+/* Writes into fd until a write fails; the errno of that failure. */
+typedef struct {
+    int fd;
+    int err;
+    uint64_t wrote;
+} pipe_writer;
+
+static void *pipe_writer_fn(void *x)
+{
+    pipe_writer *w = x;
+    sigset_t pipe_set;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE); /* EPIPE, not the signal (pending here, dropped at exit) */
+    pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
+    static uint8_t chunk[65536];
+    for (;;) {
+        ssize_t n = write(w->fd, chunk, sizeof chunk);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            w->err = n < 0 ? errno : 0;
+            return NULL;
+        }
+        w->wrote += (uint64_t)n;
+    }
+}
+
+/*
+ * The carrier breaks while a byte stream streams onto it: the session ends
+ * with the carrier's error, the stream's fd is closed, so the application
+ * writing into its pipe gets EPIPE (not a hang), and the session's channels
+ * fail with LC_ESESSION.
+ */
+static void test_carrier_lost_under_a_byte_stream(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    nt_raw p;
+    nt_raw_open(&p, NULL);
+    lc_buf b;
+    lc__buf_init(&b);
+    assert_int_equal(lc__spdy_put_ping(&b, 1), 0); /* a peer without windows: no 64 KiB limit */
+    nt_raw_send(&p, &b);
+    lc__buf_free(&b);
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 5000), 1);
+    int pp[2];
+    assert_int_equal(pipe2(pp, O_CLOEXEC), 0);
+    lc_sender *snd;
+    assert_int_equal(lc_session_sender(p.s, &snd), 0);
+    assert_int_equal(lc_send(snd, lc_pack("{s:F}", "In", pp[0]), 5000), 0); /* (takes pp[0]) */
+    pipe_writer w = { pp[1], 0, 0 };
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, pipe_writer_fn, &w), 0);
+    /* 1 MiB of the stream's DATA arrives, then the peer goes */
+    uint64_t got = 0;
+    int64_t end = lc_test_now_us() + 10000000;
+    lc_spdy_frame f;
+    while (got < (1u << 20)) {
+        assert_int_equal(nt_raw_next(&p, &f, end), 1);
+        if (f.type == LC_SPDY_DATA && f.stream_id != 2)
+            got += f.data_len;
+    }
+    close(p.fd);
+    p.fd = -1;
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_int_equal(w.err, EPIPE);
+    assert_true(w.wrote >= got);
+    assert_int_not_equal(lc_session_error(p.s), 0);
+    lc_msg *m = lc_pack("{s:i}", "N", 1);
+    assert_int_equal(lc_send(snd, m, 5000), LC_ESESSION);
+    lc_msg_free(m); /* (a failed send leaves it the caller's) */
+    close(pp[1]);
+    lc_sender_release(snd);
+    nt_raw_close(&p);
+}
+
 int main(void)
 {
     lc__engine_default(); /* its fds live as long as the process */
@@ -2183,6 +2336,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_peer_never_reads_our_sends, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_byte_stream_leaves_the_output_to_messages, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_no_replies_toward_a_peer_that_said_so, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_streams_opened_after_our_close_are_refused, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_carrier_lost_under_a_byte_stream, lc_test_setup, lc_test_teardown),
     };
     return cmocka_run_group_tests_name("net/session_hostile", tests, NULL, NULL);
 }
