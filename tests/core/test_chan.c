@@ -931,6 +931,31 @@ static void test_receiver_release_racing_senders(void **st)
     }
 }
 
+/* Every LC_E code explains itself in words of its own; other negative
+ * values are -errno codes and read as strerror says; anything else is
+ * "unknown error". */
+static void test_strerror_covers_every_code(void **st)
+{
+    (void)st;
+    static const int codes[] = { LC_OK,        LC_EINVAL, LC_ENOMEM, LC_ETIMEDOUT, LC_ECLOSED, LC_EBADF,
+                                 LC_EOF,       LC_ETRUNCATED, LC_ETRAILING, LC_EDEPTH, LC_ETOOBIG, LC_EBADMSG,
+                                 LC_ETYPE,     LC_ENOKEY, LC_EFORMAT, LC_ETAKEN, LC_ERANGE, LC_ENOTSUP,
+                                 LC_EPROTO,    LC_ESESSION, LC_ENOHOST };
+    enum { N = sizeof codes / sizeof codes[0] };
+    const char *text[N];
+    for (int i = 0; i < N; i++) {
+        text[i] = lc_strerror(codes[i]);
+        assert_non_null(text[i]);
+        assert_true(strlen(text[i]) > 4);
+        assert_string_not_equal(text[i], "unknown error");
+        for (int j = 0; j < i; j++)
+            assert_string_not_equal(text[i], text[j]);
+    }
+    assert_string_equal(lc_strerror(-ECONNRESET), strerror(ECONNRESET));
+    assert_string_equal(lc_strerror(-1016), "unknown error");
+    assert_string_equal(lc_strerror(7), "unknown error");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -954,6 +979,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_close_racing_producers_unbuffered_exactly_once, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_send_last_racing_other_senders_is_last, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_receiver_release_racing_senders, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_strerror_covers_every_code, lc_test_setup, lc_test_teardown),
     };
     return cmocka_run_group_tests_name("core/chan", tests, NULL, NULL);
 }

@@ -274,9 +274,6 @@ static void test_exit_with_live_sessions(void **st)
             rc = 0;
     }
     /* LC_EPROTO too: exit() may come while the peer's output is half
-     * written (the rest waiting for room in the socket), and a frame cut by
-     * a dying peer is reported as such (test_peer_killed_mid_frame) */
-    /* LC_EPROTO too: exit() may come while the peer's output is half
      * written (the rest waiting for room in its socket buffer, both sides
      * flooding), and a frame cut by a dying peer is reported as such (as in
      * test_peer_killed_mid_frame) */
@@ -293,6 +290,94 @@ static void test_exit_with_live_sessions(void **st)
     lc_listener_close(l);
 }
 
+/* ---- a forked child that uses the library itself ---------------------------- */
+
+/* The child's side: dial, one message, a graceful close. Its exit code says
+ * which step failed. */
+static int forked_child(const char *url)
+{
+    lc_session *s;
+    lc_error err = { 0 };
+    if (lc_dial(url, NULL, &s, &err) != 0)
+        return 10;
+    lc_sender *snd;
+    if (lc_session_sender(s, &snd) != 0)
+        return 11;
+    lc_msg *m = lc_pack("{s:i}", "N", 42);
+    if (lc_send(snd, m, 5000) != 0)
+        return 12;
+    if (lc_close(snd) != 0)
+        return 13;
+    if (lc_session_close(s, 5000) != 0)
+        return 14;
+    lc_sender_release(snd);
+    lc_session_free(s);
+    return 0;
+}
+
+/*
+ * A process whose sessions are running forks a child (no exec) that uses
+ * the library on its own: the parent's engine thread does not exist in the
+ * child, so the library starts a new one there (engine.c,
+ * default_after_fork). The child dials the parent, sends a message and
+ * closes gracefully; the parent's own session goes on working.
+ */
+static void test_forked_child_starts_afresh(void **st)
+{
+    (void)st;
+#if defined(__SANITIZE_THREAD__)
+    printf("SKIP: TSan ends a child of a multithreaded process that starts threads (die_after_fork)\n");
+    skip();
+#elif defined(__SANITIZE_ADDRESS__)
+    printf("SKIP: ASan's allocator is not fork-safe in this toolchain (see test_msg_value.c)\n");
+    skip();
+#endif
+    LC_TEST_DEADLINE(30);
+    char url[128];
+    nt_unix_url(url, sizeof url);
+    lc_listener *l;
+    lc_error err = { 0 };
+    assert_int_equal(lc_listen(url, NULL, &l, &err), 0);
+    /* the parent's own session, busy before and after the fork */
+    lc_session *a, *b;
+    assert_int_equal(lc_dial(url, NULL, &a, &err), 0);
+    assert_int_equal(lc_accept(l, &b, 5000), 0);
+    lc_sender *as;
+    assert_int_equal(lc_session_sender(a, &as), 0);
+    assert_int_equal(lc_send(as, lc_pack("{s:i}", "N", 1), 5000), 0);
+    lc_receiver *br;
+    assert_int_equal(lc_session_receiver(b, &br, 5000), 0);
+    nt_expect_n(br, 1);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        signal(SIGALRM, SIG_DFL); /* not the test's deadline handler: a stuck child dies */
+        alarm(10);
+        _exit(forked_child(url));
+    }
+    lc_session *c;
+    assert_int_equal(lc_accept(l, &c, 10000), 0);
+    lc_receiver *cr;
+    assert_int_equal(lc_session_receiver(c, &cr, 10000), 0);
+    nt_expect_n(cr, 42);
+    assert_int_equal(nt_recv_rc(cr, 10000), LC_EOF);
+    lc_receiver_release(cr);
+    lc_session_free(c); /* the hang-up the child's close waits for */
+    int wst;
+    assert_int_equal(waitpid(pid, &wst, 0), pid);
+    if (!WIFEXITED(wst) || WEXITSTATUS(wst) != 0)
+        fprintf(stderr, "forked child: wait status %#x\n", wst);
+    assert_true(WIFEXITED(wst) && WEXITSTATUS(wst) == 0);
+    assert_int_equal(lc_send(as, lc_pack("{s:i}", "N", 2), 5000), 0);
+    nt_expect_n(br, 2);
+    lc_sender_release(as);
+    lc_receiver_release(br);
+    lc_session_free(a);
+    lc_session_free(b);
+    lc_listener_close(l);
+}
+
 int main(void)
 {
     lc__engine_default(); /* its fds live as long as the process */
@@ -305,6 +390,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_peer_killed_mid_message, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_peer_killed_while_flooding, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_exit_with_live_sessions, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_forked_child_starts_afresh, lc_test_setup, lc_test_teardown),
     };
     return cmocka_run_group_tests_name("net/session_proc", tests, NULL, NULL);
 }
