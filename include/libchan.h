@@ -19,6 +19,10 @@
  *   - Every handle (lc_sender, lc_receiver) is reference-counted and safe to use
  *     from any number of threads at once. An lc_msg is NOT thread-safe: one
  *     thread owns a message at a time (sending it hands it over).
+ *   - fork() without exec: the child may use the library afresh (its own
+ *     channels, sessions and listeners; the library starts its I/O thread
+ *     anew there). What the parent had open is not usable in the child: the
+ *     parent's threads, including the library's, do not exist there.
  */
 #ifndef LIBCHAN_H
 #define LIBCHAN_H
