@@ -3034,6 +3034,60 @@ static void test_sends_racing_own_close(void **st)
     assert_int_equal(lost_rounds, 0);
 }
 
+/*
+ * A message whose channel end was already taken out (lc_value_take_sender)
+ * cannot be encoded: lc_send on a network channel fails with LC_ETAKEN
+ * before anything is queued, the message stays the caller's (its other
+ * attachments still in it), and the channel goes on: the next message is
+ * the first the peer sees. Over unix and TCP.
+ */
+static void test_send_with_a_taken_attachment_fails_cleanly(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    for (int t = 0; t < 2; t++) {
+        char url[128];
+        nt_pair p;
+        nt_open_pair(&p, nt_transport_url(t, url, sizeof url), NULL, NULL);
+        lc_sender *snd;
+        assert_int_equal(lc_session_sender(p.client, &snd), 0);
+        lc_receiver *r1, *r2;
+        lc_sender *s1, *s2;
+        assert_int_equal(lc_pipe(&r1, &s1, 1), 0);
+        assert_int_equal(lc_pipe(&r2, &s2, 1), 0);
+        /* B comes first: it is encoded (a sub-stream for it) before A fails */
+        lc_msg *m = lc_pack("{s:i, s:S, s:S}", "N", 1, "B", s2, "A", s1);
+        assert_non_null(m);
+        int err = 0;
+        lc_sender *a = lc_value_take_sender(lc_map_get(lc_msg_root(m), "A"), &err);
+        assert_non_null(a);
+        pthread_mutex_lock(&p.client->mu);
+        size_t streams_before = p.client->streams.len;
+        pthread_mutex_unlock(&p.client->mu);
+        assert_int_equal(lc_send(snd, m, 5000), LC_ETAKEN);
+        pthread_mutex_lock(&p.client->mu);
+        assert_int_equal(p.client->streams.len, streams_before); /* no sub-stream for B left behind */
+        pthread_mutex_unlock(&p.client->mu);
+        /* still the caller's, with B inside: freeing it releases B */
+        lc_msg_free(m);
+        assert_int_equal(lc_recv(r2, &m, 1000), LC_EOF);
+        assert_int_equal(lc_send(snd, nt_msg_n(2), 5000), 0);
+        lc_receiver *rr;
+        assert_int_equal(lc_session_receiver(p.server, &rr, 5000), 0);
+        nt_expect_n(rr, 2);
+        assert_int_equal(lc_close(snd), 0);
+        assert_int_equal(nt_recv_rc(rr, 5000), LC_EOF);
+        assert_int_equal(lc_session_error(p.client), 0);
+        assert_int_equal(lc_session_error(p.server), 0);
+        lc_sender_release(a);
+        lc_receiver_release(r1);
+        lc_receiver_release(r2);
+        lc_receiver_release(rr);
+        lc_sender_release(snd);
+        nt_close_pair(&p);
+    }
+}
+
 int main(void)
 {
     lc__engine_default(); /* its fds live as long as the process */
@@ -3075,6 +3129,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sender_pollfd_follows_window, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_own_close_with_open_stream_and_blocked_sender, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_sends_racing_own_close, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_send_with_a_taken_attachment_fails_cleanly, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_select_two_sessions_one_dies, lc_test_setup, lc_test_teardown),
     };
     return cmocka_run_group_tests_name("net/session_edges", tests, NULL, NULL);
