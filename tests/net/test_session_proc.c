@@ -334,19 +334,14 @@ static void test_forked_child_starts_afresh(void **st)
 #endif
     LC_TEST_DEADLINE(30);
     char url[128];
-    nt_unix_url(url, sizeof url);
-    lc_listener *l;
-    lc_error err = { 0 };
-    assert_int_equal(lc_listen(url, NULL, &l, &err), 0);
     /* the parent's own session, busy before and after the fork */
-    lc_session *a, *b;
-    assert_int_equal(lc_dial(url, NULL, &a, &err), 0);
-    assert_int_equal(lc_accept(l, &b, 5000), 0);
+    nt_pair p;
+    nt_open_pair(&p, nt_unix_url(url, sizeof url), NULL, NULL);
     lc_sender *as;
-    assert_int_equal(lc_session_sender(a, &as), 0);
+    assert_int_equal(lc_session_sender(p.client, &as), 0);
     assert_int_equal(lc_send(as, lc_pack("{s:i}", "N", 1), 5000), 0);
     lc_receiver *br;
-    assert_int_equal(lc_session_receiver(b, &br, 5000), 0);
+    assert_int_equal(lc_session_receiver(p.server, &br, 5000), 0);
     nt_expect_n(br, 1);
     fflush(NULL);
     pid_t pid = fork();
@@ -357,7 +352,7 @@ static void test_forked_child_starts_afresh(void **st)
         _exit(forked_child(url));
     }
     lc_session *c;
-    assert_int_equal(lc_accept(l, &c, 10000), 0);
+    assert_int_equal(lc_accept(p.l, &c, 10000), 0);
     lc_receiver *cr;
     assert_int_equal(lc_session_receiver(c, &cr, 10000), 0);
     nt_expect_n(cr, 42);
@@ -373,9 +368,7 @@ static void test_forked_child_starts_afresh(void **st)
     nt_expect_n(br, 2);
     lc_sender_release(as);
     lc_receiver_release(br);
-    lc_session_free(a);
-    lc_session_free(b);
-    lc_listener_close(l);
+    nt_close_pair(&p);
 }
 
 int main(void)
