@@ -562,17 +562,17 @@ LC_API int lc_session_receiver(lc_session *s, lc_receiver **out, int64_t timeout
  * Graceful close: reads the byte streams this side sends to their end,
  * pumps what the Receivers this side sent still hold (messages put into
  * them before the call), writes everything already sent (messages, stream
- * bytes, FINs), waits for
- * the peer to have answered every channel this side opened (a Go peer drops
- * the messages of a channel it had not answered when it reads the GOAWAY),
- * then tells the peer (GOAWAY), half-closes the carrier and waits for the
- * peer to hang up, so nothing either side wrote is cut off by a reset.
- * Returns 0 when everything sent before the call reached the carrier within
- * timeout_ms, or an error saying it did not (LC_ETIMEDOUT, or the session's
- * error); a peer slow to hang up after that is not an error. A message sent on another
- * thread while it runs is either written before the GOAWAY or refused
- * (LC_ESESSION), never accepted and dropped. Channel ends of the session
- * stay valid handles and fail with LC_ESESSION. Does not free the session.
+ * bytes, FINs), waits for the peer to have answered every channel this side
+ * opened (a Go peer drops the messages of a channel it had not answered
+ * when it reads the GOAWAY), then tells the peer (GOAWAY), half-closes the
+ * carrier and waits for the peer to hang up, so nothing either side wrote
+ * is cut off by a reset. Returns 0 when everything sent before the call
+ * reached the carrier within timeout_ms, or an error saying it did not
+ * (LC_ETIMEDOUT, or the session's error); a peer slow to hang up after that
+ * is not an error. A message sent on another thread while it runs is either
+ * written before the GOAWAY or refused (LC_ESESSION), never accepted and
+ * dropped. Channel ends of the session stay valid handles and fail with
+ * LC_ESESSION. Does not free the session.
  */
 LC_API int lc_session_close(lc_session *s, int64_t timeout_ms);
 /* The session's first fatal error (0 while healthy): LC_ESESSION for a
