@@ -435,16 +435,34 @@ static void wake_after_flush_locked(lc_session *s)
         session_unref(s);
 }
 
+/* How far flush_rounds goes: only what was queued when it began (a burst's
+ * engine run, deferred_flush); also what is appended meanwhile, until
+ * nothing is left; or the latter unless a flood is on (flush_now). */
+typedef enum { FLUSH_ONCE, FLUSH_ALL, FLUSH_ALL_BUT_FLOOD } flush_how;
+
+static bool schedule_burst_run_locked(lc_session *s, int64_t from);
+
 /*
  * Writes out what is queued, on the calling thread; wmu held on entry and
  * exit. Only one writer at a time: a thread that finds another writing just
  * leaves its frames in `out` for that writer's next round. The lock is
- * dropped during the syscall so senders keep appending. once: only what was
- * queued when it began (a burst's engine run, deferred_flush); otherwise
- * also what is appended meanwhile, until nothing is left.
+ * dropped during the syscall so senders keep appending; how says whether
+ * the writer goes on with what they append meanwhile.
+ *
+ * FLUSH_ALL_BUT_FLOOD: the flush after a read of the carrier (flush_now),
+ * which writes the answers the read produced. While another thread floods
+ * the session with messages, going on with what it appended during each
+ * write kept the engine thread writing 60-100 bytes at a time, thousands of
+ * writes in a row without a pause (bench_session tcp one-way: 46000 of
+ * 62000 writes in 2 s under 256 bytes, up to 5681 in a row, every time the
+ * client read a WINDOW_UPDATE). The flood's messages go with its scheduled
+ * run instead, as they would have without the read: 146000 -> 21000 writes
+ * in 2 s, and in four interleaved pairs 7.4-8.6 -> 8.8-9.3 M msgs/s, the
+ * client's CPU per message 122-140 -> 110-118 ns (unix unchanged).
  */
-static void flush_rounds(lc_session *s, bool once)
+static void flush_rounds(lc_session *s, flush_how how)
 {
+    bool once = how == FLUSH_ONCE;
     if (s->writing || s->dead || s->conn == NULL)
         return;
     s->writing = true;
@@ -454,6 +472,9 @@ static void flush_rounds(lc_session *s, bool once)
             if (s->out.len == 0)
                 break; /* fds are only queued with bytes: none can be left */
             if (once && wrote)
+                break;
+            if (wrote && how == FLUSH_ALL_BUT_FLOOD && s->flood && !s->out_urgent && s->eng != NULL &&
+                (s->flush_scheduled || schedule_burst_run_locked(s, lc__now_ns())))
                 break;
             lc_buf t = s->inflight; /* swap: inflight <- out */
             s->inflight = s->out;
@@ -557,7 +578,7 @@ static void flush_rounds(lc_session *s, bool once)
 
 static void flush_locked(lc_session *s)
 {
-    flush_rounds(s, false);
+    flush_rounds(s, FLUSH_ALL);
 }
 
 /*
@@ -621,7 +642,7 @@ static void deferred_flush(void *ctx)
      * right after it still belongs to the burst */
     s->last_send_ns = lc__now_ns();
     s->flood = s->out.len >= FLOOD_BATCH_BYTES;
-    flush_rounds(s, true);
+    flush_rounds(s, FLUSH_ONCE);
     /* (a dead session writes nothing: its output stays, and must not keep
      * a timer, and the session, alive) */
     if (s->out.len > 0 && !s->writing && !s->dead && s->conn != NULL && s->eng != NULL &&
@@ -633,8 +654,6 @@ static void deferred_flush(void *ctx)
 
 static void send_flush_locked(lc_session *s)
 {
-    if (s->writing)
-        return; /* the current writer takes it */
     /* A reply to what was just read is not part of a burst, however soon
      * it follows the previous send: coalescing it through the engine cost a
      * thread hop on every round trip faster than COALESCE_NS. It is written
@@ -642,12 +661,19 @@ static void send_flush_locked(lc_session *s)
      * (the burst goes with it): that run came up to FLOOD_COALESCE_NS later.
      * Such a send does not read the clock either (~50 ns here, kvm-clock; 4
      * reads per hop of a round trip were 12% of its user time): the send
-     * after it then counts as the start of a burst, not as part of one. */
+     * after it then counts as the start of a burst, not as part of one.
+     * Told before the writer check: a writer busy with an earlier flood's
+     * output goes on with a reply (flood off), not leaving it to a run. */
     uint64_t rx = atomic_load_explicit(&s->rx_reads, memory_order_relaxed);
-    if (rx != s->last_send_rx) {
+    bool reply = rx != s->last_send_rx;
+    if (reply) {
         s->last_send_rx = rx;
         s->last_send_ns = INT64_MIN / 2;
         s->flood = false;
+    }
+    if (s->writing)
+        return; /* the current writer takes it */
+    if (reply) {
         flush_locked(s);
         return;
     }
@@ -853,7 +879,7 @@ static bool flush_now(lc_session *s)
 {
     pthread_mutex_lock(&s->wmu);
     if (s->out.len > s->deferred_len)
-        flush_locked(s); /* (frames that wait for a later write stay) */
+        flush_rounds(s, FLUSH_ALL_BUT_FLOOD); /* (frames that wait for a later write stay) */
     bool flooded = s->ctl_out + s->ctl_inflight > ANSWERS_MAX(s);
     pthread_mutex_unlock(&s->wmu);
     return flooded;
@@ -3827,8 +3853,8 @@ static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drain
             session_fail(s, err);
             return false;
         }
-        atomic_fetch_add_explicit(&s->rx_reads, 1, memory_order_relaxed);
         bool full_read = (size_t)n == s->rbuf_cap;
+        bool answerable = false; /* DATA or SYN_STREAM: something the application may answer */
         rd_actions a; /* not "= {...}": that zeroed the inline list on every read */
         a.announce = NULL;
         kl_init(&a.deliver);
@@ -3845,6 +3871,14 @@ static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drain
             }
             if (rc == 0)
                 break;
+            if (!answerable && (f.type == LC_SPDY_DATA || f.type == LC_SPDY_SYN_STREAM)) {
+                /* counted before anything of it is delivered. A read of
+                 * control frames only (a WINDOW_UPDATE granting more room)
+                 * is not counted: it made a flood's next send a "reply",
+                 * written at once, and the flood's batching started over */
+                answerable = true;
+                atomic_fetch_add_explicit(&s->rx_reads, 1, memory_order_relaxed);
+            }
             handle_frame(s, &f, &a);
             if (f.type == LC_SPDY_SYN_STREAM && a.announce)
                 run_actions(s, &a);

@@ -143,7 +143,7 @@ struct lc_session {
     uint64_t out_gen, tail_gen;
     size_t tail_hdr, tail_end, tail_len;
     uint32_t tail_id;
-    _Atomic uint64_t rx_reads; /* carrier reads that brought bytes */
+    _Atomic uint64_t rx_reads; /* carrier reads that brought DATA or SYN_STREAM frames */
     _Atomic int in_cb;    /* engine callbacks (and driving receivers) running on it */
     _Atomic int fd_closers; /* bytes_close calls between taking a watch and closing its fd */
     _Atomic int reader;   /* the reader token: 1 while a thread reads the carrier */
