@@ -498,8 +498,10 @@ typedef struct lc_options {
     uint32_t stream_window;   /* bytes a peer of ours may send on one channel beyond
                                  what the Receiver's local queue holds (SPDY/3
                                  window, granted back as messages enter that
-                                 queue; default 1 MiB). Go peers do not use
-                                 windows. */
+                                 queue, or as a byte stream's bytes reach its
+                                 fd; default 4 MiB, which a byte stream over
+                                 TCP needs to keep moving). Go peers do not
+                                 use windows. */
     lc_limits limits;         /* msgpack limits for received messages (0 = defaults) */
     /* Debugging: when set, called with one readable line for every SPDY frame
      * the session sends (">> ...") or receives ("<< ..."), e.g.

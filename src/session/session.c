@@ -53,7 +53,13 @@ LC_API void lc_options_default(lc_options *o)
     o->recv_queue = 256;
     o->accept_queue = 1024;
     o->max_pending_out = 4u << 20;
-    o->stream_window = 1u << 20;
+    /* 4 MiB: with 1 MiB, a byte stream's pump over TCP ran out of window
+     * about once per MiB (~230 stalls per 256 MiB, each waiting for the
+     * peer's WINDOW_UPDATE; ~45 with 4 MiB). bench_session tcp bulk as the
+     * kernel places the threads, 3 interleaved pairs: from a pipe
+     * 0.35-0.40x -> 0.40-0.51x of raw TCP, from a socketpair 0.43-0.48x
+     * -> 0.50-0.67x; pinned unchanged (0.52-0.74x). */
+    o->stream_window = 4u << 20;
     lc_limits_default(&o->limits);
 }
 
@@ -2564,13 +2570,17 @@ static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *
         sub->kind = ST_BYTES;
         sub->claimed = true;
         if (ext != 2) {
-            /* Room for one window in the socket (the kernel caps it at
-             * wmem_max): with the default ~208 KiB, a reader a little
-             * slower than the carrier kept filling it, and the bytes went
-             * through fd_out and an EPOLLOUT wake-up. bench_session tcp
-             * lc-bulk-sp: ~2000 -> ~2550 MB/s, the receiving process's CPU
-             * per MiB 400-480 -> 320-350 us. */
-            int sz = (int)s->opt.stream_window;
+            /* Room for one window in the socket, up to 1 MiB (the kernel
+             * caps it at wmem_max, and doubles it): with the default ~208
+             * KiB, a reader a little slower than the carrier kept filling
+             * it, and the bytes went through fd_out and an EPOLLOUT
+             * wake-up. bench_session tcp lc-bulk-sp: ~2000 -> ~2550 MB/s,
+             * the receiving process's CPU per MiB 400-480 -> 320-350 us.
+             * Not more: toward a peer without windows, this socket is what
+             * holds the bytes of an fd nobody reads beyond BYTES_BUF
+             * (test_byte_stream_without_windows_pauses_reading: 9 MiB with
+             * a 4 MiB window here, where wmem_max is 4 MiB). */
+            int sz = (int)(s->opt.stream_window < (1u << 20) ? s->opt.stream_window : (1u << 20));
             setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
         }
         /* ext 2: the holder writes (we read our end); 3: the holder reads */
