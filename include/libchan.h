@@ -434,8 +434,8 @@ LC_API size_t lc_receiver_queued(lc_receiver *r);
  * pipe a session reads this way gets 256 KiB of capacity (F_SETPIPE_SZ, for
  * fewer wake-ups; at most 16 pipes of the process at a time). For bulk data
  * over TCP, send the end of a socketpair rather than a pipe: the session
- * reads it faster (bench_session tcp bulk on a 2-core VM: ~2800 against
- * ~2100 MB/s).
+ * reads it faster (bench_session tcp bulk on a 2-core VM: ~3900 against
+ * ~3300 MB/s as the kernel places the threads).
  *
  * Network channel ends are ordinary lc_sender / lc_receiver handles: lc_send,
  * lc_recv, lc_select, lc_close and pollable fds work on them, mixed with
