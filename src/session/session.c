@@ -3693,6 +3693,13 @@ static void handle_frame(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
  * 2904-3584 with 256 KiB, 3498-3747 with 512 KiB (receiving process 316-381
  * -> 229-250 CPU us/MiB). A session that never gets more than 64 KiB at once
  * keeps the small buffer.
+ * A byte stream's payload moved by splice(2) from the carrier into a pipe,
+ * then into its fd, never through this buffer, was tried and not kept: in
+ * the full bench_session tcp bulk (medians of 9, two pairs) it changed
+ * nothing from a socketpair (0.63/0.50x, 0.52/0.54x of raw TCP) and lost from
+ * a pipe (0.41/0.44x, 0.54/0.43x): the sender's TCP pages, now held until
+ * the receiving application read them, could no longer be reused, and the
+ * sender's CPU per MiB rose (~260 -> 270-510 us).
  */
 #define READ_CHUNK 65536
 #define READ_CHUNK_BULK (512u << 10)
