@@ -1875,6 +1875,9 @@ static void start_pump(lc_stream *st)
  * limit, inbound pauses the carrier while fd_out holds more than BYTES_BUF.
  */
 #define BYTES_BUF (1u << 20)
+/* The send buffer asked for a received byte stream's socketpair: one window,
+ * up to this (resolve_one_locked says why not more). */
+#define BYTES_SOCKBUF_MAX (1u << 20)
 
 static void bytes_cb(void *ctx, uint32_t ev);
 
@@ -2589,7 +2592,7 @@ static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *
              * holds the bytes of an fd nobody reads beyond BYTES_BUF
              * (test_byte_stream_without_windows_pauses_reading: 9 MiB with
              * a 4 MiB window here, where wmem_max is 4 MiB). */
-            int sz = (int)(s->opt.stream_window < (1u << 20) ? s->opt.stream_window : (1u << 20));
+            int sz = (int)(s->opt.stream_window < BYTES_SOCKBUF_MAX ? s->opt.stream_window : BYTES_SOCKBUF_MAX);
             setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
         }
         /* ext 2: the holder writes (we read our end); 3: the holder reads */
