@@ -594,6 +594,8 @@ static void wake_all_locked(lc_chan *c, sudog_queue *q, int result)
             wake[n++] = sg->w;
         }
         poll_update(c);
+        if (n == 0)
+            return; /* nobody waits (the usual close): mu stays held, no round */
         pthread_mutex_unlock(&c->mu);
         for (size_t i = 0; i < n; i++)
             waiter_wake(wake[i]);

@@ -3715,7 +3715,7 @@ static void arm_read(lc_session *s)
     pthread_mutex_lock(&s->mu);
     bool paused = s->paused;
     pthread_mutex_unlock(&s->mu);
-    s->lazy = false;
+    atomic_store_explicit(&s->lazy, false, memory_order_relaxed);
     if (s->watch != NULL && !paused)
         lc__engine_arm(s->watch, EPOLLIN);
     pthread_mutex_unlock(&s->wmu);
@@ -3747,7 +3747,7 @@ static void lazy_backstop(void *ctx)
     s->backstop_set = false;
     flush_locked(s); /* frames a drive left for the next write (flush_or_defer_locked) */
     bool arm = false;
-    if (s->lazy && !s->dead) {
+    if (atomic_load_explicit(&s->lazy, memory_order_relaxed) && !s->dead) {
         int64_t now = lc__now_ns();
         int64_t last = atomic_load(&s->last_drive_ns);
         if (atomic_load(&s->reader) != 0 || now - last < LAZY_REARM_NS) {
@@ -3809,7 +3809,7 @@ static bool go_lazy_locked(lc_session *s, int64_t now)
     atomic_store(&s->last_drive_ns, now);
     bool ok = s->watch != NULL && backstop_locked(s);
     if (ok)
-        s->lazy = true;
+        atomic_store_explicit(&s->lazy, true, memory_order_relaxed);
     return ok;
 }
 
@@ -3817,7 +3817,7 @@ static bool go_lazy_locked(lc_session *s, int64_t now)
 static void ensure_watched(lc_session *s)
 {
     pthread_mutex_lock(&s->wmu);
-    bool lazy = s->lazy;
+    bool lazy = atomic_load_explicit(&s->lazy, memory_order_relaxed);
     pthread_mutex_unlock(&s->wmu);
     if (lazy)
         arm_read(s);
@@ -4071,12 +4071,18 @@ static bool drive(void *ctx, lc_chan *c, int64_t now, int64_t deadline)
      * woke the engine thread for every message we then read ourselves
      * (strace: one epoll_wait + one epoll_ctl per message), a wake-up that
      * competes for the two cores with the threads doing the work. */
-    pthread_mutex_lock(&s->wmu);
     /* lazy: the last drive left it unarmed (only arm_read arms it, and it
      * clears lazy first), so there is nothing to disarm or to lock the
-     * engine for */
-    bool disarmed = s->watch != NULL && !s->lazy && lc__engine_disarm(s->watch, EPOLLIN) > 0;
-    pthread_mutex_unlock(&s->wmu);
+     * engine for. Looked at without wmu (written under it): an arm_read
+     * just after the look is the same as one just after our disarm, which
+     * could always happen; the drive's end re-arms as needed. */
+    bool disarmed = false;
+    if (!atomic_load_explicit(&s->lazy, memory_order_relaxed)) {
+        pthread_mutex_lock(&s->wmu);
+        disarmed = s->watch != NULL && !atomic_load_explicit(&s->lazy, memory_order_relaxed) &&
+                   lc__engine_disarm(s->watch, EPOLLIN) > 0;
+        pthread_mutex_unlock(&s->wmu);
+    }
     int fd = lc__conn_fd(s->conn);
     unsigned nth = atomic_fetch_add_explicit(&s->drives, 1, memory_order_relaxed);
     bool spin = atomic_load_explicit(&s->spin_misses, memory_order_relaxed) < SPIN_MISSES_MAX ||
@@ -4127,7 +4133,7 @@ static bool drive(void *ctx, lc_chan *c, int64_t now, int64_t deadline)
         flush_or_defer_locked(s); /* the application gets a message, likely replies */
     else if (s->out.len > s->deferred_len)
         flush_locked(s);
-    bool lazy_now = s->lazy;
+    bool lazy_now = atomic_load_explicit(&s->lazy, memory_order_relaxed);
     rearm = rearm || ((disarmed || lazy_now) && !(drained && go_lazy_locked(s, now)));
     pthread_mutex_unlock(&s->wmu);
     if (rearm)

@@ -152,7 +152,8 @@ struct lc_session {
      * disarmed (lazy) while threads keep doing so; backstop_set: a timer
      * re-arms it once nobody has for LAZY_REARM_NS */
     _Atomic bool peer_known; /* its first frame came: peer_fc is settled */
-    bool lazy, backstop_set;
+    _Atomic bool lazy;    /* written under wmu; drive looks without it */
+    bool backstop_set;
     lc_timer_id backstop_id; /* wmu: valid while backstop_set */
     bool out_urgent;      /* wmu: `out` holds a WINDOW_UPDATE or PING reply: no deferring */
     size_t deferred_len;  /* wmu: `out` up to here holds only frames nobody waits for */

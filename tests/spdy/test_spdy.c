@@ -602,6 +602,33 @@ static void test_encode_header_frame_errors(void **state)
     lc__spdy_deflater_free(&z);
 }
 
+/* The upper-case rule is checked eight bytes at a time: every length up to
+ * three words, every position, the bytes either side of 'A'..'Z' and the
+ * same letters with the top bit set (not upper case: not ASCII). */
+static void test_upper_case_names_at_every_position(void **state)
+{
+    (void)state;
+    const unsigned char probes[] = { 'A', 'Z', 'M', '@', '[', 'a', 'z', 0xc1, 0xda, 0x80, 0xff, '-' };
+    char name[24];
+    lc_buf raw;
+    lc__buf_init(&raw);
+    for (size_t len = 1; len <= sizeof name; len++) {
+        for (size_t at = 0; at < len; at++) {
+            for (size_t k = 0; k < sizeof probes; k++) {
+                memset(name, 'q', len);
+                name[at] = (char)probes[k];
+                bool upper = probes[k] >= 'A' && probes[k] <= 'Z';
+                lc_spdy_header h[] = { { name, len, "v", 1 } };
+                raw.len = 0;
+                int rc = lc__spdy_hblock_build(&raw, h, 1);
+                if (rc != (upper ? LC_EINVAL : 0))
+                    fail_msg("name of %zu bytes, byte %zu = 0x%02x: got %d", len, at, probes[k], rc);
+            }
+        }
+    }
+    lc__buf_free(&raw);
+}
+
 /* ---- decoding hand-made bytes ------------------------------------------------------ */
 
 static void test_decode_data_frames(void **state)
@@ -1726,6 +1753,7 @@ int main(void)
         T(test_encode_data_end_over_max_length),
         T(test_encode_fixed_control_frames),
         T(test_encode_header_frames),
+        T(test_upper_case_names_at_every_position),
         T(test_level0_matches_zlib),
         T(test_encode_header_frame_errors),
         T(test_decode_data_frames),
