@@ -157,6 +157,9 @@ struct lc_session {
     lc_timer_id backstop_id; /* wmu: valid while backstop_set */
     bool out_urgent;      /* wmu: `out` holds a WINDOW_UPDATE or PING reply: no deferring */
     size_t deferred_len;  /* wmu: `out` up to here holds only frames nobody waits for */
+    /* a FIN left to settle (net_end): the reading thread writes it once this
+     * time (ns) has passed; 0: none. Written under wmu, looked at without */
+    _Atomic int64_t fin_due;
     _Atomic bool no_lazy; /* a channel is waited on without reading (select, pollfd, async) */
     _Atomic bool close_waiting; /* lc_session_close waits for pumps: a parking pump signals */
     _Atomic int64_t last_drive_ns;

@@ -152,6 +152,96 @@ static void test_echo_replies_with_send_last(void **st)
     run_echo_with("tcp://127.0.0.1:0", true);
 }
 
+/*
+ * A FIN that closes a reply channel right after the reply settles for a
+ * moment (net_end: FIN_SETTLE_NS), written by the session's next read. The
+ * end must still reach the requester when the server's thread does not read
+ * again: here it waits outside the library (a plain pipe) until the client
+ * has seen LC_EOF (rounds 1 and 2: by then the server's thread reads the
+ * carrier itself, the case that settles); then, for the last request, it
+ * closes the session right after lc_close. Both transports, a few times.
+ */
+typedef struct away_arg {
+    lc_session *s;
+    int wake_fd; /* read end: the client writes a byte once it saw LC_EOF */
+    int rc;
+} away_arg;
+
+static void *reply_close_and_go_away(void *x)
+{
+    away_arg *a = x;
+    lc_receiver *r;
+    if ((a->rc = lc_session_receiver(a->s, &r, 5000)) != 0)
+        return NULL;
+    for (int round = 0; round < 4 && a->rc == 0; round++) {
+        lc_msg *m;
+        lc_sender *ret;
+        if ((a->rc = lc_recv(r, &m, 5000)) != 0)
+            break;
+        a->rc = lc_unpack(m, "{s:S}", "Ret", &ret);
+        lc_msg_free(m);
+        if (a->rc != 0)
+            break;
+        lc_msg *rep = lc_pack("{s:i}", "Round", round);
+        if ((a->rc = lc_send(ret, rep, 5000)) != 0)
+            lc_msg_free(rep);
+        int crc = lc_close(ret);
+        if (a->rc == 0)
+            a->rc = crc;
+        lc_sender_release(ret);
+        if (round == 1 || round == 2) {
+            /* away from the library until the client has its LC_EOF */
+            struct pollfd pfd = { a->wake_fd, POLLIN, 0 };
+            char c;
+            if (poll(&pfd, 1, 10000) != 1 || read(a->wake_fd, &c, 1) != 1)
+                a->rc = LC_ETIMEDOUT;
+        } else if (round == 3) {
+            a->rc = lc_session_close(a->s, 5000); /* the FIN goes before the carrier closes */
+        }
+    }
+    lc_receiver_release(r);
+    return NULL;
+}
+
+static void test_reply_channel_end_reaches_peer_while_server_is_away(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(40);
+    for (int i = 0; i < 6; i++) {
+        pair p;
+        open_pair(&p, i % 2 ? "tcp://127.0.0.1:0" : unix_url());
+        int wake[2];
+        assert_int_equal(pipe(wake), 0);
+        away_arg a = { .s = p.server, .wake_fd = wake[0] };
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, reply_close_and_go_away, &a), 0);
+        lc_sender *req;
+        assert_int_equal(lc_session_sender(p.client, &req), 0);
+        for (int round = 0; round < 4; round++) {
+            lc_receiver *rr;
+            lc_sender *rs;
+            assert_int_equal(lc_pipe(&rr, &rs, 1), 0);
+            assert_int_equal(lc_send(req, lc_pack("{s:S}", "Ret", rs), 5000), 0);
+            lc_msg *rep;
+            assert_int_equal(lc_recv(rr, &rep, 5000), 0);
+            int got = -1;
+            assert_int_equal(lc_unpack(rep, "{s:i}", "Round", &got), 0);
+            assert_int_equal(got, round);
+            lc_msg_free(rep);
+            assert_int_equal(lc_recv(rr, &rep, 5000), LC_EOF);
+            lc_receiver_release(rr);
+            if (round == 1 || round == 2)
+                assert_int_equal(write(wake[1], "x", 1), 1);
+        }
+        pthread_join(t, NULL);
+        assert_int_equal(a.rc, 0);
+        lc_sender_release(req);
+        close(wake[0]);
+        close(wake[1]);
+        close_pair(&p);
+    }
+}
+
 /* On the wire lc_send_last is one DATA frame with FIN carrying the message:
  * no frame of its own for the end. Checked frame by frame against a raw
  * peer; then the Sender is closed. */
@@ -1217,6 +1307,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_echo_with_reply_sender_over_tcp, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_echo_replies_with_send_last, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_send_last_is_one_frame, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_reply_channel_end_reaches_peer_while_server_is_away, lc_test_setup,
+                                        lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_send_last_races_other_sends, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_receiver_carried_in_a_message, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_select_sends_its_own_reply_channel, lc_test_setup, lc_test_teardown),
