@@ -348,11 +348,9 @@ LC_API int lc_send(lc_sender *s, lc_msg *m, int64_t timeout_ms);
  * closes as m is taken (those sends fail with LC_ECLOSED). On a network
  * channel the message and the end of the channel travel in one frame, so a
  * server answering on a fresh reply channel makes one write per reply
- * instead of two (the second write also holds back the requester's read of
- * the reply when it lands during it: 0.5-1.2 us per round trip on a unix
- * socket in bench_session, raw sockets alike). On success the channel is
- * closed (release the Sender as usual); on failure nothing is closed and m
- * is still the caller's. Errors as lc_send.
+ * instead of two, and the end is never held back (see lc_close). On success
+ * the channel is closed (release the Sender as usual); on failure nothing is
+ * closed and m is still the caller's. Errors as lc_send.
  */
 LC_API int lc_send_last(lc_sender *s, lc_msg *m, int64_t timeout_ms);
 
@@ -368,6 +366,14 @@ LC_API int lc_recv(lc_receiver *r, lc_msg **m, int64_t timeout_ms);
  * queued, then LC_EOF. Every blocked sender and receiver wakes at once (blocked
  * senders fail with LC_ECLOSED: their messages stay theirs). Does not release
  * the reference. A second close returns LC_ECLOSED.
+ *
+ * On a network channel the end is written at once, except right after the
+ * closing thread answered a message it read from that session: a write
+ * landing while the requester reads the reply holds that read back (0.5-1.2
+ * us per round trip on a unix socket, bench_session), so the end then waits
+ * about 1 us, for the session's next read, its next write or the thread
+ * going back to lc_recv; 4 ms at most if no thread reads the session.
+ * lc_send_last sends a reply and the end together and never waits.
  */
 LC_API int lc_close(lc_sender *s);
 
