@@ -3953,7 +3953,9 @@ static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drain
                  * is not counted: it made a flood's next send a "reply",
                  * written at once, and the flood's batching started over */
                 answerable = true;
-                atomic_fetch_add_explicit(&s->rx_reads, 1, memory_order_relaxed);
+                /* (only the reader token's holder counts: no locked add) */
+                atomic_store_explicit(&s->rx_reads, atomic_load_explicit(&s->rx_reads, memory_order_relaxed) + 1,
+                                      memory_order_relaxed);
             }
             handle_frame(s, &f, &a);
             if (f.type == LC_SPDY_SYN_STREAM && a.announce)
@@ -4131,7 +4133,9 @@ static bool drive(void *ctx, lc_chan *c, int64_t now, int64_t deadline)
         pthread_mutex_unlock(&s->wmu);
     }
     int fd = lc__conn_fd(s->conn);
-    unsigned nth = atomic_fetch_add_explicit(&s->drives, 1, memory_order_relaxed);
+    /* (counted by the token's holder alone: no locked add) */
+    unsigned nth = atomic_load_explicit(&s->drives, memory_order_relaxed);
+    atomic_store_explicit(&s->drives, nth + 1, memory_order_relaxed);
     bool spin = atomic_load_explicit(&s->spin_misses, memory_order_relaxed) < SPIN_MISSES_MAX ||
                 nth % SPIN_PROBE_EVERY == 0;
     int64_t spin_until = spin ? now + DRIVE_SPIN_NS : 0;
