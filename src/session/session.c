@@ -4805,6 +4805,10 @@ LC_API void lc_session_free(lc_session *s)
 {
     if (s == NULL)
         return;
+    /* a settling FIN (net_end) was as good as written when lc_close
+     * returned: it goes, if the carrier takes it now, before the end */
+    if (atomic_load_explicit(&s->fin_due, memory_order_relaxed) != 0)
+        fin_settled(s);
     session_fail(s, LC_ESESSION);
     /* a session_fail already running on another thread (a write that failed
      * in an engine callback) closes fds of ours: wait until it is done */

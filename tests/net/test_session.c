@@ -242,6 +242,75 @@ static void test_reply_channel_end_reaches_peer_while_server_is_away(void **st)
     }
 }
 
+/* The same end, then lc_session_free at once (no lc_session_close): the end
+ * lc_close accepted still reaches the requester, before the carrier's. */
+typedef struct free_arg {
+    lc_session *s;
+    int rc;
+} free_arg;
+
+static void *reply_close_and_free(void *x)
+{
+    free_arg *a = x;
+    lc_receiver *r;
+    if ((a->rc = lc_session_receiver(a->s, &r, 5000)) != 0)
+        return NULL;
+    for (int round = 0; round < 2 && a->rc == 0; round++) {
+        lc_msg *m;
+        lc_sender *ret;
+        if ((a->rc = lc_recv(r, &m, 5000)) != 0)
+            break;
+        a->rc = lc_unpack(m, "{s:S}", "Ret", &ret);
+        lc_msg_free(m);
+        if (a->rc != 0)
+            break;
+        lc_msg *rep = lc_pack("{s:i}", "Round", round);
+        if ((a->rc = lc_send(ret, rep, 5000)) != 0)
+            lc_msg_free(rep);
+        int crc = lc_close(ret);
+        if (a->rc == 0)
+            a->rc = crc;
+        lc_sender_release(ret);
+    }
+    lc_receiver_release(r);
+    lc_session_free(a->s); /* round 1's end may still be settling */
+    return NULL;
+}
+
+static void test_reply_channel_end_survives_session_free(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(40);
+    for (int i = 0; i < 6; i++) {
+        pair p;
+        open_pair(&p, i % 2 ? "tcp://127.0.0.1:0" : unix_url());
+        free_arg a = { .s = p.server };
+        p.server = NULL; /* the thread frees it */
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, reply_close_and_free, &a), 0);
+        lc_sender *req;
+        assert_int_equal(lc_session_sender(p.client, &req), 0);
+        for (int round = 0; round < 2; round++) {
+            lc_receiver *rr;
+            lc_sender *rs;
+            assert_int_equal(lc_pipe(&rr, &rs, 1), 0);
+            assert_int_equal(lc_send(req, lc_pack("{s:S}", "Ret", rs), 5000), 0);
+            lc_msg *rep;
+            assert_int_equal(lc_recv(rr, &rep, 5000), 0);
+            int got = -1;
+            assert_int_equal(lc_unpack(rep, "{s:i}", "Round", &got), 0);
+            assert_int_equal(got, round);
+            lc_msg_free(rep);
+            assert_int_equal(lc_recv(rr, &rep, 5000), LC_EOF);
+            lc_receiver_release(rr);
+        }
+        pthread_join(t, NULL);
+        assert_int_equal(a.rc, 0);
+        lc_sender_release(req);
+        close_pair(&p);
+    }
+}
+
 /* On the wire lc_send_last is one DATA frame with FIN carrying the message:
  * no frame of its own for the end. Checked frame by frame against a raw
  * peer; then the Sender is closed. */
@@ -1308,6 +1377,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_echo_replies_with_send_last, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_send_last_is_one_frame, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_reply_channel_end_reaches_peer_while_server_is_away, lc_test_setup,
+                                        lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_reply_channel_end_survives_session_free, lc_test_setup,
                                         lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_send_last_races_other_sends, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_receiver_carried_in_a_message, lc_test_setup, lc_test_teardown),
