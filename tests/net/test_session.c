@@ -156,24 +156,37 @@ static void test_echo_replies_with_send_last(void **st)
  * A FIN that closes a reply channel right after the reply settles for a
  * moment (net_end: FIN_SETTLE_NS), written by the session's next read. The
  * end must still reach the requester when the server's thread does not read
- * again: here it waits outside the library (a plain pipe) until the client
- * has seen LC_EOF (rounds 1 and 2: by then the server's thread reads the
- * carrier itself, the case that settles); then, for the last request, it
- * closes the session right after lc_close. Both transports, a few times.
+ * again. The server answers four requests with lc_send + lc_close; then
+ * - away: it waits outside the library (a plain pipe) until the client has
+ *   seen LC_EOF after rounds 1 and 2 (by then the server's thread reads the
+ *   carrier itself, the case that settles), and closes the session right
+ *   after round 3's lc_close (the end goes before the carrier closes);
+ * - free: lc_session_free right after the last lc_close, without
+ *   lc_session_close: the end lc_close accepted still comes before the
+ *   carrier's (LC_EOF, not LC_ESESSION).
+ * Both transports, a few times each.
  */
-typedef struct away_arg {
-    lc_session *s;
-    int wake_fd; /* read end: the client writes a byte once it saw LC_EOF */
-    int rc;
-} away_arg;
+enum { SETTLE_ROUNDS = 4 };
 
-static void *reply_close_and_go_away(void *x)
+typedef struct settle_arg {
+    lc_session *s;
+    bool free_at_end;
+    int wake_fd; /* away: read end, a byte once the client saw LC_EOF */
+    int rc;
+} settle_arg;
+
+static bool settle_away_round(const settle_arg *a, int round)
 {
-    away_arg *a = x;
+    return !a->free_at_end && (round == 1 || round == 2);
+}
+
+static void *reply_close_then(void *x)
+{
+    settle_arg *a = x;
     lc_receiver *r;
     if ((a->rc = lc_session_receiver(a->s, &r, 5000)) != 0)
         return NULL;
-    for (int round = 0; round < 4 && a->rc == 0; round++) {
+    for (int round = 0; round < SETTLE_ROUNDS && a->rc == 0; round++) {
         lc_msg *m;
         lc_sender *ret;
         if ((a->rc = lc_recv(r, &m, 5000)) != 0)
@@ -189,35 +202,37 @@ static void *reply_close_and_go_away(void *x)
         if (a->rc == 0)
             a->rc = crc;
         lc_sender_release(ret);
-        if (round == 1 || round == 2) {
+        if (settle_away_round(a, round)) {
             /* away from the library until the client has its LC_EOF */
             struct pollfd pfd = { a->wake_fd, POLLIN, 0 };
             char c;
             if (poll(&pfd, 1, 10000) != 1 || read(a->wake_fd, &c, 1) != 1)
                 a->rc = LC_ETIMEDOUT;
-        } else if (round == 3) {
-            a->rc = lc_session_close(a->s, 5000); /* the FIN goes before the carrier closes */
+        } else if (round == SETTLE_ROUNDS - 1 && !a->free_at_end) {
+            a->rc = lc_session_close(a->s, 5000);
         }
     }
     lc_receiver_release(r);
+    if (a->free_at_end)
+        lc_session_free(a->s); /* the last end may still be settling */
     return NULL;
 }
 
-static void test_reply_channel_end_reaches_peer_while_server_is_away(void **st)
+static void run_reply_close_then(bool free_at_end)
 {
-    (void)st;
-    LC_TEST_DEADLINE(40);
     for (int i = 0; i < 6; i++) {
         pair p;
         open_pair(&p, i % 2 ? "tcp://127.0.0.1:0" : unix_url());
         int wake[2];
         assert_int_equal(pipe(wake), 0);
-        away_arg a = { .s = p.server, .wake_fd = wake[0] };
+        settle_arg a = { .s = p.server, .free_at_end = free_at_end, .wake_fd = wake[0] };
+        if (free_at_end)
+            p.server = NULL; /* the thread frees it */
         pthread_t t;
-        assert_int_equal(pthread_create(&t, NULL, reply_close_and_go_away, &a), 0);
+        assert_int_equal(pthread_create(&t, NULL, reply_close_then, &a), 0);
         lc_sender *req;
         assert_int_equal(lc_session_sender(p.client, &req), 0);
-        for (int round = 0; round < 4; round++) {
+        for (int round = 0; round < SETTLE_ROUNDS; round++) {
             lc_receiver *rr;
             lc_sender *rs;
             assert_int_equal(lc_pipe(&rr, &rs, 1), 0);
@@ -230,7 +245,7 @@ static void test_reply_channel_end_reaches_peer_while_server_is_away(void **st)
             lc_msg_free(rep);
             assert_int_equal(lc_recv(rr, &rep, 5000), LC_EOF);
             lc_receiver_release(rr);
-            if (round == 1 || round == 2)
+            if (settle_away_round(&a, round))
                 assert_int_equal(write(wake[1], "x", 1), 1);
         }
         pthread_join(t, NULL);
@@ -242,73 +257,18 @@ static void test_reply_channel_end_reaches_peer_while_server_is_away(void **st)
     }
 }
 
-/* The same end, then lc_session_free at once (no lc_session_close): the end
- * lc_close accepted still reaches the requester, before the carrier's. */
-typedef struct free_arg {
-    lc_session *s;
-    int rc;
-} free_arg;
-
-static void *reply_close_and_free(void *x)
+static void test_reply_channel_end_reaches_peer_while_server_is_away(void **st)
 {
-    free_arg *a = x;
-    lc_receiver *r;
-    if ((a->rc = lc_session_receiver(a->s, &r, 5000)) != 0)
-        return NULL;
-    for (int round = 0; round < 2 && a->rc == 0; round++) {
-        lc_msg *m;
-        lc_sender *ret;
-        if ((a->rc = lc_recv(r, &m, 5000)) != 0)
-            break;
-        a->rc = lc_unpack(m, "{s:S}", "Ret", &ret);
-        lc_msg_free(m);
-        if (a->rc != 0)
-            break;
-        lc_msg *rep = lc_pack("{s:i}", "Round", round);
-        if ((a->rc = lc_send(ret, rep, 5000)) != 0)
-            lc_msg_free(rep);
-        int crc = lc_close(ret);
-        if (a->rc == 0)
-            a->rc = crc;
-        lc_sender_release(ret);
-    }
-    lc_receiver_release(r);
-    lc_session_free(a->s); /* round 1's end may still be settling */
-    return NULL;
+    (void)st;
+    LC_TEST_DEADLINE(40);
+    run_reply_close_then(false);
 }
 
 static void test_reply_channel_end_survives_session_free(void **st)
 {
     (void)st;
     LC_TEST_DEADLINE(40);
-    for (int i = 0; i < 6; i++) {
-        pair p;
-        open_pair(&p, i % 2 ? "tcp://127.0.0.1:0" : unix_url());
-        free_arg a = { .s = p.server };
-        p.server = NULL; /* the thread frees it */
-        pthread_t t;
-        assert_int_equal(pthread_create(&t, NULL, reply_close_and_free, &a), 0);
-        lc_sender *req;
-        assert_int_equal(lc_session_sender(p.client, &req), 0);
-        for (int round = 0; round < 2; round++) {
-            lc_receiver *rr;
-            lc_sender *rs;
-            assert_int_equal(lc_pipe(&rr, &rs, 1), 0);
-            assert_int_equal(lc_send(req, lc_pack("{s:S}", "Ret", rs), 5000), 0);
-            lc_msg *rep;
-            assert_int_equal(lc_recv(rr, &rep, 5000), 0);
-            int got = -1;
-            assert_int_equal(lc_unpack(rep, "{s:i}", "Round", &got), 0);
-            assert_int_equal(got, round);
-            lc_msg_free(rep);
-            assert_int_equal(lc_recv(rr, &rep, 5000), LC_EOF);
-            lc_receiver_release(rr);
-        }
-        pthread_join(t, NULL);
-        assert_int_equal(a.rc, 0);
-        lc_sender_release(req);
-        close_pair(&p);
-    }
+    run_reply_close_then(true);
 }
 
 /* On the wire lc_send_last is one DATA frame with FIN carrying the message:
