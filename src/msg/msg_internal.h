@@ -93,6 +93,11 @@ static inline void *lc__arena_alloc(lc_msg *m, size_t n)
 /* Allocates an uninitialised value of type t in m (owner set, flags 0). */
 lc_value *lc__value_alloc(lc_msg *m, lc_type t);
 
+/* lc_map_set_value of a fresh string key (klen bytes at key) and v, for a
+ * builder that made map and v itself (lc_pack): none of its checks can
+ * fail there. LC_ENOMEM. */
+int lc__map_append_key(lc_msg *m, lc_value *map, const char *key, size_t klen, lc_value *v);
+
 /* Registers an attachment value so lc_msg_free releases it. */
 int lc__msg_track_attachment(lc_msg *m, lc_value *v);
 

@@ -160,6 +160,8 @@ static char peek(lc_walk *w)
 {
     for (;;) {
         char c = w->fmt[w->pos];
+        if ((unsigned char)c > ':')
+            return c; /* every value and bracket character: no separator */
         switch (c) {
         case ' ': case '\t': case '\n': case '\r': case '\f': case '\v':
         case ',': case ':':
@@ -361,11 +363,8 @@ static int pack_value(lc_walk *w, lc_msg *m, int depth, lc_value **out)
             lc_value *e;
             enter(w, depth, key != NULL ? key : "(null)", key != NULL ? klen : 6, 0);
             int rc = pack_value(w, m, depth + 1, &e);
-            if (rc == 0 && w->code == 0) {
-                lc_value *k = lc_new_stringn(m, key, klen);
-                if (k == NULL || lc_map_set_value(m, v, k, e) != 0)
-                    fail(w, LC_ENOMEM, "out of memory");
-            }
+            if (rc == 0 && w->code == 0 && lc__map_append_key(m, v, key, klen, e) != 0)
+                fail(w, LC_ENOMEM, "out of memory");
             w->nseg = depth;
             if (rc != 0)
                 return rc;

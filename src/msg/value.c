@@ -650,6 +650,29 @@ LC_API int lc_map_set_value(lc_msg *m, lc_value *map, lc_value *key, lc_value *v
     return 0;
 }
 
+int lc__map_append_key(lc_msg *m, lc_value *map, const char *key, size_t klen, lc_value *v)
+{
+    lc_value *k = new_bytes(m, LC_STRING, key, klen);
+    if (k == NULL || map->len >= UINT32_MAX / 2)
+        return LC_ENOMEM;
+    if (map->len + 1 > map->cap) {
+        uint32_t ncap = map->cap ? map->cap * 2 : 4;
+        lc_value **n = lc__arena_alloc(m, (size_t)ncap * 2 * sizeof *n);
+        if (n == NULL)
+            return LC_ENOMEM;
+        if (map->len)
+            memcpy(n, map->u.items, (size_t)map->len * 2 * sizeof *n);
+        map->u.items = n;
+        map->cap = ncap;
+    }
+    k->flags |= LC_VF_PLACED;
+    v->flags |= LC_VF_PLACED;
+    map->u.items[2 * map->len] = k;
+    map->u.items[2 * map->len + 1] = v;
+    map->len++;
+    return 0;
+}
+
 LC_API int lc_map_set(lc_msg *m, lc_value *map, const char *key, lc_value *v)
 {
     if (key == NULL)
