@@ -622,13 +622,9 @@ LC_API int lc_array_append(lc_msg *m, lc_value *arr, lc_value *v)
     return 0;
 }
 
-LC_API int lc_map_set_value(lc_msg *m, lc_value *map, lc_value *key, lc_value *v)
+/* Appends the pair (key, v), both of m and unplaced, to map. */
+static int map_place(lc_msg *m, lc_value *map, lc_value *key, lc_value *v)
 {
-    if (m == NULL || map == NULL || map->owner != m || map->type != LC_MAP || key == NULL || v == NULL)
-        return LC_EINVAL;
-    if (key == v || map == key || map == v || key->owner != m || v->owner != m ||
-        (key->flags & LC_VF_PLACED) || (v->flags & LC_VF_PLACED))
-        return LC_EINVAL;
     if (map->len >= UINT32_MAX / 2)
         return LC_ENOMEM;
     /* items holds 2*len pointers; cap counts pairs */
@@ -650,27 +646,20 @@ LC_API int lc_map_set_value(lc_msg *m, lc_value *map, lc_value *key, lc_value *v
     return 0;
 }
 
+LC_API int lc_map_set_value(lc_msg *m, lc_value *map, lc_value *key, lc_value *v)
+{
+    if (m == NULL || map == NULL || map->owner != m || map->type != LC_MAP || key == NULL || v == NULL)
+        return LC_EINVAL;
+    if (key == v || map == key || map == v || key->owner != m || v->owner != m ||
+        (key->flags & LC_VF_PLACED) || (v->flags & LC_VF_PLACED))
+        return LC_EINVAL;
+    return map_place(m, map, key, v);
+}
+
 int lc__map_append_key(lc_msg *m, lc_value *map, const char *key, size_t klen, lc_value *v)
 {
     lc_value *k = new_bytes(m, LC_STRING, key, klen);
-    if (k == NULL || map->len >= UINT32_MAX / 2)
-        return LC_ENOMEM;
-    if (map->len + 1 > map->cap) {
-        uint32_t ncap = map->cap ? map->cap * 2 : 4;
-        lc_value **n = lc__arena_alloc(m, (size_t)ncap * 2 * sizeof *n);
-        if (n == NULL)
-            return LC_ENOMEM;
-        if (map->len)
-            memcpy(n, map->u.items, (size_t)map->len * 2 * sizeof *n);
-        map->u.items = n;
-        map->cap = ncap;
-    }
-    k->flags |= LC_VF_PLACED;
-    v->flags |= LC_VF_PLACED;
-    map->u.items[2 * map->len] = k;
-    map->u.items[2 * map->len + 1] = v;
-    map->len++;
-    return 0;
+    return k != NULL ? map_place(m, map, k, v) : LC_ENOMEM;
 }
 
 LC_API int lc_map_set(lc_msg *m, lc_value *map, const char *key, lc_value *v)
