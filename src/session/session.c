@@ -897,9 +897,12 @@ static bool flush_now(lc_session *s)
     return flooded;
 }
 
-/* Writes a settling FIN (net_end) now, with whatever waits with it. */
+/* Writes a settling FIN (net_end) now, with whatever waits with it; no
+ * lock taken when there is none. */
 static void fin_settled(lc_session *s)
 {
+    if (atomic_load_explicit(&s->fin_due, memory_order_relaxed) == 0)
+        return;
     pthread_mutex_lock(&s->wmu);
     if (atomic_load_explicit(&s->fin_due, memory_order_relaxed) != 0)
         flush_locked(s);
@@ -4236,8 +4239,7 @@ static void carrier_cb(void *ctx, uint32_t ev)
             read_carrier(s, true, NULL, NULL);
             tls_reading = NULL;
             flush_now(s);
-            if (atomic_load_explicit(&s->fin_due, memory_order_relaxed) != 0)
-                fin_settled(s); /* the engine read instead of the closing thread */
+            fin_settled(s); /* the engine read instead of the closing thread */
             atomic_store(&s->reader, 0);
         }
     }
@@ -4807,8 +4809,7 @@ LC_API void lc_session_free(lc_session *s)
         return;
     /* a settling FIN (net_end) was as good as written when lc_close
      * returned: it goes, if the carrier takes it now, before the end */
-    if (atomic_load_explicit(&s->fin_due, memory_order_relaxed) != 0)
-        fin_settled(s);
+    fin_settled(s);
     session_fail(s, LC_ESESSION);
     /* a session_fail already running on another thread (a write that failed
      * in an engine callback) closes fds of ours: wait until it is done */
