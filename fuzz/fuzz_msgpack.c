@@ -11,6 +11,8 @@
  *    to the same message;
  *  - round trip: a decoded message re-encodes (lc__encode), the encoding
  *    decodes whole, and re-encodes to the same bytes;
+ *  - wire form: a message kept as its bytes re-encodes to exactly them,
+ *    and the tree built from them (lc_msg_root) encodes to them too;
  *  - msgpack-c agrees: where we accept a message (small limits), msgpack-c's
  *    unpacker reads the same number of bytes and the same values;
  *  - the public API: lc_msgpack_decode gives what lc__decode gives, except
@@ -271,7 +273,7 @@ static void check_against_msgpack_c(const uint8_t *p, size_t n, size_t used, lc_
     if (m->body != NULL) {
         CHECK(u.data.type == MSGPACK_OBJECT_EXT && u.data.via.ext.type == LC_EXT_BODY);
     } else {
-        same_value(m->root, &u.data);
+        same_value(lc_msg_root(m), &u.data);
     }
     msgpack_unpacked_destroy(&u);
 }
@@ -311,6 +313,22 @@ static int front(const uint8_t *p, size_t n, const lc_limits *lim, size_t *used)
                 }
             }
             roundtrip(&e);
+            if (m->wire != NULL) {
+                /* kept as its bytes (wire form): they are the message as
+                 * it came, and the encoding of the tree built from them */
+                CHECK(e.len == *used && memcmp(e.data, p, e.len) == 0);
+                lc_msg *t = NULL;
+                if (lc__decode(p, *used, lim, NULL, &t, NULL) == 0) {
+                    CHECK(t->wire != NULL);
+                    lc_msg_root(t);
+                    lc_buf et;
+                    if (t->wire == NULL && encode(t, NULL, &et) == 0) {
+                        CHECK(bytes_equal(&e, &et));
+                        lc__buf_free(&et);
+                    }
+                }
+                lc_msg_free(t);
+            }
             /* the public API: the same, except for references */
             uint8_t *pe = NULL;
             size_t pl = 0;

@@ -177,23 +177,15 @@ struct dframe {
 
 #define DSTACK_INLINE 24
 
-int lc__decode(const uint8_t *p, size_t n, const lc_limits *ulim,
-               const struct lc_codec_hooks *hooks, lc_msg **out, size_t *consumed)
+/*
+ * The value tree of the message at p[0..n) (n > 0), built in m: its root (or
+ * its body), and in *used the bytes it took. 0 or an error; m then holds
+ * whatever was built so far, for the caller to free.
+ */
+static int decode_tree(lc_msg *m, const uint8_t *p, size_t n, const lc_limits *limp,
+                       const struct lc_codec_hooks *hooks, size_t *used)
 {
-    if (out == NULL)
-        return LC_EINVAL;
-    *out = NULL;
-    if (p == NULL && n > 0)
-        return LC_EINVAL;
-    if (n == 0)
-        return LC_ETRUNCATED;
-
-    lc_limits lim;
-    lc__limits_resolve(&lim, ulim);
-    lc_msg *m = lc_msg_new();
-    if (m == NULL)
-        return LC_ENOMEM;
-
+    const lc_limits lim = *limp;
     struct dframe inl[DSTACK_INLINE];
     struct dframe *st = inl;
     uint32_t st_cap = DSTACK_INLINE, depth = 0;
@@ -356,19 +348,164 @@ int lc__decode(const uint8_t *p, size_t n, const lc_limits *ulim,
 done:
     if (st != inl)
         free(st);
-    if (consumed != NULL) {
-        *consumed = pos;
-    } else if (pos != n) {
-        lc_msg_free(m);
-        return LC_ETRAILING;
-    }
-    *out = m;
+    *used = pos;
     return 0;
 
 fail:
     if (st != inl)
         free(st);
-    lc_msg_free(m);
+    return rc;
+}
+
+/*
+ * Wire form. A message without any ext (no attachment, reference, time or
+ * body) is kept as its bytes: lc_unpack reads them where it can (pack.c),
+ * lc__encode sends them as they are, and the tree is built only when asked
+ * for (lc_msg_root). Decoding a SimpleStruct into a tree was ~40% of a
+ * session receiver's CPU per message (callgrind, bench_session lc-oneway).
+ *
+ * plain_length checks p[0..n) as decode_tree would, with the same header
+ * checks (wire.h) in the same order. It returns the length of the message
+ * at p when it is complete, plain, valid and canonical, and 0 in every
+ * other case (an ext, an error, bytes missing, a header in another form
+ * than ours, nesting deeper than its own stack): the
+ * tree decoder then runs and reports what there is to report, so an error
+ * is always the tree decoder's own.
+ */
+#define PLAIN_DEPTH 32
+
+/* The header h read at p is the one the tree encoder writes for its value
+ * (msgpack-c's smallest form; doubles always as float64), so that the kept
+ * bytes are the bytes encoding the tree would give: a peer's other forms
+ * (a float32, an int in a wider form) are re-encoded as before. */
+static inline bool canonical(const uint8_t *p, const struct lc_whdr *h)
+{
+    uint64_t n = h->len;
+    switch (h->kind) {
+    case LC_WK_INT:
+        if (h->v.i >= 0) {
+            int64_t i = h->v.i;
+            if (i < 128)
+                return h->hlen == 1;
+            return p[0] >= 0xcc && p[0] <= 0xcf &&
+                   h->hlen == (i < 256 ? 2 : i < 65536 ? 3 : i <= (int64_t)UINT32_MAX ? 5 : 9);
+        } else {
+            int64_t i = h->v.i;
+            if (i >= -32)
+                return h->hlen == 1;
+            return h->hlen == (i >= -128 ? 2 : i >= -32768 ? 3 : i >= INT32_MIN ? 5 : 9);
+        }
+    case LC_WK_F32:
+        return false;
+    case LC_WK_STR:
+        return h->hlen == (n < 32 ? 1 : n < 256 ? 2 : n < 65536 ? 3 : 5);
+    case LC_WK_BIN:
+        return h->hlen == (n < 256 ? 2 : n < 65536 ? 3 : 5);
+    case LC_WK_ARRAY:
+    case LC_WK_MAP:
+        return h->hlen == (n < 16 ? 1 : n < 65536 ? 3 : 5);
+    default: /* nil, bool, uint above INT64_MAX, float64: one form each */
+        return true;
+    }
+}
+
+static size_t plain_length(const uint8_t *p, size_t n, const lc_limits *lim)
+{
+    uint64_t left[PLAIN_DEPTH];
+    uint32_t depth = 0;
+    size_t pos = 0;
+    for (;;) {
+        struct lc_whdr h;
+        if (lc__whdr_read(p + pos, n - pos, &h) != 0 || lc__whdr_check(&h, pos, depth, lim) != 0 ||
+            !canonical(p + pos, &h))
+            return 0;
+        pos += h.hlen;
+        switch (h.kind) {
+        case LC_WK_EXT:
+            return 0;
+        case LC_WK_STR:
+        case LC_WK_BIN:
+            if (h.len > n - pos)
+                return 0;
+            pos += (size_t)h.len;
+            break;
+        case LC_WK_ARRAY:
+        case LC_WK_MAP:
+            if (h.len > 0) {
+                if (depth == PLAIN_DEPTH)
+                    return 0;
+                left[depth++] = h.kind == LC_WK_MAP ? 2 * h.len : h.len;
+                continue;
+            }
+            break;
+        default:
+            break;
+        }
+        /* one element is complete: count it off its containers */
+        for (;;) {
+            if (depth == 0)
+                return pos;
+            if (--left[depth - 1] > 0)
+                break;
+            depth--;
+        }
+    }
+}
+
+int lc__decode(const uint8_t *p, size_t n, const lc_limits *ulim,
+               const struct lc_codec_hooks *hooks, lc_msg **out, size_t *consumed)
+{
+    if (out == NULL)
+        return LC_EINVAL;
+    *out = NULL;
+    if (p == NULL && n > 0)
+        return LC_EINVAL;
+    if (n == 0)
+        return LC_ETRUNCATED;
+
+    lc_limits lim;
+    lc__limits_resolve(&lim, ulim);
+    lc_msg *m = lc_msg_new();
+    if (m == NULL)
+        return LC_ENOMEM;
+
+    int rc = 0;
+    size_t used = plain_length(p, n, &lim);
+    if (used > 0) {
+        uint8_t *w = lc__arena_alloc(m, used);
+        if (w == NULL) {
+            rc = LC_ENOMEM;
+        } else {
+            memcpy(w, p, used);
+            m->wire = w;
+            m->wire_len = used;
+        }
+    } else {
+        rc = decode_tree(m, p, n, &lim, hooks, &used);
+    }
+    if (rc == 0 && consumed == NULL && used != n)
+        rc = LC_ETRAILING;
+    if (rc != 0) {
+        lc_msg_free(m);
+        return rc;
+    }
+    if (consumed != NULL)
+        *consumed = used;
+    *out = m;
+    return 0;
+}
+
+int lc__msg_materialize(lc_msg *m)
+{
+    /* the bytes were checked when they came in (or written by lc_pack):
+     * no limit applies a second time */
+    static const lc_limits none = { UINT32_MAX, UINT64_MAX, UINT32_MAX };
+    size_t used;
+    int rc = decode_tree(m, m->wire, m->wire_len, &none, NULL, &used);
+    if (rc == 0) {
+        m->wire = NULL;
+        m->wire_len = 0;
+    }
     return rc;
 }
 

@@ -55,33 +55,7 @@ int lc__buf_append(lc_buf *b, const void *p, size_t n)
     return 0;
 }
 
-/*
- * msgpack-c's packer, instantiated over lc_buf. msgpack-c writes its packer
- * as a template (msgpack/pack_template.h, parameterised by the user type and
- * the append operation); <msgpack.h> instantiates it with a write callback
- * that is called through a function pointer for every header and body
- * (bench_msgpack measured 29 ns to encode a SimpleStruct that way, 3x a plain
- * byte writer). Instantiated here with an inline append instead, the same
- * msgpack-c code writes straight into the buffer. The functions are named
- * lc__mp_<what> (lc__mp_int64, lc__mp_str, ...) and return 0 or -1 (no memory).
- */
-static inline int mp_append(lc_buf *b, const void *p, size_t n)
-{
-    if (b->cap - b->len < n && lc__buf_reserve(b, n) != 0)
-        return -1;
-    memcpy(b->data + b->len, p, n);
-    b->len += n;
-    return 0;
-}
-
-#include <msgpack/pack_define.h>
-#include <msgpack/timestamp.h>
-#define msgpack_pack_inline_func(name) static inline int lc__mp ## name
-#define msgpack_pack_user lc_buf *
-#define msgpack_pack_append_buffer(user, buf, len) return mp_append(user, buf, len)
-#define msgpack_pack_ext lc__mp_ext /* the template's own call in _timestamp */
-#include <msgpack/pack_template.h>
-#undef msgpack_pack_ext
+#include "codec/mpack.h"
 
 /* ---- values -------------------------------------------------------------- */
 
@@ -309,6 +283,8 @@ int lc__encode(const lc_msg *m, lc_buf *out, const struct lc_codec_hooks *hooks)
     int rc;
     if (m->body != NULL) {
         rc = pack_body(out, m, hooks);
+    } else if (m->wire != NULL) {
+        rc = lc__buf_append(out, m->wire, m->wire_len);
     } else if (m->root == NULL) {
         rc = lc__buf_append(out, "\xc0", 1);
     } else {

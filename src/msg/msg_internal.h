@@ -65,6 +65,12 @@ struct lc_msg {
     /* attachments listed for an opaque body (subset of att, in order) */
     lc_value **body_att;
     uint32_t body_att_len, body_att_cap;
+    /* wire form: the message is these msgpack bytes (in the arena), with
+     * no ext in them, and root is unused until lc_msg_root builds the tree
+     * from them (lc__msg_materialize). Made by lc_pack and by the decoder;
+     * see plain_length in src/codec/decode.c. */
+    const uint8_t *wire;
+    size_t wire_len;
     uint8_t has_refs;          /* the decoder made LC__REF values (a session resolves them) */
     /* arena: bump pointer in the current block */
     char *arena_ptr;
@@ -97,6 +103,10 @@ lc_value *lc__value_alloc(lc_msg *m, lc_type t);
  * builder that made map and v itself (lc_pack): none of its checks can
  * fail there. LC_ENOMEM. */
 int lc__map_append_key(lc_msg *m, lc_value *map, const char *key, size_t klen, lc_value *v);
+
+/* Builds the value tree of a wire-form message from its bytes (codec):
+ * m->root set and m->wire cleared, or LC_ENOMEM with m unchanged. */
+int lc__msg_materialize(lc_msg *m);
 
 /* Registers an attachment value so lc_msg_free releases it. */
 int lc__msg_track_attachment(lc_msg *m, lc_value *v);

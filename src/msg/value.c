@@ -359,6 +359,8 @@ LC_API lc_value *lc_msg_root(lc_msg *m)
 {
     if (m == NULL)
         return NULL;
+    if (m->wire != NULL && lc__msg_materialize(m) != 0)
+        return &nil_root_proto;
     if (m->root == NULL) {
         /* Lazily give every message a real nil root, so callers never see NULL. */
         lc_value *v = lc__value_alloc(m, LC_NIL);
@@ -387,6 +389,8 @@ LC_API int lc_msg_set_root(lc_msg *m, lc_value *v)
     if (rc != 0)
         return rc;
     m->root = v;
+    m->wire = NULL; /* replaces what the bytes held */
+    m->wire_len = 0;
     return 0;
 }
 
@@ -408,6 +412,8 @@ LC_API int lc_msg_set_body(lc_msg *m, const void *data, size_t len, const char *
     m->body = b;
     m->body_len = len;
     m->content_type = ct;
+    m->wire = NULL;
+    m->wire_len = 0;
     return 0;
 }
 

@@ -1,0 +1,435 @@
+/*
+ * test_msg_wire.c - wire-form messages (msg_internal.h): lc_pack writing
+ * msgpack directly, lc_unpack reading those bytes, the tree built from them
+ * on demand, and messages decoded into that form.
+ *
+ * Every check is differential: the wire path against the tree path of the
+ * same message (a twin whose tree was built with lc_msg_root), so the two
+ * must give the same bytes, the same outputs, the same error code and the
+ * same error text.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "libchan.h"
+#include "msg/msg_internal.h"
+#include "testutil.h"
+
+/* The encoding of m (lc_msgpack_encode), freed by the caller. */
+static uint8_t *encoding(lc_msg *m, size_t *len)
+{
+    uint8_t *p = NULL;
+    assert_int_equal(lc_msgpack_encode(m, &p, len), 0);
+    return p;
+}
+
+/* m is in wire form; its bytes equal the encoding of the tree built from a
+ * copy of them. Takes m. */
+#define assert_wire_is_tree(m) wire_is_tree((m), __LINE__)
+static void wire_is_tree(lc_msg *m, int line)
+{
+    if (m == NULL || m->wire == NULL)
+        fail_msg("line %d: lc_pack gave %s", line, m == NULL ? "NULL" : "a tree");
+    size_t wl, tl;
+    uint8_t *w = encoding(m, &wl);
+    assert_int_equal(wl, m->wire_len);
+    assert_memory_equal(w, m->wire, wl);
+    lc_msg *t = NULL;
+    assert_int_equal(lc_msgpack_decode(w, wl, NULL, &t), 0);
+    assert_non_null(t->wire); /* our bytes are canonical: kept as they are */
+    lc_msg_root(t);
+    assert_null(t->wire);
+    uint8_t *tb = encoding(t, &tl);
+    assert_int_equal(tl, wl);
+    assert_memory_equal(tb, w, wl);
+    free(tb);
+    free(w);
+    lc_msg_free(t);
+    lc_msg_free(m);
+}
+
+static void test_pack_writes_the_bytes_of_the_tree(void **state)
+{
+    (void)state;
+    static const uint8_t simple[] = { 0x81, 0xa5, 'V', 'a', 'l', 'u', 'e', 0x2a };
+    lc_msg *m = lc_pack("{s:I}", "Value", (int64_t)42);
+    assert_non_null(m);
+    assert_non_null(m->wire);
+    assert_int_equal(m->wire_len, sizeof simple);
+    assert_memory_equal(m->wire, simple, sizeof simple);
+    lc_msg_free(m);
+
+    static const uint8_t bin3[] = { 1, 2, 3 };
+    assert_wire_is_tree(lc_pack("n"));
+    assert_wire_is_tree(lc_pack("B", 1));
+    assert_wire_is_tree(lc_pack("B", 0));
+    /* every integer width, both signs, and the uint above INT64_MAX */
+    static const int64_t ints[] = { 0, 1, 127, 128, 255, 256, 65535, 65536, 4294967295LL, 4294967296LL,
+                                    INT64_MAX, -1, -32, -33, -128, -129, -32768, -32769,
+                                    INT32_MIN, (int64_t)INT32_MIN - 1, INT64_MIN };
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        assert_wire_is_tree(lc_pack("I", ints[i]));
+        if (ints[i] >= 0)
+            assert_wire_is_tree(lc_pack("U", (uint64_t)ints[i]));
+        if (ints[i] >= INT_MIN && ints[i] <= INT_MAX)
+            assert_wire_is_tree(lc_pack("i", (int)ints[i]));
+    }
+    assert_wire_is_tree(lc_pack("U", UINT64_MAX));
+    assert_wire_is_tree(lc_pack("U", (uint64_t)INT64_MAX + 1));
+    assert_wire_is_tree(lc_pack("f", 1.5));
+    assert_wire_is_tree(lc_pack("f", -0.0));
+    assert_wire_is_tree(lc_pack("f", NAN));
+    assert_wire_is_tree(lc_pack("s", ""));
+    assert_wire_is_tree(lc_pack("b", bin3, sizeof bin3));
+    assert_wire_is_tree(lc_pack("b", NULL, (size_t)0));
+    assert_wire_is_tree(lc_pack("[]"));
+    assert_wire_is_tree(lc_pack("{}"));
+    assert_wire_is_tree(lc_pack("{s:i, s:[i, s, {s:n}], s:{}, s#:b}", "a", 1, "b", 2, "x", "c", "d", "ef",
+                                (size_t)1, bin3, sizeof bin3));
+    /* 15 and 16 entries: the fix header, then the 16-bit one */
+    assert_wire_is_tree(lc_pack("[iiiiiiiiiiiiiii]", 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    assert_wire_is_tree(lc_pack("[iiiiiiiiiiiiiiii]", 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16));
+    assert_wire_is_tree(lc_pack("{s:i s:i s:i s:i s:i s:i s:i s:i s:i s:i s:i s:i s:i s:i s:i s:i}", "a", 1, "b",
+                                2, "c", 3, "d", 4, "e", 5, "f", 6, "g", 7, "h", 8, "i", 9, "j", 10, "k", 11, "l",
+                                12, "m", 13, "n", 14, "o", 15, "p", 16));
+    /* a duplicate key is kept, as the tree builder keeps it */
+    assert_wire_is_tree(lc_pack("{s:i, s:i}", "a", 1, "a", 2));
+}
+
+/* Strings at every header boundary, and bytes that outgrow the message's
+ * inline arena (the writer moves to arena blocks as it goes). */
+static void test_pack_string_sizes_and_growth(void **state)
+{
+    (void)state;
+    static const size_t sizes[] = { 31, 32, 255, 256, 383, 384, 1000, 65535, 65536, 300000 };
+    char *big = malloc(300001);
+    assert_non_null(big);
+    for (size_t i = 0; i < 300000; i++)
+        big[i] = (char)('a' + i % 26);
+    big[300000] = '\0';
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        size_t n = sizes[i];
+        assert_wire_is_tree(lc_pack("s#", big, n));
+        assert_wire_is_tree(lc_pack("b", big, n));
+        assert_wire_is_tree(lc_pack("[s#, s#, i]", big, n, big, n / 2, 7));
+        /* a container whose header grows from 1 to 3 bytes after a big body */
+        assert_wire_is_tree(lc_pack("[s# i i i i i i i i i i i i i i i i]", big, n, 1, 2, 3, 4, 5, 6, 7, 8, 9,
+                                    10, 11, 12, 13, 14, 15, 16));
+        lc_msg *m = lc_pack("{s:s#}", "k", big, n);
+        const char *s = NULL;
+        size_t sl = 0;
+        assert_int_equal(lc_unpack(m, "{s:s#}", "k", &s, &sl), 0);
+        assert_non_null(m->wire);
+        assert_int_equal(sl, n);
+        assert_memory_equal(s, big, n);
+        assert_int_equal(s[n], '\0');
+        lc_msg_free(m);
+    }
+    free(big);
+}
+
+/* What the wire writer does not handle goes to the tree builder, which
+ * builds the message or reports the error as before. */
+static void test_pack_falls_back_to_the_tree(void **state)
+{
+    (void)state;
+    lc_msg *m = lc_pack("{s:t}", "at", (int64_t)5, 7);
+    assert_non_null(m);
+    assert_null(m->wire);
+    int64_t sec = 0;
+    int nsec = 0;
+    assert_int_equal(lc_unpack(m, "{s:t}", "at", &sec, &nsec), 0);
+    assert_int_equal(sec, 5);
+    assert_int_equal(nsec, 7);
+    lc_msg_free(m);
+
+    lc_error e;
+    assert_null(lc_pack_ex(&e, "{s:i, s:s}", "a", 1, "b", (const char *)NULL));
+    assert_int_equal(e.code, LC_EINVAL);
+    assert_string_equal(e.text, "b: NULL string");
+    assert_null(lc_pack_ex(&e, "{i}", 1));
+    assert_int_equal(e.code, LC_EFORMAT);
+    assert_null(lc_pack_ex(&e, "[i", 1));
+    assert_int_equal(e.code, LC_EFORMAT);
+    assert_null(lc_pack_ex(&e, "i i", 1, 2));
+    assert_int_equal(e.code, LC_EFORMAT);
+    m = lc_pack_ex(&e, "{s:i}", "a", 1);
+    assert_non_null(m);
+    assert_int_equal(e.code, 0);
+    assert_string_equal(e.text, "");
+    lc_msg_free(m);
+}
+
+/* ---- lc_unpack: the wire walk against the tree walk ----------------------- */
+
+typedef struct outs {
+    bool B;
+    int i, i2;
+    int64_t I;
+    uint64_t U;
+    double f, f2;
+    const char *s, *s2;
+    size_t sl, bl;
+    const void *b;
+    void *v; /* 'v' and 'S': compared for being set only */
+} outs;
+
+typedef int (*ucase)(lc_msg *m, lc_error *e, outs *o);
+
+#define UCASE(name, ...) \
+    static int name(lc_msg *m, lc_error *e, outs *o) { return lc_unpack_ex(m, e, __VA_ARGS__); }
+
+UCASE(u_all, "{s:i, s:I, s:U, s:f, s:B, s:s, s:b, s:n}", "i", &o->i, "I", &o->I, "U", &o->U, "f", &o->f, "B",
+      &o->B, "s", &o->s, "b", &o->b, &o->bl, "n")
+UCASE(u_int_from_big, "{s:i}", "I", &o->i)
+UCASE(u_uint_from_neg, "{s:U}", "i", &o->U)
+UCASE(u_int64_from_uint, "{s:I}", "U", &o->I)
+UCASE(u_double_from_ints, "{s:f, s:f}", "i", &o->f, "U", &o->f2)
+UCASE(u_missing, "{s:i, s:i}", "i", &o->i, "nope", &o->i2)
+UCASE(u_optional, "{s:i, s?i}", "i", &o->i, "nope", &o->i2)
+UCASE(u_optional_nested, "{s?[i, {s:i}], s:i}", "nope", &o->i2, "x", &o->i, "i", &o->i)
+UCASE(u_wrong_type, "{s:s}", "i", &o->s)
+UCASE(u_nil_mismatch, "{s:n}", "i")
+UCASE(u_string_hash, "{s:s#, s#:s}", "s", &o->s, &o->sl, "sXX", (size_t)2, &o->s2)
+UCASE(u_null_outputs, "{s:i, s:s, s:b}", "i", NULL, "s", NULL, "b", NULL, NULL)
+UCASE(u_length_only, "{s:s#}", "s", NULL, &o->sl)
+UCASE(u_array, "{s:[i, i, {s:s}]}", "a", &o->i, &o->i2, "k", &o->s)
+UCASE(u_array_short_format, "{s:[i, i]}", "a", &o->i, &o->i2)
+UCASE(u_array_star, "{s:[i, *]}", "a", &o->i)
+UCASE(u_array_long_format, "{s:[i, i, {s:s}, i]}", "a", &o->i, &o->i2, "k", &o->s, &o->i)
+UCASE(u_extra_keys_star, "{s:i, *}", "i", &o->i)
+UCASE(u_dup_key_first_wins, "{s:i}", "d", &o->i)
+UCASE(u_key_twice, "{s:i, s:i}", "i", &o->i, "i", &o->i2)
+UCASE(u_top_array, "[i, s, f]", &o->i, &o->s, &o->f)
+UCASE(u_not_a_map, "{s:i}", "i", &o->i)
+UCASE(u_format_error, "{s:i", "i", &o->i)
+UCASE(u_format_error_after_data_error, "{s:s, s:x}", "i", &o->s, "i")
+UCASE(u_trailing, "{s:i} i", "i", &o->i, &o->i2)
+UCASE(u_bad_star, "{s:[*, i]}", "a", &o->i)
+UCASE(u_value_v, "{s:v}", "i", &o->v)
+UCASE(u_time, "{s:t}", "i", &o->I, &o->i)
+UCASE(u_sender, "{s:S}", "i", &o->v)
+UCASE(u_null_key, "{s:i}", (const char *)NULL, &o->i)
+
+static const struct {
+    const char *name;
+    ucase f;
+} ucases[] = {
+#define C(x) { #x, x }
+    C(u_all), C(u_int_from_big), C(u_uint_from_neg), C(u_int64_from_uint), C(u_double_from_ints),
+    C(u_missing), C(u_optional), C(u_optional_nested), C(u_wrong_type), C(u_nil_mismatch),
+    C(u_string_hash), C(u_null_outputs), C(u_length_only), C(u_array), C(u_array_short_format),
+    C(u_array_star), C(u_array_long_format), C(u_extra_keys_star), C(u_dup_key_first_wins),
+    C(u_key_twice), C(u_top_array), C(u_not_a_map), C(u_format_error), C(u_format_error_after_data_error),
+    C(u_trailing), C(u_bad_star), C(u_value_v), C(u_time), C(u_sender), C(u_null_key),
+#undef C
+};
+
+static const uint8_t bin4[] = { 9, 8, 7, 6 };
+
+/* The messages the cases run over, made fresh each time (a failed wire walk
+ * builds the tree, so a message is used once). */
+static lc_msg *source(int which)
+{
+    switch (which) {
+    case 0:
+        return lc_pack("{s:i, s:I, s:U, s:f, s:B, s:s, s:b, s:n, s:[i, i, {s:s}], s:i, s:i, s#:s}", "i", -5, "I",
+                       INT64_MIN, "U", UINT64_MAX, "f", 1.5, "B", 1, "s", "text", "b", bin4, sizeof bin4, "n",
+                       "a", 1, 2, "k", "v", "d", 3, "d", 4, "sXX", (size_t)2, "second");
+    case 1: /* numbers at the edges of what 'i', 'I' and 'U' take */
+        return lc_pack("{s:I, s:U, s:i, s:f, s:s}", "I", (int64_t)INT_MAX + 1, "U", (uint64_t)INT64_MAX + 1,
+                       "i", INT_MIN, "f", -2.25, "s", "");
+    case 2:
+        return lc_pack("[i, s, f]", 7, "x", 0.5);
+    case 3:
+        return lc_pack("{s:[i], s:{s:i}, s:i}", "a", 1, "x", "i", 2, "i", 3);
+    default:
+        return lc_pack("s", "just a string");
+    }
+}
+#define NSOURCES 5
+
+static void assert_same_outs(const outs *a, const outs *b)
+{
+    assert_int_equal(a->B, b->B);
+    assert_int_equal(a->i, b->i);
+    assert_int_equal(a->i2, b->i2);
+    assert_int_equal(a->I, b->I);
+    assert_int_equal(a->U, b->U);
+    assert_memory_equal(&a->f, &b->f, sizeof a->f);
+    assert_memory_equal(&a->f2, &b->f2, sizeof a->f2);
+    assert_int_equal(a->sl, b->sl);
+    assert_int_equal(a->bl, b->bl);
+    assert_int_equal(a->s == NULL, b->s == NULL);
+    if (a->s != NULL)
+        assert_string_equal(a->s, b->s);
+    assert_int_equal(a->s2 == NULL, b->s2 == NULL);
+    if (a->s2 != NULL)
+        assert_string_equal(a->s2, b->s2);
+    assert_int_equal(a->b == NULL, b->b == NULL);
+    if (a->b != NULL && a->bl > 0)
+        assert_memory_equal(a->b, b->b, a->bl);
+    assert_int_equal(a->v == NULL, b->v == NULL);
+}
+
+static void test_unpack_wire_matches_tree(void **state)
+{
+    (void)state;
+    int fast = 0;
+    for (int src = 0; src < NSOURCES; src++) {
+        for (size_t c = 0; c < sizeof ucases / sizeof ucases[0]; c++) {
+            lc_msg *w = source(src), *t = source(src);
+            assert_non_null(w->wire);
+            lc_msg_root(t);
+            assert_null(t->wire);
+            outs ow, ot;
+            memset(&ow, 0, sizeof ow); /* untouched outputs must stay equal too */
+            memset(&ot, 0, sizeof ot);
+            lc_error ew, et;
+            int rw = ucases[c].f(w, &ew, &ow);
+            int rt = ucases[c].f(t, &et, &ot);
+            if (rw != rt || ew.code != et.code || strcmp(ew.text, et.text) != 0)
+                fail_msg("source %d, %s: wire %d '%s', tree %d '%s'", src, ucases[c].name, rw, ew.text, rt,
+                         et.text);
+            assert_same_outs(&ow, &ot);
+            if (rw == 0 && w->wire != NULL)
+                fast++;
+            lc_msg_free(w);
+            lc_msg_free(t);
+        }
+    }
+    assert_true(fast >= 10); /* the wire walk did the work, not only the fallback */
+}
+
+/* The common case stays in wire form: unpacked many times, never a tree. */
+static void test_unpack_keeps_wire_form(void **state)
+{
+    (void)state;
+    lc_msg *m = lc_pack("{s:I, s:s}", "Value", (int64_t)-7, "Name", "n");
+    for (int k = 0; k < 3; k++) {
+        int64_t v = 0;
+        const char *s = NULL;
+        assert_int_equal(lc_unpack(m, "{s:I, s:s}", "Value", &v, "Name", &s), 0);
+        assert_int_equal(v, -7);
+        assert_string_equal(s, "n");
+    }
+    assert_non_null(m->wire);
+    /* lc_msg_root builds the tree; the message then is that tree */
+    lc_value *root = lc_msg_root(m);
+    assert_null(m->wire);
+    assert_int_equal(lc_value_type(root), LC_MAP);
+    assert_int_equal(lc_value_int(lc_map_get(root, "Value")), -7);
+    assert_int_equal(lc_map_set(m, root, "Extra", lc_new_int(m, 1)), 0);
+    int64_t x = 0;
+    assert_int_equal(lc_unpack(m, "{s:I}", "Extra", &x), 0);
+    assert_int_equal(x, 1);
+    lc_msg_free(m);
+
+    /* set_root and set_body replace the bytes */
+    m = lc_pack("{s:i}", "a", 1);
+    assert_int_equal(lc_msg_set_root(m, lc_new_int(m, 5)), 0);
+    assert_null(m->wire);
+    int i = 0;
+    assert_int_equal(lc_unpack(m, "i", &i), 0);
+    assert_int_equal(i, 5);
+    lc_msg_free(m);
+    m = lc_pack("{s:i}", "a", 1);
+    assert_int_equal(lc_msg_set_body(m, "x", 1, "text/plain"), 0);
+    assert_null(m->wire);
+    assert_int_equal(lc_unpack(m, "{s:i}", "a", &i), LC_ETYPE);
+    lc_msg_free(m);
+}
+
+/* Decoding keeps plain canonical messages as bytes, and builds the tree for
+ * anything else, which then re-encodes canonically as before. */
+static void test_decode_keeps_canonical_bytes_only(void **state)
+{
+    (void)state;
+    static const uint8_t plain[] = { 0x82, 0xa1, 'a', 0x01, 0xa1, 'b', 0x92, 0xc3, 0xc0 };
+    lc_msg *m = NULL;
+    assert_int_equal(lc_msgpack_decode(plain, sizeof plain, NULL, &m), 0);
+    assert_non_null(m->wire);
+    lc_msg_free(m);
+
+    static const uint8_t wide_int[] = { 0x81, 0xa1, 'a', 0xcc, 0x05 };   /* 5 as uint8 */
+    static const uint8_t f32[] = { 0xca, 0x3f, 0xc0, 0x00, 0x00 };       /* 1.5 as float32 */
+    static const uint8_t str8[] = { 0xd9, 0x01, 'x' };                   /* a short str8 */
+    static const uint8_t time[] = { 0xd7, 0x06, 0, 0, 0, 0, 0, 0, 0, 1 }; /* not our ext 6 size */
+    static const uint8_t ext_time[] = { 0xc7, 0x0c, 0x06, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2 };
+    static const uint8_t canon_int[] = { 0x81, 0xa1, 'a', 0x05 };
+    assert_int_equal(lc_msgpack_decode(wide_int, sizeof wide_int, NULL, &m), 0);
+    assert_null(m->wire);
+    size_t n;
+    uint8_t *e = encoding(m, &n);
+    assert_int_equal(n, sizeof canon_int);
+    assert_memory_equal(e, canon_int, n);
+    free(e);
+    lc_msg_free(m);
+    assert_int_equal(lc_msgpack_decode(f32, sizeof f32, NULL, &m), 0);
+    assert_null(m->wire);
+    lc_msg_free(m);
+    assert_int_equal(lc_msgpack_decode(str8, sizeof str8, NULL, &m), 0);
+    assert_null(m->wire);
+    lc_msg_free(m);
+    assert_int_equal(lc_msgpack_decode(time, sizeof time, NULL, &m), LC_EBADMSG);
+    assert_int_equal(lc_msgpack_decode(ext_time, sizeof ext_time, NULL, &m), 0);
+    assert_null(m->wire);
+    lc_msg_free(m);
+
+    /* limits apply to plain messages as to any */
+    lc_limits lim = { .max_depth = 1 };
+    static const uint8_t nested[] = { 0x91, 0x91, 0x01 };
+    assert_int_equal(lc_msgpack_decode(nested, sizeof nested, &lim, &m), LC_EDEPTH);
+    assert_int_equal(lc_msgpack_decode(plain, sizeof plain - 1, NULL, &m), LC_ETRUNCATED);
+    static const uint8_t trailing[] = { 0x01, 0x02 };
+    assert_int_equal(lc_msgpack_decode(trailing, sizeof trailing, NULL, &m), LC_ETRAILING);
+    assert_null(m);
+}
+
+/* A wire-form message travels through an in-process channel as it is. */
+static void test_wire_message_through_a_pipe(void **state)
+{
+    (void)state;
+    lc_receiver *r;
+    lc_sender *s;
+    int rc = lc_pipe(&r, &s, 4);
+    if (rc == LC_ENOTSUP)
+        skip();
+    assert_int_equal(rc, 0);
+    assert_int_equal(lc_send(s, lc_pack("{s:i, s:s}", "n", 3, "t", "three"), 0), 0);
+    lc_msg *m = NULL;
+    assert_int_equal(lc_recv(r, &m, 0), 0);
+    int n = 0;
+    const char *t = NULL;
+    assert_int_equal(lc_unpack(m, "{s:i, s:s}", "n", &n, "t", &t), 0);
+    assert_int_equal(n, 3);
+    assert_string_equal(t, "three");
+    lc_msg_free(m);
+    lc_close(s);
+    lc_sender_release(s);
+    lc_receiver_release(r);
+}
+
+#define T(f) cmocka_unit_test_setup_teardown(f, lc_test_setup, lc_test_teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        T(test_pack_writes_the_bytes_of_the_tree),
+        T(test_pack_string_sizes_and_growth),
+        T(test_pack_falls_back_to_the_tree),
+        T(test_unpack_wire_matches_tree),
+        T(test_unpack_keeps_wire_form),
+        T(test_decode_keeps_canonical_bytes_only),
+        T(test_wire_message_through_a_pipe),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
