@@ -1095,9 +1095,16 @@ static int unpack_value(lc_walk *w, lc_value *v, int depth)
  */
 typedef struct wout {
     char c;
+    uint8_t kind;       /* the value's enum lc_wkind */
     void *o, *o2;
-    struct lc_whdr h; /* the value's header: numbers complete, lengths */
-    const void *bytes;  /* s, s#: the NUL-terminated copy; b: the bytes */
+    union {
+        bool b;
+        int64_t i;
+        uint64_t u;
+        double d;
+        const void *bytes; /* s, s#: the NUL-terminated copy; b: the bytes */
+    } v;
+    size_t len;         /* s, s#, b */
 } wout;
 
 typedef struct wunpack {
@@ -1134,10 +1141,14 @@ static const uint8_t *wskip(const uint8_t *q, const uint8_t *end)
 static int wunpack_value(wunpack *u, const uint8_t *q, int depth)
 {
     lc_walk *w = &u->w;
-    struct lc_whdr h = { 0 };
+    struct lc_whdr h;
     void *o = NULL, *o2 = NULL;
     const void *bytes = NULL;
-    if (q != NULL && lc__whdr_read(q, (size_t)(u->end - q), &h) != 0)
+    if (q == NULL) {
+        h.kind = LC_WK_NIL; /* never looked at */
+        h.hlen = 0;
+        h.len = 0;
+    } else if (lc__whdr_read(q, (size_t)(u->end - q), &h) != 0)
         return WIRE_GIVE_UP;
     char c = peek(w);
     w->pos++;
@@ -1255,38 +1266,47 @@ static int wunpack_value(wunpack *u, const uint8_t *q, int depth)
         return 0;
     if (u->nouts == LC_UNPACK_OUTS)
         return WIRE_GIVE_UP;
-    u->outs[u->nouts++] = (wout){ .c = c, .o = o, .o2 = o2, .h = h, .bytes = bytes };
+    wout *r = &u->outs[u->nouts++];
+    r->c = c;
+    r->kind = h.kind;
+    r->o = o;
+    r->o2 = o2;
+    if (bytes != NULL) {
+        r->v.bytes = bytes;
+        r->len = (size_t)h.len;
+    } else {
+        memcpy(&r->v, &h.v, sizeof h.v); /* the number, whichever it is */
+    }
     return 0;
 }
 
 /* Writes one output of the wire walk, as store() does for the tree. */
 static void wstore(const wout *out)
 {
-    const struct lc_whdr *h = &out->h;
     switch (out->c) {
     case 'B':
-        *(bool *)out->o = h->v.b;
+        *(bool *)out->o = out->v.b;
         break;
     case 'i':
-        *(int *)out->o = (int)h->v.i;
+        *(int *)out->o = (int)out->v.i;
         break;
     case 'I':
-        *(int64_t *)out->o = h->v.i;
+        *(int64_t *)out->o = out->v.i;
         break;
     case 'U':
-        *(uint64_t *)out->o = h->kind == LC_WK_UINT ? h->v.u : (uint64_t)h->v.i;
+        *(uint64_t *)out->o = out->v.u;
         break;
     case 'f':
-        *(double *)out->o = h->kind == LC_WK_INT    ? (double)h->v.i
-                            : h->kind == LC_WK_UINT ? (double)h->v.u
-                                                    : h->v.d;
+        *(double *)out->o = out->kind == LC_WK_INT    ? (double)out->v.i
+                            : out->kind == LC_WK_UINT ? (double)out->v.u
+                                                      : out->v.d;
         break;
     case 's':
     case 'b':
         if (out->o != NULL)
-            *(const void **)out->o = out->bytes;
+            *(const void **)out->o = out->v.bytes;
         if (out->o2 != NULL)
-            *(size_t *)out->o2 = (size_t)h->len;
+            *(size_t *)out->o2 = out->len;
         break;
     }
 }
