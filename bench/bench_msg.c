@@ -10,7 +10,9 @@
  *   of a size, the rest take the arena's slow path).
  * - lc_pack "{s:I}" + lc_msg_free, and lc_unpack "{s:I}", against building the
  *   same tree with the explicit builder and reading it with the getters (the
- *   floor a format-string walk is compared with).
+ *   floor a format-string walk is compared with). lc_pack writes the message
+ *   in wire form (msgpack bytes, see msg_internal.h) and lc_unpack reads those
+ *   bytes; the getters' lc_msg_root builds the tree once, before the loop.
  *
  * Nothing is asserted. Fixed iteration counts, ~1 s in all.
  */

@@ -151,7 +151,10 @@ LC_API lc_msg *lc_msg_new(void);
 /* Frees a message, its values, and every attachment not taken out of it. NULL is a no-op. */
 LC_API void lc_msg_free(lc_msg *m);
 
-/* The root value (borrowed). Never NULL: a new message's root is nil. */
+/* The root value (borrowed). Never NULL: a new message's root is nil.
+ * A message made by lc_pack or received holds its msgpack bytes; the value
+ * tree is built from them on the first call (lc_unpack reads the bytes
+ * without it). Not for two threads at once on the same message. */
 LC_API lc_value *lc_msg_root(lc_msg *m);
 
 /* Makes v (created in m) the root value. LC_EINVAL if v belongs to another message. */
