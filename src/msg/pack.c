@@ -1093,25 +1093,12 @@ static int unpack_value(lc_walk *w, lc_value *v, int depth)
  * tree walk, which gives the error with its path. Strings are copied into
  * the arena to be NUL-terminated, as the tree's are.
  */
-typedef struct wout {
-    char c;
-    uint8_t kind;       /* the value's enum lc_wkind */
-    void *o, *o2;
-    union {
-        bool b;
-        int64_t i;
-        uint64_t u;
-        double d;
-        const void *bytes; /* s, s#: the NUL-terminated copy; b: the bytes */
-    } v;
-    size_t len;         /* s, s#, b */
-} wout;
-
 typedef struct wunpack {
     lc_walk w;          /* fmt, pos, ap, and err pointing at a scratch */
     lc_msg *m;
     const uint8_t *end; /* of the message's bytes */
-    wout outs[LC_UNPACK_OUTS];
+    lc_out outs[LC_UNPACK_OUTS];
+    lc_value vals[LC_UNPACK_OUTS]; /* outs[i].v: the value read, for store() */
     size_t nouts;
 } wunpack;
 
@@ -1266,49 +1253,33 @@ static int wunpack_value(wunpack *u, const uint8_t *q, int depth)
         return 0;
     if (u->nouts == LC_UNPACK_OUTS)
         return WIRE_GIVE_UP;
-    wout *r = &u->outs[u->nouts++];
-    r->c = c;
-    r->kind = h.kind;
-    r->o = o;
-    r->o2 = o2;
-    if (bytes != NULL) {
-        r->v.bytes = bytes;
-        r->len = (size_t)h.len;
-    } else {
-        memcpy(&r->v, &h.v, sizeof h.v); /* the number, whichever it is */
+    lc_value *v = &u->vals[u->nouts];
+    switch (h.kind) {
+    case LC_WK_BOOL:
+        v->type = LC_BOOL;
+        v->u.b = h.v.b;
+        break;
+    case LC_WK_INT:
+        v->type = LC_INT;
+        v->u.i = h.v.i;
+        break;
+    case LC_WK_UINT:
+        v->type = LC_UINT;
+        v->u.u = h.v.u;
+        break;
+    case LC_WK_F32:
+    case LC_WK_F64:
+        v->type = LC_DOUBLE;
+        v->u.d = h.v.d;
+        break;
+    default: /* LC_WK_STR, LC_WK_BIN: at most LC_MAX_BYTES */
+        v->type = h.kind == LC_WK_STR ? LC_STRING : LC_BINARY;
+        v->u.bytes = bytes;
+        v->len = (uint32_t)h.len;
+        break;
     }
+    u->outs[u->nouts++] = (lc_out){ .c = c, .o = o, .o2 = o2, .v = v };
     return 0;
-}
-
-/* Writes one output of the wire walk, as store() does for the tree. */
-static void wstore(const wout *out)
-{
-    switch (out->c) {
-    case 'B':
-        *(bool *)out->o = out->v.b;
-        break;
-    case 'i':
-        *(int *)out->o = (int)out->v.i;
-        break;
-    case 'I':
-        *(int64_t *)out->o = out->v.i;
-        break;
-    case 'U':
-        *(uint64_t *)out->o = out->v.u;
-        break;
-    case 'f':
-        *(double *)out->o = out->kind == LC_WK_INT    ? (double)out->v.i
-                            : out->kind == LC_WK_UINT ? (double)out->v.u
-                                                      : out->v.d;
-        break;
-    case 's':
-    case 'b':
-        if (out->o != NULL)
-            *(const void **)out->o = out->v.bytes;
-        if (out->o2 != NULL)
-            *(size_t *)out->o2 = out->len;
-        break;
-    }
 }
 
 /* lc_unpack of a wire-form message m: 0 with every output stored, or
@@ -1328,7 +1299,7 @@ static int unpack_wire(lc_msg *m, const char *fmt, va_list *ap)
     if (wunpack_value(&u, m->wire, 0) != 0 || peek(&u.w) != '\0')
         return WIRE_GIVE_UP;
     for (size_t i = 0; i < u.nouts; i++)
-        wstore(&u.outs[i]);
+        store(&u.outs[i]);
     return 0;
 }
 
