@@ -660,53 +660,50 @@ static void pack_ok(lc_error *err)
     }
 }
 
-LC_API lc_msg *lc_vpack_ex(lc_error *err, const char *fmt, va_list ap)
+/* lc_pack: the wire writer over *ap, else the tree builder over *again
+ * (the same arguments, started afresh by the caller, as lc_unpack does). */
+static lc_msg *pack_either(lc_error *err, const char *fmt, va_list *ap, va_list *again)
 {
-    va_list copy;
     lc_msg *m;
-    va_copy(copy, ap);
-    lc_msg *done = pack_wire(fmt, &copy, &m);
-    va_end(copy);
+    lc_msg *done = pack_wire(fmt, ap, &m);
     if (done != NULL) {
         pack_ok(err);
         return done;
     }
+    return pack_args(err, fmt, again, m);
+}
+
+LC_API lc_msg *lc_vpack_ex(lc_error *err, const char *fmt, va_list ap)
+{
+    va_list copy, again;
     va_copy(copy, ap);
-    done = pack_args(err, fmt, &copy, m);
+    va_copy(again, ap);
+    lc_msg *m = pack_either(err, fmt, &copy, &again);
+    va_end(again);
     va_end(copy);
-    return done;
+    return m;
 }
 
 LC_API lc_msg *lc_pack_ex(lc_error *err, const char *fmt, ...)
 {
-    va_list ap;
-    lc_msg *m;
+    va_list ap, again;
     va_start(ap, fmt);
-    lc_msg *done = pack_wire(fmt, &ap, &m);
+    va_start(again, fmt);
+    lc_msg *m = pack_either(err, fmt, &ap, &again);
+    va_end(again);
     va_end(ap);
-    if (done != NULL) {
-        pack_ok(err);
-        return done;
-    }
-    va_start(ap, fmt);
-    done = pack_args(err, fmt, &ap, m);
-    va_end(ap);
-    return done;
+    return m;
 }
 
 LC_API lc_msg *lc_pack(const char *fmt, ...)
 {
-    va_list ap;
-    lc_msg *m;
+    va_list ap, again;
     va_start(ap, fmt);
-    lc_msg *done = pack_wire(fmt, &ap, &m);
+    va_start(again, fmt);
+    lc_msg *m = pack_either(NULL, fmt, &ap, &again);
+    va_end(again);
     va_end(ap);
-    if (done != NULL)
-        return done;
-    va_start(ap, fmt);
-    done = pack_args(NULL, fmt, &ap, m);
-    va_end(ap);
-    return done;
+    return m;
 }
 
 /* ---- unpack: format syntax ----------------------------------------------- */
@@ -1303,13 +1300,6 @@ static int unpack_wire(lc_msg *m, const char *fmt, va_list *ap)
     return 0;
 }
 
-/* A successful unpack_wire as lc_unpack_ex reports it. */
-static int unpack_ok(lc_error *err)
-{
-    pack_ok(err);
-    return 0;
-}
-
 /* Clears the check walk's marks: every attachment value is in m->att. */
 static void clear_marks(lc_msg *m)
 {
@@ -1319,10 +1309,12 @@ static void clear_marks(lc_msg *m)
 
 /*
  * lc_unpack over the arguments *ap. *again holds the same arguments and is
- * read only when the outputs overflow the record (the store walk). The
+ * read only when the outputs overflow the record (the store walk); *wire
+ * too, read by the walk over a wire-form message's bytes. The
  * variadic entry points pass their own va_lists, as in pack_args.
  */
-static int unpack_args(lc_msg *m, lc_error *err, const char *fmt, va_list *ap, va_list *again)
+static int unpack_args(lc_msg *m, lc_error *err, const char *fmt, va_list *ap, va_list *again,
+                       va_list *wire)
 {
     lc_error local;
     lc_out outs[LC_UNPACK_OUTS];
@@ -1333,6 +1325,8 @@ static int unpack_args(lc_msg *m, lc_error *err, const char *fmt, va_list *ap, v
         return fail(&w, LC_EINVAL, "NULL message");
     if (fmt == NULL)
         return fail(&w, LC_EINVAL, "NULL format");
+    if (m->wire != NULL && unpack_wire(m, fmt, wire) == 0)
+        return 0; /* read from the bytes; w.err was reset by walk_init */
 
     /* The check walk: the format's syntax and the data, storing nothing. */
     int rc;
@@ -1373,17 +1367,12 @@ static int unpack_args(lc_msg *m, lc_error *err, const char *fmt, va_list *ap, v
 
 LC_API int lc_vunpack_ex(lc_msg *m, lc_error *err, const char *fmt, va_list ap)
 {
-    va_list copy, again;
-    if (m != NULL && m->wire != NULL && fmt != NULL) {
-        va_copy(copy, ap);
-        int rc = unpack_wire(m, fmt, &copy);
-        va_end(copy);
-        if (rc == 0)
-            return unpack_ok(err);
-    }
+    va_list copy, again, wire;
     va_copy(copy, ap);
     va_copy(again, ap);
-    int rc = unpack_args(m, err, fmt, &copy, &again);
+    va_copy(wire, ap);
+    int rc = unpack_args(m, err, fmt, &copy, &again, &wire);
+    va_end(wire);
     va_end(again);
     va_end(copy);
     return rc;
@@ -1391,17 +1380,12 @@ LC_API int lc_vunpack_ex(lc_msg *m, lc_error *err, const char *fmt, va_list ap)
 
 LC_API int lc_unpack_ex(lc_msg *m, lc_error *err, const char *fmt, ...)
 {
-    va_list ap, again;
-    if (m != NULL && m->wire != NULL && fmt != NULL) {
-        va_start(ap, fmt);
-        int rc = unpack_wire(m, fmt, &ap);
-        va_end(ap);
-        if (rc == 0)
-            return unpack_ok(err);
-    }
+    va_list ap, again, wire;
     va_start(ap, fmt);
     va_start(again, fmt);
-    int rc = unpack_args(m, err, fmt, &ap, &again);
+    va_start(wire, fmt);
+    int rc = unpack_args(m, err, fmt, &ap, &again, &wire);
+    va_end(wire);
     va_end(again);
     va_end(ap);
     return rc;
@@ -1409,17 +1393,12 @@ LC_API int lc_unpack_ex(lc_msg *m, lc_error *err, const char *fmt, ...)
 
 LC_API int lc_unpack(lc_msg *m, const char *fmt, ...)
 {
-    va_list ap, again;
-    if (m != NULL && m->wire != NULL && fmt != NULL) {
-        va_start(ap, fmt);
-        int rc = unpack_wire(m, fmt, &ap);
-        va_end(ap);
-        if (rc == 0)
-            return 0;
-    }
+    va_list ap, again, wire;
     va_start(ap, fmt);
     va_start(again, fmt);
-    int rc = unpack_args(m, NULL, fmt, &ap, &again);
+    va_start(wire, fmt);
+    int rc = unpack_args(m, NULL, fmt, &ap, &again, &wire);
+    va_end(wire);
     va_end(again);
     va_end(ap);
     return rc;
