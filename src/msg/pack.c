@@ -185,6 +185,20 @@ static bool take_char(lc_walk *w, char c)
     return false;
 }
 
+/* The arguments of a string (a map key in all four walks, pack and unpack,
+ * tree and bytes; an 's' or 'b' to pack): the pointer, then its length if
+ * the format gave one ('#' after the 's', or a 'b': has_len), else its
+ * strlen; 0 for NULL, which each caller reports. */
+static const char *str_arg(lc_walk *w, bool has_len, size_t *len)
+{
+    const char *p = va_arg(*w->ap, const char *);
+    if (has_len)
+        *len = va_arg(*w->ap, size_t);
+    else
+        *len = p != NULL ? strlen(p) : 0;
+    return p;
+}
+
 static void enter(lc_walk *w, int depth, const char *key, size_t klen, size_t idx)
 {
     w->path[depth].key = key;
@@ -248,19 +262,16 @@ static int pack_value(lc_walk *w, lc_msg *m, int depth, lc_value **out)
     }
     case 's':
     case 'b': {
-        const void *p = va_arg(*w->ap, const void *);
+        bool has_len = c == 'b' || take_char(w, '#');
         size_t len;
-        if (c == 'b' || take_char(w, '#')) {
-            len = va_arg(*w->ap, size_t);
-            if (p == NULL && len > 0) {
-                fail(w, LC_EINVAL, "NULL %s with length %zu", c == 's' ? "string" : "binary", len);
-                break;
-            }
-        } else if (p == NULL) {
+        const void *p = str_arg(w, has_len, &len);
+        if (p == NULL && has_len && len > 0) {
+            fail(w, LC_EINVAL, "NULL %s with length %zu", c == 's' ? "string" : "binary", len);
+            break;
+        }
+        if (p == NULL && !has_len) {
             fail(w, LC_EINVAL, "NULL string");
             break;
-        } else {
-            len = strlen(p);
         }
         if (len > LC_MAX_BYTES) {
             fail(w, LC_ETOOBIG, "%zu bytes is over the limit", len);
@@ -353,12 +364,8 @@ static int pack_value(lc_walk *w, lc_msg *m, int depth, lc_value **out)
                 return fmt_fail(w, w->pos, "expected 's' for a map key, got %s", show(d, b));
             }
             w->pos++;
-            const char *key = va_arg(*w->ap, const char *);
             size_t klen;
-            if (take_char(w, '#'))
-                klen = va_arg(*w->ap, size_t);
-            else
-                klen = key != NULL ? strlen(key) : 0;
+            const char *key = str_arg(w, take_char(w, '#'), &klen);
             if (key == NULL)
                 fail(w, LC_EINVAL, "NULL map key");
             else if (klen > LC_MAX_BYTES)
@@ -508,12 +515,8 @@ static int wpack_value(wpack *p, int depth)
         return 0;
     case 's':
     case 'b': {
-        const void *s = va_arg(*w->ap, const void *);
         size_t len;
-        if (c == 'b' || take_char(w, '#'))
-            len = va_arg(*w->ap, size_t);
-        else
-            len = s != NULL ? strlen(s) : 0;
+        const void *s = str_arg(w, c == 'b' || take_char(w, '#'), &len);
         if (s == NULL && (len > 0 || c == 's'))
             return WIRE_GIVE_UP;
         return wbytes(p, c == 's', s, len) ? 0 : WIRE_GIVE_UP;
@@ -536,12 +539,8 @@ static int wpack_value(wpack *p, int depth)
                 if (d != 's')
                     return WIRE_GIVE_UP;
                 w->pos++;
-                const char *key = va_arg(*w->ap, const char *);
                 size_t klen;
-                if (take_char(w, '#'))
-                    klen = va_arg(*w->ap, size_t);
-                else
-                    klen = key != NULL ? strlen(key) : 0;
+                const char *key = str_arg(w, take_char(w, '#'), &klen);
                 if (key == NULL || !wbytes(p, true, key, klen))
                     return WIRE_GIVE_UP;
             } else if (d == '\0') {
@@ -1054,12 +1053,8 @@ static int unpack_value(lc_walk *w, lc_value *v, int depth)
             int rc = map_key(w, &hash, &optional);
             if (rc != 0)
                 return rc;
-            const char *key = va_arg(*w->ap, const char *);
             size_t klen;
-            if (hash)
-                klen = va_arg(*w->ap, size_t);
-            else
-                klen = key != NULL ? strlen(key) : 0;
+            const char *key = str_arg(w, hash, &klen);
             if (key == NULL)
                 return fail(w, LC_EINVAL, "NULL map key");
             enter(w, depth, key, klen, 0);
@@ -1213,12 +1208,8 @@ static int wunpack_value(wunpack *u, const uint8_t *q, int depth)
                 return end < 0 ? WIRE_GIVE_UP : 0;
             if (map_key(w, &hash, &optional) != 0)
                 return WIRE_GIVE_UP;
-            const char *key = va_arg(*w->ap, const char *);
             size_t klen;
-            if (hash)
-                klen = va_arg(*w->ap, size_t);
-            else
-                klen = key != NULL ? strlen(key) : 0;
+            const char *key = str_arg(w, hash, &klen);
             if (key == NULL)
                 return WIRE_GIVE_UP;
             /* the first pair with that string key, as map_find */
