@@ -13,6 +13,9 @@
  *    decodes whole, and re-encodes to the same bytes;
  *  - wire form: a message kept as its bytes re-encodes to exactly them,
  *    and the tree built from them (lc_msg_root) encodes to them too;
+ *  - lc_unpack over the bytes: every format of tests/msg/unpack_cases.h
+ *    gives on such a message the result, error and outputs it gives on the
+ *    tree built from the same bytes;
  *  - msgpack-c agrees: where we accept a message (small limits), msgpack-c's
  *    unpacker reads the same number of bytes and the same values;
  *  - the public API: lc_msgpack_decode gives what lc__decode gives, except
@@ -33,6 +36,7 @@
  * (ctest replays the seed corpus that way in every build).
  */
 #include "codec/codec.h"
+#include "../tests/msg/unpack_cases.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -278,6 +282,44 @@ static void check_against_msgpack_c(const uint8_t *p, size_t n, size_t used, lc_
     msgpack_unpacked_destroy(&u);
 }
 
+/* ---- lc_unpack over the bytes against the tree walk ------------------------ */
+
+/* p[0..n) decodes (defaults) to a wire-form message: each unpack case on a
+ * fresh such message and on its tree twin gives the same result, error and
+ * outputs. Fresh each time: a wire walk that gives up builds the tree. */
+static void unpack_both(const uint8_t *p, size_t n)
+{
+    for (size_t c = 0; c < sizeof ucases / sizeof ucases[0]; c++) {
+        lc_msg *w = NULL, *t = NULL;
+        if (lc__decode(p, n, NULL, NULL, &w, NULL) != 0 || lc__decode(p, n, NULL, NULL, &t, NULL) != 0) {
+            lc_msg_free(w);
+            lc_msg_free(t);
+            return; /* (only out of memory: it decoded before) */
+        }
+        CHECK(w->wire != NULL);
+        if (lc_msg_root(t) == NULL) {
+            lc_msg_free(w);
+            lc_msg_free(t);
+            return; /* out of memory building the tree */
+        }
+        outs ow, ot;
+        memset(&ow, 0, sizeof ow);
+        memset(&ot, 0, sizeof ot);
+        lc_error ew, et;
+        int rw = ucases[c].f(w, &ew, &ow);
+        int rt = ucases[c].f(t, &et, &ot);
+        if (rw != LC_ENOMEM && rt != LC_ENOMEM) {
+            const char *d = outs_differ(&ow, &ot);
+            if (rw != rt || ew.code != et.code || strcmp(ew.text, et.text) != 0 || d != NULL)
+                fprintf(stderr, "%s: wire %d '%s', tree %d '%s', output %s\n", ucases[c].name, rw, ew.text, rt,
+                        et.text, d ? d : "(same)");
+            CHECK(rw == rt && ew.code == et.code && strcmp(ew.text, et.text) == 0 && d == NULL);
+        }
+        lc_msg_free(w);
+        lc_msg_free(t);
+    }
+}
+
 /* ---- one message at the front: the fast decoder's checks ------------------ */
 
 /* Decodes the message at the front of p[0..n) every way; returns lc__decode's
@@ -328,6 +370,8 @@ static int front(const uint8_t *p, size_t n, const lc_limits *lim, size_t *used)
                     }
                 }
                 lc_msg_free(t);
+                if (lim != &small_limits)
+                    unpack_both(p, *used);
             }
             /* the public API: the same, except for references */
             uint8_t *pe = NULL;
