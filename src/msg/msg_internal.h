@@ -66,7 +66,7 @@ struct lc_msg {
     lc_value **body_att;
     uint32_t body_att_len, body_att_cap;
     /* wire form: the message is these msgpack bytes (in the arena), with
-     * no ext in them, and root is unused until lc_msg_root builds the tree
+     * no ext in them but times, and root is unused until lc_msg_root builds the tree
      * from them (lc__msg_materialize). Made by lc_pack and by the decoder;
      * see plain_length in src/codec/decode.c. */
     const uint8_t *wire;

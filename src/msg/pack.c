@@ -397,7 +397,7 @@ static int pack_value(lc_walk *w, lc_msg *m, int depth, lc_value **out)
  * the format (a wire-form message, see msg_internal.h), with the same
  * msgpack-c primitives the tree encoder uses, so the bytes are the ones
  * encoding the tree would give. It handles the formats without attachments
- * and time values (n B i I U f s s# b, arrays, maps) that cannot fail; for
+ * (n B i I U f s s# b t, arrays, maps) that cannot fail; for
  * any other format, and at any error, it gives up and the tree builder runs
  * over the arguments from the start, reporting what there is to report.
  * Callgrind, bench_session unix lc-rt-reused, the server per round trip:
@@ -513,6 +513,21 @@ static int wpack_value(wpack *p, int depth)
     case 'f':
         lc__mp_double(b, va_arg(*w->ap, double));
         return 0;
+    case 't': {
+        /* as the tree encoder writes a time: c7 0c 06, seconds, nanoseconds */
+        int64_t sec = va_arg(*w->ap, int64_t);
+        int nsec = va_arg(*w->ap, int);
+        if (nsec < 0 || nsec >= 1000000000 || !wroom(p, 15))
+            return WIRE_GIVE_UP; /* (the tree builder reports the range) */
+        uint8_t t[12];
+        uint64_t be_sec = __builtin_bswap64((uint64_t)sec);
+        uint32_t be_nsec = __builtin_bswap32((uint32_t)nsec);
+        memcpy(t, &be_sec, 8);
+        memcpy(t + 8, &be_nsec, 4);
+        lc__mp_ext(b, 12, LC_EXT_TIME);
+        lc__mp_ext_body(b, t, 12);
+        return 0;
+    }
     case 's':
     case 'b': {
         size_t len;
@@ -551,7 +566,7 @@ static int wpack_value(wpack *p, int depth)
         }
         return wcount(p, at, n, map ? 0x80 : 0x90, map ? 0xde : 0xdc) ? 0 : WIRE_GIVE_UP;
     }
-    default: /* attachments, time, the end, anything malformed */
+    default: /* attachments, the end, anything malformed */
         return WIRE_GIVE_UP;
     }
 }
@@ -1078,7 +1093,7 @@ static int unpack_value(lc_walk *w, lc_value *v, int depth)
 /*
  * lc_unpack of a wire-form message reads its bytes where it can: the same
  * walk as unpack_value, over msgpack headers instead of values, for the
- * formats of pack_wire (no attachments, times or 'v'). It only ever
+ * formats of pack_wire (times included; no attachments, no 'v'). It only ever
  * succeeds: at anything it does not handle, and at any error (a missing
  * key, a wrong type, a number out of range, a malformed format), it gives
  * up having stored nothing, and the tree is built from the bytes for the
@@ -1179,6 +1194,12 @@ static int wunpack_value(wunpack *u, const uint8_t *q, int depth)
             bytes = t;
         }
         break;
+    case 't':
+        o = va_arg(*w->ap, int64_t *);
+        o2 = va_arg(*w->ap, int *);
+        if (q != NULL && (h.kind != LC_WK_EXT || h.ext != LC_EXT_TIME))
+            return WIRE_GIVE_UP;
+        break;
     case '[': {
         if (depth >= LC_FMT_MAX_DEPTH || (q != NULL && h.kind != LC_WK_ARRAY))
             return WIRE_GIVE_UP;
@@ -1234,7 +1255,7 @@ static int wunpack_value(wunpack *u, const uint8_t *q, int depth)
                 return WIRE_GIVE_UP;
         }
     }
-    default: /* attachments, time, 'v', anything malformed */
+    default: /* attachments, 'v', anything malformed */
         return WIRE_GIVE_UP;
     }
     if (q == NULL || (o == NULL && o2 == NULL))
@@ -1259,6 +1280,11 @@ static int wunpack_value(wunpack *u, const uint8_t *q, int depth)
     case LC_WK_F64:
         v->type = LC_DOUBLE;
         v->u.d = h.v.d;
+        break;
+    case LC_WK_EXT: /* a time (the only ext a wire-form message holds) */
+        v->type = LC_TIME;
+        v->u.t.sec = (int64_t)lc__be64(q + h.hlen);
+        v->u.t.nsec = lc__be32(q + h.hlen + 8);
         break;
     default: /* LC_WK_STR, LC_WK_BIN: at most LC_MAX_BYTES */
         v->type = h.kind == LC_WK_STR ? LC_STRING : LC_BINARY;

@@ -91,6 +91,11 @@ static void test_pack_writes_the_bytes_of_the_tree(void **state)
     assert_wire_is_tree(lc_pack("s", ""));
     assert_wire_is_tree(lc_pack("b", bin3, sizeof bin3));
     assert_wire_is_tree(lc_pack("b", NULL, (size_t)0));
+    /* times, as the tree encoder writes them (c7 0c 06, seconds, nanoseconds) */
+    assert_wire_is_tree(lc_pack("t", (int64_t)0, 0));
+    assert_wire_is_tree(lc_pack("t", (int64_t)-1, 999999999));
+    assert_wire_is_tree(lc_pack("t", INT64_MAX, 5));
+    assert_wire_is_tree(lc_pack("{s:t, s:[t, i]}", "at", INT64_MIN, 0, "l", (int64_t)1700000000, 123, 7));
     assert_wire_is_tree(lc_pack("[]"));
     assert_wire_is_tree(lc_pack("{}"));
     assert_wire_is_tree(lc_pack("{s:i, s:[i, s, {s:n}], s:{}, s#:b}", "a", 1, "b", 2, "x", "c", "d", "ef",
@@ -142,17 +147,14 @@ static void test_pack_string_sizes_and_growth(void **state)
 static void test_pack_falls_back_to_the_tree(void **state)
 {
     (void)state;
-    lc_msg *m = lc_pack("{s:t}", "at", (int64_t)5, 7);
-    assert_non_null(m);
-    assert_null(m->wire);
-    int64_t sec = 0;
-    int nsec = 0;
-    assert_int_equal(lc_unpack(m, "{s:t}", "at", &sec, &nsec), 0);
-    assert_int_equal(sec, 5);
-    assert_int_equal(nsec, 7);
-    lc_msg_free(m);
-
     lc_error e;
+    /* nanoseconds out of range: the tree builder's error */
+    assert_null(lc_pack_ex(&e, "{s:t}", "at", (int64_t)5, 1000000000));
+    assert_int_equal(e.code, LC_ERANGE);
+    assert_string_equal(e.text, "at: nanoseconds 1000000000 out of range");
+    assert_null(lc_pack_ex(&e, "{s:t}", "at", (int64_t)5, -1));
+    assert_int_equal(e.code, LC_ERANGE);
+    lc_msg *m;
     assert_null(lc_pack_ex(&e, "{s:i, s:s}", "a", 1, "b", (const char *)NULL));
     assert_int_equal(e.code, LC_EINVAL);
     assert_string_equal(e.text, "b: NULL string");
@@ -179,9 +181,10 @@ static lc_msg *source(int which)
 {
     switch (which) {
     case 0:
-        return lc_pack("{s:i, s:I, s:U, s:f, s:B, s:s, s:b, s:n, s:[i, i, {s:s}], s:i, s:i, s#:s}", "i", -5, "I",
-                       INT64_MIN, "U", UINT64_MAX, "f", 1.5, "B", 1, "s", "text", "b", bin4, sizeof bin4, "n",
-                       "a", 1, 2, "k", "v", "d", 3, "d", 4, "sXX", (size_t)2, "second");
+        return lc_pack("{s:i, s:I, s:U, s:f, s:B, s:s, s:b, s:n, s:[i, i, {s:s}], s:i, s:i, s#:s, s:t, s:[t, i]}",
+                       "i", -5, "I", INT64_MIN, "U", UINT64_MAX, "f", 1.5, "B", 1, "s", "text", "b", bin4,
+                       sizeof bin4, "n", "a", 1, 2, "k", "v", "d", 3, "d", 4, "sXX", (size_t)2, "second", "t",
+                       (int64_t)1700000000, 250, "tl", (int64_t)-5, 999999999, 3);
     case 1: /* numbers at the edges of what 'i', 'I' and 'U' take */
         return lc_pack("{s:I, s:U, s:i, s:f, s:s}", "I", (int64_t)INT_MAX + 1, "U", (uint64_t)INT64_MAX + 1,
                        "i", INT_MIN, "f", -2.25, "s", "");
@@ -250,6 +253,18 @@ static void test_unpack_keeps_wire_form(void **state)
     assert_int_equal(x, 1);
     lc_msg_free(m);
 
+    /* a time is read from the bytes too */
+    m = lc_pack("{s:t}", "at", (int64_t)-3, 999999999);
+    int64_t sec = 0;
+    int nsec = 0;
+    assert_int_equal(lc_unpack(m, "{s:t}", "at", &sec, &nsec), 0);
+    assert_non_null(m->wire);
+    assert_int_equal(sec, -3);
+    assert_int_equal(nsec, 999999999);
+    assert_int_equal(lc_unpack(m, "{s:t}", "at", NULL, &nsec), 0);
+    assert_non_null(m->wire);
+    lc_msg_free(m);
+
     /* set_root and set_body replace the bytes */
     m = lc_pack("{s:i}", "a", 1);
     assert_int_equal(lc_msg_set_root(m, lc_new_int(m, 5)), 0);
@@ -297,9 +312,22 @@ static void test_decode_keeps_canonical_bytes_only(void **state)
     assert_null(m->wire);
     lc_msg_free(m);
     assert_int_equal(lc_msgpack_decode(time, sizeof time, NULL, &m), LC_EBADMSG);
+    /* a time in our form is kept; in an ext16 header, or with nanoseconds
+     * out of range, it goes to the tree decoder (which refuses the latter) */
     assert_int_equal(lc_msgpack_decode(ext_time, sizeof ext_time, NULL, &m), 0);
-    assert_null(m->wire);
+    assert_non_null(m->wire);
     lc_msg_free(m);
+    static const uint8_t ext16_time[] = { 0xc8, 0x00, 0x0c, 0x06, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2 };
+    assert_int_equal(lc_msgpack_decode(ext16_time, sizeof ext16_time, NULL, &m), 0);
+    assert_null(m->wire);
+    e = encoding(m, &n);
+    assert_int_equal(n, sizeof ext_time);
+    assert_memory_equal(e, ext_time, n);
+    free(e);
+    lc_msg_free(m);
+    static const uint8_t bad_nsec[] = { 0x91, 0xc7, 0x0c, 0x06, 0, 0, 0, 0, 0, 0, 0, 1, 0x3b, 0x9a, 0xca, 0x00 };
+    assert_int_equal(lc_msgpack_decode(bad_nsec, sizeof bad_nsec, NULL, &m), LC_EBADMSG);
+    assert_null(m);
 
     /* limits apply to plain messages as to any */
     lc_limits lim = { .max_depth = 1 };

@@ -7,7 +7,7 @@
  *
  * The formats cover every letter, '?', '*', '#', missing keys, wrong types,
  * int/uint range, NULL outputs, nested arrays, array length and format
- * errors, and the letters the wire walk leaves to the tree (t, v, S).
+ * errors, times, and the letters the wire walk leaves to the tree (v, S).
  */
 #ifndef LC_TESTS_UNPACK_CASES_H
 #define LC_TESTS_UNPACK_CASES_H
@@ -66,6 +66,8 @@ UCASE(u_trailing, "{s:i} i", "i", &o->i, &o->i2)
 UCASE(u_bad_star, "{s:[*, i]}", "a", &o->i)
 UCASE(u_value_v, "{s:v}", "i", &o->v)
 UCASE(u_time, "{s:t}", "i", &o->I, &o->i)
+UCASE(u_time_value, "{s:t, s:[t, *]}", "t", &o->I, &o->i, "tl", (int64_t *)&o->U, &o->i2)
+UCASE(u_time_as_int, "{s:I}", "t", &o->I)
 UCASE(u_sender, "{s:S}", "i", &o->v)
 UCASE(u_null_key, "{s:i}", (const char *)NULL, &o->i)
 
@@ -79,7 +81,7 @@ static const struct {
     C(u_string_hash), C(u_null_outputs), C(u_length_only), C(u_array), C(u_array_short_format),
     C(u_array_star), C(u_array_long_format), C(u_extra_keys_star), C(u_dup_key_first_wins),
     C(u_key_twice), C(u_top_array), C(u_not_a_map), C(u_format_error), C(u_format_error_after_data_error),
-    C(u_trailing), C(u_bad_star), C(u_value_v), C(u_time), C(u_sender), C(u_null_key),
+    C(u_trailing), C(u_bad_star), C(u_value_v), C(u_time), C(u_time_value), C(u_time_as_int), C(u_sender), C(u_null_key),
 #undef C
 };
 
