@@ -377,7 +377,12 @@ fail:
 /* The header h read at p is the one the tree encoder writes for its value
  * (msgpack-c's smallest form; doubles always as float64), so that the kept
  * bytes are the bytes encoding the tree would give: a peer's other forms
- * (a float32, an int in a wider form) are re-encoded as before. */
+ * (a float32, an int in a wider form) are re-encoded as before. One
+ * exception: a positive integer in the smallest signed form that holds it,
+ * the form Go's ugorji codec writes (200 as d1 00 c8, PROTOCOL.md 4.6), is
+ * kept too, so that messages from Go peers stay bytes as ours do; such a
+ * message is sent on as Go wrote it, and its tree, once built, encodes in
+ * our form. */
 static inline bool canonical(const uint8_t *p, const struct lc_whdr *h)
 {
     uint64_t n = h->len;
@@ -387,6 +392,8 @@ static inline bool canonical(const uint8_t *p, const struct lc_whdr *h)
             int64_t i = h->v.i;
             if (i < 128)
                 return h->hlen == 1;
+            if (p[0] >= 0xd1 && p[0] <= 0xd3) /* Go's form */
+                return p[0] == (i <= INT16_MAX ? 0xd1 : i <= INT32_MAX ? 0xd2 : 0xd3);
             return p[0] >= 0xcc && p[0] <= 0xcf &&
                    h->hlen == (i < 256 ? 2 : i < 65536 ? 3 : i <= (int64_t)UINT32_MAX ? 5 : 9);
         } else {

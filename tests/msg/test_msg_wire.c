@@ -282,7 +282,7 @@ static void test_unpack_keeps_wire_form(void **state)
 
 /* Decoding keeps plain canonical messages as bytes, and builds the tree for
  * anything else, which then re-encodes canonically as before. */
-static void test_decode_keeps_canonical_bytes_only(void **state)
+static void test_decode_keeps_our_forms_and_gos_ints(void **state)
 {
     (void)state;
     static const uint8_t plain[] = { 0x82, 0xa1, 'a', 0x01, 0xa1, 'b', 0x92, 0xc3, 0xc0 };
@@ -329,6 +329,42 @@ static void test_decode_keeps_canonical_bytes_only(void **state)
     assert_int_equal(lc_msgpack_decode(bad_nsec, sizeof bad_nsec, NULL, &m), LC_EBADMSG);
     assert_null(m);
 
+    /* Go's signed form of a positive integer (PROTOCOL.md 4.6) is kept: the
+     * message goes on as Go wrote it; its tree encodes in our form */
+    static const uint8_t go_int[] = { 0x83, 0xa1, 'a', 0xd1, 0x00, 0xc8, 0xa1, 'b', 0xd2, 0x00, 0x01, 0x00, 0x00,
+                                      0xa1, 'c', 0xd3, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00 };
+    static const uint8_t our_int[] = { 0x83, 0xa1, 'a', 0xcc, 0xc8, 0xa1, 'b', 0xce, 0x00, 0x01, 0x00, 0x00,
+                                       0xa1, 'c', 0xcf, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00 };
+    assert_int_equal(lc_msgpack_decode(go_int, sizeof go_int, NULL, &m), 0);
+    assert_non_null(m->wire);
+    int a = 0;
+    int64_t b = 0;
+    uint64_t c = 0;
+    assert_int_equal(lc_unpack(m, "{s:i, s:I, s:U}", "a", &a, "b", &b, "c", &c), 0);
+    assert_non_null(m->wire);
+    assert_int_equal(a, 200);
+    assert_int_equal(b, 65536);
+    assert_int_equal(c, 4294967296u);
+    e = encoding(m, &n);
+    assert_int_equal(n, sizeof go_int);
+    assert_memory_equal(e, go_int, n);
+    free(e);
+    lc_msg_root(m);
+    e = encoding(m, &n);
+    assert_int_equal(n, sizeof our_int);
+    assert_memory_equal(e, our_int, n);
+    free(e);
+    lc_msg_free(m);
+    /* but not a signed form wider than the smallest, nor int8 for 0..127 */
+    static const uint8_t wide_go[] = { 0xd2, 0x00, 0x00, 0x00, 0xc8 };
+    static const uint8_t small_go[] = { 0xd0, 0x05 };
+    assert_int_equal(lc_msgpack_decode(wide_go, sizeof wide_go, NULL, &m), 0);
+    assert_null(m->wire);
+    lc_msg_free(m);
+    assert_int_equal(lc_msgpack_decode(small_go, sizeof small_go, NULL, &m), 0);
+    assert_null(m->wire);
+    lc_msg_free(m);
+
     /* limits apply to plain messages as to any */
     lc_limits lim = { .max_depth = 1 };
     static const uint8_t nested[] = { 0x91, 0x91, 0x01 };
@@ -373,7 +409,7 @@ int main(void)
         T(test_pack_falls_back_to_the_tree),
         T(test_unpack_wire_matches_tree),
         T(test_unpack_keeps_wire_form),
-        T(test_decode_keeps_canonical_bytes_only),
+        T(test_decode_keeps_our_forms_and_gos_ints),
         T(test_wire_message_through_a_pipe),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
