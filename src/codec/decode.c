@@ -272,14 +272,15 @@ static int decode_tree(lc_msg *m, const uint8_t *p, size_t n, const lc_limits *l
             }
             pos += (size_t)h.len;
             if (h.ext == LC_EXT_TIME) {
-                uint32_t nsec = lc__be32(pl + 8);
-                if (nsec >= 1000000000u) {
+                int64_t sec;
+                uint32_t nsec;
+                if (!lc__wtime(pl, &sec, &nsec)) {
                     rc = LC_EBADMSG;
                     goto fail;
                 }
                 v = new_val(m, LC_TIME, 0);
                 if (v) {
-                    v->u.t.sec = (int64_t)lc__be64(pl);
+                    v->u.t.sec = sec;
                     v->u.t.nsec = nsec;
                 }
             } else if (h.ext == LC_EXT_BODY) { /* only at the top (checked) */
@@ -367,8 +368,8 @@ fail:
  * plain_length checks p[0..n) as decode_tree would, with the same header
  * checks (wire.h) in the same order. It returns the length of the message
  * at p when it is complete, plain, valid and canonical, and 0 in every
- * other case (an ext, an error, bytes missing, a header in another form
- * than ours, nesting deeper than its own stack): the
+ * other case (an ext other than a time, an error, bytes missing, a header
+ * in another form than ours, nesting deeper than its own stack): the
  * tree decoder then runs and reports what there is to report, so an error
  * is always the tree decoder's own.
  */
@@ -421,6 +422,8 @@ static size_t plain_length(const uint8_t *p, size_t n, const lc_limits *lim)
     uint64_t left[PLAIN_DEPTH];
     uint32_t depth = 0;
     size_t pos = 0;
+    int64_t sec;   /* (a time's, only checked) */
+    uint32_t nsec;
     for (;;) {
         struct lc_whdr h;
         if (lc__whdr_read(p + pos, n - pos, &h) != 0 || lc__whdr_check(&h, pos, depth, lim) != 0 ||
@@ -432,7 +435,7 @@ static size_t plain_length(const uint8_t *p, size_t n, const lc_limits *lim)
             /* a time, as our encoder writes it (c7 0c 06: whdr_check saw
              * the 12 bytes), with valid nanoseconds; any other ext (an
              * attachment, a reference, a body) goes to the tree */
-            if (h.ext != LC_EXT_TIME || h.hlen != 3 || 12 > n - pos || lc__be32(p + pos + 8) >= 1000000000u)
+            if (h.ext != LC_EXT_TIME || h.hlen != 3 || 12 > n - pos || !lc__wtime(p + pos, &sec, &nsec))
                 return 0;
             pos += 12;
             break;

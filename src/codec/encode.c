@@ -152,19 +152,11 @@ static inline int pack_scalar(lc_buf *pk, lc_value *v, const struct lc_codec_hoo
         if (r == 0)
             r = lc__mp_bin_body(pk, v->u.bytes, v->len);
         break;
-    case LC_TIME: {
-        uint8_t b[12];
-        uint64_t s = __builtin_bswap64((uint64_t)v->u.t.sec);
-        uint32_t ns = __builtin_bswap32(v->u.t.nsec);
+    case LC_TIME:
         if (v->u.t.nsec >= 1000000000u)
             return LC_EINVAL;
-        memcpy(b, &s, 8);
-        memcpy(b + 8, &ns, 4);
-        r = lc__mp_ext(pk, 12, LC_EXT_TIME); /* c7 0c 06: 12 is no fixext size */
-        if (r == 0)
-            r = lc__mp_ext_body(pk, b, 12);
+        r = lc__mp_time(pk, v->u.t.sec, v->u.t.nsec);
         break;
-    }
     default:
         return pack_attachment(pk, v, hooks);
     }

@@ -39,4 +39,18 @@ static inline int mp_append(lc_buf *b, const void *p, size_t n)
 #include <msgpack/pack_template.h>
 #undef msgpack_pack_ext
 
+/* A time (ext 6) as both writers write it: c7 0c 06 (12 is no fixext size),
+ * big-endian seconds, then nanoseconds (the caller checked them < 1e9). */
+static inline int lc__mp_time(lc_buf *b, int64_t sec, uint32_t nsec)
+{
+    uint8_t t[12];
+    uint64_t be_sec = __builtin_bswap64((uint64_t)sec);
+    uint32_t be_nsec = __builtin_bswap32(nsec);
+    memcpy(t, &be_sec, 8);
+    memcpy(t + 8, &be_nsec, 4);
+    if (lc__mp_ext(b, 12, LC_EXT_TIME) != 0)
+        return -1;
+    return lc__mp_ext_body(b, t, 12);
+}
+
 #endif

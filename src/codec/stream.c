@@ -98,7 +98,9 @@ static int scan(lc_stream_decoder *d)
         if (d->time_pending) {
             if (d->in.len < d->time_at + 12)
                 return LC__SD_AGAIN;
-            if (lc__be32(d->in.data + d->time_at + 8) >= 1000000000u)
+            int64_t sec;
+            uint32_t nsec;
+            if (!lc__wtime(d->in.data + d->time_at, &sec, &nsec))
                 return fail(d, LC_EBADMSG);
             d->time_pending = 0;
         }

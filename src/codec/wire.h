@@ -54,6 +54,16 @@ static inline uint64_t lc__be64(const uint8_t *p)
     return __builtin_bswap64(x);
 }
 
+/* The 12-byte payload of a time ext (ext 6) at pl: big-endian seconds,
+ * then nanoseconds. Returns whether the nanoseconds are valid (< 1e9), the
+ * one check a time's payload gets, wherever a decoder reads one. */
+static inline bool lc__wtime(const uint8_t *pl, int64_t *sec, uint32_t *nsec)
+{
+    *sec = (int64_t)lc__be64(pl);
+    *nsec = lc__be32(pl + 8);
+    return *nsec < 1000000000u;
+}
+
 /* Reads the header at p (avail bytes there). 0, LC__WNEED, or LC_EBADMSG for
  * the reserved byte 0xc1. Does not look at payloads or limits. */
 static inline __attribute__((always_inline)) int

@@ -519,13 +519,7 @@ static int wpack_value(wpack *p, int depth)
         int nsec = va_arg(*w->ap, int);
         if (nsec < 0 || nsec >= 1000000000 || !wroom(p, 15))
             return WIRE_GIVE_UP; /* (the tree builder reports the range) */
-        uint8_t t[12];
-        uint64_t be_sec = __builtin_bswap64((uint64_t)sec);
-        uint32_t be_nsec = __builtin_bswap32((uint32_t)nsec);
-        memcpy(t, &be_sec, 8);
-        memcpy(t + 8, &be_nsec, 4);
-        lc__mp_ext(b, 12, LC_EXT_TIME);
-        lc__mp_ext_body(b, t, 12);
+        lc__mp_time(b, sec, (uint32_t)nsec);
         return 0;
     }
     case 's':
@@ -1281,10 +1275,10 @@ static int wunpack_value(wunpack *u, const uint8_t *q, int depth)
         v->type = LC_DOUBLE;
         v->u.d = h.v.d;
         break;
-    case LC_WK_EXT: /* a time (the only ext a wire-form message holds) */
+    case LC_WK_EXT: /* a time (the only ext a wire-form message holds;
+                       * its nanoseconds were checked on the way in) */
         v->type = LC_TIME;
-        v->u.t.sec = (int64_t)lc__be64(q + h.hlen);
-        v->u.t.nsec = lc__be32(q + h.hlen + 8);
+        lc__wtime(q + h.hlen, &v->u.t.sec, &v->u.t.nsec);
         break;
     default: /* LC_WK_STR, LC_WK_BIN: at most LC_MAX_BYTES */
         v->type = h.kind == LC_WK_STR ? LC_STRING : LC_BINARY;
