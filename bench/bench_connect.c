@@ -9,7 +9,7 @@
  *
  * lc_session_close used to look every 1-2 ms for the peer's SYN_REPLY: a
  * cycle took ~1.1 ms, nearly all of it that nap; it now waits on a
- * condition variable (session.c close_progress_locked).
+ * condition variable (send.c lc__close_progress_locked).
  *
  * Usage: bench_connect [cycles]   (default 2000 per transport)
  */

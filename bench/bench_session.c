@@ -1222,7 +1222,7 @@ static bulk raw_bulk(const char *transport)
 
 /* A pipe between the two processes: what a passed pipe end is. grown: with
  * the capacity a byte stream's pump gives the pipe it reads (256 KiB,
- * session.c PIPE_GROW_SIZE): the pipe hop of a stream read from a pipe. */
+ * bytes.c PIPE_GROW_SIZE): the pipe hop of a stream read from a pipe. */
 static bulk raw_pipe_bulk(bool grown)
 {
     int p[2];

@@ -27,7 +27,7 @@ void *lc__map_del(lc_map *m, uint64_t key);
 void lc__map_free(lc_map *m);
 
 /* Waits in a row whose spin ran out after which a session's readers stop
- * spinning (drive, session.c). */
+ * spinning (drive, read.c). */
 #define SPIN_MISSES_MAX 4
 
 /* How many of the peer's refs already named a session remembers. */
@@ -262,6 +262,161 @@ struct lc_session {
  * fds the sender passed on this session (docs/PROTOCOL.md) */
 #define LC_REF_PASSED_FD        0x8000000000000000ull
 #define LC_SPDY_DEFAULT_WINDOW  65536u /* SPDY/3's initial window until SETTINGS says */
+
+/* ---- shared between the session's files ----------------------------------
+ * session.c (lifetime, death, the public calls), output.c, send.c, bytes.c,
+ * receive.c, read.c, map.c, trace.c: what one of them calls in another. Each
+ * function's comment is at its definition. */
+
+/* A control frame to send: stream (or ping/last-good) id and status. */
+typedef struct { uint32_t id; uint32_t status; } ctl_arg;
+
+/* Streams bound while resolving, to be kicked once the lock is dropped: a
+ * growable list of referenced streams (no fixed cap: a batch may touch any
+ * number of channels). Starts on an inline array. */
+typedef struct kick_list {
+    lc_stream **st;
+    size_t n, cap;
+    lc_stream *inl[16];
+} kick_list;
+
+/* A byte stream's pump reads an fd this much at a time (bytes.c; the
+ * buffer is per thread, send.c lc__pump_buf). */
+#define PUMP_READ (256u << 10)
+
+static inline void stream_ref(lc_stream *st)
+{
+    atomic_fetch_add_explicit(&st->refs, 1, memory_order_relaxed);
+}
+
+static inline void session_ref(lc_session *s)
+{
+    atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+}
+
+/* Bytes queued for st's fd and not written yet. mu held. */
+static inline size_t fd_queued(const lc_stream *st)
+{
+    return st->fd_out.len - st->fd_out_off;
+}
+
+/* Output bytes not yet written: queued, being written, or a byte stream's
+ * frame written straight from its pump (wmu held). */
+static inline size_t pending_out(lc_session *s)
+{
+    return s->out.len + (s->inflight.len - s->inflight_off) + s->direct_out;
+}
+
+/* Bytes the peer still lets us send on st (wmu held); unlimited toward a
+ * peer without windows. May be negative: one message may overdraw it, so a
+ * message bigger than the window still goes (alone). */
+static inline int64_t send_window(const lc_session *s, const lc_stream *st)
+{
+    /* Until the peer's first frame we cannot know whether it speaks
+     * windows (ours open with SETTINGS, Go peers never send one): keep to
+     * the SPDY/3 initial window meanwhile. Sending without limit until then
+     * let a fast sender put ~1-2 MB on one channel before it had read our
+     * SETTINGS (test_attached_receiver_pump_respects_window). */
+    if (!atomic_load_explicit(&s->peer_fc, memory_order_relaxed) &&
+        atomic_load_explicit(&s->peer_known, memory_order_acquire))
+        return INT64_MAX;
+    return (int64_t)s->peer_window + (int64_t)st->granted - (int64_t)st->sent;
+}
+
+/* The peer announced NO_REPLIES (PROTOCOL.md 3.2, 3.8): no SYN_REPLY, and
+ * no FIN that answers a FIN of a channel, either way. */
+static inline bool quiet_peer(const lc_session *s)
+{
+    return atomic_load_explicit(&s->peer_no_replies, memory_order_relaxed);
+}
+
+/* read.c: the session whose carrier this thread is reading (an engine
+ * callback), and the one it last took a message from by reading it itself */
+extern _Thread_local lc_session *lc__tls_reading;
+extern _Thread_local const lc_session *lc__tls_served;
+
+/* Bytes all unbound sub-streams of a session may hold together. */
+#define EARLY_TOTAL_MAX(s) (4 * (size_t)(s)->opt.limits.max_message)
+
+/* The carrier is read this much at a time, and READ_CHUNK_BULK once a
+ * read filled the buffer (read.c says why). */
+#define READ_CHUNK 65536
+#define READ_CHUNK_BULK (512u << 10)
+
+/* session.c */
+void lc__session_unref(lc_session *s);
+lc_stream *lc__stream_new(lc_session *s, st_kind kind);
+void lc__msg_chain_free(lc_msg *m);
+lc_msg *lc__pending_take_all_locked(lc_stream *st);
+void lc__stream_unref(lc_stream *st);
+void lc__session_fail(lc_session *s, int err);
+void lc__protocol_error(lc_session *s, uint32_t status);
+
+/* output.c */
+void lc__flush_locked(lc_session *s);
+void lc__send_flush_locked(lc_session *s);
+void lc__wake_blocked_senders(lc_session *s);
+void lc__output_ready(lc_session *s);
+int lc__put_syn_stream(lc_session *s, uint32_t id, uint64_t ref, uint64_t parent);
+bool lc__parse_u64(const lc_spdy_header *h, uint64_t *out);
+void lc__send_control(lc_session *s, int (*fn)(lc_session *s, void *arg), void *arg);
+void lc__send_control_deferred(lc_session *s, int (*fn)(lc_session *s, void *arg), void *arg);
+bool lc__flush_now(lc_session *s);
+void lc__fin_settled(lc_session *s);
+int lc__ctl_syn_reply(lc_session *s, void *arg);
+int lc__ctl_rst(lc_session *s, void *arg);
+int lc__ctl_ping(lc_session *s, void *arg);
+int lc__ctl_goaway(lc_session *s, void *arg);
+int lc__ctl_window(lc_session *s, void *arg);
+int lc__ctl_fin(lc_session *s, void *arg);
+
+/* send.c */
+lc_sender *lc__make_net_sender(lc_stream *st, bool mu_held);
+uint8_t *lc__pump_buf(void);
+int lc__register_ours_locked(lc_session *s, lc_stream *st);
+void lc__close_progress_locked(lc_session *s);
+void lc__reply_came_locked(lc_session *s, lc_stream *st);
+void lc__on_syn_reply(lc_session *s, const lc_spdy_frame *f);
+void lc__remember_claimed_locked(lc_session *s, uint64_t ref);
+bool lc__was_claimed_locked(const lc_session *s, uint64_t ref);
+void lc__early_drop_locked(lc_session *s, lc_stream *st);
+void lc__stream_maybe_done_locked(lc_session *s, lc_stream *st);
+lc_msg *lc__pump_take_locked(lc_stream *st);
+void lc__pump_resume(lc_stream *st, lc_msg *held);
+
+/* bytes.c */
+int lc__bytes_inbound_locked(lc_session *s, lc_stream *st, const uint8_t *p, size_t n);
+void lc__pipe_grown_release(lc_stream *st);
+int lc__bytes_start(lc_stream *st, int fd, bool we_read, bool we_write, bool mu_held);
+int lc__bytes_open_received(lc_stream *sub, int ext, int *app_fd);
+void lc__bytes_close(lc_stream *st);
+void lc__bytes_kick(lc_stream *st);
+
+/* receive.c */
+void lc__kl_init(kick_list *k);
+bool lc__kl_add(kick_list *k, lc_stream *st);
+void lc__kl_free(kick_list *k);
+void lc__skim_drop(struct lc_skim_slot *sl);
+void lc__skim_more_locked(lc_session *s, uint32_t id, const uint8_t *p, size_t n, bool fin);
+void lc__skim_start_locked(lc_session *s, lc_stream *st, const uint8_t *extra, size_t extra_n, bool fin);
+void lc__waiting_refs_set_locked(lc_session *s, lc_stream *st, bool waiting);
+void lc__deliver_pending(lc_stream *st);
+void lc__deliver_pending_noted(lc_stream *st, bool noted);
+
+/* read.c */
+int lc__feed_stream_locked(lc_session *s, lc_stream *st, const uint8_t *p, size_t n);
+void lc__arm_read(lc_session *s);
+bool lc__backstop_locked(lc_session *s);
+void lc__ensure_watched(lc_session *s);
+void lc__resume_reading(lc_session *s);
+void lc__feeder_passive(void *ctx);
+extern const lc__feeder_ops lc__session_feeder_ops;
+void lc__carrier_cb(void *ctx, uint32_t ev);
+void lc__ref_timer(void *ctx);
+
+/* trace.c */
+void lc__trace_frame(lc_session *s, const char *dir, const lc_spdy_frame *f);
+void lc__trace_out(lc_session *s, const uint8_t *p, size_t n);
 
 /* A session on an already connected unix stream socket fd (taken), for tests
  * that play the peer byte by byte. */

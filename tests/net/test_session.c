@@ -1150,7 +1150,7 @@ static void test_go_oneway_vector_into_a_session(void **st)
     close(sv[0]);
 }
 
-/* ---- burst batching (session.c send_flush_locked / deferred_flush) ------ */
+/* ---- burst batching (output.c lc__send_flush_locked / deferred_flush) */
 
 typedef struct {
     lc_sender *s;

@@ -1,6 +1,6 @@
 /*
  * test_session_map.c - the session's small maps (uint64 key -> pointer,
- * open addressing with tombstones; src/session/session.c), against a plain
+ * open addressing with tombstones; src/session/map.c), against a plain
  * array as the reference: random puts, gets and deletes, in the churn a
  * session sees (streams opened and ended all session long, few alive at
  * once) and with many keys alive; deletes that empty tombstone runs must

@@ -1,0 +1,707 @@
+/*
+ * receive.c - receiving on a session (src/session): resolving the
+ * references a message names, skimming reset channels for passed fds, and
+ * delivering decoded messages to their channels.
+ */
+#include "session_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- receiving: resolving references ------------------------------------- */
+
+void lc__kl_init(kick_list *k)
+{
+    k->st = k->inl;
+    k->n = 0;
+    k->cap = 16;
+}
+
+/* Adds st with a reference; false only when out of memory. */
+bool lc__kl_add(kick_list *k, lc_stream *st)
+{
+    if (k->n == k->cap) {
+        size_t nc = k->cap * 2;
+        lc_stream **nv = malloc(nc * sizeof *nv);
+        if (nv == NULL)
+            return false;
+        memcpy(nv, k->st, k->n * sizeof *nv);
+        if (k->st != k->inl)
+            free(k->st);
+        k->st = nv;
+        k->cap = nc;
+    }
+    stream_ref(st);
+    k->st[k->n++] = st;
+    return true;
+}
+
+void lc__kl_free(kick_list *k)
+{
+    if (k->st != k->inl)
+        free(k->st);
+    lc__kl_init(k);
+}
+
+/* ---- passed fds of messages that will not be decoded ---------------------- */
+
+void lc__skim_drop(struct lc_skim_slot *sl)
+{
+    if (sl->k != NULL) {
+        lc__skim_free(sl->k);
+        free(sl->k);
+    }
+    sl->k = NULL;
+    sl->id = 0;
+}
+
+/* A passed fd that a skimmed message names: it will never be claimed. */
+static void skim_found(void *ctx, uint64_t n)
+{
+    lc_session *s = ctx;
+    void *slot = lc__map_del(&s->in_fds, n);
+    if (slot != NULL)
+        close((int)(intptr_t)slot - 1);
+    /* (not arrived: a peer naming fds it never passed; nothing to close) */
+}
+
+/* DATA for a stream no longer in the table: skimmed if it is one that
+ * lc__skim_start_locked took. mu held. */
+void lc__skim_more_locked(lc_session *s, uint32_t id, const uint8_t *p, size_t n, bool fin)
+{
+    for (size_t i = 0; i < SKIMS_KEEP; i++) {
+        struct lc_skim_slot *sl = &s->skims[i];
+        if (sl->k == NULL || sl->id != id)
+            continue;
+        if (lc__skim_feed(sl->k, p, n, skim_found, s) != 0 || fin)
+            lc__skim_drop(sl);
+        return;
+    }
+}
+
+/*
+ * st is reset because its bytes did not decode (over max_message, say),
+ * found as they arrive, as its messages are reached (lc__deliver_pending) or as
+ * a sub-channel is named (bind_early_locked), or because the peer overran
+ * its window. On a carrier that passes fds, the message it refused and
+ * those behind it still brought their fds, which would wait in in_fds until
+ * the session is freed and count toward MAX_UNCLAIMED_FDS. What the decoder
+ * buffered from the refused message on is skimmed now, then extra (bytes
+ * of the current frame the decoder did not take); DATA that still comes for
+ * the stream (sent before the peer read our RST_STREAM) is skimmed as it
+ * arrives (lc__skim_more_locked), until its FIN or until SKIMS_KEEP newer
+ * resets take the slot. Messages decoded before the refused one claim their
+ * own fds. mu held.
+ */
+void lc__skim_start_locked(lc_session *s, lc_stream *st, const uint8_t *extra, size_t extra_n, bool fin)
+{
+    if (!atomic_load_explicit(&s->read_fds, memory_order_relaxed))
+        return; /* no fd can have come to us: nothing to find */
+    if (st->kind != ST_RECV && st->kind != ST_FWD_TO_SENDER)
+        return; /* not messages (an unbound sub-stream may be a byte stream) */
+    if (st->skimmed) {
+        /* skimmed since binding found its early bytes bad: go on */
+        lc__skim_more_locked(s, st->id, extra, extra_n, fin);
+        return;
+    }
+    st->skimmed = true;
+    lc_skim *k = malloc(sizeof *k);
+    if (k == NULL)
+        return; /* the fds stay until the session is freed, as before */
+    lc__skim_init(k);
+    size_t n = 0;
+    const uint8_t *rest = st->sd_init ? lc__sd_rest(&st->sd, &n) : NULL;
+    if ((n > 0 && lc__skim_feed(k, rest, n, skim_found, s) != 0) ||
+        (extra_n > 0 && lc__skim_feed(k, extra, extra_n, skim_found, s) != 0) || fin) {
+        lc__skim_free(k);
+        free(k);
+        return;
+    }
+    struct lc_skim_slot *sl = &s->skims[s->skim_next++ % SKIMS_KEEP];
+    lc__skim_drop(sl);
+    sl->id = st->id;
+    sl->k = k;
+}
+
+/* A sub-stream just named by a message may already hold bytes (and its FIN):
+ * decode them now, and have it delivered. mu held. */
+static void bind_early_locked(lc_session *s, lc_stream *sub, kick_list *k)
+{
+    int rc = 0;
+    if (sub->early.len > 0)
+        rc = lc__feed_stream_locked(s, sub, sub->early.data, sub->early.len);
+    else if (!sub->sd_init)
+        rc = lc__feed_stream_locked(s, sub, NULL, 0);
+    lc__early_drop_locked(s, sub);
+    if (rc >= 0 && sub->early_fin) {
+        int frc = lc__sd_finish(&sub->sd);
+        if (frc < 0 && frc != LC__SD_AGAIN)
+            rc = frc;
+        else
+            sub->remote_fin_pending = true;
+        if (!sub->local_fin) {
+            sub->local_fin = true;
+            sub->send_fin = !quiet_peer(s) || sub->kind == ST_BYTES;
+        }
+    }
+    if (rc < 0) {
+        sub->bad = rc;
+        lc__skim_start_locked(s, sub, NULL, 0, sub->early_fin);
+    }
+    lc__kl_add(k, sub);
+}
+
+/* Runs what binding queued: FINs, errors, deliveries. No lock held. */
+static void kick_streams(lc_session *s, kick_list *k)
+{
+    for (size_t i = 0; i < k->n; i++) {
+        lc_stream *st = k->st[i];
+        pthread_mutex_lock(&s->mu);
+        bool fin = st->send_fin;
+        st->send_fin = false;
+        int bad = st->bad;
+        st->bad = 0;
+        pthread_mutex_unlock(&s->mu);
+        if (fin) {
+            ctl_arg fa = { st->id, 0 };
+            lc__send_control(s, lc__ctl_fin, &fa);
+        }
+        if (st->kind == ST_BYTES)
+            lc__bytes_kick(st);
+        else if (bad)
+            lc__close_error(st->into, LC_EPROTO);
+        else
+            lc__deliver_pending(st);
+        lc__stream_unref(st);
+    }
+    lc__kl_free(k);
+}
+
+/* Walks v for unresolved references; returns how many are still missing
+ * (peer streams not arrived yet), or a negative error. Resolves the ones it
+ * can, in place. mu held. */
+static int resolve_refs_locked(lc_session *s, lc_msg *m, lc_value *v, int depth, kick_list *k);
+
+static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *k)
+{
+    if ((v->u.ref & LC_REF_PASSED_FD) && v->mode >= 1 && v->mode <= 3) {
+        /* ours: the fd came with SCM_RIGHTS; sequence numbers count arrivals */
+        void *slot = lc__map_del(&s->in_fds, v->u.ref & ~LC_REF_PASSED_FD);
+        if (slot == NULL)
+            return 1; /* not arrived yet (a bounded wait, as for streams) */
+        uint8_t ext = v->mode;
+        v->type = LC_STREAM;
+        v->mode = ext == 1 ? LC_STREAM_DUPLEX : ext == 2 ? LC_STREAM_WRITE : LC_STREAM_READ;
+        v->u.fd = (int)(intptr_t)slot - 1;
+        v->flags &= (uint8_t)~LC_VF_TAKEN;
+        return lc__msg_track_attachment(m, v) != 0 ? LC_ENOMEM : 0;
+    }
+    lc_stream *sub = lc__map_get(&s->peer_refs, v->u.ref);
+    if (sub == NULL)
+        return lc__was_claimed_locked(s, v->u.ref) ? LC_EPROTO /* named twice */
+                                               : 1;        /* not arrived yet */
+    if (sub->claimed)
+        return LC_EPROTO; /* a sub-stream names one channel end, once */
+    uint8_t ext = v->mode;
+    if (ext == 4) {
+        /* a Sender for us: we send on the peer's sub-stream */
+        sub->kind = ST_SEND;
+        sub->claimed = true;
+        lc_sender *snd = lc__make_net_sender(sub, true);
+        if (snd == NULL)
+            return LC_ENOMEM;
+        v->type = LC_SENDER;
+        v->mode = 0;
+        v->u.sender = snd;
+    } else if (ext == 5) {
+        /* a Receiver for us: the peer writes messages on the sub-stream */
+        lc_receiver *r;
+        lc_sender *into;
+        int rc = lc_pipe(&r, &into, s->opt.recv_queue);
+        if (rc != 0)
+            return rc;
+        sub->kind = ST_RECV;
+        sub->claimed = true;
+        sub->into = into;
+        lc__receiver_set_feeder(r, &lc__session_feeder_ops, s);
+        v->type = LC_RECEIVER;
+        v->mode = 0;
+        v->u.receiver = r;
+    } else if (ext >= 1 && ext <= 3) {
+        /* a byte stream: the application gets one end of a socketpair */
+        int app_fd;
+        int rc = lc__bytes_open_received(sub, ext, &app_fd);
+        if (rc != 0)
+            return rc;
+        v->type = LC_STREAM;
+        v->mode = ext == 1 ? LC_STREAM_DUPLEX : ext == 2 ? LC_STREAM_WRITE : LC_STREAM_READ;
+        v->u.fd = app_fd;
+    } else {
+        return LC_EPROTO;
+    }
+    v->flags &= (uint8_t)~LC_VF_TAKEN;
+    lc__map_del(&s->peer_refs, sub->ref);
+    lc__remember_claimed_locked(s, sub->ref); /* a second naming fails at once */
+    if (lc__msg_track_attachment(m, v) != 0)
+        return LC_ENOMEM;
+    if (sub->kind == ST_RECV)
+        bind_early_locked(s, sub, k); /* bytes that came before it was named */
+    if (sub->kind == ST_BYTES && (sub->early.len > 0 || sub->early_fin)) {
+        /* bytes (and maybe the end) that came before it was named */
+        lc__buf_append(&sub->fd_out, sub->early.data, sub->early.len);
+        lc__early_drop_locked(s, sub);
+        sub->in_fin = sub->early_fin;
+        lc__kl_add(k, sub);
+    }
+    if (sub->kind == ST_SEND)
+        lc__early_drop_locked(s, sub); /* DATA against its direction: ignored, as Go does */
+    return 0;
+}
+
+static int resolve_refs_locked(lc_session *s, lc_msg *m, lc_value *v, int depth, kick_list *k)
+{
+    if (v == NULL || depth > 4096)
+        return 0;
+    int missing = 0;
+    switch (v->type) {
+    case LC__REF: {
+        int rc = resolve_one_locked(s, m, v, k);
+        if (rc < 0)
+            return rc;
+        return rc;
+    }
+    case LC_ARRAY:
+        for (uint32_t i = 0; i < v->len; i++) {
+            int rc = resolve_refs_locked(s, m, v->u.items[i], depth + 1, k);
+            if (rc < 0)
+                return rc;
+            missing += rc;
+        }
+        return missing;
+    case LC_MAP:
+        for (uint32_t i = 0; i < 2 * v->len; i++) {
+            int rc = resolve_refs_locked(s, m, v->u.items[i], depth + 1, k);
+            if (rc < 0)
+                return rc;
+            missing += rc;
+        }
+        return missing;
+    default:
+        return 0;
+    }
+}
+
+static int resolve_msg_locked(lc_session *s, lc_msg *m, kick_list *k)
+{
+    if (!m->has_refs)
+        return 0; /* nothing to walk: most messages */
+    if (m->body != NULL) {
+        int missing = 0;
+        for (uint32_t i = 0; i < m->body_att_len; i++) {
+            int rc = resolve_refs_locked(s, m, m->body_att[i], 0, k);
+            if (rc < 0)
+                return rc;
+            missing += rc;
+        }
+        return missing;
+    }
+    return resolve_refs_locked(s, m, m->root, 0, k);
+}
+
+/* ---- receiving: delivery ------------------------------------------------- */
+
+/*
+ * The local Sender a forwarded channel delivers into refused a message for
+ * good (rc: LC_ECLOSED when its channel was closed or its receiver released,
+ * LC_ESESSION when it belongs to a session that died). The peer's sends on
+ * that channel would go on succeeding into nothing (a reply channel whose
+ * requester gave up, a channel forwarded through us from a session that is
+ * gone): reset the stream, so that the peer's Sender gets LC_ECLOSED. What
+ * is queued for it is dropped. Only for ST_FWD_TO_SENDER: a network
+ * Receiver the application released resets nothing (PROTOCOL.md 3.9).
+ */
+static void forward_refused(lc_stream *st, int rc)
+{
+    lc_session *s = st->s;
+    if (st->kind != ST_FWD_TO_SENDER || rc == 0 || rc == LC_ETIMEDOUT)
+        return;
+    pthread_mutex_lock(&s->mu);
+    bool rst = !st->reset && !st->remote_fin && !s->dead;
+    lc_msg *drop = NULL;
+    uint32_t sid = st->id;
+    if (rst) {
+        st->reset = true; /* nothing more is decoded */
+        drop = lc__pending_take_all_locked(st);
+        lc__stream_maybe_done_locked(s, st);
+    }
+    pthread_mutex_unlock(&s->mu);
+    lc__msg_chain_free(drop);
+    if (rst) {
+        ctl_arg ra = { sid, LC_SPDY_CANCEL };
+        lc__send_control(s, lc__ctl_rst, &ra);
+    }
+}
+
+/* Sets st->waiting_refs, counting the streams that wait (retry_waiting_refs
+ * walks the table only when some does). mu held. */
+void lc__waiting_refs_set_locked(lc_session *s, lc_stream *st, bool waiting)
+{
+    if (st->waiting_refs != waiting)
+        s->refs_waiters += waiting ? 1 : (size_t)-1;
+    st->waiting_refs = waiting;
+}
+
+/*
+ * Sets st->push_op, counting the streams whose is set: the check for a full
+ * local queue (read_carrier, lc__resume_reading, toward a peer without windows)
+ * walks the stream table only when some is, not after every read batch
+ * (O(channels) per read with many channels open). The count is never too
+ * low; a stream freed with its push_op set would leave it too high, which
+ * only costs walks. mu held.
+ */
+static void push_op_set_locked(lc_session *s, lc_stream *st, lc_async *op)
+{
+    if ((st->push_op == NULL) != (op == NULL))
+        s->pushes_set += op != NULL ? 1 : (size_t)-1;
+    st->push_op = op;
+}
+
+static void push_done(void *ctx, int result, lc_msg *m)
+{
+    lc_stream *st = ctx;
+    lc_session *s = st->s;
+    (void)m;
+    pthread_mutex_lock(&s->mu);
+    push_op_set_locked(s, st, NULL);
+    lc_msg *sent = st->pushing;
+    st->pushing = NULL;
+    pthread_mutex_unlock(&s->mu);
+    if (result != 0) {
+        lc_msg_free(sent); /* the local end went away: drop (fds closed) */
+        forward_refused(st, result);
+    }
+    lc__deliver_pending(st);
+    lc__stream_unref(st); /* the op's reference */
+}
+
+/* Decodes the next messages of st from the bytes its decoder holds. mu held.
+ * False when they do not decode (or the channel's end is cut short). */
+static bool decode_more_locked(lc_session *s, lc_stream *st)
+{
+    int rc = lc__feed_stream_locked(s, st, NULL, 0);
+    if (rc == 0 && st->remote_fin && !st->peer_reset) {
+        int frc = lc__sd_finish(&st->sd);
+        if (frc < 0)
+            rc = frc; /* the last message was cut by the FIN */
+    }
+    return rc >= 0;
+}
+
+/* The local queue has room again (or its receiver is gone: the next send
+ * says so). */
+static void room_done(void *ctx, int result, lc_msg *m)
+{
+    lc_stream *st = ctx;
+    lc_session *s = st->s;
+    (void)result;
+    (void)m;
+    pthread_mutex_lock(&s->mu);
+    push_op_set_locked(s, st, NULL);
+    pthread_mutex_unlock(&s->mu);
+    lc__deliver_pending(st);
+    lc__stream_unref(st); /* the watch's reference */
+}
+
+/* Plain messages handed to the local queue per lock round. */
+#define DELIVER_BATCH 32
+
+/* Takes the head of st's decoded, undelivered messages. mu held. */
+static lc_msg *pending_pop_locked(lc_stream *st)
+{
+    lc_msg *m = st->pending_head;
+    st->pending_head = m->next;
+    if (st->pending_head == NULL)
+        st->pending_tail = NULL;
+    st->npending--;
+    return m;
+}
+
+/* Puts the n messages chained from first to last back at the head, in
+ * order (the local queue was full). mu held. */
+static void pending_unpop_locked(lc_stream *st, lc_msg *first, lc_msg *last, size_t n)
+{
+    last->next = st->pending_head;
+    st->pending_head = first;
+    if (st->pending_tail == NULL)
+        st->pending_tail = last;
+    st->npending += n;
+}
+
+/* The end of one hand-over of m (rc: its lc_send result): nothing is being
+ * delivered any more, m is dropped if the local end refused it, and the
+ * delivery's stream reference goes. */
+static void push_end(lc_stream *st, lc_msg *m, int rc)
+{
+    lc_session *s = st->s;
+    pthread_mutex_lock(&s->mu);
+    push_op_set_locked(s, st, NULL);
+    st->pushing = NULL;
+    pthread_mutex_unlock(&s->mu);
+    if (rc != 0) {
+        lc_msg_free(m); /* the local end went away: drop (fds closed) */
+        forward_refused(st, rc);
+    }
+    lc__stream_unref(st);
+}
+
+/*
+ * The local queue is full and the head of st's list waits for it. The
+ * caller delivers (push_op is its placeholder) and holds a reference for
+ * the wait. Into a ring: wait for a quarter of it to be free and refill in
+ * one go (one callback per message, as a send op gives, cost the receiving
+ * thread more than the messages). Into anything else (a forwarded message
+ * into the application's own channel): one callback send. Returns true when
+ * a callback continues the delivery, false when the caller goes on (push_op
+ * cleared, reference dropped).
+ */
+static bool deliver_wait_room(lc_stream *st)
+{
+    lc_session *s = st->s;
+    lc_async *op;
+    int rc = lc__room_watch(st->into, s->opt.recv_queue / 4, room_done, st, &op);
+    if (rc == LC__PENDING)
+        return true; /* room_done continues */
+    pthread_mutex_lock(&s->mu);
+    lc_msg *m = rc == 0 ? NULL : st->pending_head;
+    if (m == NULL) {
+        /* room came meanwhile (or the ref timer dropped the list) */
+        push_op_set_locked(s, st, NULL);
+        pthread_mutex_unlock(&s->mu);
+        lc__stream_unref(st);
+        return false;
+    }
+    pending_pop_locked(st);
+    st->pushing = m;
+    pthread_mutex_unlock(&s->mu);
+    rc = lc__send_async(st->into, m, push_done, st, &op);
+    if (rc == LC__PENDING)
+        return true; /* push_done continues */
+    push_end(st, m, rc);
+    return false;
+}
+
+/*
+ * Pushes queued messages into the stream's local channel while it has room.
+ * Called without locks. Messages whose references are not resolved yet stay
+ * queued (in order) until the sub-stream arrives or the deadline passes.
+ * noted: the reader's batch listed st (note_delivery): cleared in the first
+ * lock round.
+ */
+
+void lc__deliver_pending(lc_stream *st)
+{
+    lc__deliver_pending_noted(st, false);
+}
+
+void lc__deliver_pending_noted(lc_stream *st, bool noted)
+{
+    lc_session *s = st->s;
+    bool locked = false; /* a round that ends holding mu passes it on */
+    for (;;) {
+        if (!locked)
+            pthread_mutex_lock(&s->mu);
+        locked = false;
+        if (noted) {
+            st->noted = false; /* messages read from now on note it again */
+            noted = false;
+        }
+        if (st->pending_head == NULL && st->push_op == NULL && st->sd_init && !st->reset &&
+            !decode_more_locked(s, st)) {
+            /* this channel's bytes do not decode (found now, as its messages
+             * are reached): the receiver gets what decoded before, then
+             * LC_EPROTO, and the peer a reset */
+            bool rst = !st->remote_fin;
+            uint32_t sid = st->id;
+            st->reset = true;
+            lc__skim_start_locked(s, st, NULL, 0, st->remote_fin);
+            if (st->into != NULL) {
+                st->end_err = LC_EPROTO;
+                st->remote_fin_pending = true;
+            }
+            lc__stream_maybe_done_locked(s, st);
+            pthread_mutex_unlock(&s->mu);
+            if (rst) {
+                ctl_arg ra = { sid, LC_SPDY_PROTOCOL_ERROR };
+                lc__send_control(s, lc__ctl_rst, &ra);
+            }
+            continue;
+        }
+        lc_msg *m = st->pending_head;
+        if (m == NULL || st->push_op != NULL) {
+            /* idle: nothing listed and nothing being handed over */
+            bool idle = m == NULL && st->push_op == NULL;
+            bool close_now = idle && st->remote_fin_pending;
+            if (close_now) {
+                st->remote_fin_pending = false;
+                lc__stream_maybe_done_locked(s, st); /* (our caller holds a reference) */
+            }
+            /* everything received is in the local queue: the peer may send
+             * that much again (a full queue grants nothing: that stream stalls,
+             * the others flow) */
+            uint64_t grant = 0;
+            if (idle && !st->remote_fin && atomic_load(&s->peer_fc) &&
+                st->fed - st->acked >= s->opt.stream_window / 2) {
+                /* batched: the sender still has at least half a window */
+                grant = st->fed - st->acked;
+                st->acked = st->fed;
+            }
+            uint32_t sid = st->id;
+            pthread_mutex_unlock(&s->mu);
+            if (grant > 0) {
+                ctl_arg wa = { sid, (uint32_t)(grant > 0x7fffffffu ? 0x7fffffffu : grant) };
+                lc__send_control(s, lc__ctl_window, &wa);
+            }
+            if (close_now && st->end_err)
+                lc__close_error(st->into, st->end_err); /* after what decoded before */
+            else if (close_now)
+                lc_close(st->into); /* end of channel after the last message */
+            if (idle)
+                lc__resume_reading(s);
+            return;
+        }
+        if (!m->has_refs) {
+            /* The common case, plain messages: hand a batch over with one
+             * lock round, not two per message (the reading thread takes mu
+             * for every frame meanwhile: bench_session's receiver spent ~8%
+             * spinning on it). */
+            lc_msg *batch[DELIVER_BATCH];
+            size_t nb = 0;
+            while (st->pending_head != NULL && !st->pending_head->has_refs && nb < DELIVER_BATCH)
+                batch[nb++] = pending_pop_locked(st);
+            push_op_set_locked(s, st, (lc_async *)1); /* we are delivering: nobody else does */
+            stream_ref(st);
+            pthread_mutex_unlock(&s->mu);
+            /* into a ring: one hand-over (one wake-up fence) for the lot */
+            size_t i = 0;
+            int refused = 0;
+            int rc = lc__send_batch(st->into, batch, nb, &i);
+            if (rc == LC_EINVAL) {
+                /* not a ring (a forwarded channel into a Sender the
+                 * application passed): one send each */
+                for (; i < nb; i++) {
+                    rc = lc_send(st->into, batch[i], 0);
+                    if (rc == LC_ETIMEDOUT)
+                        break; /* full */
+                    if (rc != 0) {
+                        lc_msg_free(batch[i]); /* the local end went away: drop (fds closed) */
+                        refused = rc;
+                    }
+                }
+            } else if (rc == LC_ECLOSED) {
+                for (; i < nb; i++)
+                    lc_msg_free(batch[i]); /* the local end went away: drop (fds closed) */
+                refused = rc;
+            }
+            if (refused != 0)
+                forward_refused(st, refused);
+            pthread_mutex_lock(&s->mu);
+            if (i < nb) {
+                for (size_t j = i; j + 1 < nb; j++)
+                    batch[j]->next = batch[j + 1];
+                pending_unpop_locked(st, batch[i], batch[nb - 1], nb - i);
+                pthread_mutex_unlock(&s->mu);
+                if (deliver_wait_room(st))
+                    return; /* a callback continues */
+                continue;
+            }
+            push_op_set_locked(s, st, NULL);
+            /* Not the last reference (callers hold one): dropped under mu,
+             * which the next round keeps (one lock round less per delivered
+             * batch). The last one frees, which needs mu released. */
+            int r = atomic_load_explicit(&st->refs, memory_order_relaxed);
+            while (r > 1 && !atomic_compare_exchange_weak_explicit(&st->refs, &r, r - 1, memory_order_acq_rel,
+                                                                    memory_order_relaxed))
+                ;
+            if (r > 1) {
+                locked = true;
+                continue;
+            }
+            pthread_mutex_unlock(&s->mu);
+            lc__stream_unref(st);
+            continue;
+        }
+        kick_list k;
+        lc__kl_init(&k);
+        int missing = resolve_msg_locked(s, m, &k);
+        if (missing != 0 && s->dead) {
+            /* its sub-streams can no longer come (lc__session_fail emptied the
+             * tables): it and what follows it are lost, and the channel
+             * ends now with the session's error */
+            lc_msg *lost = lc__pending_take_all_locked(st);
+            st->reset = true; /* decode nothing more */
+            st->remote_fin_pending = false;
+            int end = st->end_err ? st->end_err : LC_ESESSION;
+            pthread_mutex_unlock(&s->mu);
+            kick_streams(s, &k);
+            lc__msg_chain_free(lost);
+            lc__close_error(st->into, end);
+            continue;
+        }
+        if (missing > 0) {
+            if (!st->waiting_refs)
+                st->waiting_since = lc__now_ns(); /* the bounded wait starts now */
+            lc__waiting_refs_set_locked(s, st, true);
+            pthread_mutex_unlock(&s->mu);
+            kick_streams(s, &k);
+            /* the missing SYN_STREAMs can only arrive by reading: a session
+             * paused for backpressure must read again (found by fuzz_session) */
+            lc__resume_reading(s);
+            return; /* a SYN_STREAM or the ref timer calls us again */
+        }
+        if (st->waiting_refs) {
+            lc__waiting_refs_set_locked(s, st, false);
+            st->waiting_since = 0;
+            lc__stream_maybe_done_locked(s, st); /* it may have ended meanwhile */
+        }
+        if (missing < 0) {
+            pending_pop_locked(st);
+            pthread_mutex_unlock(&s->mu);
+            kick_streams(s, &k);
+            lc_msg_free(m);
+            lc__close_error(st->into, LC_EPROTO);
+            continue;
+        }
+        if (k.n == 0) {
+            /* resolved, and no sub-stream to start before it is seen (a
+             * reply Sender): handed over as a plain message, in the next
+             * round that keeps mu (one lock round and a callback-capable
+             * send less per fresh reply channel) */
+            m->has_refs = 0;
+            locked = true;
+            continue;
+        }
+        /* off the list before it is handed over: once sent, m is the
+         * receiver's and may already be freed */
+        pending_pop_locked(st);
+        stream_ref(st);
+        push_op_set_locked(s, st, (lc_async *)1); /* placeholder while registering */
+        st->pushing = m;
+        pthread_mutex_unlock(&s->mu);
+        kick_streams(s, &k); /* sub-streams first: their queues exist before m is seen */
+        /* the common case, the local queue has room: a plain try, without
+         * the callback operation's allocation */
+        int rc = lc_send(st->into, m, 0);
+        if (rc == LC_ETIMEDOUT) {
+            pthread_mutex_lock(&s->mu);
+            pending_unpop_locked(st, m, m, 1);
+            st->pushing = NULL;
+            pthread_mutex_unlock(&s->mu);
+            if (deliver_wait_room(st))
+                return; /* a callback continues */
+            continue;
+        }
+        push_end(st, m, rc);
+    }
+}
+
