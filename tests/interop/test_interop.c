@@ -447,7 +447,7 @@ static void c_receiver_to_go(void **st)
 /* ---- ext 2 / ext 3 byte streams to Go ------------------------------------------------ */
 
 /* {"Value":1,"Ret":S,"In":ext 3}: Go drains In (we write 64 KiB and EOF)
- * and replies. (ext 2 is c_out_stream_early_fin: a known bug.) */
+ * and replies. (ext 2 is c_out_stream_early_fin.) */
 static void c_stream_modes_to_go(void **st)
 {
     IP_DEADLINE(30);
@@ -502,16 +502,16 @@ static void c_stream_modes_to_go(void **st)
     gp_finish(&g);
 }
 
-/* Known bug: an ext 2 stream (LC_STREAM_WRITE: the peer writes, we read)
- * whose FIN the peer sends while the sending thread is still in bytes_start
- * (it runs after send_msg_on flushed the message, writing st->fd, in_open,
- * out_open and st->fdw without mu) may never get EOF: on_data's bytes_kick
- * -> bytes_close on the engine thread races with it, and the fd is then
- * never closed, even by lc_session_free. gopeer closes every Out stream as
- * soon as it decodes the message. Up to 200 messages {"Value":i,"Out":ext 2}
- * on one channel, each read to EOF (1 s each; stops at the third loss).
- * Seen: 6-15 of 200 lost in every run before the working tree's bytes_kick
- * after bytes_start; with it, 1-2 lost in ~40% of runs under ASan. */
+/* An ext 2 stream (LC_STREAM_WRITE: the peer writes, we read) whose FIN
+ * the peer sends while the sending thread is still setting the stream up
+ * must still reach EOF. It used to be a known bug: on_data's bytes_kick ->
+ * bytes_close on the engine thread raced with bytes_start (run after the
+ * message was flushed), and the fd was then never closed, even by
+ * lc_session_free: 6-15 of 200 lost in every run. Fixed by setting byte
+ * streams up before their SYN_STREAM leaves (c27efbf). gopeer closes every
+ * Out stream as soon as it decodes the message. Up to 200 messages
+ * {"Value":i,"Out":ext 2} on one channel, each read to EOF (1 s each;
+ * stops at the third loss). */
 static void c_out_stream_early_fin(void **st)
 {
     IP_DEADLINE(60);
@@ -553,12 +553,13 @@ static void c_out_stream_early_fin(void **st)
         fail_msg("%d Out streams never got EOF (first: message %d)", lost, first_lost);
 }
 
-/* Known gap: bytes written into a stream fd (and its EOF) just before
- * lc_session_close are not flushed by it: the pump that copies fd -> DATA is
- * cut off. {"Value":1,"In":ext 3 over a socketpair}; once gopeer has the
- * message, 64 KiB and EOF go into our end and lc_session_close follows at
- * once: gopeer must read all 65536 bytes. (spdystream reports carrier loss as
- * a clean EOF, so a Go reader cannot even tell the stream was cut short.) */
+/* Bytes written into a stream fd (and its EOF) just before
+ * lc_session_close are flushed by it: the close lets the pump that copies
+ * fd -> DATA finish (a known gap until c27efbf: the pump was cut off).
+ * {"Value":1,"In":ext 3 over a socketpair}; once gopeer has the message,
+ * 64 KiB and EOF go into our end and lc_session_close follows at once:
+ * gopeer must read all 65536 bytes. (spdystream reports carrier loss as a
+ * clean EOF, so a Go reader could not even tell the stream was cut short.) */
 static void c_stream_bytes_before_session_close(void **st)
 {
     IP_DEADLINE(30);

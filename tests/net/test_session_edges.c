@@ -18,7 +18,8 @@
  *     bytes, a message over the receiver's max_message;
  *   - lc_select over two sessions plus pollable fds while one session dies,
  *     a network Sender's pollable fd, sends racing our own lc_session_close.
- * Tests guarded by LC_KNOWN_BUG expose library bugs (LC_RUN_KNOWN_BUGS=1).
+ * A test that exposes a library bug is guarded by LC_KNOWN_BUG (nettest.h)
+ * and runs only with LC_RUN_KNOWN_BUGS=1; none is guarded today.
  * LC_STRESS_SCALE=n multiplies the rounds (default 1); LC_EDGE_DEBUG=1 and
  * LC_EDGE_TRACE=1 print more.
  */
@@ -2244,20 +2245,20 @@ static void test_small_pending_out_big_messages(void **st)
     (void)st;
     LC_TEST_DEADLINE(60 * nt_scale());
     for (int r = 0; r < 4 * nt_scale(); r++)
-        if (r % 4 != 1 || getenv("LC_RUN_KNOWN_BUGS")) /* (1: test_senders_blocked_on_full_output_not_woken) */
-            run_small_pending_out(r);
+        run_small_pending_out(r);
 }
 
-/* The configuration of test_small_pending_out_big_messages that fails now
- * and then: tcp, 3 threads each on its own channel, 512 KiB messages,
- * max_pending_out 32 KiB, stream_window 64 KiB. With LC_EDGE_TRACE=1 the
- * frames show it: one thread's 4 messages go out within 26 ms, the other
- * two threads send nothing until their lc_send's 10 s deadline. They got
- * LC__WOULD_BLOCK on a full output (pending_out >= max_pending_out) and
- * wait for wake_blocked_senders, which only the EPOLLOUT path
- * (output_ready) calls: when the writing thread's own flush_locked drains
- * the output without EAGAIN (loopback TCP takes 512 KiB at once), nobody
- * wakes them (with timeout -1 they would hang for good). */
+/* The configuration of test_small_pending_out_big_messages that used to
+ * fail now and then: tcp, 3 threads each on its own channel, 512 KiB
+ * messages, max_pending_out 32 KiB, stream_window 64 KiB. With
+ * LC_EDGE_TRACE=1 the frames showed it: one thread's 4 messages went out
+ * within 26 ms, the other two threads sent nothing until their lc_send's
+ * 10 s deadline. They got LC__WOULD_BLOCK on a full output (pending_out >=
+ * max_pending_out) and waited for wake_blocked_senders, which only the
+ * EPOLLOUT path (output_ready) called: when the writing thread's own
+ * flush_locked drained the output without EAGAIN (loopback TCP takes 512
+ * KiB at once), nobody woke them (with timeout -1 they would have hung for
+ * good). output.c's wake_after_flush_locked wakes them now. */
 static void test_senders_blocked_on_full_output_not_woken(void **st)
 {
     (void)st;
