@@ -45,7 +45,7 @@ static double now_ns(void)
 
 static volatile int64_t sink;
 
-static void die(const char *what)
+static _Noreturn void die(const char *what)
 {
     fprintf(stderr, "bench_msg: %s failed\n", what);
     exit(1);

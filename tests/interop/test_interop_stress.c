@@ -1604,7 +1604,7 @@ static unsigned chaos_rnd(unsigned *st)
     return *st >> 8;
 }
 
-static void chaos_fail(go_chaos *c, const char *fmt, ...)
+__attribute__((format(printf, 2, 3))) static void chaos_fail(go_chaos *c, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
