@@ -390,6 +390,16 @@ static void on_data(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
     lc__stream_unref(st);
 }
 
+/* The peer answered a stream we opened (lc_session_close waits for it). */
+static void on_syn_reply(lc_session *s, const lc_spdy_frame *f)
+{
+    pthread_mutex_lock(&s->mu);
+    lc_stream *st = lc__map_get(&s->streams, f->stream_id);
+    if (st != NULL)
+        lc__reply_came_locked(s, st);
+    pthread_mutex_unlock(&s->mu);
+}
+
 static void on_rst(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
 {
     pthread_mutex_lock(&s->mu);
@@ -623,7 +633,7 @@ static void handle_frame(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
         on_window_update(s, f);
         break;
     case LC_SPDY_SYN_REPLY:
-        lc__on_syn_reply(s, f);
+        on_syn_reply(s, f);
         break;
     default:
         break; /* HEADERS, unknown: nothing to do */
@@ -654,7 +664,7 @@ static void handle_frame(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
 
 /* Asks the engine for the next EPOLLIN, unless reading is paused or the
  * session is over (the watch pointer is only valid under wmu). */
-void lc__arm_read(lc_session *s)
+static void arm_read(lc_session *s)
 {
     pthread_mutex_lock(&s->wmu);
     pthread_mutex_lock(&s->mu);
@@ -709,7 +719,7 @@ static void lazy_backstop(void *ctx)
     }
     pthread_mutex_unlock(&s->wmu);
     if (arm)
-        lc__arm_read(s);
+        arm_read(s);
     lc__session_unref(s); /* the timer's reference */
 }
 
@@ -765,7 +775,7 @@ void lc__ensure_watched(lc_session *s)
     bool lazy = atomic_load_explicit(&s->lazy, memory_order_relaxed);
     pthread_mutex_unlock(&s->wmu);
     if (lazy)
-        lc__arm_read(s);
+        arm_read(s);
 }
 
 /*
@@ -816,7 +826,7 @@ static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drain
         }
         if (n == -EAGAIN) {
             if (engine)
-                lc__arm_read(s);
+                arm_read(s);
             if (drained)
                 *drained = true;
             return true;
@@ -941,7 +951,7 @@ void lc__resume_reading(lc_session *s)
         s->paused = false;
     pthread_mutex_unlock(&s->mu);
     if (was && !still)
-        lc__arm_read(s);
+        arm_read(s);
 }
 
 /*
@@ -1016,9 +1026,9 @@ static bool drive(void *ctx, lc_chan *c, int64_t now, int64_t deadline)
      * woke the engine thread for every message we then read ourselves
      * (strace: one epoll_wait + one epoll_ctl per message), a wake-up that
      * competes for the two cores with the threads doing the work. */
-    /* lazy: the last drive left it unarmed (only lc__arm_read arms it, and it
+    /* lazy: the last drive left it unarmed (only arm_read arms it, and it
      * clears lazy first), so there is nothing to disarm or to lock the
-     * engine for. Looked at without wmu (written under it): an lc__arm_read
+     * engine for. Looked at without wmu (written under it): an arm_read
      * just after the look is the same as one just after our disarm, which
      * could always happen; the drive's end re-arms as needed. */
     bool disarmed = false;
@@ -1093,7 +1103,7 @@ static bool drive(void *ctx, lc_chan *c, int64_t now, int64_t deadline)
     rearm = rearm || ((disarmed || lazy_now) && !(drained && go_lazy_locked(s, now)));
     pthread_mutex_unlock(&s->wmu);
     if (rearm)
-        lc__arm_read(s); /* the engine saw readiness meanwhile, or bytes may be left */
+        arm_read(s); /* the engine saw readiness meanwhile, or bytes may be left */
     atomic_fetch_sub(&s->in_cb, 1);
     return true;
 }

@@ -349,6 +349,12 @@ lc_stream *lc__stream_new(lc_session *s, st_kind kind);
 void lc__msg_chain_free(lc_msg *m);
 lc_msg *lc__pending_take_all_locked(lc_stream *st);
 void lc__stream_unref(lc_stream *st);
+void lc__remember_claimed_locked(lc_session *s, uint64_t ref);
+bool lc__was_claimed_locked(const lc_session *s, uint64_t ref);
+void lc__early_drop_locked(lc_session *s, lc_stream *st);
+void lc__close_progress_locked(lc_session *s);
+void lc__reply_came_locked(lc_session *s, lc_stream *st);
+void lc__stream_maybe_done_locked(lc_session *s, lc_stream *st);
 void lc__session_fail(lc_session *s, int err);
 void lc__protocol_error(lc_session *s, uint32_t status);
 
@@ -374,13 +380,6 @@ int lc__ctl_fin(lc_session *s, void *arg);
 lc_sender *lc__make_net_sender(lc_stream *st, bool mu_held);
 uint8_t *lc__pump_buf(void);
 int lc__register_ours_locked(lc_session *s, lc_stream *st);
-void lc__close_progress_locked(lc_session *s);
-void lc__reply_came_locked(lc_session *s, lc_stream *st);
-void lc__on_syn_reply(lc_session *s, const lc_spdy_frame *f);
-void lc__remember_claimed_locked(lc_session *s, uint64_t ref);
-bool lc__was_claimed_locked(const lc_session *s, uint64_t ref);
-void lc__early_drop_locked(lc_session *s, lc_stream *st);
-void lc__stream_maybe_done_locked(lc_session *s, lc_stream *st);
 lc_msg *lc__pump_take_locked(lc_stream *st);
 void lc__pump_resume(lc_stream *st, lc_msg *held);
 
@@ -405,7 +404,6 @@ void lc__deliver_pending_noted(lc_stream *st, bool noted);
 
 /* read.c */
 int lc__feed_stream_locked(lc_session *s, lc_stream *st, const uint8_t *p, size_t n);
-void lc__arm_read(lc_session *s);
 bool lc__backstop_locked(lc_session *s);
 void lc__ensure_watched(lc_session *s);
 void lc__resume_reading(lc_session *s);
