@@ -526,12 +526,12 @@ static void test_byte_stream_without_windows_pauses_reading(void **st)
 
 /*
  * Sub-streams no message names yet keep their DATA, at most max_message
- * bytes each (PROTOCOL.md 2.5), but nothing bounds their sum nor their
- * number: toward a peer without windows the carrier is never paused for
- * them either. Here max_message is 1 MiB and the peer opens 48 unbound
- * sub-streams with 1 MiB - 16 bytes each: 48 MiB held for messages that
- * never come. A careful session caps the total (e.g. at max_message) or
- * stops reading.
+ * bytes each (PROTOCOL.md 2.5), and at most 4 x max_message all together
+ * (EARLY_TOTAL_MAX): toward a peer without windows the carrier is never
+ * paused for them, so without that cap 48 unbound sub-streams of 1 MiB - 16
+ * bytes each (max_message 1 MiB here) held 48 MiB for messages that never
+ * came. The sub-stream that would pass the total is reset (RST_STREAM
+ * PROTOCOL_ERROR) and the session goes on.
  */
 static void test_unbound_substream_bytes_are_bounded_in_total(void **st)
 {
