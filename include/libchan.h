@@ -490,9 +490,10 @@ typedef struct lc_options {
                                  every field here, 0 means the default. */
     int64_t ref_timeout_ms;   /* a message naming a sub-stream that has not arrived
                                  waits this long, then fails with LC_EPROTO (default 5000) */
-    uint32_t recv_queue;      /* messages queued per network Receiver before the
-                                 session stops reading (default 256). With the
-                                 window below, this bounds what an unread channel
+    uint32_t recv_queue;      /* messages queued per network Receiver (default
+                                 256); past it the channel's messages wait
+                                 unread, behind the window below. With that
+                                 window, this bounds what an unread channel
                                  holds: recv_queue messages of up to
                                  limits.max_message bytes, plus one window; lower
                                  it for channels of large messages */
@@ -510,7 +511,11 @@ typedef struct lc_options {
                                  queue, or as a byte stream's bytes reach its
                                  fd; default 4 MiB, which a byte stream over
                                  TCP needs to keep moving). Go peers do not
-                                 use windows. */
+                                 use windows: toward them, the channels whose
+                                 queue is full may hold this many bytes
+                                 together before the session stops reading
+                                 the carrier for every channel
+                                 (docs/PROTOCOL.md 6.3). */
     lc_limits limits;         /* msgpack limits for received messages (0 = defaults) */
     /* Debugging: when set, called with one readable line for every SPDY frame
      * the session sends (">> ...") or receives ("<< ..."), e.g.

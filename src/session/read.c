@@ -893,7 +893,11 @@ static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drain
             return false;
         }
         /* (else the drive about to return decides: flush_or_defer_locked) */
-        /* backpressure: a local queue is full, stop reading until it drains.
+        /* backpressure toward a peer without windows: once the channels
+         * whose local queue is full hold more than one stream_window of
+         * bytes not yet decoded, stop reading until they hold half of it.
+         * Stopping as soon as one queue was full stalled every other
+         * channel at once (test_full_queue_stalls_others_only_past_a_window).
          * Toward a peer with windows its own window stops it, per stream. */
         bool fc = atomic_load_explicit(&s->peer_fc, memory_order_relaxed);
         /* (unclaimed fds only grow here: below the limit when last looked
@@ -902,10 +906,8 @@ static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drain
             pthread_mutex_lock(&s->mu);
             bool full = s->in_fds.len > MAX_UNCLAIMED_FDS;
             s->in_fds_high = full;
-            for (size_t i = 0; !fc && s->pushes_set > 0 && i < s->streams.cap && !full; i++) {
-                lc_stream *st = s->streams.slots[i].val;
-                full = st != NULL && st != LC_MAP_TOMB && st->push_op != NULL;
-            }
+            if (!fc && !full)
+                full = lc__stalled_over_locked(s, s->opt.stream_window);
             if (full) {
                 s->paused = true;
                 lc__close_progress_locked(s);
@@ -943,10 +945,8 @@ void lc__resume_reading(lc_session *s)
     bool still = was && s->in_fds.len > MAX_UNCLAIMED_FDS / 2;
     /* as read_carrier: full queues pause only toward a peer without windows */
     bool fc = atomic_load_explicit(&s->peer_fc, memory_order_relaxed);
-    for (size_t i = 0; was && !fc && s->pushes_set > 0 && i < s->streams.cap && !still; i++) {
-        lc_stream *st = s->streams.slots[i].val;
-        still = st != NULL && st != LC_MAP_TOMB && st->push_op != NULL;
-    }
+    if (was && !fc && !still)
+        still = lc__stalled_over_locked(s, s->opt.stream_window / 2);
     if (was && !still)
         s->paused = false;
     pthread_mutex_unlock(&s->mu);

@@ -353,6 +353,28 @@ void lc__waiting_refs_set_locked(lc_session *s, lc_stream *st, bool waiting)
 }
 
 /*
+ * Toward a peer without windows, whether the channels whose local queue is
+ * full (push_op set) hold more than limit bytes not yet decoded: the
+ * session keeps reading the carrier for the other channels until they do.
+ * mu held.
+ */
+bool lc__stalled_over_locked(const lc_session *s, size_t limit)
+{
+    size_t held = 0;
+    for (size_t i = 0; s->pushes_set > 0 && i < s->streams.cap; i++) {
+        lc_stream *st = s->streams.slots[i].val;
+        if (st == NULL || st == LC_MAP_TOMB || st->push_op == NULL || !st->sd_init)
+            continue;
+        size_t n;
+        lc__sd_rest(&st->sd, &n);
+        held += n;
+        if (held > limit)
+            return true;
+    }
+    return false;
+}
+
+/*
  * Sets st->push_op, counting the streams whose is set: the check for a full
  * local queue (read_carrier, lc__resume_reading, toward a peer without windows)
  * walks the stream table only when some is, not after every read batch
@@ -611,6 +633,8 @@ void lc__deliver_pending_noted(lc_stream *st, bool noted)
                     batch[j]->next = batch[j + 1];
                 pending_unpop_locked(st, batch[i], batch[nb - 1], nb - i);
                 pthread_mutex_unlock(&s->mu);
+                if (i > 0)
+                    lc__resume_reading(s); /* what it held may be under the limit now */
                 if (deliver_wait_room(st))
                     return; /* a callback continues */
                 continue;

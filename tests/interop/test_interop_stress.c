@@ -1356,6 +1356,10 @@ static void c_session_close_while_go_floods(void **st)
     lc_options o;
     lc_options_default(&o);
     o.recv_queue = 4;
+    /* toward Go the session stops reading once the channels with a full
+     * queue hold one stream_window of bytes: a small one, so that the
+     * flood backs up into the carrier soon */
+    o.stream_window = 64u << 10;
     const char *dargs[] = { "--flood", "20", "5000", NULL };
     c_server_start_opt(&g, &l, &o, dargs);
     lc_session *sv;
@@ -1367,7 +1371,7 @@ static void c_session_close_while_go_floods(void **st)
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, drain_fn, &d), 0);
     /* the close comes once the flood has backed up behind the consumer: it
-     * has taken messages, a full queue has stopped the reading and Go's
+     * has taken messages, full queues have stopped the reading and Go's
      * frames fill (at least half of) our receive buffer */
     int cfd = lc__conn_fd(sv->conn), inq = 0, rcvbuf = 0;
     int64_t end = lc_test_now_us() + IO_TIMEOUT_MS * 1000;
@@ -1424,6 +1428,7 @@ static void go_flood_dropped_and_released(void **st)
     lc_options o;
     lc_options_default(&o);
     o.recv_queue = 4;
+    o.stream_window = 1024; /* reading pauses soon (see c_session_close_while_go_floods) */
     o.accept_queue = QUEUE;
     const char *dargs[] = { "--flood", "20", "300", NULL };
     c_server_start_opt(&g, &l, &o, dargs);
@@ -1432,7 +1437,7 @@ static void go_flood_dropped_and_released(void **st)
     /* Go opens all 20 before we take any: 12 find the queue full. Wait
      * until the session has read its 20 SYN_STREAMs (Go's ids are 1, 3, ..
      * 2 * NCH - 1: each announced, or dropped, as it is read) and its flood
-     * has filled the queues (reading paused) */
+     * has filled the queues and one window behind them (reading paused) */
     int64_t end = lc_test_now_us() + IO_TIMEOUT_MS * 1000;
     while (!(atomic_load(&sv->last_peer_id) >= 2 * NCH - 1 && atomic_load(&sv->paused))) {
         if (lc_test_now_us() > end)
@@ -1446,8 +1451,9 @@ static void go_flood_dropped_and_released(void **st)
         n++;
     printf("# accepted %d of %d channels\n", n, NCH);
     assert_true(n >= QUEUE);
-    /* the others are drained at once on another thread (a full queue pauses
-     * the whole carrier: the released one's messages could not come) */
+    /* the others are drained at once on another thread (full queues holding
+     * a window pause the whole carrier: the released one's messages could
+     * not come) */
     flood_ctx *c = calloc(1, sizeof *c);
     atomic_int total = 0;
     c->total = &total;

@@ -2267,6 +2267,113 @@ static void test_senders_blocked_on_full_output_not_woken(void **st)
         run_small_pending_out(1);
 }
 
+/* ---- a full queue toward a peer without windows -------------------------- */
+
+typedef struct slow_flood {
+    nt_raw *p;
+    lc_buf b; /* written by the thread: blocks while the session stops reading */
+} slow_flood;
+
+static void *slow_flood_fn(void *x)
+{
+    slow_flood *f = x;
+    nt_raw_send(f->p, &f->b);
+    return NULL;
+}
+
+/* Receives {N: n} (a Blob beside it or not) and returns n, or -1. */
+static int recv_n(lc_receiver *r, int64_t timeout_ms)
+{
+    lc_msg *m = NULL;
+    if (lc_recv(r, &m, timeout_ms) != 0)
+        return -1;
+    int n = -1;
+    lc_unpack(m, "{s:i}", "N", &n);
+    lc_msg_free(m);
+    return n;
+}
+
+/*
+ * Toward a peer without windows (a Go peer; here the raw peer, which sends
+ * no SETTINGS), a channel whose local queue is full stalls the session's
+ * other channels only once it holds more than one stream_window of bytes
+ * not yet decoded: until then the session goes on reading for them. Past
+ * it the session stops reading (memory stays bounded: that window and one
+ * read), and reads again once the slow channel's receiver catches up.
+ * Everything arrives, in order. The session used to stop reading as soon
+ * as one queue was full, so the fast channel here waited for the slow one.
+ */
+static void test_full_queue_stalls_others_only_past_a_window(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(60);
+    lc_options o;
+    lc_options_default(&o);
+    o.recv_queue = 4;
+    o.stream_window = 64u << 10;
+    nt_raw p;
+    nt_raw_open(&p, &o);
+    lc_buf b;
+    lc__buf_init(&b);
+    nt_put_syn(&p, &b, 1, 1, 0, 0); /* the slow channel, read only at the end */
+    nt_put_syn(&p, &b, 3, 2, 0, 0); /* the fast one */
+    for (int i = 0; i < 20; i++)
+        nt_put_n(&b, 1, i);
+    nt_raw_send(&p, &b);
+    lc_receiver *slow, *fast;
+    assert_int_equal(lc_session_receiver(p.s, &slow, 5000), 0);
+    assert_int_equal(lc_session_receiver(p.s, &fast, 5000), 0);
+    int64_t end = lc_test_now_us() + 5000000;
+    while (lc_receiver_queued(slow) < (size_t)o.recv_queue && lc_test_now_us() < end)
+        sched_yield();
+    assert_int_equal(lc_receiver_queued(slow), o.recv_queue); /* full: its 16 others wait */
+
+    /* a few bytes held for the slow channel: the fast one still flows */
+    for (int i = 0; i < 5; i++)
+        nt_put_n(&b, 3, 1000 + i);
+    nt_raw_send(&p, &b);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(recv_n(fast, 5000), 1000 + i);
+
+    /* 1 MiB more for the slow channel: the session stops reading past its
+     * window, so the fast channel's next message waits behind it */
+    static uint8_t blob[16u << 10];
+    slow_flood f = { &p, { 0 } };
+    lc__buf_init(&f.b);
+    for (int i = 0; i < 64; i++)
+        nt_put_msg(&f.b, 1, lc_pack("{s:i, s:b}", "N", 20 + i, "Blob", blob, sizeof blob));
+    nt_put_n(&f.b, 3, 2000);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, slow_flood_fn, &f), 0);
+    end = lc_test_now_us() + 10000000;
+    bool paused = false;
+    while (!paused && lc_test_now_us() < end) {
+        pthread_mutex_lock(&p.s->mu);
+        paused = p.s->paused;
+        pthread_mutex_unlock(&p.s->mu);
+        if (!paused)
+            sched_yield();
+    }
+    assert_true(paused);
+    pthread_mutex_lock(&p.s->mu);
+    /* held for the slow channel: under the window plus one read (512 KiB)
+     * and the message that crossed the line */
+    bool bounded = !lc__stalled_over_locked(p.s, o.stream_window + (512u << 10) + sizeof blob + 64);
+    pthread_mutex_unlock(&p.s->mu);
+    assert_true(bounded);
+
+    /* the slow receiver catches up: everything arrives, in order */
+    for (int i = 0; i < 84; i++)
+        assert_int_equal(recv_n(slow, 5000), i);
+    assert_int_equal(recv_n(fast, 5000), 2000);
+    pthread_join(t, NULL);
+    lc__buf_free(&f.b);
+    lc__buf_free(&b);
+    lc_receiver_release(slow);
+    lc_receiver_release(fast);
+    nt_raw_close(&p);
+}
+
 /* A message over the receiver's max_message: the receiving side reports a
  * clear error on that channel (or ends the session) and nothing hangs; a
  * message just under the limit passes. */
@@ -3122,6 +3229,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unread_channel_others_flow, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_message_bigger_than_a_frame, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_small_pending_out_big_messages, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_full_queue_stalls_others_only_past_a_window, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_senders_blocked_on_full_output_not_woken, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_message_over_receiver_limit, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_tiny_windows, lc_test_setup, lc_test_teardown),
