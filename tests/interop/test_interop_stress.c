@@ -1493,6 +1493,64 @@ static void go_flood_dropped_and_released(void **st)
     gp_finish(&g);
 }
 
+/* ---- 10b. one channel left unread while Go floods the others -------------------- */
+
+/*
+ * Go floods 8 channels of 300 messages; we leave the first channel unread
+ * until all the others have ended (recv_queue 4). Toward Go (no windows) a
+ * full queue no longer stops the session's reading at once: that channel's
+ * bytes wait in the session (a few KiB, under stream_window) and the other
+ * seven flow to their end. Then the first is read: all 300, in order. With
+ * the old rule (the first full queue paused the carrier) the seven stalled
+ * and lc_select timed out.
+ */
+static void go_flood_one_channel_unread(void **st)
+{
+    (void)st;
+    IP_DEADLINE(90);
+    enum { NCH = 8, NMSG = 300 };
+    gp_proc g;
+    lc_listener *l;
+    lc_options o;
+    lc_options_default(&o);
+    o.recv_queue = 4;
+    const char *dargs[] = { "--flood", "8", "300", NULL };
+    c_server_start_opt(&g, &l, &o, dargs);
+    lc_session *sv;
+    assert_int_equal(lc_accept(l, &sv, IO_TIMEOUT_MS), 0);
+    flood_ctx *c = calloc(1, sizeof *c);
+    assert_non_null(c);
+    atomic_int total = 0;
+    c->total = &total;
+    for (int i = 0; i < NCH; i++) {
+        assert_int_equal(lc_session_receiver(sv, &c->r[i], IO_TIMEOUT_MS), 0);
+        c->ch_of[i] = -1;
+    }
+    c->lo = 1;
+    c->hi = NCH;
+    flood_select(c); /* the seven others, to their ends; the first stays unread */
+    if (c->err[0]) {
+        gp_dump(&g, "flood");
+        fail_msg("with one channel unread: %s", c->err);
+    }
+    for (int i = 1; i < NCH; i++)
+        assert_int_equal(c->next[i], NMSG);
+    assert_int_equal(c->next[0], 0);
+    c->lo = 0;
+    c->hi = 1;
+    flood_select(c); /* now the first, in order */
+    if (c->err[0])
+        fail_msg("the unread channel: %s", c->err);
+    assert_int_equal(c->next[0], NMSG);
+    for (int i = 0; i < NCH; i++)
+        lc_receiver_release(c->r[i]);
+    free(c);
+    gp_expect_line(&g, "FLOOD DONE");
+    c_server_finish(&g, sv, l);
+    gp_expect_exit0(&g);
+    gp_finish(&g);
+}
+
 /* ---- 11. lc_session_close while the session pumps an attached Receiver to Go -------- */
 
 /*
@@ -1774,6 +1832,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(go_killed_during_session_close, ip_setup, ip_teardown),
         cmocka_unit_test_setup_teardown(c_session_close_while_go_floods, ip_setup, ip_teardown),
         cmocka_unit_test_setup_teardown(go_flood_dropped_and_released, ip_setup, ip_teardown),
+        cmocka_unit_test_setup_teardown(go_flood_one_channel_unread, ip_setup, ip_teardown),
         cmocka_unit_test_setup_teardown(c_close_while_pumping_receiver, ip_setup, ip_teardown),
         cmocka_unit_test_setup_teardown(c_chaos_requests_to_go, ip_setup, ip_teardown),
     };
