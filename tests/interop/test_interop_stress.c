@@ -1501,8 +1501,8 @@ static void go_flood_dropped_and_released(void **st)
  * full queue no longer stops the session's reading at once: that channel's
  * bytes wait in the session (a few KiB, under stream_window) and the other
  * seven flow to their end. Then the first is read: all 300, in order. With
- * the old rule (the first full queue paused the carrier) the seven stalled
- * and lc_select timed out.
+ * the old rule (the first full queue paused the carrier) the others stalled
+ * too: lc_select timed out with 4 of them still open.
  */
 static void go_flood_one_channel_unread(void **st)
 {
