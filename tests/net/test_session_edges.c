@@ -2281,18 +2281,6 @@ static void *slow_flood_fn(void *x)
     return NULL;
 }
 
-/* Receives {N: n} (a Blob beside it or not) and returns n, or -1. */
-static int recv_n(lc_receiver *r, int64_t timeout_ms)
-{
-    lc_msg *m = NULL;
-    if (lc_recv(r, &m, timeout_ms) != 0)
-        return -1;
-    int n = -1;
-    lc_unpack(m, "{s:i}", "N", &n);
-    lc_msg_free(m);
-    return n;
-}
-
 /*
  * Toward a peer without windows (a Go peer; here the raw peer, which sends
  * no SETTINGS), a channel whose local queue is full stalls the session's
@@ -2333,7 +2321,7 @@ static void test_full_queue_stalls_others_only_past_a_window(void **st)
         nt_put_n(&b, 3, 1000 + i);
     nt_raw_send(&p, &b);
     for (int i = 0; i < 5; i++)
-        assert_int_equal(recv_n(fast, 5000), 1000 + i);
+        nt_expect_n(fast, 1000 + i);
 
     /* 1 MiB more for the slow channel: the session stops reading past its
      * window, so the fast channel's next message waits behind it */
@@ -2364,8 +2352,8 @@ static void test_full_queue_stalls_others_only_past_a_window(void **st)
 
     /* the slow receiver catches up: everything arrives, in order */
     for (int i = 0; i < 84; i++)
-        assert_int_equal(recv_n(slow, 5000), i);
-    assert_int_equal(recv_n(fast, 5000), 2000);
+        nt_expect_n(slow, i); /* (its Blob, when it has one, beside N) */
+    nt_expect_n(fast, 2000);
     pthread_join(t, NULL);
     lc__buf_free(&f.b);
     lc__buf_free(&b);
