@@ -526,18 +526,34 @@ int lc__session_from_fd(int fd, bool is_client, const lc_options *o, lc_session 
     return session_start(conn, is_client, o, out);
 }
 
+/* The start of lc_dial and lc_listen: err gets a text for every failure,
+ * including the arguments' own, and *out is NULL unless it succeeds. */
+static int endpoint_args(const char *url, void *out, lc_error *err)
+{
+    if (out == NULL)
+        return lc__url_error(err, LC_EINVAL, "%s: no output pointer", url ? url : "(null)");
+    if (url == NULL)
+        return lc__url_error(err, LC_EINVAL, "no URL");
+    return 0;
+}
+
 LC_API int lc_dial(const char *url, const lc_options *o, lc_session **out, lc_error *err)
 {
-    if (url == NULL || out == NULL)
-        return LC_EINVAL;
-    *out = NULL;
+    if (out != NULL)
+        *out = NULL;
+    int rc = endpoint_args(url, out, err);
+    if (rc != 0)
+        return rc;
     lc_options opt;
     options_resolve(&opt, o);
     lc_conn *conn;
-    int rc = lc__dial(url, opt.dial_timeout_ms, &conn, err);
+    rc = lc__dial(url, opt.dial_timeout_ms, &conn, err);
     if (rc != 0)
         return rc;
-    return session_start(conn, true, &opt, out);
+    rc = session_start(conn, true, &opt, out);
+    if (rc != 0)
+        lc__url_error(err, rc, "%s: connected, but the session could not start: %s", url, lc_strerror(rc));
+    return rc;
 }
 
 /*
@@ -559,20 +575,22 @@ struct lc_listener {
 
 LC_API int lc_listen(const char *url, const lc_options *o, lc_listener **out, lc_error *err)
 {
-    if (url == NULL || out == NULL)
-        return LC_EINVAL;
-    *out = NULL;
+    if (out != NULL)
+        *out = NULL;
+    int rc = endpoint_args(url, out, err);
+    if (rc != 0)
+        return rc;
     lc_listener *l = calloc(1, sizeof *l);
     if (l == NULL)
-        return LC_ENOMEM;
+        return lc__url_error(err, LC_ENOMEM, "%s: %s", url, lc_strerror(LC_ENOMEM));
     options_resolve(&l->opt, o);
     l->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (l->wake < 0) {
-        int rc = -errno;
+        rc = -errno;
         free(l);
-        return rc;
+        return lc__url_error(err, rc, "%s: eventfd: %s", url, lc_strerror(rc));
     }
-    int rc = lc__listen(url, &l->tl, err);
+    rc = lc__listen(url, &l->tl, err);
     if (rc != 0) {
         close(l->wake);
         free(l);

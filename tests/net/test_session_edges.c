@@ -1226,12 +1226,22 @@ static void test_bad_urls(void **st)
                 fail();
             }
         }
-        /* NULLs */
-        lc_session *s;
+        /* NULLs: LC_EINVAL, a text in err like every other failure, *out NULL */
+        lc_session *s = (lc_session *)&s;
         assert_int_equal(lc_dial(NULL, NULL, &s, NULL), LC_EINVAL);
-        assert_int_equal(lc_dial("tcp://127.0.0.1:1", NULL, NULL, NULL), LC_EINVAL);
-        lc_listener *l;
-        assert_int_equal(lc_listen(NULL, NULL, &l, NULL), LC_EINVAL);
+        lc_error nerr = { 0 };
+        assert_int_equal(lc_dial(NULL, NULL, &s, &nerr), LC_EINVAL);
+        assert_true(s == NULL && nerr.code == LC_EINVAL && strstr(nerr.text, "no URL") != NULL);
+        memset(&nerr, 0, sizeof nerr);
+        assert_int_equal(lc_dial("tcp://127.0.0.1:1", NULL, NULL, &nerr), LC_EINVAL);
+        assert_true(nerr.code == LC_EINVAL && strstr(nerr.text, "no output pointer") != NULL);
+        lc_listener *l = (lc_listener *)&l;
+        memset(&nerr, 0, sizeof nerr);
+        assert_int_equal(lc_listen(NULL, NULL, &l, &nerr), LC_EINVAL);
+        assert_true(l == NULL && nerr.code == LC_EINVAL && strstr(nerr.text, "no URL") != NULL);
+        memset(&nerr, 0, sizeof nerr);
+        assert_int_equal(lc_listen("tcp://127.0.0.1:0", NULL, NULL, &nerr), LC_EINVAL);
+        assert_true(nerr.code == LC_EINVAL && nerr.text[0] != 0);
         assert_int_equal(lc_accept(NULL, &s, 0), LC_EINVAL);
         /* listening twice on one path / port */
         char url[128], bound[256];
