@@ -95,11 +95,30 @@ int lc__bytes_inbound_locked(lc_session *s, lc_stream *st, const uint8_t *p, siz
         return 0;
     fd_out_compact(st);
     int rc = lc__buf_append(&st->fd_out, p, n);
-    if (rc == 0 && fd_queued(st) > BYTES_BUF && !atomic_load(&s->peer_fc)) {
-        s->paused = true; /* resumed once the fd drains (a peer with windows stops by itself) */
+    lc__bytes_over_note_locked(s, st);
+    return rc;
+}
+
+/*
+ * Counts st among the byte streams whose fd is behind by more than
+ * BYTES_BUF; toward a peer without windows, reading the carrier pauses
+ * while any is (a peer with windows stops by itself), and resumes only once
+ * none is: lc__resume_reading looks at the count. It used to look only at
+ * full queues, so every delivery on another channel resumed reading, and an
+ * fd nobody read took gigabytes
+ * (test_paused_byte_stream_stays_paused_beside_other_channels). mu held.
+ */
+void lc__bytes_over_note_locked(lc_session *s, lc_stream *st)
+{
+    bool over = fd_queued(st) > BYTES_BUF;
+    if (over == st->fd_over)
+        return;
+    st->fd_over = over;
+    s->fds_over += over ? 1 : (size_t)-1;
+    if (over && !atomic_load(&s->peer_fc)) {
+        s->paused = true;
         lc__close_progress_locked(s);
     }
-    return rc;
 }
 
 /*
@@ -239,11 +258,17 @@ void lc__bytes_close(lc_stream *st)
     st->fdw = NULL;
     st->fd = -1;
     st->local_fin = true;
+    /* what was still queued for the fd can go nowhere now */
+    st->fd_out.len = st->fd_out_off = 0;
+    bool was_over = st->fd_over;
+    lc__bytes_over_note_locked(s, st);
     lc__close_progress_locked(s);
     if (w != NULL)
         atomic_fetch_add(&s->fd_closers, 1); /* lc_session_free waits for the close */
     lc__stream_maybe_done_locked(s, st);
     pthread_mutex_unlock(&s->mu);
+    if (was_over)
+        lc__resume_reading(s);
     if (w == NULL)
         return;
     lc__engine_del(w);
@@ -340,6 +365,11 @@ static int bytes_write_direct(lc_stream *st, const uint8_t *p, size_t n)
     s->writing = false;
     if (pending_out(s) > 0)
         lc__flush_locked(s); /* our rest, and what others appended meanwhile */
+    else
+        /* all written: a sender that found the output full because of our
+         * frame (direct_out) and blocked is woken as after any flush; else
+         * it slept until some later write (test_direct_write_wakes_blocked_senders) */
+        lc__wake_after_flush_locked(s);
     if (pending_out(s) > 0) {
         /* the carrier is full (EPOLLOUT armed): its drain re-arms the pump */
         rc = 1;
@@ -469,7 +499,8 @@ static void bytes_pump(lc_stream *st, uint32_t ev)
             /* not a socket (a pipe we were given): nothing more to do */
         }
     }
-    if (fd_queued(st) <= BYTES_BUF && s->paused)
+    lc__bytes_over_note_locked(s, st);
+    if (!st->fd_over && s->paused)
         resume = true;
     /* Nobody reads what the peer still sends: cancel the stream (RST_STREAM
      * CANCEL) so that the peer's pump stops and its writer gets EPIPE, rather

@@ -26,7 +26,7 @@ static void wake_timer(void *ctx);
  * until their timeouts (test_senders_blocked_on_full_output_not_woken).
  * wmu held.
  */
-static void wake_after_flush_locked(lc_session *s)
+void lc__wake_after_flush_locked(lc_session *s)
 {
     if (s->wake_scheduled || s->eng == NULL || !atomic_load(&s->senders_blocked) ||
         pending_out(s) >= s->opt.max_pending_out / 2)
@@ -178,7 +178,7 @@ static void flush_rounds(lc_session *s, flush_how how)
     s->writing = false;
     if (s->flush_waiters)
         pthread_cond_broadcast(&s->flushed);
-    wake_after_flush_locked(s);
+    lc__wake_after_flush_locked(s);
 }
 
 void lc__flush_locked(lc_session *s)

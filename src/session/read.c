@@ -791,6 +791,24 @@ void lc__ensure_watched(lc_session *s)
  */
 #define MAX_UNCLAIMED_FDS 256
 
+/*
+ * Whether reading the carrier must pause (resuming: may stay paused, with
+ * the lower marks that give hysteresis): too many received fds nobody has
+ * claimed; toward a peer without windows also channels that hold more than
+ * one stream_window undecoded for a full queue or a missing sub-stream
+ * (half of it to resume), or a byte stream more than BYTES_BUF behind. One
+ * rule for pausing and resuming: a resume that looked at less than the
+ * pause undid it (a byte stream's). mu held.
+ */
+static bool reading_blocked_locked(lc_session *s, bool resuming)
+{
+    if (s->in_fds.len > (resuming ? MAX_UNCLAIMED_FDS / 2 : MAX_UNCLAIMED_FDS))
+        return true;
+    if (atomic_load_explicit(&s->peer_fc, memory_order_relaxed))
+        return false; /* its windows stop it, per stream */
+    return s->fds_over > 0 || lc__stalled_over_locked(s, resuming ? s->opt.stream_window / 2 : s->opt.stream_window);
+}
+
 /* Reads and dispatches until the carrier would block (then, for the engine,
  * asks for the next EPOLLIN) or reading must pause. Returns true when the
  * carrier would block (or `until`, the channel of a thread reading for
@@ -904,10 +922,8 @@ static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drain
          * at, they still are) */
         if (!fc || s->in_fds_high) {
             pthread_mutex_lock(&s->mu);
-            bool full = s->in_fds.len > MAX_UNCLAIMED_FDS;
-            s->in_fds_high = full;
-            if (!fc && !full)
-                full = lc__stalled_over_locked(s, s->opt.stream_window);
+            s->in_fds_high = s->in_fds.len > MAX_UNCLAIMED_FDS;
+            bool full = reading_blocked_locked(s, false);
             if (full) {
                 s->paused = true;
                 lc__close_progress_locked(s);
@@ -942,11 +958,7 @@ void lc__resume_reading(lc_session *s)
         return;
     pthread_mutex_lock(&s->mu);
     bool was = s->paused;
-    bool still = was && s->in_fds.len > MAX_UNCLAIMED_FDS / 2;
-    /* as read_carrier: full queues pause only toward a peer without windows */
-    bool fc = atomic_load_explicit(&s->peer_fc, memory_order_relaxed);
-    if (was && !fc && !still)
-        still = lc__stalled_over_locked(s, s->opt.stream_window / 2);
+    bool still = was && reading_blocked_locked(s, true);
     if (was && !still)
         s->paused = false;
     pthread_mutex_unlock(&s->mu);

@@ -250,6 +250,7 @@ static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *
     if (sub->kind == ST_BYTES && (sub->early.len > 0 || sub->early_fin)) {
         /* bytes (and maybe the end) that came before it was named */
         lc__buf_append(&sub->fd_out, sub->early.data, sub->early.len);
+        lc__bytes_over_note_locked(s, sub);
         lc__early_drop_locked(s, sub);
         sub->in_fin = sub->early_fin;
         lc__kl_add(k, sub);
@@ -354,16 +355,19 @@ void lc__waiting_refs_set_locked(lc_session *s, lc_stream *st, bool waiting)
 
 /*
  * Toward a peer without windows, whether the channels whose local queue is
- * full (push_op set) hold more than limit bytes not yet decoded: the
- * session keeps reading the carrier for the other channels until they do.
- * mu held.
+ * full (push_op set), or whose next message waits for a sub-stream
+ * (waiting_refs), hold more than limit bytes not yet decoded: the session
+ * keeps reading the carrier for the other channels until they do. (A
+ * waiting channel was not counted: a peer that never sent the sub-stream
+ * could make it hold gigabytes until the ref timer,
+ * test_waiting_channel_bytes_bounded.) mu held.
  */
 bool lc__stalled_over_locked(const lc_session *s, size_t limit)
 {
     size_t held = 0;
-    for (size_t i = 0; s->pushes_set > 0 && i < s->streams.cap; i++) {
+    for (size_t i = 0; (s->pushes_set > 0 || s->refs_waiters > 0) && i < s->streams.cap; i++) {
         lc_stream *st = s->streams.slots[i].val;
-        if (st == NULL || st == LC_MAP_TOMB || st->push_op == NULL || !st->sd_init)
+        if (st == NULL || st == LC_MAP_TOMB || (st->push_op == NULL && !st->waiting_refs) || !st->sd_init)
             continue;
         size_t n;
         lc__sd_rest(&st->sd, &n);
@@ -490,6 +494,12 @@ static void push_end(lc_stream *st, lc_msg *m, int rc)
 static bool deliver_wait_room(lc_stream *st)
 {
     lc_session *s = st->s;
+    /* What the channel holds undecoded may be under the limit now (this
+     * round decoded more of it), and reading must resume then: only after a
+     * round that delivered some, it stayed paused while rounds of 32 filled
+     * the room a watch gives (the default queue) exactly, and another channel
+     * waited for ever (test_paused_reading_resumes_at_half_window). */
+    lc__resume_reading(s);
     lc_async *op;
     int rc = lc__room_watch(st->into, s->opt.recv_queue / 4, room_done, st, &op);
     if (rc == LC__PENDING)
@@ -633,8 +643,6 @@ void lc__deliver_pending_noted(lc_stream *st, bool noted)
                     batch[j]->next = batch[j + 1];
                 pending_unpop_locked(st, batch[i], batch[nb - 1], nb - i);
                 pthread_mutex_unlock(&s->mu);
-                if (i > 0)
-                    lc__resume_reading(s); /* what it held may be under the limit now */
                 if (deliver_wait_room(st))
                     return; /* a callback continues */
                 continue;
@@ -658,14 +666,18 @@ void lc__deliver_pending_noted(lc_stream *st, bool noted)
         kick_list k;
         lc__kl_init(&k);
         int missing = resolve_msg_locked(s, m, &k);
-        if (missing != 0 && s->dead) {
+        if (missing != 0 && (s->dead || (missing > 0 && st->reset))) {
             /* its sub-streams can no longer come (lc__session_fail emptied the
-             * tables): it and what follows it are lost, and the channel
-             * ends now with the session's error */
+             * tables), or can no longer be waited for (the channel was reset,
+             * e.g. its later bytes did not decode, and left the table the ref
+             * timer walks: it ended as a clean EOF once released,
+             * test_bad_bytes_behind_waiting_message_give_eproto): it and what
+             * follows it are lost, and the channel ends now with its error */
             lc_msg *lost = lc__pending_take_all_locked(st);
             st->reset = true; /* decode nothing more */
             st->remote_fin_pending = false;
-            int end = st->end_err ? st->end_err : LC_ESESSION;
+            lc__waiting_refs_set_locked(s, st, false);
+            int end = st->end_err ? st->end_err : s->dead ? LC_ESESSION : LC_EPROTO;
             pthread_mutex_unlock(&s->mu);
             kick_streams(s, &k);
             lc__msg_chain_free(lost);

@@ -197,11 +197,13 @@ int lc__register_ours_locked(lc_session *s, lc_stream *st)
 }
 
 /* Why no message can go on p now, window aside: LC_ESESSION (the session
- * ended, or lc_session_close closed sending), LC_ECLOSED (the stream ended
- * or was reset), or 0. wmu held. */
+ * ended, or lc_session_close closed sending: the application's messages at
+ * its start, a pumped Receiver's once it has pumped what that held), LC_ECLOSED
+ * (the stream ended or was reset), or 0. wmu held. */
 static int send_refused_locked(const lc_session *s, const lc_stream *p)
 {
-    return s->dead || s->sends_closed ? LC_ESESSION : p->local_fin || p->reset ? LC_ECLOSED : 0;
+    bool closed = p->kind == ST_PUMP_RECEIVER ? s->pump_sends_closed : s->sends_closed;
+    return s->dead || closed ? LC_ESESSION : p->local_fin || p->reset ? LC_ECLOSED : 0;
 }
 
 /*
@@ -239,6 +241,16 @@ static int ask_for_fds(lc_session *s, lc_stream *p)
     if (atomic_load(&s->peer_reads_fds))
         return 0;
     return LC__WOULD_BLOCK; /* (the caller makes sure the carrier is read) */
+}
+
+/* The streams of a message's attachments are started (or the message
+ * failed): one fewer for lc_session_close to wait for. */
+static void attach_started(lc_session *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->attach_starting--;
+    lc__close_progress_locked(s);
+    pthread_mutex_unlock(&s->mu);
 }
 
 /* fin: the message is the channel's last; its DATA frame carries FIN
@@ -346,8 +358,19 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
         if (rc == 0)
             rc = lc__put_syn_stream(s, st->id, st->ref, p->ref);
     }
-    if (e.n)
+    /* From here until its attachments' streams are started, lc_session_close
+     * cannot see them (a byte stream's fd is not watched yet): it waits for
+     * this count. Without it, a stream sent while the close began could get
+     * no byte out, and the peer a clean EOF (0 of 100000 bytes), both calls
+     * returning 0 (test_close_waits_for_stream_sent_concurrently). */
+    bool starting = false;
+    if (e.n) {
+        if (rc == 0) {
+            s->attach_starting++;
+            starting = true;
+        }
         pthread_mutex_unlock(&s->mu);
+    }
     if (!fin && e.n == 0 && b->len > 0 && s->tail_gen == s->out_gen && s->tail_end == s->out.len &&
         s->tail_id == p->id && s->tail_len + b->len <= DATA_MERGE_MAX) {
         /* The frame just before is this channel's DATA, not written yet:
@@ -428,11 +451,15 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
         }
         lc__stream_unref(st); /* our creation reference; the table keeps one */
     }
+    if (starting)
+        attach_started(s);
     if (e.opens != e.inl)
         free(e.opens);
     lc_msg_free(m);
     return 0;
 fail_registered:
+    if (starting)
+        attach_started(s);
 fail:
     for (size_t i = 0; i < e.n; i++) {
         /* the borrowed ends stay in the message, which stays the caller's */

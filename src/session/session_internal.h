@@ -96,6 +96,7 @@ typedef struct lc_stream {
     lc_buf fd_out;        /* inbound bytes for fd: those from fd_out_off on are
                              not written yet (fd_queued) */
     size_t fd_out_off;
+    bool fd_over;         /* mu: counted in s->fds_over (lc__bytes_over_note_locked) */
     /* flow control (toward a peer that speaks SPDY windows) */
     uint64_t sent;        /* wmu: DATA payload bytes we sent on it */
     uint64_t granted;     /* wmu: WINDOW_UPDATE deltas the peer gave us */
@@ -121,7 +122,10 @@ struct lc_session {
     pthread_cond_t flushed;
     int flush_waiters;
     bool fail_done;       /* session_fail has finished (wmu; flushed is broadcast) */
-    bool sends_closed;    /* lc_session_close queued its GOAWAY: no message may follow (wmu) */
+    bool sends_closed;    /* lc_session_close began: the application's messages are refused (wmu) */
+    bool pump_sends_closed; /* ... and the pumped Receivers' too, before its GOAWAY (wmu) */
+    size_t attach_starting; /* mu: messages queued whose attachments' streams are not
+                               started yet (lc_session_close waits for them) */
     lc_spdy_deflater defl;
     lc_buf out;           /* frames not yet handed to a writer */
     lc_buf inflight;      /* frames a writer is writing */
@@ -224,6 +228,7 @@ struct lc_session {
     /* the reader's own note (read_carrier, reader token held): unclaimed
      * fds were past MAX_UNCLAIMED_FDS when it last looked under mu */
     bool in_fds_high;
+    size_t fds_over;      /* mu: byte streams holding more than BYTES_BUF for their fd */
     bool goaway_sent, goaway_recv, closing;
     /* reading stopped: a local queue is full. Written under mu; read without
      * it where a stale value only costs a round (drive, resume_reading's
@@ -358,8 +363,14 @@ void lc__stream_maybe_done_locked(lc_session *s, lc_stream *st);
 void lc__session_fail(lc_session *s, int err);
 void lc__protocol_error(lc_session *s, uint32_t status);
 
+/* bytes.c (more below) */
+void lc__bytes_over_note_locked(lc_session *s, lc_stream *st);
+
 /* output.c */
 void lc__flush_locked(lc_session *s);
+/* Senders blocked on a full output are woken (from an engine run) once it is
+ * below half. wmu held. */
+void lc__wake_after_flush_locked(lc_session *s);
 void lc__send_flush_locked(lc_session *s);
 void lc__wake_blocked_senders(lc_session *s);
 void lc__output_ready(lc_session *s);
