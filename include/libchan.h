@@ -399,7 +399,8 @@ typedef struct lc_case {
  * case on a closed channel fires with result LC_ECLOSED (its message is not
  * taken). Returns LC_ETIMEDOUT if none could proceed in timeout_ms, LC_EINVAL
  * for a malformed case. Cases with a NULL channel are ignored (as a nil channel
- * in Go). The same channel may appear in several cases.
+ * in Go). The same channel may appear in several cases. With no case on a
+ * channel and no timeout (Go's empty select, blocking for ever), LC_EINVAL.
  */
 LC_API int lc_select(lc_case *cases, size_t n, int64_t timeout_ms);
 
@@ -413,7 +414,8 @@ LC_API int lc_select(lc_case *cases, size_t n, int64_t timeout_ms);
  * thread may win the race, so use timeout 0 and handle LC_ETIMEDOUT. (A
  * network Sender's fd learns that its window or its session's output filled
  * up from the try that returns LC_ETIMEDOUT: the next poll then waits for
- * room.)
+ * room. So does the first message passing an fd on a unix session, which
+ * waits one round trip for the peer to read fds: PROTOCOL.md 7.)
  * Returns the fd, or a negative error.
  */
 LC_API int lc_receiver_pollfd(lc_receiver *r);
@@ -550,7 +552,8 @@ LC_API int lc_dial(const char *url, const lc_options *o, lc_session **out, lc_er
  * directory: one wins, the others get -EADDRINUSE. A tcp:// host name is
  * resolved without a time limit here (there is no timeout to keep). */
 LC_API int lc_listen(const char *url, const lc_options *o, lc_listener **out, lc_error *err);
-/* The URL the listener is bound to (with the real port for tcp://...:0). */
+/* The URL the listener is bound to (with the real port for tcp://...:0).
+ * LC_ERANGE when it does not fit in len bytes with its NUL. */
 LC_API int lc_listener_url(lc_listener *l, char *buf, size_t len);
 /* Accepts one connection as a session (the server side), waiting at most
  * timeout_ms. Connections that hung up before sending anything are skipped.
@@ -565,6 +568,7 @@ LC_API void lc_listener_close(lc_listener *l);
 
 /* Opens a new channel on the session and returns its Sender (one reference).
  * The peer receives the matching Receiver through lc_session_receiver.
+ * LC_ESESSION once the session has ended or lc_session_close has begun;
  * LC_ECLOSED once the peer said it is going away (GOAWAY); LC_ERANGE once
  * this side has opened 2^30 streams on the session (SPDY/3 stream ids are
  * 31 bits and never reused; every channel end or byte stream a message
@@ -585,10 +589,14 @@ LC_API int lc_session_receiver(lc_session *s, lc_receiver **out, int64_t timeout
  * is cut off by a reset. Returns 0 when everything sent before the call
  * reached the carrier within timeout_ms, or an error saying it did not
  * (LC_ETIMEDOUT, or the session's error); a peer slow to hang up after that
- * is not an error. A message sent on another thread while it runs is either
- * written before the GOAWAY or refused (LC_ESESSION), never accepted and
- * dropped. Channel ends of the session stay valid handles and fail with
- * LC_ESESSION. Does not free the session.
+ * is not an error, nor is one whose hang-up cannot be seen because reading
+ * is paused (what came waits for the application to take it). From its
+ * start, lc_send on the session's Senders is refused (LC_ESESSION); a
+ * message another thread's lc_send had already accepted is written before
+ * the GOAWAY, with the byte streams it carries: never accepted and dropped.
+ * Channel ends of the session stay valid handles and fail with LC_ESESSION
+ * (lc_close of one of its Senders still succeeds: it closes the local end).
+ * Does not free the session.
  */
 LC_API int lc_session_close(lc_session *s, int64_t timeout_ms);
 /* The session's first fatal error (0 while healthy): LC_ESESSION for a
