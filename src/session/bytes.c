@@ -195,6 +195,8 @@ int lc__bytes_start(lc_stream *st, int fd, bool we_read, bool we_write, bool mu_
         /* e.g. a regular file (epoll refuses them): not a stream */
         st->out_open = st->in_open = false;
     }
+    if (rc == 0 && we_read)
+        lc__engine_arm(w, EPOLLIN); /* under mu, as in bytes_pump */
     if (!mu_held)
         pthread_mutex_unlock(&s->mu);
     if (unused != NULL)
@@ -203,8 +205,6 @@ int lc__bytes_start(lc_stream *st, int fd, bool we_read, bool we_write, bool mu_
         close(fd);
         return rc;
     }
-    if (we_read)
-        lc__engine_arm(w, EPOLLIN);
     return 0;
 }
 
@@ -522,7 +522,12 @@ static void bytes_pump(lc_stream *st, uint32_t ev)
     }
     uint32_t sid = st->id;
     bool done = !st->out_open && !st->in_open && st->fdw != NULL;
-    lc_watch *w = st->fdw;
+    /* Armed under mu, while st->fdw is still the watch: after it, a
+     * lc__bytes_close on another thread (this pump may run from a kick, not
+     * the watch's callback, which lc__engine_del would wait for) could have
+     * deleted the watch, and its slot could be another fd's by now. */
+    if (!done && want && st->fdw != NULL)
+        lc__engine_arm(st->fdw, want);
     pthread_mutex_unlock(&s->mu);
     if (cancel) {
         ctl_arg rst = { sid, LC_SPDY_CANCEL };
@@ -536,8 +541,6 @@ static void bytes_pump(lc_stream *st, uint32_t ev)
         lc__resume_reading(s);
     if (done)
         lc__bytes_close(st);
-    else if (want && w)
-        lc__engine_arm(w, want);
 }
 
 static void bytes_cb(void *ctx, uint32_t ev)
