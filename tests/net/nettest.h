@@ -422,6 +422,22 @@ static inline int nt_goaway_then_eof(nt_raw *p)
     }
 }
 
+/* Bytes of stream id the session holds not decoded yet (its channel's
+ * stream decoder: behind a full queue or a message waiting for a
+ * reference); *paused (may be NULL) gets whether reading is paused. */
+static inline size_t nt_undecoded(lc_session *s, uint32_t id, bool *paused)
+{
+    pthread_mutex_lock(&s->mu);
+    size_t n = 0;
+    lc_stream *x = lc__map_get(&s->streams, id);
+    if (x != NULL && x->sd_init)
+        lc__sd_rest(&x->sd, &n);
+    if (paused)
+        *paused = s->paused;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
 /* Passed fds the session holds, not claimed by a message yet. */
 static inline size_t nt_fds_unclaimed(lc_session *s)
 {

@@ -1299,6 +1299,118 @@ static void test_ref_never_arrives_on_ended_channel(void **st)
     }
 }
 
+/* ---- a message waiting for a reference that never comes ------------------------- */
+
+/* {"S": ext 3, ref 99}: a byte stream on sub-stream ref 99, which never comes */
+static const uint8_t waits_for_99[] = { 0x81, 0xa1, 'S', 0xd7, 0x03, 0, 0, 0, 0, 0, 0, 0, 99 };
+
+static size_t refs_waiting(lc_session *s)
+{
+    pthread_mutex_lock(&s->mu);
+    size_t n = s->refs_waiters;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+/* Waits until refs_waiting(s) == want (or timeout). Returns the last value. */
+static size_t wait_refs_waiting(lc_session *s, size_t want, int timeout_ms)
+{
+    int64_t end = lc_test_now_us() + (int64_t)timeout_ms * 1000;
+    size_t v;
+    while ((v = refs_waiting(s)) != want && lc_test_now_us() < end) {
+        struct timespec ts = { 0, 1000000 };
+        nanosleep(&ts, NULL);
+    }
+    return v;
+}
+
+/*
+ * Toward a peer without windows, a channel whose head message waits for a
+ * sub-stream that has not come (PROTOCOL.md 3.6) keeps what the peer sends
+ * behind it undecoded, for up to ref_timeout_ms. Those bytes were not
+ * counted toward pausing the carrier (only channels with a full queue
+ * were), so they grew with the peer's bandwidth: gigabytes in 5 s. They must
+ * count: here the peer sends up to 32 MiB on such a channel (stream_window
+ * 1 MiB, ref_timeout 30 s): the session stops taking them and holds at most
+ * the window, one read (512 KiB) and a message.
+ */
+static void test_waiting_channel_bytes_bounded(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    lc_options o;
+    lc_options_default(&o);
+    o.stream_window = 1u << 20;
+    o.ref_timeout_ms = 30000; /* (not within the test) */
+    nt_raw p;
+    nt_raw_open(&p, &o);
+    lc_buf b;
+    lc__buf_init(&b);
+    nt_put_syn(&p, &b, 1, 2, 0, 0);
+    assert_int_equal(lc__spdy_put_data(&b, 1, 0, waits_for_99, sizeof waits_for_99), 0);
+    nt_raw_send(&p, &b);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+    assert_int_equal(wait_refs_waiting(p.s, 1, 5000), 1);
+    /* 64 messages of 16 KiB behind it, again and again */
+    static uint8_t blob[16000];
+    for (int i = 0; i < 64; i++)
+        nt_put_msg(&b, 1, lc_pack("{s:i, s:b}", "N", i, "Blob", blob, sizeof blob));
+    size_t cut;
+    size_t wrote = flood_cut(&p, &b, 32u << 20, 300, &cut);
+    bool paused;
+    size_t held = nt_undecoded(p.s, 1, &paused);
+    size_t bound = o.stream_window + (512u << 10) + sizeof blob + 64;
+    if (held > bound || !paused || getenv("LC_HOSTILE_DEBUG"))
+        fprintf(stderr, "the peer wrote %zu KiB behind a message waiting for a ref: %zu KiB held undecoded (bound %zu "
+                "KiB), paused %d\n", wrote >> 10, held >> 10, bound >> 10, (int)paused);
+    int err = lc_session_error(p.s);
+    lc_receiver_release(r);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+    assert_int_equal(err, 0);
+    assert_true(paused);
+    assert_true(held <= bound);
+    assert_true(wrote < (32u << 20));
+}
+
+/*
+ * Bytes that do not decode on a channel whose head message waits for a
+ * sub-stream end that channel with LC_EPROTO (PROTOCOL.md 3.5, 3.6), not
+ * LC_EOF, and it no longer counts as waiting. The undecodable bytes reset
+ * the stream, which left the table at once (the reset outran the wait), so
+ * the ref timer never failed it: the receiver saw a clean end, and
+ * refs_waiters stayed 1 for the session's life. The session goes on.
+ */
+static void test_bad_bytes_behind_waiting_message_give_eproto(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    lc_options o;
+    lc_options_default(&o);
+    o.ref_timeout_ms = 1000; /* (its timer would end the channel with LC_EPROTO anyway, later) */
+    nt_raw p;
+    nt_raw_open(&p, &o);
+    lc_buf b;
+    lc__buf_init(&b);
+    nt_put_syn(&p, &b, 1, 2, 0, 0);
+    assert_int_equal(lc__spdy_put_data(&b, 1, 0, waits_for_99, sizeof waits_for_99), 0);
+    nt_raw_send(&p, &b);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+    assert_int_equal(wait_refs_waiting(p.s, 1, 5000), 1); /* the message was read: it waits */
+    static const uint8_t bad[] = { 0xc1 }; /* msgpack's "never used" */
+    assert_int_equal(lc__spdy_put_data(&b, 1, 0, bad, sizeof bad), 0);
+    nt_raw_send(&p, &b);
+    int rc = nt_recv_rc(r, 5000);
+    if (rc != LC_EPROTO)
+        fprintf(stderr, "the channel ended with %s instead of LC_EPROTO\n", lc_strerror(rc));
+    assert_int_equal(rc, LC_EPROTO);
+    assert_int_equal(wait_refs_waiting(p.s, 0, 2000), 0);
+    nt_check_alive(&p, 3, 3);
+    lc_receiver_release(r);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
 /* Streams the peer opens and ends leave the session's table: channels
  * ended by DATA FIN, by a FIN on the SYN_STREAM itself (an empty channel),
  * by the peer's RST_STREAM; sub-streams reset before any message named
@@ -2338,6 +2450,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_no_replies_toward_a_peer_that_said_so, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_streams_opened_after_our_close_are_refused, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_carrier_lost_under_a_byte_stream, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_waiting_channel_bytes_bounded, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_bad_bytes_behind_waiting_message_give_eproto, lc_test_setup, lc_test_teardown),
     };
     return cmocka_run_group_tests_name("net/session_hostile", tests, NULL, NULL);
 }
