@@ -988,6 +988,46 @@ static bool reader_take(lc_session *s)
     return false;
 }
 
+/*
+ * lc_session_close's wait for the peer's hang-up while reading is paused
+ * (what came waits for the application; the session ends right after
+ * anyway): reads what the carrier holds and drops it, until the peer hangs
+ * up (or fails) or deadline (ns, -1: none). Closing with those bytes unread
+ * would make the kernel reset the connection, and the peer could lose what
+ * we wrote last (our GOAWAY, our last messages); waiting without reading
+ * never saw the hang-up, and without a timeout never ended
+ * (test_close_while_paused_does_not_wait_for_ever). Another thread
+ * reading: it sees the hang-up, nothing to do here.
+ */
+void lc__drain_until_hangup(lc_session *s, int64_t deadline)
+{
+    /* counted in in_cb (as drive): lc_session_free closes the carrier only
+     * once no one reads it */
+    atomic_fetch_add(&s->in_cb, 1);
+    if (atomic_load(&s->dead) || s->conn == NULL || !reader_take(s)) {
+        atomic_fetch_sub(&s->in_cb, 1);
+        return;
+    }
+    int fd = lc__conn_fd(s->conn);
+    for (;;) {
+        struct iovec iov = { s->rbuf, s->rbuf_cap };
+        ssize_t n = lc__conn_readv(s->conn, &iov, 1);
+        if (n == 0 || (n < 0 && n != -EAGAIN && n != -EINTR))
+            break; /* hung up (or gone) */
+        if (n > 0 || n == -EINTR)
+            continue;
+        int64_t now = lc__now_ns();
+        if (atomic_load(&s->dead) || (deadline >= 0 && now >= deadline))
+            break;
+        /* (10 ms at a time: lc_session_free waits for us) */
+        int64_t ms = deadline < 0 ? 10 : (deadline - now + 999999) / 1000000;
+        struct pollfd pf = { fd, POLLIN, 0 };
+        poll(&pf, 1, ms > 10 ? 10 : (int)ms);
+    }
+    atomic_store(&s->reader, 0);
+    atomic_fetch_sub(&s->in_cb, 1);
+}
+
 /* How long a receiving thread that reads the carrier itself keeps trying
  * before it sleeps in poll(2). bench_session (unix, this 2-core VM): 10 us
  * -> fresh-reply round trip p50 ~48 us, 25 us -> ~36 us (the reply to a

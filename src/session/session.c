@@ -943,22 +943,25 @@ static int session_close(lc_session *s, int64_t timeout_ms)
      * EOF and ends the session): closing outright with unread bytes in our
      * receive buffer would make the kernel reset the connection, and the
      * peer would lose what it had not read yet. */
+    bool drain = false;
     if (rc == 0 && !s->dead && s->conn != NULL) {
         lc__conn_shutdown_write(s->conn);
         while (!s->dead) {
             if (deadline_passed(deadline))
                 break; /* everything was written: a slow hang-up is not an error */
-            /* Reading paused (what came waits for the application): the
-             * peer's hang-up cannot be seen, and without a timeout this
-             * waited for ever (test_close_while_paused_does_not_wait_for_ever);
-             * what the carrier still holds is not read either way */
-            if (atomic_load(&s->paused))
+            /* reading paused (what came waits for the application): nobody
+             * would see the hang-up; wait for it reading, below */
+            if (atomic_load(&s->paused)) {
+                drain = true;
                 break;
+            }
             wait_flushed_10ms(s); /* lc__session_fail signals it */
         }
     }
     s->flush_waiters--;
     pthread_mutex_unlock(&s->wmu);
+    if (drain)
+        lc__drain_until_hangup(s, deadline);
     lc__session_fail(s, LC_ESESSION);
     return rc;
 }

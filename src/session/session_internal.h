@@ -419,6 +419,7 @@ int lc__feed_stream_locked(lc_session *s, lc_stream *st, const uint8_t *p, size_
 bool lc__backstop_locked(lc_session *s);
 void lc__ensure_watched(lc_session *s);
 void lc__resume_reading(lc_session *s);
+void lc__drain_until_hangup(lc_session *s, int64_t deadline);
 void lc__feeder_passive(void *ctx);
 extern const lc__feeder_ops lc__session_feeder_ops;
 void lc__carrier_cb(void *ctx, uint32_t ev);

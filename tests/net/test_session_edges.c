@@ -2782,12 +2782,12 @@ static void *session_closer_fn(void *x)
  * lc_session_close(s, -1), which half-closes and then waits for the peer's
  * hang-up (PROTOCOL.md 3.10, step 6), returns. Reading stopped for good
  * while paused, the hang-up was never seen and the close waited for ever.
- * TCP, as a peer process that exits: our end closed, unread bytes and all.
+ * TCP; peer_first: the peer has hung up before the close, as a process
+ * that exits (our end closed, unread bytes and all); else it hangs up once
+ * it has read our GOAWAY and our end, and the close returns 0.
  */
-static void test_close_while_paused_does_not_wait_for_ever(void **st)
+static void run_close_while_paused(bool peer_first)
 {
-    (void)st;
-    LC_TEST_DEADLINE(30);
     lc_options o;
     lc_options_default(&o);
     o.stream_window = 64u << 10;
@@ -2825,14 +2825,25 @@ static void test_close_while_paused_does_not_wait_for_ever(void **st)
     /* the peer hangs up, having read what the session wrote (its SETTINGS):
      * a FIN. (With unread bytes the kernel sends a RST instead, which the
      * session's next write meets: the close returned on that.) */
-    uint8_t sink[4096];
-    while (recv(p.fd, sink, sizeof sink, MSG_DONTWAIT) > 0)
-        ;
-    close(p.fd);
-    p.fd = -1;
+    if (peer_first) {
+        uint8_t sink[4096];
+        while (recv(p.fd, sink, sizeof sink, MSG_DONTWAIT) > 0)
+            ;
+        close(p.fd);
+        p.fd = -1;
+    }
     session_closer sc = { .s = p.s };
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, session_closer_fn, &sc), 0);
+    if (!peer_first) {
+        /* the peer reads our GOAWAY and our end (half-close), then hangs
+         * up: the close, reading (and dropping) what the peer had sent
+         * while paused, sees that and returns 0 */
+        assert_int_equal(fcntl(p.fd, F_SETFL, fl), 0);
+        assert_int_equal(nt_goaway_then_eof(&p), LC_SPDY_GOAWAY_OK);
+        close(p.fd);
+        p.fd = -1;
+    }
     bool returned = nt_wait_at_least(&sc.done, 1, 2000);
     if (!returned) {
         fprintf(stderr, "lc_session_close(s, -1) still waits 2 s after the peer hung up (session error %s)\n",
@@ -2850,6 +2861,16 @@ static void test_close_while_paused_does_not_wait_for_ever(void **st)
     nt_raw_close(&p);
     lc_listener_close(l);
     assert_true(returned);
+    if (!peer_first)
+        assert_int_equal(sc.rc, 0);
+}
+
+static void test_close_while_paused_does_not_wait_for_ever(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    run_close_while_paused(true);  /* the peer hung up before the close */
+    run_close_while_paused(false); /* the peer hangs up once it has our GOAWAY */
 }
 
 /* A message over the receiver's max_message: the receiving side reports a
