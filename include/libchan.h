@@ -589,8 +589,8 @@ LC_API int lc_session_receiver(lc_session *s, lc_receiver **out, int64_t timeout
  * is cut off by a reset. Returns 0 when everything sent before the call
  * reached the carrier within timeout_ms, or an error saying it did not
  * (LC_ETIMEDOUT, or the session's error); a peer slow to hang up after that
- * is not an error, nor is one whose hang-up cannot be seen because reading
- * is paused (what came waits for the application to take it). From its
+ * is not an error (while reading is paused, what the peer still sends is
+ * read and dropped meanwhile: the session ends anyway). From its
  * start, lc_send on the session's Senders is refused (LC_ESESSION); a
  * message another thread's lc_send had already accepted is written before
  * the GOAWAY, with the byte streams it carries: never accepted and dropped.
