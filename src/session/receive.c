@@ -701,10 +701,28 @@ void lc__deliver_pending_noted(lc_stream *st, bool noted)
             lc__stream_maybe_done_locked(s, st); /* it may have ended meanwhile */
         }
         if (missing < 0) {
-            pending_pop_locked(st);
+            /* A reference it cannot have (named twice, of the wrong kind):
+             * as for bytes that do not decode, the channel ends with
+             * LC_EPROTO after what came before, what follows is dropped and
+             * nothing more decoded, and the peer gets a reset. It used to
+             * take only this message off the list, with no reset: the next
+             * ones went on into the closed channel, and one delivered by
+             * another thread meanwhile could arrive before the error
+             * (suspected by a review helper). */
+            lc_msg *lost = lc__pending_take_all_locked(st);
+            bool rst = !st->reset && !st->remote_fin;
+            uint32_t sid = st->id;
+            st->reset = true;
+            st->remote_fin_pending = false;
+            lc__skim_start_locked(s, st, NULL, 0, st->remote_fin);
+            lc__stream_maybe_done_locked(s, st);
             pthread_mutex_unlock(&s->mu);
             kick_streams(s, &k);
-            lc_msg_free(m);
+            lc__msg_chain_free(lost);
+            if (rst) {
+                ctl_arg ra = { sid, LC_SPDY_PROTOCOL_ERROR };
+                lc__send_control(s, lc__ctl_rst, &ra);
+            }
             lc__close_error(st->into, LC_EPROTO);
             continue;
         }

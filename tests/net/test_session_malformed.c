@@ -569,6 +569,10 @@ static void test_ref_named_twice_fails_the_channel(void **st)
     assert_int_equal(lc__spdy_put_data(&b, 1, 0, ret, sizeof ret), 0);
     nt_raw_send(&p, &b);
     assert_int_equal(nt_recv_rc(r, 5000), LC_EPROTO);
+    /* the peer is told (its later messages on the channel would go nowhere) */
+    lc_spdy_frame f;
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_RST_STREAM, 1, &f, 5000), 1);
+    assert_int_equal(f.status, LC_SPDY_PROTOCOL_ERROR);
     /* the first Sender still works */
     assert_int_equal(lc_send(rs, lc_pack("{s:i}", "N", 5), 5000), 0);
     assert_int_equal(nt_raw_expect(&p, LC_SPDY_DATA, 3, NULL, 5000), 1);
