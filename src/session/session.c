@@ -740,8 +740,10 @@ LC_API int lc_session_receiver(lc_session *s, lc_receiver **out, int64_t timeout
      * loop's thread, stopped by freeing its session) */
     session_ref(s);
     lc_msg *m;
-    if (timeout_ms != 0)
-        lc__ensure_watched(s); /* new channels come by reading */
+    /* new channels come by reading; also for a poll (timeout 0): one that
+     * skipped this saw them only at the lazy backstop, up to 4 ms later
+     * (found by a review helper: test_polled_session_receiver_sees_channels) */
+    lc__ensure_watched(s);
     int rc = lc_recv(s->incoming_r, &m, timeout_ms);
     if (rc == 0) {
         *out = lc_value_take_receiver(lc_msg_root(m), NULL);
