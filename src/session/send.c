@@ -247,10 +247,14 @@ static int ask_for_fds(lc_session *s, lc_stream *p)
  * failed): one fewer for lc_session_close to wait for. */
 static void attach_started(lc_session *s)
 {
-    pthread_mutex_lock(&s->mu);
-    s->attach_starting--;
-    lc__close_progress_locked(s);
-    pthread_mutex_unlock(&s->mu);
+    /* (a lock round only while a close waits: a fresh reply channel in
+     * every request comes this way; a signal missed meanwhile, its 2 ms
+     * backstop covers) */
+    if (atomic_fetch_sub(&s->attach_starting, 1) == 1 && atomic_load(&s->close_waiting)) {
+        pthread_mutex_lock(&s->mu);
+        lc__close_progress_locked(s);
+        pthread_mutex_unlock(&s->mu);
+    }
 }
 
 /* fin: the message is the channel's last; its DATA frame carries FIN
@@ -366,7 +370,7 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
     bool starting = false;
     if (e.n) {
         if (rc == 0) {
-            s->attach_starting++;
+            atomic_fetch_add(&s->attach_starting, 1);
             starting = true;
         }
         pthread_mutex_unlock(&s->mu);

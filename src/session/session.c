@@ -870,9 +870,7 @@ static int session_close(lc_session *s, int64_t timeout_ms)
      * the Receivers we pump: what they hold is sent */
     atomic_store(&s->close_waiting, true);
     for (;;) {
-        pthread_mutex_lock(&s->mu);
-        bool busy = s->attach_starting > 0;
-        pthread_mutex_unlock(&s->mu);
+        bool busy = atomic_load(&s->attach_starting) > 0;
         if (!busy)
             busy = sends_in_progress(s);
         if (!busy || atomic_load(&s->dead))

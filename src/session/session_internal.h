@@ -124,8 +124,8 @@ struct lc_session {
     bool fail_done;       /* session_fail has finished (wmu; flushed is broadcast) */
     bool sends_closed;    /* lc_session_close began: the application's messages are refused (wmu) */
     bool pump_sends_closed; /* ... and the pumped Receivers' too, before its GOAWAY (wmu) */
-    size_t attach_starting; /* mu: messages queued whose attachments' streams are not
-                               started yet (lc_session_close waits for them) */
+    atomic_size_t attach_starting; /* messages queued whose attachments' streams are
+                                      not started yet (lc_session_close waits for them) */
     lc_spdy_deflater defl;
     lc_buf out;           /* frames not yet handed to a writer */
     lc_buf inflight;      /* frames a writer is writing */
