@@ -603,12 +603,23 @@ static void wake_all_locked(lc_chan *c, sudog_queue *q, int result)
     } while (n == 64);
 }
 
-static int chan_close(lc_chan *c, bool explicit_close)
+/* err: what receivers get after draining instead of LC_EOF (0: LC_EOF),
+ * only if this call closes the channel: set before the close is visible,
+ * receivers read it once they see it. (Set before the look at closed, a
+ * lc__close_error after a clean close turned the end a second receiver saw
+ * into the error, where a first one had had LC_EOF: found by a review
+ * helper, test_close_error_after_close_changes_nothing.) */
+static int chan_close(lc_chan *c, bool explicit_close, int err)
 {
     pthread_mutex_lock(&c->mu);
     if (c->closed) {
         pthread_mutex_unlock(&c->mu);
         return explicit_close ? LC_ECLOSED : 0;
+    }
+    if (err != 0) {
+        int expected = 0;
+        atomic_compare_exchange_strong_explicit(&c->close_err, &expected, err, memory_order_release,
+                                                memory_order_relaxed);
     }
     c->closed = true;
     if (c->net != NULL) {
@@ -639,7 +650,7 @@ static int chan_close(lc_chan *c, bool explicit_close)
 static void close_finish(lc_chan *c)
 {
     if (c->cap > 0 || c->net != NULL) {
-        chan_close(c, false); /* (a ring's tail is marked already; the stream sent its FIN) */
+        chan_close(c, false, 0); /* (a ring's tail is marked already; the stream sent its FIN) */
         return;
     }
     pthread_mutex_lock(&c->mu);
@@ -652,7 +663,7 @@ LC_API int lc_close(lc_sender *s)
 {
     if (s == NULL)
         return LC_EINVAL;
-    return chan_close(s->c, true);
+    return chan_close(s->c, true, 0);
 }
 
 /*
@@ -706,11 +717,7 @@ int lc__close_error(lc_sender *s, int err)
 {
     if (s == NULL || err >= 0)
         return LC_EINVAL;
-    /* set before the close is visible: receivers read it once they see it */
-    int expected = 0;
-    atomic_compare_exchange_strong_explicit(&s->c->close_err, &expected, err, memory_order_release,
-                                            memory_order_relaxed);
-    return chan_close(s->c, true);
+    return chan_close(s->c, true, err);
 }
 
 LC_API void lc_sender_release(lc_sender *s)
@@ -721,7 +728,7 @@ LC_API void lc_sender_release(lc_sender *s)
         return;
     lc_chan *c = s->c;
     free(s);
-    chan_close(c, false); /* the last Sender gone: receivers drain, then EOF */
+    chan_close(c, false, 0); /* the last Sender gone: receivers drain, then EOF */
     if (c->net != NULL)
         c->net->release(c->net_ctx);
     chan_unref(c);

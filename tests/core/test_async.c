@@ -464,6 +464,37 @@ static void test_net_sender_blocks_until_drained_and_closes_once(void **st)
 
 /* Room watches: fire once the ring has the asked room, exactly once, on the
  * receiving thread; cancel withdraws; a released Receiver fires LC_ECLOSED. */
+/*
+ * lc__close_error (the session's close with an error: LC_EPROTO, LC_ESESSION)
+ * on a channel already closed returns LC_ECLOSED and changes nothing: its
+ * receivers get LC_EOF, every one of them, buffered or not. It used to set the
+ * error before looking, so a second receive got it after a first had LC_EOF.
+ */
+static void test_close_error_after_close_changes_nothing(void **st)
+{
+    (void)st;
+    for (size_t cap = 0; cap < 5; cap += 4) {
+        lc_receiver *r;
+        lc_sender *s;
+        assert_int_equal(lc_pipe(&r, &s, cap), 0);
+        assert_int_equal(lc_close(s), 0);
+        lc_msg *m = NULL;
+        assert_int_equal(lc_recv(r, &m, 0), LC_EOF);
+        assert_int_equal(lc__close_error(s, LC_ESESSION), LC_ECLOSED);
+        assert_int_equal(lc_recv(r, &m, 0), LC_EOF);
+        lc_sender_release(s);
+        lc_receiver_release(r);
+        /* and on an open one it is the end */
+        assert_int_equal(lc_pipe(&r, &s, cap), 0);
+        assert_int_equal(lc__close_error(s, LC_EPROTO), 0);
+        assert_int_equal(lc_recv(r, &m, 0), LC_EPROTO);
+        assert_int_equal(lc__close_error(s, LC_ESESSION), LC_ECLOSED);
+        assert_int_equal(lc_recv(r, &m, 0), LC_EPROTO);
+        lc_sender_release(s);
+        lc_receiver_release(r);
+    }
+}
+
 static void test_room_watch(void **st)
 {
     LC_TEST_DEADLINE(10);
@@ -585,6 +616,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_async_recv_completes_on_send, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_room_watch, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_close_error_after_close_changes_nothing, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_room_watch_refills_in_batches, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_async_send_completes_on_receive, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_async_close_and_cancel, lc_test_setup, lc_test_teardown),
