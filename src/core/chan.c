@@ -1507,7 +1507,10 @@ int lc__recv_async(lc_receiver *r, lc_msg **m, lc_async_cb cb, void *ctx, lc_asy
 
 bool lc__async_cancel(lc_async *op)
 {
-    lc_chan *c = op->sg.chan;
+    /* the case's channel, not op->sg.chan: a retry after a notify
+     * (async_fire) rewrites sg under the channel's lock, which we do not
+     * hold yet (a data race TSan showed, found by a review helper) */
+    lc_chan *c = case_chan(&op->cs);
     pthread_mutex_lock(&c->mu);
     bool cancelled = waiter_cancel(&op->w);
     if (cancelled) {

@@ -59,7 +59,9 @@ int lc__send_batch(lc_sender *s, lc_msg **ms, size_t n, size_t *taken);
  * lc__send_async/lc__recv_async has returned; it must not block. *op is set
  * before the operation becomes visible and stays valid until the callback
  * returns. lc__async_cancel returns false when the callback has run or is
- * about to: the caller must then let it run; a caller that cancels must
+ * about to, or when the op was woken to retry (something changed on the
+ * channel) and is waiting again: its callback then runs with the next
+ * change, not at once. The caller must then let it run; a caller that cancels must
  * serialise with its callback (e.g. a lock both take) so it never cancels an
  * op whose callback already returned. A cancelled send leaves m with the caller.
  */
