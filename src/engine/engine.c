@@ -131,6 +131,15 @@ struct lc_engine {
     pentry *pset;
     uint32_t pset_len, pset_cap;
     int pollers;
+    /* A change a poller must see bumps pset_gen and wakes the pollers once
+     * (one eventfd write); pollers_current counts those asleep on a
+     * snapshot of the current generation. A poller that drains the wake-up
+     * while others still sleep on an older snapshot wakes them again: with
+     * two threads in poll(), the first took the one wake-up, the second
+     * slept on without the new watch, whose callback never ran (found by a
+     * review helper: 86 of 200 rounds; epoll has no such gap) */
+    uint64_t pset_gen;
+    int pollers_current;
     uint64_t *fdbits;
     size_t fdwords;
 };
@@ -258,6 +267,10 @@ static int pset_put(lc_watch *w, uint32_t interest)
         pentry *p = &e->pset[w->ppos];
         wake = e->pollers > 0 && (p->events | interest) != p->events;
         p->events = interest;
+    }
+    if (wake) {
+        e->pset_gen++;
+        e->pollers_current = 0;
     }
     pthread_mutex_unlock(&e->mu);
     if (wake)
@@ -795,6 +808,8 @@ static int run_poll(lc_engine *e, int timeout_ms, bool *fired)
         tag[i] = p->tag;
     }
     e->pollers++;
+    e->pollers_current++;
+    uint64_t gen = e->pset_gen;
     pthread_mutex_unlock(&e->mu);
 
     int r = poll(pfd, (nfds_t)n, timeout_ms < 0 ? -1 : timeout_ms);
@@ -802,6 +817,9 @@ static int run_poll(lc_engine *e, int timeout_ms, bool *fired)
 
     pthread_mutex_lock(&e->mu);
     e->pollers--;
+    if (gen == e->pset_gen)
+        e->pollers_current--;
+    bool stale_sleepers = e->pollers > e->pollers_current;
     pthread_mutex_unlock(&e->mu);
     int ran = 0;
     if (r < 0) {
@@ -809,8 +827,11 @@ static int run_poll(lc_engine *e, int timeout_ms, bool *fired)
     } else {
         if (pfd[1].revents)
             *fired |= timer_drain(e);
-        if (pfd[0].revents)
+        if (pfd[0].revents) {
             wake_drain(e);
+            if (stale_sleepers)
+                lc__engine_wake(e);
+        }
         for (size_t i = 2; i < n; i++) {
             if (pfd[i].revents == 0)
                 continue;

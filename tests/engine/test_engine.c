@@ -806,6 +806,65 @@ static void test_single_round_driver_does_not_lose_timers(void **state)
     lc__engine_free(e);
 }
 
+static void fired_cb(void *ctx, uint32_t revents)
+{
+    (void)revents;
+    atomic_store((_Atomic int *)ctx, 1);
+}
+
+/* One round driven by a thread that publishes its tid first (to be seen
+ * asleep in the engine's wait). */
+typedef struct {
+    lc_engine *e;
+    _Atomic int *errors;
+    _Atomic int tid;
+} once_tid_arg;
+
+static void *run_once_tid(void *p)
+{
+    once_tid_arg *a = p;
+    atomic_store(&a->tid, lc_test_gettid());
+    if (lc__engine_run(a->e, 5000) < 0)
+        atomic_fetch_add(a->errors, 1);
+    return NULL;
+}
+
+/*
+ * A watch armed while two threads wait in one engine (its own thread and
+ * one driving a single round, as engine.h allows) runs. On the poll(2)
+ * backend the one wake-up that tells the pollers to take a new snapshot was
+ * taken by one of them only: the thread driving one round drained it and
+ * returned, the engine's thread slept on with its old snapshot, and the
+ * watch's callback never ran (86 of 200 rounds in a review helper's
+ * reproducer). The engine's eventfd and timerfd keep epoll out of that.
+ */
+static void test_watch_armed_while_two_threads_wait(void **state)
+{
+    LC_TEST_DEADLINE(30);
+    lc_engine *e = new_engine(true);
+    _Atomic int errors = 0;
+    for (int i = 0; i < 20; i++) {
+        int fds[2];
+        assert_int_equal(pipe2(fds, O_NONBLOCK | O_CLOEXEC), 0);
+        assert_int_equal(write(fds[1], "x", 1), 1); /* readable already */
+        _Atomic int fired = 0;
+        lc_watch *w;
+        assert_int_equal(lc__engine_add(e, fds[0], 0, fired_cb, &fired, &w), 0);
+        once_tid_arg a = { e, &errors, 0 };
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, run_once_tid, &a), 0);
+        assert_true(lc_test_wait_asleep(&a.tid, 10000));
+        assert_int_equal(lc__engine_arm(w, EPOLLIN), 0);
+        WAIT_UNTIL(atomic_load(&fired) > 0);
+        pthread_join(t, NULL);
+        lc__engine_del(w);
+        close(fds[0]);
+        close(fds[1]);
+    }
+    assert_int_equal(atomic_load(&errors), 0);
+    lc__engine_free(e);
+}
+
 static void test_timer_cancel_prevents_callback(void **state)
 {
     LC_TEST_DEADLINE(20);
@@ -1014,6 +1073,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_timers_fire_in_order_and_on_time, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_timer_added_from_outside_wakes_sleeping_engine, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_single_round_driver_does_not_lose_timers, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_watch_armed_while_two_threads_wait, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_timer_cancel_prevents_callback, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_timer_cancel_waits_for_running_callback, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_timer_cancel_from_own_callback, lc_test_setup, lc_test_teardown),
