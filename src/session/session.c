@@ -495,8 +495,13 @@ static int session_start(lc_conn *conn, bool is_client, const lc_options *o, lc_
         pthread_mutex_unlock(&s->wmu);
     }
     if (rc != 0) {
-        lc_sender_release(s->incoming_s);
-        lc_receiver_release(s->incoming_r);
+        /* the last reference frees the rest, the channel ends and the
+         * carrier included (they were released here as well: a double
+         * release, found by a review helper when a process at its fd limit
+         * could not create the engine) */
+        if (s->watch != NULL)
+            lc__engine_del(s->watch);
+        s->watch = NULL;
         lc__session_unref(s);
         return rc;
     }

@@ -67,6 +67,39 @@ static pthread_mutex_t lookups_mu = PTHREAD_MUTEX_INITIALIZER;
 static lookup *lookups;
 static int lookups_n;
 
+/*
+ * fork(): the child has none of the lookup threads, so a lookup listed in
+ * flight never ends there: a child's dial of that name joined it and timed
+ * out every time, and it counted toward LOOKUPS_MAX for good (found by a
+ * review helper; libchan.h promises a forked child may use the library
+ * afresh). The child forgets them (their memory is the parent's threads'
+ * to free: left, as a few bytes), and lookups_mu is held across the fork so
+ * that the child never inherits it locked.
+ */
+static void lookups_prepare(void)
+{
+    pthread_mutex_lock(&lookups_mu);
+}
+
+static void lookups_parent(void)
+{
+    pthread_mutex_unlock(&lookups_mu);
+}
+
+static void lookups_child(void)
+{
+    lookups = NULL;
+    lookups_n = 0;
+    pthread_mutex_unlock(&lookups_mu);
+}
+
+static pthread_once_t lookups_once = PTHREAD_ONCE_INIT;
+
+static void lookups_init(void)
+{
+    pthread_atfork(lookups_prepare, lookups_parent, lookups_child);
+}
+
 /* Drops a reference; frees at the last. lookups_mu held. */
 static void lookup_unref_locked(lookup *lk)
 {
@@ -164,6 +197,7 @@ static lookup *lookup_start_locked(const char *host, const char *port, const str
 static int lookup_until(const char *host, const char *port, const struct addrinfo *hints, int64_t deadline_ns,
                         struct addrinfo **res, lookup **owner)
 {
+    pthread_once(&lookups_once, lookups_init);
     pthread_mutex_lock(&lookups_mu);
     lookup *lk = lookups;
     while (lk != NULL && !same_lookup(lk, host, port, hints))
@@ -238,6 +272,23 @@ static void set_nodelay(int fd)
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
+/*
+ * A dial of a local port in the ephemeral range that nobody listens on can
+ * be given that very port as its own (TCP simultaneous open): the socket is
+ * connected to itself, a "session" with no peer that also keeps the server
+ * from binding its port (a client retrying until its server is up got one
+ * after ~11000 tries, found by a review helper). Go's net package checks
+ * the same way (selfConnect).
+ */
+static bool connected_to_itself(int fd)
+{
+    struct sockaddr_storage a, b;
+    socklen_t al = sizeof a, bl = sizeof b;
+    if (getsockname(fd, (struct sockaddr *)&a, &al) != 0 || getpeername(fd, (struct sockaddr *)&b, &bl) != 0)
+        return false;
+    return al == bl && memcmp(&a, &b, al) == 0;
+}
+
 static int tcp_dial(const lc_url *u, int64_t timeout_ms, lc_conn **out)
 {
     int64_t deadline = lc__deadline_ns(lc__now_ns(), timeout_ms);
@@ -260,6 +311,8 @@ static int tcp_dial(const lc_url *u, int64_t timeout_ms, lc_conn **out)
             continue;
         }
         rc = lc__sock_connect(fd, ai->ai_addr, ai->ai_addrlen, left);
+        if (rc == 0 && connected_to_itself(fd))
+            rc = -ECONNREFUSED;
         if (rc == 0) {
             resolved_free(res, owner);
             set_nodelay(fd);

@@ -237,12 +237,22 @@ static int unix_listener_url(lc_tlistener *base, char *buf, size_t len)
 static void unix_listener_close(lc_tlistener *base)
 {
     unix_listener *l = (unix_listener *)base;
+    /* Remove the socket file only if it is still the one we bound (another
+     * listener may have replaced it since), and before closing the socket,
+     * under the directory's lock as lc_listen takes it: once closed, a
+     * lc_listen on the path finds the file stale, replaces it, and on ext4
+     * its new file may get the inode number just freed, so our check
+     * removed a live listener's file (found by a review helper: 11 live
+     * listeners lost their file in 124600 listens by three threads). */
+    if (l->has_file) {
+        int dirlock = lock_dir_of(l->path);
+        struct stat st;
+        if (lstat(l->path, &st) == 0 && st.st_dev == l->dev && st.st_ino == l->ino)
+            unlink(l->path);
+        if (dirlock >= 0)
+            close(dirlock); /* (unlocks) */
+    }
     close(l->base.fd);
-    /* remove the socket file only if it is still the one we bound: another
-     * listener may have replaced it since */
-    struct stat st;
-    if (l->has_file && lstat(l->path, &st) == 0 && st.st_dev == l->dev && st.st_ino == l->ino)
-        unlink(l->path);
     free(l);
 }
 

@@ -15,6 +15,11 @@
  *                                and every message is forwarded as is (its channel
  *                                ends included); the end of a channel is
  *                                forwarded too. Exits when the client session ends.
+ *   peer_proc dial-at-fd-limit URL  lowers RLIMIT_NOFILE to leave room for the
+ *                                dial's socket only, so the session cannot start
+ *                                (no fd for the engine); prints "refused: <err>"
+ *                                when lc_dial fails cleanly, then raises the limit
+ *                                again and dials URL once more, which must work.
  *   peer_proc partial-frame URL  raw SPDY on a unix socket: opens channel 1, sends
  *                                {N: 1}, then a DATA frame header announcing 100
  *                                bytes followed by 10 of them; prints "ready";
@@ -37,6 +42,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -358,6 +364,37 @@ static int run_exit_live(const char *url)
     exit(0); /* sessions, channels and both threads still live */
 }
 
+static int run_dial_at_fd_limit(const char *url)
+{
+    struct rlimit old;
+    if (getrlimit(RLIMIT_NOFILE, &old) != 0)
+        DIE("getrlimit");
+    int lowest = dup(0);
+    if (lowest < 0)
+        DIE("dup");
+    close(lowest);
+    struct rlimit low = { (rlim_t)lowest + 1, old.rlim_max }; /* the socket, nothing more */
+    if (setrlimit(RLIMIT_NOFILE, &low) != 0)
+        DIE("setrlimit");
+    lc_session *s = NULL;
+    lc_error err = { 0 };
+    int rc = lc_dial(url, NULL, &s, &err);
+    if (rc == 0 || s != NULL)
+        DIE("dial at the fd limit succeeded");
+    if (err.text[0] == 0)
+        DIE("dial at the fd limit: %s with no text in err", lc_strerror(rc));
+    char line[sizeof err.text + 16];
+    snprintf(line, sizeof line, "refused: %s", err.text);
+    if (setrlimit(RLIMIT_NOFILE, &old) != 0)
+        DIE("setrlimit back");
+    rc = lc_dial(url, NULL, &s, &err);
+    if (rc != 0)
+        DIE("dial after the limit was raised: %s (%s)", lc_strerror(rc), err.text);
+    lc_session_free(s);
+    say(line);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     alarm(60);
@@ -366,6 +403,8 @@ int main(int argc, char **argv)
         return run_echo(argv[2]);
     if (argc == 4 && strcmp(argv[1], "proxy") == 0)
         return run_proxy(argv[2], argv[3]);
+    if (argc == 3 && strcmp(argv[1], "dial-at-fd-limit") == 0)
+        return run_dial_at_fd_limit(argv[2]);
     if (argc == 3 && strcmp(argv[1], "partial-frame") == 0)
         return run_partial(argv[2], true);
     if (argc == 3 && strcmp(argv[1], "partial-msg") == 0)
@@ -374,6 +413,6 @@ int main(int argc, char **argv)
         return run_flood(argv[2]);
     if (argc == 3 && strcmp(argv[1], "exit-live") == 0)
         return run_exit_live(argv[2]);
-    fprintf(stderr, "usage: peer_proc echo|proxy|partial-frame|partial-msg|flood|exit-live URL [UPSTREAM]\n");
+    fprintf(stderr, "usage: peer_proc echo|proxy|dial-at-fd-limit|partial-frame|partial-msg|flood|exit-live URL [UPSTREAM]\n");
     return 2;
 }

@@ -1220,6 +1220,62 @@ static void test_polled_session_receiver_sees_channels(void **st)
     nt_close_pair(&p);
 }
 
+/*
+ * Dialling a local port in the ephemeral range that nobody listens on, again
+ * and again (a client waiting for its server to come up), never gives a
+ * session: the kernel may pick that very port as the dial's own, and the
+ * socket is then connected to itself (TCP simultaneous open). lc_dial
+ * returned 0 after ~11000 tries here, a session talking to itself that also
+ * kept the server from binding the port (found by a review helper).
+ */
+static void test_dial_never_connects_to_itself(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    int lo = 32768, hi = 60999;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    if (f != NULL) {
+        if (fscanf(f, "%d %d", &lo, &hi) != 2) {
+            lo = 32768;
+            hi = 60999;
+        }
+        fclose(f);
+    }
+    /* an even port (connect's half of the range) in the middle, free now */
+    int port = 0;
+    for (int p = (lo + hi) / 2 & ~1; p < hi && port == 0; p += 2) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        assert_true(fd >= 0);
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)p) };
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0)
+            port = p;
+        close(fd);
+    }
+    assert_true(port != 0);
+    char url[64];
+    snprintf(url, sizeof url, "tcp://127.0.0.1:%d", port);
+    lc_options o;
+    lc_options_default(&o);
+    o.dial_timeout_ms = 1000;
+    int64_t end = lc_test_now_us() + 3000000;
+    int tries = 0, other = 0;
+    while (lc_test_now_us() < end) {
+        lc_session *s = NULL;
+        int rc = lc_dial(url, &o, &s, NULL);
+        tries++;
+        if (rc == 0) {
+            fprintf(stderr, "lc_dial(%s) with nobody listening: a session, after %d tries\n", url, tries);
+            lc_session_free(s);
+            fail();
+        }
+        if (rc != -ECONNREFUSED)
+            other++;
+    }
+    assert_int_equal(other, 0);
+    assert_true(tries > 1000);
+}
+
 static void test_bad_urls(void **st)
 {
     (void)st;
@@ -3912,6 +3968,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_paused_byte_stream_stays_paused_beside_other_channels, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_close_while_paused_does_not_wait_for_ever, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_polled_session_receiver_sees_channels, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_dial_never_connects_to_itself, lc_test_setup, lc_test_teardown),
     };
     return cmocka_run_group_tests_name("net/session_edges", tests, NULL, NULL);
 }

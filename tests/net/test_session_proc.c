@@ -110,6 +110,40 @@ static void test_proxy_process_over_tcp_both_ways(void **st)
     run_proxy("tcp://127.0.0.1:0", "tcp://127.0.0.1:0");
 }
 
+/* ---- a session that cannot start ------------------------------------------- */
+
+/*
+ * A process at its fd limit dials: the connection is made but the session
+ * cannot start (the engine needs fds). lc_dial fails with a text in err, and
+ * the process goes on: its next dial, with the limit raised, works. The
+ * failure path released the session's own channel ends twice, a
+ * use-after-free ASan reports in the peer process (found by a review
+ * helper). In a process of its own: the engine is made by the first session.
+ */
+static void test_dial_when_session_cannot_start(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    char url[128];
+    nt_unix_url(url, sizeof url);
+    lc_listener *l;
+    lc_error err = { 0 };
+    assert_int_equal(lc_listen(url, NULL, &l, &err), 0);
+    nt_proc c;
+    const char *args[] = { "dial-at-fd-limit", url, NULL };
+    nt_proc_start(&c, args);
+    lc_session *s;
+    assert_int_equal(lc_accept(l, &s, 10000), 0); /* the second dial (the first one's conn is gone) */
+    const char *line = nt_proc_line(&c, 10000);
+    if (line == NULL || strncmp(line, "refused: ", 9) != 0)
+        fprintf(stderr, "peer_proc dial-at-fd-limit said: %s\n", line ? line : "(nothing)");
+    assert_true(line != NULL && strncmp(line, "refused: ", 9) == 0);
+    int wst = nt_proc_wait(&c);
+    assert_true(WIFEXITED(wst) && WEXITSTATUS(wst) == 0);
+    lc_session_free(s);
+    lc_listener_close(l);
+}
+
 /* ---- peers killed mid-way ---------------------------------------------------- */
 
 typedef struct {
@@ -406,6 +440,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_proxy_process_forwards_requests_and_replies, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_proxy_process_over_tcp_both_ways, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_dial_when_session_cannot_start, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_peer_killed_mid_frame, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_peer_killed_mid_message, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_peer_killed_while_flooding, lc_test_setup, lc_test_teardown),
