@@ -25,6 +25,9 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
+#include <signal.h>
+#include <unistd.h>
 
 #include "libchan.h"
 #include "transport/transport.h"
@@ -331,6 +334,52 @@ static void test_dial_timeout_covers_the_name_lookup(void **state)
     assert_int_equal(lc__dial(named, 2000, &c, &err), 0);
     lc__conn_close(c);
     lc__listener_close(l);
+}
+
+/*
+ * fork() while a name is being looked up: the child has none of the
+ * parent's threads, the lookup's included, and its dial of that name must
+ * look it up itself. It joined the lookup listed in flight, which never
+ * ends in the child, and timed out every time (found by a review helper).
+ * Here the child's resolver answers at once (no such name): LC_ENOHOST, not
+ * LC_ETIMEDOUT.
+ */
+static void test_child_looks_up_a_name_the_parent_was_looking_up(void **state)
+{
+    (void)state;
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+    printf("SKIP: fork() of a multithreaded process under a sanitizer (see test_session_proc.c)\n");
+    skip();
+#endif
+    LC_TEST_DEADLINE(30);
+    pthread_mutex_lock(&slow_mu);
+    slow_released = false;
+    pthread_mutex_unlock(&slow_mu);
+    int entered0 = atomic_load(&slow_entered);
+    lc_conn *c = NULL;
+    lc_error err = { 0 };
+    assert_int_equal(lc__dial("tcp://slow-resolver.test:81", 50, &c, &err), LC_ETIMEDOUT);
+    int64_t end = lc_test_now_us() + 5000000;
+    while (atomic_load(&slow_entered) == entered0 && lc_test_now_us() < end)
+        usleep(1000);
+    assert_int_equal(atomic_load(&slow_entered), entered0 + 1); /* stuck in the resolver */
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        signal(SIGALRM, SIG_DFL);
+        alarm(10);
+        slow_released = true; /* this process's resolver answers */
+        int rc = lc__dial("tcp://slow-resolver.test:81", 3000, &c, &err);
+        if (rc != LC_ENOHOST)
+            fprintf(stderr, "child: dial of the name the parent was looking up: %s (%s)\n", lc_strerror(rc),
+                    err.text);
+        _exit(rc == LC_ENOHOST ? 0 : 1);
+    }
+    int wst;
+    assert_int_equal(waitpid(pid, &wst, 0), pid);
+    assert_true(WIFEXITED(wst) && WEXITSTATUS(wst) == 0);
+    slow_release_all();
 }
 
 /*
@@ -1045,6 +1094,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unresolvable_host_is_named, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_dial_timeout_covers_the_name_lookup, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_stuck_lookups_are_shared_and_bounded, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_child_looks_up_a_name_the_parent_was_looking_up, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_dial_accept_and_cleanup, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_relative_and_abstract, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_stale_socket_file_is_replaced, lc_test_setup, lc_test_teardown),
