@@ -772,15 +772,20 @@ static void test_timer_added_from_outside_wakes_sleeping_engine(void **state)
     lc__engine_free(e);
 }
 
+/* One round driven by a thread of its own (timeout_ms: 0 for 100), which
+ * publishes its tid first (to be seen asleep in the engine's wait). */
 typedef struct once_arg {
     lc_engine *e;
     _Atomic int *errors;
+    int timeout_ms;
+    _Atomic int tid;
 } once_arg;
 
 static void *run_once(void *p)
 {
     once_arg *a = p;
-    if (lc__engine_run(a->e, 100) < 0)
+    atomic_store(&a->tid, lc_test_gettid());
+    if (lc__engine_run(a->e, a->timeout_ms ? a->timeout_ms : 100) < 0)
         atomic_fetch_add(a->errors, 1);
     return NULL;
 }
@@ -812,23 +817,6 @@ static void fired_cb(void *ctx, uint32_t revents)
     atomic_store((_Atomic int *)ctx, 1);
 }
 
-/* One round driven by a thread that publishes its tid first (to be seen
- * asleep in the engine's wait). */
-typedef struct {
-    lc_engine *e;
-    _Atomic int *errors;
-    _Atomic int tid;
-} once_tid_arg;
-
-static void *run_once_tid(void *p)
-{
-    once_tid_arg *a = p;
-    atomic_store(&a->tid, lc_test_gettid());
-    if (lc__engine_run(a->e, 5000) < 0)
-        atomic_fetch_add(a->errors, 1);
-    return NULL;
-}
-
 /*
  * A watch armed while two threads wait in one engine (its own thread and
  * one driving a single round, as engine.h allows) runs. On the poll(2)
@@ -850,9 +838,9 @@ static void test_watch_armed_while_two_threads_wait(void **state)
         _Atomic int fired = 0;
         lc_watch *w;
         assert_int_equal(lc__engine_add(e, fds[0], 0, fired_cb, &fired, &w), 0);
-        once_tid_arg a = { e, &errors, 0 };
+        once_arg a = { e, &errors, 5000, 0 };
         pthread_t t;
-        assert_int_equal(pthread_create(&t, NULL, run_once_tid, &a), 0);
+        assert_int_equal(pthread_create(&t, NULL, run_once, &a), 0);
         assert_true(lc_test_wait_asleep(&a.tid, 10000));
         assert_int_equal(lc__engine_arm(w, EPOLLIN), 0);
         WAIT_UNTIL(atomic_load(&fired) > 0);
