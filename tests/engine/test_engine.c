@@ -798,7 +798,7 @@ static void test_single_round_driver_does_not_lose_timers(void **state)
     lc_engine *e = new_engine(true);
     _Atomic int errors = 0;
     for (int i = 0; i < 20; i++) {
-        once_arg a = {e, &errors};
+        once_arg a = { e, &errors, 0, 0 };
         pthread_t t;
         assert_int_equal(pthread_create(&t, NULL, run_once, &a), 0);
         _Atomic bool fired = false;
