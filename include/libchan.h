@@ -213,7 +213,9 @@ LC_API lc_value *lc_msg_attachment(lc_msg *m, size_t index); /* borrowed; NULL i
  * or closed then, so the caller never has to track them. (Exception: when the
  * format itself is malformed, the arguments after the error cannot be decoded,
  * so attachments among them are not released.) A NULL string, key, S or R is
- * LC_EINVAL; an F that is not an open fd is LC_EBADF and is not closed.
+ * LC_EINVAL, except a NULL with length 0 for s# (value or key) and b, which
+ * is the empty one; an F that is not an open fd is LC_EBADF and is not
+ * closed.
  * lc_unpack checks the whole format first and only then stores outputs and
  * takes attachments: on failure nothing is stored and nothing is taken.
  */

@@ -72,6 +72,7 @@ struct lc_msg {
     const uint8_t *wire;
     size_t wire_len;
     uint8_t has_refs;          /* the decoder made LC__REF values (a session resolves them) */
+    uint32_t wire_copied;      /* bytes of strings lc_unpack copied out of the wire form (pack.c) */
     /* arena: bump pointer in the current block */
     char *arena_ptr;
     char *arena_end;

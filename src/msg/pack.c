@@ -365,7 +365,10 @@ static int pack_value(lc_walk *w, lc_msg *m, int depth, lc_value **out)
             }
             w->pos++;
             size_t klen;
-            const char *key = str_arg(w, take_char(w, '#'), &klen);
+            bool key_has_len = take_char(w, '#');
+            const char *key = str_arg(w, key_has_len, &klen);
+            if (key == NULL && key_has_len && klen == 0)
+                key = ""; /* (NULL, 0): empty, as for a value's s# and b */
             if (key == NULL)
                 fail(w, LC_EINVAL, "NULL map key");
             else if (klen > LC_MAX_BYTES)
@@ -1180,6 +1183,15 @@ static int wunpack_value(wunpack *u, const uint8_t *q, int depth)
             return WIRE_GIVE_UP;
         bytes = q + h.hlen;
         if (c == 's' && o != NULL) {
+            /* A copy for its NUL, in the arena until the message is freed:
+             * unpacking one message again and again grew it without end
+             * (4 KiB per call; found by a review helper). Past twice the
+             * message's size and 64 KiB of copies, strings come from the
+             * tree, built once. */
+            size_t copied = (size_t)u->m->wire_copied + h.len + 1;
+            if (copied > 2 * u->m->wire_len + (64u << 10) || copied > UINT32_MAX)
+                return WIRE_GIVE_UP;
+            u->m->wire_copied = (uint32_t)copied;
             char *t = lc__arena_alloc(u->m, (size_t)h.len + 1);
             if (t == NULL)
                 return WIRE_GIVE_UP;

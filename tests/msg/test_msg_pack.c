@@ -433,9 +433,16 @@ static void test_invalid_arguments(void **state)
     assert_null(lc_pack_ex(&e, "[F]", -1));
     assert_error(e, LC_EBADF, "[0]: invalid fd -1");
 
-    /* s# and b with NULL and length 0 are empty values */
+    /* s# and b with NULL and length 0 are empty values, and an s# key the
+     * empty key (it was "NULL map key" while the value was accepted) */
     lc_msg *m = lc_pack("[s#, b]", (const char *)NULL, (size_t)0, (const void *)NULL, (size_t)0);
     assert_non_null(m);
+    lc_msg *k = lc_pack("{s#:i}", (const char *)NULL, (size_t)0, 5);
+    assert_non_null(k);
+    int kv = 0;
+    assert_int_equal(lc_unpack(k, "{s:i}", "", &kv), 0);
+    assert_int_equal(kv, 5);
+    lc_msg_free(k);
     assert_int_equal(lc_unpack_ex(NULL, &e, "n"), LC_EINVAL);
     assert_error(e, LC_EINVAL, "NULL message");
     assert_int_equal(lc_unpack_ex(m, &e, NULL), LC_EINVAL);

@@ -399,6 +399,44 @@ static void test_wire_message_through_a_pipe(void **state)
     lc_receiver_release(r);
 }
 
+/* Bytes of m's arena blocks beyond its inline one. */
+static size_t arena_extra(const lc_msg *m)
+{
+    size_t n = 0;
+    for (const lc_arena_block *b = m->blocks; b != NULL; b = b->next)
+        n += b->size;
+    return n;
+}
+
+/*
+ * Unpacking one wire-form message again and again (a configuration message
+ * read field by field, a loop) keeps its memory bounded: each string read
+ * from the bytes is copied for its NUL, and the copies stay until the
+ * message is freed. 10000 reads of a 4095-byte string took 39 MB; past about
+ * 64 KiB of copies the strings now come from the tree, built once. Every
+ * read still gives the string.
+ */
+static void test_unpacking_a_wire_message_again_stays_bounded(void **state)
+{
+    (void)state;
+    char big[4096];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    lc_msg *m = lc_pack("{s:s, s:i}", "S", big, "N", 7);
+    assert_non_null(m);
+    assert_non_null(m->wire); /* lc_pack makes the wire form */
+    for (int i = 0; i < 10000; i++) {
+        const char *got = NULL;
+        int n = 0;
+        assert_int_equal(lc_unpack(m, "{s:s, s:i}", "S", &got, "N", &n), 0);
+        assert_non_null(got);
+        assert_int_equal(strlen(got), sizeof big - 1);
+        assert_int_equal(n, 7);
+    }
+    assert_true(arena_extra(m) < (1u << 20));
+    lc_msg_free(m);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, lc_test_setup, lc_test_teardown)
 
 int main(void)
@@ -411,6 +449,7 @@ int main(void)
         T(test_unpack_keeps_wire_form),
         T(test_decode_keeps_our_forms_and_gos_ints),
         T(test_wire_message_through_a_pipe),
+        T(test_unpacking_a_wire_message_again_stays_bounded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
