@@ -439,6 +439,31 @@ static void room_done(void *ctx, int result, lc_msg *m)
     lc__stream_unref(st); /* the watch's reference */
 }
 
+/*
+ * The peer broke the protocol on st (bytes that do not decode, a message
+ * naming a reference it cannot have): it is reset, nothing more of it is
+ * decoded (what remains is skimmed for passed fds), its receiver gets what
+ * was handed over before, then LC_EPROTO (at the next idle round, as a FIN),
+ * and the peer a RST_STREAM PROTOCOL_ERROR. mu held on entry, released.
+ */
+static void fail_channel_unlock(lc_session *s, lc_stream *st)
+{
+    bool rst = !st->reset && !st->remote_fin;
+    uint32_t sid = st->id;
+    st->reset = true;
+    lc__skim_start_locked(s, st, NULL, 0, st->remote_fin);
+    if (st->into != NULL) {
+        st->end_err = LC_EPROTO;
+        st->remote_fin_pending = true;
+    }
+    lc__stream_maybe_done_locked(s, st);
+    pthread_mutex_unlock(&s->mu);
+    if (rst) {
+        ctl_arg ra = { sid, LC_SPDY_PROTOCOL_ERROR };
+        lc__send_control(s, lc__ctl_rst, &ra);
+    }
+}
+
 /* Plain messages handed to the local queue per lock round. */
 #define DELIVER_BATCH 32
 
@@ -551,22 +576,8 @@ void lc__deliver_pending_noted(lc_stream *st, bool noted)
         if (st->pending_head == NULL && st->push_op == NULL && st->sd_init && !st->reset &&
             !decode_more_locked(s, st)) {
             /* this channel's bytes do not decode (found now, as its messages
-             * are reached): the receiver gets what decoded before, then
-             * LC_EPROTO, and the peer a reset */
-            bool rst = !st->remote_fin;
-            uint32_t sid = st->id;
-            st->reset = true;
-            lc__skim_start_locked(s, st, NULL, 0, st->remote_fin);
-            if (st->into != NULL) {
-                st->end_err = LC_EPROTO;
-                st->remote_fin_pending = true;
-            }
-            lc__stream_maybe_done_locked(s, st);
-            pthread_mutex_unlock(&s->mu);
-            if (rst) {
-                ctl_arg ra = { sid, LC_SPDY_PROTOCOL_ERROR };
-                lc__send_control(s, lc__ctl_rst, &ra);
-            }
+             * are reached) */
+            fail_channel_unlock(s, st);
             continue;
         }
         lc_msg *m = st->pending_head;
@@ -710,20 +721,9 @@ void lc__deliver_pending_noted(lc_stream *st, bool noted)
              * another thread meanwhile could arrive before the error
              * (suspected by a review helper). */
             lc_msg *lost = lc__pending_take_all_locked(st);
-            bool rst = !st->reset && !st->remote_fin;
-            uint32_t sid = st->id;
-            st->reset = true;
-            st->remote_fin_pending = false;
-            lc__skim_start_locked(s, st, NULL, 0, st->remote_fin);
-            lc__stream_maybe_done_locked(s, st);
-            pthread_mutex_unlock(&s->mu);
+            fail_channel_unlock(s, st);
             kick_streams(s, &k);
             lc__msg_chain_free(lost);
-            if (rst) {
-                ctl_arg ra = { sid, LC_SPDY_PROTOCOL_ERROR };
-                lc__send_control(s, lc__ctl_rst, &ra);
-            }
-            lc__close_error(st->into, LC_EPROTO);
             continue;
         }
         if (k.n == 0) {
