@@ -549,7 +549,10 @@ LC_API int lc_dial(const char *url, const lc_options *o, lc_session **out, lc_er
 /* Listens on url. Each accepted connection is its own session. On a unix
  * path where something is listening, -EADDRINUSE; a stale socket file left
  * by a dead listener is replaced; a path that is some other file (never
- * removed) gives -ENOTSOCK. Listens on one path that race (threads,
+ * removed) gives -ENOTSOCK. Whether a socket file is live is asked of the
+ * kernel (sock_diag), so the live listener's lc_accept sees nothing of a
+ * failed lc_listen; where it cannot be asked, or finds no listener in this
+ * network namespace, lc_listen connects to find out (and hangs up). Listens on one path that race (threads,
  * or processes using libchan) take turns under an flock on the socket's
  * directory: one wins, the others get -EADDRINUSE. A tcp:// host name is
  * resolved without a time limit here (there is no timeout to keep). */

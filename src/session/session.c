@@ -642,8 +642,8 @@ static int accept_conn(lc_listener *l, int64_t deadline, lc_conn **conn)
 }
 
 /* A connection that has ended before sending anything (a client that gave
- * up, or another lc_listen probing whether this path is live: it connects
- * and hangs up) is nobody to serve. */
+ * up, or another lc_listen that could not ask sock_diag whether this path is
+ * live: it connects and hangs up) is nobody to serve. */
 static bool conn_already_over(lc_conn *conn)
 {
     char c;

@@ -104,6 +104,14 @@ int lc__dial(const char *url, int64_t timeout_ms, lc_conn **out, lc_error *err);
 int lc__listen(const char *url, lc_tlistener **out, lc_error *err);
 
 /*
+ * Whether a unix socket of this network namespace listens on the socket file
+ * at path, asked of the kernel's socket diagnostics without connecting (how
+ * lc__listen tells a live file from a stale one): 1 yes, 0 no, -1 cannot tell
+ * (no such file, or no sock_diag here; lc__listen then probes by connecting).
+ */
+int lc__unix_listening(const char *path);
+
+/*
  * Accepts one connection within timeout_ms. Several threads may accept on one
  * listener. Returns 0, LC_ETIMEDOUT, or -errno (-EMFILE, ...).
  */

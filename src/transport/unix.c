@@ -13,7 +13,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/sock_diag.h>
+#include <linux/unix_diag.h>
 #include <sys/file.h>
+#include <sys/sysmacros.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -99,11 +104,96 @@ fail:
     return rc;
 }
 
+/*
+ * Does a socket of this network namespace listen on the file st describes?
+ * Asked of the kernel's socket diagnostics (NETLINK_SOCK_DIAG: the listening
+ * unix sockets, each with the device and inode of the file it is bound to),
+ * which, unlike a probing connect, leaves nothing in the listener's backlog:
+ * the probe's connection was accepted by the live listener as a client that
+ * left at once (280 times in 2000 failed lc_listen calls). 1 yes, 0 not here,
+ * -1 cannot tell (no sock_diag in this kernel or sandbox).
+ */
+static int listening_here(const struct stat *st)
+{
+    int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (nl < 0)
+        return -1;
+    struct {
+        struct nlmsghdr nh;
+        struct unix_diag_req rq;
+    } req = {
+        .nh = { .nlmsg_len = sizeof req, .nlmsg_type = SOCK_DIAG_BY_FAMILY,
+                .nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP, .nlmsg_seq = 1 },
+        .rq = { .sdiag_family = AF_UNIX, .udiag_states = 1u << 10 /* TCP_LISTEN */,
+                .udiag_show = UDIAG_SHOW_VFS },
+    };
+    struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+    int found = -1;
+    if (sendto(nl, &req, sizeof req, 0, (struct sockaddr *)&kernel, sizeof kernel) != sizeof req)
+        goto out;
+    /* the kernel's dev_t (major << 20 | minor), as sock_diag reports it */
+    uint32_t kdev = (uint32_t)(major(st->st_dev) << 20 | (minor(st->st_dev) & 0xfffff));
+    union {
+        char buf[16384];
+        struct nlmsghdr align;
+    } u;
+    for (;;) {
+        ssize_t n = recv(nl, u.buf, sizeof u.buf, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            goto out;
+        size_t left = (size_t)n;
+        for (struct nlmsghdr *h = &u.align; NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
+            if (h->nlmsg_type == NLMSG_DONE) {
+                if (found != 1)
+                    found = 0;
+                goto out;
+            }
+            if (h->nlmsg_type == NLMSG_ERROR)
+                goto out;
+            if (found == 1 || h->nlmsg_len < NLMSG_LENGTH(sizeof(struct unix_diag_msg)))
+                continue; /* (read on to the end of the dump) */
+            struct unix_diag_msg *m = NLMSG_DATA(h);
+            size_t alen = h->nlmsg_len - NLMSG_LENGTH(sizeof *m);
+            for (struct rtattr *a = (struct rtattr *)(m + 1); RTA_OK(a, alen); a = RTA_NEXT(a, alen)) {
+                if (a->rta_type != UNIX_DIAG_VFS || RTA_PAYLOAD(a) < sizeof(struct unix_diag_vfs))
+                    continue;
+                struct unix_diag_vfs v;
+                memcpy(&v, RTA_DATA(a), sizeof v);
+                if (v.udiag_vfs_ino == (uint32_t)st->st_ino && v.udiag_vfs_dev == kdev)
+                    found = 1;
+            }
+        }
+    }
+out:
+    close(nl);
+    return found;
+}
+
+int lc__unix_listening(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0 || !S_ISSOCK(st.st_mode))
+        return -1;
+    return listening_here(&st);
+}
+
 /* Is something accepting at this path? -EADDRINUSE if so, -ENOTSOCK if the
  * path is some other file (a regular file, a directory: never removed), 0
  * once a stale socket file has been removed. */
 static int clear_stale(const char *path, const struct sockaddr_un *sa, socklen_t len)
 {
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return errno == ENOENT ? 0 : -errno;
+    if (!S_ISSOCK(st.st_mode))
+        return -ENOTSOCK; /* never remove a file that is not a socket; and it is
+                             not "in use": say what is in the way */
+    if (listening_here(&st) == 1)
+        return -EADDRINUSE;
+    /* Not listening in this network namespace, or no way to tell: connect,
+     * which also reaches a listener of another namespace sharing the file. */
     int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (probe < 0)
         return -errno;
@@ -114,12 +204,6 @@ static int clear_stale(const char *path, const struct sockaddr_un *sa, socklen_t
         return 0; /* gone meanwhile: bind again */
     if (err != ECONNREFUSED)
         return -EADDRINUSE; /* connected, or backlog full (EAGAIN): it is alive */
-    struct stat st;
-    if (lstat(path, &st) != 0)
-        return errno == ENOENT ? 0 : -errno;
-    if (!S_ISSOCK(st.st_mode))
-        return -ENOTSOCK; /* never remove a file that is not a socket; and it is
-                             not "in use": say what is in the way */
     if (unlink(path) != 0 && errno != ENOENT)
         return -errno;
     return 0;

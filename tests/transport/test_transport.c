@@ -510,6 +510,7 @@ static void test_unix_stale_socket_file_is_replaced(void **state)
     assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
     close(fd);
     assert_true(exists(path));
+    assert_int_not_equal(lc__unix_listening(path), 1);
     lc_conn *c;
     assert_int_equal(lc__dial(url, 1000, &c, NULL), -ECONNREFUSED);
 
@@ -536,13 +537,21 @@ static void test_unix_live_socket_and_other_files_are_kept(void **state)
     assert_int_equal(lc__listen(url, &l, NULL), 0);
     assert_int_equal(lc__listen(url, &l2, &err), -EADDRINUSE);
     assert_non_null(strstr(err.text, "listen"));
-    /* the failed listen found it alive by connecting: that probe is queued
-     * and reads as an immediate end of stream */
     lc_conn *c, *s;
-    char b;
-    assert_int_equal(lc__accept(l, 0, &s), 0);
-    assert_int_equal(read_all(s, &b, 1), LC_EOF);
-    lc__conn_close(s);
+    if (lc__unix_listening(path) == 1) {
+        /* the failed listen asked the kernel, without connecting: nothing
+         * is queued (its probing connect was accepted by the live listener
+         * as a client that left at once) */
+        assert_int_equal(lc__accept(l, 0, &s), LC_ETIMEDOUT);
+    } else {
+        /* no sock_diag here: it found it alive by connecting, and that
+         * probe is queued and reads as an immediate end of stream */
+        fprintf(stderr, "(no sock_diag for unix sockets here: lc__listen probes by connecting)\n");
+        char b;
+        assert_int_equal(lc__accept(l, 0, &s), 0);
+        assert_int_equal(read_all(s, &b, 1), LC_EOF);
+        lc__conn_close(s);
+    }
     /* the first listener still works */
     assert_int_equal(lc__dial(url, 1000, &c, NULL), 0);
     assert_int_equal(lc__accept(l, 1000, &s), 0);
