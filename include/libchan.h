@@ -562,13 +562,26 @@ LC_API int lc_listen(const char *url, const lc_options *o, lc_listener **out, lc
 LC_API int lc_listener_url(lc_listener *l, char *buf, size_t len);
 /* Accepts one connection as a session (the server side), waiting at most
  * timeout_ms. Connections that hung up before sending anything are skipped.
- * LC_ECLOSED when lc_listener_close is called meanwhile (from another
- * thread: that is how an accept loop is told to stop). */
+ * LC_ECLOSED once lc_listener_shutdown (or lc_listener_close) has been
+ * called, also when it comes while this call waits. */
 LC_API int lc_accept(lc_listener *l, lc_session **out, int64_t timeout_ms);
-/* Stops listening (a unix socket file is removed) and frees the listener.
- * Threads blocked in lc_accept on it return LC_ECLOSED; it waits until they
- * have left. No call on l may start after it returns. Sessions already
- * accepted are not affected. */
+/* Stops listening, from any thread: the listening socket is closed (a unix
+ * socket file is removed), threads waiting in lc_accept return LC_ECLOSED
+ * (it waits until they have left), and every later lc_accept returns
+ * LC_ECLOSED at once, lc_listener_url too. The listener stays allocated until
+ * lc_listener_close. This is how an accept loop on another thread is told to
+ * stop, whatever that thread is doing at the moment:
+ *
+ *     loop thread:  while (lc_accept(l, &s, -1) == 0) serve(s);
+ *     to stop it:   lc_listener_shutdown(l); pthread_join(loop, NULL);
+ *                   lc_listener_close(l);
+ *
+ * Calling it again does nothing. Sessions already accepted are not affected. */
+LC_API void lc_listener_shutdown(lc_listener *l);
+/* Shuts the listener down (lc_listener_shutdown) if that was not done, and
+ * frees it. No call on l may start after it returns: an accept loop that may
+ * still call lc_accept is stopped with lc_listener_shutdown, and the listener
+ * closed once the loop has ended. NULL is a no-op. */
 LC_API void lc_listener_close(lc_listener *l);
 
 /* Opens a new channel on the session and returns its Sender (one reference).

@@ -570,14 +570,17 @@ LC_API int lc_dial(const char *url, const lc_options *o, lc_session **out, lc_er
 }
 
 /*
- * lc_listener_close may come while other threads wait in lc_accept (an
- * accept loop told to stop from elsewhere, as Go's Listener.Close ends a
- * blocked Accept): the waits poll the listening fd together with an
- * eventfd that close makes readable for good, and close frees nothing
- * until the last of them has left.
+ * lc_listener_shutdown (and lc_listener_close, which begins with it) may come
+ * while other threads wait in lc_accept (an accept loop told to stop from
+ * elsewhere, as Go's Listener.Close ends a blocked Accept): the waits poll
+ * the listening fd together with an eventfd that shutdown makes readable for
+ * good, and the transport listener is closed only once the last of them has
+ * left. The lc_listener itself stays until lc_listener_close, so an accept
+ * loop stopped by a shutdown may call lc_accept once more and read
+ * LC_ECLOSED, whenever the shutdown came.
  */
 struct lc_listener {
-    lc_tlistener *tl;
+    lc_tlistener *tl; /* NULL once shut down (under mu) */
     lc_options opt;
     int wake;            /* eventfd: readable once closing */
     pthread_mutex_t mu;
@@ -617,7 +620,12 @@ LC_API int lc_listen(const char *url, const lc_options *o, lc_listener **out, lc
 
 LC_API int lc_listener_url(lc_listener *l, char *buf, size_t len)
 {
-    return l ? lc__listener_url(l->tl, buf, len) : LC_EINVAL;
+    if (l == NULL)
+        return LC_EINVAL;
+    pthread_mutex_lock(&l->mu);
+    int rc = l->tl != NULL ? lc__listener_url(l->tl, buf, len) : LC_ECLOSED;
+    pthread_mutex_unlock(&l->mu);
+    return rc;
 }
 
 /* One connection from l's queue within deadline (ns, -1: none): 0,
@@ -681,7 +689,7 @@ LC_API int lc_accept(lc_listener *l, lc_session **out, int64_t timeout_ms)
     return rc;
 }
 
-LC_API void lc_listener_close(lc_listener *l)
+LC_API void lc_listener_shutdown(lc_listener *l)
 {
     if (l == NULL)
         return;
@@ -694,8 +702,17 @@ LC_API void lc_listener_close(lc_listener *l)
     pthread_mutex_lock(&l->mu);
     while (l->accepting > 0)
         pthread_cond_wait(&l->idle, &l->mu);
-    pthread_mutex_unlock(&l->mu);
+    /* (under mu: lc_listener_url reads tl under it; accepts are over) */
     lc__listener_close(l->tl);
+    l->tl = NULL;
+    pthread_mutex_unlock(&l->mu);
+}
+
+LC_API void lc_listener_close(lc_listener *l)
+{
+    if (l == NULL)
+        return;
+    lc_listener_shutdown(l);
     close(l->wake);
     pthread_cond_destroy(&l->idle);
     pthread_mutex_destroy(&l->mu);

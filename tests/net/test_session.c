@@ -17,6 +17,8 @@
 #include <string.h>
 #include <time.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 
 #include "libchan.h"
 #include "session/session_internal.h"
@@ -601,9 +603,96 @@ static void test_listener_close_ends_blocked_accepts(void **st)
     }
 }
 
+/* lc_listener_shutdown stops an accept loop on another thread whatever that
+ * thread is doing: waiting in lc_accept, or serving a session between two
+ * calls (lc_listener_close there freed what the loop's next lc_accept read).
+ * The loop's next lc_accept, and every later one, returns LC_ECLOSED; the
+ * listener is closed (no dial reaches it, a unix file is gone) but stays
+ * allocated until lc_listener_close. */
+typedef struct {
+    lc_listener *l;
+    _Atomic int served;
+    int rc;
+} loop_arg;
+
+static void *accept_loop(void *x)
+{
+    loop_arg *a = x;
+    lc_session *s;
+    while ((a->rc = lc_accept(a->l, &s, -1)) == 0) {
+        /* serve: the client's one message, when it comes */
+        lc_receiver *in;
+        if (lc_session_receiver(s, &in, 2000) == 0) {
+            lc_msg *m;
+            if (lc_recv(in, &m, 2000) == 0)
+                lc_msg_free(m);
+            lc_receiver_release(in);
+        }
+        lc_session_free(s);
+        atomic_fetch_add(&a->served, 1);
+    }
+    return NULL;
+}
+
+static void test_listener_shutdown_stops_an_accept_loop(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    for (int round = 0; round < 40; round++) {
+        const char *url = round % 2 ? "tcp://127.0.0.1:0" : unix_url();
+        lc_listener *l;
+        assert_int_equal(lc_listen(url, NULL, &l, NULL), 0);
+        char bound[256];
+        assert_int_equal(lc_listener_url(l, bound, sizeof bound), 0);
+        loop_arg a = { .l = l };
+        pthread_t t;
+        pthread_create(&t, NULL, accept_loop, &a);
+        /* 0-3 clients; the shutdown comes right after the last one's message
+         * (the loop is serving it, or about to), or while the loop waits */
+        int clients = round % 4;
+        for (int i = 0; i < clients; i++) {
+            lc_session *c;
+            lc_sender *tx;
+            assert_int_equal(lc_dial(bound, NULL, &c, NULL), 0);
+            assert_int_equal(lc_session_sender(c, &tx), 0);
+            assert_int_equal(lc_send(tx, lc_pack("{s:i}", "N", i), 5000), 0);
+            if (i < clients - 1) {
+                while (atomic_load(&a.served) < i + 1) /* (served: freed) */
+                    sched_yield();
+            }
+            lc_sender_release(tx);
+            lc_session_free(c);
+        }
+        lc_listener_shutdown(l);
+        pthread_join(t, NULL);
+        assert_int_equal(a.rc, LC_ECLOSED);
+        assert_true(atomic_load(&a.served) >= (clients > 0 ? clients - 1 : 0));
+        /* shut down: every later call says so; nobody listens there */
+        lc_session *s = NULL;
+        assert_int_equal(lc_accept(l, &s, -1), LC_ECLOSED);
+        assert_null(s);
+        char again[256];
+        assert_int_equal(lc_listener_url(l, again, sizeof again), LC_ECLOSED);
+        lc_listener_shutdown(l); /* (a second time: nothing) */
+        if (round % 2 == 0) {
+            struct stat sb;
+            assert_int_equal(stat(bound + strlen("unix://"), &sb), -1);
+        }
+        lc_session *late = NULL;
+        lc_options o;
+        lc_options_default(&o);
+        o.dial_timeout_ms = 2000;
+        int rc = lc_dial(bound, &o, &late, NULL);
+        if (rc == 0)
+            lc_session_free(late);
+        assert_int_not_equal(rc, 0);
+        lc_listener_close(l);
+    }
+}
+
 /* A client that connects and hangs up before lc_accept takes it (also what a
- * second lc_listen on a live unix path leaves behind: it probes the path by
- * connecting) is skipped: lc_accept does not return a dead session for it. */
+ * second lc_listen on a live unix path leaves behind where it cannot ask
+ * sock_diag: it probes the path by connecting) is skipped: lc_accept does not
+ * return a dead session for it. */
 static void test_accept_skips_connections_already_over(void **st)
 {
     LC_TEST_DEADLINE(30);
@@ -614,6 +703,12 @@ static void test_accept_skips_connections_already_over(void **st)
     lc_listener *again;
     lc_error err = { 0 };
     assert_int_equal(lc_listen(bound, NULL, &again, &err), -EADDRINUSE);
+    int gave_up = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    assert_true(strlen(bound + strlen("unix://")) < sizeof sa.sun_path);
+    memcpy(sa.sun_path, bound + strlen("unix://"), strlen(bound + strlen("unix://")) + 1);
+    assert_int_equal(connect(gave_up, (struct sockaddr *)&sa, sizeof sa), 0);
+    close(gave_up);
     lc_session *s = NULL;
     assert_int_equal(lc_accept(l, &s, 200), LC_ETIMEDOUT);
     assert_null(s);
@@ -1360,6 +1455,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reply_sender_fails_once_requester_gives_up, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_listener_close_ends_blocked_accepts, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_accept_skips_connections_already_over, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_listener_shutdown_stops_an_accept_loop, lc_test_setup, lc_test_teardown),
     };
     return cmocka_run_group_tests_name("net/session", tests, NULL, NULL);
 }
