@@ -71,6 +71,22 @@ static void append(char *buf, size_t *len, size_t cap, const char *s, size_t n)
     buf[*len] = '\0';
 }
 
+/* A map key as it may be shown: control bytes and NUL as \xNN (a NUL used
+ * to end the whole error text there), other bytes (UTF-8 too) as they are. */
+static void append_key(char *buf, size_t *len, size_t cap, const char *k, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)k[i];
+        if (c >= 0x20 && c != 0x7f) {
+            append(buf, len, cap, &k[i], 1);
+        } else {
+            char esc[8];
+            snprintf(esc, sizeof esc, "\\x%02x", c);
+            append(buf, len, cap, esc, 4);
+        }
+    }
+}
+
 /* Writes "Req.Args[2]: " (nothing for the root) into err->text. */
 static size_t render_path(const lc_walk *w)
 {
@@ -82,7 +98,7 @@ static size_t render_path(const lc_walk *w)
         if (s->key != NULL) {
             if (i > 0)
                 append(t, &len, cap, ".", 1);
-            append(t, &len, cap, s->key, s->klen);
+            append_key(t, &len, cap, s->key, s->klen);
         } else {
             char num[32];
             int n = snprintf(num, sizeof num, "[%zu]", s->idx);

@@ -390,6 +390,11 @@ static void test_type_error_texts(void **state)
     assert_error(e, LC_ETYPE, "Op: expected time, got string");
     assert_int_equal(lc_unpack_ex(m, &e, "{s:S}", "Op", NULL), LC_ETYPE);
     assert_error(e, LC_ETYPE, "Op: expected sender, got string");
+    /* a key with a NUL or a control byte in it is shown whole, escaped */
+    lc_msg *odd = lc_pack("{s#:s}", "a\0b\n", (size_t)4, "v");
+    assert_int_equal(lc_unpack_ex(odd, &e, "{s#:i}", "a\0b\n", (size_t)4, &i), LC_ETYPE);
+    assert_error(e, LC_ETYPE, "a\\x00b\\x0a: expected int, got string");
+    lc_msg_free(odd);
     assert_int_equal(lc_unpack_ex(m, &e, "{s:R}", "Op", NULL), LC_ETYPE);
     assert_int_equal(lc_unpack_ex(m, &e, "{s:F}", "Op", NULL), LC_ETYPE);
     assert_error(e, LC_ETYPE, "Op: expected stream, got string");
