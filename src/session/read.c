@@ -833,7 +833,7 @@ static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drain
             if (nfds > 0) {
                 pthread_mutex_lock(&s->mu);
                 for (size_t i = 0; i < nfds; i++)
-                    if (lc__map_put(&s->in_fds, s->fd_in_seq++, (void *)(intptr_t)(fds[i] + 1)) != 0)
+                    if (lc__map_put(&s->in_fds, s->fd_in_seq++, lc__fd_as_val(fds[i])) != 0)
                         close(fds[i]);
                 s->in_fds_high = s->in_fds.len > MAX_UNCLAIMED_FDS;
                 atomic_store_explicit(&s->new_refs, true, memory_order_relaxed); /* messages waiting for them may go on */

@@ -62,7 +62,7 @@ static void skim_found(void *ctx, uint64_t n)
     lc_session *s = ctx;
     void *slot = lc__map_del(&s->in_fds, n);
     if (slot != NULL)
-        close((int)(intptr_t)slot - 1);
+        close(lc__val_as_fd(slot));
     /* (not arrived: a peer naming fds it never passed; nothing to close) */
 }
 
@@ -193,7 +193,7 @@ static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *
         uint8_t ext = v->mode;
         v->type = LC_STREAM;
         v->mode = ext == 1 ? LC_STREAM_DUPLEX : ext == 2 ? LC_STREAM_WRITE : LC_STREAM_READ;
-        v->u.fd = (int)(intptr_t)slot - 1;
+        v->u.fd = lc__val_as_fd(slot);
         v->flags &= (uint8_t)~LC_VF_TAKEN;
         return lc__msg_track_attachment(m, v) != 0 ? LC_ENOMEM : 0;
     }

@@ -101,7 +101,7 @@ void lc__session_unref(lc_session *s)
     lc__map_free(&s->peer_refs);
     for (size_t i = 0; i < s->in_fds.cap; i++) /* passed to us, never claimed */
         if (s->in_fds.slots[i].val != NULL && s->in_fds.slots[i].val != LC_MAP_TOMB)
-            close((int)(intptr_t)s->in_fds.slots[i].val - 1);
+            close(lc__val_as_fd(s->in_fds.slots[i].val));
     lc__map_free(&s->in_fds);
     for (size_t i = 0; i < SKIMS_KEEP; i++)
         lc__skim_drop(&s->skims[i]);

@@ -25,6 +25,11 @@ void *lc__map_get(const lc_map *m, uint64_t key);
 int lc__map_put(lc_map *m, uint64_t key, void *val);
 void *lc__map_del(lc_map *m, uint64_t key);
 void lc__map_free(lc_map *m);
+/* A passed fd as a map value: fd + 2, so that neither NULL (absent) nor
+ * LC_MAP_TOMB (1) can be a value (fd 0 arrives as a passed fd in a process
+ * whose stdin is closed; as fd + 1 it was the tombstone: lost, and leaked). */
+static inline void *lc__fd_as_val(int fd) { return (void *)(intptr_t)(fd + 2); }
+static inline int lc__val_as_fd(void *v) { return (int)(intptr_t)v - 2; }
 
 /* Waits in a row whose spin ran out after which a session's readers stop
  * spinning (drive, read.c). */

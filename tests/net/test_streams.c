@@ -350,7 +350,7 @@ static void test_go_echo_vector_answered_like_go(void **st)
 /* Over unix, once both sides announced it, a byte stream is the very same
  * open file on the other side (SCM_RIGHTS); over TCP it is a socketpair end
  * pumped through a sub-stream. Either way the bytes flow. */
-static void run_fd_pass(const char *url, bool expect_same_file)
+static void run_fd_pass(const char *url, bool expect_same_file, bool stdin_closed)
 {
     lc_listener *l;
     lc_session *c, *sv;
@@ -380,11 +380,21 @@ static void run_fd_pass(const char *url, bool expect_same_file)
     assert_int_equal(pipe(p), 0);
     struct stat orig;
     assert_int_equal(fstat(p[0], &orig), 0);
+    int saved_stdin = -1;
+    if (stdin_closed) {
+        /* as in a daemon: the next fd the kernel installs is 0 (it used to
+         * be stored as the fd table's tombstone: lost, and leaked) */
+        saved_stdin = fcntl(0, F_DUPFD_CLOEXEC, 3);
+        assert_true(saved_stdin >= 0);
+        close(0);
+    }
     assert_int_equal(lc_send(ch, lc_pack("{s:F}", "Feed", p[0]), 5000), 0);
     assert_int_equal(lc_recv(in, &m, 5000), 0);
     int fd;
     assert_int_equal(lc_unpack(m, "{s:F}", "Feed", &fd), 0);
     lc_msg_free(m);
+    if (stdin_closed)
+        assert_int_equal(fd, expect_same_file ? 0 : fd);
     struct stat got;
     assert_int_equal(fstat(fd, &got), 0);
     if (expect_same_file) {
@@ -399,6 +409,10 @@ static void run_fd_pass(const char *url, bool expect_same_file)
     assert_int_equal(read_all(fd, buf, sizeof buf), 7);
     assert_memory_equal(buf, "through", 7);
     close(fd);
+    if (saved_stdin >= 0) {
+        assert_int_equal(dup2(saved_stdin, 0), 0);
+        close(saved_stdin);
+    }
     lc_close(ch);
     lc_sender_release(ch);
     lc_receiver_release(in);
@@ -412,13 +426,21 @@ static void test_fd_passed_as_itself_over_unix(void **st)
     LC_TEST_DEADLINE(30);
     char url[128];
     snprintf(url, sizeof url, "unix:///tmp/lc-fdpass-%d.sock", (int)getpid());
-    run_fd_pass(url, true);
+    run_fd_pass(url, true, false);
+}
+
+static void test_fd_passed_as_fd_0(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    char url[128];
+    snprintf(url, sizeof url, "unix:///tmp/lc-fdpass0-%d.sock", (int)getpid());
+    run_fd_pass(url, true, true);
 }
 
 static void test_fd_becomes_substream_over_tcp(void **st)
 {
     LC_TEST_DEADLINE(30);
-    run_fd_pass("tcp://127.0.0.1:0", false);
+    run_fd_pass("tcp://127.0.0.1:0", false, false);
 }
 
 
@@ -687,6 +709,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rexec_streams_over_tcp, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_go_echo_vector_answered_like_go, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_passed_as_itself_over_unix, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_fd_passed_as_fd_0, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_becomes_substream_over_tcp, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_stream_into_closed_pipe_does_not_raise_sigpipe, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_pipes_we_read_grow_within_a_bound, lc_test_setup, lc_test_teardown),
