@@ -411,10 +411,10 @@ bool lc__parse_u64(const lc_spdy_header *h, uint64_t *out)
         char c = h->value[i];
         if (c < '0' || c > '9')
             return false;
-        uint64_t nv = v * 10 + (uint64_t)(c - '0');
-        if (nv < v)
-            return false;
-        v = nv;
+        uint64_t d = (uint64_t)(c - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return false; /* (v * 10 wraps in more cases than nv < v saw) */
+        v = v * 10 + d;
     }
     *out = v;
     return true;

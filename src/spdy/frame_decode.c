@@ -237,7 +237,8 @@ int lc__spdy_decode(lc_spdy_decoder *d, const uint8_t *p, size_t n, size_t *used
                 size_t k = LC_SPDY_HEADER_LEN - d->head_have;
                 if (k > n - i)
                     k = n - i;
-                memcpy(d->head + d->head_have, p + i, k);
+                if (k > 0) /* (p may be NULL with n == 0) */
+                    memcpy(d->head + d->head_have, p + i, k);
                 d->head_have = (uint8_t)(d->head_have + k);
                 i += k;
                 if (d->head_have < LC_SPDY_HEADER_LEN) {

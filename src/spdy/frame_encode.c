@@ -67,6 +67,9 @@ static int put_with_block(lc_buf *b, lc_spdy_deflater *z, uint16_t type, uint8_t
                           const uint8_t *fixed, uint32_t nfixed,
                           const lc_spdy_header *h, size_t n)
 {
+    size_t bound = lc__spdy_deflate_bound(z, h, n);
+    if (bound > LC_SPDY_MAX_LENGTH - nfixed)
+        return LC_EINVAL; /* nothing compressed: the deflater stays usable */
     size_t start = b->len;
     if (lc__buf_reserve(b, LC_SPDY_HEADER_LEN + (size_t)nfixed) != 0)
         return LC_ENOMEM;

@@ -447,6 +447,8 @@ static int zlib_run(lc_spdy_inflater *z, size_t cap, const uint8_t *p, size_t n)
         if (room > cap - z->out.len)
             room = cap - z->out.len;
         z->zs.next_out = z->out.data + z->out.len;
+        if (room > UINT32_MAX)
+            room = UINT32_MAX; /* (avail_out is 32 bits: 4 GiB would read as 0) */
         z->zs.avail_out = (uInt)room;
         int r = inflate(&z->zs, Z_SYNC_FLUSH);
         z->out.len += room - z->zs.avail_out;
@@ -599,6 +601,18 @@ static int stored_blocks(lc_spdy_deflater *z, lc_buf *out, const lc_spdy_header 
     p += 5;
     out->len = (size_t)(p - out->data);
     return 0;
+}
+
+size_t lc__spdy_deflate_bound(const lc_spdy_deflater *z, const lc_spdy_header *h, size_t n)
+{
+    size_t raw = raw_size(h, n);
+    if (raw == 0)
+        return 0;
+    if (z->level == 0) /* what stored_blocks writes */
+        return (z->state == 0 ? 6 : 0) + (raw + 65534) / 65535 * 5 + raw + 5;
+    /* zlib's worst case (deflateBound's form), the zlib header with DICTID,
+     * and the sync flush's empty stored block, with margin */
+    return raw + (raw >> 12) + (raw >> 14) + (raw >> 25) + 13 + 6 + 5 + 16;
 }
 
 int lc__spdy_deflate_block(lc_spdy_deflater *z, lc_buf *out, const lc_spdy_header *h, size_t n)

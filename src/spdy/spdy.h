@@ -209,7 +209,9 @@ void lc__spdy_inflater_free(lc_spdy_inflater *z);
  * lim may be NULL (defaults). On success *pairs / *npairs describe the block
  * (valid as said above). Errors: LC__SPDY_EZLIB, LC__SPDY_EHBLOCK_SIZE,
  * LC__SPDY_EHBLOCK, LC__SPDY_EHPAIRS, LC__SPDY_EHUPPER, LC__SPDY_EHDUP,
- * LC__SPDY_EHNAME, LC_ENOMEM. Every error is sticky: the stream state is lost.
+ * LC__SPDY_EHNAME, LC_ENOMEM. Every error is sticky: the stream state is lost;
+ * except LC_ENOMEM before anything of the first block was read (its zlib
+ * header): nothing was consumed, and a later call may try again.
  */
 int lc__spdy_inflate_block(lc_spdy_inflater *z, const lc_spdy_limits *lim,
                            const uint8_t *p, size_t n,
@@ -244,6 +246,13 @@ void lc__spdy_deflater_free(lc_spdy_deflater *z);
  * (sticky). out->len is restored on every failure.
  */
 int lc__spdy_deflate_block(lc_spdy_deflater *z, lc_buf *out, const lc_spdy_header *h, size_t n);
+
+/*
+ * The most bytes lc__spdy_deflate_block can append for h[0..n) with z as it
+ * is now (exact at level 0), so that a frame that could not carry the block
+ * is refused before anything is compressed; 0 for bad pairs.
+ */
+size_t lc__spdy_deflate_bound(const lc_spdy_deflater *z, const lc_spdy_header *h, size_t n);
 
 /* ---- decoder ------------------------------------------------------------- */
 
@@ -360,8 +369,10 @@ static inline void lc__spdy_control_header(uint8_t out[LC_SPDY_HEADER_LEN], uint
 /*
  * Frame encoders: each appends one whole frame to b and returns 0, or fails
  * with b->len unchanged: LC_EINVAL (a stream id of 0 where a stream is
- * needed or above 2^31 - 1, a payload over 2^24 - 1, priority > 7, bad header
- * pairs), LC_ENOMEM, LC__SPDY_EBROKEN (deflater unusable).
+ * needed or above 2^31 - 1, a payload over 2^24 - 1, a header block whose
+ * compressed form could make it so (refused before compressing: the
+ * deflater stays usable), priority > 7, bad header pairs), LC_ENOMEM,
+ * LC__SPDY_EBROKEN (deflater unusable).
  * The header-block frames compress through z, the session's sending context:
  * frames must reach the wire in the order they were encoded.
  */

@@ -614,6 +614,46 @@ static void test_unknown_stream_unknown_frame_and_ping(void **st)
     nt_raw_close(&p);
 }
 
+/* A SYN_STREAM whose libchan-ref is not a decimal number below 2^64 is
+ * reset (RST_STREAM PROTOCOL_ERROR), as Go does; no channel comes of it and
+ * the session goes on. "30000000000000000000" used to be taken, as
+ * 11553255926290448384 (a review helper: the overflow check missed most
+ * wraps), so two different refs could name one stream. */
+static void test_unparsable_libchan_ref_resets_that_stream(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    static const char *const bad[] = { "abc", "", "18446744073709551616", "30000000000000000000",
+                                       "99999999999999999999", "-1", "1 " };
+    nt_raw p;
+    nt_raw_open(&p, NULL);
+    lc_buf b;
+    lc__buf_init(&b);
+    uint32_t id = 1;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++, id += 2) {
+        lc_spdy_header h = { "libchan-ref", 11, bad[i], strlen(bad[i]) };
+        assert_int_equal(lc__spdy_put_syn_stream(&b, &p.z, id, 0, 0, 0, 0, &h, 1), 0);
+        nt_raw_send(&p, &b);
+        lc_spdy_frame f;
+        int rc = nt_raw_expect(&p, LC_SPDY_RST_STREAM, id, &f, 5000);
+        if (rc != 1)
+            fail_msg("libchan-ref \"%s\": no RST_STREAM for stream %u", bad[i], (unsigned)id);
+        assert_int_equal(f.status, LC_SPDY_PROTOCOL_ERROR);
+    }
+    /* the largest ref that parses is a channel */
+    lc_spdy_header h = { "libchan-ref", 11, "18446744073709551615", 20 };
+    assert_int_equal(lc__spdy_put_syn_stream(&b, &p.z, id, 0, 0, 0, 0, &h, 1), 0);
+    nt_put_n(&b, id, 7);
+    nt_raw_send(&p, &b);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0); /* (the first channel announced) */
+    nt_expect_n(r, 7);
+    lc_receiver_release(r);
+    assert_int_equal(lc_session_error(p.s), 0);
+    nt_check_alive(&p, id + 2, 2);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
 int main(void)
 {
     lc__engine_default(); /* its fds live as long as the process */
@@ -636,6 +676,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_late_refs_each_get_the_full_timeout, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_ref_named_twice_fails_the_channel, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unknown_stream_unknown_frame_and_ping, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_unparsable_libchan_ref_resets_that_stream, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fin_answer_comes_without_other_writes, lc_test_setup, lc_test_teardown),
     };
     return cmocka_run_group_tests_name("net/session_malformed", tests, NULL, NULL);

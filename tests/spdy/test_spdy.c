@@ -587,6 +587,48 @@ static void test_encode_header_frame_errors(void **state)
     free(r);
     lc__spdy_decoder_free(&d);
 
+    /* a block that cannot fit in a frame (2^24 - 1) is refused before it is
+     * compressed, at level 0 (sessions) and 6: the deflater goes on (it was
+     * left broken for good, every later block failing) */
+    size_t big_n = (size_t)LC_SPDY_MAX_LENGTH;
+    char *big_v = malloc(big_n);
+    assert_non_null(big_v);
+    memset(big_v, 'v', big_n);
+    lc_spdy_header big[] = {{"a", 1, big_v, big_n}};
+    lc_spdy_header fits[] = {{"a", 1, big_v, big_n - 2000}}; /* (with 257 stored blocks) */
+    for (int level = 0; level <= 6; level += 6) {
+        lc_spdy_deflater zl;
+        lc__spdy_deflater_init(&zl, level);
+        lc_buf bb;
+        lc__buf_init(&bb);
+        assert_int_equal(lc__spdy_put_syn_stream(&bb, &zl, 1, 0, 0, 0, 0, ok, 1), 0); /* (state 1) */
+        size_t at = bb.len;
+        assert_int_equal(lc__spdy_put_headers(&bb, &zl, 1, 0, big, 1), LC_EINVAL);
+        assert_int_equal(bb.len, at);
+        if (level == 0) /* exact at level 0: one just under the limit goes */
+            assert_int_equal(lc__spdy_put_headers(&bb, &zl, 1, 0, fits, 1), 0);
+        assert_int_equal(lc__spdy_put_syn_stream(&bb, &zl, 3, 0, 0, 0, 0, ok, 1), 0);
+        lc_spdy_decoder dl;
+        lc_spdy_limits lim = {0};
+        lim.max_frame = LC_SPDY_MAX_LENGTH;
+        lim.max_control_frame = LC_SPDY_MAX_LENGTH;
+        lim.max_header_block = 32u << 20;
+        lc__spdy_decoder_init(&dl, &lim);
+        size_t used;
+        lc_spdy_frame none;
+        assert_int_equal(lc__spdy_decode(&dl, NULL, 0, &used, &none), 0); /* (UB once) */
+        assert_int_equal(used, 0);
+        rec *rl = rec_new();
+        assert_int_equal(feed(&dl, rl, bb.data, bb.len), 0);
+        assert_int_equal(rl->n, level == 0 ? 3 : 2);
+        assert_header(&rl->fr[rl->n - 1], "a", "1");
+        free(rl);
+        lc__spdy_decoder_free(&dl);
+        lc__buf_free(&bb);
+        lc__spdy_deflater_free(&zl);
+    }
+    free(big_v);
+
     /* the uncompressed form has the same rules */
     lc_buf raw;
     lc__buf_init(&raw);
