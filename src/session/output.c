@@ -28,8 +28,7 @@ static void wake_timer(void *ctx);
  */
 void lc__wake_after_flush_locked(lc_session *s)
 {
-    if (s->wake_scheduled || s->eng == NULL || !atomic_load(&s->senders_blocked) ||
-        pending_out(s) >= s->opt.max_pending_out / 2)
+    if (s->wake_scheduled || s->eng == NULL || !atomic_load(&s->senders_blocked) || !output_low(s))
         return;
     session_ref(s);
     lc_timer_id id;
@@ -45,6 +44,7 @@ void lc__wake_after_flush_locked(lc_session *s)
 typedef enum { FLUSH_ONCE, FLUSH_ALL, FLUSH_ALL_BUT_FLOOD } flush_how;
 
 static bool schedule_burst_run_locked(lc_session *s, int64_t from);
+static void fd_retry(void *ctx);
 
 /*
  * Writes out what is queued, on the calling thread; wmu held on entry and
@@ -142,6 +142,25 @@ static void flush_rounds(lc_session *s, flush_how how)
         s->in_write = false;
         if (s->flush_waiters)
             pthread_cond_broadcast(&s->flushed);
+        if (w > 0 && nfds > 0)
+            s->fd_retry_ms = 0;
+        if (w == -ETOOMANYREFS && nfds > 0 && s->eng != NULL && !s->dead) {
+            /* The kernel counts the fds in flight in unix sockets against
+             * the sending user's RLIMIT_NOFILE (root is exempt): too many
+             * are on their way to a peer slow to read. Nothing was sent; the
+             * fds stay queued (lc_send waits once FDQ_MAX are) and the write
+             * is tried again a little later, as no readiness says when the
+             * peer has read some. It ended the session (a review helper,
+             * as uid 65534 with 1024 fds: 1447 of 3000 messages sent, the
+             * peer's reads then LC_EPROTO). */
+            s->fd_retry_ms = s->fd_retry_ms == 0 ? 1 : s->fd_retry_ms < 32 ? s->fd_retry_ms * 2 : 32;
+            session_ref(s);
+            lc_timer_id id;
+            if (lc__engine_timer_add(s->eng, lc__now_ns() + (int64_t)s->fd_retry_ms * 1000000, fd_retry, s,
+                                     &id) == 0)
+                return; /* writing stays true: the timer owns it */
+            lc__session_unref(s);
+        }
         if (w == -EAGAIN) {
             if (s->watch != NULL) {
                 /* the engine takes over when the carrier drains */
@@ -353,10 +372,18 @@ static void wake_timer(void *ctx)
     lc_session *s = ctx;
     pthread_mutex_lock(&s->wmu);
     s->wake_scheduled = false;
-    bool low = pending_out(s) < s->opt.max_pending_out / 2;
+    bool low = output_low(s);
     pthread_mutex_unlock(&s->wmu);
     if (low)
         lc__wake_blocked_senders(s);
+    lc__session_unref(s); /* the timer's reference */
+}
+
+/* The write that passes fds, again after ETOOMANYREFS (flush_rounds). */
+static void fd_retry(void *ctx)
+{
+    lc_session *s = ctx;
+    lc__output_ready(s);
     lc__session_unref(s); /* the timer's reference */
 }
 
@@ -366,7 +393,7 @@ void lc__output_ready(lc_session *s)
     pthread_mutex_lock(&s->wmu);
     s->writing = false;
     lc__flush_locked(s);
-    bool low = pending_out(s) < s->opt.max_pending_out / 2;
+    bool low = output_low(s);
     pthread_mutex_unlock(&s->wmu);
     if (low)
         lc__wake_blocked_senders(s);

@@ -325,7 +325,7 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
         pthread_mutex_unlock(&s->wmu);
         goto fail;
     }
-    if (!block_on_full && (pending_out(s) >= s->opt.max_pending_out || send_window(s, p) <= 0)) {
+    if (!block_on_full && (output_full(s) || send_window(s, p) <= 0)) {
         /* woken by lc__wake_blocked_senders (output drained) or by the
          * peer's WINDOW_UPDATE for this stream */
         atomic_store_explicit(&s->senders_blocked, true, memory_order_release);
@@ -507,7 +507,7 @@ static bool net_writable(void *ctx)
     /* (while FD_ASK waits for its answer no sender of the session is
      * writable: a message with fds would only be refused again) */
     bool w = s->dead || st->local_fin || st->reset ||
-             (pending_out(s) < s->opt.max_pending_out && send_window(s, st) > 0 &&
+             (!output_full(s) && send_window(s, st) > 0 &&
               !(s->fds_asked && !atomic_load(&s->peer_reads_fds)));
     pthread_mutex_unlock(&s->wmu);
     return w;

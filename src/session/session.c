@@ -86,6 +86,24 @@ static void options_resolve(lc_options *dst, const lc_options *src)
 
 /* ---- lifetime ------------------------------------------------------------ */
 
+/* Closes the fds passed to us that no message claimed, and ours still queued
+ * to be sent; the tables stay usable (empty). No I/O may be under way. */
+static void close_passed_fds(lc_session *s)
+{
+    pthread_mutex_lock(&s->wmu);
+    for (size_t i = 0; i < s->fdq_len; i++)
+        close(s->fdq[i]);
+    s->fdq_len = 0;
+    pthread_mutex_unlock(&s->wmu);
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < s->in_fds.cap; i++)
+        if (s->in_fds.slots[i].val != NULL && s->in_fds.slots[i].val != LC_MAP_TOMB)
+            close(lc__val_as_fd(s->in_fds.slots[i].val));
+    lc__map_free(&s->in_fds);
+    s->in_fds_high = false;
+    pthread_mutex_unlock(&s->mu);
+}
+
 void lc__session_unref(lc_session *s)
 {
     if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
@@ -99,14 +117,9 @@ void lc__session_unref(lc_session *s)
     lc__buf_free(&s->inflight);
     lc__map_free(&s->streams);
     lc__map_free(&s->peer_refs);
-    for (size_t i = 0; i < s->in_fds.cap; i++) /* passed to us, never claimed */
-        if (s->in_fds.slots[i].val != NULL && s->in_fds.slots[i].val != LC_MAP_TOMB)
-            close(lc__val_as_fd(s->in_fds.slots[i].val));
-    lc__map_free(&s->in_fds);
+    close_passed_fds(s);
     for (size_t i = 0; i < SKIMS_KEEP; i++)
         lc__skim_drop(&s->skims[i]);
-    for (size_t i = 0; i < s->fdq_len; i++)
-        close(s->fdq[i]);
     free(s->fdq);
     free(s->fdq_at);
     free(s->rbuf);
@@ -1061,5 +1074,12 @@ LC_API void lc_session_free(lc_session *s)
     s->conn = NULL;
     pthread_mutex_unlock(&s->wmu);
     lc__conn_close(conn);
+    /* and the passed fds it holds: they waited for the session's last
+     * reference, which a Sender the application keeps can hold for ever
+     * (found by a review helper: 7302 fds of a freed session). A message
+     * still inside the session that names one of them is lost now, as
+     * when the session dies before its fd has come (its channel ends with
+     * LC_ESESSION). */
+    close_passed_fds(s);
     lc__session_unref(s);
 }

@@ -197,6 +197,7 @@ struct lc_session {
     struct lc_fdq_at { uint64_t gen; size_t off; } *fdq_at; /* wmu: where fdq[i]'s message starts
                              (out_gen of its buffer, offset in it) */
     size_t fdq_len, fdq_cap;
+    int fd_retry_ms;      /* wmu: the next wait after ETOOMANYREFS (0: none yet) */
     uint32_t peer_window; /* wmu: its INITIAL_WINDOW_SIZE for the streams we send on */
 
     /* mu: tables and state */
@@ -315,6 +316,27 @@ static inline size_t fd_queued(const lc_stream *st)
 static inline size_t pending_out(lc_session *s)
 {
     return s->out.len + (s->inflight.len - s->inflight_off) + s->direct_out;
+}
+
+/*
+ * Passed fds queued to be sent past which lc_send waits, as for a full
+ * output: each is an open fd of the process until the write that carries it,
+ * and a message passing one is only ~20 bytes, so max_pending_out alone let
+ * a session hold thousands for a peer that does not read (a review helper:
+ * 7304, and the application's own open() failing with EMFILE).
+ */
+#define FDQ_MAX 256
+
+/* Is the output full for the application's sends (wmu held)? */
+static inline bool output_full(lc_session *s)
+{
+    return pending_out(s) >= s->opt.max_pending_out || s->fdq_len >= FDQ_MAX;
+}
+
+/* Has the output drained enough to wake the senders it blocked (wmu held)? */
+static inline bool output_low(lc_session *s)
+{
+    return pending_out(s) < s->opt.max_pending_out / 2 && s->fdq_len < FDQ_MAX / 2;
 }
 
 /* Bytes the peer still lets us send on st (wmu held); unlimited toward a

@@ -20,6 +20,15 @@
  *                                (no fd for the engine); prints "refused: <err>"
  *                                when lc_dial fails cleanly, then raises the limit
  *                                again and dials URL once more, which must work.
+ *   peer_proc pass-fds-limited URL N  as an unprivileged user (uid 65534 when
+ *                                run as root) with RLIMIT_NOFILE 512, dials URL and
+ *                                waits for a message on the first channel the
+ *                                test opens, then sends N messages {I: i, F: a
+ *                                pipe's read end}
+ *                                on one channel (fd passing); prints "blocked" the
+ *                                first time a send must wait, goes on with
+ *                                blocking sends, closes the session, and prints
+ *                                "sent N" when every send and the close worked.
  *   peer_proc partial-frame URL  raw SPDY on a unix socket: opens channel 1, sends
  *                                {N: 1}, then a DATA frame header announcing 100
  *                                bytes followed by 10 of them; prints "ready";
@@ -37,6 +46,8 @@
  */
 #include <pthread.h>
 #include <sched.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
@@ -395,6 +406,69 @@ static int run_dial_at_fd_limit(const char *url)
     return 0;
 }
 
+/* The kernel counts fds in flight in unix sockets against the sending user's
+ * RLIMIT_NOFILE (root is exempt): with a receiver slow to read, sendmsg
+ * fails with ETOOMANYREFS, which must be waited out, not end the session. */
+static int run_pass_fds_limited(const char *url, int n)
+{
+    struct rlimit rl = { 512, 512 };
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        DIE("setrlimit");
+    if (getuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0))
+        DIE("cannot leave root");
+    lc_session *s;
+    lc_error err = { 0 };
+    if (lc_dial(url, NULL, &s, &err) != 0)
+        DIE("dial %s: %s", url, err.text);
+    /* the test's hello first: once a message from it has come, so have its
+     * SETTINGS (its first frame), which say it takes passed fds; streams
+     * sent before them go as sub-streams */
+    lc_receiver *hello_r;
+    lc_msg *hello;
+    if (lc_session_receiver(s, &hello_r, 20000) != 0 || lc_recv(hello_r, &hello, 20000) != 0)
+        DIE("no hello from the test");
+    lc_msg_free(hello);
+    lc_receiver_release(hello_r);
+    lc_sender *tx;
+    if (lc_session_sender(s, &tx) != 0)
+        DIE("sender");
+    int p[2];
+    if (pipe(p) != 0)
+        DIE("pipe");
+    bool told = false;
+    for (int i = 0; i < n; i++) {
+        int d = fcntl(p[0], F_DUPFD_CLOEXEC, 3);
+        if (d < 0)
+            DIE("dup for message %d: %s", i, strerror(errno));
+        lc_msg *m = lc_pack("{s:i, s:F}", "I", i, "F", d);
+        /* the first one blocks for the fd-passing handshake (FD_ASK) */
+        int rc = i == 0 || told ? LC_ETIMEDOUT : lc_send(tx, m, 0);
+        if (rc == LC_ETIMEDOUT) {
+            if (i > 0 && !told) {
+                say("blocked");
+                told = true;
+            }
+            rc = lc_send(tx, m, 20000);
+        }
+        if (rc != 0)
+            DIE("send %d: %s (session: %s)", i, lc_strerror(rc), lc_strerror(lc_session_error(s)));
+    }
+    if (!told)
+        DIE("no send ever waited");
+    lc_close(tx);
+    lc_sender_release(tx);
+    int rc = lc_session_close(s, 20000);
+    if (rc != 0)
+        DIE("lc_session_close: %s", lc_strerror(rc));
+    lc_session_free(s);
+    close(p[0]);
+    close(p[1]);
+    char line[32];
+    snprintf(line, sizeof line, "sent %d", n);
+    say(line);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     alarm(60);
@@ -405,6 +479,8 @@ int main(int argc, char **argv)
         return run_proxy(argv[2], argv[3]);
     if (argc == 3 && strcmp(argv[1], "dial-at-fd-limit") == 0)
         return run_dial_at_fd_limit(argv[2]);
+    if (argc == 4 && strcmp(argv[1], "pass-fds-limited") == 0)
+        return run_pass_fds_limited(argv[2], atoi(argv[3]));
     if (argc == 3 && strcmp(argv[1], "partial-frame") == 0)
         return run_partial(argv[2], true);
     if (argc == 3 && strcmp(argv[1], "partial-msg") == 0)
@@ -413,6 +489,6 @@ int main(int argc, char **argv)
         return run_flood(argv[2]);
     if (argc == 3 && strcmp(argv[1], "exit-live") == 0)
         return run_exit_live(argv[2]);
-    fprintf(stderr, "usage: peer_proc echo|proxy|dial-at-fd-limit|partial-frame|partial-msg|flood|exit-live URL [UPSTREAM]\n");
+    fprintf(stderr, "usage: peer_proc echo|proxy|dial-at-fd-limit|pass-fds-limited|partial-frame|partial-msg|flood|exit-live URL [UPSTREAM]\n");
     return 2;
 }

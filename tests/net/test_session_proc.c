@@ -15,6 +15,7 @@
 
 #include <signal.h>
 #include <stdatomic.h>
+#include <sys/stat.h>
 
 #include "nettest.h"
 
@@ -108,6 +109,70 @@ static void test_proxy_process_over_tcp_both_ways(void **st)
 {
     LC_TEST_DEADLINE(40);
     run_proxy("tcp://127.0.0.1:0", "tcp://127.0.0.1:0");
+}
+
+/* ---- passed fds past the kernel's in-flight limit -------------------------------- */
+
+/*
+ * An unprivileged process passes 2000 fds, one per message, to us; we read
+ * none until its sends wait. The fds in flight in the socket count against
+ * its RLIMIT_NOFILE (512): sendmsg fails with ETOOMANYREFS, which used to end
+ * its session (a review helper: 1447 of 3000 sent, our reads then
+ * LC_EPROTO). It is waited out now, and lc_send waits once FDQ_MAX fds are
+ * queued: every message arrives, in order, each with its own open pipe.
+ */
+static void test_passed_fds_past_the_in_flight_limit(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(60);
+    enum { N = 2000 };
+    char url[128];
+    nt_unix_url(url, sizeof url);
+    lc_listener *l;
+    lc_error err = { 0 };
+    assert_int_equal(lc_listen(url, NULL, &l, &err), 0);
+    assert_int_equal(chmod(url + strlen("unix://"), 0777), 0); /* (for uid 65534) */
+    nt_proc c;
+    char nbuf[16];
+    snprintf(nbuf, sizeof nbuf, "%d", N);
+    const char *args[] = { "pass-fds-limited", url, nbuf, NULL };
+    nt_proc_start(&c, args);
+    lc_session *s;
+    assert_int_equal(lc_accept(l, &s, 10000), 0);
+    lc_sender *hello;
+    assert_int_equal(lc_session_sender(s, &hello), 0);
+    assert_int_equal(lc_send(hello, lc_pack("{s:i}", "Hello", 1), 10000), 0);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(s, &r, 10000), 0);
+    const char *line = nt_proc_line(&c, 20000);
+    if (line == NULL || strcmp(line, "blocked") != 0)
+        fail_msg("peer_proc said %s (want blocked); our session: %s", line ? line : "(nothing)",
+                 lc_strerror(lc_session_error(s)));
+    for (int i = 0; i < N; i++) {
+        lc_msg *m;
+        int rc = lc_recv(r, &m, 10000);
+        if (rc != 0)
+            fail_msg("message %d: %s (session: %s)", i, lc_strerror(rc), lc_strerror(lc_session_error(s)));
+        int got, fd;
+        assert_int_equal(lc_unpack(m, "{s:i, s:F}", "I", &got, "F", &fd), 0);
+        lc_msg_free(m);
+        assert_int_equal(got, i);
+        struct stat sb;
+        assert_int_equal(fstat(fd, &sb), 0);
+        assert_true(S_ISFIFO(sb.st_mode));
+        close(fd);
+    }
+    lc_msg *m;
+    assert_int_equal(lc_recv(r, &m, 10000), LC_EOF);
+    line = nt_proc_line(&c, 20000);
+    if (line == NULL || strcmp(line, "sent 2000") != 0)
+        fail_msg("peer_proc said %s (want sent 2000)", line ? line : "(nothing)");
+    int ps = nt_proc_wait(&c);
+    assert_true(WIFEXITED(ps) && WEXITSTATUS(ps) == 0);
+    lc_sender_release(hello);
+    lc_receiver_release(r);
+    lc_session_free(s);
+    lc_listener_close(l);
 }
 
 /* ---- a session that cannot start ------------------------------------------- */
@@ -440,6 +505,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_proxy_process_forwards_requests_and_replies, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_proxy_process_over_tcp_both_ways, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_passed_fds_past_the_in_flight_limit, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_dial_when_session_cannot_start, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_peer_killed_mid_frame, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_peer_killed_mid_message, lc_test_setup, lc_test_teardown),

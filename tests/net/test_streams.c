@@ -429,6 +429,68 @@ static void test_fd_passed_as_itself_over_unix(void **st)
     run_fd_pass(url, true, false);
 }
 
+/* The fds a session holds for passing go with lc_session_free, even while
+ * the application keeps one of its Senders: they waited for the session's
+ * last reference (a review helper: 7302 fds of a freed session stayed open
+ * until its Sender was released). Here the peer never reads: the fds queue
+ * up to the bound where lc_send waits (FDQ_MAX), then the session is freed. */
+static void test_session_free_closes_fds_queued_to_pass(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    char url[128];
+    snprintf(url, sizeof url, "unix:///tmp/lc-fdq-%d.sock", (int)getpid());
+    lc_listener *l;
+    lc_session *c, *sv;
+    session_pair(url, &l, &c, &sv);
+    lc_sender *ch;
+    assert_int_equal(lc_session_sender(c, &ch), 0);
+    /* a message each way: both sides' SETTINGS read (fd passing on) */
+    assert_int_equal(lc_send(ch, lc_pack("{s:i}", "Hello", 1), 5000), 0);
+    lc_receiver *in;
+    assert_int_equal(lc_session_receiver(sv, &in, 5000), 0);
+    lc_msg *m;
+    assert_int_equal(lc_recv(in, &m, 5000), 0);
+    lc_msg_free(m);
+    lc_sender *back;
+    assert_int_equal(lc_session_sender(sv, &back), 0);
+    assert_int_equal(lc_send(back, lc_pack("{s:i}", "Hello", 2), 5000), 0);
+    lc_receiver *back_r;
+    assert_int_equal(lc_session_receiver(c, &back_r, 5000), 0);
+    assert_int_equal(lc_recv(back_r, &m, 5000), 0);
+    lc_msg_free(m);
+    lc_receiver_release(back_r);
+    lc_sender_release(back);
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    int base = lc_test_count_fds();
+    /* the first one waits for the fd-passing handshake; then until a send must wait */
+    assert_int_equal(lc_send(ch, lc_pack("{s:F}", "F", fcntl(p[0], F_DUPFD_CLOEXEC, 3)), 5000), 0);
+    int sent = 1;
+    for (;; sent++) {
+        lc_msg *x = lc_pack("{s:F}", "F", fcntl(p[0], F_DUPFD_CLOEXEC, 3));
+        int rc = lc_send(ch, x, 0);
+        if (rc != 0) {
+            assert_int_equal(rc, LC_ETIMEDOUT);
+            lc_msg_free(x);
+            break;
+        }
+        assert_true(sent < 100000);
+    }
+    pthread_mutex_lock(&c->wmu);
+    size_t queued = c->fdq_len;
+    pthread_mutex_unlock(&c->wmu);
+    assert_true(queued >= FDQ_MAX && queued < FDQ_MAX + 8); /* bounded */
+    /* the peer's side holds fds of its own: it goes first */
+    lc_receiver_release(in);
+    lc_session_free(sv);
+    lc_session_free(c);
+    assert_true(lc_test_count_fds() <= base); /* (its carrier went too) */
+    lc_sender_release(ch);
+    close(p[0]);
+    close(p[1]);
+    lc_listener_close(l);
+}
+
 static void test_fd_passed_as_fd_0(void **st)
 {
     LC_TEST_DEADLINE(30);
@@ -710,6 +772,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_go_echo_vector_answered_like_go, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_passed_as_itself_over_unix, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_passed_as_fd_0, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_session_free_closes_fds_queued_to_pass, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_becomes_substream_over_tcp, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_stream_into_closed_pipe_does_not_raise_sigpipe, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_pipes_we_read_grow_within_a_bound, lc_test_setup, lc_test_teardown),
