@@ -614,7 +614,8 @@ LC_API int lc_session_receiver(lc_session *s, lc_receiver **out, int64_t timeout
  * the GOAWAY, with the byte streams it carries: never accepted and dropped.
  * Channel ends of the session stay valid handles and fail with LC_ESESSION
  * (lc_close of one of its Senders still succeeds: it closes the local end).
- * Does not free the session.
+ * A second call (another thread's) waits for the first and returns what it
+ * returns. Does not free the session.
  */
 LC_API int lc_session_close(lc_session *s, int64_t timeout_ms);
 /* The session's first fatal error (0 while healthy): LC_ESESSION for a
@@ -623,8 +624,11 @@ LC_API int lc_session_close(lc_session *s, int64_t timeout_ms);
 LC_API int lc_session_error(lc_session *s);
 /* Releases the session handle. An open session is closed abruptly (use
  * lc_session_close first to flush). Its channel ends stay valid handles.
- * Threads blocked in lc_session_receiver or lc_session_close on it return
- * LC_ESESSION; no call on the handle may start once this one has begun.
+ * Threads blocked in lc_session_receiver on it return LC_ESESSION; one
+ * blocked in lc_session_close returns at once: LC_ESESSION while what it had
+ * to send was not all written (or a channel it opened not yet answered),
+ * 0 when only the peer's hang-up was awaited. No call on the handle may
+ * start once this one has begun.
  * A process may also simply exit() with sessions open and threads using
  * them: the library then leaves its I/O thread to the process's end (what
  * was not flushed is lost, as with any socket the kernel closes). */

@@ -157,14 +157,17 @@ static void flush_rounds(lc_session *s, flush_how how)
             session_ref(s);
             lc_timer_id id;
             if (lc__engine_timer_add(s->eng, lc__now_ns() + (int64_t)s->fd_retry_ms * 1000000, fd_retry, s,
-                                     &id) == 0)
+                                     &id) == 0) {
+                s->out_handed = true;
                 return; /* writing stays true: the timer owns it */
+            }
             lc__session_unref(s);
         }
         if (w == -EAGAIN) {
             if (s->watch != NULL) {
                 /* the engine takes over when the carrier drains */
                 lc__engine_arm(s->watch, EPOLLOUT);
+                s->out_handed = true;
                 return; /* writing stays true: the EPOLLOUT callback owns it */
             }
             /* The session ended while wmu was dropped for the syscall:
@@ -391,7 +394,13 @@ static void fd_retry(void *ctx)
 void lc__output_ready(lc_session *s)
 {
     pthread_mutex_lock(&s->wmu);
-    s->writing = false;
+    /* only the writer's role handed over is taken back: an EPOLLOUT nobody
+     * asked for (another event's, or a watch slot's former owner's) must not
+     * start a second writer beside one in its syscall */
+    if (s->out_handed) {
+        s->out_handed = false;
+        s->writing = false;
+    }
     lc__flush_locked(s);
     bool low = output_low(s);
     pthread_mutex_unlock(&s->wmu);

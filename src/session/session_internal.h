@@ -138,6 +138,7 @@ struct lc_session {
     size_t direct_out;    /* wmu: bytes of a byte stream's frame being written
                              straight from its pump's buffer (bytes_write_direct) */
     bool writing;         /* a writer owns the output (maybe waiting for EPOLLOUT) */
+    bool out_handed;      /* wmu: ...which the EPOLLOUT callback or fd_retry now owns */
     bool in_write;        /* a thread is inside the write syscall */
     bool flush_scheduled; /* an engine run will write what is queued */
     bool flood;           /* the last such run found a flood's batch */
@@ -236,6 +237,10 @@ struct lc_session {
     bool in_fds_high;
     size_t fds_over;      /* mu: byte streams holding more than BYTES_BUF for their fd */
     bool goaway_sent, goaway_recv, closing;
+    bool close_done;      /* mu: the first lc_session_close has returned close_rc */
+    bool sends_cut;       /* mu: the session ended while this side was still sending
+                             (a pump held messages, a byte stream was not at EOF) */
+    int close_rc;
     /* reading stopped: a local queue is full. Written under mu; read without
      * it where a stale value only costs a round (drive, resume_reading's
      * fast path) */

@@ -689,6 +689,60 @@ static void test_listener_shutdown_stops_an_accept_loop(void **st)
     }
 }
 
+/* Two threads call lc_session_close at once: the second waits for the first
+ * and says what it said, 0, and the session ends cleanly. The second wrote
+ * another GOAWAY after the first's half-close and met EPIPE: the session's
+ * error became -ECONNRESET (a review helper: 5 of 20 rounds). */
+typedef struct {
+    lc_session *s;
+    pthread_barrier_t *bar;
+    int rc;
+} closer_arg;
+
+static void *closer(void *x)
+{
+    closer_arg *a = x;
+    pthread_barrier_wait(a->bar);
+    a->rc = lc_session_close(a->s, 5000);
+    return NULL;
+}
+
+static void test_two_threads_close_one_session(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    for (int round = 0; round < 20; round++) {
+        pair p;
+        open_pair(&p, round % 2 ? "tcp://127.0.0.1:0" : unix_url());
+        lc_sender *tx;
+        assert_int_equal(lc_session_sender(p.client, &tx), 0);
+        assert_int_equal(lc_send(tx, lc_pack("{s:i}", "N", round), 5000), 0);
+        lc_receiver *rx;
+        assert_int_equal(lc_session_receiver(p.server, &rx, 5000), 0);
+        /* the server closes once the client's GOAWAY has come (its end) */
+        pthread_barrier_t bar;
+        pthread_barrier_init(&bar, NULL, 2);
+        closer_arg a[2] = { { p.client, &bar, 99 }, { p.client, &bar, 99 } };
+        pthread_t t[2];
+        for (int i = 0; i < 2; i++)
+            pthread_create(&t[i], NULL, closer, &a[i]);
+        lc_msg *m;
+        assert_int_equal(lc_recv(rx, &m, 5000), 0);
+        lc_msg_free(m);
+        assert_int_equal(lc_session_close(p.server, 5000), 0);
+        for (int i = 0; i < 2; i++) {
+            pthread_join(t[i], NULL);
+            if (a[i].rc != 0)
+                fail_msg("round %d: closer %d: %s (session: %s)", round, i, lc_strerror(a[i].rc),
+                         lc_strerror(lc_session_error(p.client)));
+        }
+        assert_int_equal(lc_session_error(p.client), LC_ESESSION); /* a clean end */
+        pthread_barrier_destroy(&bar);
+        lc_sender_release(tx);
+        lc_receiver_release(rx);
+        close_pair(&p);
+    }
+}
+
 /* A client that connects and hangs up before lc_accept takes it (also what a
  * second lc_listen on a live unix path leaves behind where it cannot ask
  * sock_diag: it probes the path by connecting) is skipped: lc_accept does not
@@ -1456,6 +1510,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_listener_close_ends_blocked_accepts, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_accept_skips_connections_already_over, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_listener_shutdown_stops_an_accept_loop, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_two_threads_close_one_session, lc_test_setup, lc_test_teardown),
     };
     return cmocka_run_group_tests_name("net/session", tests, NULL, NULL);
 }

@@ -2411,6 +2411,106 @@ static void test_carrier_lost_under_a_byte_stream(void **st)
     nt_raw_close(&p);
 }
 
+/* lc_session_close while a Receiver this side sent still holds messages
+ * (the pump waits for the peer's window), and the peer goes away: the
+ * messages can no longer go, and the close says so. It returned 0 (a review
+ * helper: the peer had 1 of 3). */
+/* (close_fn: lc_session_close with 3 s, NO_REPLIES tests above) */
+
+/* Waits until lc_session_close has begun on s (on another thread). */
+static void wait_close_begun(lc_session *s)
+{
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        bool begun = s->closing;
+        pthread_mutex_unlock(&s->mu);
+        if (begun)
+            return;
+        sched_yield();
+    }
+}
+static void test_close_reports_pumped_messages_it_could_not_send(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    nt_raw p;
+    nt_raw_open(&p, NULL);
+    lc_buf b;
+    lc__buf_init(&b);
+    put_settings(&b, 64, LC_FEATURE_WINDOWS | LC_FEATURE_NO_REPLIES);
+    assert_int_equal(lc__spdy_put_ping(&b, 1), 0);
+    nt_raw_send(&p, &b);
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 5000), 1);
+    lc_sender *s;
+    assert_int_equal(lc_session_sender(p.s, &s), 0);
+    lc_receiver *lr;
+    lc_sender *lw;
+    assert_int_equal(lc_pipe(&lr, &lw, 8), 0);
+    char pad[101];
+    memset(pad, 'p', 100);
+    pad[100] = 0;
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(lc_send(lw, lc_pack("{s:i, s:s}", "N", i, "Pad", pad), 0), 0);
+    assert_int_equal(lc_send(s, lc_pack("{s:R}", "R", lr), 5000), 0);
+    /* the first pumped message overdraws the 64-byte window, the second is
+     * held, the third waits in the Receiver */
+    int64_t end = lc_test_now_us() + 5000000;
+    while (lc_receiver_queued(lr) != 1) {
+        if (lc_test_now_us() > end)
+            fail_msg("the pump did not stop at the window (%zu queued)", lc_receiver_queued(lr));
+        sched_yield();
+    }
+    close_arg a = { p.s, 99, 0 };
+    pthread_t t;
+    pthread_create(&t, NULL, close_fn, &a);
+    wait_close_begun(p.s);
+    close(p.fd); /* the peer goes */
+    p.fd = -1;
+    pthread_join(t, NULL);
+    /* the session's error (the carrier's end: a reset, or a clean end) */
+    if (a.rc == 0)
+        fail_msg("lc_session_close returned 0 with 2 pumped messages never sent");
+    assert_int_equal(a.rc, lc_session_error(p.s));
+    lc_sender_release(s);
+    lc_sender_release(lw);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
+/* A Go-like peer (no SETTINGS, so SYN_REPLYs are awaited) that never answers
+ * the channel we opened; lc_session_close waits for the answer, and another
+ * thread frees the session: the close returns LC_ESESSION at once, as
+ * lc_session_free promises (it returned 0, though a Go peer drops the
+ * messages of a channel it had not answered). */
+static void test_close_waiting_for_replies_ends_with_free(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    nt_raw p;
+    nt_raw_open(&p, NULL);
+    lc_buf b;
+    lc__buf_init(&b);
+    assert_int_equal(lc__spdy_put_ping(&b, 1), 0);
+    nt_raw_send(&p, &b);
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 5000), 1);
+    lc_sender *s;
+    assert_int_equal(lc_session_sender(p.s, &s), 0);
+    assert_int_equal(lc_send(s, lc_pack("{s:i}", "N", 1), 5000), 0);
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_DATA, 0, NULL, 5000), 1);
+    close_arg a = { p.s, 99, 0 };
+    pthread_t t;
+    pthread_create(&t, NULL, close_fn, &a);
+    wait_close_begun(p.s);
+    int64_t t0 = lc_test_now_us();
+    lc_session *gone = p.s;
+    p.s = NULL;
+    lc_session_free(gone);
+    pthread_join(t, NULL);
+    assert_int_equal(a.rc, LC_ESESSION);
+    assert_true(lc_test_now_us() - t0 < 2000000); /* at once, not at its 3 s timeout */
+    lc_sender_release(s);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
 int main(void)
 {
     lc__engine_default(); /* its fds live as long as the process */
@@ -2446,6 +2546,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_goaway_then_more, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_hand_built_header_blocks, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_peer_never_reads_our_sends, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_close_reports_pumped_messages_it_could_not_send, lc_test_setup,
+                                        lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_close_waiting_for_replies_ends_with_free, lc_test_setup,
+                                        lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_byte_stream_leaves_the_output_to_messages, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_no_replies_toward_a_peer_that_said_so, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_streams_opened_after_our_close_are_refused, lc_test_setup, lc_test_teardown),
