@@ -7,6 +7,7 @@
 #include "common/deadline.h"
 
 #include <stdlib.h>
+#include <string.h>
 #include <sys/epoll.h>
 #include <sys/uio.h>
 #include <errno.h>
@@ -391,13 +392,66 @@ static void on_data(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
 }
 
 /* The peer answered a stream we opened (lc_session_close waits for it). */
-static void on_syn_reply(lc_session *s, const lc_spdy_frame *f)
+static void on_rst(lc_session *s, const lc_spdy_frame *f, rd_actions *a);
+
+/* A stream the peer refused (it never took it): ended as a RST would end
+ * it, so its Sender fails (LC_ECLOSED) instead of sending into nothing. */
+static void refused(lc_session *s, uint32_t id, rd_actions *a)
 {
+    lc_spdy_frame rst = { .type = LC_SPDY_RST_STREAM, .stream_id = id, .status = LC_SPDY_REFUSED_STREAM };
+    on_rst(s, &rst, a);
+}
+
+static void on_syn_reply(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
+{
+    /* ":status" other than 200, with FIN: the peer refused the stream (ours
+     * and spdystream send 502 while closing), and drops what comes on it.
+     * Taking it as an answer lost every message sent on it meanwhile (a
+     * review helper). */
+    const lc_spdy_header *h = lc__spdy_header_find(f->headers, f->n_headers, ":status");
+    bool ok = !(f->flags & LC_SPDY_FLAG_FIN) &&
+              (h == NULL || (h->value_len >= 3 && memcmp(h->value, "200", 3) == 0));
+    if (!ok) {
+        refused(s, f->stream_id, a);
+        return;
+    }
     pthread_mutex_lock(&s->mu);
     lc_stream *st = lc__map_get(&s->streams, f->stream_id);
     if (st != NULL)
         lc__reply_came_locked(s, st);
     pthread_mutex_unlock(&s->mu);
+}
+
+/* The peer's GOAWAY: no new top-level channels from us; and the streams we
+ * opened past its last-good id it never took (it stopped reading new ones):
+ * they end as refused, where their Senders went on returning 0 into a peer
+ * that dropped everything (a review helper: for ever toward Go). */
+static void on_goaway(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
+{
+    pthread_mutex_lock(&s->wmu);
+    pthread_mutex_lock(&s->mu);
+    s->goaway_recv = true; /* (lc_session_sender reads it under wmu) */
+    uint32_t *ids = NULL;
+    size_t n = 0, cap = 0;
+    for (size_t i = 0; i < s->streams.cap; i++) {
+        lc_stream *st = s->streams.slots[i].val;
+        if (st == NULL || st == LC_MAP_TOMB || !st->ours || st->id <= f->stream_id)
+            continue;
+        if (n == cap) {
+            size_t nc = cap ? cap * 2 : 16;
+            uint32_t *ni = realloc(ids, nc * sizeof *ni);
+            if (ni == NULL)
+                break; /* (those not refused go on until the carrier ends, as before) */
+            ids = ni;
+            cap = nc;
+        }
+        ids[n++] = st->id;
+    }
+    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->wmu);
+    for (size_t i = 0; i < n; i++)
+        refused(s, ids[i], a);
+    free(ids);
 }
 
 static void on_rst(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
@@ -548,7 +602,7 @@ static void on_settings(lc_session *s, const lc_spdy_frame *f)
     }
 }
 
-static void on_window_update(lc_session *s, const lc_spdy_frame *f)
+static void on_window_update(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
 {
     pthread_mutex_lock(&s->wmu);
     pthread_mutex_lock(&s->mu);
@@ -556,6 +610,19 @@ static void on_window_update(lc_session *s, const lc_spdy_frame *f)
     lc_chan *chan = NULL;
     lc_watch *fdw = NULL;
     lc_msg *held = NULL;
+    if (st != NULL && send_window(s, st) + (int64_t)f->value > 0x7fffffff) {
+        /* SPDY/3: a window past 2^31 - 1 is a stream error, FLOW_CONTROL_ERROR
+         * (it was taken: 4295032830 bytes, a review helper). The stream ends
+         * as if the peer had reset it. */
+        pthread_mutex_unlock(&s->mu);
+        pthread_mutex_unlock(&s->wmu);
+        ctl_arg rst = { f->stream_id, LC_SPDY_FLOW_CONTROL_ERROR };
+        lc__send_control(s, lc__ctl_rst, &rst);
+        lc_spdy_frame ended = { .type = LC_SPDY_RST_STREAM, .stream_id = f->stream_id,
+                                .status = LC_SPDY_FLOW_CONTROL_ERROR };
+        on_rst(s, &ended, a);
+        return;
+    }
     if (st != NULL) {
         st->granted += f->value;
         chan = st->chan;
@@ -622,18 +689,16 @@ static void handle_frame(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
         }
         break;
     case LC_SPDY_GOAWAY:
-        pthread_mutex_lock(&s->mu);
-        s->goaway_recv = true;
-        pthread_mutex_unlock(&s->mu);
+        on_goaway(s, f, a);
         break;
     case LC_SPDY_SETTINGS:
         on_settings(s, f);
         break;
     case LC_SPDY_WINDOW_UPDATE:
-        on_window_update(s, f);
+        on_window_update(s, f, a);
         break;
     case LC_SPDY_SYN_REPLY:
-        on_syn_reply(s, f);
+        on_syn_reply(s, f, a);
         break;
     default:
         break; /* HEADERS, unknown: nothing to do */

@@ -1794,14 +1794,20 @@ static void test_window_settings_and_updates_abuse(void **st)
     nt_raw_send(&p, &b);
     assert_int_equal(lc_send(s, m, 5000), 0);
     assert_int_equal(nt_raw_expect(&p, LC_SPDY_DATA, 2, NULL, 5000), 1);
-    /* many maximal deltas: the window only grows */
+    /* deltas that take the window past 2^31 - 1: SPDY/3's stream error,
+     * RST_STREAM FLOW_CONTROL_ERROR, and the Sender fails (they were added
+     * up to 4 GiB); the session goes on */
     for (int k = 0; k < 64; k++)
         assert_int_equal(lc__spdy_put_window_update(&b, 2, 0x7fffffff), 0);
     nt_raw_send(&p, &b);
-    for (int k = 0; k < 50; k++) {
-        assert_int_equal(lc_send(s, lc_pack("{s:b}", "B", blob, sizeof blob), 5000), 0);
-    }
+    lc_spdy_frame f;
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_RST_STREAM, 2, &f, 5000), 1);
+    assert_int_equal(f.status, LC_SPDY_FLOW_CONTROL_ERROR);
+    lc_msg *late = lc_pack("{s:b}", "B", blob, sizeof blob);
+    assert_int_equal(lc_send(s, late, 5000), LC_ECLOSED);
+    lc_msg_free(late);
     assert_int_equal(lc_session_error(p.s), 0);
+    nt_check_alive(&p, 1, 2);
     lc_sender_release(s);
     lc__buf_free(&b);
     nt_raw_close(&p);
@@ -1811,8 +1817,9 @@ static void test_window_settings_and_updates_abuse(void **st)
 
 /* The peer says GOAWAY with a last-good id below the streams we opened, and
  * then opens new streams anyway. Documented: we open no new channels
- * (LC_ECLOSED); existing ones go on; the peer's later SYN_STREAMs are not
- * forbidden by our docs and are still answered. */
+ * (LC_ECLOSED); ours past its last-good id end as refused (LC_ECLOSED);
+ * the peer's later SYN_STREAMs are not forbidden by our docs and are still
+ * answered. */
 static void test_goaway_then_more(void **st)
 {
     LC_TEST_DEADLINE(30);
@@ -1830,8 +1837,9 @@ static void test_goaway_then_more(void **st)
     assert_int_equal(nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 5000), 1);
     lc_sender *s2 = NULL;
     assert_int_equal(lc_session_sender(p.s, &s2), LC_ECLOSED);
-    assert_int_equal(lc_send(s, lc_pack("{s:i}", "N", 2), 5000), 0);
-    assert_int_equal(nt_raw_expect(&p, LC_SPDY_DATA, 2, NULL, 5000), 1);
+    lc_msg *m2 = lc_pack("{s:i}", "N", 2);
+    assert_int_equal(lc_send(s, m2, 5000), LC_ECLOSED); /* stream 2 > last-good 0 */
+    lc_msg_free(m2);
     /* a second GOAWAY with another status, then a channel of the peer's */
     assert_int_equal(lc__spdy_put_goaway(&b, 0x7fffffff, LC_SPDY_GOAWAY_INTERNAL_ERROR), 0);
     nt_raw_send(&p, &b);
@@ -2511,6 +2519,51 @@ static void test_close_waiting_for_replies_ends_with_free(void **st)
     nt_raw_close(&p);
 }
 
+/* The peer refuses channels we opened: a SYN_REPLY 502 with FIN (what ours
+ * and spdystream answer while closing), or a GOAWAY whose last-good stream id
+ * is below them. Their Senders fail with LC_ECLOSED from then on, where they
+ * went on returning 0 for messages the peer drops; a channel at or below
+ * the last-good id goes on. */
+static void test_refused_channels_fail_their_senders(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    nt_raw p;
+    nt_raw_open(&p, NULL);
+    lc_sender *s[3];
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(lc_session_sender(p.s, &s[i]), 0);
+        assert_int_equal(lc_send(s[i], lc_pack("{s:i}", "N", i), 5000), 0);
+    }
+    lc_spdy_frame f;
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(nt_raw_expect(&p, LC_SPDY_SYN_STREAM, 0, &f, 5000), 1);
+    uint32_t last = f.stream_id; /* ids 2, 4, 6 (we are the server side) */
+    assert_int_equal(last, 6);
+    lc_buf b;
+    lc__buf_init(&b);
+    lc_spdy_header h = { ":status", 7, "502", 3 };
+    assert_int_equal(lc__spdy_put_syn_reply(&b, &p.z, 2, LC_SPDY_FLAG_FIN, &h, 1), 0);
+    assert_int_equal(lc__spdy_put_goaway(&b, 4, LC_SPDY_GOAWAY_OK), 0);
+    assert_int_equal(lc__spdy_put_ping(&b, 7), 0);
+    nt_raw_send(&p, &b);
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 5000), 1); /* all of it read */
+    static const int want[3] = { LC_ECLOSED /* 502 */, 0 /* last-good */, LC_ECLOSED /* past it */ };
+    for (int i = 0; i < 3; i++) {
+        lc_msg *m = lc_pack("{s:i}", "N", 10 + i);
+        int rc = lc_send(s[i], m, 5000);
+        if (rc != 0)
+            lc_msg_free(m); /* (a refused message stays the caller's) */
+        assert_int_equal(rc, want[i]);
+    }
+    lc_sender *more;
+    assert_int_equal(lc_session_sender(p.s, &more), LC_ECLOSED);
+    assert_int_equal(lc_session_error(p.s), 0);
+    for (int i = 0; i < 3; i++)
+        lc_sender_release(s[i]);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
 int main(void)
 {
     lc__engine_default(); /* its fds live as long as the process */
@@ -2550,6 +2603,7 @@ int main(void)
                                         lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_close_waiting_for_replies_ends_with_free, lc_test_setup,
                                         lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_refused_channels_fail_their_senders, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_byte_stream_leaves_the_output_to_messages, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_no_replies_toward_a_peer_that_said_so, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_streams_opened_after_our_close_are_refused, lc_test_setup, lc_test_teardown),
