@@ -115,7 +115,7 @@ void lc__bytes_over_note_locked(lc_session *s, lc_stream *st)
         return;
     st->fd_over = over;
     s->fds_over += over ? 1 : (size_t)-1;
-    if (over && !atomic_load(&s->peer_fc)) {
+    if (over && !atomic_load(&s->peer_fc) && !atomic_load(&s->peer_gone)) {
         s->paused = true;
         lc__close_progress_locked(s);
     }

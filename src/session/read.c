@@ -610,7 +610,8 @@ static void on_window_update(lc_session *s, const lc_spdy_frame *f, rd_actions *
     lc_chan *chan = NULL;
     lc_watch *fdw = NULL;
     lc_msg *held = NULL;
-    if (st != NULL && send_window(s, st) + (int64_t)f->value > 0x7fffffff) {
+    int64_t window = st != NULL ? send_window(s, st) : 0; /* (INT64_MAX: no windows) */
+    if (st != NULL && window <= 0x7fffffff && window + (int64_t)f->value > 0x7fffffff) {
         /* SPDY/3: a window past 2^31 - 1 is a stream error, FLOW_CONTROL_ERROR
          * (it was taken: 4295032830 bytes, a review helper). The stream ends
          * as if the peer had reset it. */
@@ -727,8 +728,9 @@ static void handle_frame(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
  * against 2575-2634 for the plain read/write relay, 4 interleaved runs.
  */
 
-/* Asks the engine for the next EPOLLIN, unless reading is paused or the
- * session is over (the watch pointer is only valid under wmu). */
+/* Asks the engine for the next EPOLLIN, or while reading is paused for the
+ * peer's hang-up only (arm_hangup), unless the session is over (the watch
+ * pointer is only valid under wmu). */
 static void arm_read(lc_session *s)
 {
     pthread_mutex_lock(&s->wmu);
@@ -736,9 +738,23 @@ static void arm_read(lc_session *s)
     bool paused = s->paused;
     pthread_mutex_unlock(&s->mu);
     atomic_store_explicit(&s->lazy, false, memory_order_relaxed);
-    if (s->watch != NULL && !paused)
-        lc__engine_arm(s->watch, EPOLLIN);
+    if (s->watch != NULL)
+        lc__engine_arm(s->watch, paused ? EPOLLRDHUP : EPOLLIN);
     pthread_mutex_unlock(&s->wmu);
+}
+
+/*
+ * While reading is paused the carrier is still watched for the peer's
+ * hang-up or a failure (EPOLLRDHUP, and EPOLLERR/EPOLLHUP that always come):
+ * unwatched, a peer that went away was never seen, and every call blocked
+ * on the session's other channels stayed blocked (a review helper). The
+ * hang-up does not end the session at once: what the carrier still holds
+ * came before it and is bounded now, so lc__carrier_cb notes it (peer_gone)
+ * and reading goes on to the end, its messages kept for their channels.
+ */
+static void arm_hangup(lc_session *s)
+{
+    arm_read(s); /* (paused: EPOLLRDHUP) */
 }
 
 /*
@@ -867,6 +883,8 @@ void lc__ensure_watched(lc_session *s)
  */
 static bool reading_blocked_locked(lc_session *s, bool resuming)
 {
+    if (atomic_load(&s->peer_gone))
+        return false; /* nothing more can come than the carrier holds */
     if (s->in_fds.len > (resuming ? MAX_UNCLAIMED_FDS / 2 : MAX_UNCLAIMED_FDS))
         return true;
     if (atomic_load_explicit(&s->peer_fc, memory_order_relaxed))
@@ -1001,8 +1019,10 @@ static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drain
          * which a peer writing as fast as we read never gives: 64 MiB
          * buffered for an fd nobody read
          * (test_byte_stream_without_windows_pauses_reading). */
-        if (atomic_load_explicit(&s->paused, memory_order_relaxed))
+        if (atomic_load_explicit(&s->paused, memory_order_relaxed)) {
+            arm_hangup(s);
             return false;
+        }
         /* a thread reading for its own channel returns as soon as that has
          * something: the read that would only say EAGAIN is a syscall on
          * the round trip's path (whatever is left, the engine reads) */
@@ -1253,6 +1273,14 @@ void lc__carrier_cb(void *ctx, uint32_t ev)
     atomic_fetch_add_explicit(&s->in_cb, 1, memory_order_acq_rel);
     if (ev & EPOLLOUT)
         lc__output_ready(s);
+    if ((ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) && atomic_load(&s->paused) && !atomic_load(&s->peer_gone)) {
+        /* (arm_hangup) */
+        pthread_mutex_lock(&s->mu);
+        atomic_store(&s->peer_gone, true);
+        s->paused = false;
+        pthread_mutex_unlock(&s->mu);
+        ev |= EPOLLIN;
+    }
     if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
         if (reader_take(s)) {
             lc__tls_reading = s;

@@ -245,6 +245,8 @@ struct lc_session {
      * it where a stale value only costs a round (drive, resume_reading's
      * fast path) */
     _Atomic bool paused;
+    _Atomic bool peer_gone; /* the peer hung up (or the carrier failed) while reading was
+                               paused: what is left is bounded, read it to the end */
 
     lc_spdy_decoder trace_dec; /* wmu: parses our own output when tracing */
 

@@ -2564,6 +2564,71 @@ static void test_refused_channels_fail_their_senders(void **st)
     nt_raw_close(&p);
 }
 
+/* Toward a Go-like peer (no windows), reading is paused for a channel nobody
+ * reads; the peer then hangs up. A call blocked on another channel returns
+ * at once (the carrier was not watched while paused: it stayed blocked for
+ * ever, a review helper), and the paused channel still gets every message
+ * that came before the hang-up, then the end. */
+typedef struct {
+    lc_receiver *r;
+    int rc;
+    atomic_bool done;
+} blocked_recv_arg;
+
+static void *blocked_recv_fn(void *x)
+{
+    blocked_recv_arg *a = x;
+    lc_msg *m = NULL;
+    a->rc = lc_recv(a->r, &m, -1);
+    lc_msg_free(m);
+    atomic_store(&a->done, true);
+    return NULL;
+}
+
+static void test_hang_up_seen_while_reading_is_paused(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    enum { N = 200 };
+    lc_options o;
+    lc_options_default(&o);
+    o.recv_queue = 2;
+    o.stream_window = 65536;
+    nt_raw p;
+    nt_raw_open(&p, &o);
+    lc_buf b;
+    lc__buf_init(&b);
+    nt_put_syn(&p, &b, 1, 2, 0, 0);
+    nt_put_syn(&p, &b, 3, 3, 0, 0);
+    nt_raw_send(&p, &b);
+    lc_receiver *r1, *r3;
+    assert_int_equal(lc_session_receiver(p.s, &r1, 5000), 0);
+    assert_int_equal(lc_session_receiver(p.s, &r3, 5000), 0);
+    static char blob[1024];
+    for (int i = 0; i < N; i++)
+        nt_put_msg(&b, 1, lc_pack("{s:i, s:b}", "N", i, "B", blob, sizeof blob));
+    nt_raw_send(&p, &b); /* (the socketpair holds it all: 200 KiB) */
+    int64_t end = lc_test_now_us() + 5000000;
+    while (!atomic_load(&p.s->paused)) {
+        if (lc_test_now_us() > end)
+            fail_msg("reading did not pause");
+        sched_yield();
+    }
+    blocked_recv_arg a = { r3, 99, false };
+    pthread_t t;
+    pthread_create(&t, NULL, blocked_recv_fn, &a);
+    /* the peer is done: a clean end after what it sent */
+    assert_int_equal(shutdown(p.fd, SHUT_WR), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(a.rc, LC_ESESSION);
+    for (int i = 0; i < N; i++)
+        nt_expect_n(r1, i);
+    assert_int_equal(nt_recv_rc(r1, 5000), LC_ESESSION);
+    lc_receiver_release(r1);
+    lc_receiver_release(r3);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
 int main(void)
 {
     lc__engine_default(); /* its fds live as long as the process */
@@ -2604,6 +2669,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_close_waiting_for_replies_ends_with_free, lc_test_setup,
                                         lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_refused_channels_fail_their_senders, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_hang_up_seen_while_reading_is_paused, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_byte_stream_leaves_the_output_to_messages, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_no_replies_toward_a_peer_that_said_so, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_streams_opened_after_our_close_are_refused, lc_test_setup, lc_test_teardown),
