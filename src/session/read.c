@@ -1316,15 +1316,17 @@ void lc__ref_timer(void *ctx)
             fail[nf++] = lc_sender_retain(st->into);
             lc__waiting_refs_set_locked(s, st, false);
             st->reset = true;
-            /* its undelivered messages go with it (closing their fds) */
-            while (st->pending_head) {
-                lc_msg *m = st->pending_head;
-                st->pending_head = m->next;
+            /* its undelivered messages go with it (closing their fds, also
+             * the passed ones they name), and what it still gets is
+             * skimmed for passed fds */
+            lc_msg *taken = lc__pending_take_all_locked(st);
+            while (taken != NULL) {
+                lc_msg *m = taken;
+                taken = m->next;
                 m->next = dropped;
                 dropped = m;
             }
-            st->pending_tail = NULL;
-            st->npending = 0;
+            lc__skim_start_locked(s, st, NULL, 0, st->remote_fin);
             lc__stream_maybe_done_locked(s, st); /* an ended channel stayed for this (may free st) */
         } else {
             any_waiting = true;

@@ -66,6 +66,43 @@ static void skim_found(void *ctx, uint64_t n)
     /* (not arrived: a peer naming fds it never passed; nothing to close) */
 }
 
+/* The passed fds a value names that no message will claim now: closed. */
+static void drop_passed_refs_locked(lc_session *s, const lc_value *v, int depth)
+{
+    if (v == NULL || depth > 4096)
+        return;
+    if (v->type == LC__REF) {
+        if ((v->u.ref & LC_REF_PASSED_FD) && v->mode >= 1 && v->mode <= 3)
+            skim_found(s, v->u.ref & ~LC_REF_PASSED_FD);
+    } else if (v->type == LC_ARRAY || v->type == LC_MAP) {
+        uint32_t n = v->type == LC_MAP ? 2 * v->len : v->len;
+        for (uint32_t i = 0; i < n; i++)
+            drop_passed_refs_locked(s, v->u.items[i], depth + 1);
+    }
+}
+
+/*
+ * Messages that will never be delivered (their channel was refused, reset,
+ * or its references timed out) may name passed fds not yet claimed: those
+ * are closed now. They stayed in in_fds until the session was freed, and
+ * past MAX_UNCLAIMED_FDS of them reading paused for good (a review helper:
+ * a requester that released its reply Receiver, a responder answering with
+ * fds). Resolved ones are the messages' own and go with lc_msg_free. mu held.
+ */
+void lc__drop_passed_fds_locked(lc_session *s, lc_msg *chain)
+{
+    for (lc_msg *m = chain; m != NULL; m = m->next) {
+        if (!m->has_refs)
+            continue;
+        if (m->body != NULL) {
+            for (uint32_t i = 0; i < m->body_att_len; i++)
+                drop_passed_refs_locked(s, m->body_att[i], 0);
+        } else {
+            drop_passed_refs_locked(s, m->root, 0);
+        }
+    }
+}
+
 /* DATA for a stream no longer in the table: skimmed if it is one that
  * lc__skim_start_locked took. mu held. */
 void lc__skim_more_locked(lc_session *s, uint32_t id, const uint8_t *p, size_t n, bool fin)
@@ -334,6 +371,8 @@ static void forward_refused(lc_stream *st, int rc)
     if (rst) {
         st->reset = true; /* nothing more is decoded */
         drop = lc__pending_take_all_locked(st);
+        /* what it still gets is skimmed for passed fds */
+        lc__skim_start_locked(s, st, NULL, 0, st->remote_fin);
         lc__stream_maybe_done_locked(s, st);
     }
     pthread_mutex_unlock(&s->mu);

@@ -162,11 +162,13 @@ void lc__msg_chain_free(lc_msg *m)
     }
 }
 
-/* Takes st's whole list of decoded, undelivered messages (a chain for
- * lc__msg_chain_free once the lock is dropped). mu held. */
+/* Takes st's whole list of decoded, undelivered messages, to be dropped (a
+ * chain for lc__msg_chain_free once the lock is dropped): the passed fds
+ * they name and nobody claimed are closed. mu held. */
 lc_msg *lc__pending_take_all_locked(lc_stream *st)
 {
     lc_msg *all = st->pending_head;
+    lc__drop_passed_fds_locked(st->s, all);
     st->pending_head = st->pending_tail = NULL;
     st->npending = 0;
     return all;

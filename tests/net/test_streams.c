@@ -491,6 +491,96 @@ static void test_session_free_closes_fds_queued_to_pass(void **st)
     lc_listener_close(l);
 }
 
+/* A requester sends a reply Sender, then releases the reply Receiver; the
+ * responder answers with 40 messages that pass an fd each (or fewer, once its
+ * sends fail).
+ * The messages the requester's session refused, or got after the refusal,
+ * name passed fds nobody will claim: they are closed at once. They stayed
+ * open until the session was freed, and after ~9 such rounds 256 unclaimed
+ * fds paused its reading for good (a review helper). 12 rounds; after each,
+ * a note on another channel has come through and every pipe's read end the
+ * responder passed is closed. */
+static int read_ends_open(const int *w, int n)
+{
+    int open = 0;
+    for (int i = 0; i < n; i++) {
+        struct pollfd p = { w[i], POLLOUT, 0 };
+        assert_int_equal(poll(&p, 1, 0), 1);
+        if (!(p.revents & POLLERR))
+            open++;
+    }
+    return open;
+}
+
+static void test_refused_replies_close_their_passed_fds(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    char url[128];
+    snprintf(url, sizeof url, "unix:///tmp/lc-refused-fds-%d.sock", (int)getpid());
+    lc_listener *l;
+    lc_session *a, *b;
+    session_pair(url, &l, &a, &b);
+    lc_sender *ctl, *note;
+    lc_receiver *ctl_r, *note_r;
+    lc_msg *m;
+    assert_int_equal(lc_session_sender(a, &ctl), 0);
+    assert_int_equal(lc_send(ctl, lc_pack("{s:i}", "N", 0), 5000), 0);
+    assert_int_equal(lc_session_receiver(b, &ctl_r, 5000), 0);
+    assert_int_equal(lc_recv(ctl_r, &m, 5000), 0);
+    lc_msg_free(m);
+    assert_int_equal(lc_session_sender(b, &note), 0);
+    assert_int_equal(lc_send(note, lc_pack("{s:i}", "N", 0), 5000), 0);
+    assert_int_equal(lc_session_receiver(a, &note_r, 5000), 0);
+    assert_int_equal(lc_recv(note_r, &m, 5000), 0); /* (both sides' SETTINGS read: fd passing on) */
+    lc_msg_free(m);
+    enum { ROUNDS = 12, PER_ROUND = 40 };
+    int w[PER_ROUND];
+    for (int r = 0; r < ROUNDS; r++) {
+        lc_receiver *rr;
+        lc_sender *rs;
+        assert_int_equal(lc_pipe(&rr, &rs, 16), 0);
+        assert_int_equal(lc_send(ctl, lc_pack("{s:S}", "Ret", rs), 5000), 0);
+        assert_int_equal(lc_recv(ctl_r, &m, 5000), 0);
+        lc_sender *back;
+        assert_int_equal(lc_unpack(m, "{s:S}", "Ret", &back), 0);
+        lc_msg_free(m);
+        lc_receiver_release(rr); /* the requester gives up */
+        int n = 0, rc = 0;
+        while (n < PER_ROUND) {
+            int pf[2];
+            assert_int_equal(pipe2(pf, O_CLOEXEC), 0);
+            lc_msg *x = lc_pack("{s:i, s:F}", "I", n, "F", pf[0]);
+            if ((rc = lc_send(back, x, 5000)) != 0) {
+                lc_msg_free(x);
+                close(pf[1]);
+                break;
+            }
+            w[n++] = pf[1];
+        }
+        if (rc != 0)
+            assert_int_equal(rc, LC_ECLOSED); /* the requester's reset came back */
+        lc_sender_release(back);
+        /* a note behind them: the requester's session read all of it */
+        assert_int_equal(lc_send(note, lc_pack("{s:i}", "N", r + 1), 5000), 0);
+        int rrc = lc_recv(note_r, &m, 5000);
+        if (rrc != 0)
+            fail_msg("round %d: the note did not come (%s): reading stopped", r, lc_strerror(rrc));
+        lc_msg_free(m);
+        int open = read_ends_open(w, n);
+        for (int i = 0; i < n; i++)
+            close(w[i]);
+        if (open != 0)
+            fail_msg("round %d: %d of %d passed fds of refused replies still open", r, open, n);
+    }
+    lc_sender_release(ctl);
+    lc_sender_release(note);
+    lc_receiver_release(ctl_r);
+    lc_receiver_release(note_r);
+    lc_session_free(a);
+    lc_session_free(b);
+    lc_listener_close(l);
+}
+
 static void test_fd_passed_as_fd_0(void **st)
 {
     LC_TEST_DEADLINE(30);
@@ -772,6 +862,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_go_echo_vector_answered_like_go, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_passed_as_itself_over_unix, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_passed_as_fd_0, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_refused_replies_close_their_passed_fds, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_session_free_closes_fds_queued_to_pass, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_becomes_substream_over_tcp, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_stream_into_closed_pipe_does_not_raise_sigpipe, lc_test_setup, lc_test_teardown),
