@@ -663,6 +663,19 @@ static void handle_frame(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
             bool unasked = atomic_load(&s->peer_fdpass) && !s->peer_asks;
             if (!unasked && !s->peer_asked)
                 atomic_store(&s->read_fds, false);
+            if (!atomic_load(&s->peer_fdpass)) {
+                /* fds that came before this frame from a peer that does
+                 * not pass any (no 0x2): never a message's; a message naming
+                 * one is refused (resolve_one_locked). They were numbered and
+                 * could be claimed (a review helper). */
+                pthread_mutex_lock(&s->mu);
+                for (size_t i = 0; i < s->in_fds.cap; i++)
+                    if (s->in_fds.slots[i].val != NULL && s->in_fds.slots[i].val != LC_MAP_TOMB)
+                        close(lc__val_as_fd(s->in_fds.slots[i].val));
+                lc__map_free(&s->in_fds);
+                s->in_fds_high = false;
+                pthread_mutex_unlock(&s->mu);
+            }
         }
         atomic_store_explicit(&s->peer_known, true, memory_order_release);
         if (!atomic_load(&s->peer_fc)) {

@@ -224,6 +224,8 @@ static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *
 {
     if ((v->u.ref & LC_REF_PASSED_FD) && v->mode >= 1 && v->mode <= 3) {
         /* ours: the fd came with SCM_RIGHTS; sequence numbers count arrivals */
+        if (!atomic_load(&s->peer_fdpass))
+            return LC_EPROTO; /* a peer that never said it passes fds (0x2) */
         void *slot = lc__map_del(&s->in_fds, v->u.ref & ~LC_REF_PASSED_FD);
         if (slot == NULL)
             return 1; /* not arrived yet (a bounded wait, as for streams) */

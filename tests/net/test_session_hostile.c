@@ -884,6 +884,40 @@ static void test_fds_from_peer_that_passes_unasked(void **st)
     close(pf[1]);
 }
 
+/* A peer whose first SETTINGS does not announce fd passing (no 0x2) sends
+ * an fd with it anyway, and a message naming it: the fd is closed, and the
+ * message refused (LC_EPROTO on its channel). Both were taken: the
+ * application got the peer's pipe (a review helper). */
+static void test_fd_from_peer_that_never_announced_it(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    nt_raw p;
+    nt_raw_open(&p, NULL);
+    int pf[2];
+    assert_int_equal(pipe2(pf, O_CLOEXEC), 0);
+    lc_buf b;
+    lc__buf_init(&b);
+    put_settings(&b, 0, LC_FEATURE_WINDOWS); /* no FDPASS */
+    nt_put_syn(&p, &b, 1, 2, 0, 0);
+    static const uint8_t fd_msg[] = { 0x81, 0xa1, 'F', 0xd7, 0x03, 0x80, 0, 0, 0, 0, 0, 0, 0 }; /* {F: passed fd 0} */
+    assert_int_equal(lc__spdy_put_data(&b, 1, 0, fd_msg, sizeof fd_msg), 0);
+    send_with_fds(p.fd, b.data, b.len, pf[0], 1);
+    b.len = 0;
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+    assert_int_equal(nt_recv_rc(r, 5000), LC_EPROTO);
+    close(pf[0]);
+    /* its copy in our process is closed too: the pipe has no reader left */
+    struct pollfd pw = { pf[1], POLLOUT, 0 };
+    assert_int_equal(poll(&pw, 1, 0), 1);
+    assert_true(pw.revents & POLLERR);
+    assert_int_equal(lc_session_error(p.s), 0);
+    lc_receiver_release(r);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+    close(pf[1]);
+}
+
 /*
  * An application sends its first fd just as the first SETTINGS of a peer
  * that passes fds unasked (FDPASS without FD_ASKS) is read. The send goes at
@@ -2670,6 +2704,7 @@ int main(void)
                                         lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_refused_channels_fail_their_senders, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_hang_up_seen_while_reading_is_paused, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_fd_from_peer_that_never_announced_it, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_byte_stream_leaves_the_output_to_messages, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_no_replies_toward_a_peer_that_said_so, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_streams_opened_after_our_close_are_refused, lc_test_setup, lc_test_teardown),
