@@ -70,7 +70,12 @@ static void on_syn_stream(lc_session *s, const lc_spdy_frame *f, lc_receiver **a
         pthread_mutex_unlock(&s->mu);
         return;
     }
-    if (s->goaway_sent || s->closing) {
+    if ((s->goaway_sent || s->closing) && hp == NULL) {
+        /* Closing: no new top-level channel. A sub-stream is still taken:
+         * it belongs to a message on a channel already accepted, whose
+         * messages are still delivered; refused, that message and every
+         * later one on its channel were lost though their lc_send had
+         * returned 0 (a review helper, both sides closing under traffic). */
         pthread_mutex_unlock(&s->mu);
         reply.status = 502;
         lc__send_control(s, lc__ctl_syn_reply, &reply);

@@ -743,6 +743,94 @@ static void test_two_threads_close_one_session(void **st)
     }
 }
 
+/* While S is inside lc_session_close (held there by a byte stream it sends,
+ * not at EOF yet), C sends on a channel S accepted before: a plain message, one
+ * carrying a reply Sender (a sub-stream), another plain one. S's application
+ * gets all three, the second with its Sender. S refused the sub-stream (502,
+ * as it refuses new channels while closing) and kept the channel: the message
+ * naming it and every later one were lost, their lc_send having returned 0
+ * (a review helper). */
+typedef struct {
+    lc_session *s;
+    int rc;
+} close_bg_arg;
+
+static void *close_bg(void *x)
+{
+    close_bg_arg *a = x;
+    a->rc = lc_session_close(a->s, 20000);
+    return NULL;
+}
+
+static void test_closing_side_takes_substreams_of_its_channels(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    pair p;
+    open_pair(&p, "tcp://127.0.0.1:0");
+    lc_sender *x;
+    assert_int_equal(lc_session_sender(p.client, &x), 0);
+    assert_int_equal(lc_send(x, lc_pack("{s:i}", "N", 0), 5000), 0);
+    lc_receiver *xr;
+    assert_int_equal(lc_session_receiver(p.server, &xr, 5000), 0);
+    lc_msg *m;
+    assert_int_equal(lc_recv(xr, &m, 5000), 0);
+    lc_msg_free(m);
+    int pf[2];
+    assert_int_equal(pipe(pf), 0);
+    lc_sender *y;
+    assert_int_equal(lc_session_sender(p.server, &y), 0);
+    lc_msg *bm = lc_msg_new();
+    assert_int_equal(lc_msg_set_root(bm, lc_new_stream(bm, pf[0], LC_STREAM_READ)), 0);
+    assert_int_equal(lc_send(y, bm, 5000), 0);
+    lc_receiver *yr;
+    assert_int_equal(lc_session_receiver(p.client, &yr, 5000), 0);
+    close_bg_arg ca = { p.server, 99 };
+    pthread_t t;
+    pthread_create(&t, NULL, close_bg, &ca);
+    for (;;) { /* the server's close has begun */
+        pthread_mutex_lock(&p.server->mu);
+        bool closing = p.server->closing;
+        pthread_mutex_unlock(&p.server->mu);
+        if (closing)
+            break;
+        sched_yield();
+    }
+    lc_receiver *rr;
+    lc_sender *rs;
+    assert_int_equal(lc_pipe(&rr, &rs, 4), 0);
+    assert_int_equal(lc_send(x, lc_pack("{s:i}", "N", 1), 5000), 0);
+    assert_int_equal(lc_send(x, lc_pack("{s:i, s:S}", "N", 2, "Ret", rs), 5000), 0);
+    assert_int_equal(lc_send(x, lc_pack("{s:i}", "N", 3), 5000), 0);
+    for (int i = 1; i <= 3; i++) {
+        int rc = lc_recv(xr, &m, 5000);
+        if (rc != 0)
+            fail_msg("message %d on the accepted channel: %s", i, lc_strerror(rc));
+        int n;
+        assert_int_equal(lc_unpack(m, "{s:i}", "N", &n), 0);
+        assert_int_equal(n, i);
+        if (i == 2) {
+            lc_sender *ret;
+            assert_int_equal(lc_unpack(m, "{s:S}", "Ret", &ret), 0);
+            /* (a closing session refuses its application's sends: the
+             * message came whole, with its channel end; using it is over) */
+            lc_msg *re = lc_pack("{s:s}", "Re", "two");
+            assert_int_equal(lc_send(ret, re, 5000), LC_ESESSION);
+            lc_msg_free(re);
+            lc_sender_release(ret);
+        }
+        lc_msg_free(m);
+    }
+    close(pf[1]); /* the byte stream ends: the close goes on */
+    pthread_join(t, NULL);
+    assert_int_equal(ca.rc, 0);
+    lc_receiver_release(rr);
+    lc_receiver_release(xr);
+    lc_receiver_release(yr);
+    lc_sender_release(x);
+    lc_sender_release(y);
+    close_pair(&p);
+}
+
 /* A client that connects and hangs up before lc_accept takes it (also what a
  * second lc_listen on a live unix path leaves behind where it cannot ask
  * sock_diag: it probes the path by connecting) is skipped: lc_accept does not
@@ -1511,6 +1599,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_accept_skips_connections_already_over, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_listener_shutdown_stops_an_accept_loop, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_two_threads_close_one_session, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_closing_side_takes_substreams_of_its_channels, lc_test_setup,
+                                        lc_test_teardown),
     };
     return cmocka_run_group_tests_name("net/session", tests, NULL, NULL);
 }
