@@ -674,11 +674,7 @@ static void handle_frame(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
                  * one is refused (resolve_one_locked). They were numbered and
                  * could be claimed (a review helper). */
                 pthread_mutex_lock(&s->mu);
-                for (size_t i = 0; i < s->in_fds.cap; i++)
-                    if (s->in_fds.slots[i].val != NULL && s->in_fds.slots[i].val != LC_MAP_TOMB)
-                        close(lc__val_as_fd(s->in_fds.slots[i].val));
-                lc__map_free(&s->in_fds);
-                s->in_fds_high = false;
+                lc__close_unclaimed_fds_locked(s);
                 pthread_mutex_unlock(&s->mu);
             }
         }

@@ -96,12 +96,18 @@ static void close_passed_fds(lc_session *s)
     s->fdq_len = 0;
     pthread_mutex_unlock(&s->wmu);
     pthread_mutex_lock(&s->mu);
+    lc__close_unclaimed_fds_locked(s);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Closes the passed fds no message claimed; the table stays usable. mu held. */
+void lc__close_unclaimed_fds_locked(lc_session *s)
+{
     for (size_t i = 0; i < s->in_fds.cap; i++)
         if (s->in_fds.slots[i].val != NULL && s->in_fds.slots[i].val != LC_MAP_TOMB)
             close(lc__val_as_fd(s->in_fds.slots[i].val));
     lc__map_free(&s->in_fds);
     s->in_fds_high = false;
-    pthread_mutex_unlock(&s->mu);
 }
 
 void lc__session_unref(lc_session *s)

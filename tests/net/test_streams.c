@@ -347,23 +347,16 @@ static void test_go_echo_vector_answered_like_go(void **st)
 
 /* ---- fd passing (ours) ------------------------------------------------------- */
 
-/* Over unix, once both sides announced it, a byte stream is the very same
- * open file on the other side (SCM_RIGHTS); over TCP it is a socketpair end
- * pumped through a sub-stream. Either way the bytes flow. */
-static void run_fd_pass(const char *url, bool expect_same_file, bool stdin_closed)
+/* Opens a channel c -> sv (*ch, *in) and exchanges a message each way:
+ * SETTINGS are each side's first frames, so once a message from the other
+ * side arrived, its SETTINGS were read (fd passing is on where it can be). */
+static void hellos(lc_session *c, lc_session *sv, lc_sender **ch, lc_receiver **in)
 {
-    lc_listener *l;
-    lc_session *c, *sv;
-    session_pair(url, &l, &c, &sv);
-    lc_sender *ch;
-    assert_int_equal(lc_session_sender(c, &ch), 0);
-    lc_receiver *in;
-    /* a message each way first: SETTINGS are each side's first frames, so
-     * once a message from the other side arrived, its SETTINGS were read */
-    assert_int_equal(lc_send(ch, lc_pack("{s:i}", "Hello", 1), 5000), 0);
-    assert_int_equal(lc_session_receiver(sv, &in, 5000), 0);
+    assert_int_equal(lc_session_sender(c, ch), 0);
+    assert_int_equal(lc_send(*ch, lc_pack("{s:i}", "Hello", 1), 5000), 0);
+    assert_int_equal(lc_session_receiver(sv, in, 5000), 0);
     lc_msg *m;
-    assert_int_equal(lc_recv(in, &m, 5000), 0);
+    assert_int_equal(lc_recv(*in, &m, 5000), 0);
     lc_msg_free(m);
     lc_sender *back;
     assert_int_equal(lc_session_sender(sv, &back), 0);
@@ -375,6 +368,20 @@ static void run_fd_pass(const char *url, bool expect_same_file, bool stdin_close
     lc_close(back);
     lc_sender_release(back);
     lc_receiver_release(back_r);
+}
+
+/* Over unix, once both sides announced it, a byte stream is the very same
+ * open file on the other side (SCM_RIGHTS); over TCP it is a socketpair end
+ * pumped through a sub-stream. Either way the bytes flow. */
+static void run_fd_pass(const char *url, bool expect_same_file, bool stdin_closed)
+{
+    lc_listener *l;
+    lc_session *c, *sv;
+    session_pair(url, &l, &c, &sv);
+    lc_sender *ch;
+    lc_receiver *in;
+    hellos(c, sv, &ch, &in);
+    lc_msg *m;
 
     int p[2];
     assert_int_equal(pipe(p), 0);
@@ -443,23 +450,8 @@ static void test_session_free_closes_fds_queued_to_pass(void **st)
     lc_session *c, *sv;
     session_pair(url, &l, &c, &sv);
     lc_sender *ch;
-    assert_int_equal(lc_session_sender(c, &ch), 0);
-    /* a message each way: both sides' SETTINGS read (fd passing on) */
-    assert_int_equal(lc_send(ch, lc_pack("{s:i}", "Hello", 1), 5000), 0);
     lc_receiver *in;
-    assert_int_equal(lc_session_receiver(sv, &in, 5000), 0);
-    lc_msg *m;
-    assert_int_equal(lc_recv(in, &m, 5000), 0);
-    lc_msg_free(m);
-    lc_sender *back;
-    assert_int_equal(lc_session_sender(sv, &back), 0);
-    assert_int_equal(lc_send(back, lc_pack("{s:i}", "Hello", 2), 5000), 0);
-    lc_receiver *back_r;
-    assert_int_equal(lc_session_receiver(c, &back_r, 5000), 0);
-    assert_int_equal(lc_recv(back_r, &m, 5000), 0);
-    lc_msg_free(m);
-    lc_receiver_release(back_r);
-    lc_sender_release(back);
+    hellos(c, sv, &ch, &in); /* (fd passing on) */
     int p[2];
     assert_int_equal(pipe(p), 0);
     int base = lc_test_count_fds();
