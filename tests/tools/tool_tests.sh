@@ -703,5 +703,170 @@ t_serve_stop_many() {
     done
 }
 
+# wait_line FILE REGEX SECS WHAT : waits (a deadline, checking every 10 ms)
+# until a line of FILE, written by a process running meanwhile, matches.
+wait_line() {
+    local file=$1 re=$2 secs=$3 what=$4 n=0
+    until grep -qE -- "$re" "$file" 2>/dev/null; do
+        n=$((n + 1))
+        [ "$n" -lt $((secs * 100)) ] || { fail "$what: no line /$re/ within $secs s"; return 1; }
+        sleep 0.01
+    done
+}
+
+# ms_since T0 : milliseconds since T0 (from date +%s%N)
+ms_since() { echo $((($(date +%s%N) - $1) / 1000000)); }
+
+# send with "@stdin" and a reply channel, to a command that reads none of it:
+# once the reply is in, send stops copying stdin and exits 0. The copy was
+# blocked writing into a full pipe whose read end send held itself (no
+# EPIPE ever came), and send waited for it for ever, SIGTERM included.
+stdin_unread() { # URL-of-listener
+    start ex "$LCHAN" serve "$1" --exec
+    head -c 30000000 /dev/zero >"$T/zeros"
+    local i
+    for i in 1 2 3; do
+        IN=$T/zeros run 0 "$LCHAN" send "$URL" '{"Cmd":"true","Stdin":"@stdin","StatusChan":"@reply"}'
+        out_is '{"Status":0}'
+    done
+    # the same with a reply and an output stream; and exec
+    IN=$T/zeros run 0 "$LCHAN" send "$URL" '{"Cmd":"echo","Args":["hi"],"Stdin":"@stdin","Stdout":"@stdout","StatusChan":"@reply"}'
+    out_is $'hi\n{"Status":0}'
+    IN=$T/zeros run 0 "$LCHAN" exec "$URL" -- true
+    # only "@stdin", and the command reads none of it: not all of stdin was
+    # sent, and send says so (it waited until --timeout, 75)
+    IN=$T/zeros run 76 "$LCHAN" send "$URL" '{"Cmd":"true","Stdin":"@stdin"}'
+    err_one_line "^lchan: the receiver at $URL stopped reading the stdin stream before all of stdin was sent$"
+    stop ex
+}
+t_stdin_unread_unix() { stdin_unread "unix://$T/ex.sock"; }
+t_stdin_unread_tcp() { stdin_unread "tcp://127.0.0.1:0"; }
+
+# SIGINT/SIGTERM, and exec --timeout, while the stdin copy is blocked on a
+# command that does not read: lchan exits at once (130, 143, 75). It waited
+# for the command to end.
+t_stop_while_stdin_blocked() {
+    start ex "$LCHAN" serve tcp://127.0.0.1:0 --exec
+    local url=$URL c line t0 ms
+    head -c 30000000 /dev/zero >"$T/zeros"
+    mkfifo "$T/o1" "$T/o2"
+    "$LCHAN" exec "$url" -- sh -c 'echo started; exec sleep 30' <"$T/zeros" >"$T/o1" 2>"$T/e1" &
+    c=$!
+    exec {r}<"$T/o1"
+    read -r -t 30 -u "$r" line || fail "exec: the remote command did not start"
+    t0=$(date +%s%N)
+    kill -s INT "$c"
+    wait_exit "$c" 10 "exec after SIGINT with stdin blocked"
+    ms=$(ms_since "$t0")
+    exec {r}<&-
+    [ "$RC" = 130 ] || fail "exec exited $RC after SIGINT, expected 130"
+    [ "$ms" -lt 3000 ] || fail "exec took $ms ms to stop after SIGINT, expected about 500"
+    check_clean "$T/e1" "exec"
+    "$LCHAN" send "$url" --timeout 0 \
+        '{"Cmd":"sh","Args":["-c","echo started >&2; exec sleep 30"],"Stdin":"@stdin","Stderr":"@stderr","StatusChan":"@reply"}' \
+        <"$T/zeros" >"$T/out2" 2>"$T/o2" &
+    c=$!
+    exec {r}<"$T/o2"
+    read -r -t 30 -u "$r" line || fail "send: the remote command did not start"
+    t0=$(date +%s%N)
+    kill -s TERM "$c"
+    wait_exit "$c" 10 "send after SIGTERM with stdin blocked"
+    ms=$(ms_since "$t0")
+    cat <&"$r" >"$T/e2" # (the rest of its stderr)
+    exec {r}<&-
+    [ "$RC" = 143 ] || fail "send exited $RC after SIGTERM, expected 143"
+    [ "$ms" -lt 3000 ] || fail "send took $ms ms to stop after SIGTERM, expected about 500"
+    check_clean "$T/e2" "send"
+    t0=$(date +%s%N)
+    IN=$T/zeros run 75 "$LCHAN" exec --timeout 1000 "$url" -- sleep 30
+    ms=$(ms_since "$t0")
+    err_one_line "no status from $url within 1000 ms"
+    [ "$ms" -lt 4000 ] || fail "exec --timeout 1000 took $ms ms, expected about 1500"
+    stop ex
+}
+
+# send with only "@stdin" ends when the session has taken all of stdin,
+# however long the receiver takes to read it: it gave up after 5 s and exited
+# 76 though the session was fine and every byte arrived. Over unix the stdin
+# pipe is passed to the command itself (fd passing), which reads it only once
+# told to through a fifo: then nothing but the command takes the bytes. (A
+# session whose first message goes before the server's SETTINGS is read uses
+# a sub-stream instead, about half the time; the command says which it got,
+# and such a round is done over.)
+t_send_stdin_slow_reader() {
+    start ex "$LCHAN" serve "unix://$T/ex.sock" --exec
+    mkfifo "$T/go" "$T/sin"
+    head -c 10000 /dev/urandom >"$T/in"
+    local try c w mode=none
+    for try in $(seq 20); do
+        rm -f "$T/mode" "$T/count"
+        "$LCHAN" --trace send "$URL" --timeout 0 \
+            "{\"Cmd\":\"sh\",\"Args\":[\"-c\",\"if [ -p /dev/stdin ]; then echo pipe; else echo sock; fi >$T/mode; read x <$T/go; exec wc -c >$T/count\"],\"Stdin\":\"@stdin\"}" \
+            <"$T/sin" >"$T/o" 2>"$T/e" &
+        c=$!
+        exec {w}>"$T/sin"
+        wait_line "$T/mode" '^(pipe|sock)$' 30 "the remote command" || break
+        mode=$(cat "$T/mode")
+        [ "$mode" = pipe ] && break
+        exec {w}>&- # a sub-stream: this round tests nothing; end it
+        timeout 10 sh -c "echo go >$T/go" || fail "the command did not open the fifo"
+        wait_exit "$c" 20 "send (round $try, a sub-stream)"
+        [ "$RC" = 0 ] || fail "send exited $RC in round $try: $(grep -v '\[trace' "$T/e")"
+    done
+    [ "$mode" = pipe ] || die "in $try sessions the stream was never passed as an fd: cannot test"
+    echo "round $try: the stdin pipe was passed to the command" >&2
+    cat "$T/in" >&"$w"
+    exec {w}>&-
+    wait_line "$T/e" 'stdin -> stream: end of stream after 10000 bytes' 30 "send"
+    # all of stdin is in the pipe, none of it read: send waits, past 5 s
+    if timeout 7 tail --pid="$c" -f /dev/null; then
+        fail "send ended before the command read its stdin: $(grep -v '\[trace' "$T/e")"
+    fi
+    timeout 10 sh -c "echo go >$T/go" || fail "the command did not open the fifo"
+    wait_exit "$c" 20 "send once the command read its stdin"
+    [ "$RC" = 0 ] || fail "send exited $RC, expected 0: $(grep -v '\[trace' "$T/e")"
+    check_clean "$T/e" "send"
+    stop ex
+    [ "$(cat "$T/count" 2>/dev/null)" = 10000 ] || fail "the command read $(cat "$T/count" 2>/dev/null) bytes, expected 10000"
+}
+
+# a reply that comes while "@stdout" is still being copied is printed after
+# the stream's last byte: it landed in the middle of the data.
+t_replies_after_stdout() {
+    start echo "$LCHAN" serve "unix://$T/echo.sock" --echo
+    local c w r line
+    mkfifo "$T/sin" "$T/sout"
+    # the echo service answers at once, and copies the stream until our stdin
+    # ends: the reply is in (its trace line) well before the stream's end
+    "$LCHAN" --trace send "$URL" '{"In":"@stdin","Out":"@stdout","R":"@reply"}' <"$T/sin" >"$T/sout" 2>"$T/e" &
+    c=$!
+    exec {w}>"$T/sin" {r}<"$T/sout"
+    echo first >&"$w"
+    read -r -t 30 -u "$r" line || fail "the stream's first line did not come"
+    [ "$line" = first ] || fail "the first line out is '$line', expected 'first'"
+    wait_line "$T/e" 'reply#1 << \{\}' 30 "send"
+    echo second >&"$w"
+    exec {w}>&-
+    cat <&"$r" >"$T/rest"
+    exec {r}<&-
+    wait_exit "$c" 20 "send"
+    [ "$RC" = 0 ] || fail "send exited $RC: $(grep -v '\[trace' "$T/e")"
+    [ "$(cat "$T/rest")" = $'second\n{}' ] || fail "after 'first' came '$(cat "$T/rest")', expected 'second' then the reply"
+    check_clean "$T/e" "send"
+    # several reply channels, and a duplex stream
+    printf 'abc\n' >"$T/in"
+    IN=$T/in run 0 "$LCHAN" send "$URL" '{"A":"@reply","Io":"@stdio","B":"@reply"}'
+    out_is $'abc\n{}\n{}'
+    stop echo
+    # a remote command's status and its output (the case it was seen in)
+    start ex "$LCHAN" serve tcp://127.0.0.1:0 --exec
+    { head -c 20000000 /dev/zero | tr '\0' x; echo; echo '{"Status":0}'; } >"$T/want"
+    run 0 "$LCHAN" send "$URL" \
+        '{"Cmd":"sh","Args":["-c","head -c 20000000 /dev/zero | tr \"\\0\" x; echo"],"Stdout":"@stdout","StatusChan":"@reply"}'
+    cmp -s "$OUT" "$T/want" ||
+        fail "the status is not after the stream's data (at byte $(grep -ob '{"Status"' "$OUT" | head -1))"
+    stop ex
+}
+
 declare -F "t_$CASE" >/dev/null || die "no case '$CASE'"
 "t_$CASE"

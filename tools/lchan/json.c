@@ -219,7 +219,6 @@ static lc_value *make_stream(build_ctx *c, lc_msg *m, const char *which)
         return fail_at(c, "pipe: %s", strerror(errno));
     if (want_in) { /* we write stdin into sv[1]; the session reads sv[0] */
         p->stdin_fd = sv[1];
-        p->stdin_peek = fcntl(sv[0], F_DUPFD_CLOEXEC, 0);
         return lc_new_stream(m, sv[0], LC_STREAM_READ);
     }
     /* the session writes what arrives into sv[1]; we copy sv[0] out */
@@ -372,15 +371,13 @@ void lx_plan_free(lx_reqplan *p)
         close(p->stdout_fd);
     if (p->stderr_fd >= 0)
         close(p->stderr_fd);
-    if (p->stdin_peek >= 0)
-        close(p->stdin_peek);
-    p->stdin_fd = p->stdout_fd = p->stderr_fd = p->stdin_peek = -1;
+    p->stdin_fd = p->stdout_fd = p->stderr_fd = -1;
 }
 
 lc_msg *lx_json_to_msg(const char *text, lx_reqplan *plan, char *err, size_t errlen)
 {
     memset(plan, 0, sizeof *plan);
-    plan->stdin_fd = plan->stdout_fd = plan->stderr_fd = plan->stdin_peek = -1;
+    plan->stdin_fd = plan->stdout_fd = plan->stderr_fd = -1;
     json_error_t je;
     json_t *j = json_loads(text, JSON_DECODE_ANY | JSON_ALLOW_NUL | JSON_REJECT_DUPLICATES, &je);
     if (j == NULL) {

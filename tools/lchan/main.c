@@ -84,8 +84,10 @@ const char *const lx_help_send =
     "                 finished after MS milliseconds (default 30000; 0: wait forever)\n"
     "  --trace        print the message sent, each reply and the streams on stderr\n"
     "\n"
+    "Replies wait while an @stdout stream is being copied, and print after it.\n"
     "Status 76 when the session ends before the replies and streams are done (e.g.\n"
-    "the server died while stdin was being sent); 130/143 on SIGINT/SIGTERM.\n";
+    "the server died while stdin was being sent), or when, with only @stdin, the\n"
+    "receiver stops reading it before it is all sent; 130/143 on SIGINT/SIGTERM.\n";
 
 const char *const lx_help_exec =
     "usage: lchan exec URL [--timeout MS] [--trace] [--] CMD [ARGS...]\n"
