@@ -868,5 +868,48 @@ t_replies_after_stdout() {
     stop ex
 }
 
+# what a peer sends that the JSON printer must render as valid JSON, losing
+# nothing: map keys that are not UTF-8 or collide once printed, times RFC 3339
+# cannot write (and years below 1000, which must have four digits), an opaque
+# body's content type.
+t_json_output() {
+    start peer "$CRAFTED_PEER" tcp://127.0.0.1:0
+    local u=$URL
+    dead_tcp_url
+    local dead=$URL
+    run 0 "$LCHAN" send "$u" '{"What":"keys","R":"@reply"}'
+    out_is $'{"keys":{"bad\xef\xbf\xbd":1,"a\\u0000b":2,"7":3,"7#2":4,"bad\xef\xbf\xbd#2":5},"bad\xef\xbf\xbd":6}'
+    run 0 "$LCHAN" send "$u" '{"What":"times","R":"@reply"}'
+    out_is '{"y1":{"$time":"0001-01-01T00:00:00Z"},"y0":{"$time":"0000-01-01T00:00:00.500000000Z"},"y10000":{"$time":{"sec":253402300800,"nsec":0}},"far":{"$time":{"sec":4611686018427387903,"nsec":7}},"neg":{"$time":{"sec":-62167219201,"nsec":0}}}'
+    # what was printed is JSON send takes back (checked before connecting: 69)
+    local times
+    times=$(cat "$OUT")
+    run 69 "$LCHAN" send "$dead" "$times"
+    err_has 'cannot connect'
+    run 0 "$LCHAN" send "$u" '{"What":"body","R":"@reply"}'
+    out_is '{"$body":{"type":"text/x\"q\\b\nl\u0001c'$'\xef\xbf\xbd''","bytes":3}}'
+    [ "$(wc -l <"$OUT")" = 1 ] || fail "the body line is $(wc -l <"$OUT") lines"
+    run 69 "$LCHAN" send "$dead" "$(cat "$OUT")"
+    err_has 'cannot connect'
+    stop peer
+}
+
+# times through an echo peer and back, including the forms the printer
+# falls back to: what is printed is what was sent.
+t_time_round_trip() {
+    start echo "$LCHAN" serve "unix://$T/echo.sock" --echo
+    local v='{"A":{"$time":"0001-01-01T00:00:00Z"},"B":{"$time":"0999-12-31T23:59:59.000000001Z"},"C":{"$time":"9999-12-31T23:59:59Z"},"D":{"$time":{"sec":253402300800,"nsec":0}},"E":{"$time":{"sec":-62167219201,"nsec":5}},"F":{"$time":"1970-01-01T00:00:00Z"}}'
+    local req="${v%\}},\"R\":\"@reply\"}"
+    run 0 "$LCHAN" send "$URL" "$req"
+    out_is "$v"
+    run 0 "$LCHAN" send "$URL" '{"T":{"$time":{"sec":253402300800}},"R":"@reply"}'
+    out_is '{"T":{"$time":{"sec":253402300800,"nsec":0}}}'
+    run 65 "$LCHAN" send "$URL" '{"T":{"$time":{"sec":1,"nsec":1000000000}}}'
+    err_one_line 'nsec 1000000000 is out of range'
+    run 65 "$LCHAN" send "$URL" '{"T":{"$time":{"sec":1,"ns":1}}}'
+    err_one_line '\$time: an object must be'
+    stop echo
+}
+
 declare -F "t_$CASE" >/dev/null || die "no case '$CASE'"
 "t_$CASE"

@@ -141,6 +141,9 @@ lc_msg *lx_json_to_msg(const char *text, lx_reqplan *plan, char *err, size_t err
 void lx_plan_free(lx_reqplan *plan);
 /* Renders a value as compact JSON (malloc'ed; never NULL unless out of memory). */
 char *lx_value_to_json(const lc_value *v);
+/* The line for an opaque body: {"$body":{"type":"...","bytes":N}} (malloc'ed;
+ * NULL when out of memory). */
+char *lx_body_to_json(const char *ctype, size_t bytes);
 
 /* ---- subcommands ------------------------------------------------------------ */
 

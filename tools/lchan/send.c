@@ -232,12 +232,9 @@ int lx_send(int argc, char **argv)
         lx_trace_msg(label, "<<", r);
         size_t blen;
         const char *ctype;
-        if (lc_msg_body(r, &blen, &ctype) != NULL) {
-            char *line;
-            if (asprintf(&line, "{\"$body\": {\"type\": \"%s\", \"bytes\": %zu}}", ctype ? ctype : "", blen) < 0)
-                line = NULL;
-            print_line(&h, out != NULL, line);
-        } else
+        if (lc_msg_body(r, &blen, &ctype) != NULL)
+            print_line(&h, out != NULL, lx_body_to_json(ctype, blen));
+        else
             print_line(&h, out != NULL, lx_value_to_json(lc_msg_root(r)));
         lc_msg_free(r);
         got++;
