@@ -911,5 +911,26 @@ t_time_round_trip() {
     stop echo
 }
 
+# lchan started with stdin (or stdout) closed: /dev/null takes its place. Its
+# own stop pipe became fd 0 and was streamed to the command, which never saw
+# EOF.
+t_closed_std_fds() {
+    start ex "$LCHAN" serve "unix://$T/ex.sock" --exec
+    timeout 20 "$LCHAN" exec "$URL" -- od -c <&- >"$T/o" 2>"$T/e"
+    RC=$?
+    [ "$RC" = 0 ] || fail "exec with stdin closed exited $RC, expected 0: $(cat "$T/e")"
+    [ "$(cat "$T/o")" = 0000000 ] || fail "od saw '$(cat "$T/o")' with lchan's stdin closed, expected nothing"
+    check_clean "$T/e" "exec"
+    timeout 20 "$LCHAN" send "$URL" '{"Cmd":"wc","Args":["-c"],"Stdin":"@stdin","Stdout":"@stdout","StatusChan":"@reply"}' \
+        <&- >"$T/o" 2>"$T/e"
+    RC=$?
+    [ "$RC" = 0 ] || fail "send with stdin closed exited $RC, expected 0: $(cat "$T/e")"
+    [ "$(tr -d ' ' <"$T/o")" = $'0\n{"Status":0}' ] || fail "send with stdin closed printed '$(cat "$T/o")'"
+    timeout 20 "$LCHAN" exec "$URL" -- sh -c 'echo out; echo err >&2; exit 4' >&- 2>&-
+    RC=$?
+    [ "$RC" = 4 ] || fail "exec with stdout and stderr closed exited $RC, expected 4"
+    stop ex
+}
+
 declare -F "t_$CASE" >/dev/null || die "no case '$CASE'"
 "t_$CASE"
