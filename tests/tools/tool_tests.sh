@@ -932,5 +932,32 @@ t_closed_std_fds() {
     stop ex
 }
 
+# --exec and --gateway check the address they are bound to, not the URL's
+# text: an upper-case scheme went through as "not tcp", i.e. a unix socket.
+t_serve_allow_remote() {
+    local u
+    for u in 'TCP://0.0.0.0:0' 'Tcp://0.0.0.0:0' 'tcp://0.0.0.0:0' 'tcp://:0'; do
+        run 64 "$LCHAN" serve "$u" --exec
+        err_one_line "^lchan: serve: $u is not a loopback address \(it is bound to tcp://.*\): .*--allow-remote"
+    done
+    run 64 "$LCHAN" serve 'TCP://0.0.0.0:0' --gateway
+    err_one_line "not a loopback address"
+    # loopback, however written: served
+    local n=0
+    for u in 'TCP://127.0.0.1:0' 'tcp://127.0.0.2:0' 'tcp://localhost:0'; do
+        n=$((n + 1))
+        start "ok$n" "$LCHAN" serve "$u" --exec
+        [[ "$URL" =~ ^tcp://(127\.[0-9.]+|\[::1\]):[0-9]+$ ]] || fail "$u: serve printed '$URL'"
+        run 0 "$LCHAN" exec "$URL" -- echo hi
+        out_is hi
+        stop "ok$n"
+    done
+    start unix "$LCHAN" serve "UNIX://$T/u.sock" --exec
+    stop unix
+    # told to: all interfaces
+    start any "$LCHAN" serve 'TCP://0.0.0.0:0' --exec --allow-remote
+    stop any
+}
+
 declare -F "t_$CASE" >/dev/null || die "no case '$CASE'"
 "t_$CASE"

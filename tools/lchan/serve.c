@@ -9,6 +9,7 @@
  */
 #include "lchan.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -21,6 +22,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -726,13 +728,38 @@ static void close_all_sessions(void)
 
 /* ---- the command ------------------------------------------------------------------------ */
 
-/* tcp:// on a loopback host? (unix sockets are guarded by file permissions) */
-static bool is_local(const char *url)
+/* Is the address a listener is bound to (bound: lc_listener_url's URL,
+ * from getsockname) reachable from this host only? unix sockets are (file
+ * permissions guard them); tcp:// on 127.0.0.0/8 or ::1 (also as
+ * ::ffff:127.x.y.z). The address actually bound is checked, not the text
+ * given: a scheme in capitals, a host name, an empty host all end up here as
+ * numbers. Anything else, or what does not parse, is not. */
+static bool bound_is_local(const char *bound)
 {
-    if (strncmp(url, "tcp://", 6) != 0)
+    if (strncasecmp(bound, "unix://", 7) == 0)
         return true;
-    const char *h = url + 6;
-    return strncmp(h, "127.", 4) == 0 || strncmp(h, "localhost:", 10) == 0 || strncmp(h, "[::1]:", 6) == 0;
+    if (strncasecmp(bound, "tcp://", 6) != 0)
+        return false;
+    const char *h = bound + 6, *colon = strrchr(h, ':');
+    if (colon == NULL)
+        return false;
+    size_t n = (size_t)(colon - h);
+    if (n >= 2 && h[0] == '[' && h[n - 1] == ']') {
+        h++;
+        n -= 2;
+    }
+    char host[INET6_ADDRSTRLEN];
+    if (n == 0 || n >= sizeof host)
+        return false;
+    memcpy(host, h, n);
+    host[n] = '\0';
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, host, &a4) == 1)
+        return ntohl(a4.s_addr) >> 24 == 127;
+    if (inet_pton(AF_INET6, host, &a6) == 1)
+        return IN6_IS_ADDR_LOOPBACK(&a6) || (IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127);
+    return false;
 }
 
 int lx_serve(int argc, char **argv)
@@ -768,10 +795,6 @@ int lx_serve(int argc, char **argv)
         lx_usage("missing URL (e.g. unix:///tmp/lchan.sock or tcp://127.0.0.1:0)");
     if (modes != 1)
         lx_usage("choose one service: --echo, --exec or --gateway");
-    if (svc != SV_ECHO && !allow_remote && !is_local(url))
-        lx_usage("%s is not a loopback address: anyone who can reach it could %s; add --allow-remote "
-                 "if that is what you want",
-                 url, svc == SV_EXEC ? "run commands" : "open connections from this host");
 
     lc_listener *l;
     lc_error err = { 0 };
@@ -789,7 +812,16 @@ int lx_serve(int argc, char **argv)
                rc == -EADDRINUSE ? " (another server is there: pick another address, or port 0)" : "");
     }
     char bound[512];
-    if (lc_listener_url(l, bound, sizeof bound) != 0)
+    bool known = lc_listener_url(l, bound, sizeof bound) == 0;
+    if (svc != SV_ECHO && !allow_remote && !(known ? bound_is_local(bound) : strncasecmp(url, "unix://", 7) == 0)) {
+        /* (checked once bound: what the URL's text says is not the point) */
+        lc_listener_close(l);
+        lx_usage("%s is not a loopback address%s%s%s: anyone who can reach it could %s; add --allow-remote "
+                 "if that is what you want",
+                 url, known ? " (it is bound to " : "", known ? bound : "", known ? ")" : "",
+                 svc == SV_EXEC ? "run commands" : "open connections from this host");
+    }
+    if (!known)
         snprintf(bound, sizeof bound, "%s", url);
     /* the first line on stdout: where to connect (scripts wait for it) */
     printf("%s\n", bound);
