@@ -398,6 +398,14 @@ t_exec_failures() {
     run 0 "$LCHAN" send "$URL" '{"Args":[1],"StatusChan":"@reply","Stderr":"@stderr"}'
     out_is '{"Status":127}'
     err_has 'no "Cmd" string'
+    # a NUL byte in Cmd or Args is refused, not cut there (strings are
+    # length-counted: it ran "true", and echo printed "safe")
+    run 0 "$LCHAN" send "$URL" '{"Cmd":"true\u0000garbage","StatusChan":"@reply","Stderr":"@stderr"}'
+    out_is '{"Status":127}'
+    err_has '"Cmd" has a NUL byte in it'
+    run 0 "$LCHAN" send "$URL" '{"Cmd":"echo","Args":["ok","safe\u0000; rm -rf /"],"Stdout":"@stdout","StatusChan":"@reply","Stderr":"@stderr"}'
+    out_is '{"Status":127}'
+    err_has '"Args"\[1\] has a NUL byte in it'
     # the wrong kind of server: no status in the reply
     start echo "$LCHAN" serve "unix://$T/echo.sock" --echo
     run 76 "$LCHAN" exec "$URL" -- true
@@ -957,6 +965,47 @@ t_serve_allow_remote() {
     # told to: all interfaces
     start any "$LCHAN" serve 'TCP://0.0.0.0:0' --exec --allow-remote
     stop any
+}
+
+# serve --exec runs each command in a process group of its own and signals
+# the group: what the command started ends with it. Only the command was
+# signalled, and `sleep` in sh -c 'sleep 88; ...' ran on, orphaned.
+t_exec_process_group() {
+    start ex "$LCHAN" serve "unix://$T/ex.sock" --exec
+    local c line gc
+    mkfifo "$T/o1" "$T/o2"
+    # the session ends (an interrupted exec): SIGTERM to the group
+    "$LCHAN" exec "$URL" -- sh -c 'sleep 88 & echo $!; wait $!; true' </dev/null >"$T/o1" 2>"$T/e1" &
+    c=$!
+    exec {r}<"$T/o1"
+    read -r -t 30 -u "$r" gc || fail "the remote command did not start"
+    kill -s INT "$c"
+    wait_exit "$c" 10 "exec after SIGINT"
+    exec {r}<&-
+    [ "$RC" = 130 ] || fail "exec exited $RC after SIGINT, expected 130"
+    timeout 10 tail --pid="$gc" -f /dev/null ||
+        { fail "the command's child (sleep, pid $gc) still runs 10 s after its exec was interrupted"; kill "$gc"; }
+    # serve stops: SIGTERM to the group
+    "$LCHAN" exec "$URL" -- sh -c 'sleep 88 & echo $!; wait $!; true' </dev/null >"$T/o2" 2>"$T/e2" &
+    c=$!
+    exec {r}<"$T/o2"
+    read -r -t 30 -u "$r" gc || fail "the remote command did not start"
+    stop ex TERM 0
+    wait_exit "$c" 20 "exec after serve stopped"
+    exec {r}<&-
+    timeout 10 tail --pid="$gc" -f /dev/null ||
+        { fail "the command's child (sleep, pid $gc) still runs 10 s after serve stopped"; kill "$gc"; }
+}
+
+# a command of serve --exec has its streams as fds 0, 1, 2 and nothing else:
+# not the fds serve inherited, nor those of other sessions.
+t_exec_fds() {
+    exec {extra}>"$T/extra" # inherited by the server
+    start ex "$LCHAN" serve "unix://$T/ex.sock" --exec
+    exec {extra}>&-
+    run 0 "$LCHAN" exec "$URL" -- sh -c 'ls /proc/$$/fd'
+    out_is $'0\n1\n2'
+    stop ex
 }
 
 declare -F "t_$CASE" >/dev/null || die "no case '$CASE'"
