@@ -535,8 +535,11 @@ t_example_echo() {
     fi
 }
 
+# open pipes of a process (the streams rexec_server holds)
+pipes_of() { find "/proc/$1/fd" -lname 'pipe:*' 2>/dev/null | wc -l; }
+
 t_example_rexec() {
-    start rs "$REXEC_SERVER" "unix://$T/rexec.sock" 3
+    start rs "$REXEC_SERVER" "unix://$T/rexec.sock" 8
     printf 'hello\nworld\n' >"$T/in"
     IN=$T/in run 0 "$REXEC_CLIENT" "$URL" tr a-z A-Z
     out_is $'HELLO\nWORLD'
@@ -548,6 +551,32 @@ t_example_rexec() {
     else
         run 0 "$REXEC_CLIENT" "$URL" true
     fi
+    # a command that cannot run: 127 at once, the reason on Stderr, and the
+    # server keeps none of the streams (it kept all three: the client waited
+    # for their end for ever)
+    local before
+    before=$(pipes_of "$PID_rs")
+    run 127 "$REXEC_CLIENT" "$URL" no-such-command-xyz
+    err_has 'rexec_server: cannot run no-such-command-xyz'
+    # Args that are not strings, or not an array: refused the same way
+    # (they became a cut argv)
+    if [ -n "${LCHAN:-}" ]; then
+        run 0 "$LCHAN" send "$URL" '{"Cmd":"echo","Args":["a",7],"Stdin":"@stdin","Stdout":"@stdout","Stderr":"@stderr","StatusChan":"@reply"}'
+        out_is '{"Status":127}'
+        err_has 'Args\[1\] is not a string'
+        run 0 "$LCHAN" send "$URL" '{"Cmd":"echo","Args":"a b","Stdin":"@stdin","Stdout":"@stdout","Stderr":"@stderr","StatusChan":"@reply"}'
+        out_is '{"Status":127}'
+        err_has 'Args is not an array'
+    else
+        run 0 "$REXEC_CLIENT" "$URL" true
+        run 0 "$REXEC_CLIENT" "$URL" true
+    fi
+    # (sessions are served one after the other: this one's answer means the
+    # ones before it are over)
+    run 0 "$REXEC_CLIENT" "$URL" true
+    [ "$(pipes_of "$PID_rs")" = "$before" ] ||
+        fail "rexec_server holds $(pipes_of "$PID_rs") pipes after refused commands, $before before"
+    run 0 "$REXEC_CLIENT" "$URL" true # the last of its 8 sessions
     stop rs none 0
     grep -q 'rexec_server: sh -> status 3' "$T/rs.out" || fail "rexec_server output: $(cat "$T/rs.out")"
     if [ -n "${LCHAN:-}" ]; then # rexec_client against lchan serve --exec
