@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 /* Copies one fd to another until EOF, then closes both (but not our own
@@ -35,11 +36,12 @@ static void *copy_main(void *arg)
     return NULL;
 }
 
-static void start_copy(struct copy *c, int from, int to)
+/* 0, or pthread_create's error (then nothing runs and nothing is closed). */
+static int start_copy(struct copy *c, int from, int to)
 {
     c->from = from;
     c->to = to;
-    pthread_create(&c->t, NULL, copy_main, c);
+    return pthread_create(&c->t, NULL, copy_main, c);
 }
 
 int main(int argc, char **argv)
@@ -87,10 +89,15 @@ int main(int argc, char **argv)
 
     static struct copy cin; /* static: its thread may outlive main's frame */
     struct copy cout, cerr;
-    start_copy(&cin, 0, in[1]);
+    if ((rc = start_copy(&cin, 0, in[1])) != 0 || (rc = start_copy(&cout, out[0], 1)) != 0 ||
+        (rc = start_copy(&cerr, err[0], 2)) != 0) {
+        /* without its copies the command's streams would never end: give up
+         * (the session goes with the process, and with it the command's
+         * streams, which then end for it too) */
+        fprintf(stderr, "rexec_client: cannot start a thread: %s\n", strerror(rc));
+        return 1;
+    }
     pthread_detach(cin.t); /* not joined: our stdin may never end */
-    start_copy(&cout, out[0], 1);
-    start_copy(&cerr, err[0], 2);
 
     /* The status comes when the command has exited; its last output may still
      * be on the way, so also wait for the end of Stdout and Stderr. */

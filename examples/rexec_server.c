@@ -25,17 +25,54 @@
 
 extern char **environ;
 
-/* Runs one RemoteCommand; returns its exit status (127: could not run it). */
+/* Closes the command's three streams: the client sees the end of Stdout and
+ * Stderr only once every copy of them is closed. */
+static void close_streams(int in, int out, int err)
+{
+    close(in);
+    close(out);
+    close(err);
+}
+
+/* Runs one RemoteCommand; returns its exit status (127: could not run it,
+ * the reason written on Stderr). Closes in, out and err in every case. */
 static int run(lc_msg *req, int in, int out, int err, const char *cmd)
 {
+    /* Args is optional; when there, an array of strings. A string is
+     * length-counted in a message: one with a NUL byte inside would be cut
+     * there, running something else than what was asked. */
     lc_value *args = lc_map_get(lc_msg_root(req), "Args");
+    if (args != NULL && lc_value_type(args) == LC_NIL)
+        args = NULL;
+    if (args != NULL && lc_value_type(args) != LC_ARRAY) {
+        dprintf(err, "rexec_server: Args is not an array of strings\n");
+        close_streams(in, out, err);
+        return 127;
+    }
+    if (strlen(cmd) != lc_value_len(lc_map_get(lc_msg_root(req), "Cmd"))) {
+        dprintf(err, "rexec_server: Cmd has a NUL byte in it\n");
+        close_streams(in, out, err);
+        return 127;
+    }
     size_t n = args ? lc_value_len(args) : 0;
     char **argv = calloc(n + 2, sizeof *argv);
-    if (argv == NULL)
+    if (argv == NULL) {
+        dprintf(err, "rexec_server: out of memory\n");
+        close_streams(in, out, err);
         return 127;
+    }
     argv[0] = (char *)cmd;
-    for (size_t i = 0; i < n; i++)
-        argv[i + 1] = (char *)lc_value_string(lc_array_get(args, i), NULL);
+    for (size_t i = 0; i < n; i++) {
+        size_t len;
+        const char *a = lc_value_string(lc_array_get(args, i), &len); /* NULL: not a string */
+        if (a == NULL || strlen(a) != len) {
+            dprintf(err, "rexec_server: Args[%zu] is %s\n", i, a == NULL ? "not a string" : "cut by a NUL byte");
+            free(argv);
+            close_streams(in, out, err);
+            return 127;
+        }
+        argv[i + 1] = (char *)a;
+    }
 
     posix_spawn_file_actions_t fa; /* the streams become fds 0, 1, 2 */
     posix_spawn_file_actions_init(&fa);
@@ -56,13 +93,12 @@ static int run(lc_msg *req, int in, int out, int err, const char *cmd)
     free(argv);
     if (rc != 0) {
         dprintf(err, "rexec_server: cannot run %s: %s\n", cmd, strerror(rc));
+        close_streams(in, out, err); /* or the client waits for their end for ever */
         return 127;
     }
     /* The child has its copies; ours must be closed, or the client would
      * never see the end of Stdout and Stderr. */
-    close(in);
-    close(out);
-    close(err);
+    close_streams(in, out, err);
     int ws;
     waitpid(pid, &ws, 0);
     return WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);

@@ -398,6 +398,14 @@ t_exec_failures() {
     run 0 "$LCHAN" send "$URL" '{"Args":[1],"StatusChan":"@reply","Stderr":"@stderr"}'
     out_is '{"Status":127}'
     err_has 'no "Cmd" string'
+    # a NUL byte in Cmd or Args is refused, not cut there (strings are
+    # length-counted: it ran "true", and echo printed "safe")
+    run 0 "$LCHAN" send "$URL" '{"Cmd":"true\u0000garbage","StatusChan":"@reply","Stderr":"@stderr"}'
+    out_is '{"Status":127}'
+    err_has '"Cmd" has a NUL byte in it'
+    run 0 "$LCHAN" send "$URL" '{"Cmd":"echo","Args":["ok","safe\u0000; rm -rf /"],"Stdout":"@stdout","StatusChan":"@reply","Stderr":"@stderr"}'
+    out_is '{"Status":127}'
+    err_has '"Args"\[1\] has a NUL byte in it'
     # the wrong kind of server: no status in the reply
     start echo "$LCHAN" serve "unix://$T/echo.sock" --echo
     run 76 "$LCHAN" exec "$URL" -- true
@@ -527,8 +535,11 @@ t_example_echo() {
     fi
 }
 
+# open pipes of a process (the streams rexec_server holds)
+pipes_of() { find "/proc/$1/fd" -lname 'pipe:*' 2>/dev/null | wc -l; }
+
 t_example_rexec() {
-    start rs "$REXEC_SERVER" "unix://$T/rexec.sock" 3
+    start rs "$REXEC_SERVER" "unix://$T/rexec.sock" 8
     printf 'hello\nworld\n' >"$T/in"
     IN=$T/in run 0 "$REXEC_CLIENT" "$URL" tr a-z A-Z
     out_is $'HELLO\nWORLD'
@@ -540,6 +551,32 @@ t_example_rexec() {
     else
         run 0 "$REXEC_CLIENT" "$URL" true
     fi
+    # a command that cannot run: 127 at once, the reason on Stderr, and the
+    # server keeps none of the streams (it kept all three: the client waited
+    # for their end for ever)
+    local before
+    before=$(pipes_of "$PID_rs")
+    run 127 "$REXEC_CLIENT" "$URL" no-such-command-xyz
+    err_has 'rexec_server: cannot run no-such-command-xyz'
+    # Args that are not strings, or not an array: refused the same way
+    # (they became a cut argv)
+    if [ -n "${LCHAN:-}" ]; then
+        run 0 "$LCHAN" send "$URL" '{"Cmd":"echo","Args":["a",7],"Stdin":"@stdin","Stdout":"@stdout","Stderr":"@stderr","StatusChan":"@reply"}'
+        out_is '{"Status":127}'
+        err_has 'Args\[1\] is not a string'
+        run 0 "$LCHAN" send "$URL" '{"Cmd":"echo","Args":"a b","Stdin":"@stdin","Stdout":"@stdout","Stderr":"@stderr","StatusChan":"@reply"}'
+        out_is '{"Status":127}'
+        err_has 'Args is not an array'
+    else
+        run 0 "$REXEC_CLIENT" "$URL" true
+        run 0 "$REXEC_CLIENT" "$URL" true
+    fi
+    # (sessions are served one after the other: this one's answer means the
+    # ones before it are over)
+    run 0 "$REXEC_CLIENT" "$URL" true
+    [ "$(pipes_of "$PID_rs")" = "$before" ] ||
+        fail "rexec_server holds $(pipes_of "$PID_rs") pipes after refused commands, $before before"
+    run 0 "$REXEC_CLIENT" "$URL" true # the last of its 8 sessions
     stop rs none 0
     grep -q 'rexec_server: sh -> status 3' "$T/rs.out" || fail "rexec_server output: $(cat "$T/rs.out")"
     if [ -n "${LCHAN:-}" ]; then # rexec_client against lchan serve --exec
@@ -701,6 +738,303 @@ t_serve_stop_many() {
         exec {wfd[i]}>&- {rfd[i]}<&-
         wait_exit "${pids[i]}" 10 "client $((i + 1))"
     done
+}
+
+# wait_line FILE REGEX SECS WHAT : waits (a deadline, checking every 10 ms)
+# until a line of FILE, written by a process running meanwhile, matches.
+wait_line() {
+    local file=$1 re=$2 secs=$3 what=$4 n=0
+    until grep -qE -- "$re" "$file" 2>/dev/null; do
+        n=$((n + 1))
+        [ "$n" -lt $((secs * 100)) ] || { fail "$what: no line /$re/ within $secs s"; return 1; }
+        sleep 0.01
+    done
+}
+
+# ms_since T0 : milliseconds since T0 (from date +%s%N)
+ms_since() { echo $((($(date +%s%N) - $1) / 1000000)); }
+
+# send with "@stdin" and a reply channel, to a command that reads none of it:
+# once the reply is in, send stops copying stdin and exits 0. The copy was
+# blocked writing into a full pipe whose read end send held itself (no
+# EPIPE ever came), and send waited for it for ever, SIGTERM included.
+stdin_unread() { # URL-of-listener
+    start ex "$LCHAN" serve "$1" --exec
+    head -c 30000000 /dev/zero >"$T/zeros"
+    local i
+    for i in 1 2 3; do
+        IN=$T/zeros run 0 "$LCHAN" send "$URL" '{"Cmd":"true","Stdin":"@stdin","StatusChan":"@reply"}'
+        out_is '{"Status":0}'
+    done
+    # the same with a reply and an output stream; and exec
+    IN=$T/zeros run 0 "$LCHAN" send "$URL" '{"Cmd":"echo","Args":["hi"],"Stdin":"@stdin","Stdout":"@stdout","StatusChan":"@reply"}'
+    out_is $'hi\n{"Status":0}'
+    IN=$T/zeros run 0 "$LCHAN" exec "$URL" -- true
+    # only "@stdin", and the command reads none of it: not all of stdin was
+    # sent, and send says so (it waited until --timeout, 75)
+    IN=$T/zeros run 76 "$LCHAN" send "$URL" '{"Cmd":"true","Stdin":"@stdin"}'
+    err_one_line "^lchan: the receiver at $URL stopped reading the stdin stream before all of stdin was sent$"
+    stop ex
+}
+t_stdin_unread_unix() { stdin_unread "unix://$T/ex.sock"; }
+t_stdin_unread_tcp() { stdin_unread "tcp://127.0.0.1:0"; }
+
+# SIGINT/SIGTERM, and exec --timeout, while the stdin copy is blocked on a
+# command that does not read: lchan exits at once (130, 143, 75). It waited
+# for the command to end.
+t_stop_while_stdin_blocked() {
+    start ex "$LCHAN" serve tcp://127.0.0.1:0 --exec
+    local url=$URL c line t0 ms
+    head -c 30000000 /dev/zero >"$T/zeros"
+    mkfifo "$T/o1" "$T/o2"
+    "$LCHAN" exec "$url" -- sh -c 'echo started; exec sleep 30' <"$T/zeros" >"$T/o1" 2>"$T/e1" &
+    c=$!
+    exec {r}<"$T/o1"
+    read -r -t 30 -u "$r" line || fail "exec: the remote command did not start"
+    t0=$(date +%s%N)
+    kill -s INT "$c"
+    wait_exit "$c" 10 "exec after SIGINT with stdin blocked"
+    ms=$(ms_since "$t0")
+    exec {r}<&-
+    [ "$RC" = 130 ] || fail "exec exited $RC after SIGINT, expected 130"
+    [ "$ms" -lt 3000 ] || fail "exec took $ms ms to stop after SIGINT, expected about 500"
+    check_clean "$T/e1" "exec"
+    "$LCHAN" send "$url" --timeout 0 \
+        '{"Cmd":"sh","Args":["-c","echo started >&2; exec sleep 30"],"Stdin":"@stdin","Stderr":"@stderr","StatusChan":"@reply"}' \
+        <"$T/zeros" >"$T/out2" 2>"$T/o2" &
+    c=$!
+    exec {r}<"$T/o2"
+    read -r -t 30 -u "$r" line || fail "send: the remote command did not start"
+    t0=$(date +%s%N)
+    kill -s TERM "$c"
+    wait_exit "$c" 10 "send after SIGTERM with stdin blocked"
+    ms=$(ms_since "$t0")
+    cat <&"$r" >"$T/e2" # (the rest of its stderr)
+    exec {r}<&-
+    [ "$RC" = 143 ] || fail "send exited $RC after SIGTERM, expected 143"
+    [ "$ms" -lt 3000 ] || fail "send took $ms ms to stop after SIGTERM, expected about 500"
+    check_clean "$T/e2" "send"
+    t0=$(date +%s%N)
+    IN=$T/zeros run 75 "$LCHAN" exec --timeout 1000 "$url" -- sleep 30
+    ms=$(ms_since "$t0")
+    err_one_line "no status from $url within 1000 ms"
+    [ "$ms" -lt 4000 ] || fail "exec --timeout 1000 took $ms ms, expected about 1500"
+    stop ex
+}
+
+# send with only "@stdin" ends when the session has taken all of stdin,
+# however long the receiver takes to read it: it gave up after 5 s and exited
+# 76 though the session was fine and every byte arrived. Over unix the stdin
+# pipe is passed to the command itself (fd passing), which reads it only once
+# told to through a fifo: then nothing but the command takes the bytes. (A
+# session whose first message goes before the server's SETTINGS is read uses
+# a sub-stream instead, about half the time; the command says which it got,
+# and such a round is done over.)
+t_send_stdin_slow_reader() {
+    start ex "$LCHAN" serve "unix://$T/ex.sock" --exec
+    mkfifo "$T/go" "$T/sin"
+    head -c 10000 /dev/urandom >"$T/in"
+    local try c w mode=none
+    for try in $(seq 20); do
+        rm -f "$T/mode" "$T/count"
+        "$LCHAN" --trace send "$URL" --timeout 0 \
+            "{\"Cmd\":\"sh\",\"Args\":[\"-c\",\"if [ -p /dev/stdin ]; then echo pipe; else echo sock; fi >$T/mode; read x <$T/go; exec wc -c >$T/count\"],\"Stdin\":\"@stdin\"}" \
+            <"$T/sin" >"$T/o" 2>"$T/e" &
+        c=$!
+        exec {w}>"$T/sin"
+        wait_line "$T/mode" '^(pipe|sock)$' 30 "the remote command" || break
+        mode=$(cat "$T/mode")
+        [ "$mode" = pipe ] && break
+        exec {w}>&- # a sub-stream: this round tests nothing; end it
+        timeout 10 sh -c "echo go >$T/go" || fail "the command did not open the fifo"
+        wait_exit "$c" 20 "send (round $try, a sub-stream)"
+        [ "$RC" = 0 ] || fail "send exited $RC in round $try: $(grep -v '\[trace' "$T/e")"
+    done
+    [ "$mode" = pipe ] || die "in $try sessions the stream was never passed as an fd: cannot test"
+    echo "round $try: the stdin pipe was passed to the command" >&2
+    cat "$T/in" >&"$w"
+    exec {w}>&-
+    wait_line "$T/e" 'stdin -> stream: end of stream after 10000 bytes' 30 "send"
+    # all of stdin is in the pipe, none of it read: send waits, past 5 s
+    if timeout 7 tail --pid="$c" -f /dev/null; then
+        fail "send ended before the command read its stdin: $(grep -v '\[trace' "$T/e")"
+    fi
+    timeout 10 sh -c "echo go >$T/go" || fail "the command did not open the fifo"
+    wait_exit "$c" 20 "send once the command read its stdin"
+    [ "$RC" = 0 ] || fail "send exited $RC, expected 0: $(grep -v '\[trace' "$T/e")"
+    check_clean "$T/e" "send"
+    stop ex
+    [ "$(cat "$T/count" 2>/dev/null)" = 10000 ] || fail "the command read $(cat "$T/count" 2>/dev/null) bytes, expected 10000"
+}
+
+# a reply that comes while "@stdout" is still being copied is printed after
+# the stream's last byte: it landed in the middle of the data.
+t_replies_after_stdout() {
+    start echo "$LCHAN" serve "unix://$T/echo.sock" --echo
+    local c w r line
+    mkfifo "$T/sin" "$T/sout"
+    # the echo service answers at once, and copies the stream until our stdin
+    # ends: the reply is in (its trace line) well before the stream's end
+    "$LCHAN" --trace send "$URL" '{"In":"@stdin","Out":"@stdout","R":"@reply"}' <"$T/sin" >"$T/sout" 2>"$T/e" &
+    c=$!
+    exec {w}>"$T/sin" {r}<"$T/sout"
+    echo first >&"$w"
+    read -r -t 30 -u "$r" line || fail "the stream's first line did not come"
+    [ "$line" = first ] || fail "the first line out is '$line', expected 'first'"
+    wait_line "$T/e" 'reply#1 << \{\}' 30 "send"
+    echo second >&"$w"
+    exec {w}>&-
+    cat <&"$r" >"$T/rest"
+    exec {r}<&-
+    wait_exit "$c" 20 "send"
+    [ "$RC" = 0 ] || fail "send exited $RC: $(grep -v '\[trace' "$T/e")"
+    [ "$(cat "$T/rest")" = $'second\n{}' ] || fail "after 'first' came '$(cat "$T/rest")', expected 'second' then the reply"
+    check_clean "$T/e" "send"
+    # several reply channels, and a duplex stream
+    printf 'abc\n' >"$T/in"
+    IN=$T/in run 0 "$LCHAN" send "$URL" '{"A":"@reply","Io":"@stdio","B":"@reply"}'
+    out_is $'abc\n{}\n{}'
+    stop echo
+    # a remote command's status and its output (the case it was seen in)
+    start ex "$LCHAN" serve tcp://127.0.0.1:0 --exec
+    { head -c 20000000 /dev/zero | tr '\0' x; echo; echo '{"Status":0}'; } >"$T/want"
+    run 0 "$LCHAN" send "$URL" \
+        '{"Cmd":"sh","Args":["-c","head -c 20000000 /dev/zero | tr \"\\0\" x; echo"],"Stdout":"@stdout","StatusChan":"@reply"}'
+    cmp -s "$OUT" "$T/want" ||
+        fail "the status is not after the stream's data (at byte $(grep -ob '{"Status"' "$OUT" | head -1))"
+    stop ex
+}
+
+# what a peer sends that the JSON printer must render as valid JSON, losing
+# nothing: map keys that are not UTF-8 or collide once printed, times RFC 3339
+# cannot write (and years below 1000, which must have four digits), an opaque
+# body's content type.
+t_json_output() {
+    start peer "$CRAFTED_PEER" tcp://127.0.0.1:0
+    local u=$URL
+    dead_tcp_url
+    local dead=$URL
+    run 0 "$LCHAN" send "$u" '{"What":"keys","R":"@reply"}'
+    out_is $'{"keys":{"bad\xef\xbf\xbd":1,"a\\u0000b":2,"7":3,"7#2":4,"bad\xef\xbf\xbd#2":5},"bad\xef\xbf\xbd":6}'
+    run 0 "$LCHAN" send "$u" '{"What":"times","R":"@reply"}'
+    out_is '{"y1":{"$time":"0001-01-01T00:00:00Z"},"y0":{"$time":"0000-01-01T00:00:00.500000000Z"},"y10000":{"$time":{"sec":253402300800,"nsec":0}},"far":{"$time":{"sec":4611686018427387903,"nsec":7}},"neg":{"$time":{"sec":-62167219201,"nsec":0}}}'
+    # what was printed is JSON send takes back (checked before connecting: 69)
+    local times
+    times=$(cat "$OUT")
+    run 69 "$LCHAN" send "$dead" "$times"
+    err_has 'cannot connect'
+    run 0 "$LCHAN" send "$u" '{"What":"body","R":"@reply"}'
+    out_is '{"$body":{"type":"text/x\"q\\b\nl\u0001c'$'\xef\xbf\xbd''","bytes":3}}'
+    [ "$(wc -l <"$OUT")" = 1 ] || fail "the body line is $(wc -l <"$OUT") lines"
+    run 69 "$LCHAN" send "$dead" "$(cat "$OUT")"
+    err_has 'cannot connect'
+    stop peer
+}
+
+# times through an echo peer and back, including the forms the printer
+# falls back to: what is printed is what was sent.
+t_time_round_trip() {
+    start echo "$LCHAN" serve "unix://$T/echo.sock" --echo
+    local v='{"A":{"$time":"0001-01-01T00:00:00Z"},"B":{"$time":"0999-12-31T23:59:59.000000001Z"},"C":{"$time":"9999-12-31T23:59:59Z"},"D":{"$time":{"sec":253402300800,"nsec":0}},"E":{"$time":{"sec":-62167219201,"nsec":5}},"F":{"$time":"1970-01-01T00:00:00Z"}}'
+    local req="${v%\}},\"R\":\"@reply\"}"
+    run 0 "$LCHAN" send "$URL" "$req"
+    out_is "$v"
+    run 0 "$LCHAN" send "$URL" '{"T":{"$time":{"sec":253402300800}},"R":"@reply"}'
+    out_is '{"T":{"$time":{"sec":253402300800,"nsec":0}}}'
+    run 65 "$LCHAN" send "$URL" '{"T":{"$time":{"sec":1,"nsec":1000000000}}}'
+    err_one_line 'nsec 1000000000 is out of range'
+    run 65 "$LCHAN" send "$URL" '{"T":{"$time":{"sec":1,"ns":1}}}'
+    err_one_line '\$time: an object must be'
+    stop echo
+}
+
+# lchan started with stdin (or stdout) closed: /dev/null takes its place. Its
+# own stop pipe became fd 0 and was streamed to the command, which never saw
+# EOF.
+t_closed_std_fds() {
+    start ex "$LCHAN" serve "unix://$T/ex.sock" --exec
+    timeout 20 "$LCHAN" exec "$URL" -- od -c <&- >"$T/o" 2>"$T/e"
+    RC=$?
+    [ "$RC" = 0 ] || fail "exec with stdin closed exited $RC, expected 0: $(cat "$T/e")"
+    [ "$(cat "$T/o")" = 0000000 ] || fail "od saw '$(cat "$T/o")' with lchan's stdin closed, expected nothing"
+    check_clean "$T/e" "exec"
+    timeout 20 "$LCHAN" send "$URL" '{"Cmd":"wc","Args":["-c"],"Stdin":"@stdin","Stdout":"@stdout","StatusChan":"@reply"}' \
+        <&- >"$T/o" 2>"$T/e"
+    RC=$?
+    [ "$RC" = 0 ] || fail "send with stdin closed exited $RC, expected 0: $(cat "$T/e")"
+    [ "$(tr -d ' ' <"$T/o")" = $'0\n{"Status":0}' ] || fail "send with stdin closed printed '$(cat "$T/o")'"
+    timeout 20 "$LCHAN" exec "$URL" -- sh -c 'echo out; echo err >&2; exit 4' >&- 2>&-
+    RC=$?
+    [ "$RC" = 4 ] || fail "exec with stdout and stderr closed exited $RC, expected 4"
+    stop ex
+}
+
+# --exec and --gateway check the address they are bound to, not the URL's
+# text: an upper-case scheme went through as "not tcp", i.e. a unix socket.
+t_serve_allow_remote() {
+    local u
+    for u in 'TCP://0.0.0.0:0' 'Tcp://0.0.0.0:0' 'tcp://0.0.0.0:0' 'tcp://:0'; do
+        run 64 "$LCHAN" serve "$u" --exec
+        err_one_line "^lchan: serve: $u is not a loopback address \(it is bound to tcp://.*\): .*--allow-remote"
+    done
+    run 64 "$LCHAN" serve 'TCP://0.0.0.0:0' --gateway
+    err_one_line "not a loopback address"
+    # loopback, however written: served
+    local n=0
+    for u in 'TCP://127.0.0.1:0' 'tcp://127.0.0.2:0' 'tcp://localhost:0'; do
+        n=$((n + 1))
+        start "ok$n" "$LCHAN" serve "$u" --exec
+        [[ "$URL" =~ ^tcp://(127\.[0-9.]+|\[::1\]):[0-9]+$ ]] || fail "$u: serve printed '$URL'"
+        run 0 "$LCHAN" exec "$URL" -- echo hi
+        out_is hi
+        stop "ok$n"
+    done
+    start unix "$LCHAN" serve "UNIX://$T/u.sock" --exec
+    stop unix
+    # told to: all interfaces
+    start any "$LCHAN" serve 'TCP://0.0.0.0:0' --exec --allow-remote
+    stop any
+}
+
+# serve --exec runs each command in a process group of its own and signals
+# the group: what the command started ends with it. Only the command was
+# signalled, and `sleep` in sh -c 'sleep 88; ...' ran on, orphaned.
+t_exec_process_group() {
+    start ex "$LCHAN" serve "unix://$T/ex.sock" --exec
+    local c line gc
+    mkfifo "$T/o1" "$T/o2"
+    # the session ends (an interrupted exec): SIGTERM to the group
+    "$LCHAN" exec "$URL" -- sh -c 'sleep 88 & echo $!; wait $!; true' </dev/null >"$T/o1" 2>"$T/e1" &
+    c=$!
+    exec {r}<"$T/o1"
+    read -r -t 30 -u "$r" gc || fail "the remote command did not start"
+    kill -s INT "$c"
+    wait_exit "$c" 10 "exec after SIGINT"
+    exec {r}<&-
+    [ "$RC" = 130 ] || fail "exec exited $RC after SIGINT, expected 130"
+    timeout 10 tail --pid="$gc" -f /dev/null ||
+        { fail "the command's child (sleep, pid $gc) still runs 10 s after its exec was interrupted"; kill "$gc"; }
+    # serve stops: SIGTERM to the group
+    "$LCHAN" exec "$URL" -- sh -c 'sleep 88 & echo $!; wait $!; true' </dev/null >"$T/o2" 2>"$T/e2" &
+    c=$!
+    exec {r}<"$T/o2"
+    read -r -t 30 -u "$r" gc || fail "the remote command did not start"
+    stop ex TERM 0
+    wait_exit "$c" 20 "exec after serve stopped"
+    exec {r}<&-
+    timeout 10 tail --pid="$gc" -f /dev/null ||
+        { fail "the command's child (sleep, pid $gc) still runs 10 s after serve stopped"; kill "$gc"; }
+}
+
+# a command of serve --exec has its streams as fds 0, 1, 2 and nothing else:
+# not the fds serve inherited, nor those of other sessions.
+t_exec_fds() {
+    exec {extra}>"$T/extra" # inherited by the server
+    start ex "$LCHAN" serve "unix://$T/ex.sock" --exec
+    exec {extra}>&-
+    run 0 "$LCHAN" exec "$URL" -- sh -c 'ls /proc/$$/fd'
+    out_is $'0\n1\n2'
+    stop ex
 }
 
 declare -F "t_$CASE" >/dev/null || die "no case '$CASE'"

@@ -162,15 +162,29 @@ static int parse_time(const char *s, int64_t *sec, uint32_t *nsec, char *why, si
     return 0;
 }
 
-static void format_time(int64_t sec, uint32_t nsec, char *buf, size_t len)
+/* A time as RFC 3339 in UTC ("2006-01-02T15:04:05.999999999Z", the fraction
+ * only when not whole seconds) into buf (40 bytes are enough). false when it
+ * has no such form: a year outside 0000-9999 (RFC 3339 has four digits, and
+ * gmtime_r fails far out), or a fraction of a second that is not below one. */
+static bool format_time(int64_t sec, uint32_t nsec, char *buf, size_t len)
 {
     time_t t = (time_t)sec;
     struct tm tm;
-    gmtime_r(&t, &tm);
-    size_t n = strftime(buf, len, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (nsec >= 1000000000u || (int64_t)t != sec || gmtime_r(&t, &tm) == NULL)
+        return false;
+    long long year = (long long)tm.tm_year + 1900;
+    if (year < 0 || year > 9999)
+        return false;
+    int n = snprintf(buf, len, "%04lld-%02d-%02dT%02d:%02d:%02d", year, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                     tm.tm_min, tm.tm_sec);
+    if (n < 0 || (size_t)n >= len)
+        return false;
     if (nsec != 0)
-        n += (size_t)snprintf(buf + n, len - n, ".%09" PRIu32, nsec);
-    snprintf(buf + n, len - n, "Z");
+        n += snprintf(buf + n, len - (size_t)n, ".%09" PRIu32, nsec);
+    if (n < 0 || (size_t)n >= len)
+        return false;
+    snprintf(buf + n, len - (size_t)n, "Z");
+    return true;
 }
 
 /* ---- JSON -> message ------------------------------------------------------------- */
@@ -219,7 +233,6 @@ static lc_value *make_stream(build_ctx *c, lc_msg *m, const char *which)
         return fail_at(c, "pipe: %s", strerror(errno));
     if (want_in) { /* we write stdin into sv[1]; the session reads sv[0] */
         p->stdin_fd = sv[1];
-        p->stdin_peek = fcntl(sv[0], F_DUPFD_CLOEXEC, 0);
         return lc_new_stream(m, sv[0], LC_STREAM_READ);
     }
     /* the session writes what arrives into sv[1]; we copy sv[0] out */
@@ -245,6 +258,21 @@ static lc_value *make_reply(build_ctx *c, lc_msg *m)
     return lc_new_sender(m, s);
 }
 
+/* {"$time": {"sec": S, "nsec": N}}: seconds since 1970-01-01T00:00:00Z and
+ * nanoseconds (0 to 999999999), the form times outside years 0000-9999 are
+ * printed in. */
+static lc_value *unix_time(build_ctx *c, lc_msg *m, json_t *v)
+{
+    json_t *sec = json_object_get(v, "sec"), *nsec = json_object_get(v, "nsec");
+    size_t want = 1 + (nsec != NULL);
+    if (!json_is_integer(sec) || (nsec != NULL && !json_is_integer(nsec)) || json_object_size(v) != want)
+        return fail_at(c, "$time: an object must be {\"sec\": N, \"nsec\": N} (or write an RFC 3339 string)");
+    json_int_t ns = nsec ? json_integer_value(nsec) : 0;
+    if (ns < 0 || ns > 999999999)
+        return fail_at(c, "$time: nsec %lld is out of range (0-999999999)", (long long)ns);
+    return lc_new_time(m, (int64_t)json_integer_value(sec), (uint32_t)ns);
+}
+
 /* The special single-key objects; NULL with *handled false when o is a plain map. */
 static lc_value *special(build_ctx *c, lc_msg *m, json_t *o, bool *handled)
 {
@@ -261,6 +289,8 @@ static lc_value *special(build_ctx *c, lc_msg *m, json_t *o, bool *handled)
     if (k == sizeof names / sizeof names[0])
         return NULL;
     *handled = true;
+    if (k == 3 && json_is_object(v)) /* a time RFC 3339 cannot write (as printed) */
+        return unix_time(c, m, v);
     if (!json_is_string(v))
         return fail_at(c, "the value of %s must be a string", key);
     const char *s = json_string_value(v);
@@ -372,15 +402,13 @@ void lx_plan_free(lx_reqplan *p)
         close(p->stdout_fd);
     if (p->stderr_fd >= 0)
         close(p->stderr_fd);
-    if (p->stdin_peek >= 0)
-        close(p->stdin_peek);
-    p->stdin_fd = p->stdout_fd = p->stderr_fd = p->stdin_peek = -1;
+    p->stdin_fd = p->stdout_fd = p->stderr_fd = -1;
 }
 
 lc_msg *lx_json_to_msg(const char *text, lx_reqplan *plan, char *err, size_t errlen)
 {
     memset(plan, 0, sizeof *plan);
-    plan->stdin_fd = plan->stdout_fd = plan->stderr_fd = plan->stdin_peek = -1;
+    plan->stdin_fd = plan->stdout_fd = plan->stderr_fd = -1;
     json_error_t je;
     json_t *j = json_loads(text, JSON_DECODE_ANY | JSON_ALLOW_NUL | JSON_REJECT_DUPLICATES, &je);
     if (j == NULL) {
@@ -428,13 +456,10 @@ static size_t utf8_seq(const unsigned char *p, size_t n)
     return len;
 }
 
-/* A JSON string for s, each byte that is not part of valid UTF-8 replaced
- * with U+FFFD (jansson only holds valid UTF-8). */
-static json_t *utf8_string(const char *s, size_t n)
+/* s (n bytes) as valid UTF-8, malloc'ed, its length in *outlen: each byte
+ * that is not part of valid UTF-8 replaced with U+FFFD. */
+static char *utf8_fix(const char *s, size_t n, size_t *outlen)
 {
-    json_t *j = json_stringn(s, n);
-    if (j != NULL)
-        return j;
     char *buf = malloc(n * 3 + 1);
     if (buf == NULL)
         return NULL;
@@ -451,9 +476,52 @@ static json_t *utf8_string(const char *s, size_t n)
             i++;
         }
     }
+    buf[o] = '\0';
+    *outlen = o;
+    return buf;
+}
+
+/* A JSON string for s, each byte that is not part of valid UTF-8 replaced
+ * with U+FFFD (jansson only holds valid UTF-8). */
+static json_t *utf8_string(const char *s, size_t n)
+{
+    json_t *j = json_stringn(s, n);
+    if (j != NULL)
+        return j;
+    size_t o;
+    char *buf = utf8_fix(s, n, &o);
+    if (buf == NULL)
+        return NULL;
     j = json_stringn(buf, o);
     free(buf);
     return j;
+}
+
+/* Sets o[key] = val (taking val), key being n bytes of valid UTF-8. Two keys
+ * of a map can print the same: the int 7 and the string "7", or strings that
+ * differ only in bytes replaced with U+FFFD. The later one then gets the
+ * first free suffix of "#2", "#3", ... ("7#2"), so that no value is lost
+ * (docs/json-mapping.md). -1 when out of memory. */
+static int set_key(json_t *o, const char *key, size_t n, json_t *val)
+{
+    if (json_object_getn(o, key, n) == NULL)
+        return json_object_setn_new(o, key, n, val);
+    char *k = malloc(n + 24);
+    if (k == NULL) {
+        json_decref(val);
+        return -1;
+    }
+    memcpy(k, key, n);
+    int rc = -1;
+    for (unsigned long i = 2; rc != 0; i++) {
+        size_t kn = n + (size_t)sprintf(k + n, "#%lu", i);
+        if (json_object_getn(o, k, kn) == NULL) {
+            rc = json_object_setn_new(o, k, kn, val);
+            break;
+        }
+    }
+    free(k);
+    return rc;
 }
 
 static json_t *tag(const char *key, const char *val)
@@ -499,8 +567,9 @@ static json_t *to_json(const lc_value *v, int depth)
         uint32_t ns;
         char buf[64];
         lc_value_time(v, &sec, &ns);
-        format_time(sec, ns, buf, sizeof buf);
-        return tag("$time", buf);
+        if (format_time(sec, ns, buf, sizeof buf))
+            return tag("$time", buf);
+        return json_pack("{s:{s:I,s:I}}", "$time", "sec", (json_int_t)sec, "nsec", (json_int_t)ns);
     }
     case LC_ARRAY: {
         json_t *a = json_array();
@@ -513,16 +582,25 @@ static json_t *to_json(const lc_value *v, int depth)
         for (size_t i = 0; o != NULL && i < lc_value_len(v); i++) {
             const lc_value *k = lc_map_key(v, i);
             json_t *val = to_json(lc_map_value(v, i), depth + 1);
+            char *kt;
+            size_t kn = 0;
             if (lc_value_type(k) == LC_STRING) {
                 size_t n;
                 const char *s = lc_value_string(k, &n);
-                json_object_setn_new(o, s, n, val);
+                kt = utf8_fix(s, n, &kn);
             } else {
                 /* a non-string key (Go maps may have them): its JSON text */
-                char *kt = lx_value_to_json(k);
-                json_object_set_new(o, kt ? kt : "?", val);
-                free(kt);
+                kt = lx_value_to_json(k);
+                kn = kt ? strlen(kt) : 0;
             }
+            if (kt == NULL || val == NULL || set_key(o, kt, kn, val) != 0) {
+                if (kt == NULL) /* (set_key takes val in every case) */
+                    json_decref(val);
+                free(kt);
+                json_decref(o);
+                return NULL;
+            }
+            free(kt);
         }
         return o;
     }
@@ -544,6 +622,15 @@ char *lx_value_to_json(const lc_value *v)
     if (j == NULL)
         return NULL;
     char *s = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(17));
+    json_decref(j);
+    return s;
+}
+
+char *lx_body_to_json(const char *ctype, size_t bytes)
+{
+    json_t *t = utf8_string(ctype ? ctype : "", ctype ? strlen(ctype) : 0);
+    json_t *j = t ? json_pack("{s:{s:o,s:I}}", "$body", "type", t, "bytes", (json_int_t)bytes) : NULL;
+    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
     return s;
 }

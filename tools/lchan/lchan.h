@@ -66,9 +66,19 @@ int lx_session_exit(int code);
 /* ---- byte pumps (util.c) -------------------------------------------------- */
 
 /* Copies from one fd to another in a thread until EOF (or a write error),
- * then does what flags say. label names it in traces. */
+ * then does what flags say. label names it in traces. It waits in poll() on
+ * both fds and a stop pipe, so lx_pump_cancel ends it at once even while
+ * `to` is full and its reader reads nothing: a `to` it may close or shut
+ * down, or given LX_OWN_TO, is the caller's alone and is made non-blocking;
+ * any other (our stdout, stderr) is left blocking and written in pieces that
+ * poll() said fit. */
 typedef struct lx_pump lx_pump;
-enum { LX_CLOSE_FROM = 1, LX_CLOSE_TO = 2, LX_SHUT_TO = 4 /* shutdown(SHUT_WR): a socket's EOF */ };
+enum {
+    LX_CLOSE_FROM = 1,
+    LX_CLOSE_TO = 2,
+    LX_SHUT_TO = 4, /* shutdown(SHUT_WR): a socket's EOF */
+    LX_OWN_TO = 8,  /* `to` is ours alone (the caller closes it): make it non-blocking */
+};
 /* How a copy ended: EOF on `from`; `to` refused a write (its reader went
  * away: bytes were lost); stopped by lx_pump_cancel. */
 enum { LX_PUMP_EOF = 0, LX_PUMP_BROKEN = 1, LX_PUMP_STOPPED = 2 };
@@ -123,8 +133,6 @@ typedef struct lx_reqplan {
     int stdout_fd; /* our end to copy to stdout from, or -1 */
     int stderr_fd; /* our end to copy to stderr from, or -1 */
     bool stdio_duplex; /* stdin_fd == stdout_fd: one duplex socket */
-    int stdin_peek;    /* a duplicate of the session's end of the stdin pipe, to
-                          see when it has read everything; or -1 */
 } lx_reqplan;
 
 /* Parses text and builds a message. On failure: NULL, an explanation in err. */
@@ -133,6 +141,9 @@ lc_msg *lx_json_to_msg(const char *text, lx_reqplan *plan, char *err, size_t err
 void lx_plan_free(lx_reqplan *plan);
 /* Renders a value as compact JSON (malloc'ed; never NULL unless out of memory). */
 char *lx_value_to_json(const lc_value *v);
+/* The line for an opaque body: {"$body":{"type":"...","bytes":N}} (malloc'ed;
+ * NULL when out of memory). */
+char *lx_body_to_json(const char *ctype, size_t bytes);
 
 /* ---- subcommands ------------------------------------------------------------ */
 

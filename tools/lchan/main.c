@@ -5,6 +5,7 @@
 #include "lchan.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,8 +85,10 @@ const char *const lx_help_send =
     "                 finished after MS milliseconds (default 30000; 0: wait forever)\n"
     "  --trace        print the message sent, each reply and the streams on stderr\n"
     "\n"
+    "Replies wait while an @stdout stream is being copied, and print after it.\n"
     "Status 76 when the session ends before the replies and streams are done (e.g.\n"
-    "the server died while stdin was being sent); 130/143 on SIGINT/SIGTERM.\n";
+    "the server died while stdin was being sent), or when, with only @stdin, the\n"
+    "receiver stops reading it before it is all sent; 130/143 on SIGINT/SIGTERM.\n";
 
 const char *const lx_help_exec =
     "usage: lchan exec URL [--timeout MS] [--trace] [--] CMD [ARGS...]\n"
@@ -196,8 +199,28 @@ static const struct {
     { "bench", lx_bench, &lx_help_bench },
 };
 
+/* Started with stdin, stdout or stderr closed (`<&-`), the next fd opened
+ * would be taken for it: exec and send would stream their own stop pipe as
+ * stdin, a trace could go into a session's socket. /dev/null takes each
+ * such slot first, before any other fd is opened. */
+static void fill_std_fds(void)
+{
+    for (int fd = 0; fd <= 2; fd++) {
+        if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF)
+            continue;
+        int n = open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY);
+        if (n < 0)
+            _exit(LX_INTERNAL); /* (nowhere to say it, perhaps) */
+        if (n != fd) { /* (cannot happen: the lowest free fd is fd) */
+            dup2(n, fd);
+            close(n);
+        }
+    }
+}
+
 int main(int argc, char **argv)
 {
+    fill_std_fds();
     lx_signals_init();
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {

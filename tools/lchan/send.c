@@ -5,6 +5,7 @@
 #include "lchan.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,16 +22,106 @@ static void *watchdog(void *arg)
     lx_die(LX_TIMEOUT, "send: no complete answer within %lld ms (--timeout)", (long long)ms);
 }
 
+/* With only "@stdin", our end of the stdin pipe stays open after the copy
+ * (LX_OWN_TO) until the session has read it empty: see send_all_stdin. */
+static bool stdin_kept;
+
 /* After SIGINT/SIGTERM: stop the copies (a graceful close reads the streams
- * we send to their end), close the session briefly, exit 128+signal. */
+ * we send to their end), close the session briefly, exit 128+signal. Reply
+ * lines still held for the end of @stdout are dropped. */
 __attribute__((noreturn)) static void stopped(lc_session *s, lx_reqplan *plan, lx_pump *in, lx_pump *out,
                                               lx_pump *errp)
 {
     lx_pump_cancel(in);
     lx_pump_cancel(out);
     lx_pump_cancel(errp);
-    (void)plan; /* (its fds and receivers go with the process) */
+    if (stdin_kept && plan->stdin_fd >= 0)
+        close(plan->stdin_fd); /* the stream's EOF: the close need not wait for it */
     lx_exit_stopped(s);
+}
+
+/* Reply lines. While an "@stdout" (or "@stdio") stream is copied to stdout,
+ * a reply printed at once would land in the middle of its bytes: lines wait
+ * here until that stream has ended, then come out in the order they came. */
+typedef struct held {
+    char **lines;
+    size_t n, cap;
+} held;
+
+static void print_line(held *h, bool hold, char *line)
+{
+    if (line == NULL)
+        lx_die(LX_INTERNAL, "out of memory");
+    if (!hold) {
+        printf("%s\n", line);
+        fflush(stdout);
+        free(line);
+        return;
+    }
+    if (h->n == h->cap) {
+        size_t cap = h->cap ? h->cap * 2 : 8;
+        char **l = realloc(h->lines, cap * sizeof *l);
+        if (l == NULL)
+            lx_die(LX_INTERNAL, "out of memory");
+        h->lines = l;
+        h->cap = cap;
+    }
+    h->lines[h->n++] = line;
+}
+
+static void print_held(held *h)
+{
+    for (size_t i = 0; i < h->n; i++) {
+        printf("%s\n", h->lines[i]);
+        free(h->lines[i]);
+    }
+    fflush(stdout);
+    free(h->lines);
+    *h = (held){ NULL, 0, 0 };
+}
+
+/* How sending stdin ended, when it is the whole point (send_all_stdin). */
+enum { STDIN_ALL, STDIN_CUT_SESSION, STDIN_CUT_READER };
+
+/* With only "@stdin" (no reply channel, no output stream), stdin is the
+ * whole point: all of it must reach the session. The copy ends at EOF on
+ * stdin; the session reads the pipe on its own thread and nothing says when
+ * it has taken the last byte, so watch the pipe until it is empty, for as
+ * long as the session is healthy (a slow receiver only makes this longer:
+ * --timeout's watchdog bounds it, a stop signal ends it). A session that
+ * ends meanwhile did not take it all (the peer died or hung up mid-stream),
+ * nor did one that closed its end of the pipe with bytes in it (the
+ * receiver stopped reading the stream). */
+static int send_all_stdin(lc_session *s, lx_reqplan *plan, lx_pump *in)
+{
+    int res;
+    for (;;) {
+        int w = lx_pump_wait(in, 100, &res);
+        if (w == 0)
+            break;
+        if (w != LC_ETIMEDOUT)
+            stopped(s, plan, in, NULL, NULL);
+        if (lc_session_error(s) != 0) { /* no one reads what is left */
+            lx_pump_cancel(in);
+            return STDIN_CUT_SESSION;
+        }
+    }
+    if (res == LX_PUMP_BROKEN) /* the pipe's reader went away */
+        return lc_session_error(s) != 0 ? STDIN_CUT_SESSION : STDIN_CUT_READER;
+    for (int64_t pause = 1;; pause = pause < 64 ? pause * 2 : pause) {
+        int queued = 0;
+        if (ioctl(plan->stdin_fd, FIONREAD, &queued) != 0 || queued <= 0)
+            return STDIN_ALL;
+        if (lc_session_error(s) != 0)
+            return STDIN_CUT_SESSION;
+        struct pollfd pf = { plan->stdin_fd, POLLOUT, 0 };
+        if (poll(&pf, 1, 0) > 0 && (pf.revents & POLLERR)) /* no reader: what is queued is lost */
+            return STDIN_CUT_READER;
+        if (pause == 1)
+            lx_trace("stdin -> stream: %d bytes not yet read by the session: waiting", queued);
+        if (lx_wait_fds(NULL, 0, pause) == LX_ESTOPPED)
+            stopped(s, plan, NULL, NULL, NULL);
+    }
 }
 
 int lx_send(int argc, char **argv)
@@ -97,9 +188,12 @@ int lx_send(int argc, char **argv)
     lx_trace("chan#1: closed (one message sent)");
 
     /* The streams: our ends of the pipes/socket the message carries. */
+    bool stdin_only = plan.nreplies == 0 && plan.stdout_fd < 0 && plan.stderr_fd < 0;
     lx_pump *in = NULL, *out = NULL, *errp = NULL;
     if (plan.stdin_fd >= 0) {
-        in = lx_pump_start(0, plan.stdin_fd, plan.stdio_duplex ? LX_SHUT_TO : LX_CLOSE_TO, "stdin -> stream");
+        stdin_kept = stdin_only && !plan.stdio_duplex;
+        in = lx_pump_start(0, plan.stdin_fd,
+                           plan.stdio_duplex ? LX_SHUT_TO : stdin_kept ? LX_OWN_TO : LX_CLOSE_TO, "stdin -> stream");
     }
     if (plan.stdout_fd >= 0)
         out = lx_pump_start(plan.stdout_fd, 1, LX_CLOSE_FROM, "stream -> stdout");
@@ -107,6 +201,7 @@ int lx_send(int argc, char **argv)
         errp = lx_pump_start(plan.stderr_fd, 2, LX_CLOSE_FROM, "stream -> stderr");
 
     /* Replies, from every reply channel, until each is closed. */
+    held h = { NULL, 0, 0 };
     int open = plan.nreplies, got = 0, lost = 0;
     bool closed[16] = { false };
     while (open > 0) {
@@ -137,84 +232,61 @@ int lx_send(int argc, char **argv)
         lx_trace_msg(label, "<<", r);
         size_t blen;
         const char *ctype;
-        const void *body = lc_msg_body(r, &blen, &ctype);
-        char *j = body ? NULL : lx_value_to_json(lc_msg_root(r));
-        if (body != NULL)
-            printf("{\"$body\": {\"type\": \"%s\", \"bytes\": %zu}}\n", ctype ? ctype : "", blen);
+        if (lc_msg_body(r, &blen, &ctype) != NULL)
+            print_line(&h, out != NULL, lx_body_to_json(ctype, blen));
         else
-            printf("%s\n", j ? j : "null");
-        fflush(stdout);
-        free(j);
+            print_line(&h, out != NULL, lx_value_to_json(lc_msg_root(r)));
         lc_msg_free(r);
         got++;
     }
     char why[96];
-    if (plan.nreplies > 0 && got == 0 && lc_session_error(s) != 0)
-        lx_die(LX_SESSION, "the session to %s ended before any reply came (%s)", url,
-               lx_session_why(lc_session_error(s), why, sizeof why));
-    if (lost > 0)
+    bool none = plan.nreplies > 0 && got == 0 && lc_session_error(s) != 0;
+    if (none || lost > 0) {
+        /* The session is gone. Over unix the streams may have been passed as
+         * fds, still open in an orphaned command: do not wait for them. */
+        lx_pump_cancel(out);
+        lx_pump_cancel(errp);
+        print_held(&h);
+        if (none)
+            lx_die(LX_SESSION, "the session to %s ended before any reply came (%s)", url,
+                   lx_session_why(lc_session_error(s), why, sizeof why));
         lx_die(LX_SESSION, "the session to %s ended before every reply channel was closed (%s)", url,
                lx_session_why(lc_session_error(s), why, sizeof why));
+    }
 
     int res;
     if (lx_pump_wait(out, -1, &res) != 0)
         stopped(s, &plan, in, out, errp);
     out = NULL;
+    print_held(&h); /* stdout's stream has ended: the replies that waited for it */
     if (lx_pump_wait(errp, -1, &res) != 0)
         stopped(s, &plan, in, NULL, errp);
     errp = NULL;
-    bool stdin_cut = false;
+    int cut = STDIN_ALL;
     if (in != NULL) {
-        if (plan.nreplies > 0 || plan.stdout_fd >= 0 || plan.stderr_fd >= 0) {
+        if (!stdin_kept) {
             lx_pump_cancel(in); /* the other side is done: stop reading our stdin */
         } else {
-            /* stdin is the whole point: send all of it. The session reads
-             * the pipe on its own thread and nothing says when it has read
-             * the last byte, so wait until the pipe is empty. A session
-             * that ends meanwhile did not take it all (the peer died or
-             * hung up mid-stream): that is not a success. */
-            for (;;) {
-                int w = lx_pump_wait(in, 100, &res);
-                if (w == 0) {
-                    stdin_cut = res == LX_PUMP_BROKEN;
-                    break;
-                }
-                if (w != LC_ETIMEDOUT)
-                    stopped(s, &plan, in, NULL, NULL);
-                if (lc_session_error(s) != 0) { /* no one reads what is left */
-                    lx_pump_cancel(in);
-                    stdin_cut = true;
-                    break;
-                }
-            }
-            int queued = 0;
-            for (int k = 0; k < 5000 && !stdin_cut && plan.stdin_peek >= 0 &&
-                            ioctl(plan.stdin_peek, FIONREAD, &queued) == 0 && queued > 0; k++) {
-                if (lx_stop)
-                    stopped(s, &plan, NULL, NULL, NULL);
-                if (lc_session_error(s) != 0)
-                    stdin_cut = true;
-                struct timespec ms = { 0, 1000000 };
-                nanosleep(&ms, NULL);
-            }
-            if (queued > 0)
-                stdin_cut = true;
+            cut = send_all_stdin(s, &plan, in);
+            close(plan.stdin_fd); /* the stream's EOF */
+            plan.stdin_fd = -1;
         }
+        in = NULL;
     }
-    if (plan.stdin_peek >= 0)
-        close(plan.stdin_peek);
     for (int k = 0; k < plan.nreplies; k++)
         lc_receiver_release(plan.replies[k]);
     /* the streams' ends reached the session; a session that ended before we
      * close it cut them (it closes them: the pumps saw EOF) */
     int serr = lc_session_error(s);
-    bool streams = plan.stdin_fd >= 0 || plan.stdout_fd >= 0 || plan.stderr_fd >= 0;
+    bool streams = plan.stdin_fd >= 0 || plan.stdout_fd >= 0 || plan.stderr_fd >= 0 || stdin_kept;
     /* everything sent (stdin's bytes included) reaches the carrier before we go */
     rc = lc_session_close(s, 5000);
     lc_session_free(s);
-    if (stdin_cut)
+    if (cut == STDIN_CUT_SESSION)
         lx_die(LX_SESSION, "the session to %s ended before all of stdin was sent (%s)", url,
                lx_session_why(serr, why, sizeof why));
+    if (cut == STDIN_CUT_READER)
+        lx_die(LX_SESSION, "the receiver at %s stopped reading the stdin stream before all of stdin was sent", url);
     if (streams && serr != 0 && serr != LC_ESESSION) /* (not a clean end by the peer) */
         lx_die(LX_SESSION, "the session to %s ended while its streams were open (%s)", url,
                lx_session_why(serr, why, sizeof why));

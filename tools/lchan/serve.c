@@ -9,6 +9,8 @@
  */
 #include "lchan.h"
 
+#include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -21,6 +23,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -359,7 +362,7 @@ static int signal_orphans_locked(sess_rec *rec, int sig)
     int n = 0;
     for (size_t i = 0; i < sizeof children / sizeof children[0]; i++)
         if (children[i].pid > 0 && children[i].rec == rec && children[i].awaited) {
-            kill(children[i].pid, sig);
+            kill(-children[i].pid, sig); /* its process group: what it started too */
             n++;
         }
     return n;
@@ -379,6 +382,14 @@ static int take_stream(lc_msg *m, const char *key, int flags)
     return fd >= 0 ? fd : open("/dev/null", flags | O_CLOEXEC);
 }
 
+/* A string value with a NUL byte inside (strings are length-counted). */
+static bool has_nul(const lc_value *v)
+{
+    size_t n;
+    const char *s = lc_value_string(v, &n);
+    return s == NULL || strlen(s) != n;
+}
+
 static void *exec_main(void *x)
 {
     exec_job *j = x;
@@ -393,8 +404,12 @@ static void *exec_main(void *x)
     char why[300] = "";
     size_t nargs = argsv && lc_value_type(argsv) == LC_ARRAY ? lc_value_len(argsv) : 0;
     char **argv = calloc(nargs + 2, sizeof *argv);
+    /* (a string with a NUL in it would be cut there: another command, or
+     * other arguments, than the ones asked for) */
     if (lc_value_type(cmdv) != LC_STRING || lc_value_len(cmdv) == 0)
         snprintf(why, sizeof why, "the request has no \"Cmd\" string");
+    else if (has_nul(cmdv))
+        snprintf(why, sizeof why, "\"Cmd\" has a NUL byte in it");
     else if (argsv != NULL && lc_value_type(argsv) != LC_ARRAY && lc_value_type(argsv) != LC_NIL)
         snprintf(why, sizeof why, "\"Args\" is not an array of strings");
     else if (argv == NULL)
@@ -403,6 +418,8 @@ static void *exec_main(void *x)
         lc_value *a = lc_array_get(argsv, i);
         if (lc_value_type(a) != LC_STRING)
             snprintf(why, sizeof why, "\"Args\"[%zu] is not a string", i);
+        else if (has_nul(a))
+            snprintf(why, sizeof why, "\"Args\"[%zu] has a NUL byte in it", i);
         argv[i + 1] = (char *)lc_value_string(a, NULL);
     }
 
@@ -415,6 +432,11 @@ static void *exec_main(void *x)
         posix_spawn_file_actions_adddup2(&fa, in, 0);
         posix_spawn_file_actions_adddup2(&fa, out, 1);
         posix_spawn_file_actions_adddup2(&fa, err, 2);
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+        /* nothing else of ours: other sessions' streams and passed fds (some
+         * not close-on-exec), what our own parent left open */
+        posix_spawn_file_actions_addclosefrom_np(&fa, 3);
+#endif
         posix_spawnattr_init(&at);
         sigset_t none, deflt;
         sigemptyset(&none);
@@ -422,7 +444,11 @@ static void *exec_main(void *x)
         sigaddset(&deflt, SIGPIPE); /* we ignore it; the command should not */
         posix_spawnattr_setsigmask(&at, &none);
         posix_spawnattr_setsigdefault(&at, &deflt);
-        posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+        /* a process group of its own (pgid = its pid): ending the command
+         * (signal_orphans_locked, a stop) signals the group, so what the
+         * command started itself (sh -c 'sleep 88; ...') ends with it */
+        posix_spawnattr_setpgroup(&at, 0);
+        posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
         pid_t pid;
         int rc = posix_spawnp(&pid, argv[0], &fa, &at, argv, environ);
         posix_spawn_file_actions_destroy(&fa);
@@ -726,13 +752,60 @@ static void close_all_sessions(void)
 
 /* ---- the command ------------------------------------------------------------------------ */
 
-/* tcp:// on a loopback host? (unix sockets are guarded by file permissions) */
-static bool is_local(const char *url)
+/* Is the address a listener is bound to (bound: lc_listener_url's URL,
+ * from getsockname) reachable from this host only? unix sockets are (file
+ * permissions guard them); tcp:// on 127.0.0.0/8 or ::1 (also as
+ * ::ffff:127.x.y.z). The address actually bound is checked, not the text
+ * given: a scheme in capitals, a host name, an empty host all end up here as
+ * numbers. Anything else, or what does not parse, is not. */
+static bool bound_is_local(const char *bound)
 {
-    if (strncmp(url, "tcp://", 6) != 0)
+    if (strncasecmp(bound, "unix://", 7) == 0)
         return true;
-    const char *h = url + 6;
-    return strncmp(h, "127.", 4) == 0 || strncmp(h, "localhost:", 10) == 0 || strncmp(h, "[::1]:", 6) == 0;
+    if (strncasecmp(bound, "tcp://", 6) != 0)
+        return false;
+    const char *h = bound + 6, *colon = strrchr(h, ':');
+    if (colon == NULL)
+        return false;
+    size_t n = (size_t)(colon - h);
+    if (n >= 2 && h[0] == '[' && h[n - 1] == ']') {
+        h++;
+        n -= 2;
+    }
+    char host[INET6_ADDRSTRLEN];
+    if (n == 0 || n >= sizeof host)
+        return false;
+    memcpy(host, h, n);
+    host[n] = '\0';
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, host, &a4) == 1)
+        return ntohl(a4.s_addr) >> 24 == 127;
+    if (inet_pton(AF_INET6, host, &a6) == 1)
+        return IN6_IS_ADDR_LOOPBACK(&a6) || (IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127);
+    return false;
+}
+
+/* Marks every fd this process was started with (other than 0, 1, 2) close-on-
+ * exec, so the commands of serve --exec do not inherit them (where
+ * posix_spawn_file_actions_addclosefrom_np is missing, this is the guard;
+ * where it is there, it closes them too). */
+static void cloexec_inherited_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (d == NULL)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        char *end;
+        long fd = strtol(e->d_name, &end, 10);
+        if (*end != '\0' || end == e->d_name || fd < 3 || fd == dirfd(d))
+            continue;
+        int fl = fcntl((int)fd, F_GETFD);
+        if (fl >= 0)
+            fcntl((int)fd, F_SETFD, fl | FD_CLOEXEC);
+    }
+    closedir(d);
 }
 
 int lx_serve(int argc, char **argv)
@@ -768,10 +841,8 @@ int lx_serve(int argc, char **argv)
         lx_usage("missing URL (e.g. unix:///tmp/lchan.sock or tcp://127.0.0.1:0)");
     if (modes != 1)
         lx_usage("choose one service: --echo, --exec or --gateway");
-    if (svc != SV_ECHO && !allow_remote && !is_local(url))
-        lx_usage("%s is not a loopback address: anyone who can reach it could %s; add --allow-remote "
-                 "if that is what you want",
-                 url, svc == SV_EXEC ? "run commands" : "open connections from this host");
+    if (svc == SV_EXEC)
+        cloexec_inherited_fds();
 
     lc_listener *l;
     lc_error err = { 0 };
@@ -789,7 +860,16 @@ int lx_serve(int argc, char **argv)
                rc == -EADDRINUSE ? " (another server is there: pick another address, or port 0)" : "");
     }
     char bound[512];
-    if (lc_listener_url(l, bound, sizeof bound) != 0)
+    bool known = lc_listener_url(l, bound, sizeof bound) == 0;
+    if (svc != SV_ECHO && !allow_remote && !(known ? bound_is_local(bound) : strncasecmp(url, "unix://", 7) == 0)) {
+        /* (checked once bound: what the URL's text says is not the point) */
+        lc_listener_close(l);
+        lx_usage("%s is not a loopback address%s%s%s: anyone who can reach it could %s; add --allow-remote "
+                 "if that is what you want",
+                 url, known ? " (it is bound to " : "", known ? bound : "", known ? ")" : "",
+                 svc == SV_EXEC ? "run commands" : "open connections from this host");
+    }
+    if (!known)
         snprintf(bound, sizeof bound, "%s", url);
     /* the first line on stdout: where to connect (scripts wait for it) */
     printf("%s\n", bound);
@@ -838,7 +918,7 @@ int lx_serve(int argc, char **argv)
     pthread_mutex_lock(&mu);
     for (size_t i = 0; i < sizeof children / sizeof children[0]; i++)
         if (children[i].pid > 0)
-            kill(children[i].pid, SIGTERM);
+            kill(-children[i].pid, SIGTERM); /* (a process group each: see exec_main) */
     struct timespec dl;
     clock_gettime(CLOCK_REALTIME, &dl);
     dl.tv_sec += 5;

@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -102,7 +103,9 @@ const char *lx_errtext(int code, char *buf, size_t len)
 
 const char *lx_session_why(int code, char *buf, size_t len)
 {
-    if (code == 0 || code == LC_ESESSION)
+    if (code == 0) /* (callers report a failure of their own then) */
+        snprintf(buf, len, "no session error");
+    else if (code == LC_ESESSION)
         snprintf(buf, len, "closed by the peer");
     else if (code == -EPIPE || code == -ECONNRESET)
         snprintf(buf, len, "the peer went away mid-write");
@@ -266,6 +269,7 @@ struct lx_pump {
     pthread_t t;
     int from, to;
     int flags;
+    size_t chunk; /* the most one write() to `to` may carry (see pump_write) */
     int stop[2]; /* a pipe: readable when the copy should stop */
     int done[2]; /* a pipe: readable once the copy has ended */
     int result;  /* LX_PUMP_* (set before done is written) */
@@ -293,16 +297,51 @@ int lx_write_all(int fd, const void *buf, size_t n)
     return 0;
 }
 
+/* Waits until fd is ready for events or the copy is told to stop: 0, or 1
+ * for a stop. (An error or hang-up on fd counts as ready: the read or write
+ * that follows reports it.) */
+static int pump_poll(lx_pump *p, int fd, short events)
+{
+    for (;;) {
+        struct pollfd pf[2] = { { fd, events, 0 }, { p->stop[0], POLLIN, 0 } };
+        int pr = poll(pf, 2, -1);
+        if (pr < 0 && errno == EINTR)
+            continue;
+        if (pr < 0 || pf[1].revents != 0)
+            return 1; /* (poll itself failing: nothing sensible left to wait for) */
+        if (pf[0].revents != 0)
+            return 0;
+    }
+}
+
+/* Writes buf to p->to, never blocking where a stop could not end the wait:
+ * each write comes after poll() said `to` has room, with the stop pipe
+ * watched too. A `to` that is ours is non-blocking (lx_pump_start); one we
+ * share (stdout, stderr) stays as it is, and when it is a blocking pipe or
+ * socket each write is at most PIPE_BUF bytes, which room means fits.
+ * 0, -1 (`to` refused it: errno says why) or 1 (stopped). */
+static int pump_write(lx_pump *p, const char *buf, size_t n)
+{
+    while (n > 0) {
+        if (pump_poll(p, p->to, POLLOUT) != 0)
+            return 1;
+        ssize_t w = write(p->to, buf, n < p->chunk ? n : p->chunk);
+        if (w < 0 && (errno == EINTR || errno == EAGAIN))
+            continue;
+        if (w <= 0)
+            return -1;
+        buf += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
 static void *pump_main(void *arg)
 {
     lx_pump *p = arg;
     char buf[65536];
     for (;;) {
-        struct pollfd pf[2] = { { p->from, POLLIN, 0 }, { p->stop[0], POLLIN, 0 } };
-        int pr = poll(pf, 2, -1);
-        if (pr < 0 && errno == EINTR)
-            continue;
-        if (pf[1].revents != 0) {
+        if (pump_poll(p, p->from, POLLIN) != 0) {
             lx_trace("%s: stopped after %" PRIu64 " bytes", p->label, p->bytes);
             p->result = LX_PUMP_STOPPED;
             break;
@@ -316,7 +355,14 @@ static void *pump_main(void *arg)
             break;
         }
         lx_trace("%s: %zd bytes", p->label, n);
-        if (lx_write_all(p->to, buf, (size_t)n) != 0) {
+        int w = pump_write(p, buf, (size_t)n);
+        if (w > 0) {
+            lx_trace("%s: stopped after %" PRIu64 " bytes, with %zd bytes read and not all written", p->label,
+                     p->bytes, n);
+            p->result = LX_PUMP_STOPPED;
+            break;
+        }
+        if (w < 0) {
             lx_trace("%s: the reader went away (%s)", p->label, strerror(errno));
             p->result = LX_PUMP_BROKEN;
             break;
@@ -341,7 +387,17 @@ lx_pump *lx_pump_start(int from, int to, int flags, const char *label)
     p->from = from;
     p->to = to;
     p->flags = flags;
+    p->chunk = SIZE_MAX;
     snprintf(p->label, sizeof p->label, "%s", label);
+    /* `to` ours alone: non-blocking, so a stop is seen whatever its reader
+     * does. Shared (our stdout, stderr): left as it is, written in pieces
+     * that fit once poll() says there is room (see pump_write) */
+    int fl = fcntl(to, F_GETFL);
+    struct stat st;
+    if (fl >= 0 && (flags & (LX_CLOSE_TO | LX_SHUT_TO | LX_OWN_TO)))
+        fcntl(to, F_SETFL, fl | O_NONBLOCK);
+    else if (fl >= 0 && !(fl & O_NONBLOCK) && fstat(to, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)))
+        p->chunk = PIPE_BUF;
     if (pipe2(p->stop, O_CLOEXEC) != 0 || pipe2(p->done, O_CLOEXEC) != 0 ||
         pthread_create(&p->t, NULL, pump_main, p) != 0)
         lx_die(LX_INTERNAL, "cannot start a copy thread: %s", strerror(errno));
