@@ -459,7 +459,27 @@ static void bytes_pump(lc_stream *st, uint32_t ev)
                 want |= EPOLLIN;
                 break;
             }
-            /* EOF (or a dead fd): FIN */
+            if (n < 0) {
+                /* A read error (ECONNRESET from a socket whose other end
+                 * was reset, EIO): the stream was cut, which a FIN would
+                 * give the peer as its clean end. It is reset instead
+                 * (RST_STREAM CANCEL: a Go reader gets an error), both
+                 * ways, as SPDY ends a reset stream. */
+                pthread_mutex_lock(&s->mu);
+                st->out_open = false;
+                st->in_open = false;
+                st->fd_out.len = st->fd_out_off = 0;
+                bool rst = !st->reset && !st->remote_fin;
+                st->reset = true;
+                lc__close_progress_locked(s);
+                pthread_mutex_unlock(&s->mu);
+                if (rst) {
+                    ctl_arg ra = { st->id, LC_SPDY_CANCEL };
+                    lc__send_control(s, lc__ctl_rst, &ra);
+                }
+                break;
+            }
+            /* EOF: FIN */
             bytes_send(st, NULL, 0, LC_SPDY_FLAG_FIN, true);
             pthread_mutex_lock(&s->mu);
             st->out_open = false;

@@ -2663,6 +2663,61 @@ static void test_hang_up_seen_while_reading_is_paused(void **st)
     nt_raw_close(&p);
 }
 
+/* A byte stream whose fd fails to read (ECONNRESET: the application closed
+ * its end of the socketpair with bytes unread) is reset (RST_STREAM CANCEL),
+ * not ended with a FIN that the peer would take as its clean end. */
+static void test_byte_stream_read_error_resets_it(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    nt_raw p;
+    nt_raw_open(&p, NULL);
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    lc_sender *snd;
+    assert_int_equal(lc_session_sender(p.s, &snd), 0);
+    lc_msg *m = lc_msg_new();
+    assert_int_equal(lc_msg_set_root(m, lc_new_stream(m, sv[0], LC_STREAM_DUPLEX)), 0);
+    assert_int_equal(lc_send(snd, m, 5000), 0);
+    lc_spdy_frame f;
+    uint32_t sub = 0;
+    int64_t end = lc_test_now_us() + 5000000;
+    while (sub == 0 && nt_raw_next(&p, &f, end) == 1)
+        if (f.type == LC_SPDY_SYN_STREAM && lc__spdy_header_find(f.headers, f.n_headers, "libchan-parent-ref"))
+            sub = f.stream_id;
+    assert_true(sub != 0);
+    /* bytes for the application's end, which it never reads */
+    lc_buf b;
+    lc__buf_init(&b);
+    assert_int_equal(lc__spdy_put_data(&b, sub, 0, "unread", 6), 0);
+    assert_int_equal(lc__spdy_put_ping(&b, 1), 0);
+    nt_raw_send(&p, &b);
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 5000), 1);
+    char c;
+    end = lc_test_now_us() + 5000000;
+    while (recv(sv[1], &c, 1, MSG_PEEK | MSG_DONTWAIT) != 1) { /* (written into it) */
+        if (lc_test_now_us() > end)
+            fail_msg("the stream's bytes never reached its fd");
+        sched_yield();
+    }
+    close(sv[1]); /* with them unread: the library's end reads ECONNRESET */
+    bool rst = false, fin = false;
+    end = lc_test_now_us() + 5000000;
+    while (!rst && !fin && nt_raw_next(&p, &f, end) == 1) {
+        if (f.type == LC_SPDY_RST_STREAM && f.stream_id == sub) {
+            rst = true;
+            assert_int_equal(f.status, LC_SPDY_CANCEL);
+        }
+        if (f.type == LC_SPDY_DATA && f.stream_id == sub && (f.flags & LC_SPDY_FLAG_FIN))
+            fin = true;
+    }
+    if (!rst)
+        fail_msg("the byte stream ended with %s, not RST_STREAM", fin ? "a FIN" : "nothing");
+    assert_int_equal(lc_session_error(p.s), 0);
+    lc_sender_release(snd);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
 int main(void)
 {
     lc__engine_default(); /* its fds live as long as the process */
@@ -2705,6 +2760,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_refused_channels_fail_their_senders, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_hang_up_seen_while_reading_is_paused, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_from_peer_that_never_announced_it, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_byte_stream_read_error_resets_it, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_byte_stream_leaves_the_output_to_messages, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_no_replies_toward_a_peer_that_said_so, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_streams_opened_after_our_close_are_refused, lc_test_setup, lc_test_teardown),
