@@ -548,6 +548,8 @@ static void on_settings(lc_session *s, const lc_spdy_frame *f)
             asked |= (e.value & LC_FEATURE_FD_ASK) != 0;
             ready |= (e.value & LC_FEATURE_FD_READY) != 0;
             s->peer_asks |= (e.value & LC_FEATURE_FD_ASKS) != 0;
+            if ((e.value & LC_FEATURE_FD_CHARGE) && (e.value & LC_FEATURE_WINDOWS))
+                atomic_store(&s->peer_fd_charge, true);
         }
         if (e.id == LC_SPDY_SETTINGS_INITIAL_WINDOW_SIZE && e.value > 0 && e.value <= 0x7fffffffu) {
             window = e.value;

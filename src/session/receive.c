@@ -16,6 +16,7 @@ void lc__kl_init(kick_list *k)
     k->st = k->inl;
     k->n = 0;
     k->cap = 16;
+    k->passed = 0;
 }
 
 /* Adds st with a reference; false only when out of memory. */
@@ -234,6 +235,7 @@ static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *
         v->mode = ext == 1 ? LC_STREAM_DUPLEX : ext == 2 ? LC_STREAM_WRITE : LC_STREAM_READ;
         v->u.fd = lc__val_as_fd(slot);
         v->flags &= (uint8_t)~LC_VF_TAKEN;
+        k->passed++;
         return lc__msg_track_attachment(m, v) != 0 ? LC_ENOMEM : 0;
     }
     lc_stream *sub = lc__map_get(&s->peer_refs, v->u.ref);
@@ -718,6 +720,8 @@ void lc__deliver_pending_noted(lc_stream *st, bool noted)
         kick_list k;
         lc__kl_init(&k);
         int missing = resolve_msg_locked(s, m, &k);
+        if (k.passed > 0 && atomic_load(&s->peer_fd_charge))
+            st->fed += k.passed * fd_charge(s->opt.stream_window); /* granted back when handed over */
         if (missing != 0 && (s->dead || (missing > 0 && st->reset))) {
             /* its sub-streams can no longer come (lc__session_fail emptied the
              * tables), or can no longer be waited for (the channel was reset,

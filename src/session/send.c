@@ -420,11 +420,14 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
         rc = LC_ESESSION;
         goto fail_registered;
     }
-    /* passed fds: owned by the queue from here, closed once sent */
+    /* passed fds: owned by the queue from here, closed once sent; each
+     * costs fd_charge of the channel's window toward a peer that credits it */
     for (size_t i = 0; i < e.npassed; i++) {
         s->fdq_at[s->fdq_len] = msg_at;
         s->fdq[s->fdq_len++] = lc_value_take_fd(e.passed[i], NULL);
     }
+    if (e.npassed > 0 && atomic_load(&s->peer_fd_charge))
+        p->sent += e.npassed * fd_charge(s->peer_window);
     lc__send_flush_locked(s);
     pthread_mutex_unlock(&s->wmu);
     if (passive_seen)

@@ -545,7 +545,7 @@ static int session_start(lc_conn *conn, bool is_client, const lc_options *o, lc_
         { 0, LC_SPDY_SETTINGS_INITIAL_WINDOW_SIZE, s->opt.stream_window },
         { 0, LC_SETTINGS_LIBCHAN,
           LC_FEATURE_WINDOWS | LC_FEATURE_NO_REPLIES |
-              (s->fdpass_local ? LC_FEATURE_FDPASS | LC_FEATURE_FD_ASKS : 0) } };
+              (s->fdpass_local ? LC_FEATURE_FDPASS | LC_FEATURE_FD_ASKS | LC_FEATURE_FD_CHARGE : 0) } };
     pthread_mutex_lock(&s->wmu);
     if (lc__spdy_put_settings(&s->out, 0, set, 2) == 0)
         lc__flush_locked(s);

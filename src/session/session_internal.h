@@ -180,6 +180,7 @@ struct lc_session {
     _Atomic unsigned drives;
     uint32_t next_id;     /* our next SPDY stream id (odd client, even server) */
     _Atomic bool peer_fc; /* the peer announced SPDY windows (our SETTINGS marker) */
+    _Atomic bool peer_fd_charge;  /* the peer announced FD_CHARGE (it charges, and credits) */
     _Atomic bool peer_no_replies; /* ... and NO_REPLIES: no SYN_REPLY, no answering FIN */
     bool fdpass_local;    /* a unix carrier: we announced fd passing */
     _Atomic bool peer_fdpass; /* ... and so did the peer */
@@ -276,6 +277,23 @@ struct lc_session {
 #define LC_FEATURE_NO_REPLIES   0x20u  /* send us no SYN_REPLY (bar a refusal) and no FIN
                                           answering a channel's FIN: we wait for neither, and
                                           send you neither once you say the same */
+#define LC_FEATURE_FD_CHARGE    0x40u  /* (with FDPASS and WINDOWS) each passed fd counts
+                                          fd_charge(window) bytes of its channel's window */
+
+/*
+ * What a passed fd costs in its channel's window when both sides charge
+ * (FD_CHARGE): a 128th of the window the receiver grants. Windows count
+ * bytes, and a message passing an fd is ~20 of them: one channel whose
+ * application did not read held the session's whole bound of unclaimed fds
+ * (MAX_UNCLAIMED_FDS, 256) within its window, and reading paused for every
+ * channel (a review helper). Charged, a channel holds at most 128 fds past
+ * what was granted, and one message's 64 (which may overdraw): below the
+ * bound.
+ */
+static inline uint64_t fd_charge(uint32_t window)
+{
+    return window / 128 > 0 ? window / 128 : 1;
+}
 /* ext 1/2/3 payload of a passed fd: this bit | its sequence number among the
  * fds the sender passed on this session (docs/PROTOCOL.md) */
 #define LC_REF_PASSED_FD        0x8000000000000000ull
@@ -295,6 +313,7 @@ typedef struct { uint32_t id; uint32_t status; } ctl_arg;
 typedef struct kick_list {
     lc_stream **st;
     size_t n, cap;
+    size_t passed; /* passed fds resolved (FD_CHARGE credit) */
     lc_stream *inl[16];
 } kick_list;
 

@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -454,29 +455,46 @@ static void test_session_free_closes_fds_queued_to_pass(void **st)
     hellos(c, sv, &ch, &in); /* (fd passing on) */
     int p[2];
     assert_int_equal(pipe(p), 0);
+    /* 16 channels (each holds at most its queue and 128 fds past its window,
+     * FD_CHARGE): the peer pauses at 256 unclaimed fds, the carrier fills,
+     * and the fds wait in our queue, up to FDQ_MAX */
+    enum { NCH = 16 };
+    lc_sender *chs[NCH];
+    chs[0] = ch;
+    for (int i = 1; i < NCH; i++)
+        assert_int_equal(lc_session_sender(c, &chs[i]), 0);
     int base = lc_test_count_fds();
-    /* the first one waits for the fd-passing handshake; then until a send must wait */
+    /* the first one waits for the fd-passing handshake; then until every
+     * channel's send must wait */
     assert_int_equal(lc_send(ch, lc_pack("{s:F}", "F", fcntl(p[0], F_DUPFD_CLOEXEC, 3)), 5000), 0);
-    int sent = 1;
-    for (;; sent++) {
+    bool waits[NCH] = { false };
+    int waiting = 0, sent = 1;
+    for (int i = 0; waiting < NCH; i = (i + 1) % NCH) {
+        if (waits[i])
+            continue;
         lc_msg *x = lc_pack("{s:F}", "F", fcntl(p[0], F_DUPFD_CLOEXEC, 3));
-        int rc = lc_send(ch, x, 0);
+        int rc = lc_send(chs[i], x, 0);
         if (rc != 0) {
             assert_int_equal(rc, LC_ETIMEDOUT);
             lc_msg_free(x);
-            break;
+            waits[i] = true;
+            waiting++;
         }
+        sent++;
         assert_true(sent < 100000);
     }
     pthread_mutex_lock(&c->wmu);
     size_t queued = c->fdq_len;
     pthread_mutex_unlock(&c->wmu);
-    assert_true(queued >= FDQ_MAX && queued < FDQ_MAX + 8); /* bounded */
+    if (queued == 0 || queued > FDQ_MAX + 64)
+        fail_msg("%zu fds queued to pass after %d sends (bound %d)", queued, sent, FDQ_MAX);
     /* the peer's side holds fds of its own: it goes first */
     lc_receiver_release(in);
     lc_session_free(sv);
     lc_session_free(c);
     assert_true(lc_test_count_fds() <= base); /* (its carrier went too) */
+    for (int i = 1; i < NCH; i++)
+        lc_sender_release(chs[i]);
     lc_sender_release(ch);
     close(p[0]);
     close(p[1]);
@@ -570,6 +588,70 @@ static void test_refused_replies_close_their_passed_fds(void **st)
     lc_receiver_release(note_r);
     lc_session_free(a);
     lc_session_free(b);
+    lc_listener_close(l);
+}
+
+/* Channel Y gets messages that pass an fd each (up to 1000, as long as its
+ * sends need not wait) while its application reads none; then channel Z
+ * carries a plain message, which must arrive. Windows count bytes, and these
+ * messages are ~20 bytes: Y held the session's whole bound of unclaimed fds
+ * (256) within its window, and the session stopped reading for every channel
+ * (a review helper). Both sides now charge each passed fd a 128th of the
+ * window (FD_CHARGE): Y's sends wait, Z flows; then Y is read, in order. */
+static void test_slow_fd_channel_does_not_stall_others(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    char url[128];
+    snprintf(url, sizeof url, "unix:///tmp/lc-fd-charge-%d.sock", (int)getpid());
+    lc_listener *l;
+    lc_session *c, *sv;
+    session_pair(url, &l, &c, &sv);
+    lc_sender *y, *z;
+    lc_receiver *yr, *zr;
+    hellos(c, sv, &y, &yr); /* (fd passing on) */
+    lc_msg *m;
+    assert_int_equal(lc_session_sender(c, &z), 0);
+    assert_int_equal(lc_send(z, lc_pack("{s:i}", "N", 0), 5000), 0);
+    assert_int_equal(lc_session_receiver(sv, &zr, 5000), 0);
+    assert_int_equal(lc_recv(zr, &m, 5000), 0);
+    lc_msg_free(m);
+    int pf[2];
+    assert_int_equal(pipe2(pf, O_CLOEXEC), 0);
+    /* the first waits for the fd-passing handshake */
+    assert_int_equal(lc_send(y, lc_pack("{s:i, s:F}", "I", 0, "F", fcntl(pf[0], F_DUPFD_CLOEXEC, 3)), 5000), 0);
+    int sent = 1;
+    while (sent < 1000) {
+        lc_msg *x = lc_pack("{s:i, s:F}", "I", sent, "F", fcntl(pf[0], F_DUPFD_CLOEXEC, 3));
+        int rc = lc_send(y, x, 0);
+        if (rc != 0) {
+            assert_int_equal(rc, LC_ETIMEDOUT);
+            lc_msg_free(x);
+            break;
+        }
+        sent++;
+    }
+    assert_int_equal(lc_send(z, lc_pack("{s:i}", "N", 1), 5000), 0);
+    int rc = lc_recv(zr, &m, 5000);
+    if (rc != 0)
+        fail_msg("Z's message beside the unread fd channel: %s (%d sent on Y, reading %s)", lc_strerror(rc), sent,
+                 atomic_load(&sv->paused) ? "paused" : "not paused");
+    lc_msg_free(m);
+    for (int i = 0; i < sent; i++) {
+        assert_int_equal(lc_recv(yr, &m, 10000), 0);
+        int got, fd;
+        assert_int_equal(lc_unpack(m, "{s:i, s:F}", "I", &got, "F", &fd), 0);
+        assert_int_equal(got, i);
+        close(fd);
+        lc_msg_free(m);
+    }
+    close(pf[0]);
+    close(pf[1]);
+    lc_sender_release(y);
+    lc_sender_release(z);
+    lc_receiver_release(yr);
+    lc_receiver_release(zr);
+    lc_session_free(c);
+    lc_session_free(sv);
     lc_listener_close(l);
 }
 
@@ -855,6 +937,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fd_passed_as_itself_over_unix, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_passed_as_fd_0, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_refused_replies_close_their_passed_fds, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_slow_fd_channel_does_not_stall_others, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_session_free_closes_fds_queued_to_pass, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_becomes_substream_over_tcp, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_stream_into_closed_pipe_does_not_raise_sigpipe, lc_test_setup, lc_test_teardown),
