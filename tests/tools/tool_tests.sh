@@ -1037,5 +1037,89 @@ t_exec_fds() {
     stop ex
 }
 
+# blocked_in PID RE : does a thread of PID wait in a kernel function
+# matching RE (its wchan)?
+blocked_in() {
+    local f w
+    for f in "/proc/$1/task/"*/wchan; do
+        w=$(cat "$f" 2>/dev/null) && [[ $w =~ $2 ]] && return 0
+    done
+    return 1
+}
+
+# `lchan exec URL -- CMD 2>&1 | reader`: stdout and stderr are one blocking
+# pipe that the Stdout and Stderr copies both poll(). Both saw the room one
+# 4096-byte piece took, and the second blocked inside write(), which the stop
+# pipe does not reach: when the reader stopped reading, SIGTERM hung lchan
+# for ever (the copy threads could not be joined). The reader here reads a
+# piece at a time until a copy thread waits in pipe_write, then stops reading
+# with the pipe still open.
+t_stop_shared_output_pipe() {
+    start ex "$LCHAN" serve "unix://$T/ex.sock" --exec
+    local c n=0 seen=0 t0 ms
+    mkfifo "$T/o"
+    "$LCHAN" exec "$URL" -- sh -c 'yes oooooooooooooooooooooooooooooooooooooooooo & yes eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee >&2' \
+        </dev/null >"$T/o" 2>&1 &
+    c=$!
+    exec {r}<"$T/o"
+    while [ "$n" -lt 2000 ]; do
+        n=$((n + 1))
+        timeout 10 dd of=/dev/null bs=4096 count=1 status=none <&"$r" || break
+        if blocked_in "$c" 'pipe_write$'; then
+            seen=1
+            break
+        fi
+    done
+    [ "$seen" = 1 ] || echo "note: no copy thread was seen blocked in write() after $n reads" >&2
+    t0=$(date +%s%N)
+    kill -s TERM "$c"
+    wait_exit "$c" 10 "exec after SIGTERM, its stdout and stderr one unread pipe"
+    ms=$(ms_since "$t0")
+    exec {r}<&-
+    [ "$RC" = 143 ] || fail "exec exited $RC after SIGTERM, expected 143"
+    [ "$ms" -lt 3000 ] || fail "exec took $ms ms to stop after SIGTERM, expected about 500"
+    stop ex
+}
+
+# stdout a terminal nobody reads: a write() to a tty blocks whatever poll()
+# said (n_tty_write), and SIGTERM hung lchan for ever. script(1) gives exec a
+# pty and copies it to a fifo that is never read, so the pty fills up.
+t_stop_tty_output() {
+    command -v script >/dev/null || { echo "no script(1): case skipped" >&2; return 0; }
+    start ex "$LCHAN" serve "unix://$T/ex.sock" --exec
+    local c="" n=0 t0 ms
+    mkfifo "$T/o"
+    exec {r}<>"$T/o" # (held open, never read)
+    LCHAN=$LCHAN URL=$URL D=$T timeout 60 script -qfc \
+        '"$LCHAN" exec "$URL" -- yes xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx 2>"$D/e" & echo $! >"$D/pid"; wait $!; echo $? >"$D/rc"' \
+        /dev/null </dev/null >"$T/o" 2>/dev/null &
+    local sc=$!
+    until [ -s "$T/pid" ] && c=$(cat "$T/pid") && blocked_in "$c" 'tty_write|wait_woken'; do
+        n=$((n + 1))
+        [ "$n" -lt 1000 ] || { fail "exec's stdout copy never blocked on the pty"; break; }
+        sleep 0.01
+    done
+    t0=$(date +%s%N)
+    kill -s TERM "$c"
+    if ! timeout 10 tail --pid="$c" -f /dev/null; then
+        fail "exec did not exit within 10 s of SIGTERM, its stdout an unread terminal"
+        kill -s KILL "$c"
+    fi
+    ms=$(ms_since "$t0")
+    n=0
+    until [ -s "$T/rc" ]; do # (the shell inside script writes it once exec is reaped)
+        n=$((n + 1))
+        [ "$n" -lt 1000 ] || break
+        sleep 0.01
+    done
+    kill -s KILL "$sc" 2>/dev/null
+    wait "$sc" 2>/dev/null
+    exec {r}<&-
+    [ "$(cat "$T/rc" 2>/dev/null)" = 143 ] || fail "exec exited '$(cat "$T/rc" 2>/dev/null)' after SIGTERM, expected 143"
+    [ "$ms" -lt 3000 ] || fail "exec took $ms ms to stop after SIGTERM, expected about 500"
+    check_clean "$T/e" "exec"
+    stop ex
+}
+
 declare -F "t_$CASE" >/dev/null || die "no case '$CASE'"
 "t_$CASE"

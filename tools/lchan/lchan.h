@@ -71,7 +71,9 @@ int lx_session_exit(int code);
  * `to` is full and its reader reads nothing: a `to` it may close or shut
  * down, or given LX_OWN_TO, is the caller's alone and is made non-blocking;
  * any other (our stdout, stderr) is left blocking and written in pieces that
- * poll() said fit. */
+ * poll() said fit; a write() that blocks all the same (two copies into one
+ * pipe, a terminal) is interrupted by a private real-time signal that
+ * lx_pump_cancel sends the copy thread. */
 typedef struct lx_pump lx_pump;
 enum {
     LX_CLOSE_FROM = 1,

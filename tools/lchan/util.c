@@ -314,18 +314,31 @@ static int pump_poll(lx_pump *p, int fd, short events)
     }
 }
 
-/* Writes buf to p->to, never blocking where a stop could not end the wait:
- * each write comes after poll() said `to` has room, with the stop pipe
- * watched too. A `to` that is ours is non-blocking (lx_pump_start); one we
- * share (stdout, stderr) stays as it is, and when it is a blocking pipe or
- * socket each write is at most PIPE_BUF bytes, which room means fits.
- * 0, -1 (`to` refused it: errno says why) or 1 (stopped). */
+/* Has the copy been told to stop? */
+static bool pump_stopping(lx_pump *p)
+{
+    struct pollfd pf = { p->stop[0], POLLIN, 0 };
+    return poll(&pf, 1, 0) > 0;
+}
+
+/* Writes buf to p->to; a stop ends the wait for room. Each write comes after
+ * poll() said `to` has room, with the stop pipe watched too. A `to` that is
+ * ours is non-blocking (lx_pump_start); one we share (stdout, stderr) stays
+ * as it is, and when it is a blocking pipe or socket each write is at most
+ * PIPE_BUF bytes. Room does not always mean that write() returns, though:
+ * with `2>&1` the Stdout and Stderr copies poll the same pipe, both see the
+ * room one piece took, and the second blocks in write(); a terminal (n_tty)
+ * blocks whatever poll() said. lx_pump_cancel then interrupts the write with
+ * PUMP_WAKE_SIG (a handler without SA_RESTART): EINTR with the stop pipe
+ * readable is a stop. 0, -1 (`to` refused it: errno says why) or 1 (stopped). */
 static int pump_write(lx_pump *p, const char *buf, size_t n)
 {
     while (n > 0) {
         if (pump_poll(p, p->to, POLLOUT) != 0)
             return 1;
         ssize_t w = write(p->to, buf, n < p->chunk ? n : p->chunk);
+        if (w < 0 && errno == EINTR && pump_stopping(p))
+            return 1;
         if (w < 0 && (errno == EINTR || errno == EAGAIN))
             continue;
         if (w <= 0)
@@ -336,10 +349,35 @@ static int pump_write(lx_pump *p, const char *buf, size_t n)
     return 0;
 }
 
+/* A private real-time signal whose only job is to end a copy thread's
+ * blocked write() with EINTR (see pump_write, lx_pump_cancel). Its handler
+ * does nothing and is installed without SA_RESTART. */
+#define PUMP_WAKE_SIG (SIGRTMIN + 1)
+
+static void pump_wake_handler(int sig)
+{
+    (void)sig;
+}
+
+static void pump_wake_init(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = pump_wake_handler;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0; /* no SA_RESTART: the interrupted write() returns EINTR */
+    if (sigaction(PUMP_WAKE_SIG, &sa, NULL) != 0)
+        lx_die(LX_INTERNAL, "sigaction: %s", strerror(errno));
+}
+
 static void *pump_main(void *arg)
 {
     lx_pump *p = arg;
     char buf[65536];
+    sigset_t wake;
+    sigemptyset(&wake);
+    sigaddset(&wake, PUMP_WAKE_SIG);
+    pthread_sigmask(SIG_UNBLOCK, &wake, NULL); /* (whatever the creator's mask) */
     for (;;) {
         if (pump_poll(p, p->from, POLLIN) != 0) {
             lx_trace("%s: stopped after %" PRIu64 " bytes", p->label, p->bytes);
@@ -381,6 +419,8 @@ static void *pump_main(void *arg)
 
 lx_pump *lx_pump_start(int from, int to, int flags, const char *label)
 {
+    static pthread_once_t wake_once = PTHREAD_ONCE_INIT;
+    pthread_once(&wake_once, pump_wake_init);
     lx_pump *p = calloc(1, sizeof *p);
     if (p == NULL)
         lx_die(LX_INTERNAL, "out of memory");
@@ -435,6 +475,17 @@ int lx_pump_cancel(lx_pump *p)
     if (p == NULL)
         return LX_PUMP_EOF;
     (void)!write(p->stop[1], "x", 1);
+    /* The copy may be inside a write() that no poll() watches (see
+     * pump_write): PUMP_WAKE_SIG ends it, again until the copy is done, as
+     * one that comes just before the thread enters write() is lost. (p->t is
+     * not joined yet, so signalling it stays valid after it has returned.) */
+    for (;;) {
+        pthread_kill(p->t, PUMP_WAKE_SIG);
+        struct pollfd pf = { p->done[0], POLLIN, 0 };
+        int r = poll(&pf, 1, 20);
+        if (r > 0 || (r < 0 && errno != EINTR))
+            break;
+    }
     return lx_pump_join(p);
 }
 
