@@ -1121,5 +1121,38 @@ t_stop_tty_output() {
     stop ex
 }
 
+# A command's child that ignores SIGTERM gets the SIGKILL 5 s later, both
+# when the session ends (an interrupted exec) and when serve stops. The
+# command itself died of the SIGTERM and was reaped, its slot freed, and the
+# SIGKILL went only to the groups of slots still there: the child ran on for
+# good; serve's own stop sent SIGTERM only.
+t_exec_group_ignores_term() {
+    start ex "$LCHAN" serve "unix://$T/ex.sock" --exec
+    local c gc i n
+    for i in 1 2; do
+        mkfifo "$T/o$i"
+        "$LCHAN" exec "$URL" -- sh -c '(trap "" TERM; exec sleep 77) & echo $!; wait' </dev/null >"$T/o$i" 2>"$T/e$i" &
+        c=$!
+        exec {r}<"$T/o$i"
+        read -r -t 30 -u "$r" gc || die "the remote command did not start"
+        n=0 # sleep runs once the subshell has set its trap
+        until [ "$(cat "/proc/$gc/comm" 2>/dev/null)" = sleep ]; do
+            n=$((n + 1))
+            [ "$n" -lt 1000 ] || die "the command's child did not become sleep"
+            sleep 0.01
+        done
+        if [ "$i" = 1 ]; then
+            kill -s KILL "$c" # the session ends: SIGTERM to the group, SIGKILL 5 s later
+            wait_exit "$c" 10 "exec after SIGKILL"
+        else
+            stop ex TERM 0 # serve stops: the same
+            wait_exit "$c" 20 "exec after serve stopped"
+        fi
+        exec {r}<&-
+        timeout 15 tail --pid="$gc" -f /dev/null ||
+            { fail "round $i: the command's child that ignores SIGTERM (pid $gc) still runs 15 s later"; kill -s KILL "$gc"; }
+    done
+}
+
 declare -F "t_$CASE" >/dev/null || die "no case '$CASE'"
 "t_$CASE"

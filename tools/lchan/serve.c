@@ -46,14 +46,19 @@ typedef struct sess_rec {
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t idle_cv = PTHREAD_COND_INITIALIZER;
 static pthread_cond_t jobs_cv = PTHREAD_COND_INITIALIZER; /* a session's job ended */
+static pthread_cond_t kill_cv = PTHREAD_COND_INITIALIZER; /* SIGKILL went to a group */
 static int active;          /* counted threads running */
 static sess_rec *sessions;  /* sessions whose thread is still running */
 /* running commands (pid 0: a free slot), with the session that asked for
- * each one and whether that session waits for its status */
+ * each one and whether that session waits for its status. termed: SIGTERM
+ * went to its group (its end asked for: the SIGKILL follows), killed: SIGKILL
+ * did. A command that has exited but was termed and not killed stays here,
+ * unreaped, while others of its group run (see reap_child). */
 static struct child {
     pid_t pid;
     sess_rec *rec;
     bool awaited;
+    bool termed, killed;
 } children[256];
 static atomic_int next_session_id = 1;
 
@@ -338,20 +343,23 @@ static int child_add(pid_t pid, sess_rec *rec, bool awaited)
     int slot = -1;
     for (int i = 0; i < (int)(sizeof children / sizeof children[0]) && slot < 0; i++)
         if (children[i].pid == 0) {
-            children[i] = (struct child){ pid, rec, awaited };
+            children[i] = (struct child){ pid, rec, awaited, false, false };
             slot = i;
         }
     pthread_mutex_unlock(&mu);
     return slot;
 }
 
-static void child_del(int slot)
+/* sig (SIGTERM or SIGKILL) to the process group of children[i]. mu held. */
+static void signal_group_locked(size_t i, int sig)
 {
-    if (slot < 0)
-        return;
-    pthread_mutex_lock(&mu);
-    children[slot].pid = 0;
-    pthread_mutex_unlock(&mu);
+    kill(-children[i].pid, sig); /* its process group: what it started too */
+    if (sig == SIGKILL) {
+        children[i].killed = true;
+        pthread_cond_broadcast(&kill_cv);
+    } else {
+        children[i].termed = true;
+    }
 }
 
 /* The session rec ended: the commands whose status it waited for are
@@ -362,10 +370,92 @@ static int signal_orphans_locked(sess_rec *rec, int sig)
     int n = 0;
     for (size_t i = 0; i < sizeof children / sizeof children[0]; i++)
         if (children[i].pid > 0 && children[i].rec == rec && children[i].awaited) {
-            kill(-children[i].pid, sig); /* its process group: what it started too */
+            signal_group_locked(i, sig);
             n++;
         }
     return n;
+}
+
+/* Does process group pgid have a live member other than pgid itself? (From
+ * /proc; true when it cannot be read, which only holds a pid a while.) */
+static bool group_has_others(pid_t pgid)
+{
+    DIR *d = opendir("/proc");
+    if (d == NULL)
+        return true;
+    bool other = false;
+    struct dirent *e;
+    while (!other && (e = readdir(d)) != NULL) {
+        char *end;
+        long pid = strtol(e->d_name, &end, 10);
+        if (*end != '\0' || pid <= 0 || pid == pgid)
+            continue;
+        char path[64], buf[512];
+        snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (n <= 0)
+            continue;
+        buf[n] = '\0';
+        /* "pid (comm) state ppid pgrp ...": comm may hold anything, ')' too */
+        char *p = strrchr(buf, ')');
+        char state;
+        int ppid, pgrp;
+        if (p != NULL && sscanf(p + 1, " %c %d %d", &state, &ppid, &pgrp) == 3 && pgrp == pgid && state != 'Z' &&
+            state != 'X')
+            other = true;
+    }
+    closedir(d);
+    return other;
+}
+
+/* Waits for command pid (in slot) to exit and reaps it; its wait status.
+ * A command whose group got SIGTERM from us (termed) may die of it while
+ * others of its group ignore it: reaped at once, it would leave the slot,
+ * and the SIGKILL that follows (session_main, a stop) would not reach them.
+ * So it is left a zombie (its pid, the group's id, stays ours and cannot be
+ * reused) until SIGKILL has gone to the group or the group has nobody else. */
+static int reap_child(pid_t pid, int slot)
+{
+    int ws = 0;
+    if (slot < 0) { /* (not tracked: too many at once) */
+        while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {
+        }
+        return ws;
+    }
+    siginfo_t si;
+    while (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOWAIT) < 0 && errno == EINTR) {
+    }
+    pthread_mutex_lock(&mu);
+    for (;;) {
+        if (!children[slot].termed || children[slot].killed)
+            break;
+        pthread_mutex_unlock(&mu);
+        bool others = group_has_others(pid); /* (slot is ours: nobody frees it) */
+        pthread_mutex_lock(&mu);
+        if (!others)
+            break;
+        if (!children[slot].killed) { /* look again in 100 ms, or when SIGKILL went */
+            struct timespec t;
+            clock_gettime(CLOCK_REALTIME, &t);
+            t.tv_nsec += 100 * 1000000L;
+            if (t.tv_nsec >= 1000000000L) {
+                t.tv_sec++;
+                t.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&kill_cv, &mu, &t);
+        }
+    }
+    /* under mu: a SIGTERM to the group either came before (termed, handled
+     * above) or finds the slot free */
+    while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {
+    }
+    children[slot].pid = 0;
+    pthread_mutex_unlock(&mu);
+    return ws;
 }
 
 typedef struct exec_job {
@@ -463,10 +553,7 @@ static void *exec_main(void *x)
             close(out);
             close(err);
             in = out = err = -1;
-            int ws;
-            while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {
-            }
-            child_del(slot);
+            int ws = reap_child(pid, slot);
             status = WIFEXITED(ws) ? WEXITSTATUS(ws) : WIFSIGNALED(ws) ? 128 + WTERMSIG(ws) : 255;
         }
     }
@@ -918,16 +1005,30 @@ int lx_serve(int argc, char **argv)
     pthread_mutex_lock(&mu);
     for (size_t i = 0; i < sizeof children / sizeof children[0]; i++)
         if (children[i].pid > 0)
-            kill(-children[i].pid, SIGTERM); /* (a process group each: see exec_main) */
+            signal_group_locked(i, SIGTERM); /* (a process group each: see exec_main) */
     struct timespec dl;
     clock_gettime(CLOCK_REALTIME, &dl);
     dl.tv_sec += 5;
     while (active > 0 && pthread_cond_timedwait(&idle_cv, &mu, &dl) == 0) {
     }
+    /* 5 s on: SIGKILL to the groups still there (what ignores SIGTERM), and
+     * 2 s more for their threads to see it */
+    int killed = 0;
+    for (size_t i = 0; i < sizeof children / sizeof children[0]; i++)
+        if (children[i].pid > 0) {
+            signal_group_locked(i, SIGKILL);
+            killed++;
+        }
+    if (killed > 0) {
+        lx_log("SIGKILL to %d command%s still running after 5 s", killed, killed == 1 ? "" : "s");
+        dl.tv_sec += 2;
+        while (active > 0 && pthread_cond_timedwait(&idle_cv, &mu, &dl) == 0) {
+        }
+    }
     int left = active;
     pthread_mutex_unlock(&mu);
     if (left > 0)
-        lx_warn("serve: %d tasks still running after 5 s; exiting anyway", left);
+        lx_warn("serve: %d tasks still running after %d s; exiting anyway", left, killed > 0 ? 7 : 5);
     lx_log("stopped");
     return LX_OK;
 }
