@@ -552,9 +552,10 @@ LC_API int lc_dial(const char *url, const lc_options *o, lc_session **out, lc_er
  * removed) gives -ENOTSOCK. Whether a socket file is live is asked of the
  * kernel (sock_diag), so the live listener's lc_accept sees nothing of a
  * failed lc_listen; where it cannot be asked, or finds no listener in this
- * network namespace, lc_listen connects to find out (and hangs up). Listens on one path that race (threads,
- * or processes using libchan) take turns under an flock on the socket's
- * directory: one wins, the others get -EADDRINUSE. A tcp:// host name is
+ * network namespace, lc_listen connects to find out (and hangs up). Listens
+ * on one path that race (threads, or processes using libchan) take turns
+ * under an flock on the socket's directory: one wins, the others get
+ * -EADDRINUSE. A tcp:// host name is
  * resolved without a time limit here (there is no timeout to keep). */
 LC_API int lc_listen(const char *url, const lc_options *o, lc_listener **out, lc_error *err);
 /* The URL the listener is bound to (with the real port for tcp://...:0).

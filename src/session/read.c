@@ -399,11 +399,12 @@ static void on_data(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
 /* The peer answered a stream we opened (lc_session_close waits for it). */
 static void on_rst(lc_session *s, const lc_spdy_frame *f, rd_actions *a);
 
-/* A stream the peer refused (it never took it): ended as a RST would end
- * it, so its Sender fails (LC_ECLOSED) instead of sending into nothing. */
-static void refused(lc_session *s, uint32_t id, rd_actions *a)
+/* Ends stream id here as the peer's RST_STREAM with status would: a stream
+ * the peer refused (it never took it), or one we reset for a flow-control
+ * error. Its Sender then fails (LC_ECLOSED) instead of sending into nothing. */
+static void end_as_reset(lc_session *s, uint32_t id, uint32_t status, rd_actions *a)
 {
-    lc_spdy_frame rst = { .type = LC_SPDY_RST_STREAM, .stream_id = id, .status = LC_SPDY_REFUSED_STREAM };
+    lc_spdy_frame rst = { .type = LC_SPDY_RST_STREAM, .stream_id = id, .status = status };
     on_rst(s, &rst, a);
 }
 
@@ -417,7 +418,7 @@ static void on_syn_reply(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
     bool ok = !(f->flags & LC_SPDY_FLAG_FIN) &&
               (h == NULL || (h->value_len >= 3 && memcmp(h->value, "200", 3) == 0));
     if (!ok) {
-        refused(s, f->stream_id, a);
+        end_as_reset(s, f->stream_id, LC_SPDY_REFUSED_STREAM, a);
         return;
     }
     pthread_mutex_lock(&s->mu);
@@ -455,7 +456,7 @@ static void on_goaway(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
     pthread_mutex_unlock(&s->mu);
     pthread_mutex_unlock(&s->wmu);
     for (size_t i = 0; i < n; i++)
-        refused(s, ids[i], a);
+        end_as_reset(s, ids[i], LC_SPDY_REFUSED_STREAM, a);
     free(ids);
 }
 
@@ -626,9 +627,7 @@ static void on_window_update(lc_session *s, const lc_spdy_frame *f, rd_actions *
         pthread_mutex_unlock(&s->wmu);
         ctl_arg rst = { f->stream_id, LC_SPDY_FLOW_CONTROL_ERROR };
         lc__send_control(s, lc__ctl_rst, &rst);
-        lc_spdy_frame ended = { .type = LC_SPDY_RST_STREAM, .stream_id = f->stream_id,
-                                .status = LC_SPDY_FLOW_CONTROL_ERROR };
-        on_rst(s, &ended, a);
+        end_as_reset(s, f->stream_id, LC_SPDY_FLOW_CONTROL_ERROR, a);
         return;
     }
     if (st != NULL) {
@@ -745,8 +744,16 @@ static void handle_frame(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
  */
 
 /* Asks the engine for the next EPOLLIN, or while reading is paused for the
- * peer's hang-up only (arm_hangup), unless the session is over (the watch
- * pointer is only valid under wmu). */
+ * peer's hang-up only (below), unless the session is over (the watch
+ * pointer is only valid under wmu).
+ *
+ * While reading is paused the carrier is still watched for the peer's
+ * hang-up or a failure (EPOLLRDHUP, and EPOLLERR/EPOLLHUP that always come):
+ * unwatched, a peer that went away was never seen, and every call blocked
+ * on the session's other channels stayed blocked (a review helper). The
+ * hang-up does not end the session at once: what the carrier still holds
+ * came before it and is bounded now, so lc__carrier_cb notes it (peer_gone)
+ * and reading goes on to the end, its messages kept for their channels. */
 static void arm_read(lc_session *s)
 {
     pthread_mutex_lock(&s->wmu);
@@ -757,20 +764,6 @@ static void arm_read(lc_session *s)
     if (s->watch != NULL)
         lc__engine_arm(s->watch, paused ? EPOLLRDHUP : EPOLLIN);
     pthread_mutex_unlock(&s->wmu);
-}
-
-/*
- * While reading is paused the carrier is still watched for the peer's
- * hang-up or a failure (EPOLLRDHUP, and EPOLLERR/EPOLLHUP that always come):
- * unwatched, a peer that went away was never seen, and every call blocked
- * on the session's other channels stayed blocked (a review helper). The
- * hang-up does not end the session at once: what the carrier still holds
- * came before it and is bounded now, so lc__carrier_cb notes it (peer_gone)
- * and reading goes on to the end, its messages kept for their channels.
- */
-static void arm_hangup(lc_session *s)
-{
-    arm_read(s); /* (paused: EPOLLRDHUP) */
 }
 
 /*
@@ -1036,7 +1029,7 @@ static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drain
          * buffered for an fd nobody read
          * (test_byte_stream_without_windows_pauses_reading). */
         if (atomic_load_explicit(&s->paused, memory_order_relaxed)) {
-            arm_hangup(s);
+            arm_read(s); /* (paused: for the peer's hang-up only) */
             return false;
         }
         /* a thread reading for its own channel returns as soon as that has
@@ -1290,7 +1283,7 @@ void lc__carrier_cb(void *ctx, uint32_t ev)
     if (ev & EPOLLOUT)
         lc__output_ready(s);
     if ((ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) && atomic_load(&s->paused) && !atomic_load(&s->peer_gone)) {
-        /* (arm_hangup) */
+        /* (the hang-up watch of arm_read) */
         pthread_mutex_lock(&s->mu);
         atomic_store(&s->peer_gone, true);
         s->paused = false;

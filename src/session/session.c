@@ -901,16 +901,22 @@ LC_API int lc_session_close(lc_session *s, int64_t timeout_ms)
     return rc;
 }
 
-/* Whether the session ended while this side was still sending (once
- * lc__session_fail has finished looking). No lock held. */
-static bool sends_were_cut(lc_session *s)
+/* Whether the session, ended, was ended while this side was still sending
+ * (once lc__session_fail has finished looking). wmu held. */
+static bool sends_were_cut_wmu_locked(lc_session *s)
 {
-    pthread_mutex_lock(&s->wmu);
     while (!s->fail_done)
         pthread_cond_wait(&s->flushed, &s->wmu);
     pthread_mutex_lock(&s->mu);
     bool cut = s->sends_cut;
     pthread_mutex_unlock(&s->mu);
+    return cut;
+}
+
+static bool sends_were_cut(lc_session *s)
+{
+    pthread_mutex_lock(&s->wmu);
+    bool cut = sends_were_cut_wmu_locked(s);
     pthread_mutex_unlock(&s->wmu);
     return cut;
 }
@@ -1048,12 +1054,7 @@ static int session_close(lc_session *s, int64_t timeout_ms)
         /* (also when it ended between the first loop's look at dead and
          * its look at the tables, which lc__session_fail had emptied: the
          * loop then saw nothing to wait for; a review helper, under gdb) */
-        while (!s->fail_done)
-            pthread_cond_wait(&s->flushed, &s->wmu);
-        pthread_mutex_lock(&s->mu);
-        bool cut = s->sends_cut;
-        pthread_mutex_unlock(&s->mu);
-        if (cut || s->written_total < s->goaway_end)
+        if (sends_were_cut_wmu_locked(s) || s->written_total < s->goaway_end)
             rc = session_error_or(s, LC_ESESSION);
     }
     /* Half-close, then let the peer finish and hang up (the reader sees its

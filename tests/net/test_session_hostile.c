@@ -801,12 +801,14 @@ static void test_too_many_fds_in_one_read(void **st)
     close(pf[1]);
 }
 
+/* The msgpack of {"F": passed fd 0} (ext 3, the passed-fd bit, sequence 0). */
+static const uint8_t fd0_msg[] = { 0x81, 0xa1, 'F', 0xd7, 0x03, 0x80, 0, 0, 0, 0, 0, 0, 0 };
+
 /* Sends {"F": passed fd 0} on stream 1 with fd attached, and checks that r
  * gets that very file (same device and inode), not a stand-in. */
 static void pass_fd0_expect_same(nt_raw *p, lc_buf *b, lc_receiver *r, int fd)
 {
-    static const uint8_t fd0[] = { 0x81, 0xa1, 'F', 0xd7, 0x03, 0x80, 0, 0, 0, 0, 0, 0, 0 };
-    assert_int_equal(lc__spdy_put_data(b, 1, 0, fd0, sizeof fd0), 0);
+    assert_int_equal(lc__spdy_put_data(b, 1, 0, fd0_msg, sizeof fd0_msg), 0);
     send_with_fds(p->fd, b->data, b->len, fd, 1);
     b->len = 0;
     lc_msg *m;
@@ -899,8 +901,7 @@ static void test_fd_from_peer_that_never_announced_it(void **st)
     lc__buf_init(&b);
     put_settings(&b, 0, LC_FEATURE_WINDOWS); /* no FDPASS */
     nt_put_syn(&p, &b, 1, 2, 0, 0);
-    static const uint8_t fd_msg[] = { 0x81, 0xa1, 'F', 0xd7, 0x03, 0x80, 0, 0, 0, 0, 0, 0, 0 }; /* {F: passed fd 0} */
-    assert_int_equal(lc__spdy_put_data(&b, 1, 0, fd_msg, sizeof fd_msg), 0);
+    assert_int_equal(lc__spdy_put_data(&b, 1, 0, fd0_msg, sizeof fd0_msg), 0);
     send_with_fds(p.fd, b.data, b.len, pf[0], 1);
     b.len = 0;
     lc_receiver *r;
@@ -1114,8 +1115,7 @@ static void test_passed_fd_named_twice_or_never_sent(void **st)
     assert_int_equal(lc_session_receiver(p.s, &r1, 5000), 0);
     assert_int_equal(lc_session_receiver(p.s, &r3, 5000), 0);
     /* fds 0 and 1 arrive with this message, which names fd 0 (ext 3) */
-    static const uint8_t fd0[] = { 0x81, 0xa1, 'F', 0xd7, 0x03, 0x80, 0, 0, 0, 0, 0, 0, 0 };
-    assert_int_equal(lc__spdy_put_data(&b, 1, 0, fd0, sizeof fd0), 0);
+    assert_int_equal(lc__spdy_put_data(&b, 1, 0, fd0_msg, sizeof fd0_msg), 0);
     send_with_fds(p.fd, b.data, b.len, pf[0], 2);
     b.len = 0;
     lc_msg *m;
@@ -1129,7 +1129,7 @@ static void test_passed_fd_named_twice_or_never_sent(void **st)
     assert_true(a.st_ino == c.st_ino && a.st_dev == c.st_dev);
     close(got);
     /* named again on channel 3 */
-    assert_int_equal(lc__spdy_put_data(&b, 3, 0, fd0, sizeof fd0), 0);
+    assert_int_equal(lc__spdy_put_data(&b, 3, 0, fd0_msg, sizeof fd0_msg), 0);
     nt_raw_send(&p, &b);
     assert_int_equal(nt_recv_rc(r3, 5000), LC_EPROTO);
     /* number 1000000 never comes on channel 1 */
