@@ -400,23 +400,37 @@ int lc__engine_add(lc_engine *e, int fd, uint32_t events, lc_watch_cb cb, void *
     return 0;
 }
 
-int lc__engine_arm(lc_watch *w, uint32_t events)
+int lc__engine_arm_instead(lc_watch *w, uint32_t events, uint32_t drop)
 {
     events &= ARMABLE;
+    drop &= ARMABLE & ~events;
     int rc = 0;
     pthread_mutex_lock(&w->mu);
     if (w->live && !w->dying) {
         uint32_t before = w->armed;
-        w->armed |= events;
+        w->armed = (before & ~drop) | events;
         /* While the callback runs, the re-arm happens when it returns. When
          * the interest was already armed nothing changes in the kernel: either
          * it is armed there, or an event for it is on its way to a thread,
          * which will run the callback and re-arm what is left. */
-        if (!w->running && (before == 0 || (before | events) != before))
+        if (!w->running && (before == 0 || w->armed != before))
             rc = watch_set(w);
     }
     pthread_mutex_unlock(&w->mu);
     return rc;
+}
+
+int lc__engine_arm(lc_watch *w, uint32_t events)
+{
+    return lc__engine_arm_instead(w, events, 0);
+}
+
+uint32_t lc__engine_armed(lc_watch *w)
+{
+    pthread_mutex_lock(&w->mu);
+    uint32_t a = w->armed;
+    pthread_mutex_unlock(&w->mu);
+    return a;
 }
 
 int lc__engine_disarm(lc_watch *w, uint32_t events)

@@ -144,6 +144,15 @@ int lc__engine_add(lc_engine *e, int fd, uint32_t events, lc_watch_cb cb, void *
  */
 int lc__engine_arm(lc_watch *w, uint32_t events);
 
+/* lc__engine_arm of `events` that also withdraws `drop` (not in events), in
+ * one change to the kernel's interest: a watch that moves from one interest
+ * to another (a session's carrier from the hang-up alone, while reading is
+ * paused, back to EPOLLIN) leaves nothing of the old one armed. */
+int lc__engine_arm_instead(lc_watch *w, uint32_t events, uint32_t drop);
+
+/* The interests armed on w now (tests). */
+uint32_t lc__engine_armed(lc_watch *w);
+
 /* Withdraws interest in `events` (others stay armed). Returns 1 when some
  * was armed, 0 when none was, or a negative errno. An event already on its
  * way may still run the callback once. */

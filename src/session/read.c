@@ -762,7 +762,9 @@ static void arm_read(lc_session *s)
     pthread_mutex_unlock(&s->mu);
     atomic_store_explicit(&s->lazy, false, memory_order_relaxed);
     if (s->watch != NULL)
-        lc__engine_arm(s->watch, paused ? EPOLLRDHUP : EPOLLIN);
+        /* (resumed: the hang-up watch goes, else it stayed armed for
+         * good, one more epoll_ctl after each callback) */
+        lc__engine_arm_instead(s->watch, paused ? EPOLLRDHUP : EPOLLIN, paused ? 0 : EPOLLRDHUP);
     pthread_mutex_unlock(&s->wmu);
 }
 

@@ -155,6 +155,32 @@ static void test_unreported_interest_stays_armed(void **state)
     close(sv[1]);
 }
 
+/* lc__engine_arm_instead moves the interest: what it drops is not reported
+ * any more (a session's hang-up watch while paused, then EPOLLIN again). */
+static void test_arm_instead_drops_the_old_interest(void **state)
+{
+    LC_TEST_DEADLINE(20);
+    lc_engine *e = new_engine(false);
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
+    counter c = {0};
+    lc_watch *w;
+    assert_int_equal(lc__engine_add(e, sv[0], EPOLLRDHUP, count_cb, &c, &w), 0);
+    assert_int_equal(lc__engine_armed(w), EPOLLRDHUP);
+    assert_int_equal(lc__engine_arm_instead(w, EPOLLIN, EPOLLRDHUP | EPOLLIN), 0); /* (events win) */
+    assert_int_equal(lc__engine_armed(w), EPOLLIN);
+    assert_int_equal(lc__engine_run(e, 20), 0);
+    /* the peer's half-close: readable (EOF), but RDHUP was dropped */
+    assert_int_equal(shutdown(sv[1], SHUT_WR), 0);
+    assert_int_equal(lc__engine_run(e, 1000), 1);
+    assert_int_equal(atomic_load(&c.last) & (EPOLLIN | EPOLLRDHUP), EPOLLIN);
+    assert_int_equal(lc__engine_armed(w), 0); /* consumed: nothing left behind */
+    lc__engine_del(w);
+    lc__engine_free(e);
+    close(sv[0]);
+    close(sv[1]);
+}
+
 /* ---- a disarmed watch leaves epoll ----------------------------------------- */
 
 /* The eventpoll fds of this process, as a bitmap of fd numbers < 1024. */
@@ -1064,6 +1090,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_added_disarmed_never_fires, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_disarmed_watch_is_unregistered, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unreported_interest_stays_armed, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_arm_instead_drops_the_old_interest, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_arm_from_another_thread_runs_on_engine_thread, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_any_thread_may_drive, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_del_while_other_threads_dispatch, lc_test_setup, lc_test_teardown),

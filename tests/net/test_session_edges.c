@@ -35,6 +35,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <sys/ioctl.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -2781,6 +2782,12 @@ static void test_paused_reading_resumes_at_half_window(void **st)
     /* the rest of A, in order */
     for (; got < na; got++)
         nt_expect_n(a, got);
+    /* resumed: the pause's watch for the hang-up alone is gone (it stayed
+     * armed for good, one more epoll_ctl after every callback) */
+    pthread_mutex_lock(&p.s->wmu);
+    uint32_t armed = p.s->watch != NULL ? lc__engine_armed(p.s->watch) : 0;
+    pthread_mutex_unlock(&p.s->wmu);
+    assert_int_equal(armed & EPOLLRDHUP, 0);
     lc__buf_free(&b);
     lc_receiver_release(a);
     lc_receiver_release(c);
