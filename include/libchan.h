@@ -607,7 +607,9 @@ LC_API int lc_session_receiver(lc_session *s, lc_receiver **out, int64_t timeout
  * carrier and waits for the peer to hang up, so nothing either side wrote
  * is cut off by a reset. Returns 0 when everything sent before the call
  * reached the carrier within timeout_ms, or an error saying it did not
- * (LC_ETIMEDOUT, or the session's error); a peer slow to hang up after that
+ * (LC_ETIMEDOUT, or the session's error), or LC_ECLOSED when the peer
+ * refused a channel this side had sent on (it was closing itself: what
+ * lc_send had accepted on it was dropped); a peer slow to hang up after that
  * is not an error (while reading is paused, what the peer still sends is
  * read and dropped meanwhile: the session ends anyway). From its
  * start, lc_send on the session's Senders is refused (LC_ESESSION); a

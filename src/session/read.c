@@ -404,6 +404,18 @@ static void on_rst(lc_session *s, const lc_spdy_frame *f, rd_actions *a);
  * error. Its Sender then fails (LC_ECLOSED) instead of sending into nothing. */
 static void end_as_reset(lc_session *s, uint32_t id, uint32_t status, rd_actions *a)
 {
+    if (status == LC_SPDY_REFUSED_STREAM) {
+        /* What was sent on it was accepted by lc_send and is dropped by
+         * the peer: lc_session_close says so (it returned 0, the messages
+         * silently lost) */
+        pthread_mutex_lock(&s->wmu);
+        pthread_mutex_lock(&s->mu);
+        lc_stream *st = lc__map_get(&s->streams, id);
+        if (st != NULL && st->ours && st->sent > 0 && !st->reset)
+            s->sent_refused = true;
+        pthread_mutex_unlock(&s->mu);
+        pthread_mutex_unlock(&s->wmu);
+    }
     lc_spdy_frame rst = { .type = LC_SPDY_RST_STREAM, .stream_id = id, .status = status };
     on_rst(s, &rst, a);
 }

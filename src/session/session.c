@@ -1018,6 +1018,8 @@ static int session_close(lc_session *s, int64_t timeout_ms)
         }
         close_wait_locked(s, deadline); /* the engine reads them */
     }
+    if (rc == 0 && s->sent_refused)
+        rc = LC_ECLOSED; /* answered with a refusal: what went on it was dropped */
     pthread_mutex_unlock(&s->mu);
     /* GOAWAY after the streams' last bytes: spdystream ends its streams
      * when it reads one. Success is everything before it written: a peer

@@ -241,6 +241,8 @@ struct lc_session {
     bool close_done;      /* mu: the first lc_session_close has returned close_rc */
     bool sends_cut;       /* mu: the session ended while this side was still sending
                              (a pump held messages, a byte stream was not at EOF) */
+    bool sent_refused;    /* mu: the peer refused a stream we had sent DATA on (502,
+                             or past its GOAWAY's last-good id): those bytes were dropped */
     int close_rc;
     /* reading stopped: a local queue is full. Written under mu; read without
      * it where a stale value only costs a round (drive, resume_reading's

@@ -2598,6 +2598,56 @@ static void test_refused_channels_fail_their_senders(void **st)
     nt_raw_close(&p);
 }
 
+/* A message lc_send accepted on a channel the peer then refused (502 while
+ * it closes, or past its GOAWAY's last-good id) was dropped by the peer:
+ * lc_session_close says so (LC_ECLOSED), where it returned 0. A channel
+ * refused before anything went on it loses nothing: 0. */
+static void *refused_close_fn(void *x)
+{
+    close_arg *a = x;
+    a->rc = lc_session_close(a->s, 5000);
+    return NULL;
+}
+
+static void test_close_reports_messages_the_peer_refused(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    for (int how = 0; how < 3; how++) { /* 502 / GOAWAY / 502 with nothing sent */
+        nt_raw p;
+        nt_raw_open(&p, NULL);
+        lc_sender *snd;
+        assert_int_equal(lc_session_sender(p.s, &snd), 0);
+        if (how < 2)
+            assert_int_equal(lc_send(snd, lc_pack("{s:i}", "N", 1), 5000), 0);
+        else
+            assert_int_equal(lc_close(snd), 0); /* (opens it: a FIN, no data) */
+        lc_spdy_frame f;
+        assert_int_equal(nt_raw_expect(&p, LC_SPDY_SYN_STREAM, 0, &f, 5000), 1);
+        assert_int_equal(f.stream_id, 2);
+        lc_buf b;
+        lc__buf_init(&b);
+        lc_spdy_header h = { ":status", 7, "502", 3 };
+        if (how == 1)
+            assert_int_equal(lc__spdy_put_goaway(&b, 0, LC_SPDY_GOAWAY_OK), 0);
+        else
+            assert_int_equal(lc__spdy_put_syn_reply(&b, &p.z, 2, LC_SPDY_FLAG_FIN, &h, 1), 0);
+        assert_int_equal(lc__spdy_put_ping(&b, 7), 0);
+        nt_raw_send(&p, &b);
+        assert_int_equal(nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 5000), 1); /* all of it read */
+        close_arg a = { p.s, 1, 0 };
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, refused_close_fn, &a), 0);
+        assert_int_equal(nt_raw_expect(&p, LC_SPDY_GOAWAY, 0, NULL, 5000), 1);
+        assert_int_equal(shutdown(p.fd, SHUT_WR), 0); /* the peer hangs up */
+        pthread_join(t, NULL);
+        assert_int_equal(a.rc, how < 2 ? LC_ECLOSED : 0);
+        lc_sender_release(snd);
+        lc__buf_free(&b);
+        nt_raw_close(&p);
+    }
+}
+
 /* Toward a Go-like peer (no windows), reading is paused for a channel nobody
  * reads; the peer then hangs up. A call blocked on another channel returns
  * at once (the carrier was not watched while paused: it stayed blocked for
@@ -2758,6 +2808,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_close_waiting_for_replies_ends_with_free, lc_test_setup,
                                         lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_refused_channels_fail_their_senders, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_close_reports_messages_the_peer_refused, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_hang_up_seen_while_reading_is_paused, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_from_peer_that_never_announced_it, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_byte_stream_read_error_resets_it, lc_test_setup, lc_test_teardown),
