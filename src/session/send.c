@@ -607,7 +607,7 @@ static void pump_got(void *ctx, int result, lc_msg *m);
  * lost upstream session: reset) or a send failed (END_SILENT: the session
  * is closing or over, or the peer reset the stream; a FIN would tell the
  * peer it had everything, though the message that failed, and those still
- * in the source, never went). */
+ * in the source, never went; END_RESET: the message could not be encoded). */
 static void pump_finish(lc_stream *st, net_end_how how)
 {
     lc_session *s = st->s;
@@ -638,7 +638,13 @@ static bool pump_send(lc_stream *st, lc_msg *m)
             return true;
         if (rc != LC__WOULD_BLOCK) {
             lc_msg_free(m);
-            pump_finish(st, END_SILENT);
+            /* Silent only when nothing can be said (the session is closing
+             * or over) or needs saying (the stream ended or was reset). A
+             * message that does not encode (LC_ETAKEN: its attachment was
+             * taken out, which an in-memory lc_send accepts; LC_ERANGE,
+             * LC_ENOMEM) resets the stream: silent, the peer's Receiver
+             * waited for ever (a review helper). */
+            pump_finish(st, rc == LC_ESESSION || rc == LC_ECLOSED ? END_SILENT : END_RESET);
             return false;
         }
         pthread_mutex_lock(&s->mu);

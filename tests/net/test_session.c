@@ -500,6 +500,46 @@ static void test_receiver_carried_in_a_message(void **st)
     close_pair(&p);
 }
 
+/* A Receiver sent over a session is pumped; a message put into its channel
+ * locally that cannot be encoded (its attachment was taken out: an in-memory
+ * lc_send accepts it) resets the stream: the peer's Receiver gets
+ * LC_ECLOSED. It ended with nothing said, and the peer waited for ever (a
+ * review helper). */
+static void test_pumped_message_that_cannot_be_encoded_resets(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    pair p;
+    open_pair(&p, unix_url());
+    lc_sender *ch;
+    assert_int_equal(lc_session_sender(p.client, &ch), 0);
+    lc_receiver *lr;
+    lc_sender *ls;
+    assert_int_equal(lc_pipe(&lr, &ls, 8), 0);
+    assert_int_equal(lc_send(ch, lc_pack("{s:R}", "Feed", lr), 5000), 0);
+    lc_receiver *in, *feed;
+    lc_msg *m;
+    assert_int_equal(lc_session_receiver(p.server, &in, 5000), 0);
+    assert_int_equal(lc_recv(in, &m, 5000), 0);
+    assert_int_equal(lc_unpack(m, "{s:R}", "Feed", &feed), 0);
+    lc_msg_free(m);
+    assert_int_equal(lc_send(ls, lc_pack("{s:i}", "N", 1), 5000), 0);
+    nt_expect_n(feed, 1);
+    lc_receiver *xr;
+    lc_sender *xs, *took;
+    assert_int_equal(lc_pipe(&xr, &xs, 1), 0);
+    lc_msg *bad = lc_pack("{s:S}", "S", xs);
+    assert_int_equal(lc_unpack(bad, "{s:S}", "S", &took), 0); /* taken out */
+    assert_int_equal(lc_send(ls, bad, 5000), 0);
+    assert_int_equal(lc_recv(feed, &m, 5000), LC_ECLOSED);
+    lc_sender_release(took);
+    lc_receiver_release(xr);
+    lc_sender_release(ls);
+    lc_receiver_release(feed);
+    lc_receiver_release(in);
+    lc_sender_release(ch);
+    close_pair(&p);
+}
+
 /* A requester gives up on its reply channel (releases the Receiver of the
  * in-memory pipe whose Sender it sent): the server's sends on that reply
  * Sender start failing with LC_ECLOSED (the requester's session resets the
@@ -1585,6 +1625,7 @@ int main(void)
                                         lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_send_last_races_other_sends, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_receiver_carried_in_a_message, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_pumped_message_that_cannot_be_encoded_resets, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_select_sends_its_own_reply_channel, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_carrier_loss_fails_blocked_calls, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_slow_consumer_does_not_block_other_channel, lc_test_setup, lc_test_teardown),
@@ -1602,5 +1643,6 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_closing_side_takes_substreams_of_its_channels, lc_test_setup,
                                         lc_test_teardown),
     };
+    nt_filter_from_env();
     return cmocka_run_group_tests_name("net/session", tests, NULL, NULL);
 }
