@@ -499,8 +499,14 @@ typedef struct lc_options {
                                  unread, behind the window below. With that
                                  window, this bounds what an unread channel
                                  holds: recv_queue messages of up to
-                                 limits.max_message bytes, plus one window; lower
-                                 it for channels of large messages */
+                                 limits.max_message bytes, plus one window
+                                 (of which up to min(32, recv_queue) messages
+                                 decoded ahead); lower it for channels of large
+                                 messages. Memory: a message that carries
+                                 channels, byte streams or float32 values is
+                                 held decoded, as values, which costs up to
+                                 ~50 bytes per byte of a message made of tiny
+                                 elements (others stay as their bytes) */
     uint32_t accept_queue;    /* channels opened by the peer waiting for
                                  lc_session_receiver (default 1024). A channel
                                  that finds it full is dropped: its messages are

@@ -188,7 +188,9 @@ static inline const uint8_t *lc__sd_rest(const lc_stream_decoder *d, size_t *n)
  * Skimmer (skim.c): walks msgpack bytes that will not be decoded, chunk by
  * chunk split anywhere, and reports every passed-fd reference in them (ext
  * 1/2/3 with an 8-byte payload whose top bit is set: found() gets the fd's
- * number without that bit). Structure only: no limits, nothing buffered but
+ * number without that bit), and, when found_ref is set, every sub-stream
+ * reference (ext 1..5 without that bit: found_ref gets the ref, with the
+ * same ctx). Structure only: no limits, nothing buffered but
  * a cut header and the nesting stack. feed() returns 0, or LC_EBADMSG once
  * bytes that are not msgpack (or nesting deeper than 4096) ended the walk.
  */
@@ -200,6 +202,7 @@ typedef struct lc_skim {
     int dead;
     uint32_t depth, cap;
     uint64_t *left;  /* left[i]: elements still to come at nesting level i */
+    lc_skim_found_fn found_ref; /* NULL after lc__skim_init */
 } lc_skim;
 
 void lc__skim_init(lc_skim *k);

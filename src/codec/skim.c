@@ -6,7 +6,9 @@
  * unix carrier their passed fds (ext 1/2/3 with an 8-byte payload whose top
  * bit is set, docs/PROTOCOL.md 7) still came with them and wait in the
  * session's table: the skimmer finds their numbers so the session can close
- * them at once instead of keeping them until it is freed.
+ * them at once instead of keeping them until it is freed. The sub-streams
+ * they name (channels and byte streams sent as streams of their own) are
+ * reported too, so that the session can reset them: nothing will bind them.
  *
  * No limits apply (the bytes are dropped as they are walked; only the
  * nesting stack is kept, and bounded); bytes that are not msgpack at all
@@ -55,7 +57,7 @@ static long take_header(lc_skim *k, const uint8_t *buf, size_t avail, lc_skim_fo
         return 0;
     if (rc != 0)
         return -1;
-    bool stream_ext = h.kind == LC_WK_EXT && h.ext >= LC_EXT_DUPLEX && h.ext <= LC_EXT_READ && h.len == 8;
+    bool stream_ext = h.kind == LC_WK_EXT && h.ext >= LC_EXT_DUPLEX && h.ext <= LC_EXT_RECEIVER && h.len == 8;
     size_t need = h.hlen + (stream_ext ? 8u : 0u);
     if (avail < need)
         return 0;
@@ -68,8 +70,10 @@ static long take_header(lc_skim *k, const uint8_t *buf, size_t avail, lc_skim_fo
         }
         if (stream_ext) {
             uint64_t ref = lc__be64(buf + h.hlen);
-            if (ref & PASSED_FD_BIT)
+            if ((ref & PASSED_FD_BIT) && h.ext <= LC_EXT_READ)
                 found(ctx, ref & ~PASSED_FD_BIT);
+            else if (!(ref & PASSED_FD_BIT) && k->found_ref != NULL)
+                k->found_ref(ctx, ref);
             element_done(k);
             break;
         }

@@ -159,7 +159,11 @@ static void on_syn_stream(lc_session *s, const lc_spdy_frame *f, lc_receiver **a
  * stays as bytes in the stream decoder until the local queue takes these:
  * decoding a whole 64 KiB read at once (~3000 SimpleStructs, ~1 MB of
  * messages) made the heap grow and shrink on every read, and bench_session
- * spent a third of the receiver's CPU in page faults and malloc.
+ * spent a third of the receiver's CPU in page faults and malloc. Never more
+ * than the local queue holds (recv_queue): a message that carries channels
+ * is held decoded, as values (up to ~50 bytes per byte of a message of tiny
+ * elements), and with recv_queue 1 a channel nobody read held 33 of them (a
+ * review helper: 231 MB for 4 MB of messages).
  */
 #define DECODE_AHEAD 32
 
@@ -173,7 +177,8 @@ int lc__feed_stream_locked(lc_session *s, lc_stream *st, const uint8_t *p, size_
         st->sd_init = true;
     }
     int rc = n ? lc__sd_feed(&st->sd, p, n) : 0;
-    while (rc == 0 && st->npending < DECODE_AHEAD) {
+    size_t ahead = s->opt.recv_queue < DECODE_AHEAD ? s->opt.recv_queue : DECODE_AHEAD;
+    while (rc == 0 && st->npending < ahead) {
         lc_msg *m;
         rc = lc__sd_next(&st->sd, &m);
         if (rc != 0)
@@ -220,6 +225,7 @@ static void run_actions(lc_session *s, rd_actions *a)
         lc__stream_unref(st);
     }
     lc__kl_free(&a->deliver);
+    lc__rst_due_flush(s); /* sub-streams named by skimmed bytes */
 }
 
 /* Streams whose messages wait for references get another chance. */
@@ -1360,7 +1366,7 @@ void lc__ref_timer(void *ctx)
         lc__close_error(fail[i], LC_EPROTO);
         lc_sender_release(fail[i]);
     }
-    lc__msg_chain_free(dropped);
+    lc__drop_chain(s, dropped);
     if (nf > 0)
         lc__resume_reading(s); /* nothing waits on those streams any more */
     (void)any_waiting;

@@ -45,7 +45,7 @@ void lc__kl_free(kick_list *k)
     lc__kl_init(k);
 }
 
-/* ---- passed fds of messages that will not be decoded ---------------------- */
+/* ---- what messages that will not be delivered name ------------------------ */
 
 void lc__skim_drop(struct lc_skim_slot *sl)
 {
@@ -67,18 +67,74 @@ static void skim_found(void *ctx, uint64_t n)
     /* (not arrived: a peer naming fds it never passed; nothing to close) */
 }
 
-/* The passed fds a value names that no message will claim now: closed. */
-static void drop_passed_refs_locked(lc_session *s, const lc_value *v, int depth)
+/*
+ * A sub-stream of the peer's that a message never to be delivered names:
+ * nothing will bind it. It leaves the tables and is reset (RST_STREAM
+ * CANCEL, written by lc__rst_due_flush once mu is released). Left unbound
+ * it stayed in the table for the session's life, and the peer's end of it
+ * waited for ever: a Sender it gave us (an ack channel in a reply the
+ * requester gave up on) never ended on its side (a review helper). mu held.
+ */
+static void skim_ref_found(void *ctx, uint64_t ref)
+{
+    lc_session *s = ctx;
+    lc_stream *sub = lc__map_get(&s->peer_refs, ref);
+    if (sub == NULL)
+        return; /* not arrived (never opened), or named already */
+    lc__map_del(&s->peer_refs, ref);
+    lc__remember_claimed_locked(s, ref); /* a later naming fails at once */
+    if (!sub->reset && s->rst_due_n == s->rst_due_cap) {
+        size_t nc = s->rst_due_cap ? 2 * s->rst_due_cap : 8;
+        lc_stream **nv = realloc(s->rst_due, nc * sizeof *nv);
+        if (nv != NULL) {
+            s->rst_due = nv;
+            s->rst_due_cap = nc;
+        }
+    }
+    if (!sub->reset && s->rst_due_n < s->rst_due_cap) {
+        stream_ref(sub);
+        s->rst_due[s->rst_due_n++] = sub;
+        atomic_store_explicit(&s->rst_due_any, true, memory_order_relaxed);
+    }
+    sub->reset = true;
+    lc__stream_maybe_done_locked(s, sub); /* (leaves the table: reset) */
+}
+
+/* Resets the sub-streams skim_ref_found gave up on. No lock held. */
+void lc__rst_due_flush(lc_session *s)
+{
+    if (!atomic_load_explicit(&s->rst_due_any, memory_order_relaxed))
+        return;
+    pthread_mutex_lock(&s->mu);
+    lc_stream **due = s->rst_due;
+    size_t n = s->rst_due_n;
+    s->rst_due = NULL;
+    s->rst_due_n = s->rst_due_cap = 0;
+    atomic_store_explicit(&s->rst_due_any, false, memory_order_relaxed);
+    pthread_mutex_unlock(&s->mu);
+    for (size_t i = 0; i < n; i++) {
+        ctl_arg ra = { due[i]->id, LC_SPDY_CANCEL };
+        lc__send_control(s, lc__ctl_rst, &ra);
+        lc__stream_unref(due[i]);
+    }
+    free(due);
+}
+
+/* The references a value names that no message will claim now: passed fds
+ * closed, sub-streams reset (skim_ref_found). */
+static void drop_refs_locked(lc_session *s, const lc_value *v, int depth)
 {
     if (v == NULL || depth > 4096)
         return;
     if (v->type == LC__REF) {
         if ((v->u.ref & LC_REF_PASSED_FD) && v->mode >= 1 && v->mode <= 3)
             skim_found(s, v->u.ref & ~LC_REF_PASSED_FD);
+        else if (!(v->u.ref & LC_REF_PASSED_FD) && v->mode >= 1 && v->mode <= 5)
+            skim_ref_found(s, v->u.ref);
     } else if (v->type == LC_ARRAY || v->type == LC_MAP) {
         uint32_t n = v->type == LC_MAP ? 2 * v->len : v->len;
         for (uint32_t i = 0; i < n; i++)
-            drop_passed_refs_locked(s, v->u.items[i], depth + 1);
+            drop_refs_locked(s, v->u.items[i], depth + 1);
     }
 }
 
@@ -88,20 +144,30 @@ static void drop_passed_refs_locked(lc_session *s, const lc_value *v, int depth)
  * are closed now. They stayed in in_fds until the session was freed, and
  * past MAX_UNCLAIMED_FDS of them reading paused for good (a review helper:
  * a requester that released its reply Receiver, a responder answering with
- * fds). Resolved ones are the messages' own and go with lc_msg_free. mu held.
+ * fds). The sub-streams they name are reset (skim_ref_found). Resolved ones
+ * are the messages' own and go with lc_msg_free. mu held; the caller drops
+ * the chain with lc__drop_chain.
  */
-void lc__drop_passed_fds_locked(lc_session *s, lc_msg *chain)
+void lc__drop_refs_locked(lc_session *s, lc_msg *chain)
 {
     for (lc_msg *m = chain; m != NULL; m = m->next) {
         if (!m->has_refs)
             continue;
         if (m->body != NULL) {
             for (uint32_t i = 0; i < m->body_att_len; i++)
-                drop_passed_refs_locked(s, m->body_att[i], 0);
+                drop_refs_locked(s, m->body_att[i], 0);
         } else {
-            drop_passed_refs_locked(s, m->root, 0);
+            drop_refs_locked(s, m->root, 0);
         }
     }
+}
+
+/* Frees a chain of dropped messages, and resets the sub-streams they named.
+ * No lock held. */
+void lc__drop_chain(lc_session *s, lc_msg *chain)
+{
+    lc__msg_chain_free(chain);
+    lc__rst_due_flush(s);
 }
 
 /* DATA for a stream no longer in the table: skimmed if it is one that
@@ -134,8 +200,6 @@ void lc__skim_more_locked(lc_session *s, uint32_t id, const uint8_t *p, size_t n
  */
 void lc__skim_start_locked(lc_session *s, lc_stream *st, const uint8_t *extra, size_t extra_n, bool fin)
 {
-    if (!atomic_load_explicit(&s->read_fds, memory_order_relaxed))
-        return; /* no fd can have come to us: nothing to find */
     if (st->kind != ST_RECV && st->kind != ST_FWD_TO_SENDER)
         return; /* not messages (an unbound sub-stream may be a byte stream) */
     if (st->skimmed) {
@@ -148,6 +212,7 @@ void lc__skim_start_locked(lc_session *s, lc_stream *st, const uint8_t *extra, s
     if (k == NULL)
         return; /* the fds stay until the session is freed, as before */
     lc__skim_init(k);
+    k->found_ref = skim_ref_found;
     size_t n = 0;
     const uint8_t *rest = st->sd_init ? lc__sd_rest(&st->sd, &n) : NULL;
     if ((n > 0 && lc__skim_feed(k, rest, n, skim_found, s) != 0) ||
@@ -380,7 +445,7 @@ static void forward_refused(lc_stream *st, int rc)
         lc__stream_maybe_done_locked(s, st);
     }
     pthread_mutex_unlock(&s->mu);
-    lc__msg_chain_free(drop);
+    lc__drop_chain(s, drop);
     if (rst) {
         ctl_arg ra = { sid, LC_SPDY_CANCEL };
         lc__send_control(s, lc__ctl_rst, &ra);
@@ -505,6 +570,7 @@ static void fail_channel_unlock(lc_session *s, lc_stream *st)
         ctl_arg ra = { sid, LC_SPDY_PROTOCOL_ERROR };
         lc__send_control(s, lc__ctl_rst, &ra);
     }
+    lc__rst_due_flush(s); /* sub-streams its skimmed bytes named */
 }
 
 /* Plain messages handed to the local queue per lock round. */
@@ -736,7 +802,7 @@ void lc__deliver_pending_noted(lc_stream *st, bool noted)
             int end = st->end_err ? st->end_err : s->dead ? LC_ESESSION : LC_EPROTO;
             pthread_mutex_unlock(&s->mu);
             kick_streams(s, &k);
-            lc__msg_chain_free(lost);
+            lc__drop_chain(s, lost);
             lc__close_error(st->into, end);
             continue;
         }
@@ -768,7 +834,7 @@ void lc__deliver_pending_noted(lc_stream *st, bool noted)
             lc_msg *lost = lc__pending_take_all_locked(st);
             fail_channel_unlock(s, st);
             kick_streams(s, &k);
-            lc__msg_chain_free(lost);
+            lc__drop_chain(s, lost);
             continue;
         }
         if (k.n == 0) {

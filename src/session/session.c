@@ -174,7 +174,7 @@ void lc__msg_chain_free(lc_msg *m)
 lc_msg *lc__pending_take_all_locked(lc_stream *st)
 {
     lc_msg *all = st->pending_head;
-    lc__drop_passed_fds_locked(st->s, all);
+    lc__drop_refs_locked(st->s, all);
     st->pending_head = st->pending_tail = NULL;
     st->npending = 0;
     return all;
@@ -446,6 +446,7 @@ void lc__session_fail(lc_session *s, int err)
     free(idle_pumps);
     free(drains);
     free(draining);
+    lc__rst_due_flush(s); /* (their references: nothing is written now) */
     /* lc_session_free on another thread waits for this: it must not return
      * while we still close the byte streams' fds */
     pthread_mutex_lock(&s->wmu);

@@ -221,6 +221,12 @@ struct lc_session {
         lc_skim *k;
     } skims[SKIMS_KEEP];
     unsigned skim_next;
+    /* mu: the peer's sub-streams that messages never to be delivered named
+     * (nothing will bind them): each referenced, to be reset with
+     * RST_STREAM CANCEL once mu is released (lc__rst_due_flush) */
+    struct lc_stream **rst_due;
+    size_t rst_due_n, rst_due_cap;
+    _Atomic bool rst_due_any;
     /* mu: inbound byte streams of a cleanly ended session still writing
      * what they hold to their fds (session_fail); closed by lc_session_free */
     struct lc_stream **draining;
@@ -407,7 +413,9 @@ extern _Thread_local const lc_session *lc__tls_served;
 void lc__session_unref(lc_session *s);
 lc_stream *lc__stream_new(lc_session *s, st_kind kind);
 void lc__msg_chain_free(lc_msg *m);
+void lc__rst_due_flush(lc_session *s);
 lc_msg *lc__pending_take_all_locked(lc_stream *st);
+void lc__drop_chain(lc_session *s, lc_msg *chain);
 void lc__stream_unref(lc_stream *st);
 void lc__remember_claimed_locked(lc_session *s, uint64_t ref);
 bool lc__was_claimed_locked(const lc_session *s, uint64_t ref);
@@ -464,7 +472,7 @@ void lc__kl_free(kick_list *k);
 void lc__skim_drop(struct lc_skim_slot *sl);
 void lc__skim_more_locked(lc_session *s, uint32_t id, const uint8_t *p, size_t n, bool fin);
 void lc__skim_start_locked(lc_session *s, lc_stream *st, const uint8_t *extra, size_t extra_n, bool fin);
-void lc__drop_passed_fds_locked(lc_session *s, lc_msg *chain);
+void lc__drop_refs_locked(lc_session *s, lc_msg *chain);
 void lc__close_unclaimed_fds_locked(lc_session *s);
 bool lc__stalled_over_locked(const lc_session *s, size_t limit);
 void lc__waiting_refs_set_locked(lc_session *s, lc_stream *st, bool waiting);

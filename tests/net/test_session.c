@@ -540,6 +540,65 @@ static void test_pumped_message_that_cannot_be_encoded_resets(void **st)
     close_pair(&p);
 }
 
+/* A requester gives up on its reply channel while replies that carry
+ * channels wait unread for it: the channels those dropped replies carry end
+ * (the responder's ack Receivers see their end), where the ones behind the
+ * first stayed unbound on the requester's side and the responder's ack
+ * Receivers waited for ever (a review helper). */
+static void run_dropped_replies_end_their_channels(const char *url)
+{
+    enum { N = 4 };
+    pair p;
+    open_pair(&p, url);
+    lc_sender *req, *back;
+    assert_int_equal(lc_session_sender(p.client, &req), 0);
+    lc_receiver *rr;
+    lc_sender *rs;
+    assert_int_equal(lc_pipe(&rr, &rs, 1), 0);
+    assert_int_equal(lc_send(req, lc_pack("{s:S}", "Ret", rs), 5000), 0);
+    lc_receiver *in, *back_in;
+    lc_msg *m;
+    assert_int_equal(lc_session_receiver(p.server, &in, 5000), 0);
+    assert_int_equal(lc_recv(in, &m, 5000), 0);
+    lc_sender *ret;
+    assert_int_equal(lc_unpack(m, "{s:S}", "Ret", &ret), 0);
+    lc_msg_free(m);
+    lc_receiver *ack[N];
+    for (int i = 0; i < N; i++) {
+        lc_sender *as;
+        assert_int_equal(lc_pipe(&ack[i], &as, 1), 0);
+        assert_int_equal(lc_send(ret, lc_pack("{s:i, s:S}", "N", i, "Ack", as), 5000), 0);
+    }
+    /* behind them on the carrier: once this arrives, so have they */
+    assert_int_equal(lc_session_sender(p.server, &back), 0);
+    assert_int_equal(lc_send(back, lc_pack("{s:i}", "N", 99), 5000), 0);
+    assert_int_equal(lc_session_receiver(p.client, &back_in, 5000), 0);
+    nt_expect_n(back_in, 99);
+    lc_receiver_release(rr); /* the requester gives up: the replies are dropped */
+    for (int i = 0; i < N; i++) {
+        int rc = lc_recv(ack[i], &m, 5000);
+        if (rc == 0)
+            lc_msg_free(m);
+        if (rc != LC_EOF && rc != LC_ECLOSED)
+            fprintf(stderr, "%s: the ack channel of reply %d: %s\n", url, i, lc_strerror(rc));
+        assert_true(rc == LC_EOF || rc == LC_ECLOSED);
+        lc_receiver_release(ack[i]);
+    }
+    lc_sender_release(back);
+    lc_receiver_release(back_in);
+    lc_sender_release(ret);
+    lc_sender_release(req);
+    lc_receiver_release(in);
+    close_pair(&p);
+}
+
+static void test_dropped_replies_end_their_channels(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    run_dropped_replies_end_their_channels(unix_url());
+    run_dropped_replies_end_their_channels("tcp://127.0.0.1:0");
+}
+
 /* A requester gives up on its reply channel (releases the Receiver of the
  * in-memory pipe whose Sender it sent): the server's sends on that reply
  * Sender start failing with LC_ECLOSED (the requester's session resets the
@@ -1626,6 +1685,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_send_last_races_other_sends, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_receiver_carried_in_a_message, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_pumped_message_that_cannot_be_encoded_resets, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_dropped_replies_end_their_channels, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_select_sends_its_own_reply_channel, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_carrier_loss_fails_blocked_calls, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_slow_consumer_does_not_block_other_channel, lc_test_setup, lc_test_teardown),

@@ -2699,6 +2699,47 @@ static bool wait_all_read(nt_raw *p, int timeout_ms)
     }
 }
 
+/* A channel nobody reads holds at most recv_queue messages decoded ahead of
+ * its queue (never more than its queue holds): messages that are not plain
+ * (here a float32) are held as values, ~50 bytes per byte of tiny elements,
+ * and with recv_queue 1 it held 33 of them (a review helper). */
+static void test_decode_ahead_within_recv_queue(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    enum { N = 40 };
+    lc_options o;
+    lc_options_default(&o);
+    o.recv_queue = 1;
+    nt_raw p;
+    nt_raw_open(&p, &o);
+    lc_buf b;
+    lc__buf_init(&b);
+    nt_put_syn(&p, &b, 1, 1, 0, 0);
+    for (int i = 0; i < N; i++) {
+        /* {"N": i, "F": float32 1.5} */
+        const uint8_t msg[] = { 0x82, 0xa1, 'N', (uint8_t)i, 0xa1, 'F', 0xca, 0x3f, 0xc0, 0x00, 0x00 };
+        assert_int_equal(lc__spdy_put_data(&b, 1, 0, msg, sizeof msg), 0);
+    }
+    assert_int_equal(lc__spdy_put_ping(&b, 1), 0);
+    nt_raw_send(&p, &b);
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 5000), 1); /* all of it read */
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+    pthread_mutex_lock(&p.s->mu);
+    lc_stream *x = lc__map_get(&p.s->streams, 1);
+    size_t ahead = x != NULL ? x->npending : 0;
+    pthread_mutex_unlock(&p.s->mu);
+    if (ahead > o.recv_queue)
+        fprintf(stderr, "%zu messages decoded ahead of a queue of %u\n", ahead, o.recv_queue);
+    assert_true(ahead <= o.recv_queue);
+    for (int i = 0; i < N; i++)
+        nt_expect_n(r, i);
+    lc_receiver_release(r);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
 /*
  * Reading paused past stream_window toward a peer without windows resumes
  * once the channels with a full queue hold at most half of it (PROTOCOL.md
@@ -4008,6 +4049,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_direct_write_wakes_blocked_senders, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_close_waits_for_stream_sent_concurrently, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_paused_reading_resumes_at_half_window, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_decode_ahead_within_recv_queue, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_paused_byte_stream_stays_paused_beside_other_channels, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_close_while_paused_does_not_wait_for_ever, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_polled_session_receiver_sees_channels, lc_test_setup, lc_test_teardown),
