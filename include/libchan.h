@@ -300,7 +300,8 @@ LC_API int lc_value_take_fd(lc_value *v, int *err);
  * limits each fail with their own code.
  */
 typedef struct lc_limits {
-    uint32_t max_depth;     /* nesting of arrays/maps (default 64) */
+    uint32_t max_depth;     /* nesting of arrays/maps (default 64, at most 4096:
+                             * a larger value means 4096) */
     uint64_t max_message;   /* bytes of one encoded message (default 64 MiB) */
     uint32_t max_elements;  /* entries of one array or map (default 1M) */
 } lc_limits;
