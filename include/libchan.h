@@ -154,7 +154,10 @@ LC_API void lc_msg_free(lc_msg *m);
 /* The root value (borrowed). Never NULL: a new message's root is nil.
  * A message made by lc_pack or received holds its msgpack bytes; the value
  * tree is built from them on the first call (lc_unpack reads the bytes
- * without it). Not for two threads at once on the same message. */
+ * without it). Out of memory for that tree, it returns a shared nil of no
+ * message (the bytes are kept: a later call tries again); to tell, use
+ * lc_unpack(m, "v", &root), which fails with LC_ENOMEM then.
+ * Not for two threads at once on the same message. */
 LC_API lc_value *lc_msg_root(lc_msg *m);
 
 /* Makes v (created in m) the root value. LC_EINVAL if v belongs to another message. */
@@ -226,8 +229,8 @@ LC_API lc_msg *lc_pack_ex(lc_error *err, const char *fmt, ...);
 LC_API lc_msg *lc_vpack_ex(lc_error *err, const char *fmt, va_list ap);
 
 /* Reads a message's root value by format. 0 or a negative error (LC_ETYPE,
- * LC_ENOKEY, LC_ERANGE, LC_ETAKEN, LC_EFORMAT, LC_EINVAL). Opaque-body messages
- * cannot be unpacked (LC_ETYPE). */
+ * LC_ENOKEY, LC_ERANGE, LC_ETAKEN, LC_EFORMAT, LC_EINVAL, LC_ENOMEM when the
+ * value tree cannot be built). Opaque-body messages cannot be unpacked (LC_ETYPE). */
 LC_API int lc_unpack(lc_msg *m, const char *fmt, ...);
 LC_API int lc_unpack_ex(lc_msg *m, lc_error *err, const char *fmt, ...);
 LC_API int lc_vunpack_ex(lc_msg *m, lc_error *err, const char *fmt, va_list ap);
@@ -300,7 +303,8 @@ LC_API int lc_value_take_fd(lc_value *v, int *err);
  * limits each fail with their own code.
  */
 typedef struct lc_limits {
-    uint32_t max_depth;     /* nesting of arrays/maps (default 64) */
+    uint32_t max_depth;     /* nesting of arrays/maps (default 64, at most 4096:
+                             * a larger value means 4096) */
     uint64_t max_message;   /* bytes of one encoded message (default 64 MiB) */
     uint32_t max_elements;  /* entries of one array or map (default 1M) */
 } lc_limits;

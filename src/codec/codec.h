@@ -96,7 +96,8 @@ int lc__encode(const lc_msg *m, lc_buf *out, const struct lc_codec_hooks *hooks)
 
 /* ---- decoder ------------------------------------------------------------- */
 
-/* Fills in the defaults for NULL limits or zero fields. */
+/* Fills in the defaults for NULL limits or zero fields, and caps max_depth
+ * at LC_ENCODE_MAX_DEPTH (the depth every walk over a value tree handles). */
 void lc__limits_resolve(lc_limits *dst, const lc_limits *src);
 
 /*

@@ -36,6 +36,11 @@ void lc__limits_resolve(lc_limits *d, const lc_limits *s)
         return;
     if (s->max_depth)
         d->max_depth = s->max_depth;
+    /* the encoder, the skimmer and the session's walks over references
+     * (receive.c) stop at this depth: a deeper message would be decoded but
+     * not fully walked */
+    if (d->max_depth > LC_ENCODE_MAX_DEPTH)
+        d->max_depth = LC_ENCODE_MAX_DEPTH;
     if (s->max_message)
         d->max_message = s->max_message;
     if (s->max_elements)

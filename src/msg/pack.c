@@ -1372,6 +1372,9 @@ static int unpack_args(lc_msg *m, lc_error *err, const char *fmt, va_list *ap, v
     if (m->body != NULL) {
         rc = fail(&w, LC_ETYPE, "message has an opaque body (%s)",
                   m->content_type != NULL ? m->content_type : "?");
+    } else if (m->wire != NULL && (rc = lc__msg_materialize(m)) != 0) {
+        /* here, not in lc_msg_root: its stand-in nil would read as LC_ETYPE */
+        rc = fail(&w, rc, "building the value tree: %s", lc_strerror(rc));
     } else {
         rc = unpack_value(&w, lc_msg_root(m), 0);
         if (w.marks != 0)

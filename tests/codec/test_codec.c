@@ -700,16 +700,55 @@ static void test_decode_depth_limit(void **state)
     assert_int_equal(dec_rc(deep, deep_n, &lim), LC_EDEPTH);
     HX(deepkey, "81 81 91 90 00 00");
     assert_int_equal(dec_rc(deepkey, deepkey_n, &lim), LC_EDEPTH);
-    /* a very deep input with a raised limit: no recursion, no crash */
+    /* a very deep input with a raised limit: no recursion, no crash (the
+     * limit is capped at 4096: test_decode_depth_limit_is_capped) */
     size_t n = 100000;
     uint8_t *big = malloc(n);
     assert_non_null(big);
     memset(big, 0x91, n - 1);
     big[n - 1] = 0xc0;
     lc_limits hi = { .max_depth = 200000 };
-    assert_int_equal(dec_rc(big, n, &hi), 0);
+    assert_int_equal(dec_rc(big, n, &hi), LC_EDEPTH);
     assert_int_equal(dec_rc(big, n, NULL), LC_EDEPTH);
     free(big);
+}
+
+/* A max_depth above 4096 means 4096, the depth the encoder and the session's
+ * walks over references handle (a review helper: a message nested deeper
+ * decoded, and a session delivered it with a reference unresolved inside;
+ * test_reference_nested_past_the_depth_cap_is_refused in tests/net). Both
+ * decoders: 4096 levels decode and encode back the same, 4097 are LC_EDEPTH. */
+static void test_decode_depth_limit_is_capped(void **state)
+{
+    LC_TEST_DEADLINE(10);
+    enum { CAP = 4096 };
+    static uint8_t in[CAP + 2];
+    const lc_limits limits[] = { { .max_depth = CAP + 1 }, { .max_depth = UINT32_MAX } };
+    for (size_t k = 0; k < sizeof limits / sizeof limits[0]; k++) {
+        for (size_t depth = CAP; depth <= CAP + 1; depth++) {
+            memset(in, 0x91, depth);
+            in[depth] = 0x07;
+            int want = depth <= CAP ? 0 : LC_EDEPTH;
+            lc_msg *m = NULL;
+            assert_int_equal(lc_msgpack_decode(in, depth + 1, &limits[k], &m), want);
+            if (want == 0) {
+                uint8_t *out;
+                size_t len;
+                assert_int_equal(lc_msgpack_encode(m, &out, &len), 0);
+                assert_int_equal(len, depth + 1);
+                assert_memory_equal(out, in, len);
+                free(out);
+                lc_msg_free(m);
+            }
+            lc_stream_decoder d;
+            lc__sd_init(&d, &limits[k], NULL);
+            assert_int_equal(lc__sd_feed(&d, in, depth + 1), 0);
+            m = NULL;
+            assert_int_equal(lc__sd_next(&d, &m), want);
+            lc_msg_free(m);
+            lc__sd_free(&d);
+        }
+    }
 }
 
 static void test_decode_size_limits(void **state)
@@ -1520,6 +1559,7 @@ int main(void)
         T(test_decode_truncated_at_every_byte),
         T(test_decode_trailing_bytes),
         T(test_decode_depth_limit),
+        T(test_decode_depth_limit_is_capped),
         T(test_decode_size_limits),
         T(test_stream_split_at_every_byte),
         T(test_stream_one_byte_at_a_time),

@@ -584,6 +584,50 @@ static void test_ref_named_twice_fails_the_channel(void **st)
     nt_raw_close(&p);
 }
 
+/* With limits.max_depth above 4096, a reference nested deeper than the
+ * session's walk over references was delivered unresolved (the internal
+ * LC__REF value, found by a review helper). max_depth is capped at 4096:
+ * a reference 4096 levels down is resolved, one 4097 down fails the channel. */
+static void test_reference_nested_past_the_depth_cap_is_refused(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    lc_options o;
+    lc_options_default(&o);
+    o.limits.max_depth = 10000;
+    o.ref_timeout_ms = 300;
+    nt_raw p;
+    lc_buf b;
+    lc_receiver *r = open_channel_1(&p, &o, &b, -1);
+    enum { CAP = 4096 };
+    static uint8_t msg[CAP + 1 + 6];
+    for (uint32_t k = 0; k < 2; k++) {
+        size_t depth = CAP + k;
+        memset(msg, 0x91, depth);
+        memcpy(msg + depth, "\xd6\x04\x00\x00\x00", 5); /* a Sender, ref 10 + k */
+        msg[depth + 5] = (uint8_t)(10 + k);
+        nt_put_syn(&p, &b, 3 + 2 * k, 10 + k, 2, 0);
+        assert_int_equal(lc__spdy_put_data(&b, 1, 0, msg, depth + 6), 0);
+        nt_raw_send(&p, &b);
+        lc_msg *m = NULL;
+        int rc = lc_recv(r, &m, 5000);
+        if (k == 0) {
+            assert_int_equal(rc, 0);
+            lc_value *v = lc_msg_root(m);
+            for (size_t i = 0; i < depth; i++)
+                v = lc_array_get(v, 0);
+            assert_int_equal(lc_value_type(v), LC_SENDER);
+        } else {
+            assert_int_equal(rc, LC_EPROTO); /* was 0, with an LC__REF inside */
+        }
+        lc_msg_free(m);
+    }
+    assert_int_equal(lc_session_error(p.s), 0);
+    nt_check_alive(&p, 7, 4);
+    lc_receiver_release(r);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
 /* ---- oddities the session survives ------------------------------------------- */
 
 /* DATA for a stream never opened: RST_STREAM INVALID_STREAM. An unknown
@@ -675,6 +719,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_carrier_lost_while_a_ref_is_awaited, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_late_refs_each_get_the_full_timeout, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_ref_named_twice_fails_the_channel, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_reference_nested_past_the_depth_cap_is_refused, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unknown_stream_unknown_frame_and_ping, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unparsable_libchan_ref_resets_that_stream, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fin_answer_comes_without_other_writes, lc_test_setup, lc_test_teardown),
