@@ -251,7 +251,12 @@ LC_API lc_value *lc_new_binary(lc_msg *m, const void *data, size_t len);  /* cop
 LC_API lc_value *lc_new_time(lc_msg *m, int64_t sec, uint32_t nsec);
 LC_API lc_value *lc_new_array(lc_msg *m);
 LC_API lc_value *lc_new_map(lc_msg *m);
-/* Attachments: these take the reference / the fd, even when they fail. */
+/* Attachments: these take the reference / the fd, even when they fail. A
+ * Sender sent over a session keeps the reference the message took until the
+ * peer closes or releases its end (one and the same on the wire): then it is
+ * released, and the channel ends with its last reference, as in memory (a
+ * Sender also handed elsewhere, or kept, stays open). An error on the way
+ * (the peer reset it, the session ended) closes the channel with that error. */
 LC_API lc_value *lc_new_sender(lc_msg *m, lc_sender *s);
 LC_API lc_value *lc_new_receiver(lc_msg *m, lc_receiver *r);
 LC_API lc_value *lc_new_stream(lc_msg *m, int fd, lc_stream_mode mode);

@@ -573,6 +573,32 @@ static void fail_channel_unlock(lc_session *s, lc_stream *st)
     lc__rst_due_flush(s); /* sub-streams its skimmed bytes named */
 }
 
+/*
+ * A Sender this side sent ended cleanly on the peer's side (its FIN: released
+ * or closed there, one and the same on the wire), after every message that
+ * came on it was handed over. The session's reference goes, as any holder's
+ * would: the channel closes with its last reference (libchan.h), so a Sender
+ * handed to two workers, or kept by the application, stays open while
+ * another holds it; in the usual case, a reply Sender given away, the
+ * session held the last one and the channel ends as before. Closing it
+ * outright closed it for every holder (a review helper: the second worker's
+ * messages were dropped, the requester's own lc_send got LC_ECLOSED). An
+ * error (a reset, the session's end) still closes it with that error.
+ */
+static void fwd_release(lc_stream *st)
+{
+    lc_session *s = st->s;
+    pthread_mutex_lock(&s->mu);
+    lc_sender *into = st->into;
+    bool feeding = st->feeding;
+    st->into = NULL;
+    st->feeding = false;
+    pthread_mutex_unlock(&s->mu);
+    if (into != NULL && feeding)
+        lc__sender_release_feeder(into, s);
+    lc_sender_release(into);
+}
+
 /* Plain messages handed to the local queue per lock round. */
 #define DELIVER_BATCH 32
 
@@ -716,6 +742,8 @@ void lc__deliver_pending_noted(lc_stream *st, bool noted)
             }
             if (close_now && st->end_err)
                 lc__close_error(st->into, st->end_err); /* after what decoded before */
+            else if (close_now && st->kind == ST_FWD_TO_SENDER)
+                fwd_release(st);
             else if (close_now)
                 lc_close(st->into); /* end of channel after the last message */
             if (idle)

@@ -184,8 +184,8 @@ static inline void nt_expect_n(lc_receiver *r, int n)
 /*
  * A server thread for requests {Value: v, Ret: Sender} on the peer's first
  * channel: one reply {Echo: v} on each Ret, every Ret kept until the requests
- * end (a subscriber's reply channel is long-lived: releasing any one Ret
- * would close its whole channel). rc: how the requests' channel ended, 0 for
+ * end (a subscriber's long-lived reply channel, held by the server as long
+ * as the subscription). rc: how the requests' channel ended, 0 for
  * LC_EOF, or what failed first.
  */
 typedef struct nt_keeper {

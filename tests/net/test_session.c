@@ -599,6 +599,61 @@ static void test_dropped_replies_end_their_channels(void **st)
     run_dropped_replies_end_their_channels("tcp://127.0.0.1:0");
 }
 
+/* One reply Sender handed to two workers over a session (retained, as in
+ * memory): the first worker's release (a FIN) releases the session's
+ * reference only, and the channel ends with its last reference. It closed
+ * the channel for every holder: the second worker's reply was dropped and
+ * the requester's own lc_send got LC_ECLOSED (a review helper). */
+static void test_sender_released_by_one_worker_stays_open_for_others(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    pair p;
+    open_pair(&p, unix_url());
+    lc_sender *jobs, *back;
+    assert_int_equal(lc_session_sender(p.client, &jobs), 0);
+    lc_receiver *r;
+    lc_sender *s;
+    assert_int_equal(lc_pipe(&r, &s, 16), 0);
+    for (int i = 1; i <= 2; i++)
+        assert_int_equal(lc_send(jobs, lc_pack("{s:i, s:S}", "N", i, "Ret", lc_sender_retain(s)), 5000), 0);
+    lc_receiver *in, *back_in;
+    lc_msg *m;
+    lc_sender *ret[2];
+    assert_int_equal(lc_session_receiver(p.server, &in, 5000), 0);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(lc_recv(in, &m, 5000), 0);
+        assert_int_equal(lc_unpack(m, "{s:i, s:S}", "N", NULL, "Ret", &ret[i]), 0);
+        lc_msg_free(m);
+    }
+    assert_int_equal(lc_send(ret[0], lc_pack("{s:i}", "N", 1), 5000), 0);
+    lc_sender_release(ret[0]); /* worker 1 is done */
+    /* behind its FIN on the carrier: once this arrives, the FIN was taken */
+    assert_int_equal(lc_session_sender(p.server, &back), 0);
+    assert_int_equal(lc_send(back, lc_pack("{s:i}", "N", 99), 5000), 0);
+    assert_int_equal(lc_session_receiver(p.client, &back_in, 5000), 0);
+    nt_expect_n(back_in, 99);
+    assert_int_equal(lc_send(ret[1], lc_pack("{s:i}", "N", 2), 5000), 0);
+    assert_int_equal(lc_send(s, lc_pack("{s:i}", "N", 3), 5000), 0); /* the requester's own */
+    nt_expect_n(r, 1);
+    int a, b;
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(lc_recv(r, &m, 5000), 0);
+        assert_int_equal(lc_unpack(m, "{s:i}", "N", i == 0 ? &a : &b), 0);
+        lc_msg_free(m);
+    }
+    assert_true((a == 2 && b == 3) || (a == 3 && b == 2));
+    /* the last references go: the channel ends */
+    lc_sender_release(ret[1]);
+    lc_sender_release(s);
+    assert_int_equal(lc_recv(r, &m, 5000), LC_EOF);
+    lc_receiver_release(r);
+    lc_sender_release(back);
+    lc_receiver_release(back_in);
+    lc_sender_release(jobs);
+    lc_receiver_release(in);
+    close_pair(&p);
+}
+
 /* A requester gives up on its reply channel (releases the Receiver of the
  * in-memory pipe whose Sender it sent): the server's sends on that reply
  * Sender start failing with LC_ECLOSED (the requester's session resets the
@@ -1686,6 +1741,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_receiver_carried_in_a_message, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_pumped_message_that_cannot_be_encoded_resets, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_dropped_replies_end_their_channels, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_sender_released_by_one_worker_stays_open_for_others, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_select_sends_its_own_reply_channel, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_carrier_loss_fails_blocked_calls, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_slow_consumer_does_not_block_other_channel, lc_test_setup, lc_test_teardown),
