@@ -448,7 +448,7 @@ static void poll_update(lc_chan *c)
         rready = ring_ready(c, true);
         sready = ring_ready(c, false);
     } else {
-        rready = c->closed || c->sendq.head != NULL;
+        rready = c->closed || c->rx_gone || c->sendq.head != NULL; /* (as try_case) */
         sready = c->closed || c->rx_gone || c->recvq.head != NULL;
     }
     if (c->recv_efd >= 0)
@@ -840,7 +840,7 @@ static bool try_case(lc_chan *c, lc_case *cs, fired *f)
         return true;
     }
     /* (a closed channel's senders are woken with LC_ECLOSED, or about to be:
-     * close_finish) */
+     * close_finish; once receivers are gone none is queued) */
     sudog *sg = c->closed ? NULL : q_claim(&c->sendq);
     if (sg != NULL) {
         cs->msg = sg->msg;
@@ -854,7 +854,11 @@ static bool try_case(lc_chan *c, lc_case *cs, fired *f)
         poll_update(c);
         return true;
     }
-    if (c->closed) {
+    /* rx_gone: abandoned (lc__receiver_abandon; close_err is its error), or
+     * the last Receiver released (nobody receives): no send completes any
+     * more, so a receive ends as on a closed channel. Looking at closed
+     * alone, a receive on an abandoned channel waited for ever. */
+    if (c->closed || c->rx_gone) {
         cs->msg = NULL;
         cs->result = end_result(c);
         return true;
