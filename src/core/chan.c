@@ -308,9 +308,13 @@ static int ring_pop(lc_chan *c, lc_msg **out)
                 return RING_OK;
             }
         } else if (stamp == head) {
-            /* empty, unless a producer reserved the slot and is writing it */
+            /* empty, unless a producer reserved the slot and is writing it.
+             * Acquire: a marked tail must also show the close_err stored
+             * before the mark (end_result); relaxed, a weakly ordered CPU
+             * could read close_err first and report LC_EOF for the error
+             * (found by a review helper; no test: x86 cannot show it). */
             atomic_thread_fence(memory_order_seq_cst);
-            size_t tail = atomic_load_explicit(&c->tail, memory_order_relaxed);
+            size_t tail = atomic_load_explicit(&c->tail, memory_order_acquire);
             if ((tail & ~c->mark_bit) == head)
                 return (tail & c->mark_bit) ? RING_CLOSED : RING_WOULD_BLOCK;
             cpu_relax();
