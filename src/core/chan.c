@@ -308,9 +308,13 @@ static int ring_pop(lc_chan *c, lc_msg **out)
                 return RING_OK;
             }
         } else if (stamp == head) {
-            /* empty, unless a producer reserved the slot and is writing it */
+            /* empty, unless a producer reserved the slot and is writing it.
+             * Acquire: a marked tail must also show the close_err stored
+             * before the mark (end_result); relaxed, a weakly ordered CPU
+             * could read close_err first and report LC_EOF for the error
+             * (found by a review helper; no test: x86 cannot show it). */
             atomic_thread_fence(memory_order_seq_cst);
-            size_t tail = atomic_load_explicit(&c->tail, memory_order_relaxed);
+            size_t tail = atomic_load_explicit(&c->tail, memory_order_acquire);
             if ((tail & ~c->mark_bit) == head)
                 return (tail & c->mark_bit) ? RING_CLOSED : RING_WOULD_BLOCK;
             cpu_relax();
@@ -448,7 +452,7 @@ static void poll_update(lc_chan *c)
         rready = ring_ready(c, true);
         sready = ring_ready(c, false);
     } else {
-        rready = c->closed || c->sendq.head != NULL;
+        rready = c->closed || c->rx_gone || c->sendq.head != NULL; /* (as try_case) */
         sready = c->closed || c->rx_gone || c->recvq.head != NULL;
     }
     if (c->recv_efd >= 0)
@@ -840,7 +844,7 @@ static bool try_case(lc_chan *c, lc_case *cs, fired *f)
         return true;
     }
     /* (a closed channel's senders are woken with LC_ECLOSED, or about to be:
-     * close_finish) */
+     * close_finish; once receivers are gone none is queued) */
     sudog *sg = c->closed ? NULL : q_claim(&c->sendq);
     if (sg != NULL) {
         cs->msg = sg->msg;
@@ -854,7 +858,11 @@ static bool try_case(lc_chan *c, lc_case *cs, fired *f)
         poll_update(c);
         return true;
     }
-    if (c->closed) {
+    /* rx_gone: abandoned (lc__receiver_abandon; close_err is its error), or
+     * the last Receiver released (nobody receives): no send completes any
+     * more, so a receive ends as on a closed channel. Looking at closed
+     * alone, a receive on an abandoned channel waited for ever. */
+    if (c->closed || c->rx_gone) {
         cs->msg = NULL;
         cs->result = end_result(c);
         return true;
@@ -876,25 +884,26 @@ static void after_fired(const fired *f)
 
 /* ---- deadlines ----------------------------------------------------------- */
 
-static bool deadline_from(int64_t timeout_ms, struct timespec *ts)
+/*
+ * A call's deadline is taken once, when it starts, as an absolute
+ * CLOCK_MONOTONIC time in ns (-1: none; 0: a zero timeout, try once without
+ * reading the clock), and every stage waits only until it. Each stage
+ * starting its own timeout_ms made a network lc_recv wait up to twice it:
+ * the time spent reading the carrier (feed_and_try) before reading paused,
+ * then the whole timeout again in select_wait (found by a review helper,
+ * test_recv_timeout_counts_time_spent_reading).
+ */
+static int64_t deadline_of(int64_t timeout_ms)
 {
-    if (timeout_ms < 0)
-        return false;
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += timeout_ms / 1000;
-    ts->tv_nsec += (timeout_ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-    return true;
+    if (timeout_ms <= 0)
+        return timeout_ms < 0 ? -1 : 0;
+    return lc__deadline_ns(mono_ns(), timeout_ms);
 }
 
-static bool deadline_passed(const struct timespec *dl)
+static struct timespec ns_timespec(int64_t ns)
 {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return now.tv_sec > dl->tv_sec || (now.tv_sec == dl->tv_sec && now.tv_nsec >= dl->tv_nsec);
+    struct timespec ts = { (time_t)(ns / 1000000000), (long)(ns % 1000000000) };
+    return ts;
 }
 
 /* ---- select (and, with one case, send and receive) ----------------------- */
@@ -976,10 +985,9 @@ static void poll_update_nets(lc_chan **locks, size_t n)
  * told us a ring changed (retry that case first, then another round).
  */
 static int select_wait(lc_case *cases, const size_t *order, size_t active, lc_chan **locks,
-                       size_t nlocks, sudog *sgs, int64_t timeout_ms)
+                       size_t nlocks, sudog *sgs, int64_t deadline)
 {
-    struct timespec dl;
-    bool has_dl = deadline_from(timeout_ms, &dl);
+    struct timespec dl = ns_timespec(deadline > 0 ? deadline : 0);
     for (;;) {
         lock_all(locks, nlocks);
         /* in order; a network Sender's case with the locks dropped (see
@@ -1013,7 +1021,7 @@ static int select_wait(lc_case *cases, const size_t *order, size_t active, lc_ch
             if (!dropped)
                 break;
         }
-        if (timeout_ms == 0 || (has_dl && deadline_passed(&dl))) {
+        if (deadline == 0 || (deadline > 0 && mono_ns() >= deadline)) {
             /* a network Sender's writability is not pushed to its pollable
              * fd when it goes (a window spent): refresh it now that a try
              * has found it gone, or a poll loop would spin on it */
@@ -1051,7 +1059,7 @@ static int select_wait(lc_case *cases, const size_t *order, size_t active, lc_ch
                 ready = notify_based(c) && case_ready(c, cs->op == LC_CASE_RECV);
             }
         }
-        bool claimed = !ready && waiter_wait(&w, has_dl ? &dl : NULL);
+        bool claimed = !ready && waiter_wait(&w, deadline > 0 ? &dl : NULL);
 
         if (claimed && active == 1) {
             /* the claimer dequeued our only sudog and refreshed the fds:
@@ -1106,6 +1114,7 @@ LC_API int lc_select(lc_case *cases, size_t n, int64_t timeout_ms)
         if (cases[i].op == LC_CASE_SEND && case_chan(&cases[i]) != NULL && cases[i].msg == NULL)
             return LC_EINVAL;
     }
+    int64_t deadline = deadline_of(timeout_ms);
 
     /* Scratch: poll order (random), lock order (by address, deduplicated), sudogs. */
     size_t stack_order[SELECT_STACK_CASES];
@@ -1149,8 +1158,7 @@ LC_API int lc_select(lc_case *cases, size_t n, int64_t timeout_ms)
             ret = LC_EINVAL; /* select {} with no channel would block forever: a bug */
         } else {
             /* no channel at all: wait out the timeout, like a lone timer case */
-            struct timespec dl;
-            deadline_from(timeout_ms, &dl);
+            struct timespec dl = ns_timespec(deadline);
             while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &dl, NULL) == EINTR)
                 ;
             ret = LC_ETIMEDOUT;
@@ -1160,7 +1168,7 @@ LC_API int lc_select(lc_case *cases, size_t n, int64_t timeout_ms)
             for (size_t i = 0; i < n; i++)
                 if (cases[i].op == LC_CASE_RECV && case_chan(&cases[i]) != NULL)
                     mark_passive(case_chan(&cases[i]));
-        ret = select_wait(cases, order, active, locks, nlocks, sgs, timeout_ms);
+        ret = select_wait(cases, order, active, locks, nlocks, sgs, deadline);
     }
     free(heap);
     return ret;
@@ -1170,13 +1178,11 @@ LC_API int lc_select(lc_case *cases, size_t n, int64_t timeout_ms)
  * A receive on a ring that a session fills: rather than sleeping until the
  * engine thread has read the carrier and then being woken by it (two thread
  * wake-ups), the receiving thread reads the carrier itself when nobody else
- * does. Returns 1 when the case fired, 0 to fall back to waiting, or
- * LC_ETIMEDOUT.
+ * does, until deadline (absolute ns, -1: none; now: the clock just read).
+ * Returns 1 when the case fired, 0 to fall back to waiting, or LC_ETIMEDOUT.
  */
-static int feed_and_try(lc_chan *c, lc_case *cs, int64_t timeout_ms)
+static int feed_and_try(lc_chan *c, lc_case *cs, int64_t now, int64_t deadline)
 {
-    int64_t now = mono_ns();
-    int64_t deadline = lc__deadline_ns(now, timeout_ms);
     for (;;) {
         pthread_mutex_lock(&c->mu);
         const lc__feeder_ops *ops = c->feed;
@@ -1256,6 +1262,7 @@ void lc__sender_release_feeder(lc_sender *s, void *ctx)
 static int single_case(lc_case *cs, int64_t timeout_ms)
 {
     lc_chan *c = case_chan(cs);
+    int64_t deadline;
     if (notify_based(c)) {
         fired f = { 0 };
         if (try_case(c, cs, &f)) {
@@ -1272,15 +1279,18 @@ static int single_case(lc_case *cs, int64_t timeout_ms)
             }
             return LC_ETIMEDOUT;
         }
+        int64_t now = mono_ns();
+        deadline = lc__deadline_ns(now, timeout_ms); /* (-1, or after now: never 0) */
         if (cs->op == LC_CASE_RECV && c->cap > 0) {
-            int fr = feed_and_try(c, cs, timeout_ms);
+            int fr = feed_and_try(c, cs, now, deadline);
             if (fr != 0)
                 return fr < 0 ? fr : 0;
+            now = mono_ns();
         }
         /* Poll the ring a little before registering as a waiter: a partner
          * that is busy producing (or consuming) then never needs the lock to
          * wake us. bench_chan's buffered one-way figure depends on this. */
-        int64_t until = mono_ns() + LC_SPIN_NS;
+        int64_t until = now + LC_SPIN_NS;
         bool recv = cs->op == LC_CASE_RECV;
         for (unsigned i = 1;; i++) {
             cpu_relax();
@@ -1291,10 +1301,12 @@ static int single_case(lc_case *cs, int64_t timeout_ms)
             if ((i & 15) == 0 && mono_ns() >= until)
                 break;
         }
+    } else {
+        deadline = deadline_of(timeout_ms);
     }
     size_t order = 0;
     sudog sg;
-    int rc = select_wait(cs, &order, 1, &c, 1, &sg, timeout_ms);
+    int rc = select_wait(cs, &order, 1, &c, 1, &sg, deadline);
     return rc < 0 ? rc : 0;
 }
 

@@ -651,6 +651,64 @@ static void test_pollfd_unbuffered_sees_waiting_sender(void **st)
     lc_receiver_release(r);
 }
 
+/*
+ * lc__receiver_abandon (a session ending while it pumps a Receiver the
+ * application also kept): a receive blocked then, and every later one, ends
+ * with the error at once, and the pollable fd says so, buffered or not.
+ * Unbuffered, later receives waited for ever and the fd stayed quiet: only
+ * closed ended a receive (found by a review helper; here the 2 s receive
+ * timed out, before the fix).
+ */
+static void never_called(void *ctx, int result, lc_msg *m)
+{
+    (void)ctx;
+    (void)result;
+    (void)m;
+    abort();
+}
+
+static void test_abandoned_receiver_ends_every_receive(void **st)
+{
+    LC_TEST_DEADLINE(20);
+    const size_t caps[] = { 0, 4 };
+    for (size_t k = 0; k < 2; k++) {
+        lc_receiver *r;
+        lc_sender *s;
+        assert_int_equal(lc_pipe(&r, &s, caps[k]), 0);
+        int rfd = lc_receiver_pollfd(r);
+        assert_true(rfd >= 0);
+        assert_false(readable(rfd));
+        pthread_t t;
+        blocked_arg a = { .r = r, .rc = 12345 };
+        pthread_create(&t, NULL, blocked_recv, &a);
+        WAIT_UNTIL(lc__chan_waiting(NULL, r, false) == 1);
+        lc__receiver_abandon(r, LC_ESESSION);
+        pthread_join(t, NULL);
+        assert_int_equal(a.rc, LC_ESESSION);
+        assert_null(a.m);
+        assert_true(readable(rfd));
+        lc_msg *m = (lc_msg *)&m;
+        assert_int_equal(lc_recv(r, &m, 0), LC_ESESSION);
+        assert_null(m);
+        assert_int_equal(lc_recv(r, &m, 2000), LC_ESESSION);
+        lc_case c = { .op = LC_CASE_RECV, .receiver = r };
+        assert_int_equal(lc_select(&c, 1, 2000), 0);
+        assert_int_equal(c.result, LC_ESESSION);
+        assert_null(c.msg);
+        lc_async *op;
+        int arc = lc__recv_async(r, &m, never_called, NULL, &op);
+        if (arc == LC__PENDING)
+            assert_true(lc__async_cancel(op));
+        assert_int_equal(arc, LC_ESESSION);
+        assert_null(m);
+        lc_msg *x = int_msg(0, 1);
+        assert_int_equal(lc_send(s, x, 0), LC_ECLOSED);
+        lc_msg_free(x);
+        lc_sender_release(s);
+        lc_receiver_release(r);
+    }
+}
+
 /* ---- attachments travel by pointer ---------------------------------------- */
 
 static void test_channel_end_travels_inside_a_message(void **st)
@@ -973,6 +1031,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_timeouts_are_accurate, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_pollfd_tracks_readiness, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_pollfd_unbuffered_sees_waiting_sender, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_abandoned_receiver_ends_every_receive, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_channel_end_travels_inside_a_message, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_invalid_arguments, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_close_racing_producers_buffered_exactly_once, lc_test_setup, lc_test_teardown),

@@ -2668,6 +2668,95 @@ static void test_full_queue_stalls_others_only_past_a_window(void **st)
     nt_raw_close(&p);
 }
 
+/*
+ * lc_recv on a network Receiver blocks at most timeout_ms also when the
+ * session pauses reading while the receiving thread itself reads the
+ * carrier (drive): after the pause it waits only for what is left of the
+ * timeout. It waited the whole timeout again, ~1.6 s for 1 s here (found by
+ * a review helper). The flood for the full slow channel comes once the
+ * receive is reading (drives counted), 600 ms into its timeout: that delay
+ * is the time the receive must not be granted twice, not a synchronisation.
+ */
+typedef struct late_flood {
+    nt_raw *p;
+    lc_buf b;
+    unsigned drives0;
+    int64_t start_us;
+    _Atomic bool drove; /* the receiving thread read the carrier */
+} late_flood;
+
+static void *late_flood_fn(void *x)
+{
+    late_flood *f = x;
+    int64_t end = f->start_us + 600000;
+    while (atomic_load(&f->p->s->drives) == f->drives0 && lc_test_now_us() < end)
+        sched_yield();
+    atomic_store(&f->drove, atomic_load(&f->p->s->drives) != f->drives0);
+    for (int64_t now; (now = lc_test_now_us()) < end;) {
+        struct timespec ts = { 0, (long)(end - now) * 1000 };
+        nanosleep(&ts, NULL);
+    }
+    nt_raw_send(f->p, &f->b);
+    return NULL;
+}
+
+static void test_recv_timeout_counts_time_spent_reading(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    lc_options o;
+    lc_options_default(&o);
+    o.recv_queue = 4;
+    o.stream_window = 64u << 10;
+    nt_raw p;
+    nt_raw_open(&p, &o);
+    lc_buf b;
+    lc__buf_init(&b);
+    nt_put_syn(&p, &b, 1, 1, 0, 0); /* slow: its queue fills, read at the end */
+    nt_put_syn(&p, &b, 3, 2, 0, 0); /* fast: the receive waits on it */
+    for (int i = 0; i < 4; i++)
+        nt_put_n(&b, 1, i);
+    nt_raw_send(&p, &b);
+    lc_receiver *slow, *fast;
+    assert_int_equal(lc_session_receiver(p.s, &slow, 5000), 0);
+    assert_int_equal(lc_session_receiver(p.s, &fast, 5000), 0);
+    int64_t end = lc_test_now_us() + 5000000;
+    while ((lc_receiver_queued(slow) < 4 || atomic_load(&p.s->reader) != 0) && lc_test_now_us() < end)
+        sched_yield();
+    assert_int_equal(lc_receiver_queued(slow), 4);
+
+    /* past the window for the slow channel: reading pauses */
+    static uint8_t blob[16u << 10];
+    late_flood f = { .p = &p };
+    lc__buf_init(&f.b);
+    for (int i = 0; i < 64; i++)
+        nt_put_msg(&f.b, 1, lc_pack("{s:i, s:b}", "N", 20 + i, "Blob", blob, sizeof blob));
+    f.drives0 = atomic_load(&p.s->drives);
+    f.start_us = lc_test_now_us();
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, late_flood_fn, &f), 0);
+    lc_msg *m = NULL;
+    int rc = lc_recv(fast, &m, 1000);
+    int64_t took_ms = (lc_test_now_us() - f.start_us) / 1000;
+    bool paused = atomic_load(&p.s->paused);
+    printf("lc_recv(1000 ms): %s after %lld ms, paused %d\n", lc_strerror(rc), (long long)took_ms, (int)paused);
+    assert_int_equal(rc, LC_ETIMEDOUT);
+    for (int i = 0; i < 4; i++)
+        nt_expect_n(slow, i);
+    for (int i = 0; i < 64; i++)
+        nt_expect_n(slow, 20 + i); /* (the flood thread then ends) */
+    pthread_join(t, NULL);
+    assert_true(atomic_load(&f.drove)); /* the case under test happened */
+    assert_true(paused);
+    assert_true(took_ms >= 999);
+    assert_true(took_ms < 1300); /* 1600 before */
+    lc__buf_free(&f.b);
+    lc__buf_free(&b);
+    lc_receiver_release(slow);
+    lc_receiver_release(fast);
+    nt_raw_close(&p);
+}
+
 /* Waits until the session's reading is paused (or resumed: want false).
  * True once it is. */
 static bool wait_paused(lc_session *s, bool want, int timeout_ms)
@@ -4052,6 +4141,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_decode_ahead_within_recv_queue, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_paused_byte_stream_stays_paused_beside_other_channels, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_close_while_paused_does_not_wait_for_ever, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_recv_timeout_counts_time_spent_reading, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_polled_session_receiver_sees_channels, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_dial_never_connects_to_itself, lc_test_setup, lc_test_teardown),
     };
