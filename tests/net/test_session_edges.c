@@ -2672,9 +2672,9 @@ static void test_full_queue_stalls_others_only_past_a_window(void **st)
  * lc_recv on a network Receiver blocks at most timeout_ms also when the
  * session pauses reading while the receiving thread itself reads the
  * carrier (drive): after the pause it waits only for what is left of the
- * timeout. It waited the whole timeout again, ~1.6 s for 1 s here (found by
+ * timeout. It waited the whole timeout again, ~1.8 s for 1 s here (found by
  * a review helper). The flood for the full slow channel comes once the
- * receive is reading (drives counted), 600 ms into its timeout: that delay
+ * receive is reading (drives counted), 800 ms into its timeout: that delay
  * is the time the receive must not be granted twice, not a synchronisation.
  */
 typedef struct late_flood {
@@ -2688,7 +2688,7 @@ typedef struct late_flood {
 static void *late_flood_fn(void *x)
 {
     late_flood *f = x;
-    int64_t end = f->start_us + 600000;
+    int64_t end = f->start_us + 800000;
     while (atomic_load(&f->p->s->drives) == f->drives0 && lc_test_now_us() < end)
         sched_yield();
     atomic_store(&f->drove, atomic_load(&f->p->s->drives) != f->drives0);
@@ -2749,7 +2749,7 @@ static void test_recv_timeout_counts_time_spent_reading(void **st)
     assert_true(atomic_load(&f.drove)); /* the case under test happened */
     assert_true(paused);
     assert_true(took_ms >= 999);
-    assert_true(took_ms < 1300); /* 1600 before */
+    assert_true(took_ms < 1500); /* ~1800 before (slack for loaded sanitizer runs) */
     lc__buf_free(&f.b);
     lc__buf_free(&b);
     lc_receiver_release(slow);
