@@ -2012,7 +2012,10 @@ static void *cr_sender_fn(void *x)
     cr_sender *a = x;
     while (atomic_load(a->go) == 0)
         sched_yield();
-    for (int i = 0; i < 100000; i++) {
+    /* until the close: a bounded count (100000) could all go into the
+     * output (~1.2 MB, under max_pending_out) before the receiver had the
+     * messages the closers wait for, and the sender then ended with 0 */
+    for (int i = 0;; i++) {
         lc_msg *m = lc_pack("{s:i, s:i}", "T", a->id, "N", i);
         int rc = lc_send(a->s, m, 5000);
         if (rc != 0) {
