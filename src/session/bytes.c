@@ -190,6 +190,7 @@ int lc__bytes_start(lc_stream *st, int fd, bool we_read, bool we_write, bool mu_
         st->fdw = w;
         st->out_open = we_read;
         st->in_open = we_write;
+        st->no_inbound = !we_write;
         stream_ref(st); /* the watch's reference, dropped in lc__bytes_close */
     } else {
         /* e.g. a regular file (epoll refuses them): not a stream */
@@ -469,7 +470,10 @@ static void bytes_pump(lc_stream *st, uint32_t ev)
                 st->out_open = false;
                 st->in_open = false;
                 st->fd_out.len = st->fd_out_off = 0;
-                bool rst = !st->reset && !st->remote_fin;
+                /* (also after the peer's FIN: our half is still open,
+                 * and without a RST or FIN the peer's reader waited for
+                 * ever, a review helper) */
+                bool rst = !st->reset;
                 st->reset = true;
                 lc__close_progress_locked(s);
                 pthread_mutex_unlock(&s->mu);

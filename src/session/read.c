@@ -125,8 +125,14 @@ static void on_syn_stream(lc_session *s, const lc_spdy_frame *f, lc_receiver **a
     lc_sender *end_now = NULL;
     if (f->flags & LC_SPDY_FLAG_FIN) {
         lc_stream *st = lc__map_get(&s->streams, f->stream_id);
-        if (st)
+        if (st) {
+            /* the peer's end, for a sub-stream too (DATA after it is
+             * refused; binding reads early_fin): with early_fin alone a
+             * sub-stream named and ended stayed in the table (a review
+             * helper) */
             st->early_fin = true;
+            st->remote_fin = true;
+        }
         if (st && hp == NULL) {
             /* a top-level channel opened and closed at once: it is empty;
              * answered with our FIN as after a DATA FIN (3.8), and gone from

@@ -354,8 +354,13 @@ static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *
     if (sub->kind == ST_RECV)
         bind_early_locked(s, sub, k); /* bytes that came before it was named */
     if (sub->kind == ST_BYTES && (sub->early.len > 0 || sub->early_fin)) {
-        /* bytes (and maybe the end) that came before it was named */
-        lc__buf_append(&sub->fd_out, sub->early.data, sub->early.len);
+        /* bytes (and maybe the end) that came before it was named; DATA
+         * against its direction (ext 2: the holder writes, nobody drains
+         * fd_out) is ignored, as later DATA would be: kept, it paused
+         * reading for every channel toward a peer without windows (a
+         * review helper) */
+        if (sub->in_open)
+            lc__buf_append(&sub->fd_out, sub->early.data, sub->early.len);
         lc__bytes_over_note_locked(s, sub);
         lc__early_drop_locked(s, sub);
         sub->in_fin = sub->early_fin;

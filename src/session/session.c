@@ -281,7 +281,11 @@ void lc__stream_maybe_done_locked(lc_session *s, lc_stream *st)
         done = st->local_fin && (st->remote_fin || quiet_peer(s));
         break;
     default:
-        done = st->remote_fin && st->local_fin;
+        /* a byte stream the peer only reads gets no FIN from it (a side
+         * that never sends sends none): ended once ours is (it stayed in
+         * the table for the session's life, and past MAX_OPEN_STREAMS the
+         * peer's new streams were refused; a review helper) */
+        done = (st->remote_fin || st->no_inbound) && st->local_fin;
         break;
     }
     if (st->reset)

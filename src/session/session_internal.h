@@ -60,6 +60,8 @@ typedef struct lc_stream {
     bool ours;            /* we opened it */
     bool in_table;        /* s->streams holds a reference */
     bool claimed;         /* a peer sub-stream already named by a message */
+    bool no_inbound;      /* mu: a byte stream the peer never sends on (it only reads
+                             what we pump): no FIN will come (PROTOCOL.md 5.3) */
     bool noted;           /* mu: listed for delivery in the current read batch */
     bool skimmed;         /* mu: its bytes went to a skimmer (skim_start_locked) */
     bool feeding;         /* we are the feeder of into's channel (a reply channel) */

@@ -2648,6 +2648,107 @@ static void test_close_reports_messages_the_peer_refused(void **st)
     }
 }
 
+/* Streams in s's table. */
+static size_t table_len(lc_session *s)
+{
+    pthread_mutex_lock(&s->mu);
+    size_t n = s->streams.len;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+/* DATA that came on a sub-stream before a message named it as a byte stream
+ * the holder writes (ext 2: DATA toward us is against its direction) is
+ * ignored, as later DATA is: it was kept for the fd, which nobody drains in
+ * that direction, and past 1 MiB reading paused for every channel toward a
+ * peer without windows until the holder closed its fd (a review helper). */
+static void test_early_data_against_a_streams_direction_is_ignored(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    nt_raw p;
+    nt_raw_open(&p, NULL);
+    lc_buf b;
+    lc__buf_init(&b);
+    nt_put_syn(&p, &b, 1, 2, 0, 0);
+    nt_put_syn(&p, &b, 3, 3, 2, 0);
+    static uint8_t junk[1536u << 10];
+    assert_int_equal(lc__spdy_put_data(&b, 3, 0, junk, sizeof junk), 0);
+    static const uint8_t ext2[] = { 0x81, 0xa1, 'F', 0xd6, 0x02, 0, 0, 0, 3 }; /* {F: ext 2, ref 3} */
+    assert_int_equal(lc__spdy_put_data(&b, 1, 0, ext2, sizeof ext2), 0);
+    nt_raw_send(&p, &b);
+    lc_receiver *r;
+    lc_msg *m;
+    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+    assert_int_equal(lc_recv(r, &m, 5000), 0);
+    int fd = lc_value_take_fd(lc_map_get(lc_msg_root(m), "F"), NULL);
+    assert_true(fd >= 0);
+    lc_msg_free(m);
+    nt_put_n(&b, 1, 1); /* the holder keeps its fd; another message comes */
+    nt_raw_send(&p, &b);
+    nt_expect_n(r, 1);
+    close(fd);
+    lc_receiver_release(r);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
+/* A sub-stream opened with FIN on its SYN_STREAM has ended on the peer's
+ * side (PROTOCOL.md 3.3): named (a byte stream the holder reads, a
+ * Receiver) and ended here, it leaves the table. It stayed for the
+ * session's life (only early_fin was set, a review helper). */
+static void test_substream_opened_with_fin_leaves_the_table(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    nt_raw p;
+    nt_raw_open(&p, NULL);
+    lc_buf b;
+    lc__buf_init(&b);
+    nt_put_syn(&p, &b, 1, 2, 0, 0);
+    nt_raw_send(&p, &b);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+    size_t before = table_len(p.s);
+    for (int i = 0; i < 10; i++) {
+        uint32_t id = 3 + 2 * (uint32_t)i;
+        uint8_t ref = (uint8_t)(3 + i), ext = (i & 1) ? 5 : 3;
+        nt_put_syn(&p, &b, id, ref, 2, LC_SPDY_FLAG_FIN);
+        const uint8_t msg[] = { 0x81, 0xa1, 'F', 0xd6, ext, 0, 0, 0, ref };
+        assert_int_equal(lc__spdy_put_data(&b, 1, 0, msg, sizeof msg), 0);
+        nt_raw_send(&p, &b);
+        lc_msg *m, *x;
+        assert_int_equal(lc_recv(r, &m, 5000), 0);
+        lc_value *v = lc_map_get(lc_msg_root(m), "F");
+        if (ext == 3) {
+            int fd = lc_value_take_fd(v, NULL);
+            assert_true(fd >= 0);
+            char c;
+            struct pollfd pf = { fd, POLLIN, 0 };
+            assert_int_equal(poll(&pf, 1, 5000), 1);
+            assert_int_equal(read(fd, &c, 1), 0); /* EOF */
+            close(fd);
+        } else {
+            lc_receiver *sub = lc_value_take_receiver(v, NULL);
+            assert_non_null(sub);
+            assert_int_equal(lc_recv(sub, &x, 5000), LC_EOF);
+            lc_receiver_release(sub);
+        }
+        lc_msg_free(m);
+    }
+    int64_t end = lc_test_now_us() + 5000000;
+    while (table_len(p.s) > before && lc_test_now_us() < end) {
+        struct timespec ts = { 0, 1000000 };
+        nanosleep(&ts, NULL);
+    }
+    if (table_len(p.s) > before)
+        fprintf(stderr, "table %zu, was %zu\n", table_len(p.s), before);
+    assert_true(table_len(p.s) <= before);
+    lc_receiver_release(r);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
 /* Toward a Go-like peer (no windows), reading is paused for a channel nobody
  * reads; the peer then hangs up. A call blocked on another channel returns
  * at once (the carrier was not watched while paused: it stayed blocked for
@@ -2809,6 +2910,8 @@ int main(void)
                                         lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_refused_channels_fail_their_senders, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_close_reports_messages_the_peer_refused, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_early_data_against_a_streams_direction_is_ignored, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_substream_opened_with_fin_leaves_the_table, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_hang_up_seen_while_reading_is_paused, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_from_peer_that_never_announced_it, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_byte_stream_read_error_resets_it, lc_test_setup, lc_test_teardown),

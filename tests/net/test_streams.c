@@ -19,6 +19,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 
@@ -927,6 +928,138 @@ static void test_bulk_stream_beside_messages_cut_writes(void **st)
     run_bulk_beside_messages(true);
 }
 
+/* Streams in s's table. */
+static size_t table_len(lc_session *s)
+{
+    pthread_mutex_lock(&s->mu);
+    size_t n = s->streams.len;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+/* Waits (5 s at most) until s's table holds at most n streams. */
+static bool table_back_to(lc_session *s, size_t n)
+{
+    int64_t end = lc_test_now_us() + 5000000;
+    while (table_len(s) > n) {
+        if (lc_test_now_us() > end)
+            return false;
+        struct timespec ts = { 0, 1000000 };
+        nanosleep(&ts, NULL);
+    }
+    return true;
+}
+
+/* A duplex byte stream: the peer sent its bytes and its end (FIN); the
+ * holder writes an answer and closes its fd without reading what came (a
+ * command that exits without reading all its stdin): the library's end
+ * reads ECONNRESET. The peer gets the answer, then an end. Nothing was
+ * sent (no RST, no FIN: the peer had ended its half), and the peer's reader
+ * waited for ever (a review helper). */
+static void test_duplex_stream_ends_when_holder_closes_after_peer_fin(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    lc_listener *l;
+    lc_session *c, *sv;
+    session_pair("tcp://127.0.0.1:0", &l, &c, &sv);
+    lc_sender *tx;
+    assert_int_equal(lc_session_sender(c, &tx), 0);
+    int sp[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
+    lc_msg *m = lc_msg_new();
+    assert_int_equal(lc_msg_set_root(m, lc_new_stream(m, sp[1], LC_STREAM_DUPLEX)), 0);
+    assert_int_equal(lc_send(tx, m, 5000), 0);
+    assert_int_equal(write_all(sp[0], "hello", 5), 0);
+    assert_int_equal(shutdown(sp[0], SHUT_WR), 0);
+    lc_receiver *rx;
+    assert_int_equal(lc_session_receiver(sv, &rx, 5000), 0);
+    assert_int_equal(lc_recv(rx, &m, 5000), 0);
+    int fd = lc_value_take_fd(lc_msg_root(m), NULL);
+    assert_true(fd >= 0);
+    lc_msg_free(m);
+    int avail = 0;
+    int64_t end = lc_test_now_us() + 5000000;
+    while (avail < 5 && lc_test_now_us() < end) { /* "hello" reached it, unread */
+        assert_int_equal(ioctl(fd, FIONREAD, &avail), 0);
+        sched_yield();
+    }
+    assert_int_equal(avail, 5);
+    assert_int_equal(write_all(fd, "bye", 3), 0);
+    close(fd);
+    char buf[16];
+    size_t n = 0;
+    ssize_t k = 0;
+    for (;;) {
+        struct pollfd p = { sp[0], POLLIN, 0 };
+        if (poll(&p, 1, 5000) != 1)
+            fail_msg("after %zu bytes: no end for 5 s", n);
+        k = read(sp[0], buf + n, sizeof buf - n);
+        if (k <= 0)
+            break;
+        n += (size_t)k;
+    }
+    assert_int_equal(n, 3);
+    assert_memory_equal(buf, "bye", 3);
+    close(sp[0]);
+    assert_true(table_back_to(c, 1)); /* (tx's channel) */
+    lc_receiver_release(rx);
+    lc_sender_release(tx);
+    lc_session_free(c);
+    lc_session_free(sv);
+    lc_listener_close(l);
+}
+
+/* One-way byte streams over TCP leave both tables once done: the side that
+ * only sends gets no FIN from the peer (which never sends on it), and the
+ * stream stayed for the session's life; past 65536 of them the peer's new
+ * channels were refused (a review helper). */
+static void test_one_way_streams_leave_the_tables(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(60);
+    lc_listener *l;
+    lc_session *c, *sv;
+    session_pair("tcp://127.0.0.1:0", &l, &c, &sv);
+    lc_sender *tx;
+    assert_int_equal(lc_session_sender(c, &tx), 0);
+    lc_receiver *rx = NULL;
+    size_t c0 = table_len(c), s0 = 0;
+    for (int i = 0; i < 20; i++) {
+        int pf[2];
+        assert_int_equal(pipe2(pf, O_CLOEXEC), 0);
+        lc_stream_mode mode = (i & 1) ? LC_STREAM_WRITE : LC_STREAM_READ;
+        int give = mode == LC_STREAM_READ ? pf[0] : pf[1];
+        int keep = mode == LC_STREAM_READ ? pf[1] : pf[0];
+        lc_msg *m = lc_msg_new();
+        assert_int_equal(lc_msg_set_root(m, lc_new_stream(m, give, mode)), 0);
+        assert_int_equal(lc_send(tx, m, 5000), 0);
+        if (rx == NULL) {
+            assert_int_equal(lc_session_receiver(sv, &rx, 5000), 0);
+            s0 = table_len(sv);
+        }
+        assert_int_equal(lc_recv(rx, &m, 5000), 0);
+        int fd = lc_value_take_fd(lc_msg_root(m), NULL);
+        assert_true(fd >= 0);
+        lc_msg_free(m);
+        char buf[16];
+        int from = mode == LC_STREAM_READ ? keep : fd, to = mode == LC_STREAM_READ ? fd : keep;
+        assert_int_equal(write_all(from, "hello", 5), 0);
+        close(from);
+        assert_int_equal(read_all(to, buf, sizeof buf), 5);
+        close(to);
+    }
+    bool cb = table_back_to(c, c0), sb = table_back_to(sv, s0);
+    if (!cb || !sb)
+        fprintf(stderr, "client table %zu (was %zu), server %zu (was %zu)\n", table_len(c), c0, table_len(sv), s0);
+    assert_true(cb && sb);
+    lc_receiver_release(rx);
+    lc_sender_release(tx);
+    lc_session_free(c);
+    lc_session_free(sv);
+    lc_listener_close(l);
+}
+
 int main(void)
 {
     lc__engine_default(); /* its fds live as long as the process */
@@ -944,6 +1077,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pipes_we_read_grow_within_a_bound, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_bulk_stream_beside_messages_over_tcp, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_bulk_stream_beside_messages_cut_writes, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_duplex_stream_ends_when_holder_closes_after_peer_fin, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_one_way_streams_leave_the_tables, lc_test_setup, lc_test_teardown),
     };
+    const char *filter = getenv("LC_TEST_FILTER"); /* as nettest.h's nt_filter_from_env */
+    if (filter != NULL && *filter != '\0')
+        cmocka_set_test_filter(filter);
     return cmocka_run_group_tests_name("net/streams", tests, NULL, NULL);
 }
