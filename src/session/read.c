@@ -970,6 +970,8 @@ static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drain
         if (n <= 0) {
             /* EOF between frames is the peer hanging up; inside one, a cut */
             int err = n == 0 ? (lc__spdy_decoder_idle(&s->dec) ? LC_ESESSION : LC_EPROTO) : (int)n;
+            if (err == LC_ESESSION)
+                lc__bind_all_before_end(s); /* what came is still delivered */
             lc__session_fail(s, err);
             return false;
         }

@@ -421,6 +421,48 @@ static int resolve_msg_locked(lc_session *s, lc_msg *m, kick_list *k)
     return resolve_refs_locked(s, m, m->root, 0, k);
 }
 
+/*
+ * The peer hung up cleanly, after its last frames: the messages that reached
+ * us are still delivered (libchan.h), but the sub-streams their attachments
+ * name leave the tables with the session, and a message resolved after that
+ * was dropped with everything behind it (a review helper: recv_queue 1, 8
+ * messages carrying a byte stream each, the peer closed gracefully: 2
+ * arrived). So every message already here is decoded now, and the
+ * references of those whose sub-streams all came are bound while they still
+ * can be: a byte stream gets its bytes and EOF (the end drains it), a
+ * Receiver its messages and end. The rest (a sub-stream that never came)
+ * is lost, as PROTOCOL.md 3.11 says. Called before lc__session_fail; no
+ * lock held.
+ */
+void lc__bind_all_before_end(lc_session *s)
+{
+    kick_list k;
+    lc__kl_init(&k);
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; !s->dead && i < s->streams.cap; i++) {
+        lc_stream *st = s->streams.slots[i].val;
+        if (st == NULL || st == LC_MAP_TOMB || st->reset || (st->kind != ST_RECV && st->kind != ST_FWD_TO_SENDER))
+            continue;
+        if (st->sd_init) {
+            lc_msg *m;
+            while (lc__sd_next(&st->sd, &m) == 0) {
+                m->next = NULL;
+                if (st->pending_tail)
+                    st->pending_tail->next = m;
+                else
+                    st->pending_head = m;
+                st->pending_tail = m;
+                st->npending++;
+            }
+        }
+        for (lc_msg *m = st->pending_head; m != NULL; m = m->next)
+            if (m->has_refs && resolve_msg_locked(s, m, &k) < 0)
+                break; /* (its delivery fails the channel, as it would have) */
+    }
+    pthread_mutex_unlock(&s->mu);
+    kick_streams(s, &k);
+}
+
 /* ---- receiving: delivery ------------------------------------------------- */
 
 /*

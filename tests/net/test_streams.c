@@ -1060,6 +1060,64 @@ static void test_one_way_streams_leave_the_tables(void **st)
     lc_listener_close(l);
 }
 
+/* The peer closes gracefully while a channel's queue (recv_queue 1) holds
+ * back messages that carry byte streams, all arrived with their bytes and
+ * ends: every message is still delivered, each stream with its bytes. Their
+ * sub-streams left the tables with the session, and 2 of 8 arrived (a
+ * review helper). */
+static void test_graceful_end_keeps_queued_messages_with_streams(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    enum { N = 8 };
+    lc_options so;
+    lc_options_default(&so);
+    so.recv_queue = 1;
+    lc_listener *l;
+    lc_session *c, *sv;
+    lc_error err = { 0 };
+    assert_int_equal(lc_listen("tcp://127.0.0.1:0", &so, &l, &err), 0);
+    char bound[256];
+    assert_int_equal(lc_listener_url(l, bound, sizeof bound), 0);
+    assert_int_equal(lc_dial(bound, NULL, &c, &err), 0);
+    assert_int_equal(lc_accept(l, &sv, 5000), 0);
+    lc_sender *tx;
+    assert_int_equal(lc_session_sender(c, &tx), 0);
+    for (int i = 0; i < N; i++) {
+        int pf[2];
+        assert_int_equal(pipe2(pf, O_CLOEXEC), 0);
+        assert_int_equal(write_all(pf[1], "hello", 5), 0);
+        close(pf[1]);
+        assert_int_equal(lc_send(tx, lc_pack("{s:i, s:F}", "N", i, "S", pf[0], LC_STREAM_READ), 5000), 0);
+    }
+    assert_int_equal(lc_close(tx), 0);
+    /* returns once the server has read our end and hung up */
+    assert_int_equal(lc_session_close(c, 10000), 0);
+    lc_receiver *rx;
+    assert_int_equal(lc_session_receiver(sv, &rx, 5000), 0);
+    for (int i = 0; i < N; i++) {
+        lc_msg *m;
+        int rc = lc_recv(rx, &m, 5000);
+        if (rc != 0)
+            fail_msg("message %d: %s", i, lc_strerror(rc));
+        int n = -1, fd = -1;
+        assert_int_equal(lc_unpack(m, "{s:i, s:F}", "N", &n, "S", &fd), 0);
+        assert_int_equal(n, i);
+        char buf[16];
+        assert_int_equal(read_all(fd, buf, sizeof buf), 5);
+        assert_memory_equal(buf, "hello", 5);
+        close(fd);
+        lc_msg_free(m);
+    }
+    lc_msg *m;
+    assert_int_equal(lc_recv(rx, &m, 5000), LC_EOF);
+    lc_receiver_release(rx);
+    lc_sender_release(tx);
+    lc_session_free(c);
+    lc_session_free(sv);
+    lc_listener_close(l);
+}
+
 int main(void)
 {
     lc__engine_default(); /* its fds live as long as the process */
@@ -1079,6 +1137,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bulk_stream_beside_messages_cut_writes, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_duplex_stream_ends_when_holder_closes_after_peer_fin, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_one_way_streams_leave_the_tables, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_graceful_end_keeps_queued_messages_with_streams, lc_test_setup, lc_test_teardown),
     };
     const char *filter = getenv("LC_TEST_FILTER"); /* as nettest.h's nt_filter_from_env */
     if (filter != NULL && *filter != '\0')
