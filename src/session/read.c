@@ -173,6 +173,18 @@ static void on_syn_stream(lc_session *s, const lc_spdy_frame *f, lc_receiver **a
  */
 #define DECODE_AHEAD 32
 
+/* Appends a decoded message to st's list of undelivered ones. mu held. */
+void lc__pending_append_locked(lc_stream *st, lc_msg *m)
+{
+    m->next = NULL;
+    if (st->pending_tail)
+        st->pending_tail->next = m;
+    else
+        st->pending_head = m;
+    st->pending_tail = m;
+    st->npending++;
+}
+
 /* Feeds message bytes of stream st into its decoder (p may be NULL, n 0) and
  * decodes messages until DECODE_AHEAD are waiting. mu held. Returns 1 when
  * messages wait for delivery, 0 when none, or an error. */
@@ -189,13 +201,7 @@ int lc__feed_stream_locked(lc_session *s, lc_stream *st, const uint8_t *p, size_
         rc = lc__sd_next(&st->sd, &m);
         if (rc != 0)
             break;
-        m->next = NULL;
-        if (st->pending_tail)
-            st->pending_tail->next = m;
-        else
-            st->pending_head = m;
-        st->pending_tail = m;
-        st->npending++;
+        lc__pending_append_locked(st, m);
     }
     if (rc < 0)
         return rc;

@@ -445,15 +445,8 @@ void lc__bind_all_before_end(lc_session *s)
             continue;
         if (st->sd_init) {
             lc_msg *m;
-            while (lc__sd_next(&st->sd, &m) == 0) {
-                m->next = NULL;
-                if (st->pending_tail)
-                    st->pending_tail->next = m;
-                else
-                    st->pending_head = m;
-                st->pending_tail = m;
-                st->npending++;
-            }
+            while (lc__sd_next(&st->sd, &m) == 0)
+                lc__pending_append_locked(st, m);
         }
         for (lc_msg *m = st->pending_head; m != NULL; m = m->next)
             if (m->has_refs && resolve_msg_locked(s, m, &k) < 0)

@@ -476,6 +476,7 @@ void lc__skim_more_locked(lc_session *s, uint32_t id, const uint8_t *p, size_t n
 void lc__skim_start_locked(lc_session *s, lc_stream *st, const uint8_t *extra, size_t extra_n, bool fin);
 void lc__drop_refs_locked(lc_session *s, lc_msg *chain);
 void lc__bind_all_before_end(lc_session *s);
+void lc__pending_append_locked(lc_stream *st, lc_msg *m);
 void lc__close_unclaimed_fds_locked(lc_session *s);
 bool lc__stalled_over_locked(const lc_session *s, size_t limit);
 void lc__waiting_refs_set_locked(lc_session *s, lc_stream *st, bool waiting);

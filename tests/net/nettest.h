@@ -438,6 +438,15 @@ static inline size_t nt_undecoded(lc_session *s, uint32_t id, bool *paused)
     return n;
 }
 
+/* Streams in s's table. */
+static inline size_t nt_streams_len(lc_session *s)
+{
+    pthread_mutex_lock(&s->mu);
+    size_t n = s->streams.len;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
 /* Passed fds the session holds, not claimed by a message yet. */
 static inline size_t nt_fds_unclaimed(lc_session *s)
 {

@@ -2648,15 +2648,6 @@ static void test_close_reports_messages_the_peer_refused(void **st)
     }
 }
 
-/* Streams in s's table. */
-static size_t table_len(lc_session *s)
-{
-    pthread_mutex_lock(&s->mu);
-    size_t n = s->streams.len;
-    pthread_mutex_unlock(&s->mu);
-    return n;
-}
-
 /* DATA that came on a sub-stream before a message named it as a byte stream
  * the holder writes (ext 2: DATA toward us is against its direction) is
  * ignored, as later DATA is: it was kept for the fd, which nobody drains in
@@ -2709,7 +2700,7 @@ static void test_substream_opened_with_fin_leaves_the_table(void **st)
     nt_raw_send(&p, &b);
     lc_receiver *r;
     assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
-    size_t before = table_len(p.s);
+    size_t before = nt_streams_len(p.s);
     for (int i = 0; i < 10; i++) {
         uint32_t id = 3 + 2 * (uint32_t)i;
         uint8_t ref = (uint8_t)(3 + i), ext = (i & 1) ? 5 : 3;
@@ -2737,13 +2728,13 @@ static void test_substream_opened_with_fin_leaves_the_table(void **st)
         lc_msg_free(m);
     }
     int64_t end = lc_test_now_us() + 5000000;
-    while (table_len(p.s) > before && lc_test_now_us() < end) {
+    while (nt_streams_len(p.s) > before && lc_test_now_us() < end) {
         struct timespec ts = { 0, 1000000 };
         nanosleep(&ts, NULL);
     }
-    if (table_len(p.s) > before)
-        fprintf(stderr, "table %zu, was %zu\n", table_len(p.s), before);
-    assert_true(table_len(p.s) <= before);
+    if (nt_streams_len(p.s) > before)
+        fprintf(stderr, "table %zu, was %zu\n", nt_streams_len(p.s), before);
+    assert_true(nt_streams_len(p.s) <= before);
     lc_receiver_release(r);
     lc__buf_free(&b);
     nt_raw_close(&p);
