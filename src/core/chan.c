@@ -1711,6 +1711,13 @@ LC_API size_t lc_receiver_queued(lc_receiver *r)
     return ring_len(r->c);
 }
 
+size_t lc__sender_queued(lc_sender *s)
+{
+    if (s == NULL || s->c->cap == 0)
+        return 0;
+    return ring_len(s->c);
+}
+
 /* ---- introspection for tests --------------------------------------------- */
 
 size_t lc__chan_waiting(lc_sender *s, lc_receiver *r, bool senders)

@@ -144,6 +144,8 @@ void lc__sender_clear_feeder(lc_sender *s);
  * its locks are released); release only if still ours. */
 bool lc__sender_claim_feeder(lc_sender *s, const lc__feeder_ops *ops, void *ctx, bool *passive);
 void lc__sender_release_feeder(lc_sender *s, void *ctx);
+/* Messages queued in s's channel (rings; 0 for others). */
+size_t lc__sender_queued(lc_sender *s);
 /* Would a receive on c complete now? (rings only) */
 bool lc__chan_recv_ready(lc_chan *c);
 

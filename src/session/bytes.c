@@ -285,6 +285,8 @@ static void bytes_send(lc_stream *st, const uint8_t *p, size_t n, uint8_t flags,
     lc_session *s = st->s;
     pthread_mutex_lock(&s->wmu);
     if (!s->dead && !st->reset && lc__spdy_put_data(&s->out, st->id, flags, p, n) == 0) {
+        if (n > 0)
+            lc__note_data_wmu_locked(s, st);
         st->sent += n;
         if (flush)
             lc__flush_locked(s);
@@ -324,6 +326,7 @@ static int bytes_write_direct(lc_stream *st, const uint8_t *p, size_t n)
     }
     uint8_t hdr[LC_SPDY_HEADER_LEN];
     lc__spdy_data_header(hdr, st->id, 0, (uint32_t)n);
+    lc__note_data_wmu_locked(s, st);
     st->sent += n;
     s->writing = true; /* as flush_rounds: others append meanwhile */
     s->in_write = true;

@@ -35,6 +35,7 @@ static lc_stream *new_peer_stream_locked(lc_session *s, uint32_t id, uint64_t re
         return NULL;
     }
     st->in_table = true; /* the creation reference is the table's */
+    s->last_taken_id = id;
     return st;
 }
 
@@ -160,19 +161,6 @@ static void on_syn_stream(lc_session *s, const lc_spdy_frame *f, lc_receiver **a
     }
 }
 
-/*
- * Messages decoded ahead of delivery, per stream. The rest of what arrived
- * stays as bytes in the stream decoder until the local queue takes these:
- * decoding a whole 64 KiB read at once (~3000 SimpleStructs, ~1 MB of
- * messages) made the heap grow and shrink on every read, and bench_session
- * spent a third of the receiver's CPU in page faults and malloc. Never more
- * than the local queue holds (recv_queue): a message that carries channels
- * is held decoded, as values (up to ~50 bytes per byte of a message of tiny
- * elements), and with recv_queue 1 a channel nobody read held 33 of them (a
- * review helper: 231 MB for 4 MB of messages).
- */
-#define DECODE_AHEAD 32
-
 /* Appends a decoded message to st's list of undelivered ones. mu held. */
 void lc__pending_append_locked(lc_stream *st, lc_msg *m)
 {
@@ -185,9 +173,23 @@ void lc__pending_append_locked(lc_stream *st, lc_msg *m)
     st->npending++;
 }
 
+/*
+ * LC_DECODE_AHEAD: messages decoded ahead of delivery, per stream. The rest
+ * of what arrived stays as bytes in the stream decoder until the local queue
+ * takes these:
+ * decoding a whole 64 KiB read at once (~3000 SimpleStructs, ~1 MB of
+ * messages) made the heap grow and shrink on every read, and bench_session
+ * spent a third of the receiver's CPU in page faults and malloc. Never more
+ * than the local queue holds (recv_queue): a message that carries channels
+ * is held decoded, as values (up to ~50 bytes per byte of a message of tiny
+ * elements), and with recv_queue 1 a channel nobody read held 33 of them (a
+ * review helper: 231 MB for 4 MB of messages).
+ */
+
 /* Feeds message bytes of stream st into its decoder (p may be NULL, n 0) and
- * decodes messages until DECODE_AHEAD are waiting. mu held. Returns 1 when
- * messages wait for delivery, 0 when none, or an error. */
+ * decodes messages until LC_DECODE_AHEAD (at most recv_queue) are waiting.
+ * mu held. Returns 1 when messages wait for delivery, 0 when none, or an
+ * error. */
 int lc__feed_stream_locked(lc_session *s, lc_stream *st, const uint8_t *p, size_t n)
 {
     if (!st->sd_init) {
@@ -195,7 +197,7 @@ int lc__feed_stream_locked(lc_session *s, lc_stream *st, const uint8_t *p, size_
         st->sd_init = true;
     }
     int rc = n ? lc__sd_feed(&st->sd, p, n) : 0;
-    size_t ahead = s->opt.recv_queue < DECODE_AHEAD ? s->opt.recv_queue : DECODE_AHEAD;
+    size_t ahead = s->opt.recv_queue < LC_DECODE_AHEAD ? s->opt.recv_queue : LC_DECODE_AHEAD;
     while (rc == 0 && st->npending < ahead) {
         lc_msg *m;
         rc = lc__sd_next(&st->sd, &m);
@@ -425,11 +427,16 @@ static void end_as_reset(lc_session *s, uint32_t id, uint32_t status, rd_actions
     if (status == LC_SPDY_REFUSED_STREAM) {
         /* What was sent on it was accepted by lc_send and is dropped by
          * the peer: lc_session_close says so (it returned 0, the messages
-         * silently lost) */
+         * silently lost). Toward a peer of ours a channel we sent on and
+         * closed has left the table by now: its id is among the last
+         * top-level ones that carried DATA (a review helper) */
         pthread_mutex_lock(&s->wmu);
         pthread_mutex_lock(&s->mu);
         lc_stream *st = lc__map_get(&s->streams, id);
-        if (st != NULL && st->ours && st->sent > 0 && !st->reset)
+        bool carried = st != NULL && st->ours && st->sent > 0 && !st->reset;
+        for (size_t i = 0; st == NULL && i < 16 && !carried; i++)
+            carried = s->top_data_ids[i] == id && id != 0;
+        if (carried)
             s->sent_refused = true;
         pthread_mutex_unlock(&s->mu);
         pthread_mutex_unlock(&s->wmu);
@@ -467,6 +474,8 @@ static void on_goaway(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
     pthread_mutex_lock(&s->wmu);
     pthread_mutex_lock(&s->mu);
     s->goaway_recv = true; /* (lc_session_sender reads it under wmu) */
+    if (s->max_data_id > f->stream_id)
+        s->sent_refused = true; /* (also a stream that left the table: its DATA was dropped) */
     uint32_t *ids = NULL;
     size_t n = 0, cap = 0;
     for (size_t i = 0; i < s->streams.cap; i++) {

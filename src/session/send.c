@@ -387,6 +387,7 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
             s->tail_len += b->len;
             s->tail_end = s->out.len;
             lc__spdy_data_header(s->out.data + s->tail_hdr, p->id, 0, (uint32_t)s->tail_len);
+            lc__note_data_wmu_locked(s, p);
             p->sent += b->len;
         }
     } else {
@@ -397,6 +398,8 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
             size_t hdr = s->out.len;
             bool last = off + chunk == b->len;
             rc = lc__spdy_put_data(&s->out, p->id, fin && last ? LC_SPDY_FLAG_FIN : 0, b->data + off, chunk);
+            if (chunk > 0)
+                lc__note_data_wmu_locked(s, p);
             p->sent += chunk;
             off += chunk;
             if (rc == 0 && fin && last) {

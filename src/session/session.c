@@ -310,6 +310,18 @@ void lc__stream_maybe_done_locked(lc_session *s, lc_stream *st)
     lc__stream_unref(st); /* the table's reference; the caller holds another */
 }
 
+/* st, ours, carries its first DATA (a refusal that comes once it has left
+ * the table is still reported by lc_session_close). wmu held. */
+void lc__note_data_wmu_locked(lc_session *s, lc_stream *st)
+{
+    if (!st->ours || st->sent != 0)
+        return;
+    if (st->id > s->max_data_id)
+        s->max_data_id = st->id;
+    if (st->top)
+        s->top_data_ids[s->top_data_next++ % 16] = st->id;
+}
+
 /* ---- session death ------------------------------------------------------- */
 
 /* The carrier is gone (or the peer broke the protocol): every channel end of
@@ -767,6 +779,7 @@ LC_API int lc_session_sender(lc_session *s, lc_sender **out)
     if (st == NULL)
         return LC_ENOMEM;
     st->ours = true;
+    st->top = true;
     st->ref = atomic_fetch_add_explicit(&s->next_ref, 1, memory_order_relaxed);
     pthread_mutex_lock(&s->wmu);
     int rc = s->dead || s->sends_closed ? LC_ESESSION : 0;
@@ -950,7 +963,6 @@ static int session_close(lc_session *s, int64_t timeout_ms)
     }
     s->closing = true;
     s->goaway_sent = true;
-    uint32_t last = s->last_peer_id;
     pthread_mutex_unlock(&s->mu);
     atomic_store(&s->no_lazy, true); /* from here on the engine reads (window updates, the peer's end) */
     lc__ensure_watched(s);
@@ -1036,6 +1048,15 @@ static int session_close(lc_session *s, int64_t timeout_ms)
     pthread_mutex_lock(&s->wmu);
     s->goaway_end = s->written_total + pending_out(s);
     size_t before = s->out.len;
+    /* last-good: the peer's last stream taken up to now, not when the close
+     * began (the sub-streams taken since, 3.2, are not refused: a peer of
+     * ours past them reset them), and not one refused with 502 (a 502 the
+     * reader had not queued yet when the GOAWAY went, and the half-close
+     * after it, left the peer with nothing saying its channel was refused,
+     * and its lc_session_close returned 0) */
+    pthread_mutex_lock(&s->mu);
+    uint32_t last = s->last_taken_id;
+    pthread_mutex_unlock(&s->mu);
     if (!s->dead && lc__ctl_goaway(s, &(ctl_arg){ last, LC_SPDY_GOAWAY_OK }) == 0)
         s->ctl_out += s->out.len - before;
     lc__flush_locked(s);
@@ -1089,6 +1110,9 @@ static int session_close(lc_session *s, int64_t timeout_ms)
         lc__drain_until_hangup(s, deadline);
     lc__session_fail(s, LC_ESESSION);
     pthread_mutex_lock(&s->mu);
+    if (rc == 0 && s->sent_refused)
+        rc = LC_ECLOSED; /* a refusal read while we waited for the hang-up (a
+                          * peer of ours is not waited for in step 4) */
     s->close_done = true;
     s->close_rc = rc;
     pthread_cond_broadcast(&s->close_cv);

@@ -58,6 +58,7 @@ typedef struct lc_stream {
     uint64_t parent_ref;
     st_kind kind;
     bool ours;            /* we opened it */
+    bool top;             /* ours, a top-level channel (lc_session_sender) */
     bool in_table;        /* s->streams holds a reference */
     bool claimed;         /* a peer sub-stream already named by a message */
     bool no_inbound;      /* mu: a byte stream the peer never sends on (it only reads
@@ -238,6 +239,13 @@ struct lc_session {
      * for outgoing byte streams' EOF (broadcast by close_progress_locked) */
     pthread_cond_t close_cv;
     uint64_t written_total; /* wmu: bytes written to the carrier */
+    /* wmu: the streams we opened that carried DATA, for a refusal that comes
+     * after they left the table (toward a peer of ours they leave with our
+     * FIN): the highest id (a GOAWAY's last-good below it), and the last
+     * top-level ones (a SYN_REPLY 502) */
+    uint32_t max_data_id;
+    uint32_t top_data_ids[16];
+    unsigned top_data_next;
     uint64_t goaway_end;  /* wmu: written_total once all before lc_session_close's GOAWAY is written */
     size_t early_total;   /* mu: bytes held for sub-streams no message has named yet (all of them) */
     _Atomic bool new_refs; /* set by the reader (SYN_STREAM, fds): retry waiting messages */
@@ -264,6 +272,8 @@ struct lc_session {
     /* engine thread only */
     lc_spdy_decoder dec;
     _Atomic uint32_t last_peer_id; /* engine writes, lc_session_close reads */
+    uint32_t last_taken_id; /* mu: the peer's last stream we took (the GOAWAY's
+                               last-good: not one refused with 502 meanwhile) */
     /* the carrier's read buffer: READ_CHUNK bytes, READ_CHUNK_BULK once a
      * read filled it (read_carrier). Only the reader token's holder. */
     uint8_t *rbuf;
@@ -406,6 +416,10 @@ extern _Thread_local const lc_session *lc__tls_served;
 /* Bytes all unbound sub-streams of a session may hold together. */
 #define EARLY_TOTAL_MAX(s) (4 * (size_t)(s)->opt.limits.max_message)
 
+/* Messages decoded ahead of a channel's local queue, at most (and never
+ * more than recv_queue; read.c says why). */
+#define LC_DECODE_AHEAD 32
+
 /* The carrier is read this much at a time, and READ_CHUNK_BULK once a
  * read filled the buffer (read.c says why). */
 #define READ_CHUNK 65536
@@ -477,6 +491,7 @@ void lc__skim_start_locked(lc_session *s, lc_stream *st, const uint8_t *extra, s
 void lc__drop_refs_locked(lc_session *s, lc_msg *chain);
 void lc__bind_all_before_end(lc_session *s);
 void lc__pending_append_locked(lc_stream *st, lc_msg *m);
+void lc__note_data_wmu_locked(lc_session *s, lc_stream *st);
 void lc__close_unclaimed_fds_locked(lc_session *s);
 bool lc__stalled_over_locked(const lc_session *s, size_t limit);
 void lc__waiting_refs_set_locked(lc_session *s, lc_stream *st, bool waiting);

@@ -856,7 +856,8 @@ typedef struct {
 static void *closer(void *x)
 {
     closer_arg *a = x;
-    pthread_barrier_wait(a->bar);
+    if (a->bar != NULL)
+        pthread_barrier_wait(a->bar);
     a->rc = lc_session_close(a->s, 5000);
     return NULL;
 }
@@ -896,6 +897,51 @@ static void test_two_threads_close_one_session(void **st)
         close_pair(&p);
     }
 }
+
+/* Between two sessions: the server has begun lc_session_close; the client
+ * opens a channel, sends on it (lc_send 0) and closes. The closing server
+ * refuses the channel (502), so the message is lost: the client's
+ * lc_session_close says so (LC_ECLOSED). It returned 0 (a review helper:
+ * 20 of 20 rounds): the refusal came after the channel had left the table,
+ * and after the close had looked. */
+static void test_close_reports_a_channel_the_closing_peer_refused(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    for (int round = 0; round < 6; round++) {
+        pair p;
+        open_pair(&p, round % 2 ? "tcp://127.0.0.1:0" : unix_url());
+        lc_sender *s0, *s1;
+        lc_receiver *r0;
+        assert_int_equal(lc_session_sender(p.client, &s0), 0); /* each side has read the other's SETTINGS */
+        assert_int_equal(lc_send(s0, lc_pack("{s:i}", "N", 0), 5000), 0);
+        assert_int_equal(lc_session_receiver(p.server, &r0, 5000), 0);
+        nt_expect_n(r0, 0);
+        closer_arg a = { p.server, NULL, 1 };
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, closer, &a), 0);
+        int64_t end = lc_test_now_us() + 5000000;
+        for (bool begun = false; !begun && lc_test_now_us() < end;) {
+            pthread_mutex_lock(&p.server->mu);
+            begun = p.server->closing;
+            pthread_mutex_unlock(&p.server->mu);
+            sched_yield();
+        }
+        int rc = lc_session_sender(p.client, &s1);
+        if (rc == 0) {
+            rc = lc_send(s1, lc_pack("{s:i}", "N", 1), 5000);
+            lc_close(s1);
+            lc_sender_release(s1);
+        }
+        int crc = lc_session_close(p.client, 5000);
+        pthread_join(t, NULL);
+        if (rc == 0 && crc != LC_ECLOSED)
+            fail_msg("round %d: lc_send 0 into a refused channel, lc_session_close %s (server close %s, err %s; client goaway_recv %d max_data_id %u, server last_peer %u)", round, lc_strerror(crc), lc_strerror(a.rc), lc_strerror(lc_session_error(p.client)), (int)p.client->goaway_recv, p.client->max_data_id, (unsigned)p.server->last_peer_id);
+        lc_sender_release(s0);
+        lc_receiver_release(r0);
+        close_pair(&p);
+    }
+}
+
 
 /* While S is inside lc_session_close (held there by a byte stream it sends,
  * not at EOF yet), C sends on a channel S accepted before: a plain message, one
@@ -1742,6 +1788,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pumped_message_that_cannot_be_encoded_resets, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_dropped_replies_end_their_channels, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_sender_released_by_one_worker_stays_open_for_others, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_close_reports_a_channel_the_closing_peer_refused, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_select_sends_its_own_reply_channel, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_carrier_loss_fails_blocked_calls, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_slow_consumer_does_not_block_other_channel, lc_test_setup, lc_test_teardown),
