@@ -460,9 +460,14 @@ static void on_syn_reply(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
     }
     pthread_mutex_lock(&s->mu);
     lc_stream *st = lc__map_get(&s->streams, f->stream_id);
-    if (st != NULL)
+    if (st != NULL) {
+        stream_ref(st); /* (its free must not run under mu) */
         lc__reply_came_locked(s, st);
+        lc__stream_maybe_done_locked(s, st); /* (a one-way byte stream waited for it) */
+    }
     pthread_mutex_unlock(&s->mu);
+    if (st != NULL)
+        lc__stream_unref(st);
 }
 
 /* The peer's GOAWAY: no new top-level channels from us; and the streams we
@@ -474,13 +479,18 @@ static void on_goaway(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
     pthread_mutex_lock(&s->wmu);
     pthread_mutex_lock(&s->mu);
     s->goaway_recv = true; /* (lc_session_sender reads it under wmu) */
-    if (s->max_data_id > f->stream_id)
+    /* A peer of ours (NO_REPLIES) takes sub-streams until it hangs up
+     * (3.2): its last-good applies to top-level channels only (all of ours
+     * past it were reset, and reported lost, though it took them, a review
+     * helper). spdystream takes nothing after its GOAWAY. */
+    bool top_only = quiet_peer(s);
+    if ((top_only ? s->max_top_data_id : s->max_data_id) > f->stream_id)
         s->sent_refused = true; /* (also a stream that left the table: its DATA was dropped) */
     uint32_t *ids = NULL;
     size_t n = 0, cap = 0;
     for (size_t i = 0; i < s->streams.cap; i++) {
         lc_stream *st = s->streams.slots[i].val;
-        if (st == NULL || st == LC_MAP_TOMB || !st->ours || st->id <= f->stream_id)
+        if (st == NULL || st == LC_MAP_TOMB || !st->ours || st->id <= f->stream_id || (top_only && !st->top))
             continue;
         if (n == cap) {
             size_t nc = cap ? cap * 2 : 16;

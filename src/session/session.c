@@ -284,8 +284,10 @@ void lc__stream_maybe_done_locked(lc_session *s, lc_stream *st)
         /* a byte stream the peer only reads gets no FIN from it (a side
          * that never sends sends none): ended once ours is (it stayed in
          * the table for the session's life, and past MAX_OPEN_STREAMS the
-         * peer's new streams were refused; a review helper) */
-        done = (st->remote_fin || st->no_inbound) && st->local_fin;
+         * peer's new streams were refused; a review helper), and the peer's
+         * SYN_REPLY, if one is awaited (leaving sooner counted as it: the
+         * close then did not wait for Go's, and Go dropped the bytes) */
+        done = (st->remote_fin || (st->no_inbound && !st->awaiting_reply)) && st->local_fin;
         break;
     }
     if (st->reset)
@@ -318,6 +320,8 @@ void lc__note_data_wmu_locked(lc_session *s, lc_stream *st)
         return;
     if (st->id > s->max_data_id)
         s->max_data_id = st->id;
+    if (st->top && st->id > s->max_top_data_id)
+        s->max_top_data_id = st->id;
     if (st->top)
         s->top_data_ids[s->top_data_next++ % 16] = st->id;
 }

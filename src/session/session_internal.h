@@ -241,9 +241,9 @@ struct lc_session {
     uint64_t written_total; /* wmu: bytes written to the carrier */
     /* wmu: the streams we opened that carried DATA, for a refusal that comes
      * after they left the table (toward a peer of ours they leave with our
-     * FIN): the highest id (a GOAWAY's last-good below it), and the last
-     * top-level ones (a SYN_REPLY 502) */
-    uint32_t max_data_id;
+     * FIN): the highest id, of all and of top-level ones (a GOAWAY's
+     * last-good below it), and the last top-level ones (a SYN_REPLY 502) */
+    uint32_t max_data_id, max_top_data_id;
     uint32_t top_data_ids[16];
     unsigned top_data_next;
     uint64_t goaway_end;  /* wmu: written_total once all before lc_session_close's GOAWAY is written */

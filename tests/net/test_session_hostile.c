@@ -2674,6 +2674,69 @@ static void test_close_reports_messages_the_peer_refused(void **st)
     }
 }
 
+/* A peer of ours (NO_REPLIES) takes sub-streams until it hangs up, also
+ * past the last-good id of its GOAWAY (a message on a channel it took names
+ * them): its GOAWAY refuses only top-level channels. A byte stream our
+ * message carried, opened past that id, was reset here and reported lost
+ * (lc_session_close LC_ECLOSED) though the peer had it (a review helper). */
+static void test_goaway_of_our_peer_leaves_substreams_alone(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    nt_raw p;
+    nt_raw_open(&p, NULL);
+    lc_buf b;
+    lc__buf_init(&b);
+    put_settings(&b, 0, LC_FEATURE_NO_REPLIES);
+    assert_int_equal(lc__spdy_put_ping(&b, 1), 0);
+    nt_raw_send(&p, &b);
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 5000), 1); /* SETTINGS read */
+    lc_sender *snd;
+    assert_int_equal(lc_session_sender(p.s, &snd), 0);
+    int sp[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
+    lc_msg *m = lc_msg_new();
+    assert_int_equal(lc_msg_set_root(m, lc_new_stream(m, sp[1], LC_STREAM_READ)), 0);
+    assert_int_equal(lc_send(snd, m, 5000), 0); /* channel 2, its byte stream 4 */
+    lc_spdy_frame f;
+    uint32_t sub = 0;
+    int64_t end = lc_test_now_us() + 5000000;
+    while (sub == 0 && nt_raw_next(&p, &f, end) == 1)
+        if (f.type == LC_SPDY_SYN_STREAM && lc__spdy_header_find(f.headers, f.n_headers, "libchan-parent-ref"))
+            sub = f.stream_id;
+    assert_int_equal(sub, 4);
+    /* its GOAWAY names channel 2: it took it, and takes 4 all the same */
+    assert_int_equal(lc__spdy_put_goaway(&b, 2, LC_SPDY_GOAWAY_OK), 0);
+    assert_int_equal(lc__spdy_put_ping(&b, 3), 0);
+    nt_raw_send(&p, &b);
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 5000), 1);
+    ssize_t w = send(sp[0], "bytes", 5, MSG_NOSIGNAL); /* (reset, the library closed its end) */
+    assert_int_equal(w, 5);
+    close(sp[0]);
+    /* the stream's bytes and end still go */
+    size_t got = 0;
+    bool fin = false;
+    end = lc_test_now_us() + 5000000;
+    while (!fin && nt_raw_next(&p, &f, end) == 1)
+        if (f.type == LC_SPDY_DATA && f.stream_id == 4) {
+            got += f.data_len;
+            fin = f.data_last && (f.flags & LC_SPDY_FLAG_FIN);
+        }
+    assert_int_equal(got, 5);
+    assert_true(fin);
+    assert_int_equal(lc_close(snd), 0);
+    close_arg a = { p.s, 1, 0 };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, refused_close_fn, &a), 0);
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_GOAWAY, 0, NULL, 5000), 1);
+    assert_int_equal(shutdown(p.fd, SHUT_WR), 0); /* the peer hangs up */
+    pthread_join(t, NULL);
+    assert_int_equal(a.rc, 0);
+    lc_sender_release(snd);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
 /* DATA that came on a sub-stream before a message named it as a byte stream
  * the holder writes (ext 2: DATA toward us is against its direction) is
  * ignored, as later DATA is: it was kept for the fd, which nobody drains in
@@ -2927,6 +2990,7 @@ int main(void)
                                         lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_refused_channels_fail_their_senders, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_close_reports_messages_the_peer_refused, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_goaway_of_our_peer_leaves_substreams_alone, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_early_data_against_a_streams_direction_is_ignored, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_substream_opened_with_fin_leaves_the_table, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_hang_up_seen_while_reading_is_paused, lc_test_setup, lc_test_teardown),

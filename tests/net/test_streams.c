@@ -1089,7 +1089,12 @@ static void test_graceful_end_keeps_queued_messages_with_streams(void **st)
         assert_int_equal(pipe2(pf, O_CLOEXEC), 0);
         assert_int_equal(write_all(pf[1], "hello", 5), 0);
         close(pf[1]);
-        assert_int_equal(lc_send(tx, lc_pack("{s:i, s:F}", "N", i, "S", pf[0], LC_STREAM_READ), 5000), 0);
+        lc_msg *m = lc_msg_new();
+        lc_value *map = lc_new_map(m);
+        assert_int_equal(lc_map_set(m, map, "N", lc_new_int(m, i)), 0);
+        assert_int_equal(lc_map_set(m, map, "S", lc_new_stream(m, pf[0], LC_STREAM_READ)), 0);
+        assert_int_equal(lc_msg_set_root(m, map), 0);
+        assert_int_equal(lc_send(tx, m, 5000), 0);
     }
     assert_int_equal(lc_close(tx), 0);
     /* returns once the server has read our end and hung up */
