@@ -635,7 +635,10 @@ static void on_settings(lc_session *s, const lc_spdy_frame *f)
             if (st == NULL || st == LC_MAP_TOMB)
                 continue;
             lc__reply_came_locked(s, st);
-            if ((st->kind == ST_SEND || st->kind == ST_PUMP_RECEIVER) && st->local_fin && lc__kl_add(&ended, st))
+            /* (a one-way byte stream ended before waited for that reply
+             * only: a review helper saw 50 stay for the session's life) */
+            bool may_end = st->kind == ST_SEND || st->kind == ST_PUMP_RECEIVER || (st->kind == ST_BYTES && st->no_inbound);
+            if (may_end && st->local_fin && lc__kl_add(&ended, st))
                 lc__stream_maybe_done_locked(s, st);
         }
         pthread_mutex_unlock(&s->mu);

@@ -1060,6 +1060,68 @@ static void test_one_way_streams_leave_the_tables(void **st)
     lc_listener_close(l);
 }
 
+/* One-way byte streams that end before the peer's SETTINGS is read (the
+ * server starts its session in lc_accept): they wait for a SYN_REPLY until
+ * that SETTINGS says NO_REPLIES, and then leave the table. They stayed for
+ * the session's life (a review helper: 50 of 50). */
+static size_t bytes_ended(lc_session *s)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < s->streams.cap; i++) {
+        lc_stream *x = s->streams.slots[i].val;
+        n += x != NULL && x != LC_MAP_TOMB && x->kind == ST_BYTES && x->local_fin;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+static void test_one_way_streams_ended_before_settings_leave(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    enum { N = 20 };
+    char url[128];
+    snprintf(url, sizeof url, "unix:///tmp/lc-streams-%d-settings.sock", (int)getpid());
+    lc_listener *l;
+    lc_session *c, *sv;
+    assert_int_equal(lc_listen(url, NULL, &l, NULL), 0);
+    assert_int_equal(lc_dial(url, NULL, &c, NULL), 0);
+    lc_sender *tx;
+    assert_int_equal(lc_session_sender(c, &tx), 0);
+    for (int i = 0; i < N; i++) {
+        int sp[2];
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
+        assert_int_equal(write_all(sp[0], "x", 1), 0);
+        close(sp[0]);
+        lc_msg *m = lc_msg_new();
+        assert_int_equal(lc_msg_set_root(m, lc_new_stream(m, sp[1], LC_STREAM_READ)), 0);
+        assert_int_equal(lc_send(tx, m, 5000), 0);
+    }
+    assert_int_equal(lc_close(tx), 0);
+    lc_sender_release(tx);
+    int64_t end = lc_test_now_us() + 5000000;
+    while (bytes_ended(c) < N && lc_test_now_us() < end) /* our FINs, before the server exists */
+        sched_yield();
+    assert_int_equal(bytes_ended(c), N);
+    assert_int_equal(lc_accept(l, &sv, 5000), 0);
+    lc_receiver *rx;
+    assert_int_equal(lc_session_receiver(sv, &rx, 5000), 0);
+    for (int i = 0; i < N; i++) {
+        lc_msg *m;
+        assert_int_equal(lc_recv(rx, &m, 5000), 0);
+        lc_msg_free(m);
+    }
+    bool back = table_back_to(c, 0);
+    if (!back)
+        fprintf(stderr, "client table %zu, expected 0\n", table_len(c));
+    assert_true(back);
+    lc_receiver_release(rx);
+    lc_session_free(c);
+    lc_session_free(sv);
+    lc_listener_close(l);
+}
+
 /* The peer closes gracefully while a channel's queue (recv_queue 4) holds
  * back messages that carry byte streams, all arrived with their bytes and
  * ends: the messages in the queue and those decoded ahead of it (up to
@@ -1143,6 +1205,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bulk_stream_beside_messages_cut_writes, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_duplex_stream_ends_when_holder_closes_after_peer_fin, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_one_way_streams_leave_the_tables, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_one_way_streams_ended_before_settings_leave, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_graceful_end_keeps_queued_messages_with_streams, lc_test_setup, lc_test_teardown),
     };
     const char *filter = getenv("LC_TEST_FILTER"); /* as nettest.h's nt_filter_from_env */
