@@ -932,7 +932,10 @@ static void test_close_reports_a_channel_the_closing_peer_refused(void **st)
         }
         int rc = lc_session_sender(p.client, &s1);
         if (rc == 0) {
-            rc = lc_send(s1, lc_pack("{s:i}", "N", 1), 5000);
+            lc_msg *m1 = lc_pack("{s:i}", "N", 1);
+            rc = lc_send(s1, m1, 5000);
+            if (rc != 0)
+                lc_msg_free(m1); /* (a refused message stays the caller's) */
             lc_close(s1);
             lc_sender_release(s1);
         }
