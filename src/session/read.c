@@ -197,7 +197,7 @@ int lc__feed_stream_locked(lc_session *s, lc_stream *st, const uint8_t *p, size_
         st->sd_init = true;
     }
     int rc = n ? lc__sd_feed(&st->sd, p, n) : 0;
-    size_t ahead = s->opt.recv_queue < LC_DECODE_AHEAD ? s->opt.recv_queue : LC_DECODE_AHEAD;
+    size_t ahead = lc__decode_ahead(s);
     while (rc == 0 && st->npending < ahead) {
         lc_msg *m;
         rc = lc__sd_next(&st->sd, &m);
@@ -434,7 +434,7 @@ static void end_as_reset(lc_session *s, uint32_t id, uint32_t status, rd_actions
         pthread_mutex_lock(&s->mu);
         lc_stream *st = lc__map_get(&s->streams, id);
         bool carried = st != NULL && st->ours && st->sent > 0 && !st->reset;
-        for (size_t i = 0; st == NULL && i < 16 && !carried; i++)
+        for (size_t i = 0; st == NULL && i < LC_TOP_DATA_KEEP && !carried; i++)
             carried = s->top_data_ids[i] == id && id != 0;
         if (carried)
             s->sent_refused = true;

@@ -83,18 +83,20 @@ static void skim_ref_found(void *ctx, uint64_t ref)
         return; /* not arrived (never opened), or named already */
     lc__map_del(&s->peer_refs, ref);
     lc__remember_claimed_locked(s, ref); /* a later naming fails at once */
-    if (!sub->reset && s->rst_due_n == s->rst_due_cap) {
-        size_t nc = s->rst_due_cap ? 2 * s->rst_due_cap : 8;
-        lc_stream **nv = realloc(s->rst_due, nc * sizeof *nv);
-        if (nv != NULL) {
-            s->rst_due = nv;
-            s->rst_due_cap = nc;
+    if (!sub->reset) {
+        if (s->rst_due_n == s->rst_due_cap) {
+            size_t nc = s->rst_due_cap ? 2 * s->rst_due_cap : 8;
+            lc_stream **nv = realloc(s->rst_due, nc * sizeof *nv);
+            if (nv != NULL) {
+                s->rst_due = nv;
+                s->rst_due_cap = nc;
+            }
         }
-    }
-    if (!sub->reset && s->rst_due_n < s->rst_due_cap) {
-        stream_ref(sub);
-        s->rst_due[s->rst_due_n++] = sub;
-        atomic_store_explicit(&s->rst_due_any, true, memory_order_relaxed);
+        if (s->rst_due_n < s->rst_due_cap) { /* (else out of memory: no RST, as before) */
+            stream_ref(sub);
+            s->rst_due[s->rst_due_n++] = sub;
+            atomic_store_explicit(&s->rst_due_any, true, memory_order_relaxed);
+        }
     }
     sub->reset = true;
     lc__stream_maybe_done_locked(s, sub); /* (leaves the table: reset) */
@@ -452,7 +454,7 @@ void lc__bind_all_before_end(lc_session *s)
             if (st == NULL || st == LC_MAP_TOMB || st->reset ||
                 (st->kind != ST_RECV && st->kind != ST_FWD_TO_SENDER))
                 continue;
-            size_t want = s->opt.recv_queue < LC_DECODE_AHEAD ? s->opt.recv_queue : LC_DECODE_AHEAD;
+            size_t want = lc__decode_ahead(s);
             size_t queued = st->kind == ST_RECV ? lc__sender_queued(st->into) : 0;
             if (st->kind == ST_RECV && queued < s->opt.recv_queue)
                 want += s->opt.recv_queue - queued; /* room still in the queue */

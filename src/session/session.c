@@ -323,7 +323,7 @@ void lc__note_data_wmu_locked(lc_session *s, lc_stream *st)
     if (st->top && st->id > s->max_top_data_id)
         s->max_top_data_id = st->id;
     if (st->top)
-        s->top_data_ids[s->top_data_next++ % 16] = st->id;
+        s->top_data_ids[s->top_data_next++ % LC_TOP_DATA_KEEP] = st->id;
 }
 
 /* ---- session death ------------------------------------------------------- */

@@ -112,6 +112,10 @@ typedef struct lc_stream {
     uint64_t acked;       /* mu: of which granted back to the peer */
 } lc_stream;
 
+/* Top-level channels of ours that carried DATA, remembered for a 502 that
+ * comes after they left the table (lc_session.top_data_ids). */
+#define LC_TOP_DATA_KEEP 16
+
 struct lc_session {
     _Atomic long refs;    /* the user handle + one per stream */
     lc_options opt;
@@ -244,7 +248,7 @@ struct lc_session {
      * FIN): the highest id, of all and of top-level ones (a GOAWAY's
      * last-good below it), and the last top-level ones (a SYN_REPLY 502) */
     uint32_t max_data_id, max_top_data_id;
-    uint32_t top_data_ids[16];
+    uint32_t top_data_ids[LC_TOP_DATA_KEEP];
     unsigned top_data_next;
     uint64_t goaway_end;  /* wmu: written_total once all before lc_session_close's GOAWAY is written */
     size_t early_total;   /* mu: bytes held for sub-streams no message has named yet (all of them) */
@@ -419,6 +423,11 @@ extern _Thread_local const lc_session *lc__tls_served;
 /* Messages decoded ahead of a channel's local queue, at most (and never
  * more than recv_queue; read.c says why). */
 #define LC_DECODE_AHEAD 32
+
+static inline size_t lc__decode_ahead(const lc_session *s)
+{
+    return s->opt.recv_queue < LC_DECODE_AHEAD ? s->opt.recv_queue : LC_DECODE_AHEAD;
+}
 
 /* The carrier is read this much at a time, and READ_CHUNK_BULK once a
  * read filled the buffer (read.c says why). */
