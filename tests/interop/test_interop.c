@@ -502,6 +502,18 @@ static void c_stream_modes_to_go(void **st)
     gp_finish(&g);
 }
 
+/* {"Value": value, key: a byte stream of fd in mode}: a request to the Go
+ * echo with one stream. */
+static lc_msg *value_and_stream(int value, const char *key, int fd, lc_stream_mode mode)
+{
+    lc_msg *m = lc_msg_new();
+    lc_value *map = lc_new_map(m);
+    assert_int_equal(lc_map_set(m, map, "Value", lc_new_int(m, value)), 0);
+    assert_int_equal(lc_map_set(m, map, key, lc_new_stream(m, fd, mode)), 0);
+    assert_int_equal(lc_msg_set_root(m, map), 0);
+    return m;
+}
+
 /* An ext 2 stream (LC_STREAM_WRITE: the peer writes, we read) whose FIN
  * the peer sends while the sending thread is still setting the stream up
  * must still reach EOF. It used to be a known bug: on_data's bytes_kick ->
@@ -527,12 +539,7 @@ static void c_out_stream_early_fin(void **st)
     for (int i = 0; i < 200; i++) {
         int outp[2];
         assert_int_equal(pipe2(outp, O_CLOEXEC), 0); /* Go writes -> we read outp[0] */
-        lc_msg *m = lc_msg_new();
-        lc_value *map = lc_new_map(m);
-        assert_int_equal(lc_map_set(m, map, "Value", lc_new_int(m, i)), 0);
-        assert_int_equal(lc_map_set(m, map, "Out", lc_new_stream(m, outp[1], LC_STREAM_WRITE)), 0);
-        assert_int_equal(lc_msg_set_root(m, map), 0);
-        assert_int_equal(lc_send(req, m, IO_TIMEOUT_MS), 0);
+        assert_int_equal(lc_send(req, value_and_stream(i, "Out", outp[1], LC_STREAM_WRITE), IO_TIMEOUT_MS), 0);
         struct pollfd p = { outp[0], POLLIN, 0 };
         char b;
         if (poll(&p, 1, 1000) != 1 || read(outp[0], &b, 1) != 0) {
@@ -573,12 +580,7 @@ static void c_stream_bytes_before_session_close(void **st)
     assert_int_equal(lc_session_sender(c, &req), 0);
     int sp[2];
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
-    lc_msg *m = lc_msg_new();
-    lc_value *map = lc_new_map(m);
-    assert_int_equal(lc_map_set(m, map, "Value", lc_new_int(m, 1)), 0);
-    assert_int_equal(lc_map_set(m, map, "In", lc_new_stream(m, sp[1], LC_STREAM_READ)), 0);
-    assert_int_equal(lc_msg_set_root(m, map), 0);
-    assert_int_equal(lc_send(req, m, IO_TIMEOUT_MS), 0);
+    assert_int_equal(lc_send(req, value_and_stream(1, "In", sp[1], LC_STREAM_READ), IO_TIMEOUT_MS), 0);
     assert_int_equal(lc_close(req), 0);
     lc_sender_release(req);
     /* Go has the message, so its SYN_REPLYs are out (a SYN_REPLY that
@@ -629,12 +631,7 @@ static void c_oneway_stream_then_close_at_once(void **st)
         assert_int_equal(pipe2(p, O_CLOEXEC), 0);
         assert_int_equal(write_all(p[1], data, N), 0); /* (fits the pipe) */
         close(p[1]);
-        lc_msg *m = lc_msg_new();
-        lc_value *map = lc_new_map(m);
-        assert_int_equal(lc_map_set(m, map, "Value", lc_new_int(m, 1)), 0);
-        assert_int_equal(lc_map_set(m, map, "In", lc_new_stream(m, p[0], LC_STREAM_READ)), 0);
-        assert_int_equal(lc_msg_set_root(m, map), 0);
-        assert_int_equal(lc_send(req, m, IO_TIMEOUT_MS), 0);
+        assert_int_equal(lc_send(req, value_and_stream(1, "In", p[0], LC_STREAM_READ), IO_TIMEOUT_MS), 0);
         assert_int_equal(lc_close(req), 0);
         lc_sender_release(req);
         assert_int_equal(lc_session_close(c, IO_TIMEOUT_MS), 0);

@@ -46,6 +46,21 @@ static void open_pair(pair *p, const char *url)
     open_pair_with(p, url, NULL);
 }
 
+/* A message the server sends on a channel of its own, received by the
+ * client: everything the server wrote before it (its SETTINGS, frames on
+ * other channels) has been read by the client's session. */
+static void server_to_client_barrier(pair *p)
+{
+    lc_sender *back;
+    lc_receiver *back_in;
+    assert_int_equal(lc_session_sender(p->server, &back), 0);
+    assert_int_equal(lc_send(back, lc_pack("{s:i}", "N", 99), 5000), 0);
+    assert_int_equal(lc_session_receiver(p->client, &back_in, 5000), 0);
+    nt_expect_n(back_in, 99);
+    lc_sender_release(back);
+    lc_receiver_release(back_in);
+}
+
 static void close_pair(pair *p)
 {
     lc_session_free(p->client);
@@ -550,13 +565,13 @@ static void run_dropped_replies_end_their_channels(const char *url)
     enum { N = 4 };
     pair p;
     open_pair(&p, url);
-    lc_sender *req, *back;
+    lc_sender *req;
     assert_int_equal(lc_session_sender(p.client, &req), 0);
     lc_receiver *rr;
     lc_sender *rs;
     assert_int_equal(lc_pipe(&rr, &rs, 1), 0);
     assert_int_equal(lc_send(req, lc_pack("{s:S}", "Ret", rs), 5000), 0);
-    lc_receiver *in, *back_in;
+    lc_receiver *in;
     lc_msg *m;
     assert_int_equal(lc_session_receiver(p.server, &in, 5000), 0);
     assert_int_equal(lc_recv(in, &m, 5000), 0);
@@ -569,11 +584,7 @@ static void run_dropped_replies_end_their_channels(const char *url)
         assert_int_equal(lc_pipe(&ack[i], &as, 1), 0);
         assert_int_equal(lc_send(ret, lc_pack("{s:i, s:S}", "N", i, "Ack", as), 5000), 0);
     }
-    /* behind them on the carrier: once this arrives, so have they */
-    assert_int_equal(lc_session_sender(p.server, &back), 0);
-    assert_int_equal(lc_send(back, lc_pack("{s:i}", "N", 99), 5000), 0);
-    assert_int_equal(lc_session_receiver(p.client, &back_in, 5000), 0);
-    nt_expect_n(back_in, 99);
+    server_to_client_barrier(&p); /* behind them on the carrier: they have arrived */
     lc_receiver_release(rr); /* the requester gives up: the replies are dropped */
     for (int i = 0; i < N; i++) {
         int rc = lc_recv(ack[i], &m, 5000);
@@ -584,8 +595,6 @@ static void run_dropped_replies_end_their_channels(const char *url)
         assert_true(rc == LC_EOF || rc == LC_ECLOSED);
         lc_receiver_release(ack[i]);
     }
-    lc_sender_release(back);
-    lc_receiver_release(back_in);
     lc_sender_release(ret);
     lc_sender_release(req);
     lc_receiver_release(in);
@@ -609,14 +618,14 @@ static void test_sender_released_by_one_worker_stays_open_for_others(void **st)
     LC_TEST_DEADLINE(30);
     pair p;
     open_pair(&p, unix_url());
-    lc_sender *jobs, *back;
+    lc_sender *jobs;
     assert_int_equal(lc_session_sender(p.client, &jobs), 0);
     lc_receiver *r;
     lc_sender *s;
     assert_int_equal(lc_pipe(&r, &s, 16), 0);
     for (int i = 1; i <= 2; i++)
         assert_int_equal(lc_send(jobs, lc_pack("{s:i, s:S}", "N", i, "Ret", lc_sender_retain(s)), 5000), 0);
-    lc_receiver *in, *back_in;
+    lc_receiver *in;
     lc_msg *m;
     lc_sender *ret[2];
     assert_int_equal(lc_session_receiver(p.server, &in, 5000), 0);
@@ -627,11 +636,7 @@ static void test_sender_released_by_one_worker_stays_open_for_others(void **st)
     }
     assert_int_equal(lc_send(ret[0], lc_pack("{s:i}", "N", 1), 5000), 0);
     lc_sender_release(ret[0]); /* worker 1 is done */
-    /* behind its FIN on the carrier: once this arrives, the FIN was taken */
-    assert_int_equal(lc_session_sender(p.server, &back), 0);
-    assert_int_equal(lc_send(back, lc_pack("{s:i}", "N", 99), 5000), 0);
-    assert_int_equal(lc_session_receiver(p.client, &back_in, 5000), 0);
-    nt_expect_n(back_in, 99);
+    server_to_client_barrier(&p); /* behind its FIN on the carrier: the FIN was taken */
     assert_int_equal(lc_send(ret[1], lc_pack("{s:i}", "N", 2), 5000), 0);
     assert_int_equal(lc_send(s, lc_pack("{s:i}", "N", 3), 5000), 0); /* the requester's own */
     nt_expect_n(r, 1);
@@ -647,8 +652,6 @@ static void test_sender_released_by_one_worker_stays_open_for_others(void **st)
     lc_sender_release(s);
     assert_int_equal(lc_recv(r, &m, 5000), LC_EOF);
     lc_receiver_release(r);
-    lc_sender_release(back);
-    lc_receiver_release(back_in);
     lc_sender_release(jobs);
     lc_receiver_release(in);
     close_pair(&p);
@@ -1261,15 +1264,7 @@ static void test_attached_receiver_pump_respects_window(void **st)
     /* the client has read the server's SETTINGS (its first frame) once it
      * has a message from it: the announced window applies from here (before,
      * a sender keeps to the SPDY/3 initial window) */
-    lc_sender *back;
-    assert_int_equal(lc_session_sender(p.server, &back), 0);
-    assert_int_equal(lc_send(back, lc_pack("{s:i}", "N", 0), 5000), 0);
-    lc_receiver *back_r;
-    assert_int_equal(lc_session_receiver(p.client, &back_r, 5000), 0);
-    assert_int_equal(lc_recv(back_r, &m, 5000), 0);
-    lc_msg_free(m);
-    lc_sender_release(back);
-    lc_receiver_release(back_r);
+    server_to_client_barrier(&p);
 
     int sent = fill_until_pushed_back(ls, 20000);
     /* window (64 KiB of ~1 KiB messages) + remote queue (16) + local (4) +

@@ -2598,17 +2598,45 @@ static void test_refused_channels_fail_their_senders(void **st)
     nt_raw_close(&p);
 }
 
+/* The peer says it is one of ours that answers nothing (NO_REPLIES), and
+ * waits until the session has read that. */
+static void peer_says_no_replies(nt_raw *p, lc_buf *b)
+{
+    put_settings(b, 0, LC_FEATURE_NO_REPLIES);
+    assert_int_equal(lc__spdy_put_ping(b, 1), 0);
+    nt_raw_send(p, b);
+    assert_int_equal(nt_raw_expect(p, LC_SPDY_PING, 0, NULL, 5000), 1); /* SETTINGS read */
+}
+
+/* The id of the next sub-stream the session opens (a SYN_STREAM naming a
+ * parent), 0 if none comes within 5 s. */
+static uint32_t next_substream_id(nt_raw *p)
+{
+    lc_spdy_frame f;
+    int64_t end = lc_test_now_us() + 5000000;
+    while (nt_raw_next(p, &f, end) == 1)
+        if (f.type == LC_SPDY_SYN_STREAM && lc__spdy_header_find(f.headers, f.n_headers, "libchan-parent-ref"))
+            return f.stream_id;
+    return 0;
+}
+
+/* lc_session_close (close_fn) on another thread, the peer hanging up once
+ * it has read the GOAWAY: what the close returned. */
+static int close_while_peer_hangs_up(nt_raw *p)
+{
+    close_arg a = { p->s, 1, 0 };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, close_fn, &a), 0);
+    assert_int_equal(nt_raw_expect(p, LC_SPDY_GOAWAY, 0, NULL, 5000), 1);
+    assert_int_equal(shutdown(p->fd, SHUT_WR), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    return a.rc;
+}
+
 /* A message lc_send accepted on a channel the peer then refused (502 while
  * it closes, or past its GOAWAY's last-good id) was dropped by the peer:
  * lc_session_close says so (LC_ECLOSED), where it returned 0. A channel
  * refused before anything went on it loses nothing: 0. */
-static void *refused_close_fn(void *x)
-{
-    close_arg *a = x;
-    a->rc = lc_session_close(a->s, 5000);
-    return NULL;
-}
-
 static void test_close_reports_messages_the_peer_refused(void **st)
 {
     (void)st;
@@ -2624,12 +2652,8 @@ static void test_close_reports_messages_the_peer_refused(void **st)
         nt_raw_open(&p, NULL);
         lc_buf b;
         lc__buf_init(&b);
-        if (quiet) {
-            put_settings(&b, 0, LC_FEATURE_NO_REPLIES);
-            assert_int_equal(lc__spdy_put_ping(&b, 1), 0);
-            nt_raw_send(&p, &b);
-            assert_int_equal(nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 5000), 1); /* SETTINGS read */
-        }
+        if (quiet)
+            peer_says_no_replies(&p, &b);
         lc_sender *snd;
         assert_int_equal(lc_session_sender(p.s, &snd), 0);
         if (how < 2)
@@ -2659,15 +2683,10 @@ static void test_close_reports_messages_the_peer_refused(void **st)
         assert_int_equal(lc__spdy_put_ping(&b, 7), 0);
         nt_raw_send(&p, &b);
         assert_int_equal(nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 5000), 1); /* all of it read */
-        close_arg a = { p.s, 1, 0 };
-        pthread_t t;
-        assert_int_equal(pthread_create(&t, NULL, refused_close_fn, &a), 0);
-        assert_int_equal(nt_raw_expect(&p, LC_SPDY_GOAWAY, 0, NULL, 5000), 1);
-        assert_int_equal(shutdown(p.fd, SHUT_WR), 0); /* the peer hangs up */
-        pthread_join(t, NULL);
-        if (a.rc != (how < 2 ? LC_ECLOSED : 0))
-            fprintf(stderr, "round %d: lc_session_close: %s\n", round, lc_strerror(a.rc));
-        assert_int_equal(a.rc, how < 2 ? LC_ECLOSED : 0);
+        int rc = close_while_peer_hangs_up(&p);
+        if (rc != (how < 2 ? LC_ECLOSED : 0))
+            fprintf(stderr, "round %d: lc_session_close: %s\n", round, lc_strerror(rc));
+        assert_int_equal(rc, how < 2 ? LC_ECLOSED : 0);
         lc_sender_release(snd);
         lc__buf_free(&b);
         nt_raw_close(&p);
@@ -2687,10 +2706,7 @@ static void test_goaway_of_our_peer_leaves_substreams_alone(void **st)
     nt_raw_open(&p, NULL);
     lc_buf b;
     lc__buf_init(&b);
-    put_settings(&b, 0, LC_FEATURE_NO_REPLIES);
-    assert_int_equal(lc__spdy_put_ping(&b, 1), 0);
-    nt_raw_send(&p, &b);
-    assert_int_equal(nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 5000), 1); /* SETTINGS read */
+    peer_says_no_replies(&p, &b);
     lc_sender *snd;
     assert_int_equal(lc_session_sender(p.s, &snd), 0);
     int sp[2];
@@ -2698,13 +2714,7 @@ static void test_goaway_of_our_peer_leaves_substreams_alone(void **st)
     lc_msg *m = lc_msg_new();
     assert_int_equal(lc_msg_set_root(m, lc_new_stream(m, sp[1], LC_STREAM_READ)), 0);
     assert_int_equal(lc_send(snd, m, 5000), 0); /* channel 2, its byte stream 4 */
-    lc_spdy_frame f;
-    uint32_t sub = 0;
-    int64_t end = lc_test_now_us() + 5000000;
-    while (sub == 0 && nt_raw_next(&p, &f, end) == 1)
-        if (f.type == LC_SPDY_SYN_STREAM && lc__spdy_header_find(f.headers, f.n_headers, "libchan-parent-ref"))
-            sub = f.stream_id;
-    assert_int_equal(sub, 4);
+    assert_int_equal(next_substream_id(&p), 4);
     /* its GOAWAY names channel 2: it took it, and takes 4 all the same */
     assert_int_equal(lc__spdy_put_goaway(&b, 2, LC_SPDY_GOAWAY_OK), 0);
     assert_int_equal(lc__spdy_put_ping(&b, 3), 0);
@@ -2716,7 +2726,8 @@ static void test_goaway_of_our_peer_leaves_substreams_alone(void **st)
     /* the stream's bytes and end still go */
     size_t got = 0;
     bool fin = false;
-    end = lc_test_now_us() + 5000000;
+    lc_spdy_frame f;
+    int64_t end = lc_test_now_us() + 5000000;
     while (!fin && nt_raw_next(&p, &f, end) == 1)
         if (f.type == LC_SPDY_DATA && f.stream_id == 4) {
             got += f.data_len;
@@ -2725,13 +2736,7 @@ static void test_goaway_of_our_peer_leaves_substreams_alone(void **st)
     assert_int_equal(got, 5);
     assert_true(fin);
     assert_int_equal(lc_close(snd), 0);
-    close_arg a = { p.s, 1, 0 };
-    pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, refused_close_fn, &a), 0);
-    assert_int_equal(nt_raw_expect(&p, LC_SPDY_GOAWAY, 0, NULL, 5000), 1);
-    assert_int_equal(shutdown(p.fd, SHUT_WR), 0); /* the peer hangs up */
-    pthread_join(t, NULL);
-    assert_int_equal(a.rc, 0);
+    assert_int_equal(close_while_peer_hangs_up(&p), 0);
     lc_sender_release(snd);
     lc__buf_free(&b);
     nt_raw_close(&p);
@@ -2909,12 +2914,7 @@ static void test_byte_stream_read_error_resets_it(void **st)
     lc_msg *m = lc_msg_new();
     assert_int_equal(lc_msg_set_root(m, lc_new_stream(m, sv[0], LC_STREAM_DUPLEX)), 0);
     assert_int_equal(lc_send(snd, m, 5000), 0);
-    lc_spdy_frame f;
-    uint32_t sub = 0;
-    int64_t end = lc_test_now_us() + 5000000;
-    while (sub == 0 && nt_raw_next(&p, &f, end) == 1)
-        if (f.type == LC_SPDY_SYN_STREAM && lc__spdy_header_find(f.headers, f.n_headers, "libchan-parent-ref"))
-            sub = f.stream_id;
+    uint32_t sub = next_substream_id(&p);
     assert_true(sub != 0);
     /* bytes for the application's end, which it never reads */
     lc_buf b;
@@ -2924,7 +2924,8 @@ static void test_byte_stream_read_error_resets_it(void **st)
     nt_raw_send(&p, &b);
     assert_int_equal(nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 5000), 1);
     char c;
-    end = lc_test_now_us() + 5000000;
+    lc_spdy_frame f;
+    int64_t end = lc_test_now_us() + 5000000;
     while (recv(sv[1], &c, 1, MSG_PEEK | MSG_DONTWAIT) != 1) { /* (written into it) */
         if (lc_test_now_us() > end)
             fail_msg("the stream's bytes never reached its fd");
