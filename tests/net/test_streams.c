@@ -26,6 +26,7 @@
 #include "libchan.h"
 #include "session/session_internal.h"
 #include "testutil.h"
+#include "nettest.h"
 
 /* Listens on url, dials it and accepts: a client and a server session. */
 static void session_pair(const char *url, lc_listener **l, lc_session **c, lc_session **sv)
@@ -928,20 +929,11 @@ static void test_bulk_stream_beside_messages_cut_writes(void **st)
     run_bulk_beside_messages(true);
 }
 
-/* Streams in s's table. */
-static size_t table_len(lc_session *s)
-{
-    pthread_mutex_lock(&s->mu);
-    size_t n = s->streams.len;
-    pthread_mutex_unlock(&s->mu);
-    return n;
-}
-
 /* Waits (5 s at most) until s's table holds at most n streams. */
 static bool table_back_to(lc_session *s, size_t n)
 {
     int64_t end = lc_test_now_us() + 5000000;
-    while (table_len(s) > n) {
+    while (nt_streams_len(s) > n) {
         if (lc_test_now_us() > end)
             return false;
         struct timespec ts = { 0, 1000000 };
@@ -1024,7 +1016,7 @@ static void test_one_way_streams_leave_the_tables(void **st)
     lc_sender *tx;
     assert_int_equal(lc_session_sender(c, &tx), 0);
     lc_receiver *rx = NULL;
-    size_t c0 = table_len(c), s0 = 0;
+    size_t c0 = nt_streams_len(c), s0 = 0;
     for (int i = 0; i < 20; i++) {
         int pf[2];
         assert_int_equal(pipe2(pf, O_CLOEXEC), 0);
@@ -1036,7 +1028,7 @@ static void test_one_way_streams_leave_the_tables(void **st)
         assert_int_equal(lc_send(tx, m, 5000), 0);
         if (rx == NULL) {
             assert_int_equal(lc_session_receiver(sv, &rx, 5000), 0);
-            s0 = table_len(sv);
+            s0 = nt_streams_len(sv);
         }
         assert_int_equal(lc_recv(rx, &m, 5000), 0);
         int fd = lc_value_take_fd(lc_msg_root(m), NULL);
@@ -1051,7 +1043,7 @@ static void test_one_way_streams_leave_the_tables(void **st)
     }
     bool cb = table_back_to(c, c0), sb = table_back_to(sv, s0);
     if (!cb || !sb)
-        fprintf(stderr, "client table %zu (was %zu), server %zu (was %zu)\n", table_len(c), c0, table_len(sv), s0);
+        fprintf(stderr, "client table %zu (was %zu), server %zu (was %zu)\n", nt_streams_len(c), c0, nt_streams_len(sv), s0);
     assert_true(cb && sb);
     lc_receiver_release(rx);
     lc_sender_release(tx);
@@ -1114,7 +1106,7 @@ static void test_one_way_streams_ended_before_settings_leave(void **st)
     }
     bool back = table_back_to(c, 0);
     if (!back)
-        fprintf(stderr, "client table %zu, expected 0\n", table_len(c));
+        fprintf(stderr, "client table %zu, expected 0\n", nt_streams_len(c));
     assert_true(back);
     lc_receiver_release(rx);
     lc_session_free(c);
@@ -1208,8 +1200,6 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_one_way_streams_ended_before_settings_leave, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_graceful_end_keeps_queued_messages_with_streams, lc_test_setup, lc_test_teardown),
     };
-    const char *filter = getenv("LC_TEST_FILTER"); /* as nettest.h's nt_filter_from_env */
-    if (filter != NULL && *filter != '\0')
-        cmocka_set_test_filter(filter);
+    nt_filter_from_env();
     return cmocka_run_group_tests_name("net/streams", tests, NULL, NULL);
 }
