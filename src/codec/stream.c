@@ -184,7 +184,10 @@ int lc__sd_next(lc_stream_decoder *d, lc_msg **out)
     *out = NULL;
     if (d->err != 0)
         return d->err;
-    if (!d->has_hooks && d->scan == d->start && d->start < d->in.len) {
+    if (d->start == d->in.len)
+        return LC__SD_AGAIN; /* nothing buffered (as scan() would say): the
+                              * common call after a frame's last message */
+    if (!d->has_hooks && d->scan == d->start) {
         /* Nothing scanned of this message yet: decode it straight from the
          * buffer, letting the decoder find its end (one pass instead of
          * two; bench_session's receiver spent ~10% in the scanner). Only a
