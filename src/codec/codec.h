@@ -175,7 +175,20 @@ void lc__sd_init(lc_stream_decoder *d, const lc_limits *lim, const struct lc_cod
 void lc__sd_free(lc_stream_decoder *d);
 int lc__sd_feed(lc_stream_decoder *d, const void *p, size_t n);
 int lc__sd_next(lc_stream_decoder *d, lc_msg **out);
+/* What feed(*p, *n) then next() would give, without the copy, while nothing
+ * is buffered: the next message decoded straight from the caller's bytes,
+ * which advance past it. LC__SD_AGAIN when bytes are buffered, or *p holds no
+ * complete message: the caller then feeds the rest. An error is sticky as
+ * next()'s, and the bytes from the faulty message on are buffered, as fed
+ * bytes would be (lc__sd_rest: the skimmer reads them). */
+int lc__sd_next_direct(lc_stream_decoder *d, const uint8_t **p, size_t *n, lc_msg **out);
 int lc__sd_finish(lc_stream_decoder *d);
+
+/* Healthy, with no byte buffered: next() and finish() have nothing to say. */
+static inline bool lc__sd_idle(const lc_stream_decoder *d)
+{
+    return d->err == 0 && d->start == d->in.len;
+}
 
 /* The bytes of the current (refused or unfinished) message and all that is
  * buffered after it: where a skimmer takes over once next() failed. */

@@ -219,6 +219,32 @@ int lc__sd_next(lc_stream_decoder *d, lc_msg **out)
     return 0;
 }
 
+int lc__sd_next_direct(lc_stream_decoder *d, const uint8_t **p, size_t *n, lc_msg **out)
+{
+    *out = NULL;
+    if (d->err != 0)
+        return d->err;
+    if (d->start != d->in.len || d->has_hooks || *n == 0)
+        return LC__SD_AGAIN;
+    size_t used = 0;
+    int rc = lc__decode(*p, *n, &d->lim, NULL, out, &used);
+    if (rc == 0) {
+        *p += used;
+        *n -= used;
+        return 0;
+    }
+    if (rc == LC_ETRUNCATED)
+        return LC__SD_AGAIN; /* (the scanner takes it once fed) */
+    /* as next() after feed(): the faulty message's bytes on are buffered */
+    d->in.len = d->start = d->scan = 0;
+    if (lc__buf_append(&d->in, *p, *n) == 0) {
+        *p += *n;
+        *n = 0;
+    }
+    d->err = rc;
+    return rc;
+}
+
 int lc__sd_finish(lc_stream_decoder *d)
 {
     if (d->err != 0)

@@ -196,8 +196,20 @@ int lc__feed_stream_locked(lc_session *s, lc_stream *st, const uint8_t *p, size_
         lc__sd_init(&st->sd, &s->opt.limits, NULL);
         st->sd_init = true;
     }
-    int rc = n ? lc__sd_feed(&st->sd, p, n) : 0;
     size_t ahead = lc__decode_ahead(s);
+    int rc = 0;
+    /* messages straight from the frame while the decoder holds nothing (the
+     * usual case: a frame of whole messages), the rest fed */
+    while (n > 0 && st->npending < ahead) {
+        lc_msg *m;
+        rc = lc__sd_next_direct(&st->sd, &p, &n, &m);
+        if (rc != 0)
+            break;
+        lc__pending_append_locked(st, m);
+    }
+    if (rc < 0)
+        return rc;
+    rc = n ? lc__sd_feed(&st->sd, p, n) : 0;
     while (rc == 0 && st->npending < ahead) {
         lc_msg *m;
         rc = lc__sd_next(&st->sd, &m);
@@ -893,6 +905,11 @@ bool lc__backstop_locked(lc_session *s)
  */
 static void flush_or_defer_locked(lc_session *s)
 {
+    /* Nothing queued, nobody waiting on a flush: a flush would only look
+     * (what a reader leaves when its message needs no answer of its own, on
+     * every hop of a round trip) */
+    if (s->out.len == 0 && s->flush_waiters == 0 && !atomic_load(&s->senders_blocked))
+        return;
     if (s->out.len == 0 || s->out_urgent || !lc__backstop_locked(s))
         lc__flush_locked(s);
 }
@@ -958,9 +975,9 @@ static bool reading_blocked_locked(lc_session *s, bool resuming)
 /* Reads and dispatches until the carrier would block (then, for the engine,
  * asks for the next EPOLLIN) or reading must pause. Returns true when the
  * carrier would block (or `until`, the channel of a thread reading for
- * itself, has a message), false when the session ended or reading paused.
- * The caller holds the reader token. */
-static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drained)
+ * itself, has a message: then *ready is set), false when the session ended
+ * or reading paused. The caller holds the reader token. */
+static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drained, bool *ready_out)
 {
     if (drained)
         *drained = false;
@@ -1094,6 +1111,8 @@ static bool read_carrier(lc_session *s, bool engine, lc_chan *until, bool *drain
         if (ready) {
             if (drained)
                 *drained = !full_read; /* a short read took all there was */
+            if (ready_out)
+                *ready_out = true;
             return true;
         }
     }
@@ -1250,9 +1269,10 @@ static bool drive(void *ctx, lc_chan *c, int64_t now, int64_t deadline)
     bool drained = false, slept = false;
     unsigned round = 0;
     for (;;) {
-        if (!read_carrier(s, false, c, &drained))
+        bool ready = false; /* (read_carrier looked already when its read gave c a message) */
+        if (!read_carrier(s, false, c, &drained, &ready))
             break; /* ended, or paused */
-        if (lc__chan_recv_ready(c))
+        if (ready || lc__chan_recv_ready(c))
             break;
         int64_t fin_due = atomic_load_explicit(&s->fin_due, memory_order_relaxed);
         if (fin_due != 0 && lc__now_ns() >= fin_due)
@@ -1349,7 +1369,7 @@ void lc__carrier_cb(void *ctx, uint32_t ev)
     if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
         if (reader_take(s)) {
             lc__tls_reading = s;
-            read_carrier(s, true, NULL, NULL);
+            read_carrier(s, true, NULL, NULL, NULL);
             lc__tls_reading = NULL;
             lc__flush_now(s);
             lc__fin_settled(s); /* the engine read instead of the closing thread */

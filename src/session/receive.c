@@ -577,6 +577,8 @@ static void push_done(void *ctx, int result, lc_msg *m)
  * False when they do not decode (or the channel's end is cut short). */
 static bool decode_more_locked(lc_session *s, lc_stream *st)
 {
+    if (lc__sd_idle(&st->sd))
+        return true; /* (the look after every delivered batch) */
     int rc = lc__feed_stream_locked(s, st, NULL, 0);
     if (rc == 0 && st->remote_fin && !st->peer_reset) {
         int frc = lc__sd_finish(&st->sd);

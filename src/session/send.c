@@ -288,7 +288,15 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
     }
     if (e.pass_fds)
         pthread_mutex_lock(&s->wmu);
-    int rc = lc__encode(m, b, &hooks);
+    /* A message kept as its bytes (wire form: codec/decode.c, a reply built
+     * by lc_pack) goes out as they are, without a copy into b first */
+    const uint8_t *body = m->body == NULL ? m->wire : NULL;
+    size_t blen = body != NULL ? m->wire_len : 0;
+    int rc = body != NULL ? 0 : lc__encode(m, b, &hooks);
+    if (body == NULL) {
+        body = b->data;
+        blen = b->len;
+    }
     if (rc != 0) {
         if (e.pass_fds) {
             s->fd_out_seq -= e.npassed;
@@ -375,29 +383,29 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
         }
         pthread_mutex_unlock(&s->mu);
     }
-    if (!fin && e.n == 0 && b->len > 0 && s->tail_gen == s->out_gen && s->tail_end == s->out.len &&
-        s->tail_id == p->id && s->tail_len + b->len <= DATA_MERGE_MAX) {
+    if (!fin && e.n == 0 && blen > 0 && s->tail_gen == s->out_gen && s->tail_end == s->out.len &&
+        s->tail_id == p->id && s->tail_len + blen <= DATA_MERGE_MAX) {
         /* The frame just before is this channel's DATA, not written yet:
          * the message joins it (PROTOCOL.md: messages may share a frame;
          * the receiver decodes a byte stream). In a burst of small messages
          * this saves the 8-byte header and, on the receiving side, a frame's
          * dispatch per message. */
-        rc = lc__buf_append(&s->out, b->data, b->len);
+        rc = lc__buf_append(&s->out, body, blen);
         if (rc == 0) {
-            s->tail_len += b->len;
+            s->tail_len += blen;
             s->tail_end = s->out.len;
             lc__spdy_data_header(s->out.data + s->tail_hdr, p->id, 0, (uint32_t)s->tail_len);
             lc__note_data_wmu_locked(s, p);
-            p->sent += b->len;
+            p->sent += blen;
         }
     } else {
-        for (size_t off = 0; rc == 0 && (off < b->len || off == 0);) {
-            size_t chunk = b->len - off;
+        for (size_t off = 0; rc == 0 && (off < blen || off == 0);) {
+            size_t chunk = blen - off;
             if (chunk > LC_SPDY_MAX_LENGTH)
                 chunk = LC_SPDY_MAX_LENGTH;
             size_t hdr = s->out.len;
-            bool last = off + chunk == b->len;
-            rc = lc__spdy_put_data(&s->out, p->id, fin && last ? LC_SPDY_FLAG_FIN : 0, b->data + off, chunk);
+            bool last = off + chunk == blen;
+            rc = lc__spdy_put_data(&s->out, p->id, fin && last ? LC_SPDY_FLAG_FIN : 0, body + off, chunk);
             if (chunk > 0)
                 lc__note_data_wmu_locked(s, p);
             p->sent += chunk;
@@ -412,7 +420,7 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
                 s->tail_id = p->id;
                 s->tail_gen = s->out_gen;
             }
-            if (b->len == 0)
+            if (blen == 0)
                 break;
         }
     }
