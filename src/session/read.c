@@ -743,8 +743,13 @@ static void handle_frame(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
                 pthread_mutex_unlock(&s->mu);
             }
         }
-        atomic_store_explicit(&s->peer_known, true, memory_order_release);
-        if (!atomic_load(&s->peer_fc)) {
+        /* (seq_cst: a sender that saw peer_known unset and set first_wait
+         * is seen below; wait_first_frame) */
+        atomic_store(&s->peer_known, true);
+        /* whatever waited for the initial window goes on without one, and a
+         * message with byte streams that waited for this frame goes on,
+         * with fds if the peer offers them (send.c, wait_first_frame) */
+        if (!atomic_load(&s->peer_fc) || atomic_load(&s->first_wait) == FIRST_WAITING) {
             atomic_store(&s->senders_blocked, true);
             lc__wake_blocked_senders(s);
         }

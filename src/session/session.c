@@ -1182,6 +1182,12 @@ LC_API void lc_session_free(lc_session *s)
         pthread_mutex_unlock(&s->wmu);
         lc__session_unref(s); /* the cancelled backstop's reference */
     }
+    pthread_mutex_lock(&s->wmu);
+    lc_timer_id fid = s->first_timer; /* (send.c, wait_first_frame) */
+    s->first_timer = 0;
+    pthread_mutex_unlock(&s->wmu);
+    if (fid && lc__engine_timer_cancel(s->eng, fid))
+        lc__session_unref(s); /* the cancelled timer's reference */
     /* Close the carrier now, so no fd outlives the handle: wait out an
      * engine callback that deleted its own watch and is finishing, and a
      * write syscall in progress; nobody starts new I/O on a dead session

@@ -38,6 +38,10 @@ static inline int lc__val_as_fd(void *v) { return (int)(intptr_t)v - 2; }
 /* How many of the peer's refs already named a session remembers. */
 #define CLAIMED_KEEP 1024
 
+/* lc_session.first_wait: the wait of messages with byte streams for the
+ * peer's first frame (send.c) */
+enum { FIRST_NONE, FIRST_WAITING, FIRST_OVER };
+
 /* How many reset channels a session skims for passed fds at once. */
 #define SKIMS_KEEP 8
 
@@ -196,6 +200,12 @@ struct lc_session {
     _Atomic bool read_fds;        /* we read the carrier with recvmsg: until the peer's first
                                      frame, then once asked (we announced FD_READY), or for
                                      good toward a peer that passes fds unasked */
+    /* A message with byte streams sent before the peer's first frame was
+     * read waits for it (it says whether fds pass: PROTOCOL.md 7), at most
+     * FIRST_FRAME_WAIT_NS (send.c); then and from then on such messages use
+     * sub-streams until that frame comes */
+    _Atomic int first_wait;       /* FIRST_NONE, FIRST_WAITING (timer armed), FIRST_OVER */
+    lc_timer_id first_timer;      /* wmu: the bound's timer while armed (0: none) */
     bool fds_asked;               /* wmu: we sent FD_ASK */
     bool peer_asked;              /* reader: the peer sent FD_ASK */
     _Atomic bool peer_reads_fds;  /* the peer announced FD_READY (or reads fds always): we
