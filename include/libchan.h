@@ -457,7 +457,14 @@ LC_API size_t lc_receiver_queued(lc_receiver *r);
  * at most one second per session (docs/PROTOCOL.md 7); a peer that has not
  * spoken by then gets sub-streams. Otherwise they travel as a sub-stream the
  * sessions pump: the sending side reads and writes the fd it was given
- * (made O_NONBLOCK), the receiving program gets one end of a socketpair. A
+ * (made O_NONBLOCK), the receiving program gets one end of a socketpair. An
+ * fd the session cannot pump that way (a regular file or a directory: epoll
+ * takes neither) fails lc_send with LC_ENOTSUP, the message still the
+ * caller's: copy the file into a pipe or socketpair and send that. A
+ * channel end or byte stream whose sub-stream the sending side ended with an
+ * error before the message arrived comes already ended: a Sender whose
+ * sends fail with LC_ECLOSED, a Receiver that reports LC_ECLOSED, an fd
+ * whose other end is closed; the message and its channel go on. A
  * pipe a session reads this way gets 256 KiB of capacity (F_SETPIPE_SZ, for
  * fewer wake-ups; at most 16 pipes of the process at a time). For bulk data
  * over TCP, send the end of a socketpair rather than a pipe: the session

@@ -45,6 +45,7 @@ lc_sender *lc__make_net_sender(lc_stream *st, bool mu_held)
 typedef struct open_rec {
     lc_value *v;
     lc_stream *st;
+    lc_watch *w; /* a byte stream's fd, registered disarmed (lc__bytes_watch) */
 } open_rec;
 
 #define ENC_OPENS_INLINE 4 /* a request with a reply channel opens 1 */
@@ -92,9 +93,21 @@ static int enc_attachment(void *ctx, lc_value *v, uint8_t *ext, uint64_t *ref)
     lc_stream *st = lc__stream_new(e->s, kind);
     if (st == NULL)
         return LC_ENOMEM;
+    lc_watch *w = NULL;
+    if (kind == ST_BYTES) {
+        /* An fd the session cannot pump (epoll refuses a regular file) fails
+         * the send now, the message left to the caller: after its SYN_STREAM
+         * it could only be reset, lc_send returned 0, and the peer got a
+         * stream cut before its first byte (a review helper, over TCP). */
+        int rc = lc__bytes_watch(st, v->u.fd, &w);
+        if (rc != 0) {
+            lc__stream_unref(st);
+            return rc;
+        }
+    }
     st->ours = true;
     st->ref = atomic_fetch_add_explicit(&e->s->next_ref, 1, memory_order_relaxed);
-    e->opens[e->n++] = (open_rec){ v, st };
+    e->opens[e->n++] = (open_rec){ v, st, w };
     *ext = lc__codec_ext_for(v);
     *ref = st->ref;
     return 0;
@@ -529,10 +542,11 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
             /* the holder's mode is what the peer does: we do the opposite */
             lc_stream_mode mode = lc_value_stream_mode(e.opens[i].v);
             int fd = lc_value_take_fd(e.opens[i].v, NULL);
-            if (lc__bytes_start(st, fd, mode != LC_STREAM_WRITE, mode != LC_STREAM_READ, false) == 0) {
+            if (lc__bytes_start(st, fd, mode != LC_STREAM_WRITE, mode != LC_STREAM_READ, false, e.opens[i].w) == 0) {
                 lc__bytes_kick(st); /* the peer's bytes or FIN may already be here */
             } else {
-                /* e.g. a regular file: the peer must not wait for bytes forever */
+                /* (the session or the stream ended since the frames were
+                 * queued): the peer must not wait for bytes forever */
                 ctl_arg rst = { st->id, LC_SPDY_CANCEL };
                 lc__send_control(s, lc__ctl_rst, &rst);
                 pthread_mutex_lock(&s->mu);
@@ -562,6 +576,8 @@ fail:
         e.opens[i].st->into = NULL;
         e.opens[i].st->source = NULL;
         pthread_mutex_unlock(&s->mu);
+        if (e.opens[i].w != NULL)
+            lc__engine_del(e.opens[i].w); /* never armed: nothing ran */
         lc__stream_unref(e.opens[i].st);
     }
     if (e.opens != e.inl)

@@ -595,6 +595,50 @@ static void test_fd_sent_to_silent_peer_goes_after_a_bound(void **st)
     lc_listener_close(l);
 }
 
+/*
+ * A byte stream whose fd the session cannot pump (a regular file: epoll
+ * refuses it, and the poll(2) engine does as epoll) fails lc_send with
+ * LC_ENOTSUP, the message and its fd left to the caller, and the channel
+ * goes on. Before, lc_send returned 0, the sub-stream was reset at once,
+ * and the receiver's channel ended with LC_EPROTO on that message and every
+ * later one, no session error shown (a review helper).
+ */
+static void test_unpumpable_fd_is_refused_over_tcp(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    lc_listener *l;
+    lc_session *c, *sv;
+    session_pair("tcp://127.0.0.1:0", &l, &c, &sv);
+    lc_sender *tx;
+    assert_int_equal(lc_session_sender(c, &tx), 0);
+    assert_int_equal(lc_send(tx, nt_msg_n(1), 5000), 0);
+    char path[] = "/tmp/lc-regular-XXXXXX";
+    int fd = mkostemp(path, O_CLOEXEC);
+    assert_true(fd >= 0);
+    unlink(path);
+    lc_msg *m = lc_pack("{s:i, s:F}", "N", 2, "F", fd);
+    int rc = lc_send(tx, m, 5000);
+    if (rc == 0)
+        fail_msg("a regular file over TCP: lc_send returned 0");
+    assert_int_equal(rc, LC_ENOTSUP);
+    assert_false(lc_value_taken(lc_map_get(lc_msg_root(m), "F"))); /* still the caller's */
+    assert_true(fcntl(fd, F_GETFD) >= 0);
+    lc_msg_free(m);
+    assert_int_equal(lc_send(tx, nt_msg_n(3), 5000), 0);
+    lc_receiver *rx;
+    assert_int_equal(lc_session_receiver(sv, &rx, 5000), 0);
+    nt_expect_n(rx, 1);
+    nt_expect_n(rx, 3);
+    assert_int_equal(lc_session_error(c), 0);
+    assert_int_equal(lc_session_error(sv), 0);
+    lc_receiver_release(rx);
+    lc_sender_release(tx);
+    lc_session_free(c);
+    lc_session_free(sv);
+    lc_listener_close(l);
+}
+
 /* The fds a session holds for passing go with lc_session_free, even while
  * the application keeps one of its Senders: they waited for the session's
  * last reference (a review helper: 7302 fds of a freed session stayed open
@@ -1346,6 +1390,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fd_passed_as_itself_over_unix, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_sent_right_after_dial_is_passed, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_sent_to_silent_peer_goes_after_a_bound, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_unpumpable_fd_is_refused_over_tcp, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_passed_as_fd_0, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_refused_replies_close_their_passed_fds, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_slow_fd_channel_does_not_stall_others, lc_test_setup, lc_test_teardown),
