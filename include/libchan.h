@@ -426,7 +426,8 @@ LC_API int lc_select(lc_case *cases, size_t n, int64_t timeout_ms);
  * network Sender's fd learns that its window or its session's output filled
  * up from the try that returns LC_ETIMEDOUT: the next poll then waits for
  * room. So does the first message passing an fd on a unix session, which
- * waits one round trip for the peer to read fds: PROTOCOL.md 7.)
+ * waits one round trip for the peer to read fds, and before that for the
+ * peer's first frame if it was not read yet: PROTOCOL.md 7.)
  * Returns the fd, or a negative error.
  */
 LC_API int lc_receiver_pollfd(lc_receiver *r);
@@ -450,9 +451,20 @@ LC_API size_t lc_receiver_queued(lc_receiver *r);
  * gets working channel ends, nested without limit.
  *
  * Byte streams (lc_new_stream) travel as the fd itself between two libchan
- * sessions on a unix socket (SCM_RIGHTS); otherwise as a sub-stream the
+ * sessions on a unix socket (SCM_RIGHTS); a message carrying them that is
+ * sent before the session has read the peer's first frame (right after
+ * lc_dial, say) waits for that frame to learn whether the peer takes fds,
+ * at most one second per session (docs/PROTOCOL.md 7); a peer that has not
+ * spoken by then gets sub-streams. Otherwise they travel as a sub-stream the
  * sessions pump: the sending side reads and writes the fd it was given
- * (made O_NONBLOCK), the receiving program gets one end of a socketpair. A
+ * (made O_NONBLOCK), the receiving program gets one end of a socketpair. An
+ * fd the session cannot pump that way (a regular file or a directory: epoll
+ * takes neither) fails lc_send with LC_ENOTSUP, the message still the
+ * caller's: copy the file into a pipe or socketpair and send that. A
+ * channel end or byte stream whose sub-stream the sending side ended with an
+ * error before the message arrived comes already ended: a Sender whose
+ * sends fail with LC_ECLOSED, a Receiver that reports LC_ECLOSED, an fd
+ * whose other end is closed; the message and its channel go on. A
  * pipe a session reads this way gets 256 KiB of capacity (F_SETPIPE_SZ, for
  * fewer wake-ups; at most 16 pipes of the process at a time). For bulk data
  * over TCP, send the end of a socketpair rather than a pipe: the session

@@ -159,20 +159,36 @@ void lc__pipe_grown_release(lc_stream *st)
     }
 }
 
-int lc__bytes_start(lc_stream *st, int fd, bool we_read, bool we_write, bool mu_held)
+/*
+ * Registers fd for st's pump, disarmed (nothing runs until lc__bytes_start
+ * has stored fd and watch), before a message's frames are queued: a byte
+ * stream whose fd the engine refuses then fails the send, the message left
+ * to the caller. LC_ENOTSUP for an fd epoll does not take (a regular file,
+ * a directory), LC_EINVAL for one already watched (the same fd twice in a
+ * message), LC_EBADF for no open fd.
+ */
+int lc__bytes_watch(lc_stream *st, int fd, lc_watch **w)
+{
+    int rc = lc__engine_add(st->s->eng, fd, 0, bytes_cb, st, w);
+    return rc == -EPERM ? LC_ENOTSUP : rc == -EEXIST ? LC_EINVAL : rc;
+}
+
+/* Starts pumping fd for st; pre: its watch from lc__bytes_watch, or NULL
+ * (added here). On failure fd is closed and the watch deleted. */
+int lc__bytes_start(lc_stream *st, int fd, bool we_read, bool we_write, bool mu_held, lc_watch *pre)
 {
     lc_session *s = st->s;
     int fl = fcntl(fd, F_GETFL);
     int rc = 0;
-    lc_watch *w = NULL;
+    lc_watch *w = pre;
     if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
         rc = -errno;
     /* added disarmed: nothing runs before fd and fdw are stored */
-    if (rc == 0)
+    if (rc == 0 && w == NULL)
         rc = lc__engine_add(s->eng, fd, 0, bytes_cb, st, &w);
     if (!mu_held)
         pthread_mutex_lock(&s->mu);
-    lc_watch *unused = NULL;
+    lc_watch *unused = rc != 0 ? pre : NULL;
     if (rc == 0 && (s->dead || !st->in_table)) {
         /* the session ended (or the stream did) since the frames were
          * queued: lc__session_fail will not see this watch, and no FIN or RST can
@@ -193,7 +209,9 @@ int lc__bytes_start(lc_stream *st, int fd, bool we_read, bool we_write, bool mu_
         st->no_inbound = !we_write;
         stream_ref(st); /* the watch's reference, dropped in lc__bytes_close */
     } else {
-        /* e.g. a regular file (epoll refuses them): not a stream */
+        /* the session or the stream ended meanwhile, or fd took no
+         * O_NONBLOCK: not a stream (an fd epoll refuses fails the send
+         * before, lc__bytes_watch) */
         st->out_open = st->in_open = false;
     }
     if (rc == 0 && we_read)
@@ -238,7 +256,7 @@ int lc__bytes_open_received(lc_stream *sub, int ext, int *app_fd)
         setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
     }
     /* ext 2: the holder writes (we read our end); 3: the holder reads */
-    int rc = lc__bytes_start(sub, sv[1], ext != 3, ext != 2, true);
+    int rc = lc__bytes_start(sub, sv[1], ext != 3, ext != 2, true, NULL);
     if (rc != 0) {
         close(sv[0]);
         return rc;

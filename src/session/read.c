@@ -84,11 +84,11 @@ static void on_syn_stream(lc_session *s, const lc_spdy_frame *f, lc_receiver **a
     }
     if (s->streams.len >= MAX_OPEN_STREAMS) {
         /* too many open at once: this one is refused (its Sender gets
-         * LC_ECLOSED; a message naming it fails at once). A peer that opened
+         * LC_ECLOSED; a message naming it gets an ended end). A peer that opened
          * channels and never closed them grew the table without bound (the
          * accept queue only bounds channels nobody took yet). */
         if (hp != NULL)
-            lc__remember_claimed_locked(s, ref);
+            lc__remember_ended_locked(s, ref);
         pthread_mutex_unlock(&s->mu);
         ctl_arg rst = { f->stream_id, LC_SPDY_REFUSED_STREAM };
         lc__send_control(s, lc__ctl_rst, &rst);
@@ -743,8 +743,13 @@ static void handle_frame(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
                 pthread_mutex_unlock(&s->mu);
             }
         }
-        atomic_store_explicit(&s->peer_known, true, memory_order_release);
-        if (!atomic_load(&s->peer_fc)) {
+        /* (seq_cst: a sender that saw peer_known unset and set first_wait
+         * is seen below; wait_first_frame) */
+        atomic_store(&s->peer_known, true);
+        /* whatever waited for the initial window goes on without one, and a
+         * message with byte streams that waited for this frame goes on,
+         * with fds if the peer offers them (send.c, wait_first_frame) */
+        if (!atomic_load(&s->peer_fc) || atomic_load(&s->first_wait) == FIRST_WAITING) {
             atomic_store(&s->senders_blocked, true);
             lc__wake_blocked_senders(s);
         }

@@ -7,6 +7,8 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <errno.h>
 #include <unistd.h>
 
 /* ---- receiving: resolving references ------------------------------------- */
@@ -288,6 +290,49 @@ static void kick_streams(lc_session *s, kick_list *k)
  * can, in place. mu held. */
 static int resolve_refs_locked(lc_session *s, lc_msg *m, lc_value *v, int depth, kick_list *k);
 
+/*
+ * A ref whose sub-stream ended before this message named it (the peer reset
+ * it, e.g. a byte stream it could not pump, or we refused it): v becomes an
+ * end of its kind that shows what a reset does to a bound one, and the
+ * message goes on. A Sender (ext 4): its channel has no receiver (lc_send
+ * gives LC_ECLOSED); a Receiver (ext 5): closed with LC_ECLOSED; a byte
+ * stream (ext 1-3): a socketpair end whose peer is closed (EOF, EPIPE).
+ */
+static int resolve_ended(lc_value *v)
+{
+    uint8_t ext = v->mode;
+    if (ext == 4 || ext == 5) {
+        lc_receiver *r;
+        lc_sender *snd;
+        int rc = lc_pipe(&r, &snd, 0);
+        if (rc != 0)
+            return rc;
+        if (ext == 4) {
+            lc_receiver_release(r);
+            v->type = LC_SENDER;
+            v->u.sender = snd;
+        } else {
+            lc__close_error(snd, LC_ECLOSED);
+            lc_sender_release(snd);
+            v->type = LC_RECEIVER;
+            v->u.receiver = r;
+        }
+        v->mode = 0;
+    } else if (ext >= 1 && ext <= 3) {
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+            return -errno;
+        close(sv[1]);
+        v->type = LC_STREAM;
+        v->mode = ext == 1 ? LC_STREAM_DUPLEX : ext == 2 ? LC_STREAM_WRITE : LC_STREAM_READ;
+        v->u.fd = sv[0];
+    } else {
+        return LC_EPROTO;
+    }
+    v->flags &= (uint8_t)~LC_VF_TAKEN;
+    return 0;
+}
+
 static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *k)
 {
     if ((v->u.ref & LC_REF_PASSED_FD) && v->mode >= 1 && v->mode <= 3) {
@@ -306,9 +351,15 @@ static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *
         return lc__msg_track_attachment(m, v) != 0 ? LC_ENOMEM : 0;
     }
     lc_stream *sub = lc__map_get(&s->peer_refs, v->u.ref);
-    if (sub == NULL)
-        return lc__was_claimed_locked(s, v->u.ref) ? LC_EPROTO /* named twice */
-                                               : 1;        /* not arrived yet */
+    if (sub == NULL) {
+        if (lc__was_claimed_locked(s, v->u.ref))
+            return LC_EPROTO; /* named twice */
+        if (!lc__take_ended_locked(s, v->u.ref))
+            return 1; /* not arrived yet */
+        lc__remember_claimed_locked(s, v->u.ref); /* a second naming fails at once */
+        int rc = resolve_ended(v);
+        return rc != 0 ? rc : lc__msg_track_attachment(m, v) != 0 ? LC_ENOMEM : 0;
+    }
     if (sub->claimed)
         return LC_EPROTO; /* a sub-stream names one channel end, once */
     uint8_t ext = v->mode;

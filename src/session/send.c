@@ -45,6 +45,7 @@ lc_sender *lc__make_net_sender(lc_stream *st, bool mu_held)
 typedef struct open_rec {
     lc_value *v;
     lc_stream *st;
+    lc_watch *w; /* a byte stream's fd, registered disarmed (lc__bytes_watch) */
 } open_rec;
 
 #define ENC_OPENS_INLINE 4 /* a request with a reply channel opens 1 */
@@ -92,9 +93,21 @@ static int enc_attachment(void *ctx, lc_value *v, uint8_t *ext, uint64_t *ref)
     lc_stream *st = lc__stream_new(e->s, kind);
     if (st == NULL)
         return LC_ENOMEM;
+    lc_watch *w = NULL;
+    if (kind == ST_BYTES) {
+        /* An fd the session cannot pump (epoll refuses a regular file) fails
+         * the send now, the message left to the caller: after its SYN_STREAM
+         * it could only be reset, lc_send returned 0, and the peer got a
+         * stream cut before its first byte (a review helper, over TCP). */
+        int rc = lc__bytes_watch(st, v->u.fd, &w);
+        if (rc != 0) {
+            lc__stream_unref(st);
+            return rc;
+        }
+    }
     st->ours = true;
     st->ref = atomic_fetch_add_explicit(&e->s->next_ref, 1, memory_order_relaxed);
-    e->opens[e->n++] = (open_rec){ v, st };
+    e->opens[e->n++] = (open_rec){ v, st, w };
     *ext = lc__codec_ext_for(v);
     *ref = st->ref;
     return 0;
@@ -243,6 +256,74 @@ static int ask_for_fds(lc_session *s, lc_stream *p)
     return LC__WOULD_BLOCK; /* (the caller makes sure the carrier is read) */
 }
 
+/*
+ * How long a message with byte streams waits for the peer's first frame on
+ * a unix carrier. Ours write their SETTINGS as the session starts (the
+ * accepting side as lc_accept takes the connection), and a Go peer answers
+ * the SYN_STREAM of the channel (lc_session_sender writes it at once) with
+ * SYN_REPLY: any frame ends the wait, so it lasts the peer's accept plus a
+ * round trip, microseconds on an idle machine. A second is far past what a
+ * loaded one adds to that, and what a peer that never speaks first can
+ * cost: the wait happens once per session, after it such messages go at
+ * once, with sub-streams, until the first frame is read.
+ */
+#define FIRST_FRAME_WAIT_NS 1000000000LL
+
+/* The wait for the peer's first frame is over: its senders go on with
+ * sub-streams (the timer's reference). */
+static void first_frame_timer(void *ctx)
+{
+    lc_session *s = ctx;
+    pthread_mutex_lock(&s->wmu);
+    s->first_timer = 0;
+    pthread_mutex_unlock(&s->wmu);
+    atomic_store(&s->first_wait, FIRST_OVER);
+    atomic_store(&s->senders_blocked, true);
+    lc__wake_blocked_senders(s);
+    lc__session_unref(s);
+}
+
+/*
+ * A message with byte streams, before the peer's first frame was read on a
+ * carrier where we offer fd passing: whether the fds can go as themselves
+ * is not known yet. Sub-streams (what it got before) gave the receiver a
+ * socketpair end where the promise is the sender's own fd: the usual dial,
+ * then a request with its stdin and stdout, hit it whenever the send won
+ * the race with the read of the peer's SETTINGS (a review helper: 50 of
+ * 50 rounds between two processes; test_fd_sent_right_after_dial_is_passed).
+ * So it waits, as a sender out of window, until that frame is read
+ * (handle_frame wakes it), for FIRST_FRAME_WAIT_NS at most (then it goes
+ * with sub-streams). Returns 0 to send now, LC__WOULD_BLOCK to wait (the
+ * caller makes sure the carrier is read), or why the send fails.
+ */
+static int wait_first_frame(lc_session *s, lc_stream *p)
+{
+    pthread_mutex_lock(&s->wmu);
+    int end = send_refused_locked(s, p); /* (as ask_for_fds: no wait for a sure failure) */
+    if (end != 0) {
+        pthread_mutex_unlock(&s->wmu);
+        return end;
+    }
+    if (atomic_load(&s->first_wait) == FIRST_NONE) {
+        session_ref(s); /* the timer's */
+        if (lc__engine_timer_add(s->eng, lc__now_ns() + FIRST_FRAME_WAIT_NS, first_frame_timer, s,
+                                 &s->first_timer) == 0) {
+            atomic_store(&s->first_wait, FIRST_WAITING);
+        } else {
+            atomic_store(&s->first_wait, FIRST_OVER); /* no bound: no wait */
+            lc__session_unref(s);
+        }
+    }
+    pthread_mutex_unlock(&s->wmu);
+    atomic_store(&s->senders_blocked, true);
+    /* the first frame may have been read between the caller's look and the
+     * flag: then its wake found no flag (seq_cst both: one of us sees the
+     * other; handle_frame stores peer_known, then looks at first_wait) */
+    if (atomic_load(&s->peer_known) || atomic_load(&s->first_wait) == FIRST_OVER)
+        return 0;
+    return LC__WOULD_BLOCK;
+}
+
 /* The streams of a message's attachments are started (or the message
  * failed): one fewer for lc_session_close to wait for. */
 static void attach_started(lc_session *s)
@@ -280,6 +361,12 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
     b->len = 0;
     /* Passed fds are numbered in the order they go out, so a message that
      * passes some is encoded under wmu (rare; others encode unlocked). */
+    if (s->fdpass_local && !atomic_load(&s->peer_known) && atomic_load(&s->first_wait) != FIRST_OVER &&
+        msg_has_streams(m)) {
+        int waited = wait_first_frame(s, p);
+        if (waited != 0)
+            return waited; /* (nothing encoded yet: the message stays the caller's) */
+    }
     e.pass_fds = atomic_load(&s->peer_fdpass) && msg_has_streams(m);
     if (e.pass_fds && !atomic_load(&s->peer_reads_fds)) {
         int asked = ask_for_fds(s, p);
@@ -455,10 +542,11 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
             /* the holder's mode is what the peer does: we do the opposite */
             lc_stream_mode mode = lc_value_stream_mode(e.opens[i].v);
             int fd = lc_value_take_fd(e.opens[i].v, NULL);
-            if (lc__bytes_start(st, fd, mode != LC_STREAM_WRITE, mode != LC_STREAM_READ, false) == 0) {
+            if (lc__bytes_start(st, fd, mode != LC_STREAM_WRITE, mode != LC_STREAM_READ, false, e.opens[i].w) == 0) {
                 lc__bytes_kick(st); /* the peer's bytes or FIN may already be here */
             } else {
-                /* e.g. a regular file: the peer must not wait for bytes forever */
+                /* (the session or the stream ended since the frames were
+                 * queued): the peer must not wait for bytes forever */
                 ctl_arg rst = { st->id, LC_SPDY_CANCEL };
                 lc__send_control(s, lc__ctl_rst, &rst);
                 pthread_mutex_lock(&s->mu);
@@ -488,6 +576,8 @@ fail:
         e.opens[i].st->into = NULL;
         e.opens[i].st->source = NULL;
         pthread_mutex_unlock(&s->mu);
+        if (e.opens[i].w != NULL)
+            lc__engine_del(e.opens[i].w); /* never armed: nothing ran */
         lc__stream_unref(e.opens[i].st);
     }
     if (e.opens != e.inl)
@@ -518,11 +608,13 @@ static bool net_writable(void *ctx)
     lc_stream *st = ctx;
     lc_session *s = st->s;
     pthread_mutex_lock(&s->wmu);
-    /* (while FD_ASK waits for its answer no sender of the session is
-     * writable: a message with fds would only be refused again) */
+    /* (while FD_ASK waits for its answer, or a message with byte streams
+     * for the peer's first frame, no sender of the session is writable: a
+     * message with fds would only be refused again) */
     bool w = s->dead || st->local_fin || st->reset ||
              (!output_full(s) && send_window(s, st) > 0 &&
-              !(s->fds_asked && !atomic_load(&s->peer_reads_fds)));
+              !(s->fds_asked && !atomic_load(&s->peer_reads_fds)) &&
+              !(atomic_load(&s->first_wait) == FIRST_WAITING && !atomic_load(&s->peer_known)));
     pthread_mutex_unlock(&s->wmu);
     return w;
 }

@@ -214,8 +214,8 @@ void lc__stream_unref(lc_stream *st)
 }
 
 /*
- * Records a peer ref that a message named (or whose sub-stream ended unnamed),
- * so that naming it again fails at once. Only the last CLAIMED_KEEP are kept:
+ * Records a peer ref that a message named (or that a message never to be
+ * delivered named, skim_ref_found), so that naming it again fails at once. Only the last CLAIMED_KEEP are kept:
  * recording all of them grew without bound over a session's life (one entry
  * per fresh reply channel). An older ref named again waits like a ref that
  * never arrives, and fails after ref_timeout_ms. A ring written in order:
@@ -237,6 +237,35 @@ bool lc__was_claimed_locked(const lc_session *s, uint64_t ref)
     for (size_t i = 0; i < n; i++) /* (no early exit: the compiler vectorizes it) */
         found |= s->claimed_ring[i] == ref;
     return found;
+}
+
+/*
+ * Records a peer ref whose sub-stream ended (the peer reset it, or we
+ * refused or reset it) before any message named it. The message that names
+ * it later gets an ended channel end or byte stream (resolve_one_locked):
+ * recorded as claimed instead, that naming was "named twice", LC_EPROTO,
+ * and the message and the rest of its channel were lost though the peer's
+ * lc_send had returned 0 (a review helper: a regular file sent over TCP,
+ * whose sub-stream the sender reset at once). The last ENDED_KEEP are kept;
+ * an older one named waits like a ref that never arrives. mu held.
+ */
+void lc__remember_ended_locked(lc_session *s, uint64_t ref)
+{
+    s->ended_ring[s->ended_next % ENDED_KEEP] = (struct lc_ended_ref){ ref, true };
+    s->ended_next++;
+}
+
+/* Takes ref out of the ended ones: true if it was there. mu held. */
+bool lc__take_ended_locked(lc_session *s, uint64_t ref)
+{
+    size_t n = s->ended_next < ENDED_KEEP ? (size_t)s->ended_next : ENDED_KEEP;
+    for (size_t i = 0; i < n; i++) {
+        if (s->ended_ring[i].live && s->ended_ring[i].ref == ref) {
+            s->ended_ring[i].live = false;
+            return true;
+        }
+    }
+    return false;
 }
 
 /* Frees the bytes kept for a sub-stream before it was named. mu held. */
@@ -304,10 +333,11 @@ void lc__stream_maybe_done_locked(lc_session *s, lc_stream *st)
     lc__early_drop_locked(s, st); /* nothing will name it now */
     lc__reply_came_locked(s, st); /* none will be waited for now */
     if (st->kind == ST_UNBOUND && lc__map_get(&s->peer_refs, st->ref) == st) {
-        /* reset before any message named it: a later naming fails at once
-         * (found by fuzz_session: it used to leave a dangling entry) */
+        /* reset before any message named it: a later naming gets an ended
+         * end at once (found by fuzz_session: it used to leave a dangling
+         * entry) */
         lc__map_del(&s->peer_refs, st->ref);
-        lc__remember_claimed_locked(s, st->ref);
+        lc__remember_ended_locked(s, st->ref);
     }
     lc__stream_unref(st); /* the table's reference; the caller holds another */
 }
@@ -1182,6 +1212,12 @@ LC_API void lc_session_free(lc_session *s)
         pthread_mutex_unlock(&s->wmu);
         lc__session_unref(s); /* the cancelled backstop's reference */
     }
+    pthread_mutex_lock(&s->wmu);
+    lc_timer_id fid = s->first_timer; /* (send.c, wait_first_frame) */
+    s->first_timer = 0;
+    pthread_mutex_unlock(&s->wmu);
+    if (fid && lc__engine_timer_cancel(s->eng, fid))
+        lc__session_unref(s); /* the cancelled timer's reference */
     /* Close the carrier now, so no fd outlives the handle: wait out an
      * engine callback that deleted its own watch and is finishing, and a
      * write syscall in progress; nobody starts new I/O on a dead session

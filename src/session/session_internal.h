@@ -38,6 +38,15 @@ static inline int lc__val_as_fd(void *v) { return (int)(intptr_t)v - 2; }
 /* How many of the peer's refs already named a session remembers. */
 #define CLAIMED_KEEP 1024
 
+/* How many of the peer's sub-streams that ended before a message named
+ * them a session remembers (a message names its sub-streams right after
+ * opening them: the ones it names are among the newest). */
+#define ENDED_KEEP 256
+
+/* lc_session.first_wait: the wait of messages with byte streams for the
+ * peer's first frame (send.c) */
+enum { FIRST_NONE, FIRST_WAITING, FIRST_OVER };
+
 /* How many reset channels a session skims for passed fds at once. */
 #define SKIMS_KEEP 8
 
@@ -196,6 +205,12 @@ struct lc_session {
     _Atomic bool read_fds;        /* we read the carrier with recvmsg: until the peer's first
                                      frame, then once asked (we announced FD_READY), or for
                                      good toward a peer that passes fds unasked */
+    /* A message with byte streams sent before the peer's first frame was
+     * read waits for it (it says whether fds pass: PROTOCOL.md 7), at most
+     * FIRST_FRAME_WAIT_NS (send.c); then and from then on such messages use
+     * sub-streams until that frame comes */
+    _Atomic int first_wait;       /* FIRST_NONE, FIRST_WAITING (timer armed), FIRST_OVER */
+    lc_timer_id first_timer;      /* wmu: the bound's timer while armed (0: none) */
     bool fds_asked;               /* wmu: we sent FD_ASK */
     bool peer_asked;              /* reader: the peer sent FD_ASK */
     _Atomic bool peer_reads_fds;  /* the peer announced FD_READY (or reads fds always): we
@@ -217,6 +232,9 @@ struct lc_session {
     uint64_t claimed_ring[CLAIMED_KEEP]; /* peer refs already named by a message (the last
                                             CLAIMED_KEEP), oldest at claimed_next % CLAIMED_KEEP */
     uint64_t claimed_next;
+    struct lc_ended_ref { uint64_t ref; bool live; } ended_ring[ENDED_KEEP]; /* mu: peer refs whose
+                             sub-stream ended (reset, refused) before a message named them */
+    uint64_t ended_next;
     size_t refs_waiters;  /* mu: streams whose head message waits for sub-streams */
     size_t pushes_set;    /* mu: streams whose push_op is set (push_op_set_locked) */
     uint64_t fd_in_seq;
@@ -444,6 +462,8 @@ void lc__drop_chain(lc_session *s, lc_msg *chain);
 void lc__stream_unref(lc_stream *st);
 void lc__remember_claimed_locked(lc_session *s, uint64_t ref);
 bool lc__was_claimed_locked(const lc_session *s, uint64_t ref);
+void lc__remember_ended_locked(lc_session *s, uint64_t ref);
+bool lc__take_ended_locked(lc_session *s, uint64_t ref);
 void lc__early_drop_locked(lc_session *s, lc_stream *st);
 void lc__close_progress_locked(lc_session *s);
 void lc__reply_came_locked(lc_session *s, lc_stream *st);
@@ -485,7 +505,8 @@ void lc__pump_resume(lc_stream *st, lc_msg *held);
 /* bytes.c */
 int lc__bytes_inbound_locked(lc_session *s, lc_stream *st, const uint8_t *p, size_t n);
 void lc__pipe_grown_release(lc_stream *st);
-int lc__bytes_start(lc_stream *st, int fd, bool we_read, bool we_write, bool mu_held);
+int lc__bytes_watch(lc_stream *st, int fd, lc_watch **w);
+int lc__bytes_start(lc_stream *st, int fd, bool we_read, bool we_write, bool mu_held, lc_watch *pre);
 int lc__bytes_open_received(lc_stream *sub, int ext, int *app_fd);
 void lc__bytes_close(lc_stream *st);
 void lc__bytes_kick(lc_stream *st);

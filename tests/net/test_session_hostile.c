@@ -1276,17 +1276,29 @@ static void test_open_streams_are_bounded(void **st)
     assert_int_equal(rst, 1);
     assert_int_equal(f.status, LC_SPDY_REFUSED_STREAM);
     assert_int_equal(open, MAX);
-    /* a message naming a refused sub-stream (ref 100 + MAX) fails at once */
+    /* a message naming a refused sub-stream (ref 100 + MAX) gets an ended
+     * Sender at once; naming it again is a ref named twice */
     uint64_t ref = 100 + MAX;
     uint8_t m[] = { 0x81, 0xa1, 'S', 0xd6, 0x04, (uint8_t)(ref >> 24), (uint8_t)(ref >> 16), (uint8_t)(ref >> 8),
                     (uint8_t)ref };
     assert_int_equal(lc__spdy_put_data(&b, 1, 0, m, sizeof m), 0);
     nt_raw_send(&p, &b);
     int64_t t0 = lc_test_now_us();
-    int rc = nt_recv_rc(r, 10000);
+    lc_msg *got = NULL;
+    int rc = lc_recv(r, &got, 10000);
     int64_t waited = lc_test_now_us() - t0;
-    assert_int_equal(rc, LC_EPROTO);
+    assert_int_equal(rc, 0);
     assert_true(waited < 5000000);
+    lc_sender *refused;
+    assert_int_equal(lc_unpack(got, "{s:S}", "S", &refused), 0);
+    lc_msg_free(got);
+    got = lc_pack("{s:i}", "N", 1);
+    assert_int_equal(lc_send(refused, got, 5000), LC_ECLOSED);
+    lc_msg_free(got);
+    lc_sender_release(refused);
+    assert_int_equal(lc__spdy_put_data(&b, 1, 0, m, sizeof m), 0);
+    nt_raw_send(&p, &b);
+    assert_int_equal(nt_recv_rc(r, 10000), LC_EPROTO);
     assert_int_equal(lc_session_error(p.s), 0);
     lc_receiver_release(r);
     lc__buf_free(&b);
@@ -1561,19 +1573,112 @@ static void test_substream_parent_abuse_and_reset_refs(void **st)
     nt_put_n(&b, 9, 9);
     nt_raw_send(&p, &b);
     nt_expect_n(rd, 9);
-    /* ref 14 was reset: naming it fails at once */
+    /* ref 14 was reset: naming it gives an ended Sender at once
+     * (test_substreams_ended_before_named_give_ended_ends) */
     static const uint8_t dead[] = { 0x81, 0xa1, 'E', 0xd6, 0x04, 0, 0, 0, 14 };
     assert_int_equal(lc__spdy_put_data(&b, 1, 0, dead, sizeof dead), 0);
     nt_raw_send(&p, &b);
     int64_t t0 = lc_test_now_us();
-    assert_int_equal(nt_recv_rc(r, 10000), LC_EPROTO);
+    assert_int_equal(lc_recv(r, &m, 10000), 0);
     assert_true(lc_test_now_us() - t0 < 3000000);
+    lc_sender *se;
+    assert_int_equal(lc_unpack(m, "{s:S}", "E", &se), 0);
+    lc_msg_free(m);
+    lc_msg *x = lc_pack("{s:i}", "N", 2);
+    assert_int_equal(lc_send(se, x, 5000), LC_ECLOSED);
+    lc_msg_free(x);
+    lc_sender_release(se);
     assert_int_equal(lc_session_error(p.s), 0);
     nt_check_alive(&p, 13, 20);
     lc_sender_release(sa);
     lc_sender_release(sb);
     lc_sender_release(sc);
     lc_receiver_release(rd);
+    lc_receiver_release(r);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
+/*
+ * Sub-streams that ended before a message named them: reset by the peer (a
+ * libchan peer resets the sub-stream of an fd it cannot pump, or of a
+ * Receiver whose source failed) or ended with FIN. The message still comes,
+ * with ended ends of the kinds it names: a Sender whose sends fail with
+ * LC_ECLOSED, a Receiver that reports LC_ECLOSED (reset) or LC_EOF (FIN),
+ * byte streams whose other end is closed; the channel goes on. Naming such
+ * a ref a second time is still a ref named twice (LC_EPROTO). Before, a
+ * reset ref was recorded as claimed: the message failed as "named twice",
+ * and so did the channel, with every later message (LC_EPROTO), though the
+ * peer's lc_send had returned 0 and no session error showed.
+ */
+static void test_substreams_ended_before_named_give_ended_ends(void **st)
+{
+    LC_TEST_DEADLINE(30);
+    lc_options o;
+    lc_options_default(&o);
+    o.ref_timeout_ms = 20000; /* a wait would show up as a timeout below */
+    nt_raw p;
+    nt_raw_open(&p, &o);
+    lc_buf b;
+    lc__buf_init(&b);
+    nt_put_syn(&p, &b, 1, 2, 0, 0);
+    nt_put_n(&b, 1, 1);
+    nt_put_syn(&p, &b, 3, 10, 2, 0); /* a Sender for us */
+    nt_put_syn(&p, &b, 5, 11, 2, 0); /* a Receiver for us */
+    nt_put_syn(&p, &b, 7, 12, 2, 0); /* a byte stream the holder reads */
+    nt_put_syn(&p, &b, 9, 13, 2, 0); /* ... and one it writes */
+    nt_put_syn(&p, &b, 11, 14, 2, 0); /* a Receiver, ended with FIN */
+    for (uint32_t id = 3; id <= 9; id += 2)
+        assert_int_equal(lc__spdy_put_rst_stream(&b, id, LC_SPDY_CANCEL), 0);
+    assert_int_equal(lc__spdy_put_data(&b, 11, LC_SPDY_FLAG_FIN, NULL, 0), 0);
+    nt_raw_send(&p, &b);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+    nt_expect_n(r, 1);
+    /* (read: the resets came before the message) */
+    assert_int_equal(lc__spdy_put_ping(&b, 1), 0);
+    nt_raw_send(&p, &b);
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 5000), 1);
+    static const uint8_t five[] = { 0x85, 0xa1, 'S', 0xd6, 0x04, 0, 0, 0, 10, 0xa1, 'R', 0xd6, 0x05, 0, 0, 0, 11,
+                                    0xa1, 'I', 0xd6, 0x03, 0, 0, 0, 12, 0xa1, 'O', 0xd6, 0x02, 0, 0, 0, 13,
+                                    0xa1, 'F', 0xd6, 0x05, 0, 0, 0, 14 };
+    assert_int_equal(lc__spdy_put_data(&b, 1, 0, five, sizeof five), 0);
+    nt_put_n(&b, 1, 2);
+    nt_raw_send(&p, &b);
+    lc_msg *m;
+    int64_t t0 = lc_test_now_us();
+    int rc = lc_recv(r, &m, 10000);
+    if (rc != 0)
+        fail_msg("the message naming ended sub-streams: %s", lc_strerror(rc));
+    assert_true(lc_test_now_us() - t0 < 3000000);
+    lc_sender *snd;
+    lc_receiver *rr, *rf;
+    int in, out;
+    assert_int_equal(lc_unpack(m, "{s:S, s:R, s:F, s:F, s:R}", "S", &snd, "R", &rr, "I", &in, "O", &out, "F", &rf), 0);
+    lc_msg_free(m);
+    lc_msg *x = lc_pack("{s:i}", "N", 3);
+    assert_int_equal(lc_send(snd, x, 5000), LC_ECLOSED);
+    lc_msg_free(x);
+    assert_int_equal(nt_recv_rc(rr, 5000), LC_ECLOSED);
+    assert_int_equal(nt_recv_rc(rf, 5000), LC_EOF);
+    char c;
+    assert_int_equal(read(in, &c, 1), 0);
+    errno = 0;
+    assert_int_equal(send(out, "x", 1, MSG_NOSIGNAL), -1);
+    assert_int_equal(errno, EPIPE);
+    close(in);
+    close(out);
+    lc_sender_release(snd);
+    lc_receiver_release(rr);
+    lc_receiver_release(rf);
+    nt_expect_n(r, 2); /* the channel goes on */
+    /* named again: a ref named twice */
+    static const uint8_t again[] = { 0x81, 0xa1, 'S', 0xd6, 0x04, 0, 0, 0, 10 };
+    assert_int_equal(lc__spdy_put_data(&b, 1, 0, again, sizeof again), 0);
+    nt_raw_send(&p, &b);
+    assert_int_equal(nt_recv_rc(r, 10000), LC_EPROTO);
+    assert_int_equal(lc_session_error(p.s), 0);
+    nt_check_alive(&p, 13, 20);
     lc_receiver_release(r);
     lc__buf_free(&b);
     nt_raw_close(&p);
@@ -2977,6 +3082,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ended_peer_streams_leave_the_table, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_syn_fin_channels_leave_the_table, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_substream_parent_abuse_and_reset_refs, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_substreams_ended_before_named_give_ended_ends, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_one_message_names_a_ref_twice, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_stream_id_edges, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_control_frame_length_edges, lc_test_setup, lc_test_teardown),

@@ -439,6 +439,206 @@ static void test_fd_passed_as_itself_over_unix(void **st)
     run_fd_pass(url, true, false);
 }
 
+typedef struct early_send {
+    lc_sender *tx;
+    int fd;
+    int rc;
+    int64_t us;
+} early_send;
+
+static void *early_send_fn(void *x)
+{
+    early_send *e = x;
+    int64_t t0 = lc_test_now_us();
+    e->rc = lc_send(e->tx, lc_pack("{s:F}", "Stdin", e->fd), 5000);
+    e->us = lc_test_now_us() - t0;
+    return NULL;
+}
+
+/* Receives the message of early_send on sv's first channel; whether its fd
+ * is the pipe whose read end st0 describes (else: a socket, a sub-stream's).
+ * Either way the bytes written into w come through it. */
+static bool recv_early_fd(lc_session *sv, const struct stat *st0, int w)
+{
+    lc_receiver *rx;
+    assert_int_equal(lc_session_receiver(sv, &rx, 5000), 0);
+    lc_msg *m;
+    assert_int_equal(lc_recv(rx, &m, 5000), 0);
+    int fd;
+    assert_int_equal(lc_unpack(m, "{s:F}", "Stdin", &fd), 0);
+    lc_msg_free(m);
+    struct stat got;
+    assert_int_equal(fstat(fd, &got), 0);
+    bool same = S_ISFIFO(got.st_mode) && got.st_ino == st0->st_ino && got.st_dev == st0->st_dev;
+    if (!same)
+        assert_true(S_ISSOCK(got.st_mode));
+    assert_int_equal(write_all(w, "early", 5), 0);
+    close(w);
+    char buf[8];
+    assert_int_equal(read_all(fd, buf, sizeof buf), 5);
+    assert_memory_equal(buf, "early", 5);
+    close(fd);
+    lc_receiver_release(rx);
+    return same;
+}
+
+/*
+ * The usual client: dial, then at once a request with a byte stream (its
+ * stdin). Over unix between two sessions of ours the stream is the fd itself
+ * (libchan.h), also when the request goes before the server's SETTINGS was
+ * read: it waits for that frame (PROTOCOL.md 7). Here the server's session,
+ * and so its SETTINGS, only starts (lc_accept) while the send is under way.
+ * Before, the send went at once with a sub-stream and the server got a
+ * socketpair end: 10 of 10 rounds (a review helper: 50 of 50 between two
+ * processes, 6 of 20 with the accept before the send).
+ */
+static void test_fd_sent_right_after_dial_is_passed(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(60);
+    enum { ROUNDS = 10 };
+    char url[128];
+    snprintf(url, sizeof url, "unix:///tmp/lc-early-%d.sock", (int)getpid());
+    lc_listener *l;
+    assert_int_equal(lc_listen(url, NULL, &l, NULL), 0);
+    int passed = 0;
+    int64_t longest = 0;
+    for (int r = 0; r < ROUNDS; r++) {
+        lc_session *c, *sv;
+        assert_int_equal(lc_dial(url, NULL, &c, NULL), 0);
+        lc_sender *tx;
+        assert_int_equal(lc_session_sender(c, &tx), 0);
+        int p[2];
+        assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+        struct stat orig;
+        assert_int_equal(fstat(p[0], &orig), 0);
+        early_send e = { tx, p[0], -1, 0 };
+        pthread_t th;
+        assert_int_equal(pthread_create(&th, NULL, early_send_fn, &e), 0);
+        assert_int_equal(lc_accept(l, &sv, 5000), 0);
+        pthread_join(th, NULL);
+        assert_int_equal(e.rc, 0);
+        if (e.us > longest)
+            longest = e.us;
+        bool same = recv_early_fd(sv, &orig, p[1]);
+        if (!same)
+            fprintf(stderr, "round %d: the server got a socketpair end, not the client's pipe\n", r);
+        passed += same;
+        lc_sender_release(tx);
+        lc_session_free(c);
+        lc_session_free(sv);
+    }
+    fprintf(stderr, "%d of %d rounds passed the pipe itself; the longest send took %lld us\n", passed, ROUNDS,
+            (long long)longest);
+    lc_listener_close(l);
+    assert_int_equal(passed, ROUNDS);
+    assert_true(longest < 900000); /* the frame ended the waits, not their bound */
+}
+
+/*
+ * A peer that never speaks first (here: a connection nobody accepted yet,
+ * so no session writes a SETTINGS) holds a message with a byte stream for
+ * the bound only, about a second; it then goes with a sub-stream, and so do
+ * the next ones at once, without a wait of their own.
+ */
+static void test_fd_sent_to_silent_peer_goes_after_a_bound(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(60);
+    char url[128];
+    snprintf(url, sizeof url, "unix:///tmp/lc-silent-%d.sock", (int)getpid());
+    lc_listener *l;
+    assert_int_equal(lc_listen(url, NULL, &l, NULL), 0);
+    lc_session *c, *sv;
+    assert_int_equal(lc_dial(url, NULL, &c, NULL), 0);
+    lc_sender *tx;
+    assert_int_equal(lc_session_sender(c, &tx), 0);
+    int p[2], q[2];
+    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+    assert_int_equal(pipe2(q, O_CLOEXEC), 0);
+    struct stat sp, sq;
+    assert_int_equal(fstat(p[0], &sp), 0);
+    assert_int_equal(fstat(q[0], &sq), 0);
+    early_send e1 = { tx, p[0], -1, 0 }, e2 = { tx, q[0], -1, 0 };
+    early_send_fn(&e1);
+    early_send_fn(&e2);
+    fprintf(stderr, "sends before the peer's first frame took %lld and %lld us\n", (long long)e1.us,
+            (long long)e2.us);
+    assert_int_equal(e1.rc, 0);
+    assert_int_equal(e2.rc, 0);
+    assert_true(e1.us >= 900000 && e1.us < 4000000);
+    assert_true(e2.us < 500000);
+    assert_int_equal(lc_accept(l, &sv, 5000), 0);
+    lc_receiver *rx;
+    assert_int_equal(lc_session_receiver(sv, &rx, 5000), 0);
+    for (int i = 0; i < 2; i++) {
+        lc_msg *m;
+        assert_int_equal(lc_recv(rx, &m, 5000), 0);
+        int fd;
+        assert_int_equal(lc_unpack(m, "{s:F}", "Stdin", &fd), 0);
+        lc_msg_free(m);
+        struct stat got;
+        assert_int_equal(fstat(fd, &got), 0);
+        assert_true(S_ISSOCK(got.st_mode)); /* a sub-stream's socketpair end */
+        int w = i == 0 ? p[1] : q[1];
+        assert_int_equal(write_all(w, "late", 4), 0);
+        close(w);
+        char buf[8];
+        assert_int_equal(read_all(fd, buf, sizeof buf), 4);
+        assert_memory_equal(buf, "late", 4);
+        close(fd);
+    }
+    lc_receiver_release(rx);
+    lc_sender_release(tx);
+    lc_session_free(c);
+    lc_session_free(sv);
+    lc_listener_close(l);
+}
+
+/*
+ * A byte stream whose fd the session cannot pump (a regular file: epoll
+ * refuses it, and the poll(2) engine does as epoll) fails lc_send with
+ * LC_ENOTSUP, the message and its fd left to the caller, and the channel
+ * goes on. Before, lc_send returned 0, the sub-stream was reset at once,
+ * and the receiver's channel ended with LC_EPROTO on that message and every
+ * later one, no session error shown (a review helper).
+ */
+static void test_unpumpable_fd_is_refused_over_tcp(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    lc_listener *l;
+    lc_session *c, *sv;
+    session_pair("tcp://127.0.0.1:0", &l, &c, &sv);
+    lc_sender *tx;
+    assert_int_equal(lc_session_sender(c, &tx), 0);
+    assert_int_equal(lc_send(tx, nt_msg_n(1), 5000), 0);
+    char path[] = "/tmp/lc-regular-XXXXXX";
+    int fd = mkostemp(path, O_CLOEXEC);
+    assert_true(fd >= 0);
+    unlink(path);
+    lc_msg *m = lc_pack("{s:i, s:F}", "N", 2, "F", fd);
+    int rc = lc_send(tx, m, 5000);
+    if (rc == 0)
+        fail_msg("a regular file over TCP: lc_send returned 0");
+    assert_int_equal(rc, LC_ENOTSUP);
+    assert_false(lc_value_taken(lc_map_get(lc_msg_root(m), "F"))); /* still the caller's */
+    assert_true(fcntl(fd, F_GETFD) >= 0);
+    lc_msg_free(m);
+    assert_int_equal(lc_send(tx, nt_msg_n(3), 5000), 0);
+    lc_receiver *rx;
+    assert_int_equal(lc_session_receiver(sv, &rx, 5000), 0);
+    nt_expect_n(rx, 1);
+    nt_expect_n(rx, 3);
+    assert_int_equal(lc_session_error(c), 0);
+    assert_int_equal(lc_session_error(sv), 0);
+    lc_receiver_release(rx);
+    lc_sender_release(tx);
+    lc_session_free(c);
+    lc_session_free(sv);
+    lc_listener_close(l);
+}
+
 /* The fds a session holds for passing go with lc_session_free, even while
  * the application keeps one of its Senders: they waited for the session's
  * last reference (a review helper: 7302 fds of a freed session stayed open
@@ -1055,7 +1255,9 @@ static void test_one_way_streams_leave_the_tables(void **st)
 /* One-way byte streams that end before the peer's SETTINGS is read (the
  * server starts its session in lc_accept): they wait for a SYN_REPLY until
  * that SETTINGS says NO_REPLIES, and then leave the table. They stayed for
- * the session's life (a review helper: 50 of 50). */
+ * the session's life (a review helper: 50 of 50). (Sub-streams: the first
+ * send waits for the peer's first frame, which no session writes before
+ * lc_accept, for its bound of a second; PROTOCOL.md 7.) */
 static size_t bytes_ended(lc_session *s)
 {
     size_t n = 0;
@@ -1186,6 +1388,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rexec_streams_over_tcp, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_go_echo_vector_answered_like_go, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_passed_as_itself_over_unix, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_fd_sent_right_after_dial_is_passed, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_fd_sent_to_silent_peer_goes_after_a_bound, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_unpumpable_fd_is_refused_over_tcp, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_passed_as_fd_0, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_refused_replies_close_their_passed_fds, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_slow_fd_channel_does_not_stall_others, lc_test_setup, lc_test_teardown),
