@@ -372,6 +372,15 @@ LC_API int lc_send_last(lc_sender *s, lc_msg *m, int64_t timeout_ms);
  * Receives the next message into *m (the caller owns it). Blocks at most
  * timeout_ms. Returns LC_EOF once the channel is closed and drained, or
  * LC_ETIMEDOUT.
+ *
+ * On a channel a session fills (a network Receiver, or a channel whose
+ * Sender was sent over a session) a message is taken as it arrives: the
+ * receiving thread of a buffered channel reads the session's carrier itself
+ * while no other thread does, and otherwise the session's engine reads it
+ * for as long as the call waits. A poll (timeout 0) that finds nothing has
+ * the engine read what comes next, for the next poll. The same holds for
+ * lc_select and the pollable fds, and for a send that waits for a network
+ * Sender's window.
  */
 LC_API int lc_recv(lc_receiver *r, lc_msg **m, int64_t timeout_ms);
 

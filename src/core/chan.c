@@ -198,7 +198,9 @@ struct lc_chan {
     void *net_ctx;
     const lc__feeder_ops *feed;      /* network Receiver: who fills the ring (mu) */
     void *feed_ctx;
-    _Atomic bool passive;            /* waited on without drive (lc__feeder_ops.passive) */
+    _Atomic bool fed;                /* a feeder was set once: waits may need to tell it */
+    _Atomic bool passive;            /* waited on without drive (lc__feeder_ops.passive; a
+                                      * network Sender: without sending, lc__net_ops.passive) */
     int recv_efd, send_efd;
     bool recv_sig, send_sig;
     /* the filling party's room watch (lc__room_watch): fired by the receive
@@ -219,6 +221,7 @@ struct lc_receiver {
 };
 
 static void mark_passive(lc_chan *c);
+static void poll_missed(lc_chan *c);
 
 /*
  * A zeroed channel on its 64-byte boundary, from plain malloc. glibc's
@@ -1164,11 +1167,22 @@ LC_API int lc_select(lc_case *cases, size_t n, int64_t timeout_ms)
             ret = LC_ETIMEDOUT;
         }
     } else {
+        /* A network Sender's send case waits for a window that only reading
+         * the carrier opens, as a receive case on a fed channel waits for
+         * what it brings. (The send case used to recover only because a
+         * reading thread's flush woke it to try again, and the failed try
+         * re-armed the carrier.) */
         if (timeout_ms != 0)
+            for (size_t i = 0; i < n; i++) {
+                lc_chan *c = case_chan(&cases[i]);
+                if (c != NULL && (cases[i].op == LC_CASE_RECV || c->net != NULL))
+                    mark_passive(c);
+            }
+        ret = select_wait(cases, order, active, locks, nlocks, sgs, deadline);
+        if (ret == LC_ETIMEDOUT && timeout_ms == 0)
             for (size_t i = 0; i < n; i++)
                 if (cases[i].op == LC_CASE_RECV && case_chan(&cases[i]) != NULL)
-                    mark_passive(case_chan(&cases[i]));
-        ret = select_wait(cases, order, active, locks, nlocks, sgs, deadline);
+                    poll_missed(case_chan(&cases[i]));
     }
     free(heap);
     return ret;
@@ -1236,15 +1250,19 @@ bool lc__sender_claim_feeder(lc_sender *s, const lc__feeder_ops *ops, void *ctx,
     /* (cap and net never change: a network Sender's lock is not taken here,
      * under the caller's session locks, see poll_update_unless_net) */
     *passive = false;
-    if (s->c->cap == 0 || s->c->net != NULL)
+    if (s->c->net != NULL)
         return false;
     pthread_mutex_lock(&s->c->mu);
     bool ok = s->c->feed == NULL;
     if (ok)
         feeder_set(s->c, ops, ctx);
+    /* a receiver that waits already began without a feeder to tell
+     * (waiting): it counts as passive (a thread that blocks on the reply
+     * channel before another sends the request) */
+    bool waited = ok && atomic_load_explicit(&s->c->recvq.len, memory_order_relaxed) > 0;
     pthread_mutex_unlock(&s->c->mu);
     /* not feeder_told: the caller holds its own locks; it calls passive */
-    *passive = ok && atomic_load(&s->c->passive);
+    *passive = ok && (waited || atomic_load(&s->c->passive));
     return ok;
 }
 
@@ -1256,6 +1274,84 @@ void lc__sender_release_feeder(lc_sender *s, void *ctx)
         s->c->feed_ctx = NULL;
     }
     pthread_mutex_unlock(&s->c->mu);
+}
+
+/*
+ * A wait of one case that does not read the carrier the channel depends on
+ * (a fed channel's receive that drive could not serve, a network Sender's
+ * send out of window): its feeder or session keeps the carrier watched
+ * while it lasts. A thread that reads its own channel leaves the carrier
+ * unwatched when it drained it (lazy re-arming, session/read.c); a receive
+ * that waited beside it saw its message only at the backstop, ~4 ms later
+ * (test_recv_beside_a_reading_thread_is_woken_at_once).
+ */
+typedef struct passive_wait {
+    const lc__feeder_ops *feed; /* retained */
+    const lc__net_ops *net;     /* the caller's Sender keeps it */
+    void *ctx;
+} passive_wait;
+
+static void passive_begin(lc_chan *c, bool recv, passive_wait *pw)
+{
+    pw->feed = NULL;
+    pw->net = NULL;
+    pw->ctx = NULL;
+    if (c->net != NULL) {
+        if (!recv && c->net->waiting != NULL) {
+            pw->net = c->net;
+            pw->ctx = c->net_ctx;
+            pw->net->waiting(pw->ctx, 1);
+        }
+        return;
+    }
+    /* (fed: no lock for a channel that never had a feeder) */
+    if (!recv || !atomic_load_explicit(&c->fed, memory_order_relaxed))
+        return;
+    pthread_mutex_lock(&c->mu);
+    const lc__feeder_ops *ops = c->feed;
+    void *ctx = c->feed_ctx;
+    if (ops != NULL && ops->waiting != NULL)
+        ops->retain(ctx);
+    else
+        ops = NULL;
+    pthread_mutex_unlock(&c->mu);
+    if (ops != NULL) {
+        pw->feed = ops;
+        pw->ctx = ctx;
+        ops->waiting(ctx, 1);
+    }
+}
+
+static void passive_end(passive_wait *pw)
+{
+    if (pw->net != NULL)
+        pw->net->waiting(pw->ctx, -1);
+    if (pw->feed != NULL) {
+        pw->feed->waiting(pw->ctx, -1);
+        pw->feed->release(pw->ctx);
+    }
+}
+
+/* A receive polled with timeout 0 found nothing on c: if a feeder fills it,
+ * what comes next must reach it without the caller reading (a poll loop
+ * after a thread's own read left the carrier unwatched saw its message only
+ * at the backstop: test_polled_recv_sees_messages_at_once). */
+static void poll_missed(lc_chan *c)
+{
+    if (c->net != NULL || !atomic_load_explicit(&c->fed, memory_order_relaxed))
+        return;
+    pthread_mutex_lock(&c->mu);
+    const lc__feeder_ops *ops = c->feed;
+    void *ctx = c->feed_ctx;
+    if (ops != NULL && ops->waiting != NULL)
+        ops->retain(ctx);
+    else
+        ops = NULL;
+    pthread_mutex_unlock(&c->mu);
+    if (ops != NULL) {
+        ops->waiting(ctx, 0);
+        ops->release(ctx);
+    }
 }
 
 /* One case: the lock-free attempt first, then the general path. */
@@ -1277,6 +1373,8 @@ static int single_case(lc_case *cs, int64_t timeout_ms)
                 poll_update(c);
                 pthread_mutex_unlock(&c->mu);
             }
+            if (cs->op == LC_CASE_RECV)
+                poll_missed(c);
             return LC_ETIMEDOUT;
         }
         int64_t now = mono_ns();
@@ -1306,7 +1404,14 @@ static int single_case(lc_case *cs, int64_t timeout_ms)
     }
     size_t order = 0;
     sudog sg;
+    passive_wait pw;
+    if (deadline != 0)
+        passive_begin(c, cs->op == LC_CASE_RECV, &pw);
     int rc = select_wait(cs, &order, 1, &c, 1, &sg, deadline);
+    if (deadline != 0)
+        passive_end(&pw);
+    else if (rc == LC_ETIMEDOUT && cs->op == LC_CASE_RECV)
+        poll_missed(c); /* (unbuffered) */
     return rc < 0 ? rc : 0;
 }
 
@@ -1365,8 +1470,15 @@ LC_API int lc_recv(lc_receiver *r, lc_msg **m, int64_t timeout_ms)
  * the first time (one load): lc_select calls it for every receive case. */
 static void mark_passive(lc_chan *c)
 {
-    if (c->cap == 0 || atomic_load_explicit(&c->passive, memory_order_relaxed))
+    if (atomic_load_explicit(&c->passive, memory_order_relaxed))
         return;
+    if (c->net != NULL) {
+        /* (the caller's Sender keeps the ops' ctx; no channel lock: they
+         * take the session's, see poll_update_unless_net) */
+        if (!atomic_exchange(&c->passive, true) && c->net->passive != NULL)
+            c->net->passive(c->net_ctx);
+        return;
+    }
     pthread_mutex_lock(&c->mu);
     bool first = !atomic_exchange(&c->passive, true);
     const lc__feeder_ops *ops = first ? c->feed : NULL;
@@ -1385,6 +1497,8 @@ static void feeder_set(lc_chan *c, const lc__feeder_ops *ops, void *ctx)
 {
     c->feed = ops;
     c->feed_ctx = ctx;
+    if (ops != NULL)
+        atomic_store_explicit(&c->fed, true, memory_order_relaxed);
 }
 
 /* A feeder set on a channel already waited on passively learns it now. */
@@ -1689,8 +1803,9 @@ static int chan_pollfd(lc_chan *c, bool recv_side)
     }
     int fd = *efd;
     pthread_mutex_unlock(&c->mu);
-    if (recv_side)
-        mark_passive(c); /* whoever polls the fd does not read the carrier */
+    if (recv_side || c->net != NULL)
+        mark_passive(c); /* whoever polls the fd does not read the carrier (nor
+                          * get a network Sender's window opened by it) */
     return fd;
 }
 

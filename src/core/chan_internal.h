@@ -104,6 +104,11 @@ typedef struct lc__net_ops {
     /* as try_send, and the message ends the channel (lc_send_last); NULL:
      * lc_send_last sends, then closes */
     int (*try_send_last)(void *ctx, lc_msg *m);
+    /* What opens a full window comes by reading the carrier: the same as
+     * lc__feeder_ops.passive (lc_select, a pollable fd: once per channel)
+     * and .waiting (a blocked lc_send), for the sending side. */
+    void (*passive)(void *ctx);
+    void (*waiting)(void *ctx, int delta);
 } lc__net_ops;
 lc_sender *lc__net_sender_new(const lc__net_ops *ops, void *ctx, lc_chan **chan);
 void lc__chan_wake_senders(lc_chan *c);
@@ -134,14 +139,23 @@ typedef struct lc__feeder_ops {
      * own (a session keeps its engine watching the carrier). Called once per
      * channel and feeder, without channel locks. */
     void (*passive)(void *ctx);
+    /* One wait that does not read, and does not recur as lc_select's and a
+     * pollable fd's do: +1 as it begins (drive said another thread reads, or
+     * the channel is unbuffered, which nothing drives), -1 as it ends; the
+     * feeder keeps the carrier watched in between. 0: a poll (timeout 0)
+     * found nothing; what comes next must be read without the caller (the
+     * feeder makes sure the carrier is watched now). Without channel locks. */
+    void (*waiting)(void *ctx, int delta);
 } lc__feeder_ops;
 void lc__receiver_set_feeder(lc_receiver *r, const lc__feeder_ops *ops, void *ctx);
 /* Called by the filling side (it holds the Sender) before it lets go. */
 void lc__sender_clear_feeder(lc_sender *s);
-/* For a session forwarding into an application's buffered channel: become
- * its feeder unless it has one (true if claimed; *passive: the channel was
- * already waited on without drive, the caller calls ops->passive itself once
- * its locks are released); release only if still ours. */
+/* For a session forwarding into an application's channel: become its
+ * feeder unless it has one (true if claimed; *passive: the channel was
+ * already waited on without drive, or a receiver waits on it now, before it
+ * had a feeder to count it: the caller calls ops->passive itself once its
+ * locks are released); release only if still ours. An unbuffered channel is
+ * never driven (drive looks at a ring); its feeder hears of its waits. */
 bool lc__sender_claim_feeder(lc_sender *s, const lc__feeder_ops *ops, void *ctx, bool *passive);
 void lc__sender_release_feeder(lc_sender *s, void *ctx);
 /* Messages queued in s's channel (rings; 0 for others). */

@@ -845,10 +845,15 @@ static void arm_read(lc_session *s)
  * them, bench_session unix). So when the carrier was drained, the watch
  * stays disarmed: the next receive reads it anyway. A backstop timer arms
  * it once no thread has read for LAZY_REARM_NS; whatever waits without
- * reading (a sender out of window, lc_session_receiver, lc_session_close)
- * arms it at once (lc__ensure_watched), and a channel waited on without reading
- * (lc_select, a pollable fd, a callback receive) turns lazy re-arming off
- * for the session (lc__feeder_passive). What still depends on the backstop:
+ * reading (a sender out of window, lc_session_receiver, lc_session_close,
+ * a receive polled with timeout 0 that found nothing) arms it at once
+ * (lc__ensure_watched); a wait without reading that may outlast other
+ * threads' reads (lc_recv that found another thread reading, a receive on
+ * an unbuffered reply channel, lc_send out of window) also keeps it from
+ * going lazy while it lasts (lc__session_waiting); and a channel waited on
+ * without reading again and again (lc_select, a pollable fd of either end,
+ * a callback receive) turns lazy re-arming off for the session
+ * (lc__feeder_passive). What still depends on the backstop:
  * frames for the engine's own work (bytes for a byte stream's fd, a peer's
  * PING) that arrive after the last thread stopped reading.
  * 4 ms: with 1 ms, the backstop's own wake-ups on 2 busy cores made 2-4% of
@@ -925,7 +930,9 @@ static void flush_or_defer_locked(lc_session *s)
  * arms). wmu held. */
 static bool go_lazy_locked(lc_session *s, int64_t now)
 {
-    if (atomic_load(&s->no_lazy))
+    /* (passive_waiters under wmu: lc__session_waiting counts, then looks
+     * at lazy under it, so one of the two sees the other) */
+    if (atomic_load(&s->no_lazy) || atomic_load(&s->passive_waiters) > 0)
         return false;
     atomic_store(&s->last_drive_ns, now);
     bool ok = s->watch != NULL && lc__backstop_locked(s);
@@ -942,6 +949,31 @@ void lc__ensure_watched(lc_session *s)
     pthread_mutex_unlock(&s->wmu);
     if (lazy)
         arm_read(s);
+}
+
+/*
+ * A wait without reading that does not recur (lc__feeder_ops.waiting): +1
+ * as it begins, -1 as it ends, 0 for a poll that found nothing. Arming once
+ * as the wait began was not enough: a thread that read its own channel
+ * meanwhile left the carrier unwatched again when it drained it, and the
+ * waiter's message came at the backstop, 4 ms later (a blocked lc_recv
+ * beside a reading thread, a receive on an unbuffered reply channel, a
+ * sender out of window: test_recv_beside_a_reading_thread_is_woken_at_once
+ * and the tests after it). So go_lazy_locked stays off while one lasts.
+ * The round trips that lazy re-arming is for never get here: their
+ * threads read the carrier themselves.
+ */
+void lc__session_waiting(lc_session *s, int delta)
+{
+    if (delta != 0)
+        atomic_fetch_add(&s->passive_waiters, delta);
+    if (delta >= 0)
+        lc__ensure_watched(s);
+}
+
+static void feeder_waiting(void *ctx, int delta)
+{
+    lc__session_waiting(ctx, delta);
 }
 
 /*
@@ -1354,7 +1386,8 @@ void lc__feeder_passive(void *ctx)
     lc__ensure_watched(s);
 }
 
-const lc__feeder_ops lc__session_feeder_ops = { feeder_retain, feeder_release, drive, lc__feeder_passive };
+const lc__feeder_ops lc__session_feeder_ops = { feeder_retain, feeder_release, drive, lc__feeder_passive,
+                                                 feeder_waiting };
 
 void lc__carrier_cb(void *ctx, uint32_t ev)
 {

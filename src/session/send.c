@@ -19,7 +19,10 @@ static int net_try_send_last(void *ctx, lc_msg *m);
 static bool net_writable(void *ctx);
 static void net_close(void *ctx);
 static void net_release(void *ctx);
-static const lc__net_ops net_ops = { net_try_send, net_writable, net_close, net_release, net_try_send_last };
+static void net_passive(void *ctx);
+static void net_waiting(void *ctx, int delta);
+static const lc__net_ops net_ops = { net_try_send,      net_writable, net_close, net_release,
+                                     net_try_send_last, net_passive,  net_waiting };
 
 /* A Sender writing on stream st (which must be ST_SEND, registered).
  * mu_held says whether the caller holds s->mu (st->chan is read under it). */
@@ -601,6 +604,21 @@ static int net_try_send(void *ctx, lc_msg *m)
 static int net_try_send_last(void *ctx, lc_msg *m)
 {
     return net_send(ctx, m, true);
+}
+
+/* The window a sender waits for opens by reading (WINDOW_UPDATE): a
+ * pollable fd or lc_select waits without reading, again and again, a
+ * blocked lc_send once. */
+static void net_passive(void *ctx)
+{
+    lc_stream *st = ctx;
+    lc__feeder_passive(st->s);
+}
+
+static void net_waiting(void *ctx, int delta)
+{
+    lc_stream *st = ctx;
+    lc__session_waiting(st->s, delta);
 }
 
 static bool net_writable(void *ctx)

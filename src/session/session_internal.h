@@ -187,6 +187,9 @@ struct lc_session {
      * time (ns) has passed; 0: none. Written under wmu, looked at without */
     _Atomic int64_t fin_due;
     _Atomic bool no_lazy; /* a channel is waited on without reading (select, pollfd, async) */
+    /* waits going on without reading, each once (lc__session_waiting):
+     * while any lasts, a drive that drained the carrier re-arms the watch */
+    _Atomic int passive_waiters;
     _Atomic bool close_waiting; /* lc_session_close waits for pumps: a parking pump signals */
     _Atomic int64_t last_drive_ns;
     /* adaptive spinning of threads that read the carrier themselves (drive):
@@ -535,6 +538,7 @@ void lc__ensure_watched(lc_session *s);
 void lc__resume_reading(lc_session *s);
 void lc__drain_until_hangup(lc_session *s, int64_t deadline);
 void lc__feeder_passive(void *ctx);
+void lc__session_waiting(lc_session *s, int delta);
 extern const lc__feeder_ops lc__session_feeder_ops;
 void lc__carrier_cb(void *ctx, uint32_t ev);
 void lc__ref_timer(void *ctx);

@@ -373,7 +373,7 @@ static void fn_release(void *ctx)
     atomic_fetch_add(&f->release_calls, 1);
 }
 
-static const lc__net_ops fake_ops = { fn_try_send, fn_writable, fn_close, fn_release, NULL };
+static const lc__net_ops fake_ops = { fn_try_send, fn_writable, fn_close, fn_release, NULL, NULL, NULL };
 
 /* the "carrier" drained by another thread: frees messages, wakes senders */
 static int fn_drain(fake_net *f)
