@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <linux/sock_diag.h>
@@ -28,6 +29,8 @@
 typedef struct unix_listener {
     lc_tlistener base;
     char path[LC_UNIX_PATH_MAX + 1]; /* as in the URL ("@name" for abstract) */
+    char *file;                      /* the socket file, absolute when it could be
+                                        made so (NULL: abstract) */
     bool has_file;
     dev_t dev;                       /* the socket file we created, to remove */
     ino_t ino;                       /* only that one at close */
@@ -221,7 +224,7 @@ static int clear_stale(const char *path, const struct sockaddr_un *sa, socklen_t
  */
 static int lock_dir_of(const char *path)
 {
-    char dir[sizeof(((struct sockaddr_un *)0)->sun_path) + 1];
+    char dir[PATH_MAX];
     const char *slash = strrchr(path, '/');
     if (slash == NULL) {
         strcpy(dir, ".");
@@ -247,6 +250,33 @@ static int lock_dir_of(const char *path)
     return -1;
 }
 
+/*
+ * The socket file's path, absolute: lc_listener_close removes the file, and
+ * a relative path looked up again then is relative to the working directory
+ * of that moment: after a chdir the file stayed behind (and one of the same
+ * name in the new directory could have been removed, had it been ours by
+ * device and inode). Made at listen time, before the bind. NULL when out of
+ * memory; the path as given when the working directory has no name
+ * (getcwd fails: removed, or too deep).
+ */
+static char *file_path(const char *path)
+{
+    if (path[0] != '/') {
+        char cwd[PATH_MAX];
+        if (getcwd(cwd, sizeof cwd) != NULL) {
+            size_t c = strlen(cwd), n = strlen(path);
+            char *abs = malloc(c + 1 + n + 1);
+            if (abs != NULL) {
+                memcpy(abs, cwd, c);
+                abs[c] = '/';
+                memcpy(abs + c + 1, path, n + 1);
+            }
+            return abs;
+        }
+    }
+    return strdup(path);
+}
+
 static int unix_listen(const lc_url *u, lc_tlistener **out)
 {
     struct sockaddr_un sa;
@@ -255,6 +285,10 @@ static int unix_listen(const lc_url *u, lc_tlistener **out)
     unix_listener *l = calloc(1, sizeof *l);
     if (l == NULL)
         return LC_ENOMEM;
+    if (!abstract && (l->file = file_path(u->path)) == NULL) {
+        free(l);
+        return LC_ENOMEM;
+    }
     int rc = 0;
     int dirlock = abstract ? -1 : lock_dir_of(u->path);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -298,6 +332,7 @@ fail:
     }
     if (dirlock >= 0)
         close(dirlock);
+    free(l->file);
     free(l);
     return rc;
 }
@@ -329,14 +364,15 @@ static void unix_listener_close(lc_tlistener *base)
      * removed a live listener's file (found by a review helper: 11 live
      * listeners lost their file in 124600 listens by three threads). */
     if (l->has_file) {
-        int dirlock = lock_dir_of(l->path);
+        int dirlock = lock_dir_of(l->file);
         struct stat st;
-        if (lstat(l->path, &st) == 0 && st.st_dev == l->dev && st.st_ino == l->ino)
-            unlink(l->path);
+        if (lstat(l->file, &st) == 0 && st.st_dev == l->dev && st.st_ino == l->ino)
+            unlink(l->file);
         if (dirlock >= 0)
             close(dirlock); /* (unlocks) */
     }
     close(l->base.fd);
+    free(l->file);
     free(l);
 }
 

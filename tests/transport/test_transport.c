@@ -496,6 +496,32 @@ static void test_unix_relative_and_abstract(void **state)
     lc__listener_close(l);
 }
 
+/*
+ * A relative path is the file in the working directory of the listen: the
+ * close removes that one, after a chdir too. It looked the relative path
+ * up again at close, in the directory of that moment, and left the socket
+ * file behind (a review helper).
+ */
+static void test_unix_relative_path_removed_after_chdir(void **state)
+{
+    (void)state;
+    LC_TEST_DEADLINE(10);
+    make_tmpdir();
+    char cwd[512], file[128];
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    sock_path(file, sizeof file, "moved.sock");
+    assert_int_equal(chdir(tmpdir), 0);
+    lc_tlistener *l;
+    assert_int_equal(lc__listen("unix://moved.sock", &l, NULL), 0);
+    assert_int_equal(chdir(cwd), 0);
+    assert_true(exists(file));
+    lc__listener_close(l);
+    if (exists(file))
+        fprintf(stderr, "%s: left behind by the close after a chdir\n", file);
+    assert_false(exists(file));
+    remove_tmpdir();
+}
+
 static void test_unix_stale_socket_file_is_replaced(void **state)
 {
     LC_TEST_DEADLINE(10);
@@ -1106,6 +1132,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_child_looks_up_a_name_the_parent_was_looking_up, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_dial_accept_and_cleanup, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_relative_and_abstract, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_unix_relative_path_removed_after_chdir, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_stale_socket_file_is_replaced, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_live_socket_and_other_files_are_kept, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_dial_errors_and_full_backlog_timeout, lc_test_setup, lc_test_teardown),
