@@ -570,9 +570,10 @@ LC_API int lc_dial(const char *url, const lc_options *o, lc_session **out, lc_er
  * network namespace, lc_listen connects to find out (and hangs up). Listens
  * on one path that race (threads, or processes using libchan) take turns
  * under an flock on the socket's directory: one wins, the others get
- * -EADDRINUSE. The socket file of a relative path is the one in the
- * working directory of lc_listen: lc_listener_close removes that one after
- * a chdir too. A tcp:// host name is
+ * -EADDRINUSE (a fork() meanwhile waits for the turn to end, so that no
+ * child inherits the lock). The socket file of a relative path is the one
+ * in the working directory of lc_listen: lc_listener_close removes that
+ * one after a chdir too. A tcp:// host name is
  * resolved without a time limit here (there is no timeout to keep). */
 LC_API int lc_listen(const char *url, const lc_options *o, lc_listener **out, lc_error *err);
 /* The URL the listener is bound to (with the real port for tcp://...:0).

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <limits.h>
+#include <pthread.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <linux/sock_diag.h>
@@ -219,11 +220,43 @@ static int clear_stale(const char *path, const struct sockaddr_un *sa, socklen_t
  * yet listening (ECONNREFUSED, as for a stale file), unlink A's file and
  * bind its own: both returned 0, A listened where no dial could reach, and
  * closing A removed B's live file (a review helper: 12-19 rounds in 4000
- * with 4 threads). Returns the locked directory's fd, or -1 when it cannot
- * be opened or locked within ~2 s (then it goes on unlocked, as before).
+ * with 4 threads).
+ *
+ * An flock belongs to the open file description, which a child made by
+ * fork() shares: a fork while another thread held the lock left it held
+ * for as long as the child lived without exec (O_CLOEXEC only helps at
+ * exec), and every lc_listen and lc_listener_close in that directory, in
+ * any process, waited its ~2 s and went on unlocked (a review helper: 20
+ * forks of a worker while a thread listened and closed in a loop). So the
+ * locked region is also held under dir_mu, which fork() takes first
+ * (pthread_atfork): a fork waits for the region to end, and no child is
+ * born holding the lock.
  */
+static pthread_mutex_t dir_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t dir_once = PTHREAD_ONCE_INIT;
+
+static void dir_mu_lock(void)
+{
+    pthread_mutex_lock(&dir_mu);
+}
+
+static void dir_mu_unlock(void)
+{
+    pthread_mutex_unlock(&dir_mu);
+}
+
+static void dir_atfork(void)
+{
+    pthread_atfork(dir_mu_lock, dir_mu_unlock, dir_mu_unlock);
+}
+
+/* Enters the region for path's directory: returns the locked directory's
+ * fd, or -1 when it cannot be opened or locked within ~2 s (then it goes on
+ * unlocked, as before); dir_mu is held either way until unlock_dir. */
 static int lock_dir_of(const char *path)
 {
+    pthread_once(&dir_once, dir_atfork);
+    pthread_mutex_lock(&dir_mu);
     char dir[PATH_MAX];
     const char *slash = strrchr(path, '/');
     if (slash == NULL) {
@@ -248,6 +281,14 @@ static int lock_dir_of(const char *path)
     }
     close(fd);
     return -1;
+}
+
+/* Leaves the region lock_dir_of entered (fd: what it returned). */
+static void unlock_dir(int fd)
+{
+    if (fd >= 0)
+        close(fd); /* (unlocks) */
+    pthread_mutex_unlock(&dir_mu);
 }
 
 /*
@@ -317,8 +358,8 @@ static int unix_listen(const lc_url *u, lc_tlistener **out)
         rc = -errno;
         goto fail;
     }
-    if (dirlock >= 0)
-        close(dirlock); /* (unlocks) */
+    if (!abstract)
+        unlock_dir(dirlock);
     l->base.ops = &lc__unix_ops;
     l->base.fd = fd;
     memcpy(l->path, u->path, sizeof l->path);
@@ -330,8 +371,8 @@ fail:
         if (l->has_file)
             unlink(u->path);
     }
-    if (dirlock >= 0)
-        close(dirlock);
+    if (!abstract)
+        unlock_dir(dirlock);
     free(l->file);
     free(l);
     return rc;
@@ -368,8 +409,7 @@ static void unix_listener_close(lc_tlistener *base)
         struct stat st;
         if (lstat(l->file, &st) == 0 && st.st_dev == l->dev && st.st_ino == l->ino)
             unlink(l->file);
-        if (dirlock >= 0)
-            close(dirlock); /* (unlocks) */
+        unlock_dir(dirlock);
     }
     close(l->base.fd);
     free(l->file);
