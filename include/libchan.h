@@ -486,7 +486,8 @@ LC_API size_t lc_receiver_queued(lc_receiver *r);
  *
  * URLs: "unix:///absolute/path" and "tcp://host:port" (port 0 to listen on
  * any free port; lc_listener_url tells which). An IPv6 host goes in
- * brackets ("tcp://[::1]:9000"); an empty host ("tcp://:9000") listens on
+ * brackets ("tcp://[::1]:9000"), a link-local one with its interface
+ * ("tcp://[fe80::1%eth0]:9000"); an empty host ("tcp://:9000") listens on
  * every address, IPv6 and IPv4 (where the machine has IPv6; IPv4 only
  * otherwise), and dials the loopback address.
  *
@@ -576,8 +577,10 @@ LC_API int lc_dial(const char *url, const lc_options *o, lc_session **out, lc_er
  * one after a chdir too. A tcp:// host name is
  * resolved without a time limit here (there is no timeout to keep). */
 LC_API int lc_listen(const char *url, const lc_options *o, lc_listener **out, lc_error *err);
-/* The URL the listener is bound to (with the real port for tcp://...:0).
- * LC_ERANGE when it does not fit in len bytes with its NUL. */
+/* The URL the listener is bound to (with the real port for tcp://...:0,
+ * and the interface of a link-local IPv6 address: "%eth0", or its index
+ * when it has no name). LC_ERANGE when it does not fit in len bytes with
+ * its NUL. */
 LC_API int lc_listener_url(lc_listener *l, char *buf, size_t len);
 /* Accepts one connection as a session (the server side), waiting at most
  * timeout_ms. Connections that hung up before sending anything are skipped.
