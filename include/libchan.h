@@ -583,7 +583,8 @@ LC_API int lc_listen(const char *url, const lc_options *o, lc_listener **out, lc
  * its NUL. */
 LC_API int lc_listener_url(lc_listener *l, char *buf, size_t len);
 /* Accepts one connection as a session (the server side), waiting at most
- * timeout_ms. Connections that hung up before sending anything are skipped.
+ * timeout_ms. Connections that hung up (closed or reset) before sending
+ * anything are skipped.
  * LC_ECLOSED once lc_listener_shutdown (or lc_listener_close) has been
  * called, also when it comes while this call waits. */
 LC_API int lc_accept(lc_listener *l, lc_session **out, int64_t timeout_ms);

@@ -706,11 +706,15 @@ static int accept_conn(lc_listener *l, int64_t deadline, lc_conn **conn)
 
 /* A connection that has ended before sending anything (a client that gave
  * up, or another lc_listen that could not ask sock_diag whether this path is
- * live: it connects and hangs up) is nobody to serve. */
+ * live: it connects and hangs up) is nobody to serve. Ended with a reset
+ * too: a client that aborts (SO_LINGER 0, as load balancers' health checks
+ * do) leaves an RST, and the peek says ECONNRESET, not 0 (lc_accept
+ * returned a session already dead of it; a review helper). */
 static bool conn_already_over(lc_conn *conn)
 {
     char c;
-    return recv(lc__conn_fd(conn), &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+    ssize_t n = recv(lc__conn_fd(conn), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && (errno == ECONNRESET || errno == EPIPE || errno == ETIMEDOUT));
 }
 
 LC_API int lc_accept(lc_listener *l, lc_session **out, int64_t timeout_ms)
