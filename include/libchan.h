@@ -450,14 +450,15 @@ LC_API size_t lc_receiver_queued(lc_receiver *r);
  * gets working channel ends, nested without limit.
  *
  * Byte streams (lc_new_stream) travel as the fd itself between two libchan
- * sessions on a unix socket (SCM_RIGHTS); otherwise as a sub-stream the
- * sessions pump: the sending side reads and writes the fd it was given
- * (made O_NONBLOCK), the receiving program gets one end of a socketpair. A
- * pipe a session reads this way gets 256 KiB of capacity (F_SETPIPE_SZ, for
- * fewer wake-ups; at most 16 pipes of the process at a time). For bulk data
- * over TCP, send the end of a socketpair rather than a pipe: the session
- * reads it faster (bench_session tcp bulk on a 2-core VM: ~3900 against
- * ~3300 MB/s as the kernel places the threads).
+ * sessions on a unix socket (SCM_RIGHTS; an fd sent but not written yet when
+ * the session ends is closed then, with its message lost); otherwise as a
+ * sub-stream the sessions pump: the sending side reads and writes the fd it
+ * was given (made O_NONBLOCK), the receiving program gets one end of a
+ * socketpair. A pipe a session reads this way gets 256 KiB of capacity
+ * (F_SETPIPE_SZ, for fewer wake-ups; at most 16 pipes of the process at a
+ * time). For bulk data over TCP, send the end of a socketpair rather than a
+ * pipe: the session reads it faster (bench_session tcp bulk on a 2-core VM:
+ * ~3900 against ~3300 MB/s as the kernel places the threads).
  *
  * Network channel ends are ordinary lc_sender / lc_receiver handles: lc_send,
  * lc_recv, lc_select, lc_close and pollable fds work on them, mixed with

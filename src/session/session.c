@@ -470,6 +470,19 @@ void lc__session_fail(lc_session *s, int err)
     /* lc_session_free on another thread waits for this: it must not return
      * while we still close the byte streams' fds */
     pthread_mutex_lock(&s->wmu);
+    /* The fds queued to pass can no longer go (the carrier is shut for
+     * writing): closed now, not at lc_session_free. A holder waiting for
+     * EOF on a pipe whose other end it passed never saw it while it kept
+     * the session (a review helper: 36 of 40 pipes still open after the
+     * peer was killed). Not while a write is in flight: its thread holds a
+     * copy of the first ones, and closes them itself once they are sent. */
+    s->flush_waiters++;
+    while (s->in_write)
+        pthread_cond_wait(&s->flushed, &s->wmu);
+    s->flush_waiters--;
+    for (size_t i = 0; i < s->fdq_len; i++)
+        close(s->fdq[i]);
+    s->fdq_len = 0;
     s->fail_done = true;
     pthread_cond_broadcast(&s->flushed);
     pthread_mutex_unlock(&s->wmu);
