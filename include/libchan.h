@@ -460,13 +460,15 @@ LC_API size_t lc_receiver_queued(lc_receiver *r);
  * gets working channel ends, nested without limit.
  *
  * Byte streams (lc_new_stream) travel as the fd itself between two libchan
- * sessions on a unix socket (SCM_RIGHTS); a message carrying them that is
- * sent before the session has read the peer's first frame (right after
- * lc_dial, say) waits for that frame to learn whether the peer takes fds,
- * at most one second per session (docs/PROTOCOL.md 7); a peer that has not
- * spoken by then gets sub-streams. Otherwise they travel as a sub-stream the
- * sessions pump: the sending side reads and writes the fd it was given
- * (made O_NONBLOCK), the receiving program gets one end of a socketpair. An
+ * sessions on a unix socket (SCM_RIGHTS; an fd sent but not written yet when
+ * the session ends is closed then, with its message lost); a message carrying
+ * them that is sent before the session has read the peer's first frame
+ * (right after lc_dial, say) waits for that frame to learn whether the peer
+ * takes fds, at most one second per session (docs/PROTOCOL.md 7); a peer
+ * that has not spoken by then gets sub-streams. Otherwise they travel as a
+ * sub-stream the sessions pump: the sending side reads and writes the fd it
+ * was given (made O_NONBLOCK), the receiving program gets one end of a
+ * socketpair. An
  * fd the session cannot pump that way (a regular file or a directory: epoll
  * takes neither) fails lc_send with LC_ENOTSUP, the message still the
  * caller's: copy the file into a pipe or socketpair and send that. A
@@ -507,7 +509,8 @@ LC_API size_t lc_receiver_queued(lc_receiver *r);
  *
  * URLs: "unix:///absolute/path" and "tcp://host:port" (port 0 to listen on
  * any free port; lc_listener_url tells which). An IPv6 host goes in
- * brackets ("tcp://[::1]:9000"); an empty host ("tcp://:9000") listens on
+ * brackets ("tcp://[::1]:9000"), a link-local one with its interface
+ * ("tcp://[fe80::1%eth0]:9000"); an empty host ("tcp://:9000") listens on
  * every address, IPv6 and IPv4 (where the machine has IPv6; IPv4 only
  * otherwise), and dials the loopback address.
  *
@@ -591,14 +594,20 @@ LC_API int lc_dial(const char *url, const lc_options *o, lc_session **out, lc_er
  * network namespace, lc_listen connects to find out (and hangs up). Listens
  * on one path that race (threads, or processes using libchan) take turns
  * under an flock on the socket's directory: one wins, the others get
- * -EADDRINUSE. A tcp:// host name is
+ * -EADDRINUSE (a fork() meanwhile waits for the turn to end, so that no
+ * child inherits the lock). The socket file of a relative path is the one
+ * in the working directory of lc_listen: lc_listener_close removes that
+ * one after a chdir too. A tcp:// host name is
  * resolved without a time limit here (there is no timeout to keep). */
 LC_API int lc_listen(const char *url, const lc_options *o, lc_listener **out, lc_error *err);
-/* The URL the listener is bound to (with the real port for tcp://...:0).
- * LC_ERANGE when it does not fit in len bytes with its NUL. */
+/* The URL the listener is bound to (with the real port for tcp://...:0,
+ * and the interface of a link-local IPv6 address: "%eth0", or its index
+ * when it has no name). LC_ERANGE when it does not fit in len bytes with
+ * its NUL. */
 LC_API int lc_listener_url(lc_listener *l, char *buf, size_t len);
 /* Accepts one connection as a session (the server side), waiting at most
- * timeout_ms. Connections that hung up before sending anything are skipped.
+ * timeout_ms. Connections that hung up (closed or reset) before sending
+ * anything are skipped.
  * LC_ECLOSED once lc_listener_shutdown (or lc_listener_close) has been
  * called, also when it comes while this call waits. */
 LC_API int lc_accept(lc_listener *l, lc_session **out, int64_t timeout_ms);

@@ -341,6 +341,23 @@ static void attach_started(lc_session *s)
     }
 }
 
+/* A send that failed: the borrowed ends stay in the message, which stays
+ * the caller's; their streams let go of them (and of the claims to feed
+ * the Senders). No lock held. */
+static void detach_attachments(lc_session *s, enc_ctx *e)
+{
+    for (size_t i = 0; i < e->n; i++) {
+        lc_stream *st = e->opens[i].st;
+        pthread_mutex_lock(&s->mu);
+        if (st->feeding)
+            lc__sender_release_feeder(st->into, s);
+        st->feeding = false;
+        st->into = NULL;
+        st->source = NULL;
+        pthread_mutex_unlock(&s->mu);
+    }
+}
+
 /* fin: the message is the channel's last; its DATA frame carries FIN
  * (lc_send_last), so the end costs no frame and no write of its own. */
 static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
@@ -515,8 +532,14 @@ static int send_msg_on(lc_stream *p, lc_msg *m, bool block_on_full, bool fin)
         }
     }
     if (rc != 0) {
-        /* out of memory mid-frame: the output is no longer well formed */
+        /* out of memory mid-frame: the output is no longer well formed.
+         * The message stays the caller's, its channel ends too: they are
+         * taken from the streams before the session's end fails what the
+         * streams hold (it closed the caller's Senders and abandoned its
+         * Receivers: a review helper, with the stream table's growth
+         * failing under a message of 20 Receivers). */
         pthread_mutex_unlock(&s->wmu);
+        detach_attachments(s, &e);
         lc__session_fail(s, rc);
         rc = LC_ESESSION;
         goto fail_registered;
@@ -570,15 +593,8 @@ fail_registered:
     if (starting)
         attach_started(s);
 fail:
+    detach_attachments(s, &e); /* the borrowed ends stay in the message, which stays the caller's */
     for (size_t i = 0; i < e.n; i++) {
-        /* the borrowed ends stay in the message, which stays the caller's */
-        pthread_mutex_lock(&s->mu);
-        if (e.opens[i].st->feeding)
-            lc__sender_release_feeder(e.opens[i].st->into, s);
-        e.opens[i].st->feeding = false;
-        e.opens[i].st->into = NULL;
-        e.opens[i].st->source = NULL;
-        pthread_mutex_unlock(&s->mu);
         if (e.opens[i].w != NULL)
             lc__engine_del(e.opens[i].w); /* never armed: nothing ran */
         lc__stream_unref(e.opens[i].st);

@@ -500,6 +500,19 @@ void lc__session_fail(lc_session *s, int err)
     /* lc_session_free on another thread waits for this: it must not return
      * while we still close the byte streams' fds */
     pthread_mutex_lock(&s->wmu);
+    /* The fds queued to pass can no longer go (the carrier is shut for
+     * writing): closed now, not at lc_session_free. A holder waiting for
+     * EOF on a pipe whose other end it passed never saw it while it kept
+     * the session (a review helper: 36 of 40 pipes still open after the
+     * peer was killed). Not while a write is in flight: its thread holds a
+     * copy of the first ones, and closes them itself once they are sent. */
+    s->flush_waiters++;
+    while (s->in_write)
+        pthread_cond_wait(&s->flushed, &s->wmu);
+    s->flush_waiters--;
+    for (size_t i = 0; i < s->fdq_len; i++)
+        close(s->fdq[i]);
+    s->fdq_len = 0;
     s->fail_done = true;
     pthread_cond_broadcast(&s->flushed);
     pthread_mutex_unlock(&s->wmu);
@@ -736,11 +749,15 @@ static int accept_conn(lc_listener *l, int64_t deadline, lc_conn **conn)
 
 /* A connection that has ended before sending anything (a client that gave
  * up, or another lc_listen that could not ask sock_diag whether this path is
- * live: it connects and hangs up) is nobody to serve. */
+ * live: it connects and hangs up) is nobody to serve. Ended with a reset
+ * too: a client that aborts (SO_LINGER 0, as load balancers' health checks
+ * do) leaves an RST, and the peek says ECONNRESET, not 0 (lc_accept
+ * returned a session already dead of it; a review helper). */
 static bool conn_already_over(lc_conn *conn)
 {
     char c;
-    return recv(lc__conn_fd(conn), &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+    ssize_t n = recv(lc__conn_fd(conn), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && (errno == ECONNRESET || errno == EPIPE || errno == ETIMEDOUT));
 }
 
 LC_API int lc_accept(lc_listener *l, lc_session **out, int64_t timeout_ms)

@@ -10,6 +10,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <net/if.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -405,7 +406,19 @@ static int tcp_listener_url(lc_tlistener *l, char *buf, size_t len)
         const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&ss;
         inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof host);
         port = ntohs(s6->sin6_port);
-        n = snprintf(buf, len, "tcp://[%s]:%u", host, port);
+        /* A link-local address names a host only with its interface:
+         * without the zone the URL could not be dialed (connect: EINVAL).
+         * The name as getaddrinfo takes it after '%', or the index when
+         * the interface has gone. */
+        char zone[IF_NAMESIZE + 1] = "";
+        if (s6->sin6_scope_id != 0) {
+            char ifname[IF_NAMESIZE];
+            if (if_indextoname(s6->sin6_scope_id, ifname) != NULL)
+                snprintf(zone, sizeof zone, "%%%s", ifname);
+            else
+                snprintf(zone, sizeof zone, "%%%u", (unsigned)s6->sin6_scope_id);
+        }
+        n = snprintf(buf, len, "tcp://[%s%s]:%u", host, zone, port);
     } else {
         const struct sockaddr_in *s4 = (const struct sockaddr_in *)&ss;
         inet_ntop(AF_INET, &s4->sin_addr, host, sizeof host);

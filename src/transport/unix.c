@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
+#include <pthread.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <linux/sock_diag.h>
@@ -28,6 +30,8 @@
 typedef struct unix_listener {
     lc_tlistener base;
     char path[LC_UNIX_PATH_MAX + 1]; /* as in the URL ("@name" for abstract) */
+    char *file;                      /* the socket file, absolute when it could be
+                                        made so (NULL: abstract) */
     bool has_file;
     dev_t dev;                       /* the socket file we created, to remove */
     ino_t ino;                       /* only that one at close */
@@ -216,12 +220,44 @@ static int clear_stale(const char *path, const struct sockaddr_un *sa, socklen_t
  * yet listening (ECONNREFUSED, as for a stale file), unlink A's file and
  * bind its own: both returned 0, A listened where no dial could reach, and
  * closing A removed B's live file (a review helper: 12-19 rounds in 4000
- * with 4 threads). Returns the locked directory's fd, or -1 when it cannot
- * be opened or locked within ~2 s (then it goes on unlocked, as before).
+ * with 4 threads).
+ *
+ * An flock belongs to the open file description, which a child made by
+ * fork() shares: a fork while another thread held the lock left it held
+ * for as long as the child lived without exec (O_CLOEXEC only helps at
+ * exec), and every lc_listen and lc_listener_close in that directory, in
+ * any process, waited its ~2 s and went on unlocked (a review helper: 20
+ * forks of a worker while a thread listened and closed in a loop). So the
+ * locked region is also held under dir_mu, which fork() takes first
+ * (pthread_atfork): a fork waits for the region to end, and no child is
+ * born holding the lock.
  */
+static pthread_mutex_t dir_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t dir_once = PTHREAD_ONCE_INIT;
+
+static void dir_mu_lock(void)
+{
+    pthread_mutex_lock(&dir_mu);
+}
+
+static void dir_mu_unlock(void)
+{
+    pthread_mutex_unlock(&dir_mu);
+}
+
+static void dir_atfork(void)
+{
+    pthread_atfork(dir_mu_lock, dir_mu_unlock, dir_mu_unlock);
+}
+
+/* Enters the region for path's directory: returns the locked directory's
+ * fd, or -1 when it cannot be opened or locked within ~2 s (then it goes on
+ * unlocked, as before); dir_mu is held either way until unlock_dir. */
 static int lock_dir_of(const char *path)
 {
-    char dir[sizeof(((struct sockaddr_un *)0)->sun_path) + 1];
+    pthread_once(&dir_once, dir_atfork);
+    pthread_mutex_lock(&dir_mu);
+    char dir[PATH_MAX];
     const char *slash = strrchr(path, '/');
     if (slash == NULL) {
         strcpy(dir, ".");
@@ -247,6 +283,41 @@ static int lock_dir_of(const char *path)
     return -1;
 }
 
+/* Leaves the region lock_dir_of entered (fd: what it returned). */
+static void unlock_dir(int fd)
+{
+    if (fd >= 0)
+        close(fd); /* (unlocks) */
+    pthread_mutex_unlock(&dir_mu);
+}
+
+/*
+ * The socket file's path, absolute: lc_listener_close removes the file, and
+ * a relative path looked up again then is relative to the working directory
+ * of that moment: after a chdir the file stayed behind (and one of the same
+ * name in the new directory could have been removed, had it been ours by
+ * device and inode). Made at listen time, before the bind. NULL when out of
+ * memory; the path as given when the working directory has no name
+ * (getcwd fails: removed, or too deep).
+ */
+static char *file_path(const char *path)
+{
+    if (path[0] != '/') {
+        char cwd[PATH_MAX];
+        if (getcwd(cwd, sizeof cwd) != NULL) {
+            size_t c = strlen(cwd), n = strlen(path);
+            char *abs = malloc(c + 1 + n + 1);
+            if (abs != NULL) {
+                memcpy(abs, cwd, c);
+                abs[c] = '/';
+                memcpy(abs + c + 1, path, n + 1);
+            }
+            return abs;
+        }
+    }
+    return strdup(path);
+}
+
 static int unix_listen(const lc_url *u, lc_tlistener **out)
 {
     struct sockaddr_un sa;
@@ -255,6 +326,10 @@ static int unix_listen(const lc_url *u, lc_tlistener **out)
     unix_listener *l = calloc(1, sizeof *l);
     if (l == NULL)
         return LC_ENOMEM;
+    if (!abstract && (l->file = file_path(u->path)) == NULL) {
+        free(l);
+        return LC_ENOMEM;
+    }
     int rc = 0;
     int dirlock = abstract ? -1 : lock_dir_of(u->path);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -283,8 +358,8 @@ static int unix_listen(const lc_url *u, lc_tlistener **out)
         rc = -errno;
         goto fail;
     }
-    if (dirlock >= 0)
-        close(dirlock); /* (unlocks) */
+    if (!abstract)
+        unlock_dir(dirlock);
     l->base.ops = &lc__unix_ops;
     l->base.fd = fd;
     memcpy(l->path, u->path, sizeof l->path);
@@ -296,8 +371,9 @@ fail:
         if (l->has_file)
             unlink(u->path);
     }
-    if (dirlock >= 0)
-        close(dirlock);
+    if (!abstract)
+        unlock_dir(dirlock);
+    free(l->file);
     free(l);
     return rc;
 }
@@ -329,14 +405,14 @@ static void unix_listener_close(lc_tlistener *base)
      * removed a live listener's file (found by a review helper: 11 live
      * listeners lost their file in 124600 listens by three threads). */
     if (l->has_file) {
-        int dirlock = lock_dir_of(l->path);
+        int dirlock = lock_dir_of(l->file);
         struct stat st;
-        if (lstat(l->path, &st) == 0 && st.st_dev == l->dev && st.st_ino == l->ino)
-            unlink(l->path);
-        if (dirlock >= 0)
-            close(dirlock); /* (unlocks) */
+        if (lstat(l->file, &st) == 0 && st.st_dev == l->dev && st.st_ino == l->ino)
+            unlink(l->file);
+        unlock_dir(dirlock);
     }
     close(l->base.fd);
+    free(l->file);
     free(l);
 }
 

@@ -19,6 +19,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 
 #include "libchan.h"
 #include "session/session_internal.h"
@@ -1093,6 +1095,80 @@ static void test_accept_skips_connections_already_over(void **st)
     lc_listener_close(l);
 }
 
+/* Is the TCP connection 127.0.0.1:lport <-> 127.0.0.1:rport in the
+ * kernel's table as ESTABLISHED (/proc/net/tcp)? */
+static bool tcp_established(unsigned lport, unsigned rport)
+{
+    FILE *f = fopen("/proc/net/tcp", "r");
+    assert_non_null(f);
+    char line[512];
+    bool found = false;
+    while (!found && fgets(line, sizeof line, f) != NULL) {
+        unsigned la, lp, ra, rp, st;
+        if (sscanf(line, " %*u: %8X:%4X %8X:%4X %2X", &la, &lp, &ra, &rp, &st) == 5)
+            found = lp == lport && rp == rport && st == 1;
+    }
+    fclose(f);
+    return found;
+}
+
+/* A TCP client that aborts before sending anything (SO_LINGER 0: an RST
+ * instead of a FIN, as load balancers' health checks do) is skipped too:
+ * lc_accept returned a session already dead of ECONNRESET (a review
+ * helper). The server's side of the connection is seen established (in
+ * the accept queue), then gone from the kernel's table (the reset
+ * arrived) before lc_accept. */
+static void test_accept_skips_connections_reset_before_sending(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(30);
+    lc_listener *l;
+    assert_int_equal(lc_listen("tcp://127.0.0.1:0", NULL, &l, NULL), 0);
+    char bound[256];
+    assert_int_equal(lc_listener_url(l, bound, sizeof bound), 0);
+    unsigned port = (unsigned)atoi(strrchr(bound, ':') + 1);
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int aborts = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_int_equal(connect(aborts, (struct sockaddr *)&sa, sizeof sa), 0);
+    struct sockaddr_in me;
+    socklen_t ml = sizeof me;
+    assert_int_equal(getsockname(aborts, (struct sockaddr *)&me, &ml), 0);
+    unsigned cport = ntohs(me.sin_port);
+    int64_t end = lc_test_now_us() + 5000000;
+    while (!tcp_established(port, cport) && lc_test_now_us() < end)
+        usleep(1000);
+    assert_true(tcp_established(port, cport));
+    struct linger lg = { 1, 0 };
+    assert_int_equal(setsockopt(aborts, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
+    close(aborts); /* RST */
+    while (tcp_established(port, cport) && lc_test_now_us() < end)
+        usleep(1000);
+    assert_false(tcp_established(port, cport));
+    lc_session *s = NULL;
+    int rc = lc_accept(l, &s, 200);
+    if (rc == 0)
+        fprintf(stderr, "lc_accept returned the reset connection (its session: %s)\n",
+                lc_strerror(lc_session_error(s)));
+    lc_session_free(s);
+    assert_int_equal(rc, LC_ETIMEDOUT);
+    /* a real client after it is served */
+    lc_session *c;
+    assert_int_equal(lc_dial(bound, NULL, &c, NULL), 0);
+    assert_int_equal(lc_accept(l, &s, 5000), 0);
+    lc_sender *ch;
+    assert_int_equal(lc_session_sender(c, &ch), 0);
+    assert_int_equal(lc_send(ch, lc_pack("{s:i}", "N", 1), 5000), 0);
+    lc_receiver *in;
+    assert_int_equal(lc_session_receiver(s, &in, 5000), 0);
+    nt_expect_n(in, 1);
+    lc_sender_release(ch);
+    lc_receiver_release(in);
+    lc_session_free(c);
+    lc_session_free(s);
+    lc_listener_close(l);
+}
+
 /* The peer goes away: a blocked receive returns an error at once. */
 typedef struct {
     lc_receiver *r;
@@ -1813,6 +1889,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reply_sender_fails_once_requester_gives_up, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_listener_shutdown_ends_blocked_accepts, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_accept_skips_connections_already_over, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_accept_skips_connections_reset_before_sending, lc_test_setup,
+                                        lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_listener_shutdown_stops_an_accept_loop, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_two_threads_close_one_session, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_closing_side_takes_substreams_of_its_channels, lc_test_setup,

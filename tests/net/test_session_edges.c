@@ -1090,6 +1090,77 @@ static void test_fd_queue_on_stalled_carrier(void **st)
     }
 }
 
+/* The same stalled peer, but it hangs up: the fds still queued to pass can
+ * no longer go, and are closed with the session's end, while the
+ * application still holds the session and its Sender (a holder waiting for
+ * EOF on a pipe whose other end it passed waits for that). They stayed open
+ * until lc_session_free (a review helper: 36 of 40 pipes). */
+static void test_fd_queue_closed_when_the_session_dies(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(60);
+    signal(SIGPIPE, SIG_IGN);
+    enum { CAP = 400, PER = 4 };
+    for (int r = 0; r < 4 * nt_scale(); r++) {
+        lc_options o;
+        lc_options_default(&o);
+        o.max_pending_out = 256 * 1024 * (size_t)(1 + r % 2);
+        nt_raw raw;
+        nt_raw_open(&raw, &o);
+        lc_buf b;
+        lc__buf_init(&b);
+        lc_spdy_setting set[2] = { { 0, LC_SPDY_SETTINGS_INITIAL_WINDOW_SIZE, 0x7fffffff },
+                                   { 0, LC_SETTINGS_LIBCHAN,
+                                     LC_FEATURE_WINDOWS | LC_FEATURE_FDPASS | LC_FEATURE_FD_READY } };
+        assert_int_equal(lc__spdy_put_settings(&b, 0, set, 2), 0);
+        nt_raw_send(&raw, &b);
+        lc__buf_free(&b);
+        int64_t end = lc_test_now_us() + 5000000;
+        while (!atomic_load(&raw.s->peer_reads_fds) && lc_test_now_us() < end) {
+            lc_receiver *x;
+            if (lc_session_receiver(raw.s, &x, 1) == 0)
+                lc_receiver_release(x);
+        }
+        assert_true(atomic_load(&raw.s->peer_reads_fds));
+        lc_sender *snd;
+        assert_int_equal(lc_session_sender(raw.s, &snd), 0);
+        static int w[CAP * PER];
+        static char blob[32 * 1024];
+        int n = 0, sent = 0, rc = 0;
+        for (int i = 0; i < CAP; i++) {
+            lc_msg *m = msg_with_pipes(i, PER, w + n, NULL);
+            assert_int_equal(lc_map_set(m, lc_msg_root(m), "B", lc_new_binary(m, blob, sizeof blob)), 0);
+            n += PER;
+            rc = lc_send(snd, m, 100);
+            if (rc != 0) {
+                lc_msg_free(m);
+                break;
+            }
+            sent++;
+        }
+        assert_int_equal(rc, LC_ETIMEDOUT); /* the output filled up */
+        pthread_mutex_lock(&raw.s->wmu);
+        size_t queued = raw.s->fdq_len;
+        pthread_mutex_unlock(&raw.s->wmu);
+        assert_true(queued > 0);
+        /* the peer hangs up (its unread bytes, and the fds they carry, go) */
+        close(raw.fd);
+        raw.fd = -1;
+        end = lc_test_now_us() + 10000000;
+        while (lc_session_error(raw.s) == 0 && lc_test_now_us() < end)
+            usleep(1000);
+        assert_int_not_equal(lc_session_error(raw.s), 0);
+        int left = readers_left(w, n, 3000);
+        if (left)
+            fprintf(stderr, "round %d: %d of %d passed read ends still open with the session held (%d sent, "
+                            "%zu fds were queued)\n", r, left, n, sent, queued);
+        lc_sender_release(snd);
+        nt_raw_close(&raw);
+        close_all(w, n);
+        assert_int_equal(left, 0);
+    }
+}
+
 /* ---- 2. listeners and dialing ---------------------------------------------------- */
 
 typedef struct {
@@ -4566,6 +4637,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fd_queued_client_graceful_close, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_sends_while_session_freed, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_queue_on_stalled_carrier, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_fd_queue_closed_when_the_session_dies, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_peer_process_killed, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_unclaimed_after_receiver_released, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_unclaimed_in_undecodable_message, lc_test_setup, lc_test_teardown),

@@ -11,9 +11,12 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -22,7 +25,9 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -496,6 +501,210 @@ static void test_unix_relative_and_abstract(void **state)
     lc__listener_close(l);
 }
 
+/*
+ * A relative path is the file in the working directory of the listen: the
+ * close removes that one, after a chdir too. It looked the relative path
+ * up again at close, in the directory of that moment, and left the socket
+ * file behind (a review helper).
+ */
+static void test_unix_relative_path_removed_after_chdir(void **state)
+{
+    (void)state;
+    LC_TEST_DEADLINE(10);
+    make_tmpdir();
+    char cwd[512], file[128];
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    sock_path(file, sizeof file, "moved.sock");
+    assert_int_equal(chdir(tmpdir), 0);
+    lc_tlistener *l;
+    assert_int_equal(lc__listen("unix://moved.sock", &l, NULL), 0);
+    assert_int_equal(chdir(cwd), 0);
+    assert_true(exists(file));
+    lc__listener_close(l);
+    if (exists(file))
+        fprintf(stderr, "%s: left behind by the close after a chdir\n", file);
+    assert_false(exists(file));
+    remove_tmpdir();
+}
+
+/*
+ * bind(2) as the library calls it. The fork test below holds one lc_listen
+ * inside its bind, which lies within the region under the directory's
+ * flock, until the fork has either completed (then the child was born
+ * sharing the locked file description) or waits (for the region to end).
+ */
+typedef int (*bind_fn)(int, const struct sockaddr *, socklen_t);
+static atomic_int bind_hold;     /* 1: the next bind waits in hold_in_bind */
+static atomic_int bind_held;     /* a bind waits there now */
+static atomic_int fork_begun;    /* our prepare handler ran */
+static atomic_int fork_done;     /* our parent handler ran */
+static atomic_int forker_tid;    /* the thread that forks */
+static atomic_int hold_timed_out;
+
+/* Is thread tid asleep in a futex wait (a lock, in pthread_atfork's prepare
+ * handlers)? Read with open/read, no malloc: the forking thread takes
+ * malloc's locks in fork, and a reader holding one would put it to sleep. */
+static bool asleep_in_futex(int tid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/self/task/%d/stat", tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return false;
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    if (p == NULL || p[1] != ' ' || p[2] != 'S')
+        return false;
+    snprintf(path, sizeof path, "/proc/self/task/%d/syscall", tid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return false;
+    buf[n] = '\0';
+    return atol(buf) == SYS_futex;
+}
+
+static void hold_in_bind(void)
+{
+    atomic_store(&bind_held, 1);
+    int64_t end = lc_test_now_us() + 10000000;
+    struct timespec nap = { 0, 100000 };
+    while (!atomic_load(&fork_begun) && lc_test_now_us() < end)
+        nanosleep(&nap, NULL);
+    while (!atomic_load(&fork_done) && !asleep_in_futex(atomic_load(&forker_tid)) && lc_test_now_us() < end)
+        nanosleep(&nap, NULL);
+    if (lc_test_now_us() >= end)
+        atomic_store(&hold_timed_out, 1);
+    atomic_store(&bind_held, 0);
+}
+
+int bind(int fd, const struct sockaddr *sa, socklen_t len)
+{
+    static _Atomic(bind_fn) real;
+    bind_fn f = atomic_load(&real);
+    if (f == NULL) {
+        f = (bind_fn)dlsym(RTLD_NEXT, "bind");
+        atomic_store(&real, f);
+    }
+    if (sa->sa_family == AF_UNIX && atomic_exchange(&bind_hold, 0))
+        hold_in_bind();
+    return f(fd, sa, len);
+}
+
+static void fork_prepare(void)
+{
+    if (atomic_load(&bind_held))
+        atomic_store(&fork_begun, 1);
+}
+
+static void fork_parent(void)
+{
+    if (atomic_load(&fork_begun))
+        atomic_store(&fork_done, 1);
+}
+
+typedef struct {
+    const char *url;
+    lc_tlistener *l;
+    int rc;
+} listen_arg;
+
+static void *listen_fn(void *x)
+{
+    listen_arg *a = x;
+    a->rc = lc__listen(a->url, &a->l, NULL);
+    return NULL;
+}
+
+/*
+ * fork() while another thread is inside lc_listen's flocked region: the
+ * child (a worker that does not exec) must not be born holding the
+ * directory's lock. An flock belongs to the open file description, which
+ * the child shared: the lock stayed held as long as it lived, and every
+ * lc_listen and lc_listener_close in that directory, in any process, waited
+ * ~2 s and went on unlocked (a review helper). Here the listening thread is
+ * held inside its bind until the fork has completed or is seen waiting;
+ * then, while the child lives, the directory must be free to lock.
+ */
+static void test_fork_while_listening_leaves_no_lock_to_the_child(void **state)
+{
+    (void)state;
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+    printf("SKIP: fork() of a multithreaded process under a sanitizer (see test_session_proc.c)\n");
+    skip();
+#endif
+    LC_TEST_DEADLINE(30);
+    make_tmpdir();
+    char path[128], url[160];
+    sock_path(path, sizeof path, "fork.sock");
+    snprintf(url, sizeof url, "unix://%s", path);
+    /* a listen first: the library's fork handlers exist before ours, so
+     * ours run first in the prepare (POSIX: in reverse order) */
+    lc_tlistener *l;
+    assert_int_equal(lc__listen(url, &l, NULL), 0);
+    lc__listener_close(l);
+    static bool registered;
+    if (!registered) {
+        assert_int_equal(pthread_atfork(fork_prepare, fork_parent, NULL), 0);
+        registered = true;
+    }
+    atomic_store(&fork_begun, 0);
+    atomic_store(&fork_done, 0);
+    atomic_store(&hold_timed_out, 0);
+    atomic_store(&forker_tid, lc_test_gettid());
+    atomic_store(&bind_hold, 1);
+    listen_arg a = { url, NULL, -1 };
+    pthread_t t;
+    pthread_create(&t, NULL, listen_fn, &a);
+    int64_t end = lc_test_now_us() + 10000000;
+    while (!atomic_load(&bind_held) && lc_test_now_us() < end)
+        usleep(100);
+    assert_true(atomic_load(&bind_held));
+    int go[2];
+    assert_int_equal(pipe2(go, O_CLOEXEC), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        /* a worker that does not exec: it lives until the parent is done */
+        char c;
+        close(go[1]);
+        while (read(go[0], &c, 1) < 0 && errno == EINTR)
+            ;
+        _exit(0);
+    }
+    close(go[0]);
+    pthread_join(t, NULL);
+    assert_false(atomic_load(&hold_timed_out));
+    assert_int_equal(a.rc, 0);
+    /* the child lives: nobody holds the directory's lock now */
+    int dfd = open(tmpdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    assert_true(dfd >= 0);
+    int lrc = flock(dfd, LOCK_EX | LOCK_NB);
+    if (lrc != 0)
+        fprintf(stderr, "%s: locked by the child forked while a thread was in lc_listen (%s)\n", tmpdir,
+                strerror(errno));
+    close(dfd);
+    int64_t t0 = lc_test_now_us();
+    lc__listener_close(a.l);
+    int64_t close_ms = (lc_test_now_us() - t0) / 1000;
+    close(go[1]);
+    int wst;
+    assert_int_equal(waitpid(pid, &wst, 0), pid);
+    assert_true(WIFEXITED(wst) && WEXITSTATUS(wst) == 0);
+    assert_int_equal(lrc, 0);
+    assert_true(close_ms < 1000);
+    assert_false(exists(path));
+    remove_tmpdir();
+}
+
 static void test_unix_stale_socket_file_is_replaced(void **state)
 {
     LC_TEST_DEADLINE(10);
@@ -915,6 +1124,64 @@ static void test_tcp_ipv6_and_names(void **state)
     lc__listener_close(l);
 }
 
+/*
+ * A link-local IPv6 listener's URL names its interface: without the zone
+ * ("%eth0") it could not be dialed (connect: EINVAL; a review helper).
+ * Skipped where no interface has a link-local address.
+ */
+static void test_tcp_link_local_url_keeps_the_zone(void **state)
+{
+    (void)state;
+    LC_TEST_DEADLINE(10);
+    struct ifaddrs *ifs;
+    assert_int_equal(getifaddrs(&ifs), 0);
+    char host[INET6_ADDRSTRLEN] = "", ifname[IF_NAMESIZE] = "";
+    for (struct ifaddrs *i = ifs; i != NULL && host[0] == '\0'; i = i->ifa_next) {
+        if (i->ifa_addr == NULL || i->ifa_addr->sa_family != AF_INET6 || !(i->ifa_flags & IFF_UP))
+            continue;
+        const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)i->ifa_addr;
+        if (!IN6_IS_ADDR_LINKLOCAL(&a6->sin6_addr) || strlen(i->ifa_name) >= sizeof ifname)
+            continue;
+        inet_ntop(AF_INET6, &a6->sin6_addr, host, sizeof host);
+        strcpy(ifname, i->ifa_name);
+    }
+    freeifaddrs(ifs);
+    if (host[0] == '\0') {
+        printf("SKIP: no link-local IPv6 address on this machine\n");
+        skip();
+    }
+    char url[128], got[128], zone[IF_NAMESIZE + 4];
+    snprintf(url, sizeof url, "tcp://[%s%%%s]:0", host, ifname);
+    lc_tlistener *l;
+    lc_error err = { 0 };
+    int rc = lc__listen(url, &l, &err);
+    if (rc == -EADDRNOTAVAIL) {
+        /* (still tentative: duplicate address detection not done) */
+        printf("SKIP: %s: %s\n", url, err.text);
+        skip();
+    }
+    if (rc != 0)
+        fail_msg("listen %s: %s", url, err.text);
+    assert_int_equal(lc__listener_url(l, got, sizeof got), 0);
+    snprintf(zone, sizeof zone, "%%%s]:", ifname);
+    if (strstr(got, zone) == NULL)
+        fprintf(stderr, "lc_listener_url of %s: %s (no zone)\n", url, got);
+    lc_conn *c, *s;
+    rc = lc__dial(got, 2000, &c, &err);
+    if (rc != 0)
+        fprintf(stderr, "dial %s: %s\n", got, err.text);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(got, zone));
+    assert_int_equal(lc__accept(l, 2000, &s), 0);
+    exchange(c, s);
+    close_pair(l, c, s);
+    /* too short for the zone: LC_ERANGE, as for any URL that does not fit */
+    assert_int_equal(lc__listen(url, &l, NULL), 0);
+    assert_int_equal(lc__listener_url(l, got, sizeof got), 0);
+    assert_int_equal(lc__listener_url(l, got, strlen(got)), LC_ERANGE);
+    lc__listener_close(l);
+}
+
 static void test_accept_timeout(void **state)
 {
     LC_TEST_DEADLINE(10);
@@ -1106,6 +1373,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_child_looks_up_a_name_the_parent_was_looking_up, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_dial_accept_and_cleanup, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_relative_and_abstract, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_unix_relative_path_removed_after_chdir, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_fork_while_listening_leaves_no_lock_to_the_child, lc_test_setup,
+                                        lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_stale_socket_file_is_replaced, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_live_socket_and_other_files_are_kept, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_dial_errors_and_full_backlog_timeout, lc_test_setup, lc_test_teardown),
@@ -1116,6 +1386,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sendfds_argument_errors, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_tcp_port0_dial_accept, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_tcp_ipv6_and_names, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_tcp_link_local_url_keeps_the_zone, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_accept_timeout, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_tcp_dial_closed_port_is_refused_quickly, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_tcp_dial_timeout_on_full_backlog, lc_test_setup, lc_test_teardown),
