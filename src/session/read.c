@@ -39,10 +39,6 @@ static lc_stream *new_peer_stream_locked(lc_session *s, uint32_t id, uint64_t re
     return st;
 }
 
-/* Streams (channels, sub-streams; the peer's and ours) a session holds open
- * at once; the peer's new ones past it are refused (PROTOCOL.md 2.5). */
-#define MAX_OPEN_STREAMS 65536
-
 static void on_syn_stream(lc_session *s, const lc_spdy_frame *f, lc_receiver **announce)
 {
     uint64_t ref = 0, parent = 0;

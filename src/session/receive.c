@@ -81,8 +81,13 @@ static void skim_ref_found(void *ctx, uint64_t ref)
 {
     lc_session *s = ctx;
     lc_stream *sub = lc__map_get(&s->peer_refs, ref);
-    if (sub == NULL)
-        return; /* not arrived (never opened), or named already */
+    if (sub == NULL) {
+        /* not arrived (never opened), named already, or ended unnamed:
+         * that one is named now, and forgotten */
+        if (lc__take_ended_locked(s, ref))
+            lc__remember_claimed_locked(s, ref);
+        return;
+    }
     lc__map_del(&s->peer_refs, ref);
     lc__remember_claimed_locked(s, ref); /* a later naming fails at once */
     if (!sub->reset) {

@@ -123,6 +123,7 @@ void lc__session_unref(lc_session *s)
     lc__buf_free(&s->inflight);
     lc__map_free(&s->streams);
     lc__map_free(&s->peer_refs);
+    lc__map_free(&s->ended_refs);
     close_passed_fds(s);
     for (size_t i = 0; i < SKIMS_KEEP; i++)
         lc__skim_drop(&s->skims[i]);
@@ -246,26 +247,25 @@ bool lc__was_claimed_locked(const lc_session *s, uint64_t ref)
  * recorded as claimed instead, that naming was "named twice", LC_EPROTO,
  * and the message and the rest of its channel were lost though the peer's
  * lc_send had returned 0 (a review helper: a regular file sent over TCP,
- * whose sub-stream the sender reset at once). The last ENDED_KEEP are kept;
- * an older one named waits like a ref that never arrives. mu held.
+ * whose sub-stream the sender reset at once). Each is kept until a message
+ * names it, as the sub-stream itself would have been, up to MAX_ENDED_REFS:
+ * the last 256 only were kept at first, and a receiver 257 such messages
+ * behind lost its channel to the ref timeout (a review helper: 500
+ * forwarded TCP connections reset by their clients, read 300 ms late).
+ * Past the bound (a peer that keeps opening and resetting sub-streams no
+ * message names), or without memory, a ref is not kept, and a message
+ * naming it waits like one whose ref never comes (§3.6). mu held.
  */
 void lc__remember_ended_locked(lc_session *s, uint64_t ref)
 {
-    s->ended_ring[s->ended_next % ENDED_KEEP] = (struct lc_ended_ref){ ref, true };
-    s->ended_next++;
+    if (s->ended_refs.len < MAX_ENDED_REFS)
+        (void)lc__map_put(&s->ended_refs, ref, LC_ENDED_REF);
 }
 
 /* Takes ref out of the ended ones: true if it was there. mu held. */
 bool lc__take_ended_locked(lc_session *s, uint64_t ref)
 {
-    size_t n = s->ended_next < ENDED_KEEP ? (size_t)s->ended_next : ENDED_KEEP;
-    for (size_t i = 0; i < n; i++) {
-        if (s->ended_ring[i].live && s->ended_ring[i].ref == ref) {
-            s->ended_ring[i].live = false;
-            return true;
-        }
-    }
-    return false;
+    return lc__map_del(&s->ended_refs, ref) != NULL;
 }
 
 /* Frees the bytes kept for a sub-stream before it was named. mu held. */
@@ -439,6 +439,7 @@ void lc__session_fail(lc_session *s, int err)
     }
     lc__map_free(&s->streams);
     lc__map_free(&s->peer_refs);
+    lc__map_free(&s->ended_refs);
     lc_watch *w = s->watch;
     s->watch = NULL;
     pthread_mutex_unlock(&s->mu);

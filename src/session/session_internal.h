@@ -38,10 +38,13 @@ static inline int lc__val_as_fd(void *v) { return (int)(intptr_t)v - 2; }
 /* How many of the peer's refs already named a session remembers. */
 #define CLAIMED_KEEP 1024
 
-/* How many of the peer's sub-streams that ended before a message named
- * them a session remembers (a message names its sub-streams right after
- * opening them: the ones it names are among the newest). */
-#define ENDED_KEEP 256
+/* Streams (channels, sub-streams; the peer's and ours) a session holds open
+ * at once; the peer's new ones past it are refused (PROTOCOL.md 2.5). */
+#define MAX_OPEN_STREAMS 65536
+
+/* The peer's sub-streams that ended before a message named them, that a
+ * session remembers until one does (ended_refs; PROTOCOL.md 2.5). */
+#define MAX_ENDED_REFS 65536
 
 /* lc_session.first_wait: the wait of messages with byte streams for the
  * peer's first frame (send.c) */
@@ -235,9 +238,9 @@ struct lc_session {
     uint64_t claimed_ring[CLAIMED_KEEP]; /* peer refs already named by a message (the last
                                             CLAIMED_KEEP), oldest at claimed_next % CLAIMED_KEEP */
     uint64_t claimed_next;
-    struct lc_ended_ref { uint64_t ref; bool live; } ended_ring[ENDED_KEEP]; /* mu: peer refs whose
-                             sub-stream ended (reset, refused) before a message named them */
-    uint64_t ended_next;
+    lc_map ended_refs;    /* mu: peer refs whose sub-stream ended (reset, refused) before a
+                             message named them -> LC_ENDED_REF, until one does (at most
+                             MAX_ENDED_REFS) */
     size_t refs_waiters;  /* mu: streams whose head message waits for sub-streams */
     size_t pushes_set;    /* mu: streams whose push_op is set (push_op_set_locked) */
     uint64_t fd_in_seq;
@@ -465,6 +468,8 @@ void lc__drop_chain(lc_session *s, lc_msg *chain);
 void lc__stream_unref(lc_stream *st);
 void lc__remember_claimed_locked(lc_session *s, uint64_t ref);
 bool lc__was_claimed_locked(const lc_session *s, uint64_t ref);
+/* A value of ended_refs (neither NULL nor LC_MAP_TOMB). */
+#define LC_ENDED_REF ((void *)2)
 void lc__remember_ended_locked(lc_session *s, uint64_t ref);
 bool lc__take_ended_locked(lc_session *s, uint64_t ref);
 void lc__early_drop_locked(lc_session *s, lc_stream *st);

@@ -1685,6 +1685,66 @@ static void test_substreams_ended_before_named_give_ended_ends(void **st)
 }
 
 /*
+ * Many sub-streams reset before the messages naming them are read: every
+ * message still comes, with an ended Sender. The ended refs were at first
+ * kept in a ring of the last 256: a receiver more than 256 such messages
+ * behind found the older refs forgotten, waited ref_timeout_ms for them and
+ * lost its channel (LC_EPROTO), every later message with it (a review
+ * helper: 500 forwarded TCP connections reset by their clients, read late).
+ */
+static void test_many_substreams_ended_before_their_messages(void **st)
+{
+    LC_TEST_DEADLINE(60);
+    enum { N = 600 };
+    lc_options o;
+    lc_options_default(&o);
+    o.ref_timeout_ms = 300; /* a forgotten ref fails within it */
+    nt_raw p;
+    nt_raw_open(&p, &o);
+    lc_buf b;
+    lc__buf_init(&b);
+    nt_put_syn(&p, &b, 1, 2, 0, 0);
+    for (uint32_t i = 0; i < N; i++) {
+        nt_put_syn(&p, &b, 3 + 2 * i, 10 + i, 2, 0); /* a Sender for us, reset at once */
+        assert_int_equal(lc__spdy_put_rst_stream(&b, 3 + 2 * i, LC_SPDY_CANCEL), 0);
+    }
+    nt_raw_send(&p, &b);
+    /* (read: every reset came before the messages) */
+    assert_int_equal(lc__spdy_put_ping(&b, 1), 0);
+    nt_raw_send(&p, &b);
+    assert_int_equal(nt_raw_expect(&p, LC_SPDY_PING, 0, NULL, 10000), 1);
+    for (uint32_t i = 0; i < N; i++) {
+        uint32_t ref = 10 + i;
+        const uint8_t msg[] = { 0x81, 0xa1, 'S', 0xd6, 0x04, (uint8_t)(ref >> 24), (uint8_t)(ref >> 16),
+                                (uint8_t)(ref >> 8), (uint8_t)ref };
+        assert_int_equal(lc__spdy_put_data(&b, 1, 0, msg, sizeof msg), 0);
+    }
+    nt_put_n(&b, 1, 1);
+    nt_raw_send(&p, &b);
+    lc_receiver *r;
+    assert_int_equal(lc_session_receiver(p.s, &r, 5000), 0);
+    for (int i = 0; i < N; i++) {
+        lc_msg *m;
+        int rc = lc_recv(r, &m, 10000);
+        if (rc != 0)
+            fail_msg("message %d of %d naming an ended sub-stream: %s", i + 1, (int)N, lc_strerror(rc));
+        lc_sender *snd;
+        assert_int_equal(lc_unpack(m, "{s:S}", "S", &snd), 0);
+        lc_msg_free(m);
+        lc_msg *x = lc_pack("{s:i}", "N", i);
+        assert_int_equal(lc_send(snd, x, 5000), LC_ECLOSED);
+        lc_msg_free(x);
+        lc_sender_release(snd);
+    }
+    nt_expect_n(r, 1); /* the channel goes on */
+    assert_int_equal(lc_session_error(p.s), 0);
+    nt_check_alive(&p, 3 + 2 * N, 10 + N);
+    lc_receiver_release(r);
+    lc__buf_free(&b);
+    nt_raw_close(&p);
+}
+
+/*
  * One message naming the same sub-stream twice (ext 4 and ext 4, ext 4 and
  * ext 1, ext 5 and ext 3), or the same passed fd twice: the first naming
  * binds, the second is a ref named twice, so that channel fails with
@@ -3083,6 +3143,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_syn_fin_channels_leave_the_table, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_substream_parent_abuse_and_reset_refs, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_substreams_ended_before_named_give_ended_ends, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_many_substreams_ended_before_their_messages, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_one_message_names_a_ref_twice, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_stream_id_edges, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_control_frame_length_edges, lc_test_setup, lc_test_teardown),
