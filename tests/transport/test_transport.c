@@ -705,6 +705,94 @@ static void test_fork_while_listening_leaves_no_lock_to_the_child(void **state)
     remove_tmpdir();
 }
 
+/* The thread of a listen, and its tid once it runs. */
+typedef struct tid_listen {
+    listen_arg a;
+    _Atomic int tid;
+} tid_listen;
+
+static void *tid_listen_fn(void *x)
+{
+    tid_listen *t = x;
+    atomic_store(&t->tid, lc_test_gettid());
+    return listen_fn(&t->a);
+}
+
+/* Whether thread tid sleeps in nanosleep (lock_dir_of's wait between tries
+ * for a directory's flock: lc_listen sleeps nowhere else). */
+static bool in_nanosleep(int tid)
+{
+    char path[64], w[64] = "";
+    snprintf(path, sizeof path, "/proc/self/task/%d/wchan", tid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return false;
+    bool got = fgets(w, sizeof w, f) != NULL && strstr(w, "nanosleep") != NULL;
+    fclose(f);
+    return got;
+}
+
+/*
+ * A listen in one directory waits for another process's turn there (its
+ * flock), ~2 s at most; a listen in another directory meanwhile does not.
+ * The fork guard of the turns (a process-wide lock, so that no child is
+ * born holding a directory's flock) was held through that wait at first:
+ * every lc_listen and lc_listener_close on a unix path, and fork(), waited
+ * as long (a review helper: 4.2 s for a listen in a free directory). Here
+ * the other process's lock is an flock of our own on the directory (a lock
+ * of another open file description).
+ */
+static void test_listen_elsewhere_does_not_wait_for_a_locked_directory(void **state)
+{
+    (void)state;
+    LC_TEST_DEADLINE(30);
+    make_tmpdir();
+    char d1[128], d2[128], url1[200], url2[200], p1[160], p2[160];
+    sock_path(d1, sizeof d1, "d1");
+    sock_path(d2, sizeof d2, "d2");
+    assert_int_equal(mkdir(d1, 0700), 0);
+    assert_int_equal(mkdir(d2, 0700), 0);
+    snprintf(p1, sizeof p1, "%s/a.sock", d1);
+    snprintf(p2, sizeof p2, "%s/b.sock", d2);
+    snprintf(url1, sizeof url1, "unix://%s", p1);
+    snprintf(url2, sizeof url2, "unix://%s", p2);
+    int held = open(d1, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    assert_true(held >= 0);
+    assert_int_equal(flock(held, LOCK_EX), 0);
+    tid_listen a = { { url1, NULL, -1 }, 0 };
+    pthread_t t;
+    pthread_create(&t, NULL, tid_listen_fn, &a);
+    /* the thread waits for its turn in d1 (between two tries) */
+    int64_t end = lc_test_now_us() + 1500000;
+    bool seen = false;
+    while (!(seen = atomic_load(&a.tid) != 0 && in_nanosleep(atomic_load(&a.tid))) && lc_test_now_us() < end)
+        usleep(50);
+    if (!seen) {
+        close(held);
+        pthread_join(t, NULL);
+        lc__listener_close(a.a.l);
+        fail_msg("the listen in the locked directory was not seen waiting");
+    }
+    int64_t t0 = lc_test_now_us();
+    lc_tlistener *l2;
+    assert_int_equal(lc__listen(url2, &l2, NULL), 0);
+    lc__listener_close(l2);
+    int64_t took = lc_test_now_us() - t0;
+    close(held); /* (the waiting listen goes on) */
+    pthread_join(t, NULL);
+    assert_int_equal(a.a.rc, 0);
+    lc__listener_close(a.a.l);
+    if (took > 500000)
+        fail_msg("lc_listen + lc_listener_close in a free directory took %lld ms beside a listen "
+                 "waiting for another's turn elsewhere",
+                 (long long)(took / 1000));
+    assert_false(exists(p1));
+    assert_false(exists(p2));
+    assert_int_equal(rmdir(d1), 0);
+    assert_int_equal(rmdir(d2), 0);
+    remove_tmpdir();
+}
+
 static void test_unix_stale_socket_file_is_replaced(void **state)
 {
     LC_TEST_DEADLINE(10);
@@ -1375,6 +1463,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unix_relative_and_abstract, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_relative_path_removed_after_chdir, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fork_while_listening_leaves_no_lock_to_the_child, lc_test_setup,
+                                        lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_listen_elsewhere_does_not_wait_for_a_locked_directory, lc_test_setup,
                                         lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_stale_socket_file_is_replaced, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_live_socket_and_other_files_are_kept, lc_test_setup, lc_test_teardown),
