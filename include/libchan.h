@@ -352,7 +352,11 @@ LC_API void lc_receiver_release(lc_receiver *r);        /* -1 reference; NULL is
  * Sends m. On success (0) the message belongs to the library; on failure it is
  * still the caller's. Blocks until a receiver takes it (unbuffered), or until
  * there is room (buffered), at most timeout_ms. Errors: LC_ECLOSED (channel
- * closed, or every Receiver released), LC_ETIMEDOUT, LC_EINVAL.
+ * closed, or every Receiver released), LC_ETIMEDOUT, LC_EINVAL. On a network
+ * Sender also: LC_ESESSION (the session ended), LC_ETAKEN (an attachment was
+ * taken out of the message), LC_EINVAL (one fd twice in the message),
+ * LC_ENOTSUP (a byte stream the session cannot pump, see section 6),
+ * LC_ERANGE (the session's stream ids are used up).
  */
 LC_API int lc_send(lc_sender *s, lc_msg *m, int64_t timeout_ms);
 
