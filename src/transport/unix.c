@@ -252,14 +252,30 @@ static void dir_guard_unlock(void)
     pthread_rwlock_unlock(&dir_guard);
 }
 
-static void dir_guard_init(void)
+static void dir_guard_make(void)
 {
     pthread_rwlockattr_t a;
     pthread_rwlockattr_init(&a);
     pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
     pthread_rwlock_init(&dir_guard, &a);
     pthread_rwlockattr_destroy(&a);
-    pthread_atfork(dir_guard_write, dir_guard_unlock, dir_guard_unlock);
+}
+
+/* In the child the guard is made anew: glibc unlocks a write-locked rwlock
+ * only for the thread id that locked it, and the child's one thread has
+ * another: unlocked, it stayed locked there, and the child's first unix
+ * listen or close, or fork, hung for ever (a review helper). No other
+ * thread exists in the child to hold it. */
+static void dir_guard_child(void)
+{
+    memset(&dir_guard, 0, sizeof dir_guard);
+    dir_guard_make();
+}
+
+static void dir_guard_init(void)
+{
+    dir_guard_make();
+    pthread_atfork(dir_guard_write, dir_guard_unlock, dir_guard_child);
 }
 
 /* Enters the region for path's directory: returns the locked directory's

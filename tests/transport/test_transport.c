@@ -705,6 +705,57 @@ static void test_fork_while_listening_leaves_no_lock_to_the_child(void **state)
     remove_tmpdir();
 }
 
+/*
+ * A forked child (no exec) listens and closes on a unix path, and forks
+ * again, as libchan.h allows. The fork guard of the directory turns was
+ * unlocked in the child by a thread id glibc did not take for its writer:
+ * it stayed locked there, and the child's first unix listen, or its fork,
+ * hung for ever (a review helper: 5 of 5 runs).
+ */
+static void test_forked_child_listens_and_forks(void **state)
+{
+    (void)state;
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+    printf("SKIP: fork() of a multithreaded process under a sanitizer (see test_session_proc.c)\n");
+    skip();
+#endif
+    LC_TEST_DEADLINE(30);
+    make_tmpdir();
+    char path[128], url[160], cpath[128], curl[160];
+    sock_path(path, sizeof path, "parent.sock");
+    sock_path(cpath, sizeof cpath, "child.sock");
+    snprintf(url, sizeof url, "unix://%s", path);
+    snprintf(curl, sizeof curl, "unix://%s", cpath);
+    lc_tlistener *l;
+    assert_int_equal(lc__listen(url, &l, NULL), 0); /* (the fork handlers exist from here) */
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        alarm(10); /* a hang ends the child with SIGALRM */
+        lc_tlistener *cl;
+        if (lc__listen(curl, &cl, NULL) != 0)
+            _exit(2);
+        lc__listener_close(cl);
+        pid_t g = fork();
+        if (g < 0)
+            _exit(3);
+        if (g == 0)
+            _exit(0);
+        int gs;
+        _exit(waitpid(g, &gs, 0) == g && WIFEXITED(gs) && WEXITSTATUS(gs) == 0 ? 0 : 4);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    lc__listener_close(l);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fail_msg("the child %s %d", WIFSIGNALED(status) ? "was killed by signal" : "exited with",
+                 WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+    assert_false(exists(path));
+    assert_false(exists(cpath));
+    remove_tmpdir();
+}
+
 /* The thread of a listen, and its tid once it runs. */
 typedef struct tid_listen {
     listen_arg a;
@@ -1466,6 +1517,7 @@ int main(void)
                                         lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_listen_elsewhere_does_not_wait_for_a_locked_directory, lc_test_setup,
                                         lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_forked_child_listens_and_forks, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_stale_socket_file_is_replaced, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_live_socket_and_other_files_are_kept, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_unix_dial_errors_and_full_backlog_timeout, lc_test_setup, lc_test_teardown),
