@@ -69,19 +69,24 @@ static int enc_attachment(void *ctx, lc_value *v, uint8_t *ext, uint64_t *ref)
     enc_ctx *e = ctx;
     if (lc_value_taken(v))
         return LC_ETAKEN;
-    if (e->pass_fds && lc_value_type(v) == LC_STREAM && e->npassed < LC_TRANSPORT_MAX_FDS) {
+    if (e->pass_fds && lc_value_type(v) == LC_STREAM) {
         /* One fd twice in a message is the caller's error, refused as the
          * sub-stream path refuses it (the engine's EEXIST): passed twice,
          * it went out twice and was closed twice, the second close hitting
-         * whatever fd took the number meanwhile (a review helper) */
+         * whatever fd took the number meanwhile; passed and then again past
+         * the 64 passed ones, as a sub-stream, the queue closed it after
+         * the write and the sub-stream pumped and closed the number (review
+         * helpers) */
         for (size_t i = 0; i < e->npassed; i++)
             if (e->passed[i]->u.fd == v->u.fd)
                 return LC_EINVAL;
-        /* ours: the real fd goes with SCM_RIGHTS, numbered in sending order */
-        e->passed[e->npassed++] = v;
-        *ext = lc__codec_ext_for(v);
-        *ref = LC_REF_PASSED_FD | e->s->fd_out_seq++;
-        return 0;
+        if (e->npassed < LC_TRANSPORT_MAX_FDS) {
+            /* ours: the real fd goes with SCM_RIGHTS, numbered in sending order */
+            e->passed[e->npassed++] = v;
+            *ext = lc__codec_ext_for(v);
+            *ref = LC_REF_PASSED_FD | e->s->fd_out_seq++;
+            return 0;
+        }
     }
     st_kind kind;
     switch (lc_value_type(v)) {
