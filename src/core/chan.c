@@ -1291,6 +1291,23 @@ typedef struct passive_wait {
     void *ctx;
 } passive_wait;
 
+/* c's feeder, retained, if it wants to hear of waits (its ctx in *ctx), or
+ * NULL. No lock for a channel that never had a feeder (fed). */
+static const lc__feeder_ops *waiting_feeder(lc_chan *c, void **ctx)
+{
+    if (!atomic_load_explicit(&c->fed, memory_order_relaxed))
+        return NULL;
+    pthread_mutex_lock(&c->mu);
+    const lc__feeder_ops *ops = c->feed;
+    *ctx = c->feed_ctx;
+    if (ops != NULL && ops->waiting != NULL)
+        ops->retain(*ctx);
+    else
+        ops = NULL;
+    pthread_mutex_unlock(&c->mu);
+    return ops;
+}
+
 static void passive_begin(lc_chan *c, bool recv, passive_wait *pw)
 {
     pw->feed = NULL;
@@ -1304,17 +1321,10 @@ static void passive_begin(lc_chan *c, bool recv, passive_wait *pw)
         }
         return;
     }
-    /* (fed: no lock for a channel that never had a feeder) */
-    if (!recv || !atomic_load_explicit(&c->fed, memory_order_relaxed))
+    if (!recv)
         return;
-    pthread_mutex_lock(&c->mu);
-    const lc__feeder_ops *ops = c->feed;
-    void *ctx = c->feed_ctx;
-    if (ops != NULL && ops->waiting != NULL)
-        ops->retain(ctx);
-    else
-        ops = NULL;
-    pthread_mutex_unlock(&c->mu);
+    void *ctx = NULL;
+    const lc__feeder_ops *ops = waiting_feeder(c, &ctx);
     if (ops != NULL) {
         pw->feed = ops;
         pw->ctx = ctx;
@@ -1338,16 +1348,10 @@ static void passive_end(passive_wait *pw)
  * at the backstop: test_polled_recv_sees_messages_at_once). */
 static void poll_missed(lc_chan *c)
 {
-    if (c->net != NULL || !atomic_load_explicit(&c->fed, memory_order_relaxed))
+    if (c->net != NULL)
         return;
-    pthread_mutex_lock(&c->mu);
-    const lc__feeder_ops *ops = c->feed;
-    void *ctx = c->feed_ctx;
-    if (ops != NULL && ops->waiting != NULL)
-        ops->retain(ctx);
-    else
-        ops = NULL;
-    pthread_mutex_unlock(&c->mu);
+    void *ctx = NULL;
+    const lc__feeder_ops *ops = waiting_feeder(c, &ctx);
     if (ops != NULL) {
         ops->waiting(ctx, 0);
         ops->release(ctx);
