@@ -216,9 +216,9 @@ void lc__stream_unref(lc_stream *st)
 
 /*
  * Records a peer ref that a message named (or that a message never to be
- * delivered named, skim_ref_found), so that naming it again fails at once. Only the last CLAIMED_KEEP are kept:
- * recording all of them grew without bound over a session's life (one entry
- * per fresh reply channel). An older ref named again waits like a ref that
+ * delivered named, skim_ref_found), so that naming it again fails at once.
+ * Only the last CLAIMED_KEEP are kept: recording all of them grew without
+ * bound over a session's life (one entry per fresh reply channel). An older ref named again waits like a ref that
  * never arrives, and fails after ref_timeout_ms. A ring written in order:
  * a map of them cost a fresh reply channel's round trip a delete and an
  * insert in a 64 KiB table, two cache misses; the ring is only searched for
