@@ -431,6 +431,16 @@ static void test_forked_child_makes_messages_while_others_churn(void **st)
     printf("SKIP: ASan's allocator is not fork-safe in this toolchain\n");
     skip();
 #endif
+#if defined(__SANITIZE_THREAD__)
+    /* Nor TSan's runtime under load: in CI (ctest -j2 beside other TSan
+     * tests) one child of 100 hung until its alarm (wait status 0xe), with
+     * this code and this test unchanged since they last passed there; 0 of
+     * 22 runs here, idle or beside two CPU hogs. The other fork tests skip
+     * under both sanitizers (test_session_proc.c); the plain build checks
+     * our locks. */
+    printf("SKIP: fork() of a multithreaded process under TSan\n");
+    skip();
+#endif
     LC_TEST_DEADLINE(20);
     atomic_store(&churn_stop, false);
     pthread_t t[2];
