@@ -1021,57 +1021,71 @@ static void test_fd_peer_process_killed(void **st)
     }
 }
 
-/* A peer (raw SPDY over a socketpair) that announces fd passing and huge
- * windows, then never reads: the session's output and its queue of fds to
- * pass fill up. lc_session_close times out; lc_session_free then closes
- * every fd still queued, and the ones in flight go with the carrier. */
+/*
+ * A peer (raw SPDY over a socketpair) that announces fd passing and huge
+ * windows, then never reads. Round r opens it on *raw and sends messages
+ * each passing STALL_PER pipe read ends (their write ends in w, *n of them)
+ * until the session's output fills up (lc_send times out); *sent counts the
+ * messages taken, *snd is their Sender.
+ */
+enum { STALL_CAP = 400, STALL_PER = 4 };
+
+static void stall_with_fds_queued(int r, nt_raw *raw, int *w, int *n, int *sent, lc_sender **snd)
+{
+    lc_options o;
+    lc_options_default(&o);
+    o.max_pending_out = 256 * 1024 * (size_t)(1 + r % 2);
+    nt_raw_open(raw, &o);
+    lc_buf b;
+    lc__buf_init(&b);
+    lc_spdy_setting set[2] = { { 0, LC_SPDY_SETTINGS_INITIAL_WINDOW_SIZE, 0x7fffffff },
+                               { 0, LC_SETTINGS_LIBCHAN,
+                                 LC_FEATURE_WINDOWS | LC_FEATURE_FDPASS | LC_FEATURE_FD_READY } };
+    assert_int_equal(lc__spdy_put_settings(&b, 0, set, 2), 0);
+    nt_raw_send(raw, &b);
+    lc__buf_free(&b);
+    int64_t end = lc_test_now_us() + 5000000;
+    /* (FD_READY unasked: this peer reads fds from the start, so the
+     * session passes them without asking first) */
+    while (!atomic_load(&raw->s->peer_reads_fds) && lc_test_now_us() < end) {
+        /* the library reads our SETTINGS when something drives it */
+        lc_receiver *x;
+        if (lc_session_receiver(raw->s, &x, 1) == 0)
+            lc_receiver_release(x);
+    }
+    assert_true(atomic_load(&raw->s->peer_reads_fds));
+    assert_int_equal(lc_session_sender(raw->s, snd), 0);
+    static char blob[32 * 1024];
+    int rc = 0;
+    *n = *sent = 0;
+    for (int i = 0; i < STALL_CAP; i++) {
+        lc_msg *m = msg_with_pipes(i, STALL_PER, w + *n, NULL);
+        assert_int_equal(lc_map_set(m, lc_msg_root(m), "B", lc_new_binary(m, blob, sizeof blob)), 0);
+        *n += STALL_PER;
+        rc = lc_send(*snd, m, 100);
+        if (rc != 0) {
+            lc_msg_free(m);
+            break;
+        }
+        (*sent)++;
+    }
+    assert_int_equal(rc, LC_ETIMEDOUT); /* the output filled up */
+}
+
+/* The stalled peer of stall_with_fds_queued: lc_session_close times out;
+ * lc_session_free then closes every fd still queued, and the ones in
+ * flight go with the carrier. */
 static void test_fd_queue_on_stalled_carrier(void **st)
 {
     (void)st;
     LC_TEST_DEADLINE(60);
     signal(SIGPIPE, SIG_IGN);
-    enum { CAP = 400, PER = 4 };
     for (int r = 0; r < 4 * nt_scale(); r++) {
-        lc_options o;
-        lc_options_default(&o);
-        o.max_pending_out = 256 * 1024 * (size_t)(1 + r % 2);
         nt_raw raw;
-        nt_raw_open(&raw, &o);
-        lc_buf b;
-        lc__buf_init(&b);
-        lc_spdy_setting set[2] = { { 0, LC_SPDY_SETTINGS_INITIAL_WINDOW_SIZE, 0x7fffffff },
-                                   { 0, LC_SETTINGS_LIBCHAN,
-                                     LC_FEATURE_WINDOWS | LC_FEATURE_FDPASS | LC_FEATURE_FD_READY } };
-        assert_int_equal(lc__spdy_put_settings(&b, 0, set, 2), 0);
-        nt_raw_send(&raw, &b);
-        lc__buf_free(&b);
-        int64_t end = lc_test_now_us() + 5000000;
-        /* (FD_READY unasked: this peer reads fds from the start, so the
-         * session passes them without asking first) */
-        while (!atomic_load(&raw.s->peer_reads_fds) && lc_test_now_us() < end) {
-            /* the library reads our SETTINGS when something drives it */
-            lc_receiver *x;
-            if (lc_session_receiver(raw.s, &x, 1) == 0)
-                lc_receiver_release(x);
-        }
-        assert_true(atomic_load(&raw.s->peer_reads_fds));
+        static int w[STALL_CAP * STALL_PER];
+        int n, sent;
         lc_sender *snd;
-        assert_int_equal(lc_session_sender(raw.s, &snd), 0);
-        static int w[CAP * PER];
-        static char blob[32 * 1024];
-        int n = 0, sent = 0, rc = 0;
-        for (int i = 0; i < CAP; i++) {
-            lc_msg *m = msg_with_pipes(i, PER, w + n, NULL);
-            assert_int_equal(lc_map_set(m, lc_msg_root(m), "B", lc_new_binary(m, blob, sizeof blob)), 0);
-            n += PER;
-            rc = lc_send(snd, m, 100);
-            if (rc != 0) {
-                lc_msg_free(m);
-                break;
-            }
-            sent++;
-        }
-        assert_int_equal(rc, LC_ETIMEDOUT); /* the output filled up */
+        stall_with_fds_queued(r, &raw, w, &n, &sent, &snd);
         int64_t t0 = lc_test_now_us();
         int crc = lc_session_close(raw.s, 300);
         int64_t ms = (lc_test_now_us() - t0) / 1000;
@@ -1100,45 +1114,12 @@ static void test_fd_queue_closed_when_the_session_dies(void **st)
     (void)st;
     LC_TEST_DEADLINE(60);
     signal(SIGPIPE, SIG_IGN);
-    enum { CAP = 400, PER = 4 };
     for (int r = 0; r < 4 * nt_scale(); r++) {
-        lc_options o;
-        lc_options_default(&o);
-        o.max_pending_out = 256 * 1024 * (size_t)(1 + r % 2);
         nt_raw raw;
-        nt_raw_open(&raw, &o);
-        lc_buf b;
-        lc__buf_init(&b);
-        lc_spdy_setting set[2] = { { 0, LC_SPDY_SETTINGS_INITIAL_WINDOW_SIZE, 0x7fffffff },
-                                   { 0, LC_SETTINGS_LIBCHAN,
-                                     LC_FEATURE_WINDOWS | LC_FEATURE_FDPASS | LC_FEATURE_FD_READY } };
-        assert_int_equal(lc__spdy_put_settings(&b, 0, set, 2), 0);
-        nt_raw_send(&raw, &b);
-        lc__buf_free(&b);
-        int64_t end = lc_test_now_us() + 5000000;
-        while (!atomic_load(&raw.s->peer_reads_fds) && lc_test_now_us() < end) {
-            lc_receiver *x;
-            if (lc_session_receiver(raw.s, &x, 1) == 0)
-                lc_receiver_release(x);
-        }
-        assert_true(atomic_load(&raw.s->peer_reads_fds));
+        static int w[STALL_CAP * STALL_PER];
+        int n, sent;
         lc_sender *snd;
-        assert_int_equal(lc_session_sender(raw.s, &snd), 0);
-        static int w[CAP * PER];
-        static char blob[32 * 1024];
-        int n = 0, sent = 0, rc = 0;
-        for (int i = 0; i < CAP; i++) {
-            lc_msg *m = msg_with_pipes(i, PER, w + n, NULL);
-            assert_int_equal(lc_map_set(m, lc_msg_root(m), "B", lc_new_binary(m, blob, sizeof blob)), 0);
-            n += PER;
-            rc = lc_send(snd, m, 100);
-            if (rc != 0) {
-                lc_msg_free(m);
-                break;
-            }
-            sent++;
-        }
-        assert_int_equal(rc, LC_ETIMEDOUT); /* the output filled up */
+        stall_with_fds_queued(r, &raw, w, &n, &sent, &snd);
         pthread_mutex_lock(&raw.s->wmu);
         size_t queued = raw.s->fdq_len;
         pthread_mutex_unlock(&raw.s->wmu);
@@ -1146,7 +1127,7 @@ static void test_fd_queue_closed_when_the_session_dies(void **st)
         /* the peer hangs up (its unread bytes, and the fds they carry, go) */
         close(raw.fd);
         raw.fd = -1;
-        end = lc_test_now_us() + 10000000;
+        int64_t end = lc_test_now_us() + 10000000;
         while (lc_session_error(raw.s) == 0 && lc_test_now_us() < end)
             usleep(1000);
         assert_int_not_equal(lc_session_error(raw.s), 0);
