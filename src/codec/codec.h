@@ -203,12 +203,13 @@ static inline const uint8_t *lc__sd_rest(const lc_stream_decoder *d, size_t *n)
  * chunk split anywhere, and reports every passed-fd reference in them (ext
  * 1/2/3 with an 8-byte payload whose top bit is set: found() gets the fd's
  * number without that bit), and, when found_ref is set, every sub-stream
- * reference (ext 1..5 without that bit: found_ref gets the ref, with the
- * same ctx). Structure only: no limits, nothing buffered but
+ * reference (ext 1..5 without that bit: found_ref gets the ref and the ext
+ * type that names it, with the same ctx). Structure only: no limits, nothing buffered but
  * a cut header and the nesting stack. feed() returns 0, or LC_EBADMSG once
  * bytes that are not msgpack (or nesting deeper than 4096) ended the walk.
  */
 typedef void (*lc_skim_found_fn)(void *ctx, uint64_t fd_number);
+typedef void (*lc_skim_ref_fn)(void *ctx, uint64_t ref, uint8_t ext);
 typedef struct lc_skim {
     uint64_t skip;   /* payload bytes still to pass over */
     uint8_t hdr[17]; /* a header (with a stream ext's payload) cut by a chunk's end */
@@ -216,7 +217,7 @@ typedef struct lc_skim {
     int dead;
     uint32_t depth, cap;
     uint64_t *left;  /* left[i]: elements still to come at nesting level i */
-    lc_skim_found_fn found_ref; /* NULL after lc__skim_init */
+    lc_skim_ref_fn found_ref; /* NULL after lc__skim_init */
 } lc_skim;
 
 void lc__skim_init(lc_skim *k);

@@ -57,8 +57,12 @@ static long take_header(lc_skim *k, const uint8_t *buf, size_t avail, lc_skim_fo
         return 0;
     if (rc != 0)
         return -1;
-    bool stream_ext = h.kind == LC_WK_EXT && h.ext >= LC_EXT_DUPLEX && h.ext <= LC_EXT_RECEIVER && h.len == 8;
-    size_t need = h.hlen + (stream_ext ? 8u : 0u);
+    /* a ref is 4 bytes when it fits in 32 bits, else 8 (a passed fd's
+     * always 8): the walk missed every 4-byte one, the usual sub-stream ref,
+     * so the sub-streams named by dropped bytes were never reset */
+    bool stream_ext = h.kind == LC_WK_EXT && h.ext >= LC_EXT_DUPLEX && h.ext <= LC_EXT_RECEIVER &&
+                      (h.len == 8 || h.len == 4);
+    size_t need = h.hlen + (stream_ext ? (size_t)h.len : 0u);
     if (avail < need)
         return 0;
     switch (h.kind) {
@@ -69,11 +73,11 @@ static long take_header(lc_skim *k, const uint8_t *buf, size_t avail, lc_skim_fo
             break;
         }
         if (stream_ext) {
-            uint64_t ref = lc__be64(buf + h.hlen);
+            uint64_t ref = h.len == 8 ? lc__be64(buf + h.hlen) : lc__be32(buf + h.hlen);
             if ((ref & PASSED_FD_BIT) && h.ext <= LC_EXT_READ)
                 found(ctx, ref & ~PASSED_FD_BIT);
             else if (!(ref & PASSED_FD_BIT) && k->found_ref != NULL)
-                k->found_ref(ctx, ref);
+                k->found_ref(ctx, ref, h.ext);
             element_done(k);
             break;
         }

@@ -77,8 +77,9 @@ static void skim_found(void *ctx, uint64_t n)
  * waited for ever: a Sender it gave us (an ack channel in a reply the
  * requester gave up on) never ended on its side (a review helper). mu held.
  */
-static void skim_ref_found(void *ctx, uint64_t ref)
+static void skim_ref_found(void *ctx, uint64_t ref, uint8_t ext)
 {
+    (void)ext;
     lc_session *s = ctx;
     lc_stream *sub = lc__map_get(&s->peer_refs, ref);
     if (sub == NULL) {
@@ -139,7 +140,7 @@ static void drop_refs_locked(lc_session *s, const lc_value *v, int depth)
         if ((v->u.ref & LC_REF_PASSED_FD) && v->mode >= 1 && v->mode <= 3)
             skim_found(s, v->u.ref & ~LC_REF_PASSED_FD);
         else if (!(v->u.ref & LC_REF_PASSED_FD) && v->mode >= 1 && v->mode <= 5)
-            skim_ref_found(s, v->u.ref);
+            skim_ref_found(s, v->u.ref, v->mode);
     } else if (v->type == LC_ARRAY || v->type == LC_MAP) {
         uint32_t n = v->type == LC_MAP ? 2 * v->len : v->len;
         for (uint32_t i = 0; i < n; i++)
@@ -338,33 +339,13 @@ static int resolve_ended(lc_value *v)
     return 0;
 }
 
-static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *k)
+/*
+ * Binds the peer's sub-stream sub to the end v names (v: LC__REF, mode its
+ * wire ext), which v becomes: a Sender, a Receiver or a byte stream's fd.
+ * The sub-stream leaves peer_refs and is remembered as named. mu held.
+ */
+static int bind_sub_locked(lc_session *s, lc_stream *sub, lc_value *v, kick_list *k)
 {
-    if ((v->u.ref & LC_REF_PASSED_FD) && v->mode >= 1 && v->mode <= 3) {
-        /* ours: the fd came with SCM_RIGHTS; sequence numbers count arrivals */
-        if (!atomic_load(&s->peer_fdpass))
-            return LC_EPROTO; /* a peer that never said it passes fds (0x2) */
-        void *slot = lc__map_del(&s->in_fds, v->u.ref & ~LC_REF_PASSED_FD);
-        if (slot == NULL)
-            return 1; /* not arrived yet (a bounded wait, as for streams) */
-        uint8_t ext = v->mode;
-        v->type = LC_STREAM;
-        v->mode = ext == 1 ? LC_STREAM_DUPLEX : ext == 2 ? LC_STREAM_WRITE : LC_STREAM_READ;
-        v->u.fd = lc__val_as_fd(slot);
-        v->flags &= (uint8_t)~LC_VF_TAKEN;
-        k->passed++;
-        return lc__msg_track_attachment(m, v) != 0 ? LC_ENOMEM : 0;
-    }
-    lc_stream *sub = lc__map_get(&s->peer_refs, v->u.ref);
-    if (sub == NULL) {
-        if (lc__was_claimed_locked(s, v->u.ref))
-            return LC_EPROTO; /* named twice */
-        if (!lc__take_ended_locked(s, v->u.ref))
-            return 1; /* not arrived yet */
-        lc__remember_claimed_locked(s, v->u.ref); /* a second naming fails at once */
-        int rc = resolve_ended(v);
-        return rc != 0 ? rc : lc__msg_track_attachment(m, v) != 0 ? LC_ENOMEM : 0;
-    }
     if (sub->claimed)
         return LC_EPROTO; /* a sub-stream names one channel end, once */
     uint8_t ext = v->mode;
@@ -407,8 +388,6 @@ static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *
     v->flags &= (uint8_t)~LC_VF_TAKEN;
     lc__map_del(&s->peer_refs, sub->ref);
     lc__remember_claimed_locked(s, sub->ref); /* a second naming fails at once */
-    if (lc__msg_track_attachment(m, v) != 0)
-        return LC_ENOMEM;
     if (sub->kind == ST_RECV)
         bind_early_locked(s, sub, k); /* bytes that came before it was named */
     if (sub->kind == ST_BYTES && (sub->early.len > 0 || sub->early_fin)) {
@@ -427,6 +406,61 @@ static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *
     if (sub->kind == ST_SEND)
         lc__early_drop_locked(s, sub); /* DATA against its direction: ignored, as Go does */
     return 0;
+}
+
+/* An end bound at a clean end before the message naming it was decoded
+ * (lc__bind_all_before_end): kept in late_refs until that message claims
+ * it, or lc_session_free releases it. */
+typedef struct late_end {
+    uint8_t ext; /* the wire ext that named it: a later naming must agree */
+    lc_value v;  /* the end (its type, mode and u) */
+} late_end;
+
+static int resolve_one_locked(lc_session *s, lc_msg *m, lc_value *v, kick_list *k)
+{
+    if ((v->u.ref & LC_REF_PASSED_FD) && v->mode >= 1 && v->mode <= 3) {
+        /* ours: the fd came with SCM_RIGHTS; sequence numbers count arrivals */
+        if (!atomic_load(&s->peer_fdpass))
+            return LC_EPROTO; /* a peer that never said it passes fds (0x2) */
+        void *slot = lc__map_del(&s->in_fds, v->u.ref & ~LC_REF_PASSED_FD);
+        if (slot == NULL)
+            return 1; /* not arrived yet (a bounded wait, as for streams) */
+        uint8_t ext = v->mode;
+        v->type = LC_STREAM;
+        v->mode = ext == 1 ? LC_STREAM_DUPLEX : ext == 2 ? LC_STREAM_WRITE : LC_STREAM_READ;
+        v->u.fd = lc__val_as_fd(slot);
+        v->flags &= (uint8_t)~LC_VF_TAKEN;
+        k->passed++;
+        return lc__msg_track_attachment(m, v) != 0 ? LC_ENOMEM : 0;
+    }
+    if (s->late_refs.len > 0) {
+        late_end *e = lc__map_get(&s->late_refs, v->u.ref);
+        if (e != NULL) {
+            if (e->ext != v->mode)
+                return LC_EPROTO; /* named before as another kind of end */
+            lc__map_del(&s->late_refs, v->u.ref);
+            v->type = e->v.type;
+            v->mode = e->v.mode;
+            v->u = e->v.u;
+            v->flags &= (uint8_t)~LC_VF_TAKEN;
+            free(e);
+            return lc__msg_track_attachment(m, v) != 0 ? LC_ENOMEM : 0;
+        }
+    }
+    lc_stream *sub = lc__map_get(&s->peer_refs, v->u.ref);
+    if (sub == NULL) {
+        if (lc__was_claimed_locked(s, v->u.ref))
+            return LC_EPROTO; /* named twice */
+        if (!lc__take_ended_locked(s, v->u.ref))
+            return 1; /* not arrived yet */
+        lc__remember_claimed_locked(s, v->u.ref); /* a second naming fails at once */
+        int rc = resolve_ended(v);
+        return rc != 0 ? rc : lc__msg_track_attachment(m, v) != 0 ? LC_ENOMEM : 0;
+    }
+    int rc = bind_sub_locked(s, sub, v, k);
+    if (rc != 0)
+        return rc;
+    return lc__msg_track_attachment(m, v) != 0 ? LC_ENOMEM : 0;
 }
 
 static int resolve_refs_locked(lc_session *s, lc_msg *m, lc_value *v, int depth, kick_list *k)
@@ -479,32 +513,92 @@ static int resolve_msg_locked(lc_session *s, lc_msg *m, kick_list *k)
     return resolve_refs_locked(s, m, m->root, 0, k);
 }
 
+/* A passed fd a skimmed message names: nothing to do here (in_fds keeps it
+ * until the message claims it, also after the session's end). */
+static void late_fd_found(void *ctx, uint64_t n)
+{
+    (void)ctx;
+    (void)n;
+}
+
+typedef struct late_ctx {
+    lc_session *s;
+    kick_list *k;
+    size_t bound;
+} late_ctx;
+
+/* A sub-stream a message still undecoded names at a clean end: bound now,
+ * while it is in the tables, and kept for that message (late_refs). Refs of
+ * no sub-stream here (never opened, or named already) are left to the
+ * message's own resolution. mu held. */
+static void late_ref_found(void *ctx, uint64_t ref, uint8_t ext)
+{
+    late_ctx *c = ctx;
+    lc_session *s = c->s;
+    if (ext < 1 || ext > 5 || lc__map_get(&s->late_refs, ref) != NULL)
+        return;
+    lc_stream *sub = lc__map_get(&s->peer_refs, ref);
+    bool ended = sub == NULL && !lc__was_claimed_locked(s, ref) && lc__take_ended_locked(s, ref);
+    if (sub == NULL && !ended)
+        return;
+    /* in the table first (its growth is what may fail): a bound end with
+     * nowhere to go would have to be released, which mu forbids */
+    late_end *e = calloc(1, sizeof *e);
+    if (e == NULL || lc__map_put(&s->late_refs, ref, e) != 0) {
+        free(e);
+        if (ended)
+            lc__remember_ended_locked(s, ref); /* its message resolves it, as before */
+        return;
+    }
+    e->ext = ext;
+    e->v.type = LC__REF;
+    e->v.mode = ext;
+    e->v.u.ref = ref;
+    int rc;
+    if (ended) {
+        lc__remember_claimed_locked(s, ref);
+        rc = resolve_ended(&e->v);
+    } else {
+        rc = bind_sub_locked(s, sub, &e->v, c->k);
+    }
+    if (rc != 0) {
+        /* (no memory or fds: its message is lost at its turn, as before) */
+        lc__map_del(&s->late_refs, ref);
+        free(e);
+        return;
+    }
+    c->bound++;
+}
 /*
  * The peer hung up cleanly, after its last frames: the messages that reached
  * us are still delivered (libchan.h), but the sub-streams their attachments
  * name leave the tables with the session, and a message resolved after that
  * was dropped with everything behind it (a review helper: recv_queue 1, 8
  * messages carrying a byte stream each, the peer closed gracefully: 2
- * arrived). So the messages that can still enter a channel's queue, and
- * those decoded ahead of it (min(32, recv_queue)), are decoded (no more:
- * decoding all that was buffered held ~50 bytes of values per byte, 194 MB
- * for 3.5 MB, a review helper) and have their references bound now, while
- * they still can be: a byte stream gets its bytes and EOF (the end drains
- * it), a Receiver its messages and end. (Decoded up to there: a delivery
- * in flight may have left fewer decoded than that.)
+ * arrived; another: a proxy got 13007 of 20000 replies when every 100th
+ * carried a Receiver). So every reference is bound now, while it still can
+ * be: those of the messages that can still enter a channel's queue, and of
+ * those decoded ahead of it (min(32, recv_queue)), which are decoded; and
+ * those of the messages behind them, still bytes, which are skimmed
+ * (late_ref_found) and not decoded: decoding all that was buffered held ~50
+ * bytes of values per byte, 194 MB for 3.5 MB (a review helper). A byte
+ * stream gets its bytes and EOF (the end drains it), a Receiver its
+ * messages and end. (Decoded up to there: a delivery in flight may have
+ * left fewer decoded than that.)
  * Passes until one binds nothing new: a Receiver bound in a pass has its
- * own messages decoded, and its slot may come before the current one. The
- * rest (messages still undecoded behind those, a sub-stream that never
- * came) is lost, as PROTOCOL.md 3.11 says. Called before lc__session_fail;
- * no lock held.
+ * own messages, and its slot may come before the current one. Lost are only
+ * messages behind bytes that do not decode, or whose sub-stream never came
+ * (PROTOCOL.md 3.11). Called before lc__session_fail; no lock held.
  */
 void lc__bind_all_before_end(lc_session *s)
 {
     kick_list k;
     lc__kl_init(&k);
+    late_ctx lc = { s, &k, 0 };
+    lc_skim sk;
     pthread_mutex_lock(&s->mu);
-    for (size_t before = SIZE_MAX; !s->dead && k.n != before;) {
-        before = k.n;
+    for (size_t before = SIZE_MAX; !s->dead && k.n + lc.bound != before;) {
+        before = k.n + lc.bound;
         for (size_t i = 0; i < s->streams.cap; i++) {
             lc_stream *st = s->streams.slots[i].val;
             if (st == NULL || st == LC_MAP_TOMB || st->reset ||
@@ -520,10 +614,46 @@ void lc__bind_all_before_end(lc_session *s)
             for (m = st->pending_head; m != NULL; m = m->next)
                 if (m->has_refs && resolve_msg_locked(s, m, &k) < 0)
                     break; /* (its delivery fails the channel, as it would have) */
+            /* the rest, once (nothing more arrives): bytes that do not
+             * decode are where delivery will stop, so not walked */
+            if (st->late_skimmed || !st->sd_init || st->sd.err != 0)
+                continue;
+            st->late_skimmed = true;
+            size_t n;
+            const uint8_t *rest = lc__sd_rest(&st->sd, &n);
+            if (n == 0)
+                continue;
+            lc__skim_init(&sk);
+            sk.found_ref = late_ref_found;
+            lc__skim_feed(&sk, rest, n, late_fd_found, &lc);
+            lc__skim_free(&sk);
         }
     }
     pthread_mutex_unlock(&s->mu);
     kick_streams(s, &k);
+}
+
+/* The ends bound for messages that never claimed them (lc_session_free:
+ * those messages can no longer be delivered). No lock held. */
+void lc__late_refs_release(lc_session *s)
+{
+    pthread_mutex_lock(&s->mu);
+    lc_map late = s->late_refs;
+    memset(&s->late_refs, 0, sizeof s->late_refs);
+    pthread_mutex_unlock(&s->mu);
+    for (size_t i = 0; i < late.cap; i++) {
+        late_end *e = late.slots[i].val;
+        if (e == NULL || e == LC_MAP_TOMB)
+            continue;
+        if (e->v.type == LC_SENDER)
+            lc_sender_release(e->v.u.sender);
+        else if (e->v.type == LC_RECEIVER)
+            lc_receiver_release(e->v.u.receiver);
+        else if (e->v.type == LC_STREAM && e->v.u.fd >= 0)
+            close(e->v.u.fd);
+        free(e);
+    }
+    lc__map_free(&late);
 }
 
 /* ---- receiving: delivery ------------------------------------------------- */

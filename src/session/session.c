@@ -1258,5 +1258,6 @@ LC_API void lc_session_free(lc_session *s)
      * when the session dies before its fd has come (its channel ends with
      * LC_ESESSION). */
     close_passed_fds(s);
+    lc__late_refs_release(s); /* (ends bound for messages never delivered: as the fds) */
     lc__session_unref(s);
 }

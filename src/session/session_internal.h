@@ -77,6 +77,8 @@ typedef struct lc_stream {
                              what we pump): no FIN will come (PROTOCOL.md 5.3) */
     bool noted;           /* mu: listed for delivery in the current read batch */
     bool skimmed;         /* mu: its bytes went to a skimmer (skim_start_locked) */
+    bool late_skimmed;    /* mu: its undecoded bytes were walked for refs at a clean end
+                             (lc__bind_all_before_end) */
     bool feeding;         /* we are the feeder of into's channel (a reply channel) */
     _Atomic bool local_fin; /* written under wmu (senders) or mu (reader): atomic */
     bool remote_fin;
@@ -234,6 +236,8 @@ struct lc_session {
     pthread_mutex_t mu;
     lc_map streams;       /* SPDY id -> stream */
     lc_map peer_refs;     /* peer's libchan-ref -> unbound sub-stream */
+    lc_map late_refs;     /* mu: peer's libchan-ref -> its end (a late_end), bound at a clean
+                             end for a message still undecoded (lc__bind_all_before_end) */
     lc_map in_fds;        /* received fd sequence number -> fd + 1, not yet claimed */
     uint64_t claimed_ring[CLAIMED_KEEP]; /* peer refs already named by a message (the last
                                             CLAIMED_KEEP), oldest at claimed_next % CLAIMED_KEEP */
@@ -528,6 +532,7 @@ void lc__skim_more_locked(lc_session *s, uint32_t id, const uint8_t *p, size_t n
 void lc__skim_start_locked(lc_session *s, lc_stream *st, const uint8_t *extra, size_t extra_n, bool fin);
 void lc__drop_refs_locked(lc_session *s, lc_msg *chain);
 void lc__bind_all_before_end(lc_session *s);
+void lc__late_refs_release(lc_session *s);
 void lc__pending_append_locked(lc_stream *st, lc_msg *m);
 void lc__note_data_wmu_locked(lc_session *s, lc_stream *st);
 void lc__close_unclaimed_fds_locked(lc_session *s);

@@ -1498,6 +1498,55 @@ static void test_skim_finds_passed_fds_split_anywhere(void **st)
     lc__skim_free(&k);
 }
 
+typedef struct {
+    uint64_t ref[8];
+    uint8_t ext[8];
+    int n;
+} skim_refs_seen;
+
+static void skim_ref_note(void *ctx, uint64_t ref, uint8_t ext)
+{
+    skim_refs_seen *s = ctx;
+    if (s->n < 8) {
+        s->ref[s->n] = ref;
+        s->ext[s->n] = ext;
+    }
+    s->n++;
+}
+
+static void skim_fd_ignore(void *ctx, uint64_t fd_number)
+{
+    (void)ctx;
+    (void)fd_number;
+}
+
+/* The sub-stream refs of SKIM_BYTES, with found_ref set: the 8-byte one and
+ * the 4-byte one (the usual width: only the 8-byte form was reported, so
+ * the sub-streams that dropped bytes name were not reset), each with the ext
+ * that names it, wherever the bytes are cut. */
+static void test_skim_reports_substream_refs_of_both_widths(void **st)
+{
+    (void)st;
+    HX(in, SKIM_BYTES "91 d6 05 00 01 00 00");
+    for (size_t cut = 0; cut <= in_n; cut++) {
+        lc_skim k;
+        skim_refs_seen seen = { 0 };
+        lc__skim_init(&k);
+        k.found_ref = skim_ref_note;
+        assert_int_equal(lc__skim_feed(&k, in, cut, skim_fd_ignore, &seen), 0);
+        assert_int_equal(lc__skim_feed(&k, in + cut, in_n - cut, skim_fd_ignore, &seen), 0);
+        assert_int_equal(seen.n, 3);
+        assert_int_equal(seen.ref[0], 5);
+        assert_int_equal(seen.ext[0], 2);
+        assert_int_equal(seen.ref[1], 5);
+        assert_int_equal(seen.ext[1], 1);
+        assert_int_equal(seen.ref[2], 0x10000);
+        assert_int_equal(seen.ext[2], 5);
+        assert_int_equal(k.depth, 0);
+        lc__skim_free(&k);
+    }
+}
+
 static void test_skim_finds_passed_fds_in_a_body_message(void **st)
 {
     (void)st;
@@ -1572,6 +1621,7 @@ int main(void)
         T(test_body_ext7_malformed),
         T(test_public_api_arguments),
         T(test_skim_finds_passed_fds_split_anywhere),
+        T(test_skim_reports_substream_refs_of_both_widths),
         T(test_skim_finds_passed_fds_in_a_body_message),
         T(test_skim_stops_at_bytes_that_are_not_msgpack),
 #undef T
