@@ -504,7 +504,10 @@ LC_API size_t lc_receiver_queued(lc_receiver *r);
  * carrier is lost, every blocked call on the session's channels returns at
  * once: receivers get LC_ESESSION after the messages that had reached this
  * side (LC_EOF for a channel the peer had closed before), senders get
- * LC_ESESSION; messages in flight may be lost.
+ * LC_ESESSION; messages in flight may be lost. After a peer's graceful
+ * lc_session_close, the messages that reached this side keep the channel
+ * ends and byte streams they carry (each still brings what the peer had
+ * sent on it, then its end).
  *
  * A misbehaving peer is bounded: bad frames end its session (LC_EPROTO) or
  * the stream concerned; answers it never reads, windows it overruns, fds
@@ -676,6 +679,10 @@ LC_API int lc_session_close(lc_session *s, int64_t timeout_ms);
 LC_API int lc_session_error(lc_session *s);
 /* Releases the session handle. An open session is closed abruptly (use
  * lc_session_close first to flush). Its channel ends stay valid handles.
+ * The messages that reached its channels are still received, up to the
+ * first one not yet in its channel's queue that carries channel ends or
+ * byte streams: that one and those behind it are lost (their ends can no
+ * longer be bound), and the channel ends with LC_ESESSION.
  * Threads blocked in lc_session_receiver on it return LC_ESESSION; one
  * blocked in lc_session_close returns at once: LC_ESESSION while what it had
  * to send was not all written (or a channel it opened not yet answered),

@@ -525,7 +525,14 @@ typedef struct late_ctx {
     lc_session *s;
     kick_list *k;
     size_t bound;
+    size_t bytes; /* byte streams among them */
 } late_ctx;
+
+/* Byte streams bound this way, at most: each takes a socketpair (two fds)
+ * until its message is received, and a peer's backlog could otherwise take
+ * the process's fds (1024 by default) from its other work. The messages
+ * past it are lost, as all were before. */
+#define LATE_BYTES_MAX 128
 
 /* A sub-stream a message still undecoded names at a clean end: bound now,
  * while it is in the tables, and kept for that message (late_refs). Refs of
@@ -535,7 +542,8 @@ static void late_ref_found(void *ctx, uint64_t ref, uint8_t ext)
 {
     late_ctx *c = ctx;
     lc_session *s = c->s;
-    if (ext < 1 || ext > 5 || lc__map_get(&s->late_refs, ref) != NULL)
+    if (ext < 1 || ext > 5 || lc__map_get(&s->late_refs, ref) != NULL ||
+        (ext <= 3 && c->bytes >= LATE_BYTES_MAX))
         return;
     lc_stream *sub = lc__map_get(&s->peer_refs, ref);
     bool ended = sub == NULL && !lc__was_claimed_locked(s, ref) && lc__take_ended_locked(s, ref);
@@ -568,6 +576,7 @@ static void late_ref_found(void *ctx, uint64_t ref, uint8_t ext)
         return;
     }
     c->bound++;
+    c->bytes += ext <= 3;
 }
 /*
  * The peer hung up cleanly, after its last frames: the messages that reached
@@ -594,7 +603,7 @@ void lc__bind_all_before_end(lc_session *s)
 {
     kick_list k;
     lc__kl_init(&k);
-    late_ctx lc = { s, &k, 0 };
+    late_ctx lc = { s, &k, 0, 0 };
     lc_skim sk;
     pthread_mutex_lock(&s->mu);
     for (size_t before = SIZE_MAX; !s->dead && k.n + lc.bound != before;) {
