@@ -1472,6 +1472,66 @@ static void expect_hello(int fd, int i)
     close(fd);
 }
 
+/* A Receiver whose channel holds inner (NULL: nothing) and is closed. */
+static lc_receiver *closed_receiver(lc_msg *inner)
+{
+    lc_receiver *r;
+    lc_sender *w;
+    assert_int_equal(lc_pipe(&r, &w, 1), 0);
+    if (inner != NULL)
+        assert_int_equal(lc_send(w, inner, 5000), 0);
+    assert_int_equal(lc_close(w), 0);
+    lc_sender_release(w);
+    return r;
+}
+
+/* Message i of the graceful-end tests: {N: i} and, every third, a byte
+ * stream "S" (kind 0) or a Receiver "R" whose one message is {N: i, S: a
+ * byte stream} (kind 1); every other one, "S" or "R" with nothing. */
+static lc_msg *late_msg(int i, bool every_third)
+{
+    int kind = every_third ? i % 3 : i % 2;
+    lc_msg *m = lc_msg_new();
+    lc_value *map = lc_new_map(m);
+    assert_int_equal(lc_map_set(m, map, "N", lc_new_int(m, i)), 0);
+    if (kind == 0) {
+        assert_int_equal(lc_map_set(m, map, "S", lc_new_stream(m, hello_pipe(), LC_STREAM_READ)), 0);
+    } else if (kind == 1) {
+        lc_msg *inner = NULL;
+        if (every_third) {
+            inner = lc_msg_new();
+            lc_value *im = lc_new_map(inner);
+            assert_int_equal(lc_map_set(inner, im, "N", lc_new_int(inner, i)), 0);
+            assert_int_equal(lc_map_set(inner, im, "S", lc_new_stream(inner, hello_pipe(), LC_STREAM_READ)), 0);
+            assert_int_equal(lc_msg_set_root(inner, im), 0);
+        }
+        assert_int_equal(lc_map_set(m, map, "R", lc_new_receiver(m, closed_receiver(inner))), 0);
+    }
+    assert_int_equal(lc_msg_set_root(m, map), 0);
+    return m;
+}
+
+/* A pair over TCP whose server has recv_queue q; the client sends n
+ * late_msg()s on one channel and closes its session gracefully, which
+ * returns once the server has read everything and hung up. */
+static lc_receiver *send_then_close(nt_pair *p, size_t q, int n, bool every_third)
+{
+    lc_options so;
+    lc_options_default(&so);
+    so.recv_queue = q;
+    nt_open_pair(p, "tcp://127.0.0.1:0", NULL, &so);
+    lc_sender *tx;
+    assert_int_equal(lc_session_sender(p->client, &tx), 0);
+    for (int i = 0; i < n; i++)
+        assert_int_equal(lc_send(tx, late_msg(i, every_third), 5000), 0);
+    assert_int_equal(lc_close(tx), 0);
+    lc_sender_release(tx);
+    assert_int_equal(lc_session_close(p->client, 10000), 0);
+    lc_receiver *rx;
+    assert_int_equal(lc_session_receiver(p->server, &rx, 5000), 0);
+    return rx;
+}
+
 /* The peer closes gracefully while far more messages than the queue and the
  * decode-ahead hold are still bytes on our side, every third carrying a byte
  * stream and every third a Receiver whose own message carries another byte
@@ -1484,47 +1544,8 @@ static void test_graceful_end_binds_every_queued_message(void **st)
     (void)st;
     LC_TEST_DEADLINE(60);
     enum { N = 150 };
-    lc_options so;
-    lc_options_default(&so);
-    so.recv_queue = 4;
-    lc_listener *l;
-    lc_session *c, *sv;
-    lc_error err = { 0 };
-    assert_int_equal(lc_listen("tcp://127.0.0.1:0", &so, &l, &err), 0);
-    char bound[256];
-    assert_int_equal(lc_listener_url(l, bound, sizeof bound), 0);
-    assert_int_equal(lc_dial(bound, NULL, &c, &err), 0);
-    assert_int_equal(lc_accept(l, &sv, 5000), 0);
-    lc_sender *tx;
-    assert_int_equal(lc_session_sender(c, &tx), 0);
-    for (int i = 0; i < N; i++) {
-        lc_msg *m = lc_msg_new();
-        lc_value *map = lc_new_map(m);
-        assert_int_equal(lc_map_set(m, map, "N", lc_new_int(m, i)), 0);
-        if (i % 3 == 0) {
-            assert_int_equal(lc_map_set(m, map, "S", lc_new_stream(m, hello_pipe(), LC_STREAM_READ)), 0);
-        } else if (i % 3 == 1) {
-            lc_receiver *r;
-            lc_sender *w;
-            assert_int_equal(lc_pipe(&r, &w, 1), 0);
-            lc_msg *inner = lc_msg_new();
-            lc_value *im = lc_new_map(inner);
-            assert_int_equal(lc_map_set(inner, im, "N", lc_new_int(inner, i)), 0);
-            assert_int_equal(lc_map_set(inner, im, "S", lc_new_stream(inner, hello_pipe(), LC_STREAM_READ)), 0);
-            assert_int_equal(lc_msg_set_root(inner, im), 0);
-            assert_int_equal(lc_send(w, inner, 5000), 0);
-            assert_int_equal(lc_close(w), 0);
-            lc_sender_release(w);
-            assert_int_equal(lc_map_set(m, map, "R", lc_new_receiver(m, r)), 0);
-        }
-        assert_int_equal(lc_msg_set_root(m, map), 0);
-        assert_int_equal(lc_send(tx, m, 5000), 0);
-    }
-    assert_int_equal(lc_close(tx), 0);
-    /* returns once the server has read our end and hung up */
-    assert_int_equal(lc_session_close(c, 10000), 0);
-    lc_receiver *rx;
-    assert_int_equal(lc_session_receiver(sv, &rx, 5000), 0);
+    nt_pair p;
+    lc_receiver *rx = send_then_close(&p, 4, N, true);
     for (int i = 0; i < N; i++) {
         lc_msg *m;
         int rc = lc_recv(rx, &m, 5000);
@@ -1557,10 +1578,7 @@ static void test_graceful_end_binds_every_queued_message(void **st)
     lc_msg *m;
     assert_int_equal(lc_recv(rx, &m, 5000), LC_EOF);
     lc_receiver_release(rx);
-    lc_sender_release(tx);
-    lc_session_free(c);
-    lc_session_free(sv);
-    lc_listener_close(l);
+    nt_close_pair(&p);
 }
 
 /* The same end, but the application frees the session before it has taken
@@ -1571,44 +1589,13 @@ static void test_graceful_end_ends_bound_late_go_with_the_session(void **st)
     (void)st;
     LC_TEST_DEADLINE(60);
     enum { N = 60 };
-    lc_options so;
-    lc_options_default(&so);
-    so.recv_queue = 2;
-    lc_listener *l;
-    lc_session *c, *sv;
-    lc_error err = { 0 };
-    assert_int_equal(lc_listen("tcp://127.0.0.1:0", &so, &l, &err), 0);
-    char bound[256];
-    assert_int_equal(lc_listener_url(l, bound, sizeof bound), 0);
-    assert_int_equal(lc_dial(bound, NULL, &c, &err), 0);
-    assert_int_equal(lc_accept(l, &sv, 5000), 0);
-    lc_sender *tx;
-    assert_int_equal(lc_session_sender(c, &tx), 0);
-    for (int i = 0; i < N; i++) {
-        lc_msg *m = lc_msg_new();
-        lc_value *map = lc_new_map(m);
-        if (i % 2 == 0) {
-            assert_int_equal(lc_map_set(m, map, "S", lc_new_stream(m, hello_pipe(), LC_STREAM_READ)), 0);
-        } else {
-            lc_receiver *r;
-            lc_sender *w;
-            assert_int_equal(lc_pipe(&r, &w, 1), 0);
-            assert_int_equal(lc_close(w), 0);
-            lc_sender_release(w);
-            assert_int_equal(lc_map_set(m, map, "R", lc_new_receiver(m, r)), 0);
-        }
-        assert_int_equal(lc_msg_set_root(m, map), 0);
-        assert_int_equal(lc_send(tx, m, 5000), 0);
-    }
-    assert_int_equal(lc_close(tx), 0);
-    assert_int_equal(lc_session_close(c, 10000), 0);
-    lc_receiver *rx;
-    assert_int_equal(lc_session_receiver(sv, &rx, 5000), 0);
+    nt_pair p;
+    lc_receiver *rx = send_then_close(&p, 2, N, false);
     lc_msg *m;
     assert_int_equal(lc_recv(rx, &m, 5000), 0); /* one taken, the rest left */
     lc_msg_free(m);
-    lc_session_free(sv);
-    /* what is left in the queue is still delivered; what was bytes is not */
+    lc_session_free(p.server);
+    /* what is in the queue is still delivered; what was bytes is not */
     int got = 1, rc;
     while ((rc = lc_recv(rx, &m, 5000)) == 0) {
         got++;
@@ -1617,9 +1604,8 @@ static void test_graceful_end_ends_bound_late_go_with_the_session(void **st)
     assert_true(rc == LC_ESESSION || rc == LC_EOF);
     assert_true(got < N);
     lc_receiver_release(rx);
-    lc_sender_release(tx);
-    lc_session_free(c);
-    lc_listener_close(l);
+    lc_session_free(p.client);
+    lc_listener_close(p.l);
 }
 
 int main(void)
