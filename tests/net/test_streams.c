@@ -1608,6 +1608,83 @@ static void test_graceful_end_ends_bound_late_go_with_the_session(void **st)
     lc_listener_close(p.l);
 }
 
+/* Replies through a proxy: A sends a request carrying its reply Sender to
+ * the proxy, which forwards it to B on another session; B answers N times,
+ * every 10th reply carrying a Receiver with one message, then closes its
+ * session gracefully, before A reads anything (A's window, 64 KiB, keeps
+ * most of them in the proxy's session with B). Every reply reaches A, each
+ * Receiver with its message (a review helper's proxy got 13007 of 20000:
+ * the first reply past the proxy's decode-ahead that carried a Receiver was
+ * lost at B's hang-up, with everything behind it). */
+static void test_graceful_end_through_a_proxy_keeps_every_reply(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(60);
+    enum { N = 20000 };
+    nt_pair ap, pb; /* A -> proxy, proxy -> B */
+    lc_options ao; /* A's small window holds the replies back in the proxy */
+    lc_options_default(&ao);
+    ao.stream_window = 64 << 10;
+    nt_open_pair(&ap, "tcp://127.0.0.1:0", &ao, NULL);
+    nt_open_pair(&pb, "tcp://127.0.0.1:0", NULL, NULL);
+    lc_receiver *replies;
+    lc_sender *ret;
+    assert_int_equal(lc_pipe(&replies, &ret, 4), 0);
+    lc_sender *req;
+    assert_int_equal(lc_session_sender(ap.client, &req), 0);
+    assert_int_equal(lc_send(req, lc_pack("{s:S}", "Ret", ret), 5000), 0);
+    /* the proxy: the request as it came, onto its session with B */
+    lc_receiver *in;
+    lc_msg *m;
+    assert_int_equal(lc_session_receiver(ap.server, &in, 5000), 0);
+    assert_int_equal(lc_recv(in, &m, 5000), 0);
+    lc_sender *fwd;
+    assert_int_equal(lc_session_sender(pb.client, &fwd), 0);
+    assert_int_equal(lc_send(fwd, m, 5000), 0);
+    /* B */
+    lc_receiver *bin;
+    assert_int_equal(lc_session_receiver(pb.server, &bin, 5000), 0);
+    assert_int_equal(lc_recv(bin, &m, 5000), 0);
+    lc_sender *bret;
+    assert_int_equal(lc_unpack(m, "{s:S}", "Ret", &bret), 0);
+    lc_msg_free(m);
+    for (int i = 0; i < N; i++) {
+        m = i % 10 == 9 ? lc_pack("{s:i, s:R}", "N", i, "R", closed_receiver(nt_msg_n(i))) : nt_msg_n(i);
+        assert_int_equal(lc_send(bret, m, 5000), 0);
+    }
+    lc_sender_release(bret);
+    assert_int_equal(lc_session_close(pb.server, 10000), 0);
+    /* A reads now */
+    for (int i = 0; i < N; i++) {
+        int rc = lc_recv(replies, &m, 5000);
+        if (rc != 0)
+            fail_msg("reply %d of %d: %s", i, N, lc_strerror(rc));
+        assert_int_equal(nt_msg_get_n(m), i);
+        if (i % 10 == 9) {
+            lc_receiver *r = NULL;
+            assert_int_equal(lc_unpack(m, "{s:R}", "R", &r), 0);
+            lc_msg *inner;
+            rc = lc_recv(r, &inner, 5000);
+            if (rc != 0)
+                fail_msg("reply %d: its Receiver gave %s", i, lc_strerror(rc));
+            assert_int_equal(nt_msg_get_n(inner), i);
+            lc_msg_free(inner);
+            lc_receiver_release(r);
+        }
+        lc_msg_free(m);
+    }
+    int rc = lc_recv(replies, &m, 5000);
+    if (rc != LC_EOF)
+        fail_msg("after the replies: %s, not the end B gave its Sender", lc_strerror(rc));
+    lc_receiver_release(replies);
+    lc_receiver_release(bin);
+    lc_sender_release(fwd);
+    lc_receiver_release(in);
+    lc_sender_release(req);
+    nt_close_pair(&pb);
+    nt_close_pair(&ap);
+}
+
 int main(void)
 {
     lc__engine_default(); /* its fds live as long as the process */
@@ -1635,6 +1712,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_graceful_end_keeps_queued_messages_with_streams, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_graceful_end_binds_every_queued_message, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_graceful_end_ends_bound_late_go_with_the_session, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_graceful_end_through_a_proxy_keeps_every_reply, lc_test_setup, lc_test_teardown),
     };
     nt_filter_from_env();
     return cmocka_run_group_tests_name("net/streams", tests, NULL, NULL);
