@@ -507,7 +507,8 @@ LC_API size_t lc_receiver_queued(lc_receiver *r);
  * LC_ESESSION; messages in flight may be lost. After a peer's graceful
  * lc_session_close, the messages that reached this side keep the channel
  * ends and byte streams they carry (each still brings what the peer had
- * sent on it, then its end).
+ * sent on it, then its end; byte streams: the first 128 of those behind a
+ * channel's queue, each a socketpair until received, docs/PROTOCOL.md 2.5).
  *
  * A misbehaving peer is bounded: bad frames end its session (LC_EPROTO) or
  * the stream concerned; answers it never reads, windows it overruns, fds

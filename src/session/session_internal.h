@@ -238,6 +238,8 @@ struct lc_session {
     lc_map peer_refs;     /* peer's libchan-ref -> unbound sub-stream */
     lc_map late_refs;     /* mu: peer's libchan-ref -> its end (a late_end), bound at a clean
                              end for a message still undecoded (lc__bind_all_before_end) */
+    struct lc_bind_work *bind_work; /* mu: while lc__bind_all_before_end runs, where
+                             the Receivers it binds are listed for their own turn */
     lc_map in_fds;        /* received fd sequence number -> fd + 1, not yet claimed */
     uint64_t claimed_ring[CLAIMED_KEEP]; /* peer refs already named by a message (the last
                                             CLAIMED_KEEP), oldest at claimed_next % CLAIMED_KEEP */
