@@ -892,9 +892,57 @@ void lc__pump_resume(lc_stream *st, lc_msg *held)
     pump_leave(st);
 }
 
+/*
+ * A pump's message that carries a Receiver starts that one's pump from
+ * inside (send_msg_on): one level of recursion per link of a chain of
+ * Receivers whose messages wait in them (each naming the next), a depth
+ * the application, or the peer of a proxy forwarding such a chain, chooses
+ * (a review helper: 16000 links overflowed the 8 MiB main stack). Past
+ * PUMP_DEPTH_MAX levels on a thread, the pump waits in a list the
+ * outermost start_pump of the thread runs once its own pump has returned.
+ */
+#define PUMP_DEPTH_MAX 16
+
+typedef struct pump_defer {
+    lc_stream **st;
+    size_t n, cap;
+} pump_defer;
+
+static _Thread_local unsigned pump_depth;
+static _Thread_local pump_defer *pump_outer;
+
+static bool pump_defer_push(pump_defer *d, lc_stream *st)
+{
+    if (d->n == d->cap) {
+        size_t nc = d->cap ? 2 * d->cap : 16;
+        lc_stream **nv = realloc(d->st, nc * sizeof *nv);
+        if (nv == NULL)
+            return false; /* (out of memory: it runs here, deeper) */
+        d->st = nv;
+        d->cap = nc;
+    }
+    d->st[d->n++] = st;
+    return true;
+}
+
 static void start_pump(lc_stream *st)
 {
     stream_ref(st); /* the pump's reference, dropped by pump_finish */
+    if (pump_depth >= PUMP_DEPTH_MAX && pump_outer != NULL && pump_defer_push(pump_outer, st))
+        return;
+    pump_defer later = { NULL, 0, 0 };
+    bool outermost = pump_outer == NULL;
+    if (outermost)
+        pump_outer = &later;
+    pump_depth++;
     pump_run(st);
+    /* (later.n re-read each round: the pumps it runs may defer more) */
+    for (size_t i = 0; outermost && i < later.n; i++)
+        pump_run(later.st[i]);
+    pump_depth--;
+    if (outermost) {
+        pump_outer = NULL;
+        free(later.st);
+    }
 }
 

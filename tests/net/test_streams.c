@@ -1731,12 +1731,50 @@ static void *chain_walk_fn(void *x)
     return NULL;
 }
 
+/* Runs fn(arg) on a thread with a 256 KiB stack, and waits for it. */
+static void on_small_stack(void *(*fn)(void *), void *arg)
+{
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setstacksize(&a, 256 << 10);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, &a, fn, arg), 0);
+    pthread_attr_destroy(&a);
+    pthread_join(t, NULL);
+}
+
+/* Link i of a chain gets its message, naming link i + 1 (the last: none),
+ * and its end. */
+static void fill_chain(lc_receiver **r, lc_sender **w, int d)
+{
+    for (int i = 0; i <= d; i++) {
+        lc_msg *m = i < d ? lc_pack("{s:i, s:R}", "N", i, "R", r[i + 1]) : nt_msg_n(i);
+        assert_int_equal(lc_send(w[i], m, 10000), 0);
+        assert_int_equal(lc_close(w[i]), 0);
+        lc_sender_release(w[i]);
+    }
+}
+
+typedef struct top_send {
+    lc_sender *tx;
+    lc_msg *m;
+    int rc;
+} top_send;
+
+static void *top_send_fn(void *x)
+{
+    top_send *ts = x;
+    ts->rc = lc_send(ts->tx, ts->m, 5000);
+    return NULL;
+}
+
 /* A chain of d nested Receivers, each one's message naming the next, behind
  * a full queue (recv_queue 1); with close_first the peer then closes
- * gracefully. The application walks the chain on a thread with a 256 KiB
- * stack. Returns the seconds from the close (or the chain's arrival) to the
+ * gracefully. With sender_nests the links hold their messages before the
+ * top one is sent. The application walks the chain on a thread with a
+ * 256 KiB stack. Returns the seconds from the close (or the chain's arrival) to the
  * walk's end. */
-static double run_chain_of_receivers(int d, bool close_first)
+static double run_chain_of_receivers(int d, bool close_first, bool sender_nests)
 {
     lc_options so;
     lc_options_default(&so);
@@ -1753,13 +1791,16 @@ static double run_chain_of_receivers(int d, bool close_first)
     assert_non_null(w);
     for (int i = 0; i <= d; i++)
         assert_int_equal(lc_pipe(&r[i], &w[i], 1), 0);
-    assert_int_equal(lc_send(tx, lc_pack("{s:i, s:R}", "N", 2, "R", r[0]), 5000), 0);
-    /* (filled once the top message went: no deep nesting on this side) */
-    for (int i = 0; i <= d; i++) {
-        lc_msg *m = i < d ? lc_pack("{s:i, s:R}", "N", i, "R", r[i + 1]) : nt_msg_n(i);
-        assert_int_equal(lc_send(w[i], m, 10000), 0);
-        assert_int_equal(lc_close(w[i]), 0);
-        lc_sender_release(w[i]);
+    if (sender_nests) {
+        /* filled first: sending the top message pumps the whole chain
+         * from inside that lc_send, on a thread with a 256 KiB stack */
+        fill_chain(r, w, d);
+        top_send ts = { tx, lc_pack("{s:i, s:R}", "N", 2, "R", r[0]), -1 };
+        on_small_stack(top_send_fn, &ts);
+        assert_int_equal(ts.rc, 0);
+    } else {
+        assert_int_equal(lc_send(tx, lc_pack("{s:i, s:R}", "N", 2, "R", r[0]), 5000), 0);
+        fill_chain(r, w, d); /* once the top message went: no nesting here */
     }
     free(r);
     free(w);
@@ -1790,13 +1831,7 @@ static double run_chain_of_receivers(int d, bool close_first)
         lc_receiver_release(mr);
         cw.rx = rx;
     }
-    pthread_attr_t a;
-    pthread_attr_init(&a);
-    pthread_attr_setstacksize(&a, 256 << 10);
-    pthread_t t;
-    assert_int_equal(pthread_create(&t, &a, chain_walk_fn, &cw), 0);
-    pthread_attr_destroy(&a);
-    pthread_join(t, NULL);
+    on_small_stack(chain_walk_fn, &cw);
     double secs = (double)(lc_test_now_us() - t0) / 1e6;
     if (cw.rc != 0 || cw.links != d + 1)
         fail_msg("walked %d links of %d: %s", cw.links, d + 1, lc_strerror(cw.rc));
@@ -1811,7 +1846,18 @@ static void test_chain_of_receivers_walks_on_a_small_stack(void **st)
 {
     (void)st;
     LC_TEST_DEADLINE(60);
-    run_chain_of_receivers(3000, false);
+    run_chain_of_receivers(3000, false, false);
+}
+
+/* The sending side of the same chain, filled before its top message is
+ * sent: each link's pump started the next one's from inside, one level of
+ * recursion per link (a review helper: 16000 links overflowed the 8 MiB main
+ * stack). */
+static void test_chain_of_receivers_sent_from_a_small_stack(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(60);
+    run_chain_of_receivers(3000, false, true);
 }
 
 /* The same chain (20000 links) at the peer's graceful close: the clean end
@@ -1822,7 +1868,7 @@ static void test_graceful_end_with_a_long_chain_of_receivers(void **st)
 {
     (void)st;
     LC_TEST_DEADLINE(120);
-    double secs = run_chain_of_receivers(20000, true);
+    double secs = run_chain_of_receivers(20000, true, false);
     if (secs > 10.0)
         fail_msg("the chain took %.1f s to arrive after the close", secs);
 }
@@ -1856,6 +1902,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_graceful_end_ends_bound_late_go_with_the_session, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_graceful_end_through_a_proxy_keeps_every_reply, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_chain_of_receivers_walks_on_a_small_stack, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_chain_of_receivers_sent_from_a_small_stack, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_graceful_end_with_a_long_chain_of_receivers, lc_test_setup, lc_test_teardown),
     };
     nt_filter_from_env();
