@@ -336,10 +336,48 @@ static void release_attachment(lc_value *v)
     }
 }
 
+/*
+ * Freeing a message releases its channel ends, and the last release of a
+ * Receiver frees the messages its queue still holds, which may carry
+ * Receivers in turn: one level of recursion per link of a chain of them
+ * (each one's message naming the next), a depth a peer chooses (a review
+ * helper: 3000 links overflowed a 256 KiB thread stack, 100000 the 8 MiB
+ * main one). Past FREE_DEPTH_MAX levels on a thread, a message joins a list
+ * (through m->next, which nothing else uses once it is being freed) that
+ * the thread's outermost lc_msg_free empties before it returns.
+ */
+#define FREE_DEPTH_MAX 8
+
+static _Thread_local unsigned free_depth;
+static _Thread_local lc_msg *free_later;
+
+static void msg_free_now(lc_msg *m);
+
 LC_API void lc_msg_free(lc_msg *m)
 {
     if (m == NULL)
         return;
+    if (m->att_len == 0) {
+        msg_free_now(m); /* frees no other message: no thread-local to look at */
+        return;
+    }
+    if (free_depth >= FREE_DEPTH_MAX) {
+        m->next = free_later;
+        free_later = m;
+        return;
+    }
+    free_depth++;
+    msg_free_now(m);
+    while (free_depth == 1 && free_later != NULL) {
+        lc_msg *n = free_later;
+        free_later = n->next;
+        msg_free_now(n);
+    }
+    free_depth--;
+}
+
+static void msg_free_now(lc_msg *m)
+{
     for (uint32_t i = 0; i < m->att_len; i++)
         release_attachment(m->att[i]);
     if (m->body != NULL || m->content_type != NULL) { /* rare: spare two calls */
