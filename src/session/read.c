@@ -492,6 +492,8 @@ static void on_goaway(lc_session *s, const lc_spdy_frame *f, rd_actions *a)
      * past it were reset, and reported lost, though it took them, a review
      * helper). spdystream takes nothing after its GOAWAY. */
     bool top_only = quiet_peer(s);
+    s->goaway_last = f->stream_id;
+    s->goaway_top_only = top_only;
     if ((top_only ? s->max_top_data_id : s->max_data_id) > f->stream_id)
         s->sent_refused = true; /* (also a stream that left the table: its DATA was dropped) */
     uint32_t *ids = NULL;

@@ -348,6 +348,13 @@ void lc__note_data_wmu_locked(lc_session *s, lc_stream *st)
 {
     if (!st->ours || st->sent != 0)
         return;
+    /* Past the last-good id of a GOAWAY already read: the peer drops it.
+     * on_goaway counts the streams with DATA when it reads the GOAWAY, then
+     * ends the others as refused outside the locks: a first send in between
+     * went out, lc_send said 0, and lc_session_close said 0 too (seen once
+     * in TSan, test_close_reports_a_channel_the_closing_peer_refused). */
+    if (s->goaway_recv && st->id > s->goaway_last && (!s->goaway_top_only || st->top))
+        atomic_store(&s->sent_refused, true);
     if (st->id > s->max_data_id)
         s->max_data_id = st->id;
     if (st->top && st->id > s->max_top_data_id)

@@ -291,8 +291,10 @@ struct lc_session {
     bool close_done;      /* mu: the first lc_session_close has returned close_rc */
     bool sends_cut;       /* mu: the session ended while this side was still sending
                              (a pump held messages, a byte stream was not at EOF) */
-    bool sent_refused;    /* mu: the peer refused a stream we had sent DATA on (502,
+    _Atomic bool sent_refused; /* the peer refused a stream we had sent DATA on (502,
                              or past its GOAWAY's last-good id): those bytes were dropped */
+    uint32_t goaway_last; /* wmu + mu: the last-good id of the peer's GOAWAY (goaway_recv) */
+    bool goaway_top_only; /* wmu + mu: ... which applies to top-level channels only */
     int close_rc;
     /* reading stopped: a local queue is full. Written under mu; read without
      * it where a stale value only costs a round (drive, resume_reading's
