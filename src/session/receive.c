@@ -283,9 +283,8 @@ static _Thread_local kick_list *kick_outer;
 
 /* Runs what binding queued: FINs, errors, deliveries (of streams of any
  * session). No lock held. */
-static void kick_streams(lc_session *s, kick_list *k)
+static void kick_streams(kick_list *k)
 {
-    (void)s;
     if (kick_depth >= KICK_DEPTH_MAX && kick_outer != NULL) {
         size_t moved = 0;
         while (moved < k->n && lc__kl_add(kick_outer, k->st[moved])) {
@@ -376,27 +375,17 @@ static int resolve_ended(lc_value *v)
     return 0;
 }
 
-/* The channels lc__bind_all_before_end still has to walk (referenced). */
+/* The channels lc__bind_all_before_end still has to walk (referenced, as in
+ * a kick list). */
 struct lc_bind_work {
-    lc_stream **st;
-    size_t n, cap;
+    kick_list l;
     bool lost; /* out of memory once: the table is scanned again */
 };
 
 static void bind_work_push(struct lc_bind_work *w, lc_stream *st)
 {
-    if (w->n == w->cap) {
-        size_t nc = w->cap ? 2 * w->cap : 64;
-        lc_stream **nv = realloc(w->st, nc * sizeof *nv);
-        if (nv == NULL) {
-            w->lost = true;
-            return;
-        }
-        w->st = nv;
-        w->cap = nc;
-    }
-    stream_ref(st);
-    w->st[w->n++] = st;
+    if (!lc__kl_add(&w->l, st))
+        w->lost = true;
 }
 
 /*
@@ -638,9 +627,10 @@ static void late_ref_found(void *ctx, uint64_t ref, uint8_t ext)
     }
     c->bytes += ext <= 3;
 }
+
 /* One channel's turn: its messages that may still enter its queue are
  * decoded and resolved, the rest skimmed. mu held. */
-static void bind_channel_locked(lc_session *s, lc_stream *st, kick_list *k, late_ctx *lc)
+static void bind_channel_locked(lc_session *s, lc_stream *st, late_ctx *lc)
 {
     if (st->late_skimmed || st->reset || (st->kind != ST_RECV && st->kind != ST_FWD_TO_SENDER))
         return;
@@ -653,7 +643,7 @@ static void bind_channel_locked(lc_session *s, lc_stream *st, kick_list *k, late
     while (st->sd_init && st->npending < want && lc__sd_next(&st->sd, &m) == 0)
         lc__pending_append_locked(st, m);
     for (m = st->pending_head; m != NULL; m = m->next)
-        if (m->has_refs && resolve_msg_locked(s, m, k) < 0)
+        if (m->has_refs && resolve_msg_locked(s, m, lc->k) < 0)
             break; /* (its delivery fails the channel, as it would have) */
     /* bytes that do not decode are where delivery will stop: not walked */
     if (!st->sd_init || st->sd.err != 0)
@@ -696,16 +686,17 @@ static void bind_work_scan_locked(lc_session *s, struct lc_bind_work *w)
  * messages and end. (Decoded up to there: a delivery in flight may have
  * left fewer decoded than that.)
  * A Receiver bound on the way has its own messages: it gets its turn too.
- * Lost are only
- * messages behind bytes that do not decode, or whose sub-stream never came
- * (PROTOCOL.md 3.11). Called before lc__session_fail; no lock held.
+ * Lost are only messages behind bytes that do not decode, or whose
+ * sub-stream never came (PROTOCOL.md 3.11). Called before
+ * lc__session_fail; no lock held.
  */
 void lc__bind_all_before_end(lc_session *s)
 {
     kick_list k;
     lc__kl_init(&k);
     late_ctx lc = { s, &k, 0 };
-    struct lc_bind_work w = { NULL, 0, 0, false };
+    struct lc_bind_work w = { .lost = false };
+    lc__kl_init(&w.l);
     size_t done = 0; /* entries of w walked (and their references kept until the end) */
     pthread_mutex_lock(&s->mu);
     if (!s->dead) {
@@ -717,23 +708,23 @@ void lc__bind_all_before_end(lc_session *s)
         s->bind_work = &w;
         bind_work_scan_locked(s, &w);
         for (;;) {
-            for (; done < w.n && !s->dead; done++)
-                bind_channel_locked(s, w.st[done], &k, &lc);
+            for (; done < w.l.n && !s->dead; done++)
+                bind_channel_locked(s, w.l.st[done], &lc);
             if (!w.lost || s->dead)
                 break;
             w.lost = false; /* out of memory on the way: look again */
-            size_t before = w.n;
+            size_t before = w.l.n;
             bind_work_scan_locked(s, &w);
-            if (w.n == before)
+            if (w.l.n == before)
                 break;
         }
         s->bind_work = NULL;
     }
     pthread_mutex_unlock(&s->mu);
-    for (size_t i = 0; i < w.n; i++)
-        lc__stream_unref(w.st[i]);
-    free(w.st);
-    kick_streams(s, &k);
+    for (size_t i = 0; i < w.l.n; i++)
+        lc__stream_unref(w.l.st[i]);
+    lc__kl_free(&w.l);
+    kick_streams(&k);
 }
 
 /* The ends bound for messages that never claimed them (lc_session_free:
@@ -1174,7 +1165,7 @@ void lc__deliver_pending_noted(lc_stream *st, bool noted)
             lc__waiting_refs_set_locked(s, st, false);
             int end = st->end_err ? st->end_err : s->dead ? LC_ESESSION : LC_EPROTO;
             pthread_mutex_unlock(&s->mu);
-            kick_streams(s, &k);
+            kick_streams(&k);
             lc__drop_chain(s, lost);
             lc__close_error(st->into, end);
             continue;
@@ -1184,7 +1175,7 @@ void lc__deliver_pending_noted(lc_stream *st, bool noted)
                 st->waiting_since = lc__now_ns(); /* the bounded wait starts now */
             lc__waiting_refs_set_locked(s, st, true);
             pthread_mutex_unlock(&s->mu);
-            kick_streams(s, &k);
+            kick_streams(&k);
             /* the missing SYN_STREAMs can only arrive by reading: a session
              * paused for backpressure must read again (found by fuzz_session) */
             lc__resume_reading(s);
@@ -1206,7 +1197,7 @@ void lc__deliver_pending_noted(lc_stream *st, bool noted)
              * (suspected by a review helper). */
             lc_msg *lost = lc__pending_take_all_locked(st);
             fail_channel_unlock(s, st);
-            kick_streams(s, &k);
+            kick_streams(&k);
             lc__drop_chain(s, lost);
             continue;
         }
@@ -1226,7 +1217,7 @@ void lc__deliver_pending_noted(lc_stream *st, bool noted)
         push_op_set_locked(s, st, (lc_async *)1); /* placeholder while registering */
         st->pushing = m;
         pthread_mutex_unlock(&s->mu);
-        kick_streams(s, &k); /* sub-streams first: their queues exist before m is seen */
+        kick_streams(&k); /* sub-streams first: their queues exist before m is seen */
         /* the common case, the local queue has room: a plain try, without
          * the callback operation's allocation */
         int rc = lc_send(st->into, m, 0);

@@ -903,46 +903,31 @@ void lc__pump_resume(lc_stream *st, lc_msg *held)
  */
 #define PUMP_DEPTH_MAX 16
 
-typedef struct pump_defer {
-    lc_stream **st;
-    size_t n, cap;
-} pump_defer;
-
 static _Thread_local unsigned pump_depth;
-static _Thread_local pump_defer *pump_outer;
-
-static bool pump_defer_push(pump_defer *d, lc_stream *st)
-{
-    if (d->n == d->cap) {
-        size_t nc = d->cap ? 2 * d->cap : 16;
-        lc_stream **nv = realloc(d->st, nc * sizeof *nv);
-        if (nv == NULL)
-            return false; /* (out of memory: it runs here, deeper) */
-        d->st = nv;
-        d->cap = nc;
-    }
-    d->st[d->n++] = st;
-    return true;
-}
+static _Thread_local kick_list *pump_outer; /* (a kick list: a stream and a reference each) */
 
 static void start_pump(lc_stream *st)
 {
     stream_ref(st); /* the pump's reference, dropped by pump_finish */
-    if (pump_depth >= PUMP_DEPTH_MAX && pump_outer != NULL && pump_defer_push(pump_outer, st))
-        return;
-    pump_defer later = { NULL, 0, 0 };
+    if (pump_depth >= PUMP_DEPTH_MAX && pump_outer != NULL && lc__kl_add(pump_outer, st))
+        return; /* (out of memory: it runs here, deeper) */
+    kick_list later;
     bool outermost = pump_outer == NULL;
-    if (outermost)
+    if (outermost) {
+        lc__kl_init(&later);
         pump_outer = &later;
+    }
     pump_depth++;
     pump_run(st);
     /* (later.n re-read each round: the pumps it runs may defer more) */
-    for (size_t i = 0; outermost && i < later.n; i++)
+    for (size_t i = 0; outermost && i < later.n; i++) {
         pump_run(later.st[i]);
+        lc__stream_unref(later.st[i]); /* the list's reference */
+    }
     pump_depth--;
     if (outermost) {
         pump_outer = NULL;
-        free(later.st);
+        lc__kl_free(&later);
     }
 }
 
