@@ -472,10 +472,12 @@ LC_API size_t lc_receiver_queued(lc_receiver *r);
  * that has not spoken by then gets sub-streams. Otherwise they travel as a
  * sub-stream the sessions pump: the sending side reads and writes the fd it
  * was given (made O_NONBLOCK), the receiving program gets one end of a
- * socketpair. An
- * fd the session cannot pump that way (a regular file or a directory: epoll
- * takes neither) fails lc_send with LC_ENOTSUP, the message still the
- * caller's: copy the file into a pipe or socketpair and send that. A
+ * socketpair. A
+ * regular file is pumped too, from its current offset: read to its end (then
+ * EOF for the holder), or written with what the holder writes (reads and
+ * writes of it may block the session's I/O thread while the disk is slow).
+ * A directory fails lc_send with LC_ENOTSUP, the message still the
+ * caller's. A
  * channel end or byte stream whose sub-stream the sending side ended with an
  * error before the message arrived comes already ended: a Sender whose
  * sends fail with LC_ECLOSED, a Receiver that reports LC_ECLOSED, an fd

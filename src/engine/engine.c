@@ -21,6 +21,13 @@
  * comes, and a thread that drives the engine for a single round (and does not
  * loop) cannot swallow the wake-up meant for the engine's own thread.
  *
+ * An fd with no readiness to wait for (a regular file; with epoll also a
+ * device without a poll method, /dev/null: epoll_ctl refuses both with
+ * EPERM, where poll(2) calls them always ready) is an always-ready watch:
+ * arming it puts it on the engine's ready list, which the next round runs
+ * as if the kernel had reported the armed IN/OUT interest. So a byte stream
+ * may be a file, pumped like a pipe (its reads simply never meet EAGAIN).
+ *
  * The poll(2) backend (LIBCHAN_ENGINE=poll, or where epoll cannot be had)
  * keeps the same contract with the kernel's part done here: the armed watches
  * are a list under the engine mutex that each round copies into a pollfd
@@ -77,7 +84,9 @@ struct lc_watch {
     bool dying;            /* lc__engine_del has started: never run again */
     bool running;
     bool self_deleted;     /* del called from inside the running callback */
-    bool in_kernel;        /* registered with epoll, or in the poll list (see watch_set) */
+    bool in_kernel;        /* registered with epoll, or in the poll list, or on the
+                            * ready list (see watch_set) */
+    bool always_ready;     /* no readiness to wait for: armed -> the ready list */
     uint32_t ppos;         /* poll backend: index in e->pset, NO_SLOT if absent (e->mu) */
     pthread_t runner;
 };
@@ -142,6 +151,11 @@ struct lc_engine {
     int pollers_current;
     uint64_t *fdbits;
     size_t fdwords;
+
+    /* armed always-ready watches, as tags (generation << 32 | slot index),
+     * each at most once (w->in_kernel while there); under mu */
+    uint64_t *ready;
+    uint32_t ready_len, ready_cap;
 };
 
 int64_t lc__now_ns(void)
@@ -278,16 +292,11 @@ static int pset_put(lc_watch *w, uint32_t interest)
     return 0;
 }
 
-/* poll backend: what epoll_ctl(ADD) would refuse (EBADF, EPERM for regular
- * files and directories, EEXIST for an fd already watched); marks fd as
- * watched otherwise. */
-static int pset_claim_fd(lc_engine *e, int fd)
+/* Marks fd as watched in e->fdbits (the poll backend's watches and the
+ * always-ready ones of either: the kernel does not tell us of a second watch
+ * of the same fd there); -EEXIST if it is already. */
+static int fd_claim(lc_engine *e, int fd)
 {
-    struct stat sb;
-    if (fcntl(fd, F_GETFD) < 0 || fstat(fd, &sb) != 0)
-        return -EBADF;
-    if (S_ISREG(sb.st_mode) || S_ISDIR(sb.st_mode))
-        return -EPERM;
     size_t word = (size_t)fd / 64;
     uint64_t bit = (uint64_t)1 << (fd % 64);
     int rc = 0;
@@ -311,11 +320,48 @@ static int pset_claim_fd(lc_engine *e, int fd)
     return rc;
 }
 
-static void pset_release_fd(lc_engine *e, int fd)
+/* What kind of fd the poll backend would watch: -EBADF for none, -EPERM for
+ * a directory (epoll refuses it too), 1 for a regular file (always ready, as
+ * with epoll), 0 for one poll(2) waits on. */
+static int poll_kind(int fd)
+{
+    struct stat sb;
+    if (fcntl(fd, F_GETFD) < 0 || fstat(fd, &sb) != 0)
+        return -EBADF;
+    if (S_ISDIR(sb.st_mode))
+        return -EPERM;
+    return S_ISREG(sb.st_mode) ? 1 : 0;
+}
+
+static void fd_release(lc_engine *e, int fd)
 {
     pthread_mutex_lock(&e->mu);
     e->fdbits[(size_t)fd / 64] &= ~((uint64_t)1 << (fd % 64));
     pthread_mutex_unlock(&e->mu);
+}
+
+/* Puts an armed always-ready watch on the ready list and wakes a thread
+ * waiting in the kernel to run it (the caller may be none that will run the
+ * engine again soon). w->mu held. */
+static int ready_push(lc_watch *w)
+{
+    lc_engine *e = w->e;
+    pthread_mutex_lock(&e->mu);
+    if (e->ready_len == e->ready_cap) {
+        uint32_t ncap = e->ready_cap ? e->ready_cap * 2 : 16;
+        uint64_t *n = realloc(e->ready, (size_t)ncap * sizeof *n);
+        if (n == NULL) {
+            pthread_mutex_unlock(&e->mu);
+            return LC_ENOMEM;
+        }
+        e->ready = n;
+        e->ready_cap = ncap;
+    }
+    e->ready[e->ready_len++] = watch_tag(w);
+    w->in_kernel = true;
+    pthread_mutex_unlock(&e->mu);
+    lc__engine_wake(e);
+    return 0;
 }
 
 static int ctl(lc_watch *w, int op, uint32_t interest)
@@ -339,6 +385,13 @@ static int ctl(lc_watch *w, int op, uint32_t interest)
  */
 static int watch_set(lc_watch *w)
 {
+    if (w->always_ready) {
+        /* an entry already on the list stays (run_ready drops it if it was
+         * disarmed meanwhile): no search through the list here */
+        if (w->armed == 0 || w->in_kernel)
+            return 0;
+        return ready_push(w);
+    }
     if (w->e->use_poll) {
         int rc = pset_put(w, w->armed);
         w->in_kernel = rc == 0 && w->armed != 0;
@@ -373,10 +426,16 @@ int lc__engine_add(lc_engine *e, int fd, uint32_t events, lc_watch_cb cb, void *
     w->ctx = ctx;
     w->armed = events & ARMABLE;
     w->live = true;
+    w->always_ready = false;
+    w->in_kernel = false;
     if (e->use_poll) {
-        int rc = pset_claim_fd(e, fd);
+        int rc = poll_kind(fd);
+        if (rc >= 0) {
+            w->always_ready = rc == 1;
+            rc = fd_claim(e, fd);
+        }
         if (rc == 0 && (rc = watch_set(w)) != 0)
-            pset_release_fd(e, fd);
+            fd_release(e, fd);
         if (rc != 0) {
             slot_release(w);
             pthread_mutex_unlock(&w->mu);
@@ -389,6 +448,22 @@ int lc__engine_add(lc_engine *e, int fd, uint32_t events, lc_watch_cb cb, void *
     /* Added with no interest, the kernel would still report ERR/HUP; that
      * event is dropped (armed == 0) and leaves the kernel side disarmed. */
     int rc = ctl(w, EPOLL_CTL_ADD, w->armed);
+    if (rc == -EPERM) {
+        /* nothing to wait for (a regular file, /dev/null), unless it is a
+         * directory, which no read or write would take */
+        struct stat sb;
+        if (fstat(fd, &sb) == 0 && !S_ISDIR(sb.st_mode) && (rc = fd_claim(e, fd)) == 0) {
+            w->always_ready = true;
+            if ((rc = watch_set(w)) != 0)
+                fd_release(e, fd);
+        }
+        if (rc != 0)
+            slot_release(w);
+        pthread_mutex_unlock(&w->mu);
+        if (rc == 0)
+            *out = w;
+        return rc;
+    }
     if (rc != 0) {
         slot_release(w);
         pthread_mutex_unlock(&w->mu);
@@ -458,9 +533,11 @@ void lc__engine_del(lc_watch *w)
     pthread_mutex_lock(&w->mu);
     w->dying = true;
     w->armed = 0;
-    if (w->e->use_poll) {
+    if (w->always_ready) {
+        fd_release(w->e, w->fd); /* (a ready-list entry finds the slot released) */
+    } else if (w->e->use_poll) {
         (void)pset_put(w, 0);
-        pset_release_fd(w->e, w->fd);
+        fd_release(w->e, w->fd);
     } else {
         /* ENOENT/EBADF are harmless here: the point is that nothing fires */
         epoll_ctl(w->e->epfd, EPOLL_CTL_DEL, w->fd, NULL);
@@ -491,6 +568,16 @@ static int dispatch(lc_engine *e, const struct epoll_event *ev)
     if (w == NULL)
         return 0;
     pthread_mutex_lock(&w->mu);
+    uint32_t revents = ev->events;
+    if (w->always_ready && w->live && w->gen == gen) {
+        /* its ready-list entry (ev->events 0): reports what is armed */
+        w->in_kernel = false;
+        revents = w->armed & (EPOLLIN | EPOLLOUT | EPOLLPRI);
+        if (revents == 0) {
+            pthread_mutex_unlock(&w->mu);
+            return 0; /* disarmed since, or armed for a hang-up only, which never comes */
+        }
+    }
     if (!w->live || w->gen != gen || w->dying || w->running || w->armed == 0) {
         /* stale (slot freed or reused), being removed, or a duplicate while
          * the callback runs elsewhere: that run re-arms what is left, and
@@ -498,7 +585,6 @@ static int dispatch(lc_engine *e, const struct epoll_event *ev)
         pthread_mutex_unlock(&w->mu);
         return 0;
     }
-    uint32_t revents = ev->events;
     if (revents & (EPOLLERR | EPOLLHUP))
         w->armed = 0;
     else
@@ -863,6 +949,37 @@ static int run_poll(lc_engine *e, int timeout_ms, bool *fired)
     return ran;
 }
 
+/* Runs the always-ready watches armed when this round started (those the
+ * callbacks arm again wait for the next round, as a re-armed fd would). */
+static int run_ready(lc_engine *e)
+{
+    uint64_t tags[EVENTS_PER_ROUND];
+    pthread_mutex_lock(&e->mu);
+    uint32_t n = e->ready_len < EVENTS_PER_ROUND ? e->ready_len : EVENTS_PER_ROUND;
+    if (n == 0) {
+        pthread_mutex_unlock(&e->mu);
+        return 0;
+    }
+    memcpy(tags, e->ready, n * sizeof *tags);
+    e->ready_len -= n;
+    memmove(e->ready, e->ready + n, e->ready_len * sizeof *tags);
+    pthread_mutex_unlock(&e->mu);
+    int ran = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        struct epoll_event ev = { .events = 0, .data.u64 = tags[i] };
+        ran += dispatch(e, &ev);
+    }
+    return ran;
+}
+
+static bool ready_waiting(lc_engine *e)
+{
+    pthread_mutex_lock(&e->mu);
+    bool any = e->ready_len > 0;
+    pthread_mutex_unlock(&e->mu);
+    return any;
+}
+
 int lc__engine_run(lc_engine *e, int timeout_ms)
 {
     if (e == NULL)
@@ -872,8 +989,11 @@ int lc__engine_run(lc_engine *e, int timeout_ms)
     lc_engine *outer = tls_running;
     tls_running = e;
     bool fired = false;
+    if (timeout_ms != 0 && ready_waiting(e))
+        timeout_ms = 0; /* a watch is ready now: only look at the others */
     int ran = e->use_poll ? run_poll(e, timeout_ms, &fired) : run_epoll(e, timeout_ms, &fired);
     if (ran >= 0) {
+        ran += run_ready(e);
         ran += run_timers(e, fired); /* (it points the timerfd at the earliest deadline) */
     } else {
         pthread_mutex_lock(&e->mu);
@@ -1028,6 +1148,7 @@ void lc__engine_free(lc_engine *e)
     free(e->heap);
     free(e->pset);
     free(e->fdbits);
+    free(e->ready);
     close(e->tfd);
     close(e->evfd);
     if (e->epfd >= 0)

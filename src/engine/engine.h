@@ -123,8 +123,12 @@ void lc__engine_wake(lc_engine *e);
  * it must stay open until lc__engine_del returns (close it after del, never
  * before: epoll registers the open file, not the number). One watch per fd
  * per engine: a carrier wanting both directions arms IN and OUT on one
- * watch. Returns 0 or a negative code (-EBADF, -EPERM for a regular file,
- * -EEXIST if fd is already in this engine, LC_ENOMEM, LC_ECLOSED).
+ * watch. An fd with no readiness to wait for (a regular file; with epoll
+ * also a device without a poll method, such as /dev/null) is always ready:
+ * each arming runs the callback at the next round, reporting the armed
+ * EPOLLIN/EPOLLOUT/EPOLLPRI (a hang-up never comes). Returns 0 or a negative
+ * code (-EBADF, -EPERM for a directory, -EEXIST if fd is already in this
+ * engine, LC_ENOMEM, LC_ECLOSED).
  */
 int lc__engine_add(lc_engine *e, int fd, uint32_t events, lc_watch_cb cb, void *ctx,
                    lc_watch **out);

@@ -163,9 +163,13 @@ void lc__pipe_grown_release(lc_stream *st)
  * Registers fd for st's pump, disarmed (nothing runs until lc__bytes_start
  * has stored fd and watch), before a message's frames are queued: a byte
  * stream whose fd the engine refuses then fails the send, the message left
- * to the caller. LC_ENOTSUP for an fd epoll does not take (a regular file,
- * a directory), LC_EINVAL for one already watched (the same fd twice in a
- * message), LC_EBADF for no open fd.
+ * to the caller. LC_ENOTSUP for a directory, LC_EINVAL for an fd already
+ * watched (the same fd twice in a message), LC_EBADF for no open fd. A
+ * regular file is taken (the engine runs its watch whenever it is armed:
+ * reads and writes of a file never wait), and pumped like a pipe from its
+ * current offset: reading stops at its end (FIN), writing appends what the
+ * peer sends. (It used to be refused, as epoll refuses it: a program had to
+ * copy a file into a pipe to send it over TCP.)
  */
 int lc__bytes_watch(lc_stream *st, int fd, lc_watch **w)
 {

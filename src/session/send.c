@@ -110,7 +110,7 @@ static int enc_attachment(void *ctx, lc_value *v, uint8_t *ext, uint64_t *ref)
         return LC_ENOMEM;
     lc_watch *w = NULL;
     if (kind == ST_BYTES) {
-        /* An fd the session cannot pump (epoll refuses a regular file) fails
+        /* An fd the session cannot pump (a directory: the engine refuses it) fails
          * the send now, the message left to the caller: after its SYN_STREAM
          * it could only be reset, lc_send returned 0, and the peer got a
          * stream cut before its first byte (a review helper, over TCP). */

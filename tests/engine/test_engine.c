@@ -622,6 +622,102 @@ static void test_add_errors(void **state)
     close(efd);
 }
 
+/*
+ * A regular file has no readiness to wait for (epoll refuses it with EPERM):
+ * it is always ready, each arming runs the callback once at the next round
+ * with what was armed (IN, OUT), a hang-up alone never fires, one watch per
+ * fd still holds, a directory is refused, and arming from another thread
+ * wakes the engine's own sleeping thread. /dev/null (no poll method) too.
+ */
+static void test_regular_file_is_always_ready(void **state)
+{
+    LC_TEST_DEADLINE(20);
+    lc_engine *e = new_engine(false);
+    char path[] = "/tmp/lc-engine-file-XXXXXX";
+    int fd = mkostemp(path, O_CLOEXEC);
+    assert_true(fd >= 0);
+    unlink(path);
+    counter c = {0};
+    lc_watch *w;
+    assert_int_equal(lc__engine_add(e, fd, EPOLLIN, count_cb, &c, &w), 0);
+    assert_int_equal(lc__engine_run(e, 1000), 1);
+    assert_int_equal(atomic_load(&c.last), EPOLLIN);
+    assert_int_equal(lc__engine_run(e, 0), 0); /* one-shot */
+    assert_int_equal(lc__engine_run(e, 20), 0);
+    assert_int_equal(atomic_load(&c.calls), 1);
+
+    assert_int_equal(lc__engine_arm(w, EPOLLIN | EPOLLOUT), 0);
+    assert_int_equal(lc__engine_run(e, 1000), 1);
+    assert_int_equal(atomic_load(&c.last), EPOLLIN | EPOLLOUT);
+    assert_int_equal(lc__engine_armed(w), 0);
+
+    /* a hang-up alone: never reported, stays armed */
+    assert_int_equal(lc__engine_arm(w, EPOLLRDHUP), 0);
+    assert_int_equal(lc__engine_run(e, 20), 0);
+    assert_int_equal(lc__engine_armed(w), EPOLLRDHUP);
+    assert_int_equal(lc__engine_disarm(w, EPOLLRDHUP), 1);
+
+    /* armed, then disarmed before a round: nothing */
+    assert_int_equal(lc__engine_arm(w, EPOLLIN), 0);
+    assert_int_equal(lc__engine_disarm(w, EPOLLIN), 1);
+    assert_int_equal(lc__engine_run(e, 20), 0);
+    assert_int_equal(atomic_load(&c.calls), 2);
+
+    /* re-armed from inside its callback: once per round */
+    atomic_store(&c.w, w);
+    atomic_store(&c.rearm_until, 5);
+    assert_int_equal(lc__engine_arm(w, EPOLLIN), 0);
+    for (int i = 3; i <= 5; i++) {
+        assert_int_equal(lc__engine_run(e, 1000), 1);
+        assert_int_equal(atomic_load(&c.calls), i);
+    }
+    assert_int_equal(lc__engine_run(e, 0), 0);
+    assert_int_equal(atomic_load(&c.overlaps), 0);
+    atomic_store(&c.w, NULL);
+
+    lc_watch *w2;
+    assert_int_equal(lc__engine_add(e, fd, EPOLLIN, count_cb, &c, &w2), -EEXIST);
+    int dir = open("/tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    assert_true(dir >= 0);
+    assert_int_equal(lc__engine_add(e, dir, EPOLLIN, count_cb, &c, &w2), -EPERM);
+    close(dir);
+
+    /* deleted while on the ready list: never runs, and the fd may go */
+    assert_int_equal(lc__engine_arm(w, EPOLLIN), 0);
+    lc__engine_del(w);
+    assert_int_equal(lc__engine_run(e, 20), 0);
+    assert_int_equal(atomic_load(&c.calls), 5);
+    size_t nw;
+    lc__engine_stats(e, &nw, NULL);
+    assert_int_equal(nw, 0);
+    /* the same fd again, as a new watch */
+    assert_int_equal(lc__engine_add(e, fd, EPOLLOUT, count_cb, &c, &w), 0);
+    assert_int_equal(lc__engine_run(e, 1000), 1);
+    assert_int_equal(atomic_load(&c.last), EPOLLOUT);
+    lc__engine_del(w);
+    lc__engine_free(e);
+
+    /* armed from this thread, run by the engine's own sleeping thread */
+    e = new_engine(true);
+    counter d = {0};
+    pthread_t seen = pthread_self();
+    atomic_store(&d.thread_seen, &seen);
+    assert_int_equal(lc__engine_add(e, fd, 0, count_cb, &d, &w), 0);
+    assert_int_equal(lc__engine_arm(w, EPOLLIN), 0);
+    WAIT_UNTIL(atomic_load(&d.calls) == 1);
+    assert_false(pthread_equal(seen, pthread_self()));
+    lc__engine_del(w);
+    int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    assert_true(null >= 0);
+    assert_int_equal(lc__engine_add(e, null, EPOLLOUT, count_cb, &d, &w), 0);
+    WAIT_UNTIL(atomic_load(&d.calls) == 2);
+    assert_true(atomic_load(&d.last) & EPOLLOUT);
+    lc__engine_del(w);
+    lc__engine_free(e);
+    close(null);
+    close(fd);
+}
+
 /* ---- backends ------------------------------------------------------------- */
 
 /* One watch fires once on engine e (driven by this thread), then e is freed. */
@@ -1097,6 +1193,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_del_waits_for_running_callback, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_del_from_own_callback, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_add_errors, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_regular_file_is_always_ready, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_backend_choice, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_timers_fire_in_order_and_on_time, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_timer_added_from_outside_wakes_sleeping_engine, lc_test_setup, lc_test_teardown),

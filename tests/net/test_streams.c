@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
 
 #include "libchan.h"
@@ -669,14 +670,98 @@ static void test_fd_sent_to_silent_peer_goes_after_a_bound(void **st)
 }
 
 /*
- * A byte stream whose fd the session cannot pump (a regular file: epoll
- * refuses it, and the poll(2) engine does as epoll) fails lc_send with
- * LC_ENOTSUP, the message and its fd left to the caller, and the channel
- * goes on. Before, lc_send returned 0, the sub-stream was reset at once,
- * and the receiver's channel ended with LC_EPROTO on that message and every
- * later one, no session error shown (a review helper).
+ * Regular files as byte streams over TCP, both ways at once, in the rexec
+ * shape: Stdin a file the session reads from its offset to its end (the
+ * server reads EOF after exactly its bytes), Stdout a file the session writes
+ * what the server writes into. 3 MiB, past every window and output bound, so
+ * the file's pump stops and is run again. The end of Stdout is seen through
+ * inotify: the session closes the file (IN_CLOSE_WRITE) once the server's
+ * FIN has come and every byte before it is in the file. Before, lc_send
+ * failed with LC_ENOTSUP (epoll refuses regular files).
  */
-static void test_unpumpable_fd_is_refused_over_tcp(void **st)
+static void test_regular_files_as_byte_streams_over_tcp(void **st)
+{
+    (void)st;
+    LC_TEST_DEADLINE(60);
+    lc_listener *l;
+    lc_session *c, *sv;
+    session_pair("tcp://127.0.0.1:0", &l, &c, &sv);
+    rexec_arg ra = { .s = sv };
+    pthread_t t;
+    pthread_create(&t, NULL, rexec_server, &ra);
+
+    size_t n = 3u << 20, skip = 1000;
+    char *data = malloc(n), *got = malloc(n + 1);
+    for (size_t i = 0; i < n; i++)
+        data[i] = (char)('a' + (i * 7 + i / 4096) % 26);
+    char in_path[] = "/tmp/lc-file-in-XXXXXX", out_path[] = "/tmp/lc-file-out-XXXXXX";
+    int in = mkostemp(in_path, O_CLOEXEC), out = mkostemp(out_path, O_CLOEXEC);
+    assert_true(in >= 0 && out >= 0);
+    unlink(in_path);
+    assert_int_equal(write_all(in, "header-to-skip", 14), 0);
+    assert_int_equal(pwrite(in, data, n, (off_t)skip), (ssize_t)n);
+    assert_int_equal(lseek(in, (off_t)skip, SEEK_SET), (off_t)skip); /* from its offset */
+    int ino = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+    assert_true(ino >= 0);
+    assert_true(inotify_add_watch(ino, out_path, IN_CLOSE_WRITE) >= 0);
+    int out_check = open(out_path, O_RDONLY | O_CLOEXEC);
+    assert_true(out_check >= 0);
+    unlink(out_path);
+
+    lc_receiver *sr;
+    lc_sender *ss;
+    assert_int_equal(lc_pipe(&sr, &ss, 1), 0);
+    lc_sender *req;
+    assert_int_equal(lc_session_sender(c, &req), 0);
+    lc_msg *m = lc_msg_new();
+    lc_value *map = lc_new_map(m);
+    assert_int_equal(lc_map_set(m, map, "Cmd", lc_new_string(m, "upper")), 0);
+    assert_int_equal(lc_map_set(m, map, "Stdin", lc_new_stream(m, in, LC_STREAM_READ)), 0);
+    assert_int_equal(lc_map_set(m, map, "Stdout", lc_new_stream(m, out, LC_STREAM_WRITE)), 0);
+    assert_int_equal(lc_map_set(m, map, "StatusChan", lc_new_sender(m, ss)), 0);
+    assert_int_equal(lc_msg_set_root(m, map), 0);
+    assert_int_equal(lc_send(req, m, 5000), 0);
+
+    lc_msg *stm;
+    assert_int_equal(lc_recv(sr, &stm, 30000), 0);
+    int status = -1;
+    assert_int_equal(lc_unpack(stm, "{s:i}", "Status", &status), 0);
+    assert_int_equal(status, 0); /* the server read EOF, wrote all it read */
+    lc_msg_free(stm);
+    pthread_join(t, NULL);
+    assert_int_equal(ra.rc, 0);
+
+    struct pollfd p = { ino, POLLIN, 0 };
+    if (poll(&p, 1, 30000) != 1)
+        fail_msg("the session never closed the Stdout file");
+    assert_int_equal(pread(out_check, got, n + 1, 0), (ssize_t)n);
+    for (size_t i = 0; i < n; i++)
+        if (got[i] != data[i] - 'a' + 'A')
+            fail_msg("byte %zu: got %d", i, got[i]);
+    assert_int_equal(lc_session_error(c), 0);
+    assert_int_equal(lc_session_error(sv), 0);
+    close(out_check);
+    close(ino);
+    free(data);
+    free(got);
+    lc_close(req);
+    lc_sender_release(req);
+    lc_receiver_release(sr);
+    lc_session_free(c);
+    lc_session_free(sv);
+    lc_listener_close(l);
+}
+
+/*
+ * A byte stream whose fd the session cannot pump (a directory: nothing
+ * reads or writes it as bytes) fails lc_send with LC_ENOTSUP, the message
+ * and its fd left to the caller, and the channel goes on. Before, lc_send
+ * returned 0, the sub-stream was reset at once, and the receiver's channel
+ * ended with LC_EPROTO on that message and every later one, no session
+ * error shown (a review helper, with a regular file, refused the same way
+ * until regular files were pumped).
+ */
+static void test_directory_is_refused_as_a_byte_stream(void **st)
 {
     (void)st;
     LC_TEST_DEADLINE(30);
@@ -686,14 +771,12 @@ static void test_unpumpable_fd_is_refused_over_tcp(void **st)
     lc_sender *tx;
     assert_int_equal(lc_session_sender(c, &tx), 0);
     assert_int_equal(lc_send(tx, nt_msg_n(1), 5000), 0);
-    char path[] = "/tmp/lc-regular-XXXXXX";
-    int fd = mkostemp(path, O_CLOEXEC);
+    int fd = open("/tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     assert_true(fd >= 0);
-    unlink(path);
     lc_msg *m = lc_pack("{s:i, s:F}", "N", 2, "F", fd);
     int rc = lc_send(tx, m, 5000);
     if (rc == 0)
-        fail_msg("a regular file over TCP: lc_send returned 0");
+        fail_msg("a directory over TCP: lc_send returned 0");
     assert_int_equal(rc, LC_ENOTSUP);
     assert_false(lc_value_taken(lc_map_get(lc_msg_root(m), "F"))); /* still the caller's */
     assert_true(fcntl(fd, F_GETFD) >= 0);
@@ -1909,7 +1992,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_same_fd_twice_in_one_message_is_refused, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_sent_right_after_dial_is_passed, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_sent_to_silent_peer_goes_after_a_bound, lc_test_setup, lc_test_teardown),
-        cmocka_unit_test_setup_teardown(test_unpumpable_fd_is_refused_over_tcp, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_regular_files_as_byte_streams_over_tcp, lc_test_setup, lc_test_teardown),
+        cmocka_unit_test_setup_teardown(test_directory_is_refused_as_a_byte_stream, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_fd_passed_as_fd_0, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_refused_replies_close_their_passed_fds, lc_test_setup, lc_test_teardown),
         cmocka_unit_test_setup_teardown(test_slow_fd_channel_does_not_stall_others, lc_test_setup, lc_test_teardown),
