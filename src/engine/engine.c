@@ -963,7 +963,11 @@ static int run_ready(lc_engine *e)
     memcpy(tags, e->ready, n * sizeof *tags);
     e->ready_len -= n;
     memmove(e->ready, e->ready + n, e->ready_len * sizeof *tags);
+    bool more = e->ready_len > 0;
     pthread_mutex_unlock(&e->mu);
+    if (more)
+        lc__engine_wake(e); /* this thread may drive one round only, having
+                               drained the wake-up meant for the rest */
     int ran = 0;
     for (uint32_t i = 0; i < n; i++) {
         struct epoll_event ev = { .events = 0, .data.u64 = tags[i] };
