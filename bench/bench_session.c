@@ -30,7 +30,8 @@
  *     server: a FIFO with the inode sent), against a raw pipe between the two
  *     processes; over TCP a sub-stream of DATA frames, against one raw TCP
  *     connection (and the same with a socketpair instead of the pipe, which
- *     the session reads faster); the raw unix socket is printed too; over
+ *     the session reads faster, and with a regular file already written);
+ *     the raw unix socket is printed too; over
  *     TCP also a raw relay: the same path (socketpair, relay thread, TCP,
  *     relay thread, socketpair) with plain read/write and no framing, what
  *     a byte stream copied through user space can reach at best; and a raw
@@ -45,7 +46,7 @@
  * The targets of the issue are printed next to the figures. Nothing is
  * asserted.
  *
- * Usage: bench_session [seconds [unix|tcp [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-fresh-last|lc-rt-fresh-crowd|lc-rt-reused|bulk|lc-bulk|lc-bulk-sp|raw-relay]]]
+ * Usage: bench_session [seconds [unix|tcp [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-fresh-last|lc-rt-fresh-crowd|lc-rt-reused|bulk|lc-bulk|lc-bulk-sp|lc-bulk-file|raw-relay]]]
  *        seconds: per one-way figure, default 3; the round-trip counts scale
  *        with it (20000 at 3 s). The filters run one part, for profiling.
  *        LC_BENCH_PIN=1 in the environment: the bulk figures pinned only
@@ -1271,9 +1272,29 @@ static bulk raw_relay_bulk(const char *transport)
     return b;
 }
 
-/* sockpair = false: the stream is a pipe; true: a socketpair (AF_UNIX). */
-static bulk lc_bulk(const char *transport, bool sockpair)
+/* What the client's byte stream reads from. */
+typedef enum { SRC_PIPE, SRC_SOCKPAIR, SRC_FILE } bulk_src;
+
+/* A regular file of g_bulk_bytes, unlinked, its offset at 0 (written before
+ * the clock starts: the figure is the stream's, from the page cache). */
+static int bulk_file(void)
 {
+    const char *dir = getenv("TMPDIR");
+    char path[512];
+    snprintf(path, sizeof path, "%s/lc-bench-bulk-XXXXXX", dir != NULL && dir[0] != '\0' ? dir : "/tmp");
+    int fd = mkostemp(path, O_CLOEXEC);
+    if (fd < 0)
+        die("mkostemp", 0);
+    unlink(path);
+    write_bulk(fd);
+    if (lseek(fd, 0, SEEK_SET) != 0)
+        die("lseek", 0);
+    return fd;
+}
+
+static bulk lc_bulk(const char *transport, bulk_src src)
+{
+    bool sockpair = src == SRC_SOCKPAIR;
     server sv;
     server_start(&sv, "lc-bulk", transport);
     lc_session *s = client_session(sv.url);
@@ -1286,8 +1307,10 @@ static bulk lc_bulk(const char *transport, bool sockpair)
     lc_sender *snd;
     if ((rc = lc_session_sender(s, &snd)) != 0)
         die("lc_session_sender", rc);
-    int p[2];
-    if (sockpair ? socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, p) != 0 : pipe2(p, O_CLOEXEC) != 0)
+    int p[2] = { -1, -1 };
+    if (src == SRC_FILE)
+        p[0] = bulk_file();
+    else if (sockpair ? socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, p) != 0 : pipe2(p, O_CLOEXEC) != 0)
         die("pipe / socketpair", 0);
     struct stat st;
     if (fstat(p[0], &st) != 0)
@@ -1301,8 +1324,10 @@ static bulk lc_bulk(const char *transport, bool sockpair)
     int64_t cpu0 = cpu_ns(), t0 = now_ns();
     if ((rc = lc_send(snd, m, TIMEOUT_MS)) != 0)
         die("lc_send stream", rc);
-    write_bulk(p[1]);
-    close(p[1]); /* EOF: FIN on the sub-stream, or the passed fd's EOF */
+    if (src != SRC_FILE) {
+        write_bulk(p[1]);
+        close(p[1]); /* EOF: FIN on the sub-stream, or the passed fd's EOF */
+    }
     bulk b = { 0 };
     char line[320];
     const char *rest = bulk_result(&sv, &b, t0, cpu0, line, sizeof line);
@@ -1406,26 +1431,33 @@ static void bench_bulk(const char *transport, bool pinned)
         return; /* one CPU: the unpinned figures are all there is */
     if (g_only != NULL && (strncmp(g_only, "lc-bulk", 7) == 0 || strcmp(g_only, "raw-relay") == 0)) {
         /* one of them alone, for profiles */
-        bool sp = strcmp(g_only, "lc-bulk-sp") == 0, rl = strcmp(g_only, "raw-relay") == 0;
+        bool sp = strcmp(g_only, "lc-bulk-sp") == 0, rl = strcmp(g_only, "raw-relay") == 0,
+             fl = strcmp(g_only, "lc-bulk-file") == 0;
         bulk_set one = { 0 };
         for (int i = 0; i < BULK_REPS; i++)
-            one.run[i] = rl ? raw_relay_bulk(transport) : lc_bulk(transport, sp);
+            one.run[i] = rl ? raw_relay_bulk(transport)
+                            : lc_bulk(transport, sp ? SRC_SOCKPAIR : fl ? SRC_FILE : SRC_PIPE);
         bulk_summarize(&one);
-        bulk_line(rl ? "raw relay, no framing" : sp ? "libchan byte stream, socketpair" : "libchan byte stream, a pipe",
+        bulk_line(rl   ? "raw relay, no framing"
+                  : sp ? "libchan byte stream, socketpair"
+                  : fl ? "libchan byte stream, a file"
+                       : "libchan byte stream, a pipe",
                   &one, pinned ? "  (pinned)" : "");
         if (pinned)
             pin_end(&pin);
         return;
     }
-    bulk_set raw = { 0 }, pipe_raw = { 0 }, lc = { 0 }, lcsp = { 0 }, rel = { 0 };
+    bulk_set raw = { 0 }, pipe_raw = { 0 }, lc = { 0 }, lcsp = { 0 }, lcf = { 0 }, rel = { 0 };
     for (int i = 0; i < BULK_REPS; i++) {
         raw.run[i] = raw_bulk(transport);
         pipe_raw.run[i] = raw_pipe_bulk(!ux);
         if (!ux)
             rel.run[i] = raw_relay_bulk(transport);
-        lc.run[i] = lc_bulk(transport, false);
-        if (!ux)
-            lcsp.run[i] = lc_bulk(transport, true);
+        lc.run[i] = lc_bulk(transport, SRC_PIPE);
+        if (!ux) {
+            lcsp.run[i] = lc_bulk(transport, SRC_SOCKPAIR);
+            lcf.run[i] = lc_bulk(transport, SRC_FILE);
+        }
     }
     if (pinned)
         pin_end(&pin);
@@ -1434,6 +1466,7 @@ static void bench_bulk(const char *transport, bool pinned)
     bulk_summarize(&pipe_raw);
     if (!ux) {
         bulk_summarize(&lcsp);
+        bulk_summarize(&lcf);
         bulk_summarize(&rel);
     }
     printf("  bulk %.0f MiB client -> server, 64 KiB writes/reads, median of %d\n", (double)g_bulk_bytes / (1 << 20),
@@ -1477,6 +1510,13 @@ static void bench_bulk(const char *transport, bool pinned)
         printf("      travelled as: %s\n", sp_method);
         printf("      lc/raw-tcp = %.2fx (the same target: %s)   lc/raw-relay = %.2fx\n", lcsp.med / raw.med,
                verdict(lcsp.ok && lcsp.med >= TARGET_BULK_TCP * raw.med), lcsp.med / rel.med);
+        bool f_passed, f_mode_ok;
+        const char *f_method = bulk_set_method(&lcf, true, &f_passed, &f_mode_ok);
+        bulk_line("libchan byte stream, a file", &lcf, f_mode_ok ? "" : "  (MODE NOT LC_STREAM_READ ON ARRIVAL)");
+        printf("      travelled as: %s\n", f_method);
+        printf("      (a regular file of the client's, read from the page cache: no writer in the client)\n"
+               "      lc/raw-tcp = %.2fx (the same target: %s)   lc/raw-relay = %.2fx\n",
+               lcf.med / raw.med, verdict(lcf.ok && lcf.med >= TARGET_BULK_TCP * raw.med), lcf.med / rel.med);
     }
 }
 
