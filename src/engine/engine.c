@@ -153,9 +153,11 @@ struct lc_engine {
     size_t fdwords;
 
     /* armed always-ready watches, as tags (generation << 32 | slot index),
-     * each at most once (w->in_kernel while there); under mu */
+     * each at most once (w->in_kernel while there), its room reserved when
+     * the watch is added (ready_watches <= ready_cap): arming never
+     * allocates, so it cannot fail; under mu */
     uint64_t *ready;
-    uint32_t ready_len, ready_cap;
+    uint32_t ready_len, ready_cap, ready_watches;
 };
 
 int64_t lc__now_ns(void)
@@ -347,21 +349,62 @@ static int ready_push(lc_watch *w)
 {
     lc_engine *e = w->e;
     pthread_mutex_lock(&e->mu);
-    if (e->ready_len == e->ready_cap) {
-        uint32_t ncap = e->ready_cap ? e->ready_cap * 2 : 16;
-        uint64_t *n = realloc(e->ready, (size_t)ncap * sizeof *n);
-        if (n == NULL) {
-            pthread_mutex_unlock(&e->mu);
-            return LC_ENOMEM;
-        }
-        e->ready = n;
-        e->ready_cap = ncap;
-    }
+    /* (room: ready_add reserved it, ready_remove gives back a deleted
+     * watch's entry with its room) */
     e->ready[e->ready_len++] = watch_tag(w);
     w->in_kernel = true;
     pthread_mutex_unlock(&e->mu);
     lc__engine_wake(e);
     return 0;
+}
+
+/* A new always-ready watch of fd: claims the fd (one watch per fd) and
+ * reserves the watch's room on the ready list. 0, -EEXIST or LC_ENOMEM
+ * (nothing kept). w->mu held. */
+static int ready_add(lc_watch *w, int fd)
+{
+    lc_engine *e = w->e;
+    int rc = fd_claim(e, fd);
+    if (rc != 0)
+        return rc;
+    pthread_mutex_lock(&e->mu);
+    if (e->ready_watches == e->ready_cap) {
+        uint32_t ncap = e->ready_cap ? e->ready_cap * 2 : 16;
+        uint64_t *n = realloc(e->ready, (size_t)ncap * sizeof *n);
+        if (n == NULL)
+            rc = LC_ENOMEM;
+        else {
+            e->ready = n;
+            e->ready_cap = ncap;
+        }
+    }
+    if (rc == 0)
+        e->ready_watches++;
+    pthread_mutex_unlock(&e->mu);
+    if (rc != 0)
+        fd_release(e, fd);
+    else
+        w->always_ready = true;
+    return rc;
+}
+
+/* An always-ready watch is deleted: its entry (if on the list) and its
+ * room go, and its fd. w->mu held. */
+static void ready_remove(lc_watch *w)
+{
+    lc_engine *e = w->e;
+    uint64_t tag = watch_tag(w);
+    pthread_mutex_lock(&e->mu);
+    for (uint32_t i = 0; w->in_kernel && i < e->ready_len; i++)
+        if (e->ready[i] == tag) {
+            memmove(e->ready + i, e->ready + i + 1, (e->ready_len - i - 1) * sizeof *e->ready);
+            e->ready_len--;
+            break;
+        }
+    w->in_kernel = false;
+    e->ready_watches--;
+    pthread_mutex_unlock(&e->mu);
+    fd_release(e, w->fd);
 }
 
 static int ctl(lc_watch *w, int op, uint32_t interest)
@@ -430,12 +473,13 @@ int lc__engine_add(lc_engine *e, int fd, uint32_t events, lc_watch_cb cb, void *
     w->in_kernel = false;
     if (e->use_poll) {
         int rc = poll_kind(fd);
-        if (rc >= 0) {
-            w->always_ready = rc == 1;
-            rc = fd_claim(e, fd);
-        }
-        if (rc == 0 && (rc = watch_set(w)) != 0)
+        if (rc == 1) {
+            rc = ready_add(w, fd);
+            if (rc == 0)
+                (void)watch_set(w); /* (cannot fail: its room is reserved) */
+        } else if (rc == 0 && (rc = fd_claim(e, fd)) == 0 && (rc = watch_set(w)) != 0) {
             fd_release(e, fd);
+        }
         if (rc != 0) {
             slot_release(w);
             pthread_mutex_unlock(&w->mu);
@@ -452,11 +496,8 @@ int lc__engine_add(lc_engine *e, int fd, uint32_t events, lc_watch_cb cb, void *
         /* nothing to wait for (a regular file, /dev/null), unless it is a
          * directory, which no read or write would take */
         struct stat sb;
-        if (fstat(fd, &sb) == 0 && !S_ISDIR(sb.st_mode) && (rc = fd_claim(e, fd)) == 0) {
-            w->always_ready = true;
-            if ((rc = watch_set(w)) != 0)
-                fd_release(e, fd);
-        }
+        if (fstat(fd, &sb) == 0 && !S_ISDIR(sb.st_mode) && (rc = ready_add(w, fd)) == 0)
+            (void)watch_set(w); /* (cannot fail: its room is reserved) */
         if (rc != 0)
             slot_release(w);
         pthread_mutex_unlock(&w->mu);
@@ -534,7 +575,7 @@ void lc__engine_del(lc_watch *w)
     w->dying = true;
     w->armed = 0;
     if (w->always_ready) {
-        fd_release(w->e, w->fd); /* (a ready-list entry finds the slot released) */
+        ready_remove(w); /* (an entry a round took already finds the slot released) */
     } else if (w->e->use_poll) {
         (void)pset_put(w, 0);
         fd_release(w->e, w->fd);
