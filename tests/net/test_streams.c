@@ -155,6 +155,48 @@ static void *feed_stdin(void *x)
     return NULL;
 }
 
+/* The rexec request on a new channel of c: "upper" with stdin read from
+ * in and stdout written into out (both the library's now), and a reply
+ * Sender whose other end is *status. */
+static void send_rexec_request(lc_session *c, int in, int out, lc_sender **req, lc_receiver **status)
+{
+    lc_sender *ss;
+    assert_int_equal(lc_pipe(status, &ss, 1), 0);
+    assert_int_equal(lc_session_sender(c, req), 0);
+    lc_msg *m = lc_msg_new();
+    lc_value *map = lc_new_map(m);
+    assert_int_equal(lc_map_set(m, map, "Cmd", lc_new_string(m, "upper")), 0);
+    assert_int_equal(lc_map_set(m, map, "Stdin", lc_new_stream(m, in, LC_STREAM_READ)), 0);
+    assert_int_equal(lc_map_set(m, map, "Stdout", lc_new_stream(m, out, LC_STREAM_WRITE)), 0);
+    assert_int_equal(lc_map_set(m, map, "StatusChan", lc_new_sender(m, ss)), 0);
+    assert_int_equal(lc_msg_set_root(m, map), 0);
+    assert_int_equal(lc_send(*req, m, 5000), 0);
+}
+
+/* The rexec reply: status 0 on the reply channel, the server thread t done
+ * without error. */
+static void rexec_status_ok(lc_receiver *status, pthread_t t, rexec_arg *ra, int64_t timeout_ms)
+{
+    lc_msg *m;
+    assert_int_equal(lc_recv(status, &m, timeout_ms), 0);
+    int code = -1;
+    assert_int_equal(lc_unpack(m, "{s:i}", "Status", &code), 0);
+    assert_int_equal(code, 0);
+    lc_msg_free(m);
+    pthread_join(t, NULL);
+    assert_int_equal(ra->rc, 0);
+}
+
+static void rexec_end(lc_sender *req, lc_receiver *status, lc_session *c, lc_session *sv, lc_listener *l)
+{
+    lc_close(req);
+    lc_sender_release(req);
+    lc_receiver_release(status);
+    lc_session_free(c);
+    lc_session_free(sv);
+    lc_listener_close(l);
+}
+
 static void run_rexec(const char *url)
 {
     lc_listener *l;
@@ -168,18 +210,8 @@ static void run_rexec(const char *url)
     assert_int_equal(pipe(in), 0);  /* we write in[1]; the remote reads */
     assert_int_equal(pipe(out), 0); /* the remote writes; we read out[0] */
     lc_receiver *sr;
-    lc_sender *ss;
-    assert_int_equal(lc_pipe(&sr, &ss, 1), 0);
     lc_sender *req;
-    assert_int_equal(lc_session_sender(c, &req), 0);
-    lc_msg *m = lc_msg_new();
-    lc_value *map = lc_new_map(m);
-    assert_int_equal(lc_map_set(m, map, "Cmd", lc_new_string(m, "upper")), 0);
-    assert_int_equal(lc_map_set(m, map, "Stdin", lc_new_stream(m, in[0], LC_STREAM_READ)), 0);
-    assert_int_equal(lc_map_set(m, map, "Stdout", lc_new_stream(m, out[1], LC_STREAM_WRITE)), 0);
-    assert_int_equal(lc_map_set(m, map, "StatusChan", lc_new_sender(m, ss)), 0);
-    assert_int_equal(lc_msg_set_root(m, map), 0);
-    assert_int_equal(lc_send(req, m, 5000), 0);
+    send_rexec_request(c, in[0], out[1], &req, &sr);
 
     /* a stream bigger than one frame and than the socket buffers */
     size_t n = 200000;
@@ -198,22 +230,10 @@ static void run_rexec(const char *url)
         if (got[i] != data[i] - 'a' + 'A')
             fail_msg("byte %zu: got %d", i, got[i]);
     close(out[0]);
-    lc_msg *st;
-    assert_int_equal(lc_recv(sr, &st, 5000), 0);
-    int status = -1;
-    assert_int_equal(lc_unpack(st, "{s:i}", "Status", &status), 0);
-    assert_int_equal(status, 0);
-    lc_msg_free(st);
-    pthread_join(t, NULL);
-    assert_int_equal(ra.rc, 0);
+    rexec_status_ok(sr, t, &ra, 5000);
     free(data);
     free(got);
-    lc_close(req);
-    lc_sender_release(req);
-    lc_receiver_release(sr);
-    lc_session_free(c);
-    lc_session_free(sv);
-    lc_listener_close(l);
+    rexec_end(req, sr, c, sv, l);
 }
 
 static void test_rexec_streams_over_unix(void **st)
@@ -709,27 +729,10 @@ static void test_regular_files_as_byte_streams_over_tcp(void **st)
     unlink(out_path);
 
     lc_receiver *sr;
-    lc_sender *ss;
-    assert_int_equal(lc_pipe(&sr, &ss, 1), 0);
     lc_sender *req;
-    assert_int_equal(lc_session_sender(c, &req), 0);
-    lc_msg *m = lc_msg_new();
-    lc_value *map = lc_new_map(m);
-    assert_int_equal(lc_map_set(m, map, "Cmd", lc_new_string(m, "upper")), 0);
-    assert_int_equal(lc_map_set(m, map, "Stdin", lc_new_stream(m, in, LC_STREAM_READ)), 0);
-    assert_int_equal(lc_map_set(m, map, "Stdout", lc_new_stream(m, out, LC_STREAM_WRITE)), 0);
-    assert_int_equal(lc_map_set(m, map, "StatusChan", lc_new_sender(m, ss)), 0);
-    assert_int_equal(lc_msg_set_root(m, map), 0);
-    assert_int_equal(lc_send(req, m, 5000), 0);
+    send_rexec_request(c, in, out, &req, &sr);
 
-    lc_msg *stm;
-    assert_int_equal(lc_recv(sr, &stm, 30000), 0);
-    int status = -1;
-    assert_int_equal(lc_unpack(stm, "{s:i}", "Status", &status), 0);
-    assert_int_equal(status, 0); /* the server read EOF, wrote all it read */
-    lc_msg_free(stm);
-    pthread_join(t, NULL);
-    assert_int_equal(ra.rc, 0);
+    rexec_status_ok(sr, t, &ra, 30000); /* the server read EOF, wrote all it read */
 
     struct pollfd p = { ino, POLLIN, 0 };
     if (poll(&p, 1, 30000) != 1)
@@ -744,12 +747,7 @@ static void test_regular_files_as_byte_streams_over_tcp(void **st)
     close(ino);
     free(data);
     free(got);
-    lc_close(req);
-    lc_sender_release(req);
-    lc_receiver_release(sr);
-    lc_session_free(c);
-    lc_session_free(sv);
-    lc_listener_close(l);
+    rexec_end(req, sr, c, sv, l);
 }
 
 /*
