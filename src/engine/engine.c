@@ -155,9 +155,11 @@ struct lc_engine {
     /* armed always-ready watches, as tags (generation << 32 | slot index),
      * each at most once (w->in_kernel while there), its room reserved when
      * the watch is added (ready_watches <= ready_cap): arming never
-     * allocates, so it cannot fail; under mu */
+     * allocates, so it cannot fail; under mu (ready_len is also read
+     * without it: every round looks, and most engines never have one) */
     uint64_t *ready;
-    uint32_t ready_len, ready_cap, ready_watches;
+    _Atomic uint32_t ready_len;
+    uint32_t ready_cap, ready_watches;
 };
 
 int64_t lc__now_ns(void)
@@ -345,7 +347,7 @@ static void fd_release(lc_engine *e, int fd)
 /* Puts an armed always-ready watch on the ready list and wakes a thread
  * waiting in the kernel to run it (the caller may be none that will run the
  * engine again soon). w->mu held. */
-static int ready_push(lc_watch *w)
+static void ready_push(lc_watch *w)
 {
     lc_engine *e = w->e;
     pthread_mutex_lock(&e->mu);
@@ -355,7 +357,6 @@ static int ready_push(lc_watch *w)
     w->in_kernel = true;
     pthread_mutex_unlock(&e->mu);
     lc__engine_wake(e);
-    return 0;
 }
 
 /* A new always-ready watch of fd: claims the fd (one watch per fd) and
@@ -431,9 +432,9 @@ static int watch_set(lc_watch *w)
     if (w->always_ready) {
         /* an entry already on the list stays (run_ready drops it if it was
          * disarmed meanwhile): no search through the list here */
-        if (w->armed == 0 || w->in_kernel)
-            return 0;
-        return ready_push(w);
+        if (w->armed != 0 && !w->in_kernel)
+            ready_push(w);
+        return 0;
     }
     if (w->e->use_poll) {
         int rc = pset_put(w, w->armed);
@@ -995,6 +996,8 @@ static int run_poll(lc_engine *e, int timeout_ms, bool *fired)
 static int run_ready(lc_engine *e)
 {
     uint64_t tags[EVENTS_PER_ROUND];
+    if (atomic_load_explicit(&e->ready_len, memory_order_acquire) == 0)
+        return 0; /* (one pushed meanwhile also wrote the eventfd) */
     pthread_mutex_lock(&e->mu);
     uint32_t n = e->ready_len < EVENTS_PER_ROUND ? e->ready_len : EVENTS_PER_ROUND;
     if (n == 0) {
@@ -1019,10 +1022,7 @@ static int run_ready(lc_engine *e)
 
 static bool ready_waiting(lc_engine *e)
 {
-    pthread_mutex_lock(&e->mu);
-    bool any = e->ready_len > 0;
-    pthread_mutex_unlock(&e->mu);
-    return any;
+    return atomic_load_explicit(&e->ready_len, memory_order_acquire) > 0;
 }
 
 int lc__engine_run(lc_engine *e, int timeout_ms)
