@@ -34,7 +34,9 @@
  *     the raw unix socket is printed too; over
  *     TCP also a raw relay: the same path (socketpair, relay thread, TCP,
  *     relay thread, socketpair) with plain read/write and no framing, what
- *     a byte stream copied through user space can reach at best; and a raw
+ *     a byte stream copied through user space can reach at best, and the
+ *     same relay reading a pipe (the baseline of a stream read from a
+ *     pipe: the pipe hop costs as much as it does under the library); and a raw
  *     pipe between the processes, grown to 256 KiB as the pump grows the
  *     pipe it reads: a pipe's own speed, the first hop of a stream read from
  *     a pipe (its ends in two processes, so on two CPUs when pinned, where
@@ -46,7 +48,7 @@
  * The targets of the issue are printed next to the figures. Nothing is
  * asserted.
  *
- * Usage: bench_session [seconds [unix|tcp [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-fresh-last|lc-rt-fresh-crowd|lc-rt-reused|bulk|lc-bulk|lc-bulk-sp|lc-bulk-file|raw-relay]]]
+ * Usage: bench_session [seconds [unix|tcp [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-fresh-last|lc-rt-fresh-crowd|lc-rt-reused|bulk|lc-bulk|lc-bulk-sp|lc-bulk-file|raw-relay|raw-relay-pipe]]]
  *        seconds: per one-way figure, default 3; the round-trip counts scale
  *        with it (20000 at 3 s). The filters run one part, for profiling.
  *        LC_BENCH_PIN=1 in the environment: the bulk figures pinned only
@@ -1245,28 +1247,35 @@ static bulk raw_pipe_bulk(bool grown)
 }
 
 /* The raw relay (srv_raw_relay): the application writes into a socketpair,
- * a relay thread copies it onto the connection. */
-static bulk raw_relay_bulk(const char *transport)
+ * or into a pipe grown as the pump grows the pipes it reads (bytes.c
+ * PIPE_GROW_SIZE), and a relay thread copies it onto the connection. */
+static bulk raw_relay_bulk(const char *transport, bool from_pipe)
 {
     server sv;
     server_start(&sv, "raw-relay", transport);
     int fd = raw_dial(sv.url);
     int sp[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0)
-        die("socketpair", 0);
+    if (from_pipe ? pipe2(sp, O_CLOEXEC) != 0 : socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0)
+        die("pipe / socketpair", 0);
+    if (from_pipe)
+        fcntl(sp[0], F_SETPIPE_SZ, 256 << 10);
     int64_t cpu0 = cpu_ns(), t0 = now_ns();
     relay r = { sp[0], fd };
     pthread_t t;
     if (pthread_create(&t, NULL, relay_fn, &r) != 0)
         die("pthread_create", 0);
     write_bulk(sp[1]);
-    shutdown(sp[1], SHUT_WR);
+    if (from_pipe)
+        close(sp[1]); /* EOF */
+    else
+        shutdown(sp[1], SHUT_WR);
     pthread_join(t, NULL);
     bulk b = { 0 };
     char line[320];
     bulk_result(&sv, &b, t0, cpu0, line, sizeof line);
     close(sp[0]);
-    close(sp[1]);
+    if (!from_pipe)
+        close(sp[1]);
     close(fd);
     server_end(&sv);
     return b;
@@ -1429,16 +1438,18 @@ static void bench_bulk(const char *transport, bool pinned)
     pinning pin;
     if (pinned && !pin_begin(&pin))
         return; /* one CPU: the unpinned figures are all there is */
-    if (g_only != NULL && (strncmp(g_only, "lc-bulk", 7) == 0 || strcmp(g_only, "raw-relay") == 0)) {
+    if (g_only != NULL && (strncmp(g_only, "lc-bulk", 7) == 0 || strncmp(g_only, "raw-relay", 9) == 0)) {
         /* one of them alone, for profiles */
         bool sp = strcmp(g_only, "lc-bulk-sp") == 0, rl = strcmp(g_only, "raw-relay") == 0,
-             fl = strcmp(g_only, "lc-bulk-file") == 0;
+             rlp = strcmp(g_only, "raw-relay-pipe") == 0, fl = strcmp(g_only, "lc-bulk-file") == 0;
         bulk_set one = { 0 };
         for (int i = 0; i < BULK_REPS; i++)
-            one.run[i] = rl ? raw_relay_bulk(transport)
+            one.run[i] = rl   ? raw_relay_bulk(transport, false)
+                         : rlp ? raw_relay_bulk(transport, true)
                             : lc_bulk(transport, sp ? SRC_SOCKPAIR : fl ? SRC_FILE : SRC_PIPE);
         bulk_summarize(&one);
-        bulk_line(rl   ? "raw relay, no framing"
+        bulk_line(rl    ? "raw relay, no framing"
+                  : rlp ? "raw relay from a pipe"
                   : sp ? "libchan byte stream, socketpair"
                   : fl ? "libchan byte stream, a file"
                        : "libchan byte stream, a pipe",
@@ -1447,12 +1458,14 @@ static void bench_bulk(const char *transport, bool pinned)
             pin_end(&pin);
         return;
     }
-    bulk_set raw = { 0 }, pipe_raw = { 0 }, lc = { 0 }, lcsp = { 0 }, lcf = { 0 }, rel = { 0 };
+    bulk_set raw = { 0 }, pipe_raw = { 0 }, lc = { 0 }, lcsp = { 0 }, lcf = { 0 }, rel = { 0 }, relp = { 0 };
     for (int i = 0; i < BULK_REPS; i++) {
         raw.run[i] = raw_bulk(transport);
         pipe_raw.run[i] = raw_pipe_bulk(!ux);
-        if (!ux)
-            rel.run[i] = raw_relay_bulk(transport);
+        if (!ux) {
+            rel.run[i] = raw_relay_bulk(transport, false);
+            relp.run[i] = raw_relay_bulk(transport, true);
+        }
         lc.run[i] = lc_bulk(transport, SRC_PIPE);
         if (!ux) {
             lcsp.run[i] = lc_bulk(transport, SRC_SOCKPAIR);
@@ -1468,6 +1481,7 @@ static void bench_bulk(const char *transport, bool pinned)
         bulk_summarize(&lcsp);
         bulk_summarize(&lcf);
         bulk_summarize(&rel);
+        bulk_summarize(&relp);
     }
     printf("  bulk %.0f MiB client -> server, 64 KiB writes/reads, median of %d\n", (double)g_bulk_bytes / (1 << 20),
            BULK_REPS);
@@ -1483,6 +1497,10 @@ static void bench_bulk(const char *transport, bool pinned)
         printf("      (socketpair -> relay thread -> TCP -> relay thread -> socketpair, plain 64 KiB\n"
                "       read/write: the byte stream's path without the library; raw relay/raw TCP = %.2fx)\n",
                rel.med / raw.med);
+        bulk_line("raw relay from a pipe", &relp, "");
+        printf("      (the same with a pipe of 256 KiB instead of the client's socketpair: a stream\n"
+               "       read from a pipe without the library; raw relay from a pipe/raw TCP = %.2fx)\n",
+               relp.med / raw.med);
         bulk_line("raw pipe alone, 256 KiB", &pipe_raw, "");
         printf("      (no TCP: a pipe's own speed with its two ends in two processes, as the pump grows\n"
                "       the pipe it reads; raw pipe/raw TCP = %.2fx)\n",
@@ -1501,8 +1519,9 @@ static void bench_bulk(const char *transport, bool pinned)
                lc.med / raw.med);
     } else {
         bool met = lc.ok && lc.med >= TARGET_BULK_TCP * raw.med;
-        printf("      lc/raw-tcp = %.2fx (target >= %.1fx: %s)   lc/raw-relay = %.2fx   lc/raw-pipe = %.2fx\n",
-               lc.med / raw.med, TARGET_BULK_TCP, verdict(met), lc.med / rel.med, lc.med / pipe_raw.med);
+        printf("      lc/raw-tcp = %.2fx (target >= %.1fx: %s)   lc/raw-relay-from-a-pipe = %.2fx   lc/raw-pipe = "
+               "%.2fx\n",
+               lc.med / raw.med, TARGET_BULK_TCP, verdict(met), lc.med / relp.med, lc.med / pipe_raw.med);
         bool sp_passed, sp_mode_ok;
         const char *sp_method = bulk_set_method(&lcsp, true, &sp_passed, &sp_mode_ok);
         bulk_line("libchan byte stream, socketpair", &lcsp,
@@ -1538,7 +1557,7 @@ static void bench_transport(const char *transport)
     if (g_only == NULL || strcmp(g_only, "rt") == 0 || strncmp(g_only, "lc-rt-", 6) == 0)
         bench_rt(transport);
     if (g_only == NULL || strcmp(g_only, "bulk") == 0 || strncmp(g_only, "lc-bulk", 7) == 0 ||
-        strcmp(g_only, "raw-relay") == 0) {
+        strncmp(g_only, "raw-relay", 9) == 0) {
         const char *pe = getenv("LC_BENCH_PIN");
         bool pin_only = pe != NULL && strcmp(pe, "1") == 0;
         /* over TCP the bulk figures come twice, unpinned and pinned */
@@ -1689,7 +1708,7 @@ int main(int argc, char **argv)
            g_seconds, g_rounds, TARGET_ONEWAY / 1e6, TARGET_REUSED, TARGET_FRESH, TARGET_BULK_TCP, loadavg(),
            user_space_reference_ns());
     fflush(stdout);
-    /* optional filters, for profiling one case: [unix|tcp] [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-fresh-last|lc-rt-fresh-crowd|lc-rt-reused|bulk|lc-bulk|lc-bulk-sp|raw-relay] */
+    /* optional filters, for profiling one case: [unix|tcp] [oneway|lc-oneway|rt|lc-rt-fresh|lc-rt-fresh-last|lc-rt-fresh-crowd|lc-rt-reused|bulk|lc-bulk|lc-bulk-sp|lc-bulk-file|raw-relay|raw-relay-pipe] */
     const char *only_t = argc > 2 ? argv[2] : NULL, *only_s = argc > 3 ? argv[3] : NULL;
     g_only = only_s;
     if (only_t == NULL || strcmp(only_t, "unix") == 0)
