@@ -12,6 +12,13 @@
  * processes on this 2-core VM, where the raw baseline's p50 moves between
  * about 2.7 and 4.2 us from run to run while libchan adds a near-constant
  * microsecond: this is that microsecond, measured without the scheduler.
+ * The raw turns run in this process beside the sessions' engine threads, so
+ * both figures pay what a syscall on an fd costs in a process with more than
+ * one thread (the kernel takes a reference on the file each time): a scratch
+ * raw ping-pong here ran ~150-200 ns slower per round trip (4 syscalls) with
+ * one idle thread beside it, 3 alternating pairs. bench_session's raw
+ * servers are single-threaded processes, so that part of its ratios is what
+ * any library with an I/O thread pays, not framing or queueing.
  *
  * Modes, each in turns interleaved with the raw ping-pong (best turn kept,
  * for both): reused (one reply channel for every request) and fresh (a reply
