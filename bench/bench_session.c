@@ -1223,16 +1223,20 @@ static bulk raw_bulk(const char *transport)
     return b;
 }
 
+/* The capacity a byte stream's pump gives the pipe it reads (bytes.c
+ * PIPE_GROW_SIZE); F_SETPIPE_SZ is refused past the user's limit, which
+ * leaves the default (said below). */
+#define GROWN_PIPE (256 << 10)
+
 /* A pipe between the two processes: what a passed pipe end is. grown: with
- * the capacity a byte stream's pump gives the pipe it reads (256 KiB,
- * bytes.c PIPE_GROW_SIZE): the pipe hop of a stream read from a pipe. */
+ * GROWN_PIPE of capacity: the pipe hop of a stream read from a pipe. */
 static bulk raw_pipe_bulk(bool grown)
 {
     int p[2];
     if (pipe2(p, O_CLOEXEC) != 0)
         die("pipe", 0);
     if (grown)
-        fcntl(p[1], F_SETPIPE_SZ, 256 << 10); /* (refused past the user's limit: the default, said below) */
+        fcntl(p[1], F_SETPIPE_SZ, GROWN_PIPE);
     server sv;
     server_start_fd(&sv, "raw-pipe", "pipe", p[0]);
     close(p[0]);
@@ -1247,8 +1251,8 @@ static bulk raw_pipe_bulk(bool grown)
 }
 
 /* The raw relay (srv_raw_relay): the application writes into a socketpair,
- * or into a pipe grown as the pump grows the pipes it reads (bytes.c
- * PIPE_GROW_SIZE), and a relay thread copies it onto the connection. */
+ * or into a pipe of GROWN_PIPE, and a relay thread copies it onto the
+ * connection. */
 static bulk raw_relay_bulk(const char *transport, bool from_pipe)
 {
     server sv;
@@ -1258,24 +1262,19 @@ static bulk raw_relay_bulk(const char *transport, bool from_pipe)
     if (from_pipe ? pipe2(sp, O_CLOEXEC) != 0 : socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0)
         die("pipe / socketpair", 0);
     if (from_pipe)
-        fcntl(sp[0], F_SETPIPE_SZ, 256 << 10);
+        fcntl(sp[0], F_SETPIPE_SZ, GROWN_PIPE);
     int64_t cpu0 = cpu_ns(), t0 = now_ns();
     relay r = { sp[0], fd };
     pthread_t t;
     if (pthread_create(&t, NULL, relay_fn, &r) != 0)
         die("pthread_create", 0);
     write_bulk(sp[1]);
-    if (from_pipe)
-        close(sp[1]); /* EOF */
-    else
-        shutdown(sp[1], SHUT_WR);
+    close(sp[1]); /* the relay's EOF */
     pthread_join(t, NULL);
     bulk b = { 0 };
     char line[320];
     bulk_result(&sv, &b, t0, cpu0, line, sizeof line);
     close(sp[0]);
-    if (!from_pipe)
-        close(sp[1]);
     close(fd);
     server_end(&sv);
     return b;
