@@ -324,10 +324,11 @@ static int fd_claim(lc_engine *e, int fd)
     return rc;
 }
 
-/* What kind of fd the poll backend would watch: -EBADF for none, -EPERM for
- * a directory (epoll refuses it too), 1 for a regular file (always ready, as
- * with epoll), 0 for one poll(2) waits on. */
-static int poll_kind(int fd)
+/* What kind of fd a watch is for: -EBADF for none, -EPERM for a directory
+ * (both backends refuse it: no read or write would take it), 1 for a regular
+ * file (always ready), 0 for another (one poll(2) waits on; with epoll, an
+ * fd epoll_ctl refused is always ready unless this says it is a directory). */
+static int fd_kind(int fd)
 {
     struct stat sb;
     if (fcntl(fd, F_GETFD) < 0 || fstat(fd, &sb) != 0)
@@ -454,6 +455,16 @@ static int watch_set(lc_watch *w)
     return rc;
 }
 
+/* ready_add, then the watch goes on the ready list if it was added armed.
+ * w->mu held. */
+static int always_ready_add(lc_watch *w, int fd)
+{
+    int rc = ready_add(w, fd);
+    if (rc == 0)
+        (void)watch_set(w); /* (cannot fail: its room is reserved) */
+    return rc;
+}
+
 int lc__engine_add(lc_engine *e, int fd, uint32_t events, lc_watch_cb cb, void *ctx,
                    lc_watch **out)
 {
@@ -473,11 +484,9 @@ int lc__engine_add(lc_engine *e, int fd, uint32_t events, lc_watch_cb cb, void *
     w->always_ready = false;
     w->in_kernel = false;
     if (e->use_poll) {
-        int rc = poll_kind(fd);
+        int rc = fd_kind(fd);
         if (rc == 1) {
-            rc = ready_add(w, fd);
-            if (rc == 0)
-                (void)watch_set(w); /* (cannot fail: its room is reserved) */
+            rc = always_ready_add(w, fd);
         } else if (rc == 0 && (rc = fd_claim(e, fd)) == 0 && (rc = watch_set(w)) != 0) {
             fd_release(e, fd);
         }
@@ -495,10 +504,9 @@ int lc__engine_add(lc_engine *e, int fd, uint32_t events, lc_watch_cb cb, void *
     int rc = ctl(w, EPOLL_CTL_ADD, w->armed);
     if (rc == -EPERM) {
         /* nothing to wait for (a regular file, /dev/null), unless it is a
-         * directory, which no read or write would take */
-        struct stat sb;
-        if (fstat(fd, &sb) == 0 && !S_ISDIR(sb.st_mode) && (rc = ready_add(w, fd)) == 0)
-            (void)watch_set(w); /* (cannot fail: its room is reserved) */
+         * directory (rc stays -EPERM) */
+        if (fd_kind(fd) >= 0)
+            rc = always_ready_add(w, fd);
         if (rc != 0)
             slot_release(w);
         pthread_mutex_unlock(&w->mu);
