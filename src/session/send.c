@@ -661,6 +661,16 @@ static bool net_writable(void *ctx)
              (!output_full(s) && send_window(s, st) > 0 &&
               !(s->fds_asked && !atomic_load(&s->peer_reads_fds)) &&
               !(atomic_load(&s->first_wait) == FIRST_WAITING && !atomic_load(&s->peer_known)));
+    /* A sender re-checks here after queueing itself on the channel. The
+     * drain that answered the try_send's senders_blocked may have run
+     * between the two (its wake found nobody queued and cleared the flag)
+     * and the output filled again since: say so again, or the next drain
+     * wakes nobody and the sender sleeps to its timeout (CI, TSan:
+     * test_direct_write_wakes_blocked_senders waited its 2 s; 10 runs of
+     * 10 before this with that gap widened by 300 us in a scratch build,
+     * none after). */
+    if (!w && output_full(s))
+        atomic_store_explicit(&s->senders_blocked, true, memory_order_release);
     pthread_mutex_unlock(&s->wmu);
     return w;
 }
