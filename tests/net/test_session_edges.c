@@ -3007,7 +3007,10 @@ static void *chan_sink_fn(void *x)
  * wake the sender) for 800 ms while small messages go out on another
  * channel, a little apart (the direct write needs an empty output): none may
  * take more than 750 ms. Before the fix one waited out its 2 s in 30 runs of
- * 30, most within the first few hundred sends.
+ * 30, most within the first few hundred sends. It also caught a second lost
+ * wake-up, rarer (CI under TSan): a drain between a sender's failed try and
+ * its re-check once queued cleared senders_blocked with nobody to wake, and
+ * the re-check did not set it again (net_writable).
  */
 static void test_direct_write_wakes_blocked_senders(void **st)
 {
