@@ -988,7 +988,7 @@ static void poll_update_nets(lc_chan **locks, size_t n)
  * told us a ring changed (retry that case first, then another round).
  */
 static int select_wait(lc_case *cases, const size_t *order, size_t active, lc_chan **locks,
-                       size_t nlocks, sudog *sgs, int64_t deadline)
+                       size_t nlocks, sudog *sgs, int64_t deadline, lc_chan *feed_check)
 {
     struct timespec dl = ns_timespec(deadline > 0 ? deadline : 0);
     for (;;) {
@@ -1049,9 +1049,16 @@ static int select_wait(lc_case *cases, const size_t *order, size_t active, lc_ch
             q_push(queue_of(sg), sg);
             any_buffered |= notify_based(sg->chan);
         }
+        /* a feeder claimed since passive_begin looked at recvq before we
+         * were in it (same lock: one of us sees the other) */
+        bool tell = feed_check != NULL && feed_check->feed != NULL;
         poll_update_unless_net(locks, nlocks);
         unlock_all(locks, nlocks);
         poll_update_nets(locks, nlocks);
+        if (tell) {
+            mark_passive(feed_check); /* what the claim does for a queued receiver */
+            feed_check = NULL;
+        }
 
         bool ready = false;
         if (any_buffered) {
@@ -1178,7 +1185,7 @@ LC_API int lc_select(lc_case *cases, size_t n, int64_t timeout_ms)
                 if (c != NULL && (cases[i].op == LC_CASE_RECV || c->net != NULL))
                     mark_passive(c);
             }
-        ret = select_wait(cases, order, active, locks, nlocks, sgs, deadline);
+        ret = select_wait(cases, order, active, locks, nlocks, sgs, deadline, NULL);
         if (ret == LC_ETIMEDOUT && timeout_ms == 0)
             for (size_t i = 0; i < n; i++)
                 if (cases[i].op == LC_CASE_RECV && case_chan(&cases[i]) != NULL)
@@ -1411,7 +1418,8 @@ static int single_case(lc_case *cs, int64_t timeout_ms)
     passive_wait pw;
     if (deadline != 0)
         passive_begin(c, cs->op == LC_CASE_RECV, &pw);
-    int rc = select_wait(cs, &order, 1, &c, 1, &sg, deadline);
+    lc_chan *fc = deadline != 0 && cs->op == LC_CASE_RECV && c->net == NULL && pw.feed == NULL ? c : NULL;
+    int rc = select_wait(cs, &order, 1, &c, 1, &sg, deadline, fc);
     if (deadline != 0)
         passive_end(&pw);
     else if (rc == LC_ETIMEDOUT && cs->op == LC_CASE_RECV)

@@ -451,7 +451,14 @@ static void bytes_pump(lc_stream *st, uint32_t ev)
             pthread_mutex_unlock(&s->wmu);
             if (full || win <= 0) {
                 if (win <= 0)
-                    lc__ensure_watched(s); /* the window opens by reading */
+                    /* The window opens by reading. Arming once was not
+                     * enough: another thread's drive disarmed the carrier
+                     * and left it lazily unwatched, and the WINDOW_UPDATE
+                     * waited for the backstop (test_byte_stream_out_of_
+                     * window_resumes_at_once). No lazy re-arming for this
+                     * session from now on: it moves bulk data, which the
+                     * engine reads anyway. */
+                    lc__feeder_passive(s);
                 break; /* re-armed when the output drains or the window reopens */
             }
             /* a whole buffer while the output has room for it, else 64 KiB:

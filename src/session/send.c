@@ -810,7 +810,10 @@ static bool pump_send(lc_stream *st, lc_msg *m)
         st->pump_held = m;
         st->pump_blocked = true;
         pthread_mutex_unlock(&s->mu);
-        lc__ensure_watched(s); /* the window opens by reading */
+        /* the window opens by reading: as for a byte stream out of window
+         * (bytes_pump), no lazy re-arming for this session from now on
+         * (test_pump_out_of_window_resumes_at_once) */
+        lc__feeder_passive(s);
         /* a wake between send_msg_on's check and the flag found nothing to
          * resume: look again now that the flag is visible */
         if (!net_writable(st))

@@ -876,8 +876,19 @@ LC_API int lc_session_receiver(lc_session *s, lc_receiver **out, int64_t timeout
     /* new channels come by reading; also for a poll (timeout 0): one that
      * skipped this saw them only at the lazy backstop, up to 4 ms later
      * (found by a review helper: test_polled_session_receiver_sees_channels) */
-    lc__ensure_watched(s);
+    /* A wait is counted while it lasts (lc__session_waiting), as a blocked
+     * lc_recv beside a reading thread is: armed once, another thread's
+     * drive left the carrier lazily unwatched and the channel was seen at
+     * the backstop (test_blocked_session_receiver_beside_a_reader_is_woken_
+     * at_once). */
+    bool waits = timeout_ms != 0;
+    if (waits)
+        lc__session_waiting(s, 1);
+    else
+        lc__ensure_watched(s);
     int rc = lc_recv(s->incoming_r, &m, timeout_ms);
+    if (waits)
+        lc__session_waiting(s, -1);
     if (rc == 0) {
         *out = lc_value_take_receiver(lc_msg_root(m), NULL);
         lc_msg_free(m);
