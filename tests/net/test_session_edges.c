@@ -1529,25 +1529,6 @@ static void test_unbuffered_reply_channel_is_read_at_once(void **st)
     }
 }
 
-typedef struct reply_waiter {
-    lc_receiver *r;
-    _Atomic int tid; /* published before lc_recv (lc_test_wait_asleep) */
-    int rc;
-    int64_t at_us;
-} reply_waiter;
-
-static void *reply_waiter_fn(void *x)
-{
-    reply_waiter *w = x;
-    atomic_store(&w->tid, lc_test_gettid());
-    lc_msg *m = NULL;
-    w->rc = lc_recv(w->r, &m, 5000);
-    w->at_us = lc_test_now_us();
-    if (w->rc == 0)
-        lc_msg_free(m);
-    return NULL;
-}
-
 /*
  * A thread blocks on a reply channel (buffered, and unbuffered) before
  * another thread, which has just read the carrier itself and left it lazily
@@ -1586,9 +1567,9 @@ static void test_reply_waiter_before_its_request_is_woken_at_once(void **st)
             lc_receiver *rr;
             lc_sender *rs;
             assert_int_equal(lc_pipe(&rr, &rs, (size_t)caps[ci]), 0);
-            reply_waiter w = { .r = rr };
+            timed_recv w = { .r = rr, .n = 1 };
             pthread_t tw;
-            assert_int_equal(pthread_create(&tw, NULL, reply_waiter_fn, &w), 0);
+            assert_int_equal(pthread_create(&tw, NULL, timed_recv_fn, &w), 0);
             assert_true(lc_test_wait_asleep(&w.tid, 5000));
             int64_t t0 = lc_test_now_us();
             lc_msg *req = lc_pack("{s:S}", "R", rs);
